@@ -1,0 +1,425 @@
+//! The command line: `smtp-relay COMMAND [OPTIONS]`.
+//!
+//! Every `serve` option can also be set in a config file (`--config FILE`)
+//! as `name = value` lines using the long option names; `#` starts a
+//! comment. The command line wins: an option given there replaces the
+//! file's value(s) for that name. A bad option or config line is a usage
+//! error (exit 64) with one line naming it.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use crate::config::{BareLineEndings, Cidr, Config};
+use crate::smtp::Domain;
+use crate::time::parse_duration;
+
+/// A parsed invocation.
+#[derive(Debug)]
+pub enum Cli {
+    Serve(Config),
+    Help(String),
+    Version,
+}
+
+/// A usage error: printed as one line, exit 64 (EX_USAGE).
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Flag,
+    Single,
+    Multi,
+}
+
+struct OptSpec {
+    name: &'static str,
+    kind: Kind,
+    hint: &'static str,
+    desc: &'static str,
+}
+
+const fn opt(name: &'static str, kind: Kind, hint: &'static str, desc: &'static str) -> OptSpec {
+    OptSpec {
+        name,
+        kind,
+        hint,
+        desc,
+    }
+}
+
+const SERVE_OPTS: &[OptSpec] = &[
+    opt(
+        "config",
+        Kind::Single,
+        "FILE",
+        "read options from FILE (name = value lines)",
+    ),
+    opt(
+        "listen",
+        Kind::Multi,
+        "ADDR:PORT",
+        "address to listen on, repeatable (default 127.0.0.1:2525)",
+    ),
+    opt(
+        "spool",
+        Kind::Single,
+        "DIR",
+        "spool directory (default ./spool)",
+    ),
+    opt(
+        "hostname",
+        Kind::Single,
+        "NAME",
+        "name in the greeting and Received headers (default: system name)",
+    ),
+    opt(
+        "workers",
+        Kind::Single,
+        "N",
+        "session worker threads = most concurrent sessions (default 256)",
+    ),
+    opt(
+        "backlog",
+        Kind::Single,
+        "N",
+        "connections waiting for a worker before 421 (default 256)",
+    ),
+    opt(
+        "relay-net",
+        Kind::Multi,
+        "CIDR",
+        "clients allowed to relay anywhere, repeatable (default loopback)",
+    ),
+    opt(
+        "relay-domain",
+        Kind::Multi,
+        "DOMAIN",
+        "domain anyone may send to, repeatable",
+    ),
+    opt(
+        "max-size",
+        Kind::Single,
+        "BYTES",
+        "largest message accepted (default 10485760; k/M/G suffixes)",
+    ),
+    opt(
+        "max-recipients",
+        Kind::Single,
+        "N",
+        "recipients per message (default 1000)",
+    ),
+    opt(
+        "max-hops",
+        Kind::Single,
+        "N",
+        "Received headers before a message is a loop (default 100)",
+    ),
+    opt(
+        "timeout",
+        Kind::Single,
+        "DUR",
+        "how long a client may stay silent (default 5m)",
+    ),
+    opt(
+        "bare-lf",
+        Kind::Single,
+        "reject|normalize",
+        "bare CR/LF in DATA: refuse (default) or store as CRLF",
+    ),
+];
+
+fn usage_text() -> String {
+    let mut s = String::from(
+        "smtp-relay: a store-and-forward SMTP relay\n\n\
+         Usage:\n  smtp-relay serve [OPTIONS]    run the relay\n  \
+         smtp-relay --help | --version\n\nserve options:\n",
+    );
+    for o in SERVE_OPTS {
+        let left = if o.kind == Kind::Flag {
+            format!("--{}", o.name)
+        } else {
+            format!("--{} {}", o.name, o.hint)
+        };
+        s.push_str(&format!("  {left:<30} {}\n", o.desc));
+    }
+    s.push_str(
+        "  -v, --verbose                  more log output (-vv: protocol trace); RUST_LOG also works\n\
+         \nDurations: 250ms, 30s, 5m, 2h, 5d. Exit codes: 0 ok, 64 usage, 69 cannot listen,\n\
+         74 spool I/O error, 75 spool locked by another server.\n",
+    );
+    s
+}
+
+/// Option values from the command line, falling back to the config file.
+struct Values {
+    matches: getopts::Matches,
+    file: HashMap<String, Vec<String>>,
+}
+
+impl Values {
+    fn single(&self, name: &str) -> Option<String> {
+        self.matches
+            .opt_str(name)
+            .or_else(|| self.file.get(name).and_then(|v| v.last().cloned()))
+    }
+
+    fn multi(&self, name: &str) -> Option<Vec<String>> {
+        let cli = self.matches.opt_strs(name);
+        if !cli.is_empty() {
+            return Some(cli);
+        }
+        self.file.get(name).cloned()
+    }
+}
+
+/// Parses `argv` (without the program name).
+pub fn parse(args: &[String]) -> Result<Cli, UsageError> {
+    let Some(cmd) = args.first() else {
+        return Err(UsageError(
+            "missing command; try 'smtp-relay --help'".into(),
+        ));
+    };
+    match cmd.as_str() {
+        "-h" | "--help" | "help" => Ok(Cli::Help(usage_text())),
+        "-V" | "--version" | "version" => Ok(Cli::Version),
+        "serve" => parse_serve(&args[1..]),
+        other => Err(UsageError(format!(
+            "unknown command {other:?}; try 'smtp-relay --help'"
+        ))),
+    }
+}
+
+fn options(specs: &[OptSpec]) -> getopts::Options {
+    let mut o = getopts::Options::new();
+    for s in specs {
+        match s.kind {
+            Kind::Flag => o.optflag("", s.name, s.desc),
+            Kind::Single => o.optopt("", s.name, s.desc, s.hint),
+            Kind::Multi => o.optmulti("", s.name, s.desc, s.hint),
+        };
+    }
+    o.optflagmulti("v", "verbose", "more log output");
+    o.optflag("h", "help", "show this help");
+    o
+}
+
+/// Reads `name = value` lines; unknown names are errors naming the line.
+fn read_config_file(
+    path: &str,
+    specs: &[OptSpec],
+) -> Result<HashMap<String, Vec<String>>, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("config file {path}: {e}")))?;
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| UsageError(format!("config file {path} line {}: {why}", n + 1));
+        let (name, value) = line
+            .split_once('=')
+            .map(|(a, b)| (a.trim(), b.trim()))
+            .ok_or_else(|| bad("expected 'name = value'"))?;
+        let spec = specs
+            .iter()
+            .find(|s| s.name == name && s.name != "config")
+            .ok_or_else(|| bad(&format!("unknown option {name:?}")))?;
+        if value.is_empty() {
+            return Err(bad(&format!("{name} needs a value")));
+        }
+        let entry = out.entry(name.to_string()).or_default();
+        if spec.kind == Kind::Single {
+            entry.clear();
+        }
+        entry.push(value.to_string());
+    }
+    Ok(out)
+}
+
+fn parse_values(args: &[String], specs: &[OptSpec]) -> Result<Values, UsageError> {
+    let matches = options(specs)
+        .parse(args)
+        .map_err(|e| UsageError(e.to_string()))?;
+    if let Some(extra) = matches.free.first() {
+        return Err(UsageError(format!("unexpected argument {extra:?}")));
+    }
+    let file = match matches.opt_str("config") {
+        Some(path) => read_config_file(&path, specs)?,
+        None => HashMap::new(),
+    };
+    Ok(Values { matches, file })
+}
+
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, UsageError> {
+    v.parse()
+        .map_err(|_| UsageError(format!("--{name}: {v:?} is not a valid number")))
+}
+
+fn positive(name: &str, v: &str) -> Result<usize, UsageError> {
+    let n: usize = number(name, v)?;
+    if n == 0 {
+        return Err(UsageError(format!("--{name} must be at least 1")));
+    }
+    Ok(n)
+}
+
+/// `10485760`, `10M`, `512k`, `1G` (powers of 1024).
+fn parse_size(name: &str, v: &str) -> Result<u64, UsageError> {
+    let (num, mult) = match v.chars().last() {
+        Some('k' | 'K') => (&v[..v.len() - 1], 1024),
+        Some('m' | 'M') => (&v[..v.len() - 1], 1024 * 1024),
+        Some('g' | 'G') => (&v[..v.len() - 1], 1024 * 1024 * 1024),
+        _ => (v, 1),
+    };
+    let n: u64 = number(name, num)?;
+    n.checked_mul(mult)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| UsageError(format!("--{name}: {v:?} is out of range")))
+}
+
+fn socket_addr(name: &str, v: &str) -> Result<SocketAddr, UsageError> {
+    if let Ok(a) = v.parse() {
+        return Ok(a);
+    }
+    // host names such as localhost:2525
+    v.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| UsageError(format!("--{name}: {v:?} is not ADDR:PORT")))
+}
+
+fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
+    let v = parse_values(args, SERVE_OPTS)?;
+    if v.matches.opt_present("help") {
+        return Ok(Cli::Help(usage_text()));
+    }
+    let mut c = Config::new();
+    if let Some(l) = v.multi("listen") {
+        c.listen = l
+            .iter()
+            .map(|a| socket_addr("listen", a))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(s) = v.single("spool") {
+        c.spool = PathBuf::from(s);
+    }
+    if let Some(h) = v.single("hostname") {
+        Domain::parse(&h, false).map_err(|e| UsageError(format!("--hostname: {h:?}: {e}")))?;
+        c.hostname = h;
+    }
+    if let Some(n) = v.single("workers") {
+        c.workers = positive("workers", &n)?;
+    }
+    if let Some(n) = v.single("backlog") {
+        c.backlog = positive("backlog", &n)?;
+    }
+    if let Some(nets) = v.multi("relay-net") {
+        c.relay_nets = nets
+            .iter()
+            .map(|n| Cidr::parse(n).map_err(|e| UsageError(format!("--relay-net: {e}"))))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(ds) = v.multi("relay-domain") {
+        c.relay_domains = ds
+            .iter()
+            .map(|d| {
+                Domain::parse(d.trim_end_matches('.'), true)
+                    .map_err(|e| UsageError(format!("--relay-domain: {d:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(s) = v.single("max-size") {
+        c.max_size = parse_size("max-size", &s)?;
+    }
+    if let Some(n) = v.single("max-recipients") {
+        c.max_recipients = positive("max-recipients", &n)?;
+    }
+    if let Some(n) = v.single("max-hops") {
+        c.max_hops = positive("max-hops", &n)?;
+    }
+    if let Some(d) = v.single("timeout") {
+        c.timeout = parse_duration(&d).map_err(|e| UsageError(format!("--timeout: {e}")))?;
+        if c.timeout.is_zero() {
+            return Err(UsageError("--timeout must be more than 0".into()));
+        }
+    }
+    if let Some(b) = v.single("bare-lf") {
+        c.bare_line_endings = match b.as_str() {
+            "reject" => BareLineEndings::Reject,
+            "normalize" => BareLineEndings::Normalize,
+            _ => {
+                return Err(UsageError(format!(
+                    "--bare-lf: {b:?} is not reject or normalize"
+                )))
+            }
+        };
+    }
+    c.verbosity = v.matches.opt_count("verbose");
+    Ok(Cli::Serve(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn serve(s: &str) -> Result<Config, UsageError> {
+        match parse(&args(s))? {
+            Cli::Serve(c) => Ok(c),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_options() {
+        let c = serve("serve --listen 127.0.0.1:0 --listen [::1]:2526 --max-size 1M --timeout 30s --relay-domain Example.ORG -v -v").unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.max_size, 1 << 20);
+        assert_eq!(c.timeout.as_secs(), 30);
+        assert_eq!(c.relay_domains[0].as_str(), "Example.ORG");
+        assert_eq!(c.verbosity, 2);
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        for (line, needle) in [
+            ("serve --workers 0", "--workers"),
+            ("serve --workers x", "--workers"),
+            ("serve --timeout 5x", "--timeout"),
+            ("serve --listen nowhere", "--listen"),
+            ("serve --relay-net 1.2.3.4/99", "--relay-net"),
+            ("serve --bogus", "bogus"),
+            ("serve extra", "extra"),
+            ("frobnicate", "frobnicate"),
+        ] {
+            let e = parse(&args(line)).unwrap_err();
+            assert!(e.0.contains(needle), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn config_file_and_precedence() {
+        let path = std::env::temp_dir().join(format!("smtp-relay-cli-{}.conf", std::process::id()));
+        std::fs::write(&path, "# comment\nmax-size = 2k\nworkers = 7\nrelay-domain = a.example\nrelay-domain = b.example\n").unwrap();
+        let c = serve(&format!("serve --config {} --workers 9", path.display())).unwrap();
+        assert_eq!(c.max_size, 2048);
+        assert_eq!(c.workers, 9, "command line wins");
+        assert_eq!(c.relay_domains.len(), 2);
+        std::fs::write(&path, "max-size = 2k\nnonsense = 1\n").unwrap();
+        let e = serve(&format!("serve --config {}", path.display())).unwrap_err();
+        assert!(e.0.contains("line 2") && e.0.contains("nonsense"), "{e}");
+        let _ = std::fs::remove_file(&path);
+    }
+}

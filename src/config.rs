@@ -1,0 +1,174 @@
+//! `Config`: every setting of a running relay, with its default.
+//! Built by `cli.rs` from the command line and the config file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::smtp::Domain;
+
+/// An IP network, `addr/prefix`, for `--relay-net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// `127.0.0.0/8`, `::1/128`, or a bare address (a /32 or /128).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("bad network {s:?} (use ADDR/PREFIX, e.g. 192.0.2.0/24)");
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is inside; an IPv4-mapped IPv6 client (`::ffff:a.b.c.d`)
+    /// is matched as the IPv4 address it is.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// What to do with a bare CR or LF in DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareLineEndings {
+    /// Refuse the message after the data (`550 5.6.11`); the default,
+    /// against SMTP smuggling.
+    Reject,
+    /// Store it with bare CR/LF turned into CRLF.
+    Normalize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hostname: String,
+    pub listen: Vec<SocketAddr>,
+    pub spool: PathBuf,
+    /// Session worker threads: the most concurrent SMTP sessions.
+    pub workers: usize,
+    /// Accepted connections that may wait for a free worker before new
+    /// ones get `421 4.3.2`.
+    pub backlog: usize,
+    /// Stack size of each session thread, in bytes.
+    pub worker_stack: usize,
+    pub relay_nets: Vec<Cidr>,
+    pub relay_domains: Vec<Domain>,
+    /// RFC 1870 SIZE: the fixed maximum message size in octets.
+    pub max_size: u64,
+    pub max_recipients: usize,
+    /// RFC 5321 §6.3: more `Received:` headers than this is a loop.
+    pub max_hops: usize,
+    /// Bad commands tolerated in one session before `421`.
+    pub max_errors: usize,
+    /// How long a client may stay silent (RFC 5321 §4.5.3.2.7: 5 minutes).
+    pub timeout: Duration,
+    pub bare_line_endings: BareLineEndings,
+    /// `-v` count: 0 info, 1 debug, 2+ trace.
+    pub verbosity: usize,
+}
+
+impl Config {
+    /// The defaults, as `serve` runs without options.
+    pub fn new() -> Config {
+        Config {
+            hostname: system_hostname(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            spool: PathBuf::from("spool"),
+            workers: 256,
+            backlog: 256,
+            worker_stack: 256 * 1024,
+            relay_nets: vec![
+                Cidr::parse("127.0.0.0/8").expect("literal network parses"),
+                Cidr::parse("::1/128").expect("literal network parses"),
+            ],
+            relay_domains: Vec::new(),
+            max_size: 10 * 1024 * 1024,
+            max_recipients: 1000,
+            max_hops: 100,
+            max_errors: 20,
+            timeout: Duration::from_secs(300),
+            bare_line_endings: BareLineEndings::Reject,
+            verbosity: 0,
+        }
+    }
+
+    /// Relay control: the client may relay anywhere.
+    pub fn is_relay_client(&self, ip: IpAddr) -> bool {
+        self.relay_nets.iter().any(|n| n.contains(ip))
+    }
+
+    /// Relay control: anyone may send to this domain (exact match,
+    /// case-insensitive).
+    pub fn is_relay_domain(&self, d: &Domain) -> bool {
+        self.relay_domains.iter().any(|r| r == d)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::new()
+    }
+}
+
+/// The system's host name, from the kernel; `localhost` if unreadable.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr() {
+        let lo = Cidr::parse("127.0.0.0/8").unwrap();
+        assert!(lo.contains("127.0.0.2".parse().unwrap()));
+        assert!(lo.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!lo.contains("128.0.0.1".parse().unwrap()));
+        assert!(!lo.contains("::1".parse().unwrap()));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let all = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::5".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nonsense").is_err());
+    }
+}

@@ -1,0 +1,683 @@
+//! The SMTP server session (RFC 5321, rooted in RFC 821's MAIL/RCPT/DATA).
+//!
+//! Two halves: `Session` is the pure state machine (a `Command` in, a
+//! `Step` out, no I/O), and `run` is the blocking loop that reads lines
+//! from the socket, feeds the machine, streams DATA into the spool and
+//! writes replies. The loop never answers 250 to DATA before
+//! `Incoming::commit` returned: that reply is the promise that the message
+//! survives a crash.
+
+use std::io::{self, BufReader, BufWriter, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::config::{BareLineEndings, Config};
+use crate::smtp::command::{self, helo_domain};
+use crate::smtp::data::{self, DataSummary, DotReader, Line};
+use crate::smtp::{Command, Host, MailParams, Path, RcptTarget, Reply, ReversePath};
+use crate::spool::{Envelope, QueueId, RcptState, Recipient, Spool};
+use crate::time::{now_unix, rfc5322_date};
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
+pub const MAX_COMMAND_LINE: usize = 512;
+
+/// The client's greeting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Helo {
+    pub name: String,
+    /// EHLO (extensions allowed) rather than HELO.
+    pub esmtp: bool,
+}
+
+/// One mail transaction (RFC 5321 §3.3): a sender and its recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub from: ReversePath,
+    pub params: MailParams,
+    pub rcpts: Vec<Path>,
+}
+
+/// Where the session stands. A transaction exists only inside `Mail`, so
+/// a recipient without a sender cannot be represented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Greeting sent, no HELO/EHLO yet.
+    Connected,
+    Ready {
+        helo: Helo,
+    },
+    Mail {
+        helo: Helo,
+        tx: Transaction,
+    },
+}
+
+/// What the I/O loop must do after a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Reply(Reply),
+    /// Send the 354 and read the message.
+    StartData(Reply),
+    /// Send the reply and close the connection.
+    Close(Reply),
+}
+
+impl Step {
+    pub fn reply(&self) -> &Reply {
+        match self {
+            Step::Reply(r) | Step::StartData(r) | Step::Close(r) => r,
+        }
+    }
+}
+
+pub struct Session<'a> {
+    cfg: &'a Config,
+    client: IpAddr,
+    phase: Phase,
+    errors: usize,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(cfg: &'a Config, client: IpAddr) -> Session<'a> {
+        Session {
+            cfg,
+            client: client.to_canonical(),
+            phase: Phase::Connected,
+            errors: 0,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        Reply::greeting(&self.cfg.hostname)
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// One command (or the parser's rejection of one) → what to do.
+    pub fn step(&mut self, cmd: Result<Command, Reply>) -> Step {
+        let step = match cmd {
+            Ok(c) => self.command(c),
+            Err(r) => Step::Reply(r),
+        };
+        if step.reply().code().value() >= 500 {
+            self.errors += 1;
+            if self.errors > self.cfg.max_errors {
+                return Step::Close(Reply::too_many_errors(&self.cfg.hostname));
+            }
+        }
+        step
+    }
+
+    fn command(&mut self, cmd: Command) -> Step {
+        let host = &self.cfg.hostname;
+        match cmd {
+            // RFC 5321 §4.1.4: EHLO/HELO may come at any time and reset
+            // the state as RSET does.
+            Command::Ehlo(name) => {
+                let reply = Reply::ehlo(host, &name, &self.ehlo_keywords());
+                self.phase = Phase::Ready {
+                    helo: Helo { name, esmtp: true },
+                };
+                Step::Reply(reply)
+            }
+            Command::Helo(name) => {
+                let reply = Reply::helo(host, &name);
+                self.phase = Phase::Ready {
+                    helo: Helo { name, esmtp: false },
+                };
+                Step::Reply(reply)
+            }
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt(target) => self.rcpt(target),
+            Command::Data => match &self.phase {
+                Phase::Mail { tx, .. } if !tx.rcpts.is_empty() => {
+                    Step::StartData(Reply::start_data())
+                }
+                // RFC 5321 §3.3: DATA without an accepted RCPT → 503 (or 554)
+                Phase::Mail { .. } => Step::Reply(Reply::bad_sequence("No valid recipients")),
+                _ => Step::Reply(Reply::bad_sequence("Need MAIL and RCPT before DATA")),
+            },
+            // RFC 5321 §4.1.1.5: RSET aborts the transaction, keeps HELO.
+            Command::Rset => {
+                if let Phase::Mail { helo, .. } = &self.phase {
+                    self.phase = Phase::Ready { helo: helo.clone() };
+                }
+                Step::Reply(Reply::ok("Ok"))
+            }
+            Command::Noop => Step::Reply(Reply::ok("Ok")),
+            Command::Quit => Step::Close(Reply::bye(host)),
+            // RFC 5321 §3.5.3: a relay cannot verify remote users.
+            Command::Vrfy => Step::Reply(Reply::cannot_verify()),
+            // RFC 5321 §3.5.2: a server may refuse to expand lists.
+            Command::Expn => Step::Reply(Reply::not_implemented("EXPN")),
+            Command::Help => Step::Reply(Reply::help()),
+            Command::NotImplemented(verb) => Step::Reply(Reply::not_implemented(&verb)),
+        }
+    }
+
+    /// EHLO keywords (RFC 5321 §4.1.1.1), one per extension we implement.
+    fn ehlo_keywords(&self) -> Vec<String> {
+        vec![
+            "PIPELINING".into(),                   // RFC 2920
+            format!("SIZE {}", self.cfg.max_size), // RFC 1870
+            "8BITMIME".into(),                     // RFC 6152
+            "ENHANCEDSTATUSCODES".into(),          // RFC 2034
+            "SMTPUTF8".into(),                     // RFC 6531
+            "HELP".into(),
+        ]
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) -> Step {
+        let helo = match &self.phase {
+            Phase::Connected => return Step::Reply(Reply::bad_sequence("Send HELO/EHLO first")),
+            Phase::Mail { .. } => return Step::Reply(Reply::bad_sequence("Nested MAIL command")),
+            Phase::Ready { helo } => helo.clone(),
+        };
+        // RFC 5321 §4.1.1.11 / §2.2.1: parameters are for EHLO sessions only.
+        if !helo.esmtp && params != MailParams::default() {
+            return Step::Reply(Reply::unsupported_parameter("(parameters require EHLO)"));
+        }
+        // RFC 1870 §6.1: a declared size above the maximum → 552 at MAIL.
+        if params.size.is_some_and(|s| s > self.cfg.max_size) {
+            return Step::Reply(Reply::too_big(self.cfg.max_size));
+        }
+        self.phase = Phase::Mail {
+            helo,
+            tx: Transaction {
+                from,
+                params,
+                rcpts: Vec::new(),
+            },
+        };
+        Step::Reply(Reply::sender_ok())
+    }
+
+    fn rcpt(&mut self, target: RcptTarget) -> Step {
+        let client_may_relay = self.cfg.is_relay_client(self.client);
+        let Phase::Mail { tx, .. } = &mut self.phase else {
+            return Step::Reply(Reply::bad_sequence("Need MAIL before RCPT"));
+        };
+        let path = match target {
+            RcptTarget::Path(p) => p,
+            // RFC 5321 §4.5.1 wants <Postmaster> accepted for local
+            // delivery; this relay has no local mailboxes.
+            RcptTarget::Postmaster => {
+                return Step::Reply(Reply::no_such_user(
+                    "This relay has no local mailboxes; use postmaster@domain",
+                ))
+            }
+        };
+        // RFC 6531 §3.4: UTF-8 addresses only in an SMTPUTF8 transaction.
+        if path.to_string().bytes().any(|b| !b.is_ascii()) && !tx.params.smtputf8 {
+            return Step::Reply(Reply::utf8_without_smtputf8());
+        }
+        // Relay control on the parsed final mailbox only: its domain is
+        // whatever follows the last unquoted '@'; route hops, '%' and '!'
+        // in the local part never make a domain a relay domain.
+        let relay_domain = match path.mailbox().host() {
+            Host::Name(d) => self.cfg.is_relay_domain(d),
+            _ => false,
+        };
+        if !client_may_relay && !relay_domain {
+            return Step::Reply(Reply::relay_denied());
+        }
+        if tx.rcpts.contains(&path) {
+            // the same forward-path twice is delivered once
+            return Step::Reply(Reply::recipient_ok());
+        }
+        // RFC 5321 §4.5.3.1.10: 452 beyond our limit, the client sends the
+        // rest in a later transaction.
+        if tx.rcpts.len() >= self.cfg.max_recipients {
+            return Step::Reply(Reply::too_many_recipients());
+        }
+        tx.rcpts.push(path);
+        Step::Reply(Reply::recipient_ok())
+    }
+
+    /// The current transaction, while in `Phase::Mail`.
+    pub fn transaction(&self) -> Option<(&Helo, &Transaction)> {
+        match &self.phase {
+            Phase::Mail { helo, tx } => Some((helo, tx)),
+            _ => None,
+        }
+    }
+
+    /// Ends the transaction after DATA, whatever its outcome (RFC 5321
+    /// §4.1.1.4: the state is cleared after the end-of-data reply).
+    pub fn end_transaction(&mut self) {
+        if let Phase::Mail { helo, .. } = &self.phase {
+            self.phase = Phase::Ready { helo: helo.clone() };
+        }
+    }
+
+    /// Refusal of a received message, or `None` when it may be committed.
+    pub fn data_verdict(&self, summary: &DataSummary) -> Option<Reply> {
+        if summary.too_big {
+            return Some(Reply::too_big(self.cfg.max_size));
+        }
+        if summary.bare_line_ending && self.cfg.bare_line_endings == BareLineEndings::Reject {
+            return Some(Reply::bare_line_ending());
+        }
+        // RFC 5321 §6.3: count Received headers to detect loops.
+        if summary.received_headers >= self.cfg.max_hops {
+            return Some(Reply::too_many_hops(summary.received_headers + 1));
+        }
+        None
+    }
+
+    /// RFC 5321 §4.4 trace header for a message about to be received.
+    pub fn received_header(&self, id: QueueId, now: u64) -> String {
+        let Some((helo, tx)) = self.transaction() else {
+            return String::new();
+        };
+        let literal = match self.client {
+            IpAddr::V4(a) => format!("[{a}]"),
+            IpAddr::V6(a) => format!("[IPv6:{a}]"),
+        };
+        let from = match helo_domain(&helo.name) {
+            Some(d) => format!("{d} ({literal})"),
+            None if helo.name.starts_with('[') => {
+                format!("{} ({literal})", crate::spool::envelope::clean(&helo.name))
+            }
+            None => format!("unknown ({literal})"),
+        };
+        // RFC 3848 / RFC 6531 §4.3 protocol names
+        let with = match (helo.esmtp, tx.params.smtputf8) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "UTF8SMTP",
+        };
+        // RFC 5321 §7.6: name the recipient only when there is one.
+        let for_clause = match tx.rcpts.as_slice() {
+            [one] => format!("\r\n\tfor {one}"),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {from}\r\n\tby {} (smtp-relay) with {with} id {id}{for_clause};\r\n\t{}\r\n",
+            self.cfg.hostname,
+            rfc5322_date(now)
+        )
+    }
+
+    /// The envelope of the current transaction, for commit.
+    pub fn envelope(&self, id: QueueId, size: u64, now: u64) -> Option<Envelope> {
+        let (helo, tx) = self.transaction()?;
+        Some(Envelope {
+            id,
+            arrived: now,
+            client: self.client.to_string(),
+            helo: helo.name.clone(),
+            from: tx.from.clone(),
+            size,
+            body: tx.params.body,
+            smtputf8: tx.params.smtputf8,
+            attempts: 0,
+            next_try: now,
+            rcpts: tx
+                .rcpts
+                .iter()
+                .map(|p| Recipient {
+                    path: p.clone(),
+                    state: RcptState::Pending,
+                    last_reply: None,
+                })
+                .collect(),
+            history: Vec::new(),
+        })
+    }
+}
+
+/// What a session worker needs besides the socket.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub spool: Arc<Spool>,
+    /// Told of each committed message (the scheduler); a full or missing
+    /// channel only delays delivery until the next spool scan.
+    pub committed: Option<Sender<QueueId>>,
+}
+
+/// Swallows writes after the first error, so DATA is still read to its end
+/// (keeping the dialogue in step) when the disk fails mid-message.
+struct SpoolSink<W: Write> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Write for SpoolSink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.error.is_none() {
+            if let Err(e) = self.inner.write_all(buf) {
+                self.error = Some(e);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.error.is_none() {
+            if let Err(e) = self.inner.flush() {
+                self.error = Some(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Sends one reply through the session's single writer, logging it.
+fn send(out: &mut impl Write, peer: &SocketAddr, reply: &Reply) -> io::Result<()> {
+    log::debug!("{peer} > {reply}");
+    reply.write_to(out)
+}
+
+/// Runs one SMTP session on an accepted connection until QUIT, EOF,
+/// timeout or error.
+pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &Context) {
+    if let Err(e) = run_inner(stream, peer, ctx) {
+        log::debug!("{peer} session ended: {e}");
+    }
+}
+
+fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<()> {
+    let cfg = &*ctx.config;
+    stream.set_read_timeout(Some(cfg.timeout))?;
+    stream.set_write_timeout(Some(cfg.timeout))?;
+    stream.set_nodelay(true)?;
+    let mut input = BufReader::with_capacity(32 * 1024, stream.try_clone()?);
+    let mut out = BufWriter::with_capacity(8 * 1024, stream);
+    let mut session = Session::new(cfg, peer.ip());
+    log::debug!("{peer} connected");
+    send(&mut out, &peer, &session.greeting())?;
+    out.flush()?;
+    let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
+    loop {
+        let read = data::read_line(&mut input, &mut line, MAX_COMMAND_LINE);
+        let parsed = match read {
+            Ok(Line::Complete) => {
+                log::trace!("{peer} < {}", String::from_utf8_lossy(&line));
+                command::parse(&line)
+            }
+            Ok(Line::TooLong) => Err(Reply::line_too_long()),
+            Ok(Line::Eof) => {
+                log::debug!("{peer} disconnected");
+                return Ok(());
+            }
+            Err(e) if is_timeout(&e) => {
+                log::info!("{peer} timeout after {:?} of silence", cfg.timeout);
+                let _ = send(&mut out, &peer, &Reply::timeout(&cfg.hostname));
+                let _ = out.flush();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        match session.step(parsed) {
+            Step::Reply(r) => {
+                send(&mut out, &peer, &r)?;
+                // RFC 2920 §3.1: answer a pipelined group in order, and
+                // flush once no more commands are waiting.
+                if input.buffer().is_empty() {
+                    out.flush()?;
+                }
+            }
+            Step::Close(r) => {
+                send(&mut out, &peer, &r)?;
+                out.flush()?;
+                return Ok(());
+            }
+            Step::StartData(r) => {
+                let reply = receive_message(&mut session, r, &mut input, &mut out, &peer, ctx)?;
+                send(&mut out, &peer, &reply)?;
+                if input.buffer().is_empty() {
+                    out.flush()?;
+                }
+                session.end_transaction();
+            }
+        }
+    }
+}
+
+/// DATA: open the spool file, send 354, stream the body in, decide, and
+/// commit. Returns the final reply; an `Err` ends the session (the client
+/// vanished mid-message, and the uncommitted files are already gone).
+fn receive_message(
+    session: &mut Session,
+    go_ahead: Reply,
+    input: &mut BufReader<TcpStream>,
+    out: &mut BufWriter<TcpStream>,
+    peer: &SocketAddr,
+    ctx: &Context,
+) -> io::Result<Reply> {
+    let cfg = &*ctx.config;
+    // Open the spool file before the 354, so a spool that cannot take the
+    // message is said before the client sends it.
+    let mut incoming = match ctx.spool.incoming() {
+        Ok(i) => i,
+        Err(e) => {
+            log::error!("{peer} cannot open spool file: {e}");
+            return Ok(if e.is_out_of_space() {
+                Reply::insufficient_storage()
+            } else {
+                Reply::local_error()
+            });
+        }
+    };
+    let id = incoming.id();
+    let now = now_unix();
+    send(out, peer, &go_ahead)?;
+    out.flush()?;
+
+    let header = session.received_header(id, now);
+    let mut sink = SpoolSink {
+        inner: &mut incoming,
+        error: None,
+    };
+    let _ = sink.write_all(header.as_bytes());
+    let summary = match DotReader::new(cfg.max_size).read(input, &mut sink) {
+        Ok(s) => s,
+        Err(e) => {
+            if is_timeout(&e) {
+                log::info!("{id} client={peer} timeout during DATA, nothing queued");
+                let _ = send(out, peer, &Reply::timeout(&cfg.hostname));
+                let _ = out.flush();
+            } else {
+                log::info!("{id} client={peer} lost during DATA ({e}), nothing queued");
+            }
+            return Err(e);
+        }
+    };
+    let _ = sink.flush();
+    if let Some(e) = sink.error.take() {
+        log::error!("{id} spool write failed: {e}");
+        return Ok(if crate::spool::fsutil::is_out_of_space(&e) {
+            Reply::insufficient_storage()
+        } else {
+            Reply::local_error()
+        });
+    }
+    if let Some(reply) = session.data_verdict(&summary) {
+        log::info!("{id} rejected client={peer} reply=\"{reply}\"");
+        return Ok(reply);
+    }
+    let Some(env) = session.envelope(id, incoming.written(), now) else {
+        return Ok(Reply::local_error());
+    };
+    match incoming.commit(&env) {
+        Ok(id) => {
+            log::info!(
+                "{id} queued from={} size={} nrcpt={} client=[{}] helo={}",
+                env.from,
+                env.size,
+                env.rcpts.len(),
+                env.client,
+                crate::spool::envelope::clean(&env.helo),
+            );
+            if let Some(tx) = &ctx.committed {
+                let _ = tx.try_send(id);
+            }
+            Ok(Reply::queued(&id))
+        }
+        Err(e) => {
+            log::error!("{id} commit failed, not accepted: {e}");
+            Ok(if e.is_out_of_space() {
+                Reply::insufficient_storage()
+            } else {
+                Reply::local_error()
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        let mut c = Config::new();
+        c.hostname = "relay.test".into();
+        c.max_size = 1000;
+        c.max_recipients = 2;
+        c.relay_domains = vec![crate::smtp::Domain::parse("open.example", false).unwrap()];
+        c
+    }
+
+    fn code(s: &mut Session, line: &str) -> u16 {
+        s.step(command::parse(line.as_bytes()))
+            .reply()
+            .code()
+            .value()
+    }
+
+    #[test]
+    fn order_of_commands() {
+        let c = cfg();
+        let mut s = Session::new(&c, "127.0.0.1".parse().unwrap());
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.example>"), 503);
+        assert_eq!(code(&mut s, "RCPT TO:<a@b.example>"), 503);
+        assert_eq!(code(&mut s, "DATA"), 503);
+        assert_eq!(code(&mut s, "EHLO c.example"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<a@b.example>"), 503);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.example>"), 250);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.example>"), 503);
+        assert_eq!(code(&mut s, "DATA"), 503);
+        assert_eq!(code(&mut s, "RCPT TO:<x@y.example>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<x2@y.example>"), 250);
+        assert_eq!(
+            code(&mut s, "RCPT TO:<x@y.example>"),
+            250,
+            "duplicate kept once"
+        );
+        assert_eq!(code(&mut s, "RCPT TO:<x3@y.example>"), 452);
+        assert_eq!(s.transaction().unwrap().1.rcpts.len(), 2);
+        assert!(matches!(s.step(Ok(Command::Data)), Step::StartData(_)));
+        assert_eq!(code(&mut s, "RSET"), 250);
+        assert!(s.transaction().is_none());
+        assert_eq!(code(&mut s, "MAIL FROM:<> SIZE=1001"), 552);
+        assert_eq!(code(&mut s, "MAIL FROM:<> SIZE=1000"), 250);
+        assert!(matches!(s.step(Ok(Command::Quit)), Step::Close(_)));
+    }
+
+    #[test]
+    fn helo_sessions_take_no_parameters() {
+        let c = cfg();
+        let mut s = Session::new(&c, "127.0.0.1".parse().unwrap());
+        assert_eq!(code(&mut s, "HELO c.example"), 250);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.example> SIZE=10"), 555);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.example>"), 250);
+    }
+
+    #[test]
+    fn relay_control() {
+        let c = cfg();
+        let outside: IpAddr = "192.0.2.9".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        for ip in [outside, mapped] {
+            let mut s = Session::new(&c, ip);
+            code(&mut s, "EHLO x");
+            code(&mut s, "MAIL FROM:<a@b.example>");
+            for rcpt in [
+                "<u@elsewhere.example>",
+                "<u%elsewhere.example@open.example.evil>",
+                "<\"u@elsewhere.example\"@other.example>",
+                "<@open.example:u@elsewhere.example>",
+                "<elsewhere.example!u@other.example>",
+                "<u@sub.open.example>",
+            ] {
+                assert_eq!(
+                    code(&mut s, &format!("RCPT TO:{rcpt}")),
+                    550,
+                    "{rcpt} from {ip}"
+                );
+            }
+            assert_eq!(code(&mut s, "RCPT TO:<u@OPEN.example>"), 250);
+            assert_eq!(
+                code(&mut s, "RCPT TO:<u%elsewhere.example@open.example>"),
+                250
+            );
+        }
+        let mut s = Session::new(&c, "127.0.0.5".parse().unwrap());
+        code(&mut s, "EHLO x");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "RCPT TO:<u@anywhere.example>"), 250);
+    }
+
+    #[test]
+    fn too_many_errors_closes() {
+        let c = cfg();
+        let mut s = Session::new(&c, "127.0.0.1".parse().unwrap());
+        for _ in 0..c.max_errors {
+            assert_eq!(code(&mut s, "BOGUS"), 500);
+        }
+        assert!(
+            matches!(s.step(command::parse(b"BOGUS")), Step::Close(r) if r.code().value() == 421)
+        );
+    }
+
+    #[test]
+    fn verdicts() {
+        let c = cfg();
+        let s = Session::new(&c, "127.0.0.1".parse().unwrap());
+        let ok = DataSummary::default();
+        assert_eq!(s.data_verdict(&ok), None);
+        let big = DataSummary {
+            too_big: true,
+            ..ok.clone()
+        };
+        assert_eq!(s.data_verdict(&big).unwrap().code().value(), 552);
+        let bare = DataSummary {
+            bare_line_ending: true,
+            ..ok.clone()
+        };
+        assert_eq!(s.data_verdict(&bare).unwrap().code().value(), 550);
+        let looped = DataSummary {
+            received_headers: 100,
+            ..ok
+        };
+        assert_eq!(s.data_verdict(&looped).unwrap().code().value(), 554);
+    }
+
+    #[test]
+    fn received_header_names_one_recipient() {
+        let c = cfg();
+        let mut s = Session::new(&c, "127.0.0.1".parse().unwrap());
+        code(&mut s, "EHLO client.example");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        code(&mut s, "RCPT TO:<x@y.example>");
+        let h = s.received_header(QueueId::parse("0006464A1B2C3D4E").unwrap(), 1_795_886_410);
+        assert_eq!(
+            h,
+            "Received: from client.example ([127.0.0.1])\r\n\tby relay.test (smtp-relay) with ESMTP id 0006464A1B2C3D4E\r\n\tfor <x@y.example>;\r\n\tSat, 28 Nov 2026 17:20:10 +0000\r\n"
+        );
+        code(&mut s, "RCPT TO:<z@y.example>");
+        assert!(!s.received_header(QueueId::generate(), 0).contains(" for "));
+    }
+}

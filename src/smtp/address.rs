@@ -1,0 +1,497 @@
+//! Addresses as RFC 5321 §4.1.2 defines them: `Domain`, `Mailbox`, `Path`,
+//! `ReversePath`.
+//!
+//! Parsing is strict and done once; everything downstream (relay control,
+//! routing, the envelope) works on the parsed types, so `%`, `!`, quoted
+//! local parts containing `@` and source routes cannot change which domain a
+//! recipient belongs to: it is always the part after the last unquoted `@`
+//! of the mailbox, nothing else.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::reply::Enhanced;
+
+/// RFC 5321 §4.5.3.1.1: local part at most 64 octets.
+pub const MAX_LOCAL_PART: usize = 64;
+/// RFC 5321 §4.5.3.1.2: domain at most 255 octets.
+pub const MAX_DOMAIN: usize = 255;
+/// RFC 5321 §4.5.3.1.3: path at most 256 octets including the brackets.
+pub const MAX_PATH: usize = 256;
+
+/// Why an address did not parse; `enhanced()` gives the RFC 3463 code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressError {
+    Syntax(&'static str),
+    TooLong(&'static str),
+    /// Non-ASCII where SMTPUTF8 was not negotiated (RFC 6531 §3.4).
+    NeedsSmtpUtf8,
+}
+
+impl AddressError {
+    pub fn enhanced(&self) -> Enhanced {
+        match self {
+            AddressError::Syntax(_) | AddressError::TooLong(_) => Enhanced::new(5, 1, 3),
+            AddressError::NeedsSmtpUtf8 => Enhanced::new(5, 6, 7),
+        }
+    }
+}
+
+impl fmt::Display for AddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressError::Syntax(s) => write!(f, "Bad address syntax: {s}"),
+            AddressError::TooLong(s) => write!(f, "Address too long: {s}"),
+            AddressError::NeedsSmtpUtf8 => {
+                write!(f, "Non-ASCII address requires the SMTPUTF8 parameter")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AddressError {}
+
+/// A domain name, stored as given (case kept for forwarding) and compared
+/// case-insensitively (RFC 5321 §2.4).
+#[derive(Debug, Clone, Eq)]
+pub struct Domain(String);
+
+impl Domain {
+    /// RFC 5321 §4.1.2: `sub-domain *("." sub-domain)`, each `Let-dig
+    /// [Ldh-str]`. With `utf8`, U-labels are allowed (RFC 6531 §3.3).
+    pub fn parse(s: &str, utf8: bool) -> Result<Domain, AddressError> {
+        if s.is_empty() {
+            return Err(AddressError::Syntax("empty domain"));
+        }
+        if s.len() > MAX_DOMAIN {
+            return Err(AddressError::TooLong("domain over 255 octets"));
+        }
+        for label in s.split('.') {
+            if label.is_empty() {
+                return Err(AddressError::Syntax("empty label in domain"));
+            }
+            if label.len() > 63 {
+                return Err(AddressError::TooLong("domain label over 63 octets"));
+            }
+            let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii());
+            for c in label.chars() {
+                if !c.is_ascii() && !utf8 {
+                    return Err(AddressError::NeedsSmtpUtf8);
+                }
+                if !ok_char(c) || c.is_control() {
+                    return Err(AddressError::Syntax("invalid character in domain"));
+                }
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(AddressError::Syntax("domain label starts or ends with '-'"));
+            }
+        }
+        Ok(Domain(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Lower-case form, for comparisons and map keys.
+    pub fn key(&self) -> String {
+        self.0.to_lowercase()
+    }
+
+    /// True when this is `other` or a subdomain of it.
+    pub fn is_within(&self, other: &Domain) -> bool {
+        let me = self.key();
+        let them = other.key();
+        me == them || me.ends_with(&format!(".{them}"))
+    }
+}
+
+impl PartialEq for Domain {
+    fn eq(&self, other: &Domain) -> bool {
+        self.0.eq_ignore_ascii_case(&other.0) || self.key() == other.key()
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The part of a mailbox after `@`: a name or an address literal (§4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Name(Domain),
+    Ipv4(Ipv4Addr),
+    Ipv6(Ipv6Addr),
+}
+
+impl Host {
+    fn parse(s: &str, utf8: bool) -> Result<Host, AddressError> {
+        if let Some(inner) = s.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or(AddressError::Syntax("unterminated address literal"))?;
+            if let Some(v6) = strip_prefix_ignore_case(inner, "IPv6:") {
+                return v6
+                    .parse::<Ipv6Addr>()
+                    .map(Host::Ipv6)
+                    .map_err(|_| AddressError::Syntax("bad IPv6 address literal"));
+            }
+            // RFC 5321 §4.1.3: IPv4 literal is four dotted decimal octets.
+            if inner.split('.').count() == 4
+                && inner.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            {
+                return inner
+                    .parse::<Ipv4Addr>()
+                    .map(Host::Ipv4)
+                    .map_err(|_| AddressError::Syntax("bad IPv4 address literal"));
+            }
+            return Err(AddressError::Syntax("unsupported address literal"));
+        }
+        Domain::parse(s, utf8).map(Host::Name)
+    }
+
+    pub fn domain(&self) -> Option<&Domain> {
+        match self {
+            Host::Name(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Host::Name(_) => None,
+            Host::Ipv4(a) => Some(IpAddr::V4(*a)),
+            Host::Ipv6(a) => Some(IpAddr::V6(*a)),
+        }
+    }
+
+    /// Lower-case text form, for grouping recipients by destination.
+    pub fn key(&self) -> String {
+        match self {
+            Host::Name(d) => d.key(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(d) => write!(f, "{d}"),
+            Host::Ipv4(a) => write!(f, "[{a}]"),
+            Host::Ipv6(a) => write!(f, "[IPv6:{a}]"),
+        }
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len()
+        && s.is_char_boundary(prefix.len())
+        && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+    {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+/// `Local-part "@" ( Domain / address-literal )` (RFC 5321 §4.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// As given on the wire, quotes included: the local part is the
+    /// destination's business (§2.4), so it is kept byte for byte.
+    local: String,
+    host: Host,
+}
+
+/// RFC 5322 atext, as RFC 5321 §4.1.2 uses it for Dot-string.
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+}
+
+impl Mailbox {
+    pub fn parse(s: &str, utf8: bool) -> Result<Mailbox, AddressError> {
+        let (local, host) = split_local(s, utf8)?;
+        if local.len() > MAX_LOCAL_PART {
+            return Err(AddressError::TooLong("local part over 64 octets"));
+        }
+        let host = Host::parse(host, utf8)?;
+        Ok(Mailbox {
+            local: local.to_string(),
+            host,
+        })
+    }
+
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// True when the address needs SMTPUTF8 to travel (RFC 6531).
+    pub fn is_utf8(&self) -> bool {
+        !self.to_string().is_ascii()
+    }
+}
+
+/// Splits at the `@` that ends the local part, validating the local part.
+/// Quoted strings may contain `@`; the split is after the closing quote.
+fn split_local(s: &str, utf8: bool) -> Result<(&str, &str), AddressError> {
+    let bytes = s.as_bytes();
+    let end = if bytes.first() == Some(&b'"') {
+        // Quoted-string = DQUOTE *QcontentSMTP DQUOTE
+        let mut i = 1;
+        loop {
+            match bytes.get(i) {
+                None => return Err(AddressError::Syntax("unterminated quoted string")),
+                Some(b'"') => break i + 1,
+                Some(b'\\') => match bytes.get(i + 1) {
+                    // quoted-pairSMTP = %d92 %d32-126
+                    Some(32..=126) => i += 2,
+                    _ => return Err(AddressError::Syntax("bad quoted pair")),
+                },
+                // qtextSMTP = %d32-33 / %d35-91 / %d93-126, plus UTF-8
+                Some(32..=126) => i += 1,
+                Some(128..) if utf8 => i += 1,
+                Some(128..) => return Err(AddressError::NeedsSmtpUtf8),
+                Some(_) => return Err(AddressError::Syntax("control character in quoted string")),
+            }
+        }
+    } else {
+        let at = s
+            .rfind('@')
+            .ok_or(AddressError::Syntax("missing '@' in mailbox"))?;
+        let local = &s[..at];
+        if local.is_empty() {
+            return Err(AddressError::Syntax("empty local part"));
+        }
+        for atom in local.split('.') {
+            if atom.is_empty() {
+                return Err(AddressError::Syntax("empty atom in local part"));
+            }
+            for c in atom.chars() {
+                if !c.is_ascii() {
+                    if !utf8 {
+                        return Err(AddressError::NeedsSmtpUtf8);
+                    }
+                } else if !is_atext(c) {
+                    return Err(AddressError::Syntax("invalid character in local part"));
+                }
+            }
+        }
+        at
+    };
+    if bytes.get(end) != Some(&b'@') {
+        return Err(AddressError::Syntax("missing '@' after local part"));
+    }
+    Ok((&s[..end], &s[end + 1..]))
+}
+
+impl fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.local, self.host)
+    }
+}
+
+/// A forward-path, or the non-null reverse-path: an optional RFC 821
+/// source route (`@hosta,@hostb:`) and the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    route: Vec<Domain>,
+    mailbox: Mailbox,
+}
+
+impl Path {
+    pub fn new(mailbox: Mailbox) -> Path {
+        Path {
+            route: Vec::new(),
+            mailbox,
+        }
+    }
+
+    /// Parses `<[A-d-l ":"] Mailbox>` (RFC 5321 §4.1.2), brackets included.
+    pub fn parse(s: &str, utf8: bool) -> Result<Path, AddressError> {
+        if s.len() > MAX_PATH {
+            return Err(AddressError::TooLong("path over 256 octets"));
+        }
+        let inner = s
+            .strip_prefix('<')
+            .and_then(|x| x.strip_suffix('>'))
+            .ok_or(AddressError::Syntax("path must be enclosed in <>"))?;
+        let (route, mailbox) = match inner.strip_prefix('@') {
+            // A-d-l = At-domain *( "," At-domain ); At-domain = "@" Domain
+            Some(_) => {
+                let colon = inner
+                    .find(':')
+                    .ok_or(AddressError::Syntax("source route without ':'"))?;
+                let mut route = Vec::new();
+                for hop in inner[..colon].split(',') {
+                    let d = hop
+                        .strip_prefix('@')
+                        .ok_or(AddressError::Syntax("source route hop without '@'"))?;
+                    route.push(Domain::parse(d, utf8)?);
+                }
+                (route, &inner[colon + 1..])
+            }
+            None => (Vec::new(), inner),
+        };
+        Ok(Path {
+            route,
+            mailbox: Mailbox::parse(mailbox, utf8)?,
+        })
+    }
+
+    pub fn route(&self) -> &[Domain] {
+        &self.route
+    }
+
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    /// RFC 5321 §3.6.1 / Appendix C: source routes may be ignored; the path
+    /// with its route stripped.
+    pub fn without_route(&self) -> Path {
+        Path::new(self.mailbox.clone())
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<")?;
+        for (i, d) in self.route.iter().enumerate() {
+            let sep = if i + 1 == self.route.len() { ':' } else { ',' };
+            write!(f, "@{d}{sep}")?;
+        }
+        write!(f, "{}>", self.mailbox)
+    }
+}
+
+/// `MAIL FROM:` argument: the null path `<>` (used by bounces, RFC 5321
+/// §4.5.5) or a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReversePath {
+    Null,
+    Path(Path),
+}
+
+impl ReversePath {
+    pub fn parse(s: &str, utf8: bool) -> Result<ReversePath, AddressError> {
+        if s == "<>" {
+            Ok(ReversePath::Null)
+        } else {
+            Path::parse(s, utf8).map(ReversePath::Path)
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, ReversePath::Null)
+    }
+
+    pub fn mailbox(&self) -> Option<&Mailbox> {
+        match self {
+            ReversePath::Null => None,
+            ReversePath::Path(p) => Some(p.mailbox()),
+        }
+    }
+}
+
+impl fmt::Display for ReversePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReversePath::Null => f.write_str("<>"),
+            ReversePath::Path(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(s: &str) -> Result<Path, AddressError> {
+        Path::parse(s, false)
+    }
+
+    #[test]
+    fn table() {
+        // (input, Ok(domain key) or Err)
+        let cases: &[(&str, Option<&str>)] = &[
+            ("<user@example.org>", Some("example.org")),
+            ("<User.Name+tag@Example.ORG>", Some("example.org")),
+            ("<\"user@dest\"@relay.example>", Some("relay.example")),
+            ("<\"a\\\"b\"@x.y>", Some("x.y")),
+            ("<user%dest@relay.example>", Some("relay.example")),
+            ("<dest!user@relay.example>", Some("relay.example")),
+            ("<@hosta,@hostb:user@final.example>", Some("final.example")),
+            ("<@relay.example:user@dest.example>", Some("dest.example")),
+            ("<user@[192.0.2.1]>", Some("[192.0.2.1]")),
+            ("<user@[IPv6:2001:db8::1]>", Some("[ipv6:2001:db8::1]")),
+            ("<user@dest@relay.example>", None),
+            ("<user@example.org.>", None),
+            ("<user@-bad.org>", None),
+            ("<user@>", None),
+            ("<@example.org>", None),
+            ("<user>", None),
+            ("user@example.org", None),
+            ("<user@example.org", None),
+            ("<us er@example.org>", None),
+            ("<a..b@example.org>", None),
+            ("<.a@example.org>", None),
+            ("<user@exa_mple.org>", None),
+            ("<user@[300.1.1.1]>", None),
+            ("<user@[1.2.3]>", None),
+            ("<\"unterminated@example.org>", None),
+            ("<üser@example.org>", None),
+            ("<user@exämple.org>", None),
+            ("<@a,b:user@example.org>", None),
+        ];
+        for (input, want) in cases {
+            let got = path(input).map(|p| p.mailbox().host().key().to_lowercase());
+            match want {
+                Some(d) => assert_eq!(got.as_deref(), Ok(*d), "{input}"),
+                None => assert!(got.is_err(), "{input} should fail, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let local = "a".repeat(64);
+        assert!(path(&format!("<{local}@x.org>")).is_ok());
+        assert!(path(&format!("<a{local}@x.org>")).is_err());
+        let long = format!("<a@{}.org>", "b".repeat(60));
+        assert!(path(&long).is_ok());
+        let too_long = format!("<a@{}>", vec!["c".repeat(60); 5].join("."));
+        assert_eq!(
+            path(&too_long),
+            Err(AddressError::TooLong("path over 256 octets"))
+        );
+    }
+
+    #[test]
+    fn utf8_only_when_negotiated() {
+        assert_eq!(
+            Path::parse("<üser@example.org>", false),
+            Err(AddressError::NeedsSmtpUtf8)
+        );
+        assert!(Path::parse("<üser@exämple.org>", true).is_ok());
+    }
+
+    #[test]
+    fn display_roundtrip() {
+        for s in [
+            "<@hosta,@hostb:user@final.example>",
+            "<\"a b\"@x.y>",
+            "<u@[IPv6:2001:db8::1]>",
+            "<u@[10.0.0.1]>",
+        ] {
+            assert_eq!(path(s).unwrap().to_string(), s);
+        }
+        assert_eq!(ReversePath::parse("<>", false).unwrap().to_string(), "<>");
+    }
+}

@@ -1,0 +1,336 @@
+//! One command line → `Command`, or the `Reply` that rejects it.
+//!
+//! No I/O and no session state here: whether a command is allowed *now* is
+//! the session's business; this module only answers "what did the client
+//! say". Verbs are case-insensitive (RFC 5321 §2.4).
+
+use super::address::{AddressError, Domain, Path, ReversePath};
+use super::reply::Reply;
+
+/// RFC 1652 / RFC 6152 `BODY=` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    SevenBit,
+    EightBitMime,
+}
+
+impl Body {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Body::SevenBit => "7BIT",
+            Body::EightBitMime => "8BITMIME",
+        }
+    }
+}
+
+/// Parameters of MAIL FROM that we implement (the EHLO keywords we offer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailParams {
+    /// RFC 1870 §4: the client's estimate of the message size.
+    pub size: Option<u64>,
+    pub body: Option<Body>,
+    /// RFC 6531 §3.4.
+    pub smtputf8: bool,
+}
+
+/// The recipient of RCPT TO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptTarget {
+    Path(Path),
+    /// RFC 5321 §4.1.1.3: `<Postmaster>` without a domain.
+    Postmaster,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ehlo(String),
+    Helo(String),
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
+    Rcpt(RcptTarget),
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Expn,
+    Help,
+    /// Known commands of extensions we do not offer (STARTTLS, AUTH, BDAT,
+    /// ETRN, TURN): answered 502, not 500, as Postfix does.
+    NotImplemented(String),
+}
+
+const MAIL_HINT: &str = "MAIL FROM:<reverse-path> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]";
+const RCPT_HINT: &str = "RCPT TO:<forward-path>";
+
+/// Parses one command line, CRLF already removed.
+pub fn parse(line: &[u8]) -> Result<Command, Reply> {
+    // RFC 5321 §2.3.8 / §4.1.1: commands are text; a NUL or other control
+    // character has no business in one (RFC 5321 §4.1.1 ASCII). UTF-8 is
+    // allowed for SMTPUTF8 arguments.
+    let line =
+        std::str::from_utf8(line).map_err(|_| Reply::syntax("command is not valid UTF-8 text"))?;
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(Reply::syntax(
+            "control characters are not allowed in commands",
+        ));
+    }
+    let (verb, args) = match line.find(' ') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, ""),
+    };
+    let verb = verb.to_ascii_uppercase();
+    let no_args = |cmd: Command, hint: &str| {
+        if args.trim().is_empty() {
+            Ok(cmd)
+        } else {
+            Err(Reply::syntax(hint))
+        }
+    };
+    match verb.as_str() {
+        "EHLO" | "HELO" => {
+            let name = args.trim();
+            // RFC 5321 §4.1.1.1: EHLO takes a domain or address literal.
+            // Many real clients send odd names; accept anything that is one
+            // token of printable text, reject empty or several words.
+            if name.is_empty() || name.contains(' ') || name.contains('\t') {
+                return Err(Reply::syntax(&format!("{verb} hostname")));
+            }
+            Ok(if verb == "EHLO" {
+                Command::Ehlo(name.to_string())
+            } else {
+                Command::Helo(name.to_string())
+            })
+        }
+        "MAIL" => parse_mail(args),
+        "RCPT" => parse_rcpt(args),
+        "DATA" => no_args(Command::Data, "DATA (no arguments)"),
+        "RSET" => no_args(Command::Rset, "RSET (no arguments)"),
+        // RFC 5321 §4.1.1.9: NOOP's parameter, if any, is ignored.
+        "NOOP" => Ok(Command::Noop),
+        "QUIT" => no_args(Command::Quit, "QUIT (no arguments)"),
+        "VRFY" => {
+            if args.trim().is_empty() {
+                Err(Reply::syntax("VRFY <string>"))
+            } else {
+                Ok(Command::Vrfy)
+            }
+        }
+        "EXPN" => Ok(Command::Expn),
+        "HELP" => Ok(Command::Help),
+        "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => {
+            Ok(Command::NotImplemented(verb))
+        }
+        _ => Err(Reply::unknown_command()),
+    }
+}
+
+/// `keyword:` prefix, case-insensitive, with optional spaces after the
+/// colon (RFC 5321 says none, but real clients send one; Postfix accepts).
+fn strip_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
+    let head = args.get(..keyword.len())?;
+    if head.eq_ignore_ascii_case(keyword) {
+        Some(args[keyword.len()..].trim_start_matches(' '))
+    } else {
+        None
+    }
+}
+
+/// Splits `<...> rest` at the `>` that closes the path, minding quoted
+/// strings, which may contain `>` and spaces.
+fn split_path(s: &str) -> Option<(&str, &str)> {
+    if !s.starts_with('<') {
+        return None;
+    }
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return Some((&s[..=i], &s[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn address_reply(e: AddressError) -> Reply {
+    match e {
+        AddressError::NeedsSmtpUtf8 => Reply::utf8_without_smtputf8(),
+        other => Reply::bad_address(other.enhanced(), &other.to_string()),
+    }
+}
+
+/// Splits ESMTP parameters, `keyword[=value]` separated by spaces
+/// (RFC 5321 §4.1.2 Mail-parameters).
+fn params(rest: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
+    if !rest.is_empty() && !rest.starts_with(' ') {
+        return Err(Reply::syntax("expected a space after the path"));
+    }
+    let mut out = Vec::new();
+    for p in rest.split(' ').filter(|p| !p.is_empty()) {
+        let (k, v) = match p.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (p, None),
+        };
+        // esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
+        let ok = k.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok || v.is_some_and(|v| v.is_empty()) {
+            return Err(Reply::syntax("bad ESMTP parameter"));
+        }
+        out.push((k.to_ascii_uppercase(), v));
+    }
+    Ok(out)
+}
+
+fn parse_mail(args: &str) -> Result<Command, Reply> {
+    let rest = strip_keyword(args, "FROM:").ok_or_else(|| Reply::syntax(MAIL_HINT))?;
+    let (path, rest) = split_path(rest).ok_or_else(|| Reply::syntax(MAIL_HINT))?;
+    let mut mp = MailParams::default();
+    let mut seen = Vec::new();
+    for (k, v) in params(rest)? {
+        if seen.contains(&k) {
+            return Err(Reply::syntax(&format!("duplicate parameter {k}")));
+        }
+        seen.push(k.clone());
+        match (k.as_str(), v) {
+            // RFC 1870 §3: size-value = 1*20DIGIT
+            ("SIZE", Some(v)) if v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) => {
+                mp.size = Some(v.parse().unwrap_or(u64::MAX));
+            }
+            ("SIZE", _) => return Err(Reply::syntax("SIZE=<number of octets>")),
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => mp.body = Some(Body::SevenBit),
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
+                mp.body = Some(Body::EightBitMime)
+            }
+            // RFC 6152 §3: BODY=BINARYMIME needs CHUNKING, which we lack.
+            ("BODY", _) => return Err(Reply::syntax("BODY=7BIT or BODY=8BITMIME")),
+            ("SMTPUTF8", None) => mp.smtputf8 = true,
+            ("SMTPUTF8", Some(_)) => return Err(Reply::syntax("SMTPUTF8 takes no value")),
+            (k, _) => return Err(Reply::unsupported_parameter(k)),
+        }
+    }
+    let from = ReversePath::parse(path, mp.smtputf8).map_err(address_reply)?;
+    Ok(Command::Mail { from, params: mp })
+}
+
+fn parse_rcpt(args: &str) -> Result<Command, Reply> {
+    let rest = strip_keyword(args, "TO:").ok_or_else(|| Reply::syntax(RCPT_HINT))?;
+    let (path, rest) = split_path(rest).ok_or_else(|| Reply::syntax(RCPT_HINT))?;
+    if let Some((k, _)) = params(rest)?.into_iter().next() {
+        return Err(Reply::unsupported_parameter(&k));
+    }
+    if path.eq_ignore_ascii_case("<postmaster>") {
+        return Ok(Command::Rcpt(RcptTarget::Postmaster));
+    }
+    // Whether UTF-8 is allowed depends on the transaction's MAIL; parse
+    // permissively here and let the session check `is_utf8()` against it.
+    let to = Path::parse(path, true).map_err(address_reply)?;
+    Ok(Command::Rcpt(RcptTarget::Path(to)))
+}
+
+/// A HELO/EHLO argument as a domain when it is one (for logs and Received).
+pub fn helo_domain(name: &str) -> Option<Domain> {
+    Domain::parse(name, true).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(line: &str) -> u16 {
+        match parse(line.as_bytes()) {
+            Ok(_) => 0,
+            Err(r) => r.code().value(),
+        }
+    }
+
+    #[test]
+    fn table() {
+        // input → 0 for Ok, else the reply code
+        let cases: &[(&str, u16)] = &[
+            ("EHLO client.example", 0),
+            ("ehlo client.example", 0),
+            ("EHLO [127.0.0.1]", 0),
+            ("EHLO", 501),
+            ("EHLO a b", 501),
+            ("HELO x", 0),
+            ("MAIL FROM:<a@b.example>", 0),
+            ("mail from:<a@b.example>", 0),
+            ("MAIL FROM: <a@b.example>", 0),
+            ("MAIL FROM:<>", 0),
+            ("MAIL FROM:<a@b.example> SIZE=1000", 0),
+            ("MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME", 0),
+            ("MAIL FROM:<a@b.example> BODY=7bit", 0),
+            ("MAIL FROM:<a@b.example> BODY=BINARYMIME", 501),
+            ("MAIL FROM:<a@b.example> SIZE=abc", 501),
+            ("MAIL FROM:<a@b.example> SIZE=1 SIZE=2", 501),
+            ("MAIL FROM:<a@b.example> FOO=bar", 555),
+            ("MAIL FROM:<a@b.example> RET=HDRS", 555),
+            ("MAIL FROM:<üser@b.example>", 553),
+            ("MAIL FROM:<üser@b.example> SMTPUTF8", 0),
+            ("MAIL FROM:a@b.example", 501),
+            ("MAIL TO:<a@b.example>", 501),
+            ("MAIL", 501),
+            ("MAIL FROM:<a@b.example>x", 501),
+            ("MAIL FROM:<\"a > b\"@c.example>", 0),
+            ("RCPT TO:<c@d.example>", 0),
+            ("RCPT TO:<Postmaster>", 0),
+            ("RCPT TO:<@a.example,@b.example:c@d.example>", 0),
+            ("RCPT TO:<c@d.example> NOTIFY=NEVER", 555),
+            ("RCPT TO:<c@@d.example>", 501),
+            ("RCPT TO:c@d.example", 501),
+            ("RCPT FROM:<c@d.example>", 501),
+            ("DATA", 0),
+            ("DATA x", 501),
+            ("RSET", 0),
+            ("NOOP", 0),
+            ("NOOP anything", 0),
+            ("QUIT", 0),
+            ("VRFY someone", 0),
+            ("VRFY", 501),
+            ("EXPN list", 0),
+            ("HELP", 0),
+            ("STARTTLS", 0),
+            ("FOO", 500),
+            ("", 500),
+            ("NO\0OP", 501),
+            ("MAIL FROM:<a\x01@b.example>", 501),
+        ];
+        for (line, want) in cases {
+            assert_eq!(code(line), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn mail_parameters() {
+        let Ok(Command::Mail { from, params }) =
+            parse(b"MAIL FROM:<a@b.example> SIZE=1234 BODY=8BITMIME SMTPUTF8")
+        else {
+            panic!("parse failed")
+        };
+        assert_eq!(from.to_string(), "<a@b.example>");
+        assert_eq!(params.size, Some(1234));
+        assert_eq!(params.body, Some(Body::EightBitMime));
+        assert!(params.smtputf8);
+    }
+
+    #[test]
+    fn source_route_kept() {
+        let Ok(Command::Rcpt(RcptTarget::Path(p))) =
+            parse(b"RCPT TO:<@hosta.example,@hostb.example:user@final.example>")
+        else {
+            panic!("parse failed")
+        };
+        assert_eq!(p.route().len(), 2);
+        assert_eq!(p.mailbox().to_string(), "user@final.example");
+    }
+}

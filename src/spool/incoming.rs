@@ -1,0 +1,140 @@
+//! `Incoming`: a message being received, not yet promised to anyone.
+//!
+//! Crash story, step by step (what a crash at each point leaves behind):
+//! 1. `tmp/ID.msg` created and written: only tmp files; start-up empties
+//!    `tmp/`. The client got no 250 and will retry.
+//! 2. `ID.msg` fsynced, `tmp/ID.env` written and fsynced: same as 1.
+//! 3. `ID.msg` renamed into `queue/`: a body without an envelope; start-up
+//!    deletes it (no 250 was sent).
+//! 4. `ID.env` renamed into `queue/`: **the commit instant**. Both files
+//!    are complete and fsynced. We fsync `queue/` so the two names are on
+//!    disk, and only then answer 250.
+//!
+//! Dropping an `Incoming` that was not committed removes its files, so an
+//! interrupted DATA (client gone, timeout, too big) leaves nothing.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+use super::envelope::Envelope;
+use super::fsutil;
+use super::queue_id::QueueId;
+use super::{Spool, SpoolError};
+
+pub struct Incoming<'a> {
+    spool: &'a Spool,
+    id: QueueId,
+    file: Option<BufWriter<File>>,
+    written: u64,
+}
+
+impl<'a> Incoming<'a> {
+    pub(super) fn create(spool: &'a Spool) -> Result<Incoming<'a>, SpoolError> {
+        // An id whose files already exist (clock set back) is skipped.
+        for _ in 0..100 {
+            let id = QueueId::generate();
+            if spool.queue_dir().join(format!("{id}.env")).exists() {
+                continue;
+            }
+            let path = spool.tmp_dir().join(format!("{id}.msg"));
+            match fsutil::create_new(&path) {
+                Ok(f) => {
+                    return Ok(Incoming {
+                        spool,
+                        id,
+                        file: Some(BufWriter::with_capacity(64 * 1024, f)),
+                        written: 0,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(SpoolError::io(path, e)),
+            }
+        }
+        Err(SpoolError::io(
+            spool.tmp_dir(),
+            io::Error::other("could not find a free queue id"),
+        ))
+    }
+
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    /// Octets written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn tmp_path(&self, ext: &str) -> PathBuf {
+        self.spool.tmp_dir().join(format!("{}.{ext}", self.id))
+    }
+
+    /// Makes the message durable and visible to delivery, as described in
+    /// the module header. On `Err` nothing was committed and the files are
+    /// removed (by `Drop`).
+    pub fn commit(mut self, env: &Envelope) -> Result<QueueId, SpoolError> {
+        let msg_tmp = self.tmp_path("msg");
+        let env_tmp = self.tmp_path("env");
+        let queue = self.spool.queue_dir();
+        let id = self.id;
+        let mut w = self
+            .file
+            .take()
+            .expect("an Incoming holds its file until commit or drop");
+        w.flush().map_err(|e| SpoolError::io(&msg_tmp, e))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| SpoolError::io(&msg_tmp, e.into_error()))?;
+        f.sync_data().map_err(|e| SpoolError::io(&msg_tmp, e))?;
+        drop(f);
+
+        let mut ef = fsutil::create_new(&env_tmp).map_err(|e| SpoolError::io(&env_tmp, e))?;
+        ef.write_all(env.to_text().as_bytes())
+            .and_then(|_| ef.sync_data())
+            .map_err(|e| SpoolError::io(&env_tmp, e))?;
+        drop(ef);
+
+        let msg_final = queue.join(format!("{id}.msg"));
+        fs::rename(&msg_tmp, &msg_final).map_err(|e| SpoolError::io(&msg_final, e))?;
+        let env_final = queue.join(format!("{id}.env"));
+        if let Err(e) = fs::rename(&env_tmp, &env_final) {
+            let _ = fs::remove_file(&msg_final);
+            return Err(SpoolError::io(&env_final, e));
+        }
+        // From here the message exists. If the directory fsync fails we
+        // cannot promise it survives a crash, so we answer 4xx; the message
+        // may still be delivered (a duplicate is acceptable, a loss is not).
+        fsutil::fsync_dir(queue).map_err(|e| SpoolError::io(queue, e))?;
+        Ok(id)
+    }
+}
+
+impl Write for Incoming<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("message already committed"))?;
+        let n = f.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Incoming<'_> {
+    fn drop(&mut self) {
+        // After a successful commit the tmp names are gone (renamed), so
+        // removing them is a harmless ENOENT; after a failure they go.
+        drop(self.file.take());
+        let _ = fs::remove_file(self.tmp_path("msg"));
+        let _ = fs::remove_file(self.tmp_path("env"));
+    }
+}

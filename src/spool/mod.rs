@@ -1,0 +1,392 @@
+//! The spool: the on-disk queue, and the only code that touches it.
+//!
+//! Layout (all plain files, inspectable with `ls` and `cat`):
+//! ```text
+//! SPOOL/lock          held (flock) by the running server: one server per spool
+//! SPOOL/tmp/          messages being received; emptied at start-up
+//! SPOOL/queue/ID.msg  the message as received, our Received header first
+//! SPOOL/queue/ID.env  its envelope (see `envelope.rs`); exists only once
+//!                     ID.msg is complete: its appearance is the commit
+//! SPOOL/corrupt/      envelopes that do not parse, moved aside, never deleted
+//! ```
+//! A message leaves the queue envelope first, then body, so a crash in
+//! between leaves a body without envelope, which start-up removes (it was
+//! already delivered or bounced).
+
+pub mod envelope;
+pub mod fsutil;
+pub mod incoming;
+pub mod queue_id;
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub use envelope::{Attempt, Envelope, RcptState, Recipient};
+pub use incoming::Incoming;
+pub use queue_id::QueueId;
+
+#[derive(Debug)]
+pub enum SpoolError {
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Corrupt {
+        id: QueueId,
+        why: String,
+    },
+    /// Another server holds the spool lock.
+    Locked(PathBuf),
+}
+
+impl SpoolError {
+    pub fn io(path: impl AsRef<Path>, source: io::Error) -> SpoolError {
+        SpoolError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// Out of disk space or quota: the caller answers 452, not 451.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. } if fsutil::is_out_of_space(source))
+    }
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            SpoolError::Corrupt { id, why } => write!(f, "{id}: corrupt envelope: {why}"),
+            SpoolError::Locked(p) => write!(
+                f,
+                "{}: spool is locked by another running smtp-relay",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpoolError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Held by the running server; released when dropped or when the process
+/// dies (flock), so a crash never leaves the spool locked.
+pub struct SpoolLock {
+    _file: File,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+    tmp: PathBuf,
+    queue: PathBuf,
+    corrupt: PathBuf,
+}
+
+/// What start-up recovery found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub queued: usize,
+    pub tmp_removed: usize,
+    pub orphans_removed: usize,
+    pub corrupt_moved: usize,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool folders under `root`.
+    pub fn open(root: &Path) -> Result<Spool, SpoolError> {
+        let spool = Spool {
+            root: root.to_path_buf(),
+            tmp: root.join("tmp"),
+            queue: root.join("queue"),
+            corrupt: root.join("corrupt"),
+        };
+        for d in [&spool.root, &spool.tmp, &spool.queue, &spool.corrupt] {
+            fsutil::ensure_dir(d).map_err(|e| SpoolError::io(d, e))?;
+        }
+        Ok(spool)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn queue_dir(&self) -> &Path {
+        &self.queue
+    }
+
+    pub fn corrupt_dir(&self) -> &Path {
+        &self.corrupt
+    }
+
+    pub fn msg_path(&self, id: QueueId) -> PathBuf {
+        self.queue.join(format!("{id}.msg"))
+    }
+
+    pub fn env_path(&self, id: QueueId) -> PathBuf {
+        self.queue.join(format!("{id}.env"))
+    }
+
+    /// Takes the server's exclusive lock without waiting.
+    pub fn lock(&self) -> Result<SpoolLock, SpoolError> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| SpoolError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(SpoolLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Locked(path)),
+            Err(fs::TryLockError::Error(e)) => Err(SpoolError::io(&path, e)),
+        }
+    }
+
+    /// True while a server holds the lock (for the queue commands).
+    pub fn is_locked(&self) -> bool {
+        matches!(self.lock(), Err(SpoolError::Locked(_)))
+    }
+
+    /// Starts receiving a new message into `tmp/`.
+    pub fn incoming(&self) -> Result<Incoming<'_>, SpoolError> {
+        Incoming::create(self)
+    }
+
+    /// Start-up recovery; call only while holding the lock. Empties `tmp/`,
+    /// removes bodies without an envelope, moves unreadable envelopes to
+    /// `corrupt/`, and returns the queued envelopes by id.
+    pub fn recover(&self, _lock: &SpoolLock) -> Result<(Vec<Envelope>, Recovery), SpoolError> {
+        let mut rec = Recovery::default();
+        for entry in read_dir(&self.tmp)? {
+            let path = entry.path();
+            if fs::remove_file(&path).is_ok() {
+                rec.tmp_removed += 1;
+                log::warn!("recovery removed unfinished file {}", path.display());
+            }
+        }
+        let mut envs = Vec::new();
+        let mut bodies = Vec::new();
+        let mut env_ids = std::collections::HashSet::new();
+        for entry in read_dir(&self.queue)? {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((stem, ext)) = name.split_once('.') else {
+                continue;
+            };
+            let Some(id) = QueueId::parse(stem) else {
+                continue;
+            };
+            match ext {
+                "env" => {
+                    env_ids.insert(id);
+                    match self.load(id) {
+                        Ok(env) => envs.push(env),
+                        Err(SpoolError::Corrupt { why, .. }) => {
+                            log::error!("{id} corrupt envelope moved to corrupt/: {why}");
+                            self.move_to_corrupt(id)?;
+                            rec.corrupt_moved += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                "msg" => bodies.push(id),
+                _ => {}
+            }
+        }
+        for id in bodies {
+            if !env_ids.contains(&id) {
+                let path = self.msg_path(id);
+                if fs::remove_file(&path).is_ok() {
+                    rec.orphans_removed += 1;
+                    log::warn!("{id} recovery removed body without envelope");
+                }
+            }
+        }
+        envs.sort_by_key(|e| e.id);
+        rec.queued = envs.len();
+        Ok((envs, rec))
+    }
+
+    /// Reads and parses one envelope.
+    pub fn load(&self, id: QueueId) -> Result<Envelope, SpoolError> {
+        let path = self.env_path(id);
+        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => SpoolError::Corrupt {
+                id,
+                why: "not UTF-8 text".into(),
+            },
+            _ => SpoolError::io(&path, e),
+        })?;
+        let env = Envelope::parse(&text).map_err(|e| SpoolError::Corrupt {
+            id,
+            why: e.to_string(),
+        })?;
+        if env.id != id {
+            return Err(SpoolError::Corrupt {
+                id,
+                why: format!("envelope names id {}", env.id),
+            });
+        }
+        Ok(env)
+    }
+
+    /// Replaces an envelope atomically (delivery state changes).
+    pub fn store(&self, env: &Envelope) -> Result<(), SpoolError> {
+        let name = format!("{}.env", env.id);
+        fsutil::write_atomic(&self.tmp, &self.queue, &name, env.to_text().as_bytes())
+            .map_err(|e| SpoolError::io(self.queue.join(&name), e))
+    }
+
+    /// Removes a finished message: envelope first, so a crash in between
+    /// leaves only a body, which recovery removes.
+    pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        let env = self.env_path(id);
+        match fs::remove_file(&env) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::io(&env, e)),
+        }
+        fsutil::fsync_dir(&self.queue).map_err(|e| SpoolError::io(&self.queue, e))?;
+        let msg = self.msg_path(id);
+        match fs::remove_file(&msg) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SpoolError::io(&msg, e)),
+        }
+    }
+
+    /// Moves a message whose envelope does not parse to `corrupt/`.
+    fn move_to_corrupt(&self, id: QueueId) -> Result<(), SpoolError> {
+        for ext in ["env", "msg"] {
+            let from = self.queue.join(format!("{id}.{ext}"));
+            let to = self.corrupt.join(format!("{id}.{ext}"));
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SpoolError::io(&from, e)),
+            }
+        }
+        fsutil::fsync_dir(&self.corrupt).map_err(|e| SpoolError::io(&self.corrupt, e))?;
+        fsutil::fsync_dir(&self.queue).map_err(|e| SpoolError::io(&self.queue, e))
+    }
+
+    /// Ids of every committed message (those with an envelope), sorted.
+    pub fn list_ids(&self) -> Result<Vec<QueueId>, SpoolError> {
+        let mut ids: Vec<QueueId> = read_dir(&self.queue)?
+            .filter_map(|e| {
+                let name = e.file_name();
+                let stem = name.to_str()?.strip_suffix(".env")?;
+                QueueId::parse(stem)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<impl Iterator<Item = fs::DirEntry>, SpoolError> {
+    Ok(fs::read_dir(dir)
+        .map_err(|e| SpoolError::io(dir, e))?
+        .filter_map(Result::ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::{Path as SmtpPath, ReversePath};
+    use std::io::Write;
+
+    fn temp_spool(name: &str) -> Spool {
+        let dir = std::env::temp_dir().join(format!(
+            "smtp-relay-spool-test-{name}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        Spool::open(&dir).unwrap()
+    }
+
+    fn env_for(id: QueueId) -> Envelope {
+        Envelope {
+            id,
+            arrived: 1,
+            client: "127.0.0.1".into(),
+            helo: "h".into(),
+            from: ReversePath::Null,
+            size: 5,
+            body: None,
+            smtputf8: false,
+            attempts: 0,
+            next_try: 1,
+            rcpts: vec![Recipient {
+                path: SmtpPath::parse("<a@b.example>", false).unwrap(),
+                state: RcptState::Pending,
+                last_reply: None,
+            }],
+            history: vec![],
+        }
+    }
+
+    #[test]
+    fn commit_recover_remove() {
+        let spool = temp_spool("crr");
+        let lock = spool.lock().unwrap();
+        assert!(matches!(spool.lock(), Err(SpoolError::Locked(_))));
+
+        let mut inc = spool.incoming().unwrap();
+        let id = inc.id();
+        inc.write_all(b"hello").unwrap();
+        let committed = inc.commit(&env_for(id)).unwrap();
+        assert_eq!(committed, id);
+        assert_eq!(fs::read(spool.msg_path(id)).unwrap(), b"hello");
+        assert_eq!(fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
+
+        // an abandoned message leaves nothing
+        let mut inc = spool.incoming().unwrap();
+        inc.write_all(b"partial").unwrap();
+        drop(inc);
+        assert_eq!(fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
+
+        // crash leftovers: a tmp file, an orphan body, a torn envelope
+        fs::write(spool.tmp_dir().join("0000000000000001.msg"), b"x").unwrap();
+        fs::write(spool.queue_dir().join("0000000000000002.msg"), b"x").unwrap();
+        fs::write(
+            spool.queue_dir().join("0000000000000003.env"),
+            b"smtp-relay-envelope: 1\nid: 0000000000000003\n",
+        )
+        .unwrap();
+        let (envs, rec) = spool.recover(&lock).unwrap();
+        assert_eq!(envs.len(), 1);
+        assert_eq!(envs[0].id, id);
+        assert_eq!(
+            rec,
+            Recovery {
+                queued: 1,
+                tmp_removed: 1,
+                orphans_removed: 1,
+                corrupt_moved: 1
+            }
+        );
+        assert!(spool.corrupt_dir().join("0000000000000003.env").exists());
+
+        spool.remove(id).unwrap();
+        assert!(spool.list_ids().unwrap().is_empty());
+        let _ = fs::remove_dir_all(spool.root());
+    }
+}

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use crate::config::{BareLineEndings, Cidr, Config};
+use crate::route::StaticRoute;
 use crate::smtp::Domain;
 use crate::time::parse_duration;
 
@@ -18,6 +21,7 @@ use crate::time::parse_duration;
 #[derive(Debug)]
 pub enum Cli {
     Serve(Config),
+    Route { config: Config, address: String },
     Help(String),
     Version,
 }
@@ -55,30 +59,13 @@ const fn opt(name: &'static str, kind: Kind, hint: &'static str, desc: &'static 
     }
 }
 
-const SERVE_OPTS: &[OptSpec] = &[
-    opt(
-        "config",
-        Kind::Single,
-        "FILE",
-        "read options from FILE (name = value lines)",
-    ),
+/// Options of the receiving side (`serve` only).
+const SERVER_OPTS: &[OptSpec] = &[
     opt(
         "listen",
         Kind::Multi,
         "ADDR:PORT",
         "address to listen on, repeatable (default 127.0.0.1:2525)",
-    ),
-    opt(
-        "spool",
-        Kind::Single,
-        "DIR",
-        "spool directory (default ./spool)",
-    ),
-    opt(
-        "hostname",
-        Kind::Single,
-        "NAME",
-        "name in the greeting and Received headers (default: system name)",
     ),
     opt(
         "workers",
@@ -136,24 +123,142 @@ const SERVE_OPTS: &[OptSpec] = &[
     ),
 ];
 
-fn usage_text() -> String {
-    let mut s = String::from(
-        "smtp-relay: a store-and-forward SMTP relay\n\n\
-         Usage:\n  smtp-relay serve [OPTIONS]    run the relay\n  \
-         smtp-relay --help | --version\n\nserve options:\n",
-    );
-    for o in SERVE_OPTS {
+/// Options shared by every command that routes or delivers.
+const ROUTING_OPTS: &[OptSpec] = &[
+    opt(
+        "config",
+        Kind::Single,
+        "FILE",
+        "read options from FILE (name = value lines)",
+    ),
+    opt(
+        "spool",
+        Kind::Single,
+        "DIR",
+        "spool directory (default ./spool)",
+    ),
+    opt(
+        "hostname",
+        Kind::Single,
+        "NAME",
+        "our name: greeting, Received, EHLO, loop detection (default: system name)",
+    ),
+    opt(
+        "route",
+        Kind::Multi,
+        "DOMAIN=HOST[:PORT]",
+        "static route, repeatable; DOMAIN may be * or .suffix; HOST may be [addr]",
+    ),
+    opt(
+        "dns",
+        Kind::Single,
+        "ADDR:PORT",
+        "nameserver for MX lookups (default: /etc/resolv.conf)",
+    ),
+    opt(
+        "no-dns",
+        Kind::Flag,
+        "",
+        "use static routes only, never DNS",
+    ),
+    opt(
+        "smtp-port",
+        Kind::Single,
+        "PORT",
+        "port of MX hosts (default 25)",
+    ),
+    opt(
+        "honor-source-routes",
+        Kind::Flag,
+        "",
+        "forward along RFC 821 source routes instead of stripping them",
+    ),
+];
+
+/// Options of the delivery side (`serve`, `queue flush`).
+const DELIVERY_OPTS: &[OptSpec] = &[
+    opt(
+        "delivery-workers",
+        Kind::Single,
+        "N",
+        "delivery threads (default 32)",
+    ),
+    opt(
+        "max-per-destination",
+        Kind::Single,
+        "N",
+        "concurrent connections per destination domain (default 20)",
+    ),
+    opt(
+        "retry-min",
+        Kind::Single,
+        "DUR",
+        "first retry delay, doubling per attempt (default 5m)",
+    ),
+    opt(
+        "retry-max",
+        Kind::Single,
+        "DUR",
+        "longest retry delay (default 4000s)",
+    ),
+    opt(
+        "max-queue-age",
+        Kind::Single,
+        "DUR",
+        "bounce what is still undelivered after this (default 5d)",
+    ),
+    opt(
+        "delay-warning",
+        Kind::Single,
+        "DUR",
+        "send a 'delayed' DSN once a message waited this long (default off)",
+    ),
+    opt(
+        "delivery-timeout",
+        Kind::Single,
+        "DUR",
+        "bound every outbound SMTP phase (default: RFC 5321 4.5.3.2 values)",
+    ),
+];
+
+/// Every option a config file may name.
+fn all_specs() -> Vec<&'static OptSpec> {
+    ROUTING_OPTS
+        .iter()
+        .chain(SERVER_OPTS)
+        .chain(DELIVERY_OPTS)
+        .collect()
+}
+
+fn describe(out: &mut String, specs: &[OptSpec]) {
+    for o in specs {
         let left = if o.kind == Kind::Flag {
             format!("--{}", o.name)
         } else {
             format!("--{} {}", o.name, o.hint)
         };
-        s.push_str(&format!("  {left:<30} {}\n", o.desc));
+        out.push_str(&format!("  {left:<34} {}\n", o.desc));
     }
+}
+
+fn usage_text() -> String {
+    let mut s = String::from(
+        "smtp-relay: a store-and-forward SMTP relay\n\n\
+         Usage:\n  \
+         smtp-relay serve [OPTIONS]            run the relay (receive, queue, deliver)\n  \
+         smtp-relay route [OPTIONS] ADDRESS    show where a recipient would be sent, send nothing\n  \
+         smtp-relay --help | --version\n\nOptions of every command:\n",
+    );
+    describe(&mut s, ROUTING_OPTS);
+    s.push_str("\nReceiving (serve):\n");
+    describe(&mut s, SERVER_OPTS);
+    s.push_str("\nDelivering (serve):\n");
+    describe(&mut s, DELIVERY_OPTS);
     s.push_str(
-        "  -v, --verbose                  more log output (-vv: protocol trace); RUST_LOG also works\n\
-         \nDurations: 250ms, 30s, 5m, 2h, 5d. Exit codes: 0 ok, 64 usage, 69 cannot listen,\n\
-         74 spool I/O error, 75 spool locked by another server.\n",
+        "  -v, --verbose                      more log output (-vv: protocol trace); RUST_LOG also works\n\
+         \nDurations: 250ms, 30s, 5m, 2h, 5d. Exit codes: 0 ok, 64 usage, 69 cannot listen\n\
+         (route: permanently undeliverable), 74 spool I/O error, 75 spool locked by another\n\
+         server (route: temporarily undeliverable).\n",
     );
     s
 }
@@ -169,6 +274,21 @@ impl Values {
         self.matches
             .opt_str(name)
             .or_else(|| self.file.get(name).and_then(|v| v.last().cloned()))
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.matches.opt_present(name)
+            || self
+                .file
+                .get(name)
+                .and_then(|v| v.last())
+                .is_some_and(|v| matches!(v.as_str(), "yes" | "true" | "1"))
+    }
+
+    fn duration(&self, name: &str) -> Result<Option<Duration>, UsageError> {
+        self.single(name)
+            .map(|d| parse_duration(&d).map_err(|e| UsageError(format!("--{name}: {e}"))))
+            .transpose()
     }
 
     fn multi(&self, name: &str) -> Option<Vec<String>> {
@@ -191,13 +311,14 @@ pub fn parse(args: &[String]) -> Result<Cli, UsageError> {
         "-h" | "--help" | "help" => Ok(Cli::Help(usage_text())),
         "-V" | "--version" | "version" => Ok(Cli::Version),
         "serve" => parse_serve(&args[1..]),
+        "route" => parse_route(&args[1..]),
         other => Err(UsageError(format!(
             "unknown command {other:?}; try 'smtp-relay --help'"
         ))),
     }
 }
 
-fn options(specs: &[OptSpec]) -> getopts::Options {
+fn options(specs: &[&OptSpec]) -> getopts::Options {
     let mut o = getopts::Options::new();
     for s in specs {
         match s.kind {
@@ -212,10 +333,8 @@ fn options(specs: &[OptSpec]) -> getopts::Options {
 }
 
 /// Reads `name = value` lines; unknown names are errors naming the line.
-fn read_config_file(
-    path: &str,
-    specs: &[OptSpec],
-) -> Result<HashMap<String, Vec<String>>, UsageError> {
+fn read_config_file(path: &str) -> Result<HashMap<String, Vec<String>>, UsageError> {
+    let specs = all_specs();
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("config file {path}: {e}")))?;
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
@@ -236,6 +355,10 @@ fn read_config_file(
         if value.is_empty() {
             return Err(bad(&format!("{name} needs a value")));
         }
+        if spec.kind == Kind::Flag && !matches!(value, "yes" | "no" | "true" | "false" | "1" | "0")
+        {
+            return Err(bad(&format!("{name} takes yes or no")));
+        }
         let entry = out.entry(name.to_string()).or_default();
         if spec.kind == Kind::Single {
             entry.clear();
@@ -245,15 +368,15 @@ fn read_config_file(
     Ok(out)
 }
 
-fn parse_values(args: &[String], specs: &[OptSpec]) -> Result<Values, UsageError> {
+fn parse_values(args: &[String], specs: &[&OptSpec], free: usize) -> Result<Values, UsageError> {
     let matches = options(specs)
         .parse(args)
         .map_err(|e| UsageError(e.to_string()))?;
-    if let Some(extra) = matches.free.first() {
+    if let Some(extra) = matches.free.get(free) {
         return Err(UsageError(format!("unexpected argument {extra:?}")));
     }
     let file = match matches.opt_str("config") {
-        Some(path) => read_config_file(&path, specs)?,
+        Some(path) => read_config_file(&path)?,
         None => HashMap::new(),
     };
     Ok(Values { matches, file })
@@ -298,23 +421,73 @@ fn socket_addr(name: &str, v: &str) -> Result<SocketAddr, UsageError> {
 }
 
 fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
-    let v = parse_values(args, SERVE_OPTS)?;
+    let specs = all_specs();
+    let v = parse_values(args, &specs, 0)?;
     if v.matches.opt_present("help") {
         return Ok(Cli::Help(usage_text()));
     }
     let mut c = Config::new();
-    if let Some(l) = v.multi("listen") {
-        c.listen = l
-            .iter()
-            .map(|a| socket_addr("listen", a))
-            .collect::<Result<_, _>>()?;
+    apply_routing(&v, &mut c)?;
+    apply_server(&v, &mut c)?;
+    apply_delivery(&v, &mut c)?;
+    c.verbosity = v.matches.opt_count("verbose");
+    Ok(Cli::Serve(c))
+}
+
+fn parse_route(args: &[String]) -> Result<Cli, UsageError> {
+    let specs: Vec<&OptSpec> = ROUTING_OPTS.iter().collect();
+    let v = parse_values(args, &specs, 1)?;
+    if v.matches.opt_present("help") {
+        return Ok(Cli::Help(usage_text()));
     }
+    let Some(address) = v.matches.free.first().cloned() else {
+        return Err(UsageError(
+            "route needs an ADDRESS, e.g. user@example.org".into(),
+        ));
+    };
+    let mut c = Config::new();
+    apply_routing(&v, &mut c)?;
+    c.verbosity = v.matches.opt_count("verbose");
+    Ok(Cli::Route { config: c, address })
+}
+
+fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     if let Some(s) = v.single("spool") {
         c.spool = PathBuf::from(s);
     }
     if let Some(h) = v.single("hostname") {
         Domain::parse(&h, false).map_err(|e| UsageError(format!("--hostname: {h:?}: {e}")))?;
         c.hostname = h;
+    }
+    if let Some(routes) = v.multi("route") {
+        c.routes = routes
+            .iter()
+            .map(|r| StaticRoute::parse(r).map_err(|e| UsageError(format!("--route: {r:?}: {e}"))))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(d) = v.single("dns") {
+        c.dns = Some(socket_addr("dns", &d)?);
+    }
+    c.no_dns = v.flag("no-dns");
+    if let Some(p) = v.single("smtp-port") {
+        c.smtp_port = number::<u16>("smtp-port", &p).and_then(|p| {
+            if p == 0 {
+                Err(UsageError("--smtp-port must be 1-65535".into()))
+            } else {
+                Ok(p)
+            }
+        })?;
+    }
+    c.honor_source_routes = v.flag("honor-source-routes");
+    Ok(())
+}
+
+fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    if let Some(l) = v.multi("listen") {
+        c.listen = l
+            .iter()
+            .map(|a| socket_addr("listen", a))
+            .collect::<Result<_, _>>()?;
     }
     if let Some(n) = v.single("workers") {
         c.workers = positive("workers", &n)?;
@@ -346,11 +519,11 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     if let Some(n) = v.single("max-hops") {
         c.max_hops = positive("max-hops", &n)?;
     }
-    if let Some(d) = v.single("timeout") {
-        c.timeout = parse_duration(&d).map_err(|e| UsageError(format!("--timeout: {e}")))?;
-        if c.timeout.is_zero() {
+    if let Some(t) = v.duration("timeout")? {
+        if t.is_zero() {
             return Err(UsageError("--timeout must be more than 0".into()));
         }
+        c.timeout = t;
     }
     if let Some(b) = v.single("bare-lf") {
         c.bare_line_endings = match b.as_str() {
@@ -363,8 +536,38 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
             }
         };
     }
-    c.verbosity = v.matches.opt_count("verbose");
-    Ok(Cli::Serve(c))
+    Ok(())
+}
+
+fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    if let Some(n) = v.single("delivery-workers") {
+        c.delivery_workers = positive("delivery-workers", &n)?;
+    }
+    if let Some(n) = v.single("max-per-destination") {
+        c.max_per_destination = positive("max-per-destination", &n)?;
+    }
+    if let Some(d) = v.duration("retry-min")? {
+        c.retry.min = d.max(Duration::from_secs(1));
+    }
+    if let Some(d) = v.duration("retry-max")? {
+        c.retry.max = d.max(Duration::from_secs(1));
+    }
+    if c.retry.max < c.retry.min {
+        return Err(UsageError(
+            "--retry-max must not be less than --retry-min".into(),
+        ));
+    }
+    if let Some(d) = v.duration("max-queue-age")? {
+        c.retry.lifetime = d;
+    }
+    c.delay_warning = v.duration("delay-warning")?;
+    if let Some(t) = v.duration("delivery-timeout")? {
+        if t.is_zero() {
+            return Err(UsageError("--delivery-timeout must be more than 0".into()));
+        }
+        c.client_timeouts = crate::client::Timeouts::all(t);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client::Timeouts;
+use crate::delivery::RetryPolicy;
+use crate::route::StaticRoute;
 use crate::smtp::Domain;
 
 /// An IP network, `addr/prefix`, for `--relay-net`.
@@ -95,6 +98,28 @@ pub struct Config {
     pub bare_line_endings: BareLineEndings,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
+
+    // ---- the forwarding side ----
+    /// Delivery threads: the most concurrent outbound transactions.
+    pub delivery_workers: usize,
+    /// `--route DOMAIN=HOST[:PORT]`, tried before DNS.
+    pub routes: Vec<StaticRoute>,
+    /// Nameserver for MX lookups; `None` = the system's resolv.conf.
+    pub dns: Option<SocketAddr>,
+    /// Do no DNS at all: only static routes (tests, smarthost set-ups).
+    pub no_dns: bool,
+    /// Port of MX hosts (25; tests point it elsewhere).
+    pub smtp_port: u16,
+    pub retry: RetryPolicy,
+    /// Concurrent outbound connections per destination domain.
+    pub max_per_destination: usize,
+    pub honor_source_routes: bool,
+    pub delay_warning: Option<Duration>,
+    pub client_timeouts: Timeouts,
+    /// How long an idle outbound connection is kept for reuse.
+    pub connection_idle: Duration,
+    /// Transactions on one outbound connection before it is closed.
+    pub connection_max_messages: usize,
 }
 
 impl Config {
@@ -119,6 +144,18 @@ impl Config {
             timeout: Duration::from_secs(300),
             bare_line_endings: BareLineEndings::Reject,
             verbosity: 0,
+            delivery_workers: 32,
+            routes: Vec::new(),
+            dns: None,
+            no_dns: false,
+            smtp_port: 25,
+            retry: RetryPolicy::default(),
+            max_per_destination: 20,
+            honor_source_routes: false,
+            delay_warning: None,
+            client_timeouts: Timeouts::default(),
+            connection_idle: Duration::from_secs(5),
+            connection_max_messages: 100,
         }
     }
 

@@ -3,11 +3,21 @@
 //! Data flow: `server` accepts a socket and hands it to a `session` worker;
 //! the session speaks SMTP (`smtp::*` holds the protocol vocabulary without
 //! I/O) and streams each message into the `spool`, answering 250 only once
-//! the message is durable on disk.
+//! the message is durable on disk. The `scheduler` owns the timing of the
+//! queue and hands due messages to `delivery` workers, which `route` each
+//! recipient (static routes, then `dns` MX lookups), send it with the
+//! outbound `client`, record the outcome in the envelope, and queue a
+//! `bounce` (an RFC 3464 DSN) for permanent failures.
 
+pub mod bounce;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod delivery;
+pub mod dns;
 pub mod pool;
+pub mod route;
+pub mod scheduler;
 pub mod server;
 pub mod session;
 pub mod smtp;

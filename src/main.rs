@@ -45,6 +45,10 @@ fn main() -> ExitCode {
             println!("smtp-relay {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Cli::Route { config, address } => {
+            init_logging(config.verbosity);
+            route(&config, &address)
+        }
         Cli::Serve(config) => {
             init_logging(config.verbosity);
             match smtp_relay::server::serve(config) {
@@ -56,5 +60,41 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `smtp-relay route ADDRESS`: where a recipient would go, sending nothing.
+/// Exit 0 deliverable, 69 permanently not, 75 not now (DNS trouble).
+fn route(config: &smtp_relay::config::Config, address: &str) -> ExitCode {
+    let text = if address.starts_with('<') {
+        address.to_string()
+    } else {
+        format!("<{address}>")
+    };
+    let path = match smtp_relay::smtp::Path::parse(&text, true) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("smtp-relay: {address:?} is not a mailbox: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let router = match smtp_relay::server::router(config, &config.listen) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("smtp-relay: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let host = path.mailbox().host();
+    let (explanation, _) = router.explain(host);
+    println!("recipient: {}", path.mailbox());
+    print!("{explanation}");
+    if !explanation.ends_with('\n') {
+        println!();
+    }
+    match router.route(host) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) if e.is_permanent() => ExitCode::from(69),
+        Err(_) => ExitCode::from(75),
     }
 }

@@ -18,7 +18,11 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, TrySendError};
 
 use crate::config::Config;
+use crate::delivery::{ConnCache, Deliverer, DestLimiter};
+use crate::dns::Dns;
 use crate::pool::Pool;
+use crate::route::Router;
+use crate::scheduler;
 use crate::session::{self, Context};
 use crate::smtp::Reply;
 use crate::spool::{Spool, SpoolError};
@@ -26,6 +30,7 @@ use crate::spool::{Spool, SpoolError};
 #[derive(Debug)]
 pub enum ServeError {
     Bind { addr: SocketAddr, source: io::Error },
+    Dns(String),
     Spool(SpoolError),
     Thread(io::Error),
 }
@@ -35,6 +40,7 @@ impl ServeError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ServeError::Bind { .. } => 69,
+            ServeError::Dns(_) => 69,
             ServeError::Spool(SpoolError::Locked(_)) => 75,
             ServeError::Spool(_) => 74,
             ServeError::Thread(_) => 71,
@@ -46,6 +52,7 @@ impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServeError::Dns(e) => write!(f, "cannot set up DNS: {e}"),
             ServeError::Spool(e) => write!(f, "spool: {e}"),
             ServeError::Thread(e) => write!(f, "cannot start threads: {e}"),
         }
@@ -88,10 +95,30 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         listeners.push((l, local));
     }
 
+    let local: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
+    let router = router(&config, &local)?;
+    // sessions and delivery announce new messages to the scheduler; a
+    // full channel only delays a message until the next rescan
+    let (committed_tx, committed_rx) = bounded::<crate::spool::QueueId>(16 * 1024);
+    let deliverer = Arc::new(Deliverer {
+        spool: spool.clone(),
+        router,
+        hostname: config.hostname.clone(),
+        timeouts: config.client_timeouts,
+        retry: config.retry,
+        cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
+        limiter: DestLimiter::new(config.max_per_destination),
+        honor_source_routes: config.honor_source_routes,
+        delay_warning: config.delay_warning,
+        committed: Some(committed_tx.clone()),
+    });
+    let sched = scheduler::start(deliverer, config.delivery_workers, queued, committed_rx)
+        .map_err(ServeError::Thread)?;
+
     let ctx = Arc::new(Context {
         config: config.clone(),
         spool: spool.clone(),
-        committed: None,
+        committed: Some(committed_tx),
     });
     let (tx, rx) = bounded::<(TcpStream, SocketAddr)>(config.backlog);
     let pool_ctx = ctx.clone();
@@ -138,9 +165,30 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     if done_rx.recv_timeout(STOP_GRACE).is_err() {
         log::warn!("sessions still open after {STOP_GRACE:?}; stopping anyway (nothing they sent was acknowledged)");
     }
+    // deliveries in flight get a moment; one cut short is retried at the
+    // next start (a duplicate at worst, never a loss)
+    sched.stop(Duration::from_secs(5));
     drop(lock);
     log::info!("stopped");
     Ok(())
+}
+
+/// The router for a config: static routes, then DNS unless `--no-dns`.
+/// `local` are our own listening addresses, for loop detection.
+pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, ServeError> {
+    let dns = if config.no_dns {
+        None
+    } else {
+        let timeout = config.client_timeouts.connect.min(Duration::from_secs(30));
+        Some(Dns::new(config.dns, timeout).map_err(|e| ServeError::Dns(format!("{e:?}")))?)
+    };
+    Ok(Router::new(
+        config.routes.clone(),
+        dns,
+        config.smtp_port,
+        vec![config.hostname.clone()],
+        local.to_vec(),
+    ))
 }
 
 fn accept_loop(

@@ -313,6 +313,11 @@ impl Path {
         }
     }
 
+    /// A path through `route` (RFC 821 §3.6 source route) to `mailbox`.
+    pub fn with_route(route: Vec<Domain>, mailbox: Mailbox) -> Path {
+        Path { route, mailbox }
+    }
+
     /// Parses `<[A-d-l ":"] Mailbox>` (RFC 5321 §4.1.2), brackets included.
     pub fn parse(s: &str, utf8: bool) -> Result<Path, AddressError> {
         if s.len() > MAX_PATH {

@@ -40,7 +40,12 @@ pub enum RcptState {
     Deferred,
     /// Accepted by the next hop: final, never sent again.
     Sent,
-    /// Failed permanently (or expired): final, bounced to the sender.
+    /// Failed permanently (or expired), and its DSN is not queued yet.
+    /// Written before the DSN is made, so a crash between the two still
+    /// bounces it at the next attempt.
+    Bouncing,
+    /// Failed permanently and reported (DSN queued, or none owed because
+    /// the sender is null): final.
     Failed,
 }
 
@@ -50,6 +55,7 @@ impl RcptState {
             RcptState::Pending => "pending",
             RcptState::Deferred => "deferred",
             RcptState::Sent => "sent",
+            RcptState::Bouncing => "bouncing",
             RcptState::Failed => "failed",
         }
     }
@@ -59,6 +65,7 @@ impl RcptState {
             "pending" => RcptState::Pending,
             "deferred" => RcptState::Deferred,
             "sent" => RcptState::Sent,
+            "bouncing" => RcptState::Bouncing,
             "failed" => RcptState::Failed,
             _ => return None,
         })

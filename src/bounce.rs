@@ -1,0 +1,376 @@
+//! Delivery status notifications (RFC 3464) sent back to the reverse-path.
+//!
+//! A DSN is an ordinary message queued from the null sender `<>` (RFC 5321
+//! §4.5.5), so it is delivered, retried and recovered like any other. A
+//! message whose reverse-path is already null never gets one: that is how
+//! bounce loops are avoided (RFC 5321 §4.5.5, §6.1).
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+
+use crate::smtp::{Enhanced, Path, ReversePath};
+use crate::spool::{Envelope, QueueId, RcptState, Recipient, Spool, SpoolError};
+use crate::time::rfc5322_date;
+
+/// RFC 3464 §2.3.3 Action values we report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    Delayed,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+        }
+    }
+}
+
+/// What the DSN says about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptReport {
+    pub rcpt: Path,
+    pub action: Action,
+    pub status: Enhanced,
+    /// The host that answered, if any (`Remote-MTA: dns; NAME`).
+    pub remote_mta: Option<String>,
+    /// The reply or local error, `smtp; 550 5.1.1 ...` when from a server.
+    pub diagnostic: String,
+}
+
+/// Reads the status out of a stored `last_reply` ("550 5.1.1 text"):
+/// the enhanced code when present, else one derived from the reply class.
+pub fn status_of(last_reply: Option<&str>, default: Enhanced) -> Enhanced {
+    let Some(text) = last_reply else {
+        return default;
+    };
+    let mut words = text.split_whitespace();
+    let code = words.next().and_then(|c| c.parse::<u16>().ok());
+    if let Some(e) = words.next().and_then(Enhanced::parse) {
+        return e;
+    }
+    match code {
+        Some(c) if (500..600).contains(&c) => Enhanced::new(5, 0, 0),
+        Some(c) if (400..500).contains(&c) => Enhanced::new(4, 0, 0),
+        _ => default,
+    }
+}
+
+/// A report for a recipient from its envelope state and history.
+pub fn report_for(env: &Envelope, r: &Recipient, action: Action) -> RcptReport {
+    let mailbox = r.path.mailbox().to_string();
+    let remote_mta = env
+        .history
+        .iter()
+        .rev()
+        .find(|a| a.rcpt == mailbox)
+        .map(|a| a.host.clone())
+        .filter(|h| h != "-");
+    let default = if action == Action::Failed {
+        Enhanced::new(5, 0, 0)
+    } else {
+        Enhanced::new(4, 0, 0)
+    };
+    let reply = r
+        .last_reply
+        .clone()
+        .unwrap_or_else(|| "no reply recorded".into());
+    // a three-digit code first means a server said it (RFC 3464 §2.3.6)
+    let from_server =
+        remote_mta.is_some() && reply.as_bytes().first().is_some_and(u8::is_ascii_digit);
+    RcptReport {
+        rcpt: r.path.clone(),
+        action,
+        status: status_of(r.last_reply.as_deref(), default),
+        remote_mta,
+        diagnostic: if from_server {
+            format!("smtp; {reply}")
+        } else {
+            format!("X-smtp-relay; {reply}")
+        },
+    }
+}
+
+/// RFC 3464 fields are ASCII lines: anything else is replaced.
+fn ascii_field(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// Builds the DSN message. `headers` are the original message's header
+/// section (returned as `text/rfc822-headers`, RFC 3462).
+pub fn compose(
+    hostname: &str,
+    id: QueueId,
+    env: &Envelope,
+    reports: &[RcptReport],
+    headers: &[u8],
+    now: u64,
+) -> Vec<u8> {
+    let boundary = format!("{id}/{hostname}");
+    let failed = reports.iter().any(|r| r.action == Action::Failed);
+    let sender = env
+        .from
+        .mailbox()
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    let subject = if failed {
+        "Undelivered Mail Returned to Sender"
+    } else {
+        "Delayed Mail (still being retried)"
+    };
+    let mut m = Vec::with_capacity(2048 + headers.len());
+    let _ = write!(
+        m,
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{sender}>\r\n\
+         Subject: {subject}\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{id}.dsn@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\
+         Content-Description: Notification\r\n\
+         \r\n\
+         This is the mail system at host {hostname}.\r\n\
+         \r\n",
+        date = rfc5322_date(now),
+    );
+    if failed {
+        let _ = write!(
+            m,
+            "I'm sorry to have to inform you that your message could not\r\n\
+             be delivered to one or more recipients. The details follow.\r\n\r\n"
+        );
+    } else {
+        let _ = write!(
+            m,
+            "Your message could not be delivered yet. It is still being\r\n\
+             retried; you need not send it again.\r\n\r\n"
+        );
+    }
+    for r in reports {
+        let _ = write!(
+            m,
+            "<{}>: {} ({})\r\n",
+            ascii_field(&r.rcpt.mailbox().to_string()),
+            ascii_field(&r.diagnostic),
+            r.action.as_str()
+        );
+    }
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         Content-Description: Delivery report\r\n\
+         \r\n\
+         Reporting-MTA: dns; {hostname}\r\n\
+         X-Queue-ID: {orig}\r\n\
+         Arrival-Date: {arrival}\r\n",
+        orig = env.id,
+        arrival = rfc5322_date(env.arrived),
+    );
+    for r in reports {
+        // RFC 3464 §2.3.2 / RFC 6533: rfc822 for ASCII addresses, utf-8 otherwise
+        let mailbox = r.rcpt.mailbox().to_string();
+        let kind = if mailbox.is_ascii() {
+            "rfc822"
+        } else {
+            "utf-8"
+        };
+        let _ = write!(
+            m,
+            "\r\nFinal-Recipient: {kind}; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            ascii_field(&mailbox),
+            r.action.as_str(),
+            r.status
+        );
+        if let Some(mta) = &r.remote_mta {
+            let _ = write!(m, "Remote-MTA: dns; {}\r\n", ascii_field(mta));
+        }
+        let _ = write!(
+            m,
+            "Diagnostic-Code: {}\r\nLast-Attempt-Date: {}\r\n",
+            ascii_field(&r.diagnostic),
+            rfc5322_date(now)
+        );
+    }
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         Content-Description: Undelivered Message Headers\r\n\
+         \r\n"
+    );
+    m.extend_from_slice(headers);
+    if !headers.ends_with(b"\r\n") {
+        m.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(m, "\r\n--{boundary}--\r\n");
+    m
+}
+
+/// Most header bytes returned in a DSN.
+const MAX_RETURNED_HEADERS: usize = 64 * 1024;
+
+/// The header section of a stored message (up to the blank line).
+pub fn read_headers(spool: &Spool, id: QueueId) -> io::Result<Vec<u8>> {
+    let f = File::open(spool.msg_path(id))?;
+    let mut r = BufReader::new(f);
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 || line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if out.len() + line.len() > MAX_RETURNED_HEADERS {
+            break;
+        }
+        out.extend_from_slice(&line);
+    }
+    Ok(out)
+}
+
+/// Queues a DSN for `reports` to the sender of `env`. Returns `None`
+/// (and logs) when the sender is null: never bounce a bounce.
+pub fn enqueue(
+    spool: &Spool,
+    hostname: &str,
+    env: &Envelope,
+    reports: &[RcptReport],
+    now: u64,
+) -> Result<Option<QueueId>, SpoolError> {
+    let ReversePath::Path(sender) = &env.from else {
+        log::info!(
+            "{} no DSN for {} recipient(s): the sender is null <>",
+            env.id,
+            reports.len()
+        );
+        return Ok(None);
+    };
+    if reports.is_empty() {
+        return Ok(None);
+    }
+    let headers = read_headers(spool, env.id).unwrap_or_else(|e| {
+        log::warn!("{} original headers unreadable for the DSN: {e}", env.id);
+        Vec::new()
+    });
+    let mut incoming = spool.incoming()?;
+    let id = incoming.id();
+    let body = compose(hostname, id, env, reports, &headers, now);
+    incoming
+        .write_all(&body)
+        .map_err(|e| SpoolError::io(spool.tmp_dir(), e))?;
+    let eight_bit = body.iter().any(|&b| b >= 0x80);
+    let to = sender.without_route();
+    let dsn = Envelope {
+        id,
+        arrived: now,
+        client: "local".into(),
+        helo: hostname.to_string(),
+        from: ReversePath::Null,
+        size: body.len() as u64,
+        body: eight_bit.then_some(crate::smtp::Body::EightBitMime),
+        smtputf8: to.mailbox().is_utf8(),
+        attempts: 0,
+        next_try: now,
+        rcpts: vec![Recipient {
+            path: to,
+            state: RcptState::Pending,
+            last_reply: None,
+        }],
+        history: Vec::new(),
+    };
+    let id = incoming.commit(&dsn)?;
+    log::info!(
+        "{} sender non-delivery notification: {id} to={}",
+        env.id,
+        sender.mailbox()
+    );
+    Ok(Some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_parsing() {
+        let d = Enhanced::new(5, 0, 0);
+        assert_eq!(
+            status_of(Some("550 5.1.1 no such user"), d),
+            Enhanced::new(5, 1, 1)
+        );
+        assert_eq!(status_of(Some("554 rejected"), d), Enhanced::new(5, 0, 0));
+        assert_eq!(status_of(Some("451 later"), d), Enhanced::new(4, 0, 0));
+        assert_eq!(status_of(Some("connect failed"), d), d);
+        assert_eq!(status_of(None, d), d);
+    }
+
+    #[test]
+    fn dsn_shape() {
+        let env = Envelope {
+            id: QueueId::parse("0006464A1B2C3D4E").unwrap(),
+            arrived: 1_795_886_410,
+            client: "127.0.0.1".into(),
+            helo: "c".into(),
+            from: ReversePath::parse("<s@a.example>", false).unwrap(),
+            size: 10,
+            body: None,
+            smtputf8: false,
+            attempts: 1,
+            next_try: 0,
+            rcpts: vec![],
+            history: vec![],
+        };
+        let report = RcptReport {
+            rcpt: Path::parse("<u@b.example>", false).unwrap(),
+            action: Action::Failed,
+            status: Enhanced::new(5, 1, 1),
+            remote_mta: Some("mx.b.example".into()),
+            diagnostic: "smtp; 550 5.1.1 no such user".into(),
+        };
+        let id = QueueId::parse("0006464A1B2C3D4F").unwrap();
+        let m = String::from_utf8(compose(
+            "relay.test",
+            id,
+            &env,
+            &[report],
+            b"Subject: hi\r\n",
+            1_795_886_500,
+        ))
+        .unwrap();
+        for needle in [
+            "To: <s@a.example>\r\n",
+            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Content-Type: message/delivery-status\r\nContent-Description: Delivery report\r\n\r\nReporting-MTA: dns; relay.test\r\n",
+            "Arrival-Date: Sat, 28 Nov 2026 17:20:10 +0000\r\n",
+            "\r\nFinal-Recipient: rfc822; u@b.example\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.b.example\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n",
+            "Content-Type: text/rfc822-headers\r\nContent-Description: Undelivered Message Headers\r\n\r\nSubject: hi\r\n",
+            "--0006464A1B2C3D4F/relay.test--\r\n",
+        ] {
+            assert!(m.contains(needle), "missing {needle:?} in\n{m}");
+        }
+        assert!(
+            !m.contains("\n\n") && !m.replace("\r\n", "").contains('\n'),
+            "CRLF only"
+        );
+    }
+}

@@ -1,0 +1,705 @@
+//! The outbound SMTP client: one blocking connection to a next hop.
+//!
+//! A straight-line client in qmail-remote's manner, with a verdict per
+//! recipient (one refused RCPT never fails the others) and a named timeout
+//! per phase (RFC 5321 §4.5.3.2). It only ever sends CRLF line ends and
+//! dot-stuffs the body (`smtp::data::write_dot_stuffed`). Whether a reply
+//! means "delivered", "try again" or "give up" is decided by the caller
+//! from the `Reply` codes; this module only reports what happened.
+
+use std::fmt;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::smtp::data::{self, Line};
+use crate::smtp::{Body, Enhanced, Path, Reply, ReplyParser, ReversePath};
+
+/// Client timeouts, named after RFC 5321 §4.5.3.2 (defaults are its
+/// minimums; connect is ours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// §4.5.3.2.1: initial 220, 5 minutes (also used for EHLO/HELO).
+    pub greeting: Duration,
+    /// §4.5.3.2.2: MAIL, 5 minutes.
+    pub mail: Duration,
+    /// §4.5.3.2.3: RCPT, 5 minutes.
+    pub rcpt: Duration,
+    /// §4.5.3.2.4: DATA initiation, 2 minutes.
+    pub data_init: Duration,
+    /// §4.5.3.2.5: each data block sent, 3 minutes.
+    pub data_block: Duration,
+    /// §4.5.3.2.6: reply to the final ".", 10 minutes.
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(300),
+            mail: Duration::from_secs(300),
+            rcpt: Duration::from_secs(300),
+            data_init: Duration::from_secs(120),
+            data_block: Duration::from_secs(180),
+            data_end: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Every phase bounded by `t` (tests shrink timers this way).
+    pub fn all(t: Duration) -> Timeouts {
+        Timeouts {
+            connect: t,
+            greeting: t,
+            mail: t,
+            rcpt: t,
+            data_init: t,
+            data_block: t,
+            data_end: t,
+        }
+    }
+}
+
+/// Where in the dialogue something happened, for logs and diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Connect,
+    Greeting,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    Body,
+    EndOfData,
+    Rset,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "connect",
+            Phase::Greeting => "greeting",
+            Phase::Ehlo => "EHLO",
+            Phase::Mail => "MAIL",
+            Phase::Rcpt => "RCPT",
+            Phase::Data => "DATA",
+            Phase::Body => "message body",
+            Phase::EndOfData => "end of data",
+            Phase::Rset => "RSET",
+        })
+    }
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// TCP connect failed (refused, unreachable, timed out).
+    Connect(io::Error),
+    /// The peer was silent past the phase's timeout.
+    Timeout(Phase),
+    /// The connection broke.
+    Io(Phase, io::Error),
+    /// The peer said something that is not SMTP.
+    Protocol(Phase, String),
+    /// A reply that refuses the whole transaction (greeting, EHLO, MAIL,
+    /// DATA, end of data), or our own refusal to send (`local_refusal`).
+    Rejected(Phase, Reply),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect(e) => write!(f, "connect failed: {e}"),
+            ClientError::Timeout(p) => write!(f, "timeout waiting for reply to {p}"),
+            ClientError::Io(p, e) => write!(f, "connection lost during {p}: {e}"),
+            ClientError::Protocol(p, what) => write!(f, "protocol error after {p}: {what}"),
+            ClientError::Rejected(p, r) => write!(f, "{p} rejected: {r}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+fn io_error(phase: Phase, e: io::Error) -> ClientError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout(phase),
+        _ => ClientError::Io(phase, e),
+    }
+}
+
+/// What the server's EHLO reply offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    pub esmtp: bool,
+    pub pipelining: bool,
+    /// RFC 1870: the advertised limit, 0 = no fixed limit.
+    pub size: Option<u64>,
+    pub eightbitmime: bool,
+    pub smtputf8: bool,
+}
+
+impl Extensions {
+    fn from_ehlo(reply: &Reply) -> Extensions {
+        let mut e = Extensions {
+            esmtp: true,
+            ..Extensions::default()
+        };
+        for line in reply.lines().iter().skip(1) {
+            let mut words = line.split_whitespace();
+            let Some(kw) = words.next() else { continue };
+            match kw.to_ascii_uppercase().as_str() {
+                "PIPELINING" => e.pipelining = true,
+                "8BITMIME" => e.eightbitmime = true,
+                "SMTPUTF8" => e.smtputf8 = true,
+                "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+/// A message to send in one transaction.
+pub struct Outgoing<'a> {
+    pub from: &'a ReversePath,
+    pub rcpts: &'a [Path],
+    /// Octets of the stored message.
+    pub size: u64,
+    pub body: Option<Body>,
+    pub smtputf8: bool,
+}
+
+/// The outcome of one transaction that got as far as the recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The reply to each RCPT, in the order of `Outgoing::rcpts`.
+    pub rcpt_replies: Vec<Reply>,
+    /// The reply to the end of data (or to DATA when it failed), which
+    /// applies to every recipient whose RCPT was accepted; `None` when no
+    /// recipient was accepted and no data was sent.
+    pub data_reply: Option<Reply>,
+}
+
+/// RFC 5321 §4.5.3.1.5 says reply lines are at most 512 octets; we allow
+/// more, but never unbounded.
+const MAX_REPLY_LINE: usize = 4096;
+const MAX_REPLY_LINES: usize = 100;
+
+#[derive(Debug)]
+pub struct Connection {
+    input: BufReader<TcpStream>,
+    out: BufWriter<TcpStream>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ext: Extensions,
+    timeouts: Timeouts,
+    transactions: usize,
+    greeting: String,
+    line: Vec<u8>,
+    /// Set once the connection is in an unknown state: never reuse it.
+    broken: bool,
+}
+
+impl Connection {
+    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused,
+    /// RFC 5321 §3.2).
+    pub fn open(
+        peer: SocketAddr,
+        helo_name: &str,
+        timeouts: Timeouts,
+    ) -> Result<Connection, ClientError> {
+        let stream =
+            TcpStream::connect_timeout(&peer, timeouts.connect).map_err(ClientError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .set_write_timeout(Some(timeouts.data_block))
+            .map_err(|e| ClientError::Io(Phase::Connect, e))?;
+        let input = BufReader::with_capacity(
+            16 * 1024,
+            stream
+                .try_clone()
+                .map_err(|e| ClientError::Io(Phase::Connect, e))?,
+        );
+        let out = BufWriter::with_capacity(
+            64 * 1024,
+            stream
+                .try_clone()
+                .map_err(|e| ClientError::Io(Phase::Connect, e))?,
+        );
+        let mut c = Connection {
+            input,
+            out,
+            stream,
+            peer,
+            ext: Extensions::default(),
+            timeouts,
+            transactions: 0,
+            greeting: String::new(),
+            line: Vec::with_capacity(512),
+            broken: false,
+        };
+        let greeting = c.read_reply(Phase::Greeting, timeouts.greeting)?;
+        if greeting.code().value() != 220 {
+            let _ = c.command("QUIT", Phase::Greeting, Duration::from_secs(5));
+            return Err(ClientError::Rejected(Phase::Greeting, greeting));
+        }
+        c.greeting = greeting.text();
+        let ehlo = c.command(&format!("EHLO {helo_name}"), Phase::Ehlo, timeouts.greeting)?;
+        if ehlo.code().value() == 250 {
+            c.ext = Extensions::from_ehlo(&ehlo);
+        } else if ehlo.code().is_permanent() {
+            let helo = c.command(&format!("HELO {helo_name}"), Phase::Ehlo, timeouts.greeting)?;
+            if helo.code().value() != 250 {
+                return Err(ClientError::Rejected(Phase::Ehlo, helo));
+            }
+        } else {
+            return Err(ClientError::Rejected(Phase::Ehlo, ehlo));
+        }
+        Ok(c)
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn extensions(&self) -> &Extensions {
+        &self.ext
+    }
+
+    /// Transactions completed on this connection.
+    pub fn transactions(&self) -> usize {
+        self.transactions
+    }
+
+    /// False once anything went wrong: such a connection is closed, not cached.
+    pub fn reusable(&self) -> bool {
+        !self.broken
+    }
+
+    fn set_read_timeout(&mut self, t: Duration) -> io::Result<()> {
+        self.stream
+            .set_read_timeout(Some(t.max(Duration::from_millis(1))))
+    }
+
+    /// Reads one complete (possibly multi-line) reply, bounded in size.
+    fn read_reply(&mut self, phase: Phase, timeout: Duration) -> Result<Reply, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut parser = ReplyParser::new();
+        for _ in 0..MAX_REPLY_LINES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.broken = true;
+                return Err(ClientError::Timeout(phase));
+            }
+            self.set_read_timeout(left)
+                .map_err(|e| io_error(phase, e))?;
+            let read = data::read_line(&mut self.input, &mut self.line, MAX_REPLY_LINE);
+            match read {
+                Ok(Line::Complete) => {}
+                Ok(Line::TooLong) => {
+                    self.broken = true;
+                    return Err(ClientError::Protocol(phase, "reply line too long".into()));
+                }
+                Ok(Line::Eof) => {
+                    self.broken = true;
+                    return Err(ClientError::Io(
+                        phase,
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed by peer"),
+                    ));
+                }
+                Err(e) => {
+                    self.broken = true;
+                    return Err(io_error(phase, e));
+                }
+            }
+            let text = String::from_utf8_lossy(&self.line);
+            log::trace!("{} < {}", self.peer, text);
+            match parser.feed(&text) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(e) => {
+                    self.broken = true;
+                    return Err(ClientError::Protocol(phase, e.to_string()));
+                }
+            }
+        }
+        self.broken = true;
+        Err(ClientError::Protocol(
+            phase,
+            "reply has too many lines".into(),
+        ))
+    }
+
+    fn write_line(&mut self, line: &str, phase: Phase) -> Result<(), ClientError> {
+        log::trace!("{} > {}", self.peer, line);
+        let r = self
+            .out
+            .write_all(line.as_bytes())
+            .and_then(|_| self.out.write_all(b"\r\n"));
+        r.map_err(|e| {
+            self.broken = true;
+            io_error(phase, e)
+        })
+    }
+
+    fn flush(&mut self, phase: Phase) -> Result<(), ClientError> {
+        self.out.flush().map_err(|e| {
+            self.broken = true;
+            io_error(phase, e)
+        })
+    }
+
+    fn command(
+        &mut self,
+        line: &str,
+        phase: Phase,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        self.write_line(line, phase)?;
+        self.flush(phase)?;
+        self.read_reply(phase, timeout)
+    }
+
+    /// Our own refusal to send, as a reply the caller can classify and
+    /// put in a DSN.
+    fn local_refusal(code: u16, enhanced: Enhanced, text: &str) -> ClientError {
+        ClientError::Rejected(Phase::Mail, Reply::new(code, enhanced, text))
+    }
+
+    /// Sends one message to the recipients in `msg`, reading the body from
+    /// `body`. `Err` means the transaction failed as a whole (for all
+    /// recipients); `Ok` carries each recipient's verdict.
+    pub fn send(&mut self, msg: &Outgoing, body: &mut impl Read) -> Result<Sent, ClientError> {
+        let t = self.timeouts;
+        // RFC 6531 §3.2: an SMTPUTF8 message cannot go to a server without
+        // SMTPUTF8; there is no downgrade.
+        if msg.smtputf8 && !self.ext.smtputf8 {
+            return Err(Self::local_refusal(
+                553,
+                Enhanced::new(5, 6, 7),
+                "next hop does not support SMTPUTF8",
+            ));
+        }
+        // RFC 6152 §3: an 8BITMIME message to a server without 8BITMIME
+        // must be converted or returned; we do not convert, we return it.
+        let eight_bit = msg.body == Some(Body::EightBitMime);
+        if eight_bit && !self.ext.eightbitmime {
+            return Err(Self::local_refusal(
+                554,
+                Enhanced::new(5, 6, 3),
+                "next hop does not support 8BITMIME and conversion is not done",
+            ));
+        }
+        // RFC 1870 §5: do not send what the server already said is too big.
+        if let Some(max) = self.ext.size.filter(|&m| m > 0) {
+            if msg.size > max {
+                return Err(Self::local_refusal(
+                    552,
+                    Enhanced::new(5, 3, 4),
+                    &format!(
+                        "message size {} exceeds next hop's limit of {max}",
+                        msg.size
+                    ),
+                ));
+            }
+        }
+        let mut mail = format!("MAIL FROM:{}", msg.from);
+        if self.ext.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", msg.size));
+        }
+        if let (Some(b), true) = (msg.body, self.ext.eightbitmime) {
+            mail.push_str(&format!(" BODY={}", b.as_str()));
+        }
+        if msg.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        let rcpt_lines: Vec<String> = msg.rcpts.iter().map(|r| format!("RCPT TO:{r}")).collect();
+
+        let (mail_reply, rcpt_replies, data_reply) = if self.ext.pipelining {
+            // RFC 2920 §3.1: MAIL, the RCPTs and DATA go as one group;
+            // replies come back in order.
+            self.write_line(&mail, Phase::Mail)?;
+            for l in &rcpt_lines {
+                self.write_line(l, Phase::Rcpt)?;
+            }
+            self.write_line("DATA", Phase::Data)?;
+            self.flush(Phase::Data)?;
+            let mail_reply = self.read_reply(Phase::Mail, t.mail)?;
+            let mut rr = Vec::with_capacity(rcpt_lines.len());
+            for _ in &rcpt_lines {
+                rr.push(self.read_reply(Phase::Rcpt, t.rcpt)?);
+            }
+            let data_reply = self.read_reply(Phase::Data, t.data_init)?;
+            (mail_reply, rr, Some(data_reply))
+        } else {
+            let mail_reply = self.command(&mail, Phase::Mail, t.mail)?;
+            if !mail_reply.code().is_positive() {
+                self.reset_after_failure();
+                return Err(ClientError::Rejected(Phase::Mail, mail_reply));
+            }
+            let mut rr = Vec::with_capacity(rcpt_lines.len());
+            for l in &rcpt_lines {
+                rr.push(self.command(l, Phase::Rcpt, t.rcpt)?);
+            }
+            let any = rr.iter().any(|r| r.code().is_positive());
+            let data_reply = if any {
+                Some(self.command("DATA", Phase::Data, t.data_init)?)
+            } else {
+                None
+            };
+            (mail_reply, rr, data_reply)
+        };
+
+        let accepted = rcpt_replies.iter().any(|r| r.code().is_positive());
+        if !mail_reply.code().is_positive() {
+            if data_reply.as_ref().is_some_and(|r| r.code().value() == 354) {
+                self.abandon_data()?;
+            }
+            self.reset_after_failure();
+            return Err(ClientError::Rejected(Phase::Mail, mail_reply));
+        }
+        let Some(data_reply) = data_reply else {
+            self.reset_after_failure();
+            return Ok(Sent {
+                rcpt_replies,
+                data_reply: None,
+            });
+        };
+        if data_reply.code().value() != 354 {
+            self.reset_after_failure();
+            if !accepted {
+                // the DATA refusal is just the consequence of no recipients
+                return Ok(Sent {
+                    rcpt_replies,
+                    data_reply: None,
+                });
+            }
+            return Err(ClientError::Rejected(Phase::Data, data_reply));
+        }
+        if !accepted {
+            // RFC 2920 §3.1: 354 with no accepted recipient; end the empty
+            // data and ignore the verdict.
+            self.abandon_data()?;
+            self.reset_after_failure();
+            return Ok(Sent {
+                rcpt_replies,
+                data_reply: None,
+            });
+        }
+        data::write_dot_stuffed(body, &mut self.out).map_err(|e| {
+            self.broken = true;
+            io_error(Phase::Body, e)
+        })?;
+        self.flush(Phase::Body)?;
+        let end = self.read_reply(Phase::EndOfData, t.data_end)?;
+        self.transactions += 1;
+        Ok(Sent {
+            rcpt_replies,
+            data_reply: Some(end),
+        })
+    }
+
+    /// Ends a DATA we do not want to fill (after an unexpected 354).
+    fn abandon_data(&mut self) -> Result<(), ClientError> {
+        self.write_line(".", Phase::Body)?;
+        self.flush(Phase::Body)?;
+        let _ = self.read_reply(Phase::EndOfData, self.timeouts.data_end)?;
+        Ok(())
+    }
+
+    /// After a failed transaction the connection may still serve others,
+    /// if RSET works; otherwise it is marked broken.
+    fn reset_after_failure(&mut self) {
+        if self.broken {
+            return;
+        }
+        match self.command("RSET", Phase::Rset, self.timeouts.mail) {
+            Ok(r) if r.code().is_positive() => {}
+            _ => self.broken = true,
+        }
+    }
+
+    /// Prepares a cached connection for another transaction.
+    pub fn reset(&mut self) -> Result<(), ClientError> {
+        let r = self.command("RSET", Phase::Rset, self.timeouts.mail)?;
+        if r.code().is_positive() {
+            Ok(())
+        } else {
+            self.broken = true;
+            Err(ClientError::Rejected(Phase::Rset, r))
+        }
+    }
+
+    /// Says QUIT and closes, without waiting long for the answer.
+    pub fn quit(mut self) {
+        if !self.broken {
+            let _ = self.command("QUIT", Phase::Rset, Duration::from_secs(2));
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// A one-connection scripted server: for each line read, the reply
+    /// from `answer`; DATA content is collected until the lone dot.
+    fn server(
+        pipelining: bool,
+        answer: fn(&str) -> Option<&'static str>,
+    ) -> (SocketAddr, thread::JoinHandle<Vec<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = io::BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut seen = Vec::new();
+            w.write_all(b"220 test ESMTP\r\n").unwrap();
+            let mut in_data = false;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap() == 0 {
+                    break;
+                }
+                let line = line.trim_end_matches("\r\n").to_string();
+                seen.push(line.clone());
+                if in_data {
+                    if line == "." {
+                        in_data = false;
+                        w.write_all(b"250 2.0.0 queued\r\n").unwrap();
+                    }
+                    continue;
+                }
+                let up = line.to_ascii_uppercase();
+                let reply: String = if up.starts_with("EHLO") {
+                    if pipelining {
+                        "250-test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n".into()
+                    } else {
+                        "250 test\r\n".into()
+                    }
+                } else if let Some(a) = answer(&line) {
+                    format!("{a}\r\n")
+                } else if up == "DATA" {
+                    in_data = true;
+                    "354 go\r\n".into()
+                } else if up == "QUIT" {
+                    w.write_all(b"221 bye\r\n").unwrap();
+                    break;
+                } else {
+                    "250 2.1.0 ok\r\n".into()
+                };
+                w.write_all(reply.as_bytes()).unwrap();
+            }
+            seen
+        });
+        (addr, h)
+    }
+
+    fn paths(v: &[&str]) -> Vec<Path> {
+        v.iter().map(|s| Path::parse(s, false).unwrap()).collect()
+    }
+
+    #[test]
+    fn per_recipient_verdicts_with_and_without_pipelining() {
+        for pipelining in [true, false] {
+            let (addr, h) = server(pipelining, |l| {
+                l.contains("<bad@x.example>")
+                    .then_some("550 5.1.1 no such user")
+            });
+            let mut c =
+                Connection::open(addr, "me.test", Timeouts::all(Duration::from_secs(5))).unwrap();
+            assert_eq!(c.extensions().pipelining, pipelining);
+            let from = ReversePath::parse("<s@x.example>", false).unwrap();
+            let rcpts = paths(&["<a@x.example>", "<bad@x.example>"]);
+            let msg = Outgoing {
+                from: &from,
+                rcpts: &rcpts,
+                size: 20,
+                body: None,
+                smtputf8: false,
+            };
+            let sent = c
+                .send(&msg, &mut &b"Subject: t\r\n\r\n.dot\r\n"[..])
+                .unwrap();
+            assert_eq!(sent.rcpt_replies[0].code().value(), 250);
+            assert_eq!(sent.rcpt_replies[1].code().value(), 550);
+            assert_eq!(sent.data_reply.unwrap().code().value(), 250);
+            c.quit();
+            let seen = h.join().unwrap();
+            assert!(seen.contains(&"..dot".to_string()), "dot stuffed: {seen:?}");
+            if pipelining {
+                assert!(seen.iter().any(|l| l.contains("SIZE=20")));
+            }
+        }
+    }
+
+    #[test]
+    fn all_recipients_refused_sends_no_data() {
+        let (addr, h) = server(false, |l| l.starts_with("RCPT").then_some("450 4.2.0 busy"));
+        let mut c =
+            Connection::open(addr, "me.test", Timeouts::all(Duration::from_secs(5))).unwrap();
+        let from = ReversePath::Null;
+        let rcpts = paths(&["<a@x.example>"]);
+        let msg = Outgoing {
+            from: &from,
+            rcpts: &rcpts,
+            size: 5,
+            body: None,
+            smtputf8: false,
+        };
+        let sent = c.send(&msg, &mut &b"x\r\n"[..]).unwrap();
+        assert_eq!(sent.data_reply, None);
+        assert_eq!(sent.rcpt_replies[0].code().value(), 450);
+        c.quit();
+        let seen = h.join().unwrap();
+        assert!(!seen.contains(&"DATA".to_string()), "{seen:?}");
+    }
+
+    #[test]
+    fn mail_refused_is_an_error() {
+        let (addr, _h) = server(true, |l| l.starts_with("MAIL").then_some("451 4.3.0 later"));
+        let mut c =
+            Connection::open(addr, "me.test", Timeouts::all(Duration::from_secs(5))).unwrap();
+        let from = ReversePath::Null;
+        let rcpts = paths(&["<a@x.example>"]);
+        let msg = Outgoing {
+            from: &from,
+            rcpts: &rcpts,
+            size: 5,
+            body: Some(Body::EightBitMime),
+            smtputf8: false,
+        };
+        match c.send(&msg, &mut &b"x\r\n"[..]) {
+            Err(ClientError::Rejected(Phase::Mail, r)) => assert_eq!(r.code().value(), 451),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_connection_and_silent_server() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        assert!(matches!(
+            Connection::open(addr, "me", Timeouts::all(Duration::from_secs(2))),
+            Err(ClientError::Connect(_))
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let start = Instant::now();
+        let r = Connection::open(addr, "me", Timeouts::all(Duration::from_millis(300)));
+        assert!(
+            matches!(r, Err(ClientError::Timeout(Phase::Greeting))),
+            "{r:?}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        drop(l);
+    }
+}

@@ -1,0 +1,262 @@
+//! Blocking DNS for the delivery threads: MX and address lookups.
+//!
+//! Owns a small private tokio runtime and a hickory `TokioResolver` (with
+//! its response cache). Async never leaves this file: callers on ordinary
+//! threads get blocking `mx()`/`addrs()` that each end within the timeout
+//! given to `Dns::new`. No state is kept on disk, so there is no crash story
+//! beyond "the cache is lost".
+//!
+//! Errors are classified once, here, into what routing needs: the name does
+//! not exist (`NxDomain`, permanent), it exists without records of the type
+//! asked (`NoRecords`, e.g. no MX: RFC 5321 §5.1 implicit MX), or anything
+//! else (`Temporary`: SERVFAIL, REFUSED, timeouts, I/O), which must only ever
+//! defer a message.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
+    ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::NetError;
+use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::TokioResolver;
+
+/// One MX record (RFC 1035 §3.3.9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mx {
+    pub preference: u16,
+    /// The exchange without its trailing dot; `""` for the null MX `.`
+    /// (RFC 7505).
+    pub exchange: String,
+}
+
+impl Mx {
+    /// RFC 7505 §3: an MX whose exchange is the root name `.`.
+    pub fn is_null(&self) -> bool {
+        self.exchange.is_empty()
+    }
+}
+
+/// Why a lookup gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsError {
+    /// NXDOMAIN: the name does not exist. Permanent.
+    NxDomain,
+    /// NOERROR without records of the type asked (NODATA).
+    NoRecords,
+    /// SERVFAIL, REFUSED, timeout, I/O, a malformed answer: retry later.
+    Temporary(String),
+}
+
+impl DnsError {
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, DnsError::Temporary(_))
+    }
+}
+
+impl fmt::Display for DnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DnsError::NxDomain => f.write_str("no such domain (NXDOMAIN)"),
+            DnsError::NoRecords => f.write_str("no records of the requested type"),
+            DnsError::Temporary(why) => write!(f, "temporary DNS failure: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DnsError {}
+
+/// A blocking resolver. `Send + Sync`: share one (e.g. in an `Arc`) between
+/// all delivery threads; each call blocks only its caller. Call it from
+/// ordinary threads only: blocking inside an async task would panic, and
+/// nothing outside this file is async.
+pub struct Dns {
+    // Declared before `rt` so it is dropped first, while the runtime that
+    // runs its background connection tasks still exists.
+    resolver: TokioResolver,
+    rt: tokio::runtime::Runtime,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Dns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dns")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dns {
+    /// `server`: `None` reads the system configuration (`/etc/resolv.conf`);
+    /// `Some(addr)` asks only that nameserver, over UDP and TCP (tests use a
+    /// dnsmasq on `127.0.0.1:PORT`). `timeout` bounds every `mx()`/`addrs()`
+    /// call as a whole.
+    pub fn new(server: Option<SocketAddr>, timeout: Duration) -> Result<Dns, DnsError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("dns")
+            .enable_all()
+            .build()
+            .map_err(|e| DnsError::Temporary(format!("cannot start the DNS runtime: {e}")))?;
+        // Building the resolver may spawn onto the current runtime.
+        let enter = rt.enter();
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = match server {
+            None => TokioResolver::builder(provider).map_err(|e| {
+                DnsError::Temporary(format!("cannot read the system DNS configuration: {e}"))
+            })?,
+            Some(addr) => {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+                // No domain and no search list: every name is an FQDN.
+                let config = ResolverConfig::from_parts(None, Vec::new(), vec![ns]);
+                TokioResolver::builder_with_config(config, provider)
+            }
+        };
+        let opts: &mut ResolverOpts = builder.options_mut();
+        // Two tries per query, each given half the budget, so a lost UDP
+        // datagram is retried before the caller's deadline fires.
+        opts.attempts = 2;
+        opts.timeout = (timeout / 2).max(Duration::from_millis(100));
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        // RFC 5321 §2.3.5: names in SMTP are fully qualified; never extend
+        // them with the search list (we also send them with a final dot).
+        opts.ndots = 0;
+        if server.is_some() {
+            // A private server is the whole truth: no /etc/hosts.
+            opts.use_hosts_file = ResolveHosts::Never;
+        }
+        let resolver = builder
+            .build()
+            .map_err(|e| DnsError::Temporary(format!("cannot build the resolver: {e}")))?;
+        drop(enter);
+        Ok(Dns {
+            resolver,
+            rt,
+            timeout,
+        })
+    }
+
+    /// The MX records of `domain`, sorted by preference (equal preferences
+    /// keep the server's order: shuffling them is routing's business).
+    /// `Err(NoRecords)` when the domain exists without MX.
+    pub fn mx(&self, domain: &str) -> Result<Vec<Mx>, DnsError> {
+        let name = fqdn(domain)?;
+        let resolver = &self.resolver;
+        let lookup = self.block_on(async move { resolver.mx_lookup(name).await })?;
+        let mut mxs: Vec<Mx> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some(Mx {
+                    preference: mx.preference,
+                    exchange: name_text(&mx.exchange),
+                }),
+                _ => None,
+            })
+            .collect();
+        if mxs.is_empty() {
+            // e.g. only a CNAME chain came back
+            return Err(DnsError::NoRecords);
+        }
+        mxs.sort_by_key(|m| m.preference);
+        mxs.dedup();
+        Ok(mxs)
+    }
+
+    /// The A and AAAA addresses of `host`, IPv4 first, without duplicates.
+    /// `Err(NoRecords)` when the name exists with neither.
+    pub fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let name = fqdn(host)?;
+        let resolver = &self.resolver;
+        let lookup = self.block_on(async move { resolver.lookup_ip(name).await })?;
+        let mut seen = BTreeSet::new();
+        let addrs: Vec<IpAddr> = lookup.iter().filter(|a| seen.insert(*a)).collect();
+        if addrs.is_empty() {
+            return Err(DnsError::NoRecords);
+        }
+        Ok(addrs)
+    }
+
+    /// Runs one lookup on the private runtime, bounded by the timeout.
+    /// Callable from any number of non-runtime threads at once.
+    fn block_on<T>(
+        &self,
+        lookup: impl std::future::Future<Output = Result<T, NetError>>,
+    ) -> Result<T, DnsError> {
+        // The timer must be made inside the runtime: hence the async block.
+        let bounded = async { tokio::time::timeout(self.timeout, lookup).await };
+        match self.rt.block_on(bounded) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(DnsError::Temporary(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+/// The one place that reads hickory's errors.
+fn classify(e: &NetError) -> DnsError {
+    if e.is_nx_domain() {
+        DnsError::NxDomain
+    } else if e.is_no_records_found() {
+        // NOERROR with an empty answer section (NODATA). hickory reports an
+        // NXDOMAIN through the same variant; it was handled above.
+        DnsError::NoRecords
+    } else {
+        DnsError::Temporary(e.to_string())
+    }
+}
+
+/// `domain` as an absolute name (RFC 1034 §3.1), so no search domain is
+/// ever appended. U-labels become A-labels (IDNA).
+fn fqdn(domain: &str) -> Result<Name, DnsError> {
+    let mut name = Name::from_utf8(domain)
+        .map_err(|e| DnsError::Temporary(format!("bad domain name {domain:?}: {e}")))?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+/// A name as text without the trailing dot; the root becomes `""`.
+fn name_text(name: &Name) -> String {
+    if name.is_root() {
+        return String::new();
+    }
+    let s = name.to_ascii();
+    s.strip_suffix('.').unwrap_or(&s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(name_text(&Name::root()), "");
+        let n = Name::from_ascii("mx1.Example.org.").unwrap();
+        assert_eq!(name_text(&n), "mx1.Example.org");
+        assert!(fqdn("example.org").unwrap().is_fqdn());
+        assert!(fqdn("example.org").unwrap().to_ascii().ends_with('.'));
+        assert!(Mx {
+            preference: 0,
+            exchange: String::new()
+        }
+        .is_null());
+    }
+
+    #[test]
+    fn is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Dns>();
+    }
+}

@@ -291,6 +291,7 @@ pub fn enqueue(
         smtputf8: to.mailbox().is_utf8(),
         attempts: 0,
         next_try: now,
+        hold: None,
         rcpts: vec![Recipient {
             path: to,
             state: RcptState::Pending,
@@ -337,6 +338,7 @@ mod tests {
             smtputf8: false,
             attempts: 1,
             next_try: 0,
+            hold: None,
             rcpts: vec![],
             history: vec![],
         };
@@ -373,4 +375,39 @@ mod tests {
             "CRLF only"
         );
     }
+}
+
+/// Queues one DSN for every `bouncing` recipient of `env`, then marks them
+/// `failed` and stores the envelope. The order matters for crash safety:
+/// a crash after the DSN is queued but before the envelope is stored sends
+/// the DSN twice, never zero times.
+pub fn report_bouncing(
+    spool: &Spool,
+    hostname: &str,
+    env: &mut Envelope,
+    now: u64,
+    notify: Option<&crossbeam_channel::Sender<QueueId>>,
+) -> Result<Option<QueueId>, SpoolError> {
+    let reports: Vec<RcptReport> = env
+        .rcpts
+        .iter()
+        .filter(|r| r.state == RcptState::Bouncing)
+        .map(|r| report_for(env, r, Action::Failed))
+        .collect();
+    if reports.is_empty() {
+        return Ok(None);
+    }
+    let dsn = enqueue(spool, hostname, env, &reports, now)?;
+    if let (Some(id), Some(tx)) = (dsn, notify) {
+        let _ = tx.try_send(id);
+    }
+    for r in env
+        .rcpts
+        .iter_mut()
+        .filter(|r| r.state == RcptState::Bouncing)
+    {
+        r.state = RcptState::Failed;
+    }
+    spool.store(env)?;
+    Ok(dsn)
 }

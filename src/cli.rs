@@ -12,16 +12,33 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
+use crate::admin::{QueueCmd, Selector, SendOpts, StateFilter};
 use crate::config::{BareLineEndings, Cidr, Config};
 use crate::route::StaticRoute;
 use crate::smtp::Domain;
+use crate::spool::QueueId;
 use crate::time::parse_duration;
 
 /// A parsed invocation.
 #[derive(Debug)]
 pub enum Cli {
     Serve(Config),
-    Route { config: Config, address: String },
+    Queue {
+        config: Config,
+        cmd: QueueCmd,
+        sel: Selector,
+        dry_run: bool,
+        /// `-` given: read more ids from stdin.
+        ids_from_stdin: bool,
+    },
+    Send {
+        config: Config,
+        opts: SendOpts,
+    },
+    Route {
+        config: Config,
+        address: String,
+    },
     Help(String),
     Version,
 }
@@ -181,7 +198,7 @@ const DELIVERY_OPTS: &[OptSpec] = &[
         "delivery-workers",
         Kind::Single,
         "N",
-        "delivery threads (default 32)",
+        "delivery threads (default 32; 0 = receive and queue only)",
     ),
     opt(
         "max-per-destination",
@@ -221,6 +238,89 @@ const DELIVERY_OPTS: &[OptSpec] = &[
     ),
 ];
 
+/// Options of `queue` subcommands (command line only).
+const QUEUE_OPTS: &[OptSpec] = &[
+    opt(
+        "id",
+        Kind::Multi,
+        "ID",
+        "select this message, repeatable (or give ids as arguments; - reads stdin)",
+    ),
+    opt(
+        "from",
+        Kind::Single,
+        "PATTERN",
+        "sender: address, *@domain glob, or domain; <> for bounces",
+    ),
+    opt(
+        "to",
+        Kind::Single,
+        "PATTERN",
+        "any recipient: address, glob, or domain",
+    ),
+    opt(
+        "older-than",
+        Kind::Single,
+        "DUR",
+        "arrived at least this long ago",
+    ),
+    opt(
+        "state",
+        Kind::Single,
+        "STATE",
+        "pending, deferred, held, sent, failed or bouncing",
+    ),
+    opt(
+        "error",
+        Kind::Single,
+        "PATTERN",
+        "text in a recipient's last reply (case-insensitive)",
+    ),
+    opt(
+        "json",
+        Kind::Flag,
+        "",
+        "list/show: one JSON object per line (schema \"v\": 1)",
+    ),
+    opt(
+        "summary",
+        Kind::Flag,
+        "",
+        "list: per destination domain, count, oldest, top error",
+    ),
+    opt("body", Kind::Flag, "", "show: print the raw message"),
+    opt(
+        "dry-run",
+        Kind::Flag,
+        "",
+        "print what would change, change nothing",
+    ),
+    opt(
+        "wait",
+        Kind::Flag,
+        "",
+        "flush: wait until each message is delivered, failed or deferred again",
+    ),
+    opt(
+        "timeout",
+        Kind::Single,
+        "DUR",
+        "flush --wait: give up after this long (default 5m)",
+    ),
+    opt(
+        "quiet",
+        Kind::Flag,
+        "",
+        "flush: no progress or summary output",
+    ),
+    opt(
+        "for",
+        Kind::Single,
+        "DUR",
+        "hold: release by itself after this long",
+    ),
+];
+
 /// Every option a config file may name.
 fn all_specs() -> Vec<&'static OptSpec> {
     ROUTING_OPTS
@@ -247,13 +347,17 @@ fn usage_text() -> String {
          Usage:\n  \
          smtp-relay serve [OPTIONS]            run the relay (receive, queue, deliver)\n  \
          smtp-relay route [OPTIONS] ADDRESS    show where a recipient would be sent, send nothing\n  \
+         smtp-relay queue list|show|flush|hold|release|delete|bounce|requeue [OPTIONS] [ID...|-]\n  \
+         smtp-relay send [-f SENDER] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
          smtp-relay --help | --version\n\nOptions of every command:\n",
     );
     describe(&mut s, ROUTING_OPTS);
     s.push_str("\nReceiving (serve):\n");
     describe(&mut s, SERVER_OPTS);
-    s.push_str("\nDelivering (serve):\n");
+    s.push_str("\nDelivering (serve, queue flush):\n");
     describe(&mut s, DELIVERY_OPTS);
+    s.push_str("\nQueue commands (queue ...):\n");
+    describe(&mut s, QUEUE_OPTS);
     s.push_str(
         "  -v, --verbose                      more log output (-vv: protocol trace); RUST_LOG also works\n\
          \nDurations: 250ms, 30s, 5m, 2h, 5d. Exit codes: 0 ok, 64 usage, 69 cannot listen\n\
@@ -312,6 +416,8 @@ pub fn parse(args: &[String]) -> Result<Cli, UsageError> {
         "-V" | "--version" | "version" => Ok(Cli::Version),
         "serve" => parse_serve(&args[1..]),
         "route" => parse_route(&args[1..]),
+        "queue" => parse_queue(&args[1..]),
+        "send" => parse_send(&args[1..]),
         other => Err(UsageError(format!(
             "unknown command {other:?}; try 'smtp-relay --help'"
         ))),
@@ -451,6 +557,161 @@ fn parse_route(args: &[String]) -> Result<Cli, UsageError> {
     Ok(Cli::Route { config: c, address })
 }
 
+fn parse_queue(args: &[String]) -> Result<Cli, UsageError> {
+    let Some(sub) = args.first() else {
+        return Err(UsageError(
+            "queue needs a subcommand: list, show, flush, hold, release, delete, bounce or requeue"
+                .into(),
+        ));
+    };
+    if matches!(sub.as_str(), "-h" | "--help") {
+        return Ok(Cli::Help(usage_text()));
+    }
+    let specs: Vec<&OptSpec> = ROUTING_OPTS
+        .iter()
+        .chain(DELIVERY_OPTS)
+        .chain(QUEUE_OPTS)
+        .collect();
+    let v = parse_values(&args[1..], &specs, usize::MAX)?;
+    if v.matches.opt_present("help") {
+        return Ok(Cli::Help(usage_text()));
+    }
+    let mut config = Config::new();
+    apply_routing(&v, &mut config)?;
+    apply_delivery(&v, &mut config)?;
+    config.verbosity = v.matches.opt_count("verbose");
+    let m = &v.matches;
+    let dur = |name: &str| -> Result<Option<Duration>, UsageError> {
+        m.opt_str(name)
+            .map(|d| parse_duration(&d).map_err(|e| UsageError(format!("--{name}: {e}"))))
+            .transpose()
+    };
+    let mut sel = Selector::default();
+    let mut ids_from_stdin = false;
+    let mut positional: Vec<String> = Vec::new();
+    for a in m.opt_strs("id").into_iter().chain(m.free.iter().cloned()) {
+        if a == "-" {
+            ids_from_stdin = true;
+        } else {
+            positional.push(a);
+        }
+    }
+    let flag = |n: &str| m.opt_present(n);
+    let cmd = match sub.as_str() {
+        "list" => QueueCmd::List {
+            json: flag("json"),
+            summary: flag("summary"),
+        },
+        "show" => {
+            if positional.len() != 1 || ids_from_stdin {
+                return Err(UsageError("queue show takes exactly one ID".into()));
+            }
+            QueueCmd::Show {
+                id: positional.remove(0),
+                body: flag("body"),
+                json: flag("json"),
+            }
+        }
+        "flush" => QueueCmd::Flush {
+            wait: flag("wait"),
+            timeout: dur("timeout")?.unwrap_or(Duration::from_secs(300)),
+            quiet: flag("quiet"),
+        },
+        "hold" => QueueCmd::Hold {
+            duration: dur("for")?,
+        },
+        "release" => QueueCmd::Release,
+        "delete" => QueueCmd::Delete,
+        "bounce" => QueueCmd::Bounce,
+        "requeue" => QueueCmd::Requeue,
+        other => return Err(UsageError(format!("unknown queue subcommand {other:?}"))),
+    };
+    if !matches!(cmd, QueueCmd::Show { .. }) {
+        for p in &positional {
+            sel.ids.push(
+                QueueId::parse(p).ok_or_else(|| UsageError(format!("{p:?} is not a queue id")))?,
+            );
+        }
+    }
+    sel.from = m.opt_str("from");
+    sel.to = m.opt_str("to");
+    sel.older_than = dur("older-than")?;
+    if let Some(st) = m.opt_str("state") {
+        sel.state = Some(StateFilter::parse(&st).ok_or_else(|| {
+            UsageError(format!(
+                "--state: {st:?} is not pending, deferred, held, sent, failed or bouncing"
+            ))
+        })?);
+    }
+    sel.error = m.opt_str("error");
+    // the destructive commands never act on the whole queue by accident
+    if matches!(cmd, QueueCmd::Delete | QueueCmd::Bounce) && sel.is_empty() && !ids_from_stdin {
+        return Err(UsageError(format!(
+            "queue {sub} needs a selector (ids, -, --from, --to, --state, --older-than or --error)"
+        )));
+    }
+    Ok(Cli::Queue {
+        config,
+        cmd,
+        sel,
+        dry_run: flag("dry-run"),
+        ids_from_stdin,
+    })
+}
+
+fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
+    let mut o = getopts::Options::new();
+    for spec in ROUTING_OPTS
+        .iter()
+        .filter(|s| matches!(s.name, "config" | "spool" | "hostname"))
+    {
+        o.optopt("", spec.name, spec.desc, spec.hint);
+    }
+    o.optopt("f", "", "envelope sender", "SENDER");
+    o.optflag("t", "", "recipients from To/Cc/Bcc");
+    o.optflag("i", "", "a lone dot does not end the message");
+    o.optmulti("o", "", "sendmail option (only -oi is understood)", "OPT");
+    o.optflagmulti("v", "verbose", "more log output");
+    let m = o.parse(args).map_err(|e| UsageError(e.to_string()))?;
+    let file = match m.opt_str("config") {
+        Some(path) => read_config_file(&path)?,
+        None => HashMap::new(),
+    };
+    let v = Values { matches: m, file };
+    let mut config = Config::new();
+    if let Some(sp) = v.single("spool") {
+        config.spool = PathBuf::from(sp);
+    }
+    if let Some(h) = v.single("hostname") {
+        Domain::parse(&h, false).map_err(|e| UsageError(format!("--hostname: {h:?}: {e}")))?;
+        config.hostname = h;
+    }
+    config.verbosity = v.matches.opt_count("verbose");
+    let mut ignore_dots = v.matches.opt_present("i");
+    for opt in v.matches.opt_strs("o") {
+        match opt.as_str() {
+            "i" => ignore_dots = true,
+            other => {
+                return Err(UsageError(format!(
+                    "-o{other}: unsupported sendmail option"
+                )))
+            }
+        }
+    }
+    let opts = SendOpts {
+        from: v.matches.opt_str("f"),
+        extract: v.matches.opt_present("t"),
+        ignore_dots,
+        rcpts: v.matches.free.clone(),
+    };
+    if opts.rcpts.is_empty() && !opts.extract {
+        return Err(UsageError(
+            "send needs recipients, or -t to take them from the headers".into(),
+        ));
+    }
+    Ok(Cli::Send { config, opts })
+}
+
 fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     if let Some(s) = v.single("spool") {
         c.spool = PathBuf::from(s);
@@ -541,7 +802,8 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
 
 fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     if let Some(n) = v.single("delivery-workers") {
-        c.delivery_workers = positive("delivery-workers", &n)?;
+        // 0 = receive only: mail stays queued for `queue flush` or a later run
+        c.delivery_workers = number("delivery-workers", &n)?;
     }
     if let Some(n) = v.single("max-per-destination") {
         c.max_per_destination = positive("max-per-destination", &n)?;

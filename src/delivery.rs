@@ -24,7 +24,7 @@ use crate::bounce::{self, Action, RcptReport};
 use crate::client::{ClientError, Connection, Outgoing, Phase, Timeouts};
 use crate::route::{Hop, RouteError, Router};
 use crate::smtp::{Enhanced, Host, Path, Reply};
-use crate::spool::{Attempt, Envelope, QueueId, RcptState, Spool, SpoolError};
+use crate::spool::{Attempt, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
 use crate::time::{format_duration, now_unix};
 
 /// Retry schedule (`--retry-min`, `--retry-max`, `--max-queue-age`).
@@ -112,6 +112,19 @@ impl ConnCache {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.entry(c.peer()).or_default().push((c, Instant::now()));
+    }
+
+    /// Closes every cached connection (end of a foreground flush).
+    pub fn sweep_all(&self) {
+        let all: Vec<Connection> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.drain()
+                .flat_map(|(_, l)| l.into_iter().map(|(c, _)| c))
+                .collect()
+        };
+        for c in all {
+            c.quit();
+        }
     }
 
     /// Closes connections idle past the limit (called when workers idle).
@@ -220,6 +233,8 @@ pub enum Outcome {
     Retry(u64),
     /// Gone: removed by someone else.
     Gone,
+    /// Held by the operator until `queue release`.
+    Held,
 }
 
 /// One recipient's result of one attempt.
@@ -374,6 +389,15 @@ impl Deliverer {
             Err(e) => return Err(e),
         };
         let start = now_unix();
+        // `queue hold`: not now; a timed hold comes due by itself
+        match env.hold {
+            Some(Hold::Forever) => return Ok(Outcome::Held),
+            Some(h @ Hold::Until(t)) if h.active(start) => return Ok(Outcome::Retry(t)),
+            Some(Hold::Until(_)) => {
+                env.hold = None;
+            }
+            None => {}
+        }
         env.attempts += 1;
 
         for group in self.groups(&env) {
@@ -449,30 +473,15 @@ impl Deliverer {
         Ok(Outcome::Retry(env.next_try))
     }
 
-    /// Queues one DSN for every `bouncing` recipient, then marks them failed.
     fn report_failures(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
-        let reports: Vec<RcptReport> = env
-            .rcpts
-            .iter()
-            .filter(|r| r.state == RcptState::Bouncing)
-            .map(|r| bounce::report_for(env, r, Action::Failed))
-            .collect();
-        if reports.is_empty() {
-            return Ok(());
-        }
-        if let Some(dsn) = bounce::enqueue(&self.spool, &self.hostname, env, &reports, now)? {
-            if let Some(tx) = &self.committed {
-                let _ = tx.try_send(dsn);
-            }
-        }
-        for r in env
-            .rcpts
-            .iter_mut()
-            .filter(|r| r.state == RcptState::Bouncing)
-        {
-            r.state = RcptState::Failed;
-        }
-        self.spool.store(env)
+        bounce::report_bouncing(
+            &self.spool,
+            &self.hostname,
+            env,
+            now,
+            self.committed.as_ref(),
+        )
+        .map(|_| ())
     }
 
     /// `--delay-warning`: one "delayed" DSN once the message is that old.

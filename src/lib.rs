@@ -9,6 +9,7 @@
 //! outbound `client`, record the outcome in the envelope, and queue a
 //! `bounce` (an RFC 3464 DSN) for permanent failures.
 
+pub mod admin;
 pub mod bounce;
 pub mod cli;
 pub mod client;

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use smtp_relay::cli::{self, Cli};
 
-fn init_logging(verbosity: usize) {
+/// `quiet_default`: commands for scripts log only warnings unless asked.
+fn init_logging(verbosity: usize, quiet_default: bool) {
     let default = match verbosity {
+        0 if quiet_default => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -45,12 +47,56 @@ fn main() -> ExitCode {
             println!("smtp-relay {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Cli::Queue {
+            config,
+            cmd,
+            mut sel,
+            dry_run,
+            ids_from_stdin,
+        } => {
+            init_logging(config.verbosity, true);
+            if ids_from_stdin {
+                match smtp_relay::admin::read_ids(&mut std::io::stdin().lock()) {
+                    Ok(ids) => sel.ids.extend(ids),
+                    Err(e) => {
+                        eprintln!("smtp-relay: {}", e.message);
+                        return ExitCode::from(e.code);
+                    }
+                }
+                if sel.ids.is_empty() {
+                    eprintln!("smtp-relay: no queue ids on standard input");
+                    return ExitCode::from(smtp_relay::admin::EX_OK);
+                }
+            }
+            match smtp_relay::admin::run_queue(&config, &cmd, &sel, dry_run) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("smtp-relay: {}", e.message);
+                    ExitCode::from(e.code)
+                }
+            }
+        }
+        Cli::Send { config, opts } => {
+            init_logging(config.verbosity, true);
+            match smtp_relay::admin::run_send(&config, &opts, &mut std::io::stdin().lock()) {
+                Ok(id) => {
+                    if config.verbosity > 0 {
+                        eprintln!("queued as {id}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("smtp-relay: {}", e.message);
+                    ExitCode::from(e.code)
+                }
+            }
+        }
         Cli::Route { config, address } => {
-            init_logging(config.verbosity);
+            init_logging(config.verbosity, true);
             route(&config, &address)
         }
         Cli::Serve(config) => {
-            init_logging(config.verbosity);
+            init_logging(config.verbosity, false);
             match smtp_relay::server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

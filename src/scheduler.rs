@@ -180,10 +180,33 @@ impl Scheduler {
         log::info!("flush: {n} waiting message(s) made due now");
     }
 
+    /// `touch SPOOL/flush` flushes everything; `queue flush` leaves
+    /// requests naming ids in `flush.d/`.
     fn check_flush_trigger(&mut self) {
         let trigger = self.spool.root().join("flush");
         if std::fs::remove_file(&trigger).is_ok() {
             self.flush_all();
+        }
+        let requests = self.spool.take_flush_requests();
+        if requests.contains(&None) {
+            self.flush_all();
+        }
+        let mut n = 0;
+        for id in requests.into_iter().flatten() {
+            match self.slots.get(&id) {
+                Some(Slot::Ready) | Some(Slot::InFlight) => {}
+                Some(Slot::Waiting(_)) | None => {
+                    // unknown ids: new (`send`) or released from a hold
+                    if self.spool.env_path(id).exists() {
+                        self.slots.insert(id, Slot::Ready);
+                        self.ready.push_back(id);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        if n > 0 {
+            log::info!("flush: {n} requested message(s) made due now");
         }
     }
 
@@ -216,7 +239,7 @@ impl Scheduler {
 
     fn on_report(&mut self, r: Report) {
         match r.outcome {
-            Some(Outcome::Done) | Some(Outcome::Gone) => {
+            Some(Outcome::Done) | Some(Outcome::Gone) | Some(Outcome::Held) => {
                 self.slots.remove(&r.id);
             }
             Some(Outcome::Retry(at)) => self.schedule(r.id, at),

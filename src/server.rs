@@ -96,24 +96,24 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     }
 
     let local: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
-    let router = router(&config, &local)?;
     // sessions and delivery announce new messages to the scheduler; a
     // full channel only delays a message until the next rescan
     let (committed_tx, committed_rx) = bounded::<crate::spool::QueueId>(16 * 1024);
-    let deliverer = Arc::new(Deliverer {
-        spool: spool.clone(),
-        router,
-        hostname: config.hostname.clone(),
-        timeouts: config.client_timeouts,
-        retry: config.retry,
-        cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
-        limiter: DestLimiter::new(config.max_per_destination),
-        honor_source_routes: config.honor_source_routes,
-        delay_warning: config.delay_warning,
-        committed: Some(committed_tx.clone()),
-    });
-    let sched = scheduler::start(deliverer, config.delivery_workers, queued, committed_rx)
-        .map_err(ServeError::Thread)?;
+    let deliverer = Arc::new(deliverer(
+        &config,
+        spool.clone(),
+        &local,
+        Some(committed_tx.clone()),
+    )?);
+    let sched = if config.delivery_workers > 0 {
+        Some(
+            scheduler::start(deliverer, config.delivery_workers, queued, committed_rx)
+                .map_err(ServeError::Thread)?,
+        )
+    } else {
+        log::info!("delivery is off (--delivery-workers 0): mail is received and queued only");
+        None
+    };
 
     let ctx = Arc::new(Context {
         config: config.clone(),
@@ -167,10 +167,34 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     }
     // deliveries in flight get a moment; one cut short is retried at the
     // next start (a duplicate at worst, never a loss)
-    sched.stop(Duration::from_secs(5));
+    if let Some(s) = sched {
+        s.stop(Duration::from_secs(5));
+    }
     drop(lock);
     log::info!("stopped");
     Ok(())
+}
+
+/// The delivery engine for a config (used by `serve` and by a `queue
+/// flush` that runs without a server).
+pub fn deliverer(
+    config: &Config,
+    spool: Arc<Spool>,
+    local: &[SocketAddr],
+    committed: Option<crossbeam_channel::Sender<crate::spool::QueueId>>,
+) -> Result<Deliverer, ServeError> {
+    Ok(Deliverer {
+        spool,
+        router: router(config, local)?,
+        hostname: config.hostname.clone(),
+        timeouts: config.client_timeouts,
+        retry: config.retry,
+        cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
+        limiter: DestLimiter::new(config.max_per_destination),
+        honor_source_routes: config.honor_source_routes,
+        delay_warning: config.delay_warning,
+        committed,
+    })
 }
 
 /// The router for a config: static routes, then DNS unless `--no-dns`.

@@ -317,6 +317,7 @@ impl<'a> Session<'a> {
             smtputf8: tx.params.smtputf8,
             attempts: 0,
             next_try: now,
+            hold: None,
             rcpts: tx
                 .rcpts
                 .iter()

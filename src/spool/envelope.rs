@@ -95,6 +95,25 @@ pub struct Attempt {
     pub reply: String,
 }
 
+/// An operator's hold on a message (`queue hold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Until `queue release`.
+    Forever,
+    /// Releases itself at this Unix time.
+    Until(u64),
+}
+
+impl Hold {
+    /// Whether the hold still applies at `now`.
+    pub fn active(self, now: u64) -> bool {
+        match self {
+            Hold::Forever => true,
+            Hold::Until(t) => t > now,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub id: QueueId,
@@ -111,6 +130,7 @@ pub struct Envelope {
     pub attempts: u32,
     /// Unix seconds.
     pub next_try: u64,
+    pub hold: Option<Hold>,
     pub rcpts: Vec<Recipient>,
     pub history: Vec<Attempt>,
 }
@@ -167,6 +187,13 @@ impl Envelope {
             self.attempts,
             self.next_try,
         );
+        match self.hold {
+            Some(Hold::Forever) => s.push_str("hold: forever\n"),
+            Some(Hold::Until(t)) => {
+                let _ = writeln!(s, "hold: {t}");
+            }
+            None => {}
+        }
         for r in &self.rcpts {
             let reply = r
                 .last_reply
@@ -210,6 +237,7 @@ impl Envelope {
         let mut smtputf8 = None;
         let mut attempts = None;
         let mut next_try = None;
+        let mut hold = None;
         let mut rcpts = Vec::new();
         let mut history = Vec::new();
         let mut ended = false;
@@ -247,6 +275,15 @@ impl Envelope {
                 "smtputf8" => smtputf8 = Some(value == "yes"),
                 "attempts" => attempts = value.parse::<u32>().ok(),
                 "next-try" => next_try = num(value),
+                "hold" => {
+                    hold = Some(match value {
+                        "forever" => Hold::Forever,
+                        t => match num(t) {
+                            Some(t) => Hold::Until(t),
+                            None => return err("bad hold"),
+                        },
+                    })
+                }
                 "rcpt" => {
                     let mut f = value.splitn(3, '\t');
                     let (Some(state), Some(path), Some(reply)) = (f.next(), f.next(), f.next())
@@ -303,6 +340,7 @@ impl Envelope {
             smtputf8: smtputf8.ok_or(missing("missing smtputf8"))?,
             attempts: attempts.ok_or(missing("missing or bad attempts"))?,
             next_try: next_try.ok_or(missing("missing or bad next-try"))?,
+            hold,
             rcpts,
             history,
         })
@@ -325,6 +363,7 @@ mod tests {
             smtputf8: false,
             attempts: 1,
             next_try: 1_795_886_710,
+            hold: Some(Hold::Until(1_795_999_999)),
             rcpts: vec![
                 Recipient {
                     path: Path::parse("<@r.example:u@d.example>", false).unwrap(),
@@ -360,6 +399,7 @@ mod tests {
         assert_eq!(back.rcpts[1].path, env.rcpts[1].path);
         assert_eq!(back.history, env.history);
         assert_eq!(back.id, env.id);
+        assert_eq!(back.hold, env.hold);
     }
 
     #[test]

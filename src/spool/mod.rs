@@ -8,6 +8,9 @@
 //! SPOOL/queue/ID.env  its envelope (see `envelope.rs`); exists only once
 //!                     ID.msg is complete: its appearance is the commit
 //! SPOOL/corrupt/      envelopes that do not parse, moved aside, never deleted
+//! SPOOL/flush.d/      flush requests for the running server: one file per
+//!                     request, one queue id per line, `*` for everything
+//! SPOOL/flush         `touch` it to make every waiting message due now
 //! ```
 //! A message leaves the queue envelope first, then body, so a crash in
 //! between leaves a body without envelope, which start-up removes (it was
@@ -24,7 +27,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub use envelope::{Attempt, Envelope, RcptState, Recipient};
+pub use envelope::{Attempt, Envelope, Hold, RcptState, Recipient};
 pub use incoming::Incoming;
 pub use queue_id::QueueId;
 
@@ -91,6 +94,7 @@ pub struct Spool {
     tmp: PathBuf,
     queue: PathBuf,
     corrupt: PathBuf,
+    flush: PathBuf,
 }
 
 /// What start-up recovery found and did.
@@ -110,8 +114,15 @@ impl Spool {
             tmp: root.join("tmp"),
             queue: root.join("queue"),
             corrupt: root.join("corrupt"),
+            flush: root.join("flush.d"),
         };
-        for d in [&spool.root, &spool.tmp, &spool.queue, &spool.corrupt] {
+        for d in [
+            &spool.root,
+            &spool.tmp,
+            &spool.queue,
+            &spool.corrupt,
+            &spool.flush,
+        ] {
             fsutil::ensure_dir(d).map_err(|e| SpoolError::io(d, e))?;
         }
         Ok(spool)
@@ -131,6 +142,49 @@ impl Spool {
 
     pub fn corrupt_dir(&self) -> &Path {
         &self.corrupt
+    }
+
+    pub fn flush_dir(&self) -> &Path {
+        &self.flush
+    }
+
+    /// Asks the running server to attempt `ids` now (all waiting messages
+    /// when empty). Returns the request file, which the server removes once
+    /// it has read it.
+    pub fn request_flush(&self, ids: &[QueueId]) -> Result<PathBuf, SpoolError> {
+        let mut text = String::new();
+        if ids.is_empty() {
+            text.push_str("*\n");
+        }
+        for id in ids {
+            text.push_str(&format!("{id}\n"));
+        }
+        let name = format!("{}-{}", QueueId::generate(), std::process::id());
+        fsutil::write_atomic(&self.tmp, &self.flush, &name, text.as_bytes())
+            .map_err(|e| SpoolError::io(&self.flush, e))?;
+        Ok(self.flush.join(name))
+    }
+
+    /// Takes the pending flush requests (the server's side): `None` in the
+    /// list stands for "everything".
+    pub fn take_flush_requests(&self) -> Vec<Option<QueueId>> {
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.flush) else {
+            return out;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let _ = fs::remove_file(&path);
+            for line in text.lines().map(str::trim) {
+                if line == "*" {
+                    out.push(None);
+                } else if let Some(id) = QueueId::parse(line) {
+                    out.push(Some(id));
+                }
+            }
+        }
+        out
     }
 
     pub fn msg_path(&self, id: QueueId) -> PathBuf {
@@ -334,6 +388,7 @@ mod tests {
             smtputf8: false,
             attempts: 0,
             next_try: 1,
+            hold: None,
             rcpts: vec![Recipient {
                 path: SmtpPath::parse("<a@b.example>", false).unwrap(),
                 state: RcptState::Pending,

@@ -1,0 +1,1297 @@
+//! `smtp-relay queue …` and `smtp-relay send`: the spool for people and
+//! scripts.
+//!
+//! Every command works whether or not a server runs on the spool. Changes
+//! to a message are made under its body's flock, the same lock a delivery
+//! holds for its whole attempt, so a command never edits or deletes a
+//! message in the middle of a delivery. A message still being received
+//! lives in `tmp/` and is never seen here: only committed messages (those
+//! with an envelope in `queue/`) are listed.
+//!
+//! Output is stable for scripts: `list` prints one tab-separated line per
+//! message; `--json` one JSON object per line whose fields are documented
+//! in README and versioned by `"v": 1`.
+//!
+//! Exit codes (sysexits): 0 done (flush: nothing selected is left
+//! deferred), 64 usage, 69 server unreachable, 74 spool I/O error,
+//! 75 some selected messages still deferred, or busy.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::bounce;
+use crate::config::Config;
+use crate::delivery::Outcome;
+use crate::smtp::{Mailbox, Path, ReversePath};
+use crate::spool::{Envelope, Hold, QueueId, RcptState, Recipient, Spool, SpoolError};
+use crate::time::{format_duration, iso8601, now_unix, rfc5322_date};
+
+pub const EX_OK: u8 = 0;
+pub const EX_USAGE: u8 = 64;
+pub const EX_UNAVAILABLE: u8 = 69;
+pub const EX_IOERR: u8 = 74;
+pub const EX_TEMPFAIL: u8 = 75;
+
+/// The queue subcommands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueCmd {
+    List {
+        json: bool,
+        summary: bool,
+    },
+    Show {
+        id: String,
+        body: bool,
+        json: bool,
+    },
+    Flush {
+        wait: bool,
+        timeout: Duration,
+        quiet: bool,
+    },
+    Hold {
+        duration: Option<Duration>,
+    },
+    Release,
+    Delete,
+    Bounce,
+    Requeue,
+}
+
+/// Message-level view of the recipient states, for `--state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFilter {
+    Pending,
+    Deferred,
+    Held,
+    Sent,
+    Failed,
+    Bouncing,
+}
+
+impl StateFilter {
+    pub fn parse(s: &str) -> Option<StateFilter> {
+        Some(match s {
+            "pending" => StateFilter::Pending,
+            "deferred" => StateFilter::Deferred,
+            "held" => StateFilter::Held,
+            "sent" => StateFilter::Sent,
+            "failed" => StateFilter::Failed,
+            "bouncing" => StateFilter::Bouncing,
+            _ => return None,
+        })
+    }
+}
+
+/// Which messages a command applies to; all given criteria must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub ids: Vec<QueueId>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub older_than: Option<Duration>,
+    pub state: Option<StateFilter>,
+    pub error: Option<String>,
+}
+
+/// Case-insensitive glob with `*` (any run) and `?` (one character).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let t: Vec<char> = text.to_lowercase().chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// An address pattern: with `@` inside it matches the whole address
+/// (`user@example.org`, `*@example.org`); without, or with a leading `@`,
+/// it matches the domain and its subdomains (`example.org`, `@example.org`).
+/// `<>` matches the null sender.
+fn address_matches(pattern: &str, mailbox: Option<&Mailbox>) -> bool {
+    let Some(m) = mailbox else {
+        return pattern == "<>";
+    };
+    let pattern = pattern.trim_start_matches('<').trim_end_matches('>');
+    match pattern.strip_prefix('@') {
+        None if pattern.contains('@') => glob(pattern, &m.to_string()),
+        stripped => {
+            let d = stripped.unwrap_or(pattern).to_lowercase();
+            let host = m.host().key();
+            glob(&d, &host) || host.ends_with(&format!(".{d}"))
+        }
+    }
+}
+
+impl Selector {
+    pub fn is_empty(&self) -> bool {
+        *self == Selector::default()
+    }
+
+    pub fn matches(&self, env: &Envelope, now: u64) -> bool {
+        if !self.ids.is_empty() && !self.ids.contains(&env.id) {
+            return false;
+        }
+        if let Some(p) = &self.from {
+            if !address_matches(p, env.from.mailbox()) {
+                return false;
+            }
+        }
+        if let Some(p) = &self.to {
+            if !env
+                .rcpts
+                .iter()
+                .any(|r| address_matches(p, Some(r.path.mailbox())))
+            {
+                return false;
+            }
+        }
+        if let Some(age) = self.older_than {
+            if now.saturating_sub(env.arrived) < age.as_secs() {
+                return false;
+            }
+        }
+        if let Some(state) = self.state {
+            let held = env.hold.is_some_and(|h| h.active(now));
+            let has = |s: RcptState| env.rcpts.iter().any(|r| r.state == s);
+            let ok = match state {
+                StateFilter::Held => held,
+                StateFilter::Pending => !held && has(RcptState::Pending),
+                StateFilter::Deferred => !held && has(RcptState::Deferred),
+                StateFilter::Sent => has(RcptState::Sent),
+                StateFilter::Failed => has(RcptState::Failed),
+                StateFilter::Bouncing => has(RcptState::Bouncing),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(p) = &self.error {
+            let p = p.to_lowercase();
+            let hit = env
+                .rcpts
+                .iter()
+                .filter_map(|r| r.last_reply.as_deref())
+                .any(|e| e.to_lowercase().contains(&p));
+            if !hit {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// What went wrong in a queue command, with its exit code.
+#[derive(Debug)]
+pub struct AdminError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl AdminError {
+    fn usage(m: impl Into<String>) -> AdminError {
+        AdminError {
+            code: EX_USAGE,
+            message: m.into(),
+        }
+    }
+}
+
+impl From<SpoolError> for AdminError {
+    fn from(e: SpoolError) -> AdminError {
+        AdminError {
+            code: EX_IOERR,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<io::Error> for AdminError {
+    fn from(e: io::Error) -> AdminError {
+        AdminError {
+            code: EX_IOERR,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Loads every committed envelope that the selector matches, by id order.
+/// Envelopes that vanish or fail to parse while we read are skipped (a
+/// delivery may finish under our feet); parse failures are reported.
+pub fn select(spool: &Spool, sel: &Selector, now: u64) -> Result<Vec<Envelope>, SpoolError> {
+    let ids = if sel.ids.is_empty() {
+        spool.list_ids()?
+    } else {
+        let mut ids = sel.ids.clone();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        match spool.load(id) {
+            Ok(env) => {
+                if sel.matches(&env, now) {
+                    out.push(env);
+                }
+            }
+            Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(SpoolError::Corrupt { id, why }) => {
+                eprintln!("smtp-relay: {id}: skipped, corrupt envelope: {why}")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Minimal JSON string encoding (RFC 8259 §7).
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn opt_json(s: Option<&str>) -> String {
+    s.map(json_str).unwrap_or_else(|| "null".into())
+}
+
+fn sender_text(from: &ReversePath) -> String {
+    match from {
+        ReversePath::Null => "<>".into(),
+        ReversePath::Path(p) => p.mailbox().to_string(),
+    }
+}
+
+fn hold_text(h: Option<Hold>, now: u64) -> Option<String> {
+    match h {
+        Some(Hold::Forever) => Some("forever".into()),
+        Some(Hold::Until(t)) if t > now => Some(iso8601(t)),
+        _ => None,
+    }
+}
+
+/// One `list` line: id, arrival, size, sender, then one field per
+/// recipient, all tab-separated.
+pub fn list_line(env: &Envelope, now: u64) -> String {
+    let mut s = format!(
+        "{}\t{}\t{}\t{}",
+        env.id,
+        iso8601(env.arrived),
+        env.size,
+        sender_text(&env.from)
+    );
+    let held = hold_text(env.hold, now);
+    for r in &env.rcpts {
+        let state = match (&held, r.state) {
+            (Some(_), RcptState::Pending | RcptState::Deferred) => "held",
+            (_, st) => st.as_str(),
+        };
+        let _ = write!(s, "\t{state} {}", r.path.mailbox());
+        if let Some(h) = &held {
+            let _ = write!(s, " until={h}");
+        } else if r.state == RcptState::Deferred {
+            let _ = write!(s, " next={}", iso8601(env.next_try));
+        }
+        if let Some(reply) = &r.last_reply {
+            let _ = write!(s, " reply=\"{}\"", reply.replace('"', "'"));
+        }
+    }
+    s
+}
+
+/// One `list --json` object (schema version 1, documented in README).
+pub fn list_json(env: &Envelope, now: u64) -> String {
+    let mut s = format!(
+        "{{\"v\":1,\"id\":\"{}\",\"arrived\":{},\"arrived_iso\":\"{}\",\"size\":{},\"from\":{},\"client\":{},\"helo\":{},\"attempts\":{},\"next_try\":{},\"held_until\":{},\"rcpts\":[",
+        env.id,
+        env.arrived,
+        iso8601(env.arrived),
+        env.size,
+        json_str(&env.from.mailbox().map(|m| m.to_string()).unwrap_or_default()),
+        json_str(&env.client),
+        json_str(&env.helo),
+        env.attempts,
+        env.next_try,
+        match env.hold {
+            Some(Hold::Forever) => "\"forever\"".to_string(),
+            Some(Hold::Until(t)) if t > now => t.to_string(),
+            _ => "null".to_string(),
+        },
+    );
+    for (i, r) in env.rcpts.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(
+            s,
+            "{{\"to\":{},\"forward_path\":{},\"state\":\"{}\",\"last_reply\":{}}}",
+            json_str(&r.path.mailbox().to_string()),
+            json_str(&r.path.to_string()),
+            r.state.as_str(),
+            opt_json(r.last_reply.as_deref())
+        );
+    }
+    s.push_str("]}");
+    s
+}
+
+/// Per destination domain: messages, oldest age, most common last error
+/// (Postfix's qshape, flattened).
+pub fn summary(envs: &[Envelope], now: u64, json: bool) -> String {
+    #[derive(Default)]
+    struct Row {
+        messages: usize,
+        recipients: usize,
+        oldest: u64,
+        errors: HashMap<String, usize>,
+    }
+    let mut rows: HashMap<String, Row> = HashMap::new();
+    for env in envs {
+        let mut seen = Vec::new();
+        for r in env.rcpts.iter().filter(|r| !r.state.is_final()) {
+            let d = r.path.mailbox().host().key();
+            let row = rows.entry(d.clone()).or_default();
+            row.recipients += 1;
+            if !seen.contains(&d) {
+                row.messages += 1;
+                seen.push(d);
+            }
+            row.oldest = row.oldest.max(now.saturating_sub(env.arrived));
+            if let Some(e) = &r.last_reply {
+                *row.errors.entry(e.clone()).or_default() += 1;
+            }
+        }
+    }
+    let mut rows: Vec<(String, Row)> = rows.into_iter().collect();
+    rows.sort_by(|a, b| b.1.messages.cmp(&a.1.messages).then(a.0.cmp(&b.0)));
+    let mut out = String::new();
+    if !json {
+        out.push_str("domain\tmessages\trecipients\toldest\ttop_error\n");
+    }
+    for (domain, row) in rows {
+        let top = row
+            .errors
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(e, _)| e.clone());
+        if json {
+            let _ = writeln!(
+                out,
+                "{{\"v\":1,\"domain\":{},\"messages\":{},\"recipients\":{},\"oldest_seconds\":{},\"top_error\":{}}}",
+                json_str(&domain),
+                row.messages,
+                row.recipients,
+                row.oldest,
+                opt_json(top.as_deref())
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{domain}\t{}\t{}\t{}\t{}",
+                row.messages,
+                row.recipients,
+                format_duration(Duration::from_secs(row.oldest)),
+                top.unwrap_or_else(|| "-".into())
+            );
+        }
+    }
+    out
+}
+
+/// Runs `f` on the message's envelope under its body lock, storing the
+/// result when `f` returns true. Waits up to `wait` for a delivery in
+/// progress; `Ok(None)` when still busy, `Ok(Some(false))` when gone.
+fn with_lock(
+    spool: &Spool,
+    id: QueueId,
+    wait: Duration,
+    f: impl FnOnce(&mut Envelope) -> Result<bool, SpoolError>,
+) -> Result<Option<bool>, SpoolError> {
+    let path = spool.msg_path(id);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(false)),
+        Err(e) => return Err(SpoolError::io(&path, e)),
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(SpoolError::io(&path, e)),
+        }
+    }
+    let mut env = match spool.load(id) {
+        Ok(e) => e,
+        Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(Some(false))
+        }
+        Err(e) => return Err(e),
+    };
+    if f(&mut env)? {
+        spool.store(&env)?;
+    }
+    Ok(Some(true))
+}
+
+/// How long a changing command waits for a delivery in progress.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs a queue command; returns the exit code.
+pub fn run_queue(
+    config: &Config,
+    cmd: &QueueCmd,
+    sel: &Selector,
+    dry_run: bool,
+) -> Result<u8, AdminError> {
+    let spool = Spool::open(&config.spool)?;
+    let now = now_unix();
+    let mut out = io::stdout().lock();
+    match cmd {
+        QueueCmd::List {
+            json,
+            summary: true,
+        } => {
+            let envs = select(&spool, sel, now)?;
+            out.write_all(summary(&envs, now, *json).as_bytes())?;
+            Ok(EX_OK)
+        }
+        QueueCmd::List { json, .. } => {
+            let envs = select(&spool, sel, now)?;
+            for env in &envs {
+                let line = if *json {
+                    list_json(env, now)
+                } else {
+                    list_line(env, now)
+                };
+                writeln!(out, "{line}")?;
+            }
+            Ok(EX_OK)
+        }
+        QueueCmd::Show { id, body, json } => {
+            let qid = QueueId::parse(id)
+                .ok_or_else(|| AdminError::usage(format!("{id:?} is not a queue id")))?;
+            let env = match spool.load(qid) {
+                Ok(e) => e,
+                Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    return Err(AdminError {
+                        code: EX_UNAVAILABLE,
+                        message: format!("{qid}: no such message in the queue"),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if *body {
+                let mut f = File::open(spool.msg_path(qid))?;
+                io::copy(&mut f, &mut out)?;
+            } else if *json {
+                writeln!(out, "{}", list_json(&env, now))?;
+            } else {
+                out.write_all(show_text(&spool, &env, now).as_bytes())?;
+            }
+            Ok(EX_OK)
+        }
+        QueueCmd::Flush {
+            wait,
+            timeout,
+            quiet,
+        } => flush(config, &spool, sel, *wait, *timeout, *quiet, dry_run),
+        QueueCmd::Hold { duration } => {
+            let hold = match duration {
+                Some(d) => Hold::Until(now + d.as_secs()),
+                None => Hold::Forever,
+            };
+            change(&spool, sel, dry_run, "hold", |env| {
+                env.hold = Some(hold);
+                Ok(true)
+            })
+        }
+        QueueCmd::Release => {
+            let code = change(&spool, sel, dry_run, "release", |env| {
+                env.hold = None;
+                env.next_try = now_unix();
+                Ok(true)
+            })?;
+            if !dry_run && spool.is_locked() {
+                let ids: Vec<QueueId> = select(&spool, sel, now)?.iter().map(|e| e.id).collect();
+                if !ids.is_empty() {
+                    spool.request_flush(&ids)?;
+                }
+            }
+            Ok(code)
+        }
+        QueueCmd::Requeue => {
+            let code = change(&spool, sel, dry_run, "requeue", |env| {
+                for r in env
+                    .rcpts
+                    .iter_mut()
+                    .filter(|r| r.state == RcptState::Deferred)
+                {
+                    r.state = RcptState::Pending;
+                }
+                env.next_try = now_unix();
+                Ok(true)
+            })?;
+            if !dry_run && spool.is_locked() {
+                spool.request_flush(&[])?;
+            }
+            Ok(code)
+        }
+        QueueCmd::Delete => {
+            let envs = select(&spool, sel, now)?;
+            let mut busy = 0;
+            for env in &envs {
+                if dry_run {
+                    writeln!(out, "would delete {}", list_line(env, now))?;
+                    continue;
+                }
+                let spool_ref = &spool;
+                match with_lock(&spool, env.id, LOCK_WAIT, |e| {
+                    spool_ref.remove(e.id)?;
+                    Ok(false)
+                })? {
+                    Some(true) => {
+                        log::info!("{} deleted by the operator", env.id);
+                        writeln!(out, "deleted {}", env.id)?;
+                    }
+                    Some(false) => writeln!(out, "gone {}", env.id)?,
+                    None => {
+                        busy += 1;
+                        writeln!(out, "busy {} (being delivered; try again)", env.id)?;
+                    }
+                }
+            }
+            Ok(if busy > 0 { EX_TEMPFAIL } else { EX_OK })
+        }
+        QueueCmd::Bounce => {
+            let host = config.hostname.clone();
+            let spool_ref = &spool;
+            let code = change(&spool, sel, dry_run, "bounce", |env| {
+                let now = now_unix();
+                for r in env.rcpts.iter_mut().filter(|r| !r.state.is_final()) {
+                    r.state = RcptState::Bouncing;
+                    r.last_reply = Some(format!(
+                        "550 5.0.0 returned to sender by the operator; last error: {}",
+                        r.last_reply.as_deref().unwrap_or("none")
+                    ));
+                }
+                spool_ref.store(env)?;
+                let dsn = bounce::report_bouncing(spool_ref, &host, env, now, None)?;
+                spool_ref.remove(env.id)?;
+                log::info!(
+                    "{} returned to sender by the operator (DSN {dsn:?})",
+                    env.id
+                );
+                if let (Some(dsn), true) = (dsn, spool_ref.is_locked()) {
+                    let _ = spool_ref.request_flush(&[dsn]);
+                }
+                Ok(false)
+            })?;
+            Ok(code)
+        }
+    }
+}
+
+/// Applies `f` to every selected message under its lock; prints one line
+/// per message. `--dry-run` prints what would change and changes nothing.
+fn change(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    verb: &str,
+    f: impl Fn(&mut Envelope) -> Result<bool, SpoolError>,
+) -> Result<u8, AdminError> {
+    let now = now_unix();
+    let envs = select(spool, sel, now)?;
+    let mut out = io::stdout().lock();
+    let mut busy = 0;
+    for env in &envs {
+        if dry_run {
+            writeln!(out, "would {verb} {}", list_line(env, now))?;
+            continue;
+        }
+        match with_lock(spool, env.id, LOCK_WAIT, &f)? {
+            Some(true) => writeln!(out, "{verb} {}", env.id)?,
+            Some(false) => writeln!(out, "gone {}", env.id)?,
+            None => {
+                busy += 1;
+                writeln!(out, "busy {} (being delivered; try again)", env.id)?;
+            }
+        }
+    }
+    Ok(if busy > 0 { EX_TEMPFAIL } else { EX_OK })
+}
+
+/// `queue show`: the envelope, each recipient with its history, headers.
+fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "id:        {}", env.id);
+    let _ = writeln!(
+        s,
+        "arrived:   {} ({} ago)",
+        iso8601(env.arrived),
+        format_duration(Duration::from_secs(now.saturating_sub(env.arrived)))
+    );
+    let _ = writeln!(s, "from:      {}", env.from);
+    let _ = writeln!(s, "client:    [{}] helo={}", env.client, env.helo);
+    let _ = writeln!(s, "size:      {}", env.size);
+    let _ = writeln!(s, "attempts:  {}", env.attempts);
+    let _ = writeln!(s, "next try:  {}", iso8601(env.next_try));
+    if let Some(h) = hold_text(env.hold, now) {
+        let _ = writeln!(s, "held:      until {h}");
+    }
+    for r in &env.rcpts {
+        let _ = writeln!(s, "recipient: {} {}", r.path, r.state.as_str());
+        let mailbox = r.path.mailbox().to_string();
+        for a in env.history.iter().filter(|a| a.rcpt == mailbox) {
+            let _ = writeln!(s, "  {} {} {}", iso8601(a.time), a.host, a.reply);
+        }
+    }
+    let _ = writeln!(s, "headers:");
+    match bounce::read_headers(spool, env.id) {
+        Ok(h) => {
+            for line in String::from_utf8_lossy(&h).lines() {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "  (unreadable: {e})");
+        }
+    }
+    s
+}
+
+/// Counts of where the selected messages stand, for `flush --wait`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    done: usize,
+    deferred: usize,
+    waiting: usize,
+}
+
+fn flush(
+    config: &Config,
+    spool: &Spool,
+    sel: &Selector,
+    wait: bool,
+    timeout: Duration,
+    quiet: bool,
+    dry_run: bool,
+) -> Result<u8, AdminError> {
+    let now = now_unix();
+    let mut sel = sel.clone();
+    let envs: Vec<Envelope> = select(spool, &sel, now)?
+        .into_iter()
+        .filter(|e| !e.hold.is_some_and(|h| h.active(now)) && !e.is_done())
+        .collect();
+    let mut out = io::stdout().lock();
+    if dry_run {
+        for e in &envs {
+            writeln!(out, "would flush {}", list_line(e, now))?;
+        }
+        return Ok(EX_OK);
+    }
+    if envs.is_empty() {
+        if !quiet {
+            writeln!(out, "flush: nothing selected")?;
+        }
+        return Ok(EX_OK);
+    }
+    let ids: Vec<QueueId> = envs.iter().map(|e| e.id).collect();
+    let before: HashMap<QueueId, u32> = envs.iter().map(|e| (e.id, e.attempts)).collect();
+    sel.ids = ids.clone();
+    let show = !quiet && io::stderr().is_terminal();
+
+    match spool.lock() {
+        Ok(lock) => {
+            // No server: deliver in the foreground, like `sendmail -q`.
+            let result = flush_foreground(config, spool, &ids, show);
+            drop(lock);
+            let p = result?;
+            report(&mut out, quiet, &p)?;
+            Ok(if p.deferred > 0 { EX_TEMPFAIL } else { EX_OK })
+        }
+        Err(SpoolError::Locked(_)) => {
+            let request = spool.request_flush(&ids)?;
+            if !wait {
+                if !quiet {
+                    writeln!(
+                        out,
+                        "flush: asked the server to attempt {} message(s) now",
+                        ids.len()
+                    )?;
+                }
+                return Ok(EX_OK);
+            }
+            let deadline = Instant::now() + timeout;
+            let pickup = Instant::now() + Duration::from_secs(10).min(timeout);
+            loop {
+                let p = progress(spool, &before)?;
+                if show {
+                    eprint!(
+                        "\rflush: {} done, {} deferred again, {} waiting   ",
+                        p.done, p.deferred, p.waiting
+                    );
+                }
+                if p.waiting == 0 {
+                    if show {
+                        eprintln!();
+                    }
+                    report(&mut out, quiet, &p)?;
+                    return Ok(if p.deferred > 0 { EX_TEMPFAIL } else { EX_OK });
+                }
+                if request.exists() && Instant::now() > pickup {
+                    let _ = std::fs::remove_file(&request);
+                    if show {
+                        eprintln!();
+                    }
+                    return Err(AdminError {
+                        code: EX_UNAVAILABLE,
+                        message: "the server holding the spool did not pick up the flush request"
+                            .into(),
+                    });
+                }
+                if Instant::now() > deadline {
+                    if show {
+                        eprintln!();
+                    }
+                    report(&mut out, quiet, &p)?;
+                    return Ok(EX_TEMPFAIL);
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn report(out: &mut impl Write, quiet: bool, p: &Progress) -> io::Result<()> {
+    if !quiet {
+        writeln!(
+            out,
+            "flush: {} done, {} still deferred, {} not attempted in time",
+            p.done, p.deferred, p.waiting
+        )?;
+    }
+    Ok(())
+}
+
+/// Where each message stands relative to its attempt count before flush:
+/// gone = done; attempted again and unlocked = deferred; else waiting.
+fn progress(spool: &Spool, before: &HashMap<QueueId, u32>) -> Result<Progress, SpoolError> {
+    let mut p = Progress::default();
+    for (id, attempts) in before {
+        match spool.load(*id) {
+            Ok(env) if env.is_done() => p.done += 1,
+            Ok(env) if env.attempts > *attempts && !is_locked(spool, *id) => {
+                if env
+                    .rcpts
+                    .iter()
+                    .any(|r| r.state == RcptState::Deferred || r.state == RcptState::Pending)
+                {
+                    p.deferred += 1
+                } else {
+                    p.done += 1
+                }
+            }
+            Ok(_) => p.waiting += 1,
+            Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                p.done += 1
+            }
+            Err(SpoolError::Corrupt { .. }) => p.waiting += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(p)
+}
+
+fn is_locked(spool: &Spool, id: QueueId) -> bool {
+    match File::open(spool.msg_path(id)) {
+        Ok(f) => match f.try_lock() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(_) => false,
+        },
+        Err(_) => false,
+    }
+}
+
+/// One delivery pass over `ids` in this process (no server running).
+fn flush_foreground(
+    config: &Config,
+    spool: &Spool,
+    ids: &[QueueId],
+    show: bool,
+) -> Result<Progress, AdminError> {
+    let deliverer =
+        crate::server::deliverer(config, Arc::new(spool.clone()), &[], None).map_err(|e| {
+            AdminError {
+                code: EX_UNAVAILABLE,
+                message: e.to_string(),
+            }
+        })?;
+    let deliverer = Arc::new(deliverer);
+    let (tx, rx) = crossbeam_channel::bounded::<QueueId>(ids.len());
+    for id in ids {
+        let _ = tx.send(*id);
+    }
+    drop(tx);
+    let (rtx, rrx) = crossbeam_channel::unbounded::<Option<Outcome>>();
+    let workers = config.delivery_workers.clamp(1, 64).min(ids.len());
+    let mut handles = Vec::new();
+    for i in 0..workers {
+        let rx = rx.clone();
+        let rtx = rtx.clone();
+        let d = deliverer.clone();
+        handles.push(
+            thread::Builder::new()
+                .name(format!("flush-{i}"))
+                .spawn(move || {
+                    for id in rx.iter() {
+                        let o = match d.attempt(id) {
+                            Ok(o) => Some(o),
+                            Err(e) => {
+                                log::error!("{id} delivery attempt failed: {e}");
+                                None
+                            }
+                        };
+                        let _ = rtx.send(o);
+                    }
+                })
+                .map_err(AdminError::from)?,
+        );
+    }
+    drop(rtx);
+    let mut p = Progress {
+        waiting: ids.len(),
+        ..Progress::default()
+    };
+    for o in rrx.iter() {
+        p.waiting -= 1;
+        match o {
+            Some(Outcome::Done) | Some(Outcome::Gone) => p.done += 1,
+            Some(Outcome::Held) => {}
+            Some(Outcome::Retry(_)) | None => p.deferred += 1,
+        }
+        if show {
+            eprint!(
+                "\rflush: {} done, {} deferred again, {} waiting   ",
+                p.done, p.deferred, p.waiting
+            );
+        }
+    }
+    if show {
+        eprintln!();
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    deliverer.cache.sweep_all();
+    Ok(p)
+}
+
+/// `smtp-relay send`: the sendmail command line's essentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendOpts {
+    /// `-f`: the envelope sender (`<>` or empty for the null sender).
+    pub from: Option<String>,
+    /// `-t`: recipients from To/Cc/Bcc; Bcc is removed.
+    pub extract: bool,
+    /// `-i`/`-oi`: a line with a single "." does not end the input.
+    pub ignore_dots: bool,
+    pub rcpts: Vec<String>,
+}
+
+fn parse_mailbox(s: &str) -> Result<Path, String> {
+    let s = s.trim();
+    let text = if s.starts_with('<') {
+        s.to_string()
+    } else {
+        format!("<{s}>")
+    };
+    Path::parse(&text, true).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Addresses in an RFC 5322 address-list header value: the `<...>` parts,
+/// or bare `local@domain` words; group names and comments are skipped.
+pub fn header_addresses(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    // drop comments (...) first
+    let mut clean = String::new();
+    let mut depth = 0;
+    let mut quoted = false;
+    for c in value.chars() {
+        match c {
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                clean.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            _ => clean.push(c),
+        }
+    }
+    for part in split_unquoted(&clean, ',') {
+        let part = part.trim();
+        // "group: a, b;" — the group name ends at ':' when no '<' precedes it
+        let part = match (part.find(':'), part.find('<')) {
+            (Some(c), None) | (Some(c), Some(_))
+                if !part[..c].contains('@') && !part[..c].contains('<') =>
+            {
+                &part[c + 1..]
+            }
+            _ => part,
+        };
+        let part = part.trim().trim_end_matches(';').trim();
+        if let (Some(a), Some(b)) = (part.rfind('<'), part.rfind('>')) {
+            if a < b {
+                let addr = part[a + 1..b].trim();
+                if !addr.is_empty() {
+                    out.push(addr.to_string());
+                }
+                continue;
+            }
+        }
+        if part.contains('@') {
+            out.push(part.to_string());
+        }
+    }
+    out
+}
+
+fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut quoted = false;
+    let mut angle = 0;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle += 1,
+            '>' if !quoted && angle > 0 => angle -= 1,
+            c if c == sep && !quoted && angle == 0 => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// Reads the message, fixes line ends to CRLF, applies `-t` (recipients
+/// from headers, Bcc removed) and adds Date and Message-ID when missing.
+/// Returns the message bytes and the recipients found in headers.
+pub fn prepare_message(
+    input: &mut impl BufRead,
+    opts: &SendOpts,
+    hostname: &str,
+    id: QueueId,
+    now: u64,
+) -> io::Result<(Vec<u8>, Vec<String>)> {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        // sendmail: without -i a lone "." ends the message
+        if !opts.ignore_dots && buf == b"." {
+            break;
+        }
+        lines.push(buf.clone());
+    }
+    let header_end = lines
+        .iter()
+        .position(|l| l.is_empty())
+        .unwrap_or(lines.len());
+    // unfold header fields: (name, full text lines)
+    let mut fields: Vec<Vec<Vec<u8>>> = Vec::new();
+    for l in &lines[..header_end] {
+        if (l.first() == Some(&b' ') || l.first() == Some(&b'\t')) && !fields.is_empty() {
+            if let Some(f) = fields.last_mut() {
+                f.push(l.clone());
+            }
+        } else {
+            fields.push(vec![l.clone()]);
+        }
+    }
+    let name_of = |f: &Vec<Vec<u8>>| -> String {
+        let first = String::from_utf8_lossy(&f[0]).to_string();
+        first
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let value_of = |f: &Vec<Vec<u8>>| -> String {
+        let joined: Vec<String> = f
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).to_string())
+            .collect();
+        let all = joined.join(" ");
+        all.split_once(':')
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default()
+    };
+    let mut rcpts = Vec::new();
+    if opts.extract {
+        for f in &fields {
+            if matches!(name_of(f).as_str(), "to" | "cc" | "bcc") {
+                rcpts.extend(header_addresses(&value_of(f)));
+            }
+        }
+    }
+    let has = |n: &str| fields.iter().any(|f| name_of(f) == n);
+    let mut out = Vec::new();
+    if !has("date") {
+        out.extend_from_slice(format!("Date: {}\r\n", rfc5322_date(now)).as_bytes());
+    }
+    if !has("message-id") {
+        out.extend_from_slice(format!("Message-ID: <{id}@{hostname}>\r\n").as_bytes());
+    }
+    for f in &fields {
+        // -t: Bcc is removed from what is sent (sendmail's behaviour)
+        if opts.extract && name_of(f) == "bcc" {
+            continue;
+        }
+        for l in f {
+            out.extend_from_slice(l);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    for l in &lines[header_end..] {
+        out.extend_from_slice(l);
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok((out, rcpts))
+}
+
+/// `smtp-relay send`: queue a message from stdin durably, without SMTP.
+/// Exit 0 once it is in the spool, 75 when it could not be queued, 64 for
+/// bad addresses.
+pub fn run_send(
+    config: &Config,
+    opts: &SendOpts,
+    input: &mut impl Read,
+) -> Result<QueueId, AdminError> {
+    let from = match opts.from.as_deref() {
+        None => {
+            let user = std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "root".into());
+            ReversePath::Path(
+                parse_mailbox(&format!("{user}@{}", config.hostname)).map_err(AdminError::usage)?,
+            )
+        }
+        Some("") | Some("<>") => ReversePath::Null,
+        Some(f) => ReversePath::Path(parse_mailbox(f).map_err(AdminError::usage)?),
+    };
+    let spool = Spool::open(&config.spool).map_err(|e| AdminError {
+        code: EX_TEMPFAIL,
+        message: e.to_string(),
+    })?;
+    let tempfail = |e: SpoolError| AdminError {
+        code: EX_TEMPFAIL,
+        message: e.to_string(),
+    };
+    let mut incoming = spool.incoming().map_err(tempfail)?;
+    let id = incoming.id();
+    let now = now_unix();
+    let mut reader = io::BufReader::new(input);
+    let (message, found) =
+        prepare_message(&mut reader, opts, &config.hostname, id, now).map_err(|e| AdminError {
+            code: EX_TEMPFAIL,
+            message: format!("reading the message: {e}"),
+        })?;
+    let mut rcpts: Vec<Path> = Vec::new();
+    for r in opts.rcpts.iter().chain(found.iter()) {
+        let p = parse_mailbox(r).map_err(AdminError::usage)?;
+        if !rcpts.contains(&p) {
+            rcpts.push(p);
+        }
+    }
+    if rcpts.is_empty() {
+        return Err(AdminError::usage("no recipients (name them, or use -t)"));
+    }
+    let header = format!(
+        "Received: by {} (smtp-relay) id {id}; {}\r\n",
+        config.hostname,
+        rfc5322_date(now)
+    );
+    incoming
+        .write_all(header.as_bytes())
+        .and_then(|_| incoming.write_all(&message))
+        .map_err(|e| tempfail(SpoolError::io(spool.tmp_dir(), e)))?;
+    let smtputf8 =
+        rcpts.iter().any(|r| r.mailbox().is_utf8()) || from.mailbox().is_some_and(|m| m.is_utf8());
+    let env = Envelope {
+        id,
+        arrived: now,
+        client: "local".into(),
+        helo: config.hostname.clone(),
+        from,
+        size: incoming.written(),
+        body: message
+            .iter()
+            .any(|&b| b >= 0x80)
+            .then_some(crate::smtp::Body::EightBitMime),
+        smtputf8,
+        attempts: 0,
+        next_try: now,
+        hold: None,
+        rcpts: rcpts
+            .into_iter()
+            .map(|path| Recipient {
+                path,
+                state: RcptState::Pending,
+                last_reply: None,
+            })
+            .collect(),
+        history: Vec::new(),
+    };
+    let id = incoming.commit(&env).map_err(tempfail)?;
+    log::info!(
+        "{id} queued from={} size={} nrcpt={} client=local",
+        env.from,
+        env.size,
+        env.rcpts.len()
+    );
+    if spool.is_locked() {
+        // the running server delivers it now rather than at its next scan
+        let _ = spool.request_flush(&[id]);
+    }
+    Ok(id)
+}
+
+/// Reads queue ids, one per line, for the `-` argument.
+pub fn read_ids(input: &mut impl BufRead) -> Result<Vec<QueueId>, AdminError> {
+    let mut ids = Vec::new();
+    for line in input.lines() {
+        let line = line?;
+        let t = line.split_whitespace().next().unwrap_or("");
+        if t.is_empty() {
+            continue;
+        }
+        ids.push(
+            QueueId::parse(t)
+                .ok_or_else(|| AdminError::usage(format!("{t:?} is not a queue id")))?,
+        );
+    }
+    Ok(ids)
+}
+
+/// True if `path` looks like a spool (for friendlier errors).
+pub fn looks_like_spool(path: &FsPath) -> bool {
+    path.join("queue").is_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globbing() {
+        assert!(glob("*@example.org", "User@Example.ORG"));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("a?c", "abbc"));
+        assert!(glob("*", ""));
+        assert!(!glob("x*", "y"));
+    }
+
+    #[test]
+    fn address_patterns() {
+        let m = crate::smtp::Mailbox::parse("user@mx.example.org", false).unwrap();
+        assert!(address_matches("example.org", Some(&m)));
+        assert!(address_matches("@example.org", Some(&m)));
+        assert!(address_matches("mx.example.org", Some(&m)));
+        assert!(address_matches("user@mx.example.org", Some(&m)));
+        assert!(address_matches("<user@mx.example.org>", Some(&m)));
+        assert!(!address_matches("other@mx.example.org", Some(&m)));
+        assert!(!address_matches("example.net", Some(&m)));
+        assert!(address_matches("<>", None));
+        assert!(!address_matches("example.org", None));
+    }
+
+    #[test]
+    fn headers_and_t() {
+        assert_eq!(
+            header_addresses(
+                " \"Doe, J\" <j@x.example>, k@y.example (Kay), team: a@z.example, b@z.example;"
+            ),
+            vec!["j@x.example", "k@y.example", "a@z.example", "b@z.example"]
+        );
+        let opts = SendOpts {
+            extract: true,
+            ..SendOpts::default()
+        };
+        let input = b"To: a@x.example\nBcc: secret@y.example\nSubject: s\n\nbody\n.\nafter\n";
+        let id = QueueId::parse("0006464A1B2C3D4E").unwrap();
+        let (msg, rcpts) = prepare_message(&mut &input[..], &opts, "h.test", id, 0).unwrap();
+        let text = String::from_utf8(msg).unwrap();
+        assert_eq!(rcpts, vec!["a@x.example", "secret@y.example"]);
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("Message-ID: <0006464A1B2C3D4E@h.test>\r\n"));
+        assert!(text.contains("Date: "));
+        assert!(text.ends_with("\r\n\r\nbody\r\n"), "{text:?}");
+        let opts_i = SendOpts {
+            ignore_dots: true,
+            ..SendOpts::default()
+        };
+        let (msg, _) = prepare_message(&mut &input[..], &opts_i, "h.test", id, 0).unwrap();
+        assert!(String::from_utf8(msg)
+            .unwrap()
+            .ends_with("body\r\n.\r\nafter\r\n"));
+    }
+
+    #[test]
+    fn json_escaping() {
+        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+}

@@ -958,7 +958,8 @@ struct SinkShared {
     /// Bumped by every stop: connection threads of an older epoch quit.
     epoch: AtomicUsize,
     running: AtomicBool,
-    streams: Mutex<Vec<TcpStream>>,
+    /// Open connections by number, so `stop` can drop them.
+    streams: Mutex<HashMap<usize, TcpStream>>,
 }
 
 /// An in-process SMTP server on 127.0.0.1 that records what it receives
@@ -986,7 +987,7 @@ impl Sink {
             connections: AtomicUsize::new(0),
             epoch: AtomicUsize::new(0),
             running: AtomicBool::new(true),
-            streams: Mutex::new(Vec::new()),
+            streams: Mutex::new(HashMap::new()),
         });
         let mut sink = Sink {
             addr,
@@ -1008,13 +1009,14 @@ impl Sink {
             while shared.running.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((s, peer)) => {
-                        shared.connections.fetch_add(1, Ordering::SeqCst);
+                        let n = shared.connections.fetch_add(1, Ordering::SeqCst);
                         if let Ok(c) = s.try_clone() {
-                            shared.streams.lock().expect("sink lock").push(c);
+                            shared.streams.lock().expect("sink lock").insert(n, c);
                         }
                         let shared = shared.clone();
                         thread::spawn(move || {
                             let _ = sink_session(s, peer, &shared, epoch);
+                            shared.streams.lock().expect("sink lock").remove(&n);
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1072,7 +1074,7 @@ impl Sink {
         if let Some(h) = self.acceptor.take() {
             let _ = h.join();
         }
-        for s in self.shared.streams.lock().expect("sink lock").drain(..) {
+        for (_, s) in self.shared.streams.lock().expect("sink lock").drain() {
             let _ = s.shutdown(Shutdown::Both);
         }
     }

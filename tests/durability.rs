@@ -1,0 +1,318 @@
+//! Crash safety with the real binary: SIGKILL at the interesting moments,
+//! then a restart on the same spool. `250` is a promise: what was
+//! acknowledged survives whole; what was not leaves nothing behind.
+
+mod common;
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+const BODY: &[u8] = b"Subject: durable\r\n\r\nThis must survive.\r\n";
+
+#[test]
+fn kill_during_data_leaves_nothing_after_restart() {
+    let mut relay = Relay::receive_only(&[]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<a@example.org>", 250, "2.1.0");
+    t.cmd_enh("RCPT TO:<b@example.net>", 250, "2.1.5");
+    t.cmd_enh("DATA", 354, "2.0.0");
+    t.send_raw(b"Subject: cut short\r\n\r\nline one\r\nline two\r\n");
+    // the message is being received into tmp/
+    assert!(
+        wait_until(Duration::from_secs(5), || tmp_count(relay.spool()) >= 1),
+        "no tmp file while receiving"
+    );
+    relay.kill();
+    assert!(
+        queue_files(relay.spool()).is_empty(),
+        "an unfinished message reached the queue: {:?}",
+        queue_files(relay.spool())
+    );
+    // the client sees the connection go, never a 250
+    match t.try_reply() {
+        Ok(None) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        other => panic!("after the crash the client got {other:?}"),
+    }
+
+    relay.restart();
+    assert_eq!(tmp_files(relay.spool()), Vec::<String>::new());
+    assert!(queue_files(relay.spool()).is_empty());
+    assert!(corrupt_files(relay.spool()).is_empty());
+    // and the restarted relay takes mail
+    let mut t = relay.session();
+    let id = t.send_mail("a@example.org", &["b@example.net"], BODY);
+    assert_eq!(queued_ids(relay.spool()), vec![id]);
+}
+
+#[test]
+fn kill_right_after_250_keeps_the_message() {
+    let mut relay = Relay::receive_only(&[]);
+    let mut t = relay.session();
+    let id = t.send_mail("a@example.org", &["b@example.net", "c@example.net"], BODY);
+    relay.kill();
+
+    // both files are complete at the instant of the 250
+    let env = assert_complete(relay.spool(), &id);
+    assert_eq!(env.get("from"), "<a@example.org>");
+    assert_eq!(env.rcpts().len(), 2);
+    let msg = read_msg(relay.spool(), &id);
+    let (_, data) = split_received(&msg);
+    assert_eq!(data, BODY);
+    let env_text = env.text.clone();
+
+    relay.restart();
+    assert_eq!(queued_ids(relay.spool()), vec![id.clone()]);
+    assert_eq!(read_msg(relay.spool(), &id), msg, "body changed by restart");
+    assert_eq!(read_env(relay.spool(), &id), env_text, "envelope changed");
+    assert!(corrupt_files(relay.spool()).is_empty());
+    assert!(tmp_files(relay.spool()).is_empty());
+}
+
+#[test]
+fn client_gone_mid_data_removes_the_tmp_file() {
+    let relay = Relay::receive_only(&[]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<a@example.org>", 250, "2.1.0");
+    t.cmd_enh("RCPT TO:<b@example.net>", 250, "2.1.5");
+    t.cmd_enh("DATA", 354, "2.0.0");
+    t.send_raw(b"Subject: abandoned\r\n\r\nhalf a message\r\n");
+    assert_eq!(tmp_count(relay.spool()), 1);
+    drop(t);
+    assert!(
+        wait_until(Duration::from_secs(5), || tmp_count(relay.spool()) == 0),
+        "tmp file left after the client vanished: {:?}",
+        tmp_files(relay.spool())
+    );
+    assert!(queue_files(relay.spool()).is_empty());
+}
+
+fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    fs::write(dir.join(name), bytes)
+        .unwrap_or_else(|e| panic!("plant {}: {e}", dir.join(name).display()));
+}
+
+#[test]
+fn restart_recovers_a_messy_spool() {
+    let dir = TempDir::new("spool");
+    let spool = dir.path().join("spool");
+    let mut relay = Relay::receive_only_with_spool(spool.clone(), &[]);
+    let mut t = relay.session();
+    let good = t.send_mail("a@example.org", &["b@example.net"], BODY);
+    relay.kill();
+    let good_env = read_env(&spool, &good);
+    let good_msg = read_msg(&spool, &good);
+
+    // what crashes at each step leave, and worse
+    let tmp = spool.join("tmp");
+    let queue = spool.join("queue");
+    write(&tmp, "0000000000000001.msg", b"Received: partial\r\n");
+    write(&tmp, "0000000000000001.env", b"smtp-relay-envelope: 1\n");
+    write(&tmp, "not-an-id.tmp", b"junk");
+    // a body whose envelope never made it: removed
+    write(&queue, "0000000000000002.msg", b"Subject: orphan\r\n\r\n");
+    // a torn envelope (everything but `end`): moved aside with its body
+    let torn = good_env
+        .replace(&good, "0000000000000003")
+        .replace("end\n", "");
+    assert!(!torn.contains("\nend"), "{torn}");
+    write(&queue, "0000000000000003.env", torn.as_bytes());
+    write(&queue, "0000000000000003.msg", &good_msg);
+    // not an envelope at all
+    write(&queue, "0000000000000004.env", b"garbage\n");
+    // a complete envelope naming another id
+    write(&queue, "0000000000000005.env", good_env.as_bytes());
+    write(&queue, "0000000000000005.msg", &good_msg);
+
+    relay.restart();
+    assert_eq!(tmp_files(&spool), Vec::<String>::new(), "tmp/ emptied");
+    assert_eq!(
+        queue_files(&spool),
+        vec![format!("{good}.env"), format!("{good}.msg")],
+        "only the good message stays queued"
+    );
+    assert_eq!(read_env(&spool, &good), good_env);
+    assert_eq!(read_msg(&spool, &good), good_msg);
+    assert_eq!(
+        corrupt_files(&spool),
+        vec![
+            "0000000000000003.env".to_string(),
+            "0000000000000003.msg".to_string(),
+            "0000000000000004.env".to_string(),
+            "0000000000000005.env".to_string(),
+            "0000000000000005.msg".to_string(),
+        ],
+        "unreadable envelopes are kept aside, never deleted"
+    );
+    // corrupt files are kept byte for byte
+    assert_eq!(
+        fs::read(spool.join("corrupt/0000000000000003.env")).expect("read corrupt env"),
+        torn.as_bytes()
+    );
+
+    // a second restart finds nothing more to do
+    relay.restart();
+    assert_eq!(queued_ids(&spool), vec![good.clone()]);
+    assert_eq!(corrupt_files(&spool).len(), 5);
+    let mut t = relay.session();
+    let next = t.send_mail("a@example.org", &["b@example.net"], BODY);
+    assert!(next > good, "ids keep increasing across restarts");
+}
+
+#[test]
+fn second_server_on_one_spool_exits_75() {
+    let mut relay = Relay::receive_only(&[]);
+    let spool = relay.spool().to_str().expect("utf-8 path").to_string();
+    let run = run_cli(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--spool",
+            &spool,
+            "--delivery-workers",
+            "0",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(run.code, Some(75), "{run:?}");
+    assert!(run.stderr.contains("lock"), "{run:?}");
+    assert!(
+        !run.stdout.contains("listening on"),
+        "the second server must not listen: {run:?}"
+    );
+    // the first one is unharmed
+    let mut t = relay.session();
+    let id = t.send_mail("a@example.org", &["b@example.net"], BODY);
+    assert_eq!(queued_ids(relay.spool()), vec![id.clone()]);
+
+    // a crash releases the lock: the next server starts
+    relay.kill();
+    relay.restart();
+    assert_eq!(queued_ids(relay.spool()), vec![id]);
+}
+
+/// A client that sends messages until the server goes away, recording
+/// every id acknowledged with 250. Never panics: the crash is expected.
+fn pump(
+    addr: SocketAddr,
+    n: usize,
+    acked: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    fn reply(r: &mut impl BufRead) -> io::Result<(u16, String)> {
+        let mut last = String::new();
+        for _ in 0..100 {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if line.len() < 4 {
+                return Err(io::ErrorKind::InvalidData.into());
+            }
+            last = line.clone();
+            if line.as_bytes()[3] == b' ' {
+                let code = line[..3]
+                    .parse()
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+                return Ok((code, last));
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::InvalidData, last))
+    }
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let expect = |r: &mut BufReader<TcpStream>, code: u16| -> io::Result<String> {
+        let (c, text) = reply(r)?;
+        if c != code {
+            return Err(io::Error::other(format!("expected {code}, got {text}")));
+        }
+        Ok(text)
+    };
+    expect(&mut r, 220)?;
+    w.write_all(b"EHLO pump.test\r\n")?;
+    expect(&mut r, 250)?;
+    for i in 0..n {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        w.write_all(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")?;
+        expect(&mut r, 250)?;
+        expect(&mut r, 250)?;
+        expect(&mut r, 354)?;
+        w.write_all(format!("Subject: {i}\r\n\r\nmessage {i}\r\n.\r\n").as_bytes())?;
+        let text = expect(&mut r, 250)?;
+        let id = queued_id(&text).ok_or_else(|| io::Error::other(format!("no id in {text}")))?;
+        acked.lock().expect("acked lock").push(id);
+    }
+    Ok(())
+}
+
+#[test]
+fn every_acknowledged_message_survives_a_crash_under_load() {
+    let mut relay = Relay::receive_only(&[]);
+    let addr = relay.addr();
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let acked = acked.clone();
+            let stop = stop.clone();
+            thread::spawn(move || pump(addr, 500, &acked, &stop))
+        })
+        .collect();
+    // crash while messages are in flight
+    let busy = wait_until(Duration::from_secs(30), || {
+        acked.lock().expect("acked lock").len() >= 40
+    });
+    relay.kill();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        // each client ends with an error (the crash) or, if very fast, Ok
+        let _ = c.join().expect("client thread");
+    }
+    let acked = acked.lock().expect("acked lock").clone();
+    assert!(busy, "only {} messages acknowledged in 30 s", acked.len());
+    println!(
+        "{} acknowledged before the crash, {} queued after it",
+        acked.len(),
+        queued_ids(relay.spool()).len()
+    );
+
+    // everything acknowledged is whole on disk right after the crash
+    for id in &acked {
+        assert_complete(relay.spool(), id);
+    }
+    relay.restart();
+    let queued = queued_ids(relay.spool());
+    for id in &acked {
+        assert!(queued.contains(id), "acknowledged {id} lost in the crash");
+        assert_complete(relay.spool(), id);
+    }
+    // committed but unacknowledged (the 250 was lost in the crash) is
+    // allowed: at most one per client
+    assert!(
+        queued.len() <= acked.len() + 4,
+        "{} queued for {} acknowledged",
+        queued.len(),
+        acked.len()
+    );
+    // no leftovers: every body has its envelope, tmp/ is empty
+    for name in queue_files(relay.spool()) {
+        let (id, ext) = name.split_once('.').expect("id.ext");
+        assert!(queued.contains(&id.to_string()), "stray {name}");
+        assert!(ext == "env" || ext == "msg", "stray {name}");
+    }
+    assert_eq!(queue_files(relay.spool()).len(), 2 * queued.len());
+    assert_eq!(tmp_files(relay.spool()), Vec::<String>::new());
+    assert!(corrupt_files(relay.spool()).is_empty());
+}

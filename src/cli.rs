@@ -138,6 +138,30 @@ const SERVER_OPTS: &[OptSpec] = &[
         "reject|normalize",
         "bare CR/LF in DATA: refuse (default) or store as CRLF",
     ),
+    opt(
+        "data-timeout",
+        Kind::Single,
+        "DUR",
+        "whole DATA transfer deadline (default 10m)",
+    ),
+    opt(
+        "max-per-ip",
+        Kind::Single,
+        "N",
+        "concurrent connections from one client address (default 50)",
+    ),
+    opt(
+        "min-free-space",
+        Kind::Single,
+        "BYTES",
+        "refuse new mail with 452 below this free space (default 64M)",
+    ),
+    opt(
+        "user",
+        Kind::Single,
+        "NAME",
+        "when started as root, run as NAME after binding",
+    ),
 ];
 
 /// Options shared by every command that routes or delivers.
@@ -785,6 +809,26 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
             return Err(UsageError("--timeout must be more than 0".into()));
         }
         c.timeout = t;
+    }
+    if let Some(t) = v.duration("data-timeout")? {
+        if t.is_zero() {
+            return Err(UsageError("--data-timeout must be more than 0".into()));
+        }
+        c.data_timeout = t;
+    }
+    if let Some(n) = v.single("max-per-ip") {
+        c.max_per_ip = positive("max-per-ip", &n)?;
+    }
+    if let Some(s) = v.single("min-free-space") {
+        c.min_free_space = if s == "0" {
+            0
+        } else {
+            parse_size("min-free-space", &s)?
+        };
+    }
+    if let Some(u) = v.single("user") {
+        crate::sys::lookup_user(&u).map_err(|e| UsageError(format!("--user: {u:?}: {e}")))?;
+        c.user = Some(u);
     }
     if let Some(b) = v.single("bare-lf") {
         c.bare_line_endings = match b.as_str() {

@@ -295,7 +295,7 @@ impl Connection {
             }
             self.set_read_timeout(left)
                 .map_err(|e| io_error(phase, e))?;
-            let read = data::read_line(&mut self.input, &mut self.line, MAX_REPLY_LINE);
+            let read = data::read_line_strict(&mut self.input, &mut self.line, MAX_REPLY_LINE);
             match read {
                 Ok(Line::Complete) => {}
                 Ok(Line::TooLong) => {

@@ -96,6 +96,15 @@ pub struct Config {
     /// How long a client may stay silent (RFC 5321 §4.5.3.2.7: 5 minutes).
     pub timeout: Duration,
     pub bare_line_endings: BareLineEndings,
+    /// Whole DATA transfer deadline (slow-loris defence); each read is
+    /// still bounded by `timeout`.
+    pub data_timeout: Duration,
+    /// Concurrent connections from one client address (`421 4.7.0` beyond).
+    pub max_per_ip: usize,
+    /// New mail gets `452 4.3.1` when the spool's filesystem has less free.
+    pub min_free_space: u64,
+    /// Drop root privileges to this user after binding.
+    pub user: Option<String>,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
 
@@ -143,6 +152,10 @@ impl Config {
             max_errors: 20,
             timeout: Duration::from_secs(300),
             bare_line_endings: BareLineEndings::Reject,
+            data_timeout: Duration::from_secs(600),
+            max_per_ip: 50,
+            min_free_space: 64 * 1024 * 1024,
+            user: None,
             verbosity: 0,
             delivery_workers: 32,
             routes: Vec::new(),

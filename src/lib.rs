@@ -23,4 +23,5 @@ pub mod server;
 pub mod session;
 pub mod smtp;
 pub mod spool;
+pub mod sys;
 pub mod time;

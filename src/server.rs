@@ -31,6 +31,7 @@ use crate::spool::{Spool, SpoolError};
 pub enum ServeError {
     Bind { addr: SocketAddr, source: io::Error },
     Dns(String),
+    Privileges(io::Error),
     Spool(SpoolError),
     Thread(io::Error),
 }
@@ -41,6 +42,7 @@ impl ServeError {
         match self {
             ServeError::Bind { .. } => 69,
             ServeError::Dns(_) => 69,
+            ServeError::Privileges(_) => 77,
             ServeError::Spool(SpoolError::Locked(_)) => 75,
             ServeError::Spool(_) => 74,
             ServeError::Thread(_) => 71,
@@ -53,6 +55,7 @@ impl fmt::Display for ServeError {
         match self {
             ServeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServeError::Dns(e) => write!(f, "cannot set up DNS: {e}"),
+            ServeError::Privileges(e) => write!(f, "cannot drop privileges: {e}"),
             ServeError::Spool(e) => write!(f, "spool: {e}"),
             ServeError::Thread(e) => write!(f, "cannot start threads: {e}"),
         }
@@ -95,6 +98,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         listeners.push((l, local));
     }
 
+    if let Some(name) = &config.user {
+        become_user(name, &spool)?;
+    }
     let local: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
     // sessions and delivery announce new messages to the scheduler; a
     // full channel only delays a message until the next rescan
@@ -119,17 +125,25 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         config: config.clone(),
         spool: spool.clone(),
         committed: Some(committed_tx),
+        space: session::SpaceCheck::default(),
     });
-    let (tx, rx) = bounded::<(TcpStream, SocketAddr)>(config.backlog);
+    let (tx, rx) = bounded::<Accepted>(config.backlog);
     let pool_ctx = ctx.clone();
     let pool = Pool::spawn(
         "session",
         config.workers,
         config.worker_stack,
         rx,
-        move |(s, peer)| session::run(s, peer, &pool_ctx),
+        move |(s, peer, ticket): Accepted| {
+            session::run(s, peer, &pool_ctx);
+            drop(ticket);
+        },
     )
     .map_err(ServeError::Thread)?;
+    let tracker = Arc::new(ConnTracker {
+        per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
+        max_per_ip: config.max_per_ip,
+    });
 
     let stopping = Arc::new(AtomicBool::new(false));
     let mut acceptors = Vec::new();
@@ -137,9 +151,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         let tx = tx.clone();
         let stopping = stopping.clone();
         let hostname = config.hostname.clone();
+        let tracker = tracker.clone();
         let h = thread::Builder::new()
             .name(format!("accept-{local}"))
-            .spawn(move || accept_loop(listener, tx, &stopping, &hostname))
+            .spawn(move || accept_loop(listener, tx, &stopping, &hostname, &tracker))
             .map_err(ServeError::Thread)?;
         acceptors.push((h, local));
         // A stable line that tests and scripts read (port 0 → real port).
@@ -172,6 +187,24 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     }
     drop(lock);
     log::info!("stopped");
+    Ok(())
+}
+
+/// `--user`: started as root to bind a low port, continue as `name`.
+fn become_user(name: &str, spool: &Spool) -> Result<(), ServeError> {
+    if !crate::sys::is_root() {
+        log::warn!("--user {name} ignored: not running as root");
+        return Ok(());
+    }
+    let user = crate::sys::lookup_user(name).map_err(ServeError::Privileges)?;
+    crate::sys::chown_tree(spool.root(), user)
+        .map_err(|e| ServeError::Spool(SpoolError::io(spool.root(), e)))?;
+    crate::sys::drop_privileges(user).map_err(ServeError::Privileges)?;
+    log::info!(
+        "running as user {name} (uid {}, gid {})",
+        user.uid,
+        user.gid
+    );
     Ok(())
 }
 
@@ -215,11 +248,59 @@ pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, ServeErro
     ))
 }
 
+/// An accepted connection on its way to a session worker.
+type Accepted = (TcpStream, SocketAddr, Ticket);
+
+/// Counts connections per client address.
+struct ConnTracker {
+    per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+}
+
+/// One counted connection; dropping it uncounts it.
+struct Ticket {
+    tracker: Arc<ConnTracker>,
+    ip: IpAddr,
+}
+
+impl ConnTracker {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
+        let ip = ip.to_canonical();
+        let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(Ticket {
+            tracker: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut m = self
+            .tracker
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 fn accept_loop(
     listener: TcpListener,
-    tx: crossbeam_channel::Sender<(TcpStream, SocketAddr)>,
+    tx: crossbeam_channel::Sender<Accepted>,
     stopping: &AtomicBool,
     hostname: &str,
+    tracker: &Arc<ConnTracker>,
 ) {
     loop {
         let (stream, peer) = match listener.accept() {
@@ -238,9 +319,14 @@ fn accept_loop(
             let _ = reject(stream, &Reply::shutting_down(hostname));
             return;
         }
-        match tx.try_send((stream, peer)) {
+        let Some(ticket) = tracker.admit(peer.ip()) else {
+            log::warn!("{peer} rejected: too many connections from this address");
+            let _ = reject(stream, &Reply::too_many_connections(hostname));
+            continue;
+        };
+        match tx.try_send((stream, peer, ticket)) {
             Ok(()) => {}
-            Err(TrySendError::Full((stream, peer))) => {
+            Err(TrySendError::Full((stream, peer, _))) => {
                 log::warn!("{peer} rejected: all workers busy and backlog full");
                 let _ = reject(stream, &Reply::too_busy(hostname));
             }

@@ -7,9 +7,11 @@
 //! `Incoming::commit` returned: that reply is the promise that the message
 //! survives a crash.
 
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -339,6 +341,101 @@ pub struct Context {
     /// Told of each committed message (the scheduler); a full or missing
     /// channel only delays delivery until the next spool scan.
     pub committed: Option<Sender<QueueId>>,
+    pub space: SpaceCheck,
+}
+
+/// "Is there room for new mail?", asked at every MAIL and DATA, answered
+/// from a statvfs at most once a second.
+#[derive(Default)]
+pub struct SpaceCheck {
+    /// Unix milliseconds of the last look, and whether it was short.
+    last_ms: AtomicU64,
+    short: std::sync::atomic::AtomicBool,
+}
+
+impl SpaceCheck {
+    pub fn short_of_space(&self, spool: &Spool, min_free: u64) -> bool {
+        if min_free == 0 {
+            return false;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let short = match crate::sys::free_space(spool.root()) {
+                Ok(f) => f.bytes < min_free || f.inodes < 1000,
+                Err(e) => {
+                    log::warn!("cannot read free space of the spool: {e}");
+                    false
+                }
+            };
+            if short != self.short.swap(short, Ordering::Relaxed) {
+                if short {
+                    log::warn!(
+                        "spool short of space (under {min_free} bytes free): new mail gets 452"
+                    );
+                } else {
+                    log::info!("spool has room again: accepting mail");
+                }
+            }
+        }
+        self.short.load(Ordering::Relaxed)
+    }
+}
+
+/// The socket's read side with two limits: each read waits at most the
+/// idle timeout, and all reads together end at the deadline, if one is
+/// set. The deadline defeats a slow-loris client that sends one byte
+/// just before each idle timeout.
+pub struct DeadlineReader {
+    stream: TcpStream,
+    idle: Duration,
+    deadline: Option<Instant>,
+    applied: Option<Duration>,
+}
+
+impl DeadlineReader {
+    pub fn new(stream: TcpStream, idle: Duration) -> DeadlineReader {
+        DeadlineReader {
+            stream,
+            idle,
+            deadline: None,
+            applied: None,
+        }
+    }
+
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = match self.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+                }
+                left.min(self.idle)
+            }
+            None => self.idle,
+        };
+        // one setsockopt per change, not per read
+        if self.applied != Some(t) {
+            self.stream
+                .set_read_timeout(Some(t.max(Duration::from_millis(1))))?;
+            self.applied = Some(t);
+        }
+        self.stream.read(buf)
+    }
 }
 
 /// Swallows writes after the first error, so DATA is still read to its end
@@ -391,10 +488,12 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &Context) {
 
 fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<()> {
     let cfg = &*ctx.config;
-    stream.set_read_timeout(Some(cfg.timeout))?;
     stream.set_write_timeout(Some(cfg.timeout))?;
     stream.set_nodelay(true)?;
-    let mut input = BufReader::with_capacity(32 * 1024, stream.try_clone()?);
+    let mut input = BufReader::with_capacity(
+        32 * 1024,
+        DeadlineReader::new(stream.try_clone()?, cfg.timeout),
+    );
     let mut out = BufWriter::with_capacity(8 * 1024, stream);
     let mut session = Session::new(cfg, peer.ip());
     log::debug!("{peer} connected");
@@ -402,6 +501,11 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
     out.flush()?;
     let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
     loop {
+        // a whole command line must arrive within the idle timeout, not
+        // merely each of its bytes
+        input
+            .get_mut()
+            .set_deadline(Some(Instant::now() + cfg.timeout));
         let read = data::read_line(&mut input, &mut line, MAX_COMMAND_LINE);
         let parsed = match read {
             Ok(Line::Complete) => {
@@ -421,6 +525,19 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
             }
             Err(e) => return Err(e),
         };
+        // RFC 5321 §4.5.3.1.10 / Postfix: refuse new mail while the spool
+        // is short of space, before the client sends anything big
+        if matches!(parsed, Ok(Command::Mail { .. }))
+            && session.transaction().is_none()
+            && !matches!(session.phase(), Phase::Connected)
+            && ctx.space.short_of_space(&ctx.spool, cfg.min_free_space)
+        {
+            send(&mut out, &peer, &Reply::insufficient_storage())?;
+            if input.buffer().is_empty() {
+                out.flush()?;
+            }
+            continue;
+        }
         match session.step(parsed) {
             Step::Reply(r) => {
                 send(&mut out, &peer, &r)?;
@@ -453,12 +570,15 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
 fn receive_message(
     session: &mut Session,
     go_ahead: Reply,
-    input: &mut BufReader<TcpStream>,
+    input: &mut BufReader<DeadlineReader>,
     out: &mut BufWriter<TcpStream>,
     peer: &SocketAddr,
     ctx: &Context,
 ) -> io::Result<Reply> {
     let cfg = &*ctx.config;
+    if ctx.space.short_of_space(&ctx.spool, cfg.min_free_space) {
+        return Ok(Reply::insufficient_storage());
+    }
     // Open the spool file before the 354, so a spool that cannot take the
     // message is said before the client sends it.
     let mut incoming = match ctx.spool.incoming() {
@@ -483,6 +603,9 @@ fn receive_message(
         error: None,
     };
     let _ = sink.write_all(header.as_bytes());
+    input
+        .get_mut()
+        .set_deadline(Some(Instant::now() + cfg.data_timeout));
     let summary = match DotReader::new(cfg.max_size).read(input, &mut sink) {
         Ok(s) => s,
         Err(e) => {

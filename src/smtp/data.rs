@@ -22,8 +22,30 @@ pub enum Line {
 }
 
 /// Reads one line of at most `max` octets including CRLF (RFC 5321
-/// §4.5.3.1.4: 512 for commands) into `buf`, never buffering more.
+/// §4.5.3.1.4: 512 for commands) into `buf`, never buffering more; an
+/// overlong line is read to its end and discarded (the server's way: the
+/// dialogue goes on).
 pub fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+    read_line_inner(input, buf, max, true)
+}
+
+/// Like `read_line`, but gives up at once on an overlong line without
+/// reading the rest (the client's way: a peer sending a 10 MB "reply" is
+/// not waited for; the connection is dropped).
+pub fn read_line_strict(
+    input: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Line> {
+    read_line_inner(input, buf, max, false)
+}
+
+fn read_line_inner(
+    input: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+    discard: bool,
+) -> io::Result<Line> {
     buf.clear();
     let mut too_long = false;
     loop {
@@ -41,6 +63,9 @@ pub fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io:
         };
         if !too_long {
             if buf.len() + taken > max {
+                if !discard {
+                    return Ok(Line::TooLong);
+                }
                 too_long = true;
                 buf.clear();
             } else {

@@ -359,6 +359,15 @@ impl Reply {
         )
     }
 
+    /// 421 4.7.0: too many connections from one client address.
+    pub fn too_many_connections(hostname: &str) -> Reply {
+        Reply::new(
+            421,
+            Enhanced::new(4, 7, 0),
+            format!("{hostname} Too many connections from your address, try again later"),
+        )
+    }
+
     /// 421 4.4.2: the client was silent too long (RFC 5321 §4.5.3.2.7).
     pub fn timeout(hostname: &str) -> Reply {
         Reply::new(

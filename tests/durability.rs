@@ -316,3 +316,41 @@ fn every_acknowledged_message_survives_a_crash_under_load() {
     assert_eq!(tmp_files(relay.spool()), Vec::<String>::new());
     assert!(corrupt_files(relay.spool()).is_empty());
 }
+
+#[test]
+fn sigterm_lets_a_session_finish_its_message() {
+    let mut relay = Relay::receive_only(&[]);
+    let addr = relay.addr();
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<a@example.org>", 250, "2.1.0");
+    t.cmd_enh("RCPT TO:<b@example.net>", 250, "2.1.5");
+    t.cmd_enh("DATA", 354, "2.0.0");
+    t.send_raw(b"Subject: stopping\r\n\r\nfirst half\r\n");
+    relay.terminate();
+    // new clients are turned away: refused, or 421 4.3.2 while stopping
+    let turned_away = wait_until(
+        Duration::from_secs(10),
+        || match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Err(_) => true,
+            Ok(s) => {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut line = String::new();
+                let _ = BufReader::new(s).read_line(&mut line);
+                line.starts_with("421 4.3.2")
+            }
+        },
+    );
+    assert!(turned_away, "new connections still served after SIGTERM");
+    // the session in progress still gets its 250
+    t.send_raw(b"second half\r\n.\r\n");
+    let id = queued_id(&t.expect_enh(250, "2.0.0")).expect("id");
+    t.cmd_enh("QUIT", 221, "2.0.0");
+    let status = relay.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit after SIGTERM");
+    let env = assert_complete(relay.spool(), &id);
+    assert_eq!(env.rcpts().len(), 1);
+    assert!(tmp_files(relay.spool()).is_empty());
+    // the lock went with the process
+    relay.restart();
+    assert_eq!(queued_ids(relay.spool()), vec![id]);
+}

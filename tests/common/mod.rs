@@ -278,6 +278,30 @@ impl Relay {
         }
     }
 
+    /// SIGTERM (through `kill(1)`, std has no signal API): a clean stop.
+    pub fn terminate(&mut self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill(1): {e}"));
+        assert!(status.success(), "kill -TERM {pid}: {status}");
+    }
+
+    /// Waits up to `limit` for the process to exit; `None` if it still
+    /// runs (it is left running).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(limit, || {
+            status = self.exited();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
     /// Whether the process has exited (reaping it if so).
     pub fn exited(&mut self) -> Option<ExitStatus> {
         match self.child.as_mut() {

@@ -354,3 +354,49 @@ fn sigterm_lets_a_session_finish_its_message() {
     relay.restart();
     assert_eq!(queued_ids(relay.spool()), vec![id]);
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Mount {
+    dir: TempDir,
+}
+
+impl Mount {
+    /// `None` when this machine does not let us mount (not root, or no
+    /// CAP_SYS_ADMIN in the sandbox).
+    fn tmpfs(options: &str) -> Option<Mount> {
+        let dir = TempDir::new("mnt");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Mount { dir })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "bug: free-space check treats a filesystem without inode counts (statvfs f_files = 0: btrfs, tmpfs nr_inodes=0) as full; every MAIL gets 452 4.3.1"]
+fn spool_on_a_filesystem_without_inode_counts_takes_mail() {
+    // tmpfs with nr_inodes=0 has no inode limit and reports 0 inodes, as
+    // btrfs does; 256 MiB of room is plenty for --min-free-space 1M
+    let Some(mount) = Mount::tmpfs("size=256m,nr_inodes=0") else {
+        println!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    };
+    let spool = mount.dir.path().join("spool");
+    let mut relay = Relay::receive_only_with_spool(spool.clone(), &["--min-free-space", "1M"]);
+    let mut t = relay.session();
+    let id = t.send_mail("a@example.org", &["b@example.net"], BODY);
+    assert_complete(&spool, &id);
+    // the relay must be gone before the unmount
+    relay.kill();
+}

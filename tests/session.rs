@@ -758,6 +758,19 @@ fn spool_failure_answers_451() {
     assert_eq!(queued_ids(relay.spool()).len(), 1);
 }
 
+#[test]
+fn spool_short_of_space_answers_452() {
+    // far more free space demanded than any disk has
+    let relay = Relay::receive_only(&["--min-free-space", "1000000G"]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<a@example.org>", 452, "4.3.1");
+    // the session goes on, and still refuses new mail
+    t.cmd_enh("NOOP", 250, "2.0.0");
+    t.cmd_enh("MAIL FROM:<>", 452, "4.3.1");
+    t.cmd_enh("QUIT", 221, "2.0.0");
+    assert_nothing_stored(&relay);
+}
+
 // ---------------------------------------------------------------------
 // bare line endings and smuggling
 // ---------------------------------------------------------------------

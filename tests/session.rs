@@ -931,6 +931,106 @@ fn busy_server_answers_421_at_connect() {
     d.expect(220);
 }
 
+/// Sends `bytes` one at a time, `gap` apart, from another thread, until
+/// done, a write fails, or `stop` is set.
+fn trickle(
+    stream: &std::net::TcpStream,
+    bytes: &'static [u8],
+    gap: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    use std::io::Write;
+    let mut w = stream.try_clone().expect("clone socket");
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        for b in bytes {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) || w.write_all(&[*b]).is_err() {
+                break;
+            }
+            sent += 1;
+            std::thread::sleep(gap);
+        }
+        sent
+    })
+}
+
+#[test]
+fn slow_command_line_times_out() {
+    // each byte comes well within --timeout, the whole line does not
+    let relay = Relay::receive_only(&["--timeout", "1s"]);
+    let mut t = relay.session();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = trickle(
+        t.stream(),
+        b"NOOP xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n",
+        Duration::from_millis(100),
+        stop.clone(),
+    );
+    t.expect_enh(421, "4.4.2");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = writer.join().expect("writer thread");
+    assert!(
+        sent < 60,
+        "the whole slow line was accepted ({sent} octets)"
+    );
+}
+
+#[test]
+fn slow_data_hits_the_data_deadline() {
+    let relay = Relay::receive_only(&["--timeout", "5s", "--data-timeout", "1s"]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<a@example.org>", 250, "2.1.0");
+    t.cmd_enh("RCPT TO:<b@example.net>", 250, "2.1.5");
+    t.cmd_enh("DATA", 354, "2.0.0");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body: &'static [u8] = b"Subject: slow loris\r\n\r\none byte at a time, never finishing in time......................................................\r\n.\r\n";
+    let writer = trickle(t.stream(), body, Duration::from_millis(50), stop.clone());
+    t.expect_enh(421, "4.4.2");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = writer.join().expect("writer thread");
+    assert!(sent < body.len(), "the slow message was read to its end");
+    assert!(
+        wait_until(Duration::from_secs(5), || tmp_count(relay.spool()) == 0),
+        "tmp/ not emptied"
+    );
+    assert!(queue_files(relay.spool()).is_empty());
+}
+
+#[test]
+fn connections_per_client_address_are_limited() {
+    let relay = Relay::receive_only(&["--max-per-ip", "2"]);
+    let mut a = relay.talk();
+    a.expect(220);
+    let mut b = relay.talk();
+    b.expect(220);
+    let mut c = relay.talk();
+    c.expect_enh(421, "4.7.0");
+    c.expect_closed();
+    // another address has its own count
+    let mut other = Talk::connect_from("127.0.0.2", relay.addr());
+    other.expect(220);
+    // a session that ends frees its place
+    a.cmd_enh("QUIT", 221, "2.0.0");
+    a.expect_closed();
+    let mut served = None;
+    let freed = wait_until(Duration::from_secs(5), || {
+        let mut d = relay.talk();
+        match d.reply() {
+            (220, _) => {
+                served = Some(d);
+                true
+            }
+            (421, _) => false,
+            (code, text) => panic!("unexpected {code} {text}"),
+        }
+    });
+    assert!(freed, "the place of a finished session was not freed");
+    let mut d = served.expect("served connection");
+    d.cmd("EHLO client.test", 250);
+    d.send_mail("a@example.org", &["b@example.net"], BODY);
+    b.cmd_enh("NOOP", 250, "2.0.0");
+}
+
 #[test]
 fn many_concurrent_sessions() {
     let relay = Relay::receive_only(&[]);

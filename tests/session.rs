@@ -1180,6 +1180,27 @@ fn cli_cannot_listen_exits_69() {
 }
 
 #[test]
+fn cli_spool_io_error_exits_74() {
+    let dir = TempDir::new("notadir");
+    // the spool would have to live under a plain file
+    let file = write_file(dir.path(), "plain-file", b"x");
+    let spool = file.join("spool");
+    let run = run_cli(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--spool",
+            spool.to_str().expect("utf-8 path"),
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(run.code, Some(74), "{run:?}");
+    assert!(run.stderr.contains("plain-file"), "names the path: {run:?}");
+    assert!(!run.stdout.contains("listening on"), "{run:?}");
+}
+
+#[test]
 fn two_listeners_including_ipv6() {
     let v6 = TcpListener::bind("[::1]:0").is_ok();
     let second = if v6 { "[::1]:0" } else { "127.0.0.1:0" };

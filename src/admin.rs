@@ -13,7 +13,8 @@
 //! in README and versioned by `"v": 1`.
 //!
 //! Exit codes (sysexits): 0 done (flush: nothing selected is left
-//! deferred), 64 usage, 69 server unreachable, 74 spool I/O error,
+//! deferred), 64 usage, 66 no such message (show), 69 server unreachable,
+//! 74 spool I/O error,
 //! 75 some selected messages still deferred, or busy.
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::time::{format_duration, iso8601, now_unix, rfc5322_date};
 
 pub const EX_OK: u8 = 0;
 pub const EX_USAGE: u8 = 64;
+pub const EX_NOINPUT: u8 = 66;
 pub const EX_UNAVAILABLE: u8 = 69;
 pub const EX_IOERR: u8 = 74;
 pub const EX_TEMPFAIL: u8 = 75;
@@ -514,7 +516,7 @@ pub fn run_queue(
                 Ok(e) => e,
                 Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                     return Err(AdminError {
-                        code: EX_UNAVAILABLE,
+                        code: EX_NOINPUT,
                         message: format!("{qid}: no such message in the queue"),
                     })
                 }
@@ -546,20 +548,34 @@ pub fn run_queue(
             })
         }
         QueueCmd::Release => {
+            // the ids now: once released they no longer match --state held
+            let ids: Vec<QueueId> = select(&spool, sel, now)?.iter().map(|e| e.id).collect();
+            let sel = &Selector {
+                ids: ids.clone(),
+                ..Selector::default()
+            };
+            if ids.is_empty() {
+                return Ok(EX_OK);
+            }
             let code = change(&spool, sel, dry_run, "release", |env| {
                 env.hold = None;
                 env.next_try = now_unix();
                 Ok(true)
             })?;
             if !dry_run && spool.is_locked() {
-                let ids: Vec<QueueId> = select(&spool, sel, now)?.iter().map(|e| e.id).collect();
-                if !ids.is_empty() {
-                    spool.request_flush(&ids)?;
-                }
+                spool.request_flush(&ids)?;
             }
             Ok(code)
         }
         QueueCmd::Requeue => {
+            let ids: Vec<QueueId> = select(&spool, sel, now)?.iter().map(|e| e.id).collect();
+            if ids.is_empty() {
+                return Ok(EX_OK);
+            }
+            let sel = &Selector {
+                ids: ids.clone(),
+                ..Selector::default()
+            };
             let code = change(&spool, sel, dry_run, "requeue", |env| {
                 for r in env
                     .rcpts
@@ -572,7 +588,7 @@ pub fn run_queue(
                 Ok(true)
             })?;
             if !dry_run && spool.is_locked() {
-                spool.request_flush(&[])?;
+                spool.request_flush(&ids)?;
             }
             Ok(code)
         }

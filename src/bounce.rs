@@ -106,6 +106,20 @@ fn ascii_field(s: &str) -> String {
         .collect()
 }
 
+/// RFC 6533 §3 utf-8-addr-xtext: printable ASCII except `+`, `=` and `\`
+/// as is, everything else as `\x{HEX}`, so the field stays 7-bit.
+fn utf8_addr_xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_ascii_graphic() && !matches!(c, '+' | '=' | '\\') {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:X}}}", c as u32));
+        }
+    }
+    out
+}
+
 /// Builds the DSN message. `headers` are the original message's header
 /// section (returned as `text/rfc822-headers`, RFC 3462).
 pub fn compose(
@@ -188,15 +202,14 @@ pub fn compose(
     for r in reports {
         // RFC 3464 §2.3.2 / RFC 6533: rfc822 for ASCII addresses, utf-8 otherwise
         let mailbox = r.rcpt.mailbox().to_string();
-        let kind = if mailbox.is_ascii() {
-            "rfc822"
+        let (kind, addr) = if mailbox.is_ascii() {
+            ("rfc822", ascii_field(&mailbox))
         } else {
-            "utf-8"
+            ("utf-8", utf8_addr_xtext(&mailbox))
         };
         let _ = write!(
             m,
-            "\r\nFinal-Recipient: {kind}; {}\r\nAction: {}\r\nStatus: {}\r\n",
-            ascii_field(&mailbox),
+            "\r\nFinal-Recipient: {kind}; {addr}\r\nAction: {}\r\nStatus: {}\r\n",
             r.action.as_str(),
             r.status
         );
@@ -308,9 +321,52 @@ pub fn enqueue(
     Ok(Some(id))
 }
 
+/// Queues one DSN for every `bouncing` recipient of `env`, then marks them
+/// `failed` and stores the envelope. The order matters for crash safety:
+/// a crash after the DSN is queued but before the envelope is stored sends
+/// the DSN twice, never zero times.
+pub fn report_bouncing(
+    spool: &Spool,
+    hostname: &str,
+    env: &mut Envelope,
+    now: u64,
+    notify: Option<&crossbeam_channel::Sender<QueueId>>,
+) -> Result<Option<QueueId>, SpoolError> {
+    let reports: Vec<RcptReport> = env
+        .rcpts
+        .iter()
+        .filter(|r| r.state == RcptState::Bouncing)
+        .map(|r| report_for(env, r, Action::Failed))
+        .collect();
+    if reports.is_empty() {
+        return Ok(None);
+    }
+    let dsn = enqueue(spool, hostname, env, &reports, now)?;
+    if let (Some(id), Some(tx)) = (dsn, notify) {
+        let _ = tx.try_send(id);
+    }
+    for r in env
+        .rcpts
+        .iter_mut()
+        .filter(|r| r.state == RcptState::Bouncing)
+    {
+        r.state = RcptState::Failed;
+    }
+    spool.store(env)?;
+    Ok(dsn)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xtext() {
+        assert_eq!(
+            utf8_addr_xtext("jos\u{e9}+x@d.example"),
+            "jos\\x{E9}\\x{2B}x@d.example"
+        );
+    }
 
     #[test]
     fn status_parsing() {
@@ -375,39 +431,4 @@ mod tests {
             "CRLF only"
         );
     }
-}
-
-/// Queues one DSN for every `bouncing` recipient of `env`, then marks them
-/// `failed` and stores the envelope. The order matters for crash safety:
-/// a crash after the DSN is queued but before the envelope is stored sends
-/// the DSN twice, never zero times.
-pub fn report_bouncing(
-    spool: &Spool,
-    hostname: &str,
-    env: &mut Envelope,
-    now: u64,
-    notify: Option<&crossbeam_channel::Sender<QueueId>>,
-) -> Result<Option<QueueId>, SpoolError> {
-    let reports: Vec<RcptReport> = env
-        .rcpts
-        .iter()
-        .filter(|r| r.state == RcptState::Bouncing)
-        .map(|r| report_for(env, r, Action::Failed))
-        .collect();
-    if reports.is_empty() {
-        return Ok(None);
-    }
-    let dsn = enqueue(spool, hostname, env, &reports, now)?;
-    if let (Some(id), Some(tx)) = (dsn, notify) {
-        let _ = tx.try_send(id);
-    }
-    for r in env
-        .rcpts
-        .iter_mut()
-        .filter(|r| r.state == RcptState::Bouncing)
-    {
-        r.state = RcptState::Failed;
-    }
-    spool.store(env)?;
-    Ok(dsn)
 }

@@ -125,6 +125,8 @@ struct Scheduler {
     heap: BinaryHeap<Reverse<(u64, QueueId)>>,
     slots: HashMap<QueueId, Slot>,
     ready: VecDeque<QueueId>,
+    /// Flushed while in flight: attempt again as soon as it comes back.
+    flush_again: std::collections::HashSet<QueueId>,
     last_scan: Instant,
 }
 
@@ -135,6 +137,7 @@ impl Scheduler {
             heap: BinaryHeap::new(),
             slots: HashMap::new(),
             ready: VecDeque::new(),
+            flush_again: std::collections::HashSet::new(),
             last_scan: Instant::now(),
         }
     }
@@ -194,7 +197,10 @@ impl Scheduler {
         let mut n = 0;
         for id in requests.into_iter().flatten() {
             match self.slots.get(&id) {
-                Some(Slot::Ready) | Some(Slot::InFlight) => {}
+                Some(Slot::Ready) => {}
+                Some(Slot::InFlight) => {
+                    self.flush_again.insert(id);
+                }
                 Some(Slot::Waiting(_)) | None => {
                     // unknown ids: new (`send`) or released from a hold
                     if self.spool.env_path(id).exists() {
@@ -238,10 +244,12 @@ impl Scheduler {
     }
 
     fn on_report(&mut self, r: Report) {
+        let again = self.flush_again.remove(&r.id);
         match r.outcome {
             Some(Outcome::Done) | Some(Outcome::Gone) | Some(Outcome::Held) => {
                 self.slots.remove(&r.id);
             }
+            Some(Outcome::Retry(_)) if again => self.schedule(r.id, 0),
             Some(Outcome::Retry(at)) => self.schedule(r.id, at),
             // a spool error: try again later rather than lose track
             None => self.schedule(r.id, now_unix() + 60),

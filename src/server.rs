@@ -143,6 +143,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let tracker = Arc::new(ConnTracker {
         per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
         max_per_ip: config.max_per_ip,
+        exempt: config.relay_nets.clone(),
     });
 
     let stopping = Arc::new(AtomicBool::new(false));
@@ -255,17 +256,23 @@ type Accepted = (TcpStream, SocketAddr, Ticket);
 struct ConnTracker {
     per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
     max_per_ip: usize,
+    /// Relay networks are our own MTAs: exempt, as Postfix exempts
+    /// $mynetworks from its connection count limit.
+    exempt: Vec<crate::config::Cidr>,
 }
 
 /// One counted connection; dropping it uncounts it.
 struct Ticket {
-    tracker: Arc<ConnTracker>,
+    tracker: Option<Arc<ConnTracker>>,
     ip: IpAddr,
 }
 
 impl ConnTracker {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
         let ip = ip.to_canonical();
+        if self.exempt.iter().any(|n| n.contains(ip)) {
+            return Some(Ticket { tracker: None, ip });
+        }
         let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= self.max_per_ip {
@@ -273,7 +280,7 @@ impl ConnTracker {
         }
         *n += 1;
         Some(Ticket {
-            tracker: self.clone(),
+            tracker: Some(self.clone()),
             ip,
         })
     }
@@ -281,11 +288,8 @@ impl ConnTracker {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut m = self
-            .tracker
-            .per_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let Some(tracker) = &self.tracker else { return };
+        let mut m = tracker.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

@@ -370,7 +370,7 @@ impl SpaceCheck {
                 .is_ok()
         {
             let short = match crate::sys::free_space(spool.root()) {
-                Ok(f) => f.bytes < min_free || f.inodes < 1000,
+                Ok(f) => f.bytes < min_free || f.inodes.is_some_and(|n| n < 1000),
                 Err(e) => {
                     log::warn!("cannot read free space of the spool: {e}");
                     false

@@ -12,7 +12,9 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FreeSpace {
     pub bytes: u64,
-    pub inodes: u64,
+    /// `None` on filesystems that do not count inodes (btrfs, tmpfs with
+    /// nr_inodes=0): they report zero total.
+    pub inodes: Option<u64>,
 }
 
 pub fn free_space(path: &Path) -> io::Result<FreeSpace> {
@@ -27,7 +29,7 @@ pub fn free_space(path: &Path) -> io::Result<FreeSpace> {
     }
     Ok(FreeSpace {
         bytes: (st.f_bavail as u64).saturating_mul(st.f_frsize as u64),
-        inodes: st.f_favail as u64,
+        inodes: (st.f_files > 0).then_some(st.f_favail as u64),
     })
 }
 

@@ -790,7 +790,6 @@ fn hold_for_a_while_and_release() {
 /// more, so no flush request is written and the server only finds the
 /// message at its next 60 s rescan.
 #[test]
-#[ignore = "bug: release --state held sends the running server no flush request (admin.rs re-selects after releasing)"]
 fn release_by_state_wakes_the_server() {
     let sink = Sink::start();
     let dir = TempDir::new("release");
@@ -980,7 +979,6 @@ fn requeue_makes_deferred_messages_due() {
 /// src/admin.rs): every waiting message is made due, not only the
 /// selected ones.
 #[test]
-#[ignore = "bug: requeue --id X with a running server makes every deferred message due (flush request `*`)"]
 fn requeue_with_a_server_touches_only_the_selection() {
     let (sink, relay, [m1, m2, m3]) = deferred_queue();
     let spool = relay.spool();

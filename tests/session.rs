@@ -998,7 +998,15 @@ fn slow_data_hits_the_data_deadline() {
 
 #[test]
 fn connections_per_client_address_are_limited() {
-    let relay = Relay::receive_only(&["--max-per-ip", "2"]);
+    // loopback must not be a relay network here: those are exempt
+    let relay = Relay::receive_only(&[
+        "--max-per-ip",
+        "2",
+        "--relay-net",
+        "192.0.2.0/24",
+        "--relay-domain",
+        "example.net",
+    ]);
     let mut a = relay.talk();
     a.expect(220);
     let mut b = relay.talk();
@@ -1332,4 +1340,15 @@ fn sink_self_test() {
     t.send_mail("a@example.org", &["b@example.net"], b"again\r\n");
     assert_eq!(sink.connections(), before + 1);
     assert_eq!(sink.count(), 3);
+}
+
+#[test]
+fn relay_networks_are_exempt_from_the_per_address_limit() {
+    let relay = Relay::receive_only(&["--max-per-ip", "1"]);
+    let mut a = relay.talk();
+    a.expect(220);
+    let mut b = relay.talk();
+    b.expect(220);
+    b.cmd("QUIT", 221);
+    a.cmd("QUIT", 221);
 }

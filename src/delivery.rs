@@ -428,8 +428,12 @@ impl Deliverer {
                 });
             }
             // record before anything else happens: a sent recipient must
-            // never be sent again
-            self.spool.store(&env)?;
+            // never be sent again. When every recipient is now sent, the
+            // removal below records that instead (one folder change, not two)
+            let all_sent = env.rcpts.iter().all(|r| r.state == RcptState::Sent);
+            if !all_sent {
+                self.spool.store(&env)?;
+            }
         }
 
         let now = now_unix();

@@ -73,8 +73,10 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    let spool = Arc::new(Spool::open(&config.spool)?);
+    let mut spool = Spool::open(&config.spool)?;
     let lock = spool.lock()?;
+    spool.start_committer()?;
+    let spool = Arc::new(spool);
     let (queued, rec) = spool.recover(&lock)?;
     log::info!(
         "spool {} recovered: {} queued, {} unfinished removed, {} orphan bodies removed, {} corrupt moved aside",

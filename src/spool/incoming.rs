@@ -96,8 +96,12 @@ impl<'a> Incoming<'a> {
         drop(ef);
 
         let msg_final = queue.join(format!("{id}.msg"));
-        fs::rename(&msg_tmp, &msg_final).map_err(|e| SpoolError::io(&msg_final, e))?;
         let env_final = queue.join(format!("{id}.env"));
+        if let Some(c) = self.spool.committer() {
+            c.commit(msg_tmp, env_tmp, msg_final, env_final)?;
+            return Ok(id);
+        }
+        fs::rename(&msg_tmp, &msg_final).map_err(|e| SpoolError::io(&msg_final, e))?;
         if let Err(e) = fs::rename(&env_tmp, &env_final) {
             let _ = fs::remove_file(&msg_final);
             return Err(SpoolError::io(&env_final, e));

@@ -16,6 +16,7 @@
 //! between leaves a body without envelope, which start-up removes (it was
 //! already delivered or bounced).
 
+pub mod committer;
 pub mod envelope;
 pub mod fsutil;
 pub mod incoming;
@@ -95,6 +96,8 @@ pub struct Spool {
     queue: PathBuf,
     corrupt: PathBuf,
     flush: PathBuf,
+    /// Group commit (the server's); without it each commit fsyncs alone.
+    committer: Option<committer::Committer>,
 }
 
 /// What start-up recovery found and did.
@@ -115,6 +118,7 @@ impl Spool {
             queue: root.join("queue"),
             corrupt: root.join("corrupt"),
             flush: root.join("flush.d"),
+            committer: None,
         };
         for d in [
             &spool.root,
@@ -126,6 +130,18 @@ impl Spool {
             fsutil::ensure_dir(d).map_err(|e| SpoolError::io(d, e))?;
         }
         Ok(spool)
+    }
+
+    /// Routes commits through a group-commit thread (see `committer.rs`).
+    pub fn start_committer(&mut self) -> Result<(), SpoolError> {
+        let c = committer::Committer::start(self.queue.clone())
+            .map_err(|e| SpoolError::io(&self.queue, e))?;
+        self.committer = Some(c);
+        Ok(())
+    }
+
+    pub(crate) fn committer(&self) -> Option<&committer::Committer> {
+        self.committer.as_ref()
     }
 
     pub fn root(&self) -> &Path {
@@ -309,8 +325,12 @@ impl Spool {
     }
 
     /// Removes a finished message: envelope first, so a crash in between
-    /// leaves only a body, which recovery removes.
+    /// leaves only a body, which recovery removes. With the group
+    /// committer, the folder fsync is shared with other commits.
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        if let Some(c) = &self.committer {
+            return c.remove(self.env_path(id), self.msg_path(id));
+        }
         let env = self.env_path(id);
         match fs::remove_file(&env) {
             Ok(()) => {}

@@ -1,0 +1,168 @@
+//! Group commit: one thread publishes finished messages into `queue/` (and
+//! removes delivered ones) and fsyncs the folder once for every batch.
+//!
+//! Each session fsyncs its own two tmp files (the filesystem already
+//! groups concurrent data flushes), then hands the pair to the committer
+//! and waits. The committer takes every request waiting at that moment,
+//! renames each body and then its envelope into `queue/`, fsyncs `queue/`
+//! once, and only then answers each session, which only then says 250.
+//! The crash story is the one in `incoming.rs`; batching changes nothing
+//! in it, because no session is answered before the folder fsync that
+//! covers its rename.
+
+use std::fs;
+use std::path::PathBuf;
+use std::thread;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::fsutil;
+use super::SpoolError;
+
+/// One folder change to make durable.
+enum Op {
+    /// A message ready to publish: its fsynced tmp files and final names.
+    Publish {
+        msg_tmp: PathBuf,
+        env_tmp: PathBuf,
+        msg_final: PathBuf,
+        env_final: PathBuf,
+    },
+    /// A finished message to remove, envelope first.
+    Remove { env: PathBuf, msg: PathBuf },
+}
+
+struct Request {
+    op: Op,
+    done: Sender<Result<(), SpoolError>>,
+}
+
+/// Handle to the committer thread; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    tx: Sender<Request>,
+}
+
+/// Most requests published under one folder fsync.
+const MAX_BATCH: usize = 256;
+
+impl Committer {
+    /// Starts the thread for the folder `queue`.
+    pub fn start(queue: PathBuf) -> std::io::Result<Committer> {
+        let (tx, rx) = bounded::<Request>(1024);
+        thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || run(&queue, &rx))?;
+        Ok(Committer { tx })
+    }
+
+    /// Publishes one message whose tmp files are fsynced; returns once it
+    /// is durable in `queue/`.
+    pub(super) fn commit(
+        &self,
+        msg_tmp: PathBuf,
+        env_tmp: PathBuf,
+        msg_final: PathBuf,
+        env_final: PathBuf,
+    ) -> Result<(), SpoolError> {
+        self.submit(Op::Publish {
+            msg_tmp,
+            env_tmp,
+            msg_final,
+            env_final,
+        })
+    }
+
+    /// Removes a finished message; returns once the removal is durable
+    /// (so a crash cannot bring a delivered message back).
+    pub(super) fn remove(&self, env: PathBuf, msg: PathBuf) -> Result<(), SpoolError> {
+        self.submit(Op::Remove { env, msg })
+    }
+
+    fn submit(&self, op: Op) -> Result<(), SpoolError> {
+        let (done, done_rx) = bounded(1);
+        let queue_hint = match &op {
+            Op::Publish { env_final, .. } => env_final.clone(),
+            Op::Remove { env, .. } => env.clone(),
+        };
+        let req = Request { op, done };
+        self.tx.send(req).map_err(|_| {
+            SpoolError::io(
+                &queue_hint,
+                std::io::Error::other("committer thread is gone"),
+            )
+        })?;
+        done_rx.recv().map_err(|_| {
+            SpoolError::io(
+                &queue_hint,
+                std::io::Error::other("committer thread is gone"),
+            )
+        })?
+    }
+}
+
+fn run(queue: &std::path::Path, rx: &Receiver<Request>) {
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut published = Vec::with_capacity(batch.len());
+        for r in batch.drain(..) {
+            match publish(&r) {
+                Ok(()) => published.push(r),
+                Err(e) => {
+                    let _ = r.done.send(Err(e));
+                }
+            }
+        }
+        if published.is_empty() {
+            continue;
+        }
+        let synced = fsutil::fsync_dir(queue).map_err(|e| SpoolError::io(queue, e));
+        if published.len() > 1 {
+            log::trace!("group commit of {} messages", published.len());
+        }
+        for r in published {
+            let result = match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(SpoolError::io(queue, std::io::Error::other(e.to_string()))),
+            };
+            let _ = r.done.send(result);
+        }
+    }
+}
+
+/// Publish: body first, then envelope (the envelope's rename is the
+/// commit). Remove: envelope first, then body.
+fn publish(r: &Request) -> Result<(), SpoolError> {
+    match &r.op {
+        Op::Publish {
+            msg_tmp,
+            env_tmp,
+            msg_final,
+            env_final,
+        } => {
+            fs::rename(msg_tmp, msg_final).map_err(|e| SpoolError::io(msg_final, e))?;
+            if let Err(e) = fs::rename(env_tmp, env_final) {
+                let _ = fs::remove_file(msg_final);
+                return Err(SpoolError::io(env_final, e));
+            }
+            Ok(())
+        }
+        Op::Remove { env, msg } => {
+            for p in [env, msg] {
+                match fs::remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(SpoolError::io(p, e)),
+                }
+            }
+            Ok(())
+        }
+    }
+}

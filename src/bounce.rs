@@ -61,13 +61,20 @@ pub fn status_of(last_reply: Option<&str>, default: Enhanced) -> Enhanced {
 /// A report for a recipient from its envelope state and history.
 pub fn report_for(env: &Envelope, r: &Recipient, action: Action) -> RcptReport {
     let mailbox = r.path.mailbox().to_string();
+    // history says `name[ip]:port` or `[ip]:port`; Remote-MTA wants the
+    // name (RFC 3464 §2.3.5 "dns; NAME"), or the address literal
     let remote_mta = env
         .history
         .iter()
         .rev()
         .find(|a| a.rcpt == mailbox)
         .map(|a| a.host.clone())
-        .filter(|h| h != "-");
+        .filter(|h| h != "-")
+        .map(|h| match h.find('[') {
+            Some(0) => h.split(':').next().unwrap_or(&h).to_string(),
+            Some(i) => h[..i].to_string(),
+            None => h,
+        });
     let default = if action == Action::Failed {
         Enhanced::new(5, 0, 0)
     } else {

@@ -259,6 +259,13 @@ fn classify_reply(r: &Reply) -> Disposition {
 
 fn classify_error(e: &ClientError) -> Disposition {
     match e {
+        // A 5xx greeting says "no service at this host", not "no such
+        // recipient": skip the host and defer, as Postfix does by default
+        // (smtp_skip_5xx_greeting), so the outcome does not depend on which
+        // MX happened to be tried last.
+        ClientError::Rejected(Phase::Greeting, r) => {
+            Disposition::Deferred(format!("451 4.4.0 host refused service at greeting: {r}"))
+        }
         ClientError::Rejected(_, r) => classify_reply(r),
         ClientError::Connect(err) => {
             Disposition::Deferred(format!("451 4.4.1 connect failed: {err}"))

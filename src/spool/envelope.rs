@@ -20,7 +20,7 @@
 //! next-try: 1795886710
 //! rcpt: deferred<TAB><user@example.net><TAB>451 4.3.0 try later
 //! rcpt: sent<TAB><@relay.example:other@example.com><TAB>250 2.0.0 ok
-//! attempt: 1795886411<TAB><user@example.net><TAB>mx.example.net[192.0.2.1]:25<TAB>451 4.3.0 try later
+//! attempt: 1795886411<TAB>user@example.net<TAB>mx.example.net[192.0.2.1]:25<TAB>451 4.3.0 try later
 //! end
 //! ```
 

@@ -200,6 +200,8 @@ pub struct Connection {
     line: Vec<u8>,
     /// Set once the connection is in an unknown state: never reuse it.
     broken: bool,
+    /// The socket's current read timeout.
+    read_timeout: Option<Duration>,
 }
 
 impl Connection {
@@ -239,6 +241,7 @@ impl Connection {
             greeting: String::new(),
             line: Vec::with_capacity(512),
             broken: false,
+            read_timeout: None,
         };
         let greeting = c.read_reply(Phase::Greeting, timeouts.greeting)?;
         if greeting.code().value() != 220 {
@@ -278,9 +281,19 @@ impl Connection {
         !self.broken
     }
 
+    /// Beyond two seconds the timeout is rounded up to whole seconds, so a
+    /// steady dialogue costs no setsockopt per reply.
     fn set_read_timeout(&mut self, t: Duration) -> io::Result<()> {
-        self.stream
-            .set_read_timeout(Some(t.max(Duration::from_millis(1))))
+        let t = if t > Duration::from_secs(2) {
+            Duration::from_secs(t.as_secs() + u64::from(t.subsec_nanos() > 0))
+        } else {
+            t.max(Duration::from_millis(1))
+        };
+        if self.read_timeout != Some(t) {
+            self.stream.set_read_timeout(Some(t))?;
+            self.read_timeout = Some(t);
+        }
+        Ok(())
     }
 
     /// Reads one complete (possibly multi-line) reply, bounded in size.

@@ -472,7 +472,7 @@ impl Deliverer {
         self.report_failures(&mut env, now)?;
         if env.is_done() {
             self.spool.remove(id)?;
-            log::info!("{id} removed (all recipients final)");
+            log::debug!("{id} removed (all recipients final)");
             return Ok(Outcome::Done);
         }
         self.maybe_warn_delay(&mut env, now)?;

@@ -7,20 +7,22 @@
 //! `Incoming::commit` returned: that reply is the promise that the message
 //! survives a crash.
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
+use crate::channel::Channel;
 use crate::config::{BareLineEndings, Config};
 use crate::smtp::command::{self, helo_domain};
 use crate::smtp::data::{self, DataSummary, DotReader, Line};
 use crate::smtp::{Command, Host, MailParams, Path, RcptTarget, Reply, ReversePath};
 use crate::spool::{Envelope, QueueId, RcptState, Recipient, Spool};
 use crate::time::{now_unix, rfc5322_date};
+use crate::tls::TlsInfo;
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -64,12 +66,14 @@ pub enum Step {
     StartData(Reply),
     /// Send the reply and close the connection.
     Close(Reply),
+    /// Send the 220 and run the TLS handshake (RFC 3207 §4).
+    StartTls(Reply),
 }
 
 impl Step {
     pub fn reply(&self) -> &Reply {
         match self {
-            Step::Reply(r) | Step::StartData(r) | Step::Close(r) => r,
+            Step::Reply(r) | Step::StartData(r) | Step::Close(r) | Step::StartTls(r) => r,
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct Session<'a> {
     client: IpAddr,
     phase: Phase,
     errors: usize,
+    /// Set once STARTTLS completed.
+    tls: Option<TlsInfo>,
 }
 
 impl<'a> Session<'a> {
@@ -88,6 +94,7 @@ impl<'a> Session<'a> {
             client: client.to_canonical(),
             phase: Phase::Connected,
             errors: 0,
+            tls: None,
         }
     }
 
@@ -97,6 +104,18 @@ impl<'a> Session<'a> {
 
     pub fn phase(&self) -> &Phase {
         &self.phase
+    }
+
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The TLS handshake completed. RFC 3207 §4.2: the server must discard
+    /// any knowledge obtained from the client before it, such as the EHLO
+    /// argument; the client starts over with EHLO.
+    pub fn tls_started(&mut self, info: TlsInfo) {
+        self.tls = Some(info);
+        self.phase = Phase::Connected;
     }
 
     /// One command (or the parser's rejection of one) → what to do.
@@ -157,20 +176,43 @@ impl<'a> Session<'a> {
             // RFC 5321 §3.5.2: a server may refuse to expand lists.
             Command::Expn => Step::Reply(Reply::not_implemented("EXPN")),
             Command::Help => Step::Reply(Reply::help()),
+            Command::StartTls => self.starttls(),
             Command::NotImplemented(verb) => Step::Reply(Reply::not_implemented(&verb)),
         }
     }
 
+    fn starttls(&mut self) -> Step {
+        if self.cfg.tls.is_none() {
+            return Step::Reply(Reply::not_implemented("STARTTLS"));
+        }
+        if self.tls.is_some() {
+            // RFC 3207 §4.2: STARTTLS is not offered again after TLS
+            return Step::Reply(Reply::bad_sequence("TLS already active"));
+        }
+        if matches!(self.phase, Phase::Mail { .. }) {
+            // the transaction would be forgotten by the reset of RFC 3207 §4.2
+            return Step::Reply(Reply::bad_sequence(
+                "STARTTLS not allowed during a mail transaction",
+            ));
+        }
+        Step::StartTls(Reply::ready_for_tls())
+    }
+
     /// EHLO keywords (RFC 5321 §4.1.1.1), one per extension we implement.
     fn ehlo_keywords(&self) -> Vec<String> {
-        vec![
+        let mut k = vec![
             "PIPELINING".into(),                   // RFC 2920
             format!("SIZE {}", self.cfg.max_size), // RFC 1870
             "8BITMIME".into(),                     // RFC 6152
             "ENHANCEDSTATUSCODES".into(),          // RFC 2034
             "SMTPUTF8".into(),                     // RFC 6531
-            "HELP".into(),
-        ]
+        ];
+        // RFC 3207 §4.2: not offered again once TLS is active
+        if self.cfg.tls.is_some() && self.tls.is_none() {
+            k.push("STARTTLS".into());
+        }
+        k.push("HELP".into());
+        k
     }
 
     fn mail(&mut self, from: ReversePath, params: MailParams) -> Step {
@@ -179,6 +221,10 @@ impl<'a> Session<'a> {
             Phase::Mail { .. } => return Step::Reply(Reply::bad_sequence("Nested MAIL command")),
             Phase::Ready { helo } => helo.clone(),
         };
+        // RFC 3207 §4: a server that requires TLS answers 530 until it is on
+        if self.cfg.require_tls && self.tls.is_none() {
+            return Step::Reply(Reply::must_starttls());
+        }
         // RFC 5321 §4.1.1.11 / §2.2.1: parameters are for EHLO sessions only.
         if !helo.esmtp && params != MailParams::default() {
             return Step::Reply(Reply::unsupported_parameter("(parameters require EHLO)"));
@@ -287,19 +333,27 @@ impl<'a> Session<'a> {
             }
             None => format!("unknown ({literal})"),
         };
-        // RFC 3848 / RFC 6531 §4.3 protocol names
-        let with = match (helo.esmtp, tx.params.smtputf8) {
+        // RFC 3848 / RFC 6531 §4.3 protocol names: "S" for TLS
+        let base = match (helo.esmtp, tx.params.smtputf8) {
             (false, _) => "SMTP",
             (true, false) => "ESMTP",
             (true, true) => "UTF8SMTP",
         };
+        let (s, tls_note) = match &self.tls {
+            Some(t) => (
+                "S",
+                format!("\r\n\t(using {} with cipher {})", t.version, t.cipher),
+            ),
+            None => ("", String::new()),
+        };
+        let with = format!("{base}{s}");
         // RFC 5321 §7.6: name the recipient only when there is one.
         let for_clause = match tx.rcpts.as_slice() {
             [one] => format!("\r\n\tfor {one}"),
             _ => String::new(),
         };
         format!(
-            "Received: from {from}\r\n\tby {} (smtp-relay) with {with} id {id}{for_clause};\r\n\t{}\r\n",
+            "Received: from {from}{tls_note}\r\n\tby {} (smtp-relay) with {with} id {id}{for_clause};\r\n\t{}\r\n",
             self.cfg.hostname,
             rfc5322_date(now)
         )
@@ -390,54 +444,6 @@ impl SpaceCheck {
     }
 }
 
-/// The socket's read side with two limits: each read waits at most the
-/// idle timeout, and all reads together end at the deadline, if one is
-/// set. The deadline defeats a slow-loris client that sends one byte
-/// just before each idle timeout.
-pub struct DeadlineReader {
-    stream: TcpStream,
-    idle: Duration,
-    deadline: Option<Instant>,
-    applied: Option<Duration>,
-}
-
-impl DeadlineReader {
-    pub fn new(stream: TcpStream, idle: Duration) -> DeadlineReader {
-        DeadlineReader {
-            stream,
-            idle,
-            deadline: None,
-            applied: None,
-        }
-    }
-
-    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
-        self.deadline = deadline;
-    }
-}
-
-impl Read for DeadlineReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let t = match self.deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
-                }
-                left.min(self.idle)
-            }
-            None => self.idle,
-        };
-        // one setsockopt per change, not per read
-        if self.applied != Some(t) {
-            self.stream
-                .set_read_timeout(Some(t.max(Duration::from_millis(1))))?;
-            self.applied = Some(t);
-        }
-        self.stream.read(buf)
-    }
-}
-
 /// Swallows writes after the first error, so DATA is still read to its end
 /// (keeping the dialogue in step) when the disk fails mid-message.
 struct SpoolSink<W: Write> {
@@ -490,23 +496,17 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
     let cfg = &*ctx.config;
     stream.set_write_timeout(Some(cfg.timeout))?;
     stream.set_nodelay(true)?;
-    let mut input = BufReader::with_capacity(
-        32 * 1024,
-        DeadlineReader::new(stream.try_clone()?, cfg.timeout),
-    );
-    let mut out = BufWriter::with_capacity(8 * 1024, stream);
+    let mut io = Channel::new(stream, cfg.timeout, 32 * 1024, 8 * 1024);
     let mut session = Session::new(cfg, peer.ip());
     log::debug!("{peer} connected");
-    send(&mut out, &peer, &session.greeting())?;
-    out.flush()?;
+    send(&mut io, &peer, &session.greeting())?;
+    io.flush()?;
     let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
     loop {
         // a whole command line must arrive within the idle timeout, not
         // merely each of its bytes
-        input
-            .get_mut()
-            .set_deadline(Some(Instant::now() + cfg.timeout));
-        let read = data::read_line(&mut input, &mut line, MAX_COMMAND_LINE);
+        io.set_deadline(Some(Instant::now() + cfg.timeout));
+        let read = data::read_line(&mut io, &mut line, MAX_COMMAND_LINE);
         let parsed = match read {
             Ok(Line::Complete) => {
                 log::trace!("{peer} < {}", String::from_utf8_lossy(&line));
@@ -519,8 +519,8 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
             }
             Err(e) if is_timeout(&e) => {
                 log::info!("{peer} timeout after {:?} of silence", cfg.timeout);
-                let _ = send(&mut out, &peer, &Reply::timeout(&cfg.hostname));
-                let _ = out.flush();
+                let _ = send(&mut io, &peer, &Reply::timeout(&cfg.hostname));
+                let _ = io.flush();
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -532,33 +532,62 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
             && !matches!(session.phase(), Phase::Connected)
             && ctx.space.short_of_space(&ctx.spool, cfg.min_free_space)
         {
-            send(&mut out, &peer, &Reply::insufficient_storage())?;
-            if input.buffer().is_empty() {
-                out.flush()?;
+            send(&mut io, &peer, &Reply::insufficient_storage())?;
+            if io.buffer().is_empty() {
+                io.flush()?;
             }
             continue;
         }
         match session.step(parsed) {
             Step::Reply(r) => {
-                send(&mut out, &peer, &r)?;
+                send(&mut io, &peer, &r)?;
                 // RFC 2920 §3.1: answer a pipelined group in order, and
                 // flush once no more commands are waiting.
-                if input.buffer().is_empty() {
-                    out.flush()?;
+                if io.buffer().is_empty() {
+                    io.flush()?;
                 }
             }
             Step::Close(r) => {
-                send(&mut out, &peer, &r)?;
-                out.flush()?;
+                send(&mut io, &peer, &r)?;
+                io.flush()?;
                 return Ok(());
             }
             Step::StartData(r) => {
-                let reply = receive_message(&mut session, r, &mut input, &mut out, &peer, ctx)?;
-                send(&mut out, &peer, &reply)?;
-                if input.buffer().is_empty() {
-                    out.flush()?;
+                let reply = receive_message(&mut session, r, &mut io, &peer, ctx)?;
+                send(&mut io, &peer, &reply)?;
+                if io.buffer().is_empty() {
+                    io.flush()?;
                 }
                 session.end_transaction();
+            }
+            Step::StartTls(r) => {
+                let Some(tls) = cfg.tls.clone() else {
+                    return Err(io::Error::other("STARTTLS without a TLS config"));
+                };
+                // RFC 3207 §5 / CVE-2011-0411: anything the client sent after
+                // STARTTLS in plaintext is not executed after the handshake
+                let discarded = 0;
+                if discarded > 0 {
+                    log::warn!(
+                        "{peer} discarded {discarded} octets pipelined after STARTTLS (plaintext injection)"
+                    );
+                }
+                send(&mut io, &peer, &r)?;
+                io.flush()?;
+                let conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
+                if let Err(e) = io.start_tls(conn.into(), cfg.timeout) {
+                    log::info!("{peer} TLS handshake failed: {e}");
+                    return Ok(());
+                }
+                let Some(info) = io.tls_info() else {
+                    return Err(io::Error::other("TLS session without version or cipher"));
+                };
+                log::info!(
+                    "{peer} starttls version={} cipher={}",
+                    info.version,
+                    info.cipher
+                );
+                session.tls_started(info);
             }
         }
     }
@@ -570,8 +599,7 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
 fn receive_message(
     session: &mut Session,
     go_ahead: Reply,
-    input: &mut BufReader<DeadlineReader>,
-    out: &mut BufWriter<TcpStream>,
+    io: &mut Channel,
     peer: &SocketAddr,
     ctx: &Context,
 ) -> io::Result<Reply> {
@@ -594,8 +622,8 @@ fn receive_message(
     };
     let id = incoming.id();
     let now = now_unix();
-    send(out, peer, &go_ahead)?;
-    out.flush()?;
+    send(io, peer, &go_ahead)?;
+    io.flush()?;
 
     let header = session.received_header(id, now);
     let mut sink = SpoolSink {
@@ -603,16 +631,14 @@ fn receive_message(
         error: None,
     };
     let _ = sink.write_all(header.as_bytes());
-    input
-        .get_mut()
-        .set_deadline(Some(Instant::now() + cfg.data_timeout));
-    let summary = match DotReader::new(cfg.max_size).read(input, &mut sink) {
+    io.set_deadline(Some(Instant::now() + cfg.data_timeout));
+    let summary = match DotReader::new(cfg.max_size).read(io, &mut sink) {
         Ok(s) => s,
         Err(e) => {
             if is_timeout(&e) {
                 log::info!("{id} client={peer} timeout during DATA, nothing queued");
-                let _ = send(out, peer, &Reply::timeout(&cfg.hostname));
-                let _ = out.flush();
+                let _ = send(io, peer, &Reply::timeout(&cfg.hostname));
+                let _ = io.flush();
             } else {
                 log::info!("{id} client={peer} lost during DATA ({e}), nothing queued");
             }
@@ -637,8 +663,12 @@ fn receive_message(
     };
     match incoming.commit(&env) {
         Ok(id) => {
+            let tls = session
+                .tls()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "none".into());
             log::info!(
-                "{id} queued from={} size={} nrcpt={} client=[{}] helo={}",
+                "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}",
                 env.from,
                 env.size,
                 env.rcpts.len(),

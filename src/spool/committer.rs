@@ -16,7 +16,10 @@ use std::thread;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use std::sync::Arc;
+
 use super::fsutil;
+use super::recycle::Recycler;
 use super::SpoolError;
 
 /// One folder change to make durable.
@@ -48,11 +51,11 @@ const MAX_BATCH: usize = 256;
 
 impl Committer {
     /// Starts the thread for the folder `queue`.
-    pub fn start(queue: PathBuf) -> std::io::Result<Committer> {
+    pub fn start(queue: PathBuf, recycler: Arc<Recycler>) -> std::io::Result<Committer> {
         let (tx, rx) = bounded::<Request>(1024);
         thread::Builder::new()
             .name("committer".into())
-            .spawn(move || run(&queue, &rx))?;
+            .spawn(move || run(&queue, &recycler, &rx))?;
         Ok(Committer { tx })
     }
 
@@ -101,8 +104,9 @@ impl Committer {
     }
 }
 
-fn run(queue: &std::path::Path, rx: &Receiver<Request>) {
+fn run(queue: &std::path::Path, recycler: &Recycler, rx: &Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    let mut freed: Vec<PathBuf> = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -113,7 +117,7 @@ fn run(queue: &std::path::Path, rx: &Receiver<Request>) {
         }
         let mut published = Vec::with_capacity(batch.len());
         for r in batch.drain(..) {
-            match publish(&r) {
+            match publish(&r, recycler, &mut freed) {
                 Ok(()) => published.push(r),
                 Err(e) => {
                     let _ = r.done.send(Err(e));
@@ -124,6 +128,16 @@ fn run(queue: &std::path::Path, rx: &Receiver<Request>) {
             continue;
         }
         let synced = fsutil::fsync_dir(queue).map_err(|e| SpoolError::io(queue, e));
+        if !freed.is_empty() {
+            // reusable only once their leaving queue/ is durable
+            if synced.is_ok() {
+                recycler.give(std::mem::take(&mut freed));
+            } else {
+                for p in freed.drain(..) {
+                    let _ = fs::remove_file(p);
+                }
+            }
+        }
         if published.len() > 1 {
             log::trace!("group commit of {} messages", published.len());
         }
@@ -139,7 +153,7 @@ fn run(queue: &std::path::Path, rx: &Receiver<Request>) {
 
 /// Publish: body first, then envelope (the envelope's rename is the
 /// commit). Remove: envelope first, then body.
-fn publish(r: &Request) -> Result<(), SpoolError> {
+fn publish(r: &Request, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result<(), SpoolError> {
     match &r.op {
         Op::Publish {
             msg_tmp,
@@ -156,6 +170,16 @@ fn publish(r: &Request) -> Result<(), SpoolError> {
         }
         Op::Remove { env, msg } => {
             for p in [env, msg] {
+                if let Some(slot) = recycler.slot() {
+                    match fs::rename(p, &slot) {
+                        Ok(()) => {
+                            freed.push(slot);
+                            continue;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(_) => {} // fall back to unlink
+                    }
+                }
                 match fs::remove_file(p) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

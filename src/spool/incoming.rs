@@ -27,17 +27,24 @@ pub struct Incoming<'a> {
     id: QueueId,
     file: Option<BufWriter<File>>,
     written: u64,
+    committed: bool,
 }
 
 impl<'a> Incoming<'a> {
     pub(super) fn create(spool: &'a Spool) -> Result<Incoming<'a>, SpoolError> {
-        // An id whose files already exist (clock set back) is skipped.
+        // ids are unique (see queue_id.rs); create_new is the last guard
         for _ in 0..100 {
             let id = QueueId::generate();
-            if spool.queue_dir().join(format!("{id}.env")).exists() {
-                continue;
-            }
             let path = spool.tmp_dir().join(format!("{id}.msg"));
+            if let Some(f) = spool.recycler().and_then(|r| r.take(&path)) {
+                return Ok(Incoming {
+                    spool,
+                    id,
+                    file: Some(BufWriter::with_capacity(64 * 1024, f)),
+                    written: 0,
+                    committed: false,
+                });
+            }
             match fsutil::create_new(&path) {
                 Ok(f) => {
                     return Ok(Incoming {
@@ -45,6 +52,7 @@ impl<'a> Incoming<'a> {
                         id,
                         file: Some(BufWriter::with_capacity(64 * 1024, f)),
                         written: 0,
+                        committed: false,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -86,11 +94,19 @@ impl<'a> Incoming<'a> {
         let f = w
             .into_inner()
             .map_err(|e| SpoolError::io(&msg_tmp, e.into_error()))?;
-        f.sync_data().map_err(|e| SpoolError::io(&msg_tmp, e))?;
+        // a recycled file may be longer than this message: cut it
+        f.set_len(self.written)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| SpoolError::io(&msg_tmp, e))?;
         drop(f);
 
-        let mut ef = fsutil::create_new(&env_tmp).map_err(|e| SpoolError::io(&env_tmp, e))?;
-        ef.write_all(env.to_text().as_bytes())
+        let text = env.to_text();
+        let mut ef = match self.spool.recycler().and_then(|r| r.take(&env_tmp)) {
+            Some(f) => f,
+            None => fsutil::create_new(&env_tmp).map_err(|e| SpoolError::io(&env_tmp, e))?,
+        };
+        ef.write_all(text.as_bytes())
+            .and_then(|_| ef.set_len(text.len() as u64))
             .and_then(|_| ef.sync_data())
             .map_err(|e| SpoolError::io(&env_tmp, e))?;
         drop(ef);
@@ -99,6 +115,7 @@ impl<'a> Incoming<'a> {
         let env_final = queue.join(format!("{id}.env"));
         if let Some(c) = self.spool.committer() {
             c.commit(msg_tmp, env_tmp, msg_final, env_final)?;
+            self.committed = true;
             return Ok(id);
         }
         fs::rename(&msg_tmp, &msg_final).map_err(|e| SpoolError::io(&msg_final, e))?;
@@ -109,6 +126,7 @@ impl<'a> Incoming<'a> {
         // From here the message exists. If the directory fsync fails we
         // cannot promise it survives a crash, so we answer 4xx; the message
         // may still be delivered (a duplicate is acceptable, a loss is not).
+        self.committed = true;
         fsutil::fsync_dir(queue).map_err(|e| SpoolError::io(queue, e))?;
         Ok(id)
     }
@@ -135,9 +153,11 @@ impl Write for Incoming<'_> {
 
 impl Drop for Incoming<'_> {
     fn drop(&mut self) {
-        // After a successful commit the tmp names are gone (renamed), so
-        // removing them is a harmless ENOENT; after a failure they go.
         drop(self.file.take());
+        if self.committed {
+            return;
+        }
+        // an uncommitted message leaves nothing behind
         let _ = fs::remove_file(self.tmp_path("msg"));
         let _ = fs::remove_file(self.tmp_path("env"));
     }

@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod fsutil;
 pub mod incoming;
 pub mod queue_id;
+pub mod recycle;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -83,6 +84,9 @@ impl std::error::Error for SpoolError {
     }
 }
 
+/// Most files kept in `free/` for reuse (two per message).
+const RECYCLE_MAX: usize = 4096;
+
 /// Held by the running server; released when dropped or when the process
 /// dies (flock), so a crash never leaves the spool locked.
 pub struct SpoolLock {
@@ -98,6 +102,9 @@ pub struct Spool {
     flush: PathBuf,
     /// Group commit (the server's); without it each commit fsyncs alone.
     committer: Option<committer::Committer>,
+    /// Files of delivered messages, reused by new ones (with the committer).
+    recycler: Option<std::sync::Arc<recycle::Recycler>>,
+    free: PathBuf,
 }
 
 /// What start-up recovery found and did.
@@ -119,6 +126,8 @@ impl Spool {
             corrupt: root.join("corrupt"),
             flush: root.join("flush.d"),
             committer: None,
+            recycler: None,
+            free: root.join("free"),
         };
         for d in [
             &spool.root,
@@ -126,6 +135,7 @@ impl Spool {
             &spool.queue,
             &spool.corrupt,
             &spool.flush,
+            &spool.free,
         ] {
             fsutil::ensure_dir(d).map_err(|e| SpoolError::io(d, e))?;
         }
@@ -134,14 +144,20 @@ impl Spool {
 
     /// Routes commits through a group-commit thread (see `committer.rs`).
     pub fn start_committer(&mut self) -> Result<(), SpoolError> {
-        let c = committer::Committer::start(self.queue.clone())
+        let recycler = std::sync::Arc::new(recycle::Recycler::new(self.free.clone(), RECYCLE_MAX));
+        let c = committer::Committer::start(self.queue.clone(), recycler.clone())
             .map_err(|e| SpoolError::io(&self.queue, e))?;
         self.committer = Some(c);
+        self.recycler = Some(recycler);
         Ok(())
     }
 
     pub(crate) fn committer(&self) -> Option<&committer::Committer> {
         self.committer.as_ref()
+    }
+
+    pub(crate) fn recycler(&self) -> Option<&recycle::Recycler> {
+        self.recycler.as_deref()
     }
 
     pub fn root(&self) -> &Path {
@@ -251,6 +267,11 @@ impl Spool {
                 log::warn!("recovery removed unfinished file {}", path.display());
             }
         }
+        match recycle::clean_free(&self.free, &self.queue) {
+            Ok(n) if n > 0 => log::debug!("recovery removed {n} recycled files"),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot clean {}: {e}", self.free.display()),
+        }
         let mut envs = Vec::new();
         let mut bodies = Vec::new();
         let mut env_ids = std::collections::HashSet::new();
@@ -280,7 +301,7 @@ impl Spool {
                 _ => {}
             }
         }
-        for id in bodies {
+        for &id in &bodies {
             if !env_ids.contains(&id) {
                 let path = self.msg_path(id);
                 if fs::remove_file(&path).is_ok() {
@@ -290,6 +311,11 @@ impl Spool {
             }
         }
         envs.sort_by_key(|e| e.id);
+        // ids in the spool are never handed out again, whatever the clock says
+        let newest = env_ids.iter().chain(bodies.iter()).max().copied();
+        if let Some(max) = newest {
+            QueueId::seed_after(max);
+        }
         rec.queued = envs.len();
         Ok((envs, rec))
     }

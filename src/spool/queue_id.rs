@@ -1,10 +1,11 @@
 //! `QueueId`: the name of a message in the spool.
 //!
-//! Sixteen upper-case hex digits of microseconds since the Unix epoch,
-//! made strictly increasing within the process, so ids sort by arrival
-//! time and read well in logs. Uniqueness across restarts comes from the
-//! clock moving on plus `create_new` on the spool files: an id whose files
-//! exist is never handed out again (see `Spool::incoming`).
+//! Sixteen upper-case hex digits: microseconds since the Unix epoch in the
+//! high 52 bits (good until 2112), and 12 bits of the process id below,
+//! so ids sort by arrival time and two processes writing one spool (the
+//! server and `smtp-relay send`) never make the same id. Within a process
+//! ids strictly increase. At start-up the server seeds the generator past
+//! every id already in the spool, so a clock set back cannot reuse one.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,21 +16,36 @@ pub struct QueueId(u64);
 
 static LAST: AtomicU64 = AtomicU64::new(0);
 
+const PID_BITS: u32 = 12;
+const TICK: u64 = 1 << PID_BITS;
+
 impl QueueId {
-    /// A fresh id, later than every id this process made before.
+    /// A fresh id, later than every id this process made or was seeded with.
     pub fn generate() -> QueueId {
-        let now = SystemTime::now()
+        let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
+        let pid = u64::from(std::process::id()) & (TICK - 1);
+        let now = (micros << PID_BITS) | pid;
         let mut last = LAST.load(Ordering::Relaxed);
         loop {
-            let next = now.max(last + 1);
+            // the next free microsecond slot, with our pid bits
+            let next = if now > last {
+                now
+            } else {
+                ((last >> PID_BITS) + 1) << PID_BITS | pid
+            };
             match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return QueueId(next),
                 Err(seen) => last = seen,
             }
         }
+    }
+
+    /// Makes every later `generate` return an id above `id`.
+    pub fn seed_after(id: QueueId) {
+        LAST.fetch_max(id.0, Ordering::Relaxed);
     }
 
     /// Parses the 16-digit form; anything else (a stray file, a path with
@@ -47,7 +63,7 @@ impl QueueId {
 
     /// Arrival time encoded in the id, in seconds since the epoch.
     pub fn unix_secs(self) -> u64 {
-        self.0 / 1_000_000
+        (self.0 >> PID_BITS) / 1_000_000
     }
 }
 
@@ -73,6 +89,13 @@ mod tests {
         for (i, t) in ids.iter().zip(&texts) {
             assert_eq!(QueueId::parse(t), Some(*i));
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(ids[0].unix_secs().abs_diff(now) < 5);
+        QueueId::seed_after(QueueId(u64::MAX >> 1));
+        assert!(QueueId::generate() > QueueId(u64::MAX >> 1));
         for bad in [
             "",
             "../../etc/passwd",

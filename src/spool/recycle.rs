@@ -1,0 +1,113 @@
+//! Reusing the files of delivered messages instead of unlinking them.
+//!
+//! Creating and deleting two inodes per message is much of a relay's
+//! kernel time, and on ext4 without a journal inode allocation gets slower
+//! the more inodes were freed in the last minutes (PERF-NOTES). So a
+//! removed message's files are renamed into `free/` and a new message
+//! takes one from there by rename; a rename allocates nothing.
+//!
+//! Safety argument (a journaled filesystem keeps renames atomic and
+//! ordered; see `recover` for the unjournaled case):
+//! - a file enters the free list only after the folder fsync that made
+//!   its removal from `queue/` durable (the committer does both), so no
+//!   crash can bring a reused inode back under its old queue name;
+//! - a reused file is overwritten from offset 0 and cut to the new length
+//!   (`set_len`) before its fsync, so no stale byte survives;
+//! - a file in `tmp/` or `free/` is never a message: both are emptied at
+//!   start-up, except a `free/` name whose inode is also linked in
+//!   `queue/` (possible only after a power loss on an unjournaled disk),
+//!   which is left alone rather than unlinked.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug)]
+pub struct Recycler {
+    dir: PathBuf,
+    free: Mutex<Vec<PathBuf>>,
+    next: AtomicU64,
+    max: usize,
+}
+
+impl Recycler {
+    pub fn new(dir: PathBuf, max: usize) -> Recycler {
+        Recycler {
+            dir,
+            free: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+            max,
+        }
+    }
+}
+
+/// Start-up: removes leftovers in `free/` (see the module header).
+pub fn clean_free(free_dir: &Path, queue: &Path) -> io::Result<usize> {
+    let mut linked = HashSet::new();
+    for e in fs::read_dir(queue)?.filter_map(Result::ok) {
+        if let Ok(md) = e.metadata() {
+            linked.insert(md.ino());
+        }
+    }
+    let mut removed = 0;
+    for e in fs::read_dir(free_dir)?.filter_map(Result::ok) {
+        let shared = e
+            .metadata()
+            .map(|m| linked.contains(&m.ino()))
+            .unwrap_or(true);
+        if shared {
+            log::warn!(
+                "free/{} shares its inode with a queued file; left alone",
+                e.file_name().to_string_lossy()
+            );
+            continue;
+        }
+        if fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+impl Recycler {
+    /// A name in `free/` for a file about to be removed from `queue/`, if
+    /// the free list has room; `None` means "unlink it instead".
+    pub fn slot(&self) -> Option<PathBuf> {
+        let len = self.free.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if len >= self.max {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(self.dir.join(format!("{}-{n}", std::process::id())))
+    }
+
+    /// Makes files in `free/` available, after their removal from `queue/`
+    /// is durable.
+    pub fn give(&self, files: Vec<PathBuf>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.extend(files);
+    }
+
+    /// Moves a free file to `dest` and opens it for writing from offset 0
+    /// (not truncated: the writer must `set_len` before syncing).
+    pub fn take(&self, dest: &Path) -> Option<File> {
+        loop {
+            let src = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if fs::rename(&src, dest).is_err() {
+                let _ = fs::remove_file(&src);
+                continue;
+            }
+            match OpenOptions::new().write(true).open(dest) {
+                Ok(f) => return Some(f),
+                Err(_) => {
+                    let _ = fs::remove_file(dest);
+                    continue;
+                }
+            }
+        }
+    }
+}

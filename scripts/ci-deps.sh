@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real SMTP peers the interop tests talk to, from Debian's
 # packages: swaks, Postfix (smtp-source, smtp-sink, and a relay instance)
-# and dnsmasq (MX records on loopback). Safe to run again.
+# and dnsmasq (MX records on loopback), openssl (test certificates and
+# `openssl s_client -starttls smtp`). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 { command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || need+=(postfix)
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || need+=(dnsmasq-base)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

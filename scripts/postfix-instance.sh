@@ -13,6 +13,9 @@
 # sockets inside DIR/queue), so it does not collide with a system Postfix.
 # No chroot; syslog is not used (the log goes to DIR/maillog).
 #
+# MAIN_CF_EXTRA=FILE appends FILE's lines to main.cf (later lines win in
+# Postfix), e.g. smtpd_tls_* / smtp_tls_* settings for TLS tests.
+#
 # Postfix's master must start as root (it drops to the `postfix` user),
 # so start/stop need root. Needs the Debian `postfix` package
 # (scripts/ci-deps.sh installs it); no /etc/postfix/main.cf is needed.
@@ -43,7 +46,8 @@ Usage:
       Exit 0 when the instance in DIR runs, 1 when it does not.
 
 Environment: POSTFIX, POSTCONF (binaries), READY_TIMEOUT, STOP_TIMEOUT
-(seconds; defaults $READY_TIMEOUT and $STOP_TIMEOUT).
+(seconds; defaults $READY_TIMEOUT and $STOP_TIMEOUT), MAIN_CF_EXTRA (a
+file whose lines are appended to main.cf).
 Must run as root. Exit: 0 ok, 64 usage, 69 unavailable, 1 failure.
 EOF
 }
@@ -168,6 +172,13 @@ smtpd_client_connection_rate_limit = 0
 smtpd_client_message_rate_limit = 0
 default_destination_concurrency_limit = 20
 EOF
+  if [ -n "${MAIN_CF_EXTRA:-}" ]; then
+    [ -f "$MAIN_CF_EXTRA" ] || die "MAIN_CF_EXTRA: $MAIN_CF_EXTRA is not a file"
+    {
+      echo "# from MAIN_CF_EXTRA=$MAIN_CF_EXTRA"
+      cat -- "$MAIN_CF_EXTRA"
+    } >>"$dir/etc/main.cf"
+  fi
   # master.cf: one TCP listener; every other service is a UNIX socket in
   # DIR/queue. No chroot (column 5 "n").
   cat >"$dir/etc/master.cf" <<EOF
@@ -195,6 +206,7 @@ local     unix  -       n       n       -       -       local
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 EOF
 }
 

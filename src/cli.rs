@@ -162,6 +162,24 @@ const SERVER_OPTS: &[OptSpec] = &[
         "NAME",
         "when started as root, run as NAME after binding",
     ),
+    opt(
+        "tls-cert",
+        Kind::Single,
+        "FILE",
+        "PEM certificate chain for STARTTLS (with --tls-key)",
+    ),
+    opt(
+        "tls-key",
+        Kind::Single,
+        "FILE",
+        "PEM private key for STARTTLS",
+    ),
+    opt(
+        "require-tls",
+        Kind::Flag,
+        "",
+        "refuse MAIL before STARTTLS (530 5.7.0)",
+    ),
 ];
 
 /// Options shared by every command that routes or delivers.
@@ -829,6 +847,21 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     if let Some(u) = v.single("user") {
         crate::sys::lookup_user(&u).map_err(|e| UsageError(format!("--user: {u:?}: {e}")))?;
         c.user = Some(u);
+    }
+    match (v.single("tls-cert"), v.single("tls-key")) {
+        (Some(cert), Some(key)) => {
+            let config = crate::tls::server_config(cert.as_ref(), key.as_ref())
+                .map_err(|e| UsageError(format!("--tls-cert/--tls-key: {e}")))?;
+            c.tls = Some(config);
+        }
+        (None, None) => {}
+        _ => return Err(UsageError("--tls-cert and --tls-key go together".into())),
+    }
+    c.require_tls = v.flag("require-tls");
+    if c.require_tls && c.tls.is_none() {
+        return Err(UsageError(
+            "--require-tls needs --tls-cert and --tls-key".into(),
+        ));
     }
     if let Some(b) = v.single("bare-lf") {
         c.bare_line_endings = match b.as_str() {

@@ -105,6 +105,10 @@ pub struct Config {
     pub min_free_space: u64,
     /// Drop root privileges to this user after binding.
     pub user: Option<String>,
+    /// STARTTLS (RFC 3207): the server's certificate and key, when set.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// `--require-tls`: MAIL only after STARTTLS (`530 5.7.0`).
+    pub require_tls: bool,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
 
@@ -156,6 +160,8 @@ impl Config {
             max_per_ip: 50,
             min_free_space: 64 * 1024 * 1024,
             user: None,
+            tls: None,
+            require_tls: false,
             verbosity: 0,
             delivery_workers: 32,
             routes: Vec::new(),

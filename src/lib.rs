@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod bounce;
+pub mod channel;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -25,3 +26,4 @@ pub mod smtp;
 pub mod spool;
 pub mod sys;
 pub mod time;
+pub mod tls;

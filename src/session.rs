@@ -566,7 +566,7 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
                 };
                 // RFC 3207 §5 / CVE-2011-0411: anything the client sent after
                 // STARTTLS in plaintext is not executed after the handshake
-                let discarded = 0;
+                let discarded = io.discard_buffered();
                 if discarded > 0 {
                     log::warn!(
                         "{peer} discarded {discarded} octets pipelined after STARTTLS (plaintext injection)"

@@ -57,7 +57,9 @@ pub enum Command {
     Vrfy,
     Expn,
     Help,
-    /// Known commands of extensions we do not offer (STARTTLS, AUTH, BDAT,
+    /// RFC 3207 §4: STARTTLS, no parameters.
+    StartTls,
+    /// Known commands of extensions we do not offer (AUTH, BDAT,
     /// ETRN, TURN): answered 502, not 500, as Postfix does.
     NotImplemented(String),
 }
@@ -120,7 +122,9 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         }
         "EXPN" => Ok(Command::Expn),
         "HELP" => Ok(Command::Help),
-        "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => {
+        // RFC 3207 §4: "501 Syntax error (no parameters allowed)"
+        "STARTTLS" => no_args(Command::StartTls, "STARTTLS (no parameters allowed)"),
+        "AUTH" | "BDAT" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => {
             Ok(Command::NotImplemented(verb))
         }
         _ => Err(Reply::unknown_command()),
@@ -300,6 +304,7 @@ mod tests {
             ("EXPN list", 0),
             ("HELP", 0),
             ("STARTTLS", 0),
+            ("STARTTLS now", 501),
             ("FOO", 500),
             ("", 500),
             ("NO\0OP", 501),

@@ -234,6 +234,29 @@ impl Reply {
         }
     }
 
+    /// 220 2.0.0: RFC 3207 §4, go ahead with the TLS handshake.
+    pub fn ready_for_tls() -> Reply {
+        Reply::new(220, Enhanced::new(2, 0, 0), "Ready to start TLS")
+    }
+
+    /// 530 5.7.0: RFC 3207 §4, `--require-tls` and no STARTTLS yet.
+    pub fn must_starttls() -> Reply {
+        Reply::new(
+            530,
+            Enhanced::new(5, 7, 0),
+            "Must issue a STARTTLS command first",
+        )
+    }
+
+    /// 454 4.7.0: RFC 3207 §4, TLS cannot be started now.
+    pub fn tls_unavailable(why: &str) -> Reply {
+        Reply::new(
+            454,
+            Enhanced::new(4, 7, 0),
+            format!("TLS not available: {why}"),
+        )
+    }
+
     /// 503 5.5.1: a command out of order (RFC 5321 §4.1.4).
     pub fn bad_sequence(text: &str) -> Reply {
         Reply::new(503, Enhanced::new(5, 5, 1), text)

@@ -278,6 +278,18 @@ const DELIVERY_OPTS: &[OptSpec] = &[
         "DUR",
         "bound every outbound SMTP phase (default: RFC 5321 4.5.3.2 values)",
     ),
+    opt(
+        "outbound-tls",
+        Kind::Single,
+        "may|encrypt|verify",
+        "STARTTLS to next hops: when offered (default), required, or required and verified",
+    ),
+    opt(
+        "ca-file",
+        Kind::Single,
+        "FILE",
+        "--outbound-tls verify: trust these PEM CAs instead of the system's",
+    ),
 ];
 
 /// Options of `queue` subcommands (command line only).
@@ -905,6 +917,25 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
             return Err(UsageError("--delivery-timeout must be more than 0".into()));
         }
         c.client_timeouts = crate::client::Timeouts::all(t);
+    }
+    let ca_file = v.single("ca-file");
+    if let Some(mode) = v.single("outbound-tls") {
+        use crate::tls::{ClientTls, OutboundTls};
+        let mode = OutboundTls::parse(&mode).ok_or_else(|| {
+            UsageError(format!(
+                "--outbound-tls: {mode:?} is not may, encrypt or verify"
+            ))
+        })?;
+        c.client_tls = std::sync::Arc::new(match mode {
+            OutboundTls::Verify => {
+                ClientTls::verified(ca_file.as_deref().map(std::path::Path::new))
+                    .map_err(|e| UsageError(format!("--outbound-tls verify: {e}")))?
+            }
+            other => ClientTls::unverified(other),
+        });
+    }
+    if ca_file.is_some() && c.client_tls.mode != crate::tls::OutboundTls::Verify {
+        return Err(UsageError("--ca-file needs --outbound-tls verify".into()));
     }
     Ok(())
 }

@@ -8,12 +8,14 @@
 //! from the `Reply` codes; this module only reports what happened.
 
 use std::fmt;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::channel::Channel;
 use crate::smtp::data::{self, Line};
 use crate::smtp::{Body, Enhanced, Path, Reply, ReplyParser, ReversePath};
+use crate::tls::{ClientTls, OutboundTls, TlsInfo};
 
 /// Client timeouts, named after RFC 5321 §4.5.3.2 (defaults are its
 /// minimums; connect is ours).
@@ -69,6 +71,7 @@ pub enum Phase {
     Connect,
     Greeting,
     Ehlo,
+    StartTls,
     Mail,
     Rcpt,
     Data,
@@ -83,6 +86,7 @@ impl fmt::Display for Phase {
             Phase::Connect => "connect",
             Phase::Greeting => "greeting",
             Phase::Ehlo => "EHLO",
+            Phase::StartTls => "STARTTLS",
             Phase::Mail => "MAIL",
             Phase::Rcpt => "RCPT",
             Phase::Data => "DATA",
@@ -138,6 +142,8 @@ pub struct Extensions {
     pub size: Option<u64>,
     pub eightbitmime: bool,
     pub smtputf8: bool,
+    /// RFC 3207.
+    pub starttls: bool,
 }
 
 impl Extensions {
@@ -153,6 +159,7 @@ impl Extensions {
                 "PIPELINING" => e.pipelining = true,
                 "8BITMIME" => e.eightbitmime = true,
                 "SMTPUTF8" => e.smtputf8 = true,
+                "STARTTLS" => e.starttls = true,
                 "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 _ => {}
             }
@@ -189,9 +196,7 @@ const MAX_REPLY_LINES: usize = 100;
 
 #[derive(Debug)]
 pub struct Connection {
-    input: BufReader<TcpStream>,
-    out: BufWriter<TcpStream>,
-    stream: TcpStream,
+    io: Channel,
     peer: SocketAddr,
     ext: Extensions,
     timeouts: Timeouts,
@@ -200,17 +205,46 @@ pub struct Connection {
     line: Vec<u8>,
     /// Set once the connection is in an unknown state: never reuse it.
     broken: bool,
-    /// The socket's current read timeout.
-    read_timeout: Option<Duration>,
+    /// Set once STARTTLS completed.
+    tls: Option<TlsInfo>,
 }
 
 impl Connection {
     /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused,
-    /// RFC 5321 §3.2).
+    /// RFC 5321 §3.2); no TLS.
     pub fn open(
         peer: SocketAddr,
         helo_name: &str,
         timeouts: Timeouts,
+    ) -> Result<Connection, ClientError> {
+        Connection::open_once(peer, helo_name, timeouts, None)
+    }
+
+    /// `open`, then STARTTLS as `tls` says, checking the certificate for
+    /// `server_name` under `verify`. Under `may` a failed handshake costs
+    /// the connection, so the host is dialled again and the dialogue goes
+    /// on in plaintext.
+    pub fn open_with_tls(
+        peer: SocketAddr,
+        helo_name: &str,
+        timeouts: Timeouts,
+        tls: &ClientTls,
+        server_name: &str,
+    ) -> Result<Connection, ClientError> {
+        match Connection::open_once(peer, helo_name, timeouts, Some((tls, server_name))) {
+            Err(ClientError::Rejected(Phase::StartTls, r)) if tls.mode == OutboundTls::May => {
+                log::info!("{peer} {r}; again without TLS (--outbound-tls may)");
+                Connection::open_once(peer, helo_name, timeouts, None)
+            }
+            other => other,
+        }
+    }
+
+    fn open_once(
+        peer: SocketAddr,
+        helo_name: &str,
+        timeouts: Timeouts,
+        tls: Option<(&ClientTls, &str)>,
     ) -> Result<Connection, ClientError> {
         let stream =
             TcpStream::connect_timeout(&peer, timeouts.connect).map_err(ClientError::Connect)?;
@@ -218,22 +252,8 @@ impl Connection {
         stream
             .set_write_timeout(Some(timeouts.data_block))
             .map_err(|e| ClientError::Io(Phase::Connect, e))?;
-        let input = BufReader::with_capacity(
-            16 * 1024,
-            stream
-                .try_clone()
-                .map_err(|e| ClientError::Io(Phase::Connect, e))?,
-        );
-        let out = BufWriter::with_capacity(
-            64 * 1024,
-            stream
-                .try_clone()
-                .map_err(|e| ClientError::Io(Phase::Connect, e))?,
-        );
         let mut c = Connection {
-            input,
-            out,
-            stream,
+            io: Channel::new(stream, timeouts.greeting, 16 * 1024, 64 * 1024),
             peer,
             ext: Extensions::default(),
             timeouts,
@@ -241,7 +261,7 @@ impl Connection {
             greeting: String::new(),
             line: Vec::with_capacity(512),
             broken: false,
-            read_timeout: None,
+            tls: None,
         };
         let greeting = c.read_reply(Phase::Greeting, timeouts.greeting)?;
         if greeting.code().value() != 220 {
@@ -249,18 +269,90 @@ impl Connection {
             return Err(ClientError::Rejected(Phase::Greeting, greeting));
         }
         c.greeting = greeting.text();
-        let ehlo = c.command(&format!("EHLO {helo_name}"), Phase::Ehlo, timeouts.greeting)?;
+        c.hello(helo_name)?;
+        if let Some((tls, name)) = tls {
+            c.starttls(tls, name)?;
+            if c.tls.is_some() {
+                // RFC 3207 §4.2: forget what the server said before TLS
+                c.hello(helo_name)?;
+            }
+        }
+        Ok(c)
+    }
+
+    fn hello(&mut self, helo_name: &str) -> Result<(), ClientError> {
+        let t = self.timeouts.greeting;
+        let ehlo = self.command(&format!("EHLO {helo_name}"), Phase::Ehlo, t)?;
         if ehlo.code().value() == 250 {
-            c.ext = Extensions::from_ehlo(&ehlo);
+            self.ext = Extensions::from_ehlo(&ehlo);
         } else if ehlo.code().is_permanent() {
-            let helo = c.command(&format!("HELO {helo_name}"), Phase::Ehlo, timeouts.greeting)?;
+            let helo = self.command(&format!("HELO {helo_name}"), Phase::Ehlo, t)?;
             if helo.code().value() != 250 {
                 return Err(ClientError::Rejected(Phase::Ehlo, helo));
             }
+            self.ext = Extensions::default();
         } else {
             return Err(ClientError::Rejected(Phase::Ehlo, ehlo));
         }
-        Ok(c)
+        Ok(())
+    }
+
+    /// STARTTLS when offered (RFC 3207 §4); an `Err` when TLS was required
+    /// and could not be had, or the handshake failed. TLS failures are
+    /// temporary (454/451 4.7.x): the next try may find it working, and
+    /// a message is never sent in plaintext instead under `encrypt`.
+    fn starttls(&mut self, tls: &ClientTls, name: &str) -> Result<(), ClientError> {
+        let required = tls.mode != OutboundTls::May;
+        let refuse = |code: u16, detail: u16, text: String| {
+            ClientError::Rejected(
+                Phase::StartTls,
+                Reply::new(code, Enhanced::new(4, 7, detail), text),
+            )
+        };
+        if !self.ext.starttls {
+            if required {
+                self.broken = true;
+                // RFC 3463 X.7.4: security features not supported
+                return Err(refuse(
+                    451,
+                    4,
+                    "TLS is required, but the server does not offer STARTTLS".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let r = self.command("STARTTLS", Phase::StartTls, self.timeouts.greeting)?;
+        if r.code().value() != 220 {
+            if required {
+                self.broken = true;
+                return Err(refuse(
+                    451,
+                    4,
+                    format!("TLS is required, but STARTTLS got: {r}"),
+                ));
+            }
+            // RFC 3207 §4: after a refusal the dialogue goes on in plaintext
+            return Ok(());
+        }
+        let conn = tls.connect(name).map_err(|e| {
+            self.broken = true;
+            refuse(454, 5, format!("TLS set-up failed: {e}"))
+        })?;
+        if let Err(e) = self.io.start_tls(conn.into(), self.timeouts.greeting) {
+            self.broken = true;
+            // RFC 3463 X.7.5: cryptographic failure (also a bad certificate)
+            return Err(refuse(454, 5, format!("TLS handshake failed: {e}")));
+        }
+        self.tls = self.io.tls_info();
+        Ok(())
+    }
+
+    /// `TLSv1.3/TLS13_AES_256_GCM_SHA384`, or `none`, for the logs.
+    pub fn tls_label(&self) -> String {
+        self.tls
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "none".into())
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -289,10 +381,9 @@ impl Connection {
         } else {
             t.max(Duration::from_millis(1))
         };
-        if self.read_timeout != Some(t) {
-            self.stream.set_read_timeout(Some(t))?;
-            self.read_timeout = Some(t);
-        }
+        // the channel calls setsockopt only when the value changes
+        self.io.set_deadline(None);
+        self.io.set_idle(t);
         Ok(())
     }
 
@@ -308,7 +399,7 @@ impl Connection {
             }
             self.set_read_timeout(left)
                 .map_err(|e| io_error(phase, e))?;
-            let read = data::read_line_strict(&mut self.input, &mut self.line, MAX_REPLY_LINE);
+            let read = data::read_line_strict(&mut self.io, &mut self.line, MAX_REPLY_LINE);
             match read {
                 Ok(Line::Complete) => {}
                 Ok(Line::TooLong) => {
@@ -348,9 +439,9 @@ impl Connection {
     fn write_line(&mut self, line: &str, phase: Phase) -> Result<(), ClientError> {
         log::trace!("{} > {}", self.peer, line);
         let r = self
-            .out
+            .io
             .write_all(line.as_bytes())
-            .and_then(|_| self.out.write_all(b"\r\n"));
+            .and_then(|_| self.io.write_all(b"\r\n"));
         r.map_err(|e| {
             self.broken = true;
             io_error(phase, e)
@@ -358,7 +449,7 @@ impl Connection {
     }
 
     fn flush(&mut self, phase: Phase) -> Result<(), ClientError> {
-        self.out.flush().map_err(|e| {
+        self.io.flush().map_err(|e| {
             self.broken = true;
             io_error(phase, e)
         })
@@ -501,7 +592,7 @@ impl Connection {
                 data_reply: None,
             });
         }
-        data::write_dot_stuffed(body, &mut self.out).map_err(|e| {
+        data::write_dot_stuffed(body, &mut self.io).map_err(|e| {
             self.broken = true;
             io_error(Phase::Body, e)
         })?;
@@ -550,7 +641,7 @@ impl Connection {
         if !self.broken {
             let _ = self.command("QUIT", Phase::Rset, Duration::from_secs(2));
         }
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.io.shutdown();
     }
 }
 

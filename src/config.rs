@@ -133,6 +133,8 @@ pub struct Config {
     pub connection_idle: Duration,
     /// Transactions on one outbound connection before it is closed.
     pub connection_max_messages: usize,
+    /// `--outbound-tls` and `--ca-file`: STARTTLS on the delivery side.
+    pub client_tls: std::sync::Arc<crate::tls::ClientTls>,
 }
 
 impl Config {
@@ -175,6 +177,9 @@ impl Config {
             client_timeouts: Timeouts::default(),
             connection_idle: Duration::from_secs(5),
             connection_max_messages: 100,
+            client_tls: std::sync::Arc::new(crate::tls::ClientTls::unverified(
+                crate::tls::OutboundTls::May,
+            )),
         }
     }
 

@@ -222,6 +222,8 @@ pub struct Deliverer {
     pub delay_warning: Option<Duration>,
     /// Where newly queued DSNs are announced (the scheduler).
     pub committed: Option<Sender<QueueId>>,
+    /// `--outbound-tls`: STARTTLS to next hops.
+    pub tls: std::sync::Arc<crate::tls::ClientTls>,
 }
 
 /// What the scheduler does with the message next.
@@ -559,7 +561,7 @@ impl Deliverer {
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                let mut conn = match self.connection(peer) {
+                let mut conn = match self.connection(&hop.name, peer) {
                     Ok(c) => c,
                     Err(e) => {
                         log::debug!("{} {label}: {e}", env.id);
@@ -584,6 +586,7 @@ impl Deliverer {
                     );
                 }
                 let result = conn.send(&msg, &mut reader);
+                log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
                 self.cache.put(conn);
                 match result {
                     Ok(sent) => {
@@ -620,7 +623,7 @@ impl Deliverer {
         all(&last_host, last)
     }
 
-    fn connection(&self, peer: SocketAddr) -> Result<Connection, ClientError> {
+    fn connection(&self, name: &str, peer: SocketAddr) -> Result<Connection, ClientError> {
         while let Some(mut c) = self.cache.take(peer) {
             // the peer may have closed an idle connection: probe it
             if c.reset().is_ok() {
@@ -628,7 +631,7 @@ impl Deliverer {
             }
             c.quit();
         }
-        Connection::open(peer, &self.hostname, self.timeouts)
+        Connection::open_with_tls(peer, &self.hostname, self.timeouts, &self.tls, name)
     }
 }
 

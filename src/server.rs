@@ -230,6 +230,7 @@ pub fn deliverer(
         honor_source_routes: config.honor_source_routes,
         delay_warning: config.delay_warning,
         committed,
+        tls: config.client_tls.clone(),
     })
 }
 

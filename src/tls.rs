@@ -75,3 +75,149 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .map_err(|e| format!("certificate and key do not fit: {e}"))?;
     Ok(Arc::new(config))
 }
+
+/// `--outbound-tls`: what the delivery side does with STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundTls {
+    /// Opportunistic (RFC 7435 §1.3): STARTTLS when offered, any
+    /// certificate; a failed handshake falls back to plaintext.
+    May,
+    /// TLS or nothing, any certificate.
+    Encrypt,
+    /// TLS with a certificate valid for the next hop's name, against the
+    /// system roots or `--ca-file`.
+    Verify,
+}
+
+impl OutboundTls {
+    pub fn parse(s: &str) -> Option<OutboundTls> {
+        Some(match s {
+            "may" => OutboundTls::May,
+            "encrypt" => OutboundTls::Encrypt,
+            "verify" => OutboundTls::Verify,
+            _ => return None,
+        })
+    }
+}
+
+/// The client side of STARTTLS, built once per process.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub mode: OutboundTls,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl ClientTls {
+    /// `may` and `encrypt`: any certificate is accepted. RFC 7435 §1.3:
+    /// unauthenticated encryption still beats plaintext, and most MX
+    /// certificates would not verify (RFC 3207 §4.1 leaves the decision
+    /// to the client).
+    pub fn unverified(mode: OutboundTls) -> ClientTls {
+        let provider = provider();
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default TLS versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        ClientTls {
+            mode,
+            config: Arc::new(config),
+        }
+    }
+
+    /// `verify`: roots from `ca_file` (PEM), else the system's.
+    pub fn verified(ca_file: Option<&Path>) -> Result<ClientTls, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                for c in load_certs(path)? {
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for e in &found.errors {
+                    log::warn!("system CA certificates: {e}");
+                }
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    return Err("no system CA certificates found (install ca-certificates, or give --ca-file)".into());
+                }
+            }
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(ClientTls {
+            mode: OutboundTls::Verify,
+            config: Arc::new(config),
+        })
+    }
+
+    /// A client connection for a next hop called `name` (a host name, an
+    /// IP address, or a `[literal]`): the name checked under `verify`, and
+    /// sent as SNI when it is a host name.
+    pub fn connect(&self, name: &str) -> Result<rustls::ClientConnection, String> {
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        let bare = bare.strip_prefix("IPv6:").unwrap_or(bare);
+        let server_name = rustls::pki_types::ServerName::try_from(bare.to_string())
+            .map_err(|e| format!("{name:?} is not a TLS server name: {e}"))?;
+        rustls::ClientConnection::new(self.config.clone(), server_name).map_err(|e| e.to_string())
+    }
+}
+
+/// The verifier of `may` and `encrypt`: the certificate is not judged,
+/// but the handshake signatures still are (so the session key is the
+/// holder's of that certificate, whoever it is).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

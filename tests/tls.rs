@@ -355,3 +355,304 @@ fn postfix_as_tls_client() {
         "Postfix logs its TLS session:\n{log}"
     );
 }
+
+// ---------------------------------------------------------------------
+// Outbound: STARTTLS to the next hop
+// ---------------------------------------------------------------------
+
+/// A relay that delivers everything to `next` with `extra` options.
+fn sender_relay(next: std::net::SocketAddr, extra: &[&str]) -> Relay {
+    let mut args = vec![
+        "--no-dns".to_string(),
+        "--route".into(),
+        format!("*=127.0.0.1:{}", next.port()),
+        "--retry-min".into(),
+        "1s".into(),
+        "--retry-max".into(),
+        "1s".into(),
+        "--delivery-timeout".into(),
+        "10s".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Relay::start(&strs(&args))
+}
+
+fn submit(relay: &Relay, subject: &str) -> String {
+    let mut t = relay.session();
+    let id = t.send_mail(
+        "s@origin.example",
+        &["r@dest.example"],
+        format!("Subject: {subject}\r\n\r\nbody\r\n").as_bytes(),
+    );
+    t.cmd("QUIT", 221);
+    id
+}
+
+/// The `tls=` of the relay's `ID relay=... tls=...` line, once there.
+fn delivery_tls(relay: &Relay, id: &str) -> String {
+    let mut found = None;
+    wait_until(LIMIT, || {
+        found = relay
+            .log()
+            .lines()
+            .find(|l| l.contains(&format!("{id} relay=")) && l.contains(" tls="))
+            .and_then(|l| l.split(" tls=").nth(1))
+            .map(|s| s.trim().to_string());
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no delivery line for {id}:\n{}", relay.log()))
+}
+
+fn wait_rcpt_state(relay: &Relay, id: &str, state: &str) -> (String, String, String) {
+    let mut last = None;
+    let ok = wait_until(LIMIT, || {
+        if !env_path(relay.spool(), id).exists() {
+            return false;
+        }
+        let r = EnvFile::load(relay.spool(), id).rcpts();
+        let hit = r.first().is_some_and(|r| r.0 == state);
+        last = r.into_iter().next();
+        hit
+    });
+    assert!(ok, "{id} not {state}: {last:?}\n{}", relay.log());
+    last.expect("a recipient")
+}
+
+#[test]
+fn outbound_may_uses_starttls_when_offered() {
+    let Some(certs) = Certs::make("outbound_may_uses_starttls_when_offered") else {
+        return;
+    };
+    let next = tls_relay(&certs, &[]);
+    let relay = sender_relay(next.addr(), &[]);
+    let id = submit(&relay, "opportunistic");
+    let tls = delivery_tls(&relay, &id);
+    assert!(tls.starts_with("TLSv1.3/TLS13_"), "{tls}");
+    let mut ids = Vec::new();
+    assert!(wait_until(LIMIT, || {
+        ids = queued_ids(next.spool());
+        !ids.is_empty()
+    }));
+    let received = received_of(&next, &ids[0]);
+    assert!(
+        received.contains("from relay.test") && received.contains("with ESMTPS"),
+        "{received}"
+    );
+}
+
+#[test]
+fn outbound_without_starttls_offered_is_plaintext_under_may() {
+    let sink = Sink::start();
+    let relay = sender_relay(sink.addr(), &[]);
+    let id = submit(&relay, "plain");
+    assert!(sink.wait_for(1, LIMIT), "{}", relay.log());
+    assert_eq!(delivery_tls(&relay, &id), "none");
+}
+
+#[test]
+fn outbound_encrypt_defers_when_starttls_is_not_offered() {
+    let sink = Sink::start();
+    let relay = sender_relay(sink.addr(), &["--outbound-tls", "encrypt"]);
+    let id = submit(&relay, "must be encrypted");
+    let (_, _, reply) = wait_rcpt_state(&relay, &id, "deferred");
+    assert!(reply.contains("4.7.4"), "{reply}");
+    assert!(reply.contains("STARTTLS"), "{reply}");
+    assert_eq!(sink.count(), 0, "nothing in plaintext");
+}
+
+#[test]
+fn outbound_encrypt_takes_any_certificate() {
+    let Some(certs) = Certs::make("outbound_encrypt_takes_any_certificate") else {
+        return;
+    };
+    let next = tls_relay(&certs, &[]);
+    let relay = sender_relay(next.addr(), &["--outbound-tls", "encrypt"]);
+    let id = submit(&relay, "encrypted");
+    assert!(delivery_tls(&relay, &id).starts_with("TLSv1.3/"));
+    assert!(wait_until(LIMIT, || !queued_ids(next.spool()).is_empty()));
+}
+
+#[test]
+fn outbound_verify_checks_the_certificate() {
+    let Some(certs) = Certs::make("outbound_verify_checks_the_certificate") else {
+        return;
+    };
+    let next = tls_relay(&certs, &[]);
+    // our CA: the certificate names 127.0.0.1, the route's host
+    let ca = certs.ca.display().to_string();
+    let good = sender_relay(next.addr(), &["--outbound-tls", "verify", "--ca-file", &ca]);
+    let id = submit(&good, "verified");
+    assert!(delivery_tls(&good, &id).starts_with("TLSv1.3/"));
+    assert!(wait_until(LIMIT, || !queued_ids(next.spool()).is_empty()));
+
+    // another CA (this one signed nothing we present): refused, deferred
+    let Some(other) = Certs::make("outbound_verify_checks_the_certificate") else {
+        return;
+    };
+    let other_ca = other.ca.display().to_string();
+    let bad = sender_relay(
+        next.addr(),
+        &["--outbound-tls", "verify", "--ca-file", &other_ca],
+    );
+    let id = submit(&bad, "not verified");
+    let (_, _, reply) = wait_rcpt_state(&bad, &id, "deferred");
+    assert!(
+        reply.contains("4.7.5") && reply.contains("handshake"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn outbound_tls_options_are_checked() {
+    for args in [
+        vec!["serve", "--outbound-tls", "sometimes"],
+        vec!["serve", "--ca-file", "/nonexistent"],
+        vec![
+            "serve",
+            "--outbound-tls",
+            "verify",
+            "--ca-file",
+            "/nonexistent/ca.pem",
+        ],
+    ] {
+        let run = run_cli(&args, Duration::from_secs(10));
+        assert_eq!(run.code, Some(64), "{args:?}: {run:?}");
+    }
+}
+
+/// A next hop that offers STARTTLS and then breaks the handshake (220,
+/// then garbage); without STARTTLS it takes the message in plaintext.
+/// Returns its address and the count of messages it took.
+fn handshake_breaker() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{BufRead, BufReader};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let taken = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = taken.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(20) {
+            let Ok(s) = s else { continue };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                let mut w = match s.try_clone() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                };
+                let mut r = BufReader::new(s);
+                let _ = w.write_all(b"220 breaker.test ESMTP\r\n");
+                let mut in_data = false;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let up = line.trim_end().to_ascii_uppercase();
+                    let reply: &[u8] = if in_data {
+                        if up == "." {
+                            in_data = false;
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            b"250 2.0.0 taken\r\n"
+                        } else {
+                            continue;
+                        }
+                    } else if up.starts_with("EHLO") {
+                        b"250-breaker.test\r\n250 STARTTLS\r\n"
+                    } else if up == "STARTTLS" {
+                        let _ = w.write_all(b"220 2.0.0 go ahead\r\n");
+                        let _ = w.write_all(b"this is not a TLS record\r\n");
+                        return;
+                    } else if up == "DATA" {
+                        in_data = true;
+                        b"354 go\r\n"
+                    } else if up == "QUIT" {
+                        let _ = w.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        b"250 2.0.0 ok\r\n"
+                    };
+                    let _ = w.write_all(reply);
+                }
+            });
+        }
+    });
+    (addr, taken)
+}
+
+#[test]
+fn outbound_may_falls_back_to_plaintext_after_a_failed_handshake() {
+    let (addr, taken) = handshake_breaker();
+    let relay = sender_relay(addr, &[]);
+    let id = submit(&relay, "fallback");
+    assert!(
+        wait_until(LIMIT, || taken.load(std::sync::atomic::Ordering::SeqCst)
+            == 1),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(delivery_tls(&relay, &id), "none");
+    assert!(relay.log().contains("again without TLS"), "{}", relay.log());
+
+    // under encrypt the same host means: deferred, nothing sent
+    let (addr, taken) = handshake_breaker();
+    let strict = sender_relay(addr, &["--outbound-tls", "encrypt"]);
+    let id = submit(&strict, "no fallback");
+    let (_, _, reply) = wait_rcpt_state(&strict, &id, "deferred");
+    assert!(reply.contains("4.7.5"), "{reply}");
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// Postfix as the TLS server (smtpd_tls_security_level = may): smtp-relay
+/// → Postfix → our sink, with our default `--outbound-tls may` and then
+/// with `verify` against the test CA.
+#[test]
+fn postfix_as_tls_server() {
+    let test = "postfix_as_tls_server";
+    if !postfix_usable(test) {
+        return;
+    }
+    let Some(certs) = Certs::make(test) else {
+        return;
+    };
+    let sink = Sink::start();
+    let postfix = PostfixInstance::start(
+        sink.addr().port(),
+        &format!(
+            "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_loglevel = 1\nsmtpd_tls_received_header = yes\n",
+            certs.cert.display(),
+            certs.key.display()
+        ),
+    );
+    let next = std::net::SocketAddr::from(([127, 0, 0, 1], postfix.port));
+    let ca = certs.ca.display().to_string();
+    for (n, extra) in [vec![], vec!["--outbound-tls", "verify", "--ca-file", &ca]]
+        .into_iter()
+        .enumerate()
+    {
+        let relay = sender_relay(next, &extra);
+        let id = submit(&relay, &format!("to postfix {n}"));
+        assert!(
+            sink.wait_for(n + 1, LIMIT),
+            "nothing through Postfix:\n{}\n{}",
+            relay.log(),
+            postfix.maillog()
+        );
+        let tls = delivery_tls(&relay, &id);
+        assert!(tls.starts_with("TLSv1."), "{extra:?}: {tls}");
+    }
+    let log = postfix.maillog();
+    assert!(
+        log.matches("TLS connection established from").count() >= 2,
+        "{log}"
+    );
+    for m in sink.messages() {
+        let text = String::from_utf8_lossy(&m.data).to_string();
+        // Postfix's own Received header records the TLS session with us
+        assert!(text.contains("(using TLSv1."), "{text}");
+        assert!(text.contains("from relay.test"), "{text}");
+    }
+}

@@ -39,6 +39,11 @@ pub enum Cli {
         config: Config,
         address: String,
     },
+    /// `passwd USER`: set USER's password (read on stdin) in the file.
+    Passwd {
+        file: PathBuf,
+        user: String,
+    },
     Help(String),
     Version,
 }
@@ -179,6 +184,12 @@ const SERVER_OPTS: &[OptSpec] = &[
         Kind::Flag,
         "",
         "refuse MAIL before STARTTLS (530 5.7.0)",
+    ),
+    opt(
+        "auth-file",
+        Kind::Single,
+        "FILE",
+        "offer SMTP AUTH PLAIN/LOGIN (after TLS, or to loopback) against FILE's user:hash lines",
     ),
 ];
 
@@ -403,6 +414,7 @@ fn usage_text() -> String {
          smtp-relay route [OPTIONS] ADDRESS    show where a recipient would be sent, send nothing\n  \
          smtp-relay queue list|show|flush|hold|release|delete|bounce|requeue [OPTIONS] [ID...|-]\n  \
          smtp-relay send [-f SENDER] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
+         smtp-relay passwd USER [--auth-file FILE]   set USER's AUTH password (read on stdin)\n  \
          smtp-relay --help | --version\n\nOptions of every command:\n",
     );
     describe(&mut s, ROUTING_OPTS);
@@ -472,6 +484,7 @@ pub fn parse(args: &[String]) -> Result<Cli, UsageError> {
         "route" => parse_route(&args[1..]),
         "queue" => parse_queue(&args[1..]),
         "send" => parse_send(&args[1..]),
+        "passwd" => parse_passwd(&args[1..]),
         other => Err(UsageError(format!(
             "unknown command {other:?}; try 'smtp-relay --help'"
         ))),
@@ -713,6 +726,41 @@ fn parse_queue(args: &[String]) -> Result<Cli, UsageError> {
     })
 }
 
+/// Where `passwd` writes when neither `--auth-file` nor a config file
+/// says.
+pub const DEFAULT_AUTH_FILE: &str = "smtp-relay.passwd";
+
+fn parse_passwd(args: &[String]) -> Result<Cli, UsageError> {
+    let mut o = getopts::Options::new();
+    o.optopt("", "auth-file", "password file", "FILE");
+    o.optopt("", "config", "config file (its auth-file)", "FILE");
+    o.optflag("h", "help", "show this help");
+    let m = o.parse(args).map_err(|e| UsageError(e.to_string()))?;
+    if m.opt_present("help") {
+        return Ok(Cli::Help(usage_text()));
+    }
+    let file = match m.opt_str("config") {
+        Some(path) => read_config_file(&path)?,
+        None => HashMap::new(),
+    };
+    let v = Values { matches: m, file };
+    let [user] = v.matches.free.as_slice() else {
+        return Err(UsageError("passwd takes exactly one USER".into()));
+    };
+    if !crate::auth::valid_user(user) {
+        return Err(UsageError(format!(
+            "{user:?} is not a valid user name (no ':', spaces or control characters)"
+        )));
+    }
+    let file = v
+        .single("auth-file")
+        .unwrap_or_else(|| DEFAULT_AUTH_FILE.to_string());
+    Ok(Cli::Passwd {
+        file: PathBuf::from(file),
+        user: user.clone(),
+    })
+}
+
 fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     let mut o = getopts::Options::new();
     for spec in ROUTING_OPTS
@@ -870,6 +918,11 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         _ => return Err(UsageError("--tls-cert and --tls-key go together".into())),
     }
     c.require_tls = v.flag("require-tls");
+    if let Some(f) = v.single("auth-file") {
+        crate::auth::check_file(f.as_ref())
+            .map_err(|e| UsageError(format!("--auth-file {f}: {e}")))?;
+        c.auth_file = Some(PathBuf::from(f));
+    }
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),

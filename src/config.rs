@@ -109,6 +109,8 @@ pub struct Config {
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// `--require-tls`: MAIL only after STARTTLS (`530 5.7.0`).
     pub require_tls: bool,
+    /// SMTP AUTH (RFC 4954) against this password file, when set.
+    pub auth_file: Option<PathBuf>,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
 
@@ -164,6 +166,7 @@ impl Config {
             user: None,
             tls: None,
             require_tls: false,
+            auth_file: None,
             verbosity: 0,
             delivery_workers: 32,
             routes: Vec::new(),

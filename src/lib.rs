@@ -10,6 +10,7 @@
 //! `bounce` (an RFC 3464 DSN) for permanent failures.
 
 pub mod admin;
+pub mod auth;
 pub mod bounce;
 pub mod channel;
 pub mod cli;

@@ -91,6 +91,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cli::Passwd { file, user } => passwd(&file, &user),
         Cli::Route { config, address } => {
             init_logging(config.verbosity, true);
             route(&config, &address)
@@ -105,6 +106,33 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code() as u8)
                 }
             }
+        }
+    }
+}
+
+/// `smtp-relay passwd USER`: the first line of stdin is the password.
+/// Exit 0 set, 64 no password given, 74 the file cannot be written.
+fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("smtp-relay: cannot read the password on stdin: {e}");
+        return ExitCode::from(74);
+    }
+    let pass = line.strip_suffix('\n').unwrap_or(&line);
+    let pass = pass.strip_suffix('\r').unwrap_or(pass);
+    if pass.is_empty() {
+        eprintln!("smtp-relay: no password on stdin (one line)");
+        return ExitCode::from(64);
+    }
+    match smtp_relay::auth::set_password(file, user, pass) {
+        Ok(replaced) => {
+            let what = if replaced { "replaced" } else { "added" };
+            eprintln!("smtp-relay: {user} {what} in {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtp-relay: {}: {e}", file.display());
+            ExitCode::from(74)
         }
     }
 }

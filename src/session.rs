@@ -11,10 +11,11 @@ use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::auth::{self, Mechanism};
 use crate::channel::Channel;
 use crate::config::{BareLineEndings, Config};
 use crate::smtp::command::{self, helo_domain};
@@ -68,12 +69,25 @@ pub enum Step {
     Close(Reply),
     /// Send the 220 and run the TLS handshake (RFC 3207 §4).
     StartTls(Reply),
+    /// Run the SASL exchange (RFC 4954 §4).
+    Auth(AuthStart),
+}
+
+/// An accepted AUTH command: the exchange the I/O loop runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthStart {
+    pub mechanism: Mechanism,
+    /// RFC 4954 §4 initial response (`=` is the empty one).
+    pub initial: Option<String>,
+    /// The first challenge, when there is no initial response.
+    pub challenge: Reply,
 }
 
 impl Step {
     pub fn reply(&self) -> &Reply {
         match self {
             Step::Reply(r) | Step::StartData(r) | Step::Close(r) | Step::StartTls(r) => r,
+            Step::Auth(a) => &a.challenge,
         }
     }
 }
@@ -85,6 +99,9 @@ pub struct Session<'a> {
     errors: usize,
     /// Set once STARTTLS completed.
     tls: Option<TlsInfo>,
+    /// The user name, once AUTH succeeded.
+    auth: Option<String>,
+    auth_failures: u32,
 }
 
 impl<'a> Session<'a> {
@@ -95,6 +112,8 @@ impl<'a> Session<'a> {
             phase: Phase::Connected,
             errors: 0,
             tls: None,
+            auth: None,
+            auth_failures: 0,
         }
     }
 
@@ -115,7 +134,36 @@ impl<'a> Session<'a> {
     /// argument; the client starts over with EHLO.
     pub fn tls_started(&mut self, info: TlsInfo) {
         self.tls = Some(info);
+        self.auth = None;
         self.phase = Phase::Connected;
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.auth.as_deref()
+    }
+
+    /// AUTH is offered after TLS, or to a loopback client (whose password
+    /// never leaves the machine): RFC 4954 §4 forbids plaintext PLAIN and
+    /// LOGIN on an open network unless the channel is protected.
+    fn auth_offered(&self) -> bool {
+        self.cfg.auth_file.is_some() && (self.tls.is_some() || self.client.is_loopback())
+    }
+
+    /// AUTH succeeded for `user`.
+    pub fn authenticated(&mut self, user: String) -> Step {
+        self.auth = Some(user);
+        Step::Reply(Reply::auth_ok())
+    }
+
+    /// AUTH failed: 535, counted as an error; returns the reply and how
+    /// many failures this session has had.
+    pub fn auth_failed(&mut self) -> (Step, u32) {
+        self.auth_failures += 1;
+        (
+            self.finish(Step::Reply(Reply::auth_failed())),
+            self.auth_failures,
+        )
     }
 
     /// One command (or the parser's rejection of one) → what to do.
@@ -124,6 +172,11 @@ impl<'a> Session<'a> {
             Ok(c) => self.command(c),
             Err(r) => Step::Reply(r),
         };
+        self.finish(step)
+    }
+
+    /// Counts a 5xx as an error; too many close the session.
+    pub fn finish(&mut self, step: Step) -> Step {
         if step.reply().code().value() >= 500 {
             self.errors += 1;
             if self.errors > self.cfg.max_errors {
@@ -177,6 +230,7 @@ impl<'a> Session<'a> {
             Command::Expn => Step::Reply(Reply::not_implemented("EXPN")),
             Command::Help => Step::Reply(Reply::help()),
             Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
             Command::NotImplemented(verb) => Step::Reply(Reply::not_implemented(&verb)),
         }
     }
@@ -198,6 +252,46 @@ impl<'a> Session<'a> {
         Step::StartTls(Reply::ready_for_tls())
     }
 
+    fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Step {
+        if self.cfg.auth_file.is_none() {
+            return Step::Reply(Reply::not_implemented("AUTH"));
+        }
+        if !self.auth_offered() {
+            return Step::Reply(Reply::auth_needs_tls());
+        }
+        match &self.phase {
+            // RFC 4954 §4: AUTH is an ESMTP extension: EHLO first
+            Phase::Connected => return Step::Reply(Reply::bad_sequence("Send EHLO first")),
+            Phase::Ready { helo } if !helo.esmtp => {
+                return Step::Reply(Reply::bad_sequence("Send EHLO first"))
+            }
+            // RFC 4954 §4: not during a mail transaction
+            Phase::Mail { .. } => {
+                return Step::Reply(Reply::bad_sequence(
+                    "AUTH not allowed during a mail transaction",
+                ))
+            }
+            Phase::Ready { .. } => {}
+        }
+        // RFC 4954 §4: after a successful AUTH, further AUTH commands get 503
+        if self.auth.is_some() {
+            return Step::Reply(Reply::bad_sequence("Already authenticated"));
+        }
+        let Some(mechanism) = Mechanism::parse(mechanism) else {
+            return Step::Reply(Reply::auth_unknown_mechanism());
+        };
+        let challenge = match mechanism {
+            // RFC 4616 §2: the server's first challenge is empty
+            Mechanism::Plain => Reply::auth_challenge(""),
+            Mechanism::Login => Reply::auth_challenge(&auth::encode_base64(b"Username:")),
+        };
+        Step::Auth(AuthStart {
+            mechanism,
+            initial,
+            challenge,
+        })
+    }
+
     /// EHLO keywords (RFC 5321 §4.1.1.1), one per extension we implement.
     fn ehlo_keywords(&self) -> Vec<String> {
         let mut k = vec![
@@ -210,6 +304,9 @@ impl<'a> Session<'a> {
         // RFC 3207 §4.2: not offered again once TLS is active
         if self.cfg.tls.is_some() && self.tls.is_none() {
             k.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            k.push("AUTH PLAIN LOGIN".into()); // RFC 4954 §3
         }
         k.push("HELP".into());
         k
@@ -245,7 +342,8 @@ impl<'a> Session<'a> {
     }
 
     fn rcpt(&mut self, target: RcptTarget) -> Step {
-        let client_may_relay = self.cfg.is_relay_client(self.client);
+        // an authenticated client may relay anywhere (RFC 4954 §1)
+        let client_may_relay = self.cfg.is_relay_client(self.client) || self.auth.is_some();
         let Phase::Mail { tx, .. } = &mut self.phase else {
             return Step::Reply(Reply::bad_sequence("Need MAIL before RCPT"));
         };
@@ -333,12 +431,13 @@ impl<'a> Session<'a> {
             }
             None => format!("unknown ({literal})"),
         };
-        // RFC 3848 / RFC 6531 §4.3 protocol names: "S" for TLS
+        // RFC 3848 / RFC 6531 §4.3 protocol names: "S" for TLS, "A" for AUTH
         let base = match (helo.esmtp, tx.params.smtputf8) {
             (false, _) => "SMTP",
             (true, false) => "ESMTP",
             (true, true) => "UTF8SMTP",
         };
+        let a = if self.auth.is_some() { "A" } else { "" };
         let (s, tls_note) = match &self.tls {
             Some(t) => (
                 "S",
@@ -346,7 +445,7 @@ impl<'a> Session<'a> {
             ),
             None => ("", String::new()),
         };
-        let with = format!("{base}{s}");
+        let with = format!("{base}{s}{a}");
         // RFC 5321 §7.6: name the recipient only when there is one.
         let for_clause = match tx.rcpts.as_slice() {
             [one] => format!("\r\n\tfor {one}"),
@@ -589,9 +688,150 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
                 );
                 session.tls_started(info);
             }
+            Step::Auth(start) => {
+                let step = match authenticate(&mut session, start, &mut io, &peer, ctx) {
+                    Ok(step) => step,
+                    Err(e) if is_timeout(&e) => {
+                        log::info!("{peer} timeout during AUTH");
+                        Step::Close(Reply::timeout(&cfg.hostname))
+                    }
+                    Err(e) => return Err(e),
+                };
+                send(&mut io, &peer, step.reply())?;
+                if matches!(step, Step::Close(_)) {
+                    io.flush()?;
+                    return Ok(());
+                }
+                if io.buffer().is_empty() {
+                    io.flush()?;
+                }
+            }
         }
     }
 }
+
+/// RFC 4954 §4: a server must take response lines of 12288 octets.
+const MAX_AUTH_LINE: usize = 12288;
+
+/// What a SASL step yields: the client's decoded response, or the reply
+/// that ends the exchange (cancelled, undecodable).
+type Exchange<T> = io::Result<Result<T, Reply>>;
+
+/// A response to a challenge (or an initial response): `*` cancels,
+/// anything else must be base64 (RFC 4954 §4).
+fn decode_response(text: &[u8], initial: bool) -> Result<Vec<u8>, Reply> {
+    if text == b"*" {
+        return Err(Reply::auth_cancelled());
+    }
+    // RFC 4954 §4: "=" is an empty initial response
+    if initial && text == b"=" {
+        return Ok(Vec::new());
+    }
+    let text = std::str::from_utf8(text).map_err(|_| Reply::auth_bad_response())?;
+    auth::decode_base64(text.trim()).ok_or_else(Reply::auth_bad_response)
+}
+
+/// Sends a 334 challenge and reads the client's response line.
+fn challenge(
+    io: &mut Channel,
+    peer: &SocketAddr,
+    cfg: &Config,
+    reply: &Reply,
+) -> Exchange<Vec<u8>> {
+    send(io, peer, reply)?;
+    io.flush()?;
+    io.set_deadline(Some(Instant::now() + cfg.timeout));
+    let mut line = Vec::new();
+    match data::read_line(io, &mut line, MAX_AUTH_LINE)? {
+        Line::Complete => Ok(decode_response(&line, false)),
+        Line::TooLong => Ok(Err(Reply::line_too_long())),
+        Line::Eof => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "client left during AUTH",
+        )),
+    }
+}
+
+/// The user name and password, by the mechanism's exchange.
+fn credentials(
+    start: &AuthStart,
+    io: &mut Channel,
+    peer: &SocketAddr,
+    cfg: &Config,
+) -> Exchange<(String, String)> {
+    let first = match &start.initial {
+        Some(i) => decode_response(i.as_bytes(), true),
+        None => challenge(io, peer, cfg, &start.challenge)?,
+    };
+    let first = match first {
+        Ok(f) => f,
+        Err(r) => return Ok(Err(r)),
+    };
+    match start.mechanism {
+        Mechanism::Plain => Ok(auth::parse_plain(&first).ok_or_else(Reply::auth_bad_response)),
+        Mechanism::Login => {
+            let ask = Reply::auth_challenge(&auth::encode_base64(b"Password:"));
+            let pass = match challenge(io, peer, cfg, &ask)? {
+                Ok(p) => p,
+                Err(r) => return Ok(Err(r)),
+            };
+            match (String::from_utf8(first), String::from_utf8(pass)) {
+                (Ok(u), Ok(p)) if !u.is_empty() => Ok(Ok((u, p))),
+                _ => Ok(Err(Reply::auth_bad_response())),
+            }
+        }
+    }
+}
+
+/// Runs an accepted AUTH to its reply. A failure is answered 535 after a
+/// pause that grows with each failure of the session (bounded), and is
+/// logged with the user name, never the password.
+fn authenticate(
+    session: &mut Session,
+    start: AuthStart,
+    io: &mut Channel,
+    peer: &SocketAddr,
+    ctx: &Context,
+) -> io::Result<Step> {
+    let cfg = &*ctx.config;
+    let Some(path) = cfg.auth_file.as_deref() else {
+        return Ok(Step::Reply(Reply::not_implemented("AUTH")));
+    };
+    let mech = start.mechanism.as_str();
+    let (user, pass) = match credentials(&start, io, peer, cfg)? {
+        Ok(c) => c,
+        Err(r) => {
+            log::info!("{peer} auth mechanism={mech} ended: {r}");
+            return Ok(session.finish(Step::Reply(r)));
+        }
+    };
+    let shown: String = crate::spool::envelope::clean(&user)
+        .chars()
+        .take(64)
+        .collect();
+    match auth::verify(path, &user, &pass) {
+        Ok(true) => {
+            log::info!("{peer} auth ok user={shown} mechanism={mech}");
+            Ok(session.authenticated(user))
+        }
+        Ok(false) => {
+            let (step, n) = session.auth_failed();
+            log::warn!("{peer} auth failed user={shown} mechanism={mech} failures={n}");
+            // slow down guessing: 0.5 s more per failure, at most 5 s
+            let pause = AUTH_FAILURE_PAUSE
+                .saturating_mul(n)
+                .min(Duration::from_secs(5));
+            std::thread::sleep(pause);
+            Ok(step)
+        }
+        Err(e) => {
+            log::error!("{peer} auth: password file {}: {e}", path.display());
+            Ok(Step::Reply(Reply::auth_unavailable()))
+        }
+    }
+}
+
+const AUTH_FAILURE_PAUSE: Duration = Duration::from_millis(500);
 
 /// DATA: open the spool file, send 354, stream the body in, decide, and
 /// commit. Returns the final reply; an `Err` ends the session (the client
@@ -782,6 +1022,58 @@ mod tests {
         code(&mut s, "EHLO x");
         code(&mut s, "MAIL FROM:<a@b.example>");
         assert_eq!(code(&mut s, "RCPT TO:<u@anywhere.example>"), 250);
+    }
+
+    #[test]
+    fn auth_is_offered_after_tls_or_on_loopback() {
+        let mut c = cfg();
+        let ehlo = |s: &mut Session| match s.step(command::parse(b"EHLO x")) {
+            Step::Reply(r) => r.lines().join("\n"),
+            other => panic!("{other:?}"),
+        };
+        let remote: IpAddr = "192.0.2.9".parse().unwrap();
+        // not configured: not offered, 502
+        let mut s = Session::new(&c, "127.0.0.1".parse().unwrap());
+        assert!(!ehlo(&mut s).contains("AUTH"));
+        assert_eq!(code(&mut s, "AUTH PLAIN"), 502);
+        c.auth_file = Some("/nonexistent".into());
+        let mut s = Session::new(&c, "127.0.0.1".parse().unwrap());
+        assert_eq!(code(&mut s, "AUTH PLAIN"), 503, "before EHLO");
+        assert!(ehlo(&mut s).contains("AUTH PLAIN LOGIN"));
+        assert_eq!(code(&mut s, "AUTH CRAM-MD5"), 504);
+        assert!(matches!(
+            s.step(command::parse(b"AUTH LOGIN")),
+            Step::Auth(AuthStart {
+                mechanism: Mechanism::Login,
+                ..
+            })
+        ));
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "AUTH PLAIN"), 503, "in a transaction");
+        // a remote client in plaintext: not offered, 538 (RFC 4954 §4)
+        let mut s = Session::new(&c, remote);
+        assert!(!ehlo(&mut s).contains("AUTH"));
+        assert_eq!(code(&mut s, "AUTH PLAIN"), 538);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.example>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<u@elsewhere.example>"), 550);
+        // after TLS: offered; once authenticated, relaying is allowed
+        s.tls_started(TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        });
+        assert!(ehlo(&mut s).contains("AUTH PLAIN LOGIN"));
+        assert!(matches!(
+            s.step(command::parse(b"AUTH PLAIN")),
+            Step::Auth(_)
+        ));
+        assert_eq!(s.authenticated("alice".into()).reply().code().value(), 235);
+        assert_eq!(code(&mut s, "AUTH PLAIN"), 503, "already authenticated");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "RCPT TO:<u@elsewhere.example>"), 250);
+        let h = s.received_header(QueueId::generate(), 0);
+        assert!(h.contains("with ESMTPSA id"), "{h}");
+        let (step, n) = s.auth_failed();
+        assert_eq!((step.reply().code().value(), n), (535, 1));
     }
 
     #[test]

@@ -59,7 +59,12 @@ pub enum Command {
     Help,
     /// RFC 3207 §4: STARTTLS, no parameters.
     StartTls,
-    /// Known commands of extensions we do not offer (AUTH, BDAT,
+    /// RFC 4954 §4: `AUTH mechanism [initial-response]`.
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
+    /// Known commands of extensions we do not offer (BDAT,
     /// ETRN, TURN): answered 502, not 500, as Postfix does.
     NotImplemented(String),
 }
@@ -124,7 +129,18 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "HELP" => Ok(Command::Help),
         // RFC 3207 §4: "501 Syntax error (no parameters allowed)"
         "STARTTLS" => no_args(Command::StartTls, "STARTTLS (no parameters allowed)"),
-        "AUTH" | "BDAT" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => {
+        "AUTH" => {
+            let mut words = args.split(' ').filter(|w| !w.is_empty());
+            let (Some(mechanism), initial, None) = (words.next(), words.next(), words.next())
+            else {
+                return Err(Reply::syntax("AUTH mechanism [initial-response]"));
+            };
+            Ok(Command::Auth {
+                mechanism: mechanism.to_string(),
+                initial: initial.map(str::to_string),
+            })
+        }
+        "BDAT" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => {
             Ok(Command::NotImplemented(verb))
         }
         _ => Err(Reply::unknown_command()),
@@ -219,6 +235,9 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
             ("BODY", _) => return Err(Reply::syntax("BODY=7BIT or BODY=8BITMIME")),
             ("SMTPUTF8", None) => mp.smtputf8 = true,
             ("SMTPUTF8", Some(_)) => return Err(Reply::syntax("SMTPUTF8 takes no value")),
+            // RFC 4954 §5: the submitter's identity as the client knows it;
+            // accepted and not relied on (we trust our own AUTH only)
+            ("AUTH", Some(_)) => {}
             (k, _) => return Err(Reply::unsupported_parameter(k)),
         }
     }
@@ -305,6 +324,11 @@ mod tests {
             ("HELP", 0),
             ("STARTTLS", 0),
             ("STARTTLS now", 501),
+            ("AUTH PLAIN", 0),
+            ("AUTH PLAIN AHVAAHA=", 0),
+            ("AUTH", 501),
+            ("AUTH PLAIN a b", 501),
+            ("MAIL FROM:<a@b.example> AUTH=<>", 0),
             ("FOO", 500),
             ("", 500),
             ("NO\0OP", 501),

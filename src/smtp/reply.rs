@@ -257,6 +257,66 @@ impl Reply {
         )
     }
 
+    /// 334: RFC 4954 §4, a server challenge (base64); no enhanced code.
+    pub fn auth_challenge(base64: &str) -> Reply {
+        Reply::plain(334, vec![base64.to_string()])
+    }
+
+    /// 235 2.7.0: RFC 4954 §6.
+    pub fn auth_ok() -> Reply {
+        Reply::new(235, Enhanced::new(2, 7, 0), "Authentication successful")
+    }
+
+    /// 535 5.7.8: RFC 4954 §6, wrong user name or password.
+    pub fn auth_failed() -> Reply {
+        Reply::new(
+            535,
+            Enhanced::new(5, 7, 8),
+            "Authentication credentials invalid",
+        )
+    }
+
+    /// 501 5.7.0: RFC 4954 §4, the client answered a challenge with `*`.
+    pub fn auth_cancelled() -> Reply {
+        Reply::new(501, Enhanced::new(5, 7, 0), "Authentication cancelled")
+    }
+
+    /// 501 5.5.2: RFC 4954 §4, a response that is not base64.
+    pub fn auth_bad_response() -> Reply {
+        Reply::new(
+            501,
+            Enhanced::new(5, 5, 2),
+            "Cannot decode the authentication response",
+        )
+    }
+
+    /// 504 5.5.4: RFC 4954 §4, a mechanism we do not offer.
+    pub fn auth_unknown_mechanism() -> Reply {
+        Reply::new(
+            504,
+            Enhanced::new(5, 5, 4),
+            "Unrecognized authentication type (PLAIN and LOGIN are offered)",
+        )
+    }
+
+    /// 538 5.7.11: RFC 4954 §6, AUTH in plaintext from a remote client.
+    pub fn auth_needs_tls() -> Reply {
+        Reply::new(
+            538,
+            Enhanced::new(5, 7, 11),
+            "Encryption required for requested authentication mechanism; use STARTTLS",
+        )
+    }
+
+    /// 454 4.7.0: RFC 4954 §6, the password file cannot be read now.
+    pub fn auth_unavailable() -> Reply {
+        Reply::new(
+            454,
+            Enhanced::new(4, 7, 0),
+            "Temporary authentication failure",
+        )
+    }
+
     /// 503 5.5.1: a command out of order (RFC 5321 §4.1.4).
     pub fn bad_sequence(text: &str) -> Reply {
         Reply::new(503, Enhanced::new(5, 5, 1), text)

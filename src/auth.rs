@@ -1,0 +1,353 @@
+//! SMTP AUTH (RFC 4954) with the PLAIN (RFC 4616) and LOGIN mechanisms,
+//! against a password file of `user:hash` lines (Argon2id PHC strings).
+//!
+//! This module decodes what the client sent and checks it; the dialogue
+//! (334 challenges, 235/535 replies, the slow-down after failures) is the
+//! session's. Secrets never leave this module except as a yes or no, and
+//! nothing here logs. The file is read at every check, so `smtp-relay
+//! passwd` takes effect without a restart; it is replaced whole (write a
+//! temporary file with mode 0600, fsync, rename), so a crash leaves the
+//! old file or the new one, never a torn one.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+/// The SASL mechanisms we offer (EHLO `AUTH PLAIN LOGIN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// RFC 4616: one message, `authzid NUL authcid NUL passwd`.
+    Plain,
+    /// draft-murchison-sasl-login: user name, then password, each a line.
+    Login,
+}
+
+impl Mechanism {
+    pub fn parse(s: &str) -> Option<Mechanism> {
+        match s.to_ascii_uppercase().as_str() {
+            "PLAIN" => Some(Mechanism::Plain),
+            "LOGIN" => Some(Mechanism::Login),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum AuthError {
+    Io(io::Error),
+    /// A line of the password file that is not `user:hash`.
+    BadLine(usize),
+    Hash(String),
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Io(e) => write!(f, "{e}"),
+            AuthError::BadLine(n) => write!(f, "line {n} is not user:hash"),
+            AuthError::Hash(e) => write!(f, "password hash: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+impl From<io::Error> for AuthError {
+    fn from(e: io::Error) -> AuthError {
+        AuthError::Io(e)
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// RFC 4648 §4 base64, padding required when the length asks for it
+/// (RFC 4954 §4: the responses are base64); `None` for anything else.
+pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for (i, chunk) in s.chunks(4).enumerate() {
+        let last = i == s.len() / 4 - 1;
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut v: u32 = 0;
+        for &c in &chunk[..4 - pad] {
+            let d = B64.iter().position(|&b| b == c)? as u32;
+            v = (v << 6) | d;
+        }
+        v <<= 6 * pad as u32;
+        let bytes = [(v >> 16) as u8, (v >> 8) as u8, v as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
+pub fn encode_base64(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let mut v: u32 = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            v |= u32::from(b) << (16 - 8 * i);
+        }
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// RFC 4616 §2: `[authzid] NUL authcid NUL passwd`. An authorization
+/// identity other than the user itself is refused (no proxy logins).
+pub fn parse_plain(msg: &[u8]) -> Option<(String, String)> {
+    let mut parts = msg.split(|&b| b == 0);
+    let authzid = parts.next()?;
+    let user = std::str::from_utf8(parts.next()?).ok()?;
+    let pass = std::str::from_utf8(parts.next()?).ok()?;
+    if parts.next().is_some() || user.is_empty() {
+        return None;
+    }
+    if !authzid.is_empty() && authzid != user.as_bytes() {
+        return None;
+    }
+    Some((user.to_string(), pass.to_string()))
+}
+
+/// A user name as the file can hold it: no `:`, no white space or
+/// control characters, at most 256 octets.
+pub fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 256
+        && !user
+            .chars()
+            .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+}
+
+fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// Checks the password file: readable, every line `user:hash`.
+pub fn check_file(path: &Path) -> Result<usize, AuthError> {
+    let text = fs::read_to_string(path)?;
+    let mut n = 0;
+    for (no, line) in lines(&text) {
+        let Some((user, hash)) = line.split_once(':') else {
+            return Err(AuthError::BadLine(no));
+        };
+        if !valid_user(user) || PasswordHash::new(hash).is_err() {
+            return Err(AuthError::BadLine(no));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A hash to verify against when the user does not exist, so an unknown
+/// user costs the same time as a wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::encode_b64(b"smtp-relay-dummy").expect("16 octets is a valid salt");
+        Argon2::default()
+            .hash_password(b"no such user", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Whether `user` has `pass` in the file at `path`.
+pub fn verify(path: &Path, user: &str, pass: &str) -> Result<bool, AuthError> {
+    let text = fs::read_to_string(path)?;
+    let stored = lines(&text)
+        .filter_map(|(_, l)| l.split_once(':'))
+        .find(|(u, _)| *u == user)
+        .map(|(_, h)| h.to_string());
+    let (hash, known) = match stored {
+        Some(h) => (h, true),
+        None => (dummy_hash().to_string(), false),
+    };
+    let Ok(parsed) = PasswordHash::new(&hash) else {
+        return Ok(false);
+    };
+    let ok = Argon2::default()
+        .verify_password(pass.as_bytes(), &parsed)
+        .is_ok();
+    Ok(ok && known)
+}
+
+fn random_salt() -> Result<SaltString, AuthError> {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of
+        // `bytes`, which lives for the whole call.
+        let n = unsafe {
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(AuthError::Io(e));
+        }
+        filled += n as usize;
+    }
+    SaltString::encode_b64(&bytes).map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// An Argon2id PHC string for `pass`, with a fresh random salt.
+pub fn hash_password(pass: &str) -> Result<String, AuthError> {
+    let salt = random_salt()?;
+    Argon2::default()
+        .hash_password(pass.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// Adds or replaces `user`'s entry: the file is rewritten whole through a
+/// temporary file (mode 0600) and a rename; other lines are kept as they
+/// are. Returns true when an entry was replaced.
+pub fn set_password(path: &Path, user: &str, pass: &str) -> Result<bool, AuthError> {
+    let old = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let entry = format!("{user}:{}", hash_password(pass)?);
+    let mut replaced = false;
+    let mut out = String::with_capacity(old.len() + entry.len() + 1);
+    for line in old.lines() {
+        let is_user = line.trim().split_once(':').is_some_and(|(u, _)| u == user);
+        if is_user {
+            if !replaced {
+                out.push_str(&entry);
+                out.push('\n');
+            }
+            replaced = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !replaced {
+        out.push_str(&entry);
+        out.push('\n');
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "passwd".into());
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // an existing tmp file keeps its old mode: force it
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.write_all(out.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trip() {
+        for s in [&b""[..], b"f", b"fo", b"foo", b"foob", b"\0user\0pass"] {
+            let e = encode_base64(s);
+            assert_eq!(decode_base64(&e).as_deref(), Some(s), "{e}");
+        }
+        assert_eq!(encode_base64(b"Username:"), "VXNlcm5hbWU6");
+        assert_eq!(decode_base64("AHVAAHA="), Some(b"\0u@\0p".to_vec()));
+        for bad in ["A", "AB=C", "====", "AB==AB==", "a b=", "AA*A"] {
+            assert_eq!(decode_base64(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_messages() {
+        assert_eq!(
+            parse_plain(b"\0alice\0secret"),
+            Some(("alice".into(), "secret".into()))
+        );
+        assert_eq!(
+            parse_plain(b"alice\0alice\0secret"),
+            Some(("alice".into(), "secret".into()))
+        );
+        assert_eq!(parse_plain(b"bob\0alice\0secret"), None, "proxy login");
+        assert_eq!(parse_plain(b"\0\0secret"), None);
+        assert_eq!(parse_plain(b"alice\0secret"), None);
+        assert_eq!(parse_plain(b"\0a\0b\0c"), None);
+    }
+
+    #[test]
+    fn users() {
+        assert!(valid_user("alice@example.org"));
+        for bad in ["", "a:b", "a b", "a\nb"] {
+            assert!(!valid_user(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn file_set_verify_replace() {
+        let dir = std::env::temp_dir().join(format!("smtp-relay-auth-{}", std::process::id()));
+        let _ = fs::create_dir_all(&dir);
+        let path = dir.join("passwd");
+        let _ = fs::remove_file(&path);
+        assert!(!set_password(&path, "alice", "one").unwrap());
+        assert!(!set_password(&path, "bob", "two").unwrap());
+        assert!(verify(&path, "alice", "one").unwrap());
+        assert!(!verify(&path, "alice", "two").unwrap());
+        assert!(!verify(&path, "carol", "one").unwrap());
+        assert!(set_password(&path, "alice", "three").unwrap());
+        assert!(verify(&path, "alice", "three").unwrap());
+        assert!(verify(&path, "bob", "two").unwrap());
+        assert_eq!(check_file(&path).unwrap(), 2);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::write(&path, "alice\n").unwrap();
+        assert!(check_file(&path).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

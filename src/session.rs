@@ -19,9 +19,9 @@ use crate::auth::{self, Mechanism};
 use crate::channel::Channel;
 use crate::config::{BareLineEndings, Config};
 use crate::smtp::command::{self, helo_domain};
-use crate::smtp::data::{self, DataSummary, DotReader, Line};
+use crate::smtp::data::{self, ChunkReader, DataSummary, DotReader, Line};
 use crate::smtp::{Command, Host, MailParams, Path, RcptTarget, Reply, ReversePath};
-use crate::spool::{Envelope, QueueId, RcptState, Recipient, Spool};
+use crate::spool::{Envelope, Incoming, QueueId, RcptState, Recipient, Spool};
 use crate::time::{now_unix, rfc5322_date};
 use crate::tls::TlsInfo;
 
@@ -42,6 +42,9 @@ pub struct Transaction {
     pub from: ReversePath,
     pub params: MailParams,
     pub rcpts: Vec<Path>,
+    /// A BDAT chunk was accepted: the data has begun (RFC 3030), so no
+    /// more RCPT and no DATA in this transaction.
+    pub chunking: bool,
 }
 
 /// Where the session stands. A transaction exists only inside `Mail`, so
@@ -71,6 +74,19 @@ pub enum Step {
     StartTls(Reply),
     /// Run the SASL exchange (RFC 4954 §4).
     Auth(AuthStart),
+    /// Read a BDAT chunk (RFC 3030 §2).
+    Chunk(Chunk),
+}
+
+/// A BDAT command: its octets follow it whatever the answer, so the I/O
+/// loop always reads them, into the message when `reply` is positive,
+/// else to throw away before sending `reply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub size: u64,
+    pub last: bool,
+    /// The refusal, or the provisional 250 of an accepted chunk.
+    pub reply: Reply,
 }
 
 /// An accepted AUTH command: the exchange the I/O loop runs.
@@ -88,6 +104,7 @@ impl Step {
         match self {
             Step::Reply(r) | Step::StartData(r) | Step::Close(r) | Step::StartTls(r) => r,
             Step::Auth(a) => &a.challenge,
+            Step::Chunk(c) => &c.reply,
         }
     }
 }
@@ -208,6 +225,10 @@ impl<'a> Session<'a> {
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt(target) => self.rcpt(target),
             Command::Data => match &self.phase {
+                // RFC 3030 §3: DATA and BDAT do not mix in one transaction
+                Phase::Mail { tx, .. } if tx.chunking => {
+                    Step::Reply(Reply::bad_sequence("DATA not allowed after BDAT"))
+                }
                 Phase::Mail { tx, .. } if !tx.rcpts.is_empty() => {
                     Step::StartData(Reply::start_data())
                 }
@@ -230,9 +251,23 @@ impl<'a> Session<'a> {
             Command::Expn => Step::Reply(Reply::not_implemented("EXPN")),
             Command::Help => Step::Reply(Reply::help()),
             Command::StartTls => self.starttls(),
+            Command::Bdat { size, last } => self.bdat(size, last),
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
             Command::NotImplemented(verb) => Step::Reply(Reply::not_implemented(&verb)),
         }
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) -> Step {
+        let reply = match &mut self.phase {
+            Phase::Mail { tx, .. } if !tx.rcpts.is_empty() => {
+                tx.chunking = true;
+                Reply::chunk_ok(size)
+            }
+            // RFC 3030 §2: BDAT without a transaction → 503, data discarded
+            Phase::Mail { .. } => Reply::bad_sequence("No valid recipients"),
+            _ => Reply::bad_sequence("Need MAIL and RCPT before BDAT"),
+        };
+        Step::Chunk(Chunk { size, last, reply })
     }
 
     fn starttls(&mut self) -> Step {
@@ -300,6 +335,7 @@ impl<'a> Session<'a> {
             "8BITMIME".into(),                     // RFC 6152
             "ENHANCEDSTATUSCODES".into(),          // RFC 2034
             "SMTPUTF8".into(),                     // RFC 6531
+            "CHUNKING".into(),                     // RFC 3030 (BINARYMIME is not offered)
         ];
         // RFC 3207 §4.2: not offered again once TLS is active
         if self.cfg.tls.is_some() && self.tls.is_none() {
@@ -336,6 +372,7 @@ impl<'a> Session<'a> {
                 from,
                 params,
                 rcpts: Vec::new(),
+                chunking: false,
             },
         };
         Step::Reply(Reply::sender_ok())
@@ -347,6 +384,9 @@ impl<'a> Session<'a> {
         let Phase::Mail { tx, .. } = &mut self.phase else {
             return Step::Reply(Reply::bad_sequence("Need MAIL before RCPT"));
         };
+        if tx.chunking {
+            return Step::Reply(Reply::bad_sequence("RCPT not allowed after BDAT"));
+        }
         let path = match target {
             RcptTarget::Path(p) => p,
             // RFC 5321 §4.5.1 wants <Postmaster> accepted for local
@@ -601,7 +641,14 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
     send(&mut io, &peer, &session.greeting())?;
     io.flush()?;
     let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
+    // a message arriving in BDAT chunks, between its first and LAST chunk
+    let mut chunked: Option<Chunked> = None;
     loop {
+        // a partial BDAT message whose transaction ended (RSET, EHLO, a
+        // refusal) is dropped, and with it its tmp file
+        if chunked.is_some() && !session.transaction().is_some_and(|(_, tx)| tx.chunking) {
+            chunked = None;
+        }
         // a whole command line must arrive within the idle timeout, not
         // merely each of its bytes
         io.set_deadline(Some(Instant::now() + cfg.timeout));
@@ -609,7 +656,19 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
         let parsed = match read {
             Ok(Line::Complete) => {
                 log::trace!("{peer} < {}", String::from_utf8_lossy(&line));
-                command::parse(&line)
+                let parsed = command::parse(&line);
+                // RFC 3030 §2: an unreadable chunk size leaves the octets
+                // that follow unknown; reading them as commands would let
+                // message data be executed, so the session ends
+                if parsed.is_err() && line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"BDAT") {
+                    if let Err(r) = parsed {
+                        send(&mut io, &peer, &r)?;
+                    }
+                    send(&mut io, &peer, &Reply::bdat_lost(&cfg.hostname))?;
+                    io.flush()?;
+                    return Ok(());
+                }
+                parsed
             }
             Ok(Line::TooLong) => Err(Reply::line_too_long()),
             Ok(Line::Eof) => {
@@ -687,6 +746,19 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
                     info.cipher
                 );
                 session.tls_started(info);
+            }
+            Step::Chunk(c) => {
+                let reply = if c.reply.code().is_positive() {
+                    receive_chunk(&mut session, &mut chunked, c, &mut io, &peer, ctx)?
+                } else {
+                    io.set_deadline(Some(Instant::now() + cfg.data_timeout));
+                    data::skip_exact(&mut io, c.size)?;
+                    c.reply
+                };
+                send(&mut io, &peer, &reply)?;
+                if io.buffer().is_empty() {
+                    io.flush()?;
+                }
             }
             Step::Auth(start) => {
                 let step = match authenticate(&mut session, start, &mut io, &peer, ctx) {
@@ -886,20 +958,44 @@ fn receive_message(
         }
     };
     let _ = sink.flush();
-    if let Some(e) = sink.error.take() {
+    let write_error = sink.error.take();
+    Ok(finish_message(
+        session,
+        incoming,
+        write_error,
+        &summary,
+        now,
+        peer,
+        ctx,
+    ))
+}
+
+/// The end of a message, DATA or BDAT LAST: the verdict, then the commit;
+/// only a commit that returned makes the 250.
+fn finish_message(
+    session: &Session,
+    incoming: Incoming,
+    write_error: Option<io::Error>,
+    summary: &DataSummary,
+    now: u64,
+    peer: &SocketAddr,
+    ctx: &Context,
+) -> Reply {
+    let id = incoming.id();
+    if let Some(e) = write_error {
         log::error!("{id} spool write failed: {e}");
-        return Ok(if crate::spool::fsutil::is_out_of_space(&e) {
+        return if crate::spool::fsutil::is_out_of_space(&e) {
             Reply::insufficient_storage()
         } else {
             Reply::local_error()
-        });
+        };
     }
-    if let Some(reply) = session.data_verdict(&summary) {
+    if let Some(reply) = session.data_verdict(summary) {
         log::info!("{id} rejected client={peer} reply=\"{reply}\"");
-        return Ok(reply);
+        return reply;
     }
     let Some(env) = session.envelope(id, incoming.written(), now) else {
-        return Ok(Reply::local_error());
+        return Reply::local_error();
     };
     match incoming.commit(&env) {
         Ok(id) => {
@@ -918,17 +1014,126 @@ fn receive_message(
             if let Some(tx) = &ctx.committed {
                 let _ = tx.try_send(id);
             }
-            Ok(Reply::queued(&id))
+            Reply::queued(&id)
         }
         Err(e) => {
             log::error!("{id} commit failed, not accepted: {e}");
-            Ok(if e.is_out_of_space() {
+            if e.is_out_of_space() {
                 Reply::insufficient_storage()
             } else {
                 Reply::local_error()
-            })
+            }
         }
     }
+}
+
+/// A message arriving in BDAT chunks (RFC 3030): its spool file and the
+/// reader that counts it, from the first chunk to the LAST one. Dropping
+/// it removes the uncommitted files.
+struct Chunked<'a> {
+    incoming: Incoming<'a>,
+    reader: ChunkReader,
+    write_error: Option<io::Error>,
+    now: u64,
+}
+
+/// One accepted BDAT chunk: into the spool file (opened at the first
+/// chunk, our Received header first), then 250 for a middle chunk, or the
+/// verdict and commit for the LAST. The limits are DATA's: too big is
+/// 552 at the end of the chunk that crosses the limit, nothing stored,
+/// the transaction over; the hop count is checked at the end.
+fn receive_chunk<'a>(
+    session: &mut Session,
+    chunked: &mut Option<Chunked<'a>>,
+    chunk: Chunk,
+    io: &mut Channel,
+    peer: &SocketAddr,
+    ctx: &'a Context,
+) -> io::Result<Reply> {
+    let cfg = &*ctx.config;
+    let refuse = |session: &mut Session, io: &mut Channel, reply: Reply| -> io::Result<Reply> {
+        io.set_deadline(Some(Instant::now() + cfg.data_timeout));
+        data::skip_exact(io, chunk.size)?;
+        session.end_transaction();
+        Ok(reply)
+    };
+    if chunked.is_none() {
+        if ctx.space.short_of_space(&ctx.spool, cfg.min_free_space) {
+            return refuse(session, io, Reply::insufficient_storage());
+        }
+        let mut incoming = match ctx.spool.incoming() {
+            Ok(i) => i,
+            Err(e) => {
+                log::error!("{peer} cannot open spool file: {e}");
+                let r = if e.is_out_of_space() {
+                    Reply::insufficient_storage()
+                } else {
+                    Reply::local_error()
+                };
+                return refuse(session, io, r);
+            }
+        };
+        let now = now_unix();
+        let header = session.received_header(incoming.id(), now);
+        let write_error = incoming.write_all(header.as_bytes()).err();
+        *chunked = Some(Chunked {
+            incoming,
+            reader: ChunkReader::new(cfg.max_size),
+            write_error,
+            now,
+        });
+    }
+    let Some(st) = chunked.as_mut() else {
+        return Ok(Reply::local_error());
+    };
+    let id = st.incoming.id();
+    io.set_deadline(Some(Instant::now() + cfg.data_timeout));
+    let mut sink = SpoolSink {
+        inner: &mut st.incoming,
+        error: st.write_error.take(),
+    };
+    let read = st.reader.read_chunk(io, chunk.size, &mut sink);
+    st.write_error = sink.error.take();
+    if let Err(e) = read {
+        if is_timeout(&e) {
+            log::info!("{id} client={peer} timeout during BDAT, nothing queued");
+            let _ = send(io, peer, &Reply::timeout(&cfg.hostname));
+            let _ = io.flush();
+        } else {
+            log::info!("{id} client={peer} lost during BDAT ({e}), nothing queued");
+        }
+        *chunked = None;
+        return Err(e);
+    }
+    if st.reader.summary().too_big {
+        // RFC 1870 §6 / RFC 3030 §4: refuse now; later chunks of this
+        // message find no transaction (503) and are thrown away
+        log::info!("{id} rejected client={peer}: too big (BDAT)");
+        *chunked = None;
+        session.end_transaction();
+        return Ok(Reply::too_big(cfg.max_size));
+    }
+    if !chunk.last {
+        return Ok(chunk.reply);
+    }
+    let Some(mut st) = chunked.take() else {
+        return Ok(Reply::local_error());
+    };
+    if st.write_error.is_none() {
+        st.write_error = st.incoming.flush().err();
+    }
+    let summary = st.reader.summary().clone();
+    let reply = finish_message(
+        session,
+        st.incoming,
+        st.write_error,
+        &summary,
+        st.now,
+        peer,
+        ctx,
+    );
+    session.end_transaction();
+    Ok(reply)
 }
 
 #[cfg(test)]

@@ -59,18 +59,24 @@ pub enum Command {
     Help,
     /// RFC 3207 §4: STARTTLS, no parameters.
     StartTls,
+    /// RFC 3030 §2: `BDAT chunk-size [LAST]`.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     /// RFC 4954 §4: `AUTH mechanism [initial-response]`.
     Auth {
         mechanism: String,
         initial: Option<String>,
     },
-    /// Known commands of extensions we do not offer (BDAT,
+    /// Known commands of extensions we do not offer (
     /// ETRN, TURN): answered 502, not 500, as Postfix does.
     NotImplemented(String),
 }
 
 const MAIL_HINT: &str = "MAIL FROM:<reverse-path> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]";
 const RCPT_HINT: &str = "RCPT TO:<forward-path>";
+const BDAT_HINT: &str = "BDAT chunk-size [LAST]";
 
 /// Parses one command line, CRLF already removed.
 pub fn parse(line: &[u8]) -> Result<Command, Reply> {
@@ -140,9 +146,8 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
                 initial: initial.map(str::to_string),
             })
         }
-        "BDAT" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => {
-            Ok(Command::NotImplemented(verb))
-        }
+        "BDAT" => parse_bdat(args),
+        "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" => Ok(Command::NotImplemented(verb)),
         _ => Err(Reply::unknown_command()),
     }
 }
@@ -245,6 +250,27 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
     Ok(Command::Mail { from, params: mp })
 }
 
+/// RFC 3030 §2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ] CR LF,
+/// chunk-size = 1*DIGIT, end-marker = "LAST".
+pub fn parse_bdat(args: &str) -> Result<Command, Reply> {
+    let bad = || Reply::syntax(BDAT_HINT);
+    let mut words = args.split(' ');
+    let size = words.next().ok_or_else(bad)?;
+    if size.is_empty() || size.len() > 19 || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let size: u64 = size.parse().map_err(|_| bad())?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(bad()),
+    };
+    if words.next().is_some() {
+        return Err(bad());
+    }
+    Ok(Command::Bdat { size, last })
+}
+
 fn parse_rcpt(args: &str) -> Result<Command, Reply> {
     let rest = strip_keyword(args, "TO:").ok_or_else(|| Reply::syntax(RCPT_HINT))?;
     let (path, rest) = split_path(rest).ok_or_else(|| Reply::syntax(RCPT_HINT))?;
@@ -324,6 +350,15 @@ mod tests {
             ("HELP", 0),
             ("STARTTLS", 0),
             ("STARTTLS now", 501),
+            ("BDAT 100", 0),
+            ("BDAT 0 LAST", 0),
+            ("bdat 5 last", 0),
+            ("BDAT", 501),
+            ("BDAT x", 501),
+            ("BDAT -1", 501),
+            ("BDAT 5 LAST x", 501),
+            ("BDAT 5 FIRST", 501),
+            ("BDAT 99999999999999999999", 501),
             ("AUTH PLAIN", 0),
             ("AUTH PLAIN AHVAAHA=", 0),
             ("AUTH", 501),

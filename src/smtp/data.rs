@@ -318,6 +318,110 @@ pub fn write_dot_stuffed(body: &mut impl Read, out: &mut impl Write) -> io::Resu
     Ok(read)
 }
 
+/// Streams BDAT chunks (RFC 3030 §2) into `out`: exactly the announced
+/// octets, taken as they are (no dot-stuffing, no end-of-data mark), with
+/// the same size limit and `Received:` count as `DotReader`. One reader
+/// lives for the whole message, across its chunks.
+#[derive(Debug)]
+pub struct ChunkReader {
+    max_size: u64,
+    summary: DataSummary,
+    in_headers: bool,
+    line_len: usize,
+    prefix: [u8; 9],
+}
+
+impl ChunkReader {
+    pub fn new(max_size: u64) -> ChunkReader {
+        ChunkReader {
+            max_size,
+            summary: DataSummary::default(),
+            in_headers: true,
+            line_len: 0,
+            prefix: [0; 9],
+        }
+    }
+
+    pub fn summary(&self) -> &DataSummary {
+        &self.summary
+    }
+
+    /// Reads exactly `n` octets. Past the size limit nothing more is
+    /// written (`too_big`), but the chunk is still read to its end so the
+    /// dialogue stays in step. An `Err` means the client vanished or timed
+    /// out inside the chunk.
+    pub fn read_chunk(
+        &mut self,
+        input: &mut impl BufRead,
+        n: u64,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        let mut left = n;
+        while left > 0 {
+            let chunk = match input.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a BDAT chunk",
+                ));
+            }
+            let take = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let bytes = &chunk[..take];
+            if self.in_headers {
+                self.scan_headers(bytes);
+            }
+            self.summary.size += take as u64;
+            if self.summary.size > self.max_size {
+                self.summary.too_big = true;
+            } else {
+                out.write_all(bytes)?;
+            }
+            input.consume(take);
+            left -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Counts `Received:` fields until the empty line ends the header.
+    fn scan_headers(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if !self.in_headers {
+                return;
+            }
+            match b {
+                b'\n' => {
+                    if self.line_len == 0 {
+                        self.in_headers = false;
+                    } else if self.line_len >= RECEIVED.len()
+                        && self.prefix.eq_ignore_ascii_case(RECEIVED)
+                    {
+                        self.summary.received_headers += 1;
+                    }
+                    self.line_len = 0;
+                }
+                // a CR before LF is not part of the line
+                b'\r' => {}
+                _ => {
+                    if self.line_len < RECEIVED.len() {
+                        self.prefix[self.line_len] = b;
+                    }
+                    self.line_len += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Reads and throws away exactly `n` octets: the data of a refused BDAT,
+/// which the client sends regardless (RFC 3030 §2).
+pub fn skip_exact(input: &mut impl BufRead, n: u64) -> io::Result<()> {
+    ChunkReader::new(0).read_chunk(input, n, &mut io::sink())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,5 +571,37 @@ mod tests {
             };
             assert_eq!(normalize(&out), normalize(&expect));
         }
+    }
+
+    #[test]
+    fn chunks_are_taken_exactly() {
+        let msg =
+            b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: body\r\n.\r\nQUIT\r\n";
+        let body_len = (msg.len() - 6) as u64;
+        let mut input = io::BufReader::with_capacity(7, &msg[..]);
+        let mut r = ChunkReader::new(1000);
+        let mut out = Vec::new();
+        r.read_chunk(&mut input, 10, &mut out).unwrap();
+        r.read_chunk(&mut input, body_len - 10, &mut out).unwrap();
+        assert_eq!(out, &msg[..msg.len() - 6], "no unstuffing, no end mark");
+        assert_eq!(r.summary().received_headers, 2);
+        assert_eq!(r.summary().size, body_len);
+        let mut rest = String::new();
+        input.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "QUIT\r\n");
+
+        let mut small = ChunkReader::new(5);
+        let mut out = Vec::new();
+        let mut input = &b"0123456789next"[..];
+        small.read_chunk(&mut input, 10, &mut out).unwrap();
+        assert!(small.summary().too_big);
+        assert_eq!(input, b"next", "the whole chunk is consumed");
+        let mut short = &b"abc"[..];
+        assert!(ChunkReader::new(9)
+            .read_chunk(&mut short, 4, &mut out)
+            .is_err());
+        let mut input = &b"abcdef"[..];
+        skip_exact(&mut input, 4).unwrap();
+        assert_eq!(input, b"ef");
     }
 }

@@ -257,6 +257,25 @@ impl Reply {
         )
     }
 
+    /// 250 2.0.0: RFC 3030 §2, a BDAT chunk that is not the last.
+    pub fn chunk_ok(octets: u64) -> Reply {
+        Reply::new(
+            250,
+            Enhanced::new(2, 0, 0),
+            format!("{octets} octets received"),
+        )
+    }
+
+    /// 421 4.5.0: a BDAT whose size cannot be read; its data would be
+    /// taken for commands, so the session ends (RFC 3030 §2).
+    pub fn bdat_lost(hostname: &str) -> Reply {
+        Reply::new(
+            421,
+            Enhanced::new(4, 5, 0),
+            format!("{hostname} BDAT chunk size unreadable, closing connection"),
+        )
+    }
+
     /// 334: RFC 4954 §4, a server challenge (base64); no enhanced code.
     pub fn auth_challenge(base64: &str) -> Reply {
         Reply::plain(334, vec![base64.to_string()])

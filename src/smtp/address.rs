@@ -323,6 +323,19 @@ impl Path {
         if s.len() > MAX_PATH {
             return Err(AddressError::TooLong("path over 256 octets"));
         }
+        Path::parse_unlimited(s, utf8)
+    }
+
+    /// Parses a path we printed ourselves (the envelope): no 256-octet
+    /// limit, because the printed form of an accepted path may be a few
+    /// octets longer than what the client sent (an IPv6 literal such as
+    /// `1::3:4:5:6:7:8` prints as `1:0:3:4:5:6:7:8`, RFC 5952 §4.2.2), and
+    /// an accepted message must never become unreadable.
+    pub fn parse_stored(s: &str) -> Result<Path, AddressError> {
+        Path::parse_unlimited(s, true)
+    }
+
+    fn parse_unlimited(s: &str, utf8: bool) -> Result<Path, AddressError> {
         let inner = s
             .strip_prefix('<')
             .and_then(|x| x.strip_suffix('>'))
@@ -395,6 +408,15 @@ impl ReversePath {
 
     pub fn is_null(&self) -> bool {
         matches!(self, ReversePath::Null)
+    }
+
+    /// See `Path::parse_stored`.
+    pub fn parse_stored(s: &str) -> Result<ReversePath, AddressError> {
+        if s == "<>" {
+            Ok(ReversePath::Null)
+        } else {
+            Path::parse_stored(s).map(ReversePath::Path)
+        }
     }
 
     pub fn mailbox(&self) -> Option<&Mailbox> {

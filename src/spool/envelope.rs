@@ -260,9 +260,11 @@ impl Envelope {
             match key {
                 "id" => id = QueueId::parse(value),
                 "arrived" => arrived = num(value),
-                "client" => client = Some(value.to_string()),
-                "helo" => helo = Some(value.to_string()),
-                "from" => from = ReversePath::parse(value, true).ok(),
+                // free text is cleaned as `to_text` cleans it, so a
+                // hand-edited envelope reads back as it will be written
+                "client" => client = Some(clean(value)),
+                "helo" => helo = Some(clean(value)),
+                "from" => from = ReversePath::parse_stored(value).ok(),
                 "size" => size = num(value),
                 "body" => {
                     body = Some(match value {
@@ -293,13 +295,13 @@ impl Envelope {
                     let Some(state) = RcptState::parse(state) else {
                         return err("bad recipient state");
                     };
-                    let Ok(path) = Path::parse(path, true) else {
+                    let Ok(path) = Path::parse_stored(path) else {
                         return err("bad recipient path");
                     };
                     rcpts.push(Recipient {
                         path,
                         state,
-                        last_reply: (reply != "-").then(|| reply.to_string()),
+                        last_reply: Some(clean(reply)).filter(|r| r != "-"),
                     });
                 }
                 "attempt" => {
@@ -314,9 +316,9 @@ impl Envelope {
                     };
                     history.push(Attempt {
                         time,
-                        rcpt: rcpt.to_string(),
-                        host: host.to_string(),
-                        reply: reply.to_string(),
+                        rcpt: clean(rcpt),
+                        host: clean(host),
+                        reply: clean(reply),
                     });
                 }
                 _ => return err("unknown key"),

@@ -1202,12 +1202,14 @@ pub fn run_send(
         attempts: 0,
         next_try: now,
         hold: None,
+        dsn: Default::default(),
         rcpts: rcpts
             .into_iter()
             .map(|path| Recipient {
                 path,
                 state: RcptState::Pending,
                 last_reply: None,
+                dsn: Default::default(),
             })
             .collect(),
         history: Vec::new(),

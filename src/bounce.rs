@@ -4,11 +4,18 @@
 //! §4.5.5), so it is delivered, retried and recovered like any other. A
 //! message whose reverse-path is already null never gets one: that is how
 //! bounce loops are avoided (RFC 5321 §4.5.5, §6.1).
+//!
+//! The sender's RFC 3461 requests are honoured here: NOTIFY decides which
+//! recipients a failure, delay or success report names (none: no DSN),
+//! RET whether a failure returns the headers or the whole message, and
+//! ENVID and ORCPT come back as Original-Envelope-Id and
+//! Original-Recipient.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 
-use crate::smtp::{Enhanced, Path, ReversePath};
+use crate::smtp::command::xtext_decode;
+use crate::smtp::{Enhanced, Notify, Path, Ret, ReversePath};
 use crate::spool::{Envelope, QueueId, RcptState, Recipient, Spool, SpoolError};
 use crate::time::rfc5322_date;
 
@@ -17,6 +24,11 @@ use crate::time::rfc5322_date;
 pub enum Action {
     Failed,
     Delayed,
+    /// RFC 3461 §5.2.2 / RFC 3464 §2.3.3: relayed to a server that does
+    /// not support DSN, so no further report will come. A relay cannot say
+    /// `delivered` (that is the final mailbox's word); `relayed` is what
+    /// the RFC prescribes for NOTIFY=SUCCESS at a non-DSN next hop.
+    Relayed,
 }
 
 impl Action {
@@ -24,6 +36,19 @@ impl Action {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
+            Action::Relayed => "relayed",
+        }
+    }
+
+    /// RFC 3461 §4.1: whether a recipient's NOTIFY asks for this report.
+    /// Without NOTIFY, failures and delays are reported (the traditional
+    /// behaviour §4.1 allows), successes are not.
+    pub fn wanted_by(self, notify: Option<Notify>) -> bool {
+        match (self, notify) {
+            (Action::Relayed, n) => n.is_some_and(|n| n.success),
+            (_, None) => true,
+            (Action::Failed, Some(n)) => n.failure,
+            (Action::Delayed, Some(n)) => n.delay,
         }
     }
 }
@@ -38,6 +63,10 @@ pub struct RcptReport {
     pub remote_mta: Option<String>,
     /// The reply or local error, `smtp; 550 5.1.1 ...` when from a server.
     pub diagnostic: String,
+    /// RFC 3461 NOTIFY of the recipient.
+    pub notify: Option<Notify>,
+    /// RFC 3461 ORCPT (`addr-type;xtext`), for Original-Recipient.
+    pub orcpt: Option<String>,
 }
 
 /// Reads the status out of a stored `last_reply` ("550 5.1.1 text"):
@@ -75,10 +104,10 @@ pub fn report_for(env: &Envelope, r: &Recipient, action: Action) -> RcptReport {
             Some(i) => h[..i].to_string(),
             None => h,
         });
-    let default = if action == Action::Failed {
-        Enhanced::new(5, 0, 0)
-    } else {
-        Enhanced::new(4, 0, 0)
+    let default = match action {
+        Action::Failed => Enhanced::new(5, 0, 0),
+        Action::Delayed => Enhanced::new(4, 0, 0),
+        Action::Relayed => Enhanced::new(2, 0, 0),
     };
     let reply = r
         .last_reply
@@ -97,6 +126,8 @@ pub fn report_for(env: &Envelope, r: &Recipient, action: Action) -> RcptReport {
         } else {
             format!("X-smtp-relay; {reply}")
         },
+        notify: r.dsn.notify,
+        orcpt: r.dsn.orcpt.clone(),
     }
 }
 
@@ -127,18 +158,31 @@ fn utf8_addr_xtext(s: &str) -> String {
     out
 }
 
-/// Builds the DSN message. `headers` are the original message's header
-/// section (returned as `text/rfc822-headers`, RFC 3462).
+/// What of the original message a DSN returns (RFC 3462 §3, RFC 3461
+/// §4.3).
+#[derive(Debug, Clone, Copy)]
+pub enum Returned<'a> {
+    /// The header section, as `text/rfc822-headers`.
+    Headers(&'a [u8]),
+    /// The whole message, as `message/rfc822` (RET=FULL on a failure).
+    Full(&'a [u8]),
+}
+
+/// Builds the DSN message.
 pub fn compose(
     hostname: &str,
     id: QueueId,
     env: &Envelope,
     reports: &[RcptReport],
-    headers: &[u8],
+    returned: Returned,
     now: u64,
 ) -> Vec<u8> {
     let boundary = format!("{id}/{hostname}");
     let failed = reports.iter().any(|r| r.action == Action::Failed);
+    let relayed = reports.iter().all(|r| r.action == Action::Relayed);
+    let headers = match returned {
+        Returned::Headers(h) | Returned::Full(h) => h,
+    };
     let sender = env
         .from
         .mailbox()
@@ -146,6 +190,8 @@ pub fn compose(
         .unwrap_or_default();
     let subject = if failed {
         "Undelivered Mail Returned to Sender"
+    } else if relayed {
+        "Successful Mail Relay Report"
     } else {
         "Delayed Mail (still being retried)"
     };
@@ -178,6 +224,12 @@ pub fn compose(
             "I'm sorry to have to inform you that your message could not\r\n\
              be delivered to one or more recipients. The details follow.\r\n\r\n"
         );
+    } else if relayed {
+        let _ = write!(
+            m,
+            "Your message was passed on to a mail server that does not send\r\n\
+             delivery notifications, so this is the last report about it.\r\n\r\n"
+        );
     } else {
         let _ = write!(
             m,
@@ -200,8 +252,15 @@ pub fn compose(
          Content-Type: message/delivery-status\r\n\
          Content-Description: Delivery report\r\n\
          \r\n\
-         Reporting-MTA: dns; {hostname}\r\n\
-         X-Queue-ID: {orig}\r\n\
+         Reporting-MTA: dns; {hostname}\r\n",
+    );
+    // RFC 3464 §2.2.1, RFC 3461 §4.4: the ENVID, decoded from xtext
+    if let Some(envid) = env.dsn.envid.as_deref().and_then(xtext_decode) {
+        let _ = write!(m, "Original-Envelope-Id: {}\r\n", ascii_field(&envid));
+    }
+    let _ = write!(
+        m,
+        "X-Queue-ID: {orig}\r\n\
          Arrival-Date: {arrival}\r\n",
         orig = env.id,
         arrival = rfc5322_date(env.arrived),
@@ -214,9 +273,21 @@ pub fn compose(
         } else {
             ("utf-8", utf8_addr_xtext(&mailbox))
         };
+        let _ = write!(m, "\r\n");
+        // RFC 3464 §2.3.1 / RFC 3461 §4.2: the ORCPT as the client gave it
+        if let Some((kind, addr)) = r.orcpt.as_deref().and_then(|o| o.split_once(';')) {
+            if let Some(addr) = xtext_decode(addr) {
+                let _ = write!(
+                    m,
+                    "Original-Recipient: {}; {}\r\n",
+                    ascii_field(kind),
+                    ascii_field(&addr)
+                );
+            }
+        }
         let _ = write!(
             m,
-            "\r\nFinal-Recipient: {kind}; {addr}\r\nAction: {}\r\nStatus: {}\r\n",
+            "Final-Recipient: {kind}; {addr}\r\nAction: {}\r\nStatus: {}\r\n",
             r.action.as_str(),
             r.status
         );
@@ -230,11 +301,16 @@ pub fn compose(
             rfc5322_date(now)
         );
     }
+    let (kind, what) = match returned {
+        Returned::Full(_) => ("message/rfc822", "Undelivered Message"),
+        Returned::Headers(_) if failed => ("text/rfc822-headers", "Undelivered Message Headers"),
+        Returned::Headers(_) => ("text/rfc822-headers", "Message Headers"),
+    };
     let _ = write!(
         m,
         "\r\n--{boundary}\r\n\
-         Content-Type: text/rfc822-headers\r\n\
-         Content-Description: Undelivered Message Headers\r\n\
+         Content-Type: {kind}\r\n\
+         Content-Description: {what}\r\n\
          \r\n"
     );
     m.extend_from_slice(headers);
@@ -247,6 +323,21 @@ pub fn compose(
 
 /// Most header bytes returned in a DSN.
 const MAX_RETURNED_HEADERS: usize = 64 * 1024;
+
+/// Largest message returned whole for RET=FULL; a bigger one comes back
+/// as headers only (RFC 3461 §4.3 leaves truncation to the MTA).
+const MAX_RETURNED_MESSAGE: u64 = 4 * 1024 * 1024;
+
+/// The whole stored message, when RET=FULL asks and it is not too big.
+fn read_full(spool: &Spool, id: QueueId) -> io::Result<Option<Vec<u8>>> {
+    let f = File::open(spool.msg_path(id))?;
+    if f.metadata()?.len() > MAX_RETURNED_MESSAGE {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(f, MAX_RETURNED_MESSAGE + 1), &mut out)?;
+    Ok(Some(out))
+}
 
 /// The header section of a stored message (up to the blank line).
 pub fn read_headers(spool: &Spool, id: QueueId) -> io::Result<Vec<u8>> {
@@ -285,16 +376,43 @@ pub fn enqueue(
         );
         return Ok(None);
     };
+    // RFC 3461 §4.1: only the recipients whose NOTIFY asks for it
+    let (reports, unwanted): (Vec<RcptReport>, Vec<RcptReport>) = reports
+        .iter()
+        .cloned()
+        .partition(|r| r.action.wanted_by(r.notify));
+    if !unwanted.is_empty() {
+        log::info!(
+            "{} no DSN for {} recipient(s): their NOTIFY does not ask for it",
+            env.id,
+            unwanted.len()
+        );
+    }
     if reports.is_empty() {
         return Ok(None);
     }
+    let reports = &reports[..];
     let headers = read_headers(spool, env.id).unwrap_or_else(|e| {
         log::warn!("{} original headers unreadable for the DSN: {e}", env.id);
         Vec::new()
     });
+    // RFC 3461 §4.3: RET=FULL returns the message with a failure report
+    let failed = reports.iter().any(|r| r.action == Action::Failed);
+    let full = if failed && env.dsn.ret == Some(Ret::Full) {
+        read_full(spool, env.id).unwrap_or_else(|e| {
+            log::warn!("{} original message unreadable for the DSN: {e}", env.id);
+            None
+        })
+    } else {
+        None
+    };
+    let returned = match &full {
+        Some(m) => Returned::Full(m),
+        None => Returned::Headers(&headers),
+    };
     let mut incoming = spool.incoming()?;
     let id = incoming.id();
-    let body = compose(hostname, id, env, reports, &headers, now);
+    let body = compose(hostname, id, env, reports, returned, now);
     incoming
         .write_all(&body)
         .map_err(|e| SpoolError::io(spool.tmp_dir(), e))?;
@@ -312,20 +430,57 @@ pub fn enqueue(
         attempts: 0,
         next_try: now,
         hold: None,
+        dsn: Default::default(),
         rcpts: vec![Recipient {
             path: to,
             state: RcptState::Pending,
             last_reply: None,
+            dsn: Default::default(),
         }],
         history: Vec::new(),
     };
     let id = incoming.commit(&dsn)?;
+    let what = if failed {
+        "non-delivery"
+    } else if reports[0].action == Action::Relayed {
+        "relay (success)"
+    } else {
+        "delay"
+    };
     log::info!(
-        "{} sender non-delivery notification: {id} to={}",
+        "{} sender {what} notification: {id} to={}",
         env.id,
         sender.mailbox()
     );
     Ok(Some(id))
+}
+
+/// RFC 3461 §5.2.2: recipients (by index) just relayed to a next hop
+/// without DSN support get a `relayed` report when their NOTIFY has
+/// SUCCESS. Queued before the envelope records them as sent, so a crash
+/// in between repeats the report rather than losing it.
+pub fn report_relayed(
+    spool: &Spool,
+    hostname: &str,
+    env: &Envelope,
+    relayed: &[usize],
+    now: u64,
+    notify: Option<&crossbeam_channel::Sender<QueueId>>,
+) -> Result<Option<QueueId>, SpoolError> {
+    let reports: Vec<RcptReport> = relayed
+        .iter()
+        .filter_map(|&i| env.rcpts.get(i))
+        .filter(|r| Action::Relayed.wanted_by(r.dsn.notify))
+        .map(|r| report_for(env, r, Action::Relayed))
+        .collect();
+    if reports.is_empty() {
+        return Ok(None);
+    }
+    let dsn = enqueue(spool, hostname, env, &reports, now)?;
+    if let (Some(id), Some(tx)) = (dsn, notify) {
+        let _ = tx.try_send(id);
+    }
+    Ok(dsn)
 }
 
 /// Queues one DSN for every `bouncing` recipient of `env`, then marks them
@@ -402,6 +557,7 @@ mod tests {
             attempts: 1,
             next_try: 0,
             hold: None,
+            dsn: Default::default(),
             rcpts: vec![],
             history: vec![],
         };
@@ -411,6 +567,8 @@ mod tests {
             status: Enhanced::new(5, 1, 1),
             remote_mta: Some("mx.b.example".into()),
             diagnostic: "smtp; 550 5.1.1 no such user".into(),
+            notify: None,
+            orcpt: None,
         };
         let id = QueueId::parse("0006464A1B2C3D4F").unwrap();
         let m = String::from_utf8(compose(
@@ -418,7 +576,7 @@ mod tests {
             id,
             &env,
             &[report],
-            b"Subject: hi\r\n",
+            Returned::Headers(b"Subject: hi\r\n"),
             1_795_886_500,
         ))
         .unwrap();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::channel::Channel;
 use crate::smtp::data::{self, Line};
-use crate::smtp::{Body, Enhanced, Path, Reply, ReplyParser, ReversePath};
+use crate::smtp::{Body, Enhanced, MailDsn, Path, RcptDsn, Reply, ReplyParser, ReversePath};
 use crate::tls::{ClientTls, OutboundTls, TlsInfo};
 
 /// Client timeouts, named after RFC 5321 §4.5.3.2 (defaults are its
@@ -144,6 +144,8 @@ pub struct Extensions {
     pub smtputf8: bool,
     /// RFC 3207.
     pub starttls: bool,
+    /// RFC 3461.
+    pub dsn: bool,
 }
 
 impl Extensions {
@@ -160,6 +162,7 @@ impl Extensions {
                 "8BITMIME" => e.eightbitmime = true,
                 "SMTPUTF8" => e.smtputf8 = true,
                 "STARTTLS" => e.starttls = true,
+                "DSN" => e.dsn = true,
                 "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 _ => {}
             }
@@ -176,6 +179,9 @@ pub struct Outgoing<'a> {
     pub size: u64,
     pub body: Option<Body>,
     pub smtputf8: bool,
+    /// RFC 3461 requests: the message's, and one per recipient (in the
+    /// order of `rcpts`), passed on when the server offers DSN.
+    pub dsn: Option<(&'a MailDsn, &'a [RcptDsn])>,
 }
 
 /// The outcome of one transaction that got as far as the recipients.
@@ -187,6 +193,9 @@ pub struct Sent {
     /// applies to every recipient whose RCPT was accepted; `None` when no
     /// recipient was accepted and no data was sent.
     pub data_reply: Option<Reply>,
+    /// The server offered DSN and took our requests (RFC 3461 §5.2): the
+    /// duty to report on these recipients passed on with the message.
+    pub dsn_passed: bool,
 }
 
 /// RFC 5321 §4.5.3.1.5 says reply lines are at most 512 octets; we allow
@@ -519,7 +528,35 @@ impl Connection {
         if msg.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
-        let rcpt_lines: Vec<String> = msg.rcpts.iter().map(|r| format!("RCPT TO:{r}")).collect();
+        // RFC 3461 §5.2.1: a relay passes the DSN parameters on to a
+        // server that offers DSN (and cannot to one that does not)
+        let dsn = msg.dsn.filter(|_| self.ext.dsn);
+        if let Some((m, _)) = dsn {
+            if let Some(ret) = m.ret {
+                mail.push_str(&format!(" RET={}", ret.as_str()));
+            }
+            if let Some(envid) = &m.envid {
+                mail.push_str(&format!(" ENVID={envid}"));
+            }
+        }
+        let rcpt_lines: Vec<String> = msg
+            .rcpts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut line = format!("RCPT TO:{r}");
+                if let Some(d) = dsn.and_then(|(_, rd)| rd.get(i)) {
+                    if let Some(n) = d.notify {
+                        line.push_str(&format!(" NOTIFY={n}"));
+                    }
+                    if let Some(o) = &d.orcpt {
+                        line.push_str(&format!(" ORCPT={o}"));
+                    }
+                }
+                line
+            })
+            .collect();
+        let dsn_passed = self.ext.dsn;
 
         let (mail_reply, rcpt_replies, data_reply) = if self.ext.pipelining {
             // RFC 2920 §3.1: MAIL, the RCPTs and DATA go as one group;
@@ -569,6 +606,7 @@ impl Connection {
             return Ok(Sent {
                 rcpt_replies,
                 data_reply: None,
+                dsn_passed,
             });
         };
         if data_reply.code().value() != 354 {
@@ -578,6 +616,7 @@ impl Connection {
                 return Ok(Sent {
                     rcpt_replies,
                     data_reply: None,
+                    dsn_passed,
                 });
             }
             return Err(ClientError::Rejected(Phase::Data, data_reply));
@@ -590,6 +629,7 @@ impl Connection {
             return Ok(Sent {
                 rcpt_replies,
                 data_reply: None,
+                dsn_passed,
             });
         }
         data::write_dot_stuffed(body, &mut self.io).map_err(|e| {
@@ -602,6 +642,7 @@ impl Connection {
         Ok(Sent {
             rcpt_replies,
             data_reply: Some(end),
+            dsn_passed,
         })
     }
 
@@ -728,6 +769,7 @@ mod tests {
                 size: 20,
                 body: None,
                 smtputf8: false,
+                dsn: None,
             };
             let sent = c
                 .send(&msg, &mut &b"Subject: t\r\n\r\n.dot\r\n"[..])
@@ -757,6 +799,7 @@ mod tests {
             size: 5,
             body: None,
             smtputf8: false,
+            dsn: None,
         };
         let sent = c.send(&msg, &mut &b"x\r\n"[..]).unwrap();
         assert_eq!(sent.data_reply, None);
@@ -779,6 +822,7 @@ mod tests {
             size: 5,
             body: Some(Body::EightBitMime),
             smtputf8: false,
+            dsn: None,
         };
         match c.send(&msg, &mut &b"x\r\n"[..]) {
             Err(ClientError::Rejected(Phase::Mail, r)) => assert_eq!(r.code().value(), 451),

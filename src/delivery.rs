@@ -242,7 +242,9 @@ pub enum Outcome {
 /// One recipient's result of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Disposition {
-    Sent(String),
+    /// Accepted; true when the next hop took the DSN requests along
+    /// (RFC 3461 §5.2), false when a NOTIFY=SUCCESS is ours to answer.
+    Sent(String, bool),
     Deferred(String),
     Failed(String),
 }
@@ -251,7 +253,7 @@ enum Disposition {
 fn classify_reply(r: &Reply) -> Disposition {
     let text = r.to_string();
     if r.code().is_positive() {
-        Disposition::Sent(text)
+        Disposition::Sent(text, false)
     } else if r.code().is_transient() {
         Disposition::Deferred(text)
     } else {
@@ -412,10 +414,14 @@ impl Deliverer {
         for group in self.groups(&env) {
             let results = self.deliver_group(&env, &group, &body_file);
             let now = now_unix();
+            let mut relayed = Vec::new();
             for ((i, _), (host, disp)) in group.rcpts.iter().zip(results) {
                 let r = &mut env.rcpts[*i];
+                if let Disposition::Sent(_, false) = &disp {
+                    relayed.push(*i);
+                }
                 let (state, text, status) = match &disp {
-                    Disposition::Sent(t) => (RcptState::Sent, t, "sent"),
+                    Disposition::Sent(t, _) => (RcptState::Sent, t, "sent"),
                     Disposition::Deferred(t) => (RcptState::Deferred, t, "deferred"),
                     Disposition::Failed(t) => (RcptState::Bouncing, t, "bounced"),
                 };
@@ -436,6 +442,15 @@ impl Deliverer {
                     reply: text.clone(),
                 });
             }
+            // RFC 3461 §5.2.2: NOTIFY=SUCCESS past a non-DSN next hop
+            bounce::report_relayed(
+                &self.spool,
+                &self.hostname,
+                &env,
+                &relayed,
+                now,
+                self.committed.as_ref(),
+            )?;
             // record before anything else happens: a sent recipient must
             // never be sent again. When every recipient is now sent, the
             // removal below records that instead (one folder change, not two)
@@ -554,6 +569,11 @@ impl Deliverer {
             );
         };
         let paths: Vec<Path> = group.rcpts.iter().map(|(_, p)| p.clone()).collect();
+        let rcpt_dsn: Vec<crate::smtp::RcptDsn> = group
+            .rcpts
+            .iter()
+            .map(|(i, _)| env.rcpts[*i].dsn.clone())
+            .collect();
         let mut last = Disposition::Deferred(format!("451 4.4.4 no usable next hop for {key}"));
         let mut last_host = "-".to_string();
         // RFC 5321 §5.1: try the hosts in order until one answers.
@@ -577,6 +597,7 @@ impl Deliverer {
                     size: env.size,
                     body: env.body,
                     smtputf8: env.smtputf8,
+                    dsn: Some((&env.dsn, &rcpt_dsn)),
                 };
                 let mut reader = std::io::BufReader::with_capacity(64 * 1024, body);
                 if let Err(e) = std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0)) {
@@ -597,6 +618,12 @@ impl Deliverer {
                                 let d = match (&sent.data_reply, rr.code().is_positive()) {
                                     (Some(data), true) => classify_reply(data),
                                     _ => classify_reply(rr),
+                                };
+                                let d = match d {
+                                    Disposition::Sent(t, _) => {
+                                        Disposition::Sent(t, sent.dsn_passed)
+                                    }
+                                    other => other,
                                 };
                                 (label.clone(), d)
                             })
@@ -678,7 +705,7 @@ mod tests {
         };
         assert!(matches!(
             classify_reply(&r("250 2.0.0 ok")),
-            Disposition::Sent(_)
+            Disposition::Sent(..)
         ));
         assert!(matches!(
             classify_reply(&r("451 4.3.0 later")),

@@ -20,7 +20,7 @@ use crate::channel::Channel;
 use crate::config::{BareLineEndings, Config};
 use crate::smtp::command::{self, helo_domain};
 use crate::smtp::data::{self, ChunkReader, DataSummary, DotReader, Line};
-use crate::smtp::{Command, Host, MailParams, Path, RcptTarget, Reply, ReversePath};
+use crate::smtp::{Command, Host, MailParams, Path, RcptDsn, RcptTarget, Reply, ReversePath};
 use crate::spool::{Envelope, Incoming, QueueId, RcptState, Recipient, Spool};
 use crate::time::{now_unix, rfc5322_date};
 use crate::tls::TlsInfo;
@@ -41,7 +41,8 @@ pub struct Helo {
 pub struct Transaction {
     pub from: ReversePath,
     pub params: MailParams,
-    pub rcpts: Vec<Path>,
+    /// Each forward-path with its RFC 3461 NOTIFY/ORCPT.
+    pub rcpts: Vec<(Path, RcptDsn)>,
     /// A BDAT chunk was accepted: the data has begun (RFC 3030), so no
     /// more RCPT and no DATA in this transaction.
     pub chunking: bool,
@@ -223,7 +224,8 @@ impl<'a> Session<'a> {
                 Step::Reply(reply)
             }
             Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt(target) => self.rcpt(target),
+            Command::Rcpt(target) => self.rcpt(target, RcptDsn::default()),
+            Command::RcptDsn(target, dsn) => self.rcpt(target, dsn),
             Command::Data => match &self.phase {
                 // RFC 3030 §3: DATA and BDAT do not mix in one transaction
                 Phase::Mail { tx, .. } if tx.chunking => {
@@ -336,6 +338,7 @@ impl<'a> Session<'a> {
             "ENHANCEDSTATUSCODES".into(),          // RFC 2034
             "SMTPUTF8".into(),                     // RFC 6531
             "CHUNKING".into(),                     // RFC 3030 (BINARYMIME is not offered)
+            "DSN".into(),                          // RFC 3461
         ];
         // RFC 3207 §4.2: not offered again once TLS is active
         if self.cfg.tls.is_some() && self.tls.is_none() {
@@ -378,12 +381,16 @@ impl<'a> Session<'a> {
         Step::Reply(Reply::sender_ok())
     }
 
-    fn rcpt(&mut self, target: RcptTarget) -> Step {
+    fn rcpt(&mut self, target: RcptTarget, dsn: RcptDsn) -> Step {
         // an authenticated client may relay anywhere (RFC 4954 §1)
         let client_may_relay = self.cfg.is_relay_client(self.client) || self.auth.is_some();
-        let Phase::Mail { tx, .. } = &mut self.phase else {
+        let Phase::Mail { tx, helo } = &mut self.phase else {
             return Step::Reply(Reply::bad_sequence("Need MAIL before RCPT"));
         };
+        // RFC 5321 §4.1.1.11: parameters are for EHLO sessions only
+        if !helo.esmtp && !dsn.is_empty() {
+            return Step::Reply(Reply::unsupported_parameter("(parameters require EHLO)"));
+        }
         if tx.chunking {
             return Step::Reply(Reply::bad_sequence("RCPT not allowed after BDAT"));
         }
@@ -411,7 +418,7 @@ impl<'a> Session<'a> {
         if !client_may_relay && !relay_domain {
             return Step::Reply(Reply::relay_denied());
         }
-        if tx.rcpts.contains(&path) {
+        if tx.rcpts.iter().any(|(p, _)| *p == path) {
             // the same forward-path twice is delivered once
             return Step::Reply(Reply::recipient_ok());
         }
@@ -420,7 +427,7 @@ impl<'a> Session<'a> {
         if tx.rcpts.len() >= self.cfg.max_recipients {
             return Step::Reply(Reply::too_many_recipients());
         }
-        tx.rcpts.push(path);
+        tx.rcpts.push((path, dsn));
         Step::Reply(Reply::recipient_ok())
     }
 
@@ -488,7 +495,7 @@ impl<'a> Session<'a> {
         let with = format!("{base}{s}{a}");
         // RFC 5321 §7.6: name the recipient only when there is one.
         let for_clause = match tx.rcpts.as_slice() {
-            [one] => format!("\r\n\tfor {one}"),
+            [(one, _)] => format!("\r\n\tfor {one}"),
             _ => String::new(),
         };
         format!(
@@ -513,13 +520,15 @@ impl<'a> Session<'a> {
             attempts: 0,
             next_try: now,
             hold: None,
+            dsn: tx.params.dsn.clone(),
             rcpts: tx
                 .rcpts
                 .iter()
-                .map(|p| Recipient {
+                .map(|(p, dsn)| Recipient {
                     path: p.clone(),
                     state: RcptState::Pending,
                     last_reply: None,
+                    dsn: dsn.clone(),
                 })
                 .collect(),
             history: Vec::new(),

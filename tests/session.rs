@@ -147,12 +147,17 @@ fn every_other_command_and_reply() {
     t.cmd_enh("MAIL FROM:<a@@example.org>", 501, "5.1.3");
     t.cmd_enh("MAIL FROM:<a@example..org>", 501, "5.1.3");
     // unsupported parameters → 555 5.5.4
-    t.cmd_enh("MAIL FROM:<a@example.org> RET=HDRS", 555, "5.5.4");
+    // (RET, NOTIFY ...: tests/dsn.rs; MT-PRIORITY and RRVS are not offered)
+    t.cmd_enh("MAIL FROM:<a@example.org> MT-PRIORITY=3", 555, "5.5.4");
     t.cmd_enh("MAIL FROM:<a@example.org>", 250, "2.1.0");
     let hint = t.cmd_enh("RCPT TO:b@example.net", 501, "5.5.4");
     assert!(hint.contains("RCPT TO:<"), "hint {hint:?}");
     t.cmd_enh("RCPT TO:<b@@example.net>", 501, "5.1.3");
-    t.cmd_enh("RCPT TO:<b@example.net> NOTIFY=NEVER", 555, "5.5.4");
+    t.cmd_enh(
+        "RCPT TO:<b@example.net> RRVS=2030-01-01T00:00:00Z",
+        555,
+        "5.5.4",
+    );
     // no local mailboxes: bare <Postmaster> is refused
     t.cmd_enh("RCPT TO:<Postmaster>", 550, "5.1.1");
     // non-ASCII address without SMTPUTF8

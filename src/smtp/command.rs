@@ -23,6 +23,153 @@ impl Body {
     }
 }
 
+/// RFC 3461 §4.3 `RET=`: what a failure DSN returns of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ret {
+    Full,
+    Hdrs,
+}
+
+impl Ret {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ret::Full => "FULL",
+            Ret::Hdrs => "HDRS",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Ret> {
+        if s.eq_ignore_ascii_case("FULL") {
+            Some(Ret::Full)
+        } else if s.eq_ignore_ascii_case("HDRS") {
+            Some(Ret::Hdrs)
+        } else {
+            None
+        }
+    }
+}
+
+/// RFC 3461 §4.1 `NOTIFY=`: which DSNs the sender wants for a recipient;
+/// all false is `NEVER`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    pub const NEVER: Notify = Notify {
+        success: false,
+        failure: false,
+        delay: false,
+    };
+
+    /// `NEVER`, or a comma list of `SUCCESS`, `FAILURE`, `DELAY`.
+    pub fn parse(s: &str) -> Option<Notify> {
+        if s.eq_ignore_ascii_case("NEVER") {
+            return Some(Notify::NEVER);
+        }
+        let mut n = Notify::default();
+        for word in s.split(',') {
+            let flag = match word.to_ascii_uppercase().as_str() {
+                "SUCCESS" => &mut n.success,
+                "FAILURE" => &mut n.failure,
+                "DELAY" => &mut n.delay,
+                _ => return None,
+            };
+            if *flag {
+                return None;
+            }
+            *flag = true;
+        }
+        Some(n)
+    }
+}
+
+impl std::fmt::Display for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let words: Vec<&str> = [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, w)| *w)
+        .collect();
+        if words.is_empty() {
+            f.write_str("NEVER")
+        } else {
+            f.write_str(&words.join(","))
+        }
+    }
+}
+
+/// RFC 3461 §4 per-recipient parameters, kept as received: `orcpt` is
+/// `addr-type;xtext`, still xtext-encoded, so it can be passed on as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RcptDsn {
+    pub notify: Option<Notify>,
+    pub orcpt: Option<String>,
+}
+
+impl RcptDsn {
+    pub fn is_empty(&self) -> bool {
+        self.notify.is_none() && self.orcpt.is_none()
+    }
+}
+
+/// RFC 3461 §4 per-message parameters; `envid` is still xtext-encoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailDsn {
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+}
+
+/// RFC 3461 §4: xtext = *( xchar / hexchar ), xchar = "!".."~" except
+/// "+" and "=", hexchar = "+" 2 uppercase hex digits.
+pub fn is_xtext(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
+                match (b.get(i + 1), b.get(i + 2)) {
+                    (Some(&h1), Some(&h2)) if hex(h1) && hex(h2) => i += 3,
+                    _ => return false,
+                }
+            }
+            b'=' => return false,
+            33..=126 => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Decodes xtext (for the text of a DSN); `None` if it is not xtext.
+pub fn xtext_decode(s: &str) -> Option<String> {
+    if !is_xtext(s) {
+        return None;
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'+' {
+            let v = u8::from_str_radix(&s[i + 1..i + 3], 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Parameters of MAIL FROM that we implement (the EHLO keywords we offer).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MailParams {
@@ -31,6 +178,8 @@ pub struct MailParams {
     pub body: Option<Body>,
     /// RFC 6531 §3.4.
     pub smtputf8: bool,
+    /// RFC 3461 §4.3, §4.4: RET and ENVID.
+    pub dsn: MailDsn,
 }
 
 /// The recipient of RCPT TO.
@@ -50,6 +199,9 @@ pub enum Command {
         params: MailParams,
     },
     Rcpt(RcptTarget),
+    /// RCPT with RFC 3461 parameters (NOTIFY, ORCPT); without any it is
+    /// `Rcpt`.
+    RcptDsn(RcptTarget, RcptDsn),
     Data,
     Rset,
     Noop,
@@ -240,6 +392,20 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
             ("BODY", _) => return Err(Reply::syntax("BODY=7BIT or BODY=8BITMIME")),
             ("SMTPUTF8", None) => mp.smtputf8 = true,
             ("SMTPUTF8", Some(_)) => return Err(Reply::syntax("SMTPUTF8 takes no value")),
+            // RFC 3461 §4.3
+            ("RET", Some(v)) => {
+                mp.dsn.ret =
+                    Some(Ret::parse(v).ok_or_else(|| Reply::syntax("RET=FULL or RET=HDRS"))?)
+            }
+            // RFC 3461 §4.4: ENVID=xtext, at most 100 characters
+            ("ENVID", Some(v)) if v.len() <= 100 && is_xtext(v) => {
+                mp.dsn.envid = Some(v.to_string())
+            }
+            ("RET" | "ENVID", _) => {
+                return Err(Reply::syntax(
+                    "RET=FULL|HDRS ENVID=xtext (at most 100 characters)",
+                ))
+            }
             // RFC 4954 §5: the submitter's identity as the client knows it;
             // accepted and not relied on (we trust our own AUTH only)
             ("AUTH", Some(_)) => {}
@@ -274,16 +440,57 @@ pub fn parse_bdat(args: &str) -> Result<Command, Reply> {
 fn parse_rcpt(args: &str) -> Result<Command, Reply> {
     let rest = strip_keyword(args, "TO:").ok_or_else(|| Reply::syntax(RCPT_HINT))?;
     let (path, rest) = split_path(rest).ok_or_else(|| Reply::syntax(RCPT_HINT))?;
-    if let Some((k, _)) = params(rest)?.into_iter().next() {
-        return Err(Reply::unsupported_parameter(&k));
+    let mut dsn = RcptDsn::default();
+    let mut seen = Vec::new();
+    for (k, v) in params(rest)? {
+        if seen.contains(&k) {
+            return Err(Reply::syntax(&format!("duplicate parameter {k}")));
+        }
+        seen.push(k.clone());
+        match (k.as_str(), v) {
+            // RFC 3461 §4.1: NEVER alone, or SUCCESS/FAILURE/DELAY
+            ("NOTIFY", Some(v)) => {
+                dsn.notify =
+                    Some(Notify::parse(v).ok_or_else(|| {
+                        Reply::syntax("NOTIFY=NEVER or NOTIFY=SUCCESS,FAILURE,DELAY")
+                    })?)
+            }
+            // RFC 3461 §4.2: ORCPT=addr-type;xtext, at most 500 characters
+            ("ORCPT", Some(v)) if v.len() <= 500 && valid_orcpt(v) => {
+                dsn.orcpt = Some(v.to_string())
+            }
+            ("NOTIFY" | "ORCPT", _) => {
+                return Err(Reply::syntax(
+                    "ORCPT=addr-type;xtext (at most 500 characters)",
+                ))
+            }
+            (k, _) => return Err(Reply::unsupported_parameter(k)),
+        }
     }
-    if path.eq_ignore_ascii_case("<postmaster>") {
-        return Ok(Command::Rcpt(RcptTarget::Postmaster));
+    let target = if path.eq_ignore_ascii_case("<postmaster>") {
+        RcptTarget::Postmaster
+    } else {
+        // Whether UTF-8 is allowed depends on the transaction's MAIL; parse
+        // permissively here and let the session check `is_utf8()` against it.
+        RcptTarget::Path(Path::parse(path, true).map_err(address_reply)?)
+    };
+    if dsn.is_empty() {
+        Ok(Command::Rcpt(target))
+    } else {
+        Ok(Command::RcptDsn(target, dsn))
     }
-    // Whether UTF-8 is allowed depends on the transaction's MAIL; parse
-    // permissively here and let the session check `is_utf8()` against it.
-    let to = Path::parse(path, true).map_err(address_reply)?;
-    Ok(Command::Rcpt(RcptTarget::Path(to)))
+}
+
+/// `addr-type ";" xtext`, addr-type an atom (RFC 3461 §4.2; the address
+/// itself is not held to the addr-type's syntax).
+fn valid_orcpt(v: &str) -> bool {
+    let Some((kind, addr)) = v.split_once(';') else {
+        return false;
+    };
+    !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !addr.is_empty()
+        && is_xtext(addr)
 }
 
 /// A HELO/EHLO argument as a domain when it is one (for logs and Received).
@@ -294,6 +501,30 @@ pub fn helo_domain(name: &str) -> Option<Domain> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xtext_and_notify() {
+        assert!(is_xtext("abc+2Bdef"));
+        assert!(!is_xtext("a b") && !is_xtext("a=b") && !is_xtext("+2") && !is_xtext("+2b"));
+        assert_eq!(
+            xtext_decode("u+2Bx@d.example").as_deref(),
+            Some("u+x@d.example")
+        );
+        assert_eq!(
+            Notify::parse("failure,Delay").unwrap().to_string(),
+            "FAILURE,DELAY"
+        );
+        assert_eq!(Notify::parse("NEVER"), Some(Notify::NEVER));
+        assert_eq!(Notify::NEVER.to_string(), "NEVER");
+        let Ok(Command::RcptDsn(RcptTarget::Path(p), dsn)) =
+            parse(b"RCPT TO:<c@d.example> NOTIFY=SUCCESS ORCPT=rfc822;c+2Bx@d.example")
+        else {
+            panic!("parse failed")
+        };
+        assert_eq!(p.to_string(), "<c@d.example>");
+        assert!(dsn.notify.unwrap().success);
+        assert_eq!(dsn.orcpt.as_deref(), Some("rfc822;c+2Bx@d.example"));
+    }
 
     fn code(line: &str) -> u16 {
         match parse(line.as_bytes()) {
@@ -323,7 +554,20 @@ mod tests {
             ("MAIL FROM:<a@b.example> SIZE=abc", 501),
             ("MAIL FROM:<a@b.example> SIZE=1 SIZE=2", 501),
             ("MAIL FROM:<a@b.example> FOO=bar", 555),
-            ("MAIL FROM:<a@b.example> RET=HDRS", 555),
+            ("MAIL FROM:<a@b.example> RET=HDRS", 0),
+            ("MAIL FROM:<a@b.example> RET=full ENVID=abc+2Bdef", 0),
+            ("MAIL FROM:<a@b.example> RET=SOME", 501),
+            ("MAIL FROM:<a@b.example> ENVID=a=b", 501),
+            ("MAIL FROM:<a@b.example> ENVID=a+2", 501),
+            (
+                "RCPT TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@d.example",
+                0,
+            ),
+            ("RCPT TO:<c@d.example> NOTIFY=NEVER,SUCCESS", 501),
+            ("RCPT TO:<c@d.example> NOTIFY=DELAY,DELAY", 501),
+            ("RCPT TO:<c@d.example> ORCPT=c@d.example", 501),
+            ("RCPT TO:<c@d.example> ORCPT=rfc822;c=d", 501),
+            ("RCPT TO:<c@d.example> FOO=1", 555),
             ("MAIL FROM:<üser@b.example>", 553),
             ("MAIL FROM:<üser@b.example> SMTPUTF8", 0),
             ("MAIL FROM:a@b.example", 501),
@@ -334,7 +578,7 @@ mod tests {
             ("RCPT TO:<c@d.example>", 0),
             ("RCPT TO:<Postmaster>", 0),
             ("RCPT TO:<@a.example,@b.example:c@d.example>", 0),
-            ("RCPT TO:<c@d.example> NOTIFY=NEVER", 555),
+            ("RCPT TO:<c@d.example> NOTIFY=NEVER", 0),
             ("RCPT TO:<c@@d.example>", 501),
             ("RCPT TO:c@d.example", 501),
             ("RCPT FROM:<c@d.example>", 501),

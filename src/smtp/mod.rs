@@ -8,5 +8,5 @@ pub mod data;
 pub mod reply;
 
 pub use address::{Domain, Host, Mailbox, Path, ReversePath};
-pub use command::{Body, Command, MailParams, RcptTarget};
+pub use command::{Body, Command, MailDsn, MailParams, Notify, RcptDsn, RcptTarget, Ret};
 pub use reply::{Code, Enhanced, Reply, ReplyParser};

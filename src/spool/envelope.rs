@@ -20,14 +20,21 @@
 //! next-try: 1795886710
 //! rcpt: deferred<TAB><user@example.net><TAB>451 4.3.0 try later
 //! rcpt: sent<TAB><@relay.example:other@example.com><TAB>250 2.0.0 ok
+//! rcpt-dsn: SUCCESS,FAILURE<TAB>rfc822;other@example.com
 //! attempt: 1795886411<TAB>user@example.net<TAB>mx.example.net[192.0.2.1]:25<TAB>451 4.3.0 try later
 //! end
 //! ```
+//!
+//! RFC 3461 DSN requests are optional keys (envelopes without them, from
+//! before them, parse as ever): `ret: FULL|HDRS` and `envid: XTEXT` for
+//! the message, and a `rcpt-dsn: NOTIFY<TAB>ORCPT` line (`-` for absent)
+//! right after the `rcpt` line it belongs to.
 
 use std::fmt::{self, Write as _};
 
 use super::queue_id::QueueId;
-use crate::smtp::{Body, Path, ReversePath};
+use crate::smtp::command::is_xtext;
+use crate::smtp::{Body, MailDsn, Notify, Path, RcptDsn, Ret, ReversePath};
 
 const MAGIC: &str = "smtp-relay-envelope: 1";
 
@@ -84,6 +91,8 @@ pub struct Recipient {
     pub state: RcptState,
     /// The last reply or error about this recipient, for `queue show` and DSNs.
     pub last_reply: Option<String>,
+    /// RFC 3461 NOTIFY and ORCPT, as the client gave them.
+    pub dsn: RcptDsn,
 }
 
 /// One delivery try of one recipient, kept for `queue show`.
@@ -131,6 +140,8 @@ pub struct Envelope {
     /// Unix seconds.
     pub next_try: u64,
     pub hold: Option<Hold>,
+    /// RFC 3461 RET and ENVID, as the client gave them.
+    pub dsn: MailDsn,
     pub rcpts: Vec<Recipient>,
     pub history: Vec<Attempt>,
 }
@@ -194,6 +205,12 @@ impl Envelope {
             }
             None => {}
         }
+        if let Some(ret) = self.dsn.ret {
+            let _ = writeln!(s, "ret: {}", ret.as_str());
+        }
+        if let Some(envid) = &self.dsn.envid {
+            let _ = writeln!(s, "envid: {envid}");
+        }
         for r in &self.rcpts {
             let reply = r
                 .last_reply
@@ -201,6 +218,15 @@ impl Envelope {
                 .map(clean)
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(s, "rcpt: {}\t{}\t{}", r.state.as_str(), r.path, reply);
+            if !r.dsn.is_empty() {
+                let notify = r.dsn.notify.map(|n| n.to_string());
+                let _ = writeln!(
+                    s,
+                    "rcpt-dsn: {}\t{}",
+                    notify.as_deref().unwrap_or("-"),
+                    r.dsn.orcpt.as_deref().unwrap_or("-")
+                );
+            }
         }
         for a in &self.history {
             let _ = writeln!(
@@ -238,7 +264,8 @@ impl Envelope {
         let mut attempts = None;
         let mut next_try = None;
         let mut hold = None;
-        let mut rcpts = Vec::new();
+        let mut dsn = MailDsn::default();
+        let mut rcpts: Vec<Recipient> = Vec::new();
         let mut history = Vec::new();
         let mut ended = false;
         for (n, line) in lines {
@@ -302,7 +329,34 @@ impl Envelope {
                         path,
                         state,
                         last_reply: Some(clean(reply)).filter(|r| r != "-"),
+                        dsn: RcptDsn::default(),
                     });
+                }
+                "ret" => match Ret::parse(value) {
+                    Some(r) => dsn.ret = Some(r),
+                    None => return err("bad ret"),
+                },
+                "envid" if is_xtext(value) => dsn.envid = Some(value.to_string()),
+                "envid" => return err("bad envid"),
+                "rcpt-dsn" => {
+                    let Some((notify, orcpt)) = value.split_once('\t') else {
+                        return err("rcpt-dsn needs notify and orcpt");
+                    };
+                    let Some(r) = rcpts.last_mut() else {
+                        return err("rcpt-dsn before any rcpt");
+                    };
+                    if notify != "-" {
+                        match Notify::parse(notify) {
+                            Some(n) => r.dsn.notify = Some(n),
+                            None => return err("bad notify"),
+                        }
+                    }
+                    if orcpt != "-" {
+                        if !orcpt.bytes().all(|b| (33..=126).contains(&b)) {
+                            return err("bad orcpt");
+                        }
+                        r.dsn.orcpt = Some(orcpt.to_string());
+                    }
                 }
                 "attempt" => {
                     let mut f = value.splitn(4, '\t');
@@ -343,6 +397,7 @@ impl Envelope {
             attempts: attempts.ok_or(missing("missing or bad attempts"))?,
             next_try: next_try.ok_or(missing("missing or bad next-try"))?,
             hold,
+            dsn,
             rcpts,
             history,
         })
@@ -366,16 +421,25 @@ mod tests {
             attempts: 1,
             next_try: 1_795_886_710,
             hold: Some(Hold::Until(1_795_999_999)),
+            dsn: MailDsn {
+                ret: Some(Ret::Hdrs),
+                envid: Some("QQ+2B314".into()),
+            },
             rcpts: vec![
                 Recipient {
                     path: Path::parse("<@r.example:u@d.example>", false).unwrap(),
                     state: RcptState::Deferred,
                     last_reply: Some("451 4.3.0 try\tlater".into()),
+                    dsn: RcptDsn {
+                        notify: Some(Notify::parse("SUCCESS,DELAY").unwrap()),
+                        orcpt: Some("rfc822;u@d.example".into()),
+                    },
                 },
                 Recipient {
                     path: Path::parse("<\"x y\"@e.example>", false).unwrap(),
                     state: RcptState::Pending,
                     last_reply: None,
+                    dsn: RcptDsn::default(),
                 },
             ],
             history: vec![Attempt {
@@ -402,6 +466,21 @@ mod tests {
         assert_eq!(back.history, env.history);
         assert_eq!(back.id, env.id);
         assert_eq!(back.hold, env.hold);
+        assert_eq!(back.dsn, env.dsn);
+        assert_eq!(back.rcpts[0].dsn, env.rcpts[0].dsn);
+        assert_eq!(back.rcpts[1].dsn, RcptDsn::default());
+        assert!(text.contains("rcpt-dsn: SUCCESS,DELAY\trfc822;u@d.example\n"));
+        // an envelope from before DSN support parses with no requests
+        let old: String = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with("rcpt-dsn") && !l.starts_with("ret") && !l.starts_with("envid")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let back = Envelope::parse(&old).unwrap();
+        assert_eq!(back.dsn, MailDsn::default());
+        assert!(back.rcpts.iter().all(|r| r.dsn.is_empty()));
     }
 
     #[test]

@@ -435,10 +435,12 @@ mod tests {
             attempts: 0,
             next_try: 1,
             hold: None,
+            dsn: Default::default(),
             rcpts: vec![Recipient {
                 path: SmtpPath::parse("<a@b.example>", false).unwrap(),
                 state: RcptState::Pending,
                 last_reply: None,
+                dsn: Default::default(),
             }],
             history: vec![],
         }

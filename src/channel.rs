@@ -86,14 +86,16 @@ impl Channel {
 
     /// Runs the TLS handshake on this connection (either side, by the kind
     /// of `conn`), bounded by `timeout` as a whole. Buffered output is sent
-    /// first; buffered input must have been consumed or discarded (it is
-    /// plaintext that came before the handshake, RFC 3207 §5).
+    /// first. Buffered input is plaintext that came before the handshake
+    /// and is thrown away, never read as if it came over TLS (RFC 3207
+    /// §5): the session discards (and logs) it itself; on the client side
+    /// this is the defence against a server that injects replies after its
+    /// 220 to STARTTLS (CVE-2011-1575 and kin).
     pub fn start_tls(&mut self, conn: rustls::Connection, timeout: Duration) -> io::Result<()> {
         if self.tls.is_some() {
             return Err(io::Error::other("TLS is already active"));
         }
         self.flush()?;
-        debug_assert!(self.buffer().is_empty(), "plaintext left before TLS");
         self.discard_buffered();
         let mut conn = Box::new(conn);
         let deadline = Instant::now() + timeout;

@@ -409,9 +409,16 @@ fn through_a_real_postfix_relay() {
         text.contains("\r\n\r\nthrough two relays\r\n.\r\n..two dots\r\nend\r\n"),
         "the body survives both hops: {text:?}"
     );
-    let log = postfix.maillog();
+    // Postfix writes its status=sent line after the sink has answered:
+    // wait for it rather than read the log at once
+    let port = format!(":{}", sink.addr().port());
+    let logged = wait_until(Duration::from_secs(10), || {
+        let log = postfix.maillog();
+        log.contains("status=sent") && log.contains(&port)
+    });
     assert!(
-        log.contains("status=sent") && log.contains(&format!(":{}", sink.addr().port())),
-        "Postfix's log shows the relay to the sink:\n{log}"
+        logged,
+        "Postfix's log shows the relay to the sink:\n{}",
+        postfix.maillog()
     );
 }

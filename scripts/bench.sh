@@ -265,6 +265,30 @@ def all_procs():
     return out
 
 
+def cpu_by_process():
+    """{pid: (name, CPU seconds)} of every process (for naming the noise)."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            s = read(f"/proc/{d}/stat")
+            if s:
+                f = s[s.rfind(")") + 2:].split()
+                out[int(d)] = (s[s.find("(") + 1:s.rfind(")")], (int(f[11]) + int(f[12])) / HZ)
+    return out
+
+
+def top_others(before, after, ours):
+    """The processes, not ours, that used the most CPU between two snapshots."""
+    by_name = {}
+    for pid, (name, cpu) in after.items():
+        if pid in ours:
+            continue
+        d = cpu - before.get(pid, (name, 0.0))[1]
+        if d > 0:
+            by_name[name] = by_name.get(name, 0.0) + d
+    return [(n, round(c, 1)) for n, c in sorted(by_name.items(), key=lambda x: -x[1])[:3] if c >= 0.5]
+
+
 def tree(root, procs):
     kids = {}
     for p, st in procs.items():
@@ -428,6 +452,7 @@ def cmd_run(a):
     load0 = read("/proc/loadavg").split()[0]
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, sink0, split0 = tree_cpu(pid), tree_cpu(sink_pid), sys_split()
+    snap0 = cpu_by_process()
     cmd = [a["smtp_source"], "-s", str(c), "-m", str(n), "-l", str(size), "-r", str(rcpts),
            "-f", "bench@src.example", "-t", "rcpt@dest.example", "-M", "client.bench",
            f"127.0.0.1:{a['port']}"]
@@ -482,6 +507,9 @@ def cmd_run(a):
     th.join(5)
     sample()
     cpu1, sink1, split1 = tree_cpu(pid), tree_cpu(sink_pid), sys_split()
+    procs1 = all_procs()
+    ours = set(tree(pid, procs1)) | {sink_pid, os.getpid()}
+    noise = top_others(snap0, cpu_by_process(), ours)
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     hwm = int(status(pid).get("VmHWM", 0) or 0) if kind == "relay" else None
     threads = int(status(pid).get("Threads", 0) or 0) if kind == "relay" else None
@@ -527,7 +555,7 @@ def cmd_run(a):
         "peak_mem_method": "VmHWM (peak RSS)" if kind == "relay" else "peak of summed PSS, sampled 1/s",
         "sampled_rss_sum_kb": mem["rss"], "sampled_pss_kb": mem["pss"], "max_processes": mem["procs"],
         "threads": threads, "source_cpu_s": src_cpu, "sink_cpu_s": sink1 - sink0, "other_cpu_s": other,
-        "irq_softirq_s": irq_s, "steal_s": steal_s,
+        "irq_softirq_s": irq_s, "steal_s": steal_s, "other_top": noise,
         "sink_delivered": delivered, "sink_sessions": final[0] - base[0],
         "log": logc, "log_unusual": odd, "source_rc": inj.get("rc"), "source_stderr": src_err,
         "load_before": float(load0), "load_after": float(load1), "problems": problems,
@@ -539,7 +567,8 @@ def cmd_run(a):
     print(f"  {kind:8s} {a['case']:14s} run {a['rep']}: inject {fmt(r['inject_rate'])} msg/s, "
           f"end-to-end {fmt(r['e2e_rate'])} msg/s ({fmt(e2e_s, '%.2f')} s; 99 % at {fmt(r['e2e99_s'], '%.2f')} s), "
           f"CPU {r['cpu_s_per_1k']:.2f} s/1k msgs, peak {peak_kb / 1024:.0f} MB, "
-          f"other CPU {other:.1f} s, load {load0}" + (f", waited {waited:.0f} s for quiet" if waited > 1 else "")
+          f"other CPU {other:.1f} s" + (f" ({', '.join(f'{n} {c}' for n, c in noise)})" if noise and other > 2 else "")
+          + f", load {load0}" + (f", waited {waited:.0f} s for quiet" if waited > 1 else "")
           + ("" if not problems else "  !! " + "; ".join(problems)), flush=True)
     for line in odd:
         print("      " + line, flush=True)

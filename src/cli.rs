@@ -162,6 +162,12 @@ const SERVER_OPTS: &[OptSpec] = &[
         "refuse new mail with 452 below this free space (default 64M)",
     ),
     opt(
+        "sync",
+        Kind::Single,
+        "syncfs|fsync",
+        "flush new mail with one syncfs (default) or an fdatasync per file",
+    ),
+    opt(
         "user",
         Kind::Single,
         "NAME",
@@ -902,6 +908,13 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
             0
         } else {
             parse_size("min-free-space", &s)?
+        };
+    }
+    if let Some(m) = v.single("sync") {
+        c.sync = match m.as_str() {
+            "syncfs" => crate::config::SyncMode::Syncfs,
+            "fsync" => crate::config::SyncMode::Fsync,
+            _ => return Err(UsageError(format!("--sync: {m:?} is not syncfs or fsync"))),
         };
     }
     if let Some(u) = v.single("user") {

@@ -62,6 +62,16 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// How a new message's files are flushed before the 250.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// One syncfs of the spool's filesystem for both files: one device
+    /// flush. Best when the spool has its filesystem to itself.
+    Syncfs,
+    /// An fdatasync per file: no flushing of other programs' data.
+    Fsync,
+}
+
 /// What to do with a bare CR or LF in DATA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BareLineEndings {
@@ -105,6 +115,7 @@ pub struct Config {
     pub min_free_space: u64,
     /// Drop root privileges to this user after binding.
     pub user: Option<String>,
+    pub sync: SyncMode,
     /// STARTTLS (RFC 3207): the server's certificate and key, when set.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// `--require-tls`: MAIL only after STARTTLS (`530 5.7.0`).
@@ -164,6 +175,7 @@ impl Config {
             max_per_ip: 50,
             min_free_space: 64 * 1024 * 1024,
             user: None,
+            sync: SyncMode::Syncfs,
             tls: None,
             require_tls: false,
             auth_file: None,

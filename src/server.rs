@@ -75,7 +75,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let mut spool = Spool::open(&config.spool)?;
     let lock = spool.lock()?;
-    spool.start_committer()?;
+    spool.start_committer(config.sync == crate::config::SyncMode::Syncfs)?;
     let spool = Arc::new(spool);
     let (queued, rec) = spool.recover(&lock)?;
     log::info!(

@@ -33,6 +33,17 @@ pub fn free_space(path: &Path) -> io::Result<FreeSpace> {
     })
 }
 
+/// Writes back every dirty page and inode of the filesystem holding `f`
+/// and flushes the device: one flush for all the files a commit needs.
+pub fn syncfs(f: &std::fs::File) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor `f` keeps open for the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A user to run as: its ids, looked up by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct User {

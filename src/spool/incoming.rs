@@ -96,9 +96,7 @@ impl<'a> Incoming<'a> {
             .map_err(|e| SpoolError::io(&msg_tmp, e.into_error()))?;
         // a recycled file may be longer than this message: cut it
         f.set_len(self.written)
-            .and_then(|_| f.sync_data())
             .map_err(|e| SpoolError::io(&msg_tmp, e))?;
-        drop(f);
 
         let text = env.to_text();
         let mut ef = match self.spool.recycler().and_then(|r| r.take(&env_tmp)) {
@@ -107,8 +105,20 @@ impl<'a> Incoming<'a> {
         };
         ef.write_all(text.as_bytes())
             .and_then(|_| ef.set_len(text.len() as u64))
-            .and_then(|_| ef.sync_data())
             .map_err(|e| SpoolError::io(&env_tmp, e))?;
+        // Both files must be on disk before either name enters queue/.
+        // With `--sync syncfs` (the server's default) one syncfs flushes
+        // both (one device flush, shared with every session committing
+        // at the same moment) instead of two fdatasyncs in a row: one
+        // flush less on the path of every 250. Otherwise, and for `send`,
+        // each file is fdatasynced.
+        if self.spool.uses_syncfs() {
+            crate::sys::syncfs(&f).map_err(|e| SpoolError::io(&msg_tmp, e))?;
+        } else {
+            f.sync_data().map_err(|e| SpoolError::io(&msg_tmp, e))?;
+            ef.sync_data().map_err(|e| SpoolError::io(&env_tmp, e))?;
+        }
+        drop(f);
         drop(ef);
 
         let msg_final = queue.join(format!("{id}.msg"));

@@ -105,6 +105,7 @@ pub struct Spool {
     /// Files of delivered messages, reused by new ones (with the committer).
     recycler: Option<std::sync::Arc<recycle::Recycler>>,
     free: PathBuf,
+    syncfs: bool,
 }
 
 /// What start-up recovery found and did.
@@ -128,6 +129,7 @@ impl Spool {
             committer: None,
             recycler: None,
             free: root.join("free"),
+            syncfs: false,
         };
         for d in [
             &spool.root,
@@ -143,7 +145,10 @@ impl Spool {
     }
 
     /// Routes commits through a group-commit thread (see `committer.rs`).
-    pub fn start_committer(&mut self) -> Result<(), SpoolError> {
+    /// `syncfs`: flush a new message's two files with one syncfs of the
+    /// spool's filesystem instead of two fdatasyncs (see `incoming.rs`).
+    pub fn start_committer(&mut self, syncfs: bool) -> Result<(), SpoolError> {
+        self.syncfs = syncfs;
         let recycler = std::sync::Arc::new(recycle::Recycler::new(self.free.clone(), RECYCLE_MAX));
         let c = committer::Committer::start(self.queue.clone(), recycler.clone())
             .map_err(|e| SpoolError::io(&self.queue, e))?;
@@ -154,6 +159,10 @@ impl Spool {
 
     pub(crate) fn committer(&self) -> Option<&committer::Committer> {
         self.committer.as_ref()
+    }
+
+    pub(crate) fn uses_syncfs(&self) -> bool {
+        self.syncfs
     }
 
     pub(crate) fn recycler(&self) -> Option<&recycle::Recycler> {

@@ -1,9 +1,11 @@
 //! `Incoming`: a message being received, not yet promised to anyone.
 //!
 //! Crash story, step by step (what a crash at each point leaves behind):
-//! 1. `tmp/ID.msg` created and written: only tmp files; start-up empties
-//!    `tmp/`. The client got no 250 and will retry.
-//! 2. `ID.msg` fsynced, `tmp/ID.env` written and fsynced: same as 1.
+//! 1. `tmp/ID.msg` created (or a recycled file taken) and written: only
+//!    tmp files; start-up empties `tmp/`. The client got no 250 and will
+//!    retry.
+//! 2. `tmp/ID.env` written, both files flushed (one syncfs, or an
+//!    fdatasync each): same as 1.
 //! 3. `ID.msg` renamed into `queue/`: a body without an envelope; start-up
 //!    deletes it (no 250 was sent).
 //! 4. `ID.env` renamed into `queue/`: **the commit instant**. Both files

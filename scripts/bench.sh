@@ -1011,6 +1011,7 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 maillog_file = $dir/maillog
+maillog_file_prefixes = $dir
 EOF
   cat >"$dir/etc/master.cf" <<EOF
 # written by $PROG; Debian's master.cf services with chroot off

@@ -388,7 +388,7 @@ impl Deliverer {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 log::debug!("{id} busy (locked by another process), retry soon");
-                return Ok(Outcome::Retry(now_unix() + 5));
+                return Ok(Outcome::Retry(now_unix() + 1));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(SpoolError::io(&msg_path, e)),
         }
@@ -488,6 +488,10 @@ impl Deliverer {
         }
         self.report_failures(&mut env, now)?;
         if env.is_done() {
+            // Give up the body's lock before its file goes to free/: the
+            // file is reused for a new message, whose first delivery must
+            // not find it still locked by us.
+            drop(body_file);
             self.spool.remove(id)?;
             log::debug!("{id} removed (all recipients final)");
             return Ok(Outcome::Done);

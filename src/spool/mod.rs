@@ -310,6 +310,24 @@ impl Spool {
                 _ => {}
             }
         }
+        // an envelope without its body belongs to a finished message (the
+        // body goes last): a removal cut short, or an envelope rewritten
+        // by a queue command while the message was being removed
+        let body_ids: std::collections::HashSet<QueueId> = bodies.iter().copied().collect();
+        let orphan_envs: Vec<QueueId> = envs
+            .iter()
+            .map(|e: &Envelope| e.id)
+            .filter(|id| !body_ids.contains(id))
+            .collect();
+        if !orphan_envs.is_empty() {
+            envs.retain(|e| body_ids.contains(&e.id));
+            for id in orphan_envs {
+                if fs::remove_file(self.env_path(id)).is_ok() {
+                    rec.orphans_removed += 1;
+                    log::warn!("{id} recovery removed envelope without body (finished message)");
+                }
+            }
+        }
         for &id in &bodies {
             if !env_ids.contains(&id) {
                 let path = self.msg_path(id);
@@ -483,6 +501,9 @@ mod tests {
             b"smtp-relay-envelope: 1\nid: 0000000000000003\n",
         )
         .unwrap();
+        // an envelope whose body is gone: a finished message
+        let finished = QueueId::parse("0000000000000004").unwrap();
+        fs::write(spool.env_path(finished), env_for(finished).to_text()).unwrap();
         let (envs, rec) = spool.recover(&lock).unwrap();
         assert_eq!(envs.len(), 1);
         assert_eq!(envs[0].id, id);
@@ -491,10 +512,11 @@ mod tests {
             Recovery {
                 queued: 1,
                 tmp_removed: 1,
-                orphans_removed: 1,
+                orphans_removed: 2,
                 corrupt_moved: 1
             }
         );
+        assert!(!spool.env_path(finished).exists());
         assert!(spool.corrupt_dir().join("0000000000000003.env").exists());
 
         spool.remove(id).unwrap();

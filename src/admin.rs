@@ -549,15 +549,11 @@ pub fn run_queue(
         }
         QueueCmd::Release => {
             // the ids now: once released they no longer match --state held
-            let ids: Vec<QueueId> = select(&spool, sel, now)?.iter().map(|e| e.id).collect();
-            let sel = &Selector {
-                ids: ids.clone(),
-                ..Selector::default()
-            };
+            let (ids, sel) = pin_selection(&spool, sel, now)?;
             if ids.is_empty() {
                 return Ok(EX_OK);
             }
-            let code = change(&spool, sel, dry_run, "release", |env| {
+            let code = change(&spool, &sel, dry_run, "release", |env| {
                 env.hold = None;
                 env.next_try = now_unix();
                 Ok(true)
@@ -568,15 +564,11 @@ pub fn run_queue(
             Ok(code)
         }
         QueueCmd::Requeue => {
-            let ids: Vec<QueueId> = select(&spool, sel, now)?.iter().map(|e| e.id).collect();
+            let (ids, sel) = pin_selection(&spool, sel, now)?;
             if ids.is_empty() {
                 return Ok(EX_OK);
             }
-            let sel = &Selector {
-                ids: ids.clone(),
-                ..Selector::default()
-            };
-            let code = change(&spool, sel, dry_run, "requeue", |env| {
+            let code = change(&spool, &sel, dry_run, "requeue", |env| {
                 for r in env
                     .rcpts
                     .iter_mut()
@@ -645,6 +637,21 @@ pub fn run_queue(
             Ok(code)
         }
     }
+}
+
+/// The ids a selector matches now, and a selector for exactly those: the
+/// change may make them stop matching, and only they are to be flushed.
+fn pin_selection(
+    spool: &Spool,
+    sel: &Selector,
+    now: u64,
+) -> Result<(Vec<QueueId>, Selector), SpoolError> {
+    let ids: Vec<QueueId> = select(spool, sel, now)?.iter().map(|e| e.id).collect();
+    let pinned = Selector {
+        ids: ids.clone(),
+        ..Selector::default()
+    };
+    Ok((ids, pinned))
 }
 
 /// Applies `f` to every selected message under its lock; prints one line

@@ -38,28 +38,21 @@ impl<'a> Incoming<'a> {
         for _ in 0..100 {
             let id = QueueId::generate();
             let path = spool.tmp_dir().join(format!("{id}.msg"));
-            if let Some(f) = spool.recycler().and_then(|r| r.take(&path)) {
-                return Ok(Incoming {
-                    spool,
-                    id,
-                    file: Some(BufWriter::with_capacity(64 * 1024, f)),
-                    written: 0,
-                    committed: false,
-                });
-            }
-            match fsutil::create_new(&path) {
-                Ok(f) => {
-                    return Ok(Incoming {
-                        spool,
-                        id,
-                        file: Some(BufWriter::with_capacity(64 * 1024, f)),
-                        written: 0,
-                        committed: false,
-                    })
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(SpoolError::io(path, e)),
-            }
+            let file = match spool.recycler().and_then(|r| r.take(&path)) {
+                Some(f) => f,
+                None => match fsutil::create_new(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(SpoolError::io(path, e)),
+                },
+            };
+            return Ok(Incoming {
+                spool,
+                id,
+                file: Some(BufWriter::with_capacity(64 * 1024, file)),
+                written: 0,
+                committed: false,
+            });
         }
         Err(SpoolError::io(
             spool.tmp_dir(),

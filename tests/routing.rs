@@ -13,14 +13,14 @@
 //! Without dnsmasq the tests print SKIPPED and pass, except under CI
 //! (`CI` set), where a missing dnsmasq is a failure.
 
-use std::io::Read;
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::dnsmasq::{free_port, Dnsmasq};
 use smtp_relay::dns::{Dns, DnsError, Mx};
 use smtp_relay::route::{Hop, RouteError, Router, StaticRoute};
 use smtp_relay::smtp::{Enhanced, Host, Mailbox};
@@ -64,128 +64,6 @@ const RECORDS: &[&str] = &[
     "--mx-host=smart.test,elsewhere.test,10",
     "--host-record=elsewhere.test,127.0.0.72",
 ];
-
-/// A dnsmasq child on a free 127.0.0.1 port; killed on drop.
-struct Dnsmasq {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn dnsmasq_binary() -> Option<PathBuf> {
-    let fixed = PathBuf::from("/usr/sbin/dnsmasq");
-    if fixed.is_file() {
-        return Some(fixed);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("dnsmasq"))
-            .find(|p| p.is_file())
-    })
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1 (at the time of asking).
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket on loopback");
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-impl Dnsmasq {
-    /// Starts dnsmasq with `records`; `None` (after printing SKIPPED) when
-    /// dnsmasq is not installed outside CI.
-    fn start(records: &[&str]) -> Option<Dnsmasq> {
-        let Some(bin) = dnsmasq_binary() else {
-            if std::env::var_os("CI").is_some() {
-                panic!("dnsmasq is not installed (scripts/ci-deps.sh installs it)");
-            }
-            eprintln!("SKIPPED: dnsmasq not installed");
-            return None;
-        };
-        // A port can be taken between free_port() and dnsmasq's bind: retry.
-        let mut last_err = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new(&bin)
-                .args([
-                    "--no-daemon",
-                    &format!("--port={port}"),
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--conf-file=/dev/null",
-                ])
-                .args(records)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn dnsmasq");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            match wait_ready(&mut child, addr) {
-                Ok(()) => return Some(Dnsmasq { child, addr }),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let mut stderr = String::new();
-                    if let Some(mut s) = child.stderr.take() {
-                        let _ = s.read_to_string(&mut stderr);
-                    }
-                    last_err = format!("{e}; stderr: {stderr}");
-                }
-            }
-        }
-        panic!("dnsmasq did not start: {last_err}");
-    }
-}
-
-/// Polls until dnsmasq answers a query, it exits, or 10 s pass.
-fn wait_ready(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
-    let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| e.to_string())?;
-    let query = dns_query(0x5eed, "implicit.test", 1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 512];
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("dnsmasq exited: {status}"));
-        }
-        let _ = sock.send_to(&query, addr);
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if n >= 12 && buf[..2] == [0x5e, 0xed] {
-                return Ok(());
-            }
-        }
-    }
-    Err("no answer within 10 s".into())
-}
-
-/// A minimal DNS query packet (RFC 1035 §4.1), recursion desired.
-fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        p.push(label.len() as u8);
-        p.extend_from_slice(label.as_bytes());
-    }
-    p.push(0);
-    p.extend_from_slice(&qtype.to_be_bytes());
-    p.extend_from_slice(&1u16.to_be_bytes());
-    p
-}
 
 fn host(s: &str) -> Host {
     Mailbox::parse(&format!("user@{s}"), false)
@@ -233,7 +111,7 @@ fn assert_permanent(got: Result<Vec<Hop>, RouteError>, want_code: u16, want: Enh
 
 #[test]
 fn dns_lookups_map_answers_and_errors() {
-    let Some(server) = Dnsmasq::start(RECORDS) else {
+    let Some(server) = Dnsmasq::start("routing", RECORDS) else {
         return;
     };
     let dns = Dns::new(Some(server.addr), TIMEOUT).unwrap();
@@ -270,7 +148,7 @@ fn dns_lookups_map_answers_and_errors() {
 
 #[test]
 fn mx_preference_order_with_addresses() {
-    let Some(server) = Dnsmasq::start(RECORDS) else {
+    let Some(server) = Dnsmasq::start("routing", RECORDS) else {
         return;
     };
     let r = router(&server, &[]);
@@ -295,7 +173,7 @@ fn mx_preference_order_with_addresses() {
 
 #[test]
 fn equal_preferences_are_all_present_in_random_order() {
-    let Some(server) = Dnsmasq::start(RECORDS) else {
+    let Some(server) = Dnsmasq::start("routing", RECORDS) else {
         return;
     };
     let r = router(&server, &[]);
@@ -313,7 +191,7 @@ fn equal_preferences_are_all_present_in_random_order() {
 
 #[test]
 fn implicit_mx_null_mx_and_nxdomain() {
-    let Some(server) = Dnsmasq::start(RECORDS) else {
+    let Some(server) = Dnsmasq::start("routing", RECORDS) else {
         return;
     };
     let r = router(&server, &[]);
@@ -336,7 +214,7 @@ fn implicit_mx_null_mx_and_nxdomain() {
 
 #[test]
 fn loops_back_to_ourselves() {
-    let Some(server) = Dnsmasq::start(RECORDS) else {
+    let Some(server) = Dnsmasq::start("routing", RECORDS) else {
         return;
     };
     let r = router(&server, &[]);
@@ -358,7 +236,7 @@ fn loops_back_to_ourselves() {
 
 #[test]
 fn unresolvable_mx_hosts() {
-    let Some(server) = Dnsmasq::start(RECORDS) else {
+    let Some(server) = Dnsmasq::start("routing", RECORDS) else {
         return;
     };
     let r = router(&server, &[]);
@@ -378,7 +256,7 @@ fn unresolvable_mx_hosts() {
 
 #[test]
 fn static_routes_use_the_host_address_not_its_mx() {
-    let Some(server) = Dnsmasq::start(RECORDS) else {
+    let Some(server) = Dnsmasq::start("routing", RECORDS) else {
         return;
     };
     let r = router(
@@ -407,7 +285,7 @@ fn static_routes_use_the_host_address_not_its_mx() {
 
 #[test]
 fn shared_between_threads() {
-    let Some(server) = Dnsmasq::start(RECORDS) else {
+    let Some(server) = Dnsmasq::start("routing", RECORDS) else {
         return;
     };
     let r = Arc::new(router(&server, &[]));

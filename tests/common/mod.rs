@@ -10,6 +10,8 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
+
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};

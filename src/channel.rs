@@ -5,11 +5,14 @@
 //!
 //! Reads carry two limits, as the session's old `DeadlineReader` did: each
 //! read waits at most the idle timeout, and all reads together end at the
-//! deadline, if one is set (a slow-loris client sending one byte just
-//! before each idle timeout still meets the deadline). Writes are buffered
-//! until `flush`, so a pipelined group of replies (RFC 2920 §3.1) leaves in
-//! one segment. No file is touched here and nothing is ever logged: the
-//! callers own the dialogue.
+//! deadline, if one is set (a slow-loris peer sending one byte just before
+//! each idle timeout still meets the deadline). The socket's timeout is
+//! set to what is left before every socket read, also each read of a TLS
+//! record that arrives in pieces and each read of the handshake, so a peer
+//! trickling bytes, in plaintext or under TLS, cannot stretch a deadline.
+//! Writes are buffered until `flush`, so a pipelined group of replies
+//! (RFC 2920 §3.1) leaves in one segment. No file is touched here and
+//! nothing is ever logged: the callers own the dialogue.
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
@@ -98,7 +101,10 @@ impl Channel {
         self.flush()?;
         self.discard_buffered();
         let mut conn = Box::new(conn);
-        let deadline = Instant::now() + timeout;
+        // one deadline for the whole handshake, set again before every
+        // socket read: a peer trickling a ClientHello (or a ServerHello)
+        // one byte at a time cannot stretch it
+        let deadline = Some(Instant::now() + timeout);
         while conn.is_handshaking() {
             while conn.wants_write() {
                 conn.write_tls(&mut self.sock)?;
@@ -107,16 +113,7 @@ impl Channel {
                 break;
             }
             if conn.wants_read() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "TLS handshake timed out",
-                    ));
-                }
-                self.sock
-                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
-                self.applied = None;
+                apply_timeout(&self.sock, timeout, deadline, &mut self.applied)?;
                 if conn.read_tls(&mut self.sock)? == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -150,30 +147,23 @@ impl Channel {
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }
 
-    fn apply_timeout(&mut self) -> io::Result<()> {
-        let t = match self.deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
-                }
-                left.min(self.idle)
-            }
-            None => self.idle,
-        };
-        if self.applied != Some(t) {
-            self.sock
-                .set_read_timeout(Some(t.max(Duration::from_millis(1))))?;
-            self.applied = Some(t);
-        }
-        Ok(())
-    }
-
     /// One read from the connection into `buf`: 0 means the peer closed.
+    /// Under TLS one call may take many socket reads (a record arriving
+    /// in pieces yields no plaintext until it is whole); the timeout is
+    /// set again before each of them, so the deadline holds however
+    /// slowly a record trickles in.
     fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.apply_timeout()?;
-        let Some(conn) = self.tls.as_deref_mut() else {
-            return self.sock.read(buf);
+        let Channel {
+            sock,
+            tls,
+            idle,
+            deadline,
+            applied,
+            ..
+        } = self;
+        let Some(conn) = tls.as_deref_mut() else {
+            apply_timeout(sock, *idle, *deadline, applied)?;
+            return sock.read(buf);
         };
         loop {
             match conn.reader().read(buf) {
@@ -184,13 +174,14 @@ impl Channel {
                 Err(e) => return Err(e),
             }
             while conn.wants_write() {
-                conn.write_tls(&mut self.sock)?;
+                conn.write_tls(sock)?;
             }
-            if conn.read_tls(&mut self.sock)? == 0 {
+            apply_timeout(sock, *idle, *deadline, applied)?;
+            if conn.read_tls(sock)? == 0 {
                 return Ok(0);
             }
             if let Err(e) = conn.process_new_packets() {
-                let _ = conn.write_tls(&mut self.sock);
+                let _ = conn.write_tls(sock);
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
         }
@@ -229,6 +220,33 @@ impl Channel {
         self.out.clear();
         r
     }
+}
+
+/// Sets the socket's read timeout for the next read: `idle`, or the time
+/// left until `deadline` if that is sooner; an expired deadline is a
+/// `TimedOut` error, never one more wait. `applied` remembers the value
+/// on the socket (one setsockopt per change, not per read).
+fn apply_timeout(
+    sock: &TcpStream,
+    idle: Duration,
+    deadline: Option<Instant>,
+    applied: &mut Option<Duration>,
+) -> io::Result<()> {
+    let t = match deadline {
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+            }
+            left.min(idle)
+        }
+        None => idle,
+    };
+    if *applied != Some(t) {
+        sock.set_read_timeout(Some(t.max(Duration::from_millis(1))))?;
+        *applied = Some(t);
+    }
+    Ok(())
 }
 
 impl Read for Channel {

@@ -382,32 +382,16 @@ impl Connection {
         !self.broken
     }
 
-    /// Beyond two seconds the timeout is rounded up to whole seconds, so a
-    /// steady dialogue costs no setsockopt per reply.
-    fn set_read_timeout(&mut self, t: Duration) -> io::Result<()> {
-        let t = if t > Duration::from_secs(2) {
-            Duration::from_secs(t.as_secs() + u64::from(t.subsec_nanos() > 0))
-        } else {
-            t.max(Duration::from_millis(1))
-        };
-        // the channel calls setsockopt only when the value changes
-        self.io.set_deadline(None);
-        self.io.set_idle(t);
-        Ok(())
-    }
-
     /// Reads one complete (possibly multi-line) reply, bounded in size.
+    /// RFC 5321 §4.5.3.2: the phase's timeout is for the whole reply, all
+    /// its lines: one deadline, which the channel checks before every
+    /// socket read (under TLS too), so a next hop trickling a byte at a
+    /// time cannot hold the delivery thread past it.
     fn read_reply(&mut self, phase: Phase, timeout: Duration) -> Result<Reply, ClientError> {
-        let deadline = Instant::now() + timeout;
+        self.io.set_idle(timeout);
+        self.io.set_deadline(Some(Instant::now() + timeout));
         let mut parser = ReplyParser::new();
         for _ in 0..MAX_REPLY_LINES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                self.broken = true;
-                return Err(ClientError::Timeout(phase));
-            }
-            self.set_read_timeout(left)
-                .map_err(|e| io_error(phase, e))?;
             let read = data::read_line_strict(&mut self.io, &mut self.line, MAX_REPLY_LINE);
             match read {
                 Ok(Line::Complete) => {}

@@ -135,7 +135,7 @@ const SERVER_OPTS: &[OptSpec] = &[
         "timeout",
         Kind::Single,
         "DUR",
-        "how long a client may stay silent (default 5m)",
+        "deadline for each command line, TLS handshake included (default 5m)",
     ),
     opt(
         "bare-lf",
@@ -293,7 +293,7 @@ const DELIVERY_OPTS: &[OptSpec] = &[
         "delivery-timeout",
         Kind::Single,
         "DUR",
-        "bound every outbound SMTP phase (default: RFC 5321 4.5.3.2 values)",
+        "deadline for each outbound SMTP phase, whole reply (default: RFC 5321 4.5.3.2 values)",
     ),
     opt(
         "outbound-tls",

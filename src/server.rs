@@ -145,7 +145,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         config.worker_stack,
         rx,
         move |(s, peer, ticket): Accepted| {
-            session::run(s, peer, &pool_ctx);
+            // a panic ends this connection (unwinding closes the socket,
+            // and a TLS stream cannot take a plain 421), never the worker
+            let what = format_args!("{peer} session (connection dropped, worker continues)");
+            crate::pool::catch(what, || session::run(s, peer, &pool_ctx));
             drop(ticket);
         },
     )
@@ -165,7 +168,11 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         let tracker = tracker.clone();
         let h = thread::Builder::new()
             .name(format!("accept-{local}"))
-            .spawn(move || accept_loop(listener, tx, &stopping, &hostname, &tracker))
+            .spawn(move || {
+                crate::pool::or_abort(format_args!("listener {local}"), || {
+                    accept_loop(listener, tx, &stopping, &hostname, &tracker)
+                })
+            })
             .map_err(ServeError::Thread)?;
         acceptors.push((h, local));
         // A stable line that tests and scripts read (port 0 → real port).

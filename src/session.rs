@@ -665,6 +665,7 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
         let parsed = match read {
             Ok(Line::Complete) => {
                 log::trace!("{peer} < {}", String::from_utf8_lossy(&line));
+                crate::fault::hit(crate::fault::Point::Session);
                 let parsed = command::parse(&line);
                 // RFC 3030 §2: an unreadable chunk size leaves the octets
                 // that follow unknown; reading them as commands would let

@@ -1015,11 +1015,11 @@ fn finish_message(
                 .unwrap_or_else(|| "none".into());
             log::info!(
                 "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}",
-                env.from,
+                crate::smtp::Escaped(&env.from.to_string()),
                 env.size,
                 env.rcpts.len(),
                 env.client,
-                crate::spool::envelope::clean(&env.helo),
+                crate::smtp::Escaped(&crate::spool::envelope::clean(&env.helo)),
             );
             if let Some(tx) = &ctx.committed {
                 let _ = tx.try_send(id);

@@ -887,10 +887,7 @@ fn authenticate(
             return Ok(session.finish(Step::Reply(r)));
         }
     };
-    let shown: String = crate::spool::envelope::clean(&user)
-        .chars()
-        .take(64)
-        .collect();
+    let shown: String = crate::smtp::escape(&user).chars().take(64).collect();
     match auth::verify(path, &user, &pass) {
         Ok(true) => {
             log::info!("{peer} auth ok user={shown} mechanism={mech}");

@@ -157,3 +157,22 @@ fn next_hop_reply_text_is_escaped() {
     });
     assert!(listed, "{list}");
 }
+
+/// An AUTH user name is logged escaped.
+#[test]
+fn auth_user_name_is_logged_escaped() {
+    let dir = TempDir::new("authesc");
+    let file = dir.path().join("passwd");
+    smtp_relay::auth::set_password(&file, "alice", "alice-secret-1").expect("passwd");
+    let relay = Relay::receive_only(&["--auth-file", &file.display().to_string()]);
+    let mut t = relay.session();
+    let creds = smtp_relay::auth::encode_base64("\0evil\u{202e}resu\0wrong".as_bytes());
+    t.cmd(&format!("AUTH PLAIN {creds}"), 535);
+    t.cmd("QUIT", 221);
+    assert!(
+        wait_until(T, || relay.log().contains("user=evil\\u{202e}resu")),
+        "{}",
+        relay.log()
+    );
+    assert!(!relay.log().contains('\u{202e}'), "{}", relay.log());
+}

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use crate::bounce;
 use crate::config::Config;
 use crate::delivery::Outcome;
-use crate::smtp::{Mailbox, Path, ReversePath};
+use crate::smtp::printable::is_unprintable;
+use crate::smtp::{escape, Escaped, Mailbox, Path, ReversePath};
 use crate::spool::{Envelope, Hold, QueueId, RcptState, Recipient, Spool, SpoolError};
 use crate::time::{format_duration, iso8601, now_unix, rfc5322_date};
 
@@ -279,8 +280,12 @@ pub fn json_str(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+            // RFC 8259 §7: any character may be escaped; these are, so
+            // that a terminal never shows them raw (UTF-16 for non-BMP)
+            c if (c as u32) < 0x20 || is_unprintable(c) => {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    let _ = write!(out, "\\u{:04x}", unit);
+                }
             }
             c => out.push(c),
         }
@@ -296,7 +301,7 @@ fn opt_json(s: Option<&str>) -> String {
 fn sender_text(from: &ReversePath) -> String {
     match from {
         ReversePath::Null => "<>".into(),
-        ReversePath::Path(p) => p.mailbox().to_string(),
+        ReversePath::Path(p) => escape(&p.mailbox().to_string()).into_owned(),
     }
 }
 
@@ -324,14 +329,14 @@ pub fn list_line(env: &Envelope, now: u64) -> String {
             (Some(_), RcptState::Pending | RcptState::Deferred) => "held",
             (_, st) => st.as_str(),
         };
-        let _ = write!(s, "\t{state} {}", r.path.mailbox());
+        let _ = write!(s, "\t{state} {}", Escaped(&r.path.mailbox().to_string()));
         if let Some(h) = &held {
             let _ = write!(s, " until={h}");
         } else if r.state == RcptState::Deferred {
             let _ = write!(s, " next={}", iso8601(env.next_try));
         }
         if let Some(reply) = &r.last_reply {
-            let _ = write!(s, " reply=\"{}\"", reply.replace('"', "'"));
+            let _ = write!(s, " reply=\"{}\"", escape(reply).replace('"', "'"));
         }
     }
     s
@@ -425,11 +430,12 @@ pub fn summary(envs: &[Envelope], now: u64, json: bool) -> String {
         } else {
             let _ = writeln!(
                 out,
-                "{domain}\t{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}",
+                Escaped(&domain),
                 row.messages,
                 row.recipients,
                 format_duration(Duration::from_secs(row.oldest)),
-                top.unwrap_or_else(|| "-".into())
+                escape(top.as_deref().unwrap_or("-"))
             );
         }
     }
@@ -694,8 +700,8 @@ fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
         iso8601(env.arrived),
         format_duration(Duration::from_secs(now.saturating_sub(env.arrived)))
     );
-    let _ = writeln!(s, "from:      {}", env.from);
-    let _ = writeln!(s, "client:    [{}] helo={}", env.client, env.helo);
+    let _ = writeln!(s, "from:      {}", Escaped(&env.from.to_string()));
+    let _ = writeln!(s, "client:    [{}] helo={}", env.client, Escaped(&env.helo));
     let _ = writeln!(s, "size:      {}", env.size);
     let _ = writeln!(s, "attempts:  {}", env.attempts);
     let _ = writeln!(s, "next try:  {}", iso8601(env.next_try));
@@ -703,17 +709,21 @@ fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
         let _ = writeln!(s, "held:      until {h}");
     }
     for r in &env.rcpts {
-        let _ = writeln!(s, "recipient: {} {}", r.path, r.state.as_str());
+        let path = r.path.to_string();
+        let _ = writeln!(s, "recipient: {} {}", Escaped(&path), r.state.as_str());
         let mailbox = r.path.mailbox().to_string();
         for a in env.history.iter().filter(|a| a.rcpt == mailbox) {
-            let _ = writeln!(s, "  {} {} {}", iso8601(a.time), a.host, a.reply);
+            let (host, reply) = (Escaped(&a.host), Escaped(&a.reply));
+            let _ = writeln!(s, "  {} {host} {reply}", iso8601(a.time));
         }
     }
     let _ = writeln!(s, "headers:");
     match bounce::read_headers(spool, env.id) {
         Ok(h) => {
             for line in String::from_utf8_lossy(&h).lines() {
-                let _ = writeln!(s, "  {line}");
+                // folding keeps its tabs; everything else unprintable is escaped
+                let parts: Vec<_> = line.split('\t').map(escape).collect();
+                let _ = writeln!(s, "  {}", parts.join("\t"));
             }
         }
         Err(e) => {

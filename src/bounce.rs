@@ -450,7 +450,7 @@ pub fn enqueue(
     log::info!(
         "{} sender {what} notification: {id} to={}",
         env.id,
-        sender.mailbox()
+        crate::smtp::Escaped(&sender.mailbox().to_string())
     );
     Ok(Some(id))
 }

@@ -427,7 +427,7 @@ impl Deliverer {
                 };
                 log::info!(
                     "{id} to={} relay={} delay={} attempts={} dsn={} status={status} ({text})",
-                    r.path.mailbox(),
+                    crate::smtp::Escaped(&r.path.mailbox().to_string()),
                     host,
                     format_duration(Duration::from_secs(now.saturating_sub(env.arrived))),
                     env.attempts,
@@ -475,7 +475,7 @@ impl Deliverer {
                     .unwrap_or_else(|| "no attempt succeeded".into());
                 log::info!(
                     "{id} to={} status=expired after {} ({last})",
-                    r.path.mailbox(),
+                    crate::smtp::Escaped(&r.path.mailbox().to_string()),
                     format_duration(age)
                 );
                 r.state = RcptState::Bouncing;

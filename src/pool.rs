@@ -50,3 +50,35 @@ impl Pool {
         }
     }
 }
+
+/// Runs `f`, catching a panic: logs it at ERROR as `what panicked: MSG`
+/// and returns `None`, so the calling thread lives on (README "Panics").
+/// Only for work whose state a panic cannot leave half-changed: sockets
+/// and files are closed by unwinding, locks here are poison-tolerant, and
+/// every spool change is a rename that either happened or did not.
+pub fn catch<R>(what: impl std::fmt::Display, f: impl FnOnce() -> R) -> Option<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            log::error!("{what} panicked: {msg}");
+            None
+        }
+    }
+}
+
+/// Runs a thread's whole loop; a panic in it aborts the process. For the
+/// threads that own state nothing else can rebuild while running (the
+/// scheduler's heap, a listener): a server that stays up without them
+/// would look healthy and do nothing, while an abort lets the supervisor
+/// restart it, and every start recovers the spool.
+pub fn or_abort(what: impl std::fmt::Display, f: impl FnOnce()) {
+    if catch(&what, f).is_none() {
+        log::error!("{what} is gone: aborting so that the supervisor restarts the server");
+        std::process::abort();
+    }
+}

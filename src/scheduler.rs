@@ -86,11 +86,13 @@ pub fn start(
         thread::Builder::new()
             .name("scheduler".into())
             .spawn(move || {
-                let mut s = Scheduler::new(spool);
-                for env in initial {
-                    s.schedule(env.id, env.next_try);
-                }
-                s.run(&committed, &report_rx, &jobs_tx, &stop_rx);
+                crate::pool::or_abort("scheduler", || {
+                    let mut s = Scheduler::new(spool);
+                    for env in initial {
+                        s.schedule(env.id, env.next_try);
+                    }
+                    s.run(&committed, &report_rx, &jobs_tx, &stop_rx);
+                })
             })?,
     );
     Ok(SchedulerHandle {
@@ -103,13 +105,27 @@ fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
     loop {
         match jobs.recv_timeout(Duration::from_secs(1)) {
             Ok(id) => {
-                let outcome = match d.attempt(id) {
-                    Ok(o) => Some(o),
-                    Err(e) => {
-                        log::error!("{id} delivery attempt failed: {e}");
-                        None
-                    }
+                let attempt = || {
+                    crate::fault::hit(crate::fault::Point::Delivery);
+                    d.attempt(id)
                 };
+                let outcome =
+                    match crate::pool::catch(format_args!("{id} delivery attempt"), attempt) {
+                        Some(Ok(o)) => Some(o),
+                        Some(Err(e)) => {
+                            log::error!("{id} delivery attempt failed: {e}");
+                            None
+                        }
+                        // a local failure: deferred, retried after the
+                        // shortest delay; the envelope is as before the attempt
+                        None => {
+                            let at = now_unix() + d.retry.min.as_secs().max(1);
+                            log::warn!(
+                            "{id} deferred: local error (delivery attempt panicked), retry at {at}"
+                        );
+                            Some(Outcome::Retry(at))
+                        }
+                    };
                 if reports.send(Report { id, outcome }).is_err() {
                     return;
                 }

@@ -1,6 +1,12 @@
 //! `serve`: bind the listeners, recover the spool, run the session pool,
 //! and stop on SIGTERM/SIGINT.
 //!
+//! Signals (README "Signals"): SIGTERM and SIGINT stop; SIGHUP and SIGUSR1
+//! are caught, logged and ignored (no reload or log reopening yet, and
+//! their default action would kill the server silently); SIGPIPE is
+//! ignored (the Rust runtime sets SIG_IGN before `main`), so a write to a
+//! closed socket is an `EPIPE` error on that one connection.
+//!
 //! Accepted sockets go to a fixed pool of session threads through a
 //! bounded channel. When every worker is busy and the backlog is full, the
 //! new client gets `421 4.3.2` at once and is closed: never left hanging,
@@ -72,6 +78,8 @@ impl From<SpoolError> for ServeError {
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub fn serve(config: Config) -> Result<(), ServeError> {
+    // before anything else: a SIGHUP during start-up is not fatal either
+    let signals = Signals::install();
     let config = Arc::new(config);
     let mut spool = Spool::open(&config.spool)?;
     let lock = spool.lock()?;
@@ -137,7 +145,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         config.worker_stack,
         rx,
         move |(s, peer, ticket): Accepted| {
-            session::run(s, peer, &pool_ctx);
+            // a panic ends this connection (unwinding closes the socket,
+            // and a TLS stream cannot take a plain 421), never the worker
+            let what = format_args!("{peer} session (connection dropped, worker continues)");
+            crate::pool::catch(what, || session::run(s, peer, &pool_ctx));
             drop(ticket);
         },
     )
@@ -157,7 +168,11 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         let tracker = tracker.clone();
         let h = thread::Builder::new()
             .name(format!("accept-{local}"))
-            .spawn(move || accept_loop(listener, tx, &stopping, &hostname, &tracker))
+            .spawn(move || {
+                crate::pool::or_abort(format_args!("listener {local}"), || {
+                    accept_loop(listener, tx, &stopping, &hostname, &tracker)
+                })
+            })
             .map_err(ServeError::Thread)?;
         acceptors.push((h, local));
         // A stable line that tests and scripts read (port 0 → real port).
@@ -167,7 +182,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     drop(tx);
     let _ = io::stdout().flush();
 
-    wait_for_signal();
+    signals.wait_for_stop();
     log::info!("stopping: no new connections, waiting up to {STOP_GRACE:?} for sessions");
     stopping.store(true, Ordering::SeqCst);
     for (h, local) in acceptors {
@@ -360,20 +375,40 @@ fn wake(local: SocketAddr) {
     let _ = TcpStream::connect_timeout(&SocketAddr::new(ip, local.port()), Duration::from_secs(1));
 }
 
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_signal() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
-        Ok(mut signals) => {
-            if let Some(sig) = signals.forever().next() {
-                log::info!("signal {sig} received");
+/// The signals `serve` handles, registered once at start-up.
+struct Signals(Option<signal_hook::iterator::Signals>);
+
+impl Signals {
+    fn install() -> Signals {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) {
+            Ok(s) => Signals(Some(s)),
+            Err(e) => {
+                // without a handler the default action still stops us
+                log::error!("cannot install signal handlers: {e}");
+                Signals(None)
             }
         }
-        Err(e) => {
-            // without a handler the default action still stops us
-            log::error!("cannot install signal handlers: {e}");
+    }
+
+    /// Blocks until SIGTERM or SIGINT; logs and ignores SIGHUP and SIGUSR1.
+    fn wait_for_stop(mut self) {
+        use signal_hook::consts::{SIGHUP, SIGUSR1};
+        let Some(signals) = self.0.as_mut() else {
             loop {
                 thread::park();
+            }
+        };
+        for sig in signals.forever() {
+            match sig {
+                SIGHUP => log::warn!("SIGHUP received: reload not supported yet; ignoring"),
+                SIGUSR1 => {
+                    log::warn!("SIGUSR1 received: ignored (reserved for reopening the log)")
+                }
+                _ => {
+                    log::info!("signal {sig} received");
+                    return;
+                }
             }
         }
     }

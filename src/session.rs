@@ -665,6 +665,7 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
         let parsed = match read {
             Ok(Line::Complete) => {
                 log::trace!("{peer} < {}", String::from_utf8_lossy(&line));
+                crate::fault::hit(crate::fault::Point::Session);
                 let parsed = command::parse(&line);
                 // RFC 3030 §2: an unreadable chunk size leaves the octets
                 // that follow unknown; reading them as commands would let
@@ -886,10 +887,7 @@ fn authenticate(
             return Ok(session.finish(Step::Reply(r)));
         }
     };
-    let shown: String = crate::spool::envelope::clean(&user)
-        .chars()
-        .take(64)
-        .collect();
+    let shown: String = crate::smtp::escape(&user).chars().take(64).collect();
     match auth::verify(path, &user, &pass) {
         Ok(true) => {
             log::info!("{peer} auth ok user={shown} mechanism={mech}");
@@ -1014,11 +1012,11 @@ fn finish_message(
                 .unwrap_or_else(|| "none".into());
             log::info!(
                 "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}",
-                env.from,
+                crate::smtp::Escaped(&env.from.to_string()),
                 env.size,
                 env.rcpts.len(),
                 env.client,
-                crate::spool::envelope::clean(&env.helo),
+                crate::smtp::Escaped(&crate::spool::envelope::clean(&env.helo)),
             );
             if let Some(tx) = &ctx.committed {
                 let _ = tx.try_send(id);

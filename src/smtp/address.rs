@@ -6,6 +6,13 @@
 //! local parts containing `@` and source routes cannot change which domain a
 //! recipient belongs to: it is always the part after the last unquoted `@`
 //! of the mailbox, nothing else.
+//!
+//! Under SMTPUTF8, what arrives on the wire is held to more than syntax
+//! (RFC 6531 §3.3): a non-ASCII domain must be IDNA2008 U-labels, and a
+//! local part may not hide or reorder text (controls, bidi overrides,
+//! separators); both are refused with `553 5.1.3` (`NotAllowed`). What
+//! we stored ourselves is parsed without those checks (`parse_stored`),
+//! so a message accepted by an older version never becomes unreadable.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -26,12 +33,17 @@ pub enum AddressError {
     TooLong(&'static str),
     /// Non-ASCII where SMTPUTF8 was not negotiated (RFC 6531 §3.4).
     NeedsSmtpUtf8,
+    /// Well formed, but a name we do not take: not IDNA2008, or a local
+    /// part with control or format characters (`553 5.1.3`).
+    NotAllowed(&'static str),
 }
 
 impl AddressError {
     pub fn enhanced(&self) -> Enhanced {
         match self {
-            AddressError::Syntax(_) | AddressError::TooLong(_) => Enhanced::new(5, 1, 3),
+            AddressError::Syntax(_) | AddressError::TooLong(_) | AddressError::NotAllowed(_) => {
+                Enhanced::new(5, 1, 3)
+            }
             AddressError::NeedsSmtpUtf8 => Enhanced::new(5, 6, 7),
         }
     }
@@ -45,11 +57,20 @@ impl fmt::Display for AddressError {
             AddressError::NeedsSmtpUtf8 => {
                 write!(f, "Non-ASCII address requires the SMTPUTF8 parameter")
             }
+            AddressError::NotAllowed(s) => write!(f, "Address not allowed: {s}"),
         }
     }
 }
 
 impl std::error::Error for AddressError {}
+
+/// How much a parser checks beyond syntax: everything for what a peer
+/// sends, syntax only for what we stored (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Wire,
+    Stored,
+}
 
 /// A domain name, stored as given (case kept for forwarding) and compared
 /// case-insensitively (RFC 5321 §2.4).
@@ -58,8 +79,13 @@ pub struct Domain(String);
 
 impl Domain {
     /// RFC 5321 §4.1.2: `sub-domain *("." sub-domain)`, each `Let-dig
-    /// [Ldh-str]`. With `utf8`, U-labels are allowed (RFC 6531 §3.3).
+    /// [Ldh-str]`. With `utf8`, U-labels are allowed (RFC 6531 §3.3), and
+    /// a domain with any is checked as IDNA2008 (`check_idna`).
     pub fn parse(s: &str, utf8: bool) -> Result<Domain, AddressError> {
+        Domain::parse_with(s, utf8, Check::Wire)
+    }
+
+    fn parse_with(s: &str, utf8: bool, check: Check) -> Result<Domain, AddressError> {
         if s.is_empty() {
             return Err(AddressError::Syntax("empty domain"));
         }
@@ -85,6 +111,9 @@ impl Domain {
             if label.starts_with('-') || label.ends_with('-') {
                 return Err(AddressError::Syntax("domain label starts or ends with '-'"));
             }
+        }
+        if check == Check::Wire && !s.is_ascii() {
+            check_idna(s)?;
         }
         Ok(Domain(s.to_string()))
     }
@@ -118,6 +147,46 @@ impl fmt::Display for Domain {
     }
 }
 
+/// RFC 6531 §3.3: a non-ASCII domain is made of U-labels, which must be
+/// valid IDNA2008 (RFC 5890-5893; RFC 5891 §5.4 for what a receiver
+/// checks). The `idna` crate's UTS 46 processing does the work, set to
+/// its strictest: nontransitional, STD3 ASCII rules, bidi rule (RFC
+/// 5893), CONTEXTJ (RFC 5892 Appendix A), DNS lengths of the A-labels.
+/// UTS 46 also *maps* (width, compatibility forms, ignored characters
+/// such as U+00AD); IDNA2008 has no mapping in the protocol (RFC 5891
+/// §5.3-5.4), so a label must come back unchanged from its A-label, case
+/// aside (RFC 5321 §2.4). Hyphens: not first or last (checked above for
+/// every label) and, in a U-label, not "--" in the third and fourth
+/// positions (RFC 5891 §4.2.3.1).
+fn check_idna(s: &str) -> Result<(), AddressError> {
+    use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+    const REFUSED: AddressError =
+        AddressError::NotAllowed("domain is not valid IDNA2008 (RFC 5891)");
+    let uts46 = Uts46::new();
+    let ascii = uts46
+        .to_ascii(
+            s.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::CheckFirstLast,
+            DnsLength::Verify,
+        )
+        .map_err(|_| REFUSED)?;
+    let (back, errors) = uts46.to_unicode(
+        ascii.as_bytes(),
+        AsciiDenyList::STD3,
+        Hyphens::CheckFirstLast,
+    );
+    let folded: String = s.chars().flat_map(char::to_lowercase).collect();
+    if errors.is_err() || back != folded {
+        return Err(REFUSED);
+    }
+    let dashes = |l: &str| l.chars().skip(2).take(2).eq("--".chars());
+    if s.split('.').any(|l| !l.is_ascii() && dashes(l)) {
+        return Err(REFUSED);
+    }
+    Ok(())
+}
+
 /// The part of a mailbox after `@`: a name or an address literal (§4.1.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -127,7 +196,7 @@ pub enum Host {
 }
 
 impl Host {
-    fn parse(s: &str, utf8: bool) -> Result<Host, AddressError> {
+    fn parse(s: &str, utf8: bool, check: Check) -> Result<Host, AddressError> {
         if let Some(inner) = s.strip_prefix('[') {
             let inner = inner
                 .strip_suffix(']')
@@ -149,7 +218,7 @@ impl Host {
             }
             return Err(AddressError::Syntax("unsupported address literal"));
         }
-        Domain::parse(s, utf8).map(Host::Name)
+        Domain::parse_with(s, utf8, check).map(Host::Name)
     }
 
     pub fn domain(&self) -> Option<&Domain> {
@@ -213,11 +282,26 @@ fn is_atext(c: char) -> bool {
 
 impl Mailbox {
     pub fn parse(s: &str, utf8: bool) -> Result<Mailbox, AddressError> {
+        Mailbox::parse_with(s, utf8, Check::Wire)
+    }
+
+    fn parse_with(s: &str, utf8: bool, check: Check) -> Result<Mailbox, AddressError> {
         let (local, host) = split_local(s, utf8)?;
         if local.len() > MAX_LOCAL_PART {
             return Err(AddressError::TooLong("local part over 64 octets"));
         }
-        let host = Host::parse(host, utf8)?;
+        // RFC 6532 §3.2 allows any UTF-8 here; we refuse what only hides or
+        // reorders text (see `printable::is_forbidden_in_local_part`)
+        if check == Check::Wire
+            && local
+                .chars()
+                .any(super::printable::is_forbidden_in_local_part)
+        {
+            return Err(AddressError::NotAllowed(
+                "control or format character in local part",
+            ));
+        }
+        let host = Host::parse(host, utf8, check)?;
         Ok(Mailbox {
             local: local.to_string(),
             host,
@@ -323,7 +407,7 @@ impl Path {
         if s.len() > MAX_PATH {
             return Err(AddressError::TooLong("path over 256 octets"));
         }
-        Path::parse_unlimited(s, utf8)
+        Path::parse_unlimited(s, utf8, Check::Wire)
     }
 
     /// Parses a path we printed ourselves (the envelope): no 256-octet
@@ -332,10 +416,10 @@ impl Path {
     /// `1::3:4:5:6:7:8` prints as `1:0:3:4:5:6:7:8`, RFC 5952 §4.2.2), and
     /// an accepted message must never become unreadable.
     pub fn parse_stored(s: &str) -> Result<Path, AddressError> {
-        Path::parse_unlimited(s, true)
+        Path::parse_unlimited(s, true, Check::Stored)
     }
 
-    fn parse_unlimited(s: &str, utf8: bool) -> Result<Path, AddressError> {
+    fn parse_unlimited(s: &str, utf8: bool, check: Check) -> Result<Path, AddressError> {
         let inner = s
             .strip_prefix('<')
             .and_then(|x| x.strip_suffix('>'))
@@ -351,7 +435,7 @@ impl Path {
                     let d = hop
                         .strip_prefix('@')
                         .ok_or(AddressError::Syntax("source route hop without '@'"))?;
-                    route.push(Domain::parse(d, utf8)?);
+                    route.push(Domain::parse_with(d, utf8, check)?);
                 }
                 (route, &inner[colon + 1..])
             }
@@ -359,7 +443,7 @@ impl Path {
         };
         Ok(Path {
             route,
-            mailbox: Mailbox::parse(mailbox, utf8)?,
+            mailbox: Mailbox::parse_with(mailbox, utf8, check)?,
         })
     }
 
@@ -507,6 +591,62 @@ mod tests {
             Err(AddressError::NeedsSmtpUtf8)
         );
         assert!(Path::parse("<üser@exämple.org>", true).is_ok());
+    }
+
+    /// RFC 6531 §3.3 / RFC 5891 §5.4: what SMTPUTF8 domains and local
+    /// parts may hold. `Ok(())` accepted; `Err(e)` refused as `e`.
+    #[test]
+    fn smtputf8_idna2008_and_local_parts() {
+        const NOT: AddressError =
+            AddressError::NotAllowed("domain is not valid IDNA2008 (RFC 5891)");
+        const LOCAL: AddressError =
+            AddressError::NotAllowed("control or format character in local part");
+        let cases: &[(&str, Result<(), AddressError>)] = &[
+            ("<pelé@exämple.org>", Ok(())),
+            ("<user@bücher.example>", Ok(())),
+            ("<user@BÜCHER.example>", Ok(())),
+            ("<用户@例子.广告>", Ok(())),
+            ("<δοκιμή@παράδειγμα.δοκιμή>", Ok(())),
+            ("<user@faß.de>", Ok(())),
+            // ZWNJ where CONTEXTJ allows it (after a virama, RFC 5892 A.1)
+            ("<u@\u{0915}\u{094d}\u{200c}\u{0937}.example>", Ok(())),
+            ("<مثال\u{200c}@example.org>", Ok(())),
+            ("<u@x\u{2028}y.example>", Err(NOT)),
+            ("<u@\u{202e}elgoog.example>", Err(NOT)),
+            ("<u@a\u{200b}b.example>", Err(NOT)),
+            ("<u@ex\u{ad}ample.example>", Err(NOT)),
+            ("<u@ｅｘａｍｐｌｅ.org>", Err(NOT)),
+            ("<u@a\u{200d}b.example>", Err(NOT)),
+            ("<u@\u{5d0}a.example>", Err(NOT)),
+            ("<u@xn--ü.example>", Err(NOT)),
+            ("<u@ab--ü.example>", Err(NOT)),
+            ("<u@☃\u{fe0f}.example>", Err(NOT)),
+            (
+                "<u@bücher.exa_mple>",
+                Err(AddressError::Syntax("invalid character in domain")),
+            ),
+            ("<u\u{202e}x@example.org>", Err(LOCAL)),
+            ("<u\u{2066}x@example.org>", Err(LOCAL)),
+            ("<u\u{2028}@example.org>", Err(LOCAL)),
+            ("<u\u{85}@example.org>", Err(LOCAL)),
+            ("<\"a\u{202e}b\"@example.org>", Err(LOCAL)),
+            ("<\"a\u{9f}b\"@example.org>", Err(LOCAL)),
+            ("<zw\u{200b}sp@example.org>", Err(LOCAL)),
+            ("<@bad\u{202e}.example:u@example.org>", Err(NOT)),
+            // ASCII domains keep RFC 5321 syntax, literals unchanged
+            ("<u@xn--bcher-kva.example>", Ok(())),
+            ("<pelé@[192.0.2.1]>", Ok(())),
+            ("<pelé@[IPv6:2001:db8::1]>", Ok(())),
+        ];
+        for (input, want) in cases {
+            let got = Path::parse(input, true).map(|_| ());
+            assert_eq!(&got, want, "{input}");
+        }
+        // what we stored ourselves stays readable
+        for stored in ["<u\u{202e}x@example.org>", "<u@x\u{2028}y.example>"] {
+            assert!(Path::parse_stored(stored).is_ok(), "{stored}");
+        }
+        assert_eq!(NOT.enhanced(), Enhanced::new(5, 1, 3));
     }
 
     #[test]

@@ -341,6 +341,7 @@ fn split_path(s: &str) -> Option<(&str, &str)> {
 fn address_reply(e: AddressError) -> Reply {
     match e {
         AddressError::NeedsSmtpUtf8 => Reply::utf8_without_smtputf8(),
+        AddressError::NotAllowed(why) => Reply::address_not_allowed(why),
         other => Reply::bad_address(other.enhanced(), &other.to_string()),
     }
 }

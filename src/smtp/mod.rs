@@ -5,8 +5,10 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod printable;
 pub mod reply;
 
 pub use address::{Domain, Host, Mailbox, Path, ReversePath};
 pub use command::{Body, Command, MailDsn, MailParams, Notify, RcptDsn, RcptTarget, Ret};
+pub use printable::{escape, Escaped};
 pub use reply::{Code, Enhanced, Reply, ReplyParser};

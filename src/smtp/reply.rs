@@ -434,6 +434,17 @@ impl Reply {
         )
     }
 
+    /// 553 5.1.3: a well-formed address we refuse, e.g. a domain that is
+    /// not IDNA2008 (RFC 6531 §3.3, RFC 5891 §5.4); RFC 5321 §4.2.2:
+    /// "mailbox name not allowed".
+    pub fn address_not_allowed(why: &str) -> Reply {
+        Reply::new(
+            553,
+            Enhanced::new(5, 1, 3),
+            format!("Address not allowed: {why}"),
+        )
+    }
+
     /// 451 4.3.0: we could not store the message; nothing was accepted.
     pub fn local_error() -> Reply {
         Reply::new(
@@ -546,7 +557,10 @@ impl ReplyParser {
     /// has been fed.
     pub fn feed(&mut self, line: &str) -> Result<Option<Reply>, ReplyParseError> {
         let bytes = line.as_bytes();
-        let malformed = || ReplyParseError::Malformed(line.chars().take(80).collect());
+        let malformed = || {
+            let shown: String = line.chars().take(80).collect();
+            ReplyParseError::Malformed(super::printable::escape(&shown).into_owned())
+        };
         if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
             return Err(malformed());
         }
@@ -575,7 +589,9 @@ impl ReplyParser {
                 }
             }
         }
-        self.lines.push(text.to_string());
+        // a next hop's text ends up in logs, `queue list` and DSNs: its
+        // unprintable characters are escaped once, here
+        self.lines.push(super::printable::escape(text).into_owned());
         if last {
             let reply = Reply {
                 code,

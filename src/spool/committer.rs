@@ -55,7 +55,15 @@ impl Committer {
         let (tx, rx) = bounded::<Request>(1024);
         thread::Builder::new()
             .name("committer".into())
-            .spawn(move || run(&queue, &recycler, &rx))?;
+            .spawn(move || {
+                // a panic drops its batch, so each waiting session gets an
+                // error and answers 451 (nothing acknowledged); requests
+                // still in the channel go to a fresh loop. A half-done
+                // batch leaves what a crash leaves (see incoming.rs), and
+                // the client's retry is at worst a duplicate.
+                let what = "committer (its batch answered 451, a new loop takes over)";
+                while crate::pool::catch(what, || run(&queue, &recycler, &rx)).is_none() {}
+            })?;
         Ok(Committer { tx })
     }
 
@@ -115,6 +123,7 @@ fn run(queue: &std::path::Path, recycler: &Recycler, rx: &Receiver<Request>) {
                 Err(_) => break,
             }
         }
+        crate::fault::hit(crate::fault::Point::Commit);
         let mut published = Vec::with_capacity(batch.len());
         for r in batch.drain(..) {
             match publish(&r, recycler, &mut freed) {

@@ -120,6 +120,8 @@ pub struct Relay {
     base: TempDir,
     spool: PathBuf,
     args: Vec<String>,
+    /// Extra environment variables for the process.
+    env: Vec<(String, String)>,
     log_path: PathBuf,
     /// stdout lines after the `listening on` ones, kept flowing.
     _stdout: Option<Receiver<String>>,
@@ -153,19 +155,37 @@ impl Relay {
         Relay::launch(base, spool, args)
     }
 
+    /// Like `start`, with extra environment variables (`SMTP_RELAY_FAULT`).
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Relay {
+        let base = TempDir::new("relay");
+        let spool = base.path().join("spool");
+        let mut relay = Relay::new(base, spool, args);
+        relay.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        relay.spawn();
+        relay
+    }
+
     fn launch(base: TempDir, spool: PathBuf, args: &[&str]) -> Relay {
+        let mut relay = Relay::new(base, spool, args);
+        relay.spawn();
+        relay
+    }
+
+    fn new(base: TempDir, spool: PathBuf, args: &[&str]) -> Relay {
         let log_path = base.path().join("relay.log");
-        let mut relay = Relay {
+        Relay {
             child: None,
             addrs: Vec::new(),
             base,
             spool,
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             log_path,
             _stdout: None,
-        };
-        relay.spawn();
-        relay
+        }
     }
 
     /// The full argument list after the program name.
@@ -192,6 +212,7 @@ impl Relay {
         let argv = self.command_line();
         let mut child = Command::new(BIN)
             .args(&argv)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -282,12 +303,17 @@ impl Relay {
 
     /// SIGTERM (through `kill(1)`, std has no signal API): a clean stop.
     pub fn terminate(&mut self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`HUP`, `USR1` ...) through `kill(1)`.
+    pub fn signal(&self, name: &str) {
         let pid = self.pid().to_string();
         let status = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
             .unwrap_or_else(|e| panic!("cannot run kill(1): {e}"));
-        assert!(status.success(), "kill -TERM {pid}: {status}");
+        assert!(status.success(), "kill -{name} {pid}: {status}");
     }
 
     /// Waits up to `limit` for the process to exit; `None` if it still

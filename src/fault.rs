@@ -1,0 +1,85 @@
+//! Fault injection for tests, compiled into debug builds only.
+//!
+//! `SMTP_RELAY_FAULT=session-panic[:N],delivery-panic[:N],commit-panic[:N]`
+//! makes the named place panic the first N times it runs (N defaults to
+//! 1), so the integration tests (which run the debug binary) can show
+//! that a panic costs neither a thread nor a message (README "Panics").
+//! The variable is read once, on the first `hit`. In a release build
+//! `hit` is empty and the variable means nothing.
+
+/// A place that can be made to panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// A session, on a command line it has read.
+    Session = 0,
+    /// A delivery worker, at the start of an attempt.
+    Delivery = 1,
+    /// The committer, on a batch it has taken.
+    Commit = 2,
+}
+
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+const POINTS: [(Point, &str); 3] = [
+    (Point::Session, "session-panic"),
+    (Point::Delivery, "delivery-panic"),
+    (Point::Commit, "commit-panic"),
+];
+
+/// How many panics each point has left, by `Point as usize`; unknown
+/// names are ignored (with a warning).
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+fn parse(spec: &str) -> [usize; 3] {
+    let mut left = [0; 3];
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, n) = match item.split_once(':') {
+            Some((name, n)) => (name, n.parse().ok()),
+            None => (item, Some(1)),
+        };
+        match (POINTS.iter().find(|(_, s)| *s == name), n) {
+            (Some((p, _)), Some(n)) => left[*p as usize] = n,
+            _ => log::warn!("SMTP_RELAY_FAULT: ignoring {item:?}"),
+        }
+    }
+    left
+}
+
+/// Panics if `point` is armed and has panics left.
+#[cfg(debug_assertions)]
+pub fn hit(point: Point) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    static LEFT: OnceLock<[AtomicUsize; 3]> = OnceLock::new();
+    let left = LEFT.get_or_init(|| {
+        let spec = std::env::var("SMTP_RELAY_FAULT").unwrap_or_default();
+        let left = parse(&spec);
+        if left.iter().any(|n| *n > 0) {
+            log::warn!("SMTP_RELAY_FAULT={spec}: fault injection armed (debug build)");
+        }
+        left.map(AtomicUsize::new)
+    });
+    let n = &left[point as usize];
+    if n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        let name = POINTS[point as usize].1;
+        panic!("fault injected: {name}");
+    }
+}
+
+/// Release builds: nothing.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn hit(_point: Point) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec() {
+        assert_eq!(parse(""), [0, 0, 0]);
+        assert_eq!(parse("session-panic"), [1, 0, 0]);
+        assert_eq!(parse("session-panic:2, commit-panic"), [2, 0, 1]);
+        assert_eq!(parse("delivery-panic:3,bogus,commit-panic:x"), [0, 3, 0]);
+    }
+}

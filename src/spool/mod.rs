@@ -523,4 +523,42 @@ mod tests {
         assert!(spool.list_ids().unwrap().is_empty());
         let _ = fs::remove_dir_all(spool.root());
     }
+
+    /// Another process (same 12 pid bits, same microsecond) committed a
+    /// message under our id: the commit takes a fresh id and leaves the
+    /// other message as it was, with and without the group committer,
+    /// whether the body or only the envelope is in the way.
+    #[test]
+    fn commit_never_replaces_a_queued_file() {
+        for (n, group) in [(0, false), (1, true), (2, false), (3, true)] {
+            let mut spool = temp_spool(&format!("collide{n}"));
+            if group {
+                spool.start_committer(false).unwrap();
+            }
+            let mut inc = spool.incoming().unwrap();
+            let id = inc.id();
+            inc.write_all(b"ours").unwrap();
+            let theirs = env_for(id).to_text();
+            if n < 2 {
+                fs::write(spool.msg_path(id), b"theirs").unwrap();
+            }
+            fs::write(spool.env_path(id), &theirs).unwrap();
+
+            let got = inc.commit(&env_for(id)).unwrap();
+            assert_ne!(got, id, "case {n}: committed over the other message");
+            assert_eq!(fs::read(spool.msg_path(got)).unwrap(), b"ours");
+            assert_eq!(spool.load(got).unwrap().id, got);
+            assert_eq!(fs::read_to_string(spool.env_path(id)).unwrap(), theirs);
+            if n < 2 {
+                assert_eq!(fs::read(spool.msg_path(id)).unwrap(), b"theirs");
+            } else {
+                assert!(
+                    !spool.msg_path(id).exists(),
+                    "case {n}: our body left under the old id"
+                );
+            }
+            assert_eq!(fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
+            let _ = fs::remove_dir_all(spool.root());
+        }
+    }
 }

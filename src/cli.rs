@@ -434,7 +434,8 @@ fn usage_text() -> String {
         "  -v, --verbose                      more log output (-vv: protocol trace); RUST_LOG also works\n\
          \nDurations: 250ms, 30s, 5m, 2h, 5d. Exit codes: 0 ok, 64 usage, 69 cannot listen\n\
          (route: permanently undeliverable), 74 spool I/O error, 75 spool locked by another\n\
-         server (route: temporarily undeliverable).\n",
+         server (route: temporarily undeliverable), 77 cannot drop privileges, 78 unsafe or\n\
+         missing spool.\n",
     );
     s
 }

@@ -261,25 +261,6 @@ pub fn read_dir_fd(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
-/// Gives every file and folder under `root` to `user` (before dropping
-/// privileges, so the relay can still read and replace its spool).
-pub fn chown_tree(root: &Path, user: User) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let md = std::fs::symlink_metadata(&p)?;
-        if md.uid() != user.uid || md.gid() != user.gid {
-            std::os::unix::fs::lchown(&p, Some(user.uid), Some(user.gid))?;
-        }
-        if md.is_dir() {
-            for e in std::fs::read_dir(&p)? {
-                stack.push(e?.path());
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Drops to `user` for good: supplementary groups, then group, then user
 /// (the order matters: after setuid we could no longer change groups).
 pub fn drop_privileges(user: User) -> io::Result<()> {

@@ -39,6 +39,8 @@ pub const EX_NOINPUT: u8 = 66;
 pub const EX_UNAVAILABLE: u8 = 69;
 pub const EX_IOERR: u8 = 74;
 pub const EX_TEMPFAIL: u8 = 75;
+pub const EX_NOPERM: u8 = 77;
+pub const EX_CONFIG: u8 = 78;
 
 /// The queue subcommands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,10 +225,51 @@ impl AdminError {
 impl From<SpoolError> for AdminError {
     fn from(e: SpoolError) -> AdminError {
         AdminError {
-            code: EX_IOERR,
+            code: match e {
+                SpoolError::Missing(_) | SpoolError::Unsafe { .. } => EX_CONFIG,
+                _ => EX_IOERR,
+            },
             message: e.to_string(),
         }
     }
+}
+
+/// Opens the spool a command works on; never creates one. Run as root on
+/// a spool that belongs to another user (the `serve --user` set-up), the
+/// command first becomes that user (the spool folder's owner and group),
+/// so that every file it writes is one the server can read, and root
+/// never acts inside folders that user can change.
+fn open_spool(root: &FsPath) -> Result<Spool, AdminError> {
+    if crate::sys::is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let md = match std::fs::metadata(root) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::Missing(root.to_path_buf()).into())
+            }
+            Err(e) => return Err(SpoolError::io(root, e).into()),
+        };
+        if md.uid() != 0 {
+            let owner = crate::sys::User {
+                uid: md.uid(),
+                gid: md.gid(),
+            };
+            crate::sys::drop_privileges(owner).map_err(|e| AdminError {
+                code: EX_NOPERM,
+                message: format!(
+                    "cannot act as the owner of {} (uid {}): {e}",
+                    root.display(),
+                    owner.uid
+                ),
+            })?;
+            log::debug!(
+                "acting as the spool's owner, uid {} gid {}",
+                owner.uid,
+                owner.gid
+            );
+        }
+    }
+    Ok(Spool::open_existing(root)?)
 }
 
 impl From<io::Error> for AdminError {
@@ -485,7 +528,7 @@ pub fn run_queue(
     sel: &Selector,
     dry_run: bool,
 ) -> Result<u8, AdminError> {
-    let spool = Spool::open(&config.spool)?;
+    let spool = open_spool(&config.spool)?;
     let now = now_unix();
     let mut out = io::stdout().lock();
     match cmd {
@@ -1156,9 +1199,12 @@ pub fn run_send(
         Some("") | Some("<>") => ReversePath::Null,
         Some(f) => ReversePath::Path(parse_mailbox(f).map_err(AdminError::usage)?),
     };
-    let spool = Spool::open(&config.spool).map_err(|e| AdminError {
-        code: EX_TEMPFAIL,
-        message: e.to_string(),
+    let spool = open_spool(&config.spool).map_err(|e| match e.code {
+        EX_IOERR => AdminError {
+            code: EX_TEMPFAIL,
+            ..e
+        },
+        _ => e,
     })?;
     let tempfail = |e: SpoolError| AdminError {
         code: EX_TEMPFAIL,

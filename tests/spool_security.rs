@@ -240,3 +240,99 @@ fn root_without_user_refuses_a_spool_another_user_owns() {
     assert!(r.stderr.contains("--user"), "{}", r.stderr);
     assert!(!scene.spool.join("lock").exists());
 }
+
+/// Every file and folder of `spool` belongs to `user` (so a server
+/// running as `user` can read it).
+#[track_caller]
+fn assert_all_owned_by(spool: &std::path::Path, user: User, after: &str) {
+    let mut stack = vec![spool.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).expect("lstat");
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (user.uid, user.gid),
+            "after {after}: {} is not the server's",
+            p.display()
+        );
+        if md.is_dir() {
+            for e in fs::read_dir(&p).expect("read_dir") {
+                stack.push(e.expect("entry").path());
+            }
+        }
+    }
+}
+
+/// Item 7: `send` and the queue commands run as root on the spool of a
+/// `serve --user nobody` act as nobody, so the server can read what they
+/// write: the message sent is delivered, and after hold, release and
+/// requeue it is still deliverable. (Before, root's 0600 files sat
+/// `pending` with `Permission denied`.)
+#[test]
+fn root_run_commands_leave_files_the_server_can_read() {
+    let Some(nobody) = nobody_or_skip("root_run_commands_leave_files_the_server_can_read") else {
+        return;
+    };
+    let base = TempDir::new("rootcmd");
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let spool = base.path().join("spool");
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let _relay = Relay::start_with_spool(
+        spool.clone(),
+        &[
+            "--user",
+            "nobody",
+            "--no-dns",
+            "--route",
+            &route,
+            "--delivery-timeout",
+            "5s",
+            "--retry-min",
+            "1h",
+        ],
+    );
+    let s = spool.display().to_string();
+    let send = |subject: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "printf 'Subject: {subject}\\n\\nhello\\n' | {BIN} send --spool {s} -f me@x.example you@example.net"
+            ));
+        let r = run_tool(&mut c, T);
+        assert_eq!(r.code, Some(0), "send: {}", r.stderr);
+    };
+    send("first");
+    assert!(
+        sink.wait_for(1, T),
+        "the server could not deliver what root sent"
+    );
+    assert_all_owned_by(&spool, nobody, "send");
+
+    // a message that stays: the next hop defers it
+    sink.set_config(SinkConfig::default().rcpt_table(&[("", Action::reply(451, "4.3.0 busy"))]));
+    send("second");
+    let deferred = || {
+        queued_ids(&spool).first().is_some_and(|id| {
+            EnvFile::load(&spool, id)
+                .rcpts()
+                .iter()
+                .all(|r| r.0 == "deferred")
+        })
+    };
+    assert!(wait_until(T, deferred), "never deferred");
+    let id = queued_ids(&spool)[0].clone();
+    for sub in ["hold", "release", "requeue"] {
+        let r = run_cli(&["queue", sub, "--spool", &s, &id], T);
+        assert_eq!(r.code, Some(0), "queue {sub}: {}", r.stderr);
+        assert_all_owned_by(&spool, nobody, &format!("queue {sub}"));
+    }
+    // the server reads all of it: a flush from root delivers it
+    sink.set_config(SinkConfig::default());
+    let r = run_cli(&["queue", "flush", "--spool", &s, &id], T);
+    assert_eq!(r.code, Some(0), "queue flush: {}", r.stderr);
+    assert!(
+        sink.wait_for(2, T),
+        "not delivered after root's queue commands"
+    );
+    assert!(wait_until(T, || queued_ids(&spool).is_empty()));
+}

@@ -791,7 +791,8 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     let mut o = getopts::Options::new();
     for spec in ROUTING_OPTS
         .iter()
-        .filter(|s| matches!(s.name, "config" | "spool" | "hostname"))
+        .chain(SERVER_OPTS)
+        .filter(|s| matches!(s.name, "config" | "spool" | "hostname" | "max-size"))
     {
         o.optopt("", spec.name, spec.desc, spec.hint);
     }
@@ -810,6 +811,10 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     if let Some(h) = v.single("hostname") {
         Domain::parse(&h, false).map_err(|e| UsageError(format!("--hostname: {h:?}: {e}")))?;
         config.hostname = h;
+    }
+    // the largest message, as serve's (the config file's max-size too)
+    if let Some(m) = v.single("max-size") {
+        config.max_size = parse_size("max-size", &m)?;
     }
     config.verbosity = v.matches.opt_count("verbose");
     let mut ignore_dots = v.matches.opt_present("i");

@@ -1318,3 +1318,61 @@ fn send_without_spool_option_uses_the_config_file() {
     assert_eq!(r.code, Some(64), "{}", show_run(&r));
     assert!(r.stderr.contains("nonexistent.conf"), "{}", show_run(&r));
 }
+
+#[test]
+fn send_over_max_size_exits_65_and_queues_nothing() {
+    let dir = TempDir::new("send-big");
+    let spool = empty_spool(&dir);
+    let mut input = b"Subject: big\n\n".to_vec();
+    input.extend(std::iter::repeat_n(b"0123456789abcdef\n".as_slice(), 300).flatten());
+    let r = send(
+        &spool,
+        &["--max-size", "4k", "-f", "me@x.example", "you@example.net"],
+        &input,
+    );
+    assert_eq!(r.code, Some(65), "{}", show_run(&r));
+    assert!(r.stderr.contains("max-size"), "{}", show_run(&r));
+    assert!(queued_ids(&spool).is_empty());
+    assert_eq!(tmp_count(&spool), 0);
+    // the same message fits under the default limit (serve's, 10 MiB)
+    ok(&send(
+        &spool,
+        &["-f", "me@x.example", "you@example.net"],
+        &input,
+    ));
+    assert_eq!(queued_ids(&spool).len(), 1);
+}
+
+/// `send` streams stdin to the spool: a 32 MiB message is queued under a
+/// 48 MiB address-space limit (reading it all into memory, as before,
+/// needed more than twice its size).
+#[test]
+fn send_streams_a_large_message_in_bounded_memory() {
+    let dir = TempDir::new("send-stream");
+    let spool = empty_spool(&dir);
+    let line = [b'y'; 1023];
+    let mut input = b"Subject: large\n\n".to_vec();
+    for _ in 0..32 * 1024 {
+        input.extend_from_slice(&line);
+        input.push(b'\n');
+    }
+    let script = format!(
+        "ulimit -v 49152 && exec {BIN} send --spool {} --max-size 100M -f me@x.example you@example.net",
+        spool.display()
+    );
+    let r = run_command_stdin(
+        Command::new("sh").args(["-c", &script]),
+        &input,
+        Duration::from_secs(60),
+    );
+    ok(&r);
+    let q = queued_ids(&spool);
+    assert_eq!(q.len(), 1);
+    let msg = read_msg(&spool, &q[0]);
+    // CRLF line ends: one more octet per line
+    assert!(
+        msg.len() > input.len() + 32 * 1024,
+        "{} octets queued",
+        msg.len()
+    );
+}

@@ -36,10 +36,13 @@ use crate::time::{format_duration, iso8601, now_unix, rfc5322_date};
 
 pub const EX_OK: u8 = 0;
 pub const EX_USAGE: u8 = 64;
+pub const EX_DATAERR: u8 = 65;
 pub const EX_NOINPUT: u8 = 66;
 pub const EX_UNAVAILABLE: u8 = 69;
 pub const EX_IOERR: u8 = 74;
 pub const EX_TEMPFAIL: u8 = 75;
+pub const EX_NOPERM: u8 = 77;
+pub const EX_CONFIG: u8 = 78;
 
 /// The queue subcommands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,10 +227,51 @@ impl AdminError {
 impl From<SpoolError> for AdminError {
     fn from(e: SpoolError) -> AdminError {
         AdminError {
-            code: EX_IOERR,
+            code: match e {
+                SpoolError::Missing(_) | SpoolError::Unsafe { .. } => EX_CONFIG,
+                _ => EX_IOERR,
+            },
             message: e.to_string(),
         }
     }
+}
+
+/// Opens the spool a command works on; never creates one. Run as root on
+/// a spool that belongs to another user (the `serve --user` set-up), the
+/// command first becomes that user (the spool folder's owner and group),
+/// so that every file it writes is one the server can read, and root
+/// never acts inside folders that user can change.
+fn open_spool(root: &FsPath) -> Result<Spool, AdminError> {
+    if crate::sys::is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let md = match std::fs::metadata(root) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::Missing(root.to_path_buf()).into())
+            }
+            Err(e) => return Err(SpoolError::io(root, e).into()),
+        };
+        if md.uid() != 0 {
+            let owner = crate::sys::User {
+                uid: md.uid(),
+                gid: md.gid(),
+            };
+            crate::sys::drop_privileges(owner).map_err(|e| AdminError {
+                code: EX_NOPERM,
+                message: format!(
+                    "cannot act as the owner of {} (uid {}): {e}",
+                    root.display(),
+                    owner.uid
+                ),
+            })?;
+            log::debug!(
+                "acting as the spool's owner, uid {} gid {}",
+                owner.uid,
+                owner.gid
+            );
+        }
+    }
+    Ok(Spool::open_existing(root)?)
 }
 
 impl From<io::Error> for AdminError {
@@ -491,7 +535,7 @@ pub fn run_queue(
     sel: &Selector,
     dry_run: bool,
 ) -> Result<u8, AdminError> {
-    let spool = Spool::open(&config.spool)?;
+    let spool = open_spool(&config.spool)?;
     let now = now_unix();
     let mut out = io::stdout().lock();
     match cmd {
@@ -1053,45 +1097,113 @@ fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
     parts
 }
 
-/// Reads the message, fixes line ends to CRLF, applies `-t` (recipients
-/// from headers, Bcc removed) and adds Date and Message-ID when missing.
-/// Returns the message bytes and the recipients found in headers.
+/// What `prepare_message` wrote.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Recipients found in To, Cc and Bcc (with `-t`).
+    pub rcpts: Vec<String>,
+    /// Octets written.
+    pub size: u64,
+    /// Some octet was 8-bit (the envelope then says 8BITMIME).
+    pub eight_bit: bool,
+}
+
+#[derive(Debug)]
+pub enum PrepareError {
+    /// More than the size limit: nothing may be queued.
+    TooBig,
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Octets of a body line read at once: longer lines stream through in
+/// pieces, so memory never depends on the input.
+const BODY_CHUNK: u64 = 64 * 1024;
+
+/// Writes to `out`, counting against the size limit.
+struct Limited<'a, W: Write> {
+    out: &'a mut W,
+    size: u64,
+    max: u64,
+    eight_bit: bool,
+}
+
+impl<W: Write> Limited<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), PrepareError> {
+        self.size += bytes.len() as u64;
+        if self.size > self.max {
+            return Err(PrepareError::TooBig);
+        }
+        if !self.eight_bit {
+            self.eight_bit = bytes.iter().any(|&b| b >= 0x80);
+        }
+        self.out.write_all(bytes).map_err(PrepareError::Write)
+    }
+}
+
+/// Reads up to `limit` octets of one line (its `\n` included) into `buf`.
+fn read_line_upto(input: &mut impl BufRead, buf: &mut Vec<u8>, limit: u64) -> io::Result<usize> {
+    input.take(limit).read_until(b'\n', buf)
+}
+
+fn strip_line_end(buf: &mut Vec<u8>) {
+    while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+}
+
+/// Streams the message from `input` to `out`: line ends made CRLF, `-t`
+/// applied (recipients from headers, Bcc removed), Date and Message-ID
+/// added when missing. Only the header is held in memory, and never more
+/// than `max_size` of it; the body goes through in pieces. More than
+/// `max_size` octets written is `TooBig` (the caller queues nothing).
 pub fn prepare_message(
     input: &mut impl BufRead,
     opts: &SendOpts,
     hostname: &str,
     id: QueueId,
     now: u64,
-) -> io::Result<(Vec<u8>, Vec<String>)> {
+    max_size: u64,
+    out: &mut impl Write,
+) -> Result<Prepared, PrepareError> {
+    // sendmail: without -i a lone "." ends the message
+    let ends = |line: &[u8]| !opts.ignore_dots && line == b".";
     let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut header_octets = 0u64;
     let mut buf = Vec::new();
+    // what ended the header: the blank line (the body follows), or the
+    // end of the message
+    let mut blank_line = false;
     loop {
         buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
+        let limit = max_size.saturating_sub(header_octets) + 1;
+        let n = read_line_upto(input, &mut buf, limit).map_err(PrepareError::Read)?;
+        if n == 0 {
             break;
         }
-        while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
-            buf.pop();
+        header_octets += n as u64;
+        if header_octets > max_size {
+            return Err(PrepareError::TooBig);
         }
-        // sendmail: without -i a lone "." ends the message
-        if !opts.ignore_dots && buf == b"." {
+        strip_line_end(&mut buf);
+        if ends(&buf) {
+            break;
+        }
+        if buf.is_empty() {
+            blank_line = true;
             break;
         }
         lines.push(buf.clone());
     }
-    let header_end = lines
-        .iter()
-        .position(|l| l.is_empty())
-        .unwrap_or(lines.len());
     // unfold header fields: (name, full text lines)
     let mut fields: Vec<Vec<Vec<u8>>> = Vec::new();
-    for l in &lines[..header_end] {
+    for l in lines {
         if (l.first() == Some(&b' ') || l.first() == Some(&b'\t')) && !fields.is_empty() {
             if let Some(f) = fields.last_mut() {
-                f.push(l.clone());
+                f.push(l);
             }
         } else {
-            fields.push(vec![l.clone()]);
+            fields.push(vec![l]);
         }
     }
     let name_of = |f: &Vec<Vec<u8>>| -> String {
@@ -1122,12 +1234,17 @@ pub fn prepare_message(
         }
     }
     let has = |n: &str| fields.iter().any(|f| name_of(f) == n);
-    let mut out = Vec::new();
+    let mut w = Limited {
+        out,
+        size: 0,
+        max: max_size,
+        eight_bit: false,
+    };
     if !has("date") {
-        out.extend_from_slice(format!("Date: {}\r\n", rfc5322_date(now)).as_bytes());
+        w.put(format!("Date: {}\r\n", rfc5322_date(now)).as_bytes())?;
     }
     if !has("message-id") {
-        out.extend_from_slice(format!("Message-ID: <{id}@{hostname}>\r\n").as_bytes());
+        w.put(format!("Message-ID: <{id}@{hostname}>\r\n").as_bytes())?;
     }
     for f in &fields {
         // -t: Bcc is removed from what is sent (sendmail's behaviour)
@@ -1135,15 +1252,65 @@ pub fn prepare_message(
             continue;
         }
         for l in f {
-            out.extend_from_slice(l);
-            out.extend_from_slice(b"\r\n");
+            w.put(l)?;
+            w.put(b"\r\n")?;
         }
     }
-    for l in &lines[header_end..] {
-        out.extend_from_slice(l);
-        out.extend_from_slice(b"\r\n");
+    drop(fields);
+    if blank_line {
+        w.put(b"\r\n")?;
+        stream_body(input, &mut w, &ends)?;
     }
-    Ok((out, rcpts))
+    Ok(Prepared {
+        rcpts,
+        size: w.size,
+        eight_bit: w.eight_bit,
+    })
+}
+
+/// The body, a piece of at most `BODY_CHUNK` octets at a time.
+fn stream_body<W: Write>(
+    input: &mut impl BufRead,
+    w: &mut Limited<'_, W>,
+    ends: &impl Fn(&[u8]) -> bool,
+) -> Result<(), PrepareError> {
+    let mut buf = Vec::new();
+    let mut line_start = true;
+    // a CR ending a piece may be the start of its line's CRLF
+    let mut held_cr = false;
+    loop {
+        buf.clear();
+        if held_cr {
+            buf.push(b'\r');
+        }
+        let n = read_line_upto(input, &mut buf, BODY_CHUNK).map_err(PrepareError::Read)?;
+        if n == 0 {
+            if held_cr {
+                w.put(b"\r")?;
+            }
+            if !line_start {
+                w.put(b"\r\n")?;
+            }
+            return Ok(());
+        }
+        if buf.last() == Some(&b'\n') {
+            strip_line_end(&mut buf);
+            if line_start && ends(&buf) {
+                return Ok(());
+            }
+            w.put(&buf)?;
+            w.put(b"\r\n")?;
+            line_start = true;
+            held_cr = false;
+        } else {
+            held_cr = buf.last() == Some(&b'\r');
+            if held_cr {
+                buf.pop();
+            }
+            w.put(&buf)?;
+            line_start = false;
+        }
+    }
 }
 
 /// `smtp-relay send`: queue a message from stdin durably, without SMTP.
@@ -1166,9 +1333,12 @@ pub fn run_send(
         Some("") | Some("<>") => ReversePath::Null,
         Some(f) => ReversePath::Path(parse_mailbox(f).map_err(AdminError::usage)?),
     };
-    let spool = Spool::open(&config.spool).map_err(|e| AdminError {
-        code: EX_TEMPFAIL,
-        message: e.to_string(),
+    let spool = open_spool(&config.spool).map_err(|e| match e.code {
+        EX_IOERR => AdminError {
+            code: EX_TEMPFAIL,
+            ..e
+        },
+        _ => e,
     })?;
     let tempfail = |e: SpoolError| AdminError {
         code: EX_TEMPFAIL,
@@ -1177,14 +1347,46 @@ pub fn run_send(
     let mut incoming = spool.incoming().map_err(tempfail)?;
     let id = incoming.id();
     let now = now_unix();
-    let mut reader = io::BufReader::new(input);
-    let (message, found) =
-        prepare_message(&mut reader, opts, &config.hostname, id, now).map_err(|e| AdminError {
-            code: EX_TEMPFAIL,
-            message: format!("reading the message: {e}"),
-        })?;
+    let header = format!(
+        "Received: by {} (smtp-relay) id {id}; {}\r\n",
+        config.hostname,
+        rfc5322_date(now)
+    );
+    incoming
+        .write_all(header.as_bytes())
+        .map_err(|e| tempfail(SpoolError::io(spool.tmp_dir(), e)))?;
+    let mut reader = io::BufReader::with_capacity(64 * 1024, input);
+    // on any error `incoming` is dropped here, and with it its tmp file:
+    // nothing is queued
+    let prepared = match prepare_message(
+        &mut reader,
+        opts,
+        &config.hostname,
+        id,
+        now,
+        config.max_size,
+        &mut incoming,
+    ) {
+        Ok(p) => p,
+        Err(PrepareError::TooBig) => {
+            return Err(AdminError {
+                code: EX_DATAERR,
+                message: format!(
+                    "message larger than --max-size ({} octets): not queued",
+                    config.max_size
+                ),
+            })
+        }
+        Err(PrepareError::Read(e)) => {
+            return Err(AdminError {
+                code: EX_TEMPFAIL,
+                message: format!("reading the message: {e}"),
+            })
+        }
+        Err(PrepareError::Write(e)) => return Err(tempfail(SpoolError::io(spool.tmp_dir(), e))),
+    };
     let mut rcpts: Vec<Path> = Vec::new();
-    for r in opts.rcpts.iter().chain(found.iter()) {
+    for r in opts.rcpts.iter().chain(prepared.rcpts.iter()) {
         let p = parse_mailbox(r).map_err(AdminError::usage)?;
         if !rcpts.contains(&p) {
             rcpts.push(p);
@@ -1193,15 +1395,6 @@ pub fn run_send(
     if rcpts.is_empty() {
         return Err(AdminError::usage("no recipients (name them, or use -t)"));
     }
-    let header = format!(
-        "Received: by {} (smtp-relay) id {id}; {}\r\n",
-        config.hostname,
-        rfc5322_date(now)
-    );
-    incoming
-        .write_all(header.as_bytes())
-        .and_then(|_| incoming.write_all(&message))
-        .map_err(|e| tempfail(SpoolError::io(spool.tmp_dir(), e)))?;
     let smtputf8 =
         rcpts.iter().any(|r| r.mailbox().is_utf8()) || from.mailbox().is_some_and(|m| m.is_utf8());
     let env = Envelope {
@@ -1211,9 +1404,8 @@ pub fn run_send(
         helo: config.hostname.clone(),
         from,
         size: incoming.written(),
-        body: message
-            .iter()
-            .any(|&b| b >= 0x80)
+        body: prepared
+            .eight_bit
             .then_some(crate::smtp::Body::EightBitMime),
         smtputf8,
         attempts: 0,
@@ -1308,9 +1500,12 @@ mod tests {
         };
         let input = b"To: a@x.example\nBcc: secret@y.example\nSubject: s\n\nbody\n.\nafter\n";
         let id = QueueId::parse("0006464A1B2C3D4E").unwrap();
-        let (msg, rcpts) = prepare_message(&mut &input[..], &opts, "h.test", id, 0).unwrap();
+        let mut msg = Vec::new();
+        let p =
+            prepare_message(&mut &input[..], &opts, "h.test", id, 0, 1 << 20, &mut msg).unwrap();
+        assert_eq!(p.size, msg.len() as u64);
         let text = String::from_utf8(msg).unwrap();
-        assert_eq!(rcpts, vec!["a@x.example", "secret@y.example"]);
+        assert_eq!(p.rcpts, vec!["a@x.example", "secret@y.example"]);
         assert!(!text.contains("secret"), "{text}");
         assert!(text.contains("Message-ID: <0006464A1B2C3D4E@h.test>\r\n"));
         assert!(text.contains("Date: "));
@@ -1319,10 +1514,43 @@ mod tests {
             ignore_dots: true,
             ..SendOpts::default()
         };
-        let (msg, _) = prepare_message(&mut &input[..], &opts_i, "h.test", id, 0).unwrap();
+        let mut msg = Vec::new();
+        prepare_message(&mut &input[..], &opts_i, "h.test", id, 0, 1 << 20, &mut msg).unwrap();
         assert!(String::from_utf8(msg)
             .unwrap()
             .ends_with("body\r\n.\r\nafter\r\n"));
+    }
+
+    /// The body streams in pieces: a line longer than a piece, a CRLF cut
+    /// between two pieces, a last line without a line end, and the limit.
+    #[test]
+    fn body_streams_in_pieces_within_the_limit() {
+        let id = QueueId::parse("0006464A1B2C3D4E").unwrap();
+        let opts = SendOpts::default();
+        let long = "x".repeat(BODY_CHUNK as usize - 1);
+        let input = format!("Date: d\nMessage-ID: <m@h>\n\n{long}\r\n{long}y\r\nlast");
+        let mut out = Vec::new();
+        let p =
+            prepare_message(&mut input.as_bytes(), &opts, "h", id, 0, 1 << 20, &mut out).unwrap();
+        let want = format!("Date: d\r\nMessage-ID: <m@h>\r\n\r\n{long}\r\n{long}y\r\nlast\r\n");
+        assert!(out == want.as_bytes(), "stream differs");
+        assert!(!p.eight_bit);
+        for max in [10, want.len() as u64 - 1] {
+            let r = prepare_message(
+                &mut input.as_bytes(),
+                &opts,
+                "h",
+                id,
+                0,
+                max,
+                &mut Vec::new(),
+            );
+            assert!(matches!(r, Err(PrepareError::TooBig)), "max {max}: {r:?}");
+        }
+        // an endless header line is cut at the limit, not buffered
+        let mut endless = io::BufReader::new(io::repeat(b'h'));
+        let r = prepare_message(&mut endless, &opts, "h", id, 0, 1 << 16, &mut Vec::new());
+        assert!(matches!(r, Err(PrepareError::TooBig)), "{r:?}");
     }
 
     #[test]

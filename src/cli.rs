@@ -434,7 +434,8 @@ fn usage_text() -> String {
         "  -v, --verbose                      more log output (-vv: protocol trace); RUST_LOG also works\n\
          \nDurations: 250ms, 30s, 5m, 2h, 5d. Exit codes: 0 ok, 64 usage, 69 cannot listen\n\
          (route: permanently undeliverable), 74 spool I/O error, 75 spool locked by another\n\
-         server (route: temporarily undeliverable).\n",
+         server (route: temporarily undeliverable), 77 cannot drop privileges, 78 unsafe or\n\
+         missing spool.\n",
     );
     s
 }
@@ -511,6 +512,31 @@ fn options(specs: &[&OptSpec]) -> getopts::Options {
     o
 }
 
+/// The configuration file read when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/smtp-relay.conf";
+
+/// Names another configuration file than [`DEFAULT_CONFIG`].
+pub const CONFIG_ENV: &str = "SMTP_RELAY_CONFIG";
+
+/// Every command's settings file: `--config FILE`, else the file that
+/// `$SMTP_RELAY_CONFIG` names (it must exist, like `--config`'s), else
+/// `/etc/smtp-relay.conf` when there is one; without any, the built-in
+/// defaults. So `send` and the queue commands find the spool the server
+/// was configured with, wherever they run.
+fn config_file(explicit: Option<String>) -> Result<HashMap<String, Vec<String>>, UsageError> {
+    if let Some(path) = explicit {
+        return read_config_file(&path);
+    }
+    if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+        return read_config_file(&path.to_string_lossy());
+    }
+    match std::fs::metadata(DEFAULT_CONFIG) {
+        Ok(_) => read_config_file(DEFAULT_CONFIG),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) => Err(UsageError(format!("config file {DEFAULT_CONFIG}: {e}"))),
+    }
+}
+
 /// Reads `name = value` lines; unknown names are errors naming the line.
 fn read_config_file(path: &str) -> Result<HashMap<String, Vec<String>>, UsageError> {
     let specs = all_specs();
@@ -554,10 +580,7 @@ fn parse_values(args: &[String], specs: &[&OptSpec], free: usize) -> Result<Valu
     if let Some(extra) = matches.free.get(free) {
         return Err(UsageError(format!("unexpected argument {extra:?}")));
     }
-    let file = match matches.opt_str("config") {
-        Some(path) => read_config_file(&path)?,
-        None => HashMap::new(),
-    };
+    let file = config_file(matches.opt_str("config"))?;
     Ok(Values { matches, file })
 }
 
@@ -745,10 +768,7 @@ fn parse_passwd(args: &[String]) -> Result<Cli, UsageError> {
     if m.opt_present("help") {
         return Ok(Cli::Help(usage_text()));
     }
-    let file = match m.opt_str("config") {
-        Some(path) => read_config_file(&path)?,
-        None => HashMap::new(),
-    };
+    let file = config_file(m.opt_str("config"))?;
     let v = Values { matches: m, file };
     let [user] = v.matches.free.as_slice() else {
         return Err(UsageError("passwd takes exactly one USER".into()));
@@ -771,7 +791,8 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     let mut o = getopts::Options::new();
     for spec in ROUTING_OPTS
         .iter()
-        .filter(|s| matches!(s.name, "config" | "spool" | "hostname"))
+        .chain(SERVER_OPTS)
+        .filter(|s| matches!(s.name, "config" | "spool" | "hostname" | "max-size"))
     {
         o.optopt("", spec.name, spec.desc, spec.hint);
     }
@@ -781,10 +802,7 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     o.optmulti("o", "", "sendmail option (only -oi is understood)", "OPT");
     o.optflagmulti("v", "verbose", "more log output");
     let m = o.parse(args).map_err(|e| UsageError(e.to_string()))?;
-    let file = match m.opt_str("config") {
-        Some(path) => read_config_file(&path)?,
-        None => HashMap::new(),
-    };
+    let file = config_file(m.opt_str("config"))?;
     let v = Values { matches: m, file };
     let mut config = Config::new();
     if let Some(sp) = v.single("spool") {
@@ -793,6 +811,10 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     if let Some(h) = v.single("hostname") {
         Domain::parse(&h, false).map_err(|e| UsageError(format!("--hostname: {h:?}: {e}")))?;
         config.hostname = h;
+    }
+    // the largest message, as serve's (the config file's max-size too)
+    if let Some(m) = v.single("max-size") {
+        config.max_size = parse_size("max-size", &m)?;
     }
     config.verbosity = v.matches.opt_count("verbose");
     let mut ignore_dots = v.matches.opt_present("i");

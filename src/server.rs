@@ -50,6 +50,7 @@ impl ServeError {
             ServeError::Dns(_) => 69,
             ServeError::Privileges(_) => 77,
             ServeError::Spool(SpoolError::Locked(_)) => 75,
+            ServeError::Spool(SpoolError::Unsafe { .. } | SpoolError::Missing(_)) => 78,
             ServeError::Spool(_) => 74,
             ServeError::Thread(_) => 71,
         }
@@ -81,6 +82,26 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // before anything else: a SIGHUP during start-up is not fatal either
     let signals = Signals::install();
     let config = Arc::new(config);
+    // Root binds (port 25), and with --user hands the spool over by file
+    // descriptor (spool/owner.rs), then drops privileges. Everything that
+    // walks the spool (lock, recovery, cleaning tmp/ and free/) runs
+    // after that, as the spool's user.
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let l = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        let local = l.local_addr().map_err(|source| ServeError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        listeners.push((l, local));
+    }
+    if let Some(name) = &config.user {
+        become_user(name, &config.spool)?;
+    }
+
     let mut spool = Spool::open(&config.spool)?;
     let lock = spool.lock()?;
     spool.start_committer(config.sync == crate::config::SyncMode::Syncfs)?;
@@ -95,22 +116,6 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         rec.corrupt_moved
     );
 
-    let mut listeners = Vec::new();
-    for addr in &config.listen {
-        let l = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
-            addr: *addr,
-            source,
-        })?;
-        let local = l.local_addr().map_err(|source| ServeError::Bind {
-            addr: *addr,
-            source,
-        })?;
-        listeners.push((l, local));
-    }
-
-    if let Some(name) = &config.user {
-        become_user(name, &spool)?;
-    }
     let local: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
     // sessions and delivery announce new messages to the scheduler; a
     // full channel only delays a message until the next rescan
@@ -208,15 +213,16 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// `--user`: started as root to bind a low port, continue as `name`.
-fn become_user(name: &str, spool: &Spool) -> Result<(), ServeError> {
+/// `--user`: started as root to bind a low port, continue as `name`,
+/// giving it the spool first (without following links, see
+/// `spool/owner.rs`).
+fn become_user(name: &str, spool: &std::path::Path) -> Result<(), ServeError> {
     if !crate::sys::is_root() {
         log::warn!("--user {name} ignored: not running as root");
         return Ok(());
     }
     let user = crate::sys::lookup_user(name).map_err(ServeError::Privileges)?;
-    crate::sys::chown_tree(spool.root(), user)
-        .map_err(|e| ServeError::Spool(SpoolError::io(spool.root(), e)))?;
+    crate::spool::owner::give_to(spool, user)?;
     crate::sys::drop_privileges(user).map_err(ServeError::Privileges)?;
     log::info!(
         "running as user {name} (uid {}, gid {})",

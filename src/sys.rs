@@ -1,12 +1,27 @@
 //! The few operating-system calls std does not offer: free space of the
-//! spool's filesystem, and dropping root privileges after binding. This
-//! is the only module with `unsafe`; each block is a plain libc call on
-//! values we own.
+//! spool's filesystem, dropping root privileges after binding, renames
+//! that never replace, and the `*at` calls that walk a directory by file
+//! descriptor without following symbolic links. This is the only module
+//! with `unsafe`; each block is a plain libc call on values we own.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString, OsString};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
+
+fn cstr(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
 
 /// Free space for unprivileged users on the filesystem holding `path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,8 +33,7 @@ pub struct FreeSpace {
 }
 
 pub fn free_space(path: &Path) -> io::Result<FreeSpace> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = cstr(path)?;
     // SAFETY: `c` is a valid NUL-terminated string and `st` a zeroed
     // statvfs that libc fills in; nothing is retained after the call.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -87,23 +101,164 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Gives every file and folder under `root` to `user` (before dropping
-/// privileges, so the relay can still read and replace its spool).
-pub fn chown_tree(root: &Path, user: User) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let md = std::fs::symlink_metadata(&p)?;
-        if md.uid() != user.uid || md.gid() != user.gid {
-            std::os::unix::fs::lchown(&p, Some(user.uid), Some(user.gid))?;
+/// Renames `from` to `to` unless `to` exists (then `AlreadyExists`, and
+/// nothing changed): `renameat2(RENAME_NOREPLACE)`, one syscall like
+/// `rename`. Where the filesystem or kernel lacks it, `link` + `unlink`,
+/// which refuses an existing target the same way.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: two valid NUL-terminated paths, read only during the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
         }
-        if md.is_dir() {
-            for e in std::fs::read_dir(&p)? {
-                stack.push(e?.path());
-            }
+        _ => Err(e),
+    }
+}
+
+/// What `fstatat(AT_SYMLINK_NOFOLLOW)` or `fstat` says about a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: FileKind,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+    pub dev: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Dir,
+    File,
+    Symlink,
+    Other,
+}
+
+// nlink is u32 on some targets, u64 on others
+#[allow(clippy::useless_conversion)]
+fn stat_of(st: &libc::stat) -> Stat {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => FileKind::Dir,
+        libc::S_IFREG => FileKind::File,
+        libc::S_IFLNK => FileKind::Symlink,
+        _ => FileKind::Other,
+    };
+    Stat {
+        kind,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        nlink: u64::from(st.st_nlink),
+        dev: u64::from(st.st_dev),
+    }
+}
+
+/// `name` inside the directory `dir`, never following a symbolic link.
+pub fn stat_at(dir: &OwnedFd, name: &CStr) -> io::Result<Stat> {
+    // SAFETY: `st` is zeroed and filled by the kernel; `name` is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(stat_of(&st))
+}
+
+/// What an open descriptor is (no path lookup: no race).
+pub fn stat_fd(fd: &impl AsRawFd) -> io::Result<Stat> {
+    // SAFETY: as in `stat_at`, on a descriptor we hold open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(stat_of(&st))
+}
+
+fn open_at(dir: Option<&OwnedFd>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let base = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `name` is valid; a descriptor returned by openat is ours.
+    let fd = check(unsafe { libc::openat(base, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a directory (`dir`-relative, or `path` itself when `dir` is
+/// `None`), refusing a symbolic link as the last component (`ELOOP`).
+pub fn open_dir_nofollow(dir: Option<&OwnedFd>, name: &Path) -> io::Result<OwnedFd> {
+    open_at(
+        dir,
+        &cstr(name)?,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+    )
+}
+
+/// Opens a file inside `dir` read-only without following a link and
+/// without blocking on a FIFO, only to look at it and change its owner.
+pub fn open_file_nofollow(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
+    open_at(
+        Some(dir),
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )
+}
+
+/// `mkdirat`: a new directory in `dir`.
+pub fn mkdir_at(dir: &OwnedFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we hold and a valid name.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// Gives the open file or directory `fd` to `user`: the object we hold,
+/// whatever its name points to by now.
+pub fn fchown(fd: &impl AsRawFd, user: User) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we hold.
+    check(unsafe { libc::fchown(fd.as_raw_fd(), user.uid, user.gid) })?;
+    Ok(())
+}
+
+/// The names in the open directory `dir` (without `.` and `..`).
+pub fn read_dir_fd(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
+    // fdopendir takes the descriptor: give it its own copy
+    let dup = dir.try_clone()?;
+    // SAFETY: fdopendir owns `raw` from here (closedir closes it); the
+    // entries are copied out before the next readdir call.
+    let raw = dup.as_raw_fd();
+    let d = unsafe { libc::fdopendir(raw) };
+    if d.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(dup);
+    // rewind: the copy shares its offset with `dir`
+    unsafe { libc::rewinddir(d) };
+    let mut names = Vec::new();
+    loop {
+        let ent = unsafe { libc::readdir(d) };
+        if ent.is_null() {
+            break;
+        }
+        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name.to_vec()));
         }
     }
-    Ok(())
+    unsafe { libc::closedir(d) };
+    Ok(names)
 }
 
 /// Drops to `user` for good: supplementary groups, then group, then user

@@ -47,8 +47,12 @@ fn queue(spool: &Path, sub: &str, args: &[&str]) -> CliRun {
 
 /// Runs the binary with `input` on its standard input.
 fn run_stdin(args: &[&str], input: &[u8], limit: Duration) -> CliRun {
-    let mut child = Command::new(BIN)
-        .args(args)
+    run_command_stdin(Command::new(BIN).args(args), input, limit)
+}
+
+/// `run_stdin` for a prepared command (environment, working folder).
+fn run_command_stdin(cmd: &mut Command, input: &[u8], limit: Duration) -> CliRun {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1138,10 +1142,18 @@ fn send(spool: &Path, args: &[&str], input: &[u8]) -> CliRun {
     run_stdin(&v, input, T)
 }
 
+/// An empty spool in `dir`, as a server leaves it (`send` and the queue
+/// commands never create one).
+fn empty_spool(dir: &TempDir) -> std::path::PathBuf {
+    let spool = dir.path().join("spool");
+    fs::create_dir_all(spool.join("queue")).expect("mkdir spool");
+    spool
+}
+
 #[test]
 fn send_queues_with_envelope_and_added_headers() {
     let dir = TempDir::new("send");
-    let spool = dir.path().join("spool");
+    let spool = empty_spool(&dir);
     let r = send(
         &spool,
         &["-f", "sender@x.example", "a@example.net", "<b@example.org>"],
@@ -1191,7 +1203,7 @@ fn send_queues_with_envelope_and_added_headers() {
 #[test]
 fn send_t_takes_recipients_from_headers_and_drops_bcc() {
     let dir = TempDir::new("send-t");
-    let spool = dir.path().join("spool");
+    let spool = empty_spool(&dir);
     let input = b"From: me@x.example\nDate: Sat, 1 Jan 2000 00:00:00 +0000\nTo: Ann <ann@example.net>\nCc: bob@example.org (Bob)\nBcc: secret@hidden.example\nSubject: t\n\nbody\n";
     ok(&send(&spool, &["-t", "-f", "me@x.example"], input));
     let q = queued_ids(&spool);
@@ -1243,4 +1255,124 @@ fn send_with_a_running_server_is_delivered() {
     assert_eq!(m.rcpts, ["you@example.net"]);
     assert!(String::from_utf8_lossy(&m.data).contains("Subject: via send\r\n"));
     assert!(wait_until(T, || queued_ids(relay.spool()).is_empty()));
+}
+
+/// `send` in a folder without a spool, with `SMTP_RELAY_CONFIG` set to
+/// `config` (a file with no spool line stands for "no configuration").
+fn send_in(cwd: &Path, config: &Path, input: &[u8]) -> CliRun {
+    run_command_stdin(
+        Command::new(BIN)
+            .args(["send", "-f", "me@x.example", "you@example.net"])
+            .env("SMTP_RELAY_CONFIG", config)
+            .current_dir(cwd),
+        input,
+        T,
+    )
+}
+
+#[test]
+fn send_and_queue_commands_never_create_a_spool() {
+    let dir = TempDir::new("nospool");
+    let missing = dir.path().join("spool");
+    let r = send(
+        &missing,
+        &["-f", "me@x.example", "you@example.net"],
+        b"x
+",
+    );
+    assert_eq!(r.code, Some(78), "{}", show_run(&r));
+    assert!(r.stderr.contains("no spool here"), "{}", show_run(&r));
+    for sub in ["list", "flush", "hold", "release", "requeue"] {
+        let r = queue(&missing, sub, &[]);
+        assert_eq!(r.code, Some(78), "queue {sub}: {}", show_run(&r));
+        assert!(r.stderr.contains("no spool here"), "{}", show_run(&r));
+    }
+    assert!(!missing.exists(), "a spool was created");
+
+    // no --spool and no configuration: the default ./spool is not made
+    // in whatever folder the command runs in
+    let cwd = dir.path().join("cwd");
+    fs::create_dir(&cwd).expect("mkdir");
+    let config = write_file(dir.path(), "empty.conf", b"# nothing set\n");
+    let r = send_in(&cwd, &config, b"Subject: lost\n\nx\n");
+    assert_eq!(r.code, Some(78), "{}", show_run(&r));
+    assert!(!cwd.join("spool").exists(), "./spool was created");
+}
+
+#[test]
+fn send_without_spool_option_uses_the_config_file() {
+    let dir = TempDir::new("confspool");
+    let spool = empty_spool(&dir);
+    let cwd = dir.path().join("cwd");
+    fs::create_dir(&cwd).expect("mkdir");
+    let config = write_file(
+        dir.path(),
+        "relay.conf",
+        format!("spool = {}\n", spool.display()).as_bytes(),
+    );
+    ok(&send_in(&cwd, &config, b"Subject: found\n\nx\n"));
+    assert_eq!(queued_ids(&spool).len(), 1);
+    assert!(!cwd.join("spool").exists());
+    // a named configuration file that is missing is an error, not defaults
+    let r = send_in(&cwd, &dir.path().join("nonexistent.conf"), b"x\n");
+    assert_eq!(r.code, Some(64), "{}", show_run(&r));
+    assert!(r.stderr.contains("nonexistent.conf"), "{}", show_run(&r));
+}
+
+#[test]
+fn send_over_max_size_exits_65_and_queues_nothing() {
+    let dir = TempDir::new("send-big");
+    let spool = empty_spool(&dir);
+    let mut input = b"Subject: big\n\n".to_vec();
+    input.extend(std::iter::repeat_n(b"0123456789abcdef\n".as_slice(), 300).flatten());
+    let r = send(
+        &spool,
+        &["--max-size", "4k", "-f", "me@x.example", "you@example.net"],
+        &input,
+    );
+    assert_eq!(r.code, Some(65), "{}", show_run(&r));
+    assert!(r.stderr.contains("max-size"), "{}", show_run(&r));
+    assert!(queued_ids(&spool).is_empty());
+    assert_eq!(tmp_count(&spool), 0);
+    // the same message fits under the default limit (serve's, 10 MiB)
+    ok(&send(
+        &spool,
+        &["-f", "me@x.example", "you@example.net"],
+        &input,
+    ));
+    assert_eq!(queued_ids(&spool).len(), 1);
+}
+
+/// `send` streams stdin to the spool: a 32 MiB message is queued under a
+/// 48 MiB address-space limit (reading it all into memory, as before,
+/// needed more than twice its size).
+#[test]
+fn send_streams_a_large_message_in_bounded_memory() {
+    let dir = TempDir::new("send-stream");
+    let spool = empty_spool(&dir);
+    let line = [b'y'; 1023];
+    let mut input = b"Subject: large\n\n".to_vec();
+    for _ in 0..32 * 1024 {
+        input.extend_from_slice(&line);
+        input.push(b'\n');
+    }
+    let script = format!(
+        "ulimit -v 49152 && exec {BIN} send --spool {} --max-size 100M -f me@x.example you@example.net",
+        spool.display()
+    );
+    let r = run_command_stdin(
+        Command::new("sh").args(["-c", &script]),
+        &input,
+        Duration::from_secs(60),
+    );
+    ok(&r);
+    let q = queued_ids(&spool);
+    assert_eq!(q.len(), 1);
+    let msg = read_msg(&spool, &q[0]);
+    // CRLF line ends: one more octet per line
+    assert!(
+        msg.len() > input.len() + 32 * 1024,
+        "{} octets queued",
+        msg.len()
+    );
 }

@@ -169,14 +169,8 @@ fn publish(r: &Request, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result
             env_tmp,
             msg_final,
             env_final,
-        } => {
-            fs::rename(msg_tmp, msg_final).map_err(|e| SpoolError::io(msg_final, e))?;
-            if let Err(e) = fs::rename(env_tmp, env_final) {
-                let _ = fs::remove_file(msg_final);
-                return Err(SpoolError::io(env_final, e));
-            }
-            Ok(())
-        }
+        } => fsutil::publish(msg_tmp, env_tmp, msg_final, env_final)
+            .map_err(|e| SpoolError::io(env_final, e)),
         Op::Remove { env, msg } => {
             for p in [env, msg] {
                 if let Some(slot) = recycler.slot() {

@@ -55,6 +55,34 @@ pub fn write_atomic(tmp_dir: &Path, dir: &Path, name: &str, bytes: &[u8]) -> io:
     result
 }
 
+/// Publishes a message's fsynced tmp files into `queue/`: body first,
+/// then envelope (the envelope's appearance is the commit). Neither
+/// rename ever replaces a file: a queue file already there under that
+/// name (another process made the same id) gives `AlreadyExists` with
+/// both files back at their tmp names, and the caller picks a new id.
+/// Any other failure of the envelope's rename also brings the body back.
+pub fn publish(
+    msg_tmp: &Path,
+    env_tmp: &Path,
+    msg_final: &Path,
+    env_final: &Path,
+) -> io::Result<()> {
+    crate::sys::rename_noreplace(msg_tmp, msg_final)?;
+    if let Err(e) = crate::sys::rename_noreplace(env_tmp, env_final) {
+        // the body under its final name is ours (nothing was replaced)
+        if fs::rename(msg_final, msg_tmp).is_err() {
+            let _ = fs::remove_file(msg_final);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// True when a commit found its queue id taken (see `publish`).
+pub fn is_collision(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::AlreadyExists
+}
+
 /// True for errors that mean "no room": answered 452 4.3.1, not 451.
 pub fn is_out_of_space(e: &io::Error) -> bool {
     matches!(

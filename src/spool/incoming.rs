@@ -16,7 +16,7 @@
 //! interrupted DATA (client gone, timeout, too big) leaves nothing.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use super::envelope::Envelope;
@@ -75,12 +75,14 @@ impl<'a> Incoming<'a> {
 
     /// Makes the message durable and visible to delivery, as described in
     /// the module header. On `Err` nothing was committed and the files are
-    /// removed (by `Drop`).
+    /// removed (by `Drop`). Returns the id the message was committed
+    /// under: the one from `create`, unless another process committed a
+    /// message with that id meanwhile (ids carry only 12 bits of the pid),
+    /// in which case the message moves to a fresh id and the envelope is
+    /// rewritten with it; a queued file is never replaced.
     pub fn commit(mut self, env: &Envelope) -> Result<QueueId, SpoolError> {
         let msg_tmp = self.tmp_path("msg");
         let env_tmp = self.tmp_path("env");
-        let queue = self.spool.queue_dir();
-        let id = self.id;
         let mut w = self
             .file
             .take()
@@ -114,8 +116,27 @@ impl<'a> Incoming<'a> {
             ef.sync_data().map_err(|e| SpoolError::io(&env_tmp, e))?;
         }
         drop(f);
-        drop(ef);
 
+        for _ in 0..MAX_REROLLS {
+            match self.publish() {
+                Err(SpoolError::Io { source, .. }) if fsutil::is_collision(&source) => {
+                    self.reroll(env, &mut ef)?;
+                }
+                other => return other,
+            }
+        }
+        Err(SpoolError::io(
+            self.spool.queue_dir(),
+            io::Error::other("could not find a free queue id"),
+        ))
+    }
+
+    /// Steps 3 and 4 of the module header, through the group committer
+    /// when the server runs one.
+    fn publish(&mut self) -> Result<QueueId, SpoolError> {
+        let id = self.id;
+        let queue = self.spool.queue_dir();
+        let (msg_tmp, env_tmp) = (self.tmp_path("msg"), self.tmp_path("env"));
         let msg_final = queue.join(format!("{id}.msg"));
         let env_final = queue.join(format!("{id}.env"));
         if let Some(c) = self.spool.committer() {
@@ -123,11 +144,8 @@ impl<'a> Incoming<'a> {
             self.committed = true;
             return Ok(id);
         }
-        fs::rename(&msg_tmp, &msg_final).map_err(|e| SpoolError::io(&msg_final, e))?;
-        if let Err(e) = fs::rename(&env_tmp, &env_final) {
-            let _ = fs::remove_file(&msg_final);
-            return Err(SpoolError::io(&env_final, e));
-        }
+        fsutil::publish(&msg_tmp, &env_tmp, &msg_final, &env_final)
+            .map_err(|e| SpoolError::io(&env_final, e))?;
         // From here the message exists. If the directory fsync fails we
         // cannot promise it survives a crash, so we answer 4xx; the message
         // may still be delivered (a duplicate is acceptable, a loss is not).
@@ -135,7 +153,56 @@ impl<'a> Incoming<'a> {
         fsutil::fsync_dir(queue).map_err(|e| SpoolError::io(queue, e))?;
         Ok(id)
     }
+
+    /// The id was taken in `queue/`: moves both tmp files to a fresh id
+    /// and rewrites the envelope (the only file that names it; the
+    /// Received header keeps the id the message was received under).
+    /// The tmp renames need no fsync: only the final ones publish.
+    fn reroll(&mut self, env: &Envelope, ef: &mut File) -> Result<(), SpoolError> {
+        let old = self.id;
+        let (msg_old, env_old) = (self.tmp_path("msg"), self.tmp_path("env"));
+        for _ in 0..MAX_REROLLS {
+            self.id = QueueId::generate();
+            let msg_new = self.tmp_path("msg");
+            match crate::sys::rename_noreplace(&msg_old, &msg_new) {
+                Ok(()) => break,
+                Err(e) if fsutil::is_collision(&e) => {
+                    self.id = old;
+                    continue;
+                }
+                Err(e) => {
+                    self.id = old;
+                    return Err(SpoolError::io(&msg_new, e));
+                }
+            }
+        }
+        if self.id == old {
+            return Err(SpoolError::io(
+                &msg_old,
+                io::Error::other("could not find a free queue id"),
+            ));
+        }
+        log::warn!(
+            "{old} queue id already taken by another process; committing as {}",
+            self.id
+        );
+        let env_new = self.tmp_path("env");
+        // tmp/NEW.env cannot exist: tmp/NEW.msg was free and ids are
+        // taken in tmp/ by their .msg first
+        fs::rename(&env_old, &env_new).map_err(|e| SpoolError::io(&env_new, e))?;
+        let mut renamed = env.clone();
+        renamed.id = self.id;
+        let text = renamed.to_text();
+        ef.seek(SeekFrom::Start(0))
+            .and_then(|_| ef.write_all(text.as_bytes()))
+            .and_then(|_| ef.set_len(text.len() as u64))
+            .and_then(|_| ef.sync_data())
+            .map_err(|e| SpoolError::io(&env_new, e))
+    }
 }
+
+/// Fresh ids tried when a commit finds its id taken.
+const MAX_REROLLS: usize = 100;
 
 impl Write for Incoming<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

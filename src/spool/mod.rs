@@ -20,6 +20,7 @@ pub mod committer;
 pub mod envelope;
 pub mod fsutil;
 pub mod incoming;
+pub mod owner;
 pub mod queue_id;
 pub mod recycle;
 
@@ -45,6 +46,16 @@ pub enum SpoolError {
     },
     /// Another server holds the spool lock.
     Locked(PathBuf),
+    /// The spool is laid out so that using it could touch files outside
+    /// it: a folder or the lock is a symbolic link, or, for a process
+    /// running as root, a part of it belongs to another user.
+    Unsafe {
+        path: PathBuf,
+        why: String,
+    },
+    /// No spool at this path (a queue command or `send`, which never
+    /// create one).
+    Missing(PathBuf),
 }
 
 impl SpoolError {
@@ -71,6 +82,14 @@ impl fmt::Display for SpoolError {
                 "{}: spool is locked by another running smtp-relay",
                 p.display()
             ),
+            SpoolError::Unsafe { path, why } => {
+                write!(f, "{}: unsafe spool: {why}", path.display())
+            }
+            SpoolError::Missing(p) => write!(
+                f,
+                "{}: no spool here (only `smtp-relay serve` creates one; give --spool, or set spool in the config file)",
+                p.display()
+            ),
         }
     }
 }
@@ -83,6 +102,9 @@ impl std::error::Error for SpoolError {
         }
     }
 }
+
+/// The spool's folders, each a real folder (never a symbolic link).
+pub(crate) const SUBDIRS: [&str; 5] = ["tmp", "queue", "corrupt", "flush.d", "free"];
 
 /// Most files kept in `free/` for reuse (two per message).
 const RECYCLE_MAX: usize = 4096;
@@ -118,8 +140,28 @@ pub struct Recovery {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool folders under `root`.
+    /// Opens the spool under `root`, creating it and its folders if
+    /// needed (`serve`). Refuses folders that are symbolic links, and,
+    /// when running as root, a spool that belongs to another user (root
+    /// would act in folders that user can change under it: use `--user`).
     pub fn open(root: &Path) -> Result<Spool, SpoolError> {
+        fsutil::ensure_dir(root).map_err(|e| SpoolError::io(root, e))?;
+        Spool::open_dirs(root)
+    }
+
+    /// Opens an existing spool (queue commands and `send`): a missing one
+    /// is [`SpoolError::Missing`], never created.
+    pub fn open_existing(root: &Path) -> Result<Spool, SpoolError> {
+        match fs::symlink_metadata(root.join("queue")) {
+            Ok(_) => Spool::open_dirs(root),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(SpoolError::Missing(root.to_path_buf()))
+            }
+            Err(e) => Err(SpoolError::io(root, e)),
+        }
+    }
+
+    fn open_dirs(root: &Path) -> Result<Spool, SpoolError> {
         let spool = Spool {
             root: root.to_path_buf(),
             tmp: root.join("tmp"),
@@ -131,15 +173,32 @@ impl Spool {
             free: root.join("free"),
             syncfs: false,
         };
-        for d in [
-            &spool.root,
-            &spool.tmp,
-            &spool.queue,
-            &spool.corrupt,
-            &spool.flush,
-            &spool.free,
-        ] {
-            fsutil::ensure_dir(d).map_err(|e| SpoolError::io(d, e))?;
+        let as_root = crate::sys::is_root();
+        let md = fs::metadata(root).map_err(|e| SpoolError::io(root, e))?;
+        if as_root {
+            not_foreign(root, &md)?;
+        }
+        for name in SUBDIRS {
+            let d = root.join(name);
+            match fs::symlink_metadata(&d) {
+                Ok(md) => {
+                    let kind = if md.file_type().is_symlink() {
+                        crate::sys::FileKind::Symlink
+                    } else if md.is_dir() {
+                        crate::sys::FileKind::Dir
+                    } else {
+                        crate::sys::FileKind::Other
+                    };
+                    owner::check_dir_kind(&d, kind)?;
+                    if as_root {
+                        not_foreign(&d, &md)?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fsutil::ensure_dir(&d).map_err(|e| SpoolError::io(&d, e))?
+                }
+                Err(e) => return Err(SpoolError::io(&d, e)),
+            }
         }
         Ok(spool)
     }
@@ -245,8 +304,9 @@ impl Spool {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| SpoolError::io(&path, e))?;
+            .map_err(|e| owner::unsafe_or_io(&path, e))?;
         match file.try_lock() {
             Ok(()) => Ok(SpoolLock { _file: file }),
             Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Locked(path)),
@@ -428,6 +488,21 @@ impl Spool {
     }
 }
 
+/// Root refuses to work in a spool folder another user owns.
+fn not_foreign(path: &Path, md: &fs::Metadata) -> Result<(), SpoolError> {
+    use std::os::unix::fs::MetadataExt;
+    if md.uid() == 0 {
+        return Ok(());
+    }
+    Err(SpoolError::Unsafe {
+        path: path.to_path_buf(),
+        why: format!(
+            "belongs to uid {}, and this process runs as root: run serve with --user, or run as that user",
+            md.uid()
+        ),
+    })
+}
+
 fn read_dir(dir: &Path) -> Result<impl Iterator<Item = fs::DirEntry>, SpoolError> {
     Ok(fs::read_dir(dir)
         .map_err(|e| SpoolError::io(dir, e))?
@@ -522,5 +597,43 @@ mod tests {
         spool.remove(id).unwrap();
         assert!(spool.list_ids().unwrap().is_empty());
         let _ = fs::remove_dir_all(spool.root());
+    }
+
+    /// Another process (same 12 pid bits, same microsecond) committed a
+    /// message under our id: the commit takes a fresh id and leaves the
+    /// other message as it was, with and without the group committer,
+    /// whether the body or only the envelope is in the way.
+    #[test]
+    fn commit_never_replaces_a_queued_file() {
+        for (n, group) in [(0, false), (1, true), (2, false), (3, true)] {
+            let mut spool = temp_spool(&format!("collide{n}"));
+            if group {
+                spool.start_committer(false).unwrap();
+            }
+            let mut inc = spool.incoming().unwrap();
+            let id = inc.id();
+            inc.write_all(b"ours").unwrap();
+            let theirs = env_for(id).to_text();
+            if n < 2 {
+                fs::write(spool.msg_path(id), b"theirs").unwrap();
+            }
+            fs::write(spool.env_path(id), &theirs).unwrap();
+
+            let got = inc.commit(&env_for(id)).unwrap();
+            assert_ne!(got, id, "case {n}: committed over the other message");
+            assert_eq!(fs::read(spool.msg_path(got)).unwrap(), b"ours");
+            assert_eq!(spool.load(got).unwrap().id, got);
+            assert_eq!(fs::read_to_string(spool.env_path(id)).unwrap(), theirs);
+            if n < 2 {
+                assert_eq!(fs::read(spool.msg_path(id)).unwrap(), b"theirs");
+            } else {
+                assert!(
+                    !spool.msg_path(id).exists(),
+                    "case {n}: our body left under the old id"
+                );
+            }
+            assert_eq!(fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
+            let _ = fs::remove_dir_all(spool.root());
+        }
     }
 }

@@ -3,8 +3,11 @@
 //! Sixteen upper-case hex digits: microseconds since the Unix epoch in the
 //! high 52 bits (good until 2112), and 12 bits of the process id below,
 //! so ids sort by arrival time and two processes writing one spool (the
-//! server and `smtp-relay send`) never make the same id. Within a process
-//! ids strictly increase. At start-up the server seeds the generator past
+//! server and `smtp-relay send`) rarely make the same id: only when their
+//! pids agree in 12 bits and they draw in the same microsecond. The commit
+//! is the guard: it never renames over a queued file and moves to a fresh
+//! id when its own is taken (`Incoming::commit`). Within a process ids
+//! strictly increase. At start-up the server seeds the generator past
 //! every id already in the spool, so a clock set back cannot reuse one.
 
 use std::fmt;

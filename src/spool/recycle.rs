@@ -92,14 +92,23 @@ impl Recycler {
         free.extend(files);
     }
 
-    /// Moves a free file to `dest` and opens it for writing from offset 0
-    /// (not truncated: the writer must `set_len` before syncing).
+    /// Moves a free file to `dest` (never over an existing file) and opens
+    /// it for writing from offset 0 (not truncated: the writer must
+    /// `set_len` before syncing).
     pub fn take(&self, dest: &Path) -> Option<File> {
         loop {
             let src = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if fs::rename(&src, dest).is_err() {
-                let _ = fs::remove_file(&src);
-                continue;
+            match crate::sys::rename_noreplace(&src, dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // `dest` is another process's file: keep ours for later
+                    self.give(vec![src]);
+                    return None;
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(&src);
+                    continue;
+                }
             }
             match OpenOptions::new().write(true).open(dest) {
                 Ok(f) => return Some(f),

@@ -23,8 +23,9 @@ use crossbeam_channel::Sender;
 use crate::bounce::{self, Action, RcptReport};
 use crate::client::{ClientError, Connection, Outgoing, Phase, Timeouts};
 use crate::route::{Hop, RouteError, Router};
-use crate::smtp::{Enhanced, Host, Path, Reply};
-use crate::spool::{Attempt, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
+use crate::smtp::{Enhanced, Host, Path};
+use crate::spool::{Attempt, DelayWarned, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
+use crate::status::{Class, LocalReason, Status};
 use crate::time::{format_duration, now_unix};
 
 /// Retry schedule (`--retry-min`, `--retry-max`, `--max-queue-age`).
@@ -239,61 +240,68 @@ pub enum Outcome {
     Held,
 }
 
-/// One recipient's result of one attempt.
+/// One recipient's result of one attempt: the hop's label for logs and
+/// history, the typed status, and (for a success) whether the next hop
+/// took the DSN requests along (RFC 3461 §5.2; false: a NOTIFY=SUCCESS is
+/// ours to answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Disposition {
-    /// Accepted; true when the next hop took the DSN requests along
-    /// (RFC 3461 §5.2), false when a NOTIFY=SUCCESS is ours to answer.
-    Sent(String, bool),
-    Deferred(String),
-    Failed(String),
+struct RcptResult {
+    relay: String,
+    status: Status,
+    dsn_passed: bool,
 }
 
-/// The only place that turns replies and errors into outcomes.
-fn classify_reply(r: &Reply) -> Disposition {
-    let text = r.to_string();
-    if r.code().is_positive() {
-        Disposition::Sent(text, false)
-    } else if r.code().is_transient() {
-        Disposition::Deferred(text)
-    } else {
-        Disposition::Failed(text)
-    }
-}
-
-fn classify_error(e: &ClientError) -> Disposition {
+/// The status of a failed exchange with `hop` at `peer`: the server's
+/// reply when it gave one, else our local reason.
+fn error_status(e: &ClientError, hop: &Hop, peer: SocketAddr) -> Status {
+    let local = |reason, enhanced, text: String| Status::local(reason, 451, enhanced, text);
     match e {
         // A 5xx greeting says "no service at this host", not "no such
         // recipient": skip the host and defer, as Postfix does by default
         // (smtp_skip_5xx_greeting), so the outcome does not depend on which
         // MX happened to be tried last.
-        ClientError::Rejected(Phase::Greeting, r) => {
-            Disposition::Deferred(format!("451 4.4.0 host refused service at greeting: {r}"))
-        }
-        ClientError::Rejected(_, r) => classify_reply(r),
-        ClientError::Connect(err) => {
-            Disposition::Deferred(format!("451 4.4.1 connect failed: {err}"))
-        }
-        ClientError::Timeout(p) => {
-            Disposition::Deferred(format!("451 4.4.2 timeout waiting for reply to {p}"))
-        }
-        ClientError::Io(p, err) => {
-            Disposition::Deferred(format!("451 4.4.2 connection lost during {p}: {err}"))
-        }
-        ClientError::Protocol(p, what) => {
-            Disposition::Deferred(format!("451 4.5.0 protocol error after {p}: {what}"))
-        }
+        ClientError::Rejected(Phase::Greeting, r) => local(
+            LocalReason::GreetingRefused,
+            Enhanced::new(4, 4, 0),
+            format!("host refused service at greeting: {r}"),
+        ),
+        ClientError::Rejected(_, r) => Status::remote(r, &remote_name(hop, peer), peer),
+        ClientError::Connect(err) => local(
+            LocalReason::ConnectFailed,
+            Enhanced::new(4, 4, 1),
+            format!("connect failed: {err}"),
+        ),
+        ClientError::Timeout(p) => local(
+            LocalReason::Timeout,
+            Enhanced::new(4, 4, 2),
+            format!("timeout waiting for reply to {p}"),
+        ),
+        ClientError::Io(p, err) => local(
+            LocalReason::ConnectionLost,
+            Enhanced::new(4, 4, 2),
+            format!("connection lost during {p}: {err}"),
+        ),
+        ClientError::Protocol(p, what) => local(
+            LocalReason::ProtocolError,
+            Enhanced::new(4, 5, 0),
+            format!("protocol error after {p}: {what}"),
+        ),
     }
 }
 
-fn route_disposition(e: &RouteError) -> Disposition {
+fn route_status(e: &RouteError) -> Status {
     match e {
         RouteError::Permanent {
             code,
             enhanced,
             text,
-        } => Disposition::Failed(format!("{code} {enhanced} {text}")),
-        RouteError::Temporary(t) => Disposition::Deferred(format!("451 4.4.3 {t}")),
+        } => Status::local(LocalReason::NoRoute, *code, *enhanced, text.clone()),
+        RouteError::Temporary(t) => Status::local(
+            LocalReason::RouteTemporary,
+            451,
+            Enhanced::new(4, 4, 3),
+            t.clone(),
+        ),
     }
 }
 
@@ -415,31 +423,31 @@ impl Deliverer {
             let results = self.deliver_group(&env, &group, &body_file);
             let now = now_unix();
             let mut relayed = Vec::new();
-            for ((i, _), (host, disp)) in group.rcpts.iter().zip(results) {
+            for ((i, _), res) in group.rcpts.iter().zip(results) {
                 let r = &mut env.rcpts[*i];
-                if let Disposition::Sent(_, false) = &disp {
+                let (state, word) = match res.status.class() {
+                    Class::Success => (RcptState::Sent, "sent"),
+                    Class::Temporary => (RcptState::Deferred, "deferred"),
+                    Class::Permanent => (RcptState::Bouncing, "bounced"),
+                };
+                if state == RcptState::Sent && !res.dsn_passed {
                     relayed.push(*i);
                 }
-                let (state, text, status) = match &disp {
-                    Disposition::Sent(t, _) => (RcptState::Sent, t, "sent"),
-                    Disposition::Deferred(t) => (RcptState::Deferred, t, "deferred"),
-                    Disposition::Failed(t) => (RcptState::Bouncing, t, "bounced"),
-                };
                 log::info!(
-                    "{id} to={} relay={} delay={} attempts={} dsn={} status={status} ({text})",
+                    "{id} to={} relay={} delay={} attempts={} dsn={} status={word} ({})",
                     r.path.mailbox(),
-                    host,
+                    res.relay,
                     format_duration(Duration::from_secs(now.saturating_sub(env.arrived))),
                     env.attempts,
-                    bounce::status_of(Some(text), Enhanced::new(4, 0, 0)),
+                    res.status.dsn_code(),
+                    res.status,
                 );
                 r.state = state;
-                r.last_reply = Some(text.clone());
-                env.history.push(Attempt {
+                r.last_reply = Some(res.status.clone());
+                r.tries.record(Attempt {
                     time: now,
-                    rcpt: r.path.mailbox().to_string(),
-                    host,
-                    reply: text.clone(),
+                    relay: res.relay,
+                    status: res.status,
                 });
             }
             // RFC 3461 §5.2.2: NOTIFY=SUCCESS past a non-DSN next hop
@@ -471,18 +479,27 @@ impl Deliverer {
             {
                 let last = r
                     .last_reply
-                    .clone()
+                    .as_ref()
+                    .map(|st| st.to_string())
                     .unwrap_or_else(|| "no attempt succeeded".into());
+                let permanent = r
+                    .last_reply
+                    .as_ref()
+                    .is_some_and(|st| st.class() == Class::Permanent);
                 log::info!(
                     "{id} to={} status=expired after {} ({last})",
                     r.path.mailbox(),
                     format_duration(age)
                 );
                 r.state = RcptState::Bouncing;
-                r.last_reply = Some(format!(
-                    "{} 4.4.7 message expired after {} in the queue; last error: {last}",
-                    if last.starts_with('5') { 554 } else { 451 },
-                    format_duration(age)
+                r.last_reply = Some(Status::local(
+                    LocalReason::Expired,
+                    if permanent { 554 } else { 451 },
+                    Enhanced::new(4, 4, 7),
+                    format!(
+                        "message expired after {} in the queue; last error: {last}",
+                        format_duration(age)
+                    ),
                 ));
             }
         }
@@ -522,10 +539,7 @@ impl Deliverer {
             return Ok(());
         };
         let age = now.saturating_sub(env.arrived);
-        let already = env
-            .history
-            .iter()
-            .any(|a| a.rcpt == "-" && a.host == "delay-warning");
+        let already = env.delay_warned.is_some();
         if age < after.as_secs() || already || env.from.is_null() {
             return Ok(());
         }
@@ -533,34 +547,31 @@ impl Deliverer {
             .rcpts
             .iter()
             .filter(|r| r.state == RcptState::Deferred)
-            .map(|r| bounce::report_for(env, r, Action::Delayed))
+            .map(|r| bounce::report_for(r, Action::Delayed))
             .collect();
         if let Some(dsn) = bounce::enqueue(&self.spool, &self.hostname, env, &reports, now)? {
             if let Some(tx) = &self.committed {
                 let _ = tx.try_send(dsn);
             }
-            env.history.push(Attempt {
-                time: now,
-                rcpt: "-".into(),
-                host: "delay-warning".into(),
-                reply: format!("delay warning sent as {dsn}"),
-            });
+            env.delay_warned = Some(DelayWarned { time: now, dsn });
         }
         Ok(())
     }
 
-    /// Delivers one group; returns (relay description, disposition) per
-    /// recipient, in the group's order.
-    fn deliver_group(
-        &self,
-        env: &Envelope,
-        group: &Group,
-        body: &File,
-    ) -> Vec<(String, Disposition)> {
-        let all = |host: &str, d: Disposition| vec![(host.to_string(), d); group.rcpts.len()];
+    /// Delivers one group; returns a result per recipient, in the
+    /// group's order.
+    fn deliver_group(&self, env: &Envelope, group: &Group, body: &File) -> Vec<RcptResult> {
+        let all = |relay: &str, status: Status| {
+            let r = RcptResult {
+                relay: relay.to_string(),
+                status,
+                dsn_passed: false,
+            };
+            vec![r; group.rcpts.len()]
+        };
         let hops = match &group.route {
             Ok(h) => h,
-            Err(e) => return all("-", route_disposition(e)),
+            Err(e) => return all("-", route_status(e)),
         };
         let key = hops
             .first()
@@ -569,7 +580,12 @@ impl Deliverer {
         let Some(_slot) = self.limiter.acquire(&key, self.timeouts.connect) else {
             return all(
                 "-",
-                Disposition::Deferred(format!("451 4.4.5 too many concurrent deliveries to {key}")),
+                Status::local(
+                    LocalReason::DestinationBusy,
+                    451,
+                    Enhanced::new(4, 4, 5),
+                    format!("too many concurrent deliveries to {key}"),
+                ),
             );
         };
         let paths: Vec<Path> = group.rcpts.iter().map(|(_, p)| p.clone()).collect();
@@ -578,7 +594,12 @@ impl Deliverer {
             .iter()
             .map(|(i, _)| env.rcpts[*i].dsn.clone())
             .collect();
-        let mut last = Disposition::Deferred(format!("451 4.4.4 no usable next hop for {key}"));
+        let mut last = Status::local(
+            LocalReason::NoUsableHop,
+            451,
+            Enhanced::new(4, 4, 4),
+            format!("no usable next hop for {key}"),
+        );
         let mut last_host = "-".to_string();
         // RFC 5321 §5.1: try the hosts in order until one answers.
         for hop in hops {
@@ -589,7 +610,7 @@ impl Deliverer {
                     Ok(c) => c,
                     Err(e) => {
                         log::debug!("{} {label}: {e}", env.id);
-                        last = classify_error(&e);
+                        last = error_status(&e, hop, peer);
                         last_host = label;
                         // a 5xx greeting is that host's answer; try others
                         continue;
@@ -607,34 +628,40 @@ impl Deliverer {
                 if let Err(e) = std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0)) {
                     return all(
                         "-",
-                        Disposition::Deferred(format!("451 4.3.0 cannot read queued message: {e}")),
+                        Status::local(
+                            LocalReason::SpoolRead,
+                            451,
+                            Enhanced::new(4, 3, 0),
+                            format!("cannot read queued message: {e}"),
+                        ),
                     );
                 }
                 let result = conn.send(&msg, &mut reader);
                 log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
                 self.cache.put(conn);
+                let name = remote_name(hop, peer);
                 match result {
                     Ok(sent) => {
                         return sent
                             .rcpt_replies
                             .iter()
                             .map(|rr| {
-                                let d = match (&sent.data_reply, rr.code().is_positive()) {
-                                    (Some(data), true) => classify_reply(data),
-                                    _ => classify_reply(rr),
+                                // the DATA reply speaks for every accepted
+                                // recipient (RFC 5321 §4.1.1.4)
+                                let reply = match (&sent.data_reply, rr.code().is_positive()) {
+                                    (Some(data), true) => data,
+                                    _ => rr,
                                 };
-                                let d = match d {
-                                    Disposition::Sent(t, _) => {
-                                        Disposition::Sent(t, sent.dsn_passed)
-                                    }
-                                    other => other,
-                                };
-                                (label.clone(), d)
+                                RcptResult {
+                                    relay: label.clone(),
+                                    status: Status::remote(reply, &name, peer),
+                                    dsn_passed: sent.dsn_passed,
+                                }
                             })
                             .collect();
                     }
                     Err(e) => {
-                        let d = classify_error(&e);
+                        let st = error_status(&e, hop, peer);
                         let data_was_sent = matches!(
                             &e,
                             ClientError::Io(Phase::EndOfData, _)
@@ -642,10 +669,10 @@ impl Deliverer {
                         );
                         // a permanent refusal, or a failure after the data
                         // went out, is final for this attempt
-                        if matches!(d, Disposition::Failed(_)) || data_was_sent {
-                            return all(&label, d);
+                        if st.class() == Class::Permanent || data_was_sent {
+                            return all(&label, st);
                         }
-                        last = d;
+                        last = st;
                         last_host = label;
                     }
                 }
@@ -663,6 +690,16 @@ impl Deliverer {
             c.quit();
         }
         Connection::open_with_tls(peer, &self.hostname, self.timeouts, &self.tls, name)
+    }
+}
+
+/// The name a reply from `peer` is attributed to (RFC 3464 §2.3.5
+/// Remote-MTA): the hop's name, or `[192.0.2.1]` for a literal.
+fn remote_name(hop: &Hop, peer: SocketAddr) -> String {
+    if hop.name.starts_with('[') {
+        format!("[{}]", peer.ip())
+    } else {
+        hop.name.clone()
     }
 }
 
@@ -707,24 +744,42 @@ mod tests {
             let mut p = crate::smtp::ReplyParser::new();
             p.feed(s).unwrap().unwrap()
         };
-        assert!(matches!(
-            classify_reply(&r("250 2.0.0 ok")),
-            Disposition::Sent(..)
-        ));
-        assert!(matches!(
-            classify_reply(&r("451 4.3.0 later")),
-            Disposition::Deferred(_)
-        ));
-        assert!(matches!(
-            classify_reply(&r("550 5.1.1 no")),
-            Disposition::Failed(_)
-        ));
+        let hop = Hop {
+            name: "mx.example".into(),
+            addrs: vec![],
+            port: 25,
+        };
+        let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
+        let rejected =
+            |s: &str, phase| error_status(&ClientError::Rejected(phase, r(s)), &hop, peer);
+        let st = rejected("550 5.1.1 no", Phase::Rcpt);
+        assert_eq!(st.class(), Class::Permanent);
+        assert_eq!(st.remote_mta(), Some("mx.example"));
+        assert_eq!(
+            rejected("451 4.3.0 later", Phase::Rcpt).class(),
+            Class::Temporary
+        );
+        // a 5xx greeting skips the host: ours, temporary
+        let st = rejected("554 go away", Phase::Greeting);
+        assert_eq!(st.class(), Class::Temporary);
+        assert_eq!(
+            st.source,
+            crate::status::Source::Local(LocalReason::GreetingRefused)
+        );
         let refused =
             ClientError::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(matches!(classify_error(&refused), Disposition::Deferred(_)));
-        assert!(matches!(
-            classify_error(&ClientError::Timeout(Phase::Data)),
-            Disposition::Deferred(_)
-        ));
+        let st = error_status(&refused, &hop, peer);
+        assert_eq!(st.class(), Class::Temporary);
+        assert_eq!(st.remote_mta(), None);
+        assert_eq!(
+            error_status(&ClientError::Timeout(Phase::Data), &hop, peer).class(),
+            Class::Temporary
+        );
+        let literal = Hop {
+            name: "[192.0.2.1]".into(),
+            addrs: vec![],
+            port: 25,
+        };
+        assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
     }
 }

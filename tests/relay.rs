@@ -666,3 +666,35 @@ fn message_bigger_than_the_next_hops_size_bounces() {
         "5.3.4",
     );
 }
+
+/// A next hop's plain `250 Ok` (no RFC 3463 code) is a success: logged
+/// as `dsn=2.0.0`, not the `4.0.0` a string default once gave it.
+#[test]
+fn plain_250_is_logged_as_dsn_2_0_0() {
+    let sink = Sink::with(SinkConfig::default().data_end(Action::reply(250, "Ok")));
+    let relay = Relay::start(&to_strs(&route_args(&[route_to("*", &sink)])));
+    let mut t = relay.session();
+    t.send_mail(
+        "a@origin.example",
+        &["r@dest.example"],
+        b"Subject: x\r\n\r\nx\r\n",
+    );
+    assert!(sink.wait_for(1, DELIVERY), "nothing delivered");
+    assert!(
+        spool_empties(&relay),
+        "left: {:?}",
+        queue_files(relay.spool())
+    );
+    assert!(
+        wait_until(DELIVERY, || relay.log().contains("status=sent")),
+        "{}",
+        relay.log()
+    );
+    let log = relay.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("to=r@dest.example") && l.contains("status=sent"))
+        .unwrap_or_else(|| panic!("no delivery line in\n{log}"));
+    assert!(line.contains(" dsn=2.0.0 "), "{line}");
+    assert!(line.contains("(250 Ok)"), "{line}");
+}

@@ -129,7 +129,12 @@ pub struct Attempt {
     pub status: Status,
 }
 
-/// A recipient's attempts: all of them counted, the last few in full.
+/// Attempts kept in full per recipient; older ones are only counted.
+pub const KEEP_ATTEMPTS: usize = 5;
+
+/// A recipient's attempts: all of them counted, the last few in full, so
+/// an envelope rewritten at every attempt stays the same size however
+/// long the message waits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tries {
     pub total: u32,
@@ -141,7 +146,8 @@ pub struct Tries {
 }
 
 impl Tries {
-    /// Counts an attempt and keeps it.
+    /// Counts an attempt and keeps it, dropping the oldest kept beyond
+    /// `KEEP_ATTEMPTS`.
     pub fn record(&mut self, a: Attempt) {
         if self.total == 0 {
             self.first = a.time;
@@ -149,6 +155,9 @@ impl Tries {
         self.total = self.total.saturating_add(1);
         self.last = self.last.max(a.time);
         self.recent.push_back(a);
+        while self.recent.len() > KEEP_ATTEMPTS {
+            self.recent.pop_front();
+        }
     }
 }
 
@@ -785,5 +794,41 @@ mod tests {
         let env = Envelope::parse(&text).unwrap();
         assert_eq!(env.rcpts[0].tries.total, 2);
         assert_eq!(env.to_text(), text);
+    }
+
+    /// Item 7 of issue 11: the envelope is rewritten at every attempt; its
+    /// history must not grow with the number of attempts.
+    #[test]
+    fn envelope_after_100_attempts_stays_small() {
+        let mut env = sample();
+        env.rcpts[0].tries = Tries::default();
+        let mut size_after = Vec::new();
+        for n in 1..=100u64 {
+            for r in &mut env.rcpts {
+                r.tries.record(Attempt {
+                    time: 1_795_886_411 + n * 300,
+                    relay: "mx.d.example[192.0.2.1]:25".into(),
+                    status: deferral(),
+                });
+            }
+            size_after.push(env.to_text().len());
+        }
+        let text = env.to_text();
+        let back = Envelope::parse(&text).unwrap();
+        let t = &back.rcpts[0].tries;
+        assert_eq!(t.total, 100);
+        assert_eq!(t.first, 1_795_886_711);
+        assert_eq!(t.last, 1_795_886_411 + 100 * 300);
+        assert_eq!(t.recent.len(), KEEP_ATTEMPTS);
+        assert_eq!(t.recent.back().unwrap().time, t.last, "the newest are kept");
+        // the size after 100 attempts is the size after KEEP_ATTEMPTS,
+        // give or take the digits of the counter
+        let at_keep = size_after[KEEP_ATTEMPTS - 1];
+        assert!(
+            text.len() <= at_keep + 8,
+            "{} bytes after 100 attempts, {at_keep} after {KEEP_ATTEMPTS}",
+            text.len()
+        );
+        assert!(text.len() < 2048, "{} bytes:\n{text}", text.len());
     }
 }

@@ -399,13 +399,7 @@ pub fn enqueue(
         next_try: now,
         hold: None,
         dsn: Default::default(),
-        rcpts: vec![Recipient {
-            path: to,
-            state: RcptState::Pending,
-            last_reply: None,
-            dsn: Default::default(),
-            tries: Default::default(),
-        }],
+        rcpts: vec![Recipient::new(to, Default::default())],
         delay_warned: None,
     };
     let id = incoming.commit(&dsn)?;

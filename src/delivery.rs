@@ -26,7 +26,7 @@ use crate::route::{Hop, RouteError, Router};
 use crate::smtp::{Enhanced, Host, Path};
 use crate::spool::{Attempt, DelayWarned, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
 use crate::status::{Class, LocalReason, Status};
-use crate::time::{format_duration, now_unix};
+use crate::time::{format_duration, Clock};
 
 /// Retry schedule (`--retry-min`, `--retry-max`, `--max-queue-age`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,56 @@ impl RetryPolicy {
         }
         let r = splitmix(salt) % (2 * spread + 1);
         Duration::from_millis(ms - spread + r)
+    }
+}
+
+impl RetryPolicy {
+    /// When to try again, at `now` after `attempts` tries (at least a
+    /// second away).
+    pub fn next_try(&self, attempts: u32, now: u64, salt: u64) -> u64 {
+        let delay = self.backoff(attempts, u64::from(attempts) ^ salt);
+        now + delay.as_secs().max(1)
+    }
+}
+
+/// RFC 5321 §4.5.4.1: give up after the queue lifetime. Every recipient
+/// still waiting becomes `bouncing` with a local `4.4.7` status naming
+/// the last error.
+fn expire(env: &mut Envelope, now: u64, lifetime: Duration) {
+    let age = Duration::from_secs(now.saturating_sub(env.arrived));
+    if age < lifetime {
+        return;
+    }
+    let id = env.id;
+    for r in env
+        .rcpts
+        .iter_mut()
+        .filter(|r| !r.state.is_final() && r.state != RcptState::Bouncing)
+    {
+        let last = r
+            .last_reply
+            .as_ref()
+            .map(|st| st.to_string())
+            .unwrap_or_else(|| "no attempt succeeded".into());
+        let permanent = r
+            .last_reply
+            .as_ref()
+            .is_some_and(|st| st.class() == Class::Permanent);
+        log::info!(
+            "{id} to={} status=expired after {} ({last})",
+            r.path.mailbox(),
+            format_duration(age)
+        );
+        r.state = RcptState::Bouncing;
+        r.last_reply = Some(Status::local(
+            LocalReason::Expired,
+            if permanent { 554 } else { 451 },
+            Enhanced::new(4, 4, 7),
+            format!(
+                "message expired after {} in the queue; last error: {last}",
+                format_duration(age)
+            ),
+        ));
     }
 }
 
@@ -225,6 +275,8 @@ pub struct Deliverer {
     pub committed: Option<Sender<QueueId>>,
     /// `--outbound-tls`: STARTTLS to next hops.
     pub tls: std::sync::Arc<crate::tls::ClientTls>,
+    /// The time for backoff, expiry and delay warnings.
+    pub clock: std::sync::Arc<dyn Clock>,
 }
 
 /// What the scheduler does with the message next.
@@ -396,7 +448,7 @@ impl Deliverer {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 log::debug!("{id} busy (locked by another process), retry soon");
-                return Ok(Outcome::Retry(now_unix() + 1));
+                return Ok(Outcome::Retry(self.clock.now_unix() + 1));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(SpoolError::io(&msg_path, e)),
         }
@@ -407,7 +459,7 @@ impl Deliverer {
             }
             Err(e) => return Err(e),
         };
-        let start = now_unix();
+        let start = self.clock.now_unix();
         // `queue hold`: not now; a timed hold comes due by itself
         match env.hold {
             Some(Hold::Forever) => return Ok(Outcome::Held),
@@ -421,7 +473,7 @@ impl Deliverer {
 
         for group in self.groups(&env) {
             let results = self.deliver_group(&env, &group, &body_file);
-            let now = now_unix();
+            let now = self.clock.now_unix();
             let mut relayed = Vec::new();
             for ((i, _), res) in group.rcpts.iter().zip(results) {
                 let r = &mut env.rcpts[*i];
@@ -468,41 +520,8 @@ impl Deliverer {
             }
         }
 
-        let now = now_unix();
-        // RFC 5321 §4.5.4.1: give up after the queue lifetime.
-        let age = Duration::from_secs(now.saturating_sub(env.arrived));
-        if age >= self.retry.lifetime {
-            for r in env
-                .rcpts
-                .iter_mut()
-                .filter(|r| !r.state.is_final() && r.state != RcptState::Bouncing)
-            {
-                let last = r
-                    .last_reply
-                    .as_ref()
-                    .map(|st| st.to_string())
-                    .unwrap_or_else(|| "no attempt succeeded".into());
-                let permanent = r
-                    .last_reply
-                    .as_ref()
-                    .is_some_and(|st| st.class() == Class::Permanent);
-                log::info!(
-                    "{id} to={} status=expired after {} ({last})",
-                    r.path.mailbox(),
-                    format_duration(age)
-                );
-                r.state = RcptState::Bouncing;
-                r.last_reply = Some(Status::local(
-                    LocalReason::Expired,
-                    if permanent { 554 } else { 451 },
-                    Enhanced::new(4, 4, 7),
-                    format!(
-                        "message expired after {} in the queue; last error: {last}",
-                        format_duration(age)
-                    ),
-                ));
-            }
-        }
+        let now = self.clock.now_unix();
+        expire(&mut env, now, self.retry.lifetime);
         self.report_failures(&mut env, now)?;
         if env.is_done() {
             // Give up the body's lock before its file goes to free/: the
@@ -514,10 +533,7 @@ impl Deliverer {
             return Ok(Outcome::Done);
         }
         self.maybe_warn_delay(&mut env, now)?;
-        let delay = self
-            .retry
-            .backoff(env.attempts, u64::from(env.attempts) ^ start ^ id_salt(id));
-        env.next_try = now + delay.as_secs().max(1);
+        env.next_try = self.retry.next_try(env.attempts, now, start ^ id_salt(id));
         self.spool.store(&env)?;
         Ok(Outcome::Retry(env.next_try))
     }
@@ -718,8 +734,174 @@ fn id_salt(id: QueueId) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::smtp::ReversePath;
+    use crate::spool::Recipient;
+    use crate::status::Source;
+    use crate::time::ManualClock;
+    use std::io::Write as _;
+    use std::sync::Arc;
+
+    /// Far from the real time, so a reading of the system clock shows.
+    pub(crate) const T0: u64 = 1_000_000_000;
+
+    pub(crate) fn temp_spool(tag: &str) -> Arc<Spool> {
+        let dir = std::env::temp_dir().join(format!(
+            "smtp-relay-delivery-test-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Arc::new(Spool::open(&dir).unwrap())
+    }
+
+    /// A loopback port nothing listens on: connecting is refused at once.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// Every recipient routed to a closed loopback port.
+    fn deliverer(tag: &str, clock: Arc<ManualClock>, delay_warning: Option<Duration>) -> Deliverer {
+        let route = crate::route::StaticRoute::parse(&format!("*=127.0.0.1:{}", closed_port()));
+        Deliverer {
+            spool: temp_spool(tag),
+            router: Router::new(
+                vec![route.unwrap()],
+                None,
+                25,
+                vec!["relay.test".into()],
+                vec![],
+            ),
+            hostname: "relay.test".into(),
+            timeouts: Timeouts::default(),
+            retry: RetryPolicy::default(),
+            cache: ConnCache::new(Duration::from_secs(5), 100),
+            limiter: DestLimiter::new(20),
+            honor_source_routes: false,
+            delay_warning,
+            committed: None,
+            tls: Arc::new(crate::tls::ClientTls::unverified(
+                crate::tls::OutboundTls::May,
+            )),
+            clock,
+        }
+    }
+
+    pub(crate) fn queue(spool: &Spool, arrived: u64, rcpts: &[&str]) -> QueueId {
+        let mut inc = spool.incoming().unwrap();
+        let id = inc.id();
+        inc.write_all(b"Subject: x\r\n\r\nhi\r\n").unwrap();
+        let env = Envelope {
+            id,
+            arrived,
+            client: "127.0.0.1".into(),
+            helo: "h".into(),
+            from: ReversePath::parse("<s@a.example>", false).unwrap(),
+            size: 18,
+            body: None,
+            smtputf8: false,
+            attempts: 0,
+            next_try: arrived,
+            hold: None,
+            dsn: Default::default(),
+            rcpts: rcpts
+                .iter()
+                .map(|r| Recipient::new(Path::parse(r, false).unwrap(), Default::default()))
+                .collect(),
+            delay_warned: None,
+        };
+        inc.commit(&env).unwrap()
+    }
+
+    fn others(spool: &Spool, id: QueueId) -> Vec<Envelope> {
+        let ids = spool.list_ids().unwrap();
+        ids.into_iter()
+            .filter(|i| *i != id)
+            .map(|i| spool.load(i).unwrap())
+            .collect()
+    }
+
+    /// Backoff is read off the clock: first retry 5 min (±10%) later, the
+    /// next twice that, with no real waiting.
+    #[test]
+    fn retry_backoff_follows_the_clock() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = deliverer("backoff", clock.clone(), None);
+        let id = queue(&d.spool, T0, &["<u@b.example>"]);
+        let Outcome::Retry(t1) = d.attempt(id).unwrap() else {
+            panic!("not deferred");
+        };
+        assert!((T0 + 270..=T0 + 330).contains(&t1), "{t1}");
+        let env = d.spool.load(id).unwrap();
+        assert_eq!(env.next_try, t1);
+        assert_eq!(env.rcpts[0].state, RcptState::Deferred);
+        let st = env.rcpts[0].last_reply.as_ref().unwrap();
+        assert_eq!(st.source, Source::Local(LocalReason::ConnectFailed));
+        clock.set(t1);
+        let Outcome::Retry(t2) = d.attempt(id).unwrap() else {
+            panic!("not deferred");
+        };
+        assert!((t1 + 540..=t1 + 660).contains(&t2), "{t2}");
+        let env = d.spool.load(id).unwrap();
+        assert_eq!((env.attempts, env.rcpts[0].tries.total), (2, 2));
+        assert_eq!(env.rcpts[0].tries.last, t1);
+    }
+
+    /// RFC 5321 §4.5.4.1: at the queue lifetime the message bounces with
+    /// 4.4.7 and leaves the queue; before it, it does not.
+    #[test]
+    fn expiry_follows_the_clock() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = deliverer("expiry", clock.clone(), None);
+        let id = queue(&d.spool, T0, &["<u@b.example>"]);
+        assert!(matches!(d.attempt(id).unwrap(), Outcome::Retry(_)));
+        clock.set(T0 + d.retry.lifetime.as_secs() - 1);
+        assert!(matches!(d.attempt(id).unwrap(), Outcome::Retry(_)));
+        assert!(others(&d.spool, id).is_empty(), "no DSN before expiry");
+        clock.set(T0 + d.retry.lifetime.as_secs());
+        assert_eq!(d.attempt(id).unwrap(), Outcome::Done);
+        assert!(d.spool.load(id).is_err(), "expired message left the queue");
+        let dsns = others(&d.spool, id);
+        assert_eq!(dsns.len(), 1, "one DSN");
+        assert!(dsns[0].from.is_null());
+        assert_eq!(dsns[0].arrived, T0 + d.retry.lifetime.as_secs());
+        let body = std::fs::read_to_string(d.spool.msg_path(dsns[0].id)).unwrap();
+        assert!(
+            body.contains("Action: failed\r\nStatus: 4.4.7\r\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("Diagnostic-Code: X-smtp-relay; 451 4.4.7 message expired after 5d"),
+            "{body}"
+        );
+    }
+
+    /// `--delay-warning`: one "delayed" DSN once the message is that old
+    /// by the clock, recorded in the typed field, never a second.
+    #[test]
+    fn delay_warning_follows_the_clock_and_is_sent_once() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = deliverer("delay", clock.clone(), Some(Duration::from_secs(3600)));
+        let id = queue(&d.spool, T0, &["<u@b.example>"]);
+        d.attempt(id).unwrap();
+        assert!(others(&d.spool, id).is_empty());
+        clock.set(T0 + 3600);
+        d.attempt(id).unwrap();
+        let dsns = others(&d.spool, id);
+        assert_eq!(dsns.len(), 1, "one delay DSN");
+        let env = d.spool.load(id).unwrap();
+        assert_eq!(
+            env.delay_warned,
+            Some(DelayWarned {
+                time: T0 + 3600,
+                dsn: dsns[0].id
+            })
+        );
+        clock.set(T0 + 7200);
+        d.attempt(id).unwrap();
+        assert_eq!(others(&d.spool, id).len(), 1, "still one");
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_cap() {

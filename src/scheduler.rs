@@ -17,7 +17,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Select, Sender};
 
 use crate::delivery::{Deliverer, Outcome};
 use crate::spool::{Envelope, QueueId};
-use crate::time::now_unix;
+use crate::time::Clock;
 
 /// How often the spool is rescanned for messages the scheduler missed.
 const RESCAN: Duration = Duration::from_secs(60);
@@ -82,11 +82,12 @@ pub fn start(
     }
     drop(report_tx);
     let spool = deliverer.spool.clone();
+    let clock = deliverer.clock.clone();
     threads.push(
         thread::Builder::new()
             .name("scheduler".into())
             .spawn(move || {
-                let mut s = Scheduler::new(spool);
+                let mut s = Scheduler::new(spool, clock);
                 for env in initial {
                     s.schedule(env.id, env.next_try);
                 }
@@ -122,6 +123,7 @@ fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
 
 struct Scheduler {
     spool: Arc<crate::spool::Spool>,
+    clock: Arc<dyn Clock>,
     heap: BinaryHeap<Reverse<(u64, QueueId)>>,
     slots: HashMap<QueueId, Slot>,
     ready: VecDeque<QueueId>,
@@ -131,9 +133,10 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn new(spool: Arc<crate::spool::Spool>) -> Scheduler {
+    fn new(spool: Arc<crate::spool::Spool>, clock: Arc<dyn Clock>) -> Scheduler {
         Scheduler {
             spool,
+            clock,
             heap: BinaryHeap::new(),
             slots: HashMap::new(),
             ready: VecDeque::new(),
@@ -143,7 +146,7 @@ impl Scheduler {
     }
 
     fn schedule(&mut self, id: QueueId, at: u64) {
-        if at <= now_unix() {
+        if at <= self.clock.now_unix() {
             self.slots.insert(id, Slot::Ready);
             self.ready.push_back(id);
         } else {
@@ -155,7 +158,7 @@ impl Scheduler {
     /// Moves due entries from the heap to the ready queue; returns how long
     /// until the next one is due.
     fn promote_due(&mut self) -> Option<Duration> {
-        let now = now_unix();
+        let now = self.clock.now_unix();
         while let Some(Reverse((at, id))) = self.heap.peek().copied() {
             if at > now {
                 return Some(Duration::from_secs(at - now));
@@ -252,7 +255,7 @@ impl Scheduler {
             Some(Outcome::Retry(_)) if again => self.schedule(r.id, 0),
             Some(Outcome::Retry(at)) => self.schedule(r.id, at),
             // a spool error: try again later rather than lose track
-            None => self.schedule(r.id, now_unix() + 60),
+            None => self.schedule(r.id, self.clock.now_unix() + 60),
         }
     }
 
@@ -315,5 +318,67 @@ impl Scheduler {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::tests::{queue, temp_spool, T0};
+    use crate::time::ManualClock;
+
+    fn scheduler(tag: &str) -> (Scheduler, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(T0));
+        (Scheduler::new(temp_spool(tag), clock.clone()), clock)
+    }
+
+    /// A retry comes due when the clock reaches it, not before.
+    #[test]
+    fn due_times_follow_the_clock() {
+        let (mut s, clock) = scheduler("sched-due");
+        let id = queue(&s.spool, T0, &["<u@b.example>"]);
+        s.schedule(id, T0 + 300);
+        assert_eq!(s.promote_due(), Some(Duration::from_secs(300)));
+        assert!(s.ready.is_empty());
+        clock.advance(Duration::from_secs(299));
+        assert_eq!(s.promote_due(), Some(Duration::from_secs(1)));
+        assert!(s.ready.is_empty());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(s.promote_due(), None);
+        assert_eq!(s.ready, [id]);
+        assert_eq!(s.slots.get(&id), Some(&Slot::Ready));
+    }
+
+    /// What a worker reports decides when the message is next due.
+    #[test]
+    fn reports_reschedule_by_the_clock() {
+        let (mut s, clock) = scheduler("sched-report");
+        let a = queue(&s.spool, T0, &["<u@b.example>"]);
+        let b = queue(&s.spool, T0, &["<u@c.example>"]);
+        s.slots.insert(a, Slot::InFlight);
+        s.slots.insert(b, Slot::InFlight);
+        s.on_report(Report {
+            id: a,
+            outcome: Some(Outcome::Retry(T0 + 600)),
+        });
+        // a spool error: again in a minute, by the clock
+        s.on_report(Report {
+            id: b,
+            outcome: None,
+        });
+        assert_eq!(s.slots.get(&b), Some(&Slot::Waiting(T0 + 60)));
+        clock.set(T0 + 60);
+        s.promote_due();
+        assert_eq!(s.ready, [b]);
+        clock.set(T0 + 600);
+        s.promote_due();
+        assert_eq!(s.ready, [b, a]);
+        let c = queue(&s.spool, T0, &["<u@d.example>"]);
+        s.slots.insert(c, Slot::InFlight);
+        s.on_report(Report {
+            id: c,
+            outcome: Some(Outcome::Done),
+        });
+        assert!(!s.slots.contains_key(&c));
     }
 }

@@ -120,6 +120,19 @@ pub struct Recipient {
     pub tries: Tries,
 }
 
+impl Recipient {
+    /// A recipient not tried yet.
+    pub fn new(path: Path, dsn: RcptDsn) -> Recipient {
+        Recipient {
+            path,
+            state: RcptState::Pending,
+            last_reply: None,
+            dsn,
+            tries: Tries::default(),
+        }
+    }
+}
+
 /// One delivery try of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -23,6 +23,7 @@ use crossbeam_channel::Sender;
 use crate::bounce::{self, Action, RcptReport};
 use crate::client::{ClientError, Connection, Outgoing, Phase, Timeouts};
 use crate::route::{Hop, RouteError, Router};
+pub use crate::scheduler::DestLimiter;
 use crate::smtp::{Enhanced, Host, Path};
 use crate::spool::{Attempt, DelayWarned, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
 use crate::status::{Class, LocalReason, Status};
@@ -198,66 +199,6 @@ impl ConnCache {
     }
 }
 
-/// Caps concurrent connections per destination (`--max-per-destination`).
-pub struct DestLimiter {
-    busy: Mutex<HashMap<String, usize>>,
-    freed: Condvar,
-    max: usize,
-}
-
-pub struct DestSlot<'a> {
-    limiter: &'a DestLimiter,
-    key: String,
-}
-
-impl DestLimiter {
-    pub fn new(max: usize) -> DestLimiter {
-        DestLimiter {
-            busy: Mutex::new(HashMap::new()),
-            freed: Condvar::new(),
-            max,
-        }
-    }
-
-    /// Waits up to `wait` for a free slot.
-    fn acquire(&self, key: &str, wait: Duration) -> Option<DestSlot<'_>> {
-        let deadline = Instant::now() + wait;
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let n = busy.get(key).copied().unwrap_or(0);
-            if n < self.max {
-                busy.insert(key.to_string(), n + 1);
-                return Some(DestSlot {
-                    limiter: self,
-                    key: key.to_string(),
-                });
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            busy = self
-                .freed
-                .wait_timeout(busy, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
-
-impl Drop for DestSlot<'_> {
-    fn drop(&mut self) {
-        let mut busy = self.limiter.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = busy.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                busy.remove(&self.key);
-            }
-        }
-        self.limiter.freed.notify_all();
-    }
-}
-
 /// Everything a delivery worker needs; shared by all of them.
 pub struct Deliverer {
     pub spool: std::sync::Arc<Spool>,
@@ -266,6 +207,8 @@ pub struct Deliverer {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub cache: ConnCache,
+    /// In-flight transactions per destination; the scheduler decides from
+    /// it when a waiting message is released (`scheduler` module doc).
     pub limiter: DestLimiter,
     /// Forward to the next host of an RFC 821 source route.
     pub honor_source_routes: bool,
@@ -277,6 +220,18 @@ pub struct Deliverer {
     pub tls: std::sync::Arc<crate::tls::ClientTls>,
     /// The time for backoff, expiry and delay warnings.
     pub clock: std::sync::Arc<dyn Clock>,
+}
+
+/// What became of a message handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempted {
+    /// The attempt ran (perhaps for some of its destinations only, see
+    /// `Wait`).
+    Finished(Outcome),
+    /// These destinations were at their limit: their recipients were not
+    /// tried, nothing about them was recorded, and the message waits for
+    /// a free slot of the first (not an attempt, not a deferral).
+    Wait(Vec<String>),
 }
 
 /// What the scheduler does with the message next.
@@ -369,6 +324,14 @@ struct Group {
     rcpts: Vec<(usize, Path)>,
 }
 
+/// What `--max-per-destination` counts: the first next hop, by name and
+/// port (a literal's name is the address). Unrouted groups open no
+/// connection and need no slot.
+fn limit_key(route: &Result<Vec<Hop>, RouteError>) -> Option<String> {
+    let first = route.as_ref().ok()?.first()?;
+    Some(format!("{}:{}", first.name.to_lowercase(), first.port))
+}
+
 /// Recipients whose routes are equal share a group.
 fn route_key(route: &Result<Vec<Hop>, RouteError>, dest: &Host) -> String {
     match route {
@@ -436,43 +399,81 @@ impl Deliverer {
         groups
     }
 
-    /// Runs one attempt on message `id`.
+    /// Runs one attempt on message `id` for a caller without a scheduler
+    /// (the foreground `queue flush`): when destinations are at their
+    /// limit it waits, without holding the message, until one has a free
+    /// slot, and tries again.
     pub fn attempt(&self, id: QueueId) -> Result<Outcome, SpoolError> {
+        loop {
+            match self.attempt_released(id)? {
+                Attempted::Finished(o) => return Ok(o),
+                Attempted::Wait(dests) => {
+                    self.limiter.wait_free(&dests, Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Runs one attempt on message `id`, released by the scheduler. A
+    /// destination at its limit is skipped, not waited for: its
+    /// recipients are left as they are and the answer is `Wait`.
+    pub fn attempt_released(&self, id: QueueId) -> Result<Attempted, SpoolError> {
+        let finished = |o| Ok(Attempted::Finished(o));
         let msg_path = self.spool.msg_path(id);
         let body_file = match File::open(&msg_path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Gone),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return finished(Outcome::Gone),
             Err(e) => return Err(SpoolError::io(&msg_path, e)),
         };
         match body_file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 log::debug!("{id} busy (locked by another process), retry soon");
-                return Ok(Outcome::Retry(self.clock.now_unix() + 1));
+                return finished(Outcome::Retry(self.clock.now_unix() + 1));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(SpoolError::io(&msg_path, e)),
         }
         let mut env = match self.spool.load(id) {
             Ok(e) => e,
             Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Outcome::Gone)
+                return finished(Outcome::Gone)
             }
             Err(e) => return Err(e),
         };
         let start = self.clock.now_unix();
         // `queue hold`: not now; a timed hold comes due by itself
         match env.hold {
-            Some(Hold::Forever) => return Ok(Outcome::Held),
-            Some(h @ Hold::Until(t)) if h.active(start) => return Ok(Outcome::Retry(t)),
+            Some(Hold::Forever) => return finished(Outcome::Held),
+            Some(h @ Hold::Until(t)) if h.active(start) => return finished(Outcome::Retry(t)),
             Some(Hold::Until(_)) => {
                 env.hold = None;
             }
             None => {}
         }
-        env.attempts += 1;
-
-        for group in self.groups(&env) {
+        let groups = self.groups(&env);
+        // destinations at their limit: not tried, not recorded
+        let mut waiting: Vec<String> = Vec::new();
+        let mut counted = false;
+        for group in groups {
+            let key = limit_key(&group.route);
+            let slot = match &key {
+                Some(k) => match self.limiter.try_acquire(k) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        if !waiting.contains(k) {
+                            waiting.push(k.clone());
+                        }
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if !counted {
+                env.attempts += 1;
+                counted = true;
+            }
             let results = self.deliver_group(&env, &group, &body_file);
+            drop(slot);
             let now = self.clock.now_unix();
             let mut relayed = Vec::new();
             for ((i, _), res) in group.rcpts.iter().zip(results) {
@@ -519,6 +520,16 @@ impl Deliverer {
                 self.spool.store(&env)?;
             }
         }
+        if !counted {
+            if !waiting.is_empty() {
+                // every destination is at its limit: nothing was tried and
+                // nothing is written; the scheduler holds the message
+                log::debug!("{id} waits for a slot: {}", waiting.join(" "));
+                return Ok(Attempted::Wait(waiting));
+            }
+            // only bouncing recipients left: their DSN is this attempt
+            env.attempts += 1;
+        }
 
         let now = self.clock.now_unix();
         expire(&mut env, now, self.retry.lifetime);
@@ -530,12 +541,19 @@ impl Deliverer {
             drop(body_file);
             self.spool.remove(id)?;
             log::debug!("{id} removed (all recipients final)");
-            return Ok(Outcome::Done);
+            return finished(Outcome::Done);
         }
         self.maybe_warn_delay(&mut env, now)?;
+        if !waiting.is_empty() {
+            // some destinations were tried, the rest wait for a slot; due
+            // at once should the server restart before that
+            env.next_try = now;
+            self.spool.store(&env)?;
+            return Ok(Attempted::Wait(waiting));
+        }
         env.next_try = self.retry.next_try(env.attempts, now, start ^ id_salt(id));
         self.spool.store(&env)?;
-        Ok(Outcome::Retry(env.next_try))
+        finished(Outcome::Retry(env.next_try))
     }
 
     fn report_failures(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
@@ -593,17 +611,6 @@ impl Deliverer {
             .first()
             .map(|h| h.name.to_lowercase())
             .unwrap_or_default();
-        let Some(_slot) = self.limiter.acquire(&key, self.timeouts.connect) else {
-            return all(
-                "-",
-                Status::local(
-                    LocalReason::DestinationBusy,
-                    451,
-                    Enhanced::new(4, 4, 5),
-                    format!("too many concurrent deliveries to {key}"),
-                ),
-            );
-        };
         let paths: Vec<Path> = group.rcpts.iter().map(|(_, p)| p.clone()).collect();
         let rcpt_dsn: Vec<crate::smtp::RcptDsn> = group
             .rcpts
@@ -820,6 +827,36 @@ pub(crate) mod tests {
             .filter(|i| *i != id)
             .map(|i| spool.load(i).unwrap())
             .collect()
+    }
+
+    /// A destination at its limit is not an attempt: the worker does not
+    /// wait, the envelope is not touched, and the answer names the
+    /// destination; with a slot free the same message is tried.
+    #[test]
+    fn a_full_destination_is_not_an_attempt() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = deliverer("full", clock, None);
+        let id = queue(&d.spool, T0, &["<u@b.example>"]);
+        let host = Path::parse("<u@b.example>", false)
+            .unwrap()
+            .mailbox()
+            .host()
+            .clone();
+        let key = limit_key(&d.router.route(&host)).unwrap();
+        let held: Vec<_> = (0..20)
+            .map(|_| d.limiter.try_acquire(&key).unwrap())
+            .collect();
+        let before = std::fs::read(d.spool.env_path(id)).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(d.attempt_released(id).unwrap(), Attempted::Wait(vec![key]));
+        assert!(started.elapsed() < Duration::from_secs(1), "it waited");
+        assert_eq!(std::fs::read(d.spool.env_path(id)).unwrap(), before);
+        drop(held);
+        assert!(matches!(
+            d.attempt_released(id).unwrap(),
+            Attempted::Finished(Outcome::Retry(_))
+        ));
+        assert_eq!(d.spool.load(id).unwrap().attempts, 1);
     }
 
     /// Backoff is read off the clock: first retry 5 min (±10%) later, the

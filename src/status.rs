@@ -68,8 +68,6 @@ pub enum LocalReason {
     NoUsableHop,
     /// The queued message could not be read.
     SpoolRead,
-    /// `--max-per-destination` reached (the worker waited for a slot).
-    DestinationBusy,
     /// RFC 5321 §4.5.4.1: given up after the queue lifetime.
     Expired,
     /// `queue bounce`.
@@ -79,7 +77,7 @@ pub enum LocalReason {
 }
 
 impl LocalReason {
-    const ALL: [LocalReason; 13] = [
+    const ALL: [LocalReason; 12] = [
         LocalReason::GreetingRefused,
         LocalReason::ConnectFailed,
         LocalReason::Timeout,
@@ -89,7 +87,6 @@ impl LocalReason {
         LocalReason::NoRoute,
         LocalReason::NoUsableHop,
         LocalReason::SpoolRead,
-        LocalReason::DestinationBusy,
         LocalReason::Expired,
         LocalReason::Operator,
         LocalReason::Unknown,
@@ -106,7 +103,6 @@ impl LocalReason {
             LocalReason::NoRoute => "no-route",
             LocalReason::NoUsableHop => "no-usable-hop",
             LocalReason::SpoolRead => "spool-read",
-            LocalReason::DestinationBusy => "destination-busy",
             LocalReason::Expired => "expired",
             LocalReason::Operator => "operator",
             LocalReason::Unknown => "unknown",
@@ -337,7 +333,7 @@ fn v1_relay(label: &str) -> Option<(String, Option<SocketAddr>)> {
 }
 
 /// Version 1 wrote these local errors with the hop's label as relay.
-const V1_LOCAL: [(&str, LocalReason); 9] = [
+const V1_LOCAL: [(&str, LocalReason); 8] = [
     ("4.4.0", LocalReason::GreetingRefused),
     ("4.4.1", LocalReason::ConnectFailed),
     ("4.4.2", LocalReason::Timeout),
@@ -345,7 +341,6 @@ const V1_LOCAL: [(&str, LocalReason); 9] = [
     ("4.4.3", LocalReason::RouteTemporary),
     ("4.4.4", LocalReason::NoUsableHop),
     ("4.3.0", LocalReason::SpoolRead),
-    ("4.4.5", LocalReason::DestinationBusy),
     ("4.4.7", LocalReason::Expired),
 ];
 
@@ -362,7 +357,6 @@ fn v1_local_reason(r: &Response) -> Option<LocalReason> {
         LocalReason::ProtocolError => r.text.starts_with("protocol error"),
         LocalReason::NoUsableHop => r.text.starts_with("no usable next hop"),
         LocalReason::SpoolRead => r.text.starts_with("cannot read queued message"),
-        LocalReason::DestinationBusy => r.text.starts_with("too many concurrent"),
         LocalReason::Expired => r.text.starts_with("message expired"),
         _ => true,
     };

@@ -73,12 +73,14 @@ pub struct DestSlot {
 }
 
 impl DestLimiter {
+    /// At least one slot per destination (the command line refuses 0):
+    /// with none, a message would wait for ever.
     pub fn new(max: usize) -> DestLimiter {
         DestLimiter {
             inner: Arc::new(LimiterInner {
                 busy: Mutex::new(HashMap::new()),
                 freed: Condvar::new(),
-                max,
+                max: max.max(1),
             }),
         }
     }
@@ -384,10 +386,15 @@ impl Scheduler {
 
     fn on_report(&mut self, r: Report) {
         let again = self.flush_again.remove(&r.id);
-        self.released.remove(&r.id);
+        let was_released_for = self.released.remove(&r.id);
         match r.outcome {
             Some(Attempted::Wait(dests)) => match dests.into_iter().next() {
-                Some(dest) => self.park(r.id, dest),
+                Some(dest) => {
+                    // released for a slot that new mail took first: it
+                    // keeps its place at the head of the queue
+                    let front = was_released_for.as_ref() == Some(&dest);
+                    self.park(r.id, dest, front);
+                }
                 None => self.schedule(r.id, 0),
             },
             Some(Attempted::Finished(Outcome::Done | Outcome::Gone | Outcome::Held)) => {
@@ -402,8 +409,13 @@ impl Scheduler {
     }
 
     /// Puts `id` in the ready queue of `dest`, to wait for a free slot.
-    fn park(&mut self, id: QueueId, dest: String) {
-        self.parked.entry(dest.clone()).or_default().push_back(id);
+    fn park(&mut self, id: QueueId, dest: String, front: bool) {
+        let queue = self.parked.entry(dest.clone()).or_default();
+        if front {
+            queue.push_front(id);
+        } else {
+            queue.push_back(id);
+        }
         self.slots.insert(id, Slot::Parked(dest));
     }
 
@@ -619,5 +631,21 @@ mod tests {
         });
         assert_eq!(s.ready, [ids[2]]);
         assert!(s.parked.is_empty());
+        // ids[2] finds its slot taken by new mail: back at the head of
+        // the queue, ahead of a message parked after it
+        s.ready.clear();
+        let t3 = s.limiter.try_acquire("mx.b:25").unwrap();
+        let late = queue(&s.spool, T0, &["<u@b.example>"]);
+        s.slots.insert(late, Slot::InFlight);
+        s.on_report(Report {
+            id: late,
+            outcome: wait("mx.b:25"),
+        });
+        s.on_report(Report {
+            id: ids[2],
+            outcome: wait("mx.b:25"),
+        });
+        assert_eq!(s.parked["mx.b:25"], [ids[2], late]);
+        drop(t3);
     }
 }

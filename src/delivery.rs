@@ -450,76 +450,7 @@ impl Deliverer {
             }
             None => {}
         }
-        let groups = self.groups(&env);
-        // destinations at their limit: not tried, not recorded
-        let mut waiting: Vec<String> = Vec::new();
-        let mut counted = false;
-        for group in groups {
-            let key = limit_key(&group.route);
-            let slot = match &key {
-                Some(k) => match self.limiter.try_acquire(k) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        if !waiting.contains(k) {
-                            waiting.push(k.clone());
-                        }
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            if !counted {
-                env.attempts += 1;
-                counted = true;
-            }
-            let results = self.deliver_group(&env, &group, &body_file);
-            drop(slot);
-            let now = self.clock.now_unix();
-            let mut relayed = Vec::new();
-            for ((i, _), res) in group.rcpts.iter().zip(results) {
-                let r = &mut env.rcpts[*i];
-                let (state, word) = match res.status.class() {
-                    Class::Success => (RcptState::Sent, "sent"),
-                    Class::Temporary => (RcptState::Deferred, "deferred"),
-                    Class::Permanent => (RcptState::Bouncing, "bounced"),
-                };
-                if state == RcptState::Sent && !res.dsn_passed {
-                    relayed.push(*i);
-                }
-                log::info!(
-                    "{id} to={} relay={} delay={} attempts={} dsn={} status={word} ({})",
-                    r.path.mailbox(),
-                    res.relay,
-                    format_duration(Duration::from_secs(now.saturating_sub(env.arrived))),
-                    env.attempts,
-                    res.status.dsn_code(),
-                    res.status,
-                );
-                r.state = state;
-                r.last_reply = Some(res.status.clone());
-                r.tries.record(Attempt {
-                    time: now,
-                    relay: res.relay,
-                    status: res.status,
-                });
-            }
-            // RFC 3461 §5.2.2: NOTIFY=SUCCESS past a non-DSN next hop
-            bounce::report_relayed(
-                &self.spool,
-                &self.hostname,
-                &env,
-                &relayed,
-                now,
-                self.committed.as_ref(),
-            )?;
-            // record before anything else happens: a sent recipient must
-            // never be sent again. When every recipient is now sent, the
-            // removal below records that instead (one folder change, not two)
-            let all_sent = env.rcpts.iter().all(|r| r.state == RcptState::Sent);
-            if !all_sent {
-                self.spool.store(&env)?;
-            }
-        }
+        let (counted, waiting) = self.deliver_groups(&mut env, &body_file)?;
         if !counted {
             if !waiting.is_empty() {
                 // every destination is at its limit: nothing was tried and
@@ -554,6 +485,98 @@ impl Deliverer {
         env.next_try = self.retry.next_try(env.attempts, now, start ^ id_salt(id));
         self.spool.store(&env)?;
         finished(Outcome::Retry(env.next_try))
+    }
+
+    /// Delivers every group whose destination has a free slot, counting
+    /// the attempt at the first. Returns whether it was counted and the
+    /// destinations that were at their limit (their groups untouched).
+    fn deliver_groups(
+        &self,
+        env: &mut Envelope,
+        body_file: &File,
+    ) -> Result<(bool, Vec<String>), SpoolError> {
+        let mut waiting: Vec<String> = Vec::new();
+        let mut counted = false;
+        for group in self.groups(env) {
+            let key = limit_key(&group.route);
+            let slot = match &key {
+                Some(k) => match self.limiter.try_acquire(k) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        if !waiting.contains(k) {
+                            waiting.push(k.clone());
+                        }
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if !counted {
+                env.attempts += 1;
+                counted = true;
+            }
+            let results = self.deliver_group(env, &group, body_file);
+            drop(slot);
+            self.record(env, &group, results)?;
+        }
+        Ok((counted, waiting))
+    }
+
+    /// Records one group's results in the envelope (state, last status,
+    /// history), reports relayed successes, and stores the envelope
+    /// before anything else happens: a sent recipient must never be sent
+    /// again.
+    fn record(
+        &self,
+        env: &mut Envelope,
+        group: &Group,
+        results: Vec<RcptResult>,
+    ) -> Result<(), SpoolError> {
+        let now = self.clock.now_unix();
+        let mut relayed = Vec::new();
+        for ((i, _), res) in group.rcpts.iter().zip(results) {
+            let r = &mut env.rcpts[*i];
+            let (state, word) = match res.status.class() {
+                Class::Success => (RcptState::Sent, "sent"),
+                Class::Temporary => (RcptState::Deferred, "deferred"),
+                Class::Permanent => (RcptState::Bouncing, "bounced"),
+            };
+            if state == RcptState::Sent && !res.dsn_passed {
+                relayed.push(*i);
+            }
+            log::info!(
+                "{} to={} relay={} delay={} attempts={} dsn={} status={word} ({})",
+                env.id,
+                r.path.mailbox(),
+                res.relay,
+                format_duration(Duration::from_secs(now.saturating_sub(env.arrived))),
+                env.attempts,
+                res.status.dsn_code(),
+                res.status,
+            );
+            r.state = state;
+            r.last_reply = Some(res.status.clone());
+            r.tries.record(Attempt {
+                time: now,
+                relay: res.relay,
+                status: res.status,
+            });
+        }
+        // RFC 3461 §5.2.2: NOTIFY=SUCCESS past a non-DSN next hop
+        bounce::report_relayed(
+            &self.spool,
+            &self.hostname,
+            env,
+            &relayed,
+            now,
+            self.committed.as_ref(),
+        )?;
+        // When every recipient is now sent, the removal that follows
+        // records that instead (one folder change, not two)
+        if !env.rcpts.iter().all(|r| r.state == RcptState::Sent) {
+            self.spool.store(env)?;
+        }
+        Ok(())
     }
 
     fn report_failures(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {

@@ -198,8 +198,8 @@ impl Selector {
             let hit = env
                 .rcpts
                 .iter()
-                .filter_map(|r| r.last_reply.as_deref())
-                .any(|e| e.to_lowercase().contains(&p));
+                .filter_map(|r| r.last_reply.as_ref())
+                .any(|e| e.to_string().to_lowercase().contains(&p));
             if !hit {
                 return false;
             }
@@ -380,7 +380,11 @@ pub fn list_line(env: &Envelope, now: u64) -> String {
             let _ = write!(s, " next={}", iso8601(env.next_try));
         }
         if let Some(reply) = &r.last_reply {
-            let _ = write!(s, " reply=\"{}\"", escape(reply).replace('"', "'"));
+            let _ = write!(
+                s,
+                " reply=\"{}\"",
+                escape(&reply.to_string()).replace('"', "'")
+            );
         }
     }
     s
@@ -415,7 +419,7 @@ pub fn list_json(env: &Envelope, now: u64) -> String {
             json_str(&r.path.mailbox().to_string()),
             json_str(&r.path.to_string()),
             r.state.as_str(),
-            opt_json(r.last_reply.as_deref())
+            opt_json(r.last_reply.as_ref().map(|st| st.to_string()).as_deref())
         );
     }
     s.push_str("]}");
@@ -445,7 +449,7 @@ pub fn summary(envs: &[Envelope], now: u64, json: bool) -> String {
             }
             row.oldest = row.oldest.max(now.saturating_sub(env.arrived));
             if let Some(e) = &r.last_reply {
-                *row.errors.entry(e.clone()).or_default() += 1;
+                *row.errors.entry(e.to_string()).or_default() += 1;
             }
         }
     }
@@ -667,9 +671,15 @@ pub fn run_queue(
                 let now = now_unix();
                 for r in env.rcpts.iter_mut().filter(|r| !r.state.is_final()) {
                     r.state = RcptState::Bouncing;
-                    r.last_reply = Some(format!(
-                        "550 5.0.0 returned to sender by the operator; last error: {}",
-                        r.last_reply.as_deref().unwrap_or("none")
+                    let last = r.last_reply.as_ref().map(|st| st.to_string());
+                    r.last_reply = Some(crate::status::Status::local(
+                        crate::status::LocalReason::Operator,
+                        550,
+                        crate::smtp::Enhanced::new(5, 0, 0),
+                        format!(
+                            "returned to sender by the operator; last error: {}",
+                            last.as_deref().unwrap_or("none")
+                        ),
                     ));
                 }
                 spool_ref.store(env)?;
@@ -755,10 +765,19 @@ fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
     for r in &env.rcpts {
         let path = r.path.to_string();
         let _ = writeln!(s, "recipient: {} {}", Escaped(&path), r.state.as_str());
-        let mailbox = r.path.mailbox().to_string();
-        for a in env.history.iter().filter(|a| a.rcpt == mailbox) {
-            let (host, reply) = (Escaped(&a.host), Escaped(&a.reply));
-            let _ = writeln!(s, "  {} {host} {reply}", iso8601(a.time));
+        let t = &r.tries;
+        if t.total > t.recent.len() as u32 {
+            let _ = writeln!(
+                s,
+                "  {} attempts since {}; the last {}:",
+                t.total,
+                iso8601(t.first),
+                t.recent.len()
+            );
+        }
+        for a in &t.recent {
+            let (relay, status) = (Escaped(&a.relay), Escaped(&a.status.to_string()));
+            let _ = writeln!(s, "  {} {relay} {status}", iso8601(a.time));
         }
     }
     let _ = writeln!(s, "headers:");
@@ -1419,9 +1438,10 @@ pub fn run_send(
                 state: RcptState::Pending,
                 last_reply: None,
                 dsn: Default::default(),
+                tries: Default::default(),
             })
             .collect(),
-        history: Vec::new(),
+        delay_warned: None,
     };
     let id = incoming.commit(&env).map_err(tempfail)?;
     log::info!(

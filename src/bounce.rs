@@ -69,63 +69,31 @@ pub struct RcptReport {
     pub orcpt: Option<String>,
 }
 
-/// Reads the status out of a stored `last_reply` ("550 5.1.1 text"):
-/// the enhanced code when present, else one derived from the reply class.
-pub fn status_of(last_reply: Option<&str>, default: Enhanced) -> Enhanced {
-    let Some(text) = last_reply else {
-        return default;
+/// A report for a recipient from its typed last status (RFC 3464 §2.3.4
+/// Status, §2.3.5 Remote-MTA, §2.3.6 Diagnostic-Code).
+pub fn report_for(r: &Recipient, action: Action) -> RcptReport {
+    let (status, remote_mta, diagnostic) = match &r.last_reply {
+        Some(st) => (
+            st.dsn_code(),
+            st.remote_mta().map(str::to_string),
+            st.diagnostic(),
+        ),
+        None => (
+            match action {
+                Action::Failed => Enhanced::new(5, 0, 0),
+                Action::Delayed => Enhanced::new(4, 0, 0),
+                Action::Relayed => Enhanced::new(2, 0, 0),
+            },
+            None,
+            "X-smtp-relay; no reply recorded".to_string(),
+        ),
     };
-    let mut words = text.split_whitespace();
-    let code = words.next().and_then(|c| c.parse::<u16>().ok());
-    if let Some(e) = words.next().and_then(Enhanced::parse) {
-        return e;
-    }
-    match code {
-        Some(c) if (500..600).contains(&c) => Enhanced::new(5, 0, 0),
-        Some(c) if (400..500).contains(&c) => Enhanced::new(4, 0, 0),
-        _ => default,
-    }
-}
-
-/// A report for a recipient from its envelope state and history.
-pub fn report_for(env: &Envelope, r: &Recipient, action: Action) -> RcptReport {
-    let mailbox = r.path.mailbox().to_string();
-    // history says `name[ip]:port` or `[ip]:port`; Remote-MTA wants the
-    // name (RFC 3464 §2.3.5 "dns; NAME"), or the address literal
-    let remote_mta = env
-        .history
-        .iter()
-        .rev()
-        .find(|a| a.rcpt == mailbox)
-        .map(|a| a.host.clone())
-        .filter(|h| h != "-")
-        .map(|h| match h.find('[') {
-            Some(0) => h.split(':').next().unwrap_or(&h).to_string(),
-            Some(i) => h[..i].to_string(),
-            None => h,
-        });
-    let default = match action {
-        Action::Failed => Enhanced::new(5, 0, 0),
-        Action::Delayed => Enhanced::new(4, 0, 0),
-        Action::Relayed => Enhanced::new(2, 0, 0),
-    };
-    let reply = r
-        .last_reply
-        .clone()
-        .unwrap_or_else(|| "no reply recorded".into());
-    // a three-digit code first means a server said it (RFC 3464 §2.3.6)
-    let from_server =
-        remote_mta.is_some() && reply.as_bytes().first().is_some_and(u8::is_ascii_digit);
     RcptReport {
         rcpt: r.path.clone(),
         action,
-        status: status_of(r.last_reply.as_deref(), default),
+        status,
         remote_mta,
-        diagnostic: if from_server {
-            format!("smtp; {reply}")
-        } else {
-            format!("X-smtp-relay; {reply}")
-        },
+        diagnostic,
         notify: r.dsn.notify,
         orcpt: r.dsn.orcpt.clone(),
     }
@@ -431,13 +399,8 @@ pub fn enqueue(
         next_try: now,
         hold: None,
         dsn: Default::default(),
-        rcpts: vec![Recipient {
-            path: to,
-            state: RcptState::Pending,
-            last_reply: None,
-            dsn: Default::default(),
-        }],
-        history: Vec::new(),
+        rcpts: vec![Recipient::new(to, Default::default())],
+        delay_warned: None,
     };
     let id = incoming.commit(&dsn)?;
     let what = if failed {
@@ -471,7 +434,7 @@ pub fn report_relayed(
         .iter()
         .filter_map(|&i| env.rcpts.get(i))
         .filter(|r| Action::Relayed.wanted_by(r.dsn.notify))
-        .map(|r| report_for(env, r, Action::Relayed))
+        .map(|r| report_for(r, Action::Relayed))
         .collect();
     if reports.is_empty() {
         return Ok(None);
@@ -498,7 +461,7 @@ pub fn report_bouncing(
         .rcpts
         .iter()
         .filter(|r| r.state == RcptState::Bouncing)
-        .map(|r| report_for(env, r, Action::Failed))
+        .map(|r| report_for(r, Action::Failed))
         .collect();
     if reports.is_empty() {
         return Ok(None);
@@ -531,19 +494,6 @@ mod tests {
     }
 
     #[test]
-    fn status_parsing() {
-        let d = Enhanced::new(5, 0, 0);
-        assert_eq!(
-            status_of(Some("550 5.1.1 no such user"), d),
-            Enhanced::new(5, 1, 1)
-        );
-        assert_eq!(status_of(Some("554 rejected"), d), Enhanced::new(5, 0, 0));
-        assert_eq!(status_of(Some("451 later"), d), Enhanced::new(4, 0, 0));
-        assert_eq!(status_of(Some("connect failed"), d), d);
-        assert_eq!(status_of(None, d), d);
-    }
-
-    #[test]
     fn dsn_shape() {
         let env = Envelope {
             id: QueueId::parse("0006464A1B2C3D4E").unwrap(),
@@ -559,7 +509,7 @@ mod tests {
             hold: None,
             dsn: Default::default(),
             rcpts: vec![],
-            history: vec![],
+            delay_warned: None,
         };
         let report = RcptReport {
             rcpt: Path::parse("<u@b.example>", false).unwrap(),

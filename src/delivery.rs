@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -23,9 +23,11 @@ use crossbeam_channel::Sender;
 use crate::bounce::{self, Action, RcptReport};
 use crate::client::{ClientError, Connection, Outgoing, Phase, Timeouts};
 use crate::route::{Hop, RouteError, Router};
-use crate::smtp::{Enhanced, Host, Path, Reply};
-use crate::spool::{Attempt, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
-use crate::time::{format_duration, now_unix};
+pub use crate::scheduler::DestLimiter;
+use crate::smtp::{Enhanced, Host, Path};
+use crate::spool::{Attempt, DelayWarned, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
+use crate::status::{Class, LocalReason, Status};
+use crate::time::{format_duration, Clock};
 
 /// Retry schedule (`--retry-min`, `--retry-max`, `--max-queue-age`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,56 @@ impl RetryPolicy {
         }
         let r = splitmix(salt) % (2 * spread + 1);
         Duration::from_millis(ms - spread + r)
+    }
+}
+
+impl RetryPolicy {
+    /// When to try again, at `now` after `attempts` tries (at least a
+    /// second away).
+    pub fn next_try(&self, attempts: u32, now: u64, salt: u64) -> u64 {
+        let delay = self.backoff(attempts, u64::from(attempts) ^ salt);
+        now + delay.as_secs().max(1)
+    }
+}
+
+/// RFC 5321 §4.5.4.1: give up after the queue lifetime. Every recipient
+/// still waiting becomes `bouncing` with a local `4.4.7` status naming
+/// the last error.
+fn expire(env: &mut Envelope, now: u64, lifetime: Duration) {
+    let age = Duration::from_secs(now.saturating_sub(env.arrived));
+    if age < lifetime {
+        return;
+    }
+    let id = env.id;
+    for r in env
+        .rcpts
+        .iter_mut()
+        .filter(|r| !r.state.is_final() && r.state != RcptState::Bouncing)
+    {
+        let last = r
+            .last_reply
+            .as_ref()
+            .map(|st| st.to_string())
+            .unwrap_or_else(|| "no attempt succeeded".into());
+        let permanent = r
+            .last_reply
+            .as_ref()
+            .is_some_and(|st| st.class() == Class::Permanent);
+        log::info!(
+            "{id} to={} status=expired after {} ({last})",
+            crate::smtp::Escaped(&r.path.mailbox().to_string()),
+            format_duration(age)
+        );
+        r.state = RcptState::Bouncing;
+        r.last_reply = Some(Status::local(
+            LocalReason::Expired,
+            if permanent { 554 } else { 451 },
+            Enhanced::new(4, 4, 7),
+            format!(
+                "message expired after {} in the queue; last error: {last}",
+                format_duration(age)
+            ),
+        ));
     }
 }
 
@@ -147,66 +199,6 @@ impl ConnCache {
     }
 }
 
-/// Caps concurrent connections per destination (`--max-per-destination`).
-pub struct DestLimiter {
-    busy: Mutex<HashMap<String, usize>>,
-    freed: Condvar,
-    max: usize,
-}
-
-pub struct DestSlot<'a> {
-    limiter: &'a DestLimiter,
-    key: String,
-}
-
-impl DestLimiter {
-    pub fn new(max: usize) -> DestLimiter {
-        DestLimiter {
-            busy: Mutex::new(HashMap::new()),
-            freed: Condvar::new(),
-            max,
-        }
-    }
-
-    /// Waits up to `wait` for a free slot.
-    fn acquire(&self, key: &str, wait: Duration) -> Option<DestSlot<'_>> {
-        let deadline = Instant::now() + wait;
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let n = busy.get(key).copied().unwrap_or(0);
-            if n < self.max {
-                busy.insert(key.to_string(), n + 1);
-                return Some(DestSlot {
-                    limiter: self,
-                    key: key.to_string(),
-                });
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            busy = self
-                .freed
-                .wait_timeout(busy, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
-
-impl Drop for DestSlot<'_> {
-    fn drop(&mut self) {
-        let mut busy = self.limiter.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = busy.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                busy.remove(&self.key);
-            }
-        }
-        self.limiter.freed.notify_all();
-    }
-}
-
 /// Everything a delivery worker needs; shared by all of them.
 pub struct Deliverer {
     pub spool: std::sync::Arc<Spool>,
@@ -215,6 +207,8 @@ pub struct Deliverer {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub cache: ConnCache,
+    /// In-flight transactions per destination; the scheduler decides from
+    /// it when a waiting message is released (`scheduler` module doc).
     pub limiter: DestLimiter,
     /// Forward to the next host of an RFC 821 source route.
     pub honor_source_routes: bool,
@@ -224,6 +218,20 @@ pub struct Deliverer {
     pub committed: Option<Sender<QueueId>>,
     /// `--outbound-tls`: STARTTLS to next hops.
     pub tls: std::sync::Arc<crate::tls::ClientTls>,
+    /// The time for backoff, expiry and delay warnings.
+    pub clock: std::sync::Arc<dyn Clock>,
+}
+
+/// What became of a message handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempted {
+    /// The attempt ran (perhaps for some of its destinations only, see
+    /// `Wait`).
+    Finished(Outcome),
+    /// These destinations were at their limit: their recipients were not
+    /// tried, nothing about them was recorded, and the message waits for
+    /// a free slot of the first (not an attempt, not a deferral).
+    Wait(Vec<String>),
 }
 
 /// What the scheduler does with the message next.
@@ -239,61 +247,68 @@ pub enum Outcome {
     Held,
 }
 
-/// One recipient's result of one attempt.
+/// One recipient's result of one attempt: the hop's label for logs and
+/// history, the typed status, and (for a success) whether the next hop
+/// took the DSN requests along (RFC 3461 §5.2; false: a NOTIFY=SUCCESS is
+/// ours to answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Disposition {
-    /// Accepted; true when the next hop took the DSN requests along
-    /// (RFC 3461 §5.2), false when a NOTIFY=SUCCESS is ours to answer.
-    Sent(String, bool),
-    Deferred(String),
-    Failed(String),
+struct RcptResult {
+    relay: String,
+    status: Status,
+    dsn_passed: bool,
 }
 
-/// The only place that turns replies and errors into outcomes.
-fn classify_reply(r: &Reply) -> Disposition {
-    let text = r.to_string();
-    if r.code().is_positive() {
-        Disposition::Sent(text, false)
-    } else if r.code().is_transient() {
-        Disposition::Deferred(text)
-    } else {
-        Disposition::Failed(text)
-    }
-}
-
-fn classify_error(e: &ClientError) -> Disposition {
+/// The status of a failed exchange with `hop` at `peer`: the server's
+/// reply when it gave one, else our local reason.
+fn error_status(e: &ClientError, hop: &Hop, peer: SocketAddr) -> Status {
+    let local = |reason, enhanced, text: String| Status::local(reason, 451, enhanced, text);
     match e {
         // A 5xx greeting says "no service at this host", not "no such
         // recipient": skip the host and defer, as Postfix does by default
         // (smtp_skip_5xx_greeting), so the outcome does not depend on which
         // MX happened to be tried last.
-        ClientError::Rejected(Phase::Greeting, r) => {
-            Disposition::Deferred(format!("451 4.4.0 host refused service at greeting: {r}"))
-        }
-        ClientError::Rejected(_, r) => classify_reply(r),
-        ClientError::Connect(err) => {
-            Disposition::Deferred(format!("451 4.4.1 connect failed: {err}"))
-        }
-        ClientError::Timeout(p) => {
-            Disposition::Deferred(format!("451 4.4.2 timeout waiting for reply to {p}"))
-        }
-        ClientError::Io(p, err) => {
-            Disposition::Deferred(format!("451 4.4.2 connection lost during {p}: {err}"))
-        }
-        ClientError::Protocol(p, what) => {
-            Disposition::Deferred(format!("451 4.5.0 protocol error after {p}: {what}"))
-        }
+        ClientError::Rejected(Phase::Greeting, r) => local(
+            LocalReason::GreetingRefused,
+            Enhanced::new(4, 4, 0),
+            format!("host refused service at greeting: {r}"),
+        ),
+        ClientError::Rejected(_, r) => Status::remote(r, &remote_name(hop, peer), peer),
+        ClientError::Connect(err) => local(
+            LocalReason::ConnectFailed,
+            Enhanced::new(4, 4, 1),
+            format!("connect failed: {err}"),
+        ),
+        ClientError::Timeout(p) => local(
+            LocalReason::Timeout,
+            Enhanced::new(4, 4, 2),
+            format!("timeout waiting for reply to {p}"),
+        ),
+        ClientError::Io(p, err) => local(
+            LocalReason::ConnectionLost,
+            Enhanced::new(4, 4, 2),
+            format!("connection lost during {p}: {err}"),
+        ),
+        ClientError::Protocol(p, what) => local(
+            LocalReason::ProtocolError,
+            Enhanced::new(4, 5, 0),
+            format!("protocol error after {p}: {what}"),
+        ),
     }
 }
 
-fn route_disposition(e: &RouteError) -> Disposition {
+fn route_status(e: &RouteError) -> Status {
     match e {
         RouteError::Permanent {
             code,
             enhanced,
             text,
-        } => Disposition::Failed(format!("{code} {enhanced} {text}")),
-        RouteError::Temporary(t) => Disposition::Deferred(format!("451 4.4.3 {t}")),
+        } => Status::local(LocalReason::NoRoute, *code, *enhanced, text.clone()),
+        RouteError::Temporary(t) => Status::local(
+            LocalReason::RouteTemporary,
+            451,
+            Enhanced::new(4, 4, 3),
+            t.clone(),
+        ),
     }
 }
 
@@ -307,6 +322,14 @@ struct Group {
     key: String,
     /// Index into `env.rcpts`, and the forward-path to send.
     rcpts: Vec<(usize, Path)>,
+}
+
+/// What `--max-per-destination` counts: the first next hop, by name and
+/// port (a literal's name is the address). Unrouted groups open no
+/// connection and need no slot.
+fn limit_key(route: &Result<Vec<Hop>, RouteError>) -> Option<String> {
+    let first = route.as_ref().ok()?.first()?;
+    Some(format!("{}:{}", first.name.to_lowercase(), first.port))
 }
 
 /// Recipients whose routes are equal share a group.
@@ -376,116 +399,71 @@ impl Deliverer {
         groups
     }
 
-    /// Runs one attempt on message `id`.
+    /// Runs one attempt on message `id` for a caller without a scheduler
+    /// (the foreground `queue flush`): when destinations are at their
+    /// limit it waits, without holding the message, until one has a free
+    /// slot, and tries again.
     pub fn attempt(&self, id: QueueId) -> Result<Outcome, SpoolError> {
+        loop {
+            match self.attempt_released(id)? {
+                Attempted::Finished(o) => return Ok(o),
+                Attempted::Wait(dests) => {
+                    self.limiter.wait_free(&dests, Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Runs one attempt on message `id`, released by the scheduler. A
+    /// destination at its limit is skipped, not waited for: its
+    /// recipients are left as they are and the answer is `Wait`.
+    pub fn attempt_released(&self, id: QueueId) -> Result<Attempted, SpoolError> {
+        let finished = |o| Ok(Attempted::Finished(o));
         let msg_path = self.spool.msg_path(id);
         let body_file = match File::open(&msg_path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Gone),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return finished(Outcome::Gone),
             Err(e) => return Err(SpoolError::io(&msg_path, e)),
         };
         match body_file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 log::debug!("{id} busy (locked by another process), retry soon");
-                return Ok(Outcome::Retry(now_unix() + 1));
+                return finished(Outcome::Retry(self.clock.now_unix() + 1));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(SpoolError::io(&msg_path, e)),
         }
         let mut env = match self.spool.load(id) {
             Ok(e) => e,
             Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Outcome::Gone)
+                return finished(Outcome::Gone)
             }
             Err(e) => return Err(e),
         };
-        let start = now_unix();
+        let start = self.clock.now_unix();
         // `queue hold`: not now; a timed hold comes due by itself
         match env.hold {
-            Some(Hold::Forever) => return Ok(Outcome::Held),
-            Some(h @ Hold::Until(t)) if h.active(start) => return Ok(Outcome::Retry(t)),
+            Some(Hold::Forever) => return finished(Outcome::Held),
+            Some(h @ Hold::Until(t)) if h.active(start) => return finished(Outcome::Retry(t)),
             Some(Hold::Until(_)) => {
                 env.hold = None;
             }
             None => {}
         }
-        env.attempts += 1;
-
-        for group in self.groups(&env) {
-            let results = self.deliver_group(&env, &group, &body_file);
-            let now = now_unix();
-            let mut relayed = Vec::new();
-            for ((i, _), (host, disp)) in group.rcpts.iter().zip(results) {
-                let r = &mut env.rcpts[*i];
-                if let Disposition::Sent(_, false) = &disp {
-                    relayed.push(*i);
-                }
-                let (state, text, status) = match &disp {
-                    Disposition::Sent(t, _) => (RcptState::Sent, t, "sent"),
-                    Disposition::Deferred(t) => (RcptState::Deferred, t, "deferred"),
-                    Disposition::Failed(t) => (RcptState::Bouncing, t, "bounced"),
-                };
-                log::info!(
-                    "{id} to={} relay={} delay={} attempts={} dsn={} status={status} ({text})",
-                    crate::smtp::Escaped(&r.path.mailbox().to_string()),
-                    host,
-                    format_duration(Duration::from_secs(now.saturating_sub(env.arrived))),
-                    env.attempts,
-                    bounce::status_of(Some(text), Enhanced::new(4, 0, 0)),
-                );
-                r.state = state;
-                r.last_reply = Some(text.clone());
-                env.history.push(Attempt {
-                    time: now,
-                    rcpt: r.path.mailbox().to_string(),
-                    host,
-                    reply: text.clone(),
-                });
+        let (counted, waiting) = self.deliver_groups(&mut env, &body_file)?;
+        if !counted {
+            if !waiting.is_empty() {
+                // every destination is at its limit: nothing was tried and
+                // nothing is written; the scheduler holds the message
+                log::debug!("{id} waits for a slot: {}", waiting.join(" "));
+                return Ok(Attempted::Wait(waiting));
             }
-            // RFC 3461 §5.2.2: NOTIFY=SUCCESS past a non-DSN next hop
-            bounce::report_relayed(
-                &self.spool,
-                &self.hostname,
-                &env,
-                &relayed,
-                now,
-                self.committed.as_ref(),
-            )?;
-            // record before anything else happens: a sent recipient must
-            // never be sent again. When every recipient is now sent, the
-            // removal below records that instead (one folder change, not two)
-            let all_sent = env.rcpts.iter().all(|r| r.state == RcptState::Sent);
-            if !all_sent {
-                self.spool.store(&env)?;
-            }
+            // only bouncing recipients left: their DSN is this attempt
+            env.attempts += 1;
         }
 
-        let now = now_unix();
-        // RFC 5321 §4.5.4.1: give up after the queue lifetime.
-        let age = Duration::from_secs(now.saturating_sub(env.arrived));
-        if age >= self.retry.lifetime {
-            for r in env
-                .rcpts
-                .iter_mut()
-                .filter(|r| !r.state.is_final() && r.state != RcptState::Bouncing)
-            {
-                let last = r
-                    .last_reply
-                    .clone()
-                    .unwrap_or_else(|| "no attempt succeeded".into());
-                log::info!(
-                    "{id} to={} status=expired after {} ({last})",
-                    crate::smtp::Escaped(&r.path.mailbox().to_string()),
-                    format_duration(age)
-                );
-                r.state = RcptState::Bouncing;
-                r.last_reply = Some(format!(
-                    "{} 4.4.7 message expired after {} in the queue; last error: {last}",
-                    if last.starts_with('5') { 554 } else { 451 },
-                    format_duration(age)
-                ));
-            }
-        }
+        let now = self.clock.now_unix();
+        expire(&mut env, now, self.retry.lifetime);
         self.report_failures(&mut env, now)?;
         if env.is_done() {
             // Give up the body's lock before its file goes to free/: the
@@ -494,15 +472,111 @@ impl Deliverer {
             drop(body_file);
             self.spool.remove(id)?;
             log::debug!("{id} removed (all recipients final)");
-            return Ok(Outcome::Done);
+            return finished(Outcome::Done);
         }
         self.maybe_warn_delay(&mut env, now)?;
-        let delay = self
-            .retry
-            .backoff(env.attempts, u64::from(env.attempts) ^ start ^ id_salt(id));
-        env.next_try = now + delay.as_secs().max(1);
+        if !waiting.is_empty() {
+            // some destinations were tried, the rest wait for a slot; due
+            // at once should the server restart before that
+            env.next_try = now;
+            self.spool.store(&env)?;
+            return Ok(Attempted::Wait(waiting));
+        }
+        env.next_try = self.retry.next_try(env.attempts, now, start ^ id_salt(id));
         self.spool.store(&env)?;
-        Ok(Outcome::Retry(env.next_try))
+        finished(Outcome::Retry(env.next_try))
+    }
+
+    /// Delivers every group whose destination has a free slot, counting
+    /// the attempt at the first. Returns whether it was counted and the
+    /// destinations that were at their limit (their groups untouched).
+    fn deliver_groups(
+        &self,
+        env: &mut Envelope,
+        body_file: &File,
+    ) -> Result<(bool, Vec<String>), SpoolError> {
+        let mut waiting: Vec<String> = Vec::new();
+        let mut counted = false;
+        for group in self.groups(env) {
+            let key = limit_key(&group.route);
+            let slot = match &key {
+                Some(k) => match self.limiter.try_acquire(k) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        if !waiting.contains(k) {
+                            waiting.push(k.clone());
+                        }
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if !counted {
+                env.attempts += 1;
+                counted = true;
+            }
+            let results = self.deliver_group(env, &group, body_file);
+            drop(slot);
+            self.record(env, &group, results)?;
+        }
+        Ok((counted, waiting))
+    }
+
+    /// Records one group's results in the envelope (state, last status,
+    /// history), reports relayed successes, and stores the envelope
+    /// before anything else happens: a sent recipient must never be sent
+    /// again.
+    fn record(
+        &self,
+        env: &mut Envelope,
+        group: &Group,
+        results: Vec<RcptResult>,
+    ) -> Result<(), SpoolError> {
+        let now = self.clock.now_unix();
+        let mut relayed = Vec::new();
+        for ((i, _), res) in group.rcpts.iter().zip(results) {
+            let r = &mut env.rcpts[*i];
+            let (state, word) = match res.status.class() {
+                Class::Success => (RcptState::Sent, "sent"),
+                Class::Temporary => (RcptState::Deferred, "deferred"),
+                Class::Permanent => (RcptState::Bouncing, "bounced"),
+            };
+            if state == RcptState::Sent && !res.dsn_passed {
+                relayed.push(*i);
+            }
+            log::info!(
+                "{} to={} relay={} delay={} attempts={} dsn={} status={word} ({})",
+                env.id,
+                crate::smtp::Escaped(&r.path.mailbox().to_string()),
+                res.relay,
+                format_duration(Duration::from_secs(now.saturating_sub(env.arrived))),
+                env.attempts,
+                res.status.dsn_code(),
+                res.status,
+            );
+            r.state = state;
+            r.last_reply = Some(res.status.clone());
+            r.tries.record(Attempt {
+                time: now,
+                relay: res.relay,
+                status: res.status,
+            });
+        }
+        // RFC 3461 §5.2.2: NOTIFY=SUCCESS past a non-DSN next hop
+        bounce::report_relayed(
+            &self.spool,
+            &self.hostname,
+            env,
+            &relayed,
+            now,
+            self.committed.as_ref(),
+        )?;
+        // When every recipient is now sent, the removal that follows
+        // records that instead (one folder change, not two)
+        if !env.rcpts.iter().all(|r| r.state == RcptState::Sent) {
+            self.spool.store(env)?;
+        }
+        Ok(())
     }
 
     fn report_failures(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
@@ -522,10 +596,7 @@ impl Deliverer {
             return Ok(());
         };
         let age = now.saturating_sub(env.arrived);
-        let already = env
-            .history
-            .iter()
-            .any(|a| a.rcpt == "-" && a.host == "delay-warning");
+        let already = env.delay_warned.is_some();
         if age < after.as_secs() || already || env.from.is_null() {
             return Ok(());
         }
@@ -533,52 +604,48 @@ impl Deliverer {
             .rcpts
             .iter()
             .filter(|r| r.state == RcptState::Deferred)
-            .map(|r| bounce::report_for(env, r, Action::Delayed))
+            .map(|r| bounce::report_for(r, Action::Delayed))
             .collect();
         if let Some(dsn) = bounce::enqueue(&self.spool, &self.hostname, env, &reports, now)? {
             if let Some(tx) = &self.committed {
                 let _ = tx.try_send(dsn);
             }
-            env.history.push(Attempt {
-                time: now,
-                rcpt: "-".into(),
-                host: "delay-warning".into(),
-                reply: format!("delay warning sent as {dsn}"),
-            });
+            env.delay_warned = Some(DelayWarned { time: now, dsn });
         }
         Ok(())
     }
 
-    /// Delivers one group; returns (relay description, disposition) per
-    /// recipient, in the group's order.
-    fn deliver_group(
-        &self,
-        env: &Envelope,
-        group: &Group,
-        body: &File,
-    ) -> Vec<(String, Disposition)> {
-        let all = |host: &str, d: Disposition| vec![(host.to_string(), d); group.rcpts.len()];
+    /// Delivers one group; returns a result per recipient, in the
+    /// group's order.
+    fn deliver_group(&self, env: &Envelope, group: &Group, body: &File) -> Vec<RcptResult> {
+        let all = |relay: &str, status: Status| {
+            let r = RcptResult {
+                relay: relay.to_string(),
+                status,
+                dsn_passed: false,
+            };
+            vec![r; group.rcpts.len()]
+        };
         let hops = match &group.route {
             Ok(h) => h,
-            Err(e) => return all("-", route_disposition(e)),
+            Err(e) => return all("-", route_status(e)),
         };
         let key = hops
             .first()
             .map(|h| h.name.to_lowercase())
             .unwrap_or_default();
-        let Some(_slot) = self.limiter.acquire(&key, self.timeouts.connect) else {
-            return all(
-                "-",
-                Disposition::Deferred(format!("451 4.4.5 too many concurrent deliveries to {key}")),
-            );
-        };
         let paths: Vec<Path> = group.rcpts.iter().map(|(_, p)| p.clone()).collect();
         let rcpt_dsn: Vec<crate::smtp::RcptDsn> = group
             .rcpts
             .iter()
             .map(|(i, _)| env.rcpts[*i].dsn.clone())
             .collect();
-        let mut last = Disposition::Deferred(format!("451 4.4.4 no usable next hop for {key}"));
+        let mut last = Status::local(
+            LocalReason::NoUsableHop,
+            451,
+            Enhanced::new(4, 4, 4),
+            format!("no usable next hop for {key}"),
+        );
         let mut last_host = "-".to_string();
         // RFC 5321 §5.1: try the hosts in order until one answers.
         for hop in hops {
@@ -589,7 +656,7 @@ impl Deliverer {
                     Ok(c) => c,
                     Err(e) => {
                         log::debug!("{} {label}: {e}", env.id);
-                        last = classify_error(&e);
+                        last = error_status(&e, hop, peer);
                         last_host = label;
                         // a 5xx greeting is that host's answer; try others
                         continue;
@@ -607,34 +674,40 @@ impl Deliverer {
                 if let Err(e) = std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0)) {
                     return all(
                         "-",
-                        Disposition::Deferred(format!("451 4.3.0 cannot read queued message: {e}")),
+                        Status::local(
+                            LocalReason::SpoolRead,
+                            451,
+                            Enhanced::new(4, 3, 0),
+                            format!("cannot read queued message: {e}"),
+                        ),
                     );
                 }
                 let result = conn.send(&msg, &mut reader);
                 log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
                 self.cache.put(conn);
+                let name = remote_name(hop, peer);
                 match result {
                     Ok(sent) => {
                         return sent
                             .rcpt_replies
                             .iter()
                             .map(|rr| {
-                                let d = match (&sent.data_reply, rr.code().is_positive()) {
-                                    (Some(data), true) => classify_reply(data),
-                                    _ => classify_reply(rr),
+                                // the DATA reply speaks for every accepted
+                                // recipient (RFC 5321 §4.1.1.4)
+                                let reply = match (&sent.data_reply, rr.code().is_positive()) {
+                                    (Some(data), true) => data,
+                                    _ => rr,
                                 };
-                                let d = match d {
-                                    Disposition::Sent(t, _) => {
-                                        Disposition::Sent(t, sent.dsn_passed)
-                                    }
-                                    other => other,
-                                };
-                                (label.clone(), d)
+                                RcptResult {
+                                    relay: label.clone(),
+                                    status: Status::remote(reply, &name, peer),
+                                    dsn_passed: sent.dsn_passed,
+                                }
                             })
                             .collect();
                     }
                     Err(e) => {
-                        let d = classify_error(&e);
+                        let st = error_status(&e, hop, peer);
                         let data_was_sent = matches!(
                             &e,
                             ClientError::Io(Phase::EndOfData, _)
@@ -642,10 +715,10 @@ impl Deliverer {
                         );
                         // a permanent refusal, or a failure after the data
                         // went out, is final for this attempt
-                        if matches!(d, Disposition::Failed(_)) || data_was_sent {
-                            return all(&label, d);
+                        if st.class() == Class::Permanent || data_was_sent {
+                            return all(&label, st);
                         }
-                        last = d;
+                        last = st;
                         last_host = label;
                     }
                 }
@@ -666,6 +739,16 @@ impl Deliverer {
     }
 }
 
+/// The name a reply from `peer` is attributed to (RFC 3464 §2.3.5
+/// Remote-MTA): the hop's name, or `[192.0.2.1]` for a literal.
+fn remote_name(hop: &Hop, peer: SocketAddr) -> String {
+    if hop.name.starts_with('[') {
+        format!("[{}]", peer.ip())
+    } else {
+        hop.name.clone()
+    }
+}
+
 /// `mx.example.org[192.0.2.1]:25`, or `[192.0.2.1]:25` for a literal.
 fn relay_label(hop: &Hop, peer: SocketAddr) -> String {
     if hop.name.starts_with('[') {
@@ -681,8 +764,204 @@ fn id_salt(id: QueueId) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::smtp::ReversePath;
+    use crate::spool::Recipient;
+    use crate::status::Source;
+    use crate::time::ManualClock;
+    use std::io::Write as _;
+    use std::sync::Arc;
+
+    /// Far from the real time, so a reading of the system clock shows.
+    pub(crate) const T0: u64 = 1_000_000_000;
+
+    pub(crate) fn temp_spool(tag: &str) -> Arc<Spool> {
+        let dir = std::env::temp_dir().join(format!(
+            "smtp-relay-delivery-test-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Arc::new(Spool::open(&dir).unwrap())
+    }
+
+    /// A loopback port nothing listens on: connecting is refused at once.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// Every recipient routed to a closed loopback port.
+    fn deliverer(tag: &str, clock: Arc<ManualClock>, delay_warning: Option<Duration>) -> Deliverer {
+        let route = crate::route::StaticRoute::parse(&format!("*=127.0.0.1:{}", closed_port()));
+        Deliverer {
+            spool: temp_spool(tag),
+            router: Router::new(
+                vec![route.unwrap()],
+                None,
+                25,
+                vec!["relay.test".into()],
+                vec![],
+            ),
+            hostname: "relay.test".into(),
+            timeouts: Timeouts::default(),
+            retry: RetryPolicy::default(),
+            cache: ConnCache::new(Duration::from_secs(5), 100),
+            limiter: DestLimiter::new(20),
+            honor_source_routes: false,
+            delay_warning,
+            committed: None,
+            tls: Arc::new(crate::tls::ClientTls::unverified(
+                crate::tls::OutboundTls::May,
+            )),
+            clock,
+        }
+    }
+
+    pub(crate) fn queue(spool: &Spool, arrived: u64, rcpts: &[&str]) -> QueueId {
+        let mut inc = spool.incoming().unwrap();
+        let id = inc.id();
+        inc.write_all(b"Subject: x\r\n\r\nhi\r\n").unwrap();
+        let env = Envelope {
+            id,
+            arrived,
+            client: "127.0.0.1".into(),
+            helo: "h".into(),
+            from: ReversePath::parse("<s@a.example>", false).unwrap(),
+            size: 18,
+            body: None,
+            smtputf8: false,
+            attempts: 0,
+            next_try: arrived,
+            hold: None,
+            dsn: Default::default(),
+            rcpts: rcpts
+                .iter()
+                .map(|r| Recipient::new(Path::parse(r, false).unwrap(), Default::default()))
+                .collect(),
+            delay_warned: None,
+        };
+        inc.commit(&env).unwrap()
+    }
+
+    fn others(spool: &Spool, id: QueueId) -> Vec<Envelope> {
+        let ids = spool.list_ids().unwrap();
+        ids.into_iter()
+            .filter(|i| *i != id)
+            .map(|i| spool.load(i).unwrap())
+            .collect()
+    }
+
+    /// A destination at its limit is not an attempt: the worker does not
+    /// wait, the envelope is not touched, and the answer names the
+    /// destination; with a slot free the same message is tried.
+    #[test]
+    fn a_full_destination_is_not_an_attempt() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = deliverer("full", clock, None);
+        let id = queue(&d.spool, T0, &["<u@b.example>"]);
+        let host = Path::parse("<u@b.example>", false)
+            .unwrap()
+            .mailbox()
+            .host()
+            .clone();
+        let key = limit_key(&d.router.route(&host)).unwrap();
+        let held: Vec<_> = (0..20)
+            .map(|_| d.limiter.try_acquire(&key).unwrap())
+            .collect();
+        let before = std::fs::read(d.spool.env_path(id)).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(d.attempt_released(id).unwrap(), Attempted::Wait(vec![key]));
+        assert!(started.elapsed() < Duration::from_secs(1), "it waited");
+        assert_eq!(std::fs::read(d.spool.env_path(id)).unwrap(), before);
+        drop(held);
+        assert!(matches!(
+            d.attempt_released(id).unwrap(),
+            Attempted::Finished(Outcome::Retry(_))
+        ));
+        assert_eq!(d.spool.load(id).unwrap().attempts, 1);
+    }
+
+    /// Backoff is read off the clock: first retry 5 min (±10%) later, the
+    /// next twice that, with no real waiting.
+    #[test]
+    fn retry_backoff_follows_the_clock() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = deliverer("backoff", clock.clone(), None);
+        let id = queue(&d.spool, T0, &["<u@b.example>"]);
+        let Outcome::Retry(t1) = d.attempt(id).unwrap() else {
+            panic!("not deferred");
+        };
+        assert!((T0 + 270..=T0 + 330).contains(&t1), "{t1}");
+        let env = d.spool.load(id).unwrap();
+        assert_eq!(env.next_try, t1);
+        assert_eq!(env.rcpts[0].state, RcptState::Deferred);
+        let st = env.rcpts[0].last_reply.as_ref().unwrap();
+        assert_eq!(st.source, Source::Local(LocalReason::ConnectFailed));
+        clock.set(t1);
+        let Outcome::Retry(t2) = d.attempt(id).unwrap() else {
+            panic!("not deferred");
+        };
+        assert!((t1 + 540..=t1 + 660).contains(&t2), "{t2}");
+        let env = d.spool.load(id).unwrap();
+        assert_eq!((env.attempts, env.rcpts[0].tries.total), (2, 2));
+        assert_eq!(env.rcpts[0].tries.last, t1);
+    }
+
+    /// RFC 5321 §4.5.4.1: at the queue lifetime the message bounces with
+    /// 4.4.7 and leaves the queue; before it, it does not.
+    #[test]
+    fn expiry_follows_the_clock() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = deliverer("expiry", clock.clone(), None);
+        let id = queue(&d.spool, T0, &["<u@b.example>"]);
+        assert!(matches!(d.attempt(id).unwrap(), Outcome::Retry(_)));
+        clock.set(T0 + d.retry.lifetime.as_secs() - 1);
+        assert!(matches!(d.attempt(id).unwrap(), Outcome::Retry(_)));
+        assert!(others(&d.spool, id).is_empty(), "no DSN before expiry");
+        clock.set(T0 + d.retry.lifetime.as_secs());
+        assert_eq!(d.attempt(id).unwrap(), Outcome::Done);
+        assert!(d.spool.load(id).is_err(), "expired message left the queue");
+        let dsns = others(&d.spool, id);
+        assert_eq!(dsns.len(), 1, "one DSN");
+        assert!(dsns[0].from.is_null());
+        assert_eq!(dsns[0].arrived, T0 + d.retry.lifetime.as_secs());
+        let body = std::fs::read_to_string(d.spool.msg_path(dsns[0].id)).unwrap();
+        assert!(
+            body.contains("Action: failed\r\nStatus: 4.4.7\r\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("Diagnostic-Code: X-smtp-relay; 451 4.4.7 message expired after 5d"),
+            "{body}"
+        );
+    }
+
+    /// `--delay-warning`: one "delayed" DSN once the message is that old
+    /// by the clock, recorded in the typed field, never a second.
+    #[test]
+    fn delay_warning_follows_the_clock_and_is_sent_once() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = deliverer("delay", clock.clone(), Some(Duration::from_secs(3600)));
+        let id = queue(&d.spool, T0, &["<u@b.example>"]);
+        d.attempt(id).unwrap();
+        assert!(others(&d.spool, id).is_empty());
+        clock.set(T0 + 3600);
+        d.attempt(id).unwrap();
+        let dsns = others(&d.spool, id);
+        assert_eq!(dsns.len(), 1, "one delay DSN");
+        let env = d.spool.load(id).unwrap();
+        assert_eq!(
+            env.delay_warned,
+            Some(DelayWarned {
+                time: T0 + 3600,
+                dsn: dsns[0].id
+            })
+        );
+        clock.set(T0 + 7200);
+        d.attempt(id).unwrap();
+        assert_eq!(others(&d.spool, id).len(), 1, "still one");
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_cap() {
@@ -707,24 +986,42 @@ mod tests {
             let mut p = crate::smtp::ReplyParser::new();
             p.feed(s).unwrap().unwrap()
         };
-        assert!(matches!(
-            classify_reply(&r("250 2.0.0 ok")),
-            Disposition::Sent(..)
-        ));
-        assert!(matches!(
-            classify_reply(&r("451 4.3.0 later")),
-            Disposition::Deferred(_)
-        ));
-        assert!(matches!(
-            classify_reply(&r("550 5.1.1 no")),
-            Disposition::Failed(_)
-        ));
+        let hop = Hop {
+            name: "mx.example".into(),
+            addrs: vec![],
+            port: 25,
+        };
+        let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
+        let rejected =
+            |s: &str, phase| error_status(&ClientError::Rejected(phase, r(s)), &hop, peer);
+        let st = rejected("550 5.1.1 no", Phase::Rcpt);
+        assert_eq!(st.class(), Class::Permanent);
+        assert_eq!(st.remote_mta(), Some("mx.example"));
+        assert_eq!(
+            rejected("451 4.3.0 later", Phase::Rcpt).class(),
+            Class::Temporary
+        );
+        // a 5xx greeting skips the host: ours, temporary
+        let st = rejected("554 go away", Phase::Greeting);
+        assert_eq!(st.class(), Class::Temporary);
+        assert_eq!(
+            st.source,
+            crate::status::Source::Local(LocalReason::GreetingRefused)
+        );
         let refused =
             ClientError::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(matches!(classify_error(&refused), Disposition::Deferred(_)));
-        assert!(matches!(
-            classify_error(&ClientError::Timeout(Phase::Data)),
-            Disposition::Deferred(_)
-        ));
+        let st = error_status(&refused, &hop, peer);
+        assert_eq!(st.class(), Class::Temporary);
+        assert_eq!(st.remote_mta(), None);
+        assert_eq!(
+            error_status(&ClientError::Timeout(Phase::Data), &hop, peer).class(),
+            Class::Temporary
+        );
+        let literal = Hop {
+            name: "[192.0.2.1]".into(),
+            addrs: vec![],
+            port: 25,
+        };
+        assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
     }
 }

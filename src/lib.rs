@@ -26,6 +26,7 @@ pub mod server;
 pub mod session;
 pub mod smtp;
 pub mod spool;
+pub mod status;
 pub mod sys;
 pub mod time;
 pub mod tls;

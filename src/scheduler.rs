@@ -6,36 +6,159 @@
 //! attempt's outcome from the workers, and rescans the spool now and then
 //! as a safety net (a lost notice only delays a message, never loses it).
 //! A `flush` file in the spool makes every waiting message due now.
+//!
+//! Destinations (`--max-per-destination`). A destination is the first
+//! next hop of a group of recipients (name and port), which only routing
+//! knows, and routing may need DNS, which this thread must never wait
+//! for. So the design is a slot per (message, destination) transaction:
+//! - a worker routes the message it was given and, for each destination,
+//!   takes a slot from the [`DestLimiter`] without waiting
+//!   (`try_acquire`); the slot is held for that one transaction only.
+//!   A destination without a free slot is skipped: its recipients are not
+//!   tried and nothing is recorded about them. When nothing at all could
+//!   be tried the envelope is not even rewritten. The worker answers
+//!   `Wait(destinations)` and is free at once for other mail.
+//! - the scheduler parks such a message in that destination's ready
+//!   queue (`parked`), and releases parked messages to the workers only
+//!   as slots of their destination come free (counting the ones already
+//!   released and not yet back, so it never releases more than there are
+//!   slots). A limit reached is never an attempt, a deferral or a retry
+//!   delay, and no worker waits on another domain's limit.
+//! - a message whose destinations are not known yet (new mail, a retry
+//!   that came due) is released as before; its first look tells.
+//!   A message for several destinations is delivered to those with a free
+//!   slot and parked on the first of the others; when released, its
+//!   not-yet-final recipients are tried again (for a deferred one of
+//!   another destination, that retry comes early).
+//!
+//! Without a scheduler (the foreground `queue flush`), `Deliverer::attempt`
+//! waits for a slot between tries of a message, holding no lock.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Select, Sender};
 
-use crate::delivery::{Deliverer, Outcome};
+use crate::delivery::{Attempted, Deliverer, Outcome};
 use crate::spool::{Envelope, QueueId};
-use crate::time::now_unix;
+use crate::time::Clock;
 
 /// How often the spool is rescanned for messages the scheduler missed.
 const RESCAN: Duration = Duration::from_secs(60);
 /// How often the flush trigger is looked for.
 const TICK: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// In-flight transactions per destination, capped at
+/// `--max-per-destination`. Workers take a slot without waiting; the
+/// scheduler reads the free slots to release parked messages. Cloning
+/// shares the counts.
+#[derive(Clone)]
+pub struct DestLimiter {
+    inner: Arc<LimiterInner>,
+}
+
+struct LimiterInner {
+    busy: Mutex<HashMap<String, usize>>,
+    freed: Condvar,
+    max: usize,
+}
+
+/// One transaction's slot; dropping it frees the slot.
+pub struct DestSlot {
+    inner: Arc<LimiterInner>,
+    key: String,
+}
+
+impl DestLimiter {
+    /// At least one slot per destination (the command line refuses 0):
+    /// with none, a message would wait for ever.
+    pub fn new(max: usize) -> DestLimiter {
+        DestLimiter {
+            inner: Arc::new(LimiterInner {
+                busy: Mutex::new(HashMap::new()),
+                freed: Condvar::new(),
+                max: max.max(1),
+            }),
+        }
+    }
+
+    fn busy(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.inner.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for `key` now, or `None` when it is at its limit. Never waits.
+    pub fn try_acquire(&self, key: &str) -> Option<DestSlot> {
+        let mut busy = self.busy();
+        let n = busy.get(key).copied().unwrap_or(0);
+        if n >= self.inner.max {
+            return None;
+        }
+        busy.insert(key.to_string(), n + 1);
+        Some(DestSlot {
+            inner: self.inner.clone(),
+            key: key.to_string(),
+        })
+    }
+
+    /// Slots of `key` free now.
+    pub fn free(&self, key: &str) -> usize {
+        let n = self.busy().get(key).copied().unwrap_or(0);
+        self.inner.max.saturating_sub(n)
+    }
+
+    /// Waits up to `wait` until one of `keys` has a free slot (for callers
+    /// without a scheduler; they hold no message while waiting).
+    pub fn wait_free(&self, keys: &[String], wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut busy = self.busy();
+        loop {
+            let any = keys
+                .iter()
+                .any(|k| busy.get(k).copied().unwrap_or(0) < self.inner.max);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if any || left.is_zero() {
+                return any;
+            }
+            busy = self
+                .inner
+                .freed
+                .wait_timeout(busy, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for DestSlot {
+    fn drop(&mut self) {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = busy.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.key);
+            }
+        }
+        self.inner.freed.notify_all();
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Slot {
     Waiting(u64),
     Ready,
     InFlight,
+    /// In the ready queue of this destination, for a free slot.
+    Parked(String),
 }
 
 /// A worker's word on one id.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Report {
     id: QueueId,
-    outcome: Option<Outcome>,
+    outcome: Option<Attempted>,
 }
 
 pub struct SchedulerHandle {
@@ -82,12 +205,14 @@ pub fn start(
     }
     drop(report_tx);
     let spool = deliverer.spool.clone();
+    let clock = deliverer.clock.clone();
+    let limiter = deliverer.limiter.clone();
     threads.push(
         thread::Builder::new()
             .name("scheduler".into())
             .spawn(move || {
                 crate::pool::or_abort("scheduler", || {
-                    let mut s = Scheduler::new(spool);
+                    let mut s = Scheduler::new(spool, clock, limiter);
                     for env in initial {
                         s.schedule(env.id, env.next_try);
                     }
@@ -107,7 +232,7 @@ fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
             Ok(id) => {
                 let attempt = || {
                     crate::fault::hit(crate::fault::Point::Delivery);
-                    d.attempt(id)
+                    d.attempt_released(id)
                 };
                 let outcome =
                     match crate::pool::catch(format_args!("{id} delivery attempt"), attempt) {
@@ -119,11 +244,11 @@ fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
                         // a local failure: deferred, retried after the
                         // shortest delay; the envelope is as before the attempt
                         None => {
-                            let at = now_unix() + d.retry.min.as_secs().max(1);
+                            let at = d.clock.now_unix() + d.retry.min.as_secs().max(1);
                             log::warn!(
                             "{id} deferred: local error (delivery attempt panicked), retry at {at}"
                         );
-                            Some(Outcome::Retry(at))
+                            Some(Attempted::Finished(Outcome::Retry(at)))
                         }
                     };
                 if reports.send(Report { id, outcome }).is_err() {
@@ -138,6 +263,13 @@ fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
 
 struct Scheduler {
     spool: Arc<crate::spool::Spool>,
+    clock: Arc<dyn Clock>,
+    limiter: DestLimiter,
+    /// Per destination: messages waiting for one of its slots, in order.
+    parked: HashMap<String, VecDeque<QueueId>>,
+    /// Parked messages released and not reported back yet, by destination
+    /// (each will take a slot of it).
+    released: HashMap<QueueId, String>,
     heap: BinaryHeap<Reverse<(u64, QueueId)>>,
     slots: HashMap<QueueId, Slot>,
     ready: VecDeque<QueueId>,
@@ -147,9 +279,17 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn new(spool: Arc<crate::spool::Spool>) -> Scheduler {
+    fn new(
+        spool: Arc<crate::spool::Spool>,
+        clock: Arc<dyn Clock>,
+        limiter: DestLimiter,
+    ) -> Scheduler {
         Scheduler {
             spool,
+            clock,
+            limiter,
+            parked: HashMap::new(),
+            released: HashMap::new(),
             heap: BinaryHeap::new(),
             slots: HashMap::new(),
             ready: VecDeque::new(),
@@ -159,7 +299,7 @@ impl Scheduler {
     }
 
     fn schedule(&mut self, id: QueueId, at: u64) {
-        if at <= now_unix() {
+        if at <= self.clock.now_unix() {
             self.slots.insert(id, Slot::Ready);
             self.ready.push_back(id);
         } else {
@@ -171,7 +311,7 @@ impl Scheduler {
     /// Moves due entries from the heap to the ready queue; returns how long
     /// until the next one is due.
     fn promote_due(&mut self) -> Option<Duration> {
-        let now = now_unix();
+        let now = self.clock.now_unix();
         while let Some(Reverse((at, id))) = self.heap.peek().copied() {
             if at > now {
                 return Some(Duration::from_secs(at - now));
@@ -213,7 +353,8 @@ impl Scheduler {
         let mut n = 0;
         for id in requests.into_iter().flatten() {
             match self.slots.get(&id) {
-                Some(Slot::Ready) => {}
+                // waiting for a slot: a flush cannot make one
+                Some(Slot::Ready | Slot::Parked(_)) => {}
                 Some(Slot::InFlight) => {
                     self.flush_again.insert(id);
                 }
@@ -261,14 +402,59 @@ impl Scheduler {
 
     fn on_report(&mut self, r: Report) {
         let again = self.flush_again.remove(&r.id);
+        let was_released_for = self.released.remove(&r.id);
         match r.outcome {
-            Some(Outcome::Done) | Some(Outcome::Gone) | Some(Outcome::Held) => {
+            Some(Attempted::Wait(dests)) => match dests.into_iter().next() {
+                Some(dest) => {
+                    // released for a slot that new mail took first: it
+                    // keeps its place at the head of the queue
+                    let front = was_released_for.as_ref() == Some(&dest);
+                    self.park(r.id, dest, front);
+                }
+                None => self.schedule(r.id, 0),
+            },
+            Some(Attempted::Finished(Outcome::Done | Outcome::Gone | Outcome::Held)) => {
                 self.slots.remove(&r.id);
             }
-            Some(Outcome::Retry(_)) if again => self.schedule(r.id, 0),
-            Some(Outcome::Retry(at)) => self.schedule(r.id, at),
+            Some(Attempted::Finished(Outcome::Retry(_))) if again => self.schedule(r.id, 0),
+            Some(Attempted::Finished(Outcome::Retry(at))) => self.schedule(r.id, at),
             // a spool error: try again later rather than lose track
-            None => self.schedule(r.id, now_unix() + 60),
+            None => self.schedule(r.id, self.clock.now_unix() + 60),
+        }
+        self.release_parked();
+    }
+
+    /// Puts `id` in the ready queue of `dest`, to wait for a free slot.
+    fn park(&mut self, id: QueueId, dest: String, front: bool) {
+        let queue = self.parked.entry(dest.clone()).or_default();
+        if front {
+            queue.push_front(id);
+        } else {
+            queue.push_back(id);
+        }
+        self.slots.insert(id, Slot::Parked(dest));
+    }
+
+    /// Releases parked messages into the slots free now: per destination,
+    /// free slots minus the messages released for it and not yet back.
+    fn release_parked(&mut self) {
+        let mut out = Vec::new();
+        for (dest, queue) in &mut self.parked {
+            let pending = self.released.values().filter(|d| *d == dest).count();
+            let free = self.limiter.free(dest).saturating_sub(pending);
+            for _ in 0..free {
+                match queue.pop_front() {
+                    Some(id) => out.push((id, dest.clone())),
+                    None => break,
+                }
+            }
+        }
+        self.parked.retain(|_, q| !q.is_empty());
+        // they have waited: ahead of new mail
+        for (id, dest) in out.into_iter().rev() {
+            self.slots.insert(id, Slot::Ready);
+            self.ready.push_front(id);
+            self.released.insert(id, dest);
         }
     }
 
@@ -285,6 +471,7 @@ impl Scheduler {
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.check_flush_trigger();
+                self.release_parked();
                 if self.last_scan.elapsed() >= RESCAN {
                     self.rescan();
                 }
@@ -331,5 +518,150 @@ impl Scheduler {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::tests::{queue, temp_spool, T0};
+    use crate::time::ManualClock;
+
+    fn scheduler(tag: &str) -> (Scheduler, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(T0));
+        let limiter = DestLimiter::new(2);
+        (
+            Scheduler::new(temp_spool(tag), clock.clone(), limiter),
+            clock,
+        )
+    }
+
+    /// A retry comes due when the clock reaches it, not before.
+    #[test]
+    fn due_times_follow_the_clock() {
+        let (mut s, clock) = scheduler("sched-due");
+        let id = queue(&s.spool, T0, &["<u@b.example>"]);
+        s.schedule(id, T0 + 300);
+        assert_eq!(s.promote_due(), Some(Duration::from_secs(300)));
+        assert!(s.ready.is_empty());
+        clock.advance(Duration::from_secs(299));
+        assert_eq!(s.promote_due(), Some(Duration::from_secs(1)));
+        assert!(s.ready.is_empty());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(s.promote_due(), None);
+        assert_eq!(s.ready, [id]);
+        assert_eq!(s.slots.get(&id), Some(&Slot::Ready));
+    }
+
+    /// What a worker reports decides when the message is next due.
+    #[test]
+    fn reports_reschedule_by_the_clock() {
+        let (mut s, clock) = scheduler("sched-report");
+        let a = queue(&s.spool, T0, &["<u@b.example>"]);
+        let b = queue(&s.spool, T0, &["<u@c.example>"]);
+        s.slots.insert(a, Slot::InFlight);
+        s.slots.insert(b, Slot::InFlight);
+        s.on_report(Report {
+            id: a,
+            outcome: Some(Attempted::Finished(Outcome::Retry(T0 + 600))),
+        });
+        // a spool error: again in a minute, by the clock
+        s.on_report(Report {
+            id: b,
+            outcome: None,
+        });
+        assert_eq!(s.slots.get(&b), Some(&Slot::Waiting(T0 + 60)));
+        clock.set(T0 + 60);
+        s.promote_due();
+        assert_eq!(s.ready, [b]);
+        clock.set(T0 + 600);
+        s.promote_due();
+        assert_eq!(s.ready, [b, a]);
+        let c = queue(&s.spool, T0, &["<u@d.example>"]);
+        s.slots.insert(c, Slot::InFlight);
+        s.on_report(Report {
+            id: c,
+            outcome: Some(Attempted::Finished(Outcome::Done)),
+        });
+        assert!(!s.slots.contains_key(&c));
+    }
+
+    #[test]
+    fn limiter_never_waits() {
+        let l = DestLimiter::new(2);
+        let a = l.try_acquire("mx.a:25").unwrap();
+        let _b = l.try_acquire("mx.a:25").unwrap();
+        let started = Instant::now();
+        assert!(l.try_acquire("mx.a:25").is_none());
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert_eq!(l.free("mx.a:25"), 0);
+        // another destination has its own slots
+        assert!(l.try_acquire("mx.b:25").is_some());
+        drop(a);
+        assert_eq!(l.free("mx.a:25"), 1);
+        assert!(l.wait_free(&["mx.a:25".into()], Duration::ZERO));
+    }
+
+    /// Messages that found their destination full wait in its queue and
+    /// are released one per free slot, never more than the slots, in
+    /// order, and without touching another destination's queue.
+    #[test]
+    fn parked_messages_are_released_into_free_slots() {
+        let (mut s, _clock) = scheduler("sched-park");
+        let wait = |dest: &str| Some(Attempted::Wait(vec![dest.to_string()]));
+        let ids: Vec<QueueId> = (0..4)
+            .map(|_| queue(&s.spool, T0, &["<u@b.example>"]))
+            .collect();
+        // two transactions in flight to mx.b fill its two slots
+        let t1 = s.limiter.try_acquire("mx.b:25").unwrap();
+        let t2 = s.limiter.try_acquire("mx.b:25").unwrap();
+        for &id in &ids[..3] {
+            s.slots.insert(id, Slot::InFlight);
+            s.on_report(Report {
+                id,
+                outcome: wait("mx.b:25"),
+            });
+        }
+        s.slots.insert(ids[3], Slot::InFlight);
+        s.on_report(Report {
+            id: ids[3],
+            outcome: wait("mx.c:25"),
+        });
+        // mx.c has free slots: released at once; mx.b none
+        assert_eq!(s.ready, [ids[3]]);
+        s.ready.clear();
+        assert_eq!(s.slots.get(&ids[0]), Some(&Slot::Parked("mx.b:25".into())));
+        drop(t1);
+        s.release_parked();
+        assert_eq!(s.ready, [ids[0]], "one slot, one message");
+        s.release_parked();
+        assert_eq!(s.ready, [ids[0]], "not twice for the same slot");
+        drop(t2);
+        s.release_parked();
+        assert_eq!(s.ready, [ids[1], ids[0]]);
+        // ids[0] comes back done: its slot is free again for ids[2]
+        s.ready.clear();
+        s.on_report(Report {
+            id: ids[0],
+            outcome: Some(Attempted::Finished(Outcome::Done)),
+        });
+        assert_eq!(s.ready, [ids[2]]);
+        assert!(s.parked.is_empty());
+        // ids[2] finds its slot taken by new mail: back at the head of
+        // the queue, ahead of a message parked after it
+        s.ready.clear();
+        let t3 = s.limiter.try_acquire("mx.b:25").unwrap();
+        let late = queue(&s.spool, T0, &["<u@b.example>"]);
+        s.slots.insert(late, Slot::InFlight);
+        s.on_report(Report {
+            id: late,
+            outcome: wait("mx.b:25"),
+        });
+        s.on_report(Report {
+            id: ids[2],
+            outcome: wait("mx.b:25"),
+        });
+        assert_eq!(s.parked["mx.b:25"], [ids[2], late]);
+        drop(t3);
     }
 }

@@ -252,6 +252,7 @@ pub fn deliverer(
         delay_warning: config.delay_warning,
         committed,
         tls: config.client_tls.clone(),
+        clock: Arc::new(crate::time::SystemClock),
     })
 }
 

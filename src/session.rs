@@ -529,9 +529,10 @@ impl<'a> Session<'a> {
                     state: RcptState::Pending,
                     last_reply: None,
                     dsn: dsn.clone(),
+                    tries: Default::default(),
                 })
                 .collect(),
-            history: Vec::new(),
+            delay_warned: None,
         })
     }
 }

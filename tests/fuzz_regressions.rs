@@ -311,14 +311,7 @@ fn cleaned(e: &Envelope) -> Envelope {
     let mut e = e.clone();
     e.client = clean(&e.client);
     e.helo = clean(&e.helo);
-    for r in &mut e.rcpts {
-        r.last_reply = r.last_reply.as_deref().map(clean).filter(|t| t != "-");
-    }
-    for a in &mut e.history {
-        a.rcpt = clean(&a.rcpt);
-        a.host = clean(&a.host);
-        a.reply = clean(&a.reply);
-    }
+    // statuses and attempt relays are cleaned by `parse` itself
     e
 }
 

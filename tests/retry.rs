@@ -139,11 +139,14 @@ fn deferred_at_rcpt_then_accepted_is_delivered_once() {
         "<b@dest.example>",
         "451 4.3.0 try again later",
     );
-    let history = env.all("attempt");
+    // envelope v2: the recipient's attempts follow its `rcpt` line, the
+    // status as fields (code, enhanced code, source, text)
+    let history = env.all("rcpt-attempt");
+    let port = sink.addr().port();
     assert!(
-        history.iter().any(|a| a.contains("\tb@dest.example\t")
-            && a.contains(&format!("[127.0.0.1]:{}", sink.addr().port()))
-            && a.contains("451 4.3.0 try again later")),
+        history.iter().any(|a| a.contains(&format!(
+            "\t[127.0.0.1]:{port}\t451\t4.3.0\tremote [127.0.0.1] 127.0.0.1:{port}\ttry again later"
+        ))),
         "the deferral is in the history:\n{}",
         env.text
     );

@@ -661,7 +661,7 @@ fn envelope_file_contents() {
 
     let env = assert_complete(relay.spool(), &id);
     assert!(
-        env.text.starts_with("smtp-relay-envelope: 1\n"),
+        env.text.starts_with("smtp-relay-envelope: 2\n"),
         "{}",
         env.text
     );

@@ -6,8 +6,10 @@
 //! (HELO names, remote replies) have control characters replaced, so one
 //! field is always one line and tabs only ever separate fields.
 //!
+//! Version 2 (written since the typed delivery status):
+//!
 //! ```text
-//! smtp-relay-envelope: 1
+//! smtp-relay-envelope: 2
 //! id: 0006464A1B2C3D4E
 //! arrived: 1795886410
 //! client: 127.0.0.1
@@ -16,27 +18,48 @@
 //! size: 1234
 //! body: 8BITMIME
 //! smtputf8: no
-//! attempts: 1
+//! attempts: 3
 //! next-try: 1795886710
+//! delay-warned: 1795887000<TAB>0006464A1B2C3D50
 //! rcpt: deferred<TAB><user@example.net><TAB>451 4.3.0 try later
-//! rcpt: sent<TAB><@relay.example:other@example.com><TAB>250 2.0.0 ok
-//! rcpt-dsn: SUCCESS,FAILURE<TAB>rfc822;other@example.com
-//! attempt: 1795886411<TAB>user@example.net<TAB>mx.example.net[192.0.2.1]:25<TAB>451 4.3.0 try later
+//! rcpt-reply: 451<TAB>4.3.0<TAB>remote mx.example.net 192.0.2.1:25<TAB>try later
+//! rcpt-dsn: SUCCESS,DELAY<TAB>rfc822;user@example.net
+//! rcpt-tries: 3<TAB>1795886411<TAB>1795887400
+//! rcpt-attempt: 1795887400<TAB>mx.example.net[192.0.2.1]:25<TAB>451<TAB>4.3.0<TAB>remote mx.example.net 192.0.2.1:25<TAB>try later
+//! rcpt: sent<TAB><@relay.example:other@example.com><TAB>250 ok
+//! rcpt-reply: 250<TAB>-<TAB>remote mx.example.com 192.0.2.2:25<TAB>ok
+//! rcpt-tries: 1<TAB>1795886411<TAB>1795886411
+//! rcpt-attempt: 1795886411<TAB>mx.example.com[192.0.2.2]:25<TAB>250<TAB>-<TAB>remote mx.example.com 192.0.2.2:25<TAB>ok
 //! end
 //! ```
 //!
-//! RFC 3461 DSN requests are optional keys (envelopes without them, from
-//! before them, parse as ever): `ret: FULL|HDRS` and `envid: XTEXT` for
-//! the message, and a `rcpt-dsn: NOTIFY<TAB>ORCPT` line (`-` for absent)
-//! right after the `rcpt` line it belongs to.
+//! The `rcpt-*` lines belong to the `rcpt` line above them. `rcpt-reply`
+//! is the recipient's last status as fields (code, enhanced code or `-`,
+//! source: `remote NAME ADDR` or `local REASON`, text); the third field of
+//! `rcpt` is a readable copy of it and is not read back. `rcpt-tries`
+//! counts every attempt (total, first and last time); `rcpt-attempt` keeps
+//! the last few in full (relay label, then the status fields).
+//! `delay-warned` records the "delayed" DSN (time, its queue id).
+//!
+//! RFC 3461 DSN requests are optional keys: `ret: FULL|HDRS` and
+//! `envid: XTEXT` for the message, and a `rcpt-dsn: NOTIFY<TAB>ORCPT` line
+//! (`-` for absent).
+//!
+//! Version 1 envelopes (free-text `last_reply` and one `attempt:` line per
+//! try, `attempt: TIME<TAB>RCPT<TAB>RELAY<TAB>REPLY`, the delay warning as
+//! a pseudo-attempt with rcpt `-`) still load: their replies are read into
+//! typed statuses once, here, and they are written back as version 2.
 
+use std::collections::VecDeque;
 use std::fmt::{self, Write as _};
 
 use super::queue_id::QueueId;
 use crate::smtp::command::is_xtext;
 use crate::smtp::{Body, MailDsn, Notify, Path, RcptDsn, Ret, ReversePath};
+use crate::status::Status;
 
-const MAGIC: &str = "smtp-relay-envelope: 1";
+const MAGIC: &str = "smtp-relay-envelope: 2";
+const MAGIC_V1: &str = "smtp-relay-envelope: 1";
 
 /// Where one recipient stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,19 +112,73 @@ pub struct Recipient {
     /// The forward-path as the client gave it, source route included.
     pub path: Path,
     pub state: RcptState,
-    /// The last reply or error about this recipient, for `queue show` and DSNs.
-    pub last_reply: Option<String>,
+    /// The last reply or local decision about this recipient.
+    pub last_reply: Option<Status>,
     /// RFC 3461 NOTIFY and ORCPT, as the client gave them.
     pub dsn: RcptDsn,
+    /// The attempts at this recipient, for `queue show` and DSNs.
+    pub tries: Tries,
 }
 
-/// One delivery try of one recipient, kept for `queue show`.
+impl Recipient {
+    /// A recipient not tried yet.
+    pub fn new(path: Path, dsn: RcptDsn) -> Recipient {
+        Recipient {
+            path,
+            state: RcptState::Pending,
+            last_reply: None,
+            dsn,
+            tries: Tries::default(),
+        }
+    }
+}
+
+/// One delivery try of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub time: u64,
-    pub rcpt: String,
-    pub host: String,
-    pub reply: String,
+    /// The hop tried (`name[ip]:port`), or `-` when none was reached.
+    pub relay: String,
+    pub status: Status,
+}
+
+/// Attempts kept in full per recipient; older ones are only counted.
+pub const KEEP_ATTEMPTS: usize = 5;
+
+/// A recipient's attempts: all of them counted, the last few in full, so
+/// an envelope rewritten at every attempt stays the same size however
+/// long the message waits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tries {
+    pub total: u32,
+    /// Unix seconds of the first and the last attempt (0: none yet).
+    pub first: u64,
+    pub last: u64,
+    /// Oldest first.
+    pub recent: VecDeque<Attempt>,
+}
+
+impl Tries {
+    /// Counts an attempt and keeps it, dropping the oldest kept beyond
+    /// `KEEP_ATTEMPTS`.
+    pub fn record(&mut self, a: Attempt) {
+        if self.total == 0 {
+            self.first = a.time;
+        }
+        self.total = self.total.saturating_add(1);
+        self.last = self.last.max(a.time);
+        self.recent.push_back(a);
+        while self.recent.len() > KEEP_ATTEMPTS {
+            self.recent.pop_front();
+        }
+    }
+}
+
+/// The "delayed" DSN sent for a message (`--delay-warning`): once only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelayWarned {
+    pub time: u64,
+    pub dsn: QueueId,
 }
 
 /// An operator's hold on a message (`queue hold`).
@@ -143,7 +220,7 @@ pub struct Envelope {
     /// RFC 3461 RET and ENVID, as the client gave them.
     pub dsn: MailDsn,
     pub rcpts: Vec<Recipient>,
-    pub history: Vec<Attempt>,
+    pub delay_warned: Option<DelayWarned>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +251,14 @@ pub fn clean(s: &str) -> String {
     }
 }
 
+/// A version 1 `attempt:` line, kept until its recipient is known.
+struct V1Attempt {
+    time: u64,
+    rcpt: String,
+    relay: String,
+    reply: String,
+}
+
 impl Envelope {
     /// True when every recipient is final: the message can leave the queue.
     pub fn is_done(&self) -> bool {
@@ -181,7 +266,7 @@ impl Envelope {
     }
 
     pub fn to_text(&self) -> String {
-        let mut s = String::with_capacity(256 + 80 * self.rcpts.len());
+        let mut s = String::with_capacity(256 + 200 * self.rcpts.len());
         let body = self.body.map(Body::as_str).unwrap_or("-");
         // writing to a String cannot fail
         let _ = write!(
@@ -211,13 +296,19 @@ impl Envelope {
         if let Some(envid) = &self.dsn.envid {
             let _ = writeln!(s, "envid: {envid}");
         }
+        if let Some(w) = self.delay_warned {
+            let _ = writeln!(s, "delay-warned: {}\t{}", w.time, w.dsn);
+        }
         for r in &self.rcpts {
             let reply = r
                 .last_reply
-                .as_deref()
-                .map(clean)
+                .as_ref()
+                .map(|st| clean(&st.to_string()))
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(s, "rcpt: {}\t{}\t{}", r.state.as_str(), r.path, reply);
+            if let Some(st) = &r.last_reply {
+                let _ = writeln!(s, "rcpt-reply: {}", st.to_fields());
+            }
             if !r.dsn.is_empty() {
                 let notify = r.dsn.notify.map(|n| n.to_string());
                 let _ = writeln!(
@@ -227,16 +318,19 @@ impl Envelope {
                     r.dsn.orcpt.as_deref().unwrap_or("-")
                 );
             }
-        }
-        for a in &self.history {
-            let _ = writeln!(
-                s,
-                "attempt: {}\t{}\t{}\t{}",
-                a.time,
-                clean(&a.rcpt),
-                clean(&a.host),
-                clean(&a.reply)
-            );
+            if r.tries.total > 0 {
+                let t = &r.tries;
+                let _ = writeln!(s, "rcpt-tries: {}\t{}\t{}", t.total, t.first, t.last);
+            }
+            for a in &r.tries.recent {
+                let _ = writeln!(
+                    s,
+                    "rcpt-attempt: {}\t{}\t{}",
+                    a.time,
+                    clean(&a.relay),
+                    a.status.to_fields()
+                );
+            }
         }
         s.push_str("end\n");
         s
@@ -244,15 +338,16 @@ impl Envelope {
 
     pub fn parse(text: &str) -> Result<Envelope, ParseError> {
         let mut lines = text.split('\n').enumerate().map(|(i, l)| (i + 1, l));
-        match lines.next() {
-            Some((_, l)) if l == MAGIC => {}
+        let v1 = match lines.next() {
+            Some((_, l)) if l == MAGIC => false,
+            Some((_, l)) if l == MAGIC_V1 => true,
             _ => {
                 return Err(ParseError {
                     line: 1,
-                    why: "not a version 1 envelope",
+                    why: "not a version 1 or 2 envelope",
                 })
             }
-        }
+        };
         let mut id = None;
         let mut arrived = None;
         let mut client = None;
@@ -266,7 +361,10 @@ impl Envelope {
         let mut hold = None;
         let mut dsn = MailDsn::default();
         let mut rcpts: Vec<Recipient> = Vec::new();
-        let mut history = Vec::new();
+        let mut delay_warned = None;
+        // version 1: free-text replies and history, typed at the end
+        let mut v1_replies: Vec<Option<String>> = Vec::new();
+        let mut v1_history: Vec<V1Attempt> = Vec::new();
         let mut ended = false;
         for (n, line) in lines {
             let err = |why| Err(ParseError { line: n, why });
@@ -313,6 +411,18 @@ impl Envelope {
                         },
                     })
                 }
+                "delay-warned" if !v1 => {
+                    let parsed = value.split_once('\t').and_then(|(t, id)| {
+                        Some(DelayWarned {
+                            time: num(t)?,
+                            dsn: QueueId::parse(id)?,
+                        })
+                    });
+                    match parsed {
+                        Some(w) => delay_warned = Some(w),
+                        None => return err("bad delay-warned"),
+                    }
+                }
                 "rcpt" => {
                     let mut f = value.splitn(3, '\t');
                     let (Some(state), Some(path), Some(reply)) = (f.next(), f.next(), f.next())
@@ -325,12 +435,60 @@ impl Envelope {
                     let Ok(path) = Path::parse_stored(path) else {
                         return err("bad recipient path");
                     };
+                    if v1 {
+                        v1_replies.push(Some(clean(reply)).filter(|r| r != "-"));
+                    }
                     rcpts.push(Recipient {
                         path,
                         state,
-                        last_reply: Some(clean(reply)).filter(|r| r != "-"),
+                        last_reply: None,
                         dsn: RcptDsn::default(),
+                        tries: Tries::default(),
                     });
+                }
+                "rcpt-reply" if !v1 => {
+                    let Some(r) = rcpts.last_mut() else {
+                        return err("rcpt-reply before any rcpt");
+                    };
+                    match Status::from_fields(value) {
+                        Some(st) => r.last_reply = Some(st),
+                        None => return err("bad rcpt-reply"),
+                    }
+                }
+                "rcpt-tries" if !v1 => {
+                    let Some(r) = rcpts.last_mut() else {
+                        return err("rcpt-tries before any rcpt");
+                    };
+                    let mut f = value.split('\t');
+                    let parsed = (|| {
+                        let total = f.next()?.parse::<u32>().ok()?;
+                        let first = num(f.next()?)?;
+                        let last = num(f.next()?)?;
+                        f.next().is_none().then_some((total, first, last))
+                    })();
+                    let Some((total, first, last)) = parsed else {
+                        return err("bad rcpt-tries");
+                    };
+                    r.tries.total = total;
+                    r.tries.first = first;
+                    r.tries.last = last;
+                }
+                "rcpt-attempt" if !v1 => {
+                    let Some(r) = rcpts.last_mut() else {
+                        return err("rcpt-attempt before any rcpt");
+                    };
+                    let parsed = value.split_once('\t').and_then(|(t, rest)| {
+                        let (relay, status) = rest.split_once('\t')?;
+                        Some(Attempt {
+                            time: num(t)?,
+                            relay: clean(relay),
+                            status: Status::from_fields(status)?,
+                        })
+                    });
+                    match parsed {
+                        Some(a) => r.tries.recent.push_back(a),
+                        None => return err("bad rcpt-attempt"),
+                    }
                 }
                 "ret" => match Ret::parse(value) {
                     Some(r) => dsn.ret = Some(r),
@@ -358,9 +516,9 @@ impl Envelope {
                         r.dsn.orcpt = Some(orcpt.to_string());
                     }
                 }
-                "attempt" => {
+                "attempt" if v1 => {
                     let mut f = value.splitn(4, '\t');
-                    let (Some(t), Some(rcpt), Some(host), Some(reply)) =
+                    let (Some(t), Some(rcpt), Some(relay), Some(reply)) =
                         (f.next(), f.next(), f.next(), f.next())
                     else {
                         return err("attempt needs time, rcpt, host and reply");
@@ -368,10 +526,10 @@ impl Envelope {
                     let Some(time) = num(t) else {
                         return err("bad attempt time");
                     };
-                    history.push(Attempt {
+                    v1_history.push(V1Attempt {
                         time,
                         rcpt: clean(rcpt),
-                        host: clean(host),
+                        relay: clean(relay),
                         reply: clean(reply),
                     });
                 }
@@ -384,6 +542,9 @@ impl Envelope {
         }
         if rcpts.is_empty() {
             return Err(missing("no recipients"));
+        }
+        if v1 {
+            delay_warned = upgrade_v1(&mut rcpts, &v1_replies, v1_history);
         }
         Ok(Envelope {
             id: id.ok_or(missing("missing or bad id"))?,
@@ -399,14 +560,67 @@ impl Envelope {
             hold,
             dsn,
             rcpts,
-            history,
+            delay_warned,
         })
     }
+}
+
+/// Types a version 1 envelope's replies and history: each recipient's
+/// attempts are the `attempt:` lines naming its mailbox, and its last
+/// reply takes its source from the last of them. Returns the delay
+/// warning that version 1 kept as a pseudo-attempt.
+fn upgrade_v1(
+    rcpts: &mut [Recipient],
+    replies: &[Option<String>],
+    history: Vec<V1Attempt>,
+) -> Option<DelayWarned> {
+    let mut warned = None;
+    for a in history {
+        if a.rcpt == "-" && a.relay == "delay-warning" {
+            // "delay warning sent as ID"
+            let dsn = a.reply.rsplit(' ').next().and_then(QueueId::parse);
+            if let Some(dsn) = dsn {
+                warned = Some(DelayWarned { time: a.time, dsn });
+            }
+            continue;
+        }
+        // a mailbox can be given twice (two source routes): the first
+        // recipient with it takes the attempt, as v1's `queue show` did
+        if let Some(r) = rcpts
+            .iter_mut()
+            .find(|r| r.path.mailbox().to_string() == a.rcpt)
+        {
+            r.tries.record(Attempt {
+                time: a.time,
+                status: Status::from_v1(&a.reply, Some(&a.relay)),
+                relay: a.relay,
+            });
+        }
+    }
+    for (r, reply) in rcpts.iter_mut().zip(replies) {
+        r.last_reply = reply.as_deref().map(|text| {
+            let relay = r.tries.recent.back().map(|a| a.relay.as_str());
+            Status::from_v1(text, relay)
+        });
+    }
+    warned
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::Enhanced;
+    use crate::status::{LocalReason, Source};
+
+    fn deferral() -> Status {
+        let mut p = crate::smtp::ReplyParser::new();
+        let reply = p.feed("451 4.3.0 try later").unwrap().unwrap();
+        let mut st = Status::remote(&reply, "mx.d.example", "192.0.2.1:25".parse().unwrap());
+        // the parser escapes a hop's control characters; text from
+        // elsewhere (an old envelope, a local reason) may still hold one
+        st.response.text = "try\tlater".into();
+        st
+    }
 
     fn sample() -> Envelope {
         Envelope {
@@ -429,10 +643,19 @@ mod tests {
                 Recipient {
                     path: Path::parse("<@r.example:u@d.example>", false).unwrap(),
                     state: RcptState::Deferred,
-                    last_reply: Some("451 4.3.0 try\tlater".into()),
+                    last_reply: Some(deferral()),
                     dsn: RcptDsn {
                         notify: Some(Notify::parse("SUCCESS,DELAY").unwrap()),
                         orcpt: Some("rfc822;u@d.example".into()),
+                    },
+                    tries: {
+                        let mut t = Tries::default();
+                        t.record(Attempt {
+                            time: 1_795_886_411,
+                            relay: "mx.d.example[192.0.2.1]:25".into(),
+                            status: deferral(),
+                        });
+                        t
                     },
                 },
                 Recipient {
@@ -440,14 +663,13 @@ mod tests {
                     state: RcptState::Pending,
                     last_reply: None,
                     dsn: RcptDsn::default(),
+                    tries: Tries::default(),
                 },
             ],
-            history: vec![Attempt {
-                time: 1_795_886_411,
-                rcpt: "u@d.example".into(),
-                host: "mx.d.example[192.0.2.1]:25".into(),
-                reply: "451 4.3.0 try later".into(),
-            }],
+            delay_warned: Some(DelayWarned {
+                time: 1_795_886_999,
+                dsn: QueueId::parse("0006464A1B2C3D50").unwrap(),
+            }),
         }
     }
 
@@ -458,12 +680,19 @@ mod tests {
         assert!(text.ends_with("\nend\n"));
         let back = Envelope::parse(&text).unwrap();
         assert_eq!(back.helo, "client  .example");
-        assert_eq!(
-            back.rcpts[0].last_reply.as_deref(),
-            Some("451 4.3.0 try later")
-        );
+        let st = back.rcpts[0].last_reply.as_ref().unwrap();
+        assert_eq!(st.to_string(), "451 4.3.0 try later");
+        assert_eq!(st.remote_mta(), Some("mx.d.example"));
         assert_eq!(back.rcpts[1].path, env.rcpts[1].path);
-        assert_eq!(back.history, env.history);
+        assert_eq!(back.rcpts[0].tries.total, 1);
+        assert_eq!(back.rcpts[0].tries.recent.len(), 1);
+        assert_eq!(back.delay_warned, env.delay_warned);
+        assert!(text.contains("rcpt: deferred\t<@r.example:u@d.example>\t451 4.3.0 try later\n"));
+        assert!(
+            text.contains("rcpt-reply: 451\t4.3.0\tremote mx.d.example 192.0.2.1:25\ttry later\n")
+        );
+        // one more parse and print changes nothing
+        assert_eq!(back.to_text(), text);
         assert_eq!(back.id, env.id);
         assert_eq!(back.hold, env.hold);
         assert_eq!(back.dsn, env.dsn);
@@ -493,5 +722,130 @@ mod tests {
         }
         assert!(Envelope::parse(&text.replace("size: 1234", "size: x")).is_err());
         assert!(Envelope::parse(&text.replace("rcpt: pending", "rcpt: maybe")).is_err());
+    }
+
+    fn fixture(name: &str) -> Envelope {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/envelope-v1")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("smtp-relay-envelope: 1\n"), "{name}");
+        let env = Envelope::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // written back as version 2, it reads back the same
+        let v2 = env.to_text();
+        assert!(v2.starts_with("smtp-relay-envelope: 2\n"));
+        assert_eq!(Envelope::parse(&v2).unwrap(), env, "{name}:\n{v2}");
+        env
+    }
+
+    /// Envelopes written by version 1 (tests/fixtures/envelope-v1, made
+    /// with the v1 `Envelope::to_text`) still load, typed.
+    #[test]
+    fn version_1_envelopes_load() {
+        let env = fixture("pending.env");
+        assert_eq!(env.rcpts[0].state, RcptState::Pending);
+        assert_eq!(env.rcpts[0].last_reply, None);
+        assert_eq!(env.rcpts[0].tries, Tries::default());
+
+        let env = fixture("deferred-remote.env");
+        assert_eq!(env.attempts, 3);
+        assert_eq!(env.dsn.ret, Some(Ret::Hdrs));
+        let u = &env.rcpts[0];
+        assert_eq!(u.state, RcptState::Deferred);
+        let st = u.last_reply.as_ref().unwrap();
+        assert_eq!(st.response.code, 451);
+        assert_eq!(st.response.enhanced, Some(Enhanced::new(4, 3, 0)));
+        assert_eq!(st.response.text, "try later");
+        assert_eq!(
+            st.source,
+            Source::Remote {
+                host: "mx.example.net".into(),
+                addr: Some("192.0.2.1:25".parse().unwrap())
+            }
+        );
+        assert_eq!(u.dsn.orcpt.as_deref(), Some("rfc822;user@example.net"));
+        assert_eq!(
+            (u.tries.total, u.tries.first, u.tries.last),
+            (3, 1_795_886_411, 1_795_887_400)
+        );
+        let o = &env.rcpts[1];
+        assert_eq!(o.state, RcptState::Sent);
+        let st = o.last_reply.as_ref().unwrap();
+        assert_eq!((st.response.code, st.response.enhanced), (250, None));
+        assert_eq!(st.dsn_code(), Enhanced::new(2, 0, 0));
+        assert_eq!(st.remote_mta(), Some("mx.example.com"));
+        assert_eq!(o.tries.total, 1);
+        // the v1 pseudo-attempt is the typed delay warning now
+        assert_eq!(
+            env.delay_warned,
+            Some(DelayWarned {
+                time: 1_795_887_000,
+                dsn: QueueId::parse("0006464A1B2C3D50").unwrap()
+            })
+        );
+
+        let env = fixture("local-and-bouncing.env");
+        assert_eq!(env.hold, Some(Hold::Forever));
+        assert!(env.from.is_null());
+        let source = |i: usize| env.rcpts[i].last_reply.as_ref().unwrap().source.clone();
+        assert_eq!(source(0), Source::Local(LocalReason::ConnectFailed));
+        assert_eq!(env.rcpts[0].tries.recent[0].relay, "[127.0.0.1]:2525");
+        assert_eq!(env.rcpts[1].state, RcptState::Bouncing);
+        assert_eq!(
+            source(1),
+            Source::Remote {
+                host: "[127.0.0.1]".into(),
+                addr: Some("127.0.0.1:2526".parse().unwrap())
+            }
+        );
+        assert_eq!(source(2), Source::Local(LocalReason::Expired));
+        assert_eq!(env.rcpts[2].last_reply.as_ref().unwrap().response.code, 554);
+    }
+
+    /// The README's version 2 example (also a fuzz seed) is what we write.
+    #[test]
+    fn readme_example_is_a_fixed_point() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/envelope/seed-v2");
+        let text = std::fs::read_to_string(path).unwrap();
+        let env = Envelope::parse(&text).unwrap();
+        assert_eq!(env.rcpts[0].tries.total, 2);
+        assert_eq!(env.to_text(), text);
+    }
+
+    /// Item 7 of issue 11: the envelope is rewritten at every attempt; its
+    /// history must not grow with the number of attempts.
+    #[test]
+    fn envelope_after_100_attempts_stays_small() {
+        let mut env = sample();
+        env.rcpts[0].tries = Tries::default();
+        let mut size_after = Vec::new();
+        for n in 1..=100u64 {
+            for r in &mut env.rcpts {
+                r.tries.record(Attempt {
+                    time: 1_795_886_411 + n * 300,
+                    relay: "mx.d.example[192.0.2.1]:25".into(),
+                    status: deferral(),
+                });
+            }
+            size_after.push(env.to_text().len());
+        }
+        let text = env.to_text();
+        let back = Envelope::parse(&text).unwrap();
+        let t = &back.rcpts[0].tries;
+        assert_eq!(t.total, 100);
+        assert_eq!(t.first, 1_795_886_711);
+        assert_eq!(t.last, 1_795_886_411 + 100 * 300);
+        assert_eq!(t.recent.len(), KEEP_ATTEMPTS);
+        assert_eq!(t.recent.back().unwrap().time, t.last, "the newest are kept");
+        // the size after 100 attempts is the size after KEEP_ATTEMPTS,
+        // give or take the digits of the counter
+        let at_keep = size_after[KEEP_ATTEMPTS - 1];
+        assert!(
+            text.len() <= at_keep + 8,
+            "{} bytes after 100 attempts, {at_keep} after {KEEP_ATTEMPTS}",
+            text.len()
+        );
+        assert!(text.len() < 2048, "{} bytes:\n{text}", text.len());
     }
 }

@@ -30,7 +30,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub use envelope::{Attempt, Envelope, Hold, RcptState, Recipient};
+pub use envelope::{Attempt, DelayWarned, Envelope, Hold, RcptState, Recipient, Tries};
 pub use incoming::Incoming;
 pub use queue_id::QueueId;
 
@@ -543,8 +543,9 @@ mod tests {
                 state: RcptState::Pending,
                 last_reply: None,
                 dsn: Default::default(),
+                tries: Default::default(),
             }],
-            history: vec![],
+            delay_warned: None,
         }
     }
 

@@ -197,6 +197,24 @@ const SERVER_OPTS: &[OptSpec] = &[
         "FILE",
         "offer SMTP AUTH PLAIN/LOGIN (after TLS, or to loopback) against FILE's user:hash lines",
     ),
+    opt(
+        "auth-max-failures",
+        Kind::Single,
+        "N",
+        "failed AUTHs per client address per window before 454 (default 10; 0 off)",
+    ),
+    opt(
+        "auth-max-user-failures",
+        Kind::Single,
+        "N",
+        "failed AUTHs per user name per window before 454 (default 30; 0 off)",
+    ),
+    opt(
+        "auth-failure-window",
+        Kind::Single,
+        "DUR",
+        "the sliding window of the AUTH failure limits (default 5m)",
+    ),
 ];
 
 /// Options shared by every command that routes or delivers.
@@ -936,6 +954,20 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
             .map_err(|e| UsageError(format!("--auth-file {f}: {e}")))?;
         c.auth_file = Some(PathBuf::from(f));
     }
+    if let Some(n) = v.single("auth-max-failures") {
+        c.auth_limits.per_address = number("auth-max-failures", &n)?;
+    }
+    if let Some(n) = v.single("auth-max-user-failures") {
+        c.auth_limits.per_user = number("auth-max-user-failures", &n)?;
+    }
+    if let Some(t) = v.duration("auth-failure-window")? {
+        if t.is_zero() {
+            return Err(UsageError(
+                "--auth-failure-window must be more than 0".into(),
+            ));
+        }
+        c.auth_limits.window = t;
+    }
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),
@@ -1029,6 +1061,25 @@ mod tests {
         assert_eq!(c.timeout.as_secs(), 30);
         assert_eq!(c.relay_domains[0].as_str(), "Example.ORG");
         assert_eq!(c.verbosity, 2);
+    }
+
+    #[test]
+    fn auth_failure_limits() {
+        let d = crate::auth_limit::AuthLimits::default();
+        assert_eq!(serve("serve").unwrap().auth_limits, d);
+        assert_eq!(
+            (d.per_address, d.per_user, d.window.as_secs()),
+            (10, 30, 300)
+        );
+        let c = serve(
+            "serve --auth-max-failures 0 --auth-max-user-failures 5 --auth-failure-window 1h",
+        )
+        .unwrap();
+        assert_eq!(c.auth_limits.per_address, 0);
+        assert_eq!(c.auth_limits.per_user, 5);
+        assert_eq!(c.auth_limits.window.as_secs(), 3600);
+        assert!(serve("serve --auth-failure-window 0s").is_err());
+        assert!(serve("serve --auth-max-failures x").is_err());
     }
 
     #[test]

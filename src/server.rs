@@ -128,6 +128,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         spool: spool.clone(),
         committed: Some(committed_tx),
         space: session::SpaceCheck::default(),
+        verifier: crate::auth::Verifier::per_cpu(),
+        auth_failures: crate::auth_limit::FailureLimiter::new(config.auth_limits),
     });
     let (tx, rx) = bounded::<Accepted>(config.backlog);
     let pool_ctx = ctx.clone();

@@ -8,8 +8,10 @@
 //! reusable Argon2 memory, so memory stays bounded under an AUTH flood.
 //! The file is read at every check, so `smtp-relay
 //! passwd` takes effect without a restart; it is replaced whole (write a
-//! temporary file with mode 0600, fsync, rename), so a crash leaves the
-//! old file or the new one, never a torn one.
+//! temporary file with mode 0600, give it the old file's owner, fsync,
+//! rename), so a crash leaves the old file or the new one, never a torn
+//! one. Under `serve --user` the file is read as that user: `serve`
+//! refuses to start when it cannot (server.rs).
 
 use std::fmt;
 use std::fs;
@@ -361,10 +363,36 @@ pub fn hash_password(pass: &str) -> Result<String, AuthError> {
         .map_err(|e| AuthError::Hash(e.to_string()))
 }
 
+/// Who owns a rewritten password file, and its mode.
+fn new_file_owner(
+    path: &Path,
+    owner: Option<crate::sys::User>,
+) -> io::Result<(Option<(u32, u32)>, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(u) = owner {
+        return Ok((Some((u.uid, u.gid)), 0o600));
+    }
+    match fs::metadata(path) {
+        // keep the owner and group (so a file given to the server's user
+        // stays readable by it) and the mode, never readable by others
+        Ok(md) => Ok((Some((md.uid(), md.gid())), (md.mode() & 0o660) | 0o600)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((None, 0o600)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Adds or replaces `user`'s entry: the file is rewritten whole through a
-/// temporary file (mode 0600) and a rename; other lines are kept as they
-/// are. Returns true when an entry was replaced.
-pub fn set_password(path: &Path, user: &str, pass: &str) -> Result<bool, AuthError> {
+/// temporary file and a rename; other lines are kept as they are. The new
+/// file belongs to `owner` with mode 0600 when one is given (`passwd
+/// --user`, the user `serve --user` runs as); otherwise it keeps the
+/// owner, group and mode of the file it replaces (0600 and ours for a new
+/// file). Returns true when an entry was replaced.
+pub fn set_password(
+    path: &Path,
+    user: &str,
+    pass: &str,
+    owner: Option<crate::sys::User>,
+) -> Result<bool, AuthError> {
     let old = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
@@ -399,6 +427,7 @@ pub fn set_password(path: &Path, user: &str, pass: &str) -> Result<bool, AuthErr
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "passwd".into());
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let (ids, mode) = new_file_owner(path, owner)?;
     let result = (|| -> io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -406,8 +435,13 @@ pub fn set_password(path: &Path, user: &str, pass: &str) -> Result<bool, AuthErr
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        // an existing tmp file keeps its old mode: force it
+        // an existing tmp file keeps its old mode: force it (before any
+        // chown, which may give the file away)
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(out.as_bytes())?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -467,20 +501,25 @@ mod tests {
         let _ = fs::create_dir_all(&dir);
         let path = dir.join("passwd");
         let _ = fs::remove_file(&path);
-        assert!(!set_password(&path, "alice", "one").unwrap());
-        assert!(!set_password(&path, "bob", "two").unwrap());
+        assert!(!set_password(&path, "alice", "one", None).unwrap());
+        assert!(!set_password(&path, "bob", "two", None).unwrap());
         let v = Verifier::new(1);
         let soon = || Instant::now() + std::time::Duration::from_secs(60);
         let verify = |p: &Path, u: &str, w: &str| v.verify(p, u, w, soon());
         assert!(verify(&path, "alice", "one").unwrap());
         assert!(!verify(&path, "alice", "two").unwrap());
         assert!(!verify(&path, "carol", "one").unwrap());
-        assert!(set_password(&path, "alice", "three").unwrap());
+        assert!(set_password(&path, "alice", "three", None).unwrap());
         assert!(verify(&path, "alice", "three").unwrap());
         assert!(verify(&path, "bob", "two").unwrap());
         assert_eq!(check_file(&path).unwrap(), 2);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // a rewrite keeps the mode, except for others' bits
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(set_password(&path, "bob", "four", None).unwrap());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
         fs::write(&path, "alice\n").unwrap();
         assert!(check_file(&path).is_err());
         // a hash asking for more memory than a slot may have (1 GiB)

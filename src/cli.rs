@@ -43,6 +43,9 @@ pub enum Cli {
     Passwd {
         file: PathBuf,
         user: String,
+        /// `--user` (or the config file's `user`): the file is given to
+        /// the user the server runs as, which reads it at each AUTH.
+        owner: Option<crate::sys::User>,
     },
     Help(String),
     Version,
@@ -438,7 +441,7 @@ fn usage_text() -> String {
          smtp-relay route [OPTIONS] ADDRESS    show where a recipient would be sent, send nothing\n  \
          smtp-relay queue list|show|flush|hold|release|delete|bounce|requeue [OPTIONS] [ID...|-]\n  \
          smtp-relay send [-f SENDER] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
-         smtp-relay passwd USER [--auth-file FILE]   set USER's AUTH password (read on stdin)\n  \
+         smtp-relay passwd USER [--auth-file FILE] [--user NAME]   set USER's AUTH password (stdin)\n  \
          smtp-relay --help | --version\n\nOptions of every command:\n",
     );
     describe(&mut s, ROUTING_OPTS);
@@ -757,7 +760,8 @@ pub const DEFAULT_AUTH_FILE: &str = "smtp-relay.passwd";
 fn parse_passwd(args: &[String]) -> Result<Cli, UsageError> {
     let mut o = getopts::Options::new();
     o.optopt("", "auth-file", "password file", "FILE");
-    o.optopt("", "config", "config file (its auth-file)", "FILE");
+    o.optopt("", "config", "config file (its auth-file and user)", "FILE");
+    o.optopt("", "user", "give the file to NAME (serve --user)", "NAME");
     o.optflag("h", "help", "show this help");
     let m = o.parse(args).map_err(|e| UsageError(e.to_string()))?;
     if m.opt_present("help") {
@@ -779,9 +783,16 @@ fn parse_passwd(args: &[String]) -> Result<Cli, UsageError> {
     let file = v
         .single("auth-file")
         .unwrap_or_else(|| DEFAULT_AUTH_FILE.to_string());
+    let owner = match v.single("user") {
+        Some(u) => Some(
+            crate::sys::lookup_user(&u).map_err(|e| UsageError(format!("--user: {u:?}: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(Cli::Passwd {
         file: PathBuf::from(file),
         user: user.clone(),
+        owner,
     })
 }
 

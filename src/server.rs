@@ -29,9 +29,18 @@ use crate::spool::{Spool, SpoolError};
 
 #[derive(Debug)]
 pub enum ServeError {
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: io::Error,
+    },
     Dns(String),
     Privileges(io::Error),
+    /// `--auth-file` cannot be read as the user the server runs as.
+    AuthFile {
+        path: std::path::PathBuf,
+        user: Option<String>,
+        source: crate::auth::AuthError,
+    },
     Spool(SpoolError),
     Thread(io::Error),
 }
@@ -43,6 +52,7 @@ impl ServeError {
             ServeError::Bind { .. } => 69,
             ServeError::Dns(_) => 69,
             ServeError::Privileges(_) => 77,
+            ServeError::AuthFile { .. } => 77,
             ServeError::Spool(SpoolError::Locked(_)) => 75,
             ServeError::Spool(_) => 74,
             ServeError::Thread(_) => 71,
@@ -56,6 +66,21 @@ impl fmt::Display for ServeError {
             ServeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServeError::Dns(e) => write!(f, "cannot set up DNS: {e}"),
             ServeError::Privileges(e) => write!(f, "cannot drop privileges: {e}"),
+            ServeError::AuthFile {
+                path,
+                user: Some(user),
+                source,
+            } => write!(
+                f,
+                "--auth-file {}: {source}: the server runs as {user} and reads the file at each AUTH; give it to {user} with `smtp-relay passwd NAME --auth-file {} --user {user}` (or chown {user})",
+                path.display(),
+                path.display()
+            ),
+            ServeError::AuthFile {
+                path,
+                user: None,
+                source,
+            } => write!(f, "--auth-file {}: {source}", path.display()),
             ServeError::Spool(e) => write!(f, "spool: {e}"),
             ServeError::Thread(e) => write!(f, "cannot start threads: {e}"),
         }
@@ -102,6 +127,16 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
 
     if let Some(name) = &config.user {
         become_user(name, &spool)?;
+    }
+    // the password file is read at each AUTH, as the user we now are: a
+    // file only root can read (what `passwd` run as root used to leave)
+    // would fail every AUTH with 454, so refuse to start instead
+    if let Some(path) = &config.auth_file {
+        crate::auth::check_file(path).map_err(|source| ServeError::AuthFile {
+            path: path.clone(),
+            user: config.user.clone(),
+            source,
+        })?;
     }
     let local: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
     // sessions and delivery announce new messages to the scheduler; a

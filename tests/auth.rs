@@ -20,9 +20,15 @@ use tlsutil::*;
 
 /// `smtp-relay passwd USER --auth-file FILE` with `stdin`.
 fn passwd(file: &Path, user: &str, stdin: &str) -> (Option<i32>, String) {
+    let file = file.to_str().expect("utf-8 path");
+    passwd_with(&[user, "--auth-file", file], stdin)
+}
+
+/// `smtp-relay passwd ARGS...` with `stdin`: exit code and stderr.
+fn passwd_with(args: &[&str], stdin: &str) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)
-        .args(["passwd", user, "--auth-file"])
-        .arg(file)
+        .arg("passwd")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -547,4 +553,104 @@ fn guesses_at_one_user_are_capped_across_addresses_and_the_window_slides() {
         "{:?}",
         locked_at.elapsed()
     );
+}
+
+fn owner_and_mode(f: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(f).expect("password file");
+    (md.uid(), md.gid(), md.mode() & 0o777)
+}
+
+/// Issue 10, item 8: `passwd` run as root left a root-only file, and
+/// `serve --user` then answered every AUTH with 454. Now `serve` refuses
+/// to start (77, with the remedy), and the documented set-up works:
+/// `passwd --user` (or a shared config file with `user =`) gives the file
+/// to the server's user, and later `passwd` runs keep its owner.
+#[test]
+fn passwd_and_serve_user_the_documented_set_up() {
+    let test = "passwd_and_serve_user_the_documented_set_up";
+    if !is_root() {
+        println!("SKIPPED {test}: needs root (to run serve --user nobody)");
+        return;
+    }
+    let Some((uid, gid)) = nobody() else {
+        panic!("{test}: no user nobody");
+    };
+    // a folder nobody can traverse, whatever the umask
+    let base = TempDir::new("passwduser");
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let f = base.path().join("passwd");
+    let f_str = f.to_str().expect("utf-8 path");
+
+    // passwd as root without --user: root's file, which nobody cannot read
+    assert_eq!(passwd(&f, "alice", "alice-secret-1\n").0, Some(0));
+    assert_eq!(owner_and_mode(&f), (0, 0, 0o600));
+    let spool = base.path().join("spool-refused");
+    let run = run_cli(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--spool",
+            spool.to_str().expect("utf-8"),
+            "--delivery-workers",
+            "0",
+            "--user",
+            "nobody",
+            "--auth-file",
+            f_str,
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code, Some(77), "refused at start: {run:?}");
+    assert!(
+        run.stderr.contains("Permission denied") && run.stderr.contains("--user nobody"),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains("listening on"), "{run:?}");
+
+    // the documented set-up: passwd --user gives the file to the server's user
+    let r = passwd_with(
+        &["bob", "--auth-file", f_str, "--user", "nobody"],
+        "bob pass\n",
+    );
+    assert_eq!(r.0, Some(0), "{r:?}");
+    assert_eq!(owner_and_mode(&f), (uid, gid, 0o600));
+    // a later passwd without --user keeps the owner
+    assert_eq!(passwd(&f, "carol", "carol pass\n").0, Some(0));
+    assert_eq!(owner_and_mode(&f), (uid, gid, 0o600));
+    // and so does one from a config file shared with serve (`user = nobody`)
+    let conf = write_file(
+        base.path(),
+        "relay.conf",
+        format!("user = nobody\nauth-file = {f_str}\n").as_bytes(),
+    );
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::chown(&f, Some(0), Some(0)).expect("chown back to root");
+    let conf = conf.to_str().expect("utf-8 path");
+    let r = passwd_with(&["dave", "--config", conf], "dave pass\n");
+    assert_eq!(r.0, Some(0), "{r:?}");
+    assert_eq!(owner_and_mode(&f), (uid, gid, 0o600));
+
+    let relay = Relay::receive_only_with_spool(
+        base.path().join("spool"),
+        &[
+            "--user",
+            "nobody",
+            "--auth-file",
+            f_str,
+            "--relay-net",
+            "192.0.2.0/24",
+        ],
+    );
+    for (user, pass) in [
+        ("alice", "alice-secret-1"),
+        ("bob", "bob pass"),
+        ("carol", "carol pass"),
+        ("dave", "dave pass"),
+    ] {
+        let mut s = Talk::greet(relay.addr());
+        s.cmd(&format!("AUTH PLAIN {}", plain(user, pass)), 235);
+        s.cmd("QUIT", 221);
+    }
 }

@@ -106,6 +106,19 @@ impl<K: Hash + Eq + Clone> Window<K> {
         !was_locked && q.len() >= self.limit
     }
 
+    /// Takes back one failure recorded at `at` (a provisional one).
+    fn forget(&mut self, key: &K, at: Instant) {
+        let Some(q) = self.times.get_mut(key) else {
+            return;
+        };
+        if let Some(i) = q.iter().rposition(|&t| t == at) {
+            q.remove(i);
+        }
+        if q.is_empty() {
+            self.times.remove(key);
+        }
+    }
+
     fn make_room(&mut self, now: Instant) {
         let span = self.span;
         self.times.retain(|_, q| {
@@ -169,31 +182,56 @@ impl FailureLimiter {
         self.lock().0.locked_until(&address_key(ip), now).is_some()
     }
 
-    /// Whether AUTH as `user` is refused now (checked once the name is
-    /// known, before the password is).
-    pub fn user_locked(&self, user: &str, now: Instant) -> bool {
-        self.lock().1.locked_until(&user.to_string(), now).is_some()
-    }
-
-    /// Counts a failed AUTH from `ip` as `user` (a name the password file
-    /// could hold; others are counted by address only).
-    pub fn failed(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Reached {
+    /// Admits an AUTH attempt from `ip` as `user` (a name the password
+    /// file could hold; others are counted by address only), or says
+    /// which lockout refuses it. An admitted attempt is counted as a
+    /// failure at once, so attempts checked at the same time cannot
+    /// overrun the limit together (45 concurrent sessions would otherwise
+    /// all pass before the first failure is recorded); `succeeded` takes
+    /// it back.
+    pub fn admit(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Result<Attempt, Lockout> {
         let mut g = self.lock();
-        let address = g.0.record(&address_key(ip), now);
-        let user = user.is_some_and(|u| g.1.record(&u.to_string(), now));
-        Reached { address, user }
+        let (addresses, users) = &mut *g;
+        let ip = address_key(ip);
+        let user = user.map(str::to_string);
+        if addresses.locked_until(&ip, now).is_some() {
+            return Err(Lockout::Address);
+        }
+        if let Some(u) = &user {
+            if users.locked_until(u, now).is_some() {
+                return Err(Lockout::User);
+            }
+        }
+        let reached = Reached {
+            address: addresses.record(&ip, now),
+            user: user.as_ref().is_some_and(|u| users.record(u, now)),
+        };
+        Ok(Attempt {
+            ip,
+            user,
+            at: now,
+            reached,
+        })
     }
 
-    /// The lockout in force for this attempt, if any.
-    pub fn check(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Option<Lockout> {
-        if self.address_locked(ip, now) {
-            return Some(Lockout::Address);
-        }
-        match user {
-            Some(u) if self.user_locked(u, now) => Some(Lockout::User),
-            _ => None,
+    /// The attempt was a success: it no longer counts as a failure.
+    pub fn succeeded(&self, attempt: &Attempt) {
+        let mut g = self.lock();
+        g.0.forget(&attempt.ip, attempt.at);
+        if let Some(u) = &attempt.user {
+            g.1.forget(u, attempt.at);
         }
     }
+}
+
+/// An admitted AUTH attempt, counted as a failure unless it succeeds.
+#[derive(Debug)]
+pub struct Attempt {
+    ip: IpAddr,
+    user: Option<String>,
+    at: Instant,
+    /// The limits this attempt reaches if it fails.
+    pub reached: Reached,
 }
 
 #[cfg(test)]
@@ -202,6 +240,13 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// One failed attempt; what it reached (nothing when refused).
+    fn fail(l: &FailureLimiter, ip: IpAddr, user: Option<&str>, now: Instant) -> Reached {
+        l.admit(ip, user, now)
+            .map(|a| a.reached)
+            .unwrap_or_default()
     }
 
     fn limiter(per_address: usize, per_user: usize) -> FailureLimiter {
@@ -218,30 +263,30 @@ mod tests {
         let t0 = Instant::now();
         let a = ip("192.0.2.7");
         for i in 0..2 {
-            assert_eq!(l.failed(a, Some("alice"), t0), Reached::default(), "{i}");
+            assert_eq!(fail(&l, a, Some("alice"), t0), Reached::default(), "{i}");
             assert!(!l.address_locked(a, t0));
         }
         let third = t0 + Duration::from_secs(10);
-        assert!(l.failed(a, Some("alice"), third).address);
+        assert!(fail(&l, a, Some("alice"), third).address);
         assert!(l.address_locked(a, third));
-        assert_eq!(l.check(a, None, third), Some(Lockout::Address));
+        assert_eq!(l.admit(a, None, third).unwrap_err(), Lockout::Address);
         assert!(!l.address_locked(ip("192.0.2.8"), third), "others are not");
         // the window slides: once the two oldest failures are 5 min old,
         // two more guesses are allowed, and the second locks again
         assert!(l.address_locked(a, t0 + Duration::from_secs(299)));
         let later = t0 + Duration::from_secs(300);
         assert!(!l.address_locked(a, later));
-        assert!(!l.failed(a, None, later).address);
+        assert!(!fail(&l, a, None, later).address);
         assert!(!l.address_locked(a, later));
-        assert!(l.failed(a, None, later).address);
+        assert!(fail(&l, a, None, later).address);
         assert!(l.address_locked(a, later));
         // the same host under another IPv4-mapped or IPv6 /64 form
         let l = limiter(2, 0);
-        l.failed(ip("::ffff:192.0.2.9"), None, t0);
-        l.failed(ip("192.0.2.9"), None, t0);
+        fail(&l, ip("::ffff:192.0.2.9"), None, t0);
+        fail(&l, ip("192.0.2.9"), None, t0);
         assert!(l.address_locked(ip("192.0.2.9"), t0));
-        l.failed(ip("2001:db8:1:2::1"), None, t0);
-        l.failed(ip("2001:db8:1:2:ffff::9"), None, t0);
+        fail(&l, ip("2001:db8:1:2::1"), None, t0);
+        fail(&l, ip("2001:db8:1:2:ffff::9"), None, t0);
         assert!(l.address_locked(ip("2001:db8:1:2::77"), t0));
         assert!(!l.address_locked(ip("2001:db8:1:3::1"), t0));
     }
@@ -251,18 +296,34 @@ mod tests {
         let l = limiter(0, 3);
         let t0 = Instant::now();
         for i in 1..=3 {
-            let r = l.failed(ip(&format!("198.51.100.{i}")), Some("alice"), t0);
+            let r = fail(&l, ip(&format!("198.51.100.{i}")), Some("alice"), t0);
             assert_eq!(r.user, i == 3, "{i}");
         }
         assert_eq!(
-            l.check(ip("203.0.113.1"), Some("alice"), t0),
-            Some(Lockout::User)
+            l.admit(ip("203.0.113.1"), Some("alice"), t0).unwrap_err(),
+            Lockout::User
         );
-        assert_eq!(l.check(ip("203.0.113.1"), Some("bob"), t0), None);
+        assert!(l.admit(ip("203.0.113.1"), Some("bob"), t0).is_ok());
         assert!(
             !l.address_locked(ip("198.51.100.1"), t0),
             "address limit off"
         );
+    }
+
+    #[test]
+    fn attempts_in_flight_count_and_a_success_is_taken_back() {
+        let l = limiter(2, 2);
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        // two checks running at once use up the limit before either ends
+        let first = l.admit(a, Some("alice"), t0).unwrap();
+        let second = l.admit(a, Some("alice"), t0).unwrap();
+        assert!(second.reached.address && second.reached.user);
+        assert_eq!(l.admit(a, Some("bob"), t0).unwrap_err(), Lockout::Address);
+        // the first was the right password: it no longer counts
+        l.succeeded(&first);
+        assert!(!l.address_locked(a, t0));
+        assert!(l.admit(a, Some("alice"), t0).is_ok());
     }
 
     #[test]
@@ -271,7 +332,7 @@ mod tests {
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         for _ in 0..1000 {
-            l.failed(a, Some("alice"), t0);
+            fail(&l, a, Some("alice"), t0);
         }
         assert_eq!(l.lock().0.times[&a].len(), 5);
         let mut w: Window<u32> = Window::new(1, Duration::from_secs(300));

@@ -905,14 +905,22 @@ fn authenticate(
     // only a name the file could hold is counted per user: others cannot
     // log in anyway, and would only fill the table
     let counted = auth::valid_user(&user).then_some(user.as_str());
-    if let Some(why) = ctx.auth_failures.check(peer.ip(), counted, Instant::now()) {
-        log::debug!("{peer} auth user={shown} mechanism={mech} refused: {why:?} locked out");
-        return Ok(Step::Reply(Reply::auth_locked_out()));
-    }
+    let attempt = match ctx.auth_failures.admit(peer.ip(), counted, Instant::now()) {
+        Ok(a) => a,
+        Err(why) => {
+            log::debug!("{peer} auth user={shown} mechanism={mech} refused: {why:?} locked out");
+            return Ok(Step::Reply(Reply::auth_locked_out()));
+        }
+    };
     // a free verifier slot is awaited no longer than a client may stay
     // silent (the session's own timeout)
     let deadline = Instant::now() + cfg.timeout;
-    match ctx.verifier.verify(path, &user, &pass, deadline) {
+    let verdict = ctx.verifier.verify(path, &user, &pass, deadline);
+    if !matches!(verdict, Ok(false)) {
+        // only a wrong password counts against the limits
+        ctx.auth_failures.succeeded(&attempt);
+    }
+    match verdict {
         Ok(true) => {
             log::info!("{peer} auth ok user={shown} mechanism={mech}");
             Ok(session.authenticated(user))
@@ -920,9 +928,8 @@ fn authenticate(
         Ok(false) => {
             let (step, n) = session.auth_failed();
             log::warn!("{peer} auth failed user={shown} mechanism={mech} failures={n}");
-            let reached = ctx.auth_failures.failed(peer.ip(), counted, Instant::now());
             let limits = ctx.auth_failures.limits();
-            if reached.address {
+            if attempt.reached.address {
                 log::info!(
                     "{peer} auth lockout address={} failures={} window={:?}: AUTH refused (454) until the window slides",
                     peer.ip(),
@@ -930,7 +937,7 @@ fn authenticate(
                     limits.window
                 );
             }
-            if reached.user {
+            if attempt.reached.user {
                 log::info!(
                     "{peer} auth lockout user={shown} failures={} window={:?}: AUTH as this user refused (454) until the window slides",
                     limits.per_user,

@@ -4,20 +4,25 @@
 //! This module decodes what the client sent and checks it; the dialogue
 //! (334 challenges, 235/535 replies, the slow-down after failures) is the
 //! session's. Secrets never leave this module except as a yes or no, and
-//! nothing here logs. The file is read at every check, so `smtp-relay
+//! nothing here logs. Password checks run in a `Verifier`: a few slots of
+//! reusable Argon2 memory, so memory stays bounded under an AUTH flood.
+//! The file is read at every check, so `smtp-relay
 //! passwd` takes effect without a restart; it is replaced whole (write a
-//! temporary file with mode 0600, fsync, rename), so a crash leaves the
-//! old file or the new one, never a torn one.
+//! temporary file with mode 0600, give it the old file's owner, fsync,
+//! rename), so a crash leaves the old file or the new one, never a torn
+//! one. Under `serve --user` the file is read as that user: `serve`
+//! refuses to start when it cannot (server.rs).
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 /// The SASL mechanisms we offer (EHLO `AUTH PLAIN LOGIN`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +56,8 @@ pub enum AuthError {
     /// A line of the password file that is not `user:hash`.
     BadLine(usize),
     Hash(String),
+    /// Every verifier slot stayed busy until the deadline.
+    Busy,
 }
 
 impl fmt::Display for AuthError {
@@ -59,6 +66,7 @@ impl fmt::Display for AuthError {
             AuthError::Io(e) => write!(f, "{e}"),
             AuthError::BadLine(n) => write!(f, "line {n} is not user:hash"),
             AuthError::Hash(e) => write!(f, "password hash: {e}"),
+            AuthError::Busy => write!(f, "every password check slot is busy"),
         }
     }
 }
@@ -158,7 +166,8 @@ pub fn check_file(path: &Path) -> Result<usize, AuthError> {
         let Some((user, hash)) = line.split_once(':') else {
             return Err(AuthError::BadLine(no));
         };
-        if !valid_user(user) || PasswordHash::new(hash).is_err() {
+        let checkable = PasswordHash::new(hash).is_ok_and(|h| argon2_for(&h).is_some());
+        if !valid_user(user) || !checkable {
             return Err(AuthError::BadLine(no));
         }
         n += 1;
@@ -167,36 +176,165 @@ pub fn check_file(path: &Path) -> Result<usize, AuthError> {
 }
 
 /// A hash to verify against when the user does not exist, so an unknown
-/// user costs the same time as a wrong password.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let salt = SaltString::encode_b64(b"smtp-relay-dummy").expect("16 octets is a valid salt");
-        Argon2::default()
-            .hash_password(b"no such user", &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
+/// user costs the same time and memory as a wrong password. The library's
+/// default parameters, as `hash_password` writes them; the password is
+/// "no such user", which no login can match because `known` is false.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$qK2XBAezExLr19c+1hzAAQ$qYLJCUF6RMAswkn0QlPYhQAhxgLbMasg5DtLyD+1rTI";
+
+/// The most Argon2 memory one stored hash may ask for (256 MiB, in 1 KiB
+/// blocks): a file entry beyond it is refused by `check_file`, and never
+/// gets a buffer that big.
+const MAX_BLOCKS: usize = 256 * 1024;
+
+/// The Argon2 instance a stored PHC string describes, and the 1 KiB
+/// blocks of memory it needs; `None` for anything we cannot check.
+fn argon2_for(hash: &PasswordHash) -> Option<(Argon2<'static>, usize)> {
+    let algorithm = Algorithm::try_from(hash.algorithm).ok()?;
+    let version = match hash.version {
+        Some(v) => Version::try_from(v).ok()?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(hash).ok()?;
+    let blocks = params.block_count();
+    if blocks > MAX_BLOCKS {
+        return None;
+    }
+    Some((Argon2::new(algorithm, version, params), blocks))
 }
 
-/// Whether `user` has `pass` in the file at `path`.
-pub fn verify(path: &Path, user: &str, pass: &str) -> Result<bool, AuthError> {
-    let text = fs::read_to_string(path)?;
-    let stored = lines(&text)
-        .filter_map(|(_, l)| l.split_once(':'))
-        .find(|(u, _)| *u == user)
-        .map(|(_, h)| h.to_string());
-    let (hash, known) = match stored {
-        Some(h) => (h, true),
-        None => (dummy_hash().to_string(), false),
+/// Checks `pass` against `hash` in `memory` (grown to the size the hash
+/// asks for and kept): the library's `verify_password` allocates its
+/// 19 MiB afresh on every call, and glibc keeps such blocks in the
+/// calling thread's arena, so hundreds of session threads each hold one
+/// (issue 10: 24 GB). Here the memory belongs to a verifier slot.
+fn argon2_matches(pass: &[u8], hash: &PasswordHash, memory: &mut Vec<Block>) -> bool {
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
     };
-    let Ok(parsed) = PasswordHash::new(&hash) else {
-        return Ok(false);
+    let Some((argon2, blocks)) = argon2_for(hash) else {
+        return false;
     };
-    let ok = Argon2::default()
-        .verify_password(pass.as_bytes(), &parsed)
-        .is_ok();
-    Ok(ok && known)
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = [0u8; 64];
+    let Some(out) = out.get_mut(..expected.len()) else {
+        return false;
+    };
+    if argon2
+        .hash_password_into_with_memory(pass, salt, out, &mut memory[..blocks])
+        .is_err()
+    {
+        return false;
+    }
+    // `Output` compares in constant time
+    Output::new(out).is_ok_and(|o| o == expected)
+}
+
+/// Password checks: at most `slots` run at once, each in Argon2 memory of
+/// its own that is allocated once and reused, so AUTH costs at most
+/// `slots` × 19 MiB (the default parameters) however many sessions try.
+/// A check that finds every slot busy waits, until the session's deadline.
+pub struct Verifier {
+    /// The free slots' memory; a slot in use is out of the list.
+    free: Mutex<Vec<Vec<Block>>>,
+    returned: Condvar,
+    slots: usize,
+}
+
+/// A slot taken from a `Verifier`; dropping it gives it back, even when
+/// the check panicked.
+struct Slot<'a> {
+    verifier: &'a Verifier,
+    memory: Vec<Block>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let memory = std::mem::take(&mut self.memory);
+        let mut free = self.verifier.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.push(memory);
+        self.verifier.returned.notify_one();
+    }
+}
+
+impl Verifier {
+    /// `slots` concurrent checks (at least one); their memory is only
+    /// allocated by the first checks that use them.
+    pub fn new(slots: usize) -> Verifier {
+        let slots = slots.max(1);
+        Verifier {
+            free: Mutex::new((0..slots).map(|_| Vec::new()).collect()),
+            returned: Condvar::new(),
+            slots,
+        }
+    }
+
+    /// One slot per CPU: a check is CPU-bound, so more would only share
+    /// the cores and hold more memory. At most `MAX_SLOTS`: on a large
+    /// machine a slot per core would hold gigabytes of Argon2 blocks for
+    /// a flood that only AUTH guessers send.
+    pub fn per_cpu() -> Verifier {
+        const MAX_SLOTS: usize = 8;
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Verifier::new(cpus.min(MAX_SLOTS))
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn take(&self, deadline: Instant) -> Result<Slot<'_>, AuthError> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(memory) = free.pop() {
+                return Ok(Slot {
+                    verifier: self,
+                    memory,
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AuthError::Busy);
+            }
+            free = self
+                .returned
+                .wait_timeout(free, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Whether `user` has `pass` in the file at `path`. Waits for a free
+    /// slot until `deadline` (`AuthError::Busy` after it).
+    pub fn verify(
+        &self,
+        path: &Path,
+        user: &str,
+        pass: &str,
+        deadline: Instant,
+    ) -> Result<bool, AuthError> {
+        let text = fs::read_to_string(path)?;
+        let stored = lines(&text)
+            .filter_map(|(_, l)| l.split_once(':'))
+            .find(|(u, _)| *u == user)
+            .map(|(_, h)| h.to_string());
+        let (hash, known) = match stored {
+            Some(h) => (h, true),
+            None => (DUMMY_HASH.to_string(), false),
+        };
+        let Ok(parsed) = PasswordHash::new(&hash) else {
+            return Ok(false);
+        };
+        let mut slot = self.take(deadline)?;
+        let ok = argon2_matches(pass.as_bytes(), &parsed, &mut slot.memory);
+        Ok(ok && known)
+    }
 }
 
 fn random_salt() -> Result<SaltString, AuthError> {
@@ -229,10 +367,36 @@ pub fn hash_password(pass: &str) -> Result<String, AuthError> {
         .map_err(|e| AuthError::Hash(e.to_string()))
 }
 
+/// Who owns a rewritten password file, and its mode.
+fn new_file_owner(
+    path: &Path,
+    owner: Option<crate::sys::User>,
+) -> io::Result<(Option<(u32, u32)>, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(u) = owner {
+        return Ok((Some((u.uid, u.gid)), 0o600));
+    }
+    match fs::metadata(path) {
+        // keep the owner and group (so a file given to the server's user
+        // stays readable by it) and the mode, never readable by others
+        Ok(md) => Ok((Some((md.uid(), md.gid())), (md.mode() & 0o660) | 0o600)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((None, 0o600)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Adds or replaces `user`'s entry: the file is rewritten whole through a
-/// temporary file (mode 0600) and a rename; other lines are kept as they
-/// are. Returns true when an entry was replaced.
-pub fn set_password(path: &Path, user: &str, pass: &str) -> Result<bool, AuthError> {
+/// temporary file and a rename; other lines are kept as they are. The new
+/// file belongs to `owner` with mode 0600 when one is given (`passwd
+/// --user`, the user `serve --user` runs as); otherwise it keeps the
+/// owner, group and mode of the file it replaces (0600 and ours for a new
+/// file). Returns true when an entry was replaced.
+pub fn set_password(
+    path: &Path,
+    user: &str,
+    pass: &str,
+    owner: Option<crate::sys::User>,
+) -> Result<bool, AuthError> {
     let old = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
@@ -267,6 +431,7 @@ pub fn set_password(path: &Path, user: &str, pass: &str) -> Result<bool, AuthErr
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "passwd".into());
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let (ids, mode) = new_file_owner(path, owner)?;
     let result = (|| -> io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -274,8 +439,13 @@ pub fn set_password(path: &Path, user: &str, pass: &str) -> Result<bool, AuthErr
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        // an existing tmp file keeps its old mode: force it
+        // an existing tmp file keeps its old mode: force it (before any
+        // chown, which may give the file away)
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(out.as_bytes())?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -335,19 +505,73 @@ mod tests {
         let _ = fs::create_dir_all(&dir);
         let path = dir.join("passwd");
         let _ = fs::remove_file(&path);
-        assert!(!set_password(&path, "alice", "one").unwrap());
-        assert!(!set_password(&path, "bob", "two").unwrap());
+        assert!(!set_password(&path, "alice", "one", None).unwrap());
+        assert!(!set_password(&path, "bob", "two", None).unwrap());
+        let v = Verifier::new(1);
+        let soon = || Instant::now() + std::time::Duration::from_secs(60);
+        let verify = |p: &Path, u: &str, w: &str| v.verify(p, u, w, soon());
         assert!(verify(&path, "alice", "one").unwrap());
         assert!(!verify(&path, "alice", "two").unwrap());
         assert!(!verify(&path, "carol", "one").unwrap());
-        assert!(set_password(&path, "alice", "three").unwrap());
+        assert!(set_password(&path, "alice", "three", None).unwrap());
         assert!(verify(&path, "alice", "three").unwrap());
         assert!(verify(&path, "bob", "two").unwrap());
         assert_eq!(check_file(&path).unwrap(), 2);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // a rewrite keeps the mode, except for others' bits
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(set_password(&path, "bob", "four", None).unwrap());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
         fs::write(&path, "alice\n").unwrap();
         assert!(check_file(&path).is_err());
+        // a hash asking for more memory than a slot may have (1 GiB)
+        let greedy = "a:$argon2id$v=19$m=1048576,t=2,p=1$qK2XBAezExLr19c+1hzAAQ$qYLJCUF6RMAswkn0QlPYhQAhxgLbMasg5DtLyD+1rTI\n";
+        fs::write(&path, greedy).unwrap();
+        assert!(check_file(&path).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_dummy_hash_is_checked_in_slot_memory_that_is_kept() {
+        let parsed = PasswordHash::new(DUMMY_HASH).unwrap();
+        let mut memory = Vec::new();
+        assert!(argon2_matches(b"no such user", &parsed, &mut memory));
+        assert_eq!(memory.len(), 19456, "19 MiB in 1 KiB blocks");
+        let at = memory.as_ptr();
+        assert!(!argon2_matches(b"guess", &parsed, &mut memory));
+        assert_eq!(memory.as_ptr(), at, "the same memory, not a new block");
+    }
+
+    #[test]
+    fn a_check_waits_for_a_slot_until_its_deadline() {
+        let dir = std::env::temp_dir().join(format!("smtp-relay-slots-{}", std::process::id()));
+        let _ = fs::create_dir_all(&dir);
+        let path = dir.join("passwd");
+        fs::write(&path, format!("dummy:{DUMMY_HASH}\n")).unwrap();
+        let v = Verifier::new(1);
+        assert_eq!(v.slots(), 1);
+        let held = v.take(Instant::now()).unwrap();
+        let start = Instant::now();
+        let wait = std::time::Duration::from_millis(200);
+        let r = v.verify(&path, "dummy", "no such user", start + wait);
+        assert!(matches!(r, Err(AuthError::Busy)), "{r:?}");
+        assert!(start.elapsed() >= wait);
+        // a slot given back wakes a waiting check
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                v.verify(
+                    &path,
+                    "dummy",
+                    "no such user",
+                    Instant::now() + std::time::Duration::from_secs(60),
+                )
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(held);
+            assert!(waiter.join().unwrap().unwrap());
+        });
         let _ = fs::remove_dir_all(&dir);
     }
 }

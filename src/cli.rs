@@ -43,6 +43,9 @@ pub enum Cli {
     Passwd {
         file: PathBuf,
         user: String,
+        /// `--user` (or the config file's `user`): the file is given to
+        /// the user the server runs as, which reads it at each AUTH.
+        owner: Option<crate::sys::User>,
     },
     Help(String),
     Version,
@@ -196,6 +199,24 @@ const SERVER_OPTS: &[OptSpec] = &[
         Kind::Single,
         "FILE",
         "offer SMTP AUTH PLAIN/LOGIN (after TLS, or to loopback) against FILE's user:hash lines",
+    ),
+    opt(
+        "auth-max-failures",
+        Kind::Single,
+        "N",
+        "failed AUTHs per client address per window before 454 (default 10; 0 off)",
+    ),
+    opt(
+        "auth-max-user-failures",
+        Kind::Single,
+        "N",
+        "failed AUTHs per user name per window before 454 (default 30; 0 off)",
+    ),
+    opt(
+        "auth-failure-window",
+        Kind::Single,
+        "DUR",
+        "the sliding window of the AUTH failure limits (default 5m)",
     ),
 ];
 
@@ -420,7 +441,7 @@ fn usage_text() -> String {
          smtp-relay route [OPTIONS] ADDRESS    show where a recipient would be sent, send nothing\n  \
          smtp-relay queue list|show|flush|hold|release|delete|bounce|requeue [OPTIONS] [ID...|-]\n  \
          smtp-relay send [-f SENDER] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
-         smtp-relay passwd USER [--auth-file FILE]   set USER's AUTH password (read on stdin)\n  \
+         smtp-relay passwd USER [--auth-file FILE] [--user NAME]   set USER's AUTH password (stdin)\n  \
          smtp-relay --help | --version\n\nOptions of every command:\n",
     );
     describe(&mut s, ROUTING_OPTS);
@@ -762,7 +783,8 @@ pub const DEFAULT_AUTH_FILE: &str = "smtp-relay.passwd";
 fn parse_passwd(args: &[String]) -> Result<Cli, UsageError> {
     let mut o = getopts::Options::new();
     o.optopt("", "auth-file", "password file", "FILE");
-    o.optopt("", "config", "config file (its auth-file)", "FILE");
+    o.optopt("", "config", "config file (its auth-file and user)", "FILE");
+    o.optopt("", "user", "give the file to NAME (serve --user)", "NAME");
     o.optflag("h", "help", "show this help");
     let m = o.parse(args).map_err(|e| UsageError(e.to_string()))?;
     if m.opt_present("help") {
@@ -781,9 +803,16 @@ fn parse_passwd(args: &[String]) -> Result<Cli, UsageError> {
     let file = v
         .single("auth-file")
         .unwrap_or_else(|| DEFAULT_AUTH_FILE.to_string());
+    let owner = match v.single("user") {
+        Some(u) => Some(
+            crate::sys::lookup_user(&u).map_err(|e| UsageError(format!("--user: {u:?}: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(Cli::Passwd {
         file: PathBuf::from(file),
         user: user.clone(),
+        owner,
     })
 }
 
@@ -958,6 +987,20 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
             .map_err(|e| UsageError(format!("--auth-file {f}: {e}")))?;
         c.auth_file = Some(PathBuf::from(f));
     }
+    if let Some(n) = v.single("auth-max-failures") {
+        c.auth_limits.per_address = number("auth-max-failures", &n)?;
+    }
+    if let Some(n) = v.single("auth-max-user-failures") {
+        c.auth_limits.per_user = number("auth-max-user-failures", &n)?;
+    }
+    if let Some(t) = v.duration("auth-failure-window")? {
+        if t.is_zero() {
+            return Err(UsageError(
+                "--auth-failure-window must be more than 0".into(),
+            ));
+        }
+        c.auth_limits.window = t;
+    }
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),
@@ -1051,6 +1094,25 @@ mod tests {
         assert_eq!(c.timeout.as_secs(), 30);
         assert_eq!(c.relay_domains[0].as_str(), "Example.ORG");
         assert_eq!(c.verbosity, 2);
+    }
+
+    #[test]
+    fn auth_failure_limits() {
+        let d = crate::auth_limit::AuthLimits::default();
+        assert_eq!(serve("serve").unwrap().auth_limits, d);
+        assert_eq!(
+            (d.per_address, d.per_user, d.window.as_secs()),
+            (10, 30, 300)
+        );
+        let c = serve(
+            "serve --auth-max-failures 0 --auth-max-user-failures 5 --auth-failure-window 1h",
+        )
+        .unwrap();
+        assert_eq!(c.auth_limits.per_address, 0);
+        assert_eq!(c.auth_limits.per_user, 5);
+        assert_eq!(c.auth_limits.window.as_secs(), 3600);
+        assert!(serve("serve --auth-failure-window 0s").is_err());
+        assert!(serve("serve --auth-max-failures x").is_err());
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct Config {
     pub require_tls: bool,
     /// SMTP AUTH (RFC 4954) against this password file, when set.
     pub auth_file: Option<PathBuf>,
+    /// AUTH failures tolerated per client address and per user name
+    /// across sessions before `454 4.7.0`.
+    pub auth_limits: crate::auth_limit::AuthLimits,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
 
@@ -179,6 +182,7 @@ impl Config {
             tls: None,
             require_tls: false,
             auth_file: None,
+            auth_limits: crate::auth_limit::AuthLimits::default(),
             verbosity: 0,
             delivery_workers: 32,
             routes: Vec::new(),

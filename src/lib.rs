@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod auth_limit;
 pub mod bounce;
 pub mod channel;
 pub mod cli;

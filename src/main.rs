@@ -91,7 +91,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cli::Passwd { file, user } => passwd(&file, &user),
+        Cli::Passwd { file, user, owner } => passwd(&file, &user, owner),
         Cli::Route { config, address } => {
             init_logging(config.verbosity, true);
             route(&config, &address)
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
 
 /// `smtp-relay passwd USER`: the first line of stdin is the password.
 /// Exit 0 set, 64 no password given, 74 the file cannot be written.
-fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
+fn passwd(file: &std::path::Path, user: &str, owner: Option<smtp_relay::sys::User>) -> ExitCode {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().read_line(&mut line) {
         eprintln!("smtp-relay: cannot read the password on stdin: {e}");
@@ -124,7 +124,7 @@ fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
         eprintln!("smtp-relay: no password on stdin (one line)");
         return ExitCode::from(64);
     }
-    match smtp_relay::auth::set_password(file, user, pass) {
+    match smtp_relay::auth::set_password(file, user, pass, owner) {
         Ok(replaced) => {
             let what = if replaced { "replaced" } else { "added" };
             eprintln!("smtp-relay: {user} {what} in {}", file.display());

@@ -35,9 +35,18 @@ use crate::spool::{Spool, SpoolError};
 
 #[derive(Debug)]
 pub enum ServeError {
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: io::Error,
+    },
     Dns(String),
     Privileges(io::Error),
+    /// `--auth-file` cannot be read as the user the server runs as.
+    AuthFile {
+        path: std::path::PathBuf,
+        user: Option<String>,
+        source: crate::auth::AuthError,
+    },
     Spool(SpoolError),
     Thread(io::Error),
 }
@@ -49,6 +58,7 @@ impl ServeError {
             ServeError::Bind { .. } => 69,
             ServeError::Dns(_) => 69,
             ServeError::Privileges(_) => 77,
+            ServeError::AuthFile { .. } => 77,
             ServeError::Spool(SpoolError::Locked(_)) => 75,
             ServeError::Spool(SpoolError::Unsafe { .. } | SpoolError::Missing(_)) => 78,
             ServeError::Spool(_) => 74,
@@ -63,6 +73,21 @@ impl fmt::Display for ServeError {
             ServeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServeError::Dns(e) => write!(f, "cannot set up DNS: {e}"),
             ServeError::Privileges(e) => write!(f, "cannot drop privileges: {e}"),
+            ServeError::AuthFile {
+                path,
+                user: Some(user),
+                source,
+            } => write!(
+                f,
+                "--auth-file {}: {source}: the server runs as {user} and reads the file at each AUTH; give it to {user} with `smtp-relay passwd NAME --auth-file {} --user {user}` (or chown {user})",
+                path.display(),
+                path.display()
+            ),
+            ServeError::AuthFile {
+                path,
+                user: None,
+                source,
+            } => write!(f, "--auth-file {}: {source}", path.display()),
             ServeError::Spool(e) => write!(f, "spool: {e}"),
             ServeError::Thread(e) => write!(f, "cannot start threads: {e}"),
         }
@@ -100,6 +125,16 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     }
     if let Some(name) = &config.user {
         become_user(name, &config.spool)?;
+    }
+    // the password file is read at each AUTH, as the user we now are: a
+    // file only root can read (what `passwd` run as root used to leave)
+    // would fail every AUTH with 454, so refuse to start instead
+    if let Some(path) = &config.auth_file {
+        crate::auth::check_file(path).map_err(|source| ServeError::AuthFile {
+            path: path.clone(),
+            user: config.user.clone(),
+            source,
+        })?;
     }
 
     let mut spool = Spool::open(&config.spool)?;
@@ -141,6 +176,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         spool: spool.clone(),
         committed: Some(committed_tx),
         space: session::SpaceCheck::default(),
+        verifier: crate::auth::Verifier::per_cpu(),
+        auth_failures: crate::auth_limit::FailureLimiter::new(config.auth_limits),
     });
     let (tx, rx) = bounded::<Accepted>(config.backlog);
     let pool_ctx = ctx.clone();

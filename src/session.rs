@@ -545,6 +545,10 @@ pub struct Context {
     /// channel only delays delivery until the next spool scan.
     pub committed: Option<Sender<QueueId>>,
     pub space: SpaceCheck,
+    /// Password checks: a few at a time, in reused memory.
+    pub verifier: auth::Verifier,
+    /// AUTH failures across sessions, per address and per user name.
+    pub auth_failures: crate::auth_limit::FailureLimiter,
 }
 
 /// "Is there room for new mail?", asked at every MAIL and DATA, answered
@@ -868,7 +872,9 @@ fn credentials(
 
 /// Runs an accepted AUTH to its reply. A failure is answered 535 after a
 /// pause that grows with each failure of the session (bounded), and is
-/// logged with the user name, never the password.
+/// logged with the user name, never the password. Failures also count
+/// across sessions, per client address and per user name: past the
+/// limits AUTH gets `454 4.7.0` without a password check.
 fn authenticate(
     session: &mut Session,
     start: AuthStart,
@@ -881,6 +887,12 @@ fn authenticate(
         return Ok(Step::Reply(Reply::not_implemented("AUTH")));
     };
     let mech = start.mechanism.as_str();
+    // RFC 4954 §6: 454 4.7.0 may answer the AUTH command itself; a locked
+    // out address is told at once, before any challenge
+    if ctx.auth_failures.address_locked(peer.ip(), Instant::now()) {
+        log::debug!("{peer} auth mechanism={mech} refused: address locked out");
+        return Ok(Step::Reply(Reply::auth_locked_out()));
+    }
     let (user, pass) = match credentials(&start, io, peer, cfg)? {
         Ok(c) => c,
         Err(r) => {
@@ -889,7 +901,25 @@ fn authenticate(
         }
     };
     let shown: String = crate::smtp::escape(&user).chars().take(64).collect();
-    match auth::verify(path, &user, &pass) {
+    // only a name the file could hold is counted per user: others cannot
+    // log in anyway, and would only fill the table
+    let counted = auth::valid_user(&user).then_some(user.as_str());
+    let attempt = match ctx.auth_failures.admit(peer.ip(), counted, Instant::now()) {
+        Ok(a) => a,
+        Err(why) => {
+            log::debug!("{peer} auth user={shown} mechanism={mech} refused: {why:?} locked out");
+            return Ok(Step::Reply(Reply::auth_locked_out()));
+        }
+    };
+    // a free verifier slot is awaited no longer than a client may stay
+    // silent (the session's own timeout)
+    let deadline = Instant::now() + cfg.timeout;
+    let verdict = ctx.verifier.verify(path, &user, &pass, deadline);
+    if !matches!(verdict, Ok(false)) {
+        // only a wrong password counts against the limits
+        ctx.auth_failures.succeeded(&attempt);
+    }
+    match verdict {
         Ok(true) => {
             log::info!("{peer} auth ok user={shown} mechanism={mech}");
             Ok(session.authenticated(user))
@@ -897,12 +927,35 @@ fn authenticate(
         Ok(false) => {
             let (step, n) = session.auth_failed();
             log::warn!("{peer} auth failed user={shown} mechanism={mech} failures={n}");
+            let limits = ctx.auth_failures.limits();
+            if attempt.reached.address {
+                log::info!(
+                    "{peer} auth lockout address={} failures={} window={:?}: AUTH refused (454) until the window slides",
+                    peer.ip(),
+                    limits.per_address,
+                    limits.window
+                );
+            }
+            if attempt.reached.user {
+                log::info!(
+                    "{peer} auth lockout user={shown} failures={} window={:?}: AUTH as this user refused (454) until the window slides",
+                    limits.per_user,
+                    limits.window
+                );
+            }
             // slow down guessing: 0.5 s more per failure, at most 5 s
             let pause = AUTH_FAILURE_PAUSE
                 .saturating_mul(n)
                 .min(Duration::from_secs(5));
             std::thread::sleep(pause);
             Ok(step)
+        }
+        Err(auth::AuthError::Busy) => {
+            log::info!(
+                "{peer} auth user={shown} mechanism={mech}: no password check free within {:?}",
+                cfg.timeout
+            );
+            Ok(Step::Reply(Reply::auth_busy()))
         }
         Err(e) => {
             log::error!("{peer} auth: password file {}: {e}", path.display());

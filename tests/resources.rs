@@ -330,16 +330,6 @@ fn min_free_space_above_the_filesystem_refuses_at_mail() {
     relay.kill();
 }
 
-/// nobody's uid and gid, from the passwd database.
-fn nobody() -> Option<(u32, u32)> {
-    let r = run_tool(
-        Command::new("getent").args(["passwd", "nobody"]),
-        Duration::from_secs(10),
-    );
-    let f: Vec<&str> = r.stdout.trim().split(':').collect();
-    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
-}
-
 #[test]
 fn user_nobody_runs_unprivileged_with_a_private_spool() {
     let test = "user_nobody_runs_unprivileged_with_a_private_spool";

@@ -163,7 +163,7 @@ fn next_hop_reply_text_is_escaped() {
 fn auth_user_name_is_logged_escaped() {
     let dir = TempDir::new("authesc");
     let file = dir.path().join("passwd");
-    smtp_relay::auth::set_password(&file, "alice", "alice-secret-1").expect("passwd");
+    smtp_relay::auth::set_password(&file, "alice", "alice-secret-1", None).expect("passwd");
     let relay = Relay::receive_only(&["--auth-file", &file.display().to_string()]);
     let mut t = relay.session();
     let creds = smtp_relay::auth::encode_base64("\0evil\u{202e}resu\0wrong".as_bytes());

@@ -336,6 +336,26 @@ impl Reply {
         )
     }
 
+    /// 454 4.7.0: RFC 4954 §6's temporary failure, for a client address
+    /// or user name with too many recent AUTH failures (a lockout).
+    pub fn auth_locked_out() -> Reply {
+        Reply::new(
+            454,
+            Enhanced::new(4, 7, 0),
+            "Too many authentication failures, try again later",
+        )
+    }
+
+    /// 454 4.7.0: RFC 4954 §6, every password check is busy and none
+    /// became free before the session's deadline.
+    pub fn auth_busy() -> Reply {
+        Reply::new(
+            454,
+            Enhanced::new(4, 7, 0),
+            "Temporary authentication failure, server busy",
+        )
+    }
+
     /// 503 5.5.1: a command out of order (RFC 5321 §4.1.4).
     pub fn bad_sequence(text: &str) -> Reply {
         Reply::new(503, Enhanced::new(5, 5, 1), text)

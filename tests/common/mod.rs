@@ -99,6 +99,16 @@ pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// nobody's uid and gid, from the passwd database (tests of `--user`).
+pub fn nobody() -> Option<(u32, u32)> {
+    let r = run_tool(
+        Command::new("getent").args(["passwd", "nobody"]),
+        Duration::from_secs(10),
+    );
+    let f: Vec<&str> = r.stdout.trim().split(':').collect();
+    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+}
+
 /// True when the `CI` environment variable is set (to anything but empty
 /// or `false`/`0`): missing interop tools are then failures, not skips.
 pub fn in_ci() -> bool {

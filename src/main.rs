@@ -53,8 +53,12 @@ fn main() -> ExitCode {
             mut sel,
             dry_run,
             ids_from_stdin,
+            warnings,
         } => {
             init_logging(config.verbosity, true);
+            for w in warnings {
+                eprintln!("smtp-relay: warning: {w}");
+            }
             if ids_from_stdin {
                 match smtp_relay::admin::read_ids(&mut std::io::stdin().lock()) {
                     Ok(ids) => sel.ids.extend(ids),

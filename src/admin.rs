@@ -12,10 +12,11 @@
 //! message; `--json` one JSON object per line whose fields are documented
 //! in README and versioned by `"v": 1`.
 //!
-//! Exit codes (sysexits): 0 done (flush: nothing selected is left
-//! deferred), 64 usage, 66 no such message (show), 69 server unreachable,
-//! 74 spool I/O error,
-//! 75 some selected messages still deferred, or busy.
+//! Exit codes (sysexits, `exit.rs`): 0 done (flush: nothing selected is
+//! left deferred), 64 usage, 66 no such message (show), 69 server
+//! unreachable, 74 spool I/O error, 75 some selected messages still
+//! deferred, or busy, 77 cannot act as the spool's owner, 78 no spool or
+//! an unsafe one.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -29,20 +30,21 @@ use std::time::{Duration, Instant};
 use crate::bounce;
 use crate::config::Config;
 use crate::delivery::Outcome;
+use crate::exit::Exit;
 use crate::smtp::printable::is_unprintable;
 use crate::smtp::{escape, Escaped, Mailbox, Path, ReversePath};
 use crate::spool::{Envelope, Hold, QueueId, RcptState, Recipient, Spool, SpoolError};
 use crate::time::{format_duration, iso8601, now_unix, rfc5322_date};
 
-pub const EX_OK: u8 = 0;
-pub const EX_USAGE: u8 = 64;
-pub const EX_DATAERR: u8 = 65;
-pub const EX_NOINPUT: u8 = 66;
-pub const EX_UNAVAILABLE: u8 = 69;
-pub const EX_IOERR: u8 = 74;
-pub const EX_TEMPFAIL: u8 = 75;
-pub const EX_NOPERM: u8 = 77;
-pub const EX_CONFIG: u8 = 78;
+// the codes as the queue commands name them (exit.rs has them all)
+pub const EX_OK: Exit = Exit::Ok;
+pub const EX_USAGE: Exit = Exit::Usage;
+pub const EX_DATAERR: Exit = Exit::DataErr;
+pub const EX_NOINPUT: Exit = Exit::NoInput;
+pub const EX_UNAVAILABLE: Exit = Exit::Unavailable;
+pub const EX_IOERR: Exit = Exit::IoErr;
+pub const EX_TEMPFAIL: Exit = Exit::TempFail;
+pub const EX_NOPERM: Exit = Exit::NoPerm;
 
 /// The queue subcommands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,8 +213,14 @@ impl Selector {
 /// What went wrong in a queue command, with its exit code.
 #[derive(Debug)]
 pub struct AdminError {
-    pub code: u8,
+    pub code: Exit,
     pub message: String,
+}
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl AdminError {
@@ -227,9 +235,10 @@ impl AdminError {
 impl From<SpoolError> for AdminError {
     fn from(e: SpoolError) -> AdminError {
         AdminError {
-            code: match e {
-                SpoolError::Missing(_) | SpoolError::Unsafe { .. } => EX_CONFIG,
-                _ => EX_IOERR,
+            code: match Exit::from(&e) {
+                // a queue command waits for no lock on the whole spool
+                Exit::TempFail => EX_IOERR,
+                code => code,
             },
             message: e.to_string(),
         }
@@ -534,7 +543,7 @@ pub fn run_queue(
     cmd: &QueueCmd,
     sel: &Selector,
     dry_run: bool,
-) -> Result<u8, AdminError> {
+) -> Result<Exit, AdminError> {
     let spool = open_spool(&config.spool)?;
     let now = now_unix();
     let mut out = io::stdout().lock();
@@ -712,7 +721,7 @@ fn change(
     dry_run: bool,
     verb: &str,
     f: impl Fn(&mut Envelope) -> Result<bool, SpoolError>,
-) -> Result<u8, AdminError> {
+) -> Result<Exit, AdminError> {
     let now = now_unix();
     let envs = select(spool, sel, now)?;
     let mut out = io::stdout().lock();
@@ -793,7 +802,7 @@ fn flush(
     timeout: Duration,
     quiet: bool,
     dry_run: bool,
-) -> Result<u8, AdminError> {
+) -> Result<Exit, AdminError> {
     let now = now_unix();
     let mut sel = sel.clone();
     let envs: Vec<Envelope> = select(spool, &sel, now)?

@@ -443,10 +443,10 @@ fn usage_text() -> String {
     s.push_str(
         "  -v, --verbose                      more log output (-vv: protocol trace); RUST_LOG also works\n\
          \nA flag is --FLAG or --FLAG=yes|no (=no turns off the config file's yes).\n\
-         Durations: 250ms, 30s, 5m, 2h, 5d. Exit codes: 0 ok, 64 usage, 69 cannot listen\n\
-         (route: permanently undeliverable), 74 spool I/O error, 75 spool locked by another\n\
-         server (route: temporarily undeliverable), 77 cannot drop privileges, 78 unsafe or\n\
-         missing spool.\n",
+         Durations: 250ms, 30s, 5m, 2h, 5d. Exit codes (sysexits; README lists them per\n\
+         command): 0 ok, 64 usage, 65 data error (send), 66 no input, 69 unavailable\n\
+         (route: permanently undeliverable), 71 OS error, 74 I/O error, 75 temporary\n\
+         failure (route: not now), 77 no permission, 78 configuration error.\n",
     );
     s
 }

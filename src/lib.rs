@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod exit;
 pub mod fault;
 pub mod pool;
 pub mod route;

@@ -4,6 +4,18 @@
 use std::process::ExitCode;
 
 use smtp_relay::cli::{self, Cli};
+use smtp_relay::exit::Exit;
+
+/// Prints `e` as the one line a failed command leaves on stderr, and
+/// gives its exit code: every error reaches the process's exit status
+/// here, through its `From<&E> for Exit` in exit.rs.
+fn fail<E: std::fmt::Display>(e: &E) -> ExitCode
+where
+    for<'a> Exit: From<&'a E>,
+{
+    eprintln!("smtp-relay: {e}");
+    Exit::from(e).into()
+}
 
 /// `quiet_default`: commands for scripts log only warnings unless asked.
 fn init_logging(verbosity: usize, quiet_default: bool) {
@@ -33,10 +45,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match cli::parse(&args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("smtp-relay: {e}");
-            return ExitCode::from(64);
-        }
+        Err(e) => return fail(&e),
     };
     match cli {
         Cli::Help(text) => {
@@ -62,22 +71,16 @@ fn main() -> ExitCode {
             if ids_from_stdin {
                 match smtp_relay::admin::read_ids(&mut std::io::stdin().lock()) {
                     Ok(ids) => sel.ids.extend(ids),
-                    Err(e) => {
-                        eprintln!("smtp-relay: {}", e.message);
-                        return ExitCode::from(e.code);
-                    }
+                    Err(e) => return fail(&e),
                 }
                 if sel.ids.is_empty() {
                     eprintln!("smtp-relay: no queue ids on standard input");
-                    return ExitCode::from(smtp_relay::admin::EX_OK);
+                    return Exit::Ok.into();
                 }
             }
             match smtp_relay::admin::run_queue(&config, &cmd, &sel, dry_run) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    eprintln!("smtp-relay: {}", e.message);
-                    ExitCode::from(e.code)
-                }
+                Ok(code) => code.into(),
+                Err(e) => fail(&e),
             }
         }
         Cli::Send { config, opts } => {
@@ -89,10 +92,7 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("smtp-relay: {}", e.message);
-                    ExitCode::from(e.code)
-                }
+                Err(e) => fail(&e),
             }
         }
         Cli::Passwd { file, user } => passwd(&file, &user),
@@ -106,8 +106,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");
-                    eprintln!("smtp-relay: {e}");
-                    ExitCode::from(e.exit_code() as u8)
+                    fail(&e)
                 }
             }
         }
@@ -120,13 +119,13 @@ fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().read_line(&mut line) {
         eprintln!("smtp-relay: cannot read the password on stdin: {e}");
-        return ExitCode::from(74);
+        return Exit::IoErr.into();
     }
     let pass = line.strip_suffix('\n').unwrap_or(&line);
     let pass = pass.strip_suffix('\r').unwrap_or(pass);
     if pass.is_empty() {
         eprintln!("smtp-relay: no password on stdin (one line)");
-        return ExitCode::from(64);
+        return Exit::Usage.into();
     }
     match smtp_relay::auth::set_password(file, user, pass) {
         Ok(replaced) => {
@@ -136,7 +135,7 @@ fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("smtp-relay: {}: {e}", file.display());
-            ExitCode::from(74)
+            Exit::IoErr.into()
         }
     }
 }
@@ -153,15 +152,12 @@ fn route(config: &smtp_relay::config::Config, address: &str) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             eprintln!("smtp-relay: {address:?} is not a mailbox: {e}");
-            return ExitCode::from(64);
+            return Exit::Usage.into();
         }
     };
     let router = match smtp_relay::server::router(config, &config.listen) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("smtp-relay: {e}");
-            return ExitCode::from(e.exit_code() as u8);
-        }
+        Err(e) => return fail(&e),
     };
     let host = path.mailbox().host();
     let (explanation, _) = router.explain(host);
@@ -171,8 +167,8 @@ fn route(config: &smtp_relay::config::Config, address: &str) -> ExitCode {
         println!();
     }
     match router.route(host) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) if e.is_permanent() => ExitCode::from(69),
-        Err(_) => ExitCode::from(75),
+        Ok(_) => Exit::Ok.into(),
+        Err(e) if e.is_permanent() => Exit::Unavailable.into(),
+        Err(_) => Exit::TempFail.into(),
     }
 }

@@ -33,6 +33,7 @@ use crate::session::{self, Context};
 use crate::smtp::Reply;
 use crate::spool::{Spool, SpoolError};
 
+/// Why `serve` could not start (its exit code: `exit.rs`).
 #[derive(Debug)]
 pub enum ServeError {
     Bind { addr: SocketAddr, source: io::Error },
@@ -40,21 +41,6 @@ pub enum ServeError {
     Privileges(io::Error),
     Spool(SpoolError),
     Thread(io::Error),
-}
-
-impl ServeError {
-    /// sysexits(3) codes, as documented in `--help`.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ServeError::Bind { .. } => 69,
-            ServeError::Dns(_) => 69,
-            ServeError::Privileges(_) => 77,
-            ServeError::Spool(SpoolError::Locked(_)) => 75,
-            ServeError::Spool(SpoolError::Unsafe { .. } | SpoolError::Missing(_)) => 78,
-            ServeError::Spool(_) => 74,
-            ServeError::Thread(_) => 71,
-        }
-    }
 }
 
 impl fmt::Display for ServeError {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::bounce;
 use crate::config::Config;
-use crate::delivery::Outcome;
+use crate::delivery::{Deliverer, Outcome};
 use crate::exit::Exit;
 use crate::smtp::printable::is_unprintable;
 use crate::smtp::{escape, Escaped, Mailbox, Path, ReversePath};
@@ -537,12 +537,23 @@ fn with_lock(
 /// How long a changing command waits for a delivery in progress.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// How `queue flush` builds a delivery engine when no server runs on the
+/// spool (app.rs supplies it: the queue commands build nothing).
+pub type BuildDeliverer<'a> = &'a dyn Fn(Arc<Spool>) -> Result<Deliverer, AdminError>;
+
+/// A foreground flush's engine: how to build it, and how many threads.
+struct Foreground<'a> {
+    build: BuildDeliverer<'a>,
+    workers: usize,
+}
+
 /// Runs a queue command; returns the exit code.
 pub fn run_queue(
     config: &Config,
     cmd: &QueueCmd,
     sel: &Selector,
     dry_run: bool,
+    deliverer: BuildDeliverer,
 ) -> Result<Exit, AdminError> {
     let spool = open_spool(&config.spool)?;
     let now = now_unix();
@@ -595,7 +606,13 @@ pub fn run_queue(
             wait,
             timeout,
             quiet,
-        } => flush(config, &spool, sel, *wait, *timeout, *quiet, dry_run),
+        } => {
+            let fg = Foreground {
+                build: deliverer,
+                workers: config.delivery_workers,
+            };
+            flush(&fg, &spool, sel, *wait, *timeout, *quiet, dry_run)
+        }
         QueueCmd::Hold { duration } => {
             let hold = match duration {
                 Some(d) => Hold::Until(now + d.as_secs()),
@@ -795,7 +812,7 @@ struct Progress {
 }
 
 fn flush(
-    config: &Config,
+    fg: &Foreground,
     spool: &Spool,
     sel: &Selector,
     wait: bool,
@@ -830,7 +847,7 @@ fn flush(
     match spool.lock() {
         Ok(lock) => {
             // No server: deliver in the foreground, like `sendmail -q`.
-            let result = flush_foreground(config, spool, &ids, show);
+            let result = flush_foreground(fg, spool, &ids, show);
             drop(lock);
             let p = result?;
             report(&mut out, quiet, &p)?;
@@ -943,26 +960,19 @@ fn is_locked(spool: &Spool, id: QueueId) -> bool {
 
 /// One delivery pass over `ids` in this process (no server running).
 fn flush_foreground(
-    config: &Config,
+    fg: &Foreground,
     spool: &Spool,
     ids: &[QueueId],
     show: bool,
 ) -> Result<Progress, AdminError> {
-    let deliverer =
-        crate::server::deliverer(config, Arc::new(spool.clone()), &[], None).map_err(|e| {
-            AdminError {
-                code: EX_UNAVAILABLE,
-                message: e.to_string(),
-            }
-        })?;
-    let deliverer = Arc::new(deliverer);
+    let deliverer = Arc::new((fg.build)(Arc::new(spool.clone()))?);
     let (tx, rx) = crossbeam_channel::bounded::<QueueId>(ids.len());
     for id in ids {
         let _ = tx.send(*id);
     }
     drop(tx);
     let (rtx, rrx) = crossbeam_channel::unbounded::<Option<Outcome>>();
-    let workers = config.delivery_workers.clamp(1, 64).min(ids.len());
+    let workers = fg.workers.clamp(1, 64).min(ids.len());
     let mut handles = Vec::new();
     for i in 0..workers {
         let rx = rx.clone();

@@ -9,13 +9,12 @@
 //! 64) with one line naming it (and the file and line it came from).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use std::time::Duration;
 
 use crate::admin::{QueueCmd, Selector, SendOpts, StateFilter};
-use crate::config::{BareLineEndings, Cidr, Config};
+use crate::config::{BareLineEndings, Cidr, Config, Endpoint, TlsFiles};
 use crate::route::StaticRoute;
 use crate::smtp::Domain;
 use crate::spool::QueueId;
@@ -729,15 +728,8 @@ fn parse_size(name: &str, v: &str) -> Result<u64, UsageError> {
         .ok_or_else(|| UsageError(format!("--{name}: {v:?} is out of range")))
 }
 
-fn socket_addr(name: &str, v: &str) -> Result<SocketAddr, UsageError> {
-    if let Ok(a) = v.parse() {
-        return Ok(a);
-    }
-    // host names such as localhost:2525
-    v.to_socket_addrs()
-        .ok()
-        .and_then(|mut it| it.next())
-        .ok_or_else(|| UsageError(format!("--{name}: {v:?} is not ADDR:PORT")))
+fn endpoint(name: &str, v: &str) -> Result<Endpoint, UsageError> {
+    Endpoint::parse(v).ok_or_else(|| UsageError(format!("--{name}: {v:?} is not ADDR:PORT")))
 }
 
 fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
@@ -988,7 +980,7 @@ fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     })? {
         c.routes = routes;
     }
-    if let Some(d) = v.parse("dns", |d| socket_addr("dns", d))? {
+    if let Some(d) = v.parse("dns", |d| endpoint("dns", d))? {
         c.dns = Some(d);
     }
     c.no_dns = v.flag("no-dns")?;
@@ -1019,7 +1011,7 @@ fn nonzero(v: &Values, name: &str) -> Result<Option<Duration>, UsageError> {
 }
 
 fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
-    if let Some(l) = v.parse_multi("listen", |a| socket_addr("listen", a))? {
+    if let Some(l) = v.parse_multi("listen", |a| endpoint("listen", a))? {
         c.listen = l;
     }
     if let Some(n) = v.parse("workers", |n| positive("workers", n))? {
@@ -1073,26 +1065,20 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     })? {
         c.sync = m;
     }
-    if let Some(u) = v.single("user") {
-        crate::sys::lookup_user(&u)
-            .map_err(|e| UsageError(format!("{}--user: {u:?}: {e}", v.origin("user", &u))))?;
-        c.user = Some(u);
-    }
+    // the user, the files and the names are looked up by app.rs at start
+    c.user = v.single("user");
     match (v.single("tls-cert"), v.single("tls-key")) {
         (Some(cert), Some(key)) => {
-            let config = crate::tls::server_config(cert.as_ref(), key.as_ref())
-                .map_err(|e| UsageError(format!("--tls-cert/--tls-key: {e}")))?;
-            c.tls = Some(config);
+            c.tls = Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            });
         }
         (None, None) => {}
         _ => return Err(UsageError("--tls-cert and --tls-key go together".into())),
     }
     c.require_tls = v.flag("require-tls")?;
-    if let Some(f) = v.single("auth-file") {
-        crate::auth::check_file(f.as_ref())
-            .map_err(|e| UsageError(format!("--auth-file {f}: {e}")))?;
-        c.auth_file = Some(PathBuf::from(f));
-    }
+    c.auth_file = v.single("auth-file").map(PathBuf::from);
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),
@@ -1138,8 +1124,7 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     if let Some(t) = nonzero(v, "delivery-timeout")? {
         c.client_timeouts = crate::client::Timeouts::all(t);
     }
-    let ca_file = v.single("ca-file");
-    use crate::tls::{ClientTls, OutboundTls};
+    use crate::tls::OutboundTls;
     if let Some(mode) = v.parse("outbound-tls", |m| {
         OutboundTls::parse(m).ok_or_else(|| {
             UsageError(format!(
@@ -1147,15 +1132,10 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
             ))
         })
     })? {
-        c.client_tls = std::sync::Arc::new(match mode {
-            OutboundTls::Verify => {
-                ClientTls::verified(ca_file.as_deref().map(std::path::Path::new))
-                    .map_err(|e| UsageError(format!("--outbound-tls verify: {e}")))?
-            }
-            other => ClientTls::unverified(other),
-        });
+        c.outbound_tls = mode;
     }
-    if ca_file.is_some() && c.client_tls.mode != OutboundTls::Verify {
+    c.ca_file = v.single("ca-file").map(PathBuf::from);
+    if c.ca_file.is_some() && c.outbound_tls != OutboundTls::Verify {
         return Err(UsageError("--ca-file needs --outbound-tls verify".into()));
     }
     Ok(())
@@ -1235,6 +1215,45 @@ mod tests {
     impl Drop for TempConf {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Issue 11 item 4: parsing reads no file an option names, resolves
+    /// no name and looks up no user; app.rs does, at start.
+    #[test]
+    fn parsing_does_no_io() {
+        let c = serve(
+            "serve --tls-cert /nonexistent/c.pem --tls-key /nonexistent/k.pem \
+             --auth-file /nonexistent/passwd --user no-such-user-here \
+             --listen no-such-host.invalid:2525 --dns no-such-host.invalid:53 \
+             --outbound-tls verify --ca-file /nonexistent/ca.pem",
+        )
+        .unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, std::path::PathBuf::from("/nonexistent/c.pem"));
+        assert_eq!(c.user.as_deref(), Some("no-such-user-here"));
+        assert_eq!(
+            c.listen,
+            vec![Endpoint::Name {
+                host: "no-such-host.invalid".into(),
+                port: 2525
+            }]
+        );
+        assert_eq!(
+            c.dns.as_ref().map(|d| d.to_string()).as_deref(),
+            Some("no-such-host.invalid:53")
+        );
+        assert_eq!(
+            c.ca_file,
+            Some(std::path::PathBuf::from("/nonexistent/ca.pem"))
+        );
+        // what needs no I/O to know is still checked here
+        for bad in [
+            "serve --listen nowhere",
+            "serve --listen [::1]",
+            "serve --dns a b:53",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
         }
     }
 

@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 use crate::admin::AdminError;
+use crate::app::SetupError;
 use crate::cli::UsageError;
 use crate::server::ServeError;
 use crate::spool::SpoolError;
@@ -83,10 +84,22 @@ impl From<&SpoolError> for Exit {
     }
 }
 
+impl From<&SetupError> for Exit {
+    fn from(e: &SetupError) -> Exit {
+        match e {
+            SetupError::Unreadable { .. } => Exit::NoInput,
+            SetupError::Invalid { .. } | SetupError::Resolve { .. } | SetupError::User { .. } => {
+                Exit::Config
+            }
+            SetupError::Dns(_) => Exit::Unavailable,
+        }
+    }
+}
+
 impl From<&ServeError> for Exit {
     fn from(e: &ServeError) -> Exit {
         match e {
-            ServeError::Dns(_) => Exit::Unavailable,
+            ServeError::Setup(e) => e.into(),
             ServeError::Bind { .. } => Exit::Unavailable,
             ServeError::Privileges(_) => Exit::NoPerm,
             ServeError::Spool(e) => e.into(),

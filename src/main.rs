@@ -1,8 +1,10 @@
-//! The `smtp-relay` binary: parse the command line, set up logging, run one
-//! command, and turn its outcome into a sysexits(3) exit code.
+//! The `smtp-relay` binary: parse the command line (`cli`), set up
+//! logging, run one command (built by `app`, the composition root), and
+//! turn its outcome into a sysexits(3) exit code (`exit`).
 
 use std::process::ExitCode;
 
+use smtp_relay::app;
 use smtp_relay::cli::{self, Cli};
 use smtp_relay::exit::Exit;
 
@@ -78,7 +80,8 @@ fn main() -> ExitCode {
                     return Exit::Ok.into();
                 }
             }
-            match smtp_relay::admin::run_queue(&config, &cmd, &sel, dry_run) {
+            let deliverer = app::flush_deliverer(&config);
+            match smtp_relay::admin::run_queue(&config, &cmd, &sel, dry_run, &deliverer) {
                 Ok(code) => code.into(),
                 Err(e) => fail(&e),
             }
@@ -98,11 +101,14 @@ fn main() -> ExitCode {
         Cli::Passwd { file, user } => passwd(&file, &user),
         Cli::Route { config, address } => {
             init_logging(config.verbosity, true);
-            route(&config, &address)
+            match app::route(&config, &address) {
+                Ok(code) => code.into(),
+                Err(e) => fail(&e),
+            }
         }
         Cli::Serve(config) => {
             init_logging(config.verbosity, false);
-            match smtp_relay::server::serve(config) {
+            match app::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");
@@ -137,38 +143,5 @@ fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
             eprintln!("smtp-relay: {}: {e}", file.display());
             Exit::IoErr.into()
         }
-    }
-}
-
-/// `smtp-relay route ADDRESS`: where a recipient would go, sending nothing.
-/// Exit 0 deliverable, 69 permanently not, 75 not now (DNS trouble).
-fn route(config: &smtp_relay::config::Config, address: &str) -> ExitCode {
-    let text = if address.starts_with('<') {
-        address.to_string()
-    } else {
-        format!("<{address}>")
-    };
-    let path = match smtp_relay::smtp::Path::parse(&text, true) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("smtp-relay: {address:?} is not a mailbox: {e}");
-            return Exit::Usage.into();
-        }
-    };
-    let router = match smtp_relay::server::router(config, &config.listen) {
-        Ok(r) => r,
-        Err(e) => return fail(&e),
-    };
-    let host = path.mailbox().host();
-    let (explanation, _) = router.explain(host);
-    println!("recipient: {}", path.mailbox());
-    print!("{explanation}");
-    if !explanation.ends_with('\n') {
-        println!();
-    }
-    match router.route(host) {
-        Ok(_) => Exit::Ok.into(),
-        Err(e) if e.is_permanent() => Exit::Unavailable.into(),
-        Err(_) => Exit::TempFail.into(),
     }
 }

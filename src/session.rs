@@ -544,6 +544,8 @@ pub struct Context {
     /// channel only delays delivery until the next spool scan.
     pub committed: Option<Sender<QueueId>>,
     pub space: SpaceCheck,
+    /// STARTTLS: built by `app.rs` from `config.tls`'s files.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// "Is there room for new mail?", asked at every MAIL and DATA, answered
@@ -729,7 +731,7 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
                 session.end_transaction();
             }
             Step::StartTls(r) => {
-                let Some(tls) = cfg.tls.clone() else {
+                let Some(tls) = ctx.tls.clone() else {
                     return Err(io::Error::other("STARTTLS without a TLS config"));
                 };
                 // RFC 3207 §5 / CVE-2011-0411: anything the client sent after

@@ -1189,6 +1189,29 @@ fn cli_config_file_comments_lines_and_flags() {
     t.cmd_enh("MAIL FROM:<a@example.org>", 250, "2.1.0");
 }
 
+/// `--user` naming no user stops the start with EX_CONFIG (78), before
+/// anything is bound (app.rs looks the user up; the parser does not).
+#[test]
+fn cli_unknown_user_exits_78() {
+    let dir = TempDir::new("nouser");
+    let spool = dir.path().join("spool");
+    let run = run_cli(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--spool",
+            spool.to_str().expect("utf-8 path"),
+            "--user",
+            "no-such-user-here",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(run.code, Some(78), "{run:?}");
+    assert!(run.stderr.contains("--user"), "{run:?}");
+    assert!(!run.stdout.contains("listening"), "{run:?}");
+}
+
 #[test]
 fn cli_help_and_version() {
     let limit = Duration::from_secs(10);

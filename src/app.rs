@@ -28,7 +28,7 @@ use crate::scheduler;
 use crate::server::{self, ServeError, Signals};
 use crate::session::{self, Context};
 use crate::spool::{QueueId, Spool};
-use crate::tls::{ClientTls, OutboundTls, TlsFileError};
+use crate::tls::{ClientTls, TlsFileError};
 
 /// What turning a `Config` into live objects can fail with (exit codes:
 /// `exit.rs`).
@@ -103,12 +103,14 @@ pub fn server_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
 }
 
 /// STARTTLS outbound: `--outbound-tls`, with `--ca-file`'s or the
-/// system's roots under `verify`.
+/// system's roots loaded when it or a route's `tls =` is `verify`.
 pub fn client_tls(config: &Config) -> Result<Arc<ClientTls>, SetupError> {
-    Ok(Arc::new(match config.outbound_tls {
-        OutboundTls::Verify => ClientTls::verified(config.ca_file.as_deref())
-            .map_err(|e| tls_error("--outbound-tls verify", e))?,
-        mode => ClientTls::unverified(mode),
+    Ok(Arc::new(if config.verifies() {
+        ClientTls::verified(config.ca_file.as_deref())
+            .map_err(|e| tls_error("--outbound-tls verify", e))?
+            .with_mode(config.outbound_tls)
+    } else {
+        ClientTls::unverified(config.outbound_tls)
     }))
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::admin::{QueueCmd, Selector, SendOpts, StateFilter};
 use crate::config::{BareLineEndings, Cidr, Config, Endpoint, TlsFiles};
-use crate::route::StaticRoute;
+use crate::route::{RouteTls, StaticRoute};
 use crate::smtp::Domain;
 use crate::spool::QueueId;
 use crate::time::parse_duration;
@@ -461,6 +461,50 @@ struct FileValue {
 struct ConfigFile {
     path: String,
     values: HashMap<String, Vec<FileValue>>,
+    /// `[route DOMAIN]` sections, with the line of each header.
+    routes: Vec<(StaticRoute, usize)>,
+}
+
+/// A `[route DOMAIN]` section being read.
+struct RouteSection {
+    domain: String,
+    line: usize,
+    hosts: Option<String>,
+    tls: Option<RouteTls>,
+}
+
+impl RouteSection {
+    /// The route, once the section's lines are all read.
+    fn finish(self, path: &str) -> Result<(StaticRoute, usize), UsageError> {
+        let bad = |why: String| {
+            UsageError(format!(
+                "{path}:{}: [route {}]: {why}",
+                self.line, self.domain
+            ))
+        };
+        let hosts = self
+            .hosts
+            .ok_or_else(|| bad("needs hosts = HOST[:PORT], ...".into()))?;
+        let route = StaticRoute::new(&self.domain, &hosts, self.tls).map_err(bad)?;
+        Ok((route, self.line))
+    }
+
+    /// One `key = value` line inside the section.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "hosts" => self.hosts = Some(value.to_string()),
+            "tls" => self.tls = Some(RouteTls::parse(value)?),
+            "max-connections" => {
+                return Err("max-connections is not supported yet (per-destination limits: --max-per-destination)".into())
+            }
+            other => {
+                return Err(format!(
+                    "unknown key {other:?} in a route section (hosts, tls; options go before the first section)"
+                ))
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Option values from the command line, falling back to the config file.
@@ -655,16 +699,50 @@ fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("config file {path}: {e}")))?;
     let mut out: HashMap<String, Vec<FileValue>> = HashMap::new();
+    let mut routes: Vec<(StaticRoute, usize)> = Vec::new();
+    let mut section: Option<RouteSection> = None;
     for (n, line) in text.lines().enumerate() {
         let line = strip_comment(line).trim();
         if line.is_empty() {
             continue;
         }
         let bad = |why: &str| UsageError(format!("{path}:{}: {why}", n + 1));
+        if let Some(header) = line.strip_prefix('[') {
+            let inner = header
+                .strip_suffix(']')
+                .ok_or_else(|| bad("expected '[route DOMAIN]'"))?;
+            let (kind, domain) = inner
+                .trim()
+                .split_once(char::is_whitespace)
+                .unwrap_or((inner, ""));
+            if kind != "route" || domain.trim().is_empty() {
+                return Err(bad(&format!(
+                    "unknown section [{inner}] (expected [route DOMAIN])"
+                )));
+            }
+            if let Some(done) = section.take() {
+                routes.push(done.finish(path)?);
+            }
+            section = Some(RouteSection {
+                domain: domain.trim().to_string(),
+                line: n + 1,
+                hosts: None,
+                tls: None,
+            });
+            continue;
+        }
         let (name, value) = line
             .split_once('=')
             .map(|(a, b)| (a.trim(), b.trim()))
             .ok_or_else(|| bad("expected 'name = value'"))?;
+        if let Some(sec) = section.as_mut() {
+            if value.is_empty() {
+                return Err(bad(&format!("{name} needs a value")));
+            }
+            sec.set(name, value)
+                .map_err(|e| bad(&format!("[route {}]: {e}", sec.domain)))?;
+            continue;
+        }
         let spec = specs
             .iter()
             .find(|s| s.name == name && s.name != "config")
@@ -684,9 +762,13 @@ fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
             line: n + 1,
         });
     }
+    if let Some(done) = section.take() {
+        routes.push(done.finish(path)?);
+    }
     Ok(ConfigFile {
         path: path.to_string(),
         values: out,
+        routes,
     })
 }
 
@@ -980,6 +1062,19 @@ fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     })? {
         c.routes = routes;
     }
+    // the file's [route] sections join its `route =` lines; a --route on
+    // the command line replaces them all
+    if !v.matches.opt_present("route") {
+        for (route, line) in &v.file.routes {
+            if c.routes.iter().any(|r| r.same_domain(route)) {
+                return Err(UsageError(format!(
+                    "{}:{line}: a second route for the domain of {route}",
+                    v.file.path
+                )));
+            }
+            c.routes.push(route.clone());
+        }
+    }
     if let Some(d) = v.parse("dns", |d| endpoint("dns", d))? {
         c.dns = Some(d);
     }
@@ -1135,7 +1230,7 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.outbound_tls = mode;
     }
     c.ca_file = v.single("ca-file").map(PathBuf::from);
-    if c.ca_file.is_some() && c.outbound_tls != OutboundTls::Verify {
+    if c.ca_file.is_some() && !c.verifies() {
         return Err(UsageError("--ca-file needs --outbound-tls verify".into()));
     }
     Ok(())
@@ -1255,6 +1350,84 @@ mod tests {
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
         }
+    }
+
+    /// Issue 11 item 3: `[route DOMAIN]` sections.
+    #[test]
+    fn route_sections() {
+        let f = TempConf::new(
+            "routes",
+            "no-dns = yes\nroute = c.example=[192.0.2.3]\n\n[route a.example]  # smarthost pair\nhosts = [192.0.2.1]:587, [192.0.2.2]:587\ntls = verify\n[route *]\nhosts = relay.example\ntls = none\n",
+        );
+        let c = serve(&format!("serve --config {}", f.0.display())).unwrap();
+        let shown: Vec<String> = c.routes.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "c.example=[192.0.2.3]",
+                "a.example=[192.0.2.1]:587,[192.0.2.2]:587 (tls verify)",
+                "*=relay.example (tls none)"
+            ]
+        );
+        assert!(c.no_dns, "options before the first section still count");
+        // --route on the command line replaces the file's routes, all of them
+        let c = serve(&format!(
+            "serve --config {} --route *=[192.0.2.9]",
+            f.0.display()
+        ))
+        .unwrap();
+        assert_eq!(c.routes.len(), 1);
+        // --ca-file is for verify, here a route's
+        let c = serve(&format!(
+            "serve --config {} --ca-file /x/ca.pem",
+            f.0.display()
+        ))
+        .unwrap();
+        assert!(c.ca_file.is_some());
+
+        for (text, line, needle) in [
+            (
+                "[route a.example]\ntls = implicit\nhosts = h.example\n",
+                2,
+                "not supported",
+            ),
+            (
+                "[route a.example]\nhosts = h.example\nmax-connections = 3\n",
+                3,
+                "max-connections",
+            ),
+            (
+                "[route a.example]\nhosts = h.example\nworkers = 3\n",
+                3,
+                "unknown key",
+            ),
+            ("[route a.example]\ntls = may\n", 1, "needs hosts"),
+            ("[route a.example]\nhosts = bad host\n", 1, "HOST"),
+            ("[listener x]\n", 1, "unknown section"),
+            ("[route]\n", 1, "unknown section"),
+            ("[route a.example\n", 1, "expected"),
+            (
+                "route = a.example=h.example\n[route A.example]\nhosts = g.example\n",
+                2,
+                "second route",
+            ),
+        ] {
+            let f = TempConf::new("badroute", text);
+            let e = serve(&format!("serve --config {}", f.0.display())).unwrap_err();
+            assert!(
+                e.0.starts_with(&format!("{}:{line}: ", f.0.display())) && e.0.contains(needle),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn flat_routes_take_several_hosts() {
+        let c = serve("serve --route a.example=h1.example:2525,[192.0.2.1]").unwrap();
+        assert_eq!(
+            c.routes[0].to_string(),
+            "a.example=h1.example:2525,[192.0.2.1]"
+        );
     }
 
     #[test]

@@ -252,6 +252,15 @@ impl Config {
         }
     }
 
+    /// Whether any delivery verifies certificates (`--outbound-tls
+    /// verify`, or a route's `tls = verify`): then the CA roots are
+    /// loaded, and `--ca-file` has a use.
+    pub fn verifies(&self) -> bool {
+        let verify = crate::route::RouteTls::Starttls(OutboundTls::Verify);
+        self.outbound_tls == OutboundTls::Verify
+            || self.routes.iter().any(|r| r.tls() == Some(verify))
+    }
+
     /// Relay control: the client may relay anywhere.
     pub fn is_relay_client(&self, ip: IpAddr) -> bool {
         self.relay_nets.iter().any(|n| n.contains(ip))

@@ -113,7 +113,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 }
 
 /// `--outbound-tls`: what the delivery side does with STARTTLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutboundTls {
     /// Opportunistic (RFC 7435 §1.3): STARTTLS when offered, any
     /// certificate; a failed handshake falls back to plaintext.
@@ -136,11 +136,16 @@ impl OutboundTls {
     }
 }
 
-/// The client side of STARTTLS, built once per process.
+/// The client side of STARTTLS, built once per process: the mode, and
+/// the rustls configs a route's own `tls =` may switch to
+/// ([`ClientTls::with_mode`]).
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     pub mode: OutboundTls,
-    config: Arc<rustls::ClientConfig>,
+    /// Any certificate (`may`, `encrypt`).
+    unverified: Arc<rustls::ClientConfig>,
+    /// Roots to verify against (`verify`), when loaded.
+    verified: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientTls {
@@ -158,7 +163,17 @@ impl ClientTls {
             .with_no_client_auth();
         ClientTls {
             mode,
-            config: Arc::new(config),
+            unverified: Arc::new(config),
+            verified: None,
+        }
+    }
+
+    /// The same configs under another mode (a route's `tls =`); `verify`
+    /// works only when the roots were loaded ([`ClientTls::verified`]).
+    pub fn with_mode(&self, mode: OutboundTls) -> ClientTls {
+        ClientTls {
+            mode,
+            ..self.clone()
         }
     }
 
@@ -190,8 +205,8 @@ impl ClientTls {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(ClientTls {
-            mode: OutboundTls::Verify,
-            config: Arc::new(config),
+            verified: Some(Arc::new(config)),
+            ..ClientTls::unverified(OutboundTls::Verify)
         })
     }
 
@@ -203,7 +218,14 @@ impl ClientTls {
         let bare = bare.strip_prefix("IPv6:").unwrap_or(bare);
         let server_name = rustls::pki_types::ServerName::try_from(bare.to_string())
             .map_err(|e| format!("{name:?} is not a TLS server name: {e}"))?;
-        rustls::ClientConnection::new(self.config.clone(), server_name).map_err(|e| e.to_string())
+        let config = match self.mode {
+            OutboundTls::Verify => self
+                .verified
+                .clone()
+                .ok_or("verify: no CA certificates were loaded")?,
+            OutboundTls::May | OutboundTls::Encrypt => self.unverified.clone(),
+        };
+        rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())
     }
 }
 

@@ -205,6 +205,7 @@ pub fn deliverer(
         committed,
         tls,
         clock: Arc::new(crate::time::SystemClock),
+        postmaster: config.postmaster(),
     })
 }
 
@@ -292,6 +293,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         None
     };
 
+    let gate = Arc::new(gate(&config, &local)?);
     let auth_limits = config.auth_limits;
     let ctx = Arc::new(Context {
         config: Arc::new(config),
@@ -301,6 +303,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         verifier: crate::auth::Verifier::per_cpu(),
         auth_failures: crate::auth_limit::FailureLimiter::new(auth_limits),
         tls: server_tls,
+        gate,
     });
     server::run(listeners, ctx, signals)?;
     // deliveries in flight get a moment; one cut short is retried at the
@@ -311,6 +314,71 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     drop(lock);
     log::info!("stopped");
     Ok(())
+}
+
+/// The filter stage of `serve`: `--access`'s rules and the recipient
+/// checks of `--recipients`/`--verify-recipients`, their files read now.
+pub fn gate(config: &Config, local: &[SocketAddr]) -> Result<crate::check::Gate, SetupError> {
+    use crate::access::{AccessRules, Swap};
+    use crate::check::{DomainCheck, Gate, RecipientTable, Verifier};
+    let read = |option: &'static str, path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|source| SetupError::Unreadable {
+            option,
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut gate = Gate::default();
+    if let Some(path) = &config.access_file {
+        let rules =
+            AccessRules::parse(&read("--access", path)?).map_err(|why| SetupError::Invalid {
+                option: "--access",
+                why: format!("{}: {why}", path.display()),
+            })?;
+        if rules.needs_ptr() && !config.no_dns {
+            let server = config
+                .dns
+                .as_ref()
+                .map(|e| resolve("--dns", e))
+                .transpose()?;
+            // a short timeout: the client waits for it
+            gate.dns = Some(
+                crate::dns::Dns::new(server, Duration::from_secs(5))
+                    .map_err(|e| SetupError::Dns(format!("{e:?}")))?,
+            );
+        }
+        gate.access = Swap::new(rules);
+    }
+    for (domain, path) in &config.recipient_tables {
+        let table = RecipientTable::parse(&read("--recipients", path)?).map_err(|why| {
+            SetupError::Invalid {
+                option: "--recipients",
+                why: format!("{}: {why}", path.display()),
+            }
+        })?;
+        log::info!(
+            "recipients of {domain}: {} entries from {}",
+            table.len(),
+            path.display()
+        );
+        gate.domains
+            .insert(domain.key(), DomainCheck::Table(Swap::new(table)));
+    }
+    for domain in &config.verify_domains {
+        let check = match gate.domains.remove(&domain.key()) {
+            Some(DomainCheck::Table(t)) | Some(DomainCheck::Both(t)) => DomainCheck::Both(t),
+            _ => DomainCheck::Verify,
+        };
+        gate.domains.insert(domain.key(), check);
+    }
+    if !config.verify_domains.is_empty() {
+        gate.verifier = Some(Verifier::new(
+            router(config, local)?,
+            config.hostname.clone(),
+            config.verify,
+        ));
+    }
+    Ok(gate)
 }
 
 /// `route ADDRESS`: where a recipient would go, sending nothing. Prints

@@ -327,6 +327,59 @@ pub fn read_headers(spool: &Spool, id: QueueId) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The `client` of a double bounce's envelope: its own failure is
+/// dropped and logged, never reported again (no loop).
+pub const DOUBLE_BOUNCE_CLIENT: &str = "local-double-bounce";
+
+/// A message from the null sender (a DSN, ours or relayed) failed for
+/// good: its failed recipients are reported to the postmaster instead
+/// (Postfix's double bounce), once. A failed double bounce, or one with
+/// no postmaster address, is logged and dropped. Call before
+/// `report_bouncing`, which marks the recipients failed.
+pub fn double_bounce(
+    spool: &Spool,
+    hostname: &str,
+    postmaster: Option<&Path>,
+    env: &Envelope,
+    now: u64,
+    notify: Option<&crossbeam_channel::Sender<QueueId>>,
+) -> Result<Option<QueueId>, SpoolError> {
+    let reports: Vec<RcptReport> = env
+        .rcpts
+        .iter()
+        .filter(|r| r.state == RcptState::Bouncing)
+        .map(|r| report_for(r, Action::Failed))
+        .collect();
+    if !env.from.is_null() || reports.is_empty() {
+        return Ok(None);
+    }
+    let Some(postmaster) = postmaster.filter(|_| env.client != DOUBLE_BOUNCE_CLIENT) else {
+        log::info!(
+            "{} undeliverable double bounce dropped: {} recipient(s) failed",
+            env.id,
+            reports.len()
+        );
+        return Ok(None);
+    };
+    let mut to_postmaster = env.clone();
+    to_postmaster.from = ReversePath::Path(postmaster.clone());
+    let id = enqueue_as(
+        spool,
+        hostname,
+        &to_postmaster,
+        &reports,
+        now,
+        DOUBLE_BOUNCE_CLIENT,
+    )?;
+    if let Some(id) = id {
+        log::info!("{} double bounce {id} to the postmaster", env.id);
+        if let Some(tx) = notify {
+            let _ = tx.try_send(id);
+        }
+    }
+    Ok(id)
+}
+
 /// Queues a DSN for `reports` to the sender of `env`. Returns `None`
 /// (and logs) when the sender is null: never bounce a bounce.
 pub fn enqueue(
@@ -335,6 +388,17 @@ pub fn enqueue(
     env: &Envelope,
     reports: &[RcptReport],
     now: u64,
+) -> Result<Option<QueueId>, SpoolError> {
+    enqueue_as(spool, hostname, env, reports, now, "local")
+}
+
+fn enqueue_as(
+    spool: &Spool,
+    hostname: &str,
+    env: &Envelope,
+    reports: &[RcptReport],
+    now: u64,
+    client: &str,
 ) -> Result<Option<QueueId>, SpoolError> {
     let ReversePath::Path(sender) = &env.from else {
         log::info!(
@@ -389,7 +453,7 @@ pub fn enqueue(
     let dsn = Envelope {
         id,
         arrived: now,
-        client: "local".into(),
+        client: client.into(),
         helo: hostname.to_string(),
         from: ReversePath::Null,
         size: body.len() as u64,

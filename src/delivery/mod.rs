@@ -55,6 +55,8 @@ pub struct Deliverer {
     pub tls: std::sync::Arc<crate::tls::ClientTls>,
     /// The time for backoff, expiry and delay warnings.
     pub clock: std::sync::Arc<dyn Clock>,
+    /// Where double bounces go (`--postmaster`).
+    pub postmaster: Option<crate::smtp::Path>,
 }
 
 /// What became of a message handed to a worker.
@@ -491,6 +493,7 @@ pub(crate) mod tests {
                 crate::tls::OutboundTls::May,
             )),
             clock,
+            postmaster: None,
         }
     }
 

@@ -230,6 +230,14 @@ impl Deliverer {
     }
 
     pub(super) fn report_failures(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
+        bounce::double_bounce(
+            &self.spool,
+            &self.hostname,
+            self.postmaster.as_ref(),
+            env,
+            now,
+            self.committed.as_ref(),
+        )?;
         bounce::report_bouncing(
             &self.spool,
             &self.hostname,

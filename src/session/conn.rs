@@ -36,6 +36,8 @@ pub struct Context {
     pub auth_failures: crate::auth_limit::FailureLimiter,
     /// STARTTLS: built by `app.rs` from `config.tls`'s files.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Access rules and recipient validation (`check.rs`).
+    pub gate: Arc<crate::check::Gate>,
 }
 
 /// "Is there room for new mail?", asked at every MAIL and DATA, answered
@@ -152,8 +154,13 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
         peer,
     };
     let mut session = Session::new(cfg, peer.ip());
+    session.set_gate(&ctx.gate);
     log::debug!("{peer} connected");
-    conn.reply_now(&session.greeting())?;
+    let greeting = session.open();
+    conn.reply_now(&greeting)?;
+    if greeting.code().value() == 421 {
+        return Ok(());
+    }
     let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
     // a message arriving in BDAT chunks, between its first and LAST chunk
     let mut chunked: Option<Chunked> = None;

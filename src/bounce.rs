@@ -327,6 +327,15 @@ pub fn read_headers(spool: &Spool, id: QueueId) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A failure report for each recipient that is bouncing.
+fn bouncing_reports(env: &Envelope) -> Vec<RcptReport> {
+    env.rcpts
+        .iter()
+        .filter(|r| r.state == RcptState::Bouncing)
+        .map(|r| report_for(r, Action::Failed))
+        .collect()
+}
+
 /// The `client` of a double bounce's envelope: its own failure is
 /// dropped and logged, never reported again (no loop).
 pub const DOUBLE_BOUNCE_CLIENT: &str = "local-double-bounce";
@@ -344,12 +353,7 @@ pub fn double_bounce(
     now: u64,
     notify: Option<&crossbeam_channel::Sender<QueueId>>,
 ) -> Result<Option<QueueId>, SpoolError> {
-    let reports: Vec<RcptReport> = env
-        .rcpts
-        .iter()
-        .filter(|r| r.state == RcptState::Bouncing)
-        .map(|r| report_for(r, Action::Failed))
-        .collect();
+    let reports = bouncing_reports(env);
     if !env.from.is_null() || reports.is_empty() {
         return Ok(None);
     }
@@ -521,12 +525,7 @@ pub fn report_bouncing(
     now: u64,
     notify: Option<&crossbeam_channel::Sender<QueueId>>,
 ) -> Result<Option<QueueId>, SpoolError> {
-    let reports: Vec<RcptReport> = env
-        .rcpts
-        .iter()
-        .filter(|r| r.state == RcptState::Bouncing)
-        .map(|r| report_for(r, Action::Failed))
-        .collect();
+    let reports = bouncing_reports(env);
     if reports.is_empty() {
         return Ok(None);
     }

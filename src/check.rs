@@ -317,7 +317,10 @@ impl Gate {
     pub fn reverse_name(&self, ip: IpAddr) -> Option<String> {
         let dns = self.dns.as_ref()?;
         match dns.ptr(ip) {
-            Ok(name) => Some(name),
+            Ok(name) => {
+                log::debug!("{ip} reverse name {name}");
+                Some(name)
+            }
             Err(e) => {
                 log::debug!("{ip} no reverse name: {e}");
                 None

@@ -482,3 +482,41 @@ fn double_bounce_goes_to_the_postmaster_once() {
     assert_eq!(pm_rcpts.load(Ordering::SeqCst), 2);
     assert_eq!(sink.count(), 1);
 }
+
+/// Reverse names. Every client here is on loopback, and the resolver
+/// answers a loopback PTR itself with `localhost` (RFC 6761 §6.3) without
+/// asking a server, so a zone served by dnsmasq cannot name 127.0.0.x:
+/// the lookup is exercised through that answer, and `ptr:unknown` with
+/// DNS off (`--no-dns`: no name).
+#[test]
+fn reverse_name_rules() {
+    let dir = TempDir::new("edge");
+    let access = write(
+        dir.path(),
+        "access",
+        "connect ptr:*.dynamic.example reject 554 5.7.1 dynamic address\n\
+         connect ptr:unknown defer\n\
+         connect 127.0.0.3 continue\n\
+         rcpt ptr:localhost hold\n",
+    );
+    let relay = Relay::receive_only(&["--access", &access]);
+    let mut t = Talk::connect_from("127.0.0.3", relay.addr());
+    t.expect(220);
+    t.cmd("EHLO c.example", 250);
+    let id = t.send_mail("a@b.example", &["u@c.example"], b"Subject: t\r\n\r\nx\r\n");
+    assert_eq!(EnvFile::load(relay.spool(), &id).get("hold"), "forever");
+    let dynamic = write(
+        dir.path(),
+        "access2",
+        "connect ptr:.localhost reject\nconnect ptr:LOCALHOST reject 554 5.7.1 named\n",
+    );
+    let relay = Relay::receive_only(&["--access", &dynamic]);
+    let mut t = Talk::connect_from("127.0.0.3", relay.addr());
+    assert_eq!(greeting(&mut t), "554 5.7.1 named");
+    let relay = Relay::receive_only(&["--no-dns", "--access", &access]);
+    let mut t = Talk::connect_from("127.0.0.5", relay.addr());
+    assert_eq!(
+        greeting(&mut t),
+        "421 4.7.1 Client host rejected: Try again later"
+    );
+}

@@ -520,3 +520,44 @@ fn reverse_name_rules() {
         "421 4.7.1 Client host rejected: Try again later"
     );
 }
+
+/// Bad settings stop the start with the documented exit codes: a usage
+/// error (64), a missing file (66), a bad line (78, naming the line).
+#[test]
+fn bad_settings_stop_the_start() {
+    let dir = TempDir::new("edge");
+    let spool = dir.path().join("spool").display().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--spool",
+            &spool,
+            "--relay-domain",
+            "example.org",
+        ];
+        args.extend_from_slice(extra);
+        run_cli(&args, Duration::from_secs(10))
+    };
+    let r = run(&["--recipients", "other.example=/x"]);
+    assert_eq!(r.code, Some(64), "{r:?}");
+    assert!(r.stderr.contains("is not a --relay-domain"), "{r:?}");
+    let r = run(&["--verify-recipients", "other.example"]);
+    assert_eq!(r.code, Some(64), "{r:?}");
+    let r = run(&["--recipients", "example.org"]);
+    assert_eq!(r.code, Some(64), "{r:?}");
+    let r = run(&["--postmaster", "not an address"]);
+    assert_eq!(r.code, Some(64), "{r:?}");
+    let missing = dir.path().join("missing").display().to_string();
+    let r = run(&["--access", &missing]);
+    assert_eq!(r.code, Some(66), "{r:?}");
+    let bad = write(dir.path(), "access", "# ok\nmail @x.example reject 450\n");
+    let r = run(&["--access", &bad]);
+    assert_eq!(r.code, Some(78), "{r:?}");
+    assert!(r.stderr.contains("line 2: 450 is not a 5xx code"), "{r:?}");
+    let bad = write(dir.path(), "table", "alice@example.org\nbob\n");
+    let r = run(&["--recipients", &format!("example.org={bad}")]);
+    assert_eq!(r.code, Some(78), "{r:?}");
+    assert!(r.stderr.contains("line 2:"), "{r:?}");
+}

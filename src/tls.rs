@@ -87,6 +87,10 @@ pub enum OutboundTls {
     /// TLS with a certificate valid for the next hop's name, against the
     /// system roots or `--ca-file`.
     Verify,
+    /// RFC 8314 §3: TLS from the first byte (submissions port 465), no
+    /// STARTTLS; the certificate checked as under `Verify`. A route's
+    /// policy only (`tls = implicit`): never for MX delivery on port 25.
+    Implicit,
 }
 
 impl OutboundTls {
@@ -123,6 +127,15 @@ impl ClientTls {
         ClientTls {
             mode,
             config: Arc::new(config),
+        }
+    }
+
+    /// The same certificate checking under another mode (`implicit` uses
+    /// the configuration of `verify`).
+    pub fn with_mode(&self, mode: OutboundTls) -> ClientTls {
+        ClientTls {
+            mode,
+            config: self.config.clone(),
         }
     }
 

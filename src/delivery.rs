@@ -22,7 +22,7 @@ use crossbeam_channel::Sender;
 
 use crate::bounce::{self, Action, RcptReport};
 use crate::client::{ClientError, Connection, Outgoing, Phase, Timeouts};
-use crate::route::{Hop, RouteError, Router};
+use crate::route::{Hop, RouteError, RouteTls, Router};
 pub use crate::scheduler::DestLimiter;
 use crate::smtp::{Enhanced, Host, Path};
 use crate::spool::{Attempt, DelayWarned, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
@@ -120,9 +120,14 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Idle outbound connections kept for reuse, per next-hop address.
+/// A cached connection's peer and the TLS policy it was opened under.
+type CacheKey = (SocketAddr, RouteTls);
+
+/// Idle outbound connections kept for reuse, per next-hop address and
+/// TLS policy: a connection opened under one route's policy (plaintext
+/// under `tls = none`, say) is never reused for a route with another.
 pub struct ConnCache {
-    idle: Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>,
+    idle: Mutex<HashMap<CacheKey, Vec<(Connection, Instant)>>>,
     max_idle: Duration,
     max_transactions: usize,
 }
@@ -136,11 +141,11 @@ impl ConnCache {
         }
     }
 
-    fn take(&self, addr: SocketAddr) -> Option<Connection> {
+    fn take(&self, addr: SocketAddr, policy: RouteTls) -> Option<Connection> {
         let mut stale = Vec::new();
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle.get_mut(&addr)?;
+            let list = idle.get_mut(&(addr, policy))?;
             let mut found = None;
             while let Some((c, since)) = list.pop() {
                 if since.elapsed() < self.max_idle {
@@ -157,13 +162,15 @@ impl ConnCache {
         found
     }
 
-    fn put(&self, c: Connection) {
+    fn put(&self, c: Connection, policy: RouteTls) {
         if !c.reusable() || c.transactions() >= self.max_transactions {
             c.quit();
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.entry(c.peer()).or_default().push((c, Instant::now()));
+        idle.entry((c.peer(), policy))
+            .or_default()
+            .push((c, Instant::now()));
     }
 
     /// Closes every cached connection (end of a foreground flush).
@@ -662,7 +669,8 @@ impl Deliverer {
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                let mut conn = match self.connection(&hop.name, peer) {
+                let policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
+                let mut conn = match self.connection(&hop.name, peer, policy) {
                     Ok(c) => c,
                     Err(e) => {
                         log::debug!("{} {label}: {e}", env.id);
@@ -694,7 +702,7 @@ impl Deliverer {
                 }
                 let result = conn.send(&msg, &mut reader);
                 log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
-                self.cache.put(conn);
+                self.cache.put(conn, policy);
                 let name = remote_name(hop, peer);
                 match result {
                     Ok(sent) => {
@@ -737,15 +745,31 @@ impl Deliverer {
         all(&last_host, last)
     }
 
-    fn connection(&self, name: &str, peer: SocketAddr) -> Result<Connection, ClientError> {
-        while let Some(mut c) = self.cache.take(peer) {
+    /// A connection to `peer` under `policy` (the route's, else the
+    /// global `--outbound-tls`): a cached one, or a new one.
+    fn connection(
+        &self,
+        name: &str,
+        peer: SocketAddr,
+        policy: RouteTls,
+    ) -> Result<Connection, ClientError> {
+        while let Some(mut c) = self.cache.take(peer, policy) {
             // the peer may have closed an idle connection: probe it
             if c.reset().is_ok() {
                 return Ok(c);
             }
             c.quit();
         }
-        Connection::open_with_tls(peer, &self.hostname, self.timeouts, &self.tls, name)
+        match policy {
+            RouteTls::None => Connection::open(peer, &self.hostname, self.timeouts),
+            RouteTls::Starttls(mode) if mode == self.tls.mode => {
+                Connection::open_with_tls(peer, &self.hostname, self.timeouts, &self.tls, name)
+            }
+            RouteTls::Starttls(mode) => {
+                let tls = self.tls.with_mode(mode);
+                Connection::open_with_tls(peer, &self.hostname, self.timeouts, &tls, name)
+            }
+        }
     }
 }
 
@@ -1000,6 +1024,7 @@ pub(crate) mod tests {
             name: "mx.example".into(),
             addrs: vec![],
             port: 25,
+            tls: None,
         };
         let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
         let rejected =
@@ -1046,6 +1071,7 @@ pub(crate) mod tests {
             name: "[192.0.2.1]".into(),
             addrs: vec![],
             port: 25,
+            tls: None,
         };
         assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
     }

@@ -549,6 +549,8 @@ pub struct Context {
     pub verifier: auth::Verifier,
     /// AUTH failures across sessions, per address and per user name.
     pub auth_failures: crate::auth_limit::FailureLimiter,
+    /// STARTTLS: built by `app.rs` from `config.tls`'s files.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// "Is there room for new mail?", asked at every MAIL and DATA, answered
@@ -734,7 +736,7 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
                 session.end_transaction();
             }
             Step::StartTls(r) => {
-                let Some(tls) = cfg.tls.clone() else {
+                let Some(tls) = ctx.tls.clone() else {
                     return Err(io::Error::other("STARTTLS without a TLS config"));
                 };
                 // RFC 3207 §5 / CVE-2011-0411: anything the client sent after

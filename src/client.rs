@@ -136,6 +136,9 @@ pub enum AuthError {
     /// The credentials would go in plaintext, and the policy does not
     /// allow that: nothing was sent.
     NotOverTls,
+    /// The route names a user the secrets file does not have (checked at
+    /// start, so only after the file changed under a running server).
+    NoCredentials(String),
 }
 
 impl fmt::Display for AuthError {
@@ -152,6 +155,7 @@ impl fmt::Display for AuthError {
             AuthError::NotOverTls => {
                 f.write_str("AUTH refused locally: the connection is not encrypted")
             }
+            AuthError::NoCredentials(u) => write!(f, "no credentials for {u} in the secrets file"),
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::bounce::{self, Action, RcptReport};
-use crate::client::{ClientError, Connection, Outgoing, Phase, Timeouts};
+use crate::client::{ClientError, Connection, HopPolicy, Outgoing, Phase, Timeouts};
 use crate::route::{Hop, RouteError, RouteTls, Router};
 pub use crate::scheduler::DestLimiter;
 use crate::smtp::{Enhanced, Host, Path};
@@ -120,12 +120,14 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// A cached connection's peer and the TLS policy it was opened under.
-type CacheKey = (SocketAddr, RouteTls);
+/// A cached connection's peer, the TLS policy it was opened under and the
+/// user it authenticated as (RFC 4954: AUTH holds for the session).
+type CacheKey = (SocketAddr, RouteTls, Option<String>);
 
-/// Idle outbound connections kept for reuse, per next-hop address and
-/// TLS policy: a connection opened under one route's policy (plaintext
-/// under `tls = none`, say) is never reused for a route with another.
+/// Idle outbound connections kept for reuse, per next-hop address, TLS
+/// policy and AUTH user: a connection opened under one route's policy
+/// (plaintext under `tls = none`, or logged in as another user) is never
+/// reused for a route with another.
 pub struct ConnCache {
     idle: Mutex<HashMap<CacheKey, Vec<(Connection, Instant)>>>,
     max_idle: Duration,
@@ -141,11 +143,11 @@ impl ConnCache {
         }
     }
 
-    fn take(&self, addr: SocketAddr, policy: RouteTls) -> Option<Connection> {
+    fn take(&self, key: &CacheKey) -> Option<Connection> {
         let mut stale = Vec::new();
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle.get_mut(&(addr, policy))?;
+            let list = idle.get_mut(key)?;
             let mut found = None;
             while let Some((c, since)) = list.pop() {
                 if since.elapsed() < self.max_idle {
@@ -162,15 +164,13 @@ impl ConnCache {
         found
     }
 
-    fn put(&self, c: Connection, policy: RouteTls) {
+    fn put(&self, c: Connection, key: CacheKey) {
         if !c.reusable() || c.transactions() >= self.max_transactions {
             c.quit();
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.entry((c.peer(), policy))
-            .or_default()
-            .push((c, Instant::now()));
+        idle.entry(key).or_default().push((c, Instant::now()));
     }
 
     /// Closes every cached connection (end of a foreground flush).
@@ -225,6 +225,8 @@ pub struct Deliverer {
     pub committed: Option<Sender<QueueId>>,
     /// `--outbound-tls`: STARTTLS to next hops.
     pub tls: std::sync::Arc<crate::tls::ClientTls>,
+    /// `--secrets-file`: the credentials routes' `auth =` name.
+    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
     /// The time for backoff, expiry and delay warnings.
     pub clock: std::sync::Arc<dyn Clock>,
 }
@@ -669,8 +671,7 @@ impl Deliverer {
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                let policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
-                let mut conn = match self.connection(&hop.name, peer, policy) {
+                let (mut conn, key) = match self.connection(hop, peer) {
                     Ok(c) => c,
                     Err(e) => {
                         log::debug!("{} {label}: {e}", env.id);
@@ -702,7 +703,7 @@ impl Deliverer {
                 }
                 let result = conn.send(&msg, &mut reader);
                 log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
-                self.cache.put(conn, policy);
+                self.cache.put(conn, key);
                 let name = remote_name(hop, peer);
                 match result {
                     Ok(sent) => {
@@ -745,31 +746,44 @@ impl Deliverer {
         all(&last_host, last)
     }
 
-    /// A connection to `peer` under `policy` (the route's, else the
-    /// global `--outbound-tls`): a cached one, or a new one.
+    /// A connection to `peer` under the hop's policy (the route's TLS,
+    /// else the global `--outbound-tls`, and its AUTH): a cached one
+    /// opened under the same policy, or a new one; with its cache key.
     fn connection(
         &self,
-        name: &str,
+        hop: &Hop,
         peer: SocketAddr,
-        policy: RouteTls,
-    ) -> Result<Connection, ClientError> {
-        while let Some(mut c) = self.cache.take(peer, policy) {
+    ) -> Result<(Connection, CacheKey), ClientError> {
+        let tls_policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
+        let creds = match &hop.auth {
+            Some(a) => Some(self.secrets.resolve(&a.user).ok_or_else(|| {
+                ClientError::Auth(crate::client::AuthError::NoCredentials(a.user.clone()))
+            })?),
+            None => None,
+        };
+        let key = (peer, tls_policy, creds.map(|c| c.user.clone()));
+        while let Some(mut c) = self.cache.take(&key) {
             // the peer may have closed an idle connection: probe it
             if c.reset().is_ok() {
-                return Ok(c);
+                return Ok((c, key));
             }
             c.quit();
         }
-        match policy {
-            RouteTls::None => Connection::open(peer, &self.hostname, self.timeouts),
-            RouteTls::Starttls(mode) if mode == self.tls.mode => {
-                Connection::open_with_tls(peer, &self.hostname, self.timeouts, &self.tls, name)
-            }
-            RouteTls::Starttls(mode) => {
-                let tls = self.tls.with_mode(mode);
-                Connection::open_with_tls(peer, &self.hostname, self.timeouts, &tls, name)
-            }
-        }
+        let tls = match tls_policy {
+            RouteTls::None => None,
+            RouteTls::Starttls(mode) if mode == self.tls.mode => Some((*self.tls).clone()),
+            RouteTls::Starttls(mode) => Some(self.tls.with_mode(mode)),
+            RouteTls::Implicit => Some(self.tls.with_mode(crate::tls::OutboundTls::Implicit)),
+        };
+        let policy = HopPolicy {
+            tls: tls.as_ref(),
+            // verify: the route's host name, never the address dialled
+            server_name: &hop.name,
+            auth: creds,
+            auth_plaintext: hop.auth.as_ref().is_some_and(|a| a.plaintext),
+        };
+        let c = Connection::open_hop(peer, &self.hostname, self.timeouts, &policy)?;
+        Ok((c, key))
     }
 }
 
@@ -848,6 +862,7 @@ pub(crate) mod tests {
             tls: Arc::new(crate::tls::ClientTls::unverified(
                 crate::tls::OutboundTls::May,
             )),
+            secrets: Arc::default(),
             clock,
         }
     }
@@ -1025,6 +1040,7 @@ pub(crate) mod tests {
             addrs: vec![],
             port: 25,
             tls: None,
+            auth: None,
         };
         let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
         let rejected =
@@ -1072,6 +1088,7 @@ pub(crate) mod tests {
             addrs: vec![],
             port: 25,
             tls: None,
+            auth: None,
         };
         assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
     }

@@ -191,6 +191,12 @@ impl Secrets {
             .map(|(_, c)| c)
     }
 
+    /// What a route's `auth = REF` names: the entry whose key is REF,
+    /// else the first whose user is REF.
+    pub fn resolve(&self, reference: &str) -> Option<&Credentials> {
+        self.lookup(reference).or_else(|| self.by_user(reference))
+    }
+
     /// Credentials for a hop without a named user, as Postfix looks them
     /// up: the sender (`user@domain`, then `@domain`), then the hop as
     /// `[host]:port`, then `host`.

@@ -173,20 +173,12 @@ impl ClientTls {
     }
 
     /// The same configs under another mode (a route's `tls =`); `verify`
-    /// works only when the roots were loaded ([`ClientTls::verified`]).
+    /// and `implicit` work only when the roots were loaded
+    /// ([`ClientTls::verified`]).
     pub fn with_mode(&self, mode: OutboundTls) -> ClientTls {
         ClientTls {
             mode,
             ..self.clone()
-        }
-    }
-
-    /// The same certificate checking under another mode (`implicit` uses
-    /// the configuration of `verify`).
-    pub fn with_mode(&self, mode: OutboundTls) -> ClientTls {
-        ClientTls {
-            mode,
-            config: self.config.clone(),
         }
     }
 
@@ -232,7 +224,7 @@ impl ClientTls {
         let server_name = rustls::pki_types::ServerName::try_from(bare.to_string())
             .map_err(|e| format!("{name:?} is not a TLS server name: {e}"))?;
         let config = match self.mode {
-            OutboundTls::Verify => self
+            OutboundTls::Verify | OutboundTls::Implicit => self
                 .verified
                 .clone()
                 .ok_or("verify: no CA certificates were loaded")?,

@@ -213,3 +213,295 @@ fn wrong_password_and_plaintext_are_auth_errors_at_postfix() {
     }
     assert_eq!(p.logins(), 0, "{}", p.pf.maillog());
 }
+
+// ---- the relay itself as a smarthost client (route sections) ----
+
+const DELIVERY: Duration = Duration::from_secs(30);
+
+/// A file only its owner can read (the secrets file's rule).
+fn private_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = write_file(dir, name, text.as_bytes());
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    p
+}
+
+/// Our relay started with this config file text, tracing everything (so
+/// the password-never-logged checks see the AUTH exchange).
+fn client_relay(dir: &TempDir, conf: &str) -> Relay {
+    let path = write_file(dir.path(), "relay.conf", conf.as_bytes());
+    Relay::start_env(
+        &["--config", path.to_str().expect("utf-8 path")],
+        &[("RUST_LOG", "trace")],
+    )
+}
+
+fn gone(relay: &Relay, id: &str) -> bool {
+    !env_path(relay.spool(), id).exists()
+}
+
+/// The envelope's recipient lines, once one is deferred with `needle`.
+fn wait_deferred(relay: &Relay, id: &str, needle: &str) -> String {
+    let mut last = String::new();
+    let ok = wait_until(DELIVERY, || {
+        last = std::fs::read_to_string(env_path(relay.spool(), id)).unwrap_or_default();
+        EnvFile::parse(&last)
+            .rcpts()
+            .iter()
+            .any(|(st, _, reply)| st == "deferred" && reply.contains(needle))
+    });
+    assert!(ok, "not deferred with {needle:?}:\n{last}\n{}", relay.log());
+    last
+}
+
+#[test]
+fn relay_logs_in_to_postfix_over_starttls_and_implicit_tls_with_failover() {
+    let Some(p) =
+        Provider::start("relay_logs_in_to_postfix_over_starttls_and_implicit_tls_with_failover")
+    else {
+        return;
+    };
+    let dir = TempDir::new("smarthost");
+    let secrets = private_file(
+        dir.path(),
+        "secrets",
+        &format!(
+            "# provider\n[localhost]:{}  {SASL_USER}:{SASL_PASSWORD}\n",
+            p.submission.port()
+        ),
+    );
+    let dead = unused_port();
+    let relay = client_relay(
+        &dir,
+        &format!(
+            "no-dns = yes\nca-file = {ca}\nsecrets-file = {secrets}\n\
+             [route a.example]   # a dead first host, then the provider's 587\n\
+             hosts = 127.0.0.1:{dead}, localhost:{sub}\ntls = verify\nauth = {SASL_USER}\n\
+             [route b.example]   # the provider's 465\n\
+             hosts = localhost:{imp}\ntls = implicit\nauth = {SASL_USER}\n",
+            ca = p.certs.ca.display(),
+            secrets = secrets.display(),
+            sub = p.submission.port(),
+            imp = p.implicit.port(),
+        ),
+    );
+    let mut t = relay.session();
+    let a = t.send_mail(
+        "s@client.test",
+        &["x@a.example"],
+        b"Subject: a\r\n\r\na\r\n",
+    );
+    let b = t.send_mail(
+        "s@client.test",
+        &["y@b.example"],
+        b"Subject: b\r\n\r\nb\r\n",
+    );
+    assert!(
+        wait_until(DELIVERY, || gone(&relay, &a) && gone(&relay, &b)),
+        "not delivered:\n{}\n{}",
+        relay.log(),
+        p.pf.maillog()
+    );
+    assert!(
+        wait_until(LIMIT, || p.logins() >= 2),
+        "Postfix saw fewer than 2 logins:\n{}",
+        p.pf.maillog()
+    );
+    let log = relay.log();
+    for port in [p.submission.port(), p.implicit.port()] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("relay=localhost[127.0.0.1]:{port} tls=TLSv1")))
+            .unwrap_or_else(|| panic!("no TLS delivery to port {port}:\n{log}"));
+        assert!(line.contains("tls=TLSv1"), "{line}");
+    }
+    assert!(
+        log.contains("AUTH PLAIN ***"),
+        "trace shows the AUTH, masked:\n{log}"
+    );
+    assert!(
+        !log.contains(SASL_PASSWORD),
+        "the password is in the log:\n{log}"
+    );
+    let plain =
+        smtp_relay::auth::encode_base64(format!("\0{SASL_USER}\0{SASL_PASSWORD}").as_bytes());
+    assert!(!log.contains(&plain), "the AUTH response is in the log");
+}
+
+#[test]
+fn wrong_password_defers_with_the_reply_in_the_summary() {
+    let Some(p) = Provider::start("wrong_password_defers_with_the_reply_in_the_summary") else {
+        return;
+    };
+    let dir = TempDir::new("smarthost");
+    let secrets = private_file(
+        dir.path(),
+        "secrets",
+        &format!("provider {SASL_USER}:typo-pw\n"),
+    );
+    let relay = client_relay(
+        &dir,
+        &format!(
+            "no-dns = yes\nca-file = {}\nsecrets-file = {}\n[route *]\nhosts = localhost:{}\ntls = verify\nauth = provider\n",
+            p.certs.ca.display(),
+            secrets.display(),
+            p.submission.port(),
+        ),
+    );
+    let mut t = relay.session();
+    let id = t.send_mail(
+        "s@client.test",
+        &["x@far.example"],
+        b"Subject: w\r\n\r\nw\r\n",
+    );
+    wait_deferred(&relay, &id, "535 5.7.8");
+    // deferred, not bounced: no DSN was queued
+    assert_eq!(queued_ids(relay.spool()).len(), 1, "{}", relay.log());
+    let s = relay.spool().display().to_string();
+    let run = run_cli(&["queue", "list", "--spool", &s, "--summary"], LIMIT);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("far.example\t"))
+        .unwrap_or_else(|| panic!("{run:?}"));
+    assert!(row.contains("454 4.7.0"), "{row}");
+    assert!(
+        row.contains("535 5.7.8"),
+        "the hop's reply is the top error: {row}"
+    );
+    let log = relay.log();
+    assert!(log.contains("AUTH as relay@test.realm"), "{log}");
+    assert!(
+        !log.contains("typo-pw"),
+        "the password is in the log:\n{log}"
+    );
+    assert!(p.pf.maillog().contains("authentication failed"));
+}
+
+/// `smtp-relay passwd USER --auth-file FILE`, password on stdin.
+fn passwd(file: &std::path::Path, user: &str, password: &str) {
+    let file = file.to_str().expect("utf-8 path");
+    let (code, err) = passwd_stdin(&[user, "--auth-file", file], &format!("{password}\n"));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn own_relay_as_provider_auth_over_starttls_never_plaintext_unless_allowed() {
+    let Some(certs) = Certs::make("own_relay_as_provider") else {
+        return;
+    };
+    let dir = TempDir::new("smarthost");
+    let users = dir.path().join("passwd");
+    passwd(&users, "alice", "alice secret");
+    passwd(&users, "bob", "bob secret");
+    let mut pargs = certs.relay_args();
+    pargs.extend(["--auth-file".into(), users.display().to_string()]);
+    let pargs: Vec<&str> = pargs.iter().map(String::as_str).collect();
+    let provider = Relay::receive_only(&pargs);
+    let port = provider.addr().port();
+    let secrets = private_file(
+        dir.path(),
+        "secrets",
+        "own-relay  alice:alice secret\nown-relay-bob bob:bob secret\n",
+    );
+    let relay = client_relay(
+        &dir,
+        &format!(
+            "no-dns = yes\nca-file = {ca}\nsecrets-file = {secrets}\n\
+             [route a.example]\nhosts = localhost:{port}\ntls = verify\nauth = alice\n\
+             [route b.example]\nhosts = 127.0.0.1:{port}\ntls = none\nauth = alice\n\
+             [route c.example]\nhosts = 127.0.0.1:{port}\ntls = none\nauth = alice\nauth-plaintext = yes\n\
+             [route d.example]\nhosts = localhost:{port}\ntls = verify\nauth = bob\n",
+            ca = certs.ca.display(),
+            secrets = secrets.display(),
+        ),
+    );
+    let mut t = relay.session();
+    let a = t.send_mail(
+        "s@client.test",
+        &["x@a.example"],
+        b"Subject: a\r\n\r\na\r\n",
+    );
+    assert!(wait_until(DELIVERY, || gone(&relay, &a)), "{}", relay.log());
+    let b = t.send_mail(
+        "s@client.test",
+        &["y@b.example"],
+        b"Subject: b\r\n\r\nb\r\n",
+    );
+    wait_deferred(&relay, &b, "not encrypted");
+    let c = t.send_mail(
+        "s@client.test",
+        &["z@c.example"],
+        b"Subject: c\r\n\r\nc\r\n",
+    );
+    assert!(wait_until(DELIVERY, || gone(&relay, &c)), "{}", relay.log());
+    let plog = provider.log();
+    // two logins (a over TLS, c in plaintext as allowed), none for b:
+    // the connection cache did not lend a's or c's session to b either
+    assert_eq!(plog.matches("auth ok user=alice").count(), 2, "{plog}");
+    assert!(!plog.contains("auth failed"), "{plog}");
+    // same peer and TLS policy as a, another user: a's cached session
+    // (logged in as alice) is not reused, d logs in as bob
+    let d = t.send_mail(
+        "s@client.test",
+        &["w@d.example"],
+        b"Subject: d\r\n\r\nd\r\n",
+    );
+    assert!(wait_until(DELIVERY, || gone(&relay, &d)), "{}", relay.log());
+    assert!(
+        wait_until(LIMIT, || provider.log().contains("auth ok user=bob")),
+        "{}",
+        provider.log()
+    );
+    let got: Vec<String> = queued_ids(provider.spool())
+        .iter()
+        .map(|id| read_env(provider.spool(), id))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(!got.iter().any(|e| e.contains("y@b.example")), "{got:?}");
+}
+
+#[test]
+fn secrets_file_must_be_private_and_name_the_routes_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("smarthost");
+    let secrets = private_file(dir.path(), "secrets", "k relay-user:pw-xyz\n");
+    let conf = |user: &str| {
+        let text = format!(
+            "no-dns = yes\nsecrets-file = {}\nspool = {}\nlisten = 127.0.0.1:0\n[route *]\nhosts = [192.0.2.1]:587\ntls = encrypt\nauth = {user}\n",
+            secrets.display(),
+            dir.path().join("spool").display()
+        );
+        write_file(dir.path(), "c.conf", text.as_bytes())
+    };
+    // the user is not in the file
+    let c = conf("nobody-here");
+    let run = run_cli(&["serve", "--config", c.to_str().expect("utf-8")], LIMIT);
+    assert_eq!(run.code, Some(78), "{run:?}");
+    assert!(run.stderr.contains("nobody-here"), "{run:?}");
+    // readable by others
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let c = conf("relay-user");
+    let run = run_cli(&["serve", "--config", c.to_str().expect("utf-8")], LIMIT);
+    assert_eq!(run.code, Some(78), "{run:?}");
+    assert!(run.stderr.contains("chmod 600"), "{run:?}");
+    assert!(!run.stderr.contains("pw-xyz"), "{run:?}");
+    // `route` names the hops, the TLS policy and the user, never a secret
+    let run = run_cli(
+        &[
+            "route",
+            "--config",
+            c.to_str().expect("utf-8"),
+            "u@far.example",
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("[192.0.2.1]:587 [192.0.2.1] tls=encrypt auth=relay-user"),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains("pw-xyz"), "{run:?}");
+}

@@ -505,3 +505,104 @@ fn secrets_file_must_be_private_and_name_the_routes_users() {
     );
     assert!(!run.stdout.contains("pw-xyz"), "{run:?}");
 }
+
+// ---- the README's recipes, run as written ----
+
+/// The first ```FENCE block of README.md after `marker`.
+fn readme_block(marker: &str, fence: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let at = readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("README.md has no {marker:?}"));
+    let open = format!("```{fence}\n");
+    let start = at + readme[at..].find(&open).expect("the block") + open.len();
+    let len = readme[start..].find("```").expect("the block's end");
+    readme[start..start + len].to_string()
+}
+
+#[test]
+fn readme_certificate_recipe_works_for_both_ends() {
+    if require_tool("openssl", "readme_certificate_recipe_works_for_both_ends").is_none() {
+        return;
+    }
+    let block = readme_block("A certificate for both ends", "sh");
+    assert!(block.contains("NAME=relay.example.org\n"), "{block}");
+    let script = block.replace("NAME=relay.example.org\n", "NAME=localhost\n");
+    let dir = TempDir::new("readmecerts");
+    let run = run_tool(
+        Command::new("sh")
+            .arg("-ec")
+            .arg(&script)
+            .current_dir(dir.path()),
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let f = |n: &str| dir.path().join(n).display().to_string();
+    let provider = Relay::receive_only(&["--tls-cert", &f("cert.pem"), "--tls-key", &f("key.pem")]);
+    let route = format!("*=localhost:{}", provider.addr().port());
+    let relay = Relay::start(&[
+        "--no-dns",
+        "--route",
+        &route,
+        "--outbound-tls",
+        "verify",
+        "--ca-file",
+        &f("ca.pem"),
+    ]);
+    let id = relay.session().send_mail(
+        "s@client.test",
+        &["x@far.example"],
+        b"Subject: c\r\n\r\nc\r\n",
+    );
+    assert!(
+        wait_until(DELIVERY, || gone(&relay, &id)),
+        "not delivered under verify:\n{}",
+        relay.log()
+    );
+    assert!(relay.log().contains("tls=TLSv1"), "{}", relay.log());
+    assert_eq!(queued_ids(provider.spool()).len(), 1);
+}
+
+#[test]
+fn readme_smarthost_recipe_works_as_written() {
+    let Some(p) = Provider::start("readme_smarthost_recipe_works_as_written") else {
+        return;
+    };
+    let conf = readme_block("### Use as a smarthost client", "ini");
+    let secrets = readme_block("### Use as a smarthost client", "text");
+    let port = p.submission.port().to_string();
+    let fit = |s: &str| {
+        s.replace("smtp.provider.example:587", &format!("localhost:{port}"))
+            .replace("smtp.provider.example]:587", &format!("localhost]:{port}"))
+            .replace("relay-user@provider.example", SASL_USER)
+            .replace(":the password", &format!(":{SASL_PASSWORD}"))
+    };
+    let dir = TempDir::new("readmesmarthost");
+    let secrets_path = private_file(dir.path(), "secrets", &fit(&secrets));
+    let conf = fit(&conf).replace(
+        "secrets-file = /etc/smtp-relay/secrets",
+        &format!(
+            "no-dns = yes\nca-file = {}\nsecrets-file = {}",
+            p.certs.ca.display(),
+            secrets_path.display()
+        ),
+    );
+    assert!(
+        conf.contains(&format!("hosts = localhost:{port}")),
+        "{conf}"
+    );
+    let relay = client_relay(&dir, &conf);
+    let id = relay.session().send_mail(
+        "s@client.test",
+        &["x@far.example"],
+        b"Subject: r\r\n\r\nr\r\n",
+    );
+    assert!(
+        wait_until(DELIVERY, || gone(&relay, &id)),
+        "not delivered:\n{conf}\n{}\n{}",
+        relay.log(),
+        p.pf.maillog()
+    );
+    assert!(wait_until(LIMIT, || p.logins() == 1), "{}", p.pf.maillog());
+}

@@ -11,13 +11,13 @@
 //! @shop.example                shop@provider.example:other-secret
 //! ```
 //!
-//! KEY names what the credentials are for: a route name, a next hop
-//! (`host`, `[host]:port`) or an envelope sender (`user@domain`, or
-//! `@domain` for all its senders). The user name ends at the first `:`;
-//! the password is the rest of the line (inner spaces kept, the line's
-//! trailing white space dropped). `#` starts a comment only at the start
-//! of a line, so a password may contain it. A route may also name its
-//! user directly (`auth = relay-user`): [`Secrets::by_user`].
+//! A route picks its line with `auth = REF` ([`Secrets::resolve`]): the
+//! line whose KEY is REF, else the first whose user is REF. KEY is free
+//! text for people (a host, a route, a sender), unique in the file. The
+//! user name ends at the first `:`; the password is the rest of the line
+//! (inner spaces kept, the line's trailing white space dropped). `#`
+//! starts a comment only at the start of a line, so a password may
+//! contain it.
 //!
 //! The file must be owned by the reading user (or root) and readable by
 //! its owner only (mode 0600 or 0400): a password file others can read
@@ -196,21 +196,6 @@ impl Secrets {
     pub fn resolve(&self, reference: &str) -> Option<&Credentials> {
         self.lookup(reference).or_else(|| self.by_user(reference))
     }
-
-    /// Credentials for a hop without a named user, as Postfix looks them
-    /// up: the sender (`user@domain`, then `@domain`), then the hop as
-    /// `[host]:port`, then `host`.
-    pub fn for_hop(&self, sender: Option<&str>, host: &str, port: u16) -> Option<&Credentials> {
-        let by_sender = sender.and_then(|s| {
-            self.lookup(s).or_else(|| {
-                let at = s.rfind('@')?;
-                self.lookup(&s[at..])
-            })
-        });
-        by_sender
-            .or_else(|| self.lookup(&format!("[{host}]:{port}")))
-            .or_else(|| self.lookup(host))
-    }
 }
 
 /// The rule of [`Secrets::load`]: owned by us or root, no group or other
@@ -245,27 +230,17 @@ mod tests {
         assert_eq!(c.user, "relay-user");
         assert_eq!(c.password.expose(), "pa ss:word#1");
         assert_eq!(s.by_user("shop@p.example").unwrap().password.expose(), "x");
+        // resolve: a key first, then the first line of that user
         assert_eq!(
-            s.for_hop(Some("a@shop.example"), "smtp.p.example", 587)
-                .unwrap()
-                .user,
-            "shop@p.example"
-        );
-        assert_eq!(
-            s.for_hop(Some("a@b.example"), "smtp.p.example", 587)
-                .unwrap()
-                .password
-                .expose(),
-            "pa ss:word#1"
-        );
-        assert_eq!(
-            s.for_hop(None, "smtp.p.example", 25)
-                .unwrap()
-                .password
-                .expose(),
+            s.resolve("smtp.p.example").unwrap().password.expose(),
             "other"
         );
-        assert!(s.for_hop(None, "other.example", 25).is_none());
+        assert_eq!(
+            s.resolve("relay-user").unwrap().password.expose(),
+            "pa ss:word#1"
+        );
+        assert_eq!(s.resolve("@shop.example").unwrap().user, "shop@p.example");
+        assert!(s.resolve("nobody").is_none());
     }
 
     #[test]

@@ -12,199 +12,28 @@
 //!   attempt finds `bouncing` recipients and queues the DSN then.
 //! - killed while removing a finished message: see `Spool::remove`.
 
+mod cache;
+mod outcome;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use crate::bounce::{self, Action, RcptReport};
 use crate::client::{ClientError, Connection, HopPolicy, Outgoing, Phase, Timeouts};
 use crate::route::{Hop, RouteError, RouteTls, Router};
 pub use crate::scheduler::DestLimiter;
 use crate::smtp::{Enhanced, Host, Path};
-use crate::spool::{Attempt, DelayWarned, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
+use crate::spool::{Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
 use crate::status::{Class, LocalReason, Status};
-use crate::time::{format_duration, Clock};
+use crate::time::Clock;
 
-/// Retry schedule (`--retry-min`, `--retry-max`, `--max-queue-age`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub min: Duration,
-    pub max: Duration,
-    pub lifetime: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> RetryPolicy {
-        RetryPolicy {
-            min: Duration::from_secs(300),
-            max: Duration::from_secs(4000),
-            lifetime: Duration::from_secs(5 * 86_400),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Delay before the next try after `attempts` tries: min doubling up to
-    /// max, with ±10% jitter so a burst of deferrals does not come due as one.
-    pub fn backoff(&self, attempts: u32, salt: u64) -> Duration {
-        let shift = attempts.saturating_sub(1).min(30);
-        let base = self.min.saturating_mul(1 << shift).min(self.max);
-        let ms = base.as_millis() as u64;
-        let spread = ms / 10;
-        if spread == 0 {
-            return base;
-        }
-        let r = splitmix(salt) % (2 * spread + 1);
-        Duration::from_millis(ms - spread + r)
-    }
-}
-
-impl RetryPolicy {
-    /// When to try again, at `now` after `attempts` tries (at least a
-    /// second away).
-    pub fn next_try(&self, attempts: u32, now: u64, salt: u64) -> u64 {
-        let delay = self.backoff(attempts, u64::from(attempts) ^ salt);
-        now + delay.as_secs().max(1)
-    }
-}
-
-/// RFC 5321 §4.5.4.1: give up after the queue lifetime. Every recipient
-/// still waiting becomes `bouncing` with a local `4.4.7` status naming
-/// the last error.
-fn expire(env: &mut Envelope, now: u64, lifetime: Duration) {
-    let age = Duration::from_secs(now.saturating_sub(env.arrived));
-    if age < lifetime {
-        return;
-    }
-    let id = env.id;
-    for r in env
-        .rcpts
-        .iter_mut()
-        .filter(|r| !r.state.is_final() && r.state != RcptState::Bouncing)
-    {
-        let last = r
-            .last_reply
-            .as_ref()
-            .map(|st| st.to_string())
-            .unwrap_or_else(|| "no attempt succeeded".into());
-        let permanent = r
-            .last_reply
-            .as_ref()
-            .is_some_and(|st| st.class() == Class::Permanent);
-        log::info!(
-            "{id} to={} status=expired after {} ({last})",
-            crate::smtp::Escaped(&r.path.mailbox().to_string()),
-            format_duration(age)
-        );
-        r.state = RcptState::Bouncing;
-        r.last_reply = Some(Status::local(
-            LocalReason::Expired,
-            if permanent { 554 } else { 451 },
-            Enhanced::new(4, 4, 7),
-            format!(
-                "message expired after {} in the queue; last error: {last}",
-                format_duration(age)
-            ),
-        ));
-    }
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// A cached connection's peer, the TLS policy it was opened under and the
-/// user it authenticated as (RFC 4954: AUTH holds for the session).
-type CacheKey = (SocketAddr, RouteTls, Option<String>);
-
-/// Idle outbound connections kept for reuse, per next-hop address, TLS
-/// policy and AUTH user: a connection opened under one route's policy
-/// (plaintext under `tls = none`, or logged in as another user) is never
-/// reused for a route with another.
-pub struct ConnCache {
-    idle: Mutex<HashMap<CacheKey, Vec<(Connection, Instant)>>>,
-    max_idle: Duration,
-    max_transactions: usize,
-}
-
-impl ConnCache {
-    pub fn new(max_idle: Duration, max_transactions: usize) -> ConnCache {
-        ConnCache {
-            idle: Mutex::new(HashMap::new()),
-            max_idle,
-            max_transactions,
-        }
-    }
-
-    fn take(&self, key: &CacheKey) -> Option<Connection> {
-        let mut stale = Vec::new();
-        let found = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle.get_mut(key)?;
-            let mut found = None;
-            while let Some((c, since)) = list.pop() {
-                if since.elapsed() < self.max_idle {
-                    found = Some(c);
-                    break;
-                }
-                stale.push(c);
-            }
-            found
-        };
-        for c in stale {
-            c.quit();
-        }
-        found
-    }
-
-    fn put(&self, c: Connection, key: CacheKey) {
-        if !c.reusable() || c.transactions() >= self.max_transactions {
-            c.quit();
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.entry(key).or_default().push((c, Instant::now()));
-    }
-
-    /// Closes every cached connection (end of a foreground flush).
-    pub fn sweep_all(&self) {
-        let all: Vec<Connection> = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.drain()
-                .flat_map(|(_, l)| l.into_iter().map(|(c, _)| c))
-                .collect()
-        };
-        for c in all {
-            c.quit();
-        }
-    }
-
-    /// Closes connections idle past the limit (called when workers idle).
-    pub fn sweep(&self) {
-        let mut stale = Vec::new();
-        {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            for list in idle.values_mut() {
-                let (keep, old): (Vec<_>, Vec<_>) = list
-                    .drain(..)
-                    .partition(|(_, t)| t.elapsed() < self.max_idle);
-                *list = keep;
-                stale.extend(old.into_iter().map(|(c, _)| c));
-            }
-            idle.retain(|_, l| !l.is_empty());
-        }
-        for c in stale {
-            c.quit();
-        }
-    }
-}
+use cache::CacheKey;
+pub use cache::ConnCache;
+pub use outcome::RetryPolicy;
+use outcome::{error_status, expire, relay_label, remote_name, route_status, RcptResult};
 
 /// Everything a delivery worker needs; shared by all of them.
 pub struct Deliverer {
@@ -254,81 +83,6 @@ pub enum Outcome {
     Gone,
     /// Held by the operator until `queue release`.
     Held,
-}
-
-/// One recipient's result of one attempt: the hop's label for logs and
-/// history, the typed status, and (for a success) whether the next hop
-/// took the DSN requests along (RFC 3461 §5.2; false: a NOTIFY=SUCCESS is
-/// ours to answer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RcptResult {
-    relay: String,
-    status: Status,
-    dsn_passed: bool,
-}
-
-/// The status of a failed exchange with `hop` at `peer`: the server's
-/// reply when it gave one, else our local reason.
-fn error_status(e: &ClientError, hop: &Hop, peer: SocketAddr) -> Status {
-    let local = |reason, enhanced, text: String| Status::local(reason, 451, enhanced, text);
-    match e {
-        // A 5xx greeting says "no service at this host", not "no such
-        // recipient": skip the host and defer, as Postfix does by default
-        // (smtp_skip_5xx_greeting), so the outcome does not depend on which
-        // MX happened to be tried last.
-        ClientError::Rejected(Phase::Greeting, r) => local(
-            LocalReason::GreetingRefused,
-            Enhanced::new(4, 4, 0),
-            format!("host refused service at greeting: {r}"),
-        ),
-        ClientError::Rejected(_, r) => Status::remote(r, &remote_name(hop, peer), peer),
-        // RFC 4954 §6 names 454 4.7.0 for a temporary failure; every AUTH
-        // failure is treated as one (a wrong password is the operator's
-        // to fix, not the sender's), with the hop's reply in the text so
-        // `queue list --summary` shows it as the top error
-        ClientError::Auth(err) => Status::local(
-            LocalReason::AuthFailed,
-            454,
-            Enhanced::new(4, 7, 0),
-            format!("{} at {}", err, remote_name(hop, peer)),
-        ),
-        ClientError::Connect(err) => local(
-            LocalReason::ConnectFailed,
-            Enhanced::new(4, 4, 1),
-            format!("connect failed: {err}"),
-        ),
-        ClientError::Timeout(p) => local(
-            LocalReason::Timeout,
-            Enhanced::new(4, 4, 2),
-            format!("timeout waiting for reply to {p}"),
-        ),
-        ClientError::Io(p, err) => local(
-            LocalReason::ConnectionLost,
-            Enhanced::new(4, 4, 2),
-            format!("connection lost during {p}: {err}"),
-        ),
-        ClientError::Protocol(p, what) => local(
-            LocalReason::ProtocolError,
-            Enhanced::new(4, 5, 0),
-            format!("protocol error after {p}: {what}"),
-        ),
-    }
-}
-
-fn route_status(e: &RouteError) -> Status {
-    match e {
-        RouteError::Permanent {
-            code,
-            enhanced,
-            text,
-        } => Status::local(LocalReason::NoRoute, *code, *enhanced, text.clone()),
-        RouteError::Temporary(t) => Status::local(
-            LocalReason::RouteTemporary,
-            451,
-            Enhanced::new(4, 4, 3),
-            t.clone(),
-        ),
-    }
 }
 
 const MAX_RCPTS_PER_TRANSACTION: usize = 100;
@@ -541,99 +295,6 @@ impl Deliverer {
         Ok((counted, waiting))
     }
 
-    /// Records one group's results in the envelope (state, last status,
-    /// history), reports relayed successes, and stores the envelope
-    /// before anything else happens: a sent recipient must never be sent
-    /// again.
-    fn record(
-        &self,
-        env: &mut Envelope,
-        group: &Group,
-        results: Vec<RcptResult>,
-    ) -> Result<(), SpoolError> {
-        let now = self.clock.now_unix();
-        let mut relayed = Vec::new();
-        for ((i, _), res) in group.rcpts.iter().zip(results) {
-            let r = &mut env.rcpts[*i];
-            let (state, word) = match res.status.class() {
-                Class::Success => (RcptState::Sent, "sent"),
-                Class::Temporary => (RcptState::Deferred, "deferred"),
-                Class::Permanent => (RcptState::Bouncing, "bounced"),
-            };
-            if state == RcptState::Sent && !res.dsn_passed {
-                relayed.push(*i);
-            }
-            log::info!(
-                "{} to={} relay={} delay={} attempts={} dsn={} status={word} ({})",
-                env.id,
-                crate::smtp::Escaped(&r.path.mailbox().to_string()),
-                res.relay,
-                format_duration(Duration::from_secs(now.saturating_sub(env.arrived))),
-                env.attempts,
-                res.status.dsn_code(),
-                res.status,
-            );
-            r.state = state;
-            r.last_reply = Some(res.status.clone());
-            r.tries.record(Attempt {
-                time: now,
-                relay: res.relay,
-                status: res.status,
-            });
-        }
-        // RFC 3461 §5.2.2: NOTIFY=SUCCESS past a non-DSN next hop
-        bounce::report_relayed(
-            &self.spool,
-            &self.hostname,
-            env,
-            &relayed,
-            now,
-            self.committed.as_ref(),
-        )?;
-        // When every recipient is now sent, the removal that follows
-        // records that instead (one folder change, not two)
-        if !env.rcpts.iter().all(|r| r.state == RcptState::Sent) {
-            self.spool.store(env)?;
-        }
-        Ok(())
-    }
-
-    fn report_failures(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
-        bounce::report_bouncing(
-            &self.spool,
-            &self.hostname,
-            env,
-            now,
-            self.committed.as_ref(),
-        )
-        .map(|_| ())
-    }
-
-    /// `--delay-warning`: one "delayed" DSN once the message is that old.
-    fn maybe_warn_delay(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
-        let Some(after) = self.delay_warning else {
-            return Ok(());
-        };
-        let age = now.saturating_sub(env.arrived);
-        let already = env.delay_warned.is_some();
-        if age < after.as_secs() || already || env.from.is_null() {
-            return Ok(());
-        }
-        let reports: Vec<RcptReport> = env
-            .rcpts
-            .iter()
-            .filter(|r| r.state == RcptState::Deferred)
-            .map(|r| bounce::report_for(r, Action::Delayed))
-            .collect();
-        if let Some(dsn) = bounce::enqueue(&self.spool, &self.hostname, env, &reports, now)? {
-            if let Some(tx) = &self.committed {
-                let _ = tx.try_send(dsn);
-            }
-            env.delay_warned = Some(DelayWarned { time: now, dsn });
-        }
-        Ok(())
-    }
-
     /// Delivers one group; returns a result per recipient, in the
     /// group's order.
     fn deliver_group(&self, env: &Envelope, group: &Group, body: &File) -> Vec<RcptResult> {
@@ -787,25 +448,6 @@ impl Deliverer {
     }
 }
 
-/// The name a reply from `peer` is attributed to (RFC 3464 §2.3.5
-/// Remote-MTA): the hop's name, or `[192.0.2.1]` for a literal.
-fn remote_name(hop: &Hop, peer: SocketAddr) -> String {
-    if hop.name.starts_with('[') {
-        format!("[{}]", peer.ip())
-    } else {
-        hop.name.clone()
-    }
-}
-
-/// `mx.example.org[192.0.2.1]:25`, or `[192.0.2.1]:25` for a literal.
-fn relay_label(hop: &Hop, peer: SocketAddr) -> String {
-    if hop.name.starts_with('[') {
-        format!("[{}]:{}", peer.ip(), peer.port())
-    } else {
-        format!("{}[{}]:{}", hop.name, peer.ip(), peer.port())
-    }
-}
-
 fn id_salt(id: QueueId) -> u64 {
     let s = id.to_string();
     u64::from_str_radix(&s, 16).unwrap_or(0)
@@ -815,6 +457,7 @@ fn id_salt(id: QueueId) -> u64 {
 pub(crate) mod tests {
     use super::*;
     use crate::smtp::ReversePath;
+    use crate::spool::DelayWarned;
     use crate::spool::Recipient;
     use crate::status::Source;
     use crate::time::ManualClock;
@@ -1010,86 +653,5 @@ pub(crate) mod tests {
         clock.set(T0 + 7200);
         d.attempt(id).unwrap();
         assert_eq!(others(&d.spool, id).len(), 1, "still one");
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_cap() {
-        let p = RetryPolicy {
-            min: Duration::from_secs(100),
-            max: Duration::from_secs(1000),
-            lifetime: Duration::from_secs(10_000),
-        };
-        for salt in 0..50 {
-            let d1 = p.backoff(1, salt).as_secs();
-            let d3 = p.backoff(3, salt).as_secs();
-            let d9 = p.backoff(9, salt).as_secs();
-            assert!((90..=110).contains(&d1), "{d1}");
-            assert!((360..=440).contains(&d3), "{d3}");
-            assert!((900..=1100).contains(&d9), "{d9}");
-        }
-    }
-
-    #[test]
-    fn classification() {
-        let r = |s: &str| {
-            let mut p = crate::smtp::ReplyParser::new();
-            p.feed(s).unwrap().unwrap()
-        };
-        let hop = Hop {
-            name: "mx.example".into(),
-            addrs: vec![],
-            port: 25,
-            tls: None,
-            auth: None,
-        };
-        let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
-        let rejected =
-            |s: &str, phase| error_status(&ClientError::Rejected(phase, r(s)), &hop, peer);
-        let st = rejected("550 5.1.1 no", Phase::Rcpt);
-        assert_eq!(st.class(), Class::Permanent);
-        assert_eq!(st.remote_mta(), Some("mx.example"));
-        assert_eq!(
-            rejected("451 4.3.0 later", Phase::Rcpt).class(),
-            Class::Temporary
-        );
-        // a 5xx greeting skips the host: ours, temporary
-        let st = rejected("554 go away", Phase::Greeting);
-        assert_eq!(st.class(), Class::Temporary);
-        assert_eq!(
-            st.source,
-            crate::status::Source::Local(LocalReason::GreetingRefused)
-        );
-        let refused =
-            ClientError::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        let st = error_status(&refused, &hop, peer);
-        assert_eq!(st.class(), Class::Temporary);
-        assert_eq!(st.remote_mta(), None);
-        assert_eq!(
-            error_status(&ClientError::Timeout(Phase::Data), &hop, peer).class(),
-            Class::Temporary
-        );
-        // a wrong password (535) defers, with the hop's reply in the text
-        let auth = ClientError::Auth(crate::client::AuthError::Refused(r(
-            "535 5.7.8 Error: authentication failed",
-        )));
-        let st = error_status(&auth, &hop, peer);
-        assert_eq!(st.class(), Class::Temporary);
-        assert_eq!(
-            st.source,
-            crate::status::Source::Local(LocalReason::AuthFailed)
-        );
-        assert!(
-            st.to_string()
-                .contains("535 5.7.8 Error: authentication failed at mx.example"),
-            "{st}"
-        );
-        let literal = Hop {
-            name: "[192.0.2.1]".into(),
-            addrs: vec![],
-            port: 25,
-            tls: None,
-            auth: None,
-        };
-        assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
     }
 }

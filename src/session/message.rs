@@ -1,0 +1,368 @@
+//! Message intake: DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030) into a
+//! spool file with our Received header first, the envelope of the
+//! transaction, and the checks at the end of the data (size, bare line
+//! endings, hop count) before the commit. Only a commit that returned
+//! makes the 250: that reply is the promise that the message survives a
+//! crash.
+
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use super::conn::{is_timeout, Conn, Context};
+use super::{Chunk, Session};
+use crate::config::BareLineEndings;
+use crate::smtp::command::helo_domain;
+use crate::smtp::data::{self, ChunkReader, DataSummary, DotReader};
+use crate::smtp::Reply;
+use crate::spool::{Envelope, Incoming, QueueId, RcptState, Recipient};
+use crate::time::{now_unix, rfc5322_date};
+
+impl Session<'_> {
+    /// Refusal of a received message, or `None` when it may be committed.
+    pub fn data_verdict(&self, summary: &DataSummary) -> Option<Reply> {
+        if summary.too_big {
+            return Some(Reply::too_big(self.cfg.max_size));
+        }
+        if summary.bare_line_ending && self.cfg.bare_line_endings == BareLineEndings::Reject {
+            return Some(Reply::bare_line_ending());
+        }
+        // RFC 5321 §6.3: count Received headers to detect loops.
+        if summary.received_headers >= self.cfg.max_hops {
+            return Some(Reply::too_many_hops(summary.received_headers + 1));
+        }
+        None
+    }
+
+    /// RFC 5321 §4.4 trace header for a message about to be received.
+    pub fn received_header(&self, id: QueueId, now: u64) -> String {
+        let Some((helo, tx)) = self.transaction() else {
+            return String::new();
+        };
+        let literal = match self.client {
+            IpAddr::V4(a) => format!("[{a}]"),
+            IpAddr::V6(a) => format!("[IPv6:{a}]"),
+        };
+        let from = match helo_domain(&helo.name) {
+            Some(d) => format!("{d} ({literal})"),
+            None if helo.name.starts_with('[') => {
+                format!("{} ({literal})", crate::spool::envelope::clean(&helo.name))
+            }
+            None => format!("unknown ({literal})"),
+        };
+        // RFC 3848 / RFC 6531 §4.3 protocol names: "S" for TLS, "A" for AUTH
+        let base = match (helo.esmtp, tx.params.smtputf8) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "UTF8SMTP",
+        };
+        let a = if self.auth.is_some() { "A" } else { "" };
+        let (s, tls_note) = match &self.tls {
+            Some(t) => (
+                "S",
+                format!("\r\n\t(using {} with cipher {})", t.version, t.cipher),
+            ),
+            None => ("", String::new()),
+        };
+        let with = format!("{base}{s}{a}");
+        // RFC 5321 §7.6: name the recipient only when there is one.
+        let for_clause = match tx.rcpts.as_slice() {
+            [(one, _)] => format!("\r\n\tfor {one}"),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {from}{tls_note}\r\n\tby {} (smtp-relay) with {with} id {id}{for_clause};\r\n\t{}\r\n",
+            self.cfg.hostname,
+            rfc5322_date(now)
+        )
+    }
+
+    /// The envelope of the current transaction, for commit.
+    pub fn envelope(&self, id: QueueId, size: u64, now: u64) -> Option<Envelope> {
+        let (helo, tx) = self.transaction()?;
+        Some(Envelope {
+            id,
+            arrived: now,
+            client: self.client.to_string(),
+            helo: helo.name.clone(),
+            from: tx.from.clone(),
+            size,
+            body: tx.params.body,
+            smtputf8: tx.params.smtputf8,
+            attempts: 0,
+            next_try: now,
+            hold: None,
+            dsn: tx.params.dsn.clone(),
+            rcpts: tx
+                .rcpts
+                .iter()
+                .map(|(p, dsn)| Recipient {
+                    path: p.clone(),
+                    state: RcptState::Pending,
+                    last_reply: None,
+                    dsn: dsn.clone(),
+                    tries: Default::default(),
+                })
+                .collect(),
+            delay_warned: None,
+        })
+    }
+}
+
+/// Swallows writes after the first error, so DATA is still read to its end
+/// (keeping the dialogue in step) when the disk fails mid-message.
+struct SpoolSink<W: Write> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Write for SpoolSink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.error.is_none() {
+            if let Err(e) = self.inner.write_all(buf) {
+                self.error = Some(e);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.error.is_none() {
+            if let Err(e) = self.inner.flush() {
+                self.error = Some(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the spool file for a new message, or says why the spool cannot
+/// take one (short of space, or the open failed).
+fn open_spool_file<'a>(ctx: &'a Context, peer: &SocketAddr) -> Result<Incoming<'a>, Reply> {
+    if ctx
+        .space
+        .short_of_space(&ctx.spool, ctx.config.min_free_space)
+    {
+        return Err(Reply::insufficient_storage());
+    }
+    ctx.spool.incoming().map_err(|e| {
+        log::error!("{peer} cannot open spool file: {e}");
+        if e.is_out_of_space() {
+            Reply::insufficient_storage()
+        } else {
+            Reply::local_error()
+        }
+    })
+}
+
+/// The client timed out or left in the middle of a message: said (a
+/// timeout is answered 421), and nothing is queued.
+fn lost_mid_message(conn: &mut Conn, id: QueueId, verb: &str, e: &io::Error, hostname: &str) {
+    let peer = conn.peer;
+    if is_timeout(e) {
+        log::info!("{id} client={peer} timeout during {verb}, nothing queued");
+        conn.farewell(&Reply::timeout(hostname));
+    } else {
+        log::info!("{id} client={peer} lost during {verb} ({e}), nothing queued");
+    }
+}
+
+/// DATA: open the spool file, send 354, stream the body in, decide, and
+/// commit. Returns the final reply; an `Err` ends the session (the client
+/// vanished mid-message, and the uncommitted files are already gone).
+pub(super) fn receive_message(
+    session: &mut Session,
+    go_ahead: Reply,
+    conn: &mut Conn,
+    ctx: &Context,
+) -> io::Result<Reply> {
+    let cfg = &*ctx.config;
+    let peer = &conn.peer.clone();
+    // Open the spool file before the 354, so a spool that cannot take the
+    // message is said before the client sends it.
+    let mut incoming = match open_spool_file(ctx, peer) {
+        Ok(i) => i,
+        Err(r) => return Ok(r),
+    };
+    let id = incoming.id();
+    let now = now_unix();
+    conn.reply_now(&go_ahead)?;
+
+    let header = session.received_header(id, now);
+    let mut sink = SpoolSink {
+        inner: &mut incoming,
+        error: None,
+    };
+    let _ = sink.write_all(header.as_bytes());
+    conn.io
+        .set_deadline(Some(Instant::now() + cfg.data_timeout));
+    let summary = match DotReader::new(cfg.max_size).read(&mut conn.io, &mut sink) {
+        Ok(s) => s,
+        Err(e) => {
+            lost_mid_message(conn, id, "DATA", &e, &cfg.hostname);
+            return Err(e);
+        }
+    };
+    let _ = sink.flush();
+    let write_error = sink.error.take();
+    Ok(finish_message(
+        session,
+        incoming,
+        write_error,
+        &summary,
+        now,
+        peer,
+        ctx,
+    ))
+}
+
+/// The end of a message, DATA or BDAT LAST: the verdict, then the commit;
+/// only a commit that returned makes the 250.
+fn finish_message(
+    session: &Session,
+    incoming: Incoming,
+    write_error: Option<io::Error>,
+    summary: &DataSummary,
+    now: u64,
+    peer: &SocketAddr,
+    ctx: &Context,
+) -> Reply {
+    let id = incoming.id();
+    if let Some(e) = write_error {
+        log::error!("{id} spool write failed: {e}");
+        return if crate::spool::fsutil::is_out_of_space(&e) {
+            Reply::insufficient_storage()
+        } else {
+            Reply::local_error()
+        };
+    }
+    if let Some(reply) = session.data_verdict(summary) {
+        log::info!("{id} rejected client={peer} reply=\"{reply}\"");
+        return reply;
+    }
+    let Some(env) = session.envelope(id, incoming.written(), now) else {
+        return Reply::local_error();
+    };
+    match incoming.commit(&env) {
+        Ok(id) => {
+            let tls = session
+                .tls()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "none".into());
+            log::info!(
+                "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}",
+                crate::smtp::Escaped(&env.from.to_string()),
+                env.size,
+                env.rcpts.len(),
+                env.client,
+                crate::smtp::Escaped(&crate::spool::envelope::clean(&env.helo)),
+            );
+            if let Some(tx) = &ctx.committed {
+                let _ = tx.try_send(id);
+            }
+            Reply::queued(&id)
+        }
+        Err(e) => {
+            log::error!("{id} commit failed, not accepted: {e}");
+            if e.is_out_of_space() {
+                Reply::insufficient_storage()
+            } else {
+                Reply::local_error()
+            }
+        }
+    }
+}
+
+/// A message arriving in BDAT chunks (RFC 3030): its spool file and the
+/// reader that counts it, from the first chunk to the LAST one. Dropping
+/// it removes the uncommitted files.
+pub(super) struct Chunked<'a> {
+    incoming: Incoming<'a>,
+    reader: ChunkReader,
+    write_error: Option<io::Error>,
+    now: u64,
+}
+
+/// One accepted BDAT chunk: into the spool file (opened at the first
+/// chunk, our Received header first), then 250 for a middle chunk, or the
+/// verdict and commit for the LAST. The limits are DATA's: too big is
+/// 552 at the end of the chunk that crosses the limit, nothing stored,
+/// the transaction over; the hop count is checked at the end.
+pub(super) fn receive_chunk<'a>(
+    session: &mut Session,
+    chunked: &mut Option<Chunked<'a>>,
+    chunk: Chunk,
+    conn: &mut Conn,
+    ctx: &'a Context,
+) -> io::Result<Reply> {
+    let cfg = &*ctx.config;
+    let peer = &conn.peer.clone();
+    if chunked.is_none() {
+        let mut incoming = match open_spool_file(ctx, peer) {
+            Ok(i) => i,
+            Err(r) => {
+                // the chunk's octets follow whatever the answer
+                conn.io
+                    .set_deadline(Some(Instant::now() + cfg.data_timeout));
+                data::skip_exact(&mut conn.io, chunk.size)?;
+                session.end_transaction();
+                return Ok(r);
+            }
+        };
+        let now = now_unix();
+        let header = session.received_header(incoming.id(), now);
+        let write_error = incoming.write_all(header.as_bytes()).err();
+        *chunked = Some(Chunked {
+            incoming,
+            reader: ChunkReader::new(cfg.max_size),
+            write_error,
+            now,
+        });
+    }
+    let Some(st) = chunked.as_mut() else {
+        return Ok(Reply::local_error());
+    };
+    let id = st.incoming.id();
+    conn.io
+        .set_deadline(Some(Instant::now() + cfg.data_timeout));
+    let mut sink = SpoolSink {
+        inner: &mut st.incoming,
+        error: st.write_error.take(),
+    };
+    let read = st.reader.read_chunk(&mut conn.io, chunk.size, &mut sink);
+    st.write_error = sink.error.take();
+    if let Err(e) = read {
+        lost_mid_message(conn, id, "BDAT", &e, &cfg.hostname);
+        *chunked = None;
+        return Err(e);
+    }
+    if st.reader.summary().too_big {
+        // RFC 1870 §6 / RFC 3030 §4: refuse now; later chunks of this
+        // message find no transaction (503) and are thrown away
+        log::info!("{id} rejected client={peer}: too big (BDAT)");
+        *chunked = None;
+        session.end_transaction();
+        return Ok(Reply::too_big(cfg.max_size));
+    }
+    if !chunk.last {
+        return Ok(chunk.reply);
+    }
+    let Some(mut st) = chunked.take() else {
+        return Ok(Reply::local_error());
+    };
+    if st.write_error.is_none() {
+        st.write_error = st.incoming.flush().err();
+    }
+    let summary = st.reader.summary().clone();
+    let reply = finish_message(
+        session,
+        st.incoming,
+        st.write_error,
+        &summary,
+        st.now,
+        peer,
+        ctx,
+    );
+    session.end_transaction();
+    Ok(reply)
+}

@@ -606,3 +606,51 @@ fn readme_smarthost_recipe_works_as_written() {
     );
     assert!(wait_until(LIMIT, || p.logins() == 1), "{}", p.pf.maillog());
 }
+
+#[test]
+fn failover_past_a_tls_failure_and_an_auth_failure() {
+    let Some(p) = Provider::start("failover_past_a_tls_failure_and_an_auth_failure") else {
+        return;
+    };
+    let dir = TempDir::new("smarthost");
+    // host 1: no STARTTLS at all; host 2: Postfix, which has no user
+    // alice (535); host 3: our own relay with alice, same test CA
+    let plain = Relay::receive_only(&[]);
+    let users = dir.path().join("passwd");
+    passwd(&users, "alice", "alice secret");
+    let mut args = p.certs.relay_args();
+    args.extend(["--auth-file".into(), users.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let good = Relay::receive_only(&args);
+    let secrets = private_file(dir.path(), "secrets", "k alice:alice secret\n");
+    let relay = client_relay(
+        &dir,
+        &format!(
+            "no-dns = yes\nca-file = {}\nsecrets-file = {}\n[route *]\n\
+             hosts = localhost:{}, localhost:{}, localhost:{}\ntls = verify\nauth = alice\n",
+            p.certs.ca.display(),
+            secrets.display(),
+            plain.addr().port(),
+            p.submission.port(),
+            good.addr().port(),
+        ),
+    );
+    let id = relay.session().send_mail(
+        "s@client.test",
+        &["x@far.example"],
+        b"Subject: f\r\n\r\nf\r\n",
+    );
+    assert!(
+        wait_until(DELIVERY, || gone(&relay, &id)),
+        "not delivered:\n{}",
+        relay.log()
+    );
+    assert_eq!(queued_ids(plain.spool()).len(), 0);
+    assert_eq!(queued_ids(good.spool()).len(), 1, "{}", relay.log());
+    assert!(good.log().contains("auth ok user=alice"), "{}", good.log());
+    assert!(
+        p.pf.maillog().contains("authentication failed"),
+        "Postfix was tried (and refused alice) on the way:\n{}",
+        p.pf.maillog()
+    );
+}

@@ -237,7 +237,14 @@ pub fn deliverer(
         timeouts: config.client_timeouts,
         retry: config.retry,
         cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
-        limiter: DestLimiter::new(config.max_per_destination),
+        limiter: DestLimiter::with_limits(
+            config.max_per_destination,
+            config
+                .routes
+                .iter()
+                .filter_map(|r| r.limit(config.smtp_port))
+                .collect(),
+        ),
         honor_source_routes: config.honor_source_routes,
         delay_warning: config.delay_warning,
         committed,

@@ -500,6 +500,7 @@ struct RouteSection {
     tls: Option<RouteTls>,
     auth: Option<String>,
     auth_plaintext: bool,
+    max_connections: Option<usize>,
 }
 
 impl RouteSection {
@@ -523,7 +524,8 @@ impl RouteSection {
         });
         let route = StaticRoute::new(&self.domain, &hosts, self.tls)
             .map_err(bad)?
-            .with_auth(auth);
+            .with_auth(auth)
+            .with_max_connections(self.max_connections);
         Ok((route, self.line))
     }
 
@@ -542,11 +544,17 @@ impl RouteSection {
                 }
             }
             "max-connections" => {
-                return Err("max-connections is not supported yet (per-destination limits: --max-per-destination)".into())
+                self.max_connections = Some(
+                    value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("max-connections {value:?} is not a number above 0"))?,
+                )
             }
             other => {
                 return Err(format!(
-                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext; options go before the first section)"
+                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext, max-connections; options go before the first section)"
                 ))
             }
         }
@@ -777,6 +785,7 @@ fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
                 tls: None,
                 auth: None,
                 auth_plaintext: false,
+                max_connections: None,
             });
             continue;
         }
@@ -1464,12 +1473,16 @@ mod tests {
         // issue 12: implicit TLS and AUTH per route
         let f2 = TempConf::new(
             "authroute",
-            "secrets-file = /x/secrets\n[route *]\nhosts = smtp.p.example:465\ntls = implicit\nauth = relay-user\n",
+            "secrets-file = /x/secrets\n[route *]\nhosts = smtp.p.example:465\ntls = implicit\nauth = relay-user\nmax-connections = 3\n",
         );
         let c2 = serve(&format!("serve --config {}", f2.0.display())).unwrap();
         assert_eq!(
             c2.routes[0].to_string(),
-            "*=smtp.p.example:465 (tls implicit, auth relay-user)"
+            "*=smtp.p.example:465 (tls implicit, auth relay-user, max-connections 3)"
+        );
+        assert_eq!(
+            c2.routes[0].limit(25),
+            Some(("smtp.p.example:465".to_string(), 3))
         );
         assert_eq!(
             c2.secrets_file.as_deref(),
@@ -1503,9 +1516,9 @@ mod tests {
                 "yes or no",
             ),
             (
-                "[route a.example]\nhosts = h.example\nmax-connections = 3\n",
+                "[route a.example]\nhosts = h.example\nmax-connections = 0\n",
                 3,
-                "max-connections",
+                "above 0",
             ),
             (
                 "[route a.example]\nhosts = h.example\nworkers = 3\n",

@@ -122,6 +122,9 @@ pub struct StaticRoute {
     tls: Option<RouteTls>,
     /// `auth = USER` of a route section.
     auth: Option<RouteAuth>,
+    /// `max-connections = N` of a route section: concurrent transactions
+    /// to the route's first host, in place of `--max-per-destination`.
+    max_connections: Option<usize>,
 }
 
 impl StaticRoute {
@@ -147,7 +150,29 @@ impl StaticRoute {
             targets,
             tls,
             auth: None,
+            max_connections: None,
         })
+    }
+
+    /// The route with its own per-destination limit.
+    pub fn with_max_connections(self, max_connections: Option<usize>) -> StaticRoute {
+        StaticRoute {
+            max_connections,
+            ..self
+        }
+    }
+
+    /// `(destination key, limit)` when the route has its own limit: the
+    /// key is the one delivery counts transactions under (the first
+    /// host's name, lower case, and port).
+    pub fn limit(&self, smtp_port: u16) -> Option<(String, usize)> {
+        let n = self.max_connections?;
+        let (target, port) = self.targets.first()?;
+        let name = match target {
+            Target::Name(n) => n.to_lowercase(),
+            Target::Addr(a) => format!("[{a}]"),
+        };
+        Some((format!("{name}:{}", port.unwrap_or(smtp_port)), n))
     }
 
     /// The route with SMTP AUTH to its hosts.
@@ -214,12 +239,20 @@ impl fmt::Display for StaticRoute {
                 write!(f, ":{p}")?;
             }
         }
-        match (self.tls, &self.auth) {
-            (Some(tls), Some(a)) => write!(f, " (tls {tls}, auth {})", a.user),
-            (Some(tls), None) => write!(f, " (tls {tls})"),
-            (None, Some(a)) => write!(f, " (auth {})", a.user),
-            (None, None) => Ok(()),
+        let mut policy = Vec::new();
+        if let Some(tls) = self.tls {
+            policy.push(format!("tls {tls}"));
         }
+        if let Some(a) = &self.auth {
+            policy.push(format!("auth {}", a.user));
+        }
+        if let Some(n) = self.max_connections {
+            policy.push(format!("max-connections {n}"));
+        }
+        if policy.is_empty() {
+            return Ok(());
+        }
+        write!(f, " ({})", policy.join(", "))
     }
 }
 

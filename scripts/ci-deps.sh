@@ -2,14 +2,15 @@
 # Installs the real SMTP peers the interop tests talk to, from Debian's
 # packages: swaks, Postfix (smtp-source, smtp-sink, and a relay instance)
 # and dnsmasq (MX records on loopback), openssl (test certificates and
-# `openssl s_client -starttls smtp`) and Net::SSLeay (swaks --tls). Safe
-# to run again.
+# `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls) and msmtp
+# (a mail client of the submission listeners). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 { command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || need+=(postfix)
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || need+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
 # swaks --tls needs Net::SSLeay, only a Recommends of swaks
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1440,6 +1440,7 @@ pub fn run_send(
         arrived: now,
         client: "local".into(),
         helo: config.hostname.clone(),
+        auth: None,
         from,
         size: incoming.written(),
         body: prepared

@@ -29,6 +29,7 @@ pub mod fault;
 pub mod pool;
 pub mod route;
 pub mod scheduler;
+pub mod sender_map;
 pub mod server;
 pub mod session;
 pub mod smtp;

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::conn::{is_timeout, Conn, Context};
+use super::fixup::{Fixing, Fixups};
 use super::{Chunk, Session};
 use crate::config::BareLineEndings;
 use crate::smtp::command::helo_domain;
@@ -77,6 +78,18 @@ impl Session<'_> {
         )
     }
 
+    /// RFC 6409 §8 fix-ups for a message about to be received: on
+    /// submission listeners unless `--submission-fixups no`. The
+    /// Message-ID names the queue id and our host (RFC 5322 §3.6.4).
+    pub(super) fn fixups(&self, id: QueueId, now: u64) -> Option<Fixups> {
+        (self.mode.submission && self.cfg.submission_fixups).then(|| {
+            Fixups::new(
+                rfc5322_date(now),
+                format!("<{now}.{id}@{}>", self.cfg.hostname),
+            )
+        })
+    }
+
     /// The envelope of the current transaction, for commit.
     pub fn envelope(&self, id: QueueId, size: u64, now: u64) -> Option<Envelope> {
         let (helo, tx) = self.transaction()?;
@@ -85,6 +98,7 @@ impl Session<'_> {
             arrived: now,
             client: self.client.to_string(),
             helo: helo.name.clone(),
+            auth: self.auth.clone(),
             from: tx.from.clone(),
             size,
             body: tx.params.body,
@@ -196,7 +210,23 @@ pub(super) fn receive_message(
     let _ = sink.write_all(header.as_bytes());
     conn.io
         .set_deadline(Some(Instant::now() + cfg.data_timeout));
-    let summary = match DotReader::new(cfg.max_size).read(&mut conn.io, &mut sink) {
+    let reader = DotReader::new(cfg.max_size);
+    let read = match session.fixups(id, now) {
+        Some(mut fixups) => {
+            let read = reader.read(
+                &mut conn.io,
+                &mut Fixing {
+                    fixups: &mut fixups,
+                    out: &mut sink,
+                },
+            );
+            // the SpoolSink keeps a write error for the verdict
+            let _ = fixups.finish(&mut sink);
+            read
+        }
+        None => reader.read(&mut conn.io, &mut sink),
+    };
+    let summary = match read {
         Ok(s) => s,
         Err(e) => {
             lost_mid_message(conn, id, "DATA", &e, &cfg.hostname);
@@ -249,8 +279,14 @@ fn finish_message(
                 .tls()
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "none".into());
+            // the AUTH user (RFC 4954), when there is one
+            let auth = env
+                .auth
+                .as_deref()
+                .map(|a| format!(" auth={}", crate::smtp::Escaped(a)))
+                .unwrap_or_default();
             log::info!(
-                "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}",
+                "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}{auth}",
                 crate::smtp::Escaped(&env.from.to_string()),
                 env.size,
                 env.rcpts.len(),
@@ -281,6 +317,8 @@ pub(super) struct Chunked<'a> {
     reader: ChunkReader,
     write_error: Option<io::Error>,
     now: u64,
+    /// RFC 6409 §8 fix-ups, across the chunks.
+    fixups: Option<Fixups>,
 }
 
 /// One accepted BDAT chunk: into the spool file (opened at the first
@@ -312,11 +350,13 @@ pub(super) fn receive_chunk<'a>(
         let now = now_unix();
         let header = session.received_header(incoming.id(), now);
         let write_error = incoming.write_all(header.as_bytes()).err();
+        let fixups = session.fixups(incoming.id(), now);
         *chunked = Some(Chunked {
             incoming,
             reader: ChunkReader::new(cfg.max_size),
             write_error,
             now,
+            fixups,
         });
     }
     let Some(st) = chunked.as_mut() else {
@@ -329,7 +369,22 @@ pub(super) fn receive_chunk<'a>(
         inner: &mut st.incoming,
         error: st.write_error.take(),
     };
-    let read = st.reader.read_chunk(&mut conn.io, chunk.size, &mut sink);
+    let read = match st.fixups.as_mut() {
+        Some(fixups) => st.reader.read_chunk(
+            &mut conn.io,
+            chunk.size,
+            &mut Fixing {
+                fixups,
+                out: &mut sink,
+            },
+        ),
+        None => st.reader.read_chunk(&mut conn.io, chunk.size, &mut sink),
+    };
+    if chunk.last && read.is_ok() {
+        if let Some(fixups) = st.fixups.as_mut() {
+            let _ = fixups.finish(&mut sink);
+        }
+    }
     st.write_error = sink.error.take();
     if let Err(e) = read {
         lost_mid_message(conn, id, "BDAT", &e, &cfg.hostname);

@@ -526,3 +526,155 @@ fn msmtp_against_submission_and_submissions() {
         );
     }
 }
+
+/// The fenced blocks of the README's "Submission for applications".
+fn recipe_blocks() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("### Submission for applications")
+        .expect("recipe heading");
+    let section = &readme[start..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    section
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .map(|b| {
+            b.split_once('\n')
+                .map(|(_, body)| body)
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The file a config block names in its first line (`# PATH`), and the
+/// rest.
+fn named_file(block: &str) -> (PathBuf, String) {
+    let (first, rest) = block.split_once('\n').expect("a first line");
+    let path = first.strip_prefix("# ").expect("# PATH first line");
+    (PathBuf::from(path), rest.to_string())
+}
+
+/// README "Submission for applications", run as written: its shell
+/// commands (CA, server certificate, passwd), its config file and sender
+/// map, with paths moved into a temporary folder, loopback addresses and
+/// free ports; then its swaks lines (587 STARTTLS, 465 implicit TLS) and
+/// its msmtprc (verifying the certificate against the recipe's CA).
+#[test]
+fn readme_submission_recipe_works_as_written() {
+    let test = "readme_submission_recipe_works_as_written";
+    let Some(_) = require_tool("openssl", test) else {
+        return;
+    };
+    let Some(swaks) = require_tool("swaks", test) else {
+        return;
+    };
+    let Some(msmtp) = require_tool("msmtp", test) else {
+        return;
+    };
+    let blocks = recipe_blocks();
+    assert_eq!(blocks.len(), 5, "{blocks:#?}");
+    let dir = TempDir::new("recipe");
+    let etc = dir.path().join("etc/smtp-relay");
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    let etc = etc.to_str().expect("utf-8").to_string();
+    let (p587, p465) = (unused_port(), unused_port());
+    let subst = |text: &str| {
+        text.replace("/etc/smtp-relay", &etc)
+            .replace("0.0.0.0:587", &format!("127.0.0.1:{p587}"))
+            .replace("0.0.0.0:465", &format!("127.0.0.1:{p465}"))
+            .replace("--server mail.example.org", "--server 127.0.0.1")
+            .replace("--port 587", &format!("--port {p587}"))
+            .replace("--port 465", &format!("--port {p465}"))
+    };
+    // the set-up commands, with our binary first on PATH
+    let bin_dir = Path::new(BIN).parent().expect("bin dir");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = run_tool(
+        Command::new("sh")
+            .arg("-ec")
+            .arg(subst(&blocks[0]))
+            .env("PATH", &path),
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    for block in &blocks[1..3] {
+        let (file, text) = named_file(&subst(block));
+        std::fs::write(&file, text).expect("write recipe file");
+    }
+    let conf = format!("{etc}.conf");
+    // the test helper adds --listen 127.0.0.1:0, --spool and --hostname
+    let relay = Relay::receive_only(&["--config", &conf]);
+    for port in [p587, p465] {
+        assert!(
+            wait_until(LIMIT, || std::net::TcpStream::connect(("127.0.0.1", port))
+                .is_ok()),
+            "port {port}\n{}",
+            relay.log()
+        );
+    }
+    let clients: Vec<String> = subst(&blocks[3]).lines().map(str::to_string).collect();
+    assert_eq!(clients.len(), 2, "{clients:?}");
+    let swaks_line = |args: &str| {
+        // the shell takes the line's quotes as the README's reader would
+        run_tool(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("exec '{}' {args}", swaks.display())),
+            LIMIT,
+        )
+    };
+    for (line, user) in clients.iter().zip(["app@example.org", "alice"]) {
+        let args = line.strip_prefix("swaks ").expect("a swaks line");
+        let run = swaks_line(args);
+        assert_eq!(run.code, Some(0), "{line}: {run:?}");
+        let id = run
+            .stdout
+            .lines()
+            .find_map(queued_id)
+            .unwrap_or_else(|| panic!("{run:?}"));
+        assert_eq!(EnvFile::load(relay.spool(), &id).get("auth"), user);
+        assert!(header_of(relay.spool(), &id).contains("with ESMTPSA"));
+        // the same user as someone else: refused by the map
+        let from = args
+            .split("--from ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .expect("--from");
+        let run = swaks_line(&args.replace(&format!("--from {from}"), "--from ceo@bigbank.test"));
+        assert!(run.stdout.contains("553 5.7.1"), "{run:?}");
+    }
+    // the msmtprc, pointed at loopback: the name the certificate holds
+    // is checked with tls_host_override
+    let rc = subst(&blocks[4])
+        .replace(
+            "host mail.example.org",
+            "host 127.0.0.1\ntls_host_override mail.example.org",
+        )
+        .replace("port 465", &format!("port {p465}"));
+    let rc = write_file(dir.path(), "msmtprc", rc.as_bytes());
+    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let msg = write_file(
+        dir.path(),
+        "msg",
+        b"From: app@example.org\nTo: you@example.net\nSubject: recipe\n\nhi\n",
+    );
+    let run = run_tool(
+        Command::new("sh").arg("-c").arg(format!(
+            "exec '{}' -C '{}' you@example.net < '{}'",
+            msmtp.display(),
+            rc.display(),
+            msg.display()
+        )),
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(0), "{run:?}\n{}", relay.log());
+    assert!(relay.log().contains(" auth=app@example.org"));
+}

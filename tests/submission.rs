@@ -191,6 +191,10 @@ fn submission_listener_requires_auth_over_tls_and_checks_the_sender() {
         .find(|l| l.contains(&format!("{id} queued")))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(queued.contains(" auth=alice"), "{queued}");
+    // and `queue show` names the user
+    let spool = relay.spool().to_str().expect("utf-8");
+    let show = run_cli(&["queue", "show", &id, "--spool", spool], LIMIT);
+    assert!(show.stdout.contains("\nauth:      alice\n"), "{show:?}");
     // present fields are left alone
     let dated = b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <mine@example.org>\r\nSubject: dated\r\n\r\nhi\r\n";
     let id2 = s.send_mail("alice@example.org", &["r@dest.example"], dated);
@@ -327,6 +331,40 @@ fn implicit_tls_listeners_and_a_plaintext_client() {
     assert_eq!(
         EnvFile::load(relay.spool(), &id).get("auth"),
         "bob@example.org"
+    );
+}
+
+/// RFC 8314 §3.3 listeners: a client that connects and says nothing is
+/// dropped once `--timeout` has passed in the handshake.
+#[test]
+fn a_silent_client_on_an_implicit_tls_port_is_dropped_after_the_timeout() {
+    let test = "a_silent_client_on_an_implicit_tls_port_is_dropped_after_the_timeout";
+    let Some(Setup {
+        relay,
+        l,
+        dir: _dir,
+        ..
+    }) = Setup::start(test, &["--timeout", "2s"])
+    else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(l.smtps).expect("connect");
+    s.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut got);
+    let took = started.elapsed();
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || relay
+            .log()
+            .contains("TLS handshake failed")),
+        "{}",
+        relay.log()
     );
 }
 

@@ -251,6 +251,12 @@ const LISTENER_OPTS: &[OptSpec] = &[
         "'user: addr@dom, @dom, *' lines: the MAIL FROM each AUTH user may use",
     ),
     opt(
+        "sender-check-from",
+        Kind::Flag,
+        "",
+        "also refuse (550 5.7.1) a message whose From: is not the AUTH user's (default off)",
+    ),
+    opt(
         "submission-fixups",
         Kind::Single,
         "yes|no",
@@ -1330,6 +1336,7 @@ fn apply_listeners(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.submission_fixups = f;
     }
     c.submission_plaintext_auth = v.flag("submission-plaintext-auth")?;
+    c.sender_check_from = v.flag("sender-check-from")?;
     Ok(())
 }
 

@@ -198,6 +198,9 @@ pub struct Config {
     pub submission_fixups: bool,
     /// `--sender-map`: which envelope senders each AUTH user may use.
     pub sender_map: Option<PathBuf>,
+    /// `--sender-check-from`: the `From:` addresses of an authenticated
+    /// user's message must be theirs too (where the sender is checked).
+    pub sender_check_from: bool,
     pub spool: PathBuf,
     /// Session worker threads: the most concurrent SMTP sessions.
     pub workers: usize,
@@ -278,6 +281,7 @@ impl Config {
             submission_plaintext_auth: false,
             submission_fixups: true,
             sender_map: None,
+            sender_check_from: false,
             spool: PathBuf::from("spool"),
             workers: 256,
             backlog: 256,

@@ -220,6 +220,54 @@ fn submission_listener_requires_auth_over_tls_and_checks_the_sender() {
     );
 }
 
+/// `--sender-check-from`: the From: addresses must be the user's too,
+/// refused at the end of the data (DATA and BDAT) with 550 5.7.1.
+#[test]
+fn the_from_header_is_checked_when_asked() {
+    let test = "the_from_header_is_checked_when_asked";
+    let Some(Setup {
+        certs,
+        relay,
+        l,
+        dir: _dir,
+    }) = Setup::start(test, &["--sender-check-from"])
+    else {
+        return;
+    };
+    let (mut s, _) = Smtp::greet(l.submission);
+    s.starttls(&certs);
+    s.cmd(
+        &format!("AUTH PLAIN {}", plain("bob@example.org", "bob pass")),
+        235,
+    );
+    let owned = b"From: Bob <bob@example.org>\r\nSubject: mine\r\n\r\nhi\r\n";
+    s.send_mail("bob@example.org", &["r@dest.example"], owned);
+    for from in [
+        "\"Bob\" <ceo@bigbank.test>",
+        "bob@example.org, ceo@bigbank.test",
+        "Bob <bob@example.org>,\r\n ceo@bigbank.test",
+    ] {
+        s.cmd("MAIL FROM:<bob@example.org>", 250);
+        s.cmd("RCPT TO:<r@dest.example>", 250);
+        s.cmd("DATA", 354);
+        s.send_raw(format!("From: {from}\r\nSubject: not mine\r\n\r\nhi\r\n.\r\n").as_bytes());
+        let r = s.expect(550);
+        assert_eq!(
+            r,
+            "5.7.1 From: header address rejected: not owned by user bob@example.org"
+        );
+    }
+    // BDAT alike
+    let msg = b"From: ceo@bigbank.test\r\n\r\nhi\r\n";
+    s.cmd("MAIL FROM:<bob@example.org>", 250);
+    s.cmd("RCPT TO:<r@dest.example>", 250);
+    s.send(&format!("BDAT {} LAST", msg.len()));
+    s.send_raw(msg);
+    s.expect(550);
+    // only the owned message was queued
+    assert_eq!(queued_ids(relay.spool()).len(), 1);
+}
+
 #[test]
 fn without_a_map_a_submission_user_owns_its_name_and_fixups_can_be_off() {
     let test = "without_a_map_a_submission_user_owns_its_name_and_fixups_can_be_off";

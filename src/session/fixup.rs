@@ -9,6 +9,9 @@
 //! the header section is held back until its end (the empty line), the
 //! end of the data, or [`MAX_HELD`] octets; a header section longer than
 //! that is passed on untouched (a second `Date:` is worse than none added).
+//!
+//! The same pass collects the `From:` addresses, for the optional check
+//! that they are the authenticated user's (`--sender-check-from`).
 
 use std::io::{self, Write};
 
@@ -20,19 +23,33 @@ pub(super) struct Fixups {
     held: Vec<u8>,
     /// The header section was seen (or given up on): pass through.
     passing: bool,
-    date: String,
-    message_id: String,
+    /// `Date:` and `Message-ID:` values to add when missing; `None` adds
+    /// nothing (only `From:` is looked at).
+    add: Option<(String, String)>,
+    /// The values of the `From:` fields, unfolded, once the header
+    /// section was read.
+    from: Vec<String>,
+    /// The header section was too long to read whole.
+    gave_up: bool,
 }
 
 impl Fixups {
-    /// `date` is an RFC 5322 date-time, `message_id` with its `<>`.
-    pub(super) fn new(date: String, message_id: String) -> Fixups {
+    /// Fix-ups `add` (or none): an RFC 5322 date-time and a Message-ID
+    /// with its `<>`; the `From:` fields are collected either way.
+    pub(super) fn watch(add: Option<(String, String)>) -> Fixups {
         Fixups {
             held: Vec::new(),
             passing: false,
-            date,
-            message_id,
+            add,
+            from: Vec::new(),
+            gave_up: false,
         }
+    }
+
+    /// The `From:` field values; `None` when the header section was too
+    /// long to read.
+    pub(super) fn author_fields(&self) -> Option<&[String]> {
+        (!self.gave_up).then_some(self.from.as_slice())
     }
 
     /// Some message data, on its way to `out`.
@@ -49,6 +66,7 @@ impl Fixups {
                 "header section over {MAX_HELD} octets: Date/Message-ID fix-ups not applied"
             );
             self.passing = true;
+            self.gave_up = true;
             return out.write_all(&std::mem::take(&mut self.held));
         }
         Ok(())
@@ -70,15 +88,20 @@ impl Fixups {
         self.passing = true;
         let held = std::mem::take(&mut self.held);
         let (mut date, mut id) = (false, false);
-        for name in field_names(&held[..end]) {
-            date |= name.eq_ignore_ascii_case(b"date");
-            id |= name.eq_ignore_ascii_case(b"message-id");
+        for (name, value) in fields(&held[..end]) {
+            date |= name.eq_ignore_ascii_case("date");
+            id |= name.eq_ignore_ascii_case("message-id");
+            if name.eq_ignore_ascii_case("from") {
+                self.from.push(value);
+            }
         }
-        if !date {
-            write!(out, "Date: {}\r\n", self.date)?;
-        }
-        if !id {
-            write!(out, "Message-ID: {}\r\n", self.message_id)?;
+        if let Some((new_date, new_id)) = &self.add {
+            if !date {
+                write!(out, "Date: {new_date}\r\n")?;
+            }
+            if !id {
+                write!(out, "Message-ID: {new_id}\r\n")?;
+            }
         }
         out.write_all(&held)
     }
@@ -95,17 +118,26 @@ fn header_end(held: &[u8]) -> Option<usize> {
         .map(|p| p + 2)
 }
 
-/// The names of the header fields (RFC 5322 §2.2: a line that does not
-/// start with white space, up to its colon).
-fn field_names(header: &[u8]) -> impl Iterator<Item = &[u8]> {
-    header
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
-        .filter_map(|l| {
-            let colon = l.iter().position(|&b| b == b':')?;
+/// The header fields: name and unfolded value (RFC 5322 §2.2: a field
+/// starts on a line that does not start with white space, its name ends
+/// at the colon; §2.2.3: lines that do start with it continue the value).
+fn fields(header: &[u8]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in header.split(|&b| b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = out.last_mut() {
+                value.push_str(line);
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
             // RFC 5322 §4.5.1 (obsolete syntax): white space before the colon
-            Some(l[..colon].trim_ascii_end())
-        })
+            out.push((name.trim_end().to_string(), value.trim().to_string()));
+        }
+    }
+    out
 }
 
 /// [`Fixups`] as a `Write`, in front of the spool file.
@@ -130,10 +162,10 @@ mod tests {
     use super::*;
 
     fn fixed(pieces: &[&[u8]]) -> String {
-        let mut f = Fixups::new(
+        let mut f = Fixups::watch(Some((
             "Sun, 29 Nov 2026 22:00:00 +0000".into(),
             "<X@h.test>".into(),
-        );
+        )));
         let mut out = Vec::new();
         for p in pieces {
             f.write(p, &mut out).unwrap();
@@ -184,11 +216,31 @@ mod tests {
     }
 
     #[test]
+    fn author_fields_are_collected_unfolded() {
+        let mut f = Fixups::watch(None);
+        let mut out = Vec::new();
+        let m = b"from: Alice <a@b.example>,\r\n\tc@d.example\r\nSubject: x\r\n\r\nFrom: body\r\n";
+        f.write(m, &mut out).unwrap();
+        f.finish(&mut out).unwrap();
+        // nothing added without fix-ups
+        assert_eq!(out, m);
+        assert_eq!(
+            f.author_fields().unwrap(),
+            ["Alice <a@b.example>,\tc@d.example"]
+        );
+    }
+
+    #[test]
     fn an_endless_header_section_passes_untouched() {
         // fed line by line, as DATA arrives
         let line: &[u8] = b"X-Filler: 0123456789012345678901234567890123456789\r\n";
         let mut pieces = vec![line; MAX_HELD / line.len() + 1];
         pieces.push(b"Date: late\r\n\r\nbody\r\n");
         assert_eq!(fixed(&pieces).as_bytes(), pieces.concat());
+        let mut f = Fixups::watch(None);
+        for p in &pieces {
+            f.write(p, &mut Vec::new()).unwrap();
+        }
+        assert_eq!(f.author_fields(), None);
     }
 }

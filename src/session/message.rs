@@ -81,13 +81,47 @@ impl Session<'_> {
     /// RFC 6409 §8 fix-ups for a message about to be received: on
     /// submission listeners unless `--submission-fixups no`. The
     /// Message-ID names the queue id and our host (RFC 5322 §3.6.4).
+    /// With `--sender-check-from`, the header pass also runs to collect
+    /// `From:` for [`Session::author_verdict`].
     pub(super) fn fixups(&self, id: QueueId, now: u64) -> Option<Fixups> {
-        (self.mode.submission && self.cfg.submission_fixups).then(|| {
-            Fixups::new(
+        let add = (self.mode.submission && self.cfg.submission_fixups).then(|| {
+            (
                 rfc5322_date(now),
                 format!("<{now}.{id}@{}>", self.cfg.hostname),
             )
-        })
+        });
+        (add.is_some() || self.checks_from()).then(|| Fixups::watch(add))
+    }
+
+    /// `--sender-check-from` applies: an authenticated user where the
+    /// sender is checked.
+    fn checks_from(&self) -> bool {
+        self.cfg.sender_check_from && self.auth.is_some() && self.checks_senders()
+    }
+
+    /// `--sender-check-from`: every `From:` address must be the user's
+    /// (RFC 6409 §6.1 lets the MSA check, RFC 5322 §3.6.2 names the
+    /// author there). A message without `From:` is let through (it
+    /// claims no one); one whose header section was too long to read is
+    /// refused, as is an address that does not parse.
+    pub(super) fn author_verdict(&self, fixups: Option<&Fixups>) -> Option<Reply> {
+        if !self.checks_from() {
+            return None;
+        }
+        let user = self.auth.as_deref()?;
+        let refuse = || Some(Reply::from_not_owned(user));
+        let Some(values) = fixups.and_then(Fixups::author_fields) else {
+            return refuse();
+        };
+        for value in values {
+            for addr in crate::admin::header_addresses(value) {
+                match crate::smtp::Mailbox::parse(&addr, true) {
+                    Ok(m) if self.owns_mailbox(user, &m) => {}
+                    _ => return refuse(),
+                }
+            }
+        }
+        None
     }
 
     /// The envelope of the current transaction, for commit.
@@ -211,12 +245,13 @@ pub(super) fn receive_message(
     conn.io
         .set_deadline(Some(Instant::now() + cfg.data_timeout));
     let reader = DotReader::new(cfg.max_size);
-    let read = match session.fixups(id, now) {
-        Some(mut fixups) => {
+    let mut fixups = session.fixups(id, now);
+    let read = match fixups.as_mut() {
+        Some(fixups) => {
             let read = reader.read(
                 &mut conn.io,
                 &mut Fixing {
-                    fixups: &mut fixups,
+                    fixups,
                     out: &mut sink,
                 },
             );
@@ -235,24 +270,28 @@ pub(super) fn receive_message(
     };
     let _ = sink.flush();
     let write_error = sink.error.take();
+    let verdict = session
+        .data_verdict(&summary)
+        .or_else(|| session.author_verdict(fixups.as_ref()));
     Ok(finish_message(
         session,
         incoming,
         write_error,
-        &summary,
+        verdict,
         now,
         peer,
         ctx,
     ))
 }
 
-/// The end of a message, DATA or BDAT LAST: the verdict, then the commit;
-/// only a commit that returned makes the 250.
+/// The end of a message, DATA or BDAT LAST: the verdict (the data's
+/// limits, then `From:`), then the commit; only a commit that returned
+/// makes the 250.
 fn finish_message(
     session: &Session,
     incoming: Incoming,
     write_error: Option<io::Error>,
-    summary: &DataSummary,
+    verdict: Option<Reply>,
     now: u64,
     peer: &SocketAddr,
     ctx: &Context,
@@ -266,7 +305,7 @@ fn finish_message(
             Reply::local_error()
         };
     }
-    if let Some(reply) = session.data_verdict(summary) {
+    if let Some(reply) = verdict {
         log::info!("{id} rejected client={peer} reply=\"{reply}\"");
         return reply;
     }
@@ -408,12 +447,14 @@ pub(super) fn receive_chunk<'a>(
     if st.write_error.is_none() {
         st.write_error = st.incoming.flush().err();
     }
-    let summary = st.reader.summary().clone();
+    let verdict = session
+        .data_verdict(st.reader.summary())
+        .or_else(|| session.author_verdict(st.fixups.as_ref()));
     let reply = finish_message(
         session,
         st.incoming,
         st.write_error,
-        &summary,
+        verdict,
         st.now,
         peer,
         ctx,

@@ -382,9 +382,16 @@ impl<'a> Session<'a> {
     /// address; on other listeners any sender, as before AUTH had a map.
     /// The null sender names no one and is always allowed.
     fn owns_sender(&self, user: &str, from: &ReversePath) -> bool {
-        let Some(mailbox) = from.mailbox() else {
-            return true;
-        };
+        from.mailbox().is_none_or(|m| self.owns_mailbox(user, m))
+    }
+
+    /// Whether sender ownership is checked in this session: with a map,
+    /// or on a submission listener.
+    fn checks_senders(&self) -> bool {
+        self.senders.is_some() || self.mode.submission
+    }
+
+    fn owns_mailbox(&self, user: &str, mailbox: &crate::smtp::Mailbox) -> bool {
         let address = mailbox.to_string();
         let domain = mailbox.host().to_string();
         match self.senders {

@@ -267,6 +267,19 @@ impl Reply {
         )
     }
 
+    /// 550 5.7.1 at the end of the data (RFC 5321 §4.3.2 lists 550 there):
+    /// `--sender-check-from` and a `From:` address the user does not own.
+    pub fn from_not_owned(user: &str) -> Reply {
+        Reply::new(
+            550,
+            Enhanced::new(5, 7, 1),
+            format!(
+                "From: header address rejected: not owned by user {}",
+                crate::smtp::escape(user)
+            ),
+        )
+    }
+
     /// 454 4.7.0: RFC 3207 §4, TLS cannot be started now.
     pub fn tls_unavailable(why: &str) -> Reply {
         Reply::new(

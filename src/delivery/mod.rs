@@ -519,6 +519,7 @@ pub(crate) mod tests {
             arrived,
             client: "127.0.0.1".into(),
             helo: "h".into(),
+            auth: None,
             from: ReversePath::parse("<s@a.example>", false).unwrap(),
             size: 18,
             body: None,

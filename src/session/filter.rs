@@ -146,3 +146,56 @@ impl<'a> Session<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::session::Session;
+    use crate::smtp::command;
+
+    fn code(s: &mut Session, line: &str) -> u16 {
+        s.step(command::parse(line.as_bytes()))
+            .reply()
+            .code()
+            .value()
+    }
+
+    /// RFC 5321 §4.5.1: bare `<Postmaster>` is accepted from anyone and
+    /// recorded as the postmaster address, within the recipient limit.
+    #[test]
+    fn bare_postmaster() {
+        let mut c = Config::new();
+        c.hostname = "relay.test".into();
+        c.max_recipients = 2;
+        let mut s = Session::new(&c, "192.0.2.9".parse().unwrap());
+        code(&mut s, "EHLO x");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "RCPT TO:<u@elsewhere.example>"), 550);
+        assert_eq!(code(&mut s, "RCPT TO:<Postmaster>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<POSTMASTER>"), 250, "once");
+        let rcpts: Vec<String> = s
+            .transaction()
+            .unwrap()
+            .1
+            .rcpts
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(rcpts, ["<postmaster@relay.test>"]);
+        c.postmaster = Some(crate::smtp::Mailbox::parse("pm@admin.example", false).unwrap());
+        c.max_recipients = 1;
+        c.relay_domains = vec![crate::smtp::Domain::parse("open.example", false).unwrap()];
+        let mut s = Session::new(&c, "192.0.2.9".parse().unwrap());
+        code(&mut s, "EHLO x");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "RCPT TO:<u@open.example>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<Postmaster>"), 452);
+        code(&mut s, "RSET");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "RCPT TO:<postmaster>"), 250);
+        assert_eq!(
+            s.transaction().unwrap().1.rcpts[0].0.to_string(),
+            "<pm@admin.example>"
+        );
+    }
+}

@@ -561,3 +561,47 @@ fn bad_settings_stop_the_start() {
     assert_eq!(r.code, Some(78), "{r:?}");
     assert!(r.stderr.contains("line 2:"), "{r:?}");
 }
+
+/// The case, end to end with delivery on: a forged sender, one
+/// unknown and one known recipient behind a verifying relay. The unknown
+/// one is refused at RCPT; the next hop gets the message for the known
+/// one only, and no DSN ever leaves (nothing to bounce).
+#[test]
+fn no_backscatter_for_a_refused_recipient() {
+    let probes = Arc::new(AtomicUsize::new(0));
+    let sink = verifying_sink(probes.clone());
+    let relay = Relay::start(&[
+        "--no-dns",
+        "--relay-net",
+        "127.0.0.1/32",
+        "--relay-domain",
+        "example.org",
+        "--route",
+        &format!("*=127.0.0.1:{}", sink.addr().port()),
+        "--verify-recipients",
+        "example.org",
+    ]);
+    let mut t = Talk::connect_from("127.0.0.9", relay.addr());
+    t.expect(220);
+    t.cmd("EHLO c.example", 250);
+    t.cmd("MAIL FROM:<innocent@victim.test>", 250);
+    assert_eq!(
+        said(&mut t, "RCPT TO:<gone.user@example.org>"),
+        "550 5.1.1 <gone.user@example.org>: Recipient address rejected: user unknown"
+    );
+    t.cmd_enh("RCPT TO:<known@example.org>", 250, "2.1.5");
+    t.cmd("DATA", 354);
+    t.send_raw(b"Subject: t\r\n\r\nx\r\n.\r\n");
+    t.expect(250);
+    assert!(sink.wait_for(1, Duration::from_secs(15)), "{}", relay.log());
+    assert!(wait_until(Duration::from_secs(10), || queue_files(
+        relay.spool()
+    )
+    .is_empty()));
+    let got = sink.messages();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].rcpts, ["known@example.org"]);
+    assert_eq!(got[0].mail_from, "innocent@victim.test");
+    // two probes, then the delivery
+    assert_eq!(probes.load(Ordering::SeqCst), 3);
+}

@@ -328,6 +328,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // drop; a bad one stops the start before anything is bound.
     let server_tls = server_tls(&config)?;
     check_auth_file(&config)?;
+    let mut gate = gate(&config)?;
     let senders = sender_map(&config)?;
     let client_tls = client_tls(&config)?;
     // the secrets file too: as root, so it can stay root's, mode 0600
@@ -397,7 +398,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         None
     };
 
-    let gate = Arc::new(gate(&config, &local)?);
+    gate.verifier = verifier(&config, &local)?;
+    let gate = Arc::new(gate);
     let auth_limits = config.auth_limits;
     let ctx = Arc::new(Context {
         config: Arc::new(config),
@@ -422,10 +424,12 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
 }
 
 /// The filter stage of `serve`: `--access`'s rules and the recipient
-/// checks of `--recipients`/`--verify-recipients`, their files read now.
-pub fn gate(config: &Config, local: &[SocketAddr]) -> Result<crate::check::Gate, SetupError> {
+/// checks of `--recipients`/`--verify-recipients`, their files read now
+/// (before privileges drop, as the TLS key is). The verifier, which needs
+/// our listening addresses, is added by `verifier`.
+pub fn gate(config: &Config) -> Result<crate::check::Gate, SetupError> {
     use crate::access::{AccessRules, Swap};
-    use crate::check::{DomainCheck, Gate, RecipientTable, Verifier};
+    use crate::check::{DomainCheck, Gate, RecipientTable};
     let read = |option: &'static str, path: &PathBuf| {
         std::fs::read_to_string(path).map_err(|source| SetupError::Unreadable {
             option,
@@ -476,14 +480,23 @@ pub fn gate(config: &Config, local: &[SocketAddr]) -> Result<crate::check::Gate,
         };
         gate.domains.insert(domain.key(), check);
     }
-    if !config.verify_domains.is_empty() {
-        gate.verifier = Some(Verifier::new(
-            router(config, local)?,
-            config.hostname.clone(),
-            config.verify,
-        ));
-    }
     Ok(gate)
+}
+
+/// `--verify-recipients`: probes go where delivery would (`local` are
+/// our listening addresses, for loop detection).
+pub fn verifier(
+    config: &Config,
+    local: &[SocketAddr],
+) -> Result<Option<crate::check::Verifier>, SetupError> {
+    if config.verify_domains.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(crate::check::Verifier::new(
+        router(config, local)?,
+        config.hostname.clone(),
+        config.verify,
+    )))
 }
 
 /// `route ADDRESS`: where a recipient would go, sending nothing. Prints

@@ -1,7 +1,7 @@
 //! One delivery attempt of one queued message.
 //!
-//! Claim the message (an flock on its body, which a crashed process cannot
-//! leave behind), route each unfinished recipient, send one transaction
+//! Claim the message (`spool::Claim`: an flock on its body, which a
+//! crashed process cannot leave behind), route each unfinished recipient, send one transaction
 //! per (message, destination), and record every recipient's outcome in the
 //! envelope *before* the next step. Crash story:
 //! - killed during a transaction: nothing was recorded for it; the next
@@ -16,7 +16,6 @@ mod cache;
 mod outcome;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use crate::client::{ClientError, Connection, Outgoing, Phase, Timeouts};
 use crate::route::{Hop, RouteError, Router};
 pub use crate::scheduler::DestLimiter;
 use crate::smtp::{Enhanced, Host, Path};
-use crate::spool::{Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
+use crate::spool::{Claim, Claimed, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
 use crate::status::{Class, LocalReason, Status};
 use crate::time::Clock;
 
@@ -189,26 +188,16 @@ impl Deliverer {
     /// recipients are left as they are and the answer is `Wait`.
     pub fn attempt_released(&self, id: QueueId) -> Result<Attempted, SpoolError> {
         let finished = |o| Ok(Attempted::Finished(o));
-        let msg_path = self.spool.msg_path(id);
-        let body_file = match File::open(&msg_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return finished(Outcome::Gone),
-            Err(e) => return Err(SpoolError::io(&msg_path, e)),
-        };
-        match body_file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+        let claim = match self.spool.claim(id)? {
+            Claimed::Mine(c) => c,
+            Claimed::Gone => return finished(Outcome::Gone),
+            Claimed::Busy => {
                 log::debug!("{id} busy (locked by another process), retry soon");
                 return finished(Outcome::Retry(self.clock.now_unix() + 1));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(SpoolError::io(&msg_path, e)),
-        }
-        let mut env = match self.spool.load(id) {
-            Ok(e) => e,
-            Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return finished(Outcome::Gone)
-            }
-            Err(e) => return Err(e),
+        };
+        let Some(mut env) = claim.load()? else {
+            return finished(Outcome::Gone);
         };
         let start = self.clock.now_unix();
         // `queue hold`: not now; a timed hold comes due by itself
@@ -220,7 +209,7 @@ impl Deliverer {
             }
             None => {}
         }
-        let (counted, waiting) = self.deliver_groups(&mut env, &body_file)?;
+        let (counted, waiting) = self.deliver_groups(&mut env, &claim)?;
         if !counted {
             if !waiting.is_empty() {
                 // every destination is at its limit: nothing was tried and
@@ -234,26 +223,22 @@ impl Deliverer {
 
         let now = self.clock.now_unix();
         expire(&mut env, now, self.retry.lifetime);
-        self.report_failures(&mut env, now)?;
+        self.report_failures(&claim, &mut env, now)?;
         if env.is_done() {
-            // Give up the body's lock before its file goes to free/: the
-            // file is reused for a new message, whose first delivery must
-            // not find it still locked by us.
-            drop(body_file);
-            self.spool.remove(id)?;
+            claim.finish()?;
             log::debug!("{id} removed (all recipients final)");
             return finished(Outcome::Done);
         }
-        self.maybe_warn_delay(&mut env, now)?;
+        self.maybe_warn_delay(&claim, &mut env, now)?;
         if !waiting.is_empty() {
             // some destinations were tried, the rest wait for a slot; due
             // at once should the server restart before that
             env.next_try = now;
-            self.spool.store(&env)?;
+            claim.store(&env)?;
             return Ok(Attempted::Wait(waiting));
         }
         env.next_try = self.retry.next_try(env.attempts, now, start ^ id_salt(id));
-        self.spool.store(&env)?;
+        claim.store(&env)?;
         finished(Outcome::Retry(env.next_try))
     }
 
@@ -263,7 +248,7 @@ impl Deliverer {
     fn deliver_groups(
         &self,
         env: &mut Envelope,
-        body_file: &File,
+        claim: &Claim,
     ) -> Result<(bool, Vec<String>), SpoolError> {
         let mut waiting: Vec<String> = Vec::new();
         let mut counted = false;
@@ -285,16 +270,16 @@ impl Deliverer {
                 env.attempts += 1;
                 counted = true;
             }
-            let results = self.deliver_group(env, &group, body_file);
+            let results = self.deliver_group(env, &group, claim);
             drop(slot);
-            self.record(env, &group, results)?;
+            self.record(claim, env, &group, results)?;
         }
         Ok((counted, waiting))
     }
 
     /// Delivers one group; returns a result per recipient, in the
     /// group's order.
-    fn deliver_group(&self, env: &Envelope, group: &Group, body: &File) -> Vec<RcptResult> {
+    fn deliver_group(&self, env: &Envelope, group: &Group, claim: &Claim) -> Vec<RcptResult> {
         let all = |relay: &str, status: Status| {
             let r = RcptResult {
                 relay: relay.to_string(),
@@ -347,18 +332,8 @@ impl Deliverer {
                     smtputf8: env.smtputf8,
                     dsn: Some((&env.dsn, &rcpt_dsn)),
                 };
-                let mut reader = std::io::BufReader::with_capacity(64 * 1024, body);
-                if let Err(e) = std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0)) {
-                    return all(
-                        "-",
-                        Status::local(
-                            LocalReason::SpoolRead,
-                            451,
-                            Enhanced::new(4, 3, 0),
-                            format!("cannot read queued message: {e}"),
-                        ),
-                    );
-                }
+                // each try reads the body from its first octet
+                let mut reader = std::io::BufReader::with_capacity(64 * 1024, claim.body());
                 let result = conn.send(&msg, &mut reader);
                 log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
                 self.cache.put(conn);

@@ -11,7 +11,7 @@ use crate::bounce::{self, Action, RcptReport};
 use crate::client::{ClientError, Phase};
 use crate::route::{Hop, RouteError};
 use crate::smtp::Enhanced;
-use crate::spool::{Attempt, DelayWarned, Envelope, RcptState, SpoolError};
+use crate::spool::{Attempt, Claim, DelayWarned, Envelope, RcptState, SpoolError};
 use crate::status::{Class, LocalReason, Status};
 use crate::time::format_duration;
 
@@ -178,6 +178,7 @@ impl Deliverer {
     /// again.
     pub(super) fn record(
         &self,
+        claim: &Claim,
         env: &mut Envelope,
         group: &Group,
         results: Vec<RcptResult>,
@@ -214,7 +215,7 @@ impl Deliverer {
         }
         // RFC 3461 §5.2.2: NOTIFY=SUCCESS past a non-DSN next hop
         bounce::report_relayed(
-            &self.spool,
+            claim,
             &self.hostname,
             env,
             &relayed,
@@ -224,24 +225,28 @@ impl Deliverer {
         // When every recipient is now sent, the removal that follows
         // records that instead (one folder change, not two)
         if !env.rcpts.iter().all(|r| r.state == RcptState::Sent) {
-            self.spool.store(env)?;
+            claim.store(env)?;
         }
         Ok(())
     }
 
-    pub(super) fn report_failures(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
-        bounce::report_bouncing(
-            &self.spool,
-            &self.hostname,
-            env,
-            now,
-            self.committed.as_ref(),
-        )
-        .map(|_| ())
+    pub(super) fn report_failures(
+        &self,
+        claim: &Claim,
+        env: &mut Envelope,
+        now: u64,
+    ) -> Result<(), SpoolError> {
+        bounce::report_bouncing(claim, &self.hostname, env, now, self.committed.as_ref())
+            .map(|_| ())
     }
 
     /// `--delay-warning`: one "delayed" DSN once the message is that old.
-    pub(super) fn maybe_warn_delay(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
+    pub(super) fn maybe_warn_delay(
+        &self,
+        claim: &Claim,
+        env: &mut Envelope,
+        now: u64,
+    ) -> Result<(), SpoolError> {
         let Some(after) = self.delay_warning else {
             return Ok(());
         };
@@ -256,7 +261,7 @@ impl Deliverer {
             .filter(|r| r.state == RcptState::Deferred)
             .map(|r| bounce::report_for(r, Action::Delayed))
             .collect();
-        if let Some(dsn) = bounce::enqueue(&self.spool, &self.hostname, env, &reports, now)? {
+        if let Some(dsn) = bounce::enqueue(claim, &self.hostname, env, &reports, now)? {
             if let Some(tx) = &self.committed {
                 let _ = tx.try_send(dsn);
             }

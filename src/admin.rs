@@ -12,10 +12,11 @@
 //! message; `--json` one JSON object per line whose fields are documented
 //! in README and versioned by `"v": 1`.
 //!
-//! Exit codes (sysexits): 0 done (flush: nothing selected is left
-//! deferred), 64 usage, 66 no such message (show), 69 server unreachable,
-//! 74 spool I/O error,
-//! 75 some selected messages still deferred, or busy.
+//! Exit codes (sysexits, `exit.rs`): 0 done (flush: nothing selected is
+//! left deferred), 64 usage, 66 no such message (show), 69 server
+//! unreachable, 74 spool I/O error, 75 some selected messages still
+//! deferred, or busy, 77 cannot act as the spool's owner, 78 no spool or
+//! an unsafe one.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -27,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use crate::bounce;
 use crate::config::Config;
-use crate::delivery::Outcome;
+use crate::delivery::{Deliverer, Outcome};
+use crate::exit::Exit;
 use crate::smtp::printable::is_unprintable;
 use crate::smtp::{escape, Escaped, Mailbox, Path, ReversePath};
 use crate::spool::{
@@ -35,15 +37,15 @@ use crate::spool::{
 };
 use crate::time::{format_duration, iso8601, now_unix, rfc5322_date};
 
-pub const EX_OK: u8 = 0;
-pub const EX_USAGE: u8 = 64;
-pub const EX_DATAERR: u8 = 65;
-pub const EX_NOINPUT: u8 = 66;
-pub const EX_UNAVAILABLE: u8 = 69;
-pub const EX_IOERR: u8 = 74;
-pub const EX_TEMPFAIL: u8 = 75;
-pub const EX_NOPERM: u8 = 77;
-pub const EX_CONFIG: u8 = 78;
+// the codes as the queue commands name them (exit.rs has them all)
+pub const EX_OK: Exit = Exit::Ok;
+pub const EX_USAGE: Exit = Exit::Usage;
+pub const EX_DATAERR: Exit = Exit::DataErr;
+pub const EX_NOINPUT: Exit = Exit::NoInput;
+pub const EX_UNAVAILABLE: Exit = Exit::Unavailable;
+pub const EX_IOERR: Exit = Exit::IoErr;
+pub const EX_TEMPFAIL: Exit = Exit::TempFail;
+pub const EX_NOPERM: Exit = Exit::NoPerm;
 
 /// The queue subcommands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,8 +214,14 @@ impl Selector {
 /// What went wrong in a queue command, with its exit code.
 #[derive(Debug)]
 pub struct AdminError {
-    pub code: u8,
+    pub code: Exit,
     pub message: String,
+}
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl AdminError {
@@ -228,9 +236,10 @@ impl AdminError {
 impl From<SpoolError> for AdminError {
     fn from(e: SpoolError) -> AdminError {
         AdminError {
-            code: match e {
-                SpoolError::Missing(_) | SpoolError::Unsafe { .. } => EX_CONFIG,
-                _ => EX_IOERR,
+            code: match Exit::from(&e) {
+                // a queue command waits for no lock on the whole spool
+                Exit::TempFail => EX_IOERR,
+                code => code,
             },
             message: e.to_string(),
         }
@@ -527,13 +536,24 @@ fn with_claim(
 /// How long a changing command waits for a delivery in progress.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// How `queue flush` builds a delivery engine when no server runs on the
+/// spool (app.rs supplies it: the queue commands build nothing).
+pub type BuildDeliverer<'a> = &'a dyn Fn(Arc<Spool>) -> Result<Deliverer, AdminError>;
+
+/// A foreground flush's engine: how to build it, and how many threads.
+struct Foreground<'a> {
+    build: BuildDeliverer<'a>,
+    workers: usize,
+}
+
 /// Runs a queue command; returns the exit code.
 pub fn run_queue(
     config: &Config,
     cmd: &QueueCmd,
     sel: &Selector,
     dry_run: bool,
-) -> Result<u8, AdminError> {
+    deliverer: BuildDeliverer,
+) -> Result<Exit, AdminError> {
     let spool = open_spool(&config.spool)?;
     let now = now_unix();
     let mut out = io::stdout().lock();
@@ -585,7 +605,13 @@ pub fn run_queue(
             wait,
             timeout,
             quiet,
-        } => flush(config, &spool, sel, *wait, *timeout, *quiet, dry_run),
+        } => {
+            let fg = Foreground {
+                build: deliverer,
+                workers: config.delivery_workers,
+            };
+            flush(&fg, &spool, sel, *wait, *timeout, *quiet, dry_run)
+        }
         QueueCmd::Hold { duration } => {
             let hold = match duration {
                 Some(d) => Hold::Until(now + d.as_secs()),
@@ -711,7 +737,7 @@ fn change(
     dry_run: bool,
     verb: &str,
     f: impl Fn(&Claim, &mut Envelope) -> Result<After, SpoolError>,
-) -> Result<u8, AdminError> {
+) -> Result<Exit, AdminError> {
     let now = now_unix();
     let envs = select(spool, sel, now)?;
     let mut out = io::stdout().lock();
@@ -798,14 +824,14 @@ struct Progress {
 }
 
 fn flush(
-    config: &Config,
+    fg: &Foreground,
     spool: &Spool,
     sel: &Selector,
     wait: bool,
     timeout: Duration,
     quiet: bool,
     dry_run: bool,
-) -> Result<u8, AdminError> {
+) -> Result<Exit, AdminError> {
     let now = now_unix();
     let mut sel = sel.clone();
     let envs: Vec<Envelope> = select(spool, &sel, now)?
@@ -833,7 +859,7 @@ fn flush(
     match spool.lock() {
         Ok(lock) => {
             // No server: deliver in the foreground, like `sendmail -q`.
-            let result = flush_foreground(config, spool, &ids, show);
+            let result = flush_foreground(fg, spool, &ids, show);
             drop(lock);
             let p = result?;
             report(&mut out, quiet, &p)?;
@@ -935,26 +961,19 @@ fn progress(spool: &Spool, before: &HashMap<QueueId, u32>) -> Result<Progress, S
 
 /// One delivery pass over `ids` in this process (no server running).
 fn flush_foreground(
-    config: &Config,
+    fg: &Foreground,
     spool: &Spool,
     ids: &[QueueId],
     show: bool,
 ) -> Result<Progress, AdminError> {
-    let deliverer =
-        crate::server::deliverer(config, Arc::new(spool.clone()), &[], None).map_err(|e| {
-            AdminError {
-                code: EX_UNAVAILABLE,
-                message: e.to_string(),
-            }
-        })?;
-    let deliverer = Arc::new(deliverer);
+    let deliverer = Arc::new((fg.build)(Arc::new(spool.clone()))?);
     let (tx, rx) = crossbeam_channel::bounded::<QueueId>(ids.len());
     for id in ids {
         let _ = tx.send(*id);
     }
     drop(tx);
     let (rtx, rrx) = crossbeam_channel::unbounded::<Option<Outcome>>();
-    let workers = config.delivery_workers.clamp(1, 64).min(ids.len());
+    let workers = fg.workers.clamp(1, 64).min(ids.len());
     let mut handles = Vec::new();
     for i in 0..workers {
         let rx = rx.clone();

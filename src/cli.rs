@@ -2,19 +2,20 @@
 //!
 //! Every `serve` option can also be set in a config file (`--config FILE`)
 //! as `name = value` lines using the long option names; `#` starts a
-//! comment. The command line wins: an option given there replaces the
-//! file's value(s) for that name. A bad option or config line is a usage
-//! error (exit 64) with one line naming it.
+//! comment at the start of a line or after a space or tab. The command
+//! line wins: an option given there replaces the file's value(s) for that
+//! name, and a flag is `--FLAG` or `--FLAG=yes|no`, so the file's `yes`
+//! can be turned off. A bad option or config line is a usage error (exit
+//! 64) with one line naming it (and the file and line it came from).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use std::time::Duration;
 
 use crate::admin::{QueueCmd, Selector, SendOpts, StateFilter};
-use crate::config::{BareLineEndings, Cidr, Config};
-use crate::route::StaticRoute;
+use crate::config::{BareLineEndings, Cidr, Config, Endpoint, TlsFiles};
+use crate::route::{RouteTls, StaticRoute};
 use crate::smtp::Domain;
 use crate::spool::QueueId;
 use crate::time::parse_duration;
@@ -30,6 +31,8 @@ pub enum Cli {
         dry_run: bool,
         /// `-` given: read more ids from stdin.
         ids_from_stdin: bool,
+        /// Deprecated spellings used, to print before running.
+        warnings: Vec<String>,
     },
     Send {
         config: Config,
@@ -394,10 +397,16 @@ const QUEUE_OPTS: &[OptSpec] = &[
         "flush: wait until each message is delivered, failed or deferred again",
     ),
     opt(
-        "timeout",
+        "wait-limit",
         Kind::Single,
         "DUR",
         "flush --wait: give up after this long (default 5m)",
+    ),
+    opt(
+        "timeout",
+        Kind::Single,
+        "DUR",
+        "flush: deprecated name of --wait-limit",
     ),
     opt(
         "quiet",
@@ -453,40 +462,115 @@ fn usage_text() -> String {
     describe(&mut s, QUEUE_OPTS);
     s.push_str(
         "  -v, --verbose                      more log output (-vv: protocol trace); RUST_LOG also works\n\
-         \nDurations: 250ms, 30s, 5m, 2h, 5d. Exit codes: 0 ok, 64 usage, 69 cannot listen\n\
-         (route: permanently undeliverable), 74 spool I/O error, 75 spool locked by another\n\
-         server (route: temporarily undeliverable), 77 cannot drop privileges, 78 unsafe or\n\
-         missing spool.\n",
+         \nA flag is --FLAG or --FLAG=yes|no (=no turns off the config file's yes).\n\
+         Durations: 250ms, 30s, 5m, 2h, 5d. Exit codes (sysexits; README lists them per\n\
+         command): 0 ok, 64 usage, 65 data error (send), 66 no input, 69 unavailable\n\
+         (route: permanently undeliverable), 71 OS error, 74 I/O error, 75 temporary\n\
+         failure (route: not now), 77 no permission, 78 configuration error.\n",
     );
     s
+}
+
+/// One `name = value` line of the config file.
+struct FileValue {
+    value: String,
+    line: usize,
+}
+
+/// The config file's values by option name, and where they came from.
+#[derive(Default)]
+struct ConfigFile {
+    path: String,
+    values: HashMap<String, Vec<FileValue>>,
+    /// `[route DOMAIN]` sections, with the line of each header.
+    routes: Vec<(StaticRoute, usize)>,
+}
+
+/// A `[route DOMAIN]` section being read.
+struct RouteSection {
+    domain: String,
+    line: usize,
+    hosts: Option<String>,
+    tls: Option<RouteTls>,
+}
+
+impl RouteSection {
+    /// The route, once the section's lines are all read.
+    fn finish(self, path: &str) -> Result<(StaticRoute, usize), UsageError> {
+        let bad = |why: String| {
+            UsageError(format!(
+                "{path}:{}: [route {}]: {why}",
+                self.line, self.domain
+            ))
+        };
+        let hosts = self
+            .hosts
+            .ok_or_else(|| bad("needs hosts = HOST[:PORT], ...".into()))?;
+        let route = StaticRoute::new(&self.domain, &hosts, self.tls).map_err(bad)?;
+        Ok((route, self.line))
+    }
+
+    /// One `key = value` line inside the section.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "hosts" => self.hosts = Some(value.to_string()),
+            "tls" => self.tls = Some(RouteTls::parse(value)?),
+            "max-connections" => {
+                return Err("max-connections is not supported yet (per-destination limits: --max-per-destination)".into())
+            }
+            other => {
+                return Err(format!(
+                    "unknown key {other:?} in a route section (hosts, tls; options go before the first section)"
+                ))
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Option values from the command line, falling back to the config file.
 struct Values {
     matches: getopts::Matches,
-    file: HashMap<String, Vec<String>>,
+    file: ConfigFile,
+}
+
+/// A flag's value: `yes`/`true`/`1` or `no`/`false`/`0`.
+fn yes_no(v: &str) -> Option<bool> {
+    match v {
+        "yes" | "true" | "1" => Some(true),
+        "no" | "false" | "0" => Some(false),
+        _ => None,
+    }
 }
 
 impl Values {
     fn single(&self, name: &str) -> Option<String> {
-        self.matches
-            .opt_str(name)
-            .or_else(|| self.file.get(name).and_then(|v| v.last().cloned()))
-    }
-
-    fn flag(&self, name: &str) -> bool {
-        self.matches.opt_present(name)
-            || self
-                .file
+        self.matches.opt_str(name).or_else(|| {
+            self.file
+                .values
                 .get(name)
                 .and_then(|v| v.last())
-                .is_some_and(|v| matches!(v.as_str(), "yes" | "true" | "1"))
+                .map(|v| v.value.clone())
+        })
     }
 
-    fn duration(&self, name: &str) -> Result<Option<Duration>, UsageError> {
-        self.single(name)
-            .map(|d| parse_duration(&d).map_err(|e| UsageError(format!("--{name}: {e}"))))
-            .transpose()
+    /// A flag, on the command line `--NAME` (= `--NAME=yes`) or
+    /// `--NAME=no`, which wins over the config file's `NAME = yes|no`.
+    fn flag(&self, name: &str) -> Result<bool, UsageError> {
+        if self.matches.opt_present(name) {
+            return match self.matches.opt_str(name) {
+                None => Ok(true),
+                Some(v) => yes_no(&v)
+                    .ok_or_else(|| UsageError(format!("--{name}={v}: a flag takes =yes or =no"))),
+            };
+        }
+        Ok(self
+            .file
+            .values
+            .get(name)
+            .and_then(|v| v.last())
+            .and_then(|v| yes_no(&v.value))
+            .unwrap_or(false))
     }
 
     fn multi(&self, name: &str) -> Option<Vec<String>> {
@@ -494,7 +578,59 @@ impl Values {
         if !cli.is_empty() {
             return Some(cli);
         }
-        self.file.get(name).cloned()
+        self.file
+            .values
+            .get(name)
+            .map(|v| v.iter().map(|v| v.value.clone()).collect())
+    }
+
+    /// Where `name`'s `value` was set: `""` on the command line,
+    /// `"PATH:LINE: "` in the config file, for the front of an error.
+    fn origin(&self, name: &str, value: &str) -> String {
+        if self.matches.opt_present(name) {
+            return String::new();
+        }
+        self.file
+            .values
+            .get(name)
+            .and_then(|vs| vs.iter().rev().find(|v| v.value == value))
+            .map(|v| format!("{}:{}: ", self.file.path, v.line))
+            .unwrap_or_default()
+    }
+
+    /// `name`'s value turned into a `T` by `parse`; an error names the
+    /// file and line when the value came from the config file.
+    fn parse<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, UsageError>,
+    ) -> Result<Option<T>, UsageError> {
+        self.single(name)
+            .map(|s| parse(&s).map_err(|e| UsageError(format!("{}{e}", self.origin(name, &s)))))
+            .transpose()
+    }
+
+    /// Each of `name`'s values turned into a `T`, as [`Values::parse`].
+    fn parse_multi<T>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, UsageError>,
+    ) -> Result<Option<Vec<T>>, UsageError> {
+        self.multi(name)
+            .map(|vs| {
+                vs.iter()
+                    .map(|s| {
+                        parse(s).map_err(|e| UsageError(format!("{}{e}", self.origin(name, s))))
+                    })
+                    .collect()
+            })
+            .transpose()
+    }
+
+    fn duration(&self, name: &str) -> Result<Option<Duration>, UsageError> {
+        self.parse(name, |d| {
+            parse_duration(d).map_err(|e| UsageError(format!("--{name}: {e}")))
+        })
     }
 }
 
@@ -523,7 +659,9 @@ fn options(specs: &[&OptSpec]) -> getopts::Options {
     let mut o = getopts::Options::new();
     for s in specs {
         match s.kind {
-            Kind::Flag => o.optflag("", s.name, s.desc),
+            // `--NAME` or `--NAME=yes|no` (the `=` is needed: GNU getopt's
+            // rule for optional arguments)
+            Kind::Flag => o.optflagopt("", s.name, s.desc, "yes|no"),
             Kind::Single => o.optopt("", s.name, s.desc, s.hint),
             Kind::Multi => o.optmulti("", s.name, s.desc, s.hint),
         };
@@ -544,7 +682,12 @@ pub const CONFIG_ENV: &str = "SMTP_RELAY_CONFIG";
 /// `/etc/smtp-relay.conf` when there is one; without any, the built-in
 /// defaults. So `send` and the queue commands find the spool the server
 /// was configured with, wherever they run.
-fn config_file(explicit: Option<String>) -> Result<HashMap<String, Vec<String>>, UsageError> {
+///
+/// The file is read here, in the CLI layer, and nowhere else: it is the
+/// command line's other half (its values are option values, checked by
+/// the same code, and its errors are usage errors naming a line), and
+/// everything after parsing (app.rs) then works from plain data.
+fn config_file(explicit: Option<String>) -> Result<ConfigFile, UsageError> {
     if let Some(path) = explicit {
         return read_config_file(&path);
     }
@@ -553,27 +696,74 @@ fn config_file(explicit: Option<String>) -> Result<HashMap<String, Vec<String>>,
     }
     match std::fs::metadata(DEFAULT_CONFIG) {
         Ok(_) => read_config_file(DEFAULT_CONFIG),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
         Err(e) => Err(UsageError(format!("config file {DEFAULT_CONFIG}: {e}"))),
     }
 }
 
+/// A config line without its comment: `#` starts a comment at the start
+/// of the line or after a space or tab; a `#` inside a word (`a#b`) is
+/// part of the value.
+fn strip_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && (i == 0 || matches!(bytes[i - 1], b' ' | b'\t')) {
+            return &line[..i];
+        }
+    }
+    line
+}
+
 /// Reads `name = value` lines; unknown names are errors naming the line.
-fn read_config_file(path: &str) -> Result<HashMap<String, Vec<String>>, UsageError> {
+fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
     let specs = all_specs();
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("config file {path}: {e}")))?;
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let mut out: HashMap<String, Vec<FileValue>> = HashMap::new();
+    let mut routes: Vec<(StaticRoute, usize)> = Vec::new();
+    let mut section: Option<RouteSection> = None;
     for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        let line = strip_comment(line).trim();
+        if line.is_empty() {
             continue;
         }
-        let bad = |why: &str| UsageError(format!("config file {path} line {}: {why}", n + 1));
+        let bad = |why: &str| UsageError(format!("{path}:{}: {why}", n + 1));
+        if let Some(header) = line.strip_prefix('[') {
+            let inner = header
+                .strip_suffix(']')
+                .ok_or_else(|| bad("expected '[route DOMAIN]'"))?;
+            let (kind, domain) = inner
+                .trim()
+                .split_once(char::is_whitespace)
+                .unwrap_or((inner, ""));
+            if kind != "route" || domain.trim().is_empty() {
+                return Err(bad(&format!(
+                    "unknown section [{inner}] (expected [route DOMAIN])"
+                )));
+            }
+            if let Some(done) = section.take() {
+                routes.push(done.finish(path)?);
+            }
+            section = Some(RouteSection {
+                domain: domain.trim().to_string(),
+                line: n + 1,
+                hosts: None,
+                tls: None,
+            });
+            continue;
+        }
         let (name, value) = line
             .split_once('=')
             .map(|(a, b)| (a.trim(), b.trim()))
             .ok_or_else(|| bad("expected 'name = value'"))?;
+        if let Some(sec) = section.as_mut() {
+            if value.is_empty() {
+                return Err(bad(&format!("{name} needs a value")));
+            }
+            sec.set(name, value)
+                .map_err(|e| bad(&format!("[route {}]: {e}", sec.domain)))?;
+            continue;
+        }
         let spec = specs
             .iter()
             .find(|s| s.name == name && s.name != "config")
@@ -581,17 +771,26 @@ fn read_config_file(path: &str) -> Result<HashMap<String, Vec<String>>, UsageErr
         if value.is_empty() {
             return Err(bad(&format!("{name} needs a value")));
         }
-        if spec.kind == Kind::Flag && !matches!(value, "yes" | "no" | "true" | "false" | "1" | "0")
-        {
+        if spec.kind == Kind::Flag && yes_no(value).is_none() {
             return Err(bad(&format!("{name} takes yes or no")));
         }
         let entry = out.entry(name.to_string()).or_default();
         if spec.kind == Kind::Single {
             entry.clear();
         }
-        entry.push(value.to_string());
+        entry.push(FileValue {
+            value: value.to_string(),
+            line: n + 1,
+        });
     }
-    Ok(out)
+    if let Some(done) = section.take() {
+        routes.push(done.finish(path)?);
+    }
+    Ok(ConfigFile {
+        path: path.to_string(),
+        values: out,
+        routes,
+    })
 }
 
 fn parse_values(args: &[String], specs: &[&OptSpec], free: usize) -> Result<Values, UsageError> {
@@ -632,15 +831,8 @@ fn parse_size(name: &str, v: &str) -> Result<u64, UsageError> {
         .ok_or_else(|| UsageError(format!("--{name}: {v:?} is out of range")))
 }
 
-fn socket_addr(name: &str, v: &str) -> Result<SocketAddr, UsageError> {
-    if let Ok(a) = v.parse() {
-        return Ok(a);
-    }
-    // host names such as localhost:2525
-    v.to_socket_addrs()
-        .ok()
-        .and_then(|mut it| it.next())
-        .ok_or_else(|| UsageError(format!("--{name}: {v:?} is not ADDR:PORT")))
+fn endpoint(name: &str, v: &str) -> Result<Endpoint, UsageError> {
+    Endpoint::parse(v).ok_or_else(|| UsageError(format!("--{name}: {v:?} is not ADDR:PORT")))
 }
 
 fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
@@ -713,11 +905,12 @@ fn parse_queue(args: &[String]) -> Result<Cli, UsageError> {
             positional.push(a);
         }
     }
-    let flag = |n: &str| m.opt_present(n);
+    let flag = |n: &str| v.flag(n);
+    let mut warnings = Vec::new();
     let cmd = match sub.as_str() {
         "list" => QueueCmd::List {
-            json: flag("json"),
-            summary: flag("summary"),
+            json: flag("json")?,
+            summary: flag("summary")?,
         },
         "show" => {
             if positional.len() != 1 || ids_from_stdin {
@@ -725,15 +918,25 @@ fn parse_queue(args: &[String]) -> Result<Cli, UsageError> {
             }
             QueueCmd::Show {
                 id: positional.remove(0),
-                body: flag("body"),
-                json: flag("json"),
+                body: flag("body")?,
+                json: flag("json")?,
             }
         }
-        "flush" => QueueCmd::Flush {
-            wait: flag("wait"),
-            timeout: dur("timeout")?.unwrap_or(Duration::from_secs(300)),
-            quiet: flag("quiet"),
-        },
+        "flush" => {
+            // `--timeout` once meant this too; it is `serve`'s idle
+            // deadline now, and here only an old spelling
+            let old = dur("timeout")?;
+            if old.is_some() {
+                warnings.push("queue flush --timeout is deprecated: use --wait-limit".to_string());
+            }
+            QueueCmd::Flush {
+                wait: flag("wait")?,
+                timeout: dur("wait-limit")?
+                    .or(old)
+                    .unwrap_or(Duration::from_secs(300)),
+                quiet: flag("quiet")?,
+            }
+        }
         "hold" => QueueCmd::Hold {
             duration: dur("for")?,
         },
@@ -771,8 +974,9 @@ fn parse_queue(args: &[String]) -> Result<Cli, UsageError> {
         config,
         cmd,
         sel,
-        dry_run: flag("dry-run"),
+        dry_run: flag("dry-run")?,
         ids_from_stdin,
+        warnings,
     })
 }
 
@@ -875,118 +1079,130 @@ fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     if let Some(s) = v.single("spool") {
         c.spool = PathBuf::from(s);
     }
-    if let Some(h) = v.single("hostname") {
-        Domain::parse(&h, false).map_err(|e| UsageError(format!("--hostname: {h:?}: {e}")))?;
+    if let Some(h) = v.parse("hostname", |h| {
+        Domain::parse(h, false)
+            .map(|_| h.to_string())
+            .map_err(|e| UsageError(format!("--hostname: {h:?}: {e}")))
+    })? {
         c.hostname = h;
     }
-    if let Some(routes) = v.multi("route") {
-        c.routes = routes
-            .iter()
-            .map(|r| StaticRoute::parse(r).map_err(|e| UsageError(format!("--route: {r:?}: {e}"))))
-            .collect::<Result<_, _>>()?;
+    if let Some(routes) = v.parse_multi("route", |r| {
+        StaticRoute::parse(r).map_err(|e| UsageError(format!("--route: {r:?}: {e}")))
+    })? {
+        c.routes = routes;
     }
-    if let Some(d) = v.single("dns") {
-        c.dns = Some(socket_addr("dns", &d)?);
+    // the file's [route] sections join its `route =` lines; a --route on
+    // the command line replaces them all
+    if !v.matches.opt_present("route") {
+        for (route, line) in &v.file.routes {
+            if c.routes.iter().any(|r| r.same_domain(route)) {
+                return Err(UsageError(format!(
+                    "{}:{line}: a second route for the domain of {route}",
+                    v.file.path
+                )));
+            }
+            c.routes.push(route.clone());
+        }
     }
-    c.no_dns = v.flag("no-dns");
-    if let Some(p) = v.single("smtp-port") {
-        c.smtp_port = number::<u16>("smtp-port", &p).and_then(|p| {
+    if let Some(d) = v.parse("dns", |d| endpoint("dns", d))? {
+        c.dns = Some(d);
+    }
+    c.no_dns = v.flag("no-dns")?;
+    if let Some(p) = v.parse("smtp-port", |p| {
+        number::<u16>("smtp-port", p).and_then(|p| {
             if p == 0 {
                 Err(UsageError("--smtp-port must be 1-65535".into()))
             } else {
                 Ok(p)
             }
-        })?;
+        })
+    })? {
+        c.smtp_port = p;
     }
-    c.honor_source_routes = v.flag("honor-source-routes");
+    c.honor_source_routes = v.flag("honor-source-routes")?;
     Ok(())
 }
 
-fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
-    if let Some(l) = v.multi("listen") {
-        c.listen = l
-            .iter()
-            .map(|a| socket_addr("listen", a))
-            .collect::<Result<_, _>>()?;
-    }
-    if let Some(n) = v.single("workers") {
-        c.workers = positive("workers", &n)?;
-    }
-    if let Some(n) = v.single("backlog") {
-        c.backlog = positive("backlog", &n)?;
-    }
-    if let Some(nets) = v.multi("relay-net") {
-        c.relay_nets = nets
-            .iter()
-            .map(|n| Cidr::parse(n).map_err(|e| UsageError(format!("--relay-net: {e}"))))
-            .collect::<Result<_, _>>()?;
-    }
-    if let Some(ds) = v.multi("relay-domain") {
-        c.relay_domains = ds
-            .iter()
-            .map(|d| {
-                Domain::parse(d.trim_end_matches('.'), true)
-                    .map_err(|e| UsageError(format!("--relay-domain: {d:?}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    if let Some(s) = v.single("max-size") {
-        c.max_size = parse_size("max-size", &s)?;
-    }
-    if let Some(n) = v.single("max-recipients") {
-        c.max_recipients = positive("max-recipients", &n)?;
-    }
-    if let Some(n) = v.single("max-hops") {
-        c.max_hops = positive("max-hops", &n)?;
-    }
-    if let Some(t) = v.duration("timeout")? {
-        if t.is_zero() {
-            return Err(UsageError("--timeout must be more than 0".into()));
+/// A duration option that must be more than 0.
+fn nonzero(v: &Values, name: &str) -> Result<Option<Duration>, UsageError> {
+    v.parse(name, |s| {
+        let d = parse_duration(s).map_err(|e| UsageError(format!("--{name}: {e}")))?;
+        if d.is_zero() {
+            return Err(UsageError(format!("--{name} must be more than 0")));
         }
+        Ok(d)
+    })
+}
+
+fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    if let Some(l) = v.parse_multi("listen", |a| endpoint("listen", a))? {
+        c.listen = l;
+    }
+    if let Some(n) = v.parse("workers", |n| positive("workers", n))? {
+        c.workers = n;
+    }
+    if let Some(n) = v.parse("backlog", |n| positive("backlog", n))? {
+        c.backlog = n;
+    }
+    if let Some(nets) = v.parse_multi("relay-net", |n| {
+        Cidr::parse(n).map_err(|e| UsageError(format!("--relay-net: {e}")))
+    })? {
+        c.relay_nets = nets;
+    }
+    if let Some(ds) = v.parse_multi("relay-domain", |d| {
+        Domain::parse(d.trim_end_matches('.'), true)
+            .map_err(|e| UsageError(format!("--relay-domain: {d:?}: {e}")))
+    })? {
+        c.relay_domains = ds;
+    }
+    if let Some(s) = v.parse("max-size", |s| parse_size("max-size", s))? {
+        c.max_size = s;
+    }
+    if let Some(n) = v.parse("max-recipients", |n| positive("max-recipients", n))? {
+        c.max_recipients = n;
+    }
+    if let Some(n) = v.parse("max-hops", |n| positive("max-hops", n))? {
+        c.max_hops = n;
+    }
+    if let Some(t) = nonzero(v, "timeout")? {
         c.timeout = t;
     }
-    if let Some(t) = v.duration("data-timeout")? {
-        if t.is_zero() {
-            return Err(UsageError("--data-timeout must be more than 0".into()));
-        }
+    if let Some(t) = nonzero(v, "data-timeout")? {
         c.data_timeout = t;
     }
-    if let Some(n) = v.single("max-per-ip") {
-        c.max_per_ip = positive("max-per-ip", &n)?;
+    if let Some(n) = v.parse("max-per-ip", |n| positive("max-per-ip", n))? {
+        c.max_per_ip = n;
     }
-    if let Some(s) = v.single("min-free-space") {
-        c.min_free_space = if s == "0" {
-            0
+    if let Some(s) = v.parse("min-free-space", |s| {
+        if s == "0" {
+            Ok(0)
         } else {
-            parse_size("min-free-space", &s)?
-        };
+            parse_size("min-free-space", s)
+        }
+    })? {
+        c.min_free_space = s;
     }
-    if let Some(m) = v.single("sync") {
-        c.sync = match m.as_str() {
-            "syncfs" => crate::config::SyncMode::Syncfs,
-            "fsync" => crate::config::SyncMode::Fsync,
-            _ => return Err(UsageError(format!("--sync: {m:?} is not syncfs or fsync"))),
-        };
+    if let Some(m) = v.parse("sync", |m| match m {
+        "syncfs" => Ok(crate::config::SyncMode::Syncfs),
+        "fsync" => Ok(crate::config::SyncMode::Fsync),
+        _ => Err(UsageError(format!("--sync: {m:?} is not syncfs or fsync"))),
+    })? {
+        c.sync = m;
     }
-    if let Some(u) = v.single("user") {
-        crate::sys::lookup_user(&u).map_err(|e| UsageError(format!("--user: {u:?}: {e}")))?;
-        c.user = Some(u);
-    }
+    // the user, the files and the names are looked up by app.rs at start
+    c.user = v.single("user");
     match (v.single("tls-cert"), v.single("tls-key")) {
         (Some(cert), Some(key)) => {
-            let config = crate::tls::server_config(cert.as_ref(), key.as_ref())
-                .map_err(|e| UsageError(format!("--tls-cert/--tls-key: {e}")))?;
-            c.tls = Some(config);
+            c.tls = Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            });
         }
         (None, None) => {}
         _ => return Err(UsageError("--tls-cert and --tls-key go together".into())),
     }
-    c.require_tls = v.flag("require-tls");
-    if let Some(f) = v.single("auth-file") {
-        crate::auth::check_file(f.as_ref())
-            .map_err(|e| UsageError(format!("--auth-file {f}: {e}")))?;
-        c.auth_file = Some(PathBuf::from(f));
-    }
+    c.require_tls = v.flag("require-tls")?;
+    c.auth_file = v.single("auth-file").map(PathBuf::from);
     if let Some(n) = v.single("auth-max-failures") {
         c.auth_limits.per_address = number("auth-max-failures", &n)?;
     }
@@ -1006,27 +1222,27 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
             "--require-tls needs --tls-cert and --tls-key".into(),
         ));
     }
-    if let Some(b) = v.single("bare-lf") {
-        c.bare_line_endings = match b.as_str() {
-            "reject" => BareLineEndings::Reject,
-            "normalize" => BareLineEndings::Normalize,
-            _ => {
-                return Err(UsageError(format!(
-                    "--bare-lf: {b:?} is not reject or normalize"
-                )))
-            }
-        };
+    if let Some(b) = v.parse("bare-lf", |b| match b {
+        "reject" => Ok(BareLineEndings::Reject),
+        "normalize" => Ok(BareLineEndings::Normalize),
+        _ => Err(UsageError(format!(
+            "--bare-lf: {b:?} is not reject or normalize"
+        ))),
+    })? {
+        c.bare_line_endings = b;
     }
     Ok(())
 }
 
 fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
-    if let Some(n) = v.single("delivery-workers") {
-        // 0 = receive only: mail stays queued for `queue flush` or a later run
-        c.delivery_workers = number("delivery-workers", &n)?;
+    // 0 = receive only: mail stays queued for `queue flush` or a later run
+    if let Some(n) = v.parse("delivery-workers", |n| number("delivery-workers", n))? {
+        c.delivery_workers = n;
     }
-    if let Some(n) = v.single("max-per-destination") {
-        c.max_per_destination = positive("max-per-destination", &n)?;
+    if let Some(n) = v.parse("max-per-destination", |n| {
+        positive("max-per-destination", n)
+    })? {
+        c.max_per_destination = n;
     }
     if let Some(d) = v.duration("retry-min")? {
         c.retry.min = d.max(Duration::from_secs(1));
@@ -1043,29 +1259,21 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.retry.lifetime = d;
     }
     c.delay_warning = v.duration("delay-warning")?;
-    if let Some(t) = v.duration("delivery-timeout")? {
-        if t.is_zero() {
-            return Err(UsageError("--delivery-timeout must be more than 0".into()));
-        }
+    if let Some(t) = nonzero(v, "delivery-timeout")? {
         c.client_timeouts = crate::client::Timeouts::all(t);
     }
-    let ca_file = v.single("ca-file");
-    if let Some(mode) = v.single("outbound-tls") {
-        use crate::tls::{ClientTls, OutboundTls};
-        let mode = OutboundTls::parse(&mode).ok_or_else(|| {
+    use crate::tls::OutboundTls;
+    if let Some(mode) = v.parse("outbound-tls", |m| {
+        OutboundTls::parse(m).ok_or_else(|| {
             UsageError(format!(
-                "--outbound-tls: {mode:?} is not may, encrypt or verify"
+                "--outbound-tls: {m:?} is not may, encrypt or verify"
             ))
-        })?;
-        c.client_tls = std::sync::Arc::new(match mode {
-            OutboundTls::Verify => {
-                ClientTls::verified(ca_file.as_deref().map(std::path::Path::new))
-                    .map_err(|e| UsageError(format!("--outbound-tls verify: {e}")))?
-            }
-            other => ClientTls::unverified(other),
-        });
+        })
+    })? {
+        c.outbound_tls = mode;
     }
-    if ca_file.is_some() && c.client_tls.mode != crate::tls::OutboundTls::Verify {
+    c.ca_file = v.single("ca-file").map(PathBuf::from);
+    if c.ca_file.is_some() && !c.verifies() {
         return Err(UsageError("--ca-file needs --outbound-tls verify".into()));
     }
     Ok(())
@@ -1142,7 +1350,219 @@ mod tests {
         assert_eq!(c.relay_domains.len(), 2);
         std::fs::write(&path, "max-size = 2k\nnonsense = 1\n").unwrap();
         let e = serve(&format!("serve --config {}", path.display())).unwrap_err();
-        assert!(e.0.contains("line 2") && e.0.contains("nonsense"), "{e}");
+        assert!(
+            e.0.starts_with(&format!("{}:2: ", path.display())) && e.0.contains("nonsense"),
+            "{e}"
+        );
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// A config file for one test, removed on drop.
+    struct TempConf(std::path::PathBuf);
+
+    impl TempConf {
+        fn new(name: &str, text: &str) -> TempConf {
+            let path = std::env::temp_dir()
+                .join(format!("smtp-relay-cli-{name}-{}.conf", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            TempConf(path)
+        }
+    }
+
+    impl Drop for TempConf {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Issue 11 item 4: parsing reads no file an option names, resolves
+    /// no name and looks up no user; app.rs does, at start.
+    #[test]
+    fn parsing_does_no_io() {
+        let c = serve(
+            "serve --tls-cert /nonexistent/c.pem --tls-key /nonexistent/k.pem \
+             --auth-file /nonexistent/passwd --user no-such-user-here \
+             --listen no-such-host.invalid:2525 --dns no-such-host.invalid:53 \
+             --outbound-tls verify --ca-file /nonexistent/ca.pem",
+        )
+        .unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, std::path::PathBuf::from("/nonexistent/c.pem"));
+        assert_eq!(c.user.as_deref(), Some("no-such-user-here"));
+        assert_eq!(
+            c.listen,
+            vec![Endpoint::Name {
+                host: "no-such-host.invalid".into(),
+                port: 2525
+            }]
+        );
+        assert_eq!(
+            c.dns.as_ref().map(|d| d.to_string()).as_deref(),
+            Some("no-such-host.invalid:53")
+        );
+        assert_eq!(
+            c.ca_file,
+            Some(std::path::PathBuf::from("/nonexistent/ca.pem"))
+        );
+        // what needs no I/O to know is still checked here
+        for bad in [
+            "serve --listen nowhere",
+            "serve --listen [::1]",
+            "serve --dns a b:53",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
+
+    /// Issue 11 item 3: `[route DOMAIN]` sections.
+    #[test]
+    fn route_sections() {
+        let f = TempConf::new(
+            "routes",
+            "no-dns = yes\nroute = c.example=[192.0.2.3]\n\n[route a.example]  # smarthost pair\nhosts = [192.0.2.1]:587, [192.0.2.2]:587\ntls = verify\n[route *]\nhosts = relay.example\ntls = none\n",
+        );
+        let c = serve(&format!("serve --config {}", f.0.display())).unwrap();
+        let shown: Vec<String> = c.routes.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "c.example=[192.0.2.3]",
+                "a.example=[192.0.2.1]:587,[192.0.2.2]:587 (tls verify)",
+                "*=relay.example (tls none)"
+            ]
+        );
+        assert!(c.no_dns, "options before the first section still count");
+        // --route on the command line replaces the file's routes, all of them
+        let c = serve(&format!(
+            "serve --config {} --route *=[192.0.2.9]",
+            f.0.display()
+        ))
+        .unwrap();
+        assert_eq!(c.routes.len(), 1);
+        // --ca-file is for verify, here a route's
+        let c = serve(&format!(
+            "serve --config {} --ca-file /x/ca.pem",
+            f.0.display()
+        ))
+        .unwrap();
+        assert!(c.ca_file.is_some());
+
+        for (text, line, needle) in [
+            (
+                "[route a.example]\ntls = implicit\nhosts = h.example\n",
+                2,
+                "not supported",
+            ),
+            (
+                "[route a.example]\nhosts = h.example\nmax-connections = 3\n",
+                3,
+                "max-connections",
+            ),
+            (
+                "[route a.example]\nhosts = h.example\nworkers = 3\n",
+                3,
+                "unknown key",
+            ),
+            ("[route a.example]\ntls = may\n", 1, "needs hosts"),
+            ("[route a.example]\nhosts = bad host\n", 1, "HOST"),
+            ("[listener x]\n", 1, "unknown section"),
+            ("[route]\n", 1, "unknown section"),
+            ("[route a.example\n", 1, "expected"),
+            (
+                "route = a.example=h.example\n[route A.example]\nhosts = g.example\n",
+                2,
+                "second route",
+            ),
+        ] {
+            let f = TempConf::new("badroute", text);
+            let e = serve(&format!("serve --config {}", f.0.display())).unwrap_err();
+            assert!(
+                e.0.starts_with(&format!("{}:{line}: ", f.0.display())) && e.0.contains(needle),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn flat_routes_take_several_hosts() {
+        let c = serve("serve --route a.example=h1.example:2525,[192.0.2.1]").unwrap();
+        assert_eq!(
+            c.routes[0].to_string(),
+            "a.example=h1.example:2525,[192.0.2.1]"
+        );
+    }
+
+    #[test]
+    fn trailing_comments() {
+        let f = TempConf::new(
+            "comments",
+            "max-size = 2k   # two KiB\nworkers=7# no space: part of the value\n",
+        );
+        let e = serve(&format!("serve --config {}", f.0.display())).unwrap_err();
+        assert!(e.0.contains(":2: --workers"), "{e}");
+        let f = TempConf::new(
+            "comments2",
+            "max-size = 2k   # two KiB\nworkers = 7\t# seven\n# whole line\nspool = /var/sp#ool\n",
+        );
+        let c = serve(&format!("serve --config {}", f.0.display())).unwrap();
+        assert_eq!(c.max_size, 2048);
+        assert_eq!(c.workers, 7);
+        assert_eq!(c.spool, std::path::PathBuf::from("/var/sp#ool"));
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_file_and_line() {
+        let f = TempConf::new("badvalue", "workers = 4\n\n# sizes\nmax-size = 12Q\n");
+        let e = serve(&format!("serve --config {}", f.0.display())).unwrap_err();
+        assert!(
+            e.0.starts_with(&format!("{}:4: --max-size: ", f.0.display())),
+            "{e}"
+        );
+        // the same value on the command line names no file
+        let e = serve(&format!("serve --config {} --max-size 12Q", f.0.display())).unwrap_err();
+        assert!(e.0.starts_with("--max-size: "), "{e}");
+        // a repeatable option names the line of the bad one
+        let f = TempConf::new(
+            "badmulti",
+            "relay-net = 10.0.0.0/8\nrelay-net = 10.0.0.0/99\n",
+        );
+        let e = serve(&format!("serve --config {}", f.0.display())).unwrap_err();
+        assert!(e.0.contains(":2: --relay-net"), "{e}");
+    }
+
+    #[test]
+    fn a_flag_from_the_file_can_be_turned_off() {
+        let f = TempConf::new("flags", "no-dns = yes\nhonor-source-routes = yes\n");
+        let c = serve(&format!("serve --config {}", f.0.display())).unwrap();
+        assert!(c.no_dns && c.honor_source_routes);
+        let c = serve(&format!(
+            "serve --config {} --no-dns=no --honor-source-routes=no",
+            f.0.display()
+        ))
+        .unwrap();
+        assert!(!c.no_dns && !c.honor_source_routes);
+        let c = serve("serve --no-dns --honor-source-routes=yes").unwrap();
+        assert!(c.no_dns && c.honor_source_routes);
+        let e = serve("serve --no-dns=maybe").unwrap_err();
+        assert!(e.0.contains("--no-dns"), "{e}");
+    }
+
+    #[test]
+    fn flush_wait_limit_and_deprecated_timeout() {
+        let flush = |line: &str| match parse(&args(line)).unwrap() {
+            Cli::Queue {
+                cmd: QueueCmd::Flush { timeout, .. },
+                warnings,
+                ..
+            } => (timeout, warnings),
+            other => panic!("not flush: {other:?}"),
+        };
+        let (t, w) = flush("queue flush --spool /nonexistent --wait --wait-limit 20s");
+        assert_eq!((t.as_secs(), w.len()), (20, 0));
+        let (t, w) = flush("queue flush --spool /nonexistent --wait --timeout 15s");
+        assert_eq!(t.as_secs(), 15);
+        assert!(w[0].contains("--wait-limit"), "{w:?}");
+        let (t, _) = flush("queue flush --spool /nonexistent");
+        assert_eq!(t.as_secs(), 300);
     }
 }

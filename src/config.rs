@@ -1,5 +1,9 @@
 //! `Config`: every setting of a running relay, with its default.
 //! Built by `cli.rs` from the command line and the config file.
+//!
+//! Plain data: paths, names and numbers as the operator wrote them. No
+//! live TLS objects, no DNS answers, no user database entries and no file
+//! contents live here; `app.rs` turns a `Config` into those at start.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -9,6 +13,54 @@ use crate::client::Timeouts;
 use crate::delivery::RetryPolicy;
 use crate::route::StaticRoute;
 use crate::smtp::Domain;
+use crate::tls::OutboundTls;
+
+/// An `ADDR:PORT` option value as written (`--listen`, `--dns`): an IP
+/// socket address, or a host name and a port that `app.rs` resolves at
+/// start (the command line parser does no DNS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Addr(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl Endpoint {
+    /// `192.0.2.1:25`, `[::1]:2525`, `localhost:2525`.
+    pub fn parse(s: &str) -> Option<Endpoint> {
+        if let Ok(a) = s.parse() {
+            return Some(Endpoint::Addr(a));
+        }
+        let (host, port) = s.rsplit_once(':')?;
+        let port = port.parse().ok()?;
+        Domain::parse(host, false).ok()?;
+        Some(Endpoint::Name {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Endpoint {
+        Endpoint::Addr(a)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Addr(a) => write!(f, "{a}"),
+            Endpoint::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// `--tls-cert` and `--tls-key`: the files STARTTLS is set up from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// An IP network, `addr/prefix`, for `--relay-net`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +137,7 @@ pub enum BareLineEndings {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub hostname: String,
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Endpoint>,
     pub spool: PathBuf,
     /// Session worker threads: the most concurrent SMTP sessions.
     pub workers: usize,
@@ -117,7 +169,7 @@ pub struct Config {
     pub user: Option<String>,
     pub sync: SyncMode,
     /// STARTTLS (RFC 3207): the server's certificate and key, when set.
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls: Option<TlsFiles>,
     /// `--require-tls`: MAIL only after STARTTLS (`530 5.7.0`).
     pub require_tls: bool,
     /// SMTP AUTH (RFC 4954) against this password file, when set.
@@ -134,7 +186,7 @@ pub struct Config {
     /// `--route DOMAIN=HOST[:PORT]`, tried before DNS.
     pub routes: Vec<StaticRoute>,
     /// Nameserver for MX lookups; `None` = the system's resolv.conf.
-    pub dns: Option<SocketAddr>,
+    pub dns: Option<Endpoint>,
     /// Do no DNS at all: only static routes (tests, smarthost set-ups).
     pub no_dns: bool,
     /// Port of MX hosts (25; tests point it elsewhere).
@@ -149,8 +201,11 @@ pub struct Config {
     pub connection_idle: Duration,
     /// Transactions on one outbound connection before it is closed.
     pub connection_max_messages: usize,
-    /// `--outbound-tls` and `--ca-file`: STARTTLS on the delivery side.
-    pub client_tls: std::sync::Arc<crate::tls::ClientTls>,
+    /// `--outbound-tls`: STARTTLS on the delivery side.
+    pub outbound_tls: OutboundTls,
+    /// `--ca-file`: the CAs `--outbound-tls verify` trusts (else the
+    /// system's).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -158,7 +213,7 @@ impl Config {
     pub fn new() -> Config {
         Config {
             hostname: system_hostname(),
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            listen: vec![Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], 2525)))],
             spool: PathBuf::from("spool"),
             workers: 256,
             backlog: 256,
@@ -196,10 +251,18 @@ impl Config {
             client_timeouts: Timeouts::default(),
             connection_idle: Duration::from_secs(5),
             connection_max_messages: 100,
-            client_tls: std::sync::Arc::new(crate::tls::ClientTls::unverified(
-                crate::tls::OutboundTls::May,
-            )),
+            outbound_tls: OutboundTls::May,
+            ca_file: None,
         }
+    }
+
+    /// Whether any delivery verifies certificates (`--outbound-tls
+    /// verify`, or a route's `tls = verify`): then the CA roots are
+    /// loaded, and `--ca-file` has a use.
+    pub fn verifies(&self) -> bool {
+        let verify = crate::route::RouteTls::Starttls(OutboundTls::Verify);
+        self.outbound_tls == OutboundTls::Verify
+            || self.routes.iter().any(|r| r.tls() == Some(verify))
     }
 
     /// Relay control: the client may relay anywhere.

@@ -8,8 +8,13 @@
 //! recipient (static routes, then `dns` MX lookups), send it with the
 //! outbound `client`, record the outcome in the envelope, and queue a
 //! `bounce` (an RFC 3464 DSN) for permanent failures.
+//!
+//! Start-up: `cli` parses the command line and the config file into a
+//! plain `config::Config`; `app`, the composition root, builds the live
+//! objects from it; `exit` maps every error to a sysexits code.
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod auth_limit;
 pub mod bounce;
@@ -19,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod exit;
 pub mod fault;
 pub mod pool;
 pub mod route;

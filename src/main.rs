@@ -1,9 +1,23 @@
-//! The `smtp-relay` binary: parse the command line, set up logging, run one
-//! command, and turn its outcome into a sysexits(3) exit code.
+//! The `smtp-relay` binary: parse the command line (`cli`), set up
+//! logging, run one command (built by `app`, the composition root), and
+//! turn its outcome into a sysexits(3) exit code (`exit`).
 
 use std::process::ExitCode;
 
+use smtp_relay::app;
 use smtp_relay::cli::{self, Cli};
+use smtp_relay::exit::Exit;
+
+/// Prints `e` as the one line a failed command leaves on stderr, and
+/// gives its exit code: every error reaches the process's exit status
+/// here, through its `From<&E> for Exit` in exit.rs.
+fn fail<E: std::fmt::Display>(e: &E) -> ExitCode
+where
+    for<'a> Exit: From<&'a E>,
+{
+    eprintln!("smtp-relay: {e}");
+    Exit::from(e).into()
+}
 
 /// `quiet_default`: commands for scripts log only warnings unless asked.
 fn init_logging(verbosity: usize, quiet_default: bool) {
@@ -33,10 +47,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match cli::parse(&args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("smtp-relay: {e}");
-            return ExitCode::from(64);
-        }
+        Err(e) => return fail(&e),
     };
     match cli {
         Cli::Help(text) => {
@@ -53,27 +64,26 @@ fn main() -> ExitCode {
             mut sel,
             dry_run,
             ids_from_stdin,
+            warnings,
         } => {
             init_logging(config.verbosity, true);
+            for w in warnings {
+                eprintln!("smtp-relay: warning: {w}");
+            }
             if ids_from_stdin {
                 match smtp_relay::admin::read_ids(&mut std::io::stdin().lock()) {
                     Ok(ids) => sel.ids.extend(ids),
-                    Err(e) => {
-                        eprintln!("smtp-relay: {}", e.message);
-                        return ExitCode::from(e.code);
-                    }
+                    Err(e) => return fail(&e),
                 }
                 if sel.ids.is_empty() {
                     eprintln!("smtp-relay: no queue ids on standard input");
-                    return ExitCode::from(smtp_relay::admin::EX_OK);
+                    return Exit::Ok.into();
                 }
             }
-            match smtp_relay::admin::run_queue(&config, &cmd, &sel, dry_run) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    eprintln!("smtp-relay: {}", e.message);
-                    ExitCode::from(e.code)
-                }
+            let deliverer = app::flush_deliverer(&config);
+            match smtp_relay::admin::run_queue(&config, &cmd, &sel, dry_run, &deliverer) {
+                Ok(code) => code.into(),
+                Err(e) => fail(&e),
             }
         }
         Cli::Send { config, opts } => {
@@ -85,25 +95,24 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("smtp-relay: {}", e.message);
-                    ExitCode::from(e.code)
-                }
+                Err(e) => fail(&e),
             }
         }
         Cli::Passwd { file, user, owner } => passwd(&file, &user, owner),
         Cli::Route { config, address } => {
             init_logging(config.verbosity, true);
-            route(&config, &address)
+            match app::route(&config, &address) {
+                Ok(code) => code.into(),
+                Err(e) => fail(&e),
+            }
         }
         Cli::Serve(config) => {
             init_logging(config.verbosity, false);
-            match smtp_relay::server::serve(config) {
+            match app::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");
-                    eprintln!("smtp-relay: {e}");
-                    ExitCode::from(e.exit_code() as u8)
+                    fail(&e)
                 }
             }
         }
@@ -116,13 +125,13 @@ fn passwd(file: &std::path::Path, user: &str, owner: Option<smtp_relay::sys::Use
     let mut line = String::new();
     if let Err(e) = std::io::stdin().read_line(&mut line) {
         eprintln!("smtp-relay: cannot read the password on stdin: {e}");
-        return ExitCode::from(74);
+        return Exit::IoErr.into();
     }
     let pass = line.strip_suffix('\n').unwrap_or(&line);
     let pass = pass.strip_suffix('\r').unwrap_or(pass);
     if pass.is_empty() {
         eprintln!("smtp-relay: no password on stdin (one line)");
-        return ExitCode::from(64);
+        return Exit::Usage.into();
     }
     match smtp_relay::auth::set_password(file, user, pass, owner) {
         Ok(replaced) => {
@@ -132,43 +141,7 @@ fn passwd(file: &std::path::Path, user: &str, owner: Option<smtp_relay::sys::Use
         }
         Err(e) => {
             eprintln!("smtp-relay: {}: {e}", file.display());
-            ExitCode::from(74)
+            Exit::IoErr.into()
         }
-    }
-}
-
-/// `smtp-relay route ADDRESS`: where a recipient would go, sending nothing.
-/// Exit 0 deliverable, 69 permanently not, 75 not now (DNS trouble).
-fn route(config: &smtp_relay::config::Config, address: &str) -> ExitCode {
-    let text = if address.starts_with('<') {
-        address.to_string()
-    } else {
-        format!("<{address}>")
-    };
-    let path = match smtp_relay::smtp::Path::parse(&text, true) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("smtp-relay: {address:?} is not a mailbox: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let router = match smtp_relay::server::router(config, &config.listen) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("smtp-relay: {e}");
-            return ExitCode::from(e.exit_code() as u8);
-        }
-    };
-    let host = path.mailbox().host();
-    let (explanation, _) = router.explain(host);
-    println!("recipient: {}", path.mailbox());
-    print!("{explanation}");
-    if !explanation.ends_with('\n') {
-        println!();
-    }
-    match router.route(host) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) if e.is_permanent() => ExitCode::from(69),
-        Err(_) => ExitCode::from(75),
     }
 }

@@ -30,6 +30,7 @@ use log::{debug, warn};
 
 use crate::dns::{Dns, DnsError, Mx};
 use crate::smtp::{Domain, Enhanced, Host};
+use crate::tls::OutboundTls;
 
 /// Which recipient domains a static route covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,32 +53,94 @@ enum Target {
     Addr(IpAddr),
 }
 
-/// One `--route DOMAIN=HOST[:PORT]`.
+/// A route's `tls =`: STARTTLS to its hosts, in place of the global
+/// `--outbound-tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteTls {
+    /// Never STARTTLS, even when offered (a host whose TLS is known to
+    /// be broken).
+    None,
+    /// STARTTLS as `--outbound-tls` would: `may`, `encrypt` or `verify`.
+    Starttls(OutboundTls),
+}
+
+impl RouteTls {
+    /// `none`, `may`, `encrypt`, `verify`; `implicit` (RFC 8314 §3,
+    /// TLS from the first octet, port 465) is refused: not supported yet.
+    pub fn parse(s: &str) -> Result<RouteTls, String> {
+        match s {
+            "none" => Ok(RouteTls::None),
+            "implicit" => {
+                Err("tls = implicit (RFC 8314 TLS on connect) is not supported yet".into())
+            }
+            other => OutboundTls::parse(other)
+                .map(RouteTls::Starttls)
+                .ok_or_else(|| format!("tls {other:?} is not none, may, encrypt or verify")),
+        }
+    }
+}
+
+impl fmt::Display for RouteTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RouteTls::None => "none",
+            RouteTls::Starttls(OutboundTls::May) => "may",
+            RouteTls::Starttls(OutboundTls::Encrypt) => "encrypt",
+            RouteTls::Starttls(OutboundTls::Verify) => "verify",
+        })
+    }
+}
+
+/// A static route: `--route DOMAIN=HOST[:PORT][,HOST[:PORT]...]`, or a
+/// `[route DOMAIN]` section of the config file (`cli.rs`), which may also
+/// set the route's TLS policy.
 ///
 /// DOMAIN is `*` (smarthost: matches everything), `.example.org` (its
 /// subdomains, not `example.org` itself) or an exact domain. HOST is a host
 /// name or an address literal `[192.0.2.1]`, `[::1]`, `[IPv6:::1]`; PORT
-/// defaults to the router's SMTP port.
+/// defaults to the router's SMTP port. Several hosts are tried in the
+/// order given (failover).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticRoute {
     pattern: Pattern,
-    target: Target,
-    port: Option<u16>,
+    targets: Vec<(Target, Option<u16>)>,
+    /// `None`: the global `--outbound-tls`.
+    tls: Option<RouteTls>,
 }
 
 impl StaticRoute {
-    /// Parses `DOMAIN=HOST[:PORT]`; the error names the problem.
+    /// Parses `DOMAIN=HOST[:PORT][,HOST[:PORT]...]`; the error names the
+    /// problem.
     pub fn parse(s: &str) -> Result<StaticRoute, String> {
-        let (domain, host) = s
+        let (domain, hosts) = s
             .split_once('=')
             .ok_or_else(|| format!("route {s:?}: expected DOMAIN=HOST[:PORT]"))?;
-        let pattern = parse_pattern(domain).map_err(|e| format!("route {s:?}: {e}"))?;
-        let (target, port) = parse_target(host).map_err(|e| format!("route {s:?}: {e}"))?;
+        StaticRoute::new(domain, hosts, None).map_err(|e| format!("route {s:?}: {e}"))
+    }
+
+    /// A route for DOMAIN to `hosts` (`HOST[:PORT]`, comma-separated, in
+    /// the order to try them) with its own TLS policy, if any.
+    pub fn new(domain: &str, hosts: &str, tls: Option<RouteTls>) -> Result<StaticRoute, String> {
+        let pattern = parse_pattern(domain)?;
+        let targets = hosts
+            .split(',')
+            .map(|h| parse_target(h.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(StaticRoute {
             pattern,
-            target,
-            port,
+            targets,
+            tls,
         })
+    }
+
+    /// Whether both routes cover the same destinations.
+    pub fn same_domain(&self, other: &StaticRoute) -> bool {
+        self.pattern == other.pattern
+    }
+
+    /// The route's own TLS policy, if it has one.
+    pub fn tls(&self) -> Option<RouteTls> {
+        self.tls
     }
 
     /// How specifically this route matches `host`; `None` when it does
@@ -112,12 +175,20 @@ impl fmt::Display for StaticRoute {
             Pattern::Exact(d) => f.write_str(d)?,
         }
         f.write_str("=")?;
-        match &self.target {
-            Target::Name(n) => f.write_str(n)?,
-            Target::Addr(a) => write!(f, "[{a}]")?,
+        for (i, (target, port)) in self.targets.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match target {
+                Target::Name(n) => f.write_str(n)?,
+                Target::Addr(a) => write!(f, "[{a}]")?,
+            }
+            if let Some(p) = port {
+                write!(f, ":{p}")?;
+            }
         }
-        match self.port {
-            Some(p) => write!(f, ":{p}"),
+        match self.tls {
+            Some(tls) => write!(f, " (tls {tls})"),
             None => Ok(()),
         }
     }
@@ -205,6 +276,8 @@ pub struct Hop {
     pub name: String,
     pub addrs: Vec<IpAddr>,
     pub port: u16,
+    /// The route's TLS policy; `None`: the global `--outbound-tls`.
+    pub tls: Option<RouteTls>,
 }
 
 impl fmt::Display for Hop {
@@ -216,7 +289,11 @@ impl fmt::Display for Hop {
             }
             write!(f, "{a}")?;
         }
-        f.write_str("]")
+        f.write_str("]")?;
+        match self.tls {
+            Some(tls) => write!(f, " tls={tls}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -407,6 +484,7 @@ impl Router {
                     name: host.to_string(),
                     addrs: vec![ip],
                     port: self.smtp_port,
+                    tls: None,
                 };
                 if self.is_self_addr(ip, self.smtp_port) {
                     trace.note(format!("{ip} port {} is one of our listeners", hop.port));
@@ -484,51 +562,66 @@ impl Router {
         best.map(|(r, _)| r)
     }
 
+    /// The hops of a static route, in the order given; a host that does
+    /// not resolve is skipped while another does (failover), and defers
+    /// only when none does.
     fn static_hop(
         &self,
         route: &StaticRoute,
         dest: &str,
         trace: &mut Trace,
     ) -> Result<Vec<Hop>, RouteError> {
-        let port = route.port.unwrap_or(self.smtp_port);
-        // RFC 5321 §5.1 loop avoidance, for routes: our own name on one of
-        // our ports, or (below) one of our listening sockets.
-        if let Target::Name(n) = &route.target {
-            let our_port =
-                self.local_listen.is_empty() || self.local_listen.iter().any(|l| l.port() == port);
-            if our_port && self.is_local_name(n) {
-                trace.note(format!("route host {n} port {port} is this server"));
-                return Err(RouteError::loops(dest));
-            }
-        }
-        let (name, addrs) = match &route.target {
-            Target::Addr(a) => (format!("[{a}]"), vec![*a]),
-            Target::Name(n) => {
-                // A route's host is used as it is: its A/AAAA, never its MX.
-                // Failure defers: a broken route is for the operator to fix,
-                // not a reason to bounce.
-                let found = match &self.dns {
-                    Some(dns) => dns.addrs(n).map_err(|e| e.to_string()),
-                    None => system_addrs(n, port),
-                };
-                match found {
-                    Ok(a) => (n.clone(), a),
-                    Err(why) => {
-                        trace.note(format!("route host {n}: {why}"));
-                        return Err(RouteError::Temporary(format!(
-                            "route host {n} does not resolve: {why}"
-                        )));
-                    }
+        let mut hops = Vec::with_capacity(route.targets.len());
+        let mut unresolved = Vec::new();
+        for (target, port) in &route.targets {
+            let port = port.unwrap_or(self.smtp_port);
+            // RFC 5321 §5.1 loop avoidance, for routes: our own name on one
+            // of our ports, or (below) one of our listening sockets.
+            if let Target::Name(n) = target {
+                let our_port = self.local_listen.is_empty()
+                    || self.local_listen.iter().any(|l| l.port() == port);
+                if our_port && self.is_local_name(n) {
+                    trace.note(format!("route host {n} port {port} is this server"));
+                    return Err(RouteError::loops(dest));
                 }
             }
-        };
-        let hop = Hop { name, addrs, port };
-        trace.note(format!("route host {hop}"));
-        if hop.addrs.iter().any(|a| self.is_self_addr(*a, port)) {
-            trace.note(format!("route host {hop} is one of our listeners"));
-            return Err(RouteError::loops(dest));
+            let (name, addrs) = match target {
+                Target::Addr(a) => (format!("[{a}]"), vec![*a]),
+                Target::Name(n) => {
+                    // A route's host is used as it is: its A/AAAA, never its
+                    // MX. Failure defers: a broken route is for the operator
+                    // to fix, not a reason to bounce.
+                    let found = match &self.dns {
+                        Some(dns) => dns.addrs(n).map_err(|e| e.to_string()),
+                        None => system_addrs(n, port),
+                    };
+                    match found {
+                        Ok(a) => (n.clone(), a),
+                        Err(why) => {
+                            trace.note(format!("route host {n}: {why}"));
+                            unresolved.push(format!("route host {n} does not resolve: {why}"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let hop = Hop {
+                name,
+                addrs,
+                port,
+                tls: route.tls,
+            };
+            trace.note(format!("route host {hop}"));
+            if hop.addrs.iter().any(|a| self.is_self_addr(*a, port)) {
+                trace.note(format!("route host {hop} is one of our listeners"));
+                return Err(RouteError::loops(dest));
+            }
+            hops.push(hop);
         }
-        Ok(vec![hop])
+        if hops.is_empty() {
+            return Err(RouteError::Temporary(unresolved.join("; ")));
+        }
+        Ok(hops)
     }
 
     /// Resolves MX hosts (already in the order to try them), drops
@@ -581,6 +674,7 @@ impl Router {
                     name: c.mx.exchange,
                     addrs,
                     port: self.smtp_port,
+                    tls: None,
                 }),
                 Err(e) => {
                     warn!("route {domain}: MX host {} skipped: {e}", c.mx.exchange);
@@ -879,6 +973,38 @@ mod tests {
         assert_eq!(matched(&r, "[192.0.2.1]"), None);
     }
 
+    /// A route with several hosts gives one hop per host, in the order
+    /// given, each carrying the route's TLS policy; any of them being
+    /// this server is a loop.
+    #[test]
+    fn several_hosts_fail_over_in_order() {
+        let tls = Some(RouteTls::Starttls(OutboundTls::Encrypt));
+        let r = Router::new(
+            vec![StaticRoute::new("example.org", "[192.0.2.2]:587, [192.0.2.1]", tls).unwrap()],
+            None,
+            25,
+            vec!["relay.test".into()],
+            vec!["127.0.0.1:2525".parse().unwrap()],
+        );
+        let hops = r.route(&host("example.org")).unwrap();
+        let got: Vec<(String, u16, Option<RouteTls>)> = hops
+            .iter()
+            .map(|h| (h.name.clone(), h.port, h.tls))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("[192.0.2.2]".to_string(), 587, tls),
+                ("[192.0.2.1]".to_string(), 25, tls)
+            ]
+        );
+        let r = router(&["example.org=[192.0.2.1],[127.0.0.1]:2525"]);
+        assert!(r.route(&host("example.org")).unwrap_err().is_permanent());
+        assert_eq!(RouteTls::parse("none"), Ok(RouteTls::None));
+        assert!(RouteTls::parse("implicit").is_err());
+        assert!(RouteTls::parse("sometimes").is_err());
+    }
+
     #[test]
     fn static_and_literal_routing_without_dns() {
         let r = router(&["example.org=[192.0.2.1]:2526", ".example.net=[::1]"]);
@@ -887,7 +1013,8 @@ mod tests {
             Ok(vec![Hop {
                 name: "[192.0.2.1]".into(),
                 addrs: vec![ip("192.0.2.1")],
-                port: 2526
+                port: 2526,
+                tls: None,
             }])
         );
         let hops = r.route(&host("a.example.net")).unwrap();
@@ -898,7 +1025,8 @@ mod tests {
             Ok(vec![Hop {
                 name: "[IPv6:2001:db8::5]".into(),
                 addrs: vec![ip("2001:db8::5")],
-                port: 25
+                port: 25,
+                tls: None,
             }])
         );
         assert_eq!(

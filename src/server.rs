@@ -1,5 +1,6 @@
-//! `serve`: bind the listeners, recover the spool, run the session pool,
-//! and stop on SIGTERM/SIGINT.
+//! `serve`'s receiving side: bind the listeners, run the session pool,
+//! and stop on SIGTERM/SIGINT. `app::serve` wires it to the spool, the
+//! scheduler and the TLS and AUTH settings.
 //!
 //! Signals (README "Signals"): SIGTERM and SIGINT stop; SIGHUP and SIGUSR1
 //! are caught, logged and ignored (no reload or log reopening yet, and
@@ -23,23 +24,21 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, TrySendError};
 
-use crate::config::Config;
-use crate::delivery::{ConnCache, Deliverer, DestLimiter};
-use crate::dns::Dns;
+use crate::app::SetupError;
 use crate::pool::Pool;
-use crate::route::Router;
-use crate::scheduler;
 use crate::session::{self, Context};
 use crate::smtp::Reply;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::SpoolError;
 
+/// Why `serve` could not start (its exit code: `exit.rs`).
 #[derive(Debug)]
 pub enum ServeError {
+    /// Building the parts (app.rs) failed.
+    Setup(SetupError),
     Bind {
         addr: SocketAddr,
         source: io::Error,
     },
-    Dns(String),
     Privileges(io::Error),
     /// `--auth-file` cannot be read as the user the server runs as.
     AuthFile {
@@ -51,27 +50,11 @@ pub enum ServeError {
     Thread(io::Error),
 }
 
-impl ServeError {
-    /// sysexits(3) codes, as documented in `--help`.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ServeError::Bind { .. } => 69,
-            ServeError::Dns(_) => 69,
-            ServeError::Privileges(_) => 77,
-            ServeError::AuthFile { .. } => 77,
-            ServeError::Spool(SpoolError::Locked(_)) => 75,
-            ServeError::Spool(SpoolError::Unsafe { .. } | SpoolError::Missing(_)) => 78,
-            ServeError::Spool(_) => 74,
-            ServeError::Thread(_) => 71,
-        }
-    }
-}
-
 impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            ServeError::Dns(e) => write!(f, "cannot set up DNS: {e}"),
+            ServeError::Setup(e) => write!(f, "{e}"),
             ServeError::Privileges(e) => write!(f, "cannot drop privileges: {e}"),
             ServeError::AuthFile {
                 path,
@@ -94,6 +77,12 @@ impl fmt::Display for ServeError {
     }
 }
 
+impl From<SetupError> for ServeError {
+    fn from(e: SetupError) -> ServeError {
+        ServeError::Setup(e)
+    }
+}
+
 impl From<SpoolError> for ServeError {
     fn from(e: SpoolError) -> ServeError {
         ServeError::Spool(e)
@@ -103,16 +92,11 @@ impl From<SpoolError> for ServeError {
 /// How long a stopping server waits for sessions in progress.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub fn serve(config: Config) -> Result<(), ServeError> {
-    // before anything else: a SIGHUP during start-up is not fatal either
-    let signals = Signals::install();
-    let config = Arc::new(config);
-    // Root binds (port 25), and with --user hands the spool over by file
-    // descriptor (spool/owner.rs), then drops privileges. Everything that
-    // walks the spool (lock, recovery, cleaning tmp/ and free/) runs
-    // after that, as the spool's user.
+/// Binds every listener (before privileges are dropped: port 25 needs
+/// root); returns each with its real address (port 0 → the port given).
+pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<(TcpListener, SocketAddr)>, ServeError> {
     let mut listeners = Vec::new();
-    for addr in &config.listen {
+    for addr in addrs {
         let l = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
             addr: *addr,
             source,
@@ -123,62 +107,19 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         })?;
         listeners.push((l, local));
     }
-    if let Some(name) = &config.user {
-        become_user(name, &config.spool)?;
-    }
-    // the password file is read at each AUTH, as the user we now are: a
-    // file only root can read (what `passwd` run as root used to leave)
-    // would fail every AUTH with 454, so refuse to start instead
-    if let Some(path) = &config.auth_file {
-        crate::auth::check_file(path).map_err(|source| ServeError::AuthFile {
-            path: path.clone(),
-            user: config.user.clone(),
-            source,
-        })?;
-    }
+    Ok(listeners)
+}
 
-    let mut spool = Spool::open(&config.spool)?;
-    let lock = spool.lock()?;
-    spool.start_committer(config.sync == crate::config::SyncMode::Syncfs)?;
-    let spool = Arc::new(spool);
-    let (queued, rec) = spool.recover(&lock)?;
-    log::info!(
-        "spool {} recovered: {} queued, {} unfinished removed, {} orphan bodies removed, {} corrupt moved aside",
-        spool.root().display(),
-        queued.len(),
-        rec.tmp_removed,
-        rec.orphans_removed,
-        rec.corrupt_moved
-    );
-
-    let local: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
-    // sessions and delivery announce new messages to the scheduler; a
-    // full channel only delays a message until the next rescan
-    let (committed_tx, committed_rx) = bounded::<crate::spool::QueueId>(16 * 1024);
-    let deliverer = Arc::new(deliverer(
-        &config,
-        spool.clone(),
-        &local,
-        Some(committed_tx.clone()),
-    )?);
-    let sched = if config.delivery_workers > 0 {
-        Some(
-            scheduler::start(deliverer, config.delivery_workers, queued, committed_rx)
-                .map_err(ServeError::Thread)?,
-        )
-    } else {
-        log::info!("delivery is off (--delivery-workers 0): mail is received and queued only");
-        None
-    };
-
-    let ctx = Arc::new(Context {
-        config: config.clone(),
-        spool: spool.clone(),
-        committed: Some(committed_tx),
-        space: session::SpaceCheck::default(),
-        verifier: crate::auth::Verifier::per_cpu(),
-        auth_failures: crate::auth_limit::FailureLimiter::new(config.auth_limits),
-    });
+/// Serves SMTP on `listeners` with a fixed pool of session threads until
+/// SIGTERM or SIGINT, then stops accepting and gives the sessions in
+/// progress [`STOP_GRACE`] to end. `app::serve` built everything `ctx`
+/// holds.
+pub fn run(
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    ctx: Arc<Context>,
+    signals: Signals,
+) -> Result<(), ServeError> {
+    let config = ctx.config.clone();
     let (tx, rx) = bounded::<Accepted>(config.backlog);
     let pool_ctx = ctx.clone();
     let pool = Pool::spawn(
@@ -240,25 +181,21 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     if done_rx.recv_timeout(STOP_GRACE).is_err() {
         log::warn!("sessions still open after {STOP_GRACE:?}; stopping anyway (nothing they sent was acknowledged)");
     }
-    // deliveries in flight get a moment; one cut short is retried at the
-    // next start (a duplicate at worst, never a loss)
-    if let Some(s) = sched {
-        s.stop(Duration::from_secs(5));
-    }
-    drop(lock);
-    log::info!("stopped");
     Ok(())
 }
 
-/// `--user`: started as root to bind a low port, continue as `name`,
-/// giving it the spool first (without following links, see
-/// `spool/owner.rs`).
-fn become_user(name: &str, spool: &std::path::Path) -> Result<(), ServeError> {
+/// `--user`: started as root to bind a low port, continue as `user`
+/// (`name`, looked up by app.rs), giving it the spool first (without
+/// following links, see `spool/owner.rs`).
+pub fn become_user(
+    name: &str,
+    user: crate::sys::User,
+    spool: &std::path::Path,
+) -> Result<(), ServeError> {
     if !crate::sys::is_root() {
         log::warn!("--user {name} ignored: not running as root");
         return Ok(());
     }
-    let user = crate::sys::lookup_user(name).map_err(ServeError::Privileges)?;
     crate::spool::owner::give_to(spool, user)?;
     crate::sys::drop_privileges(user).map_err(ServeError::Privileges)?;
     log::info!(
@@ -267,48 +204,6 @@ fn become_user(name: &str, spool: &std::path::Path) -> Result<(), ServeError> {
         user.gid
     );
     Ok(())
-}
-
-/// The delivery engine for a config (used by `serve` and by a `queue
-/// flush` that runs without a server).
-pub fn deliverer(
-    config: &Config,
-    spool: Arc<Spool>,
-    local: &[SocketAddr],
-    committed: Option<crossbeam_channel::Sender<crate::spool::QueueId>>,
-) -> Result<Deliverer, ServeError> {
-    Ok(Deliverer {
-        spool,
-        router: router(config, local)?,
-        hostname: config.hostname.clone(),
-        timeouts: config.client_timeouts,
-        retry: config.retry,
-        cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
-        limiter: DestLimiter::new(config.max_per_destination),
-        honor_source_routes: config.honor_source_routes,
-        delay_warning: config.delay_warning,
-        committed,
-        tls: config.client_tls.clone(),
-        clock: Arc::new(crate::time::SystemClock),
-    })
-}
-
-/// The router for a config: static routes, then DNS unless `--no-dns`.
-/// `local` are our own listening addresses, for loop detection.
-pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, ServeError> {
-    let dns = if config.no_dns {
-        None
-    } else {
-        let timeout = config.client_timeouts.connect.min(Duration::from_secs(30));
-        Some(Dns::new(config.dns, timeout).map_err(|e| ServeError::Dns(format!("{e:?}")))?)
-    };
-    Ok(Router::new(
-        config.routes.clone(),
-        dns,
-        config.smtp_port,
-        vec![config.hostname.clone()],
-        local.to_vec(),
-    ))
 }
 
 /// An accepted connection on its way to a session worker.
@@ -420,10 +315,10 @@ fn wake(local: SocketAddr) {
 }
 
 /// The signals `serve` handles, registered once at start-up.
-struct Signals(Option<signal_hook::iterator::Signals>);
+pub struct Signals(Option<signal_hook::iterator::Signals>);
 
 impl Signals {
-    fn install() -> Signals {
+    pub fn install() -> Signals {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
         match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) {
             Ok(s) => Signals(Some(s)),

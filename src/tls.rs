@@ -3,11 +3,13 @@
 //!
 //! rustls with its `ring` provider only; the bytes on the wire are the
 //! `Channel`'s business. Nothing here holds state after start-up: configs
-//! are built once (a bad file is a usage error at start, never a surprise
-//! in the middle of a session) and shared behind `Arc`.
+//! are built once by `app.rs` (a bad file stops the start, exit 66 when it
+//! cannot be read, 78 when it holds no usable certificate or key, never a
+//! surprise in the middle of a session) and shared behind `Arc`.
 
 use std::fmt;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -50,34 +52,68 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why a certificate, key or CA file cannot be used.
+#[derive(Debug)]
+pub enum TlsFileError {
+    /// The file cannot be read.
+    Read { path: PathBuf, source: io::Error },
+    /// It was read, but holds no usable certificate or key, or the key
+    /// does not fit the certificate.
+    Invalid(String),
+}
+
+impl fmt::Display for TlsFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsFileError::Read { path, source } => write!(f, "{}: {source}", path.display()),
+            TlsFileError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    std::fs::read(path).map_err(|source| TlsFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Reads a PEM certificate chain (leaf first).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    parse_certs(path, &read_file(path)?)
+}
+
+fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let bad = |e: &dyn fmt::Display| TlsFileError::Invalid(format!("{}: {e}", path.display()));
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| bad(&e))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
+        return Err(bad(&"no certificate in the file"));
     }
     Ok(certs)
 }
 
 /// The server side of STARTTLS: a certificate chain and its private key
 /// (PKCS#8, PKCS#1 or SEC1 PEM), checked against each other now.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs = load_certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
+    // both read before either is parsed: a file that cannot be read is
+    // reported as such, whatever the other holds
+    let (cert_pem, key_pem) = (read_file(cert)?, read_file(key)?);
+    let certs = parse_certs(cert, &cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| TlsFileError::Invalid(format!("{}: {e}", key.display())))?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsFileError::Invalid(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+        .map_err(|e| TlsFileError::Invalid(format!("certificate and key do not fit: {e}")))?;
     Ok(Arc::new(config))
 }
 
 /// `--outbound-tls`: what the delivery side does with STARTTLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutboundTls {
     /// Opportunistic (RFC 7435 §1.3): STARTTLS when offered, any
     /// certificate; a failed handshake falls back to plaintext.
@@ -100,11 +136,16 @@ impl OutboundTls {
     }
 }
 
-/// The client side of STARTTLS, built once per process.
+/// The client side of STARTTLS, built once per process: the mode, and
+/// the rustls configs a route's own `tls =` may switch to
+/// ([`ClientTls::with_mode`]).
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     pub mode: OutboundTls,
-    config: Arc<rustls::ClientConfig>,
+    /// Any certificate (`may`, `encrypt`).
+    unverified: Arc<rustls::ClientConfig>,
+    /// Roots to verify against (`verify`), when loaded.
+    verified: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientTls {
@@ -122,19 +163,29 @@ impl ClientTls {
             .with_no_client_auth();
         ClientTls {
             mode,
-            config: Arc::new(config),
+            unverified: Arc::new(config),
+            verified: None,
+        }
+    }
+
+    /// The same configs under another mode (a route's `tls =`); `verify`
+    /// works only when the roots were loaded ([`ClientTls::verified`]).
+    pub fn with_mode(&self, mode: OutboundTls) -> ClientTls {
+        ClientTls {
+            mode,
+            ..self.clone()
         }
     }
 
     /// `verify`: roots from `ca_file` (PEM), else the system's.
-    pub fn verified(ca_file: Option<&Path>) -> Result<ClientTls, String> {
+    pub fn verified(ca_file: Option<&Path>) -> Result<ClientTls, TlsFileError> {
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
             Some(path) => {
                 for c in load_certs(path)? {
                     roots
                         .add(c)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                        .map_err(|e| TlsFileError::Invalid(format!("{}: {e}", path.display())))?;
                 }
             }
             None => {
@@ -144,18 +195,18 @@ impl ClientTls {
                 }
                 let (added, _) = roots.add_parsable_certificates(found.certs);
                 if added == 0 {
-                    return Err("no system CA certificates found (install ca-certificates, or give --ca-file)".into());
+                    return Err(TlsFileError::Invalid("no system CA certificates found (install ca-certificates, or give --ca-file)".into()));
                 }
             }
         }
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| TlsFileError::Invalid(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(ClientTls {
-            mode: OutboundTls::Verify,
-            config: Arc::new(config),
+            verified: Some(Arc::new(config)),
+            ..ClientTls::unverified(OutboundTls::Verify)
         })
     }
 
@@ -167,7 +218,14 @@ impl ClientTls {
         let bare = bare.strip_prefix("IPv6:").unwrap_or(bare);
         let server_name = rustls::pki_types::ServerName::try_from(bare.to_string())
             .map_err(|e| format!("{name:?} is not a TLS server name: {e}"))?;
-        rustls::ClientConnection::new(self.config.clone(), server_name).map_err(|e| e.to_string())
+        let config = match self.mode {
+            OutboundTls::Verify => self
+                .verified
+                .clone()
+                .ok_or("verify: no CA certificates were loaded")?,
+            OutboundTls::May | OutboundTls::Encrypt => self.unverified.clone(),
+        };
+        rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())
     }
 }
 

@@ -1028,7 +1028,7 @@ fn flush_wait_after_the_next_hop_came_back() {
     wait_deferred(spool, &ms.iter().collect::<Vec<_>>());
     sink.restart();
     let started = Instant::now();
-    let r = queue(spool, "flush", &["--wait", "--timeout", "20s"]);
+    let r = queue(spool, "flush", &["--wait", "--wait-limit", "20s"]);
     assert_eq!(r.code, Some(0), "{}", show_run(&r));
     assert!(
         r.stdout.contains("3 done, 0 still deferred"),
@@ -1044,7 +1044,11 @@ fn flush_wait_after_the_next_hop_came_back() {
 fn flush_wait_when_still_refused_exits_75() {
     let (sink, relay, [m1, m2, m3]) = deferred_queue();
     let spool = relay.spool();
-    let r = queue(spool, "flush", &["--wait", "--timeout", "15s", "--quiet"]);
+    let r = queue(
+        spool,
+        "flush",
+        &["--wait", "--wait-limit", "15s", "--quiet"],
+    );
     assert_eq!(r.code, Some(75), "{}", show_run(&r));
     assert_eq!(r.stdout, "", "--quiet");
     for id in [&m1, &m2, &m3] {
@@ -1056,7 +1060,11 @@ fn flush_wait_when_still_refused_exits_75() {
     }
     assert_eq!(sink.count(), 0);
     // only the selected messages
-    let r = queue(spool, "flush", &["--wait", "--timeout", "15s", "--id", &m2]);
+    let r = queue(
+        spool,
+        "flush",
+        &["--wait", "--wait-limit", "15s", "--id", &m2],
+    );
     assert_eq!(r.code, Some(75), "{}", show_run(&r));
     assert_eq!(EnvFile::load(spool, &m2).get("attempts"), "3");
     assert_eq!(EnvFile::load(spool, &m1).get("attempts"), "2");
@@ -1123,6 +1131,13 @@ fn flush_wait_with_a_server_that_never_picks_up_exits_69() {
     let took = started.elapsed();
     assert_eq!(r.code, Some(69), "{}", show_run(&r));
     assert!(r.stderr.contains("did not pick up"), "{}", show_run(&r));
+    // the old name of --wait-limit still works, with a warning
+    assert!(
+        r.stderr
+            .contains("warning: queue flush --timeout is deprecated: use --wait-limit"),
+        "{}",
+        show_run(&r)
+    );
     assert!(
         took >= Duration::from_secs(9) && took < Duration::from_secs(16),
         "took {took:?}"

@@ -102,16 +102,27 @@ fn passwd_writes_a_private_file_and_replaces_entries() {
     assert_eq!(passwd(&f, "carol", "\n").0, Some(64));
 }
 
+/// A password file that cannot be read stops the start with EX_NOINPUT
+/// (66), one with a bad line with EX_CONFIG (78), naming `--auth-file`.
 #[test]
-fn a_bad_password_file_is_a_usage_error() {
+fn a_bad_password_file_stops_the_start() {
     let dir = TempDir::new("badauth");
     let junk = write_file(dir.path(), "junk", b"alice\n");
-    for file in [junk.as_path(), Path::new("/nonexistent/passwd")] {
+    let spool = dir.path().join("spool");
+    for (file, code) in [(junk.as_path(), 78), (Path::new("/nonexistent/passwd"), 66)] {
         let run = run_cli(
-            &["serve", "--auth-file", file.to_str().expect("utf-8")],
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--spool",
+                spool.to_str().expect("utf-8"),
+                "--auth-file",
+                file.to_str().expect("utf-8"),
+            ],
             Duration::from_secs(10),
         );
-        assert_eq!(run.code, Some(64), "{run:?}");
+        assert_eq!(run.code, Some(code), "{run:?}");
         assert!(run.stderr.contains("--auth-file"), "{run:?}");
     }
 }

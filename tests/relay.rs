@@ -827,3 +827,62 @@ fn a_saturated_slow_destination_does_not_delay_a_fast_one() {
         queue_files(relay.spool())
     );
 }
+
+/// Issue 11 item 3: `[route DOMAIN]` sections in the config file. Hosts
+/// are tried in the order given (a first host where nothing listens fails
+/// over to the next), and each route keeps its own TLS policy, also
+/// across the connection cache: the plaintext connection that `tls =
+/// none` left idle to the sink is not reused for a `tls = encrypt` route
+/// to the same sink, whose mail is deferred (the sink offers no STARTTLS)
+/// and never sent in plaintext.
+#[test]
+fn route_sections_fail_over_and_keep_their_tls_policy() {
+    let sink = Sink::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = TempDir::new("routesections");
+    let conf = dir.path().join("relay.conf");
+    let port = sink.addr().port();
+    std::fs::write(
+        &conf,
+        format!(
+            "no-dns = yes\n\
+             \n\
+             [route a.example]        # failover, plaintext\n\
+             hosts = 127.0.0.1:{dead}, 127.0.0.1:{port}\n\
+             tls = none\n\
+             \n\
+             [route b.example]\n\
+             hosts = 127.0.0.1:{port}\n\
+             tls = encrypt            # the sink offers no STARTTLS\n"
+        ),
+    )
+    .expect("write the config");
+    let relay = Relay::start(&["--config", conf.to_str().expect("utf-8 path")]);
+    let mut t = relay.session();
+    t.send_mail(
+        "s@origin.example",
+        &["x@a.example"],
+        b"Subject: a\r\n\r\na\r\n",
+    );
+    assert!(sink.wait_for(1, DELIVERY), "a.example got nothing");
+    let id = t.send_mail(
+        "s@origin.example",
+        &["y@b.example"],
+        b"Subject: b\r\n\r\nb\r\n",
+    );
+    let mut last = String::new();
+    let deferred = wait_until(DELIVERY, || {
+        last = std::fs::read_to_string(env_path(relay.spool(), &id)).unwrap_or_default();
+        EnvFile::parse(&last)
+            .rcpts()
+            .iter()
+            .any(|(st, _, reply)| st == "deferred" && reply.contains("4.7.4"))
+    });
+    assert!(deferred, "b.example not deferred for want of TLS:\n{last}");
+    let got = sink.messages();
+    assert_eq!(got.len(), 1, "only a.example's message: {got:?}");
+    assert_eq!(got[0].rcpts, ["x@a.example"]);
+}

@@ -81,6 +81,7 @@ fn hop(name: &str, addrs: &[&str], port: u16) -> Hop {
         name: name.into(),
         addrs: addrs.iter().map(|a| ip(a)).collect(),
         port,
+        tls: None,
     }
 }
 

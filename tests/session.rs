@@ -1120,7 +1120,7 @@ fn cli_config_file() {
     assert_eq!(run.code, Some(64), "{run:?}");
     let line = one_line(&run.stderr);
     assert!(
-        line.contains("nonsense") && line.contains("line 3"),
+        line.contains("nonsense") && line.contains("bad.conf:3: "),
         "{line:?}"
     );
 
@@ -1148,6 +1148,68 @@ fn cli_config_file() {
     t.cmd_enh("RCPT TO:<b@example.net>", 250, "2.1.5");
     t.cmd_enh("RCPT TO:<c@example.net>", 250, "2.1.5");
     t.cmd_enh("RCPT TO:<d@example.net>", 452, "4.5.3");
+}
+
+/// Issue 11 item 8: a trailing comment is a comment, a bad value names
+/// the file and line, and a flag the file sets is turned off with
+/// `--FLAG=no`.
+#[test]
+fn cli_config_file_comments_lines_and_flags() {
+    let dir = TempDir::new("cfg8");
+    let bad = write_file(
+        dir.path(),
+        "bad.conf",
+        b"workers = 4   # four\n\nmax-size = 12Q # oops\n",
+    );
+    let bad = bad.to_str().expect("utf-8 path");
+    let run = run_cli(&["serve", "--config", bad], Duration::from_secs(10));
+    assert_eq!(run.code, Some(64), "{run:?}");
+    let line = one_line(&run.stderr);
+    assert!(
+        line.contains(&format!("{bad}:3: --max-size: ")) && line.contains("12Q"),
+        "{line:?}"
+    );
+
+    // require-tls without a certificate cannot start...
+    let conf = write_file(
+        dir.path(),
+        "flags.conf",
+        b"max-size = 2k  # two KiB\nrequire-tls = yes # needs tls-cert\n",
+    );
+    let conf = conf.to_str().expect("utf-8 path");
+    let run = run_cli(&["serve", "--config", conf], Duration::from_secs(10));
+    assert_eq!(run.code, Some(64), "{run:?}");
+    assert!(one_line(&run.stderr).contains("--require-tls"), "{run:?}");
+    // ...and the command line turns it off; the commented size holds
+    let relay = Relay::receive_only(&["--config", conf, "--require-tls=no"]);
+    let mut t = relay.talk();
+    t.expect(220);
+    let ehlo = t.cmd("EHLO client.test", 250);
+    assert!(ehlo.lines().any(|l| l == "SIZE 2048"), "{ehlo:?}");
+    t.cmd_enh("MAIL FROM:<a@example.org>", 250, "2.1.0");
+}
+
+/// `--user` naming no user stops the start with EX_CONFIG (78), before
+/// anything is bound (app.rs looks the user up; the parser does not).
+#[test]
+fn cli_unknown_user_exits_78() {
+    let dir = TempDir::new("nouser");
+    let spool = dir.path().join("spool");
+    let run = run_cli(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--spool",
+            spool.to_str().expect("utf-8 path"),
+            "--user",
+            "no-such-user-here",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(run.code, Some(78), "{run:?}");
+    assert!(run.stderr.contains("--user"), "{run:?}");
+    assert!(!run.stdout.contains("listening"), "{run:?}");
 }
 
 #[test]

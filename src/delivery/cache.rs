@@ -6,10 +6,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::client::Connection;
+use crate::route::RouteTls;
 
-/// Idle outbound connections kept for reuse, per next-hop address.
+/// A cached connection's peer and the TLS policy it was opened under.
+type CacheKey = (SocketAddr, RouteTls);
+
+/// Idle outbound connections kept for reuse, per next-hop address and
+/// TLS policy: a connection opened under one route's policy (plaintext
+/// under `tls = none`, say) is never reused for a route with another.
 pub struct ConnCache {
-    idle: Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>,
+    idle: Mutex<HashMap<CacheKey, Vec<(Connection, Instant)>>>,
     max_idle: Duration,
     max_transactions: usize,
 }
@@ -23,11 +29,11 @@ impl ConnCache {
         }
     }
 
-    pub(super) fn take(&self, addr: SocketAddr) -> Option<Connection> {
+    pub(super) fn take(&self, addr: SocketAddr, policy: RouteTls) -> Option<Connection> {
         let mut stale = Vec::new();
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle.get_mut(&addr)?;
+            let list = idle.get_mut(&(addr, policy))?;
             let mut found = None;
             while let Some((c, since)) = list.pop() {
                 if since.elapsed() < self.max_idle {
@@ -44,13 +50,15 @@ impl ConnCache {
         found
     }
 
-    pub(super) fn put(&self, c: Connection) {
+    pub(super) fn put(&self, c: Connection, policy: RouteTls) {
         if !c.reusable() || c.transactions() >= self.max_transactions {
             c.quit();
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.entry(c.peer()).or_default().push((c, Instant::now()));
+        idle.entry((c.peer(), policy))
+            .or_default()
+            .push((c, Instant::now()));
     }
 
     /// Closes every cached connection (end of a foreground flush).

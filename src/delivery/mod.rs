@@ -22,7 +22,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::client::{ClientError, Connection, Outgoing, Phase, Timeouts};
-use crate::route::{Hop, RouteError, Router};
+use crate::route::{Hop, RouteError, RouteTls, Router};
 pub use crate::scheduler::DestLimiter;
 use crate::smtp::{Enhanced, Host, Path};
 use crate::spool::{Claim, Claimed, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
@@ -314,7 +314,8 @@ impl Deliverer {
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                let mut conn = match self.connection(&hop.name, peer) {
+                let policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
+                let mut conn = match self.connection(&hop.name, peer, policy) {
                     Ok(c) => c,
                     Err(e) => {
                         log::debug!("{} {label}: {e}", env.id);
@@ -336,7 +337,7 @@ impl Deliverer {
                 let mut reader = std::io::BufReader::with_capacity(64 * 1024, claim.body());
                 let result = conn.send(&msg, &mut reader);
                 log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
-                self.cache.put(conn);
+                self.cache.put(conn, policy);
                 let name = remote_name(hop, peer);
                 match result {
                     Ok(sent) => {
@@ -379,15 +380,31 @@ impl Deliverer {
         all(&last_host, last)
     }
 
-    fn connection(&self, name: &str, peer: SocketAddr) -> Result<Connection, ClientError> {
-        while let Some(mut c) = self.cache.take(peer) {
+    /// A connection to `peer` under `policy` (the route's, else the
+    /// global `--outbound-tls`): a cached one, or a new one.
+    fn connection(
+        &self,
+        name: &str,
+        peer: SocketAddr,
+        policy: RouteTls,
+    ) -> Result<Connection, ClientError> {
+        while let Some(mut c) = self.cache.take(peer, policy) {
             // the peer may have closed an idle connection: probe it
             if c.reset().is_ok() {
                 return Ok(c);
             }
             c.quit();
         }
-        Connection::open_with_tls(peer, &self.hostname, self.timeouts, &self.tls, name)
+        match policy {
+            RouteTls::None => Connection::open(peer, &self.hostname, self.timeouts),
+            RouteTls::Starttls(mode) if mode == self.tls.mode => {
+                Connection::open_with_tls(peer, &self.hostname, self.timeouts, &self.tls, name)
+            }
+            RouteTls::Starttls(mode) => {
+                let tls = self.tls.with_mode(mode);
+                Connection::open_with_tls(peer, &self.hostname, self.timeouts, &tls, name)
+            }
+        }
     }
 }
 

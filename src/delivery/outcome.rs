@@ -321,6 +321,7 @@ mod tests {
             name: "mx.example".into(),
             addrs: vec![],
             port: 25,
+            tls: None,
         };
         let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
         let rejected =
@@ -352,6 +353,7 @@ mod tests {
             name: "[192.0.2.1]".into(),
             addrs: vec![],
             port: 25,
+            tls: None,
         };
         assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
     }

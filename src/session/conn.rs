@@ -34,6 +34,8 @@ pub struct Context {
     pub verifier: auth::Verifier,
     /// AUTH failures across sessions, per address and per user name.
     pub auth_failures: crate::auth_limit::FailureLimiter,
+    /// STARTTLS: built by `app.rs` from `config.tls`'s files.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// "Is there room for new mail?", asked at every MAIL and DATA, answered
@@ -244,7 +246,7 @@ fn perform<'a>(
             conn.reply(&reply)?;
             session.end_transaction();
         }
-        Step::StartTls(r) => return start_tls(session, r, conn, cfg),
+        Step::StartTls(r) => return start_tls(session, r, conn, ctx),
         Step::Chunk(c) => {
             let reply = if c.reply.code().is_positive() {
                 receive_chunk(session, chunked, c, conn, ctx)?
@@ -281,10 +283,11 @@ fn start_tls(
     session: &mut Session,
     go_ahead: Reply,
     conn: &mut Conn,
-    cfg: &Config,
+    ctx: &Context,
 ) -> io::Result<Flow> {
+    let cfg = &*ctx.config;
     let peer = conn.peer;
-    let Some(tls) = cfg.tls.clone() else {
+    let Some(tls) = ctx.tls.clone() else {
         return Err(io::Error::other("STARTTLS without a TLS config"));
     };
     // RFC 3207 §5 / CVE-2011-0411: anything the client sent after

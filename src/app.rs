@@ -1,0 +1,341 @@
+//! The composition root: turns a plain [`Config`] into the live objects
+//! a command runs with (TLS contexts, the resolver, the Router, the
+//! Deliverer, the Spool, the Scheduler) for `serve`, `queue flush` and
+//! `route` alike. Everything that reads a file an option names, resolves
+//! a name or looks up a user happens here, at start, never in `cli.rs`.
+//!
+//! `cli.rs` reads the config file itself: that file is the command
+//! line's other half (its lines are option values, checked by the same
+//! code, and its errors are usage errors naming the line), so the parser
+//! hands over one finished `Config`.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Sender};
+
+use crate::admin::AdminError;
+use crate::config::{Config, Endpoint};
+use crate::delivery::{ConnCache, Deliverer, DestLimiter};
+use crate::dns::Dns;
+use crate::exit::Exit;
+use crate::route::Router;
+use crate::scheduler;
+use crate::server::{self, ServeError, Signals};
+use crate::session::{self, Context};
+use crate::spool::{QueueId, Spool};
+use crate::tls::{ClientTls, TlsFileError};
+
+/// What turning a `Config` into live objects can fail with (exit codes:
+/// `exit.rs`).
+#[derive(Debug)]
+pub enum SetupError {
+    /// A file an option names cannot be read (EX_NOINPUT).
+    Unreadable {
+        option: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A file an option names was read but cannot be used (EX_CONFIG).
+    Invalid { option: &'static str, why: String },
+    /// A `--listen` or `--dns` host name that does not resolve (EX_CONFIG).
+    Resolve {
+        option: &'static str,
+        value: String,
+        why: String,
+    },
+    /// `--user` names no user (EX_CONFIG).
+    User { name: String, source: io::Error },
+    /// The resolver cannot be set up (EX_UNAVAILABLE).
+    Dns(String),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::Unreadable {
+                option,
+                path,
+                source,
+            } => write!(f, "{option}: cannot read {}: {source}", path.display()),
+            SetupError::Invalid { option, why } => write!(f, "{option}: {why}"),
+            SetupError::Resolve { option, value, why } => write!(f, "{option}: {value:?}: {why}"),
+            SetupError::User { name, source } => write!(f, "--user: {name:?}: {source}"),
+            SetupError::Dns(e) => write!(f, "cannot set up DNS: {e}"),
+        }
+    }
+}
+
+impl From<SetupError> for AdminError {
+    fn from(e: SetupError) -> AdminError {
+        AdminError {
+            code: Exit::from(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn tls_error(option: &'static str, e: TlsFileError) -> SetupError {
+    match e {
+        TlsFileError::Read { path, source } => SetupError::Unreadable {
+            option,
+            path,
+            source,
+        },
+        TlsFileError::Invalid(why) => SetupError::Invalid { option, why },
+    }
+}
+
+/// STARTTLS inbound: the certificate and key read and checked now.
+pub fn server_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, SetupError> {
+    config
+        .tls
+        .as_ref()
+        .map(|f| {
+            crate::tls::server_config(&f.cert, &f.key)
+                .map_err(|e| tls_error("--tls-cert/--tls-key", e))
+        })
+        .transpose()
+}
+
+/// STARTTLS outbound: `--outbound-tls`, with `--ca-file`'s or the
+/// system's roots loaded when it or a route's `tls =` is `verify`.
+pub fn client_tls(config: &Config) -> Result<Arc<ClientTls>, SetupError> {
+    Ok(Arc::new(if config.verifies() {
+        ClientTls::verified(config.ca_file.as_deref())
+            .map_err(|e| tls_error("--outbound-tls verify", e))?
+            .with_mode(config.outbound_tls)
+    } else {
+        ClientTls::unverified(config.outbound_tls)
+    }))
+}
+
+/// `--auth-file`: every line must be `user:hash` (read again at each
+/// AUTH, so a changed file takes effect without a restart).
+pub fn check_auth_file(config: &Config) -> Result<(), SetupError> {
+    let Some(path) = &config.auth_file else {
+        return Ok(());
+    };
+    crate::auth::check_file(path).map_err(|e| match e {
+        crate::auth::AuthError::Io(source) => SetupError::Unreadable {
+            option: "--auth-file",
+            path: path.clone(),
+            source,
+        },
+        other => SetupError::Invalid {
+            option: "--auth-file",
+            why: format!("{}: {other}", path.display()),
+        },
+    })?;
+    Ok(())
+}
+
+/// An `ADDR:PORT` option value as a socket address (the first a name
+/// resolves to).
+pub fn resolve(option: &'static str, e: &Endpoint) -> Result<SocketAddr, SetupError> {
+    match e {
+        Endpoint::Addr(a) => Ok(*a),
+        Endpoint::Name { host, port } => (host.as_str(), *port)
+            .to_socket_addrs()
+            .map_err(|err| err.to_string())
+            .and_then(|mut it| it.next().ok_or_else(|| "no address".to_string()))
+            .map_err(|why| SetupError::Resolve {
+                option,
+                value: e.to_string(),
+                why,
+            }),
+    }
+}
+
+/// `--listen`, resolved.
+pub fn listen_addrs(config: &Config) -> Result<Vec<SocketAddr>, SetupError> {
+    config
+        .listen
+        .iter()
+        .map(|e| resolve("--listen", e))
+        .collect()
+}
+
+/// The router for a config: static routes, then DNS unless `--no-dns`.
+/// `local` are our own listening addresses, for loop detection.
+pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, SetupError> {
+    let dns = if config.no_dns {
+        None
+    } else {
+        let server = config
+            .dns
+            .as_ref()
+            .map(|e| resolve("--dns", e))
+            .transpose()?;
+        let timeout = config.client_timeouts.connect.min(Duration::from_secs(30));
+        Some(Dns::new(server, timeout).map_err(|e| SetupError::Dns(format!("{e:?}")))?)
+    };
+    Ok(Router::new(
+        config.routes.clone(),
+        dns,
+        config.smtp_port,
+        vec![config.hostname.clone()],
+        local.to_vec(),
+    ))
+}
+
+/// The delivery engine for a config (`serve`, and a `queue flush` that
+/// runs without a server).
+pub fn deliverer(
+    config: &Config,
+    tls: Arc<ClientTls>,
+    spool: Arc<Spool>,
+    local: &[SocketAddr],
+    committed: Option<Sender<QueueId>>,
+) -> Result<Deliverer, SetupError> {
+    Ok(Deliverer {
+        spool,
+        router: router(config, local)?,
+        hostname: config.hostname.clone(),
+        timeouts: config.client_timeouts,
+        retry: config.retry,
+        cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
+        limiter: DestLimiter::new(config.max_per_destination),
+        honor_source_routes: config.honor_source_routes,
+        delay_warning: config.delay_warning,
+        committed,
+        tls,
+        clock: Arc::new(crate::time::SystemClock),
+    })
+}
+
+/// `queue flush` without a server: how it builds its delivery engine,
+/// handed to `admin::run_queue` so that the queue commands build nothing
+/// themselves.
+pub fn flush_deliverer(
+    config: &Config,
+) -> impl Fn(Arc<Spool>) -> Result<Deliverer, AdminError> + '_ {
+    move |spool| Ok(deliverer(config, client_tls(config)?, spool, &[], None)?)
+}
+
+/// `serve`: read what the options name, bind, drop privileges, recover
+/// the spool, start delivery and the sessions; returns on SIGTERM/SIGINT.
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    // before anything else: a SIGHUP during start-up is not fatal either
+    let signals = Signals::install();
+    // Files an option names are read now, as root when started as root
+    // (a key file is often readable by root only), before privileges
+    // drop; a bad one stops the start before anything is bound.
+    let server_tls = server_tls(&config)?;
+    check_auth_file(&config)?;
+    let client_tls = client_tls(&config)?;
+    let user = config
+        .user
+        .as_deref()
+        .map(|name| {
+            crate::sys::lookup_user(name).map_err(|source| SetupError::User {
+                name: name.to_string(),
+                source,
+            })
+        })
+        .transpose()?;
+    // Root binds (port 25), and with --user hands the spool over by file
+    // descriptor (spool/owner.rs), then drops privileges. Everything that
+    // walks the spool (lock, recovery, cleaning tmp/ and free/) runs
+    // after that, as the spool's user.
+    let listeners = server::bind(&listen_addrs(&config)?)?;
+    if let (Some(name), Some(user)) = (&config.user, user) {
+        server::become_user(name, user, &config.spool)?;
+    }
+    // the password file is read at each AUTH, as the user we now are: a
+    // file only root can read (what `passwd` run as root used to leave)
+    // would fail every AUTH with 454, so refuse to start instead
+    if let Some(path) = &config.auth_file {
+        crate::auth::check_file(path).map_err(|source| ServeError::AuthFile {
+            path: path.clone(),
+            user: config.user.clone(),
+            source,
+        })?;
+    }
+
+    let mut spool = Spool::open(&config.spool)?;
+    let lock = spool.lock()?;
+    spool.start_committer(config.sync == crate::config::SyncMode::Syncfs)?;
+    let spool = Arc::new(spool);
+    let (queued, rec) = spool.recover(&lock)?;
+    log::info!(
+        "spool {} recovered: {} queued, {} unfinished removed, {} orphan bodies removed, {} corrupt moved aside",
+        spool.root().display(),
+        queued.len(),
+        rec.tmp_removed,
+        rec.orphans_removed,
+        rec.corrupt_moved
+    );
+
+    let local: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
+    // sessions and delivery announce new messages to the scheduler; a
+    // full channel only delays a message until the next rescan
+    let (committed_tx, committed_rx) = bounded::<QueueId>(16 * 1024);
+    let deliverer = Arc::new(deliverer(
+        &config,
+        client_tls,
+        spool.clone(),
+        &local,
+        Some(committed_tx.clone()),
+    )?);
+    let sched = if config.delivery_workers > 0 {
+        Some(
+            scheduler::start(deliverer, config.delivery_workers, queued, committed_rx)
+                .map_err(ServeError::Thread)?,
+        )
+    } else {
+        log::info!("delivery is off (--delivery-workers 0): mail is received and queued only");
+        None
+    };
+
+    let auth_limits = config.auth_limits;
+    let ctx = Arc::new(Context {
+        config: Arc::new(config),
+        spool,
+        committed: Some(committed_tx),
+        space: session::SpaceCheck::default(),
+        verifier: crate::auth::Verifier::per_cpu(),
+        auth_failures: crate::auth_limit::FailureLimiter::new(auth_limits),
+        tls: server_tls,
+    });
+    server::run(listeners, ctx, signals)?;
+    // deliveries in flight get a moment; one cut short is retried at the
+    // next start (a duplicate at worst, never a loss)
+    if let Some(s) = sched {
+        s.stop(Duration::from_secs(5));
+    }
+    drop(lock);
+    log::info!("stopped");
+    Ok(())
+}
+
+/// `route ADDRESS`: where a recipient would go, sending nothing. Prints
+/// the decision; 0 deliverable, 69 permanently not, 75 not now.
+pub fn route(config: &Config, address: &str) -> Result<Exit, AdminError> {
+    let text = if address.starts_with('<') {
+        address.to_string()
+    } else {
+        format!("<{address}>")
+    };
+    let path = crate::smtp::Path::parse(&text, true).map_err(|e| AdminError {
+        code: Exit::Usage,
+        message: format!("{address:?} is not a mailbox: {e}"),
+    })?;
+    let router = router(config, &listen_addrs(config)?)?;
+    let host = path.mailbox().host();
+    let (explanation, _) = router.explain(host);
+    println!("recipient: {}", path.mailbox());
+    print!("{explanation}");
+    if !explanation.ends_with('\n') {
+        println!();
+    }
+    Ok(match router.route(host) {
+        Ok(_) => Exit::Ok,
+        Err(e) if e.is_permanent() => Exit::Unavailable,
+        Err(_) => Exit::TempFail,
+    })
+}

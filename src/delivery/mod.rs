@@ -13,7 +13,7 @@
 //! - killed while removing a finished message: see `Spool::remove`.
 
 mod cache;
-mod outcome;
+pub mod outcome;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -82,6 +82,17 @@ pub enum Outcome {
 }
 
 const MAX_RCPTS_PER_TRANSACTION: usize = 100;
+
+/// What one next-hop address made of a group's transaction.
+enum Tried {
+    /// The server answered: a result per recipient, in the group's order.
+    Answered(Vec<RcptResult>),
+    /// Final for this attempt, for every recipient: a permanent refusal,
+    /// or a failure after the data went out.
+    Final(Status),
+    /// This address could not take it: try the next one.
+    Next(Status),
+}
 
 /// Recipients that share a next hop: one transaction carries them all.
 struct Group {
@@ -308,69 +319,24 @@ impl Deliverer {
             Enhanced::new(4, 4, 4),
             format!("no usable next hop for {key}"),
         );
+        let msg = Outgoing {
+            from: &env.from,
+            rcpts: &paths,
+            size: env.size,
+            body: env.body,
+            smtputf8: env.smtputf8,
+            dsn: Some((&env.dsn, &rcpt_dsn)),
+        };
         let mut last_host = "-".to_string();
         // RFC 5321 §5.1: try the hosts in order until one answers.
         for hop in hops {
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                let policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
-                let mut conn = match self.connection(&hop.name, peer, policy) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        log::debug!("{} {label}: {e}", env.id);
-                        last = error_status(&e, hop, peer);
-                        last_host = label;
-                        // a 5xx greeting is that host's answer; try others
-                        continue;
-                    }
-                };
-                let msg = Outgoing {
-                    from: &env.from,
-                    rcpts: &paths,
-                    size: env.size,
-                    body: env.body,
-                    smtputf8: env.smtputf8,
-                    dsn: Some((&env.dsn, &rcpt_dsn)),
-                };
-                // each try reads the body from its first octet
-                let mut reader = std::io::BufReader::with_capacity(64 * 1024, claim.body());
-                let result = conn.send(&msg, &mut reader);
-                log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
-                self.cache.put(conn, policy);
-                let name = remote_name(hop, peer);
-                match result {
-                    Ok(sent) => {
-                        return sent
-                            .rcpt_replies
-                            .iter()
-                            .map(|rr| {
-                                // the DATA reply speaks for every accepted
-                                // recipient (RFC 5321 §4.1.1.4)
-                                let reply = match (&sent.data_reply, rr.code().is_positive()) {
-                                    (Some(data), true) => data,
-                                    _ => rr,
-                                };
-                                RcptResult {
-                                    relay: label.clone(),
-                                    status: Status::remote(reply, &name, peer),
-                                    dsn_passed: sent.dsn_passed,
-                                }
-                            })
-                            .collect();
-                    }
-                    Err(e) => {
-                        let st = error_status(&e, hop, peer);
-                        let data_was_sent = matches!(
-                            &e,
-                            ClientError::Io(Phase::EndOfData, _)
-                                | ClientError::Timeout(Phase::EndOfData)
-                        );
-                        // a permanent refusal, or a failure after the data
-                        // went out, is final for this attempt
-                        if st.class() == Class::Permanent || data_was_sent {
-                            return all(&label, st);
-                        }
+                match self.try_peer(env.id, &msg, claim, hop, peer, &label) {
+                    Tried::Answered(results) => return results,
+                    Tried::Final(st) => return all(&label, st),
+                    Tried::Next(st) => {
                         last = st;
                         last_host = label;
                     }
@@ -378,6 +344,67 @@ impl Deliverer {
             }
         }
         all(&last_host, last)
+    }
+
+    /// One transaction with one address of `hop`.
+    fn try_peer(
+        &self,
+        id: QueueId,
+        msg: &Outgoing,
+        claim: &Claim,
+        hop: &Hop,
+        peer: SocketAddr,
+        label: &str,
+    ) -> Tried {
+        let policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
+        let mut conn = match self.connection(&hop.name, peer, policy) {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("{id} {label}: {e}");
+                // a 5xx greeting is that host's answer; try others
+                return Tried::Next(error_status(&e, hop, peer));
+            }
+        };
+        // each try reads the body from its first octet
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, claim.body());
+        let result = conn.send(msg, &mut reader);
+        log::info!("{id} relay={label} tls={}", conn.tls_label());
+        self.cache.put(conn, policy);
+        let name = remote_name(hop, peer);
+        match result {
+            Ok(sent) => Tried::Answered(
+                sent.rcpt_replies
+                    .iter()
+                    .map(|rr| {
+                        // the DATA reply speaks for every accepted
+                        // recipient (RFC 5321 §4.1.1.4)
+                        let reply = match (&sent.data_reply, rr.code().is_positive()) {
+                            (Some(data), true) => data,
+                            _ => rr,
+                        };
+                        RcptResult {
+                            relay: label.to_string(),
+                            status: Status::remote(reply, &name, peer),
+                            dsn_passed: sent.dsn_passed,
+                        }
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                let st = error_status(&e, hop, peer);
+                let data_was_sent = matches!(
+                    &e,
+                    ClientError::Io(Phase::EndOfData, _) | ClientError::Timeout(Phase::EndOfData)
+                );
+                // a permanent refusal, or a failure after the data went
+                // out, is final for this attempt
+                if st.class() == Class::Permanent || data_was_sent {
+                    Tried::Final(st)
+                } else {
+                    Tried::Next(st)
+                }
+            }
+        }
     }
 
     /// A connection to `peer` under `policy` (the route's, else the

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::bounce;
 use crate::config::Config;
-use crate::delivery::{Deliverer, Outcome};
+use crate::delivery::{outcome, Deliverer, Outcome};
 use crate::exit::Exit;
 use crate::smtp::printable::is_unprintable;
 use crate::smtp::{escape, Escaped, Mailbox, Path, ReversePath};
@@ -644,13 +644,7 @@ pub fn run_queue(
                 return Ok(EX_OK);
             }
             let code = change(&spool, &sel, dry_run, "requeue", |_, env| {
-                for r in env
-                    .rcpts
-                    .iter_mut()
-                    .filter(|r| r.state == RcptState::Deferred)
-                {
-                    r.state = RcptState::Pending;
-                }
+                outcome::requeue(env);
                 env.next_try = now_unix();
                 Ok(After::Store)
             })?;
@@ -685,19 +679,7 @@ pub fn run_queue(
             let host = config.hostname.clone();
             let code = change(&spool, sel, dry_run, "bounce", |claim, env| {
                 let now = now_unix();
-                for r in env.rcpts.iter_mut().filter(|r| !r.state.is_final()) {
-                    r.state = RcptState::Bouncing;
-                    let last = r.last_reply.as_ref().map(|st| st.to_string());
-                    r.last_reply = Some(crate::status::Status::local(
-                        crate::status::LocalReason::Operator,
-                        550,
-                        crate::smtp::Enhanced::new(5, 0, 0),
-                        format!(
-                            "returned to sender by the operator; last error: {}",
-                            last.as_deref().unwrap_or("none")
-                        ),
-                    ));
-                }
+                outcome::return_to_sender(env);
                 claim.store(env)?;
                 let dsn = bounce::report_bouncing(claim, &host, env, now, None)?;
                 log::info!(

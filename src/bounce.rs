@@ -472,13 +472,7 @@ pub fn report_bouncing(
     if let (Some(id), Some(tx)) = (dsn, notify) {
         let _ = tx.try_send(id);
     }
-    for r in env
-        .rcpts
-        .iter_mut()
-        .filter(|r| r.state == RcptState::Bouncing)
-    {
-        r.state = RcptState::Failed;
-    }
+    crate::delivery::outcome::failure_reported(env);
     original.store(env)?;
     Ok(dsn)
 }

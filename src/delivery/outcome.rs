@@ -421,22 +421,7 @@ mod tests {
             RcptState::Bouncing,
             RcptState::Failed,
         ];
-        let mut env = Envelope {
-            id: crate::spool::QueueId::generate(),
-            arrived: 1,
-            client: "127.0.0.1".into(),
-            helo: "h".into(),
-            from: crate::smtp::ReversePath::parse("<s@a.example>", false).unwrap(),
-            size: 1,
-            body: None,
-            smtputf8: false,
-            attempts: 0,
-            next_try: 1,
-            hold: None,
-            dsn: Default::default(),
-            rcpts: vec![],
-            delay_warned: None,
-        };
+        let mut env = crate::spool::tests::env_for(crate::spool::QueueId::generate());
         env.rcpts = states
             .iter()
             .map(|st| {

@@ -482,7 +482,7 @@ fn read_dir(dir: &Path) -> Result<impl Iterator<Item = fs::DirEntry>, SpoolError
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::smtp::{Path as SmtpPath, ReversePath};
     use std::io::Write;
@@ -496,7 +496,7 @@ mod tests {
         Spool::open(&dir).unwrap()
     }
 
-    fn env_for(id: QueueId) -> Envelope {
+    pub(crate) fn env_for(id: QueueId) -> Envelope {
         Envelope {
             id,
             arrived: 1,

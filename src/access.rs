@@ -241,7 +241,8 @@ impl AccessRules {
         self.rules.is_empty()
     }
 
-    /// Whether any rule of a stage up to `stage` looks at the reverse name.
+    /// Whether any rule looks at the reverse name (then a resolver is
+    /// set up for it).
     pub fn needs_ptr(&self) -> bool {
         self.rules.iter().any(|r| matches!(r.key, Key::Ptr(_)))
     }
@@ -561,6 +562,26 @@ mod tests {
         rules.evaluate(Stage::Helo, &f);
         assert_eq!(asked.get(), 0);
         assert!(!rules.needs_ptr());
+    }
+
+    #[test]
+    fn ipv6_networks_bare_and_with_a_kind() {
+        let rules =
+            AccessRules::parse("connect 2001:db8::/32 reject\nmail client:2001:db8::7 defer\n")
+                .unwrap();
+        let none = || None;
+        let mut f = facts(&none, Some("h"), Some(None), None);
+        f.client = "2001:db8:1::1".parse().unwrap();
+        assert!(matches!(
+            rules.evaluate(Stage::Connect, &f),
+            Verdict::Refuse { .. }
+        ));
+        assert_eq!(rules.evaluate(Stage::Mail, &f), Verdict::Pass);
+        f.client = "2001:db8::7".parse().unwrap();
+        assert_eq!(
+            reply_of(rules.evaluate(Stage::Mail, &f)),
+            "450 4.7.1 Sender address rejected: Try again later"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,9 @@ pub struct VerifySettings {
     pub negative_ttl: Duration,
     /// Most cached answers.
     pub cache_size: usize,
+    /// Most probes running at once, across sessions (a probe thread can
+    /// outlive the session's wait by a few timeouts); beyond, `450`.
+    pub max_probes: usize,
 }
 
 impl Default for VerifySettings {
@@ -126,6 +130,7 @@ impl Default for VerifySettings {
             positive_ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(600),
             cache_size: 10_000,
+            max_probes: 64,
         }
     }
 }
@@ -145,6 +150,17 @@ pub struct Verifier {
     settings: VerifySettings,
     /// address (lower case) → (known?, expiry)
     cache: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Probe threads running now.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a probe thread from its start to its end, however it ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Verifier {
@@ -154,6 +170,7 @@ impl Verifier {
             hostname,
             settings,
             cache: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -219,6 +236,17 @@ impl Verifier {
     /// Runs the probe on its own thread and waits at most the timeout: a
     /// hop that hangs costs the session the timeout, never more.
     fn probe(&self, path: &Path) -> Probe {
+        let max = self.settings.max_probes;
+        if self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Probe::Unsure(format!("{max} probes already in flight"));
+        }
+        let guard = InFlight(self.in_flight.clone());
         let (tx, rx) = mpsc::sync_channel(1);
         let router = self.router.clone();
         let hostname = self.hostname.clone();
@@ -228,6 +256,7 @@ impl Verifier {
             .name("verify-probe".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                let _guard = guard;
                 let _ = tx.send(probe_hops(&router, &hostname, &path, timeout));
             });
         if let Err(e) = spawned {
@@ -389,6 +418,40 @@ mod tests {
         ] {
             assert!(RecipientTable::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn probes_in_flight_are_bounded() {
+        let router = Router::new(Vec::new(), None, 25, vec!["h".into()], Vec::new());
+        let v = Verifier::new(
+            router,
+            "h".into(),
+            VerifySettings {
+                max_probes: 1,
+                ..VerifySettings::default()
+            },
+        );
+        let path = Path::parse("<u@x.example>", false).unwrap();
+        v.in_flight.store(1, Ordering::SeqCst);
+        assert_eq!(
+            v.probe(&path),
+            Probe::Unsure("1 probes already in flight".into())
+        );
+        v.in_flight.store(0, Ordering::SeqCst);
+        // a probe that runs (no route here) counts itself and uncounts
+        assert!(matches!(v.probe(&path), Probe::Unsure(why) if why.starts_with("no route")));
+        assert!(wait(|| v.in_flight.load(Ordering::SeqCst) == 0));
+    }
+
+    fn wait(f: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     #[test]

@@ -387,11 +387,11 @@ fn passwd(file: &std::path::Path, user: &str, password: &str) {
 }
 
 /// Our own relay as the provider: STARTTLS with `certs`, AUTH required
-/// for relaying, each of `users` with the password "USER secret".
-fn own_provider(certs: &Certs, dir: &TempDir, users: &[&str]) -> Relay {
+/// for relaying, for these `(user, password)`.
+fn own_provider(certs: &Certs, dir: &TempDir, users: &[(&str, &str)]) -> Relay {
     let file = dir.path().join("passwd");
-    for user in users {
-        passwd(&file, user, &format!("{user} secret"));
+    for (user, password) in users {
+        passwd(&file, user, password);
     }
     let mut pargs = certs.relay_args();
     pargs.extend(["--auth-file".into(), file.display().to_string()]);
@@ -405,7 +405,11 @@ fn own_relay_as_provider_auth_over_starttls_never_plaintext_unless_allowed() {
         return;
     };
     let dir = TempDir::new("smarthost");
-    let provider = own_provider(&certs, &dir, &["alice", "bob"]);
+    let provider = own_provider(
+        &certs,
+        &dir,
+        &[("alice", "alice secret"), ("bob", "bob secret")],
+    );
     let port = provider.addr().port();
     let secrets = private_file(
         dir.path(),
@@ -485,7 +489,15 @@ fn sender_dependent_credentials_pick_the_senders_user_or_the_fallback_or_defer()
         return;
     };
     let dir = TempDir::new("smarthost");
-    let provider = own_provider(&certs, &dir, &["alice", "bob", "carol"]);
+    let provider = own_provider(
+        &certs,
+        &dir,
+        &[
+            ("alice", "alice secret"),
+            ("bob", "bob secret"),
+            ("carol", "carol secret"),
+        ],
+    );
     let port = provider.addr().port();
     let secrets = private_file(
         dir.path(),
@@ -762,6 +774,68 @@ fn readme_smarthost_recipe_works_as_written() {
         p.pf.maillog()
     );
     assert!(wait_until(LIMIT, || p.logins() == 1), "{}", p.pf.maillog());
+}
+
+#[test]
+fn readme_sender_dependent_recipe_works_as_written() {
+    let Some(certs) = Certs::make("readme_sender_dependent_recipe") else {
+        return;
+    };
+    const MARK: &str = "#### Sender-dependent credentials";
+    let conf = readme_block(MARK, "ini");
+    let secrets = readme_block(MARK, "text");
+    let dir = TempDir::new("readmesender");
+    let provider = own_provider(
+        &certs,
+        &dir,
+        &[
+            ("billing@provider.example", "its password"),
+            ("shop@provider.example", "another password"),
+            ("corp@provider.example", "a third one"),
+            ("relay-user@provider.example", "the password"),
+        ],
+    );
+    let port = provider.addr().port();
+    let fit = |s: &str| {
+        s.replace("smtp.provider.example:587", &format!("localhost:{port}"))
+            .replace("smtp.provider.example]:587", &format!("localhost]:{port}"))
+    };
+    let secrets_path = private_file(dir.path(), "secrets", &fit(&secrets));
+    let conf = format!(
+        "no-dns = yes\nca-file = {}\nsecrets-file = {}\n{}",
+        certs.ca.display(),
+        secrets_path.display(),
+        fit(&conf)
+    );
+    let relay = client_relay(&dir, &conf);
+    let mut t = relay.session();
+    for (from, rcpt, user) in [
+        (
+            "billing@shop.example",
+            "r1@far.example",
+            "billing@provider.example",
+        ),
+        (
+            "info@shop.example",
+            "r2@far.example",
+            "shop@provider.example",
+        ),
+        ("x@corp.example", "r3@far.example", "corp@provider.example"),
+        (
+            "x@else.example",
+            "r4@far.example",
+            "relay-user@provider.example",
+        ),
+    ] {
+        let id = t.send_mail(from, &[rcpt], b"Subject: r\r\n\r\nr\r\n");
+        assert!(
+            wait_until(DELIVERY, || gone(&relay, &id)),
+            "{from} not delivered:\n{conf}\n{}",
+            relay.log()
+        );
+        let env = provider_env_with(&provider, rcpt);
+        assert!(env.contains(&format!("auth: {user}\n")), "{from}:\n{env}");
+    }
 }
 
 #[test]

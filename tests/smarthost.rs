@@ -579,6 +579,20 @@ fn sender_dependent_credentials_pick_the_senders_user_or_the_fallback_or_defer()
         env.contains("no credentials for sender <x@else.example>"),
         "{env}"
     );
+    // the deferral is logged with its reason (the INFO line per recipient)
+    let logged = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("INFO")
+                && l.contains("to=r6@b.example")
+                && l.contains("status=deferred")
+                && l.contains("454 4.7.0 no credentials for sender <x@else.example>")
+        })
+    };
+    assert!(
+        wait_until(LIMIT, || logged(&relay.log())),
+        "{}",
+        relay.log()
+    );
     assert_eq!(
         queued_ids(relay.spool()),
         vec![d.clone()],

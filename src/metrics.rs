@@ -309,7 +309,7 @@ pub fn conn_refused(peer: &SocketAddr, reason: ConnReason, reply: &Reply) {
     log::warn!(
         "{peer} rejected reason={} reply={:?}",
         reason.as_str(),
-        reply.text()
+        reply.to_string()
     );
     METRICS
         .conn_refused
@@ -332,7 +332,7 @@ pub fn reply(peer: &SocketAddr, reply: &Reply) {
         log::info!(
             "{peer} refused reason={} reply={:?}",
             reason.as_str(),
-            reply.text()
+            reply.to_string()
         );
         refused(reason);
     }

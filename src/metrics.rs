@@ -97,6 +97,7 @@ label!(QueueState, QueueSet, state, {
     Deferred => "deferred",
     InFlight => "in_flight",
     Parked => "waiting_slot",
+    Held => "held",
 });
 
 label!(Dsn, DsnSet, kind, {

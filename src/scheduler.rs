@@ -292,6 +292,8 @@ struct Scheduler {
     /// Flushed while in flight: attempt again as soon as it comes back.
     flush_again: std::collections::HashSet<QueueId>,
     last_scan: Instant,
+    /// Held messages the last rescan read (they are in no slot).
+    held: usize,
 }
 
 impl Scheduler {
@@ -311,6 +313,7 @@ impl Scheduler {
             ready: VecDeque::new(),
             flush_again: std::collections::HashSet::new(),
             last_scan: Instant::now(),
+            held: 0,
         }
     }
 
@@ -399,6 +402,8 @@ impl Scheduler {
             }
         };
         let mut found = 0;
+        let now = self.clock.now_unix();
+        self.held = 0;
         for id in ids {
             if self.slots.contains_key(&id) {
                 continue;
@@ -406,6 +411,7 @@ impl Scheduler {
             match self.spool.load(id) {
                 Ok(env) => {
                     found += 1;
+                    self.held += usize::from(env.hold.is_some_and(|h| h.active(now)));
                     self.schedule(id, env.next_try);
                 }
                 Err(e) => log::debug!("{id} rescan skipped: {e}"),
@@ -461,6 +467,7 @@ impl Scheduler {
             (QueueState::Deferred, n[1]),
             (QueueState::InFlight, n[2]),
             (QueueState::Parked, n[3]),
+            (QueueState::Held, self.held),
         ];
         let oldest = self.slots.keys().min().map(|id| id.unix_secs());
         crate::metrics::queue(&counts, oldest, self.clock.now_unix());

@@ -452,15 +452,18 @@ pub fn prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// `/healthz`: `None` healthy, else why not. The spool must take a new
-/// file (created and removed, as a message's would be).
+/// `/healthz`: `None` healthy, else why not. The spool's `tmp/` must take
+/// a new file (created and removed, where a message's first goes; one
+/// left by a crash is cleaned with the rest of `tmp/` at the next start).
 pub fn health(spool: &std::path::Path) -> Option<String> {
     if !LISTENING.load(Ordering::SeqCst) {
         return Some("listeners not running".into());
     }
     static PROBE: AtomicU64 = AtomicU64::new(0);
     let n = PROBE.fetch_add(1, Ordering::Relaxed);
-    let probe = spool.join(format!(".healthz-{}-{n}", std::process::id()));
+    let probe = spool
+        .join("tmp")
+        .join(format!(".healthz-{}-{n}", std::process::id()));
     match std::fs::File::create(&probe) {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);

@@ -285,3 +285,30 @@ fn listen_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
+
+#[test]
+fn a_connection_over_the_per_ip_limit_is_counted_and_logged() {
+    let sink = Sink::start();
+    // loopback is a relay network by default, and those are exempt
+    let relay = relay_with_metrics(&sink, &["--max-per-ip", "1", "--relay-net", "10.0.0.0/8"]);
+    let m = metrics_addr(&relay);
+    let series = "smtp_relay_connections_refused_total{reason=\"per_ip_limit\"}";
+    assert_eq!(sample(&get(m, "/metrics").1, series), 0.0);
+    let mut first = Talk::greet(relay.addr());
+    let mut second = Talk::connect(relay.addr());
+    second.expect_enh(421, "4.7.0");
+    first.cmd("NOOP", 250);
+    assert_eq!(sample(&get(m, "/metrics").1, series), 1.0);
+    assert_eq!(
+        sample(
+            &get(m, "/metrics").1,
+            "smtp_relay_connections_accepted_total"
+        ),
+        1.0
+    );
+    let log = relay.log();
+    assert!(
+        log.contains("rejected reason=per_ip_limit reply=\"421 4.7.0"),
+        "{log}"
+    );
+}

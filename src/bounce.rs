@@ -481,6 +481,13 @@ fn enqueue_as(
     } else {
         "delay"
     };
+    crate::metrics::dsn(if failed {
+        crate::metrics::Dsn::Failure
+    } else if reports[0].action == Action::Relayed {
+        crate::metrics::Dsn::Success
+    } else {
+        crate::metrics::Dsn::Delay
+    });
     log::info!(
         "{} sender {what} notification: {id} to={}",
         env.id,

@@ -28,6 +28,8 @@ pub mod delivery;
 pub mod dns;
 pub mod exit;
 pub mod fault;
+pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod route;
 pub mod scheduler;

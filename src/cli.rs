@@ -223,6 +223,22 @@ const SERVER_OPTS: &[OptSpec] = &[
     ),
 ];
 
+/// The PROXY protocol (serve only): a load balancer in front.
+const PROXY_OPTS: &[OptSpec] = &[
+    opt(
+        "proxy-protocol",
+        Kind::Flag,
+        "",
+        "every listener expects a PROXY v1/v2 header first (needs --proxy-from)",
+    ),
+    opt(
+        "proxy-from",
+        Kind::Multi,
+        "CIDR",
+        "proxies trusted to send it, repeatable; anyone else is closed unread",
+    ),
+];
+
 /// Options shared by every command that routes or delivers.
 const ROUTING_OPTS: &[OptSpec] = &[
     opt(
@@ -427,6 +443,7 @@ fn all_specs() -> Vec<&'static OptSpec> {
     ROUTING_OPTS
         .iter()
         .chain(SERVER_OPTS)
+        .chain(PROXY_OPTS)
         .chain(DELIVERY_OPTS)
         .collect()
 }
@@ -456,6 +473,7 @@ fn usage_text() -> String {
     describe(&mut s, ROUTING_OPTS);
     s.push_str("\nReceiving (serve):\n");
     describe(&mut s, SERVER_OPTS);
+    describe(&mut s, PROXY_OPTS);
     s.push_str("\nDelivering (serve, queue flush):\n");
     describe(&mut s, DELIVERY_OPTS);
     s.push_str("\nQueue commands (queue ...):\n");
@@ -844,6 +862,7 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     let mut c = Config::new();
     apply_routing(&v, &mut c)?;
     apply_server(&v, &mut c)?;
+    apply_proxy(&v, &mut c)?;
     apply_delivery(&v, &mut c)?;
     c.verbosity = v.matches.opt_count("verbose");
     Ok(Cli::Serve(c))
@@ -1234,6 +1253,32 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     Ok(())
 }
 
+/// `--proxy-protocol` and `--proxy-from`: one without the other is a
+/// mistake (trusting no one, or a list that does nothing).
+fn apply_proxy(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    let from = v
+        .parse_multi("proxy-from", |n| {
+            Cidr::parse(n).map_err(|e| UsageError(format!("--proxy-from: {e}")))
+        })?
+        .unwrap_or_default();
+    match (v.flag("proxy-protocol")?, from.is_empty()) {
+        (true, false) => c.proxy_protocol = Some(from),
+        (false, true) => {}
+        (true, true) => {
+            return Err(UsageError(
+                "--proxy-protocol needs --proxy-from CIDR (the proxies trusted to name the client)"
+                    .into(),
+            ))
+        }
+        (false, false) => {
+            return Err(UsageError(
+                "--proxy-from does nothing without --proxy-protocol".into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
 fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     // 0 = receive only: mail stays queued for `queue flush` or a later run
     if let Some(n) = v.parse("delivery-workers", |n| number("delivery-workers", n))? {
@@ -1302,6 +1347,22 @@ mod tests {
         assert_eq!(c.timeout.as_secs(), 30);
         assert_eq!(c.relay_domains[0].as_str(), "Example.ORG");
         assert_eq!(c.verbosity, 2);
+    }
+
+    #[test]
+    fn proxy_protocol_needs_its_trusted_peers() {
+        assert_eq!(serve("serve").unwrap().proxy_protocol, None);
+        let c =
+            serve("serve --proxy-protocol --proxy-from 127.0.0.1 --proxy-from 10.0.0.0/8").unwrap();
+        let nets = c.proxy_protocol.expect("on");
+        assert_eq!(nets.len(), 2);
+        assert!(nets[1].contains("10.1.2.3".parse().unwrap()));
+        let e = serve("serve --proxy-protocol").unwrap_err();
+        assert!(e.0.contains("--proxy-from"), "{e}");
+        let e = serve("serve --proxy-from 127.0.0.1").unwrap_err();
+        assert!(e.0.contains("--proxy-protocol"), "{e}");
+        let e = serve("serve --proxy-protocol --proxy-from 1.2.3.4/40").unwrap_err();
+        assert!(e.0.contains("--proxy-from"), "{e}");
     }
 
     #[test]

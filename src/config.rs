@@ -179,6 +179,9 @@ pub struct Config {
     pub auth_limits: crate::auth_limit::AuthLimits,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
+    /// `--proxy-protocol` with its `--proxy-from` networks: every
+    /// listener expects a PROXY header (v1 or v2) from these peers only.
+    pub proxy_protocol: Option<Vec<Cidr>>,
 
     // ---- the forwarding side ----
     /// Delivery threads: the most concurrent outbound transactions.
@@ -239,6 +242,7 @@ impl Config {
             auth_file: None,
             auth_limits: crate::auth_limit::AuthLimits::default(),
             verbosity: 0,
+            proxy_protocol: None,
             delivery_workers: 32,
             routes: Vec::new(),
             dns: None,

@@ -27,6 +27,7 @@ pub mod dns;
 pub mod exit;
 pub mod fault;
 pub mod pool;
+pub mod proxy;
 pub mod route;
 pub mod scheduler;
 pub mod server;

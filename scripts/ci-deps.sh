@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real SMTP peers the interop tests talk to, from Debian's
 # packages: swaks, Postfix (smtp-source, smtp-sink, and a relay instance)
-# and dnsmasq (MX records on loopback), openssl (test certificates and
+# and dnsmasq (MX records on loopback), HAProxy (PROXY protocol v2 in
+# front of two relays, tests/haproxy.rs), openssl (test certificates and
 # `openssl s_client -starttls smtp`) and Net::SSLeay (swaks --tls). Safe
 # to run again.
 set -euo pipefail
@@ -10,6 +11,7 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 { command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || need+=(postfix)
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || need+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+{ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
 # swaks --tls needs Net::SSLeay, only a Recommends of swaks
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 if [ ${#need[@]} -gt 0 ]; then

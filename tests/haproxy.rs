@@ -429,3 +429,66 @@ fn throughput_with_one_and_two_relays() {
         );
     }
 }
+
+/// README "Draining an instance", step 4, run as written there: the
+/// deferred mail of a stopped relay moves to a running one, which
+/// delivers it; nothing is left behind, nothing is delivered twice.
+#[test]
+fn drained_queue_moves_to_another_relay() {
+    let readme =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let first = "A=/var/spool/relay-a; B=/var/spool/relay-b";
+    let start = readme.find(first).expect("the recipe in README");
+    let end = start + readme[start..].find("```").expect("end of the recipe");
+    let sink = Sink::start();
+    let mut a = Relay::receive_only(&[]);
+    for i in 0..3 {
+        let mut t = a.session();
+        t.send_mail(
+            "a@client.test",
+            &["b@dest.example"],
+            format!("X-Token: moved{i}\r\n\r\nx\r\n").as_bytes(),
+        );
+        t.cmd("QUIT", 221);
+    }
+    assert_eq!(queued_ids(a.spool()).len(), 3);
+    a.terminate();
+    assert!(
+        a.wait_exit(Duration::from_secs(20)).is_some(),
+        "a did not stop"
+    );
+    let b = relay(&sink, &[]);
+    let script = readme[start..end]
+        .lines()
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replacen(
+            first,
+            &format!("A={}; B={}", a.spool().display(), b.spool().display()),
+            1,
+        )
+        .replace("smtp-relay queue", &format!("{BIN} queue"));
+    let run = run_tool(
+        Command::new("sh").args(["-ec", &script]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}\n{script}");
+    assert!(
+        sink.wait_for(3, Duration::from_secs(10)),
+        "not delivered from b:\n{}",
+        b.log()
+    );
+    let mut got = tokens(&sink);
+    got.sort();
+    assert_eq!(got, ["moved0", "moved1", "moved2"]);
+    assert!(
+        queue_files(a.spool()).is_empty(),
+        "{:?}",
+        queue_files(a.spool())
+    );
+    assert!(wait_until(Duration::from_secs(10), || queue_files(
+        b.spool()
+    )
+    .is_empty()));
+}

@@ -3,8 +3,9 @@
 # packages: swaks, Postfix (smtp-source, smtp-sink, and a relay instance)
 # and dnsmasq (MX records on loopback), HAProxy (PROXY protocol v2 in
 # front of two relays, tests/haproxy.rs), openssl (test certificates and
-# `openssl s_client -starttls smtp`) and Net::SSLeay (swaks --tls). Safe
-# to run again.
+# `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls) and Cyrus
+# SASL (saslpasswd2 and the sasldb/PLAIN/LOGIN plugins: a Postfix
+# smarthost that requires AUTH). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -14,6 +15,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
 # swaks --tls needs Net::SSLeay, only a Recommends of swaks
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
+{ command -v saslpasswd2 >/dev/null 2>&1 || [ -x /usr/sbin/saslpasswd2 ]; } || need+=(sasl2-bin)
+ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

@@ -25,6 +25,7 @@ use crate::dns::Dns;
 use crate::exit::Exit;
 use crate::route::Router;
 use crate::scheduler;
+use crate::secrets::{Secrets, SecretsError};
 use crate::server::{self, ServeError, Signals};
 use crate::session::{self, Context};
 use crate::spool::{QueueId, Spool};
@@ -183,11 +184,48 @@ pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, SetupErro
     ))
 }
 
+/// `--secrets-file`, read and checked now (owner and mode, syntax), and
+/// every route's `auth =` found in it: a route whose credentials are
+/// missing is a configuration error at start (EX_CONFIG), not a deferral
+/// of each of its messages later.
+pub fn secrets(config: &Config) -> Result<Secrets, SetupError> {
+    const OPTION: &str = "--secrets-file";
+    let secrets = match &config.secrets_file {
+        None => Secrets::default(),
+        Some(path) => Secrets::load(path).map_err(|e| match e {
+            SecretsError::Io(path, source) => SetupError::Unreadable {
+                option: OPTION,
+                path,
+                source,
+            },
+            other => SetupError::Invalid {
+                option: OPTION,
+                why: other.to_string(),
+            },
+        })?,
+    };
+    for route in &config.routes {
+        let Some(auth) = route.auth() else { continue };
+        if secrets.resolve(&auth.user).is_none() {
+            let why = match &config.secrets_file {
+                Some(p) => format!("{} has no line for {}", p.display(), auth.user),
+                None => "not given".into(),
+            };
+            return Err(SetupError::Invalid {
+                option: OPTION,
+                why: format!("route {route} uses auth = {}: {why}", auth.user),
+            });
+        }
+    }
+    Ok(secrets)
+}
+
 /// The delivery engine for a config (`serve`, and a `queue flush` that
 /// runs without a server).
 pub fn deliverer(
     config: &Config,
     tls: Arc<ClientTls>,
+    secrets: Arc<Secrets>,
     spool: Arc<Spool>,
     local: &[SocketAddr],
     committed: Option<Sender<QueueId>>,
@@ -199,11 +237,19 @@ pub fn deliverer(
         timeouts: config.client_timeouts,
         retry: config.retry,
         cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
-        limiter: DestLimiter::new(config.max_per_destination),
+        limiter: DestLimiter::with_limits(
+            config.max_per_destination,
+            config
+                .routes
+                .iter()
+                .filter_map(|r| r.limit(config.smtp_port))
+                .collect(),
+        ),
         honor_source_routes: config.honor_source_routes,
         delay_warning: config.delay_warning,
         committed,
         tls,
+        secrets,
         clock: Arc::new(crate::time::SystemClock),
     })
 }
@@ -214,7 +260,17 @@ pub fn deliverer(
 pub fn flush_deliverer(
     config: &Config,
 ) -> impl Fn(Arc<Spool>) -> Result<Deliverer, AdminError> + '_ {
-    move |spool| Ok(deliverer(config, client_tls(config)?, spool, &[], None)?)
+    move |spool| {
+        let secrets = Arc::new(secrets(config)?);
+        Ok(deliverer(
+            config,
+            client_tls(config)?,
+            secrets,
+            spool,
+            &[],
+            None,
+        )?)
+    }
 }
 
 /// `serve`: read what the options name, bind, drop privileges, recover
@@ -228,6 +284,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let server_tls = server_tls(&config)?;
     check_auth_file(&config)?;
     let client_tls = client_tls(&config)?;
+    // the secrets file too: as root, so it can stay root's, mode 0600
+    let secrets = Arc::new(secrets(&config)?);
     let user = config
         .user
         .as_deref()
@@ -278,6 +336,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let deliverer = Arc::new(deliverer(
         &config,
         client_tls,
+        secrets,
         spool.clone(),
         &local,
         Some(committed_tx.clone()),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::admin::{QueueCmd, Selector, SendOpts, StateFilter};
 use crate::config::{BareLineEndings, Cidr, Config, Endpoint, TlsFiles};
-use crate::route::{RouteTls, StaticRoute};
+use crate::route::{RouteAuth, RouteTls, StaticRoute};
 use crate::smtp::Domain;
 use crate::spool::QueueId;
 use crate::time::parse_duration;
@@ -347,6 +347,12 @@ const DELIVERY_OPTS: &[OptSpec] = &[
         "FILE",
         "--outbound-tls verify: trust these PEM CAs instead of the system's",
     ),
+    opt(
+        "secrets-file",
+        Kind::Single,
+        "FILE",
+        "SMTP AUTH credentials for routes' auth = (KEY USER:PASSWORD lines, mode 0600)",
+    ),
 ];
 
 /// Options of `queue` subcommands (command line only).
@@ -510,6 +516,9 @@ struct RouteSection {
     line: usize,
     hosts: Option<String>,
     tls: Option<RouteTls>,
+    auth: Option<String>,
+    auth_plaintext: bool,
+    max_connections: Option<usize>,
 }
 
 impl RouteSection {
@@ -524,7 +533,17 @@ impl RouteSection {
         let hosts = self
             .hosts
             .ok_or_else(|| bad("needs hosts = HOST[:PORT], ...".into()))?;
-        let route = StaticRoute::new(&self.domain, &hosts, self.tls).map_err(bad)?;
+        if self.auth_plaintext && self.auth.is_none() {
+            return Err(bad("auth-plaintext = yes needs auth = USER".into()));
+        }
+        let auth = self.auth.map(|user| RouteAuth {
+            user,
+            plaintext: self.auth_plaintext,
+        });
+        let route = StaticRoute::new(&self.domain, &hosts, self.tls)
+            .map_err(bad)?
+            .with_auth(auth)
+            .with_max_connections(self.max_connections);
         Ok((route, self.line))
     }
 
@@ -533,12 +552,27 @@ impl RouteSection {
         match key {
             "hosts" => self.hosts = Some(value.to_string()),
             "tls" => self.tls = Some(RouteTls::parse(value)?),
+            // a user name (or key) of --secrets-file; never the password
+            "auth" => self.auth = Some(value.to_string()),
+            "auth-plaintext" => {
+                self.auth_plaintext = match value {
+                    "yes" | "true" => true,
+                    "no" | "false" => false,
+                    v => return Err(format!("auth-plaintext {v:?} is not yes or no")),
+                }
+            }
             "max-connections" => {
-                return Err("max-connections is not supported yet (per-destination limits: --max-per-destination)".into())
+                self.max_connections = Some(
+                    value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("max-connections {value:?} is not a number above 0"))?,
+                )
             }
             other => {
                 return Err(format!(
-                    "unknown key {other:?} in a route section (hosts, tls; options go before the first section)"
+                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext, max-connections; options go before the first section)"
                 ))
             }
         }
@@ -767,6 +801,9 @@ fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
                 line: n + 1,
                 hosts: None,
                 tls: None,
+                auth: None,
+                auth_plaintext: false,
+                max_connections: None,
             });
             continue;
         }
@@ -1318,6 +1355,7 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.outbound_tls = mode;
     }
     c.ca_file = v.single("ca-file").map(PathBuf::from);
+    c.secrets_file = v.single("secrets-file").map(PathBuf::from);
     if c.ca_file.is_some() && !c.verifies() {
         return Err(UsageError("--ca-file needs --outbound-tls verify".into()));
     }
@@ -1493,6 +1531,25 @@ mod tests {
             ]
         );
         assert!(c.no_dns, "options before the first section still count");
+        // issue 12: implicit TLS and AUTH per route
+        let f2 = TempConf::new(
+            "authroute",
+            "secrets-file = /x/secrets\n[route *]\nhosts = smtp.p.example:465\ntls = implicit\nauth = relay-user\nmax-connections = 3\n",
+        );
+        let c2 = serve(&format!("serve --config {}", f2.0.display())).unwrap();
+        assert_eq!(
+            c2.routes[0].to_string(),
+            "*=smtp.p.example:465 (tls implicit, auth relay-user, max-connections 3)"
+        );
+        assert_eq!(
+            c2.routes[0].limit(25),
+            Some(("smtp.p.example:465".to_string(), 3))
+        );
+        assert_eq!(
+            c2.secrets_file.as_deref(),
+            Some(std::path::Path::new("/x/secrets"))
+        );
+        assert!(c2.verifies(), "implicit verifies: the CA roots are loaded");
         // --route on the command line replaces the file's routes, all of them
         let c = serve(&format!(
             "serve --config {} --route *=[192.0.2.9]",
@@ -1510,14 +1567,19 @@ mod tests {
 
         for (text, line, needle) in [
             (
-                "[route a.example]\ntls = implicit\nhosts = h.example\n",
-                2,
-                "not supported",
+                "[route a.example]\nhosts = h.example\nauth-plaintext = yes\n",
+                1,
+                "needs auth",
             ),
             (
-                "[route a.example]\nhosts = h.example\nmax-connections = 3\n",
+                "[route a.example]\nhosts = h.example\nauth-plaintext = maybe\n",
                 3,
-                "max-connections",
+                "yes or no",
+            ),
+            (
+                "[route a.example]\nhosts = h.example\nmax-connections = 0\n",
+                3,
+                "above 0",
             ),
             (
                 "[route a.example]\nhosts = h.example\nworkers = 3\n",

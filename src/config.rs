@@ -209,6 +209,9 @@ pub struct Config {
     /// `--ca-file`: the CAs `--outbound-tls verify` trusts (else the
     /// system's).
     pub ca_file: Option<PathBuf>,
+    /// `--secrets-file`: SMTP AUTH credentials for next hops (routes'
+    /// `auth =`), read at start (`secrets.rs`).
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -257,6 +260,7 @@ impl Config {
             connection_max_messages: 100,
             outbound_tls: OutboundTls::May,
             ca_file: None,
+            secrets_file: None,
         }
     }
 
@@ -264,9 +268,13 @@ impl Config {
     /// verify`, or a route's `tls = verify`): then the CA roots are
     /// loaded, and `--ca-file` has a use.
     pub fn verifies(&self) -> bool {
-        let verify = crate::route::RouteTls::Starttls(OutboundTls::Verify);
+        use crate::route::RouteTls;
+        let verify = RouteTls::Starttls(OutboundTls::Verify);
         self.outbound_tls == OutboundTls::Verify
-            || self.routes.iter().any(|r| r.tls() == Some(verify))
+            || self
+                .routes
+                .iter()
+                .any(|r| r.tls() == Some(verify) || r.tls() == Some(RouteTls::Implicit))
     }
 
     /// Relay control: the client may relay anywhere.

@@ -30,6 +30,7 @@ pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod session;
 pub mod smtp;

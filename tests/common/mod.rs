@@ -1455,3 +1455,26 @@ pub fn tally<T: std::hash::Hash + Eq + Clone>(items: &[T]) -> HashMap<T, usize> 
     }
     m
 }
+
+/// `smtp-relay passwd ARGS...` with `stdin`: exit code and stderr.
+pub fn passwd_stdin(args: &[&str], stdin: &str) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .arg("passwd")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("passwd output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}

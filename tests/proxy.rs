@@ -12,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use smtp_relay::auth::encode_base64;
 
 const INSIDE: &str = "192.0.2.7";
 const OUTSIDE: &str = "198.51.100.9";
@@ -268,4 +269,42 @@ fn the_per_ip_limit_counts_clients_not_the_proxy() {
         t.send_raw(&v1(OUTSIDE, 41012));
         t.try_reply().ok().flatten().is_some_and(|(c, _)| c == 220)
     }));
+}
+
+/// The AUTH failure limit (per address, across sessions) counts the
+/// client the header names: one client's guesses through the proxy do
+/// not lock out another client of the same proxy.
+#[test]
+fn auth_failure_limits_count_the_client_not_the_proxy() {
+    let dir = TempDir::new("proxyauth");
+    let f = dir.path().join("passwd");
+    let file = f.to_str().expect("utf-8 path");
+    let (code, err) = passwd_stdin(&["alice", "--auth-file", file], "alice-secret-1\n");
+    assert_eq!(code, Some(0), "{err}");
+    // loopback clients are offered AUTH without TLS
+    let relay = relay(&[
+        "--auth-file",
+        file,
+        "--auth-max-failures",
+        "2",
+        "--auth-failure-window",
+        "1h",
+    ]);
+    let guess = |client: &str, pass: &str| -> u16 {
+        let mut t = through(&relay, "127.0.0.1", &v1(client, 42000));
+        let plain = encode_base64(format!("\0alice\0{pass}").as_bytes());
+        t.send(&format!("AUTH PLAIN {plain}"));
+        let (code, _) = t.reply();
+        t.send("QUIT");
+        code
+    };
+    assert_eq!(guess("127.0.0.5", "guess-1"), 535);
+    assert_eq!(guess("127.0.0.5", "guess-2"), 535);
+    assert_eq!(guess("127.0.0.5", "alice-secret-1"), 454);
+    assert_eq!(guess("127.0.0.6", "alice-secret-1"), 235);
+    assert!(
+        wait_log(&relay, "auth lockout address=127.0.0.5 "),
+        "{}",
+        relay.log()
+    );
 }

@@ -3,9 +3,10 @@
 # packages: swaks, Postfix (smtp-source, smtp-sink, and a relay instance)
 # and dnsmasq (MX records on loopback), HAProxy (PROXY protocol v2 in
 # front of two relays, tests/haproxy.rs), openssl (test certificates and
-# `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls) and Cyrus
+# `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls), Cyrus
 # SASL (saslpasswd2 and the sasldb/PLAIN/LOGIN plugins: a Postfix
-# smarthost that requires AUTH). Safe to run again.
+# smarthost that requires AUTH) and msmtp (a mail client of the
+# submission listeners). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -13,6 +14,7 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || need+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
+command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
 # swaks --tls needs Net::SSLeay, only a Recommends of swaks
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 { command -v saslpasswd2 >/dev/null 2>&1 || [ -x /usr/sbin/saslpasswd2 ]; } || need+=(sasl2-bin)

@@ -239,6 +239,53 @@ const PROXY_OPTS: &[OptSpec] = &[
     ),
 ];
 
+/// Listeners with a mode and the submission service (`serve` only;
+/// README "Listeners" and "Submission for applications").
+const LISTENER_OPTS: &[OptSpec] = &[
+    opt(
+        "listen-tls",
+        Kind::Multi,
+        "ADDR:PORT",
+        "implicit-TLS listener (RFC 8314, port 465; needs --tls-cert), repeatable",
+    ),
+    opt(
+        "submission",
+        Kind::Multi,
+        "ADDR:PORT",
+        "submission listener (RFC 6409, port 587): AUTH required, STARTTLS; repeatable",
+    ),
+    opt(
+        "submission-tls",
+        Kind::Multi,
+        "ADDR:PORT",
+        "submission with implicit TLS (port 465), repeatable",
+    ),
+    opt(
+        "sender-map",
+        Kind::Single,
+        "FILE",
+        "'user: addr@dom, @dom, *' lines: the MAIL FROM each AUTH user may use",
+    ),
+    opt(
+        "sender-check-from",
+        Kind::Flag,
+        "",
+        "also refuse (550 5.7.1) a message whose From: is not the AUTH user's (default off)",
+    ),
+    opt(
+        "submission-fixups",
+        Kind::Single,
+        "yes|no",
+        "add Date: and Message-ID: when missing on submission listeners (default yes)",
+    ),
+    opt(
+        "submission-plaintext-auth",
+        Kind::Flag,
+        "",
+        "offer AUTH on submission listeners before STARTTLS (default: only over TLS)",
+    ),
+];
+
 /// Options shared by every command that routes or delivers.
 const ROUTING_OPTS: &[OptSpec] = &[
     opt(
@@ -450,6 +497,7 @@ fn all_specs() -> Vec<&'static OptSpec> {
         .iter()
         .chain(SERVER_OPTS)
         .chain(PROXY_OPTS)
+        .chain(LISTENER_OPTS)
         .chain(DELIVERY_OPTS)
         .collect()
 }
@@ -480,6 +528,8 @@ fn usage_text() -> String {
     s.push_str("\nReceiving (serve):\n");
     describe(&mut s, SERVER_OPTS);
     describe(&mut s, PROXY_OPTS);
+    s.push_str("\nListeners with a mode, submission (serve):\n");
+    describe(&mut s, LISTENER_OPTS);
     s.push_str("\nDelivering (serve, queue flush):\n");
     describe(&mut s, DELIVERY_OPTS);
     s.push_str("\nQueue commands (queue ...):\n");
@@ -900,6 +950,7 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     apply_routing(&v, &mut c)?;
     apply_server(&v, &mut c)?;
     apply_proxy(&v, &mut c)?;
+    apply_listeners(&v, &mut c)?;
     apply_delivery(&v, &mut c)?;
     c.verbosity = v.matches.opt_count("verbose");
     Ok(Cli::Serve(c))
@@ -1313,6 +1364,61 @@ fn apply_proxy(v: &Values, c: &mut Config) -> Result<(), UsageError> {
             ))
         }
     }
+    Ok(())
+}
+
+/// `--listen-tls`, `--submission`, `--submission-tls` and the submission
+/// settings. The default `--listen` applies only when no listener of any
+/// kind is given.
+fn apply_listeners(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    use crate::config::{ListenMode, Listener};
+    for (name, implicit_tls, submission) in [
+        ("listen-tls", true, false),
+        ("submission", false, true),
+        ("submission-tls", true, true),
+    ] {
+        let mode = ListenMode {
+            implicit_tls,
+            submission,
+        };
+        for endpoint in v
+            .parse_multi(name, |a| endpoint(name, a))?
+            .unwrap_or_default()
+        {
+            c.listeners.push(Listener { endpoint, mode });
+        }
+    }
+    if !c.listeners.is_empty() && v.multi("listen").is_none() {
+        c.listen.clear();
+    }
+    // RFC 8314 §3.3: TLS from the first byte needs our certificate
+    if let Some(l) = c.listeners.iter().find(|l| l.mode.implicit_tls) {
+        if c.tls.is_none() {
+            return Err(UsageError(format!(
+                "{} {} needs --tls-cert and --tls-key (TLS from the first byte)",
+                l.mode.option(),
+                l.endpoint
+            )));
+        }
+    }
+    // RFC 6409 §4.3 / RFC 4954: a submission server authenticates its users
+    if let Some(l) = c.listeners.iter().find(|l| l.mode.submission) {
+        if c.auth_file.is_none() {
+            return Err(UsageError(format!(
+                "{} {} needs --auth-file (submission requires AUTH, RFC 6409 §4.3)",
+                l.mode.option(),
+                l.endpoint
+            )));
+        }
+    }
+    c.sender_map = v.single("sender-map").map(PathBuf::from);
+    if let Some(f) = v.parse("submission-fixups", |f| {
+        yes_no(f).ok_or_else(|| UsageError(format!("--submission-fixups: {f:?} is not yes or no")))
+    })? {
+        c.submission_fixups = f;
+    }
+    c.submission_plaintext_auth = v.flag("submission-plaintext-auth")?;
+    c.sender_check_from = v.flag("sender-check-from")?;
     Ok(())
 }
 

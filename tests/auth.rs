@@ -17,17 +17,6 @@ use common::*;
 use smtp_relay::auth::encode_base64;
 use tlsutil::*;
 
-/// `smtp-relay passwd USER --auth-file FILE` with `stdin`.
-fn passwd(file: &Path, user: &str, stdin: &str) -> (Option<i32>, String) {
-    let file = file.to_str().expect("utf-8 path");
-    passwd_with(&[user, "--auth-file", file], stdin)
-}
-
-/// `smtp-relay passwd ARGS...` with `stdin`: exit code and stderr.
-fn passwd_with(args: &[&str], stdin: &str) -> (Option<i32>, String) {
-    passwd_stdin(args, stdin)
-}
-
 fn password_file(dir: &Path) -> PathBuf {
     let f = dir.join("passwd");
     assert_eq!(passwd(&f, "alice", "alice-secret-1\n").0, Some(0));

@@ -279,7 +279,7 @@ fn auth_failure_limits_count_the_client_not_the_proxy() {
     let dir = TempDir::new("proxyauth");
     let f = dir.path().join("passwd");
     let file = f.to_str().expect("utf-8 path");
-    let (code, err) = passwd_stdin(&["alice", "--auth-file", file], "alice-secret-1\n");
+    let (code, err) = passwd(&f, "alice", "alice-secret-1\n");
     assert_eq!(code, Some(0), "{err}");
     // loopback clients are offered AUTH without TLS
     let relay = relay(&[

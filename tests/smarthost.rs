@@ -382,7 +382,7 @@ fn wrong_password_defers_with_the_reply_in_the_summary() {
 /// `smtp-relay passwd USER --auth-file FILE`, password on stdin.
 fn passwd(file: &std::path::Path, user: &str, password: &str) {
     let file = file.to_str().expect("utf-8 path");
-    let (code, err) = passwd_stdin(&[user, "--auth-file", file], &format!("{password}\n"));
+    let (code, err) = passwd_with(&[user, "--auth-file", file], &format!("{password}\n"));
     assert_eq!(code, Some(0), "{err}");
 }
 

@@ -337,7 +337,7 @@ fn accept_loop(
             }
             Err(Refusal::Untrusted) => {
                 // nothing is read: an untrusted header never names a client
-                log::info!("{peer} refused: not in --proxy-from on a PROXY protocol listener; closed unread");
+                log::info!("{peer} refused: not in --proxy-from on a PROXY protocol listener; closed unread, no reply");
                 continue;
             }
         };
@@ -379,16 +379,15 @@ fn proxied(
             return None;
         }
         Err(e) => {
-            log::info!("{proxy} PROXY header refused: {e}; connection closed");
+            log::info!("{proxy} PROXY header refused: {e}; connection closed, no reply");
             return None;
         }
     };
     log::debug!("{client} connected through proxy {proxy}");
     let Some(ticket) = ticket else {
-        log::warn!(
-            "{client} rejected: too many connections from this address (through proxy {proxy})"
-        );
-        let _ = reject(stream, mode, &Reply::too_many_connections(&cfg.hostname));
+        let reply = Reply::too_many_connections(&cfg.hostname);
+        log::warn!("{client} rejected: too many connections from this address (--max-per-ip, through proxy {proxy}): {reply}");
+        let _ = reject(stream, mode, &reply);
         return None;
     };
     Some((stream, client, ticket))

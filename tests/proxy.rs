@@ -8,11 +8,13 @@
 //! The real HAProxy in front of two relays: tests/haproxy.rs.
 
 mod common;
+mod tlsutil;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use smtp_relay::auth::encode_base64;
+use tlsutil::{Certs, Smtp};
 
 const INSIDE: &str = "192.0.2.7";
 const OUTSIDE: &str = "198.51.100.9";
@@ -307,4 +309,38 @@ fn auth_failure_limits_count_the_client_not_the_proxy() {
         "{}",
         relay.log()
     );
+}
+
+/// On an implicit-TLS listener (RFC 8314) the header comes first, in
+/// plaintext, then the TLS handshake, as HAProxy sends it in TCP mode.
+#[test]
+fn v2_before_the_handshake_on_an_implicit_tls_listener() {
+    let Some(certs) = Certs::make("v2_before_the_handshake_on_an_implicit_tls_listener") else {
+        return;
+    };
+    let mut args = certs.relay_args();
+    for a in [
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--proxy-protocol",
+        "--proxy-from",
+        "127.0.0.1/32",
+        "--relay-net",
+        "192.0.2.0/24",
+    ] {
+        args.push(a.into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = Relay::receive_only(&args);
+    let tls_port = relay.addrs()[1];
+    for (client, want) in [([192, 0, 2, 7], 250), ([198, 51, 100, 9], 550)] {
+        let mut s = Smtp::connect(tls_port);
+        s.send_raw(&v2(1, client, 40100));
+        s.handshake(&certs, "relay.test");
+        s.expect(220);
+        s.cmd("EHLO client.test", 250);
+        s.cmd("MAIL FROM:<a@client.test>", 250);
+        s.cmd("RCPT TO:<b@dest.example>", want);
+        s.cmd("QUIT", 221);
+    }
 }

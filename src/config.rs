@@ -245,6 +245,11 @@ pub struct Config {
     /// `--proxy-protocol` with its `--proxy-from` networks: every
     /// listener expects a PROXY header (v1 or v2) from these peers only.
     pub proxy_protocol: Option<Vec<Cidr>>,
+    /// `--metrics`: where /metrics and /healthz are served.
+    pub metrics: Option<SocketAddr>,
+    pub log_format: crate::logging::LogFormat,
+    /// `--log-file`: append here instead of stderr (SIGUSR1 reopens).
+    pub log_file: Option<PathBuf>,
 
     // ---- the forwarding side ----
     /// Delivery threads: the most concurrent outbound transactions.
@@ -314,6 +319,9 @@ impl Config {
             auth_limits: crate::auth_limit::AuthLimits::default(),
             verbosity: 0,
             proxy_protocol: None,
+            metrics: None,
+            log_format: crate::logging::LogFormat::Text,
+            log_file: None,
             delivery_workers: 32,
             routes: Vec::new(),
             dns: None,

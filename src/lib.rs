@@ -26,6 +26,8 @@ pub mod delivery;
 pub mod dns;
 pub mod exit;
 pub mod fault;
+pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod route;

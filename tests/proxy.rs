@@ -259,7 +259,7 @@ fn the_per_ip_limit_counts_clients_not_the_proxy() {
     assert!(
         wait_log(
             &relay,
-            &format!("{OUTSIDE}:41011 rejected: too many connections")
+            &format!("{OUTSIDE}:41011 rejected reason=per_ip_limit")
         ),
         "{}",
         relay.log()

@@ -31,6 +31,7 @@ pub mod fault;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
+pub mod proxy;
 pub mod route;
 pub mod scheduler;
 pub mod secrets;

@@ -1119,6 +1119,7 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     }
     o.optopt("f", "", "envelope sender", "SENDER");
     o.optflag("t", "", "recipients from To/Cc/Bcc");
+    o.optopt("F", "", "full name for the From: field added", "NAME");
     o.optflag("i", "", "a lone dot does not end the message");
     o.optmulti("o", "", "sendmail option (only -oi is understood)", "OPT");
     o.optflagmulti("v", "verbose", "more log output");
@@ -1154,6 +1155,8 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
         extract: v.matches.opt_present("t"),
         ignore_dots,
         rcpts: v.matches.free.clone(),
+        full_name: v.matches.opt_str("F"),
+        author: None,
     };
     if opts.rcpts.is_empty() && !opts.extract {
         return Err(UsageError(

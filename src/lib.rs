@@ -31,6 +31,7 @@ pub mod route;
 pub mod scheduler;
 pub mod secrets;
 pub mod sender_map;
+pub mod sendmail;
 pub mod server;
 pub mod session;
 pub mod smtp;

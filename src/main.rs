@@ -44,7 +44,12 @@ fn init_logging(verbosity: usize, quiet_default: bool) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // called as `sendmail`, `mailq`, `newaliases`: their command lines
+    let args = match smtp_relay::sendmail::command_line(std::env::args().collect()) {
+        Ok(Some(args)) => args,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => return fail(&e),
+    };
     let cli = match cli::parse(&args) {
         Ok(c) => c,
         Err(e) => return fail(&e),

@@ -13,6 +13,8 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || need+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
+command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
+command -v s-nail >/dev/null 2>&1 || need+=(s-nail)
 # swaks --tls needs Net::SSLeay, only a Recommends of swaks
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 { command -v saslpasswd2 >/dev/null 2>&1 || [ -x /usr/sbin/saslpasswd2 ]; } || need+=(sasl2-bin)

@@ -1085,6 +1085,18 @@ pub fn author_field(login: &str, hostname: &str, full_name: Option<&str>) -> Str
     }
 }
 
+/// A bare local part (`root`, as cron gives it) gets `@host`, as sendmail
+/// qualifies unqualified addresses with the local domain.
+pub(crate) fn qualify(s: &str, host: &str) -> String {
+    let t = s.trim();
+    if t.contains('@') || t.is_empty() || t == "<>" {
+        t.to_string()
+    } else {
+        let t = t.trim_start_matches('<').trim_end_matches('>');
+        format!("{t}@{host}")
+    }
+}
+
 pub(crate) fn parse_mailbox(s: &str) -> Result<Path, String> {
     let s = s.trim();
     let text = if s.starts_with('<') {
@@ -1454,7 +1466,9 @@ pub fn queue_message(
                 .map_err(AdminError::usage)?,
         ),
         Some("") | Some("<>") => ReversePath::Null,
-        Some(f) => ReversePath::Path(parse_mailbox(f).map_err(AdminError::usage)?),
+        Some(f) => ReversePath::Path(
+            parse_mailbox(&qualify(f, &config.hostname)).map_err(AdminError::usage)?,
+        ),
     };
     let tempfail = |e: SpoolError| AdminError {
         code: EX_TEMPFAIL,
@@ -1508,7 +1522,7 @@ pub fn queue_message(
     };
     let mut rcpts: Vec<Path> = Vec::new();
     for r in opts.rcpts.iter().chain(prepared.rcpts.iter()) {
-        let p = parse_mailbox(r).map_err(AdminError::usage)?;
+        let p = parse_mailbox(&qualify(r, &config.hostname)).map_err(AdminError::usage)?;
         if !rcpts.contains(&p) {
             rcpts.push(p);
         }

@@ -109,6 +109,12 @@ fn is_drop_name(n: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// An address as the server will qualify it (a bare local part gets the
+/// server's host name; any valid domain checks the same).
+fn qualify(a: &str) -> String {
+    crate::admin::qualify(a, "localhost")
+}
+
 /// The header section for `opts`; a value with a control character is a
 /// usage error (it could end its line).
 fn header(opts: &SendOpts) -> Result<String, AdminError> {
@@ -123,7 +129,7 @@ fn header(opts: &SendOpts) -> Result<String, AdminError> {
     if let Some(f) = &opts.from {
         let f = if f.is_empty() { "<>" } else { f };
         if f != "<>" {
-            crate::admin::parse_mailbox(f).map_err(usage)?;
+            crate::admin::parse_mailbox(&qualify(f)).map_err(usage)?;
         }
         line("from", f)?;
     }
@@ -131,7 +137,7 @@ fn header(opts: &SendOpts) -> Result<String, AdminError> {
         line("name", n)?;
     }
     for r in &opts.rcpts {
-        crate::admin::parse_mailbox(r).map_err(usage)?;
+        crate::admin::parse_mailbox(&qualify(r)).map_err(usage)?;
         line("rcpt", r)?;
     }
     if opts.rcpts.len() > MAX_RCPTS {
@@ -407,6 +413,12 @@ fn pick(
             env.id.to_string().as_bytes(),
         )
         .map_err(|e| e.to_string())?;
+    }
+    // tests: die as kill -9 would, between the commit and the drop's
+    // removal (tests/sendmail.rs shows no message is queued twice)
+    #[cfg(debug_assertions)]
+    if std::env::var_os("SMTP_RELAY_MAILDROP_ABORT").is_some() {
+        std::process::abort();
     }
     finish(spool, name, env.id)?;
     log::info!("{} from maildrop/{name} (uid {uid})", env.id);

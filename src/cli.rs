@@ -728,6 +728,7 @@ pub fn parse(args: &[String]) -> Result<Cli, UsageError> {
     match cmd.as_str() {
         "-h" | "--help" | "help" => Ok(Cli::Help(usage_text())),
         "-V" | "--version" | "version" => Ok(Cli::Version),
+        "--man" => Ok(Cli::Help(crate::manpage::render(&usage_text()))),
         "serve" => parse_serve(&args[1..]),
         "route" => parse_route(&args[1..]),
         "queue" => parse_queue(&args[1..]),

@@ -26,6 +26,8 @@ pub mod delivery;
 pub mod dns;
 pub mod exit;
 pub mod fault;
+pub mod manpage;
+pub mod notify;
 pub mod pool;
 pub mod route;
 pub mod scheduler;

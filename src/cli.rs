@@ -503,9 +503,10 @@ fn usage_text() -> String {
          smtp-relay serve [OPTIONS]            run the relay (receive, queue, deliver)\n  \
          smtp-relay route [OPTIONS] ADDRESS    show where a recipient would be sent, send nothing\n  \
          smtp-relay queue list|show|flush|hold|release|delete|bounce|requeue [OPTIONS] [ID...|-]\n  \
-         smtp-relay send [-f SENDER] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
+         smtp-relay send [-f SENDER] [-F NAME] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
+         smtp-relay sendmail ARGS...   sendmail's command line (also linked as sendmail, mailq)\n  \
          smtp-relay passwd USER [--auth-file FILE] [--user NAME]   set USER's AUTH password (stdin)\n  \
-         smtp-relay --help | --version\n\nOptions of every command:\n",
+         smtp-relay --help | --version | --man\n\nOptions of every command:\n",
     );
     describe(&mut s, ROUTING_OPTS);
     s.push_str("\nReceiving (serve):\n");

@@ -438,10 +438,22 @@ fn finish(spool: &Spool, name: &str, id: QueueId) -> Result<(), String> {
         Err(e) => return Err(format!("{}: {e}", dir.join(name).display())),
     }
     fsutil::fsync_dir(&dir).map_err(|e| e.to_string())?;
-    let mut env = spool.load(id).map_err(|e| e.to_string())?;
-    if env.hold == Some(Hold::Forever) {
-        env.hold = None;
-        spool.store(&env).map_err(|e| e.to_string())?;
+    // the release goes through a claim, as the queue commands' changes do
+    // (an operator's command on the held message meanwhile waits for it)
+    match spool
+        .claim_wait(id, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?
+    {
+        super::claim::Claimed::Mine(claim) => {
+            if let Some(mut env) = claim.load().map_err(|e| e.to_string())? {
+                if env.hold == Some(Hold::Forever) {
+                    env.hold = None;
+                    claim.store(&env).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        super::claim::Claimed::Gone => {}
+        super::claim::Claimed::Busy => return Err(format!("{id}: busy; hold left in place")),
     }
     let marker = spool.root().join(PICKUP);
     fs::remove_file(marker.join(name)).map_err(|e| e.to_string())?;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{in_ci, nobody, wait_until, Relay, TempDir, BIN};
+use common::{in_ci, nobody, wait_until, Relay, Sink, TempDir, BIN};
 
 /// A spool served by a receive-only relay, a config file naming it, and
 /// a `bin/` with `sendmail` and `mailq` links to the binary.
@@ -28,10 +28,14 @@ impl Setup {
     }
 
     fn with_env(env: &[(&str, &str)]) -> Setup {
+        Setup::with_args(&["--delivery-workers", "0"], env)
+    }
+
+    fn with_args(args: &[&str], env: &[(&str, &str)]) -> Setup {
         let base = TempDir::new("sendmail");
         // nobody must get through to the config file and the links
         fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let relay = Relay::start_env(&["--delivery-workers", "0"], env);
+        let relay = Relay::start_env(args, env);
         Setup::finish(base, relay)
     }
 
@@ -459,4 +463,37 @@ fn a_crash_between_commit_and_the_drops_removal_queues_it_once() {
     let (_, env) = s2.queued("Subject: once");
     assert!(!env.contains("hold:"), "{env}");
     assert_eq!(fs::read_dir(spool.join("pickup")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_running_server_delivers_what_sendmail_queued_to_a_sink() {
+    let sink = Sink::start();
+    let route = format!("*={}", sink.addr());
+    let s = Setup::with_args(&["--no-dns", "--route", &route], &[]);
+    let mut n = 0;
+    for as_nobody in users() {
+        let (code, err) = s.run(
+            as_nobody,
+            &s.sendmail(),
+            &["-t", "-i", "-F", "Job"],
+            &format!("To: out@dest.example\nSubject: delivered-{as_nobody}\n\nx\n"),
+        );
+        assert_eq!(code, 0, "{err}");
+        n += 1;
+    }
+    assert!(
+        sink.wait_for(n, Duration::from_secs(20)),
+        "delivered; log:\n{}",
+        s.relay.log()
+    );
+    for m in sink.messages() {
+        let text = String::from_utf8_lossy(&m.data);
+        assert_eq!(m.rcpts, ["out@dest.example"]);
+        assert!(text.contains("\r\nFrom: \"Job\" <"), "{text}");
+        assert!(text.contains("\r\nDate: ") && text.contains("\r\nMessage-ID: <"));
+        if text.contains("delivered-true") {
+            assert!(text.contains("Received: from local (uid "), "{text}");
+            assert_eq!(m.mail_from, "nobody@relay.test");
+        }
+    }
 }

@@ -46,8 +46,8 @@ fn init_logging(verbosity: usize, quiet_default: bool) {
 fn main() -> ExitCode {
     // called as `sendmail`, `mailq`, `newaliases`: their command lines
     let args = match smtp_relay::sendmail::command_line(std::env::args().collect()) {
-        Ok(Some(args)) => args,
-        Ok(None) => return ExitCode::SUCCESS,
+        Ok(Ok(args)) => args,
+        Ok(Err(done)) => return done.into(),
         Err(e) => return fail(&e),
     };
     let cli = match cli::parse(&args) {

@@ -69,7 +69,7 @@ pub fn render(help: &str) -> String {
 const SENDMAIL: &str = r#".SH SENDMAIL
 Called as \fBsendmail\fR (a link to the binary), or as \fBsmtp\-relay sendmail\fR,
 it takes sendmail's command line: \fB\-t\fR, \fB\-i\fR, \fB\-oi\fR, \fB\-f\fR \fIADDR\fR,
-\fB\-r\fR \fIADDR\fR, \fB\-F\fR \fINAME\fR, \fB\-bm\fR, \fB\-bp\fR, \fB\-bi\fR, \fB\-q\fR,
+\fB\-r\fR \fIADDR\fR, \fB\-F\fR \fINAME\fR, \fB\-bm\fR, \fB\-bs\fR, \fB\-bp\fR, \fB\-bi\fR, \fB\-q\fR,
 \fB\-B\fR \fI7BIT|8BITMIME\fR, \fB\-N\fR \fINOTIFY\fR, \fB\-v\fR, \fB\-C\fR \fIFILE\fR;
 other \fB\-o\fR options are ignored. Called as \fBmailq\fR it lists the queue,
 as \fBnewaliases\fR it does nothing. A user who cannot write the spool

@@ -7,7 +7,7 @@
 //!
 //! Understood, as sendmail(8) and Postfix's sendmail(1) define them:
 //! `-t`, `-i`, `-oi`, `-f ADDR`, `-r ADDR`, `-F NAME`, `-bm` (the
-//! default), `-bp` (as `mailq`), `-bi` (as `newaliases`), `-q` (flush),
+//! default), `-bs` (SMTP on stdio: [`smtp_on_stdio`]), `-bp` (as `mailq`), `-bi` (as `newaliases`), `-q` (flush),
 //! `-B 7BIT|8BITMIME`, `-N NOTIFY` (checked; the server's DSN defaults
 //! apply), `-v`, `-C FILE` (the configuration file), and any other `-oX`
 //! (ignored, as sendmail ignores options it does not know, with `-oem`,
@@ -16,6 +16,7 @@
 //! is a usage error (exit 64).
 
 use crate::cli::UsageError;
+use crate::exit::Exit;
 
 /// What a sendmail invocation becomes.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,12 +25,16 @@ pub enum Invocation {
     Args(Vec<String>),
     /// `newaliases`: there is no alias database; says so, exit 0.
     Newaliases,
+    /// `-bs`: SMTP on stdin/stdout, with `serve`'s arguments for the
+    /// configuration (see [`smtp_on_stdio`]).
+    Smtp(Vec<String>),
 }
 
 /// The whole command line (`argv[0]` first) as `smtp-relay` arguments:
 /// translated when called by a sendmail name or as `smtp-relay sendmail
-/// ARGS`, else as it is. `None`: nothing left to do (`newaliases`).
-pub fn command_line(mut argv: Vec<String>) -> Result<Option<Vec<String>>, UsageError> {
+/// ARGS`, else as it is. `Err(code)`: done, exit with `code`
+/// (`newaliases`, `-bs`).
+pub fn command_line(mut argv: Vec<String>) -> Result<Result<Vec<String>, Exit>, UsageError> {
     let argv0 = if argv.is_empty() {
         String::new()
     } else {
@@ -41,15 +46,98 @@ pub fn command_line(mut argv: Vec<String>) -> Result<Option<Vec<String>>, UsageE
             argv.remove(0);
             "sendmail"
         }
-        None => return Ok(Some(argv)),
+        None => return Ok(Ok(argv)),
     };
     match translate(name, &argv)? {
-        Invocation::Args(a) => Ok(Some(a)),
+        Invocation::Args(a) => Ok(Ok(a)),
         Invocation::Newaliases => {
             eprintln!("newaliases: smtp-relay has no aliases database: nothing to do");
-            Ok(None)
+            Ok(Err(Exit::Ok))
+        }
+        Invocation::Smtp(serve_args) => Ok(Err(smtp_on_stdio(&serve_args))),
+    }
+}
+
+/// `sendmail -bs`: an SMTP session on stdin/stdout. It is carried to the
+/// running server's first plain listener (the configuration file's
+/// `listen`), so the session is the server's own, with every check it
+/// makes; the client it sees is the loopback address, not the local user
+/// (Postfix runs its smtpd on the pipe instead). Line ends from stdin are
+/// made CRLF (RFC 5321 §2.3.8), as programs talking to sendmail write LF.
+/// Exit 0 when the server closed the session, 69 when no server answers,
+/// 78 for a configuration that does not parse.
+pub fn smtp_on_stdio(serve_args: &[String]) -> Exit {
+    use std::io::{BufRead, Read, Write};
+    let config = match crate::cli::parse(serve_args) {
+        Ok(crate::cli::Cli::Serve(c)) => c,
+        Ok(_) => return Exit::Usage,
+        Err(e) => {
+            eprintln!("sendmail -bs: {e}");
+            return Exit::Config;
+        }
+    };
+    let addr = match crate::app::listeners(&config) {
+        Ok(l) => l
+            .iter()
+            .find(|(_, m)| !m.implicit_tls && !m.submission)
+            .or_else(|| l.iter().find(|(_, m)| !m.implicit_tls))
+            .map(|(a, _)| *a),
+        Err(e) => {
+            eprintln!("sendmail -bs: {e}");
+            return Exit::Config;
+        }
+    };
+    let Some(addr) = addr else {
+        eprintln!("sendmail -bs: no plain listener in the configuration");
+        return Exit::Config;
+    };
+    let sock = match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sendmail -bs: no server at {addr}: {e}");
+            return Exit::Unavailable;
+        }
+    };
+    let Ok(mut up) = sock.try_clone() else {
+        return Exit::OsErr;
+    };
+    let pump = std::thread::spawn(move || {
+        let mut input = std::io::stdin().lock();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match input.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if line.ends_with(b"\n") && !line.ends_with(b"\r\n") {
+                line.pop();
+                line.extend_from_slice(b"\r\n");
+            }
+            if up.write_all(&line).is_err() {
+                break;
+            }
+        }
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = sock;
+    let mut out = std::io::stdout().lock();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match down.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                    break;
+                }
+            }
         }
     }
+    // the server closed the session: stdin's reader may still wait on a
+    // terminal; it ends with the process
+    drop(pump);
+    Exit::Ok
 }
 
 /// The sendmail name `argv0` was called by, if it is one.
@@ -175,9 +263,13 @@ pub fn translate(name: &str, args: &[String]) -> Result<Invocation, UsageError> 
             common(&mut out);
         }
         's' => {
-            return Err(usage(
-                "-bs: not supported yet; speak SMTP to the server's listener",
-            ))
+            out.push("serve".into());
+            common(&mut out);
+            out.retain(|a| a != "-v");
+            if !rcpts.is_empty() {
+                return Err(usage(format!("unexpected argument {:?}", rcpts[0])));
+            }
+            return Ok(Invocation::Smtp(out));
         }
         _ => {
             out.push("send".into());
@@ -273,6 +365,7 @@ mod tests {
         for bad in [
             &["-X", "log"][..],
             &["-bd"],
+            &["-bs", "rcpt"],
             &["-B", "binarymime"],
             &["-N", "sometimes"],
             &["-f"],

@@ -43,7 +43,11 @@ impl Setup {
         let spool = relay.spool().to_path_buf();
         fs::write(
             base.path().join("conf"),
-            format!("spool = {}\nhostname = relay.test\n", spool.display()),
+            format!(
+                "spool = {}\nhostname = relay.test\nlisten = {}\n",
+                spool.display(),
+                relay.addr()
+            ),
         )
         .unwrap();
         let bin = base.path().join("bin");
@@ -70,6 +74,18 @@ impl Setup {
     /// Runs `prog args` (as `nobody` when `as_nobody`) with `input` on
     /// stdin and our config; its exit code and stderr.
     fn run(&self, as_nobody: bool, prog: &Path, args: &[&str], input: &str) -> (i32, String) {
+        let (code, _, err) = self.run_out(as_nobody, prog, args, input);
+        (code, err)
+    }
+
+    /// `run`, with stdout too.
+    fn run_out(
+        &self,
+        as_nobody: bool,
+        prog: &Path,
+        args: &[&str],
+        input: &str,
+    ) -> (i32, String, String) {
         let mut cmd = if as_nobody {
             let (uid, gid) = nobody().expect("nobody exists");
             let mut c = Command::new("setpriv");
@@ -106,6 +122,7 @@ impl Setup {
         let out = child.wait_with_output().unwrap();
         (
             out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
@@ -496,4 +513,35 @@ fn a_running_server_delivers_what_sendmail_queued_to_a_sink() {
             assert_eq!(m.mail_from, "nobody@relay.test");
         }
     }
+}
+
+#[test]
+fn bs_speaks_smtp_on_stdin_and_stdout() {
+    let s = Setup::new();
+    for as_nobody in users() {
+        let subject = format!("bs-{as_nobody}");
+        // LF line ends, as a program writing to a pipe does
+        let input = format!(
+            "EHLO me\nMAIL FROM:<a@b.example>\nRCPT TO:<c@d.example>\nDATA\nSubject: {subject}\n\nhi\n.\nQUIT\n"
+        );
+        let (code, out, err) = s.run_out(as_nobody, &s.sendmail(), &["-bs"], &input);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("220 "), "{out}");
+        assert!(out.contains("\r\n250 2.0.0 Ok: queued as "), "{out}");
+        assert!(
+            out.ends_with("221 2.0.0 relay.test closing connection\r\n"),
+            "{out}"
+        );
+        let (_, env) = s.queued(&subject);
+        assert!(env.contains("<c@d.example>"), "{env}");
+    }
+    // no server: exit 69, said on stderr
+    let dead = s.base.path().join("dead.conf");
+    fs::write(&dead, "listen = 127.0.0.1:1\n").unwrap();
+    let out = Command::new(s.sendmail())
+        .args(["-C", &dead.display().to_string(), "-bs"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
 }

@@ -1023,8 +1023,9 @@ pub struct SendOpts {
     pub rcpts: Vec<String>,
     /// `-F`: the full name for the `From:` field added when missing.
     pub full_name: Option<String>,
-    /// The `From:` value added when the message has none (RFC 6409 §8.1
-    /// lets the MSA add it from the submitter's identity); `None` adds
+    /// The `From:` value added when the message has none (RFC 5322 §3.6
+    /// requires one; RFC 6409 §8 lets the MSA complete a message from
+    /// the submitter's identity); `None` adds
     /// nothing. Set by `run_send` from the login name.
     pub author: Option<String>,
 }

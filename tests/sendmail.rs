@@ -545,3 +545,31 @@ fn bs_speaks_smtp_on_stdin_and_stdout() {
         .unwrap();
     assert_eq!(out.status.code(), Some(69));
 }
+
+#[test]
+fn serve_user_takes_over_a_maildrop_made_by_root() {
+    if !is_root() {
+        eprintln!("not root: --user needs root; skipped");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (uid, _) = nobody().expect("nobody exists");
+    let base = TempDir::new("maildrop-user");
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = base.path().join("spool");
+    let mut first = Relay::receive_only_with_spool(spool.clone(), &[]);
+    let drop = spool.join("maildrop");
+    assert!(wait_until(Duration::from_secs(10), || drop.is_dir()));
+    first.terminate();
+    assert!(first.wait_exit(Duration::from_secs(20)).is_some());
+    assert_eq!(fs::metadata(&drop).unwrap().uid(), 0);
+    let second = Relay::receive_only_with_spool(spool.clone(), &["--user", "nobody"]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        fs::metadata(&drop).is_ok_and(|m| m.uid() == uid && m.mode() & 0o7777 == 0o1733)
+    }));
+    assert!(
+        !second.log().contains("submission is off"),
+        "{}",
+        second.log()
+    );
+}

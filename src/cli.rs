@@ -270,6 +270,51 @@ const LISTENER_OPTS: &[OptSpec] = &[
     ),
 ];
 
+/// Operating `serve`: metrics and logs (README "Metrics", "Logs").
+const OPERATING_OPTS: &[OptSpec] = &[
+    opt(
+        "metrics",
+        Kind::Single,
+        "[ADDR:]PORT",
+        "serve /metrics (Prometheus/OpenMetrics) and /healthz over HTTP (ADDR default 127.0.0.1)",
+    ),
+    opt(
+        "log-format",
+        Kind::Single,
+        "text|json",
+        "log lines as text (default) or JSON objects, one per line",
+    ),
+    opt(
+        "log-file",
+        Kind::Single,
+        "FILE",
+        "append the log to FILE instead of stderr; SIGUSR1 reopens it",
+    ),
+];
+
+/// `--metrics`, `--log-format`, `--log-file`.
+fn apply_operating(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    if let Some(a) = v.parse("metrics", |a| {
+        let a = if a.bytes().all(|b| b.is_ascii_digit()) {
+            format!("127.0.0.1:{a}")
+        } else {
+            a.to_string()
+        };
+        a.parse::<std::net::SocketAddr>()
+            .map_err(|_| UsageError(format!("--metrics: {a:?} is not [ADDR:]PORT")))
+    })? {
+        c.metrics = Some(a);
+    }
+    if let Some(f) = v.parse("log-format", |f| {
+        crate::logging::LogFormat::parse(f)
+            .ok_or_else(|| UsageError(format!("--log-format: {f:?} is not text or json")))
+    })? {
+        c.log_format = f;
+    }
+    c.log_file = v.single("log-file").map(PathBuf::from);
+    Ok(())
+}
+
 /// Options shared by every command that routes or delivers.
 const ROUTING_OPTS: &[OptSpec] = &[
     opt(
@@ -482,6 +527,7 @@ fn all_specs() -> Vec<&'static OptSpec> {
         .chain(SERVER_OPTS)
         .chain(LISTENER_OPTS)
         .chain(DELIVERY_OPTS)
+        .chain(OPERATING_OPTS)
         .collect()
 }
 
@@ -515,6 +561,8 @@ fn usage_text() -> String {
     describe(&mut s, LISTENER_OPTS);
     s.push_str("\nDelivering (serve, queue flush):\n");
     describe(&mut s, DELIVERY_OPTS);
+    s.push_str("\nMetrics and logs (serve):\n");
+    describe(&mut s, OPERATING_OPTS);
     s.push_str("\nQueue commands (queue ...):\n");
     describe(&mut s, QUEUE_OPTS);
     s.push_str(
@@ -551,6 +599,7 @@ struct RouteSection {
     tls: Option<RouteTls>,
     auth: Option<String>,
     auth_plaintext: bool,
+    sender_auth: bool,
     max_connections: Option<usize>,
 }
 
@@ -566,11 +615,12 @@ impl RouteSection {
         let hosts = self
             .hosts
             .ok_or_else(|| bad("needs hosts = HOST[:PORT], ...".into()))?;
-        if self.auth_plaintext && self.auth.is_none() {
+        if self.auth_plaintext && self.auth.is_none() && !self.sender_auth {
             return Err(bad("auth-plaintext = yes needs auth = USER".into()));
         }
-        let auth = self.auth.map(|user| RouteAuth {
-            user,
+        let auth = (self.auth.is_some() || self.sender_auth).then_some(RouteAuth {
+            user: self.auth,
+            by_sender: self.sender_auth,
             plaintext: self.auth_plaintext,
         });
         let route = StaticRoute::new(&self.domain, &hosts, self.tls)
@@ -587,13 +637,10 @@ impl RouteSection {
             "tls" => self.tls = Some(RouteTls::parse(value)?),
             // a user name (or key) of --secrets-file; never the password
             "auth" => self.auth = Some(value.to_string()),
-            "auth-plaintext" => {
-                self.auth_plaintext = match value {
-                    "yes" | "true" => true,
-                    "no" | "false" => false,
-                    v => return Err(format!("auth-plaintext {v:?} is not yes or no")),
-                }
-            }
+            "auth-plaintext" => self.auth_plaintext = section_flag(key, value)?,
+            // credentials looked up by the envelope sender, `auth` the
+            // fallback (README "Sender-dependent credentials")
+            "sender-auth" => self.sender_auth = section_flag(key, value)?,
             "max-connections" => {
                 self.max_connections = Some(
                     value
@@ -605,12 +652,17 @@ impl RouteSection {
             }
             other => {
                 return Err(format!(
-                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext, max-connections; options go before the first section)"
+                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext, sender-auth, max-connections; options go before the first section)"
                 ))
             }
         }
         Ok(())
     }
+}
+
+/// A route section's `yes`/`no` value.
+fn section_flag(key: &str, value: &str) -> Result<bool, String> {
+    yes_no(value).ok_or_else(|| format!("{key} {value:?} is not yes or no"))
 }
 
 /// Option values from the command line, falling back to the config file.
@@ -837,6 +889,7 @@ fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
                 tls: None,
                 auth: None,
                 auth_plaintext: false,
+                sender_auth: false,
                 max_connections: None,
             });
             continue;
@@ -935,6 +988,7 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     apply_server(&v, &mut c)?;
     apply_listeners(&v, &mut c)?;
     apply_delivery(&v, &mut c)?;
+    apply_operating(&v, &mut c)?;
     c.verbosity = v.matches.opt_count("verbose");
     Ok(Cli::Serve(c))
 }

@@ -1495,3 +1495,14 @@ pub fn passwd_with(args: &[&str], stdin: &str) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+/// One relay-denied RCPT (`550 5.7.1`) from 127.0.0.2, for a relay
+/// whose `--relay-net` leaves 127.0.0.2 out (tests/metrics.rs, logs.rs).
+pub fn relay_denied_from_far(addr: SocketAddr) {
+    let mut far = Talk::connect_from("127.0.0.2", addr);
+    far.expect(220);
+    far.cmd("EHLO far.example", 250);
+    far.cmd("MAIL FROM:<x@far.example>", 250);
+    far.cmd_enh("RCPT TO:<y@elsewhere.example>", 550, "5.7.1");
+    far.send("QUIT");
+}

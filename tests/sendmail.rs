@@ -573,3 +573,24 @@ fn serve_user_takes_over_a_maildrop_made_by_root() {
         second.log()
     );
 }
+
+#[test]
+fn a_message_over_max_size_is_refused_before_the_maildrop() {
+    if !is_root() {
+        eprintln!("not root: needs setpriv to submit as nobody; skipped");
+        return;
+    }
+    let s = Setup::new();
+    let conf = fs::read_to_string(s.conf()).unwrap();
+    fs::write(s.conf(), format!("{conf}max-size = 1000\n")).unwrap();
+    let big = format!("Subject: big\n\n{}\n", "x".repeat(1500));
+    let (code, err) = s.run(true, &s.sendmail(), &["-i", "big@dest.example"], &big);
+    assert_eq!(code, 65, "EX_DATAERR: {err}");
+    assert!(err.contains("max-size"), "{err}");
+    let drop = s.relay.spool().join("maildrop");
+    assert_eq!(
+        fs::read_dir(&drop).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
+}

@@ -190,7 +190,9 @@ pub fn submit(
         f.set_permissions(fs::Permissions::from_mode(0o644))
             .map_err(io_err)?;
         f.write_all(head.as_bytes()).map_err(io_err)?;
-        let limit = max_drop(max_size);
+        // the raw message only grows when made CRLF: more than
+        // --max-size of it is too big whatever its line ends
+        let limit = (head.len() as u64).saturating_add(max_size);
         let mut w = io::BufWriter::new(&mut f);
         let mut r = BufReader::new(input);
         let mut written = head.len() as u64;

@@ -223,6 +223,22 @@ const SERVER_OPTS: &[OptSpec] = &[
     ),
 ];
 
+/// The PROXY protocol (serve only): a load balancer in front.
+const PROXY_OPTS: &[OptSpec] = &[
+    opt(
+        "proxy-protocol",
+        Kind::Flag,
+        "",
+        "every listener expects a PROXY v1/v2 header first (needs --proxy-from)",
+    ),
+    opt(
+        "proxy-from",
+        Kind::Multi,
+        "CIDR",
+        "proxies trusted to send it, repeatable; anyone else is closed unread",
+    ),
+];
+
 /// Listeners with a mode and the submission service (`serve` only;
 /// README "Listeners" and "Submission for applications").
 const LISTENER_OPTS: &[OptSpec] = &[
@@ -525,6 +541,7 @@ fn all_specs() -> Vec<&'static OptSpec> {
     ROUTING_OPTS
         .iter()
         .chain(SERVER_OPTS)
+        .chain(PROXY_OPTS)
         .chain(LISTENER_OPTS)
         .chain(DELIVERY_OPTS)
         .chain(OPERATING_OPTS)
@@ -557,6 +574,7 @@ fn usage_text() -> String {
     describe(&mut s, ROUTING_OPTS);
     s.push_str("\nReceiving (serve):\n");
     describe(&mut s, SERVER_OPTS);
+    describe(&mut s, PROXY_OPTS);
     s.push_str("\nListeners with a mode, submission (serve):\n");
     describe(&mut s, LISTENER_OPTS);
     s.push_str("\nDelivering (serve, queue flush):\n");
@@ -986,6 +1004,7 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     let mut c = Config::new();
     apply_routing(&v, &mut c)?;
     apply_server(&v, &mut c)?;
+    apply_proxy(&v, &mut c)?;
     apply_listeners(&v, &mut c)?;
     apply_delivery(&v, &mut c)?;
     apply_operating(&v, &mut c)?;
@@ -1381,6 +1400,32 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     Ok(())
 }
 
+/// `--proxy-protocol` and `--proxy-from`: one without the other is a
+/// mistake (trusting no one, or a list that does nothing).
+fn apply_proxy(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    let from = v
+        .parse_multi("proxy-from", |n| {
+            Cidr::parse(n).map_err(|e| UsageError(format!("--proxy-from: {e}")))
+        })?
+        .unwrap_or_default();
+    match (v.flag("proxy-protocol")?, from.is_empty()) {
+        (true, false) => c.proxy_protocol = Some(from),
+        (false, true) => {}
+        (true, true) => {
+            return Err(UsageError(
+                "--proxy-protocol needs --proxy-from CIDR (the proxies trusted to name the client)"
+                    .into(),
+            ))
+        }
+        (false, false) => {
+            return Err(UsageError(
+                "--proxy-from does nothing without --proxy-protocol".into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// `--listen-tls`, `--submission`, `--submission-tls` and the submission
 /// settings. The default `--listen` applies only when no listener of any
 /// kind is given.
@@ -1505,6 +1550,22 @@ mod tests {
         assert_eq!(c.timeout.as_secs(), 30);
         assert_eq!(c.relay_domains[0].as_str(), "Example.ORG");
         assert_eq!(c.verbosity, 2);
+    }
+
+    #[test]
+    fn proxy_protocol_needs_its_trusted_peers() {
+        assert_eq!(serve("serve").unwrap().proxy_protocol, None);
+        let c =
+            serve("serve --proxy-protocol --proxy-from 127.0.0.1 --proxy-from 10.0.0.0/8").unwrap();
+        let nets = c.proxy_protocol.expect("on");
+        assert_eq!(nets.len(), 2);
+        assert!(nets[1].contains("10.1.2.3".parse().unwrap()));
+        let e = serve("serve --proxy-protocol").unwrap_err();
+        assert!(e.0.contains("--proxy-from"), "{e}");
+        let e = serve("serve --proxy-from 127.0.0.1").unwrap_err();
+        assert!(e.0.contains("--proxy-protocol"), "{e}");
+        let e = serve("serve --proxy-protocol --proxy-from 1.2.3.4/40").unwrap_err();
+        assert!(e.0.contains("--proxy-from"), "{e}");
     }
 
     #[test]

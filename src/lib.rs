@@ -31,6 +31,7 @@ pub mod manpage;
 pub mod metrics;
 pub mod notify;
 pub mod pool;
+pub mod proxy;
 pub mod route;
 pub mod scheduler;
 pub mod secrets;

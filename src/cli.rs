@@ -615,9 +615,10 @@ fn usage_text() -> String {
          smtp-relay serve [OPTIONS]            run the relay (receive, queue, deliver)\n  \
          smtp-relay route [OPTIONS] ADDRESS    show where a recipient would be sent, send nothing\n  \
          smtp-relay queue list|show|flush|hold|release|delete|bounce|requeue [OPTIONS] [ID...|-]\n  \
-         smtp-relay send [-f SENDER] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
+         smtp-relay send [-f SENDER] [-F NAME] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
+         smtp-relay sendmail ARGS...   sendmail's command line (also linked as sendmail, mailq)\n  \
          smtp-relay passwd USER [--auth-file FILE] [--user NAME]   set USER's AUTH password (stdin)\n  \
-         smtp-relay --help | --version\n\nOptions of every command:\n",
+         smtp-relay --help | --version | --man\n\nOptions of every command:\n",
     );
     describe(&mut s, ROUTING_OPTS);
     s.push_str("\nReceiving (serve):\n");
@@ -847,6 +848,7 @@ pub fn parse(args: &[String]) -> Result<Cli, UsageError> {
     match cmd.as_str() {
         "-h" | "--help" | "help" => Ok(Cli::Help(usage_text())),
         "-V" | "--version" | "version" => Ok(Cli::Version),
+        "--man" => Ok(Cli::Help(crate::manpage::render(&usage_text()))),
         "serve" => parse_serve(&args[1..]),
         "route" => parse_route(&args[1..]),
         "queue" => parse_queue(&args[1..]),
@@ -1241,6 +1243,7 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     }
     o.optopt("f", "", "envelope sender", "SENDER");
     o.optflag("t", "", "recipients from To/Cc/Bcc");
+    o.optopt("F", "", "full name for the From: field added", "NAME");
     o.optflag("i", "", "a lone dot does not end the message");
     o.optmulti("o", "", "sendmail option (only -oi is understood)", "OPT");
     o.optflagmulti("v", "verbose", "more log output");
@@ -1276,6 +1279,8 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
         extract: v.matches.opt_present("t"),
         ignore_dots,
         rcpts: v.matches.free.clone(),
+        full_name: v.matches.opt_str("F"),
+        author: None,
     };
     if opts.rcpts.is_empty() && !opts.extract {
         return Err(UsageError(

@@ -191,8 +191,10 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
     drop(tx);
     crate::metrics::set_listening(true);
     let _ = io::stdout().flush();
+    crate::notify::notify("READY=1");
 
     signals.wait_for_stop();
+    crate::notify::notify("STOPPING=1");
     log::info!("stopping: no new connections, waiting up to {STOP_GRACE:?} for sessions");
     stopping.store(true, Ordering::SeqCst);
     crate::metrics::set_listening(false);

@@ -37,6 +37,8 @@ pub struct Context {
     /// STARTTLS and implicit TLS: built by `app.rs` from `config.tls`'s
     /// files.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Access rules and recipient validation (`check.rs`).
+    pub gate: Arc<crate::check::Gate>,
     /// `--sender-map`, read at start by `app.rs`.
     pub senders: Option<crate::sender_map::SenderMap>,
 }
@@ -161,6 +163,7 @@ fn run_inner(
         peer,
     };
     let mut session = Session::on_listener(cfg, peer.ip(), mode, ctx.senders.as_ref());
+    session.set_gate(&ctx.gate);
     log::debug!("{peer} connected ({mode})");
     // RFC 8314 §3.3: on an implicit-TLS listener the handshake comes
     // first, the greeting after it, inside TLS
@@ -171,7 +174,11 @@ fn run_inner(
         log::info!("{peer} tls version={} cipher={}", info.version, info.cipher);
         session.tls_started(info);
     }
-    conn.reply_now(&session.greeting())?;
+    let greeting = session.open();
+    conn.reply_now(&greeting)?;
+    if greeting.code().value() == 421 {
+        return Ok(());
+    }
     let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
     // a message arriving in BDAT chunks, between its first and LAST chunk
     let mut chunked: Option<Chunked> = None;

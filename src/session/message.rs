@@ -139,7 +139,7 @@ impl Session<'_> {
             smtputf8: tx.params.smtputf8,
             attempts: 0,
             next_try: now,
-            hold: None,
+            hold: self.held().then_some(crate::spool::envelope::Hold::Forever),
             dsn: tx.params.dsn.clone(),
             rcpts: tx
                 .rcpts

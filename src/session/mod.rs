@@ -14,6 +14,7 @@
 
 mod auth;
 mod conn;
+mod filter;
 mod fixup;
 mod message;
 
@@ -122,6 +123,15 @@ pub struct Session<'a> {
     /// The user name, once AUTH succeeded.
     auth: Option<String>,
     auth_failures: u32,
+    /// The filter stage (access rules, recipient validation), if any.
+    gate: Option<&'a crate::check::Gate>,
+    /// The client's reverse name, looked up once, when a rule needs it.
+    ptr: std::cell::OnceCell<Option<String>>,
+    /// Refused at connect: only QUIT is served (RFC 5321 §3.1).
+    refused: bool,
+    /// A `hold` rule matched at connect/HELO, or in this transaction.
+    hold_session: bool,
+    hold_tx: bool,
     /// The listener's mode: implicit TLS, submission (RFC 6409).
     mode: ListenMode,
     /// `--sender-map`, loaded at start.
@@ -164,6 +174,11 @@ impl<'a> Session<'a> {
             tls: None,
             auth: None,
             auth_failures: 0,
+            gate: None,
+            ptr: std::cell::OnceCell::new(),
+            refused: false,
+            hold_session: false,
+            hold_tx: false,
             #[cfg(test)]
             entered: Vec::new(),
         }
@@ -231,10 +246,17 @@ impl<'a> Session<'a> {
 
     fn command(&mut self, cmd: Command) -> Step {
         let host = &self.cfg.hostname;
+        // RFC 5321 §3.1: after a 554 greeting, only QUIT
+        if self.refused && cmd != Command::Quit {
+            return Step::Reply(Reply::bad_sequence("Connection refused; send QUIT"));
+        }
         match cmd {
             // RFC 5321 §4.1.4: EHLO/HELO may come at any time and reset
             // the state as RSET does.
             Command::Ehlo(name) => {
+                if let Some(r) = self.filter_helo(&name) {
+                    return Step::Reply(r);
+                }
                 let reply = Reply::ehlo(host, &name, &self.ehlo_keywords());
                 self.enter(Phase::Ready {
                     helo: Helo { name, esmtp: true },
@@ -242,6 +264,9 @@ impl<'a> Session<'a> {
                 Step::Reply(reply)
             }
             Command::Helo(name) => {
+                if let Some(r) = self.filter_helo(&name) {
+                    return Step::Reply(r);
+                }
                 let reply = Reply::helo(host, &name);
                 self.enter(Phase::Ready {
                     helo: Helo { name, esmtp: false },
@@ -364,6 +389,9 @@ impl<'a> Session<'a> {
         if params.size.is_some_and(|s| s > self.cfg.max_size) {
             return Step::Reply(Reply::too_big(self.cfg.max_size));
         }
+        if let Some(r) = self.filter_mail(&helo.name, &from) {
+            return Step::Reply(r);
+        }
         self.enter(Phase::Mail {
             helo,
             tx: Transaction {
@@ -418,13 +446,24 @@ impl<'a> Session<'a> {
         }
         let path = match target {
             RcptTarget::Path(p) => p,
-            // RFC 5321 §4.5.1 wants <Postmaster> accepted for local
-            // delivery; this relay has no local mailboxes.
-            RcptTarget::Postmaster => {
-                return Step::Reply(Reply::no_such_user(
-                    "This relay has no local mailboxes; use postmaster@domain",
-                ))
-            }
+            // RFC 5321 §4.5.1: <Postmaster> must be accepted; it goes to
+            // the configured postmaster, past relay control and filters
+            RcptTarget::Postmaster => match self.cfg.postmaster() {
+                Some(p) => {
+                    if !tx.rcpts.iter().any(|(q, _)| *q == p) {
+                        if tx.rcpts.len() >= self.cfg.max_recipients {
+                            return Step::Reply(Reply::too_many_recipients());
+                        }
+                        tx.rcpts.push((p, dsn));
+                    }
+                    return Step::Reply(Reply::recipient_ok());
+                }
+                None => {
+                    return Step::Reply(Reply::no_such_user(
+                        "No postmaster address is configured; use postmaster@domain",
+                    ))
+                }
+            },
         };
         // RFC 6531 §3.4: UTF-8 addresses only in an SMTPUTF8 transaction.
         if path.to_string().bytes().any(|b| !b.is_ascii()) && !tx.params.smtputf8 {
@@ -449,7 +488,13 @@ impl<'a> Session<'a> {
         if tx.rcpts.len() >= self.cfg.max_recipients {
             return Step::Reply(Reply::too_many_recipients());
         }
-        tx.rcpts.push((path, dsn));
+        let (helo, from) = (helo.name.clone(), tx.from.clone());
+        if let Some(r) = self.filter_rcpt(&helo, &from, &path) {
+            return Step::Reply(r);
+        }
+        if let Phase::Mail { tx, .. } = &mut self.phase {
+            tx.rcpts.push((path, dsn));
+        }
         Step::Reply(Reply::recipient_ok())
     }
 

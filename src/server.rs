@@ -183,13 +183,17 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
                 })
             })
             .map_err(ServeError::Thread)?;
-        acceptors.push((h, local));
+        acceptors.push((h, local, mode));
+    }
+    drop(tx);
+    // healthy before the first `listening on` line: a script (or test)
+    // that waits for that line may ask /healthz at once
+    crate::metrics::set_listening(true);
+    for (_, local, mode) in &acceptors {
         // A stable line that tests and scripts read (port 0 → real port).
         println!("listening on {local}");
         log::info!("listening on {local} ({mode})");
     }
-    drop(tx);
-    crate::metrics::set_listening(true);
     let _ = io::stdout().flush();
     crate::notify::notify("READY=1");
 
@@ -198,7 +202,7 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
     log::info!("stopping: no new connections, waiting up to {STOP_GRACE:?} for sessions");
     stopping.store(true, Ordering::SeqCst);
     crate::metrics::set_listening(false);
-    for (h, local) in acceptors {
+    for (h, local, _) in acceptors {
         wake(local);
         let _ = h.join();
     }

@@ -221,6 +221,79 @@ const SERVER_OPTS: &[OptSpec] = &[
         "DUR",
         "the sliding window of the AUTH failure limits (default 5m)",
     ),
+    // ---- the inbound edge (issue 13): DNS lists, policy service, rates ----
+    opt(
+        "dnsbl",
+        Kind::Multi,
+        "ZONE[=WEIGHT]",
+        "DNS blocklist on the client address, repeatable (weight default 1)",
+    ),
+    opt(
+        "dnswl",
+        Kind::Multi,
+        "ZONE",
+        "DNS allowlist: a client it lists skips the blocklists, repeatable",
+    ),
+    opt(
+        "dnsbl-threshold",
+        Kind::Single,
+        "N",
+        "summed weight of the lists at which a client is blocked (default 1: any)",
+    ),
+    opt(
+        "dnsbl-reject-at",
+        Kind::Single,
+        "rcpt|connect",
+        "refuse a blocked client at each RCPT (default) or at connect",
+    ),
+    opt(
+        "dnsbl-timeout",
+        Kind::Single,
+        "DUR",
+        "bound of each DNS list lookup (default 2s; a list not answering is ignored)",
+    ),
+    opt(
+        "policy-service",
+        Kind::Single,
+        "inet:HOST:PORT|unix:PATH",
+        "ask this Postfix policy service (SMTPD_POLICY_README protocol)",
+    ),
+    opt(
+        "policy-at",
+        Kind::Single,
+        "rcpt|data|both",
+        "ask at each RCPT (default), at the end of the data, or both",
+    ),
+    opt(
+        "policy-timeout",
+        Kind::Single,
+        "DUR",
+        "bound of the connect and of each request and reply (default 10s)",
+    ),
+    opt(
+        "policy-default-action",
+        Kind::Single,
+        "defer|dunno",
+        "when the service is down or slow: 451 4.3.5 (default) or go on",
+    ),
+    opt(
+        "rate-connections",
+        Kind::Single,
+        "N",
+        "connections per minute per client address (default 0: off)",
+    ),
+    opt(
+        "rate-messages",
+        Kind::Single,
+        "N",
+        "messages (MAIL) per minute per client address or AUTH user (default 0: off)",
+    ),
+    opt(
+        "rate-recipients",
+        Kind::Single,
+        "N",
+        "recipients per minute per client address or AUTH user (default 0: off)",
+    ),
 ];
 
 /// Options shared by every command that routes or delivers.
@@ -1217,6 +1290,7 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         }
         c.auth_limits.window = t;
     }
+    apply_edge(v, &mut c.edge)?;
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),
@@ -1230,6 +1304,88 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         ))),
     })? {
         c.bare_line_endings = b;
+    }
+    Ok(())
+}
+
+/// The inbound edge's options (issue 13).
+fn apply_edge(v: &Values, e: &mut crate::edge::EdgeConfig) -> Result<(), UsageError> {
+    use crate::edge::dnsbl::{parse_zone, DnsblConfig, RejectAt};
+    use crate::edge::policy::{DefaultAction, PolicyConfig, Target};
+    if let Some(lists) = v.parse_multi("dnsbl", |s| {
+        DnsblConfig::parse_blocklist(s).map_err(|e| UsageError(format!("--dnsbl: {e}")))
+    })? {
+        e.dnsbl.blocklists = lists;
+    }
+    if let Some(lists) = v.parse_multi("dnswl", |s| {
+        parse_zone(s).map_err(|e| UsageError(format!("--dnswl: {e}")))
+    })? {
+        e.dnsbl.allowlists = lists;
+    }
+    if let Some(n) = v.parse("dnsbl-threshold", |n| number("dnsbl-threshold", n))? {
+        if n == 0 {
+            return Err(UsageError("--dnsbl-threshold must be 1 or more".into()));
+        }
+        e.dnsbl.threshold = n;
+    }
+    if let Some(at) = v.parse("dnsbl-reject-at", |s| match s {
+        "rcpt" => Ok(RejectAt::Rcpt),
+        "connect" => Ok(RejectAt::Connect),
+        _ => Err(UsageError(format!(
+            "--dnsbl-reject-at: {s:?} is not rcpt or connect"
+        ))),
+    })? {
+        e.dnsbl.reject_at = at;
+    }
+    if let Some(t) = nonzero(v, "dnsbl-timeout")? {
+        e.dnsbl_timeout = t;
+    }
+    e.policy = v
+        .parse("policy-service", |s| {
+            Target::parse(s).map_err(|e| UsageError(format!("--policy-service: {e}")))
+        })?
+        .map(PolicyConfig::new);
+    let policy_opts = ["policy-at", "policy-timeout", "policy-default-action"];
+    let Some(p) = e.policy.as_mut() else {
+        if let Some(o) = policy_opts.iter().find(|o| v.single(o).is_some()) {
+            return Err(UsageError(format!("--{o} needs --policy-service")));
+        }
+        return apply_rates(v, e);
+    };
+    if let Some((r, d)) = v.parse("policy-at", |s| match s {
+        "rcpt" => Ok((true, false)),
+        "data" => Ok((false, true)),
+        "both" => Ok((true, true)),
+        _ => Err(UsageError(format!(
+            "--policy-at: {s:?} is not rcpt, data or both"
+        ))),
+    })? {
+        (p.at_rcpt, p.at_end) = (r, d);
+    }
+    if let Some(t) = nonzero(v, "policy-timeout")? {
+        p.timeout = t;
+    }
+    if let Some(a) = v.parse("policy-default-action", |s| match s {
+        "defer" => Ok(DefaultAction::Defer),
+        "dunno" => Ok(DefaultAction::Dunno),
+        _ => Err(UsageError(format!(
+            "--policy-default-action: {s:?} is not defer or dunno"
+        ))),
+    })? {
+        p.default_action = a;
+    }
+    apply_rates(v, e)
+}
+
+fn apply_rates(v: &Values, e: &mut crate::edge::EdgeConfig) -> Result<(), UsageError> {
+    if let Some(n) = v.parse("rate-connections", |n| number("rate-connections", n))? {
+        e.rates.connections = n;
+    }
+    if let Some(n) = v.parse("rate-messages", |n| number("rate-messages", n))? {
+        e.rates.messages = n;
+    }
+    if let Some(n) = v.parse("rate-recipients", |n| number("rate-recipients", n))? {
+        e.rates.recipients = n;
     }
     Ok(())
 }

@@ -186,6 +186,30 @@ impl Dns {
         Ok(addrs)
     }
 
+    /// The A records of `name` (a DNS list query, RFC 5782 §2.1).
+    /// `Err(NxDomain)` when the name is not listed.
+    pub fn a(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
+        let name = fqdn(name)?;
+        let resolver = &self.resolver;
+        let lookup = self.block_on(async move {
+            resolver
+                .lookup(name, hickory_resolver::proto::rr::RecordType::A)
+                .await
+        })?;
+        let addrs: Vec<std::net::Ipv4Addr> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        if addrs.is_empty() {
+            return Err(DnsError::NoRecords);
+        }
+        Ok(addrs)
+    }
+
     /// Runs one lookup on the private runtime, bounded by the timeout.
     /// Callable from any number of non-runtime threads at once.
     fn block_on<T>(

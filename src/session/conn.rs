@@ -36,6 +36,8 @@ pub struct Context {
     pub auth_failures: crate::auth_limit::FailureLimiter,
     /// STARTTLS: built by `app.rs` from `config.tls`'s files.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// DNS lists, policy service, rate limits (issue 13).
+    pub edge: crate::edge::Edge,
 }
 
 /// "Is there room for new mail?", asked at every MAIL and DATA, answered
@@ -153,6 +155,10 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
     };
     let mut session = Session::new(cfg, peer.ip());
     log::debug!("{peer} connected");
+    if let Some(r) = super::filter::on_connect(&mut session, ctx) {
+        conn.reply_now(&r)?;
+        return Ok(());
+    }
     conn.reply_now(&session.greeting())?;
     let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
     // a message arriving in BDAT chunks, between its first and LAST chunk
@@ -176,7 +182,9 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
             conn.reply(&Reply::insufficient_storage())?;
             continue;
         }
+        let probe = super::filter::Probe::of(&parsed, &session);
         let step = session.step(parsed);
+        let step = super::filter::after(&mut session, probe, step, ctx);
         if let Flow::Close = perform(&mut session, &mut chunked, step, &mut conn, ctx)? {
             return Ok(());
         }

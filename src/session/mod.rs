@@ -14,6 +14,7 @@
 
 mod auth;
 mod conn;
+mod filter;
 mod message;
 
 use std::net::IpAddr;
@@ -120,6 +121,8 @@ pub struct Session<'a> {
     /// The user name, once AUTH succeeded.
     auth: Option<String>,
     auth_failures: u32,
+    /// DNS list verdict, policy connection, PREPEND/HOLD (issue 13).
+    edge: filter::EdgeState,
     /// Every phase change, old → new, as `enter` saw it.
     #[cfg(test)]
     entered: Vec<(&'static str, &'static str)>,
@@ -146,6 +149,7 @@ impl<'a> Session<'a> {
             tls: None,
             auth: None,
             auth_failures: 0,
+            edge: filter::EdgeState::default(),
             #[cfg(test)]
             entered: Vec::new(),
         }

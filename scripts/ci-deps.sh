@@ -2,7 +2,8 @@
 # Installs the real SMTP peers the interop tests talk to, from Debian's
 # packages: swaks, Postfix (smtp-source, smtp-sink, and a relay instance)
 # and dnsmasq (MX records on loopback), openssl (test certificates and
-# `openssl s_client -starttls smtp`) and Net::SSLeay (swaks --tls). Safe
+# `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls), socat and
+# postfix-policyd-spf-python (the policy-service tests). Safe
 # to run again.
 set -euo pipefail
 need=()
@@ -12,6 +13,10 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # swaks --tls needs Net::SSLeay, only a Recommends of swaks
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
+# the policy-service tests: the real SPF policy server, served on a
+# socket by socat
+command -v socat >/dev/null 2>&1 || need+=(socat)
+[ -x /usr/bin/policyd-spf ] || need+=(postfix-policyd-spf-python)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

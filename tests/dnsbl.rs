@@ -26,16 +26,9 @@ const RECORDS: &[&str] = &[
 
 fn relay(dns: &Dnsmasq, extra: &[&str]) -> Relay {
     let dns = dns.addr.to_string();
-    let mut args = vec![
-        "--dns",
-        dns.as_str(),
-        "--relay-net",
-        "127.0.0.1/32",
-        "--relay-domain",
-        "example.org",
-    ];
+    let mut args = vec!["--dns", dns.as_str()];
     args.extend_from_slice(extra);
-    Relay::receive_only(&args)
+    edge_relay(&args)
 }
 
 /// Connects from `ip`, says EHLO and MAIL, and returns the RCPT reply.

@@ -9,20 +9,9 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn relay(extra: &[&str]) -> Relay {
-    let mut args = vec![
-        "--relay-net",
-        "127.0.0.1/32",
-        "--relay-domain",
-        "example.org",
-    ];
-    args.extend_from_slice(extra);
-    Relay::receive_only(&args)
-}
-
 #[test]
 fn connections_per_minute_per_address() {
-    let r = relay(&["--rate-connections", "2"]);
+    let r = edge_relay(&["--rate-connections", "2"]);
     for _ in 0..2 {
         let mut t = Talk::connect_from("127.0.0.2", r.addr());
         t.expect(220);
@@ -46,7 +35,7 @@ fn connections_per_minute_per_address() {
 
 #[test]
 fn messages_and_recipients_per_minute_per_address() {
-    let r = relay(&["--rate-messages", "2", "--rate-recipients", "3"]);
+    let r = edge_relay(&["--rate-messages", "2", "--rate-recipients", "3"]);
     let mut t = Talk::connect_from("127.0.0.2", r.addr());
     t.expect(220);
     t.cmd("EHLO client.test", 250);

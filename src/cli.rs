@@ -1721,4 +1721,33 @@ mod tests {
         let (t, _) = flush("queue flush --spool /nonexistent");
         assert_eq!(t.as_secs(), 300);
     }
+
+    #[test]
+    fn edge_options() {
+        use crate::edge::dnsbl::RejectAt;
+        use crate::edge::policy::{DefaultAction, Target};
+        let c = serve("serve --dnsbl bl.test=2 --dnsbl bl2.test --dnswl wl.test --dnsbl-threshold 3 --dnsbl-reject-at connect --policy-service unix:/run/p.sock --policy-at both --policy-timeout 3s --policy-default-action dunno --rate-connections 5 --rate-messages 6 --rate-recipients 7").unwrap();
+        let e = &c.edge;
+        assert_eq!(e.dnsbl.blocklists.len(), 2);
+        assert_eq!(e.dnsbl.blocklists[0].weight, 2);
+        assert_eq!(e.dnsbl.allowlists, ["wl.test"]);
+        assert_eq!(e.dnsbl.threshold, 3);
+        assert_eq!(e.dnsbl.reject_at, RejectAt::Connect);
+        let p = e.policy.as_ref().unwrap();
+        assert_eq!(p.target, Target::Unix("/run/p.sock".into()));
+        assert!(p.at_rcpt && p.at_end);
+        assert_eq!(p.timeout, Duration::from_secs(3));
+        assert_eq!(p.default_action, DefaultAction::Dunno);
+        assert_eq!(
+            (e.rates.connections, e.rates.messages, e.rates.recipients),
+            (5, 6, 7)
+        );
+        let d = serve("serve").unwrap().edge;
+        assert_eq!(d, crate::edge::EdgeConfig::default());
+        assert!(!d.rates.any() && d.policy.is_none() && !d.dnsbl.is_on());
+        assert!(serve("serve --policy-at data").is_err(), "needs a service");
+        assert!(serve("serve --policy-service 127.0.0.1:9").is_err());
+        assert!(serve("serve --dnsbl-threshold 0").is_err());
+        assert!(serve("serve --dnsbl-reject-at helo").is_err());
+    }
 }

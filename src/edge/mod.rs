@@ -60,15 +60,6 @@ impl Edge {
             rates: rate::RateLimiter::new(cfg.rates),
         })
     }
-
-    /// Nothing on: no lists, no service, no limits.
-    pub fn off() -> Edge {
-        Edge {
-            dnsbl: None,
-            policy: None,
-            rates: rate::RateLimiter::new(rate::RateLimits::default()),
-        }
-    }
 }
 
 /// RFC 5321 §3.1 / §4.2.3: 554 for a client we refuse; RFC 3463 5.7.1

@@ -76,24 +76,18 @@ impl Event {
 /// The counts of every session, behind one mutex held for a few
 /// timestamp updates.
 pub struct RateLimiter {
-    limits: RateLimits,
     windows: Mutex<[Window<Key>; 3]>,
 }
 
 impl RateLimiter {
     pub fn new(limits: RateLimits) -> RateLimiter {
         RateLimiter {
-            limits,
             windows: Mutex::new([
                 Window::new(limits.connections, WINDOW),
                 Window::new(limits.messages, WINDOW),
                 Window::new(limits.recipients, WINDOW),
             ]),
         }
-    }
-
-    pub fn limits(&self) -> RateLimits {
-        self.limits
     }
 
     /// Counts one event for `key`; false (and nothing counted) when the

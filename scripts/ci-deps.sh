@@ -2,17 +2,22 @@
 # Installs the real SMTP peers the interop tests talk to, from Debian's
 # packages: swaks, Postfix (smtp-source, smtp-sink, and a relay instance)
 # and dnsmasq (MX records on loopback), openssl (test certificates and
-# `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls), socat and
-# postfix-policyd-spf-python (the policy-service tests). Safe
-# to run again.
+# `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls), Cyrus
+# SASL (saslpasswd2 and the sasldb/PLAIN/LOGIN plugins: a Postfix
+# smarthost that requires AUTH), msmtp (a mail client of the submission
+# listeners), socat and postfix-policyd-spf-python (the policy-service
+# tests). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 { command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || need+=(postfix)
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || need+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
 # swaks --tls needs Net::SSLeay, only a Recommends of swaks
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
+{ command -v saslpasswd2 >/dev/null 2>&1 || [ -x /usr/sbin/saslpasswd2 ]; } || need+=(sasl2-bin)
+ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 # the policy-service tests: the real SPF policy server, served on a
 # socket by socat
 command -v socat >/dev/null 2>&1 || need+=(socat)

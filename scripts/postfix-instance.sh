@@ -15,6 +15,17 @@
 #
 # MAIN_CF_EXTRA=FILE appends FILE's lines to main.cf (later lines win in
 # Postfix), e.g. smtpd_tls_* / smtp_tls_* settings for TLS tests.
+# MASTER_CF_EXTRA=FILE appends FILE's lines to master.cf, e.g. a second
+# smtpd on another 127.0.0.1 port with -o smtpd_tls_wrappermode=yes
+# (implicit TLS, RFC 8314).
+# SASLDB=FILE turns on SMTP AUTH with Cyrus SASL (Debian's sasl2-bin and
+# libsasl2-modules): FILE is a sasldb2 made with
+# `saslpasswd2 -c -p -f FILE -u REALM USER`; it is copied to DIR/data/sasldb2
+# (readable by postfix), DIR/etc/sasl/smtpd.conf names it (Debian's
+# Postfix reads the SASL application file from there), and main.cf gets
+# smtpd_sasl_auth_enable = yes with PLAIN and LOGIN offered. Relay
+# restrictions, smtpd_sasl_local_domain and smtpd_tls_auth_only are the
+# caller's (MAIN_CF_EXTRA).
 #
 # Postfix's master must start as root (it drops to the `postfix` user),
 # so start/stop need root. Needs the Debian `postfix` package
@@ -46,8 +57,9 @@ Usage:
       Exit 0 when the instance in DIR runs, 1 when it does not.
 
 Environment: POSTFIX, POSTCONF (binaries), READY_TIMEOUT, STOP_TIMEOUT
-(seconds; defaults $READY_TIMEOUT and $STOP_TIMEOUT), MAIN_CF_EXTRA (a
-file whose lines are appended to main.cf).
+(seconds; defaults $READY_TIMEOUT and $STOP_TIMEOUT), MAIN_CF_EXTRA and
+MASTER_CF_EXTRA (files whose lines are appended to main.cf / master.cf),
+SASLDB (a sasldb2 file: SMTP AUTH on, with Cyrus SASL).
 Must run as root. Exit: 0 ok, 64 usage, 69 unavailable, 1 failure.
 EOF
 }
@@ -172,6 +184,28 @@ smtpd_client_connection_rate_limit = 0
 smtpd_client_message_rate_limit = 0
 default_destination_concurrency_limit = 20
 EOF
+  if [ -n "${SASLDB:-}" ]; then
+    [ -f "$SASLDB" ] || die "SASLDB: $SASLDB is not a file"
+    ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 ||
+      unavailable "SASLDB: the Cyrus SASL plugins are missing (install libsasl2-modules)"
+    mkdir -p "$dir/etc/sasl"
+    cp -- "$SASLDB" "$dir/data/sasldb2"
+    chown postfix "$dir/data/sasldb2"
+    chmod 600 "$dir/data/sasldb2"
+    cat >"$dir/etc/sasl/smtpd.conf" <<EOF
+pwcheck_method: auxprop
+auxprop_plugin: sasldb
+mech_list: PLAIN LOGIN
+sasldb_path: $dir/data/sasldb2
+EOF
+    cat >>"$dir/etc/main.cf" <<EOF
+# from SASLDB=$SASLDB: SMTP AUTH with Cyrus SASL (sasldb)
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+smtpd_sasl_security_options = noanonymous
+EOF
+  fi
   if [ -n "${MAIN_CF_EXTRA:-}" ]; then
     [ -f "$MAIN_CF_EXTRA" ] || die "MAIN_CF_EXTRA: $MAIN_CF_EXTRA is not a file"
     {
@@ -208,6 +242,13 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 EOF
+  if [ -n "${MASTER_CF_EXTRA:-}" ]; then
+    [ -f "$MASTER_CF_EXTRA" ] || die "MASTER_CF_EXTRA: $MASTER_CF_EXTRA is not a file"
+    {
+      echo "# from MASTER_CF_EXTRA=$MASTER_CF_EXTRA"
+      cat -- "$MASTER_CF_EXTRA"
+    } >>"$dir/etc/master.cf"
+  fi
 }
 
 cmd_start() {

@@ -782,6 +782,9 @@ fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
     );
     let _ = writeln!(s, "from:      {}", Escaped(&env.from.to_string()));
     let _ = writeln!(s, "client:    [{}] helo={}", env.client, Escaped(&env.helo));
+    if let Some(user) = &env.auth {
+        let _ = writeln!(s, "auth:      {}", Escaped(user));
+    }
     let _ = writeln!(s, "size:      {}", env.size);
     let _ = writeln!(s, "attempts:  {}", env.attempts);
     let _ = writeln!(s, "next try:  {}", iso8601(env.next_try));
@@ -1440,6 +1443,7 @@ pub fn run_send(
         arrived: now,
         client: "local".into(),
         helo: config.hostname.clone(),
+        auth: None,
         from,
         size: incoming.written(),
         body: prepared

@@ -19,12 +19,14 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Sender};
 
 use crate::admin::AdminError;
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, Endpoint, ListenMode};
 use crate::delivery::{ConnCache, Deliverer, DestLimiter};
 use crate::dns::Dns;
 use crate::exit::Exit;
 use crate::route::Router;
 use crate::scheduler;
+use crate::secrets::{Secrets, SecretsError};
+use crate::sender_map::{MapError, SenderMap};
 use crate::server::{self, ServeError, Signals};
 use crate::session::{self, Context};
 use crate::spool::{QueueId, Spool};
@@ -121,17 +123,30 @@ pub fn check_auth_file(config: &Config) -> Result<(), SetupError> {
         return Ok(());
     };
     crate::auth::check_file(path).map_err(|e| match e {
-        crate::auth::AuthError::Io(source) => SetupError::Unreadable {
-            option: "--auth-file",
-            path: path.clone(),
-            source,
-        },
-        other => SetupError::Invalid {
-            option: "--auth-file",
-            why: format!("{}: {other}", path.display()),
-        },
+        crate::auth::AuthError::Io(source) => file_error("--auth-file", path, Ok(source)),
+        other => file_error("--auth-file", path, Err(other.to_string())),
     })?;
     Ok(())
+}
+
+/// A file `option` names could not be read (`Ok(the error)`, EX_NOINPUT)
+/// or was read and is unusable (`Err(why)`, EX_CONFIG).
+fn file_error(
+    option: &'static str,
+    path: &std::path::Path,
+    e: Result<io::Error, String>,
+) -> SetupError {
+    match e {
+        Ok(source) => SetupError::Unreadable {
+            option,
+            path: path.to_path_buf(),
+            source,
+        },
+        Err(why) => SetupError::Invalid {
+            option,
+            why: format!("{}: {why}", path.display()),
+        },
+    }
 }
 
 /// An `ADDR:PORT` option value as a socket address (the first a name
@@ -151,13 +166,43 @@ pub fn resolve(option: &'static str, e: &Endpoint) -> Result<SocketAddr, SetupEr
     }
 }
 
-/// `--listen`, resolved.
-pub fn listen_addrs(config: &Config) -> Result<Vec<SocketAddr>, SetupError> {
+/// Every listener (`--listen`, `--listen-tls`, `--submission`,
+/// `--submission-tls`), resolved, with its mode.
+pub fn listeners(config: &Config) -> Result<Vec<(SocketAddr, ListenMode)>, SetupError> {
     config
-        .listen
+        .all_listeners()
         .iter()
-        .map(|e| resolve("--listen", e))
+        .map(|l| Ok((resolve(l.mode.option(), &l.endpoint)?, l.mode)))
         .collect()
+}
+
+/// Every listening address, resolved (our own, for loop detection).
+pub fn listen_addrs(config: &Config) -> Result<Vec<SocketAddr>, SetupError> {
+    Ok(listeners(config)?.into_iter().map(|(a, _)| a).collect())
+}
+
+/// `--sender-map`, read and checked now (README "Submission for
+/// applications"). A submission listener without one gets the default
+/// (a user owns the address that is its name), said once at start.
+pub fn sender_map(config: &Config) -> Result<Option<SenderMap>, SetupError> {
+    let Some(path) = &config.sender_map else {
+        if config.listeners.iter().any(|l| l.mode.submission) {
+            log::warn!(
+                "submission without --sender-map: an authenticated user may only use the sender that is its user name (user names that are not addresses can send nothing but <>)"
+            );
+        }
+        return Ok(None);
+    };
+    let map = SenderMap::load(path).map_err(|e| match e {
+        MapError::Io(source) => file_error("--sender-map", path, Ok(source)),
+        other => file_error("--sender-map", path, Err(other.to_string())),
+    })?;
+    log::info!(
+        "sender map {}: {} users; every authenticated MAIL FROM is checked against it",
+        path.display(),
+        map.len()
+    );
+    Ok(Some(map))
 }
 
 /// The router for a config: static routes, then DNS unless `--no-dns`.
@@ -183,11 +228,48 @@ pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, SetupErro
     ))
 }
 
+/// `--secrets-file`, read and checked now (owner and mode, syntax), and
+/// every route's `auth =` found in it: a route whose credentials are
+/// missing is a configuration error at start (EX_CONFIG), not a deferral
+/// of each of its messages later.
+pub fn secrets(config: &Config) -> Result<Secrets, SetupError> {
+    const OPTION: &str = "--secrets-file";
+    let secrets = match &config.secrets_file {
+        None => Secrets::default(),
+        Some(path) => Secrets::load(path).map_err(|e| match e {
+            SecretsError::Io(path, source) => SetupError::Unreadable {
+                option: OPTION,
+                path,
+                source,
+            },
+            other => SetupError::Invalid {
+                option: OPTION,
+                why: other.to_string(),
+            },
+        })?,
+    };
+    for route in &config.routes {
+        let Some(auth) = route.auth() else { continue };
+        if secrets.resolve(&auth.user).is_none() {
+            let why = match &config.secrets_file {
+                Some(p) => format!("{} has no line for {}", p.display(), auth.user),
+                None => "not given".into(),
+            };
+            return Err(SetupError::Invalid {
+                option: OPTION,
+                why: format!("route {route} uses auth = {}: {why}", auth.user),
+            });
+        }
+    }
+    Ok(secrets)
+}
+
 /// The delivery engine for a config (`serve`, and a `queue flush` that
 /// runs without a server).
 pub fn deliverer(
     config: &Config,
     tls: Arc<ClientTls>,
+    secrets: Arc<Secrets>,
     spool: Arc<Spool>,
     local: &[SocketAddr],
     committed: Option<Sender<QueueId>>,
@@ -199,11 +281,19 @@ pub fn deliverer(
         timeouts: config.client_timeouts,
         retry: config.retry,
         cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
-        limiter: DestLimiter::new(config.max_per_destination),
+        limiter: DestLimiter::with_limits(
+            config.max_per_destination,
+            config
+                .routes
+                .iter()
+                .filter_map(|r| r.limit(config.smtp_port))
+                .collect(),
+        ),
         honor_source_routes: config.honor_source_routes,
         delay_warning: config.delay_warning,
         committed,
         tls,
+        secrets,
         clock: Arc::new(crate::time::SystemClock),
     })
 }
@@ -214,7 +304,17 @@ pub fn deliverer(
 pub fn flush_deliverer(
     config: &Config,
 ) -> impl Fn(Arc<Spool>) -> Result<Deliverer, AdminError> + '_ {
-    move |spool| Ok(deliverer(config, client_tls(config)?, spool, &[], None)?)
+    move |spool| {
+        let secrets = Arc::new(secrets(config)?);
+        Ok(deliverer(
+            config,
+            client_tls(config)?,
+            secrets,
+            spool,
+            &[],
+            None,
+        )?)
+    }
 }
 
 /// `serve`: read what the options name, bind, drop privileges, recover
@@ -227,7 +327,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // drop; a bad one stops the start before anything is bound.
     let server_tls = server_tls(&config)?;
     check_auth_file(&config)?;
+    let senders = sender_map(&config)?;
     let client_tls = client_tls(&config)?;
+    // the secrets file too: as root, so it can stay root's, mode 0600
+    let secrets = Arc::new(secrets(&config)?);
     let user = config
         .user
         .as_deref()
@@ -242,7 +345,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // descriptor (spool/owner.rs), then drops privileges. Everything that
     // walks the spool (lock, recovery, cleaning tmp/ and free/) runs
     // after that, as the spool's user.
-    let listeners = server::bind(&listen_addrs(&config)?)?;
+    let listeners = server::bind(&listeners(&config)?)?;
     if let (Some(name), Some(user)) = (&config.user, user) {
         server::become_user(name, user, &config.spool)?;
     }
@@ -271,13 +374,14 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         rec.corrupt_moved
     );
 
-    let local: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
+    let local: Vec<SocketAddr> = listeners.iter().map(|b| b.local).collect();
     // sessions and delivery announce new messages to the scheduler; a
     // full channel only delays a message until the next rescan
     let (committed_tx, committed_rx) = bounded::<QueueId>(16 * 1024);
     let deliverer = Arc::new(deliverer(
         &config,
         client_tls,
+        secrets,
         spool.clone(),
         &local,
         Some(committed_tx.clone()),
@@ -303,6 +407,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         auth_failures: crate::auth_limit::FailureLimiter::new(auth_limits),
         tls: server_tls,
         edge,
+        senders,
     });
     server::run(listeners, ctx, signals)?;
     // deliveries in flight get a moment; one cut short is retried at the

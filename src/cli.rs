@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::admin::{QueueCmd, Selector, SendOpts, StateFilter};
 use crate::config::{BareLineEndings, Cidr, Config, Endpoint, TlsFiles};
-use crate::route::{RouteTls, StaticRoute};
+use crate::route::{RouteAuth, RouteTls, StaticRoute};
 use crate::smtp::Domain;
 use crate::spool::QueueId;
 use crate::time::parse_duration;
@@ -296,6 +296,53 @@ const SERVER_OPTS: &[OptSpec] = &[
     ),
 ];
 
+/// Listeners with a mode and the submission service (`serve` only;
+/// README "Listeners" and "Submission for applications").
+const LISTENER_OPTS: &[OptSpec] = &[
+    opt(
+        "listen-tls",
+        Kind::Multi,
+        "ADDR:PORT",
+        "implicit-TLS listener (RFC 8314, port 465; needs --tls-cert), repeatable",
+    ),
+    opt(
+        "submission",
+        Kind::Multi,
+        "ADDR:PORT",
+        "submission listener (RFC 6409, port 587): AUTH required, STARTTLS; repeatable",
+    ),
+    opt(
+        "submission-tls",
+        Kind::Multi,
+        "ADDR:PORT",
+        "submission with implicit TLS (port 465), repeatable",
+    ),
+    opt(
+        "sender-map",
+        Kind::Single,
+        "FILE",
+        "'user: addr@dom, @dom, *' lines: the MAIL FROM each AUTH user may use",
+    ),
+    opt(
+        "sender-check-from",
+        Kind::Flag,
+        "",
+        "also refuse (550 5.7.1) a message whose From: is not the AUTH user's (default off)",
+    ),
+    opt(
+        "submission-fixups",
+        Kind::Single,
+        "yes|no",
+        "add Date: and Message-ID: when missing on submission listeners (default yes)",
+    ),
+    opt(
+        "submission-plaintext-auth",
+        Kind::Flag,
+        "",
+        "offer AUTH on submission listeners before STARTTLS (default: only over TLS)",
+    ),
+];
+
 /// Options shared by every command that routes or delivers.
 const ROUTING_OPTS: &[OptSpec] = &[
     opt(
@@ -404,6 +451,12 @@ const DELIVERY_OPTS: &[OptSpec] = &[
         "FILE",
         "--outbound-tls verify: trust these PEM CAs instead of the system's",
     ),
+    opt(
+        "secrets-file",
+        Kind::Single,
+        "FILE",
+        "SMTP AUTH credentials for routes' auth = (KEY USER:PASSWORD lines, mode 0600)",
+    ),
 ];
 
 /// Options of `queue` subcommands (command line only).
@@ -500,6 +553,7 @@ fn all_specs() -> Vec<&'static OptSpec> {
     ROUTING_OPTS
         .iter()
         .chain(SERVER_OPTS)
+        .chain(LISTENER_OPTS)
         .chain(DELIVERY_OPTS)
         .collect()
 }
@@ -529,6 +583,8 @@ fn usage_text() -> String {
     describe(&mut s, ROUTING_OPTS);
     s.push_str("\nReceiving (serve):\n");
     describe(&mut s, SERVER_OPTS);
+    s.push_str("\nListeners with a mode, submission (serve):\n");
+    describe(&mut s, LISTENER_OPTS);
     s.push_str("\nDelivering (serve, queue flush):\n");
     describe(&mut s, DELIVERY_OPTS);
     s.push_str("\nQueue commands (queue ...):\n");
@@ -565,6 +621,9 @@ struct RouteSection {
     line: usize,
     hosts: Option<String>,
     tls: Option<RouteTls>,
+    auth: Option<String>,
+    auth_plaintext: bool,
+    max_connections: Option<usize>,
 }
 
 impl RouteSection {
@@ -579,7 +638,17 @@ impl RouteSection {
         let hosts = self
             .hosts
             .ok_or_else(|| bad("needs hosts = HOST[:PORT], ...".into()))?;
-        let route = StaticRoute::new(&self.domain, &hosts, self.tls).map_err(bad)?;
+        if self.auth_plaintext && self.auth.is_none() {
+            return Err(bad("auth-plaintext = yes needs auth = USER".into()));
+        }
+        let auth = self.auth.map(|user| RouteAuth {
+            user,
+            plaintext: self.auth_plaintext,
+        });
+        let route = StaticRoute::new(&self.domain, &hosts, self.tls)
+            .map_err(bad)?
+            .with_auth(auth)
+            .with_max_connections(self.max_connections);
         Ok((route, self.line))
     }
 
@@ -588,12 +657,27 @@ impl RouteSection {
         match key {
             "hosts" => self.hosts = Some(value.to_string()),
             "tls" => self.tls = Some(RouteTls::parse(value)?),
+            // a user name (or key) of --secrets-file; never the password
+            "auth" => self.auth = Some(value.to_string()),
+            "auth-plaintext" => {
+                self.auth_plaintext = match value {
+                    "yes" | "true" => true,
+                    "no" | "false" => false,
+                    v => return Err(format!("auth-plaintext {v:?} is not yes or no")),
+                }
+            }
             "max-connections" => {
-                return Err("max-connections is not supported yet (per-destination limits: --max-per-destination)".into())
+                self.max_connections = Some(
+                    value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("max-connections {value:?} is not a number above 0"))?,
+                )
             }
             other => {
                 return Err(format!(
-                    "unknown key {other:?} in a route section (hosts, tls; options go before the first section)"
+                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext, max-connections; options go before the first section)"
                 ))
             }
         }
@@ -822,6 +906,9 @@ fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
                 line: n + 1,
                 hosts: None,
                 tls: None,
+                auth: None,
+                auth_plaintext: false,
+                max_connections: None,
             });
             continue;
         }
@@ -917,6 +1004,7 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     let mut c = Config::new();
     apply_routing(&v, &mut c)?;
     apply_server(&v, &mut c)?;
+    apply_listeners(&v, &mut c)?;
     apply_delivery(&v, &mut c)?;
     c.verbosity = v.matches.opt_count("verbose");
     Ok(Cli::Serve(c))
@@ -1390,6 +1478,61 @@ fn apply_rates(v: &Values, e: &mut crate::edge::EdgeConfig) -> Result<(), UsageE
     Ok(())
 }
 
+/// `--listen-tls`, `--submission`, `--submission-tls` and the submission
+/// settings. The default `--listen` applies only when no listener of any
+/// kind is given.
+fn apply_listeners(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    use crate::config::{ListenMode, Listener};
+    for (name, implicit_tls, submission) in [
+        ("listen-tls", true, false),
+        ("submission", false, true),
+        ("submission-tls", true, true),
+    ] {
+        let mode = ListenMode {
+            implicit_tls,
+            submission,
+        };
+        for endpoint in v
+            .parse_multi(name, |a| endpoint(name, a))?
+            .unwrap_or_default()
+        {
+            c.listeners.push(Listener { endpoint, mode });
+        }
+    }
+    if !c.listeners.is_empty() && v.multi("listen").is_none() {
+        c.listen.clear();
+    }
+    // RFC 8314 §3.3: TLS from the first byte needs our certificate
+    if let Some(l) = c.listeners.iter().find(|l| l.mode.implicit_tls) {
+        if c.tls.is_none() {
+            return Err(UsageError(format!(
+                "{} {} needs --tls-cert and --tls-key (TLS from the first byte)",
+                l.mode.option(),
+                l.endpoint
+            )));
+        }
+    }
+    // RFC 6409 §4.3 / RFC 4954: a submission server authenticates its users
+    if let Some(l) = c.listeners.iter().find(|l| l.mode.submission) {
+        if c.auth_file.is_none() {
+            return Err(UsageError(format!(
+                "{} {} needs --auth-file (submission requires AUTH, RFC 6409 §4.3)",
+                l.mode.option(),
+                l.endpoint
+            )));
+        }
+    }
+    c.sender_map = v.single("sender-map").map(PathBuf::from);
+    if let Some(f) = v.parse("submission-fixups", |f| {
+        yes_no(f).ok_or_else(|| UsageError(format!("--submission-fixups: {f:?} is not yes or no")))
+    })? {
+        c.submission_fixups = f;
+    }
+    c.submission_plaintext_auth = v.flag("submission-plaintext-auth")?;
+    c.sender_check_from = v.flag("sender-check-from")?;
+    Ok(())
+}
+
 fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     // 0 = receive only: mail stays queued for `queue flush` or a later run
     if let Some(n) = v.parse("delivery-workers", |n| number("delivery-workers", n))? {
@@ -1429,6 +1572,7 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.outbound_tls = mode;
     }
     c.ca_file = v.single("ca-file").map(PathBuf::from);
+    c.secrets_file = v.single("secrets-file").map(PathBuf::from);
     if c.ca_file.is_some() && !c.verifies() {
         return Err(UsageError("--ca-file needs --outbound-tls verify".into()));
     }
@@ -1588,6 +1732,25 @@ mod tests {
             ]
         );
         assert!(c.no_dns, "options before the first section still count");
+        // issue 12: implicit TLS and AUTH per route
+        let f2 = TempConf::new(
+            "authroute",
+            "secrets-file = /x/secrets\n[route *]\nhosts = smtp.p.example:465\ntls = implicit\nauth = relay-user\nmax-connections = 3\n",
+        );
+        let c2 = serve(&format!("serve --config {}", f2.0.display())).unwrap();
+        assert_eq!(
+            c2.routes[0].to_string(),
+            "*=smtp.p.example:465 (tls implicit, auth relay-user, max-connections 3)"
+        );
+        assert_eq!(
+            c2.routes[0].limit(25),
+            Some(("smtp.p.example:465".to_string(), 3))
+        );
+        assert_eq!(
+            c2.secrets_file.as_deref(),
+            Some(std::path::Path::new("/x/secrets"))
+        );
+        assert!(c2.verifies(), "implicit verifies: the CA roots are loaded");
         // --route on the command line replaces the file's routes, all of them
         let c = serve(&format!(
             "serve --config {} --route *=[192.0.2.9]",
@@ -1605,14 +1768,19 @@ mod tests {
 
         for (text, line, needle) in [
             (
-                "[route a.example]\ntls = implicit\nhosts = h.example\n",
-                2,
-                "not supported",
+                "[route a.example]\nhosts = h.example\nauth-plaintext = yes\n",
+                1,
+                "needs auth",
             ),
             (
-                "[route a.example]\nhosts = h.example\nmax-connections = 3\n",
+                "[route a.example]\nhosts = h.example\nauth-plaintext = maybe\n",
                 3,
-                "max-connections",
+                "yes or no",
+            ),
+            (
+                "[route a.example]\nhosts = h.example\nmax-connections = 0\n",
+                3,
+                "above 0",
             ),
             (
                 "[route a.example]\nhosts = h.example\nworkers = 3\n",

@@ -12,7 +12,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::auth::encode_base64;
 use crate::channel::Channel;
+use crate::secrets::Credentials;
 use crate::smtp::data::{self, Line};
 use crate::smtp::{Body, Enhanced, MailDsn, Path, RcptDsn, Reply, ReplyParser, ReversePath};
 use crate::tls::{ClientTls, OutboundTls, TlsInfo};
@@ -72,6 +74,10 @@ pub enum Phase {
     Greeting,
     Ehlo,
     StartTls,
+    /// RFC 8314 §3: the handshake that opens an implicit-TLS connection.
+    Tls,
+    /// RFC 4954: AUTH.
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -87,6 +93,8 @@ impl fmt::Display for Phase {
             Phase::Greeting => "greeting",
             Phase::Ehlo => "EHLO",
             Phase::StartTls => "STARTTLS",
+            Phase::Tls => "TLS handshake",
+            Phase::Auth => "AUTH",
             Phase::Mail => "MAIL",
             Phase::Rcpt => "RCPT",
             Phase::Data => "DATA",
@@ -110,6 +118,46 @@ pub enum ClientError {
     /// A reply that refuses the whole transaction (greeting, EHLO, MAIL,
     /// DATA, end of data), or our own refusal to send (`local_refusal`).
     Rejected(Phase, Reply),
+    /// SMTP AUTH did not succeed: always temporary for the caller, however
+    /// the hop's reply is coded (a 535 means "wrong password", which an
+    /// operator fixes; bouncing the queue for it would lose mail).
+    Auth(AuthError),
+}
+
+/// Why AUTH to a hop did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// The hop's reply to AUTH or to a response (535, 534, 454, 530 ...).
+    Refused(Reply),
+    /// The hop offers no AUTH (RFC 4954 §3: no `AUTH` EHLO keyword).
+    NotOffered,
+    /// The hop offers AUTH, but neither PLAIN nor LOGIN.
+    NoMechanism(String),
+    /// The credentials would go in plaintext, and the policy does not
+    /// allow that: nothing was sent.
+    NotOverTls,
+    /// The route names a user the secrets file does not have (checked at
+    /// start, so only after the file changed under a running server).
+    NoCredentials(String),
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Refused(r) => write!(f, "authentication failed: {r}"),
+            AuthError::NotOffered => f.write_str("the server does not offer AUTH"),
+            AuthError::NoMechanism(m) => {
+                write!(
+                    f,
+                    "no common AUTH mechanism (server offers {m}; we speak PLAIN, LOGIN)"
+                )
+            }
+            AuthError::NotOverTls => {
+                f.write_str("AUTH refused locally: the connection is not encrypted")
+            }
+            AuthError::NoCredentials(u) => write!(f, "no credentials for {u} in the secrets file"),
+        }
+    }
 }
 
 impl fmt::Display for ClientError {
@@ -120,6 +168,7 @@ impl fmt::Display for ClientError {
             ClientError::Io(p, e) => write!(f, "connection lost during {p}: {e}"),
             ClientError::Protocol(p, what) => write!(f, "protocol error after {p}: {what}"),
             ClientError::Rejected(p, r) => write!(f, "{p} rejected: {r}"),
+            ClientError::Auth(e) => e.fmt(f),
         }
     }
 }
@@ -146,6 +195,8 @@ pub struct Extensions {
     pub starttls: bool,
     /// RFC 3461.
     pub dsn: bool,
+    /// RFC 4954 §3: the SASL mechanisms offered, upper case.
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -164,6 +215,13 @@ impl Extensions {
                 "STARTTLS" => e.starttls = true,
                 "DSN" => e.dsn = true,
                 "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "AUTH" => e.auth.extend(words.map(str::to_ascii_uppercase)),
+                // the pre-RFC 2554 form some servers still send beside it
+                kw if kw.starts_with("AUTH=") => e.auth.extend(
+                    std::iter::once(&kw[5..])
+                        .chain(words)
+                        .map(str::to_ascii_uppercase),
+                ),
                 _ => {}
             }
         }
@@ -203,6 +261,23 @@ pub struct Sent {
 const MAX_REPLY_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 100;
 
+/// How one hop is reached: the route's TLS policy and credentials, with
+/// the hop's name. A cached connection is only reused under the policy it
+/// was opened with (the caller keys its cache on it).
+#[derive(Debug, Clone, Copy)]
+pub struct HopPolicy<'a> {
+    /// `None`: no TLS at all (route `tls = none`).
+    pub tls: Option<&'a ClientTls>,
+    /// The hop's host name as the route names it: SNI, and under
+    /// `verify`/`implicit` the name the certificate must carry (never the
+    /// address dialled).
+    pub server_name: &'a str,
+    /// AUTH with these, after TLS (RFC 4954 §4).
+    pub auth: Option<&'a Credentials>,
+    /// The route explicitly allows AUTH without TLS.
+    pub auth_plaintext: bool,
+}
+
 #[derive(Debug)]
 pub struct Connection {
     io: Channel,
@@ -226,7 +301,13 @@ impl Connection {
         helo_name: &str,
         timeouts: Timeouts,
     ) -> Result<Connection, ClientError> {
-        Connection::open_once(peer, helo_name, timeouts, None)
+        let policy = HopPolicy {
+            tls: None,
+            server_name: "",
+            auth: None,
+            auth_plaintext: false,
+        };
+        Connection::open_once(peer, helo_name, timeouts, &policy)
     }
 
     /// `open`, then STARTTLS as `tls` says, checking the certificate for
@@ -240,20 +321,57 @@ impl Connection {
         tls: &ClientTls,
         server_name: &str,
     ) -> Result<Connection, ClientError> {
-        match Connection::open_once(peer, helo_name, timeouts, Some((tls, server_name))) {
-            Err(ClientError::Rejected(Phase::StartTls, r)) if tls.mode == OutboundTls::May => {
-                log::info!("{peer} {r}; again without TLS (--outbound-tls may)");
-                Connection::open_once(peer, helo_name, timeouts, None)
+        let policy = HopPolicy {
+            tls: Some(tls),
+            server_name,
+            auth: None,
+            auth_plaintext: false,
+        };
+        Connection::open_hop(peer, helo_name, timeouts, &policy)
+    }
+
+    /// Opens a connection to one hop under a route's policy: TLS (none,
+    /// STARTTLS as `may`/`encrypt`/`verify`, or implicit TLS from the
+    /// first byte, RFC 8314 §3), then AUTH when the policy carries
+    /// credentials (RFC 4954 §4). Under `may` a failed STARTTLS handshake
+    /// costs the connection, so the host is dialled again in plaintext
+    /// (where AUTH then refuses to go, unless `auth_plaintext`).
+    pub fn open_hop(
+        peer: SocketAddr,
+        helo_name: &str,
+        timeouts: Timeouts,
+        policy: &HopPolicy,
+    ) -> Result<Connection, ClientError> {
+        let mut c = match Connection::open_once(peer, helo_name, timeouts, policy) {
+            Err(ClientError::Rejected(Phase::StartTls, r))
+                if policy.tls.is_some_and(|t| t.mode == OutboundTls::May) =>
+            {
+                log::info!("{peer} {r}; again without TLS (TLS policy may)");
+                let plain = HopPolicy {
+                    tls: None,
+                    ..*policy
+                };
+                Connection::open_once(peer, helo_name, timeouts, &plain)?
             }
-            other => other,
+            other => other?,
+        };
+        if let Some(creds) = policy.auth {
+            if let Err(e) = c.authenticate(creds, policy.auth_plaintext) {
+                c.broken = true;
+                // once per connection, with the hop's reply (never the secret)
+                log::warn!("{peer} AUTH as {}: {e}", creds.user);
+                c.quit();
+                return Err(e);
+            }
         }
+        Ok(c)
     }
 
     fn open_once(
         peer: SocketAddr,
         helo_name: &str,
         timeouts: Timeouts,
-        tls: Option<(&ClientTls, &str)>,
+        policy: &HopPolicy,
     ) -> Result<Connection, ClientError> {
         let stream =
             TcpStream::connect_timeout(&peer, timeouts.connect).map_err(ClientError::Connect)?;
@@ -272,6 +390,10 @@ impl Connection {
             broken: false,
             tls: None,
         };
+        let tls = policy.tls.map(|t| (t, policy.server_name));
+        if let Some((tls, name)) = tls.filter(|(t, _)| t.mode == OutboundTls::Implicit) {
+            c.implicit_tls(tls, name)?;
+        }
         let greeting = c.read_reply(Phase::Greeting, timeouts.greeting)?;
         if greeting.code().value() != 220 {
             let _ = c.command("QUIT", Phase::Greeting, Duration::from_secs(5));
@@ -279,7 +401,7 @@ impl Connection {
         }
         c.greeting = greeting.text();
         c.hello(helo_name)?;
-        if let Some((tls, name)) = tls {
+        if let Some((tls, name)) = tls.filter(|(t, _)| t.mode != OutboundTls::Implicit) {
             c.starttls(tls, name)?;
             if c.tls.is_some() {
                 // RFC 3207 §4.2: forget what the server said before TLS
@@ -287,6 +409,85 @@ impl Connection {
             }
         }
         Ok(c)
+    }
+
+    /// RFC 8314 §3: the TLS handshake comes first, before the greeting.
+    /// A failure is temporary (454 4.7.5, as for STARTTLS).
+    fn implicit_tls(&mut self, tls: &ClientTls, name: &str) -> Result<(), ClientError> {
+        let refuse = |text: String| {
+            ClientError::Rejected(Phase::Tls, Reply::new(454, Enhanced::new(4, 7, 5), text))
+        };
+        self.broken = true;
+        let conn = tls
+            .connect(name)
+            .map_err(|e| refuse(format!("TLS set-up failed: {e}")))?;
+        self.io
+            .start_tls(conn.into(), self.timeouts.greeting)
+            .map_err(|e| refuse(format!("TLS handshake failed: {e}")))?;
+        self.broken = false;
+        self.tls = self.io.tls_info();
+        Ok(())
+    }
+
+    /// RFC 4954 §4 as a client: PLAIN (RFC 4616) when offered, else LOGIN
+    /// (draft-murchison-sasl-login), with the first response on the AUTH
+    /// line where the mechanism allows it. Only after TLS, unless the
+    /// policy explicitly allows plaintext: a password is never offered to
+    /// whoever can watch the wire by default. Any reply but 235 is an
+    /// `AuthError`; a challenge we did not expect is cancelled with `*`.
+    fn authenticate(&mut self, creds: &Credentials, plaintext: bool) -> Result<(), ClientError> {
+        let fail = |e| Err(ClientError::Auth(e));
+        if self.tls.is_none() && !plaintext {
+            return fail(AuthError::NotOverTls);
+        }
+        if self.ext.auth.is_empty() {
+            return fail(AuthError::NotOffered);
+        }
+        let t = self.timeouts.greeting;
+        let offered = |m: &str| self.ext.auth.iter().any(|a| a == m);
+        let steps: Vec<(String, String)> = if offered("PLAIN") {
+            // RFC 4616 §2: [authzid] NUL authcid NUL passwd, authzid empty
+            let msg = format!("\0{}\0{}", creds.user, creds.password.expose());
+            vec![(
+                format!("AUTH PLAIN {}", encode_base64(msg.as_bytes())),
+                "AUTH PLAIN ***".into(),
+            )]
+        } else if offered("LOGIN") {
+            vec![
+                ("AUTH LOGIN".into(), "AUTH LOGIN".into()),
+                (encode_base64(creds.user.as_bytes()), creds.user.clone()),
+                (
+                    encode_base64(creds.password.expose().as_bytes()),
+                    "***".into(),
+                ),
+            ]
+        } else {
+            return fail(AuthError::NoMechanism(self.ext.auth.join(" ")));
+        };
+        let last = steps.len() - 1;
+        for (i, (line, shown)) in steps.iter().enumerate() {
+            self.write_shown(line, shown, Phase::Auth)?;
+            self.flush(Phase::Auth)?;
+            let r = self.read_reply(Phase::Auth, t)?;
+            match r.code().value() {
+                235 => return Ok(()),
+                334 if i < last => {}
+                334 => {
+                    // RFC 4954 §4: "*" cancels the exchange; the server
+                    // answers 501
+                    let _ = self.command("*", Phase::Auth, t);
+                    return fail(AuthError::Refused(r));
+                }
+                _ => return fail(AuthError::Refused(r)),
+            }
+        }
+        // every step ended in 334: a PLAIN server asking for more
+        let _ = self.command("*", Phase::Auth, t);
+        fail(AuthError::Refused(Reply::new(
+            535,
+            Enhanced::new(5, 7, 8),
+            "the server wanted more than the credentials",
+        )))
     }
 
     fn hello(&mut self, helo_name: &str) -> Result<(), ClientError> {
@@ -430,7 +631,13 @@ impl Connection {
     }
 
     fn write_line(&mut self, line: &str, phase: Phase) -> Result<(), ClientError> {
-        log::trace!("{} > {}", self.peer, line);
+        self.write_shown(line, line, phase)
+    }
+
+    /// Writes `line`, tracing `shown` instead: AUTH responses carry the
+    /// password, which never goes into a log.
+    fn write_shown(&mut self, line: &str, shown: &str, phase: Phase) -> Result<(), ClientError> {
+        log::trace!("{} > {}", self.peer, shown);
         let r = self
             .io
             .write_all(line.as_bytes())
@@ -683,6 +890,19 @@ mod tests {
         pipelining: bool,
         answer: fn(&str) -> Option<&'static str>,
     ) -> (SocketAddr, thread::JoinHandle<Vec<String>>) {
+        let ehlo = if pipelining {
+            "250-test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n"
+        } else {
+            "250 test\r\n"
+        };
+        scripted(ehlo, answer)
+    }
+
+    /// `server` with the EHLO reply given.
+    fn scripted(
+        ehlo: &'static str,
+        answer: fn(&str) -> Option<&'static str>,
+    ) -> (SocketAddr, thread::JoinHandle<Vec<String>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let h = thread::spawn(move || {
@@ -708,11 +928,7 @@ mod tests {
                 }
                 let up = line.to_ascii_uppercase();
                 let reply: String = if up.starts_with("EHLO") {
-                    if pipelining {
-                        "250-test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n".into()
-                    } else {
-                        "250 test\r\n".into()
-                    }
+                    ehlo.into()
                 } else if let Some(a) = answer(&line) {
                     format!("{a}\r\n")
                 } else if up == "DATA" {
@@ -812,6 +1028,103 @@ mod tests {
             Err(ClientError::Rejected(Phase::Mail, r)) => assert_eq!(r.code().value(), 451),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn creds() -> Credentials {
+        Credentials {
+            user: "u".into(),
+            password: crate::secrets::Secret::new("p"),
+        }
+    }
+
+    /// AUTH over a plaintext test connection (`auth_plaintext`).
+    fn open_auth(addr: SocketAddr, plaintext: bool) -> Result<Connection, ClientError> {
+        let c = creds();
+        let policy = HopPolicy {
+            tls: None,
+            server_name: "test",
+            auth: Some(&c),
+            auth_plaintext: plaintext,
+        };
+        Connection::open_hop(
+            addr,
+            "me.test",
+            Timeouts::all(Duration::from_secs(5)),
+            &policy,
+        )
+    }
+
+    #[test]
+    fn auth_plain_is_preferred() {
+        // RFC 4616: base64("\0u\0p") = AHUAcA==
+        let (addr, h) = scripted("250-test\r\n250 AUTH LOGIN PLAIN\r\n", |l| {
+            (l == "AUTH PLAIN AHUAcA==").then_some("235 2.7.0 ok")
+        });
+        let c = open_auth(addr, true).unwrap();
+        c.quit();
+        let seen = h.join().unwrap();
+        assert!(
+            seen.contains(&"AUTH PLAIN AHUAcA==".to_string()),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn auth_login_when_plain_is_not_offered() {
+        let (addr, h) = scripted(
+            "250-test\r\n250-AUTH=LOGIN\r\n250 AUTH LOGIN\r\n",
+            |l| match l {
+                "AUTH LOGIN" => Some("334 VXNlcm5hbWU6"),
+                "dQ==" => Some("334 UGFzc3dvcmQ6"),
+                "cA==" => Some("235 2.7.0 ok"),
+                _ => None,
+            },
+        );
+        let c = open_auth(addr, true).unwrap();
+        c.quit();
+        let seen = h.join().unwrap();
+        assert_eq!(&seen[1..4], ["AUTH LOGIN", "dQ==", "cA=="], "{seen:?}");
+    }
+
+    #[test]
+    fn auth_refusals_are_auth_errors() {
+        for answer in [
+            (|l: &str| l.starts_with("AUTH").then_some("535 5.7.8 bad credentials"))
+                as fn(&str) -> Option<&'static str>,
+            |l| l.starts_with("AUTH").then_some("454 4.7.0 try later"),
+            |l| l.starts_with("AUTH").then_some("534 5.7.9 too weak"),
+        ] {
+            let (addr, _h) = scripted("250-test\r\n250 AUTH PLAIN\r\n", answer);
+            match open_auth(addr, true) {
+                Err(ClientError::Auth(AuthError::Refused(r))) => {
+                    assert!([535, 454, 534].contains(&r.code().value()))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let (addr, _h) = scripted("250 test\r\n", |_| None);
+        assert!(matches!(
+            open_auth(addr, true),
+            Err(ClientError::Auth(AuthError::NotOffered))
+        ));
+        let (addr, _h) = scripted("250-test\r\n250 AUTH CRAM-MD5\r\n", |_| None);
+        assert!(matches!(
+            open_auth(addr, true),
+            Err(ClientError::Auth(AuthError::NoMechanism(_)))
+        ));
+    }
+
+    #[test]
+    fn auth_is_never_sent_in_plaintext_by_default() {
+        let (addr, h) = scripted("250-test\r\n250 AUTH PLAIN LOGIN\r\n", |l| {
+            l.starts_with("AUTH").then_some("235 2.7.0 ok")
+        });
+        assert!(matches!(
+            open_auth(addr, false),
+            Err(ClientError::Auth(AuthError::NotOverTls))
+        ));
+        let seen = h.join().unwrap();
+        assert!(!seen.iter().any(|l| l.starts_with("AUTH")), "{seen:?}");
     }
 
     #[test]

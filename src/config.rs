@@ -55,6 +55,55 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// What a listener does besides plain SMTP (README "Listeners").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenMode {
+    /// RFC 8314 §3.3: TLS from the first byte (`--listen-tls`,
+    /// `--submission-tls`; port 465), no STARTTLS.
+    pub implicit_tls: bool,
+    /// RFC 6409 message submission (`--submission`, `--submission-tls`;
+    /// port 587): AUTH before MAIL, relaying for authenticated users only,
+    /// sender ownership, message fix-ups.
+    pub submission: bool,
+}
+
+impl ListenMode {
+    pub const PLAIN: ListenMode = ListenMode {
+        implicit_tls: false,
+        submission: false,
+    };
+
+    /// The option that makes a listener of this mode.
+    pub fn option(self) -> &'static str {
+        match (self.implicit_tls, self.submission) {
+            (false, false) => "--listen",
+            (true, false) => "--listen-tls",
+            (false, true) => "--submission",
+            (true, true) => "--submission-tls",
+        }
+    }
+}
+
+impl std::fmt::Display for ListenMode {
+    /// `smtp`, `smtps`, `submission`, `submissions` (the IANA service
+    /// names, RFC 8314 §7.3), for the `listening on` log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match (self.implicit_tls, self.submission) {
+            (false, false) => "smtp",
+            (true, false) => "smtps",
+            (false, true) => "submission",
+            (true, true) => "submissions",
+        })
+    }
+}
+
+/// A listening address with its mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub endpoint: Endpoint,
+    pub mode: ListenMode,
+}
+
 /// `--tls-cert` and `--tls-key`: the files STARTTLS is set up from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -138,6 +187,20 @@ pub enum BareLineEndings {
 pub struct Config {
     pub hostname: String,
     pub listen: Vec<Endpoint>,
+    /// `--listen-tls`, `--submission`, `--submission-tls`: listeners with
+    /// a mode, after the plain `listen` ones.
+    pub listeners: Vec<Listener>,
+    /// Submission listeners offer AUTH before TLS too (RFC 4954 §4 wants
+    /// a protected channel; only for clients that cannot do TLS).
+    pub submission_plaintext_auth: bool,
+    /// RFC 6409 §8.1/§8.3: add `Date:` and `Message-ID:` when missing, on
+    /// submission listeners (default on).
+    pub submission_fixups: bool,
+    /// `--sender-map`: which envelope senders each AUTH user may use.
+    pub sender_map: Option<PathBuf>,
+    /// `--sender-check-from`: the `From:` addresses of an authenticated
+    /// user's message must be theirs too (where the sender is checked).
+    pub sender_check_from: bool,
     pub spool: PathBuf,
     /// Session worker threads: the most concurrent SMTP sessions.
     pub workers: usize,
@@ -208,6 +271,9 @@ pub struct Config {
     /// `--ca-file`: the CAs `--outbound-tls verify` trusts (else the
     /// system's).
     pub ca_file: Option<PathBuf>,
+    /// `--secrets-file`: SMTP AUTH credentials for next hops (routes'
+    /// `auth =`), read at start (`secrets.rs`).
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -216,6 +282,11 @@ impl Config {
         Config {
             hostname: system_hostname(),
             listen: vec![Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], 2525)))],
+            listeners: Vec::new(),
+            submission_plaintext_auth: false,
+            submission_fixups: true,
+            sender_map: None,
+            sender_check_from: false,
             spool: PathBuf::from("spool"),
             workers: 256,
             backlog: 256,
@@ -256,6 +327,7 @@ impl Config {
             connection_max_messages: 100,
             outbound_tls: OutboundTls::May,
             ca_file: None,
+            secrets_file: None,
         }
     }
 
@@ -263,9 +335,25 @@ impl Config {
     /// verify`, or a route's `tls = verify`): then the CA roots are
     /// loaded, and `--ca-file` has a use.
     pub fn verifies(&self) -> bool {
-        let verify = crate::route::RouteTls::Starttls(OutboundTls::Verify);
+        use crate::route::RouteTls;
+        let verify = RouteTls::Starttls(OutboundTls::Verify);
         self.outbound_tls == OutboundTls::Verify
-            || self.routes.iter().any(|r| r.tls() == Some(verify))
+            || self
+                .routes
+                .iter()
+                .any(|r| r.tls() == Some(verify) || r.tls() == Some(RouteTls::Implicit))
+    }
+
+    /// Every listener: the plain `--listen` ones first, then the others.
+    pub fn all_listeners(&self) -> Vec<Listener> {
+        self.listen
+            .iter()
+            .map(|e| Listener {
+                endpoint: e.clone(),
+                mode: ListenMode::PLAIN,
+            })
+            .chain(self.listeners.iter().cloned())
+            .collect()
     }
 
     /// Relay control: the client may relay anywhere.

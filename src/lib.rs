@@ -30,6 +30,8 @@ pub mod fault;
 pub mod pool;
 pub mod route;
 pub mod scheduler;
+pub mod secrets;
+pub mod sender_map;
 pub mod server;
 pub mod session;
 pub mod smtp;

@@ -62,20 +62,23 @@ pub enum RouteTls {
     None,
     /// STARTTLS as `--outbound-tls` would: `may`, `encrypt` or `verify`.
     Starttls(OutboundTls),
+    /// RFC 8314 §3: TLS from the first octet (a provider's port 465), the
+    /// certificate verified for the route's host name as under `verify`.
+    Implicit,
 }
 
 impl RouteTls {
-    /// `none`, `may`, `encrypt`, `verify`; `implicit` (RFC 8314 §3,
-    /// TLS from the first octet, port 465) is refused: not supported yet.
+    /// `none`, `may`, `encrypt`, `verify`, `implicit` (RFC 8314 §3, TLS
+    /// from the first octet, port 465).
     pub fn parse(s: &str) -> Result<RouteTls, String> {
         match s {
             "none" => Ok(RouteTls::None),
-            "implicit" => {
-                Err("tls = implicit (RFC 8314 TLS on connect) is not supported yet".into())
-            }
+            "implicit" => Ok(RouteTls::Implicit),
             other => OutboundTls::parse(other)
                 .map(RouteTls::Starttls)
-                .ok_or_else(|| format!("tls {other:?} is not none, may, encrypt or verify")),
+                .ok_or_else(|| {
+                    format!("tls {other:?} is not none, may, encrypt, verify or implicit")
+                }),
         }
     }
 }
@@ -87,8 +90,19 @@ impl fmt::Display for RouteTls {
             RouteTls::Starttls(OutboundTls::May) => "may",
             RouteTls::Starttls(OutboundTls::Encrypt) => "encrypt",
             RouteTls::Starttls(OutboundTls::Verify) => "verify",
+            RouteTls::Starttls(OutboundTls::Implicit) | RouteTls::Implicit => "implicit",
         })
     }
+}
+
+/// A route's SMTP AUTH (RFC 4954): the user (or key) whose password the
+/// secrets file holds, and whether AUTH may go without TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteAuth {
+    pub user: String,
+    /// `auth-plaintext = yes`: the operator's explicit choice; otherwise
+    /// AUTH is only ever sent over TLS.
+    pub plaintext: bool,
 }
 
 /// A static route: `--route DOMAIN=HOST[:PORT][,HOST[:PORT]...]`, or a
@@ -106,6 +120,11 @@ pub struct StaticRoute {
     targets: Vec<(Target, Option<u16>)>,
     /// `None`: the global `--outbound-tls`.
     tls: Option<RouteTls>,
+    /// `auth = USER` of a route section.
+    auth: Option<RouteAuth>,
+    /// `max-connections = N` of a route section: concurrent transactions
+    /// to the route's first host, in place of `--max-per-destination`.
+    max_connections: Option<usize>,
 }
 
 impl StaticRoute {
@@ -130,7 +149,40 @@ impl StaticRoute {
             pattern,
             targets,
             tls,
+            auth: None,
+            max_connections: None,
         })
+    }
+
+    /// The route with its own per-destination limit.
+    pub fn with_max_connections(self, max_connections: Option<usize>) -> StaticRoute {
+        StaticRoute {
+            max_connections,
+            ..self
+        }
+    }
+
+    /// `(destination key, limit)` when the route has its own limit: the
+    /// key is the one delivery counts transactions under (the first
+    /// host's name, lower case, and port).
+    pub fn limit(&self, smtp_port: u16) -> Option<(String, usize)> {
+        let n = self.max_connections?;
+        let (target, port) = self.targets.first()?;
+        let name = match target {
+            Target::Name(n) => n.to_lowercase(),
+            Target::Addr(a) => format!("[{a}]"),
+        };
+        Some((format!("{name}:{}", port.unwrap_or(smtp_port)), n))
+    }
+
+    /// The route with SMTP AUTH to its hosts.
+    pub fn with_auth(self, auth: Option<RouteAuth>) -> StaticRoute {
+        StaticRoute { auth, ..self }
+    }
+
+    /// The route's AUTH, if it has one.
+    pub fn auth(&self) -> Option<&RouteAuth> {
+        self.auth.as_ref()
     }
 
     /// Whether both routes cover the same destinations.
@@ -187,10 +239,20 @@ impl fmt::Display for StaticRoute {
                 write!(f, ":{p}")?;
             }
         }
-        match self.tls {
-            Some(tls) => write!(f, " (tls {tls})"),
-            None => Ok(()),
+        let mut policy = Vec::new();
+        if let Some(tls) = self.tls {
+            policy.push(format!("tls {tls}"));
         }
+        if let Some(a) = &self.auth {
+            policy.push(format!("auth {}", a.user));
+        }
+        if let Some(n) = self.max_connections {
+            policy.push(format!("max-connections {n}"));
+        }
+        if policy.is_empty() {
+            return Ok(());
+        }
+        write!(f, " ({})", policy.join(", "))
     }
 }
 
@@ -278,6 +340,8 @@ pub struct Hop {
     pub port: u16,
     /// The route's TLS policy; `None`: the global `--outbound-tls`.
     pub tls: Option<RouteTls>,
+    /// The route's AUTH; `None` for MX hops and routes without.
+    pub auth: Option<RouteAuth>,
 }
 
 impl fmt::Display for Hop {
@@ -290,8 +354,13 @@ impl fmt::Display for Hop {
             write!(f, "{a}")?;
         }
         f.write_str("]")?;
-        match self.tls {
-            Some(tls) => write!(f, " tls={tls}"),
+        if let Some(tls) = self.tls {
+            write!(f, " tls={tls}")?;
+        }
+        // the user name only: the password never leaves the secrets file
+        match &self.auth {
+            Some(a) if a.plaintext => write!(f, " auth={} (plaintext allowed)", a.user),
+            Some(a) => write!(f, " auth={}", a.user),
             None => Ok(()),
         }
     }
@@ -485,6 +554,7 @@ impl Router {
                     addrs: vec![ip],
                     port: self.smtp_port,
                     tls: None,
+                    auth: None,
                 };
                 if self.is_self_addr(ip, self.smtp_port) {
                     trace.note(format!("{ip} port {} is one of our listeners", hop.port));
@@ -610,6 +680,7 @@ impl Router {
                 addrs,
                 port,
                 tls: route.tls,
+                auth: route.auth.clone(),
             };
             trace.note(format!("route host {hop}"));
             if hop.addrs.iter().any(|a| self.is_self_addr(*a, port)) {
@@ -675,6 +746,7 @@ impl Router {
                     addrs,
                     port: self.smtp_port,
                     tls: None,
+                    auth: None,
                 }),
                 Err(e) => {
                     warn!("route {domain}: MX host {} skipped: {e}", c.mx.exchange);
@@ -1001,7 +1073,7 @@ mod tests {
         let r = router(&["example.org=[192.0.2.1],[127.0.0.1]:2525"]);
         assert!(r.route(&host("example.org")).unwrap_err().is_permanent());
         assert_eq!(RouteTls::parse("none"), Ok(RouteTls::None));
-        assert!(RouteTls::parse("implicit").is_err());
+        assert_eq!(RouteTls::parse("implicit"), Ok(RouteTls::Implicit));
         assert!(RouteTls::parse("sometimes").is_err());
     }
 
@@ -1015,6 +1087,7 @@ mod tests {
                 addrs: vec![ip("192.0.2.1")],
                 port: 2526,
                 tls: None,
+                auth: None,
             }])
         );
         let hops = r.route(&host("a.example.net")).unwrap();
@@ -1027,6 +1100,7 @@ mod tests {
                 addrs: vec![ip("2001:db8::5")],
                 port: 25,
                 tls: None,
+                auth: None,
             }])
         );
         assert_eq!(

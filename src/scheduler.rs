@@ -64,6 +64,14 @@ struct LimiterInner {
     busy: Mutex<HashMap<String, usize>>,
     freed: Condvar,
     max: usize,
+    /// Per-destination limits of routes (`max-connections`), by key.
+    limits: HashMap<String, usize>,
+}
+
+impl LimiterInner {
+    fn max_for(&self, key: &str) -> usize {
+        self.limits.get(key).copied().unwrap_or(self.max)
+    }
 }
 
 /// One transaction's slot; dropping it frees the slot.
@@ -76,11 +84,18 @@ impl DestLimiter {
     /// At least one slot per destination (the command line refuses 0):
     /// with none, a message would wait for ever.
     pub fn new(max: usize) -> DestLimiter {
+        DestLimiter::with_limits(max, HashMap::new())
+    }
+
+    /// `max` for every destination but those in `limits` (a route's
+    /// `max-connections`, by the destination key of its first host).
+    pub fn with_limits(max: usize, limits: HashMap<String, usize>) -> DestLimiter {
         DestLimiter {
             inner: Arc::new(LimiterInner {
                 busy: Mutex::new(HashMap::new()),
                 freed: Condvar::new(),
                 max: max.max(1),
+                limits: limits.into_iter().map(|(k, n)| (k, n.max(1))).collect(),
             }),
         }
     }
@@ -93,7 +108,7 @@ impl DestLimiter {
     pub fn try_acquire(&self, key: &str) -> Option<DestSlot> {
         let mut busy = self.busy();
         let n = busy.get(key).copied().unwrap_or(0);
-        if n >= self.inner.max {
+        if n >= self.inner.max_for(key) {
             return None;
         }
         busy.insert(key.to_string(), n + 1);
@@ -106,7 +121,7 @@ impl DestLimiter {
     /// Slots of `key` free now.
     pub fn free(&self, key: &str) -> usize {
         let n = self.busy().get(key).copied().unwrap_or(0);
-        self.inner.max.saturating_sub(n)
+        self.inner.max_for(key).saturating_sub(n)
     }
 
     /// Waits up to `wait` until one of `keys` has a free slot (for callers
@@ -117,7 +132,7 @@ impl DestLimiter {
         loop {
             let any = keys
                 .iter()
-                .any(|k| busy.get(k).copied().unwrap_or(0) < self.inner.max);
+                .any(|k| busy.get(k).copied().unwrap_or(0) < self.inner.max_for(k));
             let left = deadline.saturating_duration_since(Instant::now());
             if any || left.is_zero() {
                 return any;
@@ -600,6 +615,18 @@ mod tests {
         drop(a);
         assert_eq!(l.free("mx.a:25"), 1);
         assert!(l.wait_free(&["mx.a:25".into()], Duration::ZERO));
+    }
+
+    /// A route's `max-connections` replaces the global limit for its key.
+    #[test]
+    fn route_limits_override_the_global_one() {
+        let limits = [("smtp.p:587".to_string(), 1)].into_iter().collect();
+        let l = DestLimiter::with_limits(3, limits);
+        let _a = l.try_acquire("smtp.p:587").unwrap();
+        assert!(l.try_acquire("smtp.p:587").is_none());
+        assert_eq!(l.free("smtp.p:587"), 0);
+        assert!(!l.wait_free(&["smtp.p:587".into()], Duration::ZERO));
+        assert_eq!(l.free("mx.other:25"), 3);
     }
 
     /// Messages that found their destination full wait in its queue and

@@ -25,6 +25,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, TrySendError};
 
 use crate::app::SetupError;
+use crate::config::ListenMode;
 use crate::pool::Pool;
 use crate::session::{self, Context};
 use crate::smtp::Reply;
@@ -92,11 +93,19 @@ impl From<SpoolError> for ServeError {
 /// How long a stopping server waits for sessions in progress.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// A bound listening socket: its real address (port 0 → the port
+/// given) and its mode.
+pub struct Bound {
+    pub listener: TcpListener,
+    pub local: SocketAddr,
+    pub mode: ListenMode,
+}
+
 /// Binds every listener (before privileges are dropped: port 25 needs
-/// root); returns each with its real address (port 0 → the port given).
-pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<(TcpListener, SocketAddr)>, ServeError> {
+/// root).
+pub fn bind(addrs: &[(SocketAddr, ListenMode)]) -> Result<Vec<Bound>, ServeError> {
     let mut listeners = Vec::new();
-    for addr in addrs {
+    for (addr, mode) in addrs {
         let l = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
             addr: *addr,
             source,
@@ -105,7 +114,11 @@ pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<(TcpListener, SocketAddr)>, Serv
             addr: *addr,
             source,
         })?;
-        listeners.push((l, local));
+        listeners.push(Bound {
+            listener: l,
+            local,
+            mode: *mode,
+        });
     }
     Ok(listeners)
 }
@@ -114,11 +127,7 @@ pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<(TcpListener, SocketAddr)>, Serv
 /// SIGTERM or SIGINT, then stops accepting and gives the sessions in
 /// progress [`STOP_GRACE`] to end. `app::serve` built everything `ctx`
 /// holds.
-pub fn run(
-    listeners: Vec<(TcpListener, SocketAddr)>,
-    ctx: Arc<Context>,
-    signals: Signals,
-) -> Result<(), ServeError> {
+pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result<(), ServeError> {
     let config = ctx.config.clone();
     let (tx, rx) = bounded::<Accepted>(config.backlog);
     let pool_ctx = ctx.clone();
@@ -127,11 +136,11 @@ pub fn run(
         config.workers,
         config.worker_stack,
         rx,
-        move |(s, peer, ticket): Accepted| {
+        move |(s, peer, mode, ticket): Accepted| {
             // a panic ends this connection (unwinding closes the socket,
             // and a TLS stream cannot take a plain 421), never the worker
             let what = format_args!("{peer} session (connection dropped, worker continues)");
-            crate::pool::catch(what, || session::run(s, peer, &pool_ctx));
+            crate::pool::catch(what, || session::run(s, peer, mode, &pool_ctx));
             drop(ticket);
         },
     )
@@ -144,7 +153,12 @@ pub fn run(
 
     let stopping = Arc::new(AtomicBool::new(false));
     let mut acceptors = Vec::new();
-    for (listener, local) in listeners {
+    for Bound {
+        listener,
+        local,
+        mode,
+    } in listeners
+    {
         let tx = tx.clone();
         let stopping = stopping.clone();
         let hostname = config.hostname.clone();
@@ -153,14 +167,14 @@ pub fn run(
             .name(format!("accept-{local}"))
             .spawn(move || {
                 crate::pool::or_abort(format_args!("listener {local}"), || {
-                    accept_loop(listener, tx, &stopping, &hostname, &tracker)
+                    accept_loop(listener, mode, tx, &stopping, &hostname, &tracker)
                 })
             })
             .map_err(ServeError::Thread)?;
         acceptors.push((h, local));
         // A stable line that tests and scripts read (port 0 → real port).
         println!("listening on {local}");
-        log::info!("listening on {local}");
+        log::info!("listening on {local} ({mode})");
     }
     drop(tx);
     let _ = io::stdout().flush();
@@ -207,7 +221,7 @@ pub fn become_user(
 }
 
 /// An accepted connection on its way to a session worker.
-type Accepted = (TcpStream, SocketAddr, Ticket);
+type Accepted = (TcpStream, SocketAddr, ListenMode, Ticket);
 
 /// Counts connections per client address.
 struct ConnTracker {
@@ -258,6 +272,7 @@ impl Drop for Ticket {
 
 fn accept_loop(
     listener: TcpListener,
+    mode: ListenMode,
     tx: crossbeam_channel::Sender<Accepted>,
     stopping: &AtomicBool,
     hostname: &str,
@@ -277,19 +292,19 @@ fn accept_loop(
             }
         };
         if stopping.load(Ordering::SeqCst) {
-            let _ = reject(stream, &Reply::shutting_down(hostname));
+            let _ = reject(stream, mode, &Reply::shutting_down(hostname));
             return;
         }
         let Some(ticket) = tracker.admit(peer.ip()) else {
             log::warn!("{peer} rejected: too many connections from this address");
-            let _ = reject(stream, &Reply::too_many_connections(hostname));
+            let _ = reject(stream, mode, &Reply::too_many_connections(hostname));
             continue;
         };
-        match tx.try_send((stream, peer, ticket)) {
+        match tx.try_send((stream, peer, mode, ticket)) {
             Ok(()) => {}
-            Err(TrySendError::Full((stream, peer, _))) => {
+            Err(TrySendError::Full((stream, peer, _, _))) => {
                 log::warn!("{peer} rejected: all workers busy and backlog full");
-                let _ = reject(stream, &Reply::too_busy(hostname));
+                let _ = reject(stream, mode, &Reply::too_busy(hostname));
             }
             Err(TrySendError::Disconnected(_)) => return,
         }
@@ -297,7 +312,12 @@ fn accept_loop(
 }
 
 /// Writes one reply to a connection we will not serve, and closes it.
-fn reject(stream: TcpStream, reply: &Reply) -> io::Result<()> {
+/// On an implicit-TLS listener a plaintext reply would be garbage to a
+/// client expecting a ServerHello: it is only closed (RFC 8314 §3.3).
+fn reject(stream: TcpStream, mode: ListenMode, reply: &Reply) -> io::Result<()> {
+    if mode.implicit_tls {
+        return Ok(());
+    }
     stream.set_write_timeout(Some(Duration::from_secs(1)))?;
     let mut s = stream;
     reply.write_to(&mut s)?;

@@ -66,6 +66,10 @@ pub enum LocalReason {
     NoRoute,
     /// Every hop of the route was tried and none answered usefully.
     NoUsableHop,
+    /// SMTP AUTH to the next hop failed or could not be done safely
+    /// (RFC 4954 §4): always temporary, the hop's reply in the text, so an
+    /// operator's wrong password defers the queue and never bounces it.
+    AuthFailed,
     /// The queued message could not be read.
     SpoolRead,
     /// RFC 5321 §4.5.4.1: given up after the queue lifetime.
@@ -77,7 +81,7 @@ pub enum LocalReason {
 }
 
 impl LocalReason {
-    const ALL: [LocalReason; 12] = [
+    const ALL: [LocalReason; 13] = [
         LocalReason::GreetingRefused,
         LocalReason::ConnectFailed,
         LocalReason::Timeout,
@@ -86,6 +90,7 @@ impl LocalReason {
         LocalReason::RouteTemporary,
         LocalReason::NoRoute,
         LocalReason::NoUsableHop,
+        LocalReason::AuthFailed,
         LocalReason::SpoolRead,
         LocalReason::Expired,
         LocalReason::Operator,
@@ -102,6 +107,7 @@ impl LocalReason {
             LocalReason::RouteTemporary => "route-temporary",
             LocalReason::NoRoute => "no-route",
             LocalReason::NoUsableHop => "no-usable-hop",
+            LocalReason::AuthFailed => "auth-failed",
             LocalReason::SpoolRead => "spool-read",
             LocalReason::Expired => "expired",
             LocalReason::Operator => "operator",

@@ -123,6 +123,10 @@ pub enum OutboundTls {
     /// TLS with a certificate valid for the next hop's name, against the
     /// system roots or `--ca-file`.
     Verify,
+    /// RFC 8314 §3: TLS from the first byte (submissions port 465), no
+    /// STARTTLS; the certificate checked as under `Verify`. A route's
+    /// policy only (`tls = implicit`): never for MX delivery on port 25.
+    Implicit,
 }
 
 impl OutboundTls {
@@ -169,7 +173,8 @@ impl ClientTls {
     }
 
     /// The same configs under another mode (a route's `tls =`); `verify`
-    /// works only when the roots were loaded ([`ClientTls::verified`]).
+    /// and `implicit` work only when the roots were loaded
+    /// ([`ClientTls::verified`]).
     pub fn with_mode(&self, mode: OutboundTls) -> ClientTls {
         ClientTls {
             mode,
@@ -219,7 +224,7 @@ impl ClientTls {
         let server_name = rustls::pki_types::ServerName::try_from(bare.to_string())
             .map_err(|e| format!("{name:?} is not a TLS server name: {e}"))?;
         let config = match self.mode {
-            OutboundTls::Verify => self
+            OutboundTls::Verify | OutboundTls::Implicit => self
                 .verified
                 .clone()
                 .ok_or("verify: no CA certificates were loaded")?,

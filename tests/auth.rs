@@ -8,44 +8,14 @@
 mod common;
 mod tlsutil;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use smtp_relay::auth::encode_base64;
 use tlsutil::*;
-
-/// `smtp-relay passwd USER --auth-file FILE` with `stdin`.
-fn passwd(file: &Path, user: &str, stdin: &str) -> (Option<i32>, String) {
-    let file = file.to_str().expect("utf-8 path");
-    passwd_with(&[user, "--auth-file", file], stdin)
-}
-
-/// `smtp-relay passwd ARGS...` with `stdin`: exit code and stderr.
-fn passwd_with(args: &[&str], stdin: &str) -> (Option<i32>, String) {
-    let mut child = Command::new(BIN)
-        .arg("passwd")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn passwd");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write password");
-    let out = child.wait_with_output().expect("passwd output");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
 
 fn password_file(dir: &Path) -> PathBuf {
     let f = dir.join("passwd");

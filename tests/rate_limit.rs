@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::*;
 
 #[test]
@@ -86,20 +84,7 @@ fn messages_and_recipients_per_minute_per_address() {
 fn an_authenticated_user_is_counted_by_name() {
     let dir = TempDir::new("rate-user");
     let file = dir.path().join("passwd");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
-        .args(["passwd", "alice", "--auth-file"])
-        .arg(&file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn passwd");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(b"alice-secret-1\n").expect("password");
-    }
-    assert!(child.wait().expect("passwd").success());
+    assert_eq!(passwd(&file, "alice", "alice-secret-1\n").0, Some(0));
     let file = file.display().to_string();
     // relay-net is elsewhere: 127.0.0.1 is an ordinary client here, and
     // AUTH is offered to loopback without TLS

@@ -758,6 +758,43 @@ fn max_per_destination_is_reached_and_exceeded_without_it() {
     );
 }
 
+/// Issue 11 item 3: a route section's `max-connections` is that
+/// destination's limit, in place of `--max-per-destination` (here 100,
+/// which the test above shows lets deliveries overlap).
+#[test]
+fn a_route_sections_max_connections_limits_its_destination() {
+    use std::sync::atomic::Ordering;
+    let s = slow_sink(Duration::from_millis(300));
+    let dir = TempDir::new("routelimit");
+    let conf = write_file(
+        dir.path(),
+        "relay.conf",
+        format!(
+            "no-dns = yes\n[route *]\nhosts = 127.0.0.1:{}\nmax-connections = 1\n",
+            s.sink.addr().port()
+        )
+        .as_bytes(),
+    );
+    let relay = Relay::start(&[
+        "--config",
+        conf.to_str().expect("utf-8 path"),
+        "--delivery-workers",
+        "8",
+        "--max-per-destination",
+        "100",
+    ]);
+    let rcpts: Vec<String> = (0..6).map(|i| format!("r{i}@dest.example")).collect();
+    queue_each(&relay, &rcpts);
+    assert!(
+        s.sink.wait_for(6, Duration::from_secs(30)),
+        "delivered {} of 6",
+        s.sink.count()
+    );
+    assert!(spool_empties(&relay), "{:?}", queue_files(relay.spool()));
+    assert_eq!(deferrals(&relay), 0, "{}", relay.log());
+    assert_eq!(s.peak.load(Ordering::SeqCst), 1, "max-connections = 1");
+}
+
 /// Issue 11: one saturated slow destination (2 s per message, limit 2,
 /// 20 messages) must not hold back a fast one, and waiting for a slot is
 /// neither an attempt nor a deferral. Before the scheduler owned the

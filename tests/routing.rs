@@ -82,6 +82,7 @@ fn hop(name: &str, addrs: &[&str], port: u16) -> Hop {
         addrs: addrs.iter().map(|a| ip(a)).collect(),
         port,
         tls: None,
+        auth: None,
     }
 }
 

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use crate::client::Connection;
 use crate::route::RouteTls;
 
-/// A cached connection's peer and the TLS policy it was opened under.
-type CacheKey = (SocketAddr, RouteTls);
+/// A cached connection's peer, the TLS policy it was opened under and the
+/// user it authenticated as (RFC 4954: AUTH holds for the session).
+pub(super) type CacheKey = (SocketAddr, RouteTls, Option<String>);
 
-/// Idle outbound connections kept for reuse, per next-hop address and
-/// TLS policy: a connection opened under one route's policy (plaintext
-/// under `tls = none`, say) is never reused for a route with another.
+/// Idle outbound connections kept for reuse, per next-hop address, TLS
+/// policy and AUTH user: a connection opened under one route's policy
+/// (plaintext under `tls = none`, or logged in as another user) is never
+/// reused for a route with another.
 pub struct ConnCache {
     idle: Mutex<HashMap<CacheKey, Vec<(Connection, Instant)>>>,
     max_idle: Duration,
@@ -29,11 +31,11 @@ impl ConnCache {
         }
     }
 
-    pub(super) fn take(&self, addr: SocketAddr, policy: RouteTls) -> Option<Connection> {
+    pub(super) fn take(&self, key: &CacheKey) -> Option<Connection> {
         let mut stale = Vec::new();
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle.get_mut(&(addr, policy))?;
+            let list = idle.get_mut(key)?;
             let mut found = None;
             while let Some((c, since)) = list.pop() {
                 if since.elapsed() < self.max_idle {
@@ -50,15 +52,13 @@ impl ConnCache {
         found
     }
 
-    pub(super) fn put(&self, c: Connection, policy: RouteTls) {
+    pub(super) fn put(&self, c: Connection, key: CacheKey) {
         if !c.reusable() || c.transactions() >= self.max_transactions {
             c.quit();
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.entry((c.peer(), policy))
-            .or_default()
-            .push((c, Instant::now()));
+        idle.entry(key).or_default().push((c, Instant::now()));
     }
 
     /// Closes every cached connection (end of a foreground flush).

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use crate::client::{ClientError, Connection, Outgoing, Phase, Timeouts};
+use crate::client::{ClientError, Connection, HopPolicy, Outgoing, Phase, Timeouts};
 use crate::route::{Hop, RouteError, RouteTls, Router};
 pub use crate::scheduler::DestLimiter;
 use crate::smtp::{Enhanced, Host, Path};
@@ -30,6 +30,7 @@ use crate::spool::{Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
 use crate::status::{Class, LocalReason, Status};
 use crate::time::Clock;
 
+use cache::CacheKey;
 pub use cache::ConnCache;
 pub use outcome::RetryPolicy;
 use outcome::{error_status, expire, relay_label, remote_name, route_status, RcptResult};
@@ -53,6 +54,8 @@ pub struct Deliverer {
     pub committed: Option<Sender<QueueId>>,
     /// `--outbound-tls`: STARTTLS to next hops.
     pub tls: std::sync::Arc<crate::tls::ClientTls>,
+    /// `--secrets-file`: the credentials routes' `auth =` name.
+    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
     /// The time for backoff, expiry and delay warnings.
     pub clock: std::sync::Arc<dyn Clock>,
 }
@@ -329,8 +332,7 @@ impl Deliverer {
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                let policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
-                let mut conn = match self.connection(&hop.name, peer, policy) {
+                let (mut conn, key) = match self.connection(hop, peer) {
                     Ok(c) => c,
                     Err(e) => {
                         log::debug!("{} {label}: {e}", env.id);
@@ -362,7 +364,7 @@ impl Deliverer {
                 }
                 let result = conn.send(&msg, &mut reader);
                 log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
-                self.cache.put(conn, policy);
+                self.cache.put(conn, key);
                 let name = remote_name(hop, peer);
                 match result {
                     Ok(sent) => {
@@ -405,31 +407,44 @@ impl Deliverer {
         all(&last_host, last)
     }
 
-    /// A connection to `peer` under `policy` (the route's, else the
-    /// global `--outbound-tls`): a cached one, or a new one.
+    /// A connection to `peer` under the hop's policy (the route's TLS,
+    /// else the global `--outbound-tls`, and its AUTH): a cached one
+    /// opened under the same policy, or a new one; with its cache key.
     fn connection(
         &self,
-        name: &str,
+        hop: &Hop,
         peer: SocketAddr,
-        policy: RouteTls,
-    ) -> Result<Connection, ClientError> {
-        while let Some(mut c) = self.cache.take(peer, policy) {
+    ) -> Result<(Connection, CacheKey), ClientError> {
+        let tls_policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
+        let creds = match &hop.auth {
+            Some(a) => Some(self.secrets.resolve(&a.user).ok_or_else(|| {
+                ClientError::Auth(crate::client::AuthError::NoCredentials(a.user.clone()))
+            })?),
+            None => None,
+        };
+        let key = (peer, tls_policy, creds.map(|c| c.user.clone()));
+        while let Some(mut c) = self.cache.take(&key) {
             // the peer may have closed an idle connection: probe it
             if c.reset().is_ok() {
-                return Ok(c);
+                return Ok((c, key));
             }
             c.quit();
         }
-        match policy {
-            RouteTls::None => Connection::open(peer, &self.hostname, self.timeouts),
-            RouteTls::Starttls(mode) if mode == self.tls.mode => {
-                Connection::open_with_tls(peer, &self.hostname, self.timeouts, &self.tls, name)
-            }
-            RouteTls::Starttls(mode) => {
-                let tls = self.tls.with_mode(mode);
-                Connection::open_with_tls(peer, &self.hostname, self.timeouts, &tls, name)
-            }
-        }
+        let tls = match tls_policy {
+            RouteTls::None => None,
+            RouteTls::Starttls(mode) if mode == self.tls.mode => Some((*self.tls).clone()),
+            RouteTls::Starttls(mode) => Some(self.tls.with_mode(mode)),
+            RouteTls::Implicit => Some(self.tls.with_mode(crate::tls::OutboundTls::Implicit)),
+        };
+        let policy = HopPolicy {
+            tls: tls.as_ref(),
+            // verify: the route's host name, never the address dialled
+            server_name: &hop.name,
+            auth: creds,
+            auth_plaintext: hop.auth.as_ref().is_some_and(|a| a.plaintext),
+        };
+        let c = Connection::open_hop(peer, &self.hostname, self.timeouts, &policy)?;
+        Ok((c, key))
     }
 }
 
@@ -490,6 +505,7 @@ pub(crate) mod tests {
             tls: Arc::new(crate::tls::ClientTls::unverified(
                 crate::tls::OutboundTls::May,
             )),
+            secrets: Arc::default(),
             clock,
         }
     }
@@ -503,6 +519,7 @@ pub(crate) mod tests {
             arrived,
             client: "127.0.0.1".into(),
             helo: "h".into(),
+            auth: None,
             from: ReversePath::parse("<s@a.example>", false).unwrap(),
             size: 18,
             body: None,

@@ -132,6 +132,16 @@ pub(super) fn error_status(e: &ClientError, hop: &Hop, peer: SocketAddr) -> Stat
             format!("host refused service at greeting: {r}"),
         ),
         ClientError::Rejected(_, r) => Status::remote(r, &remote_name(hop, peer), peer),
+        // RFC 4954 §6 names 454 4.7.0 for a temporary failure; every AUTH
+        // failure is treated as one (a wrong password is the operator's
+        // to fix, not the sender's), with the hop's reply in the text so
+        // `queue list --summary` shows it as the top error
+        ClientError::Auth(err) => Status::local(
+            LocalReason::AuthFailed,
+            454,
+            Enhanced::new(4, 7, 0),
+            format!("{} at {}", err, remote_name(hop, peer)),
+        ),
         ClientError::Connect(err) => local(
             LocalReason::ConnectFailed,
             Enhanced::new(4, 4, 1),
@@ -317,6 +327,7 @@ mod tests {
             addrs: vec![],
             port: 25,
             tls: None,
+            auth: None,
         };
         let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
         let rejected =
@@ -344,11 +355,27 @@ mod tests {
             error_status(&ClientError::Timeout(Phase::Data), &hop, peer).class(),
             Class::Temporary
         );
+        // a wrong password (535) defers, with the hop's reply in the text
+        let auth = ClientError::Auth(crate::client::AuthError::Refused(r(
+            "535 5.7.8 Error: authentication failed",
+        )));
+        let st = error_status(&auth, &hop, peer);
+        assert_eq!(st.class(), Class::Temporary);
+        assert_eq!(
+            st.source,
+            crate::status::Source::Local(LocalReason::AuthFailed)
+        );
+        assert!(
+            st.to_string()
+                .contains("535 5.7.8 Error: authentication failed at mx.example"),
+            "{st}"
+        );
         let literal = Hop {
             name: "[192.0.2.1]".into(),
             addrs: vec![],
             port: 25,
             tls: None,
+            auth: None,
         };
         assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
     }

@@ -17,9 +17,16 @@ use crate::smtp::Reply;
 impl Session<'_> {
     /// AUTH is offered after TLS, or to a loopback client (whose password
     /// never leaves the machine): RFC 4954 §4 forbids plaintext PLAIN and
-    /// LOGIN on an open network unless the channel is protected.
+    /// LOGIN on an open network unless the channel is protected. On a
+    /// submission listener only after TLS, loopback or not, unless
+    /// `--submission-plaintext-auth` says otherwise.
     pub(super) fn auth_offered(&self) -> bool {
-        self.cfg.auth_file.is_some() && (self.tls.is_some() || self.client.is_loopback())
+        let plaintext_ok = if self.mode.submission {
+            self.cfg.submission_plaintext_auth
+        } else {
+            self.client.is_loopback()
+        };
+        self.cfg.auth_file.is_some() && (self.tls.is_some() || plaintext_ok)
     }
 
     /// AUTH succeeded for `user`.

@@ -16,7 +16,7 @@ use super::message::{receive_chunk, receive_message, Chunked};
 use super::{Phase, Session, Step, MAX_COMMAND_LINE};
 use crate::auth;
 use crate::channel::Channel;
-use crate::config::Config;
+use crate::config::{Config, ListenMode};
 use crate::smtp::command;
 use crate::smtp::data::{self, Line};
 use crate::smtp::{Command, Reply};
@@ -34,10 +34,13 @@ pub struct Context {
     pub verifier: auth::Verifier,
     /// AUTH failures across sessions, per address and per user name.
     pub auth_failures: crate::auth_limit::FailureLimiter,
-    /// STARTTLS: built by `app.rs` from `config.tls`'s files.
+    /// STARTTLS and implicit TLS: built by `app.rs` from `config.tls`'s
+    /// files.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// DNS lists, policy service, rate limits (issue 13).
     pub edge: crate::edge::Edge,
+    /// `--sender-map`, read at start by `app.rs`.
+    pub senders: Option<crate::sender_map::SenderMap>,
 }
 
 /// "Is there room for new mail?", asked at every MAIL and DATA, answered
@@ -137,15 +140,20 @@ enum Flow {
     Close,
 }
 
-/// Runs one SMTP session on an accepted connection until QUIT, EOF,
-/// timeout or error.
-pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &Context) {
-    if let Err(e) = run_inner(stream, peer, ctx) {
+/// Runs one SMTP session on an accepted connection of a listener of
+/// `mode` until QUIT, EOF, timeout or error.
+pub fn run(stream: TcpStream, peer: SocketAddr, mode: ListenMode, ctx: &Context) {
+    if let Err(e) = run_inner(stream, peer, mode, ctx) {
         log::debug!("{peer} session ended: {e}");
     }
 }
 
-fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<()> {
+fn run_inner(
+    stream: TcpStream,
+    peer: SocketAddr,
+    mode: ListenMode,
+    ctx: &Context,
+) -> io::Result<()> {
     let cfg = &*ctx.config;
     stream.set_write_timeout(Some(cfg.timeout))?;
     stream.set_nodelay(true)?;
@@ -153,8 +161,17 @@ fn run_inner(stream: TcpStream, peer: SocketAddr, ctx: &Context) -> io::Result<(
         io: Channel::new(stream, cfg.timeout, 32 * 1024, 8 * 1024),
         peer,
     };
-    let mut session = Session::new(cfg, peer.ip());
-    log::debug!("{peer} connected");
+    let mut session = Session::on_listener(cfg, peer.ip(), mode, ctx.senders.as_ref());
+    log::debug!("{peer} connected ({mode})");
+    // RFC 8314 §3.3: on an implicit-TLS listener the handshake comes
+    // first, the greeting after it, inside TLS
+    if mode.implicit_tls {
+        let Some(info) = handshake(&mut conn, ctx)? else {
+            return Ok(());
+        };
+        log::info!("{peer} tls version={} cipher={}", info.version, info.cipher);
+        session.tls_started(info);
+    }
     if let Some(r) = super::filter::on_connect(&mut session, ctx) {
         conn.reply_now(&r)?;
         return Ok(());
@@ -293,11 +310,7 @@ fn start_tls(
     conn: &mut Conn,
     ctx: &Context,
 ) -> io::Result<Flow> {
-    let cfg = &*ctx.config;
     let peer = conn.peer;
-    let Some(tls) = ctx.tls.clone() else {
-        return Err(io::Error::other("STARTTLS without a TLS config"));
-    };
     // RFC 3207 §5 / CVE-2011-0411: anything the client sent after
     // STARTTLS in plaintext is not executed after the handshake
     let discarded = conn.io.discard_buffered();
@@ -307,13 +320,8 @@ fn start_tls(
         );
     }
     conn.reply_now(&go_ahead)?;
-    let tls_conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
-    if let Err(e) = conn.io.start_tls(tls_conn.into(), cfg.timeout) {
-        log::info!("{peer} TLS handshake failed: {e}");
+    let Some(info) = handshake(conn, ctx)? else {
         return Ok(Flow::Close);
-    }
-    let Some(info) = conn.io.tls_info() else {
-        return Err(io::Error::other("TLS session without version or cipher"));
     };
     log::info!(
         "{peer} starttls version={} cipher={}",
@@ -322,4 +330,22 @@ fn start_tls(
     );
     session.tls_started(info);
     Ok(Flow::Continue)
+}
+
+/// The server side of a TLS handshake, within `--timeout` (STARTTLS and
+/// implicit TLS alike). A failed handshake is logged and ends this
+/// connection only: `None`.
+fn handshake(conn: &mut Conn, ctx: &Context) -> io::Result<Option<crate::tls::TlsInfo>> {
+    let Some(tls) = ctx.tls.clone() else {
+        return Err(io::Error::other("TLS without a TLS config"));
+    };
+    let tls_conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
+    if let Err(e) = conn.io.start_tls(tls_conn.into(), ctx.config.timeout) {
+        log::info!("{} TLS handshake failed: {e}", conn.peer);
+        return Ok(None);
+    }
+    match conn.io.tls_info() {
+        Some(info) => Ok(Some(info)),
+        None => Err(io::Error::other("TLS session without version or cipher")),
+    }
 }

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::conn::{is_timeout, Conn, Context};
+use super::fixup::{Fixing, Fixups};
 use super::{Chunk, Session};
 use crate::config::BareLineEndings;
 use crate::smtp::command::helo_domain;
@@ -77,6 +78,52 @@ impl Session<'_> {
         )
     }
 
+    /// RFC 6409 §8 fix-ups for a message about to be received: on
+    /// submission listeners unless `--submission-fixups no`. The
+    /// Message-ID names the queue id and our host (RFC 5322 §3.6.4).
+    /// With `--sender-check-from`, the header pass also runs to collect
+    /// `From:` for [`Session::author_verdict`].
+    pub(super) fn fixups(&self, id: QueueId, now: u64) -> Option<Fixups> {
+        let add = (self.mode.submission && self.cfg.submission_fixups).then(|| {
+            (
+                rfc5322_date(now),
+                format!("<{now}.{id}@{}>", self.cfg.hostname),
+            )
+        });
+        (add.is_some() || self.checks_from()).then(|| Fixups::watch(add))
+    }
+
+    /// `--sender-check-from` applies: an authenticated user where the
+    /// sender is checked.
+    fn checks_from(&self) -> bool {
+        self.cfg.sender_check_from && self.auth.is_some() && self.checks_senders()
+    }
+
+    /// `--sender-check-from`: every `From:` address must be the user's
+    /// (RFC 6409 §6.1 lets the MSA check, RFC 5322 §3.6.2 names the
+    /// author there). A message without `From:` is let through (it
+    /// claims no one); one whose header section was too long to read is
+    /// refused, as is an address that does not parse.
+    pub(super) fn author_verdict(&self, fixups: Option<&Fixups>) -> Option<Reply> {
+        if !self.checks_from() {
+            return None;
+        }
+        let user = self.auth.as_deref()?;
+        let refuse = || Some(Reply::from_not_owned(user));
+        let Some(values) = fixups.and_then(Fixups::author_fields) else {
+            return refuse();
+        };
+        for value in values {
+            for addr in crate::admin::header_addresses(value) {
+                match crate::smtp::Mailbox::parse(&addr, true) {
+                    Ok(m) if self.owns_mailbox(user, &m) => {}
+                    _ => return refuse(),
+                }
+            }
+        }
+        None
+    }
+
     /// The envelope of the current transaction, for commit.
     pub fn envelope(&self, id: QueueId, size: u64, now: u64) -> Option<Envelope> {
         let (helo, tx) = self.transaction()?;
@@ -85,6 +132,7 @@ impl Session<'_> {
             arrived: now,
             client: self.client.to_string(),
             helo: helo.name.clone(),
+            auth: self.auth.clone(),
             from: tx.from.clone(),
             size,
             body: tx.params.body,
@@ -196,7 +244,24 @@ pub(super) fn receive_message(
     let _ = sink.write_all(header.as_bytes());
     conn.io
         .set_deadline(Some(Instant::now() + cfg.data_timeout));
-    let summary = match DotReader::new(cfg.max_size).read(&mut conn.io, &mut sink) {
+    let reader = DotReader::new(cfg.max_size);
+    let mut fixups = session.fixups(id, now);
+    let read = match fixups.as_mut() {
+        Some(fixups) => {
+            let read = reader.read(
+                &mut conn.io,
+                &mut Fixing {
+                    fixups,
+                    out: &mut sink,
+                },
+            );
+            // the SpoolSink keeps a write error for the verdict
+            let _ = fixups.finish(&mut sink);
+            read
+        }
+        None => reader.read(&mut conn.io, &mut sink),
+    };
+    let summary = match read {
         Ok(s) => s,
         Err(e) => {
             lost_mid_message(conn, id, "DATA", &e, &cfg.hostname);
@@ -205,24 +270,28 @@ pub(super) fn receive_message(
     };
     let _ = sink.flush();
     let write_error = sink.error.take();
+    let verdict = session
+        .data_verdict(&summary)
+        .or_else(|| session.author_verdict(fixups.as_ref()));
     Ok(finish_message(
         session,
         incoming,
         write_error,
-        &summary,
+        verdict,
         now,
         peer,
         ctx,
     ))
 }
 
-/// The end of a message, DATA or BDAT LAST: the verdict, then the commit;
-/// only a commit that returned makes the 250.
+/// The end of a message, DATA or BDAT LAST: the verdict (the data's
+/// limits, then `From:`), then the commit; only a commit that returned
+/// makes the 250.
 fn finish_message(
     session: &mut Session,
     incoming: Incoming,
     write_error: Option<io::Error>,
-    summary: &DataSummary,
+    verdict: Option<Reply>,
     now: u64,
     peer: &SocketAddr,
     ctx: &Context,
@@ -236,7 +305,7 @@ fn finish_message(
             Reply::local_error()
         };
     }
-    if let Some(reply) = session.data_verdict(summary) {
+    if let Some(reply) = verdict {
         log::info!("{id} rejected client={peer} reply=\"{reply}\"");
         return reply;
     }
@@ -253,8 +322,14 @@ fn finish_message(
                 .tls()
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "none".into());
+            // the AUTH user (RFC 4954), when there is one
+            let auth = env
+                .auth
+                .as_deref()
+                .map(|a| format!(" auth={}", crate::smtp::Escaped(a)))
+                .unwrap_or_default();
             log::info!(
-                "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}",
+                "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}{auth}",
                 crate::smtp::Escaped(&env.from.to_string()),
                 env.size,
                 env.rcpts.len(),
@@ -285,6 +360,8 @@ pub(super) struct Chunked<'a> {
     reader: ChunkReader,
     write_error: Option<io::Error>,
     now: u64,
+    /// RFC 6409 §8 fix-ups, across the chunks.
+    fixups: Option<Fixups>,
 }
 
 /// One accepted BDAT chunk: into the spool file (opened at the first
@@ -317,11 +394,13 @@ pub(super) fn receive_chunk<'a>(
         let header =
             super::filter::prepended(session) + &session.received_header(incoming.id(), now);
         let write_error = incoming.write_all(header.as_bytes()).err();
+        let fixups = session.fixups(incoming.id(), now);
         *chunked = Some(Chunked {
             incoming,
             reader: ChunkReader::new(cfg.max_size),
             write_error,
             now,
+            fixups,
         });
     }
     let Some(st) = chunked.as_mut() else {
@@ -334,7 +413,22 @@ pub(super) fn receive_chunk<'a>(
         inner: &mut st.incoming,
         error: st.write_error.take(),
     };
-    let read = st.reader.read_chunk(&mut conn.io, chunk.size, &mut sink);
+    let read = match st.fixups.as_mut() {
+        Some(fixups) => st.reader.read_chunk(
+            &mut conn.io,
+            chunk.size,
+            &mut Fixing {
+                fixups,
+                out: &mut sink,
+            },
+        ),
+        None => st.reader.read_chunk(&mut conn.io, chunk.size, &mut sink),
+    };
+    if chunk.last && read.is_ok() {
+        if let Some(fixups) = st.fixups.as_mut() {
+            let _ = fixups.finish(&mut sink);
+        }
+    }
     st.write_error = sink.error.take();
     if let Err(e) = read {
         lost_mid_message(conn, id, "BDAT", &e, &cfg.hostname);
@@ -358,12 +452,14 @@ pub(super) fn receive_chunk<'a>(
     if st.write_error.is_none() {
         st.write_error = st.incoming.flush().err();
     }
-    let summary = st.reader.summary().clone();
+    let verdict = session
+        .data_verdict(st.reader.summary())
+        .or_else(|| session.author_verdict(st.fixups.as_ref()));
     let reply = finish_message(
         session,
         st.incoming,
         st.write_error,
-        &summary,
+        verdict,
         st.now,
         peer,
         ctx,

@@ -15,12 +15,14 @@
 mod auth;
 mod conn;
 mod filter;
+mod fixup;
 mod message;
 
 use std::net::IpAddr;
 
 use crate::auth::Mechanism;
-use crate::config::Config;
+use crate::config::{Config, ListenMode};
+use crate::sender_map::SenderMap;
 use crate::smtp::{Command, Host, MailParams, Path, RcptDsn, RcptTarget, Reply, ReversePath};
 use crate::tls::TlsInfo;
 
@@ -123,6 +125,10 @@ pub struct Session<'a> {
     auth_failures: u32,
     /// DNS list verdict, policy connection, PREPEND/HOLD (issue 13).
     edge: filter::EdgeState,
+    /// The listener's mode: implicit TLS, submission (RFC 6409).
+    mode: ListenMode,
+    /// `--sender-map`, loaded at start.
+    senders: Option<&'a SenderMap>,
     /// Every phase change, old → new, as `enter` saw it.
     #[cfg(test)]
     entered: Vec<(&'static str, &'static str)>,
@@ -141,7 +147,19 @@ impl Phase {
 
 impl<'a> Session<'a> {
     pub fn new(cfg: &'a Config, client: IpAddr) -> Session<'a> {
+        Session::on_listener(cfg, client, ListenMode::PLAIN, None)
+    }
+
+    /// A session on a listener of `mode`, with the sender map if any.
+    pub fn on_listener(
+        cfg: &'a Config,
+        client: IpAddr,
+        mode: ListenMode,
+        senders: Option<&'a SenderMap>,
+    ) -> Session<'a> {
         Session {
+            mode,
+            senders,
             cfg,
             client: client.to_canonical(),
             phase: Phase::Connected,
@@ -333,6 +351,15 @@ impl<'a> Session<'a> {
         if self.cfg.require_tls && self.tls.is_none() {
             return Step::Reply(Reply::must_starttls());
         }
+        // RFC 6409 §4.3 / RFC 4954 §6: submission takes MAIL only after AUTH
+        if self.mode.submission && self.auth.is_none() {
+            return Step::Reply(Reply::auth_required());
+        }
+        if let Some(user) = self.auth.as_deref() {
+            if !self.owns_sender(user, &from) {
+                return Step::Reply(Reply::sender_not_owned(user));
+            }
+        }
         // RFC 5321 §4.1.1.11 / §2.2.1: parameters are for EHLO sessions only.
         if !helo.esmtp && params != MailParams::default() {
             return Step::Reply(Reply::unsupported_parameter("(parameters require EHLO)"));
@@ -353,9 +380,36 @@ impl<'a> Session<'a> {
         Step::Reply(Reply::sender_ok())
     }
 
+    /// Sender ownership (RFC 6409 §6.1: the MSA may check the sender is
+    /// the user's): by `--sender-map` on every listener when there is one;
+    /// without one, on submission listeners, the user name when it is an
+    /// address; on other listeners any sender, as before AUTH had a map.
+    /// The null sender names no one and is always allowed.
+    fn owns_sender(&self, user: &str, from: &ReversePath) -> bool {
+        from.mailbox().is_none_or(|m| self.owns_mailbox(user, m))
+    }
+
+    /// Whether sender ownership is checked in this session: with a map,
+    /// or on a submission listener.
+    fn checks_senders(&self) -> bool {
+        self.senders.is_some() || self.mode.submission
+    }
+
+    fn owns_mailbox(&self, user: &str, mailbox: &crate::smtp::Mailbox) -> bool {
+        let address = mailbox.to_string();
+        let domain = mailbox.host().to_string();
+        match self.senders {
+            Some(map) => map.owns(user, &address, &domain),
+            None if self.mode.submission => crate::sender_map::owns_by_name(user, &address),
+            None => true,
+        }
+    }
+
     fn rcpt(&mut self, target: RcptTarget, dsn: RcptDsn) -> Step {
-        // an authenticated client may relay anywhere (RFC 4954 §1)
-        let client_may_relay = self.cfg.is_relay_client(self.client) || self.auth.is_some();
+        // an authenticated client may relay anywhere (RFC 4954 §1); on a
+        // submission listener only an authenticated one (RFC 6409 §4.3)
+        let client_may_relay =
+            self.auth.is_some() || (!self.mode.submission && self.cfg.is_relay_client(self.client));
         let Phase::Mail { tx, helo } = &mut self.phase else {
             return Step::Reply(Reply::bad_sequence("Need MAIL before RCPT"));
         };
@@ -470,6 +524,92 @@ mod tests {
         assert_eq!(code(&mut s, "MAIL FROM:<> SIZE=1001"), 552);
         assert_eq!(code(&mut s, "MAIL FROM:<> SIZE=1000"), 250);
         assert!(matches!(s.step(Ok(Command::Quit)), Step::Close(_)));
+    }
+
+    const SUBMISSION: ListenMode = ListenMode {
+        implicit_tls: false,
+        submission: true,
+    };
+
+    fn tls_info() -> crate::tls::TlsInfo {
+        crate::tls::TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        }
+    }
+
+    /// RFC 6409 §4.3, RFC 4954 §4/§6: on a submission listener AUTH comes
+    /// only over TLS (loopback or not), MAIL only after AUTH, and relay
+    /// networks do not count.
+    #[test]
+    fn submission_requires_auth_over_tls() {
+        let mut c = cfg();
+        c.auth_file = Some("/nonexistent".into());
+        c.relay_nets = vec![crate::config::Cidr::parse("127.0.0.0/8").unwrap()];
+        let mut s = Session::on_listener(&c, "127.0.0.1".parse().unwrap(), SUBMISSION, None);
+        let ehlo = s.step(command::parse(b"EHLO c.example"));
+        assert!(
+            !ehlo.reply().to_string().contains("AUTH"),
+            "{}",
+            ehlo.reply()
+        );
+        assert_eq!(code(&mut s, "AUTH PLAIN AGFAYg=="), 538);
+        let r = s.step(command::parse(b"MAIL FROM:<a@b.example>"));
+        assert_eq!(r.reply().to_string(), "530 5.7.0 Authentication required");
+        s.tls_started(tls_info());
+        let ehlo = s.step(command::parse(b"EHLO c.example"));
+        assert!(ehlo.reply().to_string().contains("AUTH PLAIN LOGIN"));
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.example>"), 530);
+        // --submission-plaintext-auth: offered before TLS as well
+        c.submission_plaintext_auth = true;
+        let mut s = Session::on_listener(&c, "192.0.2.9".parse().unwrap(), SUBMISSION, None);
+        code(&mut s, "EHLO c.example");
+        assert!(matches!(
+            s.step(command::parse(b"AUTH PLAIN")),
+            Step::Auth(_)
+        ));
+        // a plain listener is as before: relay networks relay, no AUTH needed
+        let mut s = Session::new(&c, "127.0.0.1".parse().unwrap());
+        code(&mut s, "EHLO c.example");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "RCPT TO:<u@elsewhere.example>"), 250);
+    }
+
+    /// Sender ownership: by the map on any listener; without a map the
+    /// user name on submission listeners, anything on plain ones; `<>`
+    /// always.
+    #[test]
+    fn sender_ownership() {
+        let c = cfg();
+        let map = SenderMap::parse("alice: @example.org\n").unwrap();
+        let try_from = |mode, map, user: &str, from: &str| {
+            let mut s = Session::on_listener(&c, "127.0.0.1".parse().unwrap(), mode, map);
+            code(&mut s, "EHLO c.example");
+            s.authenticated(user.to_string());
+            let step = s.step(command::parse(format!("MAIL FROM:{from}").as_bytes()));
+            step.reply().to_string()
+        };
+        let refused = "553 5.7.1 Sender address rejected: not owned by user alice";
+        let plain = ListenMode::PLAIN;
+        assert_eq!(
+            try_from(SUBMISSION, Some(&map), "alice", "<a@example.org>"),
+            "250 2.1.0 Sender OK"
+        );
+        assert_eq!(
+            try_from(SUBMISSION, Some(&map), "alice", "<ceo@bigbank.test>"),
+            refused
+        );
+        assert_eq!(
+            try_from(plain, Some(&map), "alice", "<ceo@bigbank.test>"),
+            refused
+        );
+        assert!(try_from(SUBMISSION, Some(&map), "bob", "<b@example.org>").starts_with("553"));
+        assert!(try_from(SUBMISSION, Some(&map), "alice", "<>").starts_with("250"));
+        // no map
+        assert!(try_from(SUBMISSION, None, "alice", "<alice@example.org>").starts_with("553"));
+        assert!(try_from(SUBMISSION, None, "b@example.org", "<B@example.org>").starts_with("250"));
+        assert!(try_from(SUBMISSION, None, "b@example.org", "<c@example.org>").starts_with("553"));
+        assert!(try_from(plain, None, "alice", "<ceo@bigbank.test>").starts_with("250"));
     }
 
     #[test]

@@ -248,6 +248,38 @@ impl Reply {
         )
     }
 
+    /// 530 5.7.0: RFC 4954 §6, a submission listener (RFC 6409 §4.3)
+    /// takes MAIL only after AUTH.
+    pub fn auth_required() -> Reply {
+        Reply::new(530, Enhanced::new(5, 7, 0), "Authentication required")
+    }
+
+    /// 553 5.7.1: RFC 6409 §6.1 / RFC 5321 §4.2.5 (mailbox name not
+    /// allowed): the authenticated user may not use this sender.
+    pub fn sender_not_owned(user: &str) -> Reply {
+        Reply::new(
+            553,
+            Enhanced::new(5, 7, 1),
+            format!(
+                "Sender address rejected: not owned by user {}",
+                crate::smtp::escape(user)
+            ),
+        )
+    }
+
+    /// 550 5.7.1 at the end of the data (RFC 5321 §4.3.2 lists 550 there):
+    /// `--sender-check-from` and a `From:` address the user does not own.
+    pub fn from_not_owned(user: &str) -> Reply {
+        Reply::new(
+            550,
+            Enhanced::new(5, 7, 1),
+            format!(
+                "From: header address rejected: not owned by user {}",
+                crate::smtp::escape(user)
+            ),
+        )
+    }
+
     /// 454 4.7.0: RFC 3207 §4, TLS cannot be started now.
     pub fn tls_unavailable(why: &str) -> Reply {
         Reply::new(

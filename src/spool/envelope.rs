@@ -41,6 +41,9 @@
 //! the last few in full (relay label, then the status fields).
 //! `delay-warned` records the "delayed" DSN (time, its queue id).
 //!
+//! `auth: NAME` (optional, after `helo`) is the SMTP AUTH user the message
+//! was submitted by (RFC 4954); envelopes without it still load.
+//!
 //! RFC 3461 DSN requests are optional keys: `ret: FULL|HDRS` and
 //! `envid: XTEXT` for the message, and a `rcpt-dsn: NOTIFY<TAB>ORCPT` line
 //! (`-` for absent).
@@ -208,6 +211,8 @@ pub struct Envelope {
     /// The client's IP address, or `local` for messages injected by `send`.
     pub client: String,
     pub helo: String,
+    /// The authenticated (RFC 4954) user that submitted the message.
+    pub auth: Option<String>,
     pub from: ReversePath,
     /// Octets of the stored message, our Received header included.
     pub size: u64,
@@ -271,11 +276,15 @@ impl Envelope {
         // writing to a String cannot fail
         let _ = write!(
             s,
-            "{MAGIC}\nid: {}\narrived: {}\nclient: {}\nhelo: {}\nfrom: {}\nsize: {}\nbody: {}\nsmtputf8: {}\nattempts: {}\nnext-try: {}\n",
+            "{MAGIC}\nid: {}\narrived: {}\nclient: {}\nhelo: {}\n{}from: {}\nsize: {}\nbody: {}\nsmtputf8: {}\nattempts: {}\nnext-try: {}\n",
             self.id,
             self.arrived,
             clean(&self.client),
             clean(&self.helo),
+            self.auth
+                .as_deref()
+                .map(|a| format!("auth: {}\n", clean(a)))
+                .unwrap_or_default(),
             self.from,
             self.size,
             body,
@@ -352,6 +361,7 @@ impl Envelope {
         let mut arrived = None;
         let mut client = None;
         let mut helo = None;
+        let mut auth = None;
         let mut from = None;
         let mut size = None;
         let mut body = None;
@@ -389,6 +399,7 @@ impl Envelope {
                 // hand-edited envelope reads back as it will be written
                 "client" => client = Some(clean(value)),
                 "helo" => helo = Some(clean(value)),
+                "auth" => auth = Some(clean(value)),
                 "from" => from = ReversePath::parse_stored(value).ok(),
                 "size" => size = num(value),
                 "body" => {
@@ -551,6 +562,7 @@ impl Envelope {
             arrived: arrived.ok_or(missing("missing or bad arrived"))?,
             client: client.ok_or(missing("missing client"))?,
             helo: helo.ok_or(missing("missing helo"))?,
+            auth,
             from: from.ok_or(missing("missing or bad from"))?,
             size: size.ok_or(missing("missing or bad size"))?,
             body: body.ok_or(missing("missing body"))?,
@@ -628,6 +640,7 @@ mod tests {
             arrived: 1_795_886_410,
             client: "127.0.0.1".into(),
             helo: "client\r\n.example".into(),
+            auth: Some("alice\tx".into()),
             from: ReversePath::parse("<a@b.example>", false).unwrap(),
             size: 1234,
             body: Some(Body::EightBitMime),
@@ -680,6 +693,8 @@ mod tests {
         assert!(text.ends_with("\nend\n"));
         let back = Envelope::parse(&text).unwrap();
         assert_eq!(back.helo, "client  .example");
+        assert_eq!(back.auth.as_deref(), Some("alice x"));
+        assert!(text.contains("\nhelo: client  .example\nauth: alice x\nfrom: "));
         let st = back.rcpts[0].last_reply.as_ref().unwrap();
         assert_eq!(st.to_string(), "451 4.3.0 try later");
         assert_eq!(st.remote_mta(), Some("mx.d.example"));
@@ -703,12 +718,17 @@ mod tests {
         let old: String = text
             .lines()
             .filter(|l| {
-                !l.starts_with("rcpt-dsn") && !l.starts_with("ret") && !l.starts_with("envid")
+                !l.starts_with("rcpt-dsn")
+                    && !l.starts_with("ret")
+                    && !l.starts_with("envid")
+                    && !l.starts_with("auth")
             })
             .map(|l| format!("{l}\n"))
             .collect();
         let back = Envelope::parse(&old).unwrap();
         assert_eq!(back.dsn, MailDsn::default());
+        // and from before the AUTH user was stored, with none
+        assert_eq!(back.auth, None);
         assert!(back.rcpts.iter().all(|r| r.dsn.is_empty()));
     }
 

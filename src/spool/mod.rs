@@ -530,6 +530,7 @@ mod tests {
             arrived: 1,
             client: "127.0.0.1".into(),
             helo: "h".into(),
+            auth: None,
             from: ReversePath::Null,
             size: 5,
             body: None,

@@ -238,8 +238,18 @@ impl Relay {
                 }
             }
         });
-        // one `listening on` line per --listen: ours plus the caller's
-        let want = argv.iter().filter(|a| *a == "--listen").count();
+        // one `listening on` line per listener option: ours plus the
+        // caller's; plain ones first, then --listen-tls, --submission,
+        // --submission-tls (each in the order given)
+        let want = argv
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.as_str(),
+                    "--listen" | "--listen-tls" | "--submission" | "--submission-tls"
+                )
+            })
+            .count();
         let end = Instant::now() + START_DEADLINE;
         let mut addrs = Vec::new();
         while addrs.len() < want {
@@ -280,7 +290,8 @@ impl Relay {
         self.addrs[0]
     }
 
-    /// Every listener's address, in `--listen` order.
+    /// Every listener's address: `--listen` ones in order, then
+    /// `--listen-tls`, `--submission`, `--submission-tls`.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -1469,4 +1480,33 @@ pub fn edge_relay(extra: &[&str]) -> Relay {
     ];
     args.extend_from_slice(extra);
     Relay::receive_only(&args)
+}
+
+/// `smtp-relay passwd USER --auth-file FILE` with `stdin`.
+pub fn passwd(file: &Path, user: &str, stdin: &str) -> (Option<i32>, String) {
+    let file = file.to_str().expect("utf-8 path");
+    passwd_with(&[user, "--auth-file", file], stdin)
+}
+
+/// `smtp-relay passwd ARGS...` with `stdin`: exit code and stderr.
+pub fn passwd_with(args: &[&str], stdin: &str) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(BIN)
+        .arg("passwd")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("passwd output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }

@@ -336,6 +336,17 @@ pub struct PostfixInstance {
 
 impl PostfixInstance {
     pub fn start(relayhost_port: u16, extra_main_cf: &str) -> PostfixInstance {
+        PostfixInstance::start_with(relayhost_port, extra_main_cf, "", &[])
+    }
+
+    /// `start` with master.cf lines (MASTER_CF_EXTRA) and more of the
+    /// script's environment (e.g. SASLDB).
+    pub fn start_with(
+        relayhost_port: u16,
+        extra_main_cf: &str,
+        extra_master_cf: &str,
+        env: &[(&str, &str)],
+    ) -> PostfixInstance {
         let n = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -344,6 +355,8 @@ impl PostfixInstance {
         let dir = std::env::temp_dir().join(format!("srtls-{}-{n}", std::process::id()));
         let extra = std::env::temp_dir().join(format!("srtls-{}-{n}.cf", std::process::id()));
         fs::write(&extra, extra_main_cf).expect("write extra main.cf");
+        let master = std::env::temp_dir().join(format!("srtls-{}-{n}.master", std::process::id()));
+        fs::write(&master, extra_master_cf).expect("write extra master.cf");
         let mut last = None;
         for _ in 0..3 {
             let port = unused_port();
@@ -356,16 +369,20 @@ impl PostfixInstance {
                         &port.to_string(),
                         &relayhost_port.to_string(),
                     ])
-                    .env("MAIN_CF_EXTRA", &extra),
+                    .env("MAIN_CF_EXTRA", &extra)
+                    .env("MASTER_CF_EXTRA", &master)
+                    .envs(env.iter().copied()),
                 Duration::from_secs(90),
             );
             if run.code == Some(0) {
                 let _ = fs::remove_file(&extra);
+                let _ = fs::remove_file(&master);
                 return PostfixInstance { dir, port };
             }
             last = Some(run);
         }
         let _ = fs::remove_file(&extra);
+        let _ = fs::remove_file(&master);
         let _ = fs::remove_dir_all(&dir);
         panic!("postfix-instance.sh start failed: {last:?}");
     }

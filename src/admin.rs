@@ -2,8 +2,8 @@
 //! scripts.
 //!
 //! Every command works whether or not a server runs on the spool. Changes
-//! to a message are made under its body's flock, the same lock a delivery
-//! holds for its whole attempt, so a command never edits or deletes a
+//! to a message are made under its claim (`spool::Claim`, an flock on its
+//! body), the same claim a delivery holds for its whole attempt, so a command never edits or deletes a
 //! message in the middle of a delivery. A message still being received
 //! lives in `tmp/` and is never seen here: only committed messages (those
 //! with an envelope in `queue/`) are listed.
@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -29,11 +28,13 @@ use std::time::{Duration, Instant};
 
 use crate::bounce;
 use crate::config::Config;
-use crate::delivery::{Deliverer, Outcome};
+use crate::delivery::{outcome, Deliverer, Outcome};
 use crate::exit::Exit;
 use crate::smtp::printable::is_unprintable;
 use crate::smtp::{escape, Escaped, Mailbox, Path, ReversePath};
-use crate::spool::{Envelope, Hold, QueueId, RcptState, Recipient, Spool, SpoolError};
+use crate::spool::{
+    Claim, Claimed, Envelope, Hold, QueueId, RcptState, Recipient, Spool, SpoolError,
+};
 use crate::time::{format_duration, iso8601, now_unix, rfc5322_date};
 
 // the codes as the queue commands name them (exit.rs has them all)
@@ -499,41 +500,35 @@ pub fn summary(envs: &[Envelope], now: u64, json: bool) -> String {
     out
 }
 
-/// Runs `f` on the message's envelope under its body lock, storing the
-/// result when `f` returns true. Waits up to `wait` for a delivery in
-/// progress; `Ok(None)` when still busy, `Ok(Some(false))` when gone.
-fn with_lock(
+/// What a changing command does with a claimed message's envelope.
+enum After {
+    /// Store the changed envelope.
+    Store,
+    /// Remove the message (it is finished).
+    Finish,
+}
+
+/// Runs `f` on the message's envelope under its claim (the lock a
+/// delivery holds for its whole attempt), then does what `f` says. Waits
+/// up to `wait` for a delivery in progress; `Ok(None)` when still busy,
+/// `Ok(Some(false))` when gone.
+fn with_claim(
     spool: &Spool,
     id: QueueId,
     wait: Duration,
-    f: impl FnOnce(&mut Envelope) -> Result<bool, SpoolError>,
+    f: impl FnOnce(&Claim, &mut Envelope) -> Result<After, SpoolError>,
 ) -> Result<Option<bool>, SpoolError> {
-    let path = spool.msg_path(id);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(false)),
-        Err(e) => return Err(SpoolError::io(&path, e)),
+    let claim = match spool.claim_wait(id, wait)? {
+        Claimed::Mine(c) => c,
+        Claimed::Busy => return Ok(None),
+        Claimed::Gone => return Ok(Some(false)),
     };
-    let deadline = Instant::now() + wait;
-    loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(50))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => return Err(SpoolError::io(&path, e)),
-        }
-    }
-    let mut env = match spool.load(id) {
-        Ok(e) => e,
-        Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return Ok(Some(false))
-        }
-        Err(e) => return Err(e),
+    let Some(mut env) = claim.load()? else {
+        return Ok(Some(false));
     };
-    if f(&mut env)? {
-        spool.store(&env)?;
+    match f(&claim, &mut env)? {
+        After::Store => claim.store(&env)?,
+        After::Finish => claim.finish()?,
     }
     Ok(Some(true))
 }
@@ -597,7 +592,7 @@ pub fn run_queue(
                 Err(e) => return Err(e.into()),
             };
             if *body {
-                let mut f = File::open(spool.msg_path(qid))?;
+                let mut f = spool.read_body(qid)?;
                 io::copy(&mut f, &mut out)?;
             } else if *json {
                 writeln!(out, "{}", list_json(&env, now))?;
@@ -622,9 +617,9 @@ pub fn run_queue(
                 Some(d) => Hold::Until(now + d.as_secs()),
                 None => Hold::Forever,
             };
-            change(&spool, sel, dry_run, "hold", |env| {
+            change(&spool, sel, dry_run, "hold", |_, env| {
                 env.hold = Some(hold);
-                Ok(true)
+                Ok(After::Store)
             })
         }
         QueueCmd::Release => {
@@ -633,10 +628,10 @@ pub fn run_queue(
             if ids.is_empty() {
                 return Ok(EX_OK);
             }
-            let code = change(&spool, &sel, dry_run, "release", |env| {
+            let code = change(&spool, &sel, dry_run, "release", |_, env| {
                 env.hold = None;
                 env.next_try = now_unix();
-                Ok(true)
+                Ok(After::Store)
             })?;
             if !dry_run && spool.is_locked() {
                 spool.request_flush(&ids)?;
@@ -648,16 +643,10 @@ pub fn run_queue(
             if ids.is_empty() {
                 return Ok(EX_OK);
             }
-            let code = change(&spool, &sel, dry_run, "requeue", |env| {
-                for r in env
-                    .rcpts
-                    .iter_mut()
-                    .filter(|r| r.state == RcptState::Deferred)
-                {
-                    r.state = RcptState::Pending;
-                }
+            let code = change(&spool, &sel, dry_run, "requeue", |_, env| {
+                outcome::requeue(env);
                 env.next_try = now_unix();
-                Ok(true)
+                Ok(After::Store)
             })?;
             if !dry_run && spool.is_locked() {
                 spool.request_flush(&ids)?;
@@ -672,11 +661,7 @@ pub fn run_queue(
                     writeln!(out, "would delete {}", list_line(env, now))?;
                     continue;
                 }
-                let spool_ref = &spool;
-                match with_lock(&spool, env.id, LOCK_WAIT, |e| {
-                    spool_ref.remove(e.id)?;
-                    Ok(false)
-                })? {
+                match with_claim(&spool, env.id, LOCK_WAIT, |_, _| Ok(After::Finish))? {
                     Some(true) => {
                         log::info!("{} deleted by the operator", env.id);
                         writeln!(out, "deleted {}", env.id)?;
@@ -692,33 +677,19 @@ pub fn run_queue(
         }
         QueueCmd::Bounce => {
             let host = config.hostname.clone();
-            let spool_ref = &spool;
-            let code = change(&spool, sel, dry_run, "bounce", |env| {
+            let code = change(&spool, sel, dry_run, "bounce", |claim, env| {
                 let now = now_unix();
-                for r in env.rcpts.iter_mut().filter(|r| !r.state.is_final()) {
-                    r.state = RcptState::Bouncing;
-                    let last = r.last_reply.as_ref().map(|st| st.to_string());
-                    r.last_reply = Some(crate::status::Status::local(
-                        crate::status::LocalReason::Operator,
-                        550,
-                        crate::smtp::Enhanced::new(5, 0, 0),
-                        format!(
-                            "returned to sender by the operator; last error: {}",
-                            last.as_deref().unwrap_or("none")
-                        ),
-                    ));
-                }
-                spool_ref.store(env)?;
-                let dsn = bounce::report_bouncing(spool_ref, &host, env, now, None)?;
-                spool_ref.remove(env.id)?;
+                outcome::return_to_sender(env);
+                claim.store(env)?;
+                let dsn = bounce::report_bouncing(claim, &host, env, now, None)?;
                 log::info!(
                     "{} returned to sender by the operator (DSN {dsn:?})",
                     env.id
                 );
-                if let (Some(dsn), true) = (dsn, spool_ref.is_locked()) {
-                    let _ = spool_ref.request_flush(&[dsn]);
+                if let (Some(dsn), true) = (dsn, claim.spool().is_locked()) {
+                    let _ = claim.spool().request_flush(&[dsn]);
                 }
-                Ok(false)
+                Ok(After::Finish)
             })?;
             Ok(code)
         }
@@ -747,7 +718,7 @@ fn change(
     sel: &Selector,
     dry_run: bool,
     verb: &str,
-    f: impl Fn(&mut Envelope) -> Result<bool, SpoolError>,
+    f: impl Fn(&Claim, &mut Envelope) -> Result<After, SpoolError>,
 ) -> Result<Exit, AdminError> {
     let now = now_unix();
     let envs = select(spool, sel, now)?;
@@ -758,7 +729,7 @@ fn change(
             writeln!(out, "would {verb} {}", list_line(env, now))?;
             continue;
         }
-        match with_lock(spool, env.id, LOCK_WAIT, &f)? {
+        match with_claim(spool, env.id, LOCK_WAIT, &f)? {
             Some(true) => writeln!(out, "{verb} {}", env.id)?,
             Some(false) => writeln!(out, "gone {}", env.id)?,
             None => {
@@ -810,7 +781,11 @@ fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
         }
     }
     let _ = writeln!(s, "headers:");
-    match bounce::read_headers(spool, env.id) {
+    match spool
+        .read_body(env.id)
+        .map_err(|e| e.to_string())
+        .and_then(|b| bounce::read_headers(b).map_err(|e| e.to_string()))
+    {
         Ok(h) => {
             for line in String::from_utf8_lossy(&h).lines() {
                 // folding keeps its tabs; everything else unprintable is escaped
@@ -904,8 +879,8 @@ fn flush(
                     report(&mut out, quiet, &p)?;
                     return Ok(if p.deferred > 0 { EX_TEMPFAIL } else { EX_OK });
                 }
-                if request.exists() && Instant::now() > pickup {
-                    let _ = std::fs::remove_file(&request);
+                if !request.picked_up() && Instant::now() > pickup {
+                    request.withdraw();
                     if show {
                         eprintln!();
                     }
@@ -947,7 +922,7 @@ fn progress(spool: &Spool, before: &HashMap<QueueId, u32>) -> Result<Progress, S
     for (id, attempts) in before {
         match spool.load(*id) {
             Ok(env) if env.is_done() => p.done += 1,
-            Ok(env) if env.attempts > *attempts && !is_locked(spool, *id) => {
+            Ok(env) if env.attempts > *attempts && !spool.is_claimed(*id) => {
                 if env
                     .rcpts
                     .iter()
@@ -967,17 +942,6 @@ fn progress(spool: &Spool, before: &HashMap<QueueId, u32>) -> Result<Progress, S
         }
     }
     Ok(p)
-}
-
-fn is_locked(spool: &Spool, id: QueueId) -> bool {
-    match File::open(spool.msg_path(id)) {
-        Ok(f) => match f.try_lock() {
-            Ok(()) => false,
-            Err(std::fs::TryLockError::WouldBlock) => true,
-            Err(_) => false,
-        },
-        Err(_) => false,
-    }
 }
 
 /// One delivery pass over `ids` in this process (no server running).

@@ -11,12 +11,11 @@
 //! ENVID and ORCPT come back as Original-Envelope-Id and
 //! Original-Recipient.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 
 use crate::smtp::command::xtext_decode;
 use crate::smtp::{Enhanced, Notify, Path, Ret, ReversePath};
-use crate::spool::{Envelope, QueueId, RcptState, Recipient, Spool, SpoolError};
+use crate::spool::{Body, Claim, Envelope, QueueId, RcptState, Recipient, SpoolError};
 use crate::time::rfc5322_date;
 
 /// RFC 3464 §2.3.3 Action values we report.
@@ -297,20 +296,21 @@ const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 const MAX_RETURNED_MESSAGE: u64 = 4 * 1024 * 1024;
 
 /// The whole stored message, when RET=FULL asks and it is not too big.
-fn read_full(spool: &Spool, id: QueueId) -> io::Result<Option<Vec<u8>>> {
-    let f = File::open(spool.msg_path(id))?;
-    if f.metadata()?.len() > MAX_RETURNED_MESSAGE {
+fn read_full(body: Body) -> io::Result<Option<Vec<u8>>> {
+    if body.len()? > MAX_RETURNED_MESSAGE {
         return Ok(None);
     }
     let mut out = Vec::new();
-    io::Read::read_to_end(&mut io::Read::take(f, MAX_RETURNED_MESSAGE + 1), &mut out)?;
+    io::Read::read_to_end(
+        &mut io::Read::take(body, MAX_RETURNED_MESSAGE + 1),
+        &mut out,
+    )?;
     Ok(Some(out))
 }
 
 /// The header section of a stored message (up to the blank line).
-pub fn read_headers(spool: &Spool, id: QueueId) -> io::Result<Vec<u8>> {
-    let f = File::open(spool.msg_path(id))?;
-    let mut r = BufReader::new(f);
+pub fn read_headers(body: Body) -> io::Result<Vec<u8>> {
+    let mut r = BufReader::new(body);
     let mut out = Vec::new();
     let mut line = Vec::new();
     loop {
@@ -327,10 +327,11 @@ pub fn read_headers(spool: &Spool, id: QueueId) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Queues a DSN for `reports` to the sender of `env`. Returns `None`
-/// (and logs) when the sender is null: never bounce a bounce.
+/// Queues a DSN for `reports` to the sender of `env`, the message held
+/// by `original`. Returns `None` (and logs) when the sender is null:
+/// never bounce a bounce.
 pub fn enqueue(
-    spool: &Spool,
+    original: &Claim,
     hostname: &str,
     env: &Envelope,
     reports: &[RcptReport],
@@ -360,14 +361,15 @@ pub fn enqueue(
         return Ok(None);
     }
     let reports = &reports[..];
-    let headers = read_headers(spool, env.id).unwrap_or_else(|e| {
+    let spool = original.spool();
+    let headers = read_headers(original.body()).unwrap_or_else(|e| {
         log::warn!("{} original headers unreadable for the DSN: {e}", env.id);
         Vec::new()
     });
     // RFC 3461 §4.3: RET=FULL returns the message with a failure report
     let failed = reports.iter().any(|r| r.action == Action::Failed);
     let full = if failed && env.dsn.ret == Some(Ret::Full) {
-        read_full(spool, env.id).unwrap_or_else(|e| {
+        read_full(original.body()).unwrap_or_else(|e| {
             log::warn!("{} original message unreadable for the DSN: {e}", env.id);
             None
         })
@@ -424,7 +426,7 @@ pub fn enqueue(
 /// SUCCESS. Queued before the envelope records them as sent, so a crash
 /// in between repeats the report rather than losing it.
 pub fn report_relayed(
-    spool: &Spool,
+    original: &Claim,
     hostname: &str,
     env: &Envelope,
     relayed: &[usize],
@@ -440,7 +442,7 @@ pub fn report_relayed(
     if reports.is_empty() {
         return Ok(None);
     }
-    let dsn = enqueue(spool, hostname, env, &reports, now)?;
+    let dsn = enqueue(original, hostname, env, &reports, now)?;
     if let (Some(id), Some(tx)) = (dsn, notify) {
         let _ = tx.try_send(id);
     }
@@ -452,7 +454,7 @@ pub fn report_relayed(
 /// a crash after the DSN is queued but before the envelope is stored sends
 /// the DSN twice, never zero times.
 pub fn report_bouncing(
-    spool: &Spool,
+    original: &Claim,
     hostname: &str,
     env: &mut Envelope,
     now: u64,
@@ -467,18 +469,12 @@ pub fn report_bouncing(
     if reports.is_empty() {
         return Ok(None);
     }
-    let dsn = enqueue(spool, hostname, env, &reports, now)?;
+    let dsn = enqueue(original, hostname, env, &reports, now)?;
     if let (Some(id), Some(tx)) = (dsn, notify) {
         let _ = tx.try_send(id);
     }
-    for r in env
-        .rcpts
-        .iter_mut()
-        .filter(|r| r.state == RcptState::Bouncing)
-    {
-        r.state = RcptState::Failed;
-    }
-    spool.store(env)?;
+    crate::delivery::outcome::failure_reported(env);
+    original.store(env)?;
     Ok(dsn)
 }
 

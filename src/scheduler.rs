@@ -357,10 +357,6 @@ impl Scheduler {
     /// `touch SPOOL/flush` flushes everything; `queue flush` leaves
     /// requests naming ids in `flush.d/`.
     fn check_flush_trigger(&mut self) {
-        let trigger = self.spool.root().join("flush");
-        if std::fs::remove_file(&trigger).is_ok() {
-            self.flush_all();
-        }
         let requests = self.spool.take_flush_requests();
         if requests.contains(&None) {
             self.flush_all();
@@ -375,7 +371,7 @@ impl Scheduler {
                 }
                 Some(Slot::Waiting(_)) | None => {
                     // unknown ids: new (`send`) or released from a hold
-                    if self.spool.env_path(id).exists() {
+                    if self.spool.is_queued(id) {
                         self.slots.insert(id, Slot::Ready);
                         self.ready.push_back(id);
                         n += 1;

@@ -1,7 +1,7 @@
 //! One delivery attempt of one queued message.
 //!
-//! Claim the message (an flock on its body, which a crashed process cannot
-//! leave behind), route each unfinished recipient, send one transaction
+//! Claim the message (`spool::Claim`: an flock on its body, which a
+//! crashed process cannot leave behind), route each unfinished recipient, send one transaction
 //! per (message, destination), and record every recipient's outcome in the
 //! envelope *before* the next step. Crash story:
 //! - killed during a transaction: nothing was recorded for it; the next
@@ -13,10 +13,9 @@
 //! - killed while removing a finished message: see `Spool::remove`.
 
 mod cache;
-mod outcome;
+pub mod outcome;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use crate::client::{ClientError, Connection, HopPolicy, Outgoing, Phase, Timeout
 use crate::route::{Hop, RouteError, RouteTls, Router};
 pub use crate::scheduler::DestLimiter;
 use crate::smtp::{Enhanced, Host, Path};
-use crate::spool::{Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
+use crate::spool::{Claim, Claimed, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
 use crate::status::{Class, LocalReason, Status};
 use crate::time::Clock;
 
@@ -86,6 +85,17 @@ pub enum Outcome {
 }
 
 const MAX_RCPTS_PER_TRANSACTION: usize = 100;
+
+/// What one next-hop address made of a group's transaction.
+enum Tried {
+    /// The server answered: a result per recipient, in the group's order.
+    Answered(Vec<RcptResult>),
+    /// Final for this attempt, for every recipient: a permanent refusal,
+    /// or a failure after the data went out.
+    Final(Status),
+    /// This address could not take it: try the next one.
+    Next(Status),
+}
 
 /// Recipients that share a next hop: one transaction carries them all.
 struct Group {
@@ -192,26 +202,16 @@ impl Deliverer {
     /// recipients are left as they are and the answer is `Wait`.
     pub fn attempt_released(&self, id: QueueId) -> Result<Attempted, SpoolError> {
         let finished = |o| Ok(Attempted::Finished(o));
-        let msg_path = self.spool.msg_path(id);
-        let body_file = match File::open(&msg_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return finished(Outcome::Gone),
-            Err(e) => return Err(SpoolError::io(&msg_path, e)),
-        };
-        match body_file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+        let claim = match self.spool.claim(id)? {
+            Claimed::Mine(c) => c,
+            Claimed::Gone => return finished(Outcome::Gone),
+            Claimed::Busy => {
                 log::debug!("{id} busy (locked by another process), retry soon");
                 return finished(Outcome::Retry(self.clock.now_unix() + 1));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(SpoolError::io(&msg_path, e)),
-        }
-        let mut env = match self.spool.load(id) {
-            Ok(e) => e,
-            Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return finished(Outcome::Gone)
-            }
-            Err(e) => return Err(e),
+        };
+        let Some(mut env) = claim.load()? else {
+            return finished(Outcome::Gone);
         };
         let start = self.clock.now_unix();
         // `queue hold`: not now; a timed hold comes due by itself
@@ -223,7 +223,7 @@ impl Deliverer {
             }
             None => {}
         }
-        let (counted, waiting) = self.deliver_groups(&mut env, &body_file)?;
+        let (counted, waiting) = self.deliver_groups(&mut env, &claim)?;
         if !counted {
             if !waiting.is_empty() {
                 // every destination is at its limit: nothing was tried and
@@ -237,26 +237,22 @@ impl Deliverer {
 
         let now = self.clock.now_unix();
         expire(&mut env, now, self.retry.lifetime);
-        self.report_failures(&mut env, now)?;
+        self.report_failures(&claim, &mut env, now)?;
         if env.is_done() {
-            // Give up the body's lock before its file goes to free/: the
-            // file is reused for a new message, whose first delivery must
-            // not find it still locked by us.
-            drop(body_file);
-            self.spool.remove(id)?;
+            claim.finish()?;
             log::debug!("{id} removed (all recipients final)");
             return finished(Outcome::Done);
         }
-        self.maybe_warn_delay(&mut env, now)?;
+        self.maybe_warn_delay(&claim, &mut env, now)?;
         if !waiting.is_empty() {
             // some destinations were tried, the rest wait for a slot; due
             // at once should the server restart before that
             env.next_try = now;
-            self.spool.store(&env)?;
+            claim.store(&env)?;
             return Ok(Attempted::Wait(waiting));
         }
         env.next_try = self.retry.next_try(env.attempts, now, start ^ id_salt(id));
-        self.spool.store(&env)?;
+        claim.store(&env)?;
         finished(Outcome::Retry(env.next_try))
     }
 
@@ -266,7 +262,7 @@ impl Deliverer {
     fn deliver_groups(
         &self,
         env: &mut Envelope,
-        body_file: &File,
+        claim: &Claim,
     ) -> Result<(bool, Vec<String>), SpoolError> {
         let mut waiting: Vec<String> = Vec::new();
         let mut counted = false;
@@ -288,16 +284,16 @@ impl Deliverer {
                 env.attempts += 1;
                 counted = true;
             }
-            let results = self.deliver_group(env, &group, body_file);
+            let results = self.deliver_group(env, &group, claim);
             drop(slot);
-            self.record(env, &group, results)?;
+            self.record(claim, env, &group, results)?;
         }
         Ok((counted, waiting))
     }
 
     /// Delivers one group; returns a result per recipient, in the
     /// group's order.
-    fn deliver_group(&self, env: &Envelope, group: &Group, body: &File) -> Vec<RcptResult> {
+    fn deliver_group(&self, env: &Envelope, group: &Group, claim: &Claim) -> Vec<RcptResult> {
         let all = |relay: &str, status: Status| {
             let r = RcptResult {
                 relay: relay.to_string(),
@@ -326,78 +322,24 @@ impl Deliverer {
             Enhanced::new(4, 4, 4),
             format!("no usable next hop for {key}"),
         );
+        let msg = Outgoing {
+            from: &env.from,
+            rcpts: &paths,
+            size: env.size,
+            body: env.body,
+            smtputf8: env.smtputf8,
+            dsn: Some((&env.dsn, &rcpt_dsn)),
+        };
         let mut last_host = "-".to_string();
         // RFC 5321 §5.1: try the hosts in order until one answers.
         for hop in hops {
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                let (mut conn, key) = match self.connection(hop, peer) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        log::debug!("{} {label}: {e}", env.id);
-                        last = error_status(&e, hop, peer);
-                        last_host = label;
-                        // a 5xx greeting is that host's answer; try others
-                        continue;
-                    }
-                };
-                let msg = Outgoing {
-                    from: &env.from,
-                    rcpts: &paths,
-                    size: env.size,
-                    body: env.body,
-                    smtputf8: env.smtputf8,
-                    dsn: Some((&env.dsn, &rcpt_dsn)),
-                };
-                let mut reader = std::io::BufReader::with_capacity(64 * 1024, body);
-                if let Err(e) = std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0)) {
-                    return all(
-                        "-",
-                        Status::local(
-                            LocalReason::SpoolRead,
-                            451,
-                            Enhanced::new(4, 3, 0),
-                            format!("cannot read queued message: {e}"),
-                        ),
-                    );
-                }
-                let result = conn.send(&msg, &mut reader);
-                log::info!("{} relay={label} tls={}", env.id, conn.tls_label());
-                self.cache.put(conn, key);
-                let name = remote_name(hop, peer);
-                match result {
-                    Ok(sent) => {
-                        return sent
-                            .rcpt_replies
-                            .iter()
-                            .map(|rr| {
-                                // the DATA reply speaks for every accepted
-                                // recipient (RFC 5321 §4.1.1.4)
-                                let reply = match (&sent.data_reply, rr.code().is_positive()) {
-                                    (Some(data), true) => data,
-                                    _ => rr,
-                                };
-                                RcptResult {
-                                    relay: label.clone(),
-                                    status: Status::remote(reply, &name, peer),
-                                    dsn_passed: sent.dsn_passed,
-                                }
-                            })
-                            .collect();
-                    }
-                    Err(e) => {
-                        let st = error_status(&e, hop, peer);
-                        let data_was_sent = matches!(
-                            &e,
-                            ClientError::Io(Phase::EndOfData, _)
-                                | ClientError::Timeout(Phase::EndOfData)
-                        );
-                        // a permanent refusal, or a failure after the data
-                        // went out, is final for this attempt
-                        if st.class() == Class::Permanent || data_was_sent {
-                            return all(&label, st);
-                        }
+                match self.try_peer(env.id, &msg, claim, hop, peer, &label) {
+                    Tried::Answered(results) => return results,
+                    Tried::Final(st) => return all(&label, st),
+                    Tried::Next(st) => {
                         last = st;
                         last_host = label;
                     }
@@ -405,6 +347,66 @@ impl Deliverer {
             }
         }
         all(&last_host, last)
+    }
+
+    /// One transaction with one address of `hop`.
+    fn try_peer(
+        &self,
+        id: QueueId,
+        msg: &Outgoing,
+        claim: &Claim,
+        hop: &Hop,
+        peer: SocketAddr,
+        label: &str,
+    ) -> Tried {
+        let (mut conn, key) = match self.connection(hop, peer) {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("{id} {label}: {e}");
+                // a 5xx greeting is that host's answer; try others
+                return Tried::Next(error_status(&e, hop, peer));
+            }
+        };
+        // each try reads the body from its first octet
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, claim.body());
+        let result = conn.send(msg, &mut reader);
+        log::info!("{id} relay={label} tls={}", conn.tls_label());
+        self.cache.put(conn, key);
+        let name = remote_name(hop, peer);
+        match result {
+            Ok(sent) => Tried::Answered(
+                sent.rcpt_replies
+                    .iter()
+                    .map(|rr| {
+                        // the DATA reply speaks for every accepted
+                        // recipient (RFC 5321 §4.1.1.4)
+                        let reply = match (&sent.data_reply, rr.code().is_positive()) {
+                            (Some(data), true) => data,
+                            _ => rr,
+                        };
+                        RcptResult {
+                            relay: label.to_string(),
+                            status: Status::remote(reply, &name, peer),
+                            dsn_passed: sent.dsn_passed,
+                        }
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                let st = error_status(&e, hop, peer);
+                let data_was_sent = matches!(
+                    &e,
+                    ClientError::Io(Phase::EndOfData, _) | ClientError::Timeout(Phase::EndOfData)
+                );
+                // a permanent refusal, or a failure after the data went
+                // out, is final for this attempt
+                if st.class() == Class::Permanent || data_was_sent {
+                    Tried::Final(st)
+                } else {
+                    Tried::Next(st)
+                }
+            }
+        }
     }
 
     /// A connection to `peer` under the hop's policy (the route's TLS,

@@ -1,7 +1,15 @@
 //! What an attempt did to each recipient: the retry schedule, the typed
 //! status of a failed exchange, recording each result in the envelope,
-//! expiry and the "delayed" warning. Every `RcptState` transition of a
-//! delivery attempt is made here.
+//! expiry and the "delayed" warning. Every `RcptState` transition is made
+//! here, those of the queue commands and of DSN reporting included:
+//!
+//! ```text
+//! pending/deferred --2xx--> sent          (record)
+//! pending/deferred --4xx--> deferred      (record)
+//! pending/deferred --5xx--> bouncing      (record; expire; return_to_sender)
+//! deferred --queue requeue--> pending     (requeue)
+//! bouncing --DSN queued--> failed         (failure_reported)
+//! ```
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,7 +19,7 @@ use crate::bounce::{self, Action, RcptReport};
 use crate::client::{ClientError, Phase};
 use crate::route::{Hop, RouteError};
 use crate::smtp::Enhanced;
-use crate::spool::{Attempt, DelayWarned, Envelope, RcptState, SpoolError};
+use crate::spool::{Attempt, Claim, DelayWarned, Envelope, RcptState, SpoolError};
 use crate::status::{Class, LocalReason, Status};
 use crate::time::format_duration;
 
@@ -61,6 +69,47 @@ impl RetryPolicy {
 /// RFC 5321 §4.5.4.1: give up after the queue lifetime. Every recipient
 /// still waiting becomes `bouncing` with a local `4.4.7` status naming
 /// the last error.
+/// `queue requeue`: deferred recipients are tried again as if new.
+pub fn requeue(env: &mut Envelope) {
+    for r in env
+        .rcpts
+        .iter_mut()
+        .filter(|r| r.state == RcptState::Deferred)
+    {
+        r.state = RcptState::Pending;
+    }
+}
+
+/// `queue bounce`: every recipient not yet final is returned to the
+/// sender, with a local 5.0.0 naming the last error.
+pub fn return_to_sender(env: &mut Envelope) {
+    for r in env.rcpts.iter_mut().filter(|r| !r.state.is_final()) {
+        r.state = RcptState::Bouncing;
+        let last = r.last_reply.as_ref().map(|st| st.to_string());
+        r.last_reply = Some(Status::local(
+            LocalReason::Operator,
+            550,
+            Enhanced::new(5, 0, 0),
+            format!(
+                "returned to sender by the operator; last error: {}",
+                last.as_deref().unwrap_or("none")
+            ),
+        ));
+    }
+}
+
+/// The failure DSN for the `bouncing` recipients is queued: they are
+/// `failed` now (`bounce::report_bouncing`).
+pub fn failure_reported(env: &mut Envelope) {
+    for r in env
+        .rcpts
+        .iter_mut()
+        .filter(|r| r.state == RcptState::Bouncing)
+    {
+        r.state = RcptState::Failed;
+    }
+}
+
 pub(super) fn expire(env: &mut Envelope, now: u64, lifetime: Duration) {
     let age = Duration::from_secs(now.saturating_sub(env.arrived));
     if age < lifetime {
@@ -188,6 +237,7 @@ impl Deliverer {
     /// again.
     pub(super) fn record(
         &self,
+        claim: &Claim,
         env: &mut Envelope,
         group: &Group,
         results: Vec<RcptResult>,
@@ -224,7 +274,7 @@ impl Deliverer {
         }
         // RFC 3461 §5.2.2: NOTIFY=SUCCESS past a non-DSN next hop
         bounce::report_relayed(
-            &self.spool,
+            claim,
             &self.hostname,
             env,
             &relayed,
@@ -234,24 +284,28 @@ impl Deliverer {
         // When every recipient is now sent, the removal that follows
         // records that instead (one folder change, not two)
         if !env.rcpts.iter().all(|r| r.state == RcptState::Sent) {
-            self.spool.store(env)?;
+            claim.store(env)?;
         }
         Ok(())
     }
 
-    pub(super) fn report_failures(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
-        bounce::report_bouncing(
-            &self.spool,
-            &self.hostname,
-            env,
-            now,
-            self.committed.as_ref(),
-        )
-        .map(|_| ())
+    pub(super) fn report_failures(
+        &self,
+        claim: &Claim,
+        env: &mut Envelope,
+        now: u64,
+    ) -> Result<(), SpoolError> {
+        bounce::report_bouncing(claim, &self.hostname, env, now, self.committed.as_ref())
+            .map(|_| ())
     }
 
     /// `--delay-warning`: one "delayed" DSN once the message is that old.
-    pub(super) fn maybe_warn_delay(&self, env: &mut Envelope, now: u64) -> Result<(), SpoolError> {
+    pub(super) fn maybe_warn_delay(
+        &self,
+        claim: &Claim,
+        env: &mut Envelope,
+        now: u64,
+    ) -> Result<(), SpoolError> {
         let Some(after) = self.delay_warning else {
             return Ok(());
         };
@@ -266,7 +320,7 @@ impl Deliverer {
             .filter(|r| r.state == RcptState::Deferred)
             .map(|r| bounce::report_for(r, Action::Delayed))
             .collect();
-        if let Some(dsn) = bounce::enqueue(&self.spool, &self.hostname, env, &reports, now)? {
+        if let Some(dsn) = bounce::enqueue(claim, &self.hostname, env, &reports, now)? {
             if let Some(tx) = &self.committed {
                 let _ = tx.try_send(dsn);
             }
@@ -378,5 +432,54 @@ mod tests {
             auth: None,
         };
         assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
+    }
+
+    /// The queue commands' and DSN reporting's transitions: requeue
+    /// takes only deferred back to pending, return_to_sender bounces
+    /// everything not final with the operator's 5.0.0, and
+    /// failure_reported turns only bouncing into failed.
+    #[test]
+    fn operator_and_report_transitions() {
+        use crate::spool::Recipient;
+        let states = [
+            RcptState::Pending,
+            RcptState::Deferred,
+            RcptState::Sent,
+            RcptState::Bouncing,
+            RcptState::Failed,
+        ];
+        let mut env = crate::spool::tests::env_for(crate::spool::QueueId::generate());
+        env.rcpts = states
+            .iter()
+            .map(|st| {
+                let mut r = Recipient::new(
+                    crate::smtp::Path::parse("<u@b.example>", false).unwrap(),
+                    Default::default(),
+                );
+                r.state = *st;
+                r
+            })
+            .collect();
+        let after = |env: &Envelope| env.rcpts.iter().map(|r| r.state).collect::<Vec<_>>();
+        let mut e = env.clone();
+        requeue(&mut e);
+        use RcptState::*;
+        assert_eq!(after(&e), [Pending, Pending, Sent, Bouncing, Failed]);
+        let mut e = env.clone();
+        failure_reported(&mut e);
+        assert_eq!(after(&e), [Pending, Deferred, Sent, Failed, Failed]);
+        let mut e = env.clone();
+        return_to_sender(&mut e);
+        assert_eq!(after(&e), [Bouncing, Bouncing, Sent, Bouncing, Failed]);
+        let st = e.rcpts[0].last_reply.as_ref().unwrap();
+        assert_eq!(st.class(), Class::Permanent);
+        assert_eq!(
+            st.source,
+            crate::status::Source::Local(LocalReason::Operator)
+        );
+        assert!(
+            e.rcpts[2].last_reply.is_none(),
+            "a sent recipient keeps its status"
+        );
     }
 }

@@ -1,4 +1,7 @@
-//! The spool: the on-disk queue, and the only code that touches it.
+//! The spool: the on-disk queue, and the only code that touches it: it
+//! alone opens, locks, renames and removes queue files. Others change a
+//! message through a `Claim` (`claim.rs`) and ask the server to flush
+//! through `flush.rs`.
 //!
 //! Layout (all plain files, inspectable with `ls` and `cat`):
 //! ```text
@@ -16,8 +19,10 @@
 //! between leaves a body without envelope, which start-up removes (it was
 //! already delivered or bounced).
 
+pub mod claim;
 pub mod committer;
 pub mod envelope;
+pub mod flush;
 pub mod fsutil;
 pub mod incoming;
 pub mod owner;
@@ -30,7 +35,9 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+pub use claim::{Body, Claim, Claimed};
 pub use envelope::{Attempt, DelayWarned, Envelope, Hold, RcptState, Recipient, Tries};
+pub use flush::FlushRequest;
 pub use incoming::Incoming;
 pub use queue_id::QueueId;
 
@@ -248,49 +255,14 @@ impl Spool {
         &self.flush
     }
 
-    /// Asks the running server to attempt `ids` now (all waiting messages
-    /// when empty). Returns the request file, which the server removes once
-    /// it has read it.
-    pub fn request_flush(&self, ids: &[QueueId]) -> Result<PathBuf, SpoolError> {
-        let mut text = String::new();
-        if ids.is_empty() {
-            text.push_str("*\n");
-        }
-        for id in ids {
-            text.push_str(&format!("{id}\n"));
-        }
-        let name = format!("{}-{}", QueueId::generate(), std::process::id());
-        fsutil::write_atomic(&self.tmp, &self.flush, &name, text.as_bytes())
-            .map_err(|e| SpoolError::io(&self.flush, e))?;
-        Ok(self.flush.join(name))
-    }
-
-    /// Takes the pending flush requests (the server's side): `None` in the
-    /// list stands for "everything".
-    pub fn take_flush_requests(&self) -> Vec<Option<QueueId>> {
-        let mut out = Vec::new();
-        let Ok(entries) = fs::read_dir(&self.flush) else {
-            return out;
-        };
-        for e in entries.filter_map(Result::ok) {
-            let path = e.path();
-            let text = fs::read_to_string(&path).unwrap_or_default();
-            let _ = fs::remove_file(&path);
-            for line in text.lines().map(str::trim) {
-                if line == "*" {
-                    out.push(None);
-                } else if let Some(id) = QueueId::parse(line) {
-                    out.push(Some(id));
-                }
-            }
-        }
-        out
-    }
-
+    /// Where message `id`'s body lies. Only the spool opens it: others
+    /// read a body through a `Claim` or `read_body`.
     pub fn msg_path(&self, id: QueueId) -> PathBuf {
         self.queue.join(format!("{id}.msg"))
     }
 
+    /// Where message `id`'s envelope lies; read it with `load` or a
+    /// `Claim`.
     pub fn env_path(&self, id: QueueId) -> PathBuf {
         self.queue.join(format!("{id}.env"))
     }
@@ -510,12 +482,12 @@ fn read_dir(dir: &Path) -> Result<impl Iterator<Item = fs::DirEntry>, SpoolError
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::smtp::{Path as SmtpPath, ReversePath};
     use std::io::Write;
 
-    fn temp_spool(name: &str) -> Spool {
+    pub(super) fn temp_spool(name: &str) -> Spool {
         let dir = std::env::temp_dir().join(format!(
             "smtp-relay-spool-test-{name}-{}",
             std::process::id()
@@ -524,7 +496,7 @@ mod tests {
         Spool::open(&dir).unwrap()
     }
 
-    fn env_for(id: QueueId) -> Envelope {
+    pub(crate) fn env_for(id: QueueId) -> Envelope {
         Envelope {
             id,
             arrived: 1,
@@ -637,5 +609,50 @@ mod tests {
             assert_eq!(fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
             let _ = fs::remove_dir_all(spool.root());
         }
+    }
+
+    /// STYLE rule 5: outside `src/spool`, no code (tests aside) names a
+    /// queue file's path, takes a message's flock or touches the flush
+    /// requests; it goes through `Claim`, `read_body` and `flush.rs`.
+    #[test]
+    fn the_spool_alone_touches_queue_files() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let forbidden = [
+            ".msg_path(",
+            ".env_path(",
+            ".try_lock(",
+            "flush_dir(",
+            "join(\"flush\")",
+        ];
+        let mut found = Vec::new();
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for e in fs::read_dir(&dir).unwrap() {
+                let path = e.unwrap().path();
+                if path == src.join("spool") {
+                    continue;
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                let text = fs::read_to_string(&path).unwrap();
+                // the unit tests at the end may inspect files
+                let code = text.split("mod tests {").next().unwrap_or("");
+                for (n, line) in code.lines().enumerate() {
+                    if forbidden.iter().any(|f| line.contains(f)) {
+                        found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "queue files touched outside the spool:\n{}",
+            found.join("\n")
+        );
     }
 }

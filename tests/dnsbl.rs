@@ -133,3 +133,54 @@ fn weights_add_up_to_the_threshold() {
         "{text}"
     );
 }
+
+#[test]
+fn an_ipv6_client_is_looked_up_by_nibbles() {
+    let v6 = "--host-record=1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.bl.test,127.0.0.2";
+    let Some(dns) = Dnsmasq::start(
+        "an_ipv6_client_is_looked_up_by_nibbles",
+        &["--local=/test/", v6],
+    ) else {
+        return;
+    };
+    // ::1 is outside --relay-net 127.0.0.1/32 here
+    let r = relay(&dns, &["--dnsbl", "bl.test", "--listen", "[::1]:0"]);
+    let mut t = Talk::connect(r.addrs()[1]);
+    t.expect(220);
+    t.cmd("EHLO client.test", 250);
+    t.cmd("MAIL FROM:<a@sender.test>", 250);
+    assert_eq!(
+        t.cmd_enh("RCPT TO:<user@example.org>", 554, "5.7.1"),
+        "Service unavailable; client [::1] blocked using bl.test"
+    );
+}
+
+#[test]
+fn a_list_that_does_not_answer_blocks_nobody_and_costs_its_timeout() {
+    // a UDP port with nobody answering: every lookup times out
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns = silent.local_addr().unwrap().to_string();
+    let r = edge_relay(&[
+        "--dns",
+        &dns,
+        "--dnsbl",
+        "bl.test",
+        "--dnsbl-timeout",
+        "500ms",
+    ]);
+    let start = std::time::Instant::now();
+    let mut t = Talk::connect_from("127.0.0.2", r.addr());
+    t.expect(220);
+    let took = start.elapsed();
+    // the greeting waited for the lookup, which is bounded (a generous
+    // margin for a loaded machine: this shows the bound, not its value)
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    t.cmd("EHLO client.test", 250);
+    t.cmd("MAIL FROM:<a@sender.test>", 250);
+    t.cmd("RCPT TO:<user@example.org>", 250);
+    assert!(
+        r.log().contains("127.0.0.2 dnsbl bl.test ignored"),
+        "{}",
+        r.log()
+    );
+}

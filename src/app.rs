@@ -250,14 +250,19 @@ pub fn secrets(config: &Config) -> Result<Secrets, SetupError> {
     };
     for route in &config.routes {
         let Some(auth) = route.auth() else { continue };
-        if secrets.resolve(&auth.user).is_none() {
+        let missing = match &auth.user {
+            Some(user) => secrets.resolve(user).is_none().then_some(user.as_str()),
+            // sender-auth without a fallback: the file may not be empty
+            None => secrets.is_empty().then_some("any sender"),
+        };
+        if let Some(what) = missing {
             let why = match &config.secrets_file {
-                Some(p) => format!("{} has no line for {}", p.display(), auth.user),
+                Some(p) => format!("{} has no line for {what}", p.display()),
                 None => "not given".into(),
             };
             return Err(SetupError::Invalid {
                 option: OPTION,
-                why: format!("route {route} uses auth = {}: {why}", auth.user),
+                why: format!("route {route} uses auth = {}: {why}", auth.describe()),
             });
         }
     }

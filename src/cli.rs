@@ -623,6 +623,7 @@ struct RouteSection {
     tls: Option<RouteTls>,
     auth: Option<String>,
     auth_plaintext: bool,
+    sender_auth: bool,
     max_connections: Option<usize>,
 }
 
@@ -638,11 +639,12 @@ impl RouteSection {
         let hosts = self
             .hosts
             .ok_or_else(|| bad("needs hosts = HOST[:PORT], ...".into()))?;
-        if self.auth_plaintext && self.auth.is_none() {
+        if self.auth_plaintext && self.auth.is_none() && !self.sender_auth {
             return Err(bad("auth-plaintext = yes needs auth = USER".into()));
         }
-        let auth = self.auth.map(|user| RouteAuth {
-            user,
+        let auth = (self.auth.is_some() || self.sender_auth).then_some(RouteAuth {
+            user: self.auth,
+            by_sender: self.sender_auth,
             plaintext: self.auth_plaintext,
         });
         let route = StaticRoute::new(&self.domain, &hosts, self.tls)
@@ -659,13 +661,10 @@ impl RouteSection {
             "tls" => self.tls = Some(RouteTls::parse(value)?),
             // a user name (or key) of --secrets-file; never the password
             "auth" => self.auth = Some(value.to_string()),
-            "auth-plaintext" => {
-                self.auth_plaintext = match value {
-                    "yes" | "true" => true,
-                    "no" | "false" => false,
-                    v => return Err(format!("auth-plaintext {v:?} is not yes or no")),
-                }
-            }
+            "auth-plaintext" => self.auth_plaintext = section_flag(key, value)?,
+            // credentials looked up by the envelope sender, `auth` the
+            // fallback (README "Sender-dependent credentials")
+            "sender-auth" => self.sender_auth = section_flag(key, value)?,
             "max-connections" => {
                 self.max_connections = Some(
                     value
@@ -677,12 +676,17 @@ impl RouteSection {
             }
             other => {
                 return Err(format!(
-                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext, max-connections; options go before the first section)"
+                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext, sender-auth, max-connections; options go before the first section)"
                 ))
             }
         }
         Ok(())
     }
+}
+
+/// A route section's `yes`/`no` value.
+fn section_flag(key: &str, value: &str) -> Result<bool, String> {
+    yes_no(value).ok_or_else(|| format!("{key} {value:?} is not yes or no"))
 }
 
 /// Option values from the command line, falling back to the config file.
@@ -908,6 +912,7 @@ fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
                 tls: None,
                 auth: None,
                 auth_plaintext: false,
+                sender_auth: false,
                 max_connections: None,
             });
             continue;

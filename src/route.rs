@@ -99,10 +99,27 @@ impl fmt::Display for RouteTls {
 /// secrets file holds, and whether AUTH may go without TLS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RouteAuth {
-    pub user: String,
+    /// `auth = REF`; under `by_sender`, the fallback (none: a sender
+    /// without a line of its own is deferred).
+    pub user: Option<String>,
+    /// `sender-auth = yes`: the credentials are looked up by the
+    /// message's envelope sender first (`Secrets::for_sender`).
+    pub by_sender: bool,
     /// `auth-plaintext = yes`: the operator's explicit choice; otherwise
     /// AUTH is only ever sent over TLS.
     pub plaintext: bool,
+}
+
+impl RouteAuth {
+    /// For people (`route`, logs): the user, or `sender` with its
+    /// fallback; never a password.
+    pub fn describe(&self) -> String {
+        match (self.by_sender, &self.user) {
+            (false, Some(u)) => u.clone(),
+            (true, Some(u)) => format!("sender (fallback {u})"),
+            (_, None) => "sender (no fallback: defer)".into(),
+        }
+    }
 }
 
 /// A static route: `--route DOMAIN=HOST[:PORT][,HOST[:PORT]...]`, or a
@@ -244,7 +261,7 @@ impl fmt::Display for StaticRoute {
             policy.push(format!("tls {tls}"));
         }
         if let Some(a) = &self.auth {
-            policy.push(format!("auth {}", a.user));
+            policy.push(format!("auth {}", a.describe()));
         }
         if let Some(n) = self.max_connections {
             policy.push(format!("max-connections {n}"));
@@ -359,8 +376,8 @@ impl fmt::Display for Hop {
         }
         // the user name only: the password never leaves the secrets file
         match &self.auth {
-            Some(a) if a.plaintext => write!(f, " auth={} (plaintext allowed)", a.user),
-            Some(a) => write!(f, " auth={}", a.user),
+            Some(a) if a.plaintext => write!(f, " auth={} (plaintext allowed)", a.describe()),
+            Some(a) => write!(f, " auth={}", a.describe()),
             None => Ok(()),
         }
     }

@@ -13,7 +13,10 @@
 //!
 //! A route picks its line with `auth = REF` ([`Secrets::resolve`]): the
 //! line whose KEY is REF, else the first whose user is REF. KEY is free
-//! text for people (a host, a route, a sender), unique in the file. The
+//! text for people (a host, a route), unique in the file, except that a
+//! KEY with an `@` is a sender key, `LOCAL@DOMAIN` or `@DOMAIN`, checked
+//! at start: a route with `sender-auth = yes` looks the message's
+//! envelope sender up by these ([`Secrets::for_sender`]). The
 //! user name ends at the first `:`; the password is the rest of the line
 //! (inner spaces kept, the line's trailing white space dropped). `#`
 //! starts a comment only at the start of a line, so a password may
@@ -154,6 +157,7 @@ impl Secrets {
             if password.is_empty() {
                 return Err((n, format!("empty password for user {user}")));
             }
+            check_sender_key(key).map_err(|why| (n, why))?;
             if entries
                 .iter()
                 .any(|(k, _): &(String, Credentials)| k.eq_ignore_ascii_case(key))
@@ -191,11 +195,42 @@ impl Secrets {
             .map(|(_, c)| c)
     }
 
+    /// The credentials for a message from `sender` on a route with
+    /// `sender-auth = yes` (Postfix's smtp_sender_dependent_authentication):
+    /// the line whose key is the full address, else `@DOMAIN`, else the
+    /// route's `auth = REF` (`fallback`). The null sender `<>` (DSNs) has
+    /// no address to look up and takes the fallback. Keys only, never
+    /// user names: a provider user that happens to be an address must
+    /// not be picked for a sender of that name by accident.
+    pub fn for_sender(&self, sender: Option<&str>, fallback: Option<&str>) -> Option<&Credentials> {
+        let by_address = sender.and_then(|a| {
+            let domain = a.rsplit_once('@').map(|(_, d)| d)?;
+            self.lookup(a)
+                .or_else(|| self.lookup(&format!("@{domain}")))
+        });
+        by_address.or_else(|| fallback.and_then(|f| self.resolve(f)))
+    }
+
     /// What a route's `auth = REF` names: the entry whose key is REF,
     /// else the first whose user is REF.
     pub fn resolve(&self, reference: &str) -> Option<&Credentials> {
         self.lookup(reference).or_else(|| self.by_user(reference))
     }
+}
+
+/// A key with an `@` is a sender key: `LOCAL@DOMAIN` or `@DOMAIN` with a
+/// valid domain; anything else (`billing@`, `@`, `a@b@c`) would never
+/// match a sender and is refused at start rather than silently unused.
+fn check_sender_key(key: &str) -> Result<(), String> {
+    let Some((local, domain)) = key.rsplit_once('@') else {
+        return Ok(());
+    };
+    if local.contains('@') || crate::smtp::Domain::parse(domain, true).is_err() {
+        return Err(format!(
+            "sender key {key} is not ADDRESS or @DOMAIN (a valid domain after the '@')"
+        ));
+    }
+    Ok(())
 }
 
 /// The rule of [`Secrets::load`]: owned by us or root, no group or other
@@ -256,6 +291,43 @@ mod tests {
             assert_eq!(n, line, "{text:?}: {why}");
             assert!(!why.contains("pw") && !why.contains(":q"), "{why}");
         }
+    }
+
+    #[test]
+    fn sender_keys_address_then_domain_then_fallback() {
+        let s = Secrets::parse(
+            "[smtp.p.example]:587 relay:r\nbilling@shop.example billing-user:b\n\
+             @shop.example shop-user:s\n@other.example other-user:o\n",
+        )
+        .unwrap();
+        let user = |sender, fallback| s.for_sender(sender, fallback).map(|c| c.user.as_str());
+        let fb = Some("[smtp.p.example]:587");
+        assert_eq!(user(Some("billing@shop.example"), fb), Some("billing-user"));
+        assert_eq!(user(Some("Billing@SHOP.example"), fb), Some("billing-user"));
+        assert_eq!(user(Some("info@shop.example"), fb), Some("shop-user"));
+        assert_eq!(user(Some("x@other.example"), None), Some("other-user"));
+        assert_eq!(user(Some("x@elsewhere.example"), fb), Some("relay"));
+        assert_eq!(user(Some("x@elsewhere.example"), None), None);
+        // the null sender takes the fallback
+        assert_eq!(user(None, fb), Some("relay"));
+        assert_eq!(user(None, None), None);
+        // keys only: a user name that is the sender's address does not match
+        assert_eq!(user(Some("shop-user@x.example"), None), None);
+        let s = Secrets::parse("h billing@shop.example:p\n").unwrap();
+        assert!(s.for_sender(Some("billing@shop.example"), None).is_none());
+    }
+
+    #[test]
+    fn bad_sender_keys_are_refused() {
+        for key in ["billing@", "@", "a@b@shop.example", "@bad..example", "x@-x"] {
+            let (n, why) = Secrets::parse(&format!("ok u:p\n{key} u:secretpw\n")).unwrap_err();
+            assert_eq!(n, 2, "{key}: {why}");
+            assert!(
+                why.contains("sender key") && !why.contains("secretpw"),
+                "{why}"
+            );
+        }
+        assert!(Secrets::parse("@shop.example u:p\nme@shop.example v:q\n").is_ok());
     }
 
     #[test]

@@ -386,19 +386,30 @@ fn passwd(file: &std::path::Path, user: &str, password: &str) {
     assert_eq!(code, Some(0), "{err}");
 }
 
+/// Our own relay as the provider: STARTTLS with `certs`, AUTH required
+/// for relaying, for these `(user, password)`.
+fn own_provider(certs: &Certs, dir: &TempDir, users: &[(&str, &str)]) -> Relay {
+    let file = dir.path().join("passwd");
+    for (user, password) in users {
+        passwd(&file, user, password);
+    }
+    let mut pargs = certs.relay_args();
+    pargs.extend(["--auth-file".into(), file.display().to_string()]);
+    let pargs: Vec<&str> = pargs.iter().map(String::as_str).collect();
+    Relay::receive_only(&pargs)
+}
+
 #[test]
 fn own_relay_as_provider_auth_over_starttls_never_plaintext_unless_allowed() {
     let Some(certs) = Certs::make("own_relay_as_provider") else {
         return;
     };
     let dir = TempDir::new("smarthost");
-    let users = dir.path().join("passwd");
-    passwd(&users, "alice", "alice secret");
-    passwd(&users, "bob", "bob secret");
-    let mut pargs = certs.relay_args();
-    pargs.extend(["--auth-file".into(), users.display().to_string()]);
-    let pargs: Vec<&str> = pargs.iter().map(String::as_str).collect();
-    let provider = Relay::receive_only(&pargs);
+    let provider = own_provider(
+        &certs,
+        &dir,
+        &[("alice", "alice secret"), ("bob", "bob secret")],
+    );
     let port = provider.addr().port();
     let secrets = private_file(
         dir.path(),
@@ -460,6 +471,178 @@ fn own_relay_as_provider_auth_over_starttls_never_plaintext_unless_allowed() {
         .collect();
     assert_eq!(got.len(), 3, "{got:?}");
     assert!(!got.iter().any(|e| e.contains("y@b.example")), "{got:?}");
+}
+
+/// The provider's queued envelope holding `rcpt`: its `auth:` line names
+/// the user the message came in under.
+fn provider_env_with(provider: &Relay, rcpt: &str) -> String {
+    queued_ids(provider.spool())
+        .iter()
+        .map(|id| read_env(provider.spool(), id))
+        .find(|e| e.contains(rcpt))
+        .unwrap_or_else(|| panic!("the provider has no message for {rcpt}"))
+}
+
+#[test]
+fn sender_dependent_credentials_pick_the_senders_user_or_the_fallback_or_defer() {
+    let Some(certs) = Certs::make("sender_dependent_credentials") else {
+        return;
+    };
+    let dir = TempDir::new("smarthost");
+    let provider = own_provider(
+        &certs,
+        &dir,
+        &[
+            ("alice", "alice secret"),
+            ("bob", "bob secret"),
+            ("carol", "carol secret"),
+        ],
+    );
+    let port = provider.addr().port();
+    let secrets = private_file(
+        dir.path(),
+        "secrets",
+        "@shop.example  alice:alice secret\n\
+         billing@corp.example  bob:bob secret\n\
+         provider-default  carol:carol secret\n",
+    );
+    let relay = client_relay(
+        &dir,
+        &format!(
+            "no-dns = yes\nca-file = {ca}\nsecrets-file = {secrets}\n\
+             [route a.example]\nhosts = localhost:{port}\ntls = verify\n\
+             sender-auth = yes\nauth = provider-default\n\
+             [route b.example]\nhosts = localhost:{port}\ntls = verify\nsender-auth = yes\n",
+            ca = certs.ca.display(),
+            secrets = secrets.display(),
+        ),
+    );
+    let mut t = relay.session();
+    // one after the other, same peer and TLS policy: alice's session is
+    // cached when bob's message goes, and must not carry it
+    let mut sent = Vec::new();
+    for (from, rcpt) in [
+        ("news@shop.example", "r1@a.example"),
+        ("billing@corp.example", "r2@a.example"),
+        ("info@corp.example", "r3@a.example"),
+        ("", "r4@a.example"),
+        ("Sales@SHOP.example", "r5@a.example"),
+    ] {
+        let id = t.send_mail(from, &[rcpt], b"Subject: s\r\n\r\ns\r\n");
+        assert!(
+            wait_until(DELIVERY, || gone(&relay, &id)),
+            "{from}: {}",
+            relay.log()
+        );
+        sent.push(rcpt);
+    }
+    for (rcpt, user) in [
+        ("r1@a.example", "alice"),
+        ("r2@a.example", "bob"),
+        // the domain has only billing@'s line: the fallback
+        ("r3@a.example", "carol"),
+        // the null sender (a DSN) takes the fallback
+        ("r4@a.example", "carol"),
+        ("r5@a.example", "alice"),
+    ] {
+        let env = provider_env_with(&provider, rcpt);
+        assert!(
+            env.contains(&format!("auth: {user}\n")),
+            "{rcpt} not as {user}:\n{env}"
+        );
+    }
+    let plog = provider.log();
+    for user in ["alice", "bob", "carol"] {
+        assert!(plog.contains(&format!("auth ok user={user}")), "{plog}");
+    }
+    assert!(!plog.contains("auth failed"), "{plog}");
+    let log = relay.log();
+    for user in ["alice", "bob", "carol"] {
+        let shown = log.lines().any(|l| {
+            l.contains(&format!("relay=localhost[127.0.0.1]:{port}"))
+                && l.ends_with(&format!(" auth={user}"))
+        });
+        assert!(shown, "no relay= line names {user}:\n{log}");
+    }
+    for pw in ["alice secret", "bob secret", "carol secret"] {
+        assert!(!log.contains(pw), "a password is in the log:\n{log}");
+    }
+    // no line for the sender and no fallback: deferred, not bounced, not
+    // sent without AUTH
+    let d = t.send_mail(
+        "x@else.example",
+        &["r6@b.example"],
+        b"Subject: d\r\n\r\nd\r\n",
+    );
+    let env = wait_deferred(&relay, &d, "454 4.7.0");
+    assert!(
+        env.contains("no credentials for sender <x@else.example>"),
+        "{env}"
+    );
+    // the deferral is logged with its reason (the INFO line per recipient)
+    let logged = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("INFO")
+                && l.contains("to=r6@b.example")
+                && l.contains("status=deferred")
+                && l.contains("454 4.7.0 no credentials for sender <x@else.example>")
+        })
+    };
+    assert!(
+        wait_until(LIMIT, || logged(&relay.log())),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(
+        queued_ids(relay.spool()),
+        vec![d.clone()],
+        "{}",
+        relay.log()
+    );
+    assert!(
+        !queued_ids(provider.spool())
+            .iter()
+            .any(|id| read_env(provider.spool(), id).contains("r6@b.example")),
+        "sent anyway"
+    );
+    // `route` shows the sender rule, no secret
+    let conf = dir.path().join("relay.conf");
+    let run = run_cli(
+        &[
+            "route",
+            "--config",
+            conf.to_str().expect("utf-8"),
+            "u@a.example",
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("auth=sender (fallback provider-default)"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn bad_sender_key_in_the_secrets_file_is_refused_at_start() {
+    let dir = TempDir::new("smarthost");
+    let secrets = private_file(
+        dir.path(),
+        "secrets",
+        "@shop.example alice:pw-abc\nbilling@ bob:pw-xyz\n",
+    );
+    let text = format!(
+        "no-dns = yes\nsecrets-file = {}\nspool = {}\nlisten = 127.0.0.1:0\n\
+         [route *]\nhosts = [192.0.2.1]:587\ntls = encrypt\nsender-auth = yes\n",
+        secrets.display(),
+        dir.path().join("spool").display()
+    );
+    let c = write_file(dir.path(), "c.conf", text.as_bytes());
+    let run = run_cli(&["serve", "--config", c.to_str().expect("utf-8")], LIMIT);
+    assert_eq!(run.code, Some(78), "{run:?}");
+    assert!(run.stderr.contains(":2: sender key billing@"), "{run:?}");
+    assert!(!run.stderr.contains("pw-"), "{run:?}");
 }
 
 #[test]
@@ -605,6 +788,68 @@ fn readme_smarthost_recipe_works_as_written() {
         p.pf.maillog()
     );
     assert!(wait_until(LIMIT, || p.logins() == 1), "{}", p.pf.maillog());
+}
+
+#[test]
+fn readme_sender_dependent_recipe_works_as_written() {
+    let Some(certs) = Certs::make("readme_sender_dependent_recipe") else {
+        return;
+    };
+    const MARK: &str = "#### Sender-dependent credentials";
+    let conf = readme_block(MARK, "ini");
+    let secrets = readme_block(MARK, "text");
+    let dir = TempDir::new("readmesender");
+    let provider = own_provider(
+        &certs,
+        &dir,
+        &[
+            ("billing@provider.example", "its password"),
+            ("shop@provider.example", "another password"),
+            ("corp@provider.example", "a third one"),
+            ("relay-user@provider.example", "the password"),
+        ],
+    );
+    let port = provider.addr().port();
+    let fit = |s: &str| {
+        s.replace("smtp.provider.example:587", &format!("localhost:{port}"))
+            .replace("smtp.provider.example]:587", &format!("localhost]:{port}"))
+    };
+    let secrets_path = private_file(dir.path(), "secrets", &fit(&secrets));
+    let conf = format!(
+        "no-dns = yes\nca-file = {}\nsecrets-file = {}\n{}",
+        certs.ca.display(),
+        secrets_path.display(),
+        fit(&conf)
+    );
+    let relay = client_relay(&dir, &conf);
+    let mut t = relay.session();
+    for (from, rcpt, user) in [
+        (
+            "billing@shop.example",
+            "r1@far.example",
+            "billing@provider.example",
+        ),
+        (
+            "info@shop.example",
+            "r2@far.example",
+            "shop@provider.example",
+        ),
+        ("x@corp.example", "r3@far.example", "corp@provider.example"),
+        (
+            "x@else.example",
+            "r4@far.example",
+            "relay-user@provider.example",
+        ),
+    ] {
+        let id = t.send_mail(from, &[rcpt], b"Subject: r\r\n\r\nr\r\n");
+        assert!(
+            wait_until(DELIVERY, || gone(&relay, &id)),
+            "{from} not delivered:\n{conf}\n{}",
+            relay.log()
+        );
+        let env = provider_env_with(&provider, rcpt);
+        assert!(env.contains(&format!("auth: {user}\n")), "{from}:\n{env}");
+    }
 }
 
 #[test]

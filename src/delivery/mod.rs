@@ -359,7 +359,7 @@ impl Deliverer {
         peer: SocketAddr,
         label: &str,
     ) -> Tried {
-        let (mut conn, key) = match self.connection(hop, peer) {
+        let (mut conn, key) = match self.connection(hop, peer, msg.from) {
             Ok(c) => c,
             Err(e) => {
                 log::debug!("{id} {label}: {e}");
@@ -370,7 +370,11 @@ impl Deliverer {
         // each try reads the body from its first octet
         let mut reader = std::io::BufReader::with_capacity(64 * 1024, claim.body());
         let result = conn.send(msg, &mut reader);
-        log::info!("{id} relay={label} tls={}", conn.tls_label());
+        match &key.2 {
+            // the user only, never the secret
+            Some(user) => log::info!("{id} relay={label} tls={} auth={user}", conn.tls_label()),
+            None => log::info!("{id} relay={label} tls={}", conn.tls_label()),
+        }
         self.cache.put(conn, key);
         let name = remote_name(hop, peer);
         match result {
@@ -416,12 +420,11 @@ impl Deliverer {
         &self,
         hop: &Hop,
         peer: SocketAddr,
+        from: &crate::smtp::ReversePath,
     ) -> Result<(Connection, CacheKey), ClientError> {
         let tls_policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
         let creds = match &hop.auth {
-            Some(a) => Some(self.secrets.resolve(&a.user).ok_or_else(|| {
-                ClientError::Auth(crate::client::AuthError::NoCredentials(a.user.clone()))
-            })?),
+            Some(a) => Some(credentials(&self.secrets, a, from)?),
             None => None,
         };
         let key = (peer, tls_policy, creds.map(|c| c.user.clone()));
@@ -448,6 +451,32 @@ impl Deliverer {
         let c = Connection::open_hop(peer, &self.hostname, self.timeouts, &policy)?;
         Ok((c, key))
     }
+}
+
+/// The credentials a hop's `auth` gives for a message from `from`: the
+/// route's `auth = REF`, or under `sender-auth = yes` the sender's own
+/// line, its domain's, then the fallback. None found: the attempt defers
+/// with 454 4.7.0 (RFC 4954 §6), never sends without AUTH, see README
+/// "Sender-dependent credentials".
+fn credentials<'a>(
+    secrets: &'a crate::secrets::Secrets,
+    auth: &crate::route::RouteAuth,
+    from: &crate::smtp::ReversePath,
+) -> Result<&'a crate::secrets::Credentials, ClientError> {
+    let found = if auth.by_sender {
+        let sender = from.mailbox().map(|m| m.to_string());
+        secrets.for_sender(sender.as_deref(), auth.user.as_deref())
+    } else {
+        auth.user.as_deref().and_then(|u| secrets.resolve(u))
+    };
+    found.ok_or_else(|| {
+        let what = match (auth.by_sender, &auth.user) {
+            (true, Some(u)) => format!("sender {from} (nor fallback {u})"),
+            (true, None) => format!("sender {from}"),
+            (false, u) => u.clone().unwrap_or_default(),
+        };
+        ClientError::Auth(crate::client::AuthError::NoCredentials(what))
+    })
 }
 
 fn id_salt(id: QueueId) -> u64 {

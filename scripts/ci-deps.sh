@@ -5,8 +5,9 @@
 # `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls), Cyrus
 # SASL (saslpasswd2 and the sasldb/PLAIN/LOGIN plugins: a Postfix
 # smarthost that requires AUTH), msmtp (a mail client of the submission
-# listeners), socat and postfix-policyd-spf-python (the policy-service
-# tests). Safe to run again.
+# listeners), Prometheus (promtool, and a server that scrapes --metrics),
+# socat and postfix-policyd-spf-python (the policy-service tests). Safe to
+# run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -14,6 +15,10 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || need+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
+# promtool (check metrics) and a Prometheus server scraping --metrics
+# (tests/metrics.rs): Debian's prometheus, a 22 MB download, 332 MB
+# installed (with its web UI), installed here in well under a minute
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # swaks --tls needs Net::SSLeay, only a Recommends of swaks
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 { command -v saslpasswd2 >/dev/null 2>&1 || [ -x /usr/sbin/saslpasswd2 ]; } || need+=(sasl2-bin)

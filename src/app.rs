@@ -351,6 +351,11 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // walks the spool (lock, recovery, cleaning tmp/ and free/) runs
     // after that, as the spool's user.
     let listeners = server::bind(&listeners(&config)?)?;
+    if let Some(addr) = config.metrics {
+        let local = crate::metrics::serve(addr, config.spool.clone())
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        log::info!("metrics on {local}");
+    }
     if let (Some(name), Some(user)) = (&config.user, user) {
         server::become_user(name, user, &config.spool)?;
     }

@@ -413,6 +413,13 @@ pub fn enqueue(
     } else {
         "delay"
     };
+    crate::metrics::dsn(if failed {
+        crate::metrics::Dsn::Failure
+    } else if reports[0].action == Action::Relayed {
+        crate::metrics::Dsn::Success
+    } else {
+        crate::metrics::Dsn::Delay
+    });
     log::info!(
         "{} sender {what} notification: {id} to={}",
         env.id,

@@ -343,6 +343,51 @@ const LISTENER_OPTS: &[OptSpec] = &[
     ),
 ];
 
+/// Operating `serve`: metrics and logs (README "Metrics", "Logs").
+const OPERATING_OPTS: &[OptSpec] = &[
+    opt(
+        "metrics",
+        Kind::Single,
+        "[ADDR:]PORT",
+        "serve /metrics (Prometheus/OpenMetrics) and /healthz over HTTP (ADDR default 127.0.0.1)",
+    ),
+    opt(
+        "log-format",
+        Kind::Single,
+        "text|json",
+        "log lines as text (default) or JSON objects, one per line",
+    ),
+    opt(
+        "log-file",
+        Kind::Single,
+        "FILE",
+        "append the log to FILE instead of stderr; SIGUSR1 reopens it",
+    ),
+];
+
+/// `--metrics`, `--log-format`, `--log-file`.
+fn apply_operating(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    if let Some(a) = v.parse("metrics", |a| {
+        let a = if a.bytes().all(|b| b.is_ascii_digit()) {
+            format!("127.0.0.1:{a}")
+        } else {
+            a.to_string()
+        };
+        a.parse::<std::net::SocketAddr>()
+            .map_err(|_| UsageError(format!("--metrics: {a:?} is not [ADDR:]PORT")))
+    })? {
+        c.metrics = Some(a);
+    }
+    if let Some(f) = v.parse("log-format", |f| {
+        crate::logging::LogFormat::parse(f)
+            .ok_or_else(|| UsageError(format!("--log-format: {f:?} is not text or json")))
+    })? {
+        c.log_format = f;
+    }
+    c.log_file = v.single("log-file").map(PathBuf::from);
+    Ok(())
+}
+
 /// Options shared by every command that routes or delivers.
 const ROUTING_OPTS: &[OptSpec] = &[
     opt(
@@ -555,6 +600,7 @@ fn all_specs() -> Vec<&'static OptSpec> {
         .chain(SERVER_OPTS)
         .chain(LISTENER_OPTS)
         .chain(DELIVERY_OPTS)
+        .chain(OPERATING_OPTS)
         .collect()
 }
 
@@ -587,6 +633,8 @@ fn usage_text() -> String {
     describe(&mut s, LISTENER_OPTS);
     s.push_str("\nDelivering (serve, queue flush):\n");
     describe(&mut s, DELIVERY_OPTS);
+    s.push_str("\nMetrics and logs (serve):\n");
+    describe(&mut s, OPERATING_OPTS);
     s.push_str("\nQueue commands (queue ...):\n");
     describe(&mut s, QUEUE_OPTS);
     s.push_str(
@@ -1011,6 +1059,7 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     apply_server(&v, &mut c)?;
     apply_listeners(&v, &mut c)?;
     apply_delivery(&v, &mut c)?;
+    apply_operating(&v, &mut c)?;
     c.verbosity = v.matches.opt_count("verbose");
     Ok(Cli::Serve(c))
 }

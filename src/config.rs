@@ -244,6 +244,11 @@ pub struct Config {
     pub edge: crate::edge::EdgeConfig,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
+    /// `--metrics`: where /metrics and /healthz are served.
+    pub metrics: Option<SocketAddr>,
+    pub log_format: crate::logging::LogFormat,
+    /// `--log-file`: append here instead of stderr (SIGUSR1 reopens).
+    pub log_file: Option<PathBuf>,
 
     // ---- the forwarding side ----
     /// Delivery threads: the most concurrent outbound transactions.
@@ -313,6 +318,9 @@ impl Config {
             auth_limits: crate::auth_limit::AuthLimits::default(),
             edge: crate::edge::EdgeConfig::default(),
             verbosity: 0,
+            metrics: None,
+            log_format: crate::logging::LogFormat::Text,
+            log_file: None,
             delivery_workers: 32,
             routes: Vec::new(),
             dns: None,

@@ -27,6 +27,8 @@ pub mod dns;
 pub mod edge;
 pub mod exit;
 pub mod fault;
+pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod route;
 pub mod scheduler;

@@ -21,26 +21,23 @@ where
 
 /// `quiet_default`: commands for scripts log only warnings unless asked.
 fn init_logging(verbosity: usize, quiet_default: bool) {
+    let _ = init_logging_to(verbosity, quiet_default, Default::default(), None);
+}
+
+/// `init_logging` with `--log-format` and `--log-file` (logging.rs).
+fn init_logging_to(
+    verbosity: usize,
+    quiet_default: bool,
+    format: smtp_relay::logging::LogFormat,
+    file: Option<&std::path::Path>,
+) -> std::io::Result<()> {
     let default = match verbosity {
         0 if quiet_default => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    let env = env_logger::Env::default().default_filter_or(default);
-    let mut b = env_logger::Builder::from_env(env);
-    if verbosity > 0 {
-        // -v wins over RUST_LOG for our own crate
-        b.filter_module(
-            "smtp_relay",
-            if verbosity == 1 {
-                log::LevelFilter::Debug
-            } else {
-                log::LevelFilter::Trace
-            },
-        );
-    }
-    b.format_timestamp_millis().init();
+    smtp_relay::logging::init(default, verbosity, format, file)
 }
 
 fn main() -> ExitCode {
@@ -107,7 +104,11 @@ fn main() -> ExitCode {
             }
         }
         Cli::Serve(config) => {
-            init_logging(config.verbosity, false);
+            let file = config.log_file.as_deref();
+            if let Err(e) = init_logging_to(config.verbosity, false, config.log_format, file) {
+                eprintln!("smtp-relay: --log-file: {e}");
+                return Exit::IoErr.into();
+            }
             match app::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

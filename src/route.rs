@@ -637,6 +637,15 @@ impl Router {
 
     /// The most specific static route for `host`; the first given wins a
     /// tie.
+    /// The metrics' destination class of `host` (bounded, not the name).
+    pub fn dest_class(&self, host: &Host) -> crate::metrics::Dest {
+        match host {
+            _ if self.static_route(host).is_some() => crate::metrics::Dest::Route,
+            Host::Name(_) => crate::metrics::Dest::Mx,
+            _ => crate::metrics::Dest::Literal,
+        }
+    }
+
     fn static_route(&self, host: &Host) -> Option<&StaticRoute> {
         let mut best: Option<(&StaticRoute, (u8, usize))> = None;
         for route in &self.routes {

@@ -245,6 +245,7 @@ fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
     loop {
         match jobs.recv_timeout(Duration::from_secs(1)) {
             Ok(id) => {
+                crate::metrics::attempt();
                 let attempt = || {
                     crate::fault::hit(crate::fault::Point::Delivery);
                     d.attempt_released(id)
@@ -291,6 +292,8 @@ struct Scheduler {
     /// Flushed while in flight: attempt again as soon as it comes back.
     flush_again: std::collections::HashSet<QueueId>,
     last_scan: Instant,
+    /// Held messages the last rescan read (they are in no slot).
+    held: usize,
 }
 
 impl Scheduler {
@@ -310,6 +313,7 @@ impl Scheduler {
             ready: VecDeque::new(),
             flush_again: std::collections::HashSet::new(),
             last_scan: Instant::now(),
+            held: 0,
         }
     }
 
@@ -394,6 +398,8 @@ impl Scheduler {
             }
         };
         let mut found = 0;
+        let now = self.clock.now_unix();
+        self.held = 0;
         for id in ids {
             if self.slots.contains_key(&id) {
                 continue;
@@ -401,6 +407,7 @@ impl Scheduler {
             match self.spool.load(id) {
                 Ok(env) => {
                     found += 1;
+                    self.held += usize::from(env.hold.is_some_and(|h| h.active(now)));
                     self.schedule(id, env.next_try);
                 }
                 Err(e) => log::debug!("{id} rescan skipped: {e}"),
@@ -428,11 +435,38 @@ impl Scheduler {
                 self.slots.remove(&r.id);
             }
             Some(Attempted::Finished(Outcome::Retry(_))) if again => self.schedule(r.id, 0),
-            Some(Attempted::Finished(Outcome::Retry(at))) => self.schedule(r.id, at),
+            Some(Attempted::Finished(Outcome::Retry(at))) => {
+                crate::metrics::retry();
+                self.schedule(r.id, at)
+            }
             // a spool error: try again later rather than lose track
             None => self.schedule(r.id, self.clock.now_unix() + 60),
         }
         self.release_parked();
+    }
+
+    /// The queue gauges (README "Metrics"), from what the scheduler holds:
+    /// one pass over its slots each tick, never a spool scan.
+    fn publish_metrics(&self) {
+        use crate::metrics::QueueState;
+        let mut n = [0usize; 4];
+        for slot in self.slots.values() {
+            n[match slot {
+                Slot::Ready => 0,
+                Slot::Waiting(_) => 1,
+                Slot::InFlight => 2,
+                Slot::Parked(_) => 3,
+            }] += 1;
+        }
+        let counts = [
+            (QueueState::Pending, n[0]),
+            (QueueState::Deferred, n[1]),
+            (QueueState::InFlight, n[2]),
+            (QueueState::Parked, n[3]),
+            (QueueState::Held, self.held),
+        ];
+        let oldest = self.slots.keys().min().map(|id| id.unix_secs());
+        crate::metrics::queue(&counts, oldest, self.clock.now_unix());
     }
 
     /// Puts `id` in the ready queue of `dest`, to wait for a free slot.
@@ -483,6 +517,7 @@ impl Scheduler {
                 last_tick = Instant::now();
                 self.check_flush_trigger();
                 self.release_parked();
+                self.publish_metrics();
                 if self.last_scan.elapsed() >= RESCAN {
                     self.rescan();
                 }

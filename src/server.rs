@@ -140,6 +140,7 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
             // a panic ends this connection (unwinding closes the socket,
             // and a TLS stream cannot take a plain 421), never the worker
             let what = format_args!("{peer} session (connection dropped, worker continues)");
+            let _active = crate::metrics::session();
             crate::pool::catch(what, || session::run(s, peer, mode, &pool_ctx));
             drop(ticket);
         },
@@ -177,11 +178,13 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
         log::info!("listening on {local} ({mode})");
     }
     drop(tx);
+    crate::metrics::set_listening(true);
     let _ = io::stdout().flush();
 
     signals.wait_for_stop();
     log::info!("stopping: no new connections, waiting up to {STOP_GRACE:?} for sessions");
     stopping.store(true, Ordering::SeqCst);
+    crate::metrics::set_listening(false);
     for (h, local) in acceptors {
         wake(local);
         let _ = h.join();
@@ -292,19 +295,23 @@ fn accept_loop(
             }
         };
         if stopping.load(Ordering::SeqCst) {
-            let _ = reject(stream, mode, &Reply::shutting_down(hostname));
+            let reply = Reply::shutting_down(hostname);
+            crate::metrics::conn_refused(&peer, crate::metrics::ConnReason::ShuttingDown, &reply);
+            let _ = reject(stream, mode, &reply);
             return;
         }
         let Some(ticket) = tracker.admit(peer.ip()) else {
-            log::warn!("{peer} rejected: too many connections from this address");
-            let _ = reject(stream, mode, &Reply::too_many_connections(hostname));
+            let reply = Reply::too_many_connections(hostname);
+            crate::metrics::conn_refused(&peer, crate::metrics::ConnReason::PerIpLimit, &reply);
+            let _ = reject(stream, mode, &reply);
             continue;
         };
         match tx.try_send((stream, peer, mode, ticket)) {
-            Ok(()) => {}
+            Ok(()) => crate::metrics::conn_accepted(),
             Err(TrySendError::Full((stream, peer, _, _))) => {
-                log::warn!("{peer} rejected: all workers busy and backlog full");
-                let _ = reject(stream, mode, &Reply::too_busy(hostname));
+                let reply = Reply::too_busy(hostname);
+                crate::metrics::conn_refused(&peer, crate::metrics::ConnReason::Busy, &reply);
+                let _ = reject(stream, mode, &reply);
             }
             Err(TrySendError::Disconnected(_)) => return,
         }
@@ -361,9 +368,7 @@ impl Signals {
         for sig in signals.forever() {
             match sig {
                 SIGHUP => log::warn!("SIGHUP received: reload not supported yet; ignoring"),
-                SIGUSR1 => {
-                    log::warn!("SIGUSR1 received: ignored (reserved for reopening the log)")
-                }
+                SIGUSR1 => crate::logging::reopen(),
                 _ => {
                     log::info!("signal {sig} received");
                     return;

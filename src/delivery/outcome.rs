@@ -135,6 +135,11 @@ pub(super) fn expire(env: &mut Envelope, now: u64, lifetime: Duration) {
             crate::smtp::Escaped(&r.path.mailbox().to_string()),
             format_duration(age)
         );
+        crate::metrics::delivery(
+            crate::metrics::Outcome::Expired,
+            crate::metrics::Dest::Unknown,
+            age.as_secs(),
+        );
         r.state = RcptState::Bouncing;
         r.last_reply = Some(Status::local(
             LocalReason::Expired,
@@ -244,26 +249,35 @@ impl Deliverer {
     ) -> Result<(), SpoolError> {
         let now = self.clock.now_unix();
         let mut relayed = Vec::new();
+        use crate::metrics::Outcome::{Bounced, Deferred, Sent};
+        let dest = group
+            .rcpts
+            .first()
+            .map_or(crate::metrics::Dest::Literal, |(_, p)| {
+                self.router.dest_class(p.mailbox().host())
+            });
         for ((i, _), res) in group.rcpts.iter().zip(results) {
             let r = &mut env.rcpts[*i];
             let (state, word) = match res.status.class() {
-                Class::Success => (RcptState::Sent, "sent"),
-                Class::Temporary => (RcptState::Deferred, "deferred"),
-                Class::Permanent => (RcptState::Bouncing, "bounced"),
+                Class::Success => (RcptState::Sent, ("sent", Sent)),
+                Class::Temporary => (RcptState::Deferred, ("deferred", Deferred)),
+                Class::Permanent => (RcptState::Bouncing, ("bounced", Bounced)),
             };
             if state == RcptState::Sent && !res.dsn_passed {
                 relayed.push(*i);
             }
             log::info!(
-                "{} to={} relay={} delay={} attempts={} dsn={} status={word} ({})",
+                "{} to={} relay={} delay={} attempts={} dsn={} status={} ({})",
                 env.id,
                 crate::smtp::Escaped(&r.path.mailbox().to_string()),
                 res.relay,
                 format_duration(Duration::from_secs(now.saturating_sub(env.arrived))),
                 env.attempts,
                 res.status.dsn_code(),
+                word.0,
                 res.status,
             );
+            crate::metrics::delivery(word.1, dest, now.saturating_sub(env.arrived));
             r.state = state;
             r.last_reply = Some(res.status.clone());
             r.tries.record(Attempt {

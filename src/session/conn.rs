@@ -130,6 +130,7 @@ impl Conn {
 
     fn write(&mut self, reply: &Reply) -> io::Result<()> {
         log::debug!("{} > {reply}", self.peer);
+        crate::metrics::reply(&self.peer, reply);
         reply.write_to(&mut self.io)
     }
 }

@@ -336,6 +336,7 @@ fn finish_message(
                 env.client,
                 crate::smtp::Escaped(&crate::spool::envelope::clean(&env.helo)),
             );
+            crate::metrics::received(env.size);
             if let Some(tx) = &ctx.committed {
                 let _ = tx.try_send(id);
             }

@@ -1498,15 +1498,34 @@ pub fn passwd_with(args: &[&str], stdin: &str) -> (Option<i32>, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn passwd");
-    child
+    // a usage error (`a:b`) exits before reading stdin: the write may
+    // then meet a closed pipe, which is that outcome, not a test failure
+    if let Err(e) = child
         .stdin
         .take()
         .expect("stdin")
         .write_all(stdin.as_bytes())
-        .expect("write password");
+    {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "write password: {e}"
+        );
+    }
     let out = child.wait_with_output().expect("passwd output");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// One relay-denied RCPT (`550 5.7.1`) from 127.0.0.2, for a relay
+/// whose `--relay-net` leaves 127.0.0.2 out (tests/metrics.rs, logs.rs).
+pub fn relay_denied_from_far(addr: SocketAddr) {
+    let mut far = Talk::connect_from("127.0.0.2", addr);
+    far.expect(220);
+    far.cmd("EHLO far.example", 250);
+    far.cmd("MAIL FROM:<x@far.example>", 250);
+    far.cmd_enh("RCPT TO:<y@elsewhere.example>", 550, "5.7.1");
+    far.send("QUIT");
 }

@@ -1,0 +1,114 @@
+//! Logs (README "Logs"): `--log-format json` lines parse with the
+//! documented fields, refusals are logged at the default level with the
+//! client and the reply, a message's life is one grep by queue id, and
+//! `--log-file` is reopened on SIGUSR1.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const DELIVERY: Duration = Duration::from_secs(20);
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"));
+            for f in ["ts", "level", "target", "msg"] {
+                assert!(v[f].is_string(), "no {f} in {l}");
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn json_lines_have_the_documented_fields() {
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let relay = Relay::start(&[
+        "--no-dns",
+        "--route",
+        &route,
+        "--relay-net",
+        "127.0.0.1/32",
+        "--log-format",
+        "json",
+    ]);
+    let id = relay
+        .session()
+        .send_mail("a@origin.example", &["b@dest.example"], b"\r\nhi\r\n");
+    relay_denied_from_far(relay.addr());
+    assert!(sink.wait_for(1, DELIVERY));
+    let mut lines = Vec::new();
+    wait_until(DELIVERY, || {
+        lines = json_lines(&relay.log());
+        lines
+            .iter()
+            .any(|v| v["id"] == id.as_str() && v["event"] == "sent")
+    });
+    let of = |event: &str| {
+        lines
+            .iter()
+            .find(|v| v["id"] == id.as_str() && v["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} line for {id} in {lines:#?}"))
+            .clone()
+    };
+    let queued = of("queued");
+    assert_eq!(queued["level"], "INFO");
+    assert_eq!(queued["nrcpt"], "1");
+    assert_eq!(queued["tls"], "none");
+    assert_eq!(queued["client"], "[127.0.0.1]");
+    assert!(queued["size"].as_str().unwrap().parse::<u64>().is_ok());
+    let sent = of("sent");
+    assert_eq!(sent["to"], "b@dest.example");
+    assert_eq!(sent["status"], "sent");
+    let refused = lines
+        .iter()
+        .find(|v| v["event"] == "refused")
+        .unwrap_or_else(|| panic!("no refusal in {lines:#?}"));
+    assert_eq!(refused["level"], "INFO");
+    assert!(refused["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.2:"));
+    assert_eq!(refused["reason"], "relay_denied");
+    assert_eq!(refused["reply"], "550 5.7.1 Relaying denied");
+}
+
+#[test]
+fn sigusr1_reopens_the_log_file() {
+    let dir = TempDir::new("logfile");
+    let file = dir.path().join("relay.log");
+    let rotated = dir.path().join("relay.log.1");
+    let relay = Relay::receive_only(&["--log-file", file.to_str().unwrap()]);
+    let mut t = relay.session();
+    t.cmd("NOOP", 250);
+    let first = relay
+        .session()
+        .send_mail("a@origin.example", &["b@dest.example"], b"\r\none\r\n");
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&file).is_ok_and(|s| s.contains(&format!("{first} queued")))
+    }));
+    std::fs::rename(&file, &rotated).unwrap();
+    relay.signal("USR1");
+    assert!(
+        wait_until(Duration::from_secs(10), || file.exists()),
+        "no new log file after SIGUSR1"
+    );
+    let second = relay
+        .session()
+        .send_mail("a@origin.example", &["b@dest.example"], b"\r\ntwo\r\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&file).is_ok_and(|s| s.contains(&format!("{second} queued")))
+        }),
+        "new lines not in the new file"
+    );
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains(&format!("{first} queued")));
+    assert!(!old.contains(&second), "the rotated file got new lines");
+    drop(t);
+}

@@ -1,0 +1,314 @@
+//! `--metrics` (README "Metrics"): scrapes of the real relay during a
+//! small load run move the counters by the right amounts, the exposition
+//! passes `promtool check metrics`, a real Prometheus server scrapes it
+//! on loopback, and `/healthz` answers 200 and 503.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const DELIVERY: Duration = Duration::from_secs(30);
+const MESSAGES: usize = 50;
+
+/// The `metrics on ADDR` log line's address.
+fn metrics_addr(relay: &Relay) -> SocketAddr {
+    let mut addr = None;
+    wait_until(Duration::from_secs(10), || {
+        addr = relay.log().lines().find_map(|l| {
+            l.split("metrics on ")
+                .nth(1)
+                .and_then(|a| a.trim().parse().ok())
+        });
+        addr.is_some()
+    });
+    addr.unwrap_or_else(|| panic!("no `metrics on` line in\n{}", relay.log()))
+}
+
+/// One HTTP GET: (status code, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    let (head, body) = out.split_once("\r\n\r\n").expect("a header block");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (code, body.to_string())
+}
+
+/// The value of the sample `series` (name and labels, exactly as
+/// exposed), or panics.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+}
+
+fn relay_with_metrics(sink: &Sink, extra: &[&str]) -> Relay {
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let mut args = vec!["--no-dns", "--route", &route, "--metrics", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Relay::start(&args)
+}
+
+/// `promtool check metrics` on `text`; `None` when promtool is missing
+/// outside CI.
+fn promtool_check(text: &str) -> Option<(bool, String)> {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!in_ci(), "promtool missing in CI: {e}");
+            eprintln!("SKIPPED promtool check: promtool not installed ({e})");
+            return None;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), msg))
+}
+
+#[test]
+fn a_load_run_moves_the_counters_by_the_right_amounts() {
+    let sink = Sink::start();
+    // 127.0.0.2 is not a relay network: its RCPT elsewhere is refused
+    let relay = relay_with_metrics(&sink, &["--relay-net", "127.0.0.1/32"]);
+    let m = metrics_addr(&relay);
+    let (code, before) = get(m, "/metrics");
+    assert_eq!(code, 200);
+    let received = "smtp_relay_messages_received_total";
+    let sent = "smtp_relay_deliveries_total{outcome=\"sent\",dest=\"route\"}";
+    let denied = "smtp_relay_refused_total{reason=\"relay_denied\"}";
+    let latency = "smtp_relay_delivery_seconds_count";
+    let accepted = "smtp_relay_connections_accepted_total";
+    for s in [received, sent, denied, latency, accepted] {
+        assert_eq!(sample(&before, s), 0.0, "{s} before any mail");
+    }
+
+    let body = b"Subject: load\r\n\r\nsome text\r\n";
+    let mut t = relay.session();
+    for i in 0..MESSAGES {
+        t.send_mail("a@origin.example", &[&format!("r{i}@dest.example")], body);
+    }
+    t.send("QUIT");
+    relay_denied_from_far(relay.addr());
+    assert!(sink.wait_for(MESSAGES, DELIVERY), "not all delivered");
+    assert!(wait_until(DELIVERY, || queue_files(relay.spool()).is_empty()));
+
+    // the sent counter moves after the envelope is written: poll briefly
+    let mut after = String::new();
+    wait_until(Duration::from_secs(10), || {
+        after = get(m, "/metrics").1;
+        sample(&after, sent) >= MESSAGES as f64
+            && sample(&after, "smtp_relay_queue_messages{state=\"in_flight\"}") == 0.0
+    });
+    let n = MESSAGES as f64;
+    assert_eq!(sample(&after, received), n);
+    assert_eq!(sample(&after, sent), n);
+    assert_eq!(sample(&after, latency), n);
+    assert_eq!(sample(&after, denied), 1.0);
+    assert_eq!(sample(&after, accepted), 2.0);
+    // each stored message is the body plus our Received: header
+    let bytes = sample(&after, "smtp_relay_received_bytes_total");
+    assert!(bytes > n * body.len() as f64, "{bytes}");
+    assert!(sample(&after, "smtp_relay_delivery_attempts_total") >= n);
+    assert_eq!(
+        sample(&after, "smtp_relay_queue_messages{state=\"pending\"}"),
+        0.0
+    );
+    assert!(sample(&after, "smtp_relay_spool_free_bytes") > 0.0);
+    // the refusal is in the log at the default level, with the client
+    let log = relay.log();
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ")
+            && l.contains("127.0.0.2:")
+            && l.contains("refused reason=relay_denied reply=\"550 5.7.1")),
+        "no INFO refusal line in\n{log}"
+    );
+
+    if let Some((ok, msg)) = promtool_check(&after) {
+        assert!(ok, "promtool check metrics failed:\n{msg}\n{after}");
+    }
+}
+
+#[test]
+fn openmetrics_is_served_when_asked_for() {
+    let sink = Sink::start();
+    let relay = relay_with_metrics(&sink, &[]);
+    let m = metrics_addr(&relay);
+    let mut s = TcpStream::connect_timeout(&m, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.contains("Content-Type: application/openmetrics-text"),
+        "{out}"
+    );
+    assert!(out.contains("# TYPE smtp_relay_messages_received counter"));
+    assert!(out.ends_with("# EOF\n"), "{out}");
+    // anything else: 404, and a method other than GET: 405
+    assert_eq!(get(m, "/other").0, 404);
+    let mut s = TcpStream::connect_timeout(&m, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+}
+
+#[test]
+fn healthz_is_503_while_the_spool_cannot_take_a_file() {
+    let sink = Sink::start();
+    let relay = relay_with_metrics(&sink, &[]);
+    let m = metrics_addr(&relay);
+    assert_eq!(get(m, "/healthz"), (200, "ok\n".to_string()));
+    let spool = relay.spool().to_path_buf();
+    let aside = spool.with_extension("aside");
+    std::fs::rename(&spool, &aside).unwrap();
+    let (code, body) = get(m, "/healthz");
+    std::fs::rename(&aside, &spool).unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("spool not writable"), "{body}");
+    assert_eq!(get(m, "/healthz").0, 200);
+}
+
+/// A real Prometheus server (Debian's `prometheus`) scrapes the relay
+/// on loopback; its HTTP API then has the series.
+#[test]
+fn a_prometheus_server_scrapes_the_relay() {
+    let sink = Sink::start();
+    let relay = relay_with_metrics(&sink, &[]);
+    let m = metrics_addr(&relay);
+    relay
+        .session()
+        .send_mail("a@origin.example", &["b@dest.example"], b"\r\nhi\r\n");
+    let dir = TempDir::new("prometheus");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: relay\n    static_configs:\n      - targets: ['{m}']\n"
+        ),
+    )
+    .unwrap();
+    let web = listen_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("log")).unwrap(),
+        ))
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!in_ci(), "prometheus missing in CI: {e}");
+            eprintln!("SKIPPED: prometheus not installed ({e})");
+            return;
+        }
+    };
+    let mut child = KillOnDrop(child);
+    let api: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+    let query = "/api/v1/query?query=smtp_relay_messages_received_total";
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let found = loop {
+        if let Ok(mut s) = TcpStream::connect_timeout(&api, Duration::from_secs(1)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(s, "GET {query} HTTP/1.0\r\n\r\n");
+            last.clear();
+            let _ = s.read_to_string(&mut last);
+            if last.contains("\"job\":\"relay\"") && last.contains(",\"1\"]") {
+                break true;
+            }
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    assert!(
+        found,
+        "prometheus has no smtp_relay_messages_received_total = 1; last answer:\n{last}\nlog:\n{}",
+        std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP port free on 127.0.0.1 now.
+fn listen_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_connection_over_the_per_ip_limit_is_counted_and_logged() {
+    let sink = Sink::start();
+    // loopback is a relay network by default, and those are exempt
+    let relay = relay_with_metrics(&sink, &["--max-per-ip", "1", "--relay-net", "10.0.0.0/8"]);
+    let m = metrics_addr(&relay);
+    let series = "smtp_relay_connections_refused_total{reason=\"per_ip_limit\"}";
+    assert_eq!(sample(&get(m, "/metrics").1, series), 0.0);
+    let mut first = Talk::greet(relay.addr());
+    let mut second = Talk::connect(relay.addr());
+    second.expect_enh(421, "4.7.0");
+    first.cmd("NOOP", 250);
+    assert_eq!(sample(&get(m, "/metrics").1, series), 1.0);
+    assert_eq!(
+        sample(
+            &get(m, "/metrics").1,
+            "smtp_relay_connections_accepted_total"
+        ),
+        1.0
+    );
+    let log = relay.log();
+    assert!(
+        log.contains("rejected reason=per_ip_limit reply=\"421 4.7.0"),
+        "{log}"
+    );
+}

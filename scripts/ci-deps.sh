@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real SMTP peers the interop tests talk to, from Debian's
 # packages: swaks, Postfix (smtp-source, smtp-sink, and a relay instance)
-# and dnsmasq (MX records on loopback), openssl (test certificates and
+# and dnsmasq (MX records on loopback), HAProxy (PROXY protocol v2 in
+# front of two relays, tests/haproxy.rs), openssl (test certificates and
 # `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls), Cyrus
 # SASL (saslpasswd2 and the sasldb/PLAIN/LOGIN plugins: a Postfix
 # smarthost that requires AUTH), msmtp (a mail client of the submission
@@ -14,7 +15,10 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 { command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ]; } || need+=(postfix)
 { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || need+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+{ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || need+=(haproxy)
 command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
+command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
+command -v s-nail >/dev/null 2>&1 || need+=(s-nail)
 # promtool (check metrics) and a Prometheus server scraping --metrics
 # (tests/metrics.rs): Debian's prometheus, a 22 MB download, 332 MB
 # installed (with its web UI), installed here in well under a minute

@@ -1021,9 +1021,48 @@ pub struct SendOpts {
     /// `-i`/`-oi`: a line with a single "." does not end the input.
     pub ignore_dots: bool,
     pub rcpts: Vec<String>,
+    /// `-F`: the full name for the `From:` field added when missing.
+    pub full_name: Option<String>,
+    /// The `From:` value added when the message has none (RFC 5322 §3.6
+    /// requires one; RFC 6409 §8 lets the MSA complete a message from
+    /// the submitter's identity); `None` adds
+    /// nothing. Set by `run_send` from the login name.
+    pub author: Option<String>,
 }
 
-fn parse_mailbox(s: &str) -> Result<Path, String> {
+/// `"Full Name" <login@host>`, or the bare address without a name (RFC
+/// 5322 §3.4: a display-name is a phrase, quoted here whole).
+pub fn author_field(login: &str, hostname: &str, full_name: Option<&str>) -> String {
+    let addr = format!("{login}@{hostname}");
+    match full_name.map(str::trim).filter(|n| !n.is_empty()) {
+        None => addr,
+        Some(n) => {
+            let q: String = n
+                .chars()
+                .filter(|c| !c.is_control())
+                .flat_map(|c| match c {
+                    '"' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            format!("\"{q}\" <{addr}>")
+        }
+    }
+}
+
+/// A bare local part (`root`, as cron gives it) gets `@host`, as sendmail
+/// qualifies unqualified addresses with the local domain.
+pub(crate) fn qualify(s: &str, host: &str) -> String {
+    let t = s.trim();
+    if t.contains('@') || t.is_empty() || t == "<>" {
+        t.to_string()
+    } else {
+        let t = t.trim_start_matches('<').trim_end_matches('>');
+        format!("{t}@{host}")
+    }
+}
+
+pub(crate) fn parse_mailbox(s: &str) -> Result<Path, String> {
     let s = s.trim();
     let text = if s.starts_with('<') {
         s.to_string()
@@ -1245,6 +1284,9 @@ pub fn prepare_message(
         max: max_size,
         eight_bit: false,
     };
+    if let Some(author) = opts.author.as_deref().filter(|_| !has("from")) {
+        w.put(format!("From: {author}\r\n").as_bytes())?;
+    }
     if !has("date") {
         w.put(format!("Date: {}\r\n", rfc5322_date(now)).as_bytes())?;
     }
@@ -1320,24 +1362,25 @@ fn stream_body<W: Write>(
 
 /// `smtp-relay send`: queue a message from stdin durably, without SMTP.
 /// Exit 0 once it is in the spool, 75 when it could not be queued, 64 for
-/// bad addresses.
+/// bad addresses. A user who cannot write the spool (neither root nor
+/// its owner) leaves the message in `maildrop/` for the server instead
+/// (spool/maildrop.rs); the result then names the maildrop file.
 pub fn run_send(
     config: &Config,
     opts: &SendOpts,
     input: &mut impl Read,
-) -> Result<QueueId, AdminError> {
-    let from = match opts.from.as_deref() {
-        None => {
-            let user = std::env::var("USER")
-                .or_else(|_| std::env::var("LOGNAME"))
-                .unwrap_or_else(|_| "root".into());
-            ReversePath::Path(
-                parse_mailbox(&format!("{user}@{}", config.hostname)).map_err(AdminError::usage)?,
-            )
-        }
-        Some("") | Some("<>") => ReversePath::Null,
-        Some(f) => ReversePath::Path(parse_mailbox(f).map_err(AdminError::usage)?),
-    };
+) -> Result<String, AdminError> {
+    if crate::spool::maildrop::should_use(&config.spool) {
+        return crate::spool::maildrop::submit(&config.spool, opts, config.max_size, input)
+            .map(|name| format!("maildrop/{name}"));
+    }
+    let login = crate::sys::login_name();
+    let mut opts = opts.clone();
+    opts.author = Some(author_field(
+        &login,
+        &config.hostname,
+        opts.full_name.as_deref(),
+    ));
     let spool = open_spool(&config.spool).map_err(|e| match e.code {
         EX_IOERR => AdminError {
             code: EX_TEMPFAIL,
@@ -1345,6 +1388,53 @@ pub fn run_send(
         },
         _ => e,
     })?;
+    let sub = Submitter {
+        login,
+        client: "local".into(),
+        received: String::new(),
+        hold: None,
+    };
+    let env = queue_message(config, &spool, &opts, &sub, input, |_| Ok(()))?;
+    if spool.is_locked() {
+        // the running server delivers it now rather than at its next scan
+        let _ = spool.request_flush(&[env.id]);
+    }
+    Ok(env.id.to_string())
+}
+
+/// Who gives a message to [`queue_message`], as the envelope and our
+/// `Received:` field record it.
+pub struct Submitter {
+    /// The login name: the default envelope sender's local part.
+    pub login: String,
+    /// The envelope's `client`.
+    pub client: String,
+    /// Text for `Received: from …` (empty: no `from` clause).
+    pub received: String,
+    /// Committed held (a maildrop pick-up, released once the drop is gone).
+    pub hold: Option<Hold>,
+}
+
+/// Queues the message read from `input` under `opts`; `before_commit` runs
+/// with the id the commit will use, once everything is written.
+pub fn queue_message(
+    config: &Config,
+    spool: &Spool,
+    opts: &SendOpts,
+    sub: &Submitter,
+    input: &mut impl Read,
+    before_commit: impl FnOnce(QueueId) -> io::Result<()>,
+) -> Result<Envelope, AdminError> {
+    let from = match opts.from.as_deref() {
+        None => ReversePath::Path(
+            parse_mailbox(&format!("{}@{}", sub.login, config.hostname))
+                .map_err(AdminError::usage)?,
+        ),
+        Some("") | Some("<>") => ReversePath::Null,
+        Some(f) => ReversePath::Path(
+            parse_mailbox(&qualify(f, &config.hostname)).map_err(AdminError::usage)?,
+        ),
+    };
     let tempfail = |e: SpoolError| AdminError {
         code: EX_TEMPFAIL,
         message: e.to_string(),
@@ -1352,8 +1442,13 @@ pub fn run_send(
     let mut incoming = spool.incoming().map_err(tempfail)?;
     let id = incoming.id();
     let now = now_unix();
+    let from_clause = if sub.received.is_empty() {
+        String::new()
+    } else {
+        format!("from {} ", sub.received)
+    };
     let header = format!(
-        "Received: by {} (smtp-relay) id {id}; {}\r\n",
+        "Received: {from_clause}by {} (smtp-relay) id {id}; {}\r\n",
         config.hostname,
         rfc5322_date(now)
     );
@@ -1392,7 +1487,7 @@ pub fn run_send(
     };
     let mut rcpts: Vec<Path> = Vec::new();
     for r in opts.rcpts.iter().chain(prepared.rcpts.iter()) {
-        let p = parse_mailbox(r).map_err(AdminError::usage)?;
+        let p = parse_mailbox(&qualify(r, &config.hostname)).map_err(AdminError::usage)?;
         if !rcpts.contains(&p) {
             rcpts.push(p);
         }
@@ -1402,10 +1497,10 @@ pub fn run_send(
     }
     let smtputf8 =
         rcpts.iter().any(|r| r.mailbox().is_utf8()) || from.mailbox().is_some_and(|m| m.is_utf8());
-    let env = Envelope {
+    let mut env = Envelope {
         id,
         arrived: now,
-        client: "local".into(),
+        client: sub.client.clone(),
         helo: config.hostname.clone(),
         auth: None,
         from,
@@ -1416,7 +1511,7 @@ pub fn run_send(
         smtputf8,
         attempts: 0,
         next_try: now,
-        hold: None,
+        hold: sub.hold,
         dsn: Default::default(),
         rcpts: rcpts
             .into_iter()
@@ -1430,18 +1525,17 @@ pub fn run_send(
             .collect(),
         delay_warned: None,
     };
-    let id = incoming.commit(&env).map_err(tempfail)?;
+    before_commit(id).map_err(|e| tempfail(SpoolError::io(spool.root(), e)))?;
+    env.id = incoming.commit(&env).map_err(tempfail)?;
     log::info!(
-        "{id} queued from={} size={} nrcpt={} client=local",
+        "{} queued from={} size={} nrcpt={} client={}",
+        env.id,
         env.from,
         env.size,
-        env.rcpts.len()
+        env.rcpts.len(),
+        env.client
     );
-    if spool.is_locked() {
-        // the running server delivers it now rather than at its next scan
-        let _ = spool.request_flush(&[id]);
-    }
-    Ok(id)
+    Ok(env)
 }
 
 /// Reads queue ids, one per line, for the `-` argument.

@@ -372,6 +372,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
 
     let mut spool = Spool::open(&config.spool)?;
     let lock = spool.lock()?;
+    crate::spool::maildrop::recover(&spool);
     spool.start_committer(config.sync == crate::config::SyncMode::Syncfs)?;
     let spool = Arc::new(spool);
     let (queued, rec) = spool.recover(&lock)?;
@@ -385,6 +386,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     );
 
     let local: Vec<SocketAddr> = listeners.iter().map(|b| b.local).collect();
+    // users who cannot write the queue submit through maildrop/
+    let maildrop_ready = crate::spool::maildrop::prepare(spool.root())
+        .map_err(|e| log::warn!("maildrop/: {e}: non-root submission is off"))
+        .is_ok();
     // sessions and delivery announce new messages to the scheduler; a
     // full channel only delays a message until the next rescan
     let (committed_tx, committed_rx) = bounded::<QueueId>(16 * 1024);
@@ -419,7 +424,20 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         edge,
         senders,
     });
+    let pickup = maildrop_ready
+        .then(|| {
+            crate::spool::maildrop::Pickup::start(
+                ctx.spool.clone(),
+                ctx.config.clone(),
+                ctx.committed.clone(),
+            )
+        })
+        .transpose()
+        .map_err(ServeError::Thread)?;
     server::run(listeners, ctx, signals)?;
+    if let Some(p) = pickup {
+        p.stop();
+    }
     // deliveries in flight get a moment; one cut short is retried at the
     // next start (a duplicate at worst, never a loss)
     if let Some(s) = sched {

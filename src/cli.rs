@@ -296,6 +296,22 @@ const SERVER_OPTS: &[OptSpec] = &[
     ),
 ];
 
+/// The PROXY protocol (serve only): a load balancer in front.
+const PROXY_OPTS: &[OptSpec] = &[
+    opt(
+        "proxy-protocol",
+        Kind::Flag,
+        "",
+        "every listener expects a PROXY v1/v2 header first (needs --proxy-from)",
+    ),
+    opt(
+        "proxy-from",
+        Kind::Multi,
+        "CIDR",
+        "proxies trusted to send it, repeatable; anyone else is closed unread",
+    ),
+];
+
 /// Listeners with a mode and the submission service (`serve` only;
 /// README "Listeners" and "Submission for applications").
 const LISTENER_OPTS: &[OptSpec] = &[
@@ -598,6 +614,7 @@ fn all_specs() -> Vec<&'static OptSpec> {
     ROUTING_OPTS
         .iter()
         .chain(SERVER_OPTS)
+        .chain(PROXY_OPTS)
         .chain(LISTENER_OPTS)
         .chain(DELIVERY_OPTS)
         .chain(OPERATING_OPTS)
@@ -622,13 +639,15 @@ fn usage_text() -> String {
          smtp-relay serve [OPTIONS]            run the relay (receive, queue, deliver)\n  \
          smtp-relay route [OPTIONS] ADDRESS    show where a recipient would be sent, send nothing\n  \
          smtp-relay queue list|show|flush|hold|release|delete|bounce|requeue [OPTIONS] [ID...|-]\n  \
-         smtp-relay send [-f SENDER] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
+         smtp-relay send [-f SENDER] [-F NAME] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
+         smtp-relay sendmail ARGS...   sendmail's command line (also linked as sendmail, mailq)\n  \
          smtp-relay passwd USER [--auth-file FILE] [--user NAME]   set USER's AUTH password (stdin)\n  \
-         smtp-relay --help | --version\n\nOptions of every command:\n",
+         smtp-relay --help | --version | --man\n\nOptions of every command:\n",
     );
     describe(&mut s, ROUTING_OPTS);
     s.push_str("\nReceiving (serve):\n");
     describe(&mut s, SERVER_OPTS);
+    describe(&mut s, PROXY_OPTS);
     s.push_str("\nListeners with a mode, submission (serve):\n");
     describe(&mut s, LISTENER_OPTS);
     s.push_str("\nDelivering (serve, queue flush):\n");
@@ -853,6 +872,7 @@ pub fn parse(args: &[String]) -> Result<Cli, UsageError> {
     match cmd.as_str() {
         "-h" | "--help" | "help" => Ok(Cli::Help(usage_text())),
         "-V" | "--version" | "version" => Ok(Cli::Version),
+        "--man" => Ok(Cli::Help(crate::manpage::render(&usage_text()))),
         "serve" => parse_serve(&args[1..]),
         "route" => parse_route(&args[1..]),
         "queue" => parse_queue(&args[1..]),
@@ -1057,6 +1077,7 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     let mut c = Config::new();
     apply_routing(&v, &mut c)?;
     apply_server(&v, &mut c)?;
+    apply_proxy(&v, &mut c)?;
     apply_listeners(&v, &mut c)?;
     apply_delivery(&v, &mut c)?;
     apply_operating(&v, &mut c)?;
@@ -1246,6 +1267,7 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     }
     o.optopt("f", "", "envelope sender", "SENDER");
     o.optflag("t", "", "recipients from To/Cc/Bcc");
+    o.optopt("F", "", "full name for the From: field added", "NAME");
     o.optflag("i", "", "a lone dot does not end the message");
     o.optmulti("o", "", "sendmail option (only -oi is understood)", "OPT");
     o.optflagmulti("v", "verbose", "more log output");
@@ -1281,6 +1303,8 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
         extract: v.matches.opt_present("t"),
         ignore_dots,
         rcpts: v.matches.free.clone(),
+        full_name: v.matches.opt_str("F"),
+        author: None,
     };
     if opts.rcpts.is_empty() && !opts.extract {
         return Err(UsageError(
@@ -1532,6 +1556,32 @@ fn apply_rates(v: &Values, e: &mut crate::edge::EdgeConfig) -> Result<(), UsageE
     Ok(())
 }
 
+/// `--proxy-protocol` and `--proxy-from`: one without the other is a
+/// mistake (trusting no one, or a list that does nothing).
+fn apply_proxy(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    let from = v
+        .parse_multi("proxy-from", |n| {
+            Cidr::parse(n).map_err(|e| UsageError(format!("--proxy-from: {e}")))
+        })?
+        .unwrap_or_default();
+    match (v.flag("proxy-protocol")?, from.is_empty()) {
+        (true, false) => c.proxy_protocol = Some(from),
+        (false, true) => {}
+        (true, true) => {
+            return Err(UsageError(
+                "--proxy-protocol needs --proxy-from CIDR (the proxies trusted to name the client)"
+                    .into(),
+            ))
+        }
+        (false, false) => {
+            return Err(UsageError(
+                "--proxy-from does nothing without --proxy-protocol".into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// `--listen-tls`, `--submission`, `--submission-tls` and the submission
 /// settings. The default `--listen` applies only when no listener of any
 /// kind is given.
@@ -1656,6 +1706,22 @@ mod tests {
         assert_eq!(c.timeout.as_secs(), 30);
         assert_eq!(c.relay_domains[0].as_str(), "Example.ORG");
         assert_eq!(c.verbosity, 2);
+    }
+
+    #[test]
+    fn proxy_protocol_needs_its_trusted_peers() {
+        assert_eq!(serve("serve").unwrap().proxy_protocol, None);
+        let c =
+            serve("serve --proxy-protocol --proxy-from 127.0.0.1 --proxy-from 10.0.0.0/8").unwrap();
+        let nets = c.proxy_protocol.expect("on");
+        assert_eq!(nets.len(), 2);
+        assert!(nets[1].contains("10.1.2.3".parse().unwrap()));
+        let e = serve("serve --proxy-protocol").unwrap_err();
+        assert!(e.0.contains("--proxy-from"), "{e}");
+        let e = serve("serve --proxy-from 127.0.0.1").unwrap_err();
+        assert!(e.0.contains("--proxy-protocol"), "{e}");
+        let e = serve("serve --proxy-protocol --proxy-from 1.2.3.4/40").unwrap_err();
+        assert!(e.0.contains("--proxy-from"), "{e}");
     }
 
     #[test]

@@ -244,6 +244,9 @@ pub struct Config {
     pub edge: crate::edge::EdgeConfig,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
+    /// `--proxy-protocol` with its `--proxy-from` networks: every
+    /// listener expects a PROXY header (v1 or v2) from these peers only.
+    pub proxy_protocol: Option<Vec<Cidr>>,
     /// `--metrics`: where /metrics and /healthz are served.
     pub metrics: Option<SocketAddr>,
     pub log_format: crate::logging::LogFormat,
@@ -318,6 +321,7 @@ impl Config {
             auth_limits: crate::auth_limit::AuthLimits::default(),
             edge: crate::edge::EdgeConfig::default(),
             verbosity: 0,
+            proxy_protocol: None,
             metrics: None,
             log_format: crate::logging::LogFormat::Text,
             log_file: None,

@@ -41,7 +41,12 @@ fn init_logging_to(
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // called as `sendmail`, `mailq`, `newaliases`: their command lines
+    let args = match smtp_relay::sendmail::command_line(std::env::args().collect()) {
+        Ok(Ok(args)) => args,
+        Ok(Err(done)) => return done.into(),
+        Err(e) => return fail(&e),
+    };
     let cli = match cli::parse(&args) {
         Ok(c) => c,
         Err(e) => return fail(&e),

@@ -130,7 +130,14 @@ pub fn bind(addrs: &[(SocketAddr, ListenMode)]) -> Result<Vec<Bound>, ServeError
 pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result<(), ServeError> {
     let config = ctx.config.clone();
     let (tx, rx) = bounded::<Accepted>(config.backlog);
+    let tracker = Arc::new(ConnTracker {
+        per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
+        max_per_ip: config.max_per_ip,
+        exempt: config.relay_nets.clone(),
+        proxies: config.proxy_protocol.clone(),
+    });
     let pool_ctx = ctx.clone();
+    let pool_tracker = tracker.clone();
     let pool = Pool::spawn(
         "session",
         config.workers,
@@ -141,16 +148,20 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
             // and a TLS stream cannot take a plain 421), never the worker
             let what = format_args!("{peer} session (connection dropped, worker continues)");
             let _active = crate::metrics::session();
-            crate::pool::catch(what, || session::run(s, peer, mode, &pool_ctx));
-            drop(ticket);
+            crate::pool::catch(what, || {
+                let (s, client, ticket) = match ticket {
+                    Some(t) => (s, peer, t),
+                    None => match proxied(s, peer, mode, &pool_tracker, &pool_ctx.config) {
+                        Some(c) => c,
+                        None => return,
+                    },
+                };
+                session::run(s, client, mode, &pool_ctx);
+                drop(ticket);
+            });
         },
     )
     .map_err(ServeError::Thread)?;
-    let tracker = Arc::new(ConnTracker {
-        per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
-        max_per_ip: config.max_per_ip,
-        exempt: config.relay_nets.clone(),
-    });
 
     let stopping = Arc::new(AtomicBool::new(false));
     let mut acceptors = Vec::new();
@@ -180,8 +191,10 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
     drop(tx);
     crate::metrics::set_listening(true);
     let _ = io::stdout().flush();
+    crate::notify::notify("READY=1");
 
     signals.wait_for_stop();
+    crate::notify::notify("STOPPING=1");
     log::info!("stopping: no new connections, waiting up to {STOP_GRACE:?} for sessions");
     stopping.store(true, Ordering::SeqCst);
     crate::metrics::set_listening(false);
@@ -223,8 +236,10 @@ pub fn become_user(
     Ok(())
 }
 
-/// An accepted connection on its way to a session worker.
-type Accepted = (TcpStream, SocketAddr, ListenMode, Ticket);
+/// An accepted connection on its way to a session worker, with its
+/// ticket; `None` from a trusted proxy: the ticket is taken for the client
+/// its PROXY header names.
+type Accepted = (TcpStream, SocketAddr, ListenMode, Option<Ticket>);
 
 /// Counts connections per client address.
 struct ConnTracker {
@@ -233,6 +248,15 @@ struct ConnTracker {
     /// Relay networks are our own MTAs: exempt, as Postfix exempts
     /// $mynetworks from its connection count limit.
     exempt: Vec<crate::config::Cidr>,
+    /// `--proxy-protocol`'s `--proxy-from`: the only peers served.
+    proxies: Option<Vec<crate::config::Cidr>>,
+}
+
+/// Why the accept loop turns a connection away.
+enum Refusal {
+    TooMany,
+    /// A PROXY listener, and the peer is not a trusted proxy.
+    Untrusted,
 }
 
 /// One counted connection; dropping it uncounts it.
@@ -242,6 +266,17 @@ struct Ticket {
 }
 
 impl ConnTracker {
+    /// At accept: a ticket for the peer, or for a trusted proxy `None`
+    /// (the proxy is not one client; its clients are counted by
+    /// [`proxied`] once their addresses are known).
+    fn at_accept(self: &Arc<Self>, peer: SocketAddr) -> Result<Option<Ticket>, Refusal> {
+        match &self.proxies {
+            None => self.admit(peer.ip()).map(Some).ok_or(Refusal::TooMany),
+            Some(p) if p.iter().any(|n| n.contains(peer.ip())) => Ok(None),
+            Some(_) => Err(Refusal::Untrusted),
+        }
+    }
+
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
         let ip = ip.to_canonical();
         if self.exempt.iter().any(|n| n.contains(ip)) {
@@ -300,11 +335,19 @@ fn accept_loop(
             let _ = reject(stream, mode, &reply);
             return;
         }
-        let Some(ticket) = tracker.admit(peer.ip()) else {
-            let reply = Reply::too_many_connections(hostname);
-            crate::metrics::conn_refused(&peer, crate::metrics::ConnReason::PerIpLimit, &reply);
-            let _ = reject(stream, mode, &reply);
-            continue;
+        let ticket = match tracker.at_accept(peer) {
+            Ok(t) => t,
+            Err(Refusal::TooMany) => {
+                let reply = Reply::too_many_connections(hostname);
+                crate::metrics::conn_refused(&peer, crate::metrics::ConnReason::PerIpLimit, &reply);
+                let _ = reject(stream, mode, &reply);
+                continue;
+            }
+            Err(Refusal::Untrusted) => {
+                // nothing is read: an untrusted header never names a client
+                log::info!("{peer} refused: not in --proxy-from on a PROXY protocol listener; closed unread, no reply");
+                continue;
+            }
         };
         match tx.try_send((stream, peer, mode, ticket)) {
             Ok(()) => crate::metrics::conn_accepted(),
@@ -316,6 +359,48 @@ fn accept_loop(
             Err(TrySendError::Disconnected(_)) => return,
         }
     }
+}
+
+/// A connection from a trusted proxy: reads its PROXY header, then counts
+/// the client it names against `--max-per-ip`. `None`: refused and closed
+/// (a health check's connect-and-close, a bad or late header, too many).
+fn proxied(
+    mut stream: TcpStream,
+    proxy: SocketAddr,
+    mode: ListenMode,
+    tracker: &Arc<ConnTracker>,
+    cfg: &crate::config::Config,
+) -> Option<(TcpStream, SocketAddr, Ticket)> {
+    use crate::proxy::{read_header, Header, ReadError, HEADER_DEADLINE};
+    let deadline = std::time::Instant::now() + cfg.timeout.min(HEADER_DEADLINE);
+    let (client, ticket) = match read_header(&mut stream, deadline) {
+        Ok(Header::Proxied { source, .. }) => (source, tracker.admit(source.ip())),
+        // LOCAL / UNKNOWN: the proxy's own connection, not a client's
+        Ok(Header::Local) => (
+            proxy,
+            Some(Ticket {
+                tracker: None,
+                ip: proxy.ip(),
+            }),
+        ),
+        Err(ReadError::Closed) => {
+            log::debug!("{proxy} closed before a PROXY header (a health check)");
+            return None;
+        }
+        Err(e) => {
+            log::info!("{proxy} PROXY header refused: {e}; connection closed, no reply");
+            return None;
+        }
+    };
+    log::debug!("{client} connected through proxy {proxy}");
+    let Some(ticket) = ticket else {
+        let reply = Reply::too_many_connections(&cfg.hostname);
+        log::info!("{client} over --max-per-ip (through proxy {proxy})");
+        crate::metrics::conn_refused(&client, crate::metrics::ConnReason::PerIpLimit, &reply);
+        let _ = reject(stream, mode, &reply);
+        return None;
+    };
+    Some((stream, client, ticket))
 }
 
 /// Writes one reply to a connection we will not serve, and closes it.

@@ -286,6 +286,44 @@ pub fn drop_privileges(user: User) -> io::Result<()> {
     Ok(())
 }
 
+/// The name of user `uid` in the password database, if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in `lookup_user`: getpwuid_r fills `pwd` and `buf`,
+    // both owned here, and sets `result` to `pwd` or null.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// The real user id (who ran us).
+pub fn real_uid() -> u32 {
+    // SAFETY: getuid has no arguments and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The effective user id.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The login name of whoever runs us: the password database's name for
+/// the real uid (the kernel's word, not the environment's), else `$USER`,
+/// else `uidN`.
+pub fn login_name() -> String {
+    let uid = real_uid();
+    user_name(uid)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| format!("uid{uid}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,8 @@
 //! SPOOL/corrupt/      envelopes that do not parse, moved aside, never deleted
 //! SPOOL/flush.d/      flush requests for the running server: one file per
 //!                     request, one queue id per line, `*` for everything
+//! SPOOL/maildrop/     submissions of users who cannot write the queue, and
+//! SPOOL/pickup/       the server's markers while it queues them (maildrop.rs)
 //! SPOOL/flush         `touch` it to make every waiting message due now
 //! ```
 //! A message leaves the queue envelope first, then body, so a crash in
@@ -25,6 +27,7 @@ pub mod envelope;
 pub mod flush;
 pub mod fsutil;
 pub mod incoming;
+pub mod maildrop;
 pub mod owner;
 pub mod queue_id;
 pub mod recycle;
@@ -111,7 +114,7 @@ impl std::error::Error for SpoolError {
 }
 
 /// The spool's folders, each a real folder (never a symbolic link).
-pub(crate) const SUBDIRS: [&str; 5] = ["tmp", "queue", "corrupt", "flush.d", "free"];
+pub(crate) const SUBDIRS: [&str; 6] = ["tmp", "queue", "corrupt", "flush.d", "free", "pickup"];
 
 /// Most files kept in `free/` for reuse (two per message).
 const RECYCLE_MAX: usize = 4096;

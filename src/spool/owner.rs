@@ -50,6 +50,13 @@ pub fn give_to(root: &Path, user: User) -> Result<(), SpoolError> {
         give_fd(&dir, &path, user)?;
         give_files(&dir, &path, user)?;
     }
+    // maildrop/ itself (made by an earlier run as root), not the files
+    // in it: those are their submitters' (spool/maildrop.rs)
+    match sys::open_dir_nofollow(Some(&top), Path::new(super::maildrop::DIR)) {
+        Ok(dir) => give_fd(&dir, &root.join(super::maildrop::DIR), user)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(unsafe_or_io(&root.join(super::maildrop::DIR), e)),
+    }
     // the lock and the `flush` trigger
     give_files(&top, root, user)
 }

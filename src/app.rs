@@ -300,6 +300,7 @@ pub fn deliverer(
         tls,
         secrets,
         clock: Arc::new(crate::time::SystemClock),
+        postmaster: config.postmaster(),
     })
 }
 
@@ -332,6 +333,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // drop; a bad one stops the start before anything is bound.
     let server_tls = server_tls(&config)?;
     check_auth_file(&config)?;
+    let mut gate = gate(&config)?;
     let senders = sender_map(&config)?;
     let client_tls = client_tls(&config)?;
     // the secrets file too: as root, so it can stay root's, mode 0600
@@ -411,6 +413,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         None
     };
 
+    gate.verifier = verifier(&config, &local)?;
+    let gate = Arc::new(gate);
     let auth_limits = config.auth_limits;
     let edge = edge(&config)?;
     let ctx = Arc::new(Context {
@@ -422,6 +426,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         auth_failures: crate::auth_limit::FailureLimiter::new(auth_limits),
         tls: server_tls,
         edge,
+        gate,
         senders,
     });
     let pickup = maildrop_ready
@@ -457,6 +462,82 @@ fn edge(config: &Config) -> Result<crate::edge::Edge, SetupError> {
         .map(|e| resolve("--dns", e))
         .transpose()?;
     crate::edge::Edge::build(&config.edge, server).map_err(|e| SetupError::Dns(format!("{e}")))
+}
+
+/// The filter stage of `serve`: `--access`'s rules and the recipient
+/// checks of `--recipients`/`--verify-recipients`, their files read now
+/// (before privileges drop, as the TLS key is). The verifier, which needs
+/// our listening addresses, is added by `verifier`.
+pub fn gate(config: &Config) -> Result<crate::check::Gate, SetupError> {
+    use crate::access::{AccessRules, Swap};
+    use crate::check::{DomainCheck, Gate, RecipientTable};
+    let read = |option: &'static str, path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|source| SetupError::Unreadable {
+            option,
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut gate = Gate::default();
+    if let Some(path) = &config.access_file {
+        let rules =
+            AccessRules::parse(&read("--access", path)?).map_err(|why| SetupError::Invalid {
+                option: "--access",
+                why: format!("{}: {why}", path.display()),
+            })?;
+        if rules.needs_ptr() && !config.no_dns {
+            let server = config
+                .dns
+                .as_ref()
+                .map(|e| resolve("--dns", e))
+                .transpose()?;
+            // a short timeout: the client waits for it
+            gate.dns = Some(
+                crate::dns::Dns::new(server, Duration::from_secs(5))
+                    .map_err(|e| SetupError::Dns(format!("{e:?}")))?,
+            );
+        }
+        gate.access = Swap::new(rules);
+    }
+    for (domain, path) in &config.recipient_tables {
+        let table = RecipientTable::parse(&read("--recipients", path)?).map_err(|why| {
+            SetupError::Invalid {
+                option: "--recipients",
+                why: format!("{}: {why}", path.display()),
+            }
+        })?;
+        log::info!(
+            "recipients of {domain}: {} entries from {}",
+            table.len(),
+            path.display()
+        );
+        gate.domains
+            .insert(domain.key(), DomainCheck::Table(Swap::new(table)));
+    }
+    for domain in &config.verify_domains {
+        let check = match gate.domains.remove(&domain.key()) {
+            Some(DomainCheck::Table(t)) | Some(DomainCheck::Both(t)) => DomainCheck::Both(t),
+            _ => DomainCheck::Verify,
+        };
+        gate.domains.insert(domain.key(), check);
+    }
+    Ok(gate)
+}
+
+/// `--verify-recipients`: probes go where delivery would (`local` are
+/// our listening addresses, for loop detection).
+pub fn verifier(
+    config: &Config,
+    local: &[SocketAddr],
+) -> Result<Option<crate::check::Verifier>, SetupError> {
+    if config.verify_domains.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(crate::check::Verifier::new(
+        router(config, local)?,
+        config.hostname.clone(),
+        config.verify,
+    )))
 }
 
 /// `route ADDRESS`: where a recipient would go, sending nothing. Prints

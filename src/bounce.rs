@@ -327,6 +327,63 @@ pub fn read_headers(body: Body) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A failure report for each recipient that is bouncing.
+fn bouncing_reports(env: &Envelope) -> Vec<RcptReport> {
+    env.rcpts
+        .iter()
+        .filter(|r| r.state == RcptState::Bouncing)
+        .map(|r| report_for(r, Action::Failed))
+        .collect()
+}
+
+/// The `client` of a double bounce's envelope: its own failure is
+/// dropped and logged, never reported again (no loop).
+pub const DOUBLE_BOUNCE_CLIENT: &str = "local-double-bounce";
+
+/// A message from the null sender (a DSN, ours or relayed) failed for
+/// good: its failed recipients are reported to the postmaster instead
+/// (Postfix's double bounce), once. A failed double bounce, or one with
+/// no postmaster address, is logged and dropped. Call before
+/// `report_bouncing`, which marks the recipients failed.
+pub fn double_bounce(
+    original: &Claim,
+    hostname: &str,
+    postmaster: Option<&Path>,
+    env: &Envelope,
+    now: u64,
+    notify: Option<&crossbeam_channel::Sender<QueueId>>,
+) -> Result<Option<QueueId>, SpoolError> {
+    let reports = bouncing_reports(env);
+    if !env.from.is_null() || reports.is_empty() {
+        return Ok(None);
+    }
+    let Some(postmaster) = postmaster.filter(|_| env.client != DOUBLE_BOUNCE_CLIENT) else {
+        log::info!(
+            "{} undeliverable double bounce dropped: {} recipient(s) failed",
+            env.id,
+            reports.len()
+        );
+        return Ok(None);
+    };
+    let mut to_postmaster = env.clone();
+    to_postmaster.from = ReversePath::Path(postmaster.clone());
+    let id = enqueue_as(
+        original,
+        hostname,
+        &to_postmaster,
+        &reports,
+        now,
+        DOUBLE_BOUNCE_CLIENT,
+    )?;
+    if let Some(id) = id {
+        log::info!("{} double bounce {id} to the postmaster", env.id);
+        if let Some(tx) = notify {
+            let _ = tx.try_send(id);
+        }
+    }
+    Ok(id)
+}
+
 /// Queues a DSN for `reports` to the sender of `env`, the message held
 /// by `original`. Returns `None` (and logs) when the sender is null:
 /// never bounce a bounce.
@@ -336,6 +393,17 @@ pub fn enqueue(
     env: &Envelope,
     reports: &[RcptReport],
     now: u64,
+) -> Result<Option<QueueId>, SpoolError> {
+    enqueue_as(original, hostname, env, reports, now, "local")
+}
+
+fn enqueue_as(
+    original: &Claim,
+    hostname: &str,
+    env: &Envelope,
+    reports: &[RcptReport],
+    now: u64,
+    client: &str,
 ) -> Result<Option<QueueId>, SpoolError> {
     let ReversePath::Path(sender) = &env.from else {
         log::info!(
@@ -391,7 +459,7 @@ pub fn enqueue(
     let dsn = Envelope {
         id,
         arrived: now,
-        client: "local".into(),
+        client: client.into(),
         helo: hostname.to_string(),
         auth: None,
         from: ReversePath::Null,
@@ -467,12 +535,7 @@ pub fn report_bouncing(
     now: u64,
     notify: Option<&crossbeam_channel::Sender<QueueId>>,
 ) -> Result<Option<QueueId>, SpoolError> {
-    let reports: Vec<RcptReport> = env
-        .rcpts
-        .iter()
-        .filter(|r| r.state == RcptState::Bouncing)
-        .map(|r| report_for(r, Action::Failed))
-        .collect();
+    let reports = bouncing_reports(env);
     if reports.is_empty() {
         return Ok(None);
     }

@@ -294,6 +294,55 @@ const SERVER_OPTS: &[OptSpec] = &[
         "N",
         "recipients per minute per client address or AUTH user (default 0: off)",
     ),
+    // the inbound edge: recipient validation, access rules (README "Edge relay")
+    opt(
+        "recipients",
+        Kind::Multi,
+        "DOMAIN=FILE",
+        "accept only the recipients FILE lists for relay domain DOMAIN, repeatable",
+    ),
+    opt(
+        "verify-recipients",
+        Kind::Multi,
+        "DOMAIN",
+        "verify recipients of relay domain DOMAIN with its next hop (RCPT probe), repeatable",
+    ),
+    opt(
+        "verify-timeout",
+        Kind::Single,
+        "DUR",
+        "longest recipient probe before 450 4.1.1 (default 10s)",
+    ),
+    opt(
+        "verify-positive-ttl",
+        Kind::Single,
+        "DUR",
+        "how long a recipient the next hop accepted stays known (default 1h)",
+    ),
+    opt(
+        "verify-negative-ttl",
+        Kind::Single,
+        "DUR",
+        "how long a recipient the next hop refused stays unknown (default 10m)",
+    ),
+    opt(
+        "verify-cache-size",
+        Kind::Single,
+        "N",
+        "most cached probe answers (default 10000)",
+    ),
+    opt(
+        "access",
+        Kind::Single,
+        "FILE",
+        "access rules (STAGE MATCH ACTION lines) at connect, HELO, MAIL, RCPT",
+    ),
+    opt(
+        "postmaster",
+        Kind::Single,
+        "ADDRESS",
+        "where RCPT TO:<Postmaster> and double bounces go (default postmaster@HOSTNAME)",
+    ),
 ];
 
 /// The PROXY protocol (serve only): a load balancer in front.
@@ -1456,12 +1505,13 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         }
         c.auth_limits.window = t;
     }
-    apply_edge(v, &mut c.edge)?;
+    apply_edge_lists(v, &mut c.edge)?;
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),
         ));
     }
+    apply_edge(v, c)?;
     if let Some(b) = v.parse("bare-lf", |b| match b {
         "reject" => Ok(BareLineEndings::Reject),
         "normalize" => Ok(BareLineEndings::Normalize),
@@ -1474,8 +1524,8 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     Ok(())
 }
 
-/// The inbound edge's options (issue 13).
-fn apply_edge(v: &Values, e: &mut crate::edge::EdgeConfig) -> Result<(), UsageError> {
+/// The DNS lists, the policy service and the rate limits (issue 13).
+fn apply_edge_lists(v: &Values, e: &mut crate::edge::EdgeConfig) -> Result<(), UsageError> {
     use crate::edge::dnsbl::{parse_zone, DnsblConfig, RejectAt};
     use crate::edge::policy::{DefaultAction, PolicyConfig, Target};
     if let Some(lists) = v.parse_multi("dnsbl", |s| {
@@ -1552,6 +1602,58 @@ fn apply_rates(v: &Values, e: &mut crate::edge::EdgeConfig) -> Result<(), UsageE
     }
     if let Some(n) = v.parse("rate-recipients", |n| number("rate-recipients", n))? {
         e.rates.recipients = n;
+    }
+    Ok(())
+}
+
+/// The inbound edge: recipient validation, access rules, postmaster.
+/// The files are read by `app.rs` at start.
+fn apply_edge(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    let relay_domain = |opt: &str, d: &str| {
+        let domain = Domain::parse(d.trim_end_matches('.'), true)
+            .map_err(|e| UsageError(format!("--{opt}: {d:?}: {e}")))?;
+        if !c.is_relay_domain(&domain) {
+            return Err(UsageError(format!(
+                "--{opt}: {d:?} is not a --relay-domain"
+            )));
+        }
+        Ok(domain)
+    };
+    let (mut tables, mut verify) = (c.recipient_tables.clone(), c.verify_domains.clone());
+    if let Some(t) = v.parse_multi("recipients", |r| {
+        let (d, f) = r
+            .split_once('=')
+            .filter(|(_, f)| !f.is_empty())
+            .ok_or_else(|| UsageError(format!("--recipients: {r:?} is not DOMAIN=FILE")))?;
+        Ok((relay_domain("recipients", d)?, PathBuf::from(f)))
+    })? {
+        tables = t;
+    }
+    if let Some(d) = v.parse_multi("verify-recipients", |d| {
+        relay_domain("verify-recipients", d)
+    })? {
+        verify = d;
+    }
+    c.recipient_tables = tables;
+    c.verify_domains = verify;
+    if let Some(t) = nonzero(v, "verify-timeout")? {
+        c.verify.timeout = t;
+    }
+    if let Some(t) = nonzero(v, "verify-positive-ttl")? {
+        c.verify.positive_ttl = t;
+    }
+    if let Some(t) = nonzero(v, "verify-negative-ttl")? {
+        c.verify.negative_ttl = t;
+    }
+    if let Some(n) = v.parse("verify-cache-size", |n| positive("verify-cache-size", n))? {
+        c.verify.cache_size = n;
+    }
+    c.access_file = v.single("access").map(PathBuf::from);
+    if let Some(m) = v.parse("postmaster", |a| {
+        crate::smtp::Mailbox::parse(a.trim_start_matches('<').trim_end_matches('>'), true)
+            .map_err(|e| UsageError(format!("--postmaster: {a:?}: {e}")))
+    })? {
+        c.postmaster = Some(m);
     }
     Ok(())
 }

@@ -857,6 +857,22 @@ impl Connection {
         }
     }
 
+    /// Address verification (the inbound side's `--verify-recipients`):
+    /// `MAIL FROM:<>` and one `RCPT TO`, never DATA, then RSET. The null
+    /// sender (RFC 5321 §4.5.5) so the next hop never answers to anyone.
+    /// `Ok` carries the reply to the RCPT; a refused MAIL is an `Err`.
+    pub fn probe_rcpt(&mut self, rcpt: &Path) -> Result<Reply, ClientError> {
+        let t = self.timeouts;
+        let mail = self.command("MAIL FROM:<>", Phase::Mail, t.mail)?;
+        if !mail.code().is_positive() {
+            self.reset_after_failure();
+            return Err(ClientError::Rejected(Phase::Mail, mail));
+        }
+        let reply = self.command(&format!("RCPT TO:{rcpt}"), Phase::Rcpt, t.rcpt)?;
+        self.reset_after_failure();
+        Ok(reply)
+    }
+
     /// Prepares a cached connection for another transaction.
     pub fn reset(&mut self) -> Result<(), ClientError> {
         let r = self.command("RSET", Phase::Rset, self.timeouts.mail)?;

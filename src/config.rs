@@ -279,6 +279,18 @@ pub struct Config {
     /// `--ca-file`: the CAs `--outbound-tls verify` trusts (else the
     /// system's).
     pub ca_file: Option<PathBuf>,
+
+    // ---- the inbound edge: recipient validation, access rules ----
+    /// `--recipients DOMAIN=FILE`: the domain's recipient table.
+    pub recipient_tables: Vec<(Domain, PathBuf)>,
+    /// `--verify-recipients DOMAIN`: ask the domain's next hop.
+    pub verify_domains: Vec<Domain>,
+    pub verify: crate::check::VerifySettings,
+    /// `--access FILE`: access rules.
+    pub access_file: Option<PathBuf>,
+    /// `--postmaster`: where `<Postmaster>` and double bounces go;
+    /// `None`: `postmaster@HOSTNAME`.
+    pub postmaster: Option<crate::smtp::Mailbox>,
     /// `--secrets-file`: SMTP AUTH credentials for next hops (routes'
     /// `auth =`), read at start (`secrets.rs`).
     pub secrets_file: Option<PathBuf>,
@@ -339,8 +351,25 @@ impl Config {
             connection_max_messages: 100,
             outbound_tls: OutboundTls::May,
             ca_file: None,
+            recipient_tables: Vec::new(),
+            verify_domains: Vec::new(),
+            verify: crate::check::VerifySettings::default(),
+            access_file: None,
+            postmaster: None,
             secrets_file: None,
         }
+    }
+
+    /// The postmaster's address (RFC 5321 §4.5.1): `--postmaster`, else
+    /// `postmaster@HOSTNAME`; `None` if the host name makes no address.
+    pub fn postmaster(&self) -> Option<crate::smtp::Path> {
+        let mailbox = match &self.postmaster {
+            Some(m) => m.clone(),
+            None => {
+                crate::smtp::Mailbox::parse(&format!("postmaster@{}", self.hostname), false).ok()?
+            }
+        };
+        Some(crate::smtp::Path::new(mailbox))
     }
 
     /// Whether any delivery verifies certificates (`--outbound-tls

@@ -210,6 +210,22 @@ impl Dns {
         Ok(addrs)
     }
 
+    /// The reverse name of `ip` (the first PTR record), for access rules
+    /// on the client's name. `Err(NoRecords)` when it has none.
+    pub fn ptr(&self, ip: IpAddr) -> Result<String, DnsError> {
+        let name = Name::from(ip);
+        let resolver = &self.resolver;
+        let lookup = self.block_on(async move { resolver.reverse_lookup(name).await })?;
+        lookup
+            .answers()
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::PTR(p) => Some(name_text(&p.0)),
+                _ => None,
+            })
+            .ok_or(DnsError::NoRecords)
+    }
+
     /// Runs one lookup on the private runtime, bounded by the timeout.
     /// Callable from any number of non-runtime threads at once.
     fn block_on<T>(

@@ -13,12 +13,14 @@
 //! plain `config::Config`; `app`, the composition root, builds the live
 //! objects from it; `exit` maps every error to a sysexits code.
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod auth_limit;
 pub mod bounce;
 pub mod channel;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;

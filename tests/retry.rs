@@ -263,7 +263,13 @@ fn null_sender_failure_sends_no_dsn() {
         "left: {:?}",
         queue_files(relay.spool())
     );
-    assert_eq!(rcpt_calls.load(Ordering::SeqCst), 1, "tried once, refused");
+    // issue 13: the failed bounce goes to the postmaster (postmaster@
+    // relay.test, refused here too), once; that double bounce is dropped
+    assert_eq!(
+        rcpt_calls.load(Ordering::SeqCst),
+        2,
+        "tried once, refused; the double bounce once, refused"
+    );
     assert!(
         sink.attempts().is_empty(),
         "something reached end of data: {:?}",
@@ -275,6 +281,7 @@ fn null_sender_failure_sends_no_dsn() {
             .any(|l| l.contains(&id) && l.contains("no DSN") && l.contains("null")),
         "the log says why there is no DSN:\n{log}"
     );
+    assert!(log.contains("undeliverable double bounce dropped"), "{log}");
 }
 
 #[test]
@@ -631,8 +638,9 @@ fn one_recipient_refused_without_pipelining() {
     );
 }
 
-/// A DSN that cannot be delivered is dropped: DSNs come from `<>`, and
-/// `<>` never gets one (RFC 5321 §4.5.5, §6.1).
+/// A DSN that cannot be delivered is reported to the postmaster (a double
+/// bounce), never to `<>` (RFC 5321 §4.5.5, §6.1); a double bounce that
+/// cannot be delivered either is dropped: no loop.
 #[test]
 fn an_undeliverable_dsn_is_dropped_not_bounced() {
     let rcpt_calls = Arc::new(AtomicUsize::new(0));
@@ -650,15 +658,16 @@ fn an_undeliverable_dsn_is_dropped_not_bounced() {
         &["b@dest.example"],
         b"Subject: nowhere\r\n\r\nand back to nowhere\r\n",
     );
-    // the original fails, its DSN to s@origin.example fails too
+    // the original fails, its DSN to s@origin.example fails too, and so
+    // does the double bounce to postmaster@relay.test
     assert!(
-        wait_until(RETRIES, || rcpt_calls.load(Ordering::SeqCst) >= 2
+        wait_until(RETRIES, || rcpt_calls.load(Ordering::SeqCst) >= 3
             && queue_files(relay.spool()).is_empty()),
         "{id}: rcpt calls {}, left: {:?}",
         rcpt_calls.load(Ordering::SeqCst),
         queue_files(relay.spool())
     );
-    assert_eq!(rcpt_calls.load(Ordering::SeqCst), 2, "no third message");
+    assert_eq!(rcpt_calls.load(Ordering::SeqCst), 3, "no fourth message");
     assert!(sink.attempts().is_empty(), "{:?}", sink.attempts());
     let log = relay.log();
     assert!(

@@ -57,6 +57,8 @@ pub struct Deliverer {
     pub secrets: std::sync::Arc<crate::secrets::Secrets>,
     /// The time for backoff, expiry and delay warnings.
     pub clock: std::sync::Arc<dyn Clock>,
+    /// Where double bounces go (`--postmaster`).
+    pub postmaster: Option<crate::smtp::Path>,
 }
 
 /// What became of a message handed to a worker.
@@ -538,6 +540,7 @@ pub(crate) mod tests {
             )),
             secrets: Arc::default(),
             clock,
+            postmaster: None,
         }
     }
 

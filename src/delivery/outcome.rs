@@ -309,6 +309,14 @@ impl Deliverer {
         env: &mut Envelope,
         now: u64,
     ) -> Result<(), SpoolError> {
+        bounce::double_bounce(
+            claim,
+            &self.hostname,
+            self.postmaster.as_ref(),
+            env,
+            now,
+            self.committed.as_ref(),
+        )?;
         bounce::report_bouncing(claim, &self.hostname, env, now, self.committed.as_ref())
             .map(|_| ())
     }

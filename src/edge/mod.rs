@@ -2,7 +2,7 @@
 //! address, a Postfix policy-service client, and rate limits per client
 //! address and per authenticated user. `EdgeConfig` is plain data in the
 //! `Config`; `Edge` the live objects `app.rs` builds from it and every
-//! session shares. The session's hooks are in `session/filter.rs`.
+//! session shares. The session's hooks are in `session/inbound.rs`.
 
 pub mod dnsbl;
 pub mod policy;

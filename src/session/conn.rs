@@ -39,6 +39,8 @@ pub struct Context {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// DNS lists, policy service, rate limits (issue 13).
     pub edge: crate::edge::Edge,
+    /// Access rules and recipient validation (`check.rs`).
+    pub gate: Arc<crate::check::Gate>,
     /// `--sender-map`, read at start by `app.rs`.
     pub senders: Option<crate::sender_map::SenderMap>,
 }
@@ -163,6 +165,7 @@ fn run_inner(
         peer,
     };
     let mut session = Session::on_listener(cfg, peer.ip(), mode, ctx.senders.as_ref());
+    session.set_gate(&ctx.gate);
     log::debug!("{peer} connected ({mode})");
     // RFC 8314 §3.3: on an implicit-TLS listener the handshake comes
     // first, the greeting after it, inside TLS
@@ -173,11 +176,15 @@ fn run_inner(
         log::info!("{peer} tls version={} cipher={}", info.version, info.cipher);
         session.tls_started(info);
     }
-    if let Some(r) = super::filter::on_connect(&mut session, ctx) {
+    if let Some(r) = super::inbound::on_connect(&mut session, ctx) {
         conn.reply_now(&r)?;
         return Ok(());
     }
-    conn.reply_now(&session.greeting())?;
+    let greeting = session.open();
+    conn.reply_now(&greeting)?;
+    if greeting.code().value() == 421 {
+        return Ok(());
+    }
     let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
     // a message arriving in BDAT chunks, between its first and LAST chunk
     let mut chunked: Option<Chunked> = None;
@@ -200,9 +207,9 @@ fn run_inner(
             conn.reply(&Reply::insufficient_storage())?;
             continue;
         }
-        let probe = super::filter::Probe::of(&parsed, &session);
+        let probe = super::inbound::Probe::of(&parsed, &session);
         let step = session.step(parsed);
-        let step = super::filter::after(&mut session, probe, step, ctx);
+        let step = super::inbound::after(&mut session, probe, step, ctx);
         if let Flow::Close = perform(&mut session, &mut chunked, step, &mut conn, ctx)? {
             return Ok(());
         }

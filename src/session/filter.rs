@@ -1,340 +1,201 @@
-//! The filter stage of the inbound edge (issue 13), after the state
-//! machine's own checks (STYLE §7: check → filter → proceed): DNS lists
-//! at connect, rate limits at connect, MAIL and RCPT, the policy service
-//! at RCPT and at the end of the data. The state machine stays pure: a
-//! command it accepted may be refused here, and the recipient it added
-//! is taken back.
+//! The filter stage of each verb (OpenSMTPD's check → filter → proceed):
+//! after a command passed its order and syntax checks, and before it
+//! takes effect, the access rules of its stage and, at RCPT, recipient
+//! validation (`check::Gate`). Every refusal is logged at INFO with the
+//! client address, the rule and the reply.
 //!
-//! Every refusal is logged at INFO with the client, the rule and the
-//! reply.
+//! A session without a gate (unit tests, `Session::new` alone) filters
+//! nothing.
 
-use std::time::Instant;
+use crate::access::{Facts, Stage, Verdict};
+use crate::check::Gate;
+use crate::smtp::{Path, Reply, ReversePath};
 
-use super::conn::Context;
-use super::{Phase, Session, Step};
-use crate::edge::policy::{Action, DefaultAction, PolicyClient, PolicyConfig};
-use crate::edge::rate::{Event, Key};
-use crate::edge::{self, dnsbl};
-use crate::smtp::{Command, Reply};
-use crate::spool::{Envelope, QueueId};
+use super::Session;
 
-/// A session's edge state.
-#[derive(Default)]
-pub(super) struct EdgeState {
-    /// The blocklist that blocked the client, to refuse at each RCPT.
-    blocked: Option<String>,
-    policy: PolicyClient,
-    /// PREPEND header lines for the current transaction.
-    prepend: Vec<String>,
-    /// HOLD said for the current transaction.
-    hold: bool,
-    /// The policy protocol's `instance`: one per transaction.
-    instance: String,
-}
-
-/// What a command was, noted before the state machine took it.
-pub(super) enum Probe {
-    Mail,
-    Rcpt { before: usize },
-    Other,
-}
-
-impl Probe {
-    pub(super) fn of(cmd: &Result<Command, Reply>, s: &Session) -> Probe {
-        match cmd {
-            Ok(Command::Mail { .. }) => Probe::Mail,
-            Ok(Command::Rcpt(_)) | Ok(Command::RcptDsn(..)) => Probe::Rcpt {
-                before: s.transaction().map_or(0, |(_, tx)| tx.rcpts.len()),
-            },
-            _ => Probe::Other,
-        }
+impl<'a> Session<'a> {
+    /// Puts the session behind `gate`'s rules and recipient checks.
+    pub fn set_gate(&mut self, gate: &'a Gate) {
+        self.gate = Some(gate);
     }
-}
 
-fn refused(session: &Session, rule: &str, reply: &Reply) {
-    log::info!("{} refused rule={rule} reply=\"{reply}\"", session.client);
-}
+    /// Messages of this session or transaction go on hold (`hold` rule).
+    pub fn held(&self) -> bool {
+        self.hold_session || self.hold_tx
+    }
 
-/// Who rate limits count this session as: its user once authenticated,
-/// else its address unless `--relay-net` trusts it.
-fn rate_key(session: &Session) -> Option<Key> {
-    match &session.auth {
-        Some(u) => Some(Key::User(u.clone())),
-        None if session.cfg.is_relay_client(session.client) => None,
-        None => Some(Key::address(session.client)),
-    }
-}
-
-/// At connect, before the greeting: the connection rate, then the DNS
-/// lists. A reply means: send it and close.
-pub(super) fn on_connect(session: &mut Session, ctx: &Context) -> Option<Reply> {
-    let ip = session.client;
-    if let Some(key) = rate_key(session) {
-        if !ctx
-            .edge
-            .rates
-            .admit(Event::Connection, &key, Instant::now())
-        {
-            let r = edge::too_many_connections(ip);
-            refused(session, "rate-connections", &r);
-            return Some(r);
-        }
-    }
-    let lists = ctx.edge.dnsbl.as_ref()?;
-    if session.cfg.is_relay_client(ip) {
-        return None;
-    }
-    match lists.check(ip) {
-        dnsbl::Verdict::Pass => None,
-        dnsbl::Verdict::Allowed(zone) => {
-            log::info!("{ip} allowlisted by {zone}: blocklists skipped");
-            None
-        }
-        dnsbl::Verdict::Blocked(zone) => match lists.config().reject_at {
-            dnsbl::RejectAt::Connect => {
-                let r = edge::blocked_reply(ip, &zone);
-                refused(session, &format!("dnsbl:{zone}"), &r);
-                Some(r)
+    /// The connect stage: the greeting, or the refusal to send instead.
+    /// RFC 5321 §3.1: a refused client gets 554 instead of 220, and the
+    /// session then waits for QUIT, answering 503 to anything else; a
+    /// deferral is 421, and the session closes.
+    pub fn open(&mut self) -> Reply {
+        match self.filter(Stage::Connect, None, None, None) {
+            Some(r) => {
+                self.refused = r.code().is_permanent();
+                r
             }
-            dnsbl::RejectAt::Rcpt => {
-                session.edge.blocked = Some(zone);
+            None => self.greeting(),
+        }
+    }
+
+    pub(super) fn filter_helo(&mut self, helo: &str) -> Option<Reply> {
+        self.filter(Stage::Helo, Some(helo), None, None)
+    }
+
+    pub(super) fn filter_mail(&mut self, helo: &str, from: &ReversePath) -> Option<Reply> {
+        // a new transaction: only connect/HELO holds carry over
+        self.hold_tx = false;
+        let from = from.mailbox().map(|m| m.to_string());
+        self.filter(Stage::Mail, Some(helo), Some(from.as_deref()), None)
+    }
+
+    /// Access rules, then (unless a rule accepted) recipient validation.
+    pub(super) fn filter_rcpt(
+        &mut self,
+        helo: &str,
+        from: &ReversePath,
+        to: &Path,
+    ) -> Option<Reply> {
+        let gate = self.gate?;
+        let from = from.mailbox().map(|m| m.to_string());
+        let addr = to.mailbox().to_string();
+        let verdict = self.verdict(Stage::Rcpt, Some(helo), Some(from.as_deref()), Some(&addr));
+        if let Verdict::Accept { rule } = &verdict {
+            log::info!(
+                "{} rcpt=<{addr}> accepted by access rule ({rule})",
+                self.client
+            );
+            return None;
+        }
+        // a hold takes effect only for a recipient that is accepted
+        let hold = matches!(verdict, Verdict::Hold { .. });
+        if !hold {
+            if let Some(r) = self.apply(Stage::Rcpt, verdict.clone()) {
+                return Some(r);
+            }
+        }
+        if let Err(reply) = gate.validate(to) {
+            log::info!(
+                "{} refused stage=rcpt rule=\"recipient validation\" reply=\"{reply}\"",
+                self.client
+            );
+            return Some(reply);
+        }
+        if hold {
+            self.apply(Stage::Rcpt, verdict);
+        }
+        None
+    }
+
+    fn filter(
+        &mut self,
+        stage: Stage,
+        helo: Option<&str>,
+        from: Option<Option<&str>>,
+        to: Option<&str>,
+    ) -> Option<Reply> {
+        let verdict = self.verdict(stage, helo, from, to);
+        self.apply(stage, verdict)
+    }
+
+    fn verdict(
+        &self,
+        stage: Stage,
+        helo: Option<&str>,
+        from: Option<Option<&str>>,
+        to: Option<&str>,
+    ) -> Verdict {
+        let Some(gate) = self.gate else {
+            return Verdict::Pass;
+        };
+        let client = self.client;
+        let ptr = || self.ptr.get_or_init(|| gate.reverse_name(client)).clone();
+        let facts = Facts {
+            client,
+            ptr: &ptr,
+            helo,
+            from,
+            to,
+        };
+        gate.access(stage, &facts)
+    }
+
+    fn apply(&mut self, stage: Stage, verdict: Verdict) -> Option<Reply> {
+        match verdict {
+            Verdict::Pass | Verdict::Accept { .. } => None,
+            Verdict::Hold { rule } => {
+                log::info!(
+                    "{} hold stage={} rule=\"{rule}\": the message will be queued on hold",
+                    self.client,
+                    stage.name()
+                );
+                match stage {
+                    Stage::Connect | Stage::Helo => self.hold_session = true,
+                    Stage::Mail | Stage::Rcpt => self.hold_tx = true,
+                }
                 None
             }
-        },
-    }
-}
-
-/// After the state machine: MAIL and RCPT it accepted go through the
-/// rate limits, the DNS list verdict and the policy service.
-pub(super) fn after(session: &mut Session, probe: Probe, step: Step, ctx: &Context) -> Step {
-    if !matches!(&step, Step::Reply(r) if r.code().is_positive()) {
-        return step;
-    }
-    let refusal = match probe {
-        Probe::Mail => {
-            session.edge.prepend.clear();
-            session.edge.hold = false;
-            session.edge.instance = next_instance();
-            let r = rate_check(session, Event::Message, ctx);
-            if r.is_some() {
-                session.end_transaction();
+            Verdict::Refuse { rule, reply } => {
+                log::info!(
+                    "{} refused stage={} rule=\"{rule}\" reply=\"{reply}\"",
+                    self.client,
+                    stage.name()
+                );
+                Some(reply)
             }
-            r
         }
-        Probe::Rcpt { before } => {
-            let added = session
-                .transaction()
-                .is_some_and(|(_, tx)| tx.rcpts.len() > before);
-            let r = if added {
-                rcpt_checks(session, ctx)
-            } else {
-                None
-            };
-            if r.is_some() {
-                if let Phase::Mail { tx, .. } = &mut session.phase {
-                    tx.rcpts.pop();
-                }
-            }
-            r
-        }
-        Probe::Other => None,
-    };
-    match refusal {
-        Some(r) => session.finish(Step::Reply(r)),
-        None => step,
     }
 }
 
-fn rate_check(session: &Session, event: Event, ctx: &Context) -> Option<Reply> {
-    let key = rate_key(session)?;
-    if ctx.edge.rates.admit(event, &key, Instant::now()) {
-        return None;
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::session::Session;
+    use crate::smtp::command;
+
+    fn code(s: &mut Session, line: &str) -> u16 {
+        s.step(command::parse(line.as_bytes()))
+            .reply()
+            .code()
+            .value()
     }
-    let r = edge::rate_exceeded();
-    refused(session, &format!("rate-{} {key}", event.name()), &r);
-    Some(r)
-}
 
-fn rcpt_checks(session: &mut Session, ctx: &Context) -> Option<Reply> {
-    if let Some(zone) = &session.edge.blocked {
-        let r = edge::blocked_reply(session.client, zone);
-        refused(session, &format!("dnsbl:{zone}"), &r);
-        return Some(r);
-    }
-    if let Some(r) = rate_check(session, Event::Recipient, ctx) {
-        return Some(r);
-    }
-    let cfg = ctx.edge.policy.as_ref().filter(|p| p.at_rcpt)?;
-    ask_policy(session, cfg, "RCPT", None)
-}
-
-/// END-OF-MESSAGE: a refusal of the received message, if the service
-/// says so. PREPEND cannot be honoured here (the message is written) and
-/// is logged.
-pub(super) fn end_of_data(
-    session: &mut Session,
-    id: QueueId,
-    size: u64,
-    ctx: &Context,
-) -> Option<Reply> {
-    let cfg = ctx.edge.policy.as_ref().filter(|p| p.at_end)?;
-    ask_policy(session, cfg, "END-OF-MESSAGE", Some((id, size)))
-}
-
-/// The header lines PREPENDed for this transaction, CRLF-ended, to go
-/// above our Received header (as Postfix's smtpd writes them).
-pub(super) fn prepended(session: &Session) -> String {
-    session
-        .edge
-        .prepend
-        .iter()
-        .map(|h| format!("{h}\r\n"))
-        .collect()
-}
-
-/// HOLD: the message waits in the queue for `queue release`.
-pub(super) fn adjust_envelope(session: &Session, env: &mut Envelope) {
-    if session.edge.hold {
-        env.hold = Some(crate::spool::envelope::Hold::Forever);
-        log::info!("{} held by the policy service", env.id);
-    }
-}
-
-fn next_instance() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{:x}.{:x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The request's attributes (SMTPD_POLICY_README "Protocol description").
-fn request(
-    session: &Session,
-    state: &str,
-    end: Option<(QueueId, u64)>,
-) -> Vec<(&'static str, String)> {
-    let bare = |s: String| s.trim_start_matches('<').trim_end_matches('>').to_string();
-    let (helo, sender, recipient, count, declared) = match &session.phase {
-        Phase::Mail { helo, tx } => (
-            helo.name.clone(),
-            bare(tx.from.to_string()),
-            match (end, tx.rcpts.last()) {
-                (None, Some((p, _))) => bare(p.to_string()),
-                _ => String::new(),
-            },
-            tx.rcpts.len(),
-            tx.params.size,
-        ),
-        Phase::Ready { helo } => (helo.name.clone(), String::new(), String::new(), 0, None),
-        Phase::Connected => Default::default(),
-    };
-    let esmtp =
-        matches!(&session.phase, Phase::Mail { helo, .. } | Phase::Ready { helo } if helo.esmtp);
-    let (queue_id, size) = match end {
-        Some((id, size)) => (id.to_string(), size.to_string()),
-        None => (String::new(), declared.unwrap_or(0).to_string()),
-    };
-    let tls = session.tls.as_ref();
-    vec![
-        ("request", "smtpd_access_policy".into()),
-        ("protocol_state", state.into()),
-        ("protocol_name", if esmtp { "ESMTP" } else { "SMTP" }.into()),
-        ("helo_name", helo),
-        ("queue_id", queue_id),
-        ("sender", sender),
-        ("recipient", recipient),
-        (
-            "recipient_count",
-            if end.is_some() { count } else { 0 }.to_string(),
-        ),
-        ("client_address", session.client.to_string()),
-        // no reverse lookups are made: Postfix's word for that
-        ("client_name", "unknown".into()),
-        ("reverse_client_name", "unknown".into()),
-        ("instance", session.edge.instance.clone()),
-        (
-            "sasl_method",
-            if session.auth.is_some() { "PLAIN" } else { "" }.into(),
-        ),
-        ("sasl_username", session.auth.clone().unwrap_or_default()),
-        ("sasl_sender", String::new()),
-        ("size", size),
-        (
-            "encryption_protocol",
-            tls.map(|t| t.version.clone()).unwrap_or_default(),
-        ),
-        (
-            "encryption_cipher",
-            tls.map(|t| t.cipher.clone()).unwrap_or_default(),
-        ),
-        ("server_address", String::new()),
-    ]
-}
-
-fn ask_policy(
-    session: &mut Session,
-    cfg: &PolicyConfig,
-    state: &str,
-    end: Option<(QueueId, u64)>,
-) -> Option<Reply> {
-    let attrs = request(session, state, end);
-    let answer = session.edge.policy.ask(cfg, &attrs);
-    let value = match answer {
-        Ok(v) => v,
-        Err(e) => {
-            log::warn!(
-                "{} policy service {} not answered ({e}): default action {:?}",
-                session.client,
-                cfg.target,
-                cfg.default_action
-            );
-            return match cfg.default_action {
-                DefaultAction::Dunno => None,
-                DefaultAction::Defer => {
-                    let r = edge::policy_unavailable();
-                    refused(session, &format!("policy-default {}", cfg.target), &r);
-                    Some(r)
-                }
-            };
-        }
-    };
-    log::debug!("{} policy {state}: action={value}", session.client);
-    match crate::edge::policy::parse_action(&value) {
-        Some(Action::Ok) | Some(Action::Dunno) => None,
-        Some(Action::Refuse(r)) => {
-            refused(
-                session,
-                &format!("policy {} action={value}", cfg.target),
-                &r,
-            );
-            Some(r)
-        }
-        Some(Action::Hold) => {
-            session.edge.hold = true;
-            None
-        }
-        Some(Action::Prepend(h)) if end.is_none() => {
-            if !session.edge.prepend.contains(&h) {
-                session.edge.prepend.push(h);
-            }
-            None
-        }
-        Some(Action::Prepend(_)) => {
-            log::info!(
-                "{} policy action={value} at END-OF-MESSAGE not carried out (the message is written)",
-                session.client
-            );
-            None
-        }
-        None => {
-            log::info!(
-                "{} policy action={value} not supported: taken as DUNNO",
-                session.client
-            );
-            None
-        }
+    /// RFC 5321 §4.5.1: bare `<Postmaster>` is accepted from anyone and
+    /// recorded as the postmaster address, within the recipient limit.
+    #[test]
+    fn bare_postmaster() {
+        let mut c = Config::new();
+        c.hostname = "relay.test".into();
+        c.max_recipients = 2;
+        let mut s = Session::new(&c, "192.0.2.9".parse().unwrap());
+        code(&mut s, "EHLO x");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "RCPT TO:<u@elsewhere.example>"), 550);
+        assert_eq!(code(&mut s, "RCPT TO:<Postmaster>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<POSTMASTER>"), 250, "once");
+        let rcpts: Vec<String> = s
+            .transaction()
+            .unwrap()
+            .1
+            .rcpts
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(rcpts, ["<postmaster@relay.test>"]);
+        c.postmaster = Some(crate::smtp::Mailbox::parse("pm@admin.example", false).unwrap());
+        c.max_recipients = 1;
+        c.relay_domains = vec![crate::smtp::Domain::parse("open.example", false).unwrap()];
+        let mut s = Session::new(&c, "192.0.2.9".parse().unwrap());
+        code(&mut s, "EHLO x");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "RCPT TO:<u@open.example>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<Postmaster>"), 452);
+        code(&mut s, "RSET");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "RCPT TO:<postmaster>"), 250);
+        assert_eq!(
+            s.transaction().unwrap().1.rcpts[0].0.to_string(),
+            "<pm@admin.example>"
+        );
     }
 }

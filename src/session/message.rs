@@ -139,7 +139,7 @@ impl Session<'_> {
             smtputf8: tx.params.smtputf8,
             attempts: 0,
             next_try: now,
-            hold: None,
+            hold: self.held().then_some(crate::spool::envelope::Hold::Forever),
             dsn: tx.params.dsn.clone(),
             rcpts: tx
                 .rcpts
@@ -236,7 +236,7 @@ pub(super) fn receive_message(
     let now = now_unix();
     conn.reply_now(&go_ahead)?;
 
-    let header = super::filter::prepended(session) + &session.received_header(id, now);
+    let header = super::inbound::prepended(session) + &session.received_header(id, now);
     let mut sink = SpoolSink {
         inner: &mut incoming,
         error: None,
@@ -309,13 +309,13 @@ fn finish_message(
         log::info!("{id} rejected client={peer} reply=\"{reply}\"");
         return reply;
     }
-    if let Some(reply) = super::filter::end_of_data(session, id, incoming.written(), ctx) {
+    if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
         return reply;
     }
     let Some(mut env) = session.envelope(id, incoming.written(), now) else {
         return Reply::local_error();
     };
-    super::filter::adjust_envelope(session, &mut env);
+    super::inbound::adjust_envelope(session, &mut env);
     match incoming.commit(&env) {
         Ok(id) => {
             let tls = session
@@ -393,7 +393,7 @@ pub(super) fn receive_chunk<'a>(
         };
         let now = now_unix();
         let header =
-            super::filter::prepended(session) + &session.received_header(incoming.id(), now);
+            super::inbound::prepended(session) + &session.received_header(incoming.id(), now);
         let write_error = incoming.write_all(header.as_bytes()).err();
         let fixups = session.fixups(incoming.id(), now);
         *chunked = Some(Chunked {

@@ -16,6 +16,7 @@ mod auth;
 mod conn;
 mod filter;
 mod fixup;
+mod inbound;
 mod message;
 
 use std::net::IpAddr;
@@ -124,7 +125,16 @@ pub struct Session<'a> {
     auth: Option<String>,
     auth_failures: u32,
     /// DNS list verdict, policy connection, PREPEND/HOLD (issue 13).
-    edge: filter::EdgeState,
+    edge: inbound::EdgeState,
+    /// The filter stage (access rules, recipient validation), if any.
+    gate: Option<&'a crate::check::Gate>,
+    /// The client's reverse name, looked up once, when a rule needs it.
+    ptr: std::cell::OnceCell<Option<String>>,
+    /// Refused at connect: only QUIT is served (RFC 5321 §3.1).
+    refused: bool,
+    /// A `hold` rule matched at connect/HELO, or in this transaction.
+    hold_session: bool,
+    hold_tx: bool,
     /// The listener's mode: implicit TLS, submission (RFC 6409).
     mode: ListenMode,
     /// `--sender-map`, loaded at start.
@@ -167,7 +177,12 @@ impl<'a> Session<'a> {
             tls: None,
             auth: None,
             auth_failures: 0,
-            edge: filter::EdgeState::default(),
+            edge: inbound::EdgeState::default(),
+            gate: None,
+            ptr: std::cell::OnceCell::new(),
+            refused: false,
+            hold_session: false,
+            hold_tx: false,
             #[cfg(test)]
             entered: Vec::new(),
         }
@@ -235,10 +250,17 @@ impl<'a> Session<'a> {
 
     fn command(&mut self, cmd: Command) -> Step {
         let host = &self.cfg.hostname;
+        // RFC 5321 §3.1: after a 554 greeting, only QUIT
+        if self.refused && cmd != Command::Quit {
+            return Step::Reply(Reply::bad_sequence("Connection refused; send QUIT"));
+        }
         match cmd {
             // RFC 5321 §4.1.4: EHLO/HELO may come at any time and reset
             // the state as RSET does.
             Command::Ehlo(name) => {
+                if let Some(r) = self.filter_helo(&name) {
+                    return Step::Reply(r);
+                }
                 let reply = Reply::ehlo(host, &name, &self.ehlo_keywords());
                 self.enter(Phase::Ready {
                     helo: Helo { name, esmtp: true },
@@ -246,6 +268,9 @@ impl<'a> Session<'a> {
                 Step::Reply(reply)
             }
             Command::Helo(name) => {
+                if let Some(r) = self.filter_helo(&name) {
+                    return Step::Reply(r);
+                }
                 let reply = Reply::helo(host, &name);
                 self.enter(Phase::Ready {
                     helo: Helo { name, esmtp: false },
@@ -368,6 +393,9 @@ impl<'a> Session<'a> {
         if params.size.is_some_and(|s| s > self.cfg.max_size) {
             return Step::Reply(Reply::too_big(self.cfg.max_size));
         }
+        if let Some(r) = self.filter_mail(&helo.name, &from) {
+            return Step::Reply(r);
+        }
         self.enter(Phase::Mail {
             helo,
             tx: Transaction {
@@ -422,13 +450,24 @@ impl<'a> Session<'a> {
         }
         let path = match target {
             RcptTarget::Path(p) => p,
-            // RFC 5321 §4.5.1 wants <Postmaster> accepted for local
-            // delivery; this relay has no local mailboxes.
-            RcptTarget::Postmaster => {
-                return Step::Reply(Reply::no_such_user(
-                    "This relay has no local mailboxes; use postmaster@domain",
-                ))
-            }
+            // RFC 5321 §4.5.1: <Postmaster> must be accepted; it goes to
+            // the configured postmaster, past relay control and filters
+            RcptTarget::Postmaster => match self.cfg.postmaster() {
+                Some(p) => {
+                    if !tx.rcpts.iter().any(|(q, _)| *q == p) {
+                        if tx.rcpts.len() >= self.cfg.max_recipients {
+                            return Step::Reply(Reply::too_many_recipients());
+                        }
+                        tx.rcpts.push((p, dsn));
+                    }
+                    return Step::Reply(Reply::recipient_ok());
+                }
+                None => {
+                    return Step::Reply(Reply::no_such_user(
+                        "No postmaster address is configured; use postmaster@domain",
+                    ))
+                }
+            },
         };
         // RFC 6531 §3.4: UTF-8 addresses only in an SMTPUTF8 transaction.
         if path.to_string().bytes().any(|b| !b.is_ascii()) && !tx.params.smtputf8 {
@@ -453,7 +492,13 @@ impl<'a> Session<'a> {
         if tx.rcpts.len() >= self.cfg.max_recipients {
             return Step::Reply(Reply::too_many_recipients());
         }
-        tx.rcpts.push((path, dsn));
+        let (helo, from) = (helo.name.clone(), tx.from.clone());
+        if let Some(r) = self.filter_rcpt(&helo, &from, &path) {
+            return Step::Reply(r);
+        }
+        if let Phase::Mail { tx, .. } = &mut self.phase {
+            tx.rcpts.push((path, dsn));
+        }
         Step::Reply(Reply::recipient_ok())
     }
 

@@ -5,9 +5,10 @@
 # front of two relays, tests/haproxy.rs), openssl (test certificates and
 # `openssl s_client -starttls smtp`), Net::SSLeay (swaks --tls), Cyrus
 # SASL (saslpasswd2 and the sasldb/PLAIN/LOGIN plugins: a Postfix
-# smarthost that requires AUTH) and msmtp (a mail client of the
-# submission listeners), and Prometheus (promtool, and a server that
-# scrapes --metrics). Safe to run again.
+# smarthost that requires AUTH), msmtp (a mail client of the submission
+# listeners), Prometheus (promtool, and a server that scrapes --metrics),
+# socat and postfix-policyd-spf-python (the policy-service tests). Safe to
+# run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -26,6 +27,10 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 { command -v saslpasswd2 >/dev/null 2>&1 || [ -x /usr/sbin/saslpasswd2 ]; } || need+=(sasl2-bin)
 ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
+# the policy-service tests: the real SPF policy server, served on a
+# socket by socat
+command -v socat >/dev/null 2>&1 || need+=(socat)
+[ -x /usr/bin/policyd-spf ] || need+=(postfix-policyd-spf-python)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

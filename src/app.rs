@@ -416,6 +416,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     gate.verifier = verifier(&config, &local)?;
     let gate = Arc::new(gate);
     let auth_limits = config.auth_limits;
+    let edge = edge(&config)?;
     let ctx = Arc::new(Context {
         config: Arc::new(config),
         spool,
@@ -424,6 +425,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         verifier: crate::auth::Verifier::per_cpu(),
         auth_failures: crate::auth_limit::FailureLimiter::new(auth_limits),
         tls: server_tls,
+        edge,
         gate,
         senders,
     });
@@ -449,6 +451,17 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     drop(lock);
     log::info!("stopped");
     Ok(())
+}
+
+/// The inbound edge's shared objects (issue 13): the DNS lists get a
+/// resolver of their own, on `--dns` when set.
+fn edge(config: &Config) -> Result<crate::edge::Edge, SetupError> {
+    let server = config
+        .dns
+        .as_ref()
+        .map(|e| resolve("--dns", e))
+        .transpose()?;
+    crate::edge::Edge::build(&config.edge, server).map_err(|e| SetupError::Dns(format!("{e}")))
 }
 
 /// The filter stage of `serve`: `--access`'s rules and the recipient

@@ -45,22 +45,23 @@ const MAX_KEYS: usize = 100_000;
 /// What a client address is counted as: IPv4 as it is (an IPv4-mapped
 /// IPv6 address as its IPv4), IPv6 by its /64, which one host usually
 /// has whole (RFC 4291 §2.5.1's interface identifier).
-fn address_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
         v4 => v4,
     }
 }
 
-/// Failure times per key, at most `limit` of them, oldest first.
-struct Window<K> {
+/// Event times per key, at most `limit` of them, oldest first: the
+/// sliding window of the AUTH failure limits and of `edge::rate`.
+pub(crate) struct Window<K> {
     limit: usize,
     span: Duration,
     times: HashMap<K, VecDeque<Instant>>,
 }
 
 impl<K: Hash + Eq + Clone> Window<K> {
-    fn new(limit: usize, span: Duration) -> Window<K> {
+    pub(crate) fn new(limit: usize, span: Duration) -> Window<K> {
         Window {
             limit,
             span,
@@ -70,7 +71,7 @@ impl<K: Hash + Eq + Clone> Window<K> {
 
     /// Until when `key` is locked out, if it is: the moment its oldest
     /// counted failure leaves the window.
-    fn locked_until(&mut self, key: &K, now: Instant) -> Option<Instant> {
+    pub(crate) fn locked_until(&mut self, key: &K, now: Instant) -> Option<Instant> {
         if self.limit == 0 {
             return None;
         }
@@ -90,7 +91,7 @@ impl<K: Hash + Eq + Clone> Window<K> {
     }
 
     /// Counts a failure; true when it is the one that reaches the limit.
-    fn record(&mut self, key: &K, now: Instant) -> bool {
+    pub(crate) fn record(&mut self, key: &K, now: Instant) -> bool {
         if self.limit == 0 {
             return false;
         }

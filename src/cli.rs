@@ -221,6 +221,79 @@ const SERVER_OPTS: &[OptSpec] = &[
         "DUR",
         "the sliding window of the AUTH failure limits (default 5m)",
     ),
+    // ---- the inbound edge (issue 13): DNS lists, policy service, rates ----
+    opt(
+        "dnsbl",
+        Kind::Multi,
+        "ZONE[=WEIGHT]",
+        "DNS blocklist on the client address, repeatable (weight default 1)",
+    ),
+    opt(
+        "dnswl",
+        Kind::Multi,
+        "ZONE",
+        "DNS allowlist: a client it lists skips the blocklists, repeatable",
+    ),
+    opt(
+        "dnsbl-threshold",
+        Kind::Single,
+        "N",
+        "summed weight of the lists at which a client is blocked (default 1: any)",
+    ),
+    opt(
+        "dnsbl-reject-at",
+        Kind::Single,
+        "rcpt|connect",
+        "refuse a blocked client at each RCPT (default) or at connect",
+    ),
+    opt(
+        "dnsbl-timeout",
+        Kind::Single,
+        "DUR",
+        "bound of each DNS list lookup (default 2s; a list not answering is ignored)",
+    ),
+    opt(
+        "policy-service",
+        Kind::Single,
+        "inet:HOST:PORT|unix:PATH",
+        "ask this Postfix policy service (SMTPD_POLICY_README protocol)",
+    ),
+    opt(
+        "policy-at",
+        Kind::Single,
+        "rcpt|data|both",
+        "ask at each RCPT (default), at the end of the data, or both",
+    ),
+    opt(
+        "policy-timeout",
+        Kind::Single,
+        "DUR",
+        "bound of the connect and of each request and reply (default 10s)",
+    ),
+    opt(
+        "policy-default-action",
+        Kind::Single,
+        "defer|dunno",
+        "when the service is down or slow: 451 4.3.5 (default) or go on",
+    ),
+    opt(
+        "rate-connections",
+        Kind::Single,
+        "N",
+        "connections per minute per client address (default 0: off)",
+    ),
+    opt(
+        "rate-messages",
+        Kind::Single,
+        "N",
+        "messages (MAIL) per minute per client address or AUTH user (default 0: off)",
+    ),
+    opt(
+        "rate-recipients",
+        Kind::Single,
+        "N",
+        "recipients per minute per client address or AUTH user (default 0: off)",
+    ),
     // the inbound edge: recipient validation, access rules (README "Edge relay")
     opt(
         "recipients",
@@ -1432,6 +1505,7 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         }
         c.auth_limits.window = t;
     }
+    apply_edge_lists(v, &mut c.edge)?;
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),
@@ -1446,6 +1520,88 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         ))),
     })? {
         c.bare_line_endings = b;
+    }
+    Ok(())
+}
+
+/// The DNS lists, the policy service and the rate limits (issue 13).
+fn apply_edge_lists(v: &Values, e: &mut crate::edge::EdgeConfig) -> Result<(), UsageError> {
+    use crate::edge::dnsbl::{parse_zone, DnsblConfig, RejectAt};
+    use crate::edge::policy::{DefaultAction, PolicyConfig, Target};
+    if let Some(lists) = v.parse_multi("dnsbl", |s| {
+        DnsblConfig::parse_blocklist(s).map_err(|e| UsageError(format!("--dnsbl: {e}")))
+    })? {
+        e.dnsbl.blocklists = lists;
+    }
+    if let Some(lists) = v.parse_multi("dnswl", |s| {
+        parse_zone(s).map_err(|e| UsageError(format!("--dnswl: {e}")))
+    })? {
+        e.dnsbl.allowlists = lists;
+    }
+    if let Some(n) = v.parse("dnsbl-threshold", |n| number("dnsbl-threshold", n))? {
+        if n == 0 {
+            return Err(UsageError("--dnsbl-threshold must be 1 or more".into()));
+        }
+        e.dnsbl.threshold = n;
+    }
+    if let Some(at) = v.parse("dnsbl-reject-at", |s| match s {
+        "rcpt" => Ok(RejectAt::Rcpt),
+        "connect" => Ok(RejectAt::Connect),
+        _ => Err(UsageError(format!(
+            "--dnsbl-reject-at: {s:?} is not rcpt or connect"
+        ))),
+    })? {
+        e.dnsbl.reject_at = at;
+    }
+    if let Some(t) = nonzero(v, "dnsbl-timeout")? {
+        e.dnsbl_timeout = t;
+    }
+    e.policy = v
+        .parse("policy-service", |s| {
+            Target::parse(s).map_err(|e| UsageError(format!("--policy-service: {e}")))
+        })?
+        .map(PolicyConfig::new);
+    let policy_opts = ["policy-at", "policy-timeout", "policy-default-action"];
+    let Some(p) = e.policy.as_mut() else {
+        if let Some(o) = policy_opts.iter().find(|o| v.single(o).is_some()) {
+            return Err(UsageError(format!("--{o} needs --policy-service")));
+        }
+        return apply_rates(v, e);
+    };
+    if let Some((r, d)) = v.parse("policy-at", |s| match s {
+        "rcpt" => Ok((true, false)),
+        "data" => Ok((false, true)),
+        "both" => Ok((true, true)),
+        _ => Err(UsageError(format!(
+            "--policy-at: {s:?} is not rcpt, data or both"
+        ))),
+    })? {
+        (p.at_rcpt, p.at_end) = (r, d);
+    }
+    if let Some(t) = nonzero(v, "policy-timeout")? {
+        p.timeout = t;
+    }
+    if let Some(a) = v.parse("policy-default-action", |s| match s {
+        "defer" => Ok(DefaultAction::Defer),
+        "dunno" => Ok(DefaultAction::Dunno),
+        _ => Err(UsageError(format!(
+            "--policy-default-action: {s:?} is not defer or dunno"
+        ))),
+    })? {
+        p.default_action = a;
+    }
+    apply_rates(v, e)
+}
+
+fn apply_rates(v: &Values, e: &mut crate::edge::EdgeConfig) -> Result<(), UsageError> {
+    if let Some(n) = v.parse("rate-connections", |n| number("rate-connections", n))? {
+        e.rates.connections = n;
+    }
+    if let Some(n) = v.parse("rate-messages", |n| number("rate-messages", n))? {
+        e.rates.messages = n;
+    }
+    if let Some(n) = v.parse("rate-recipients", |n| number("rate-recipients", n))? {
+        e.rates.recipients = n;
     }
     Ok(())
 }
@@ -1954,5 +2110,34 @@ mod tests {
         assert!(w[0].contains("--wait-limit"), "{w:?}");
         let (t, _) = flush("queue flush --spool /nonexistent");
         assert_eq!(t.as_secs(), 300);
+    }
+
+    #[test]
+    fn edge_options() {
+        use crate::edge::dnsbl::RejectAt;
+        use crate::edge::policy::{DefaultAction, Target};
+        let c = serve("serve --dnsbl bl.test=2 --dnsbl bl2.test --dnswl wl.test --dnsbl-threshold 3 --dnsbl-reject-at connect --policy-service unix:/run/p.sock --policy-at both --policy-timeout 3s --policy-default-action dunno --rate-connections 5 --rate-messages 6 --rate-recipients 7").unwrap();
+        let e = &c.edge;
+        assert_eq!(e.dnsbl.blocklists.len(), 2);
+        assert_eq!(e.dnsbl.blocklists[0].weight, 2);
+        assert_eq!(e.dnsbl.allowlists, ["wl.test"]);
+        assert_eq!(e.dnsbl.threshold, 3);
+        assert_eq!(e.dnsbl.reject_at, RejectAt::Connect);
+        let p = e.policy.as_ref().unwrap();
+        assert_eq!(p.target, Target::Unix("/run/p.sock".into()));
+        assert!(p.at_rcpt && p.at_end);
+        assert_eq!(p.timeout, Duration::from_secs(3));
+        assert_eq!(p.default_action, DefaultAction::Dunno);
+        assert_eq!(
+            (e.rates.connections, e.rates.messages, e.rates.recipients),
+            (5, 6, 7)
+        );
+        let d = serve("serve").unwrap().edge;
+        assert_eq!(d, crate::edge::EdgeConfig::default());
+        assert!(!d.rates.any() && d.policy.is_none() && !d.dnsbl.is_on());
+        assert!(serve("serve --policy-at data").is_err(), "needs a service");
+        assert!(serve("serve --policy-service 127.0.0.1:9").is_err());
+        assert!(serve("serve --dnsbl-threshold 0").is_err());
+        assert!(serve("serve --dnsbl-reject-at helo").is_err());
     }
 }

@@ -240,6 +240,8 @@ pub struct Config {
     /// AUTH failures tolerated per client address and per user name
     /// across sessions before `454 4.7.0`.
     pub auth_limits: crate::auth_limit::AuthLimits,
+    /// DNS lists, policy service, rate limits (issue 13).
+    pub edge: crate::edge::EdgeConfig,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
     /// `--proxy-protocol` with its `--proxy-from` networks: every
@@ -329,6 +331,7 @@ impl Config {
             require_tls: false,
             auth_file: None,
             auth_limits: crate::auth_limit::AuthLimits::default(),
+            edge: crate::edge::EdgeConfig::default(),
             verbosity: 0,
             proxy_protocol: None,
             metrics: None,

@@ -186,6 +186,30 @@ impl Dns {
         Ok(addrs)
     }
 
+    /// The A records of `name` (a DNS list query, RFC 5782 §2.1).
+    /// `Err(NxDomain)` when the name is not listed.
+    pub fn a(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
+        let name = fqdn(name)?;
+        let resolver = &self.resolver;
+        let lookup = self.block_on(async move {
+            resolver
+                .lookup(name, hickory_resolver::proto::rr::RecordType::A)
+                .await
+        })?;
+        let addrs: Vec<std::net::Ipv4Addr> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        if addrs.is_empty() {
+            return Err(DnsError::NoRecords);
+        }
+        Ok(addrs)
+    }
+
     /// The reverse name of `ip` (the first PTR record), for access rules
     /// on the client's name. `Err(NoRecords)` when it has none.
     pub fn ptr(&self, ip: IpAddr) -> Result<String, DnsError> {

@@ -26,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod edge;
 pub mod exit;
 pub mod fault;
 pub mod logging;

@@ -37,6 +37,8 @@ pub struct Context {
     /// STARTTLS and implicit TLS: built by `app.rs` from `config.tls`'s
     /// files.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// DNS lists, policy service, rate limits (issue 13).
+    pub edge: crate::edge::Edge,
     /// Access rules and recipient validation (`check.rs`).
     pub gate: Arc<crate::check::Gate>,
     /// `--sender-map`, read at start by `app.rs`.
@@ -174,6 +176,10 @@ fn run_inner(
         log::info!("{peer} tls version={} cipher={}", info.version, info.cipher);
         session.tls_started(info);
     }
+    if let Some(r) = super::inbound::on_connect(&mut session, ctx) {
+        conn.reply_now(&r)?;
+        return Ok(());
+    }
     let greeting = session.open();
     conn.reply_now(&greeting)?;
     if greeting.code().value() == 421 {
@@ -201,7 +207,9 @@ fn run_inner(
             conn.reply(&Reply::insufficient_storage())?;
             continue;
         }
+        let probe = super::inbound::Probe::of(&parsed, &session);
         let step = session.step(parsed);
+        let step = super::inbound::after(&mut session, probe, step, ctx);
         if let Flow::Close = perform(&mut session, &mut chunked, step, &mut conn, ctx)? {
             return Ok(());
         }

@@ -236,7 +236,7 @@ pub(super) fn receive_message(
     let now = now_unix();
     conn.reply_now(&go_ahead)?;
 
-    let header = session.received_header(id, now);
+    let header = super::inbound::prepended(session) + &session.received_header(id, now);
     let mut sink = SpoolSink {
         inner: &mut incoming,
         error: None,
@@ -288,7 +288,7 @@ pub(super) fn receive_message(
 /// limits, then `From:`), then the commit; only a commit that returned
 /// makes the 250.
 fn finish_message(
-    session: &Session,
+    session: &mut Session,
     incoming: Incoming,
     write_error: Option<io::Error>,
     verdict: Option<Reply>,
@@ -309,9 +309,13 @@ fn finish_message(
         log::info!("{id} rejected client={peer} reply=\"{reply}\"");
         return reply;
     }
-    let Some(env) = session.envelope(id, incoming.written(), now) else {
+    if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
+        return reply;
+    }
+    let Some(mut env) = session.envelope(id, incoming.written(), now) else {
         return Reply::local_error();
     };
+    super::inbound::adjust_envelope(session, &mut env);
     match incoming.commit(&env) {
         Ok(id) => {
             let tls = session
@@ -388,7 +392,8 @@ pub(super) fn receive_chunk<'a>(
             }
         };
         let now = now_unix();
-        let header = session.received_header(incoming.id(), now);
+        let header =
+            super::inbound::prepended(session) + &session.received_header(incoming.id(), now);
         let write_error = incoming.write_all(header.as_bytes()).err();
         let fixups = session.fixups(incoming.id(), now);
         *chunked = Some(Chunked {

@@ -16,6 +16,7 @@ mod auth;
 mod conn;
 mod filter;
 mod fixup;
+mod inbound;
 mod message;
 
 use std::net::IpAddr;
@@ -123,6 +124,8 @@ pub struct Session<'a> {
     /// The user name, once AUTH succeeded.
     auth: Option<String>,
     auth_failures: u32,
+    /// DNS list verdict, policy connection, PREPEND/HOLD (issue 13).
+    edge: inbound::EdgeState,
     /// The filter stage (access rules, recipient validation), if any.
     gate: Option<&'a crate::check::Gate>,
     /// The client's reverse name, looked up once, when a rule needs it.
@@ -174,6 +177,7 @@ impl<'a> Session<'a> {
             tls: None,
             auth: None,
             auth_failures: 0,
+            edge: inbound::EdgeState::default(),
             gate: None,
             ptr: std::cell::OnceCell::new(),
             refused: false,

@@ -1467,6 +1467,21 @@ pub fn tally<T: std::hash::Hash + Eq + Clone>(items: &[T]) -> HashMap<T, usize> 
     m
 }
 
+/// A receive-only relay for the inbound-edge tests (DNS lists, policy
+/// service, rate limits): only 127.0.0.1 is trusted (`--relay-net`), so
+/// clients from 127.0.0.2 and up are ordinary ones; mail to example.org
+/// is accepted from anyone.
+pub fn edge_relay(extra: &[&str]) -> Relay {
+    let mut args = vec![
+        "--relay-net",
+        "127.0.0.1/32",
+        "--relay-domain",
+        "example.org",
+    ];
+    args.extend_from_slice(extra);
+    Relay::receive_only(&args)
+}
+
 /// `smtp-relay passwd USER --auth-file FILE` with `stdin`.
 pub fn passwd(file: &Path, user: &str, stdin: &str) -> (Option<i32>, String) {
     let file = file.to_str().expect("utf-8 path");

@@ -150,15 +150,8 @@ impl<'a> Session<'a> {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+    use crate::session::tests::code;
     use crate::session::Session;
-    use crate::smtp::command;
-
-    fn code(s: &mut Session, line: &str) -> u16 {
-        s.step(command::parse(line.as_bytes()))
-            .reply()
-            .code()
-            .value()
-    }
 
     /// RFC 5321 §4.5.1: bare `<Postmaster>` is accepted from anyone and
     /// recorded as the postmaster address, within the recipient limit.

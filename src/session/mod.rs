@@ -520,7 +520,7 @@ impl<'a> Session<'a> {
     }
 }
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::smtp::command;
     use crate::smtp::data::DataSummary;
@@ -535,7 +535,8 @@ mod tests {
         c
     }
 
-    fn code(s: &mut Session, line: &str) -> u16 {
+    /// The reply code `line` gets (also used by filter.rs's tests).
+    pub(crate) fn code(s: &mut Session, line: &str) -> u16 {
         s.step(command::parse(line.as_bytes()))
             .reply()
             .code()

@@ -203,12 +203,17 @@ fn every_action_at_rcpt_on_one_reused_connection() {
         "one connection, reused"
     );
     let log = r.log();
+    let refusals = refused_lines(&log, "127.0.0.2");
     assert!(
-        log.contains("127.0.0.2 refused rule=policy inet:127.0.0.1:"),
+        refusals
+            .iter()
+            .any(|l| l.contains(" refused reason=policy_service rule=\"policy inet:127.0.0.1:")),
         "{log}"
     );
     assert!(
-        log.contains("action=REJECT Recipient not wanted reply=\"554 5.7.1 Recipient not wanted\""),
+        log.contains(
+            "action=REJECT Recipient not wanted\" reply=\"554 5.7.1 Recipient not wanted\""
+        ),
         "{log}"
     );
     assert!(
@@ -263,7 +268,8 @@ fn a_service_that_is_down_gets_the_default_action() {
         (451, "4.3.5 Server configuration problem".to_string())
     );
     assert!(
-        r.log().contains("refused rule=policy-default"),
+        r.log()
+            .contains("refused reason=policy_service rule=\"policy-default"),
         "{}",
         r.log()
     );

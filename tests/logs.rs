@@ -114,6 +114,31 @@ fn a_rule_refusal_is_one_line_with_client_rule_and_reply() {
     assert_eq!(r["reply"], "421 4.7.0 Too many connections from 127.0.0.2");
 }
 
+/// A message refused at the end of its data (here too big) is one INFO
+/// line too, the reply writer's, with the client, reason and reply.
+#[test]
+fn a_refused_message_is_one_line() {
+    let relay = Relay::receive_only(&["--max-size", "100"]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.example>", 250);
+    t.cmd("RCPT TO:<b@dest.example>", 250);
+    t.cmd("DATA", 354);
+    t.send_raw(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(300)).as_bytes());
+    t.expect(552);
+    t.cmd("QUIT", 221);
+    let mut log = String::new();
+    wait_until(DELIVERY, || {
+        log = relay.log();
+        log.contains(" refused reason=size")
+    });
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("552 ")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("127.0.0.1:") && lines[0].contains(" refused reason=size reply=\"552 "),
+        "{log}"
+    );
+}
+
 #[test]
 fn sigusr1_reopens_the_log_file() {
     let dir = TempDir::new("logfile");

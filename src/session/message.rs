@@ -306,7 +306,8 @@ fn finish_message(
         };
     }
     if let Some(reply) = verdict {
-        log::info!("{id} rejected client={peer} reply=\"{reply}\"");
+        // the reply writer logs the refusal at INFO, once
+        log::debug!("{id} rejected client={peer} reply=\"{reply}\"");
         return reply;
     }
     if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
@@ -396,7 +397,7 @@ pub(super) fn receive_chunk<'a>(
     if st.reader.summary().too_big {
         // RFC 1870 §6 / RFC 3030 §4: refuse now; later chunks of this
         // message find no transaction (503) and are thrown away
-        log::info!("{id} rejected client={}: too big (BDAT)", conn.peer);
+        log::debug!("{id} rejected client={}: too big (BDAT)", conn.peer);
         *chunked = None;
         session.end_transaction();
         return Ok(Reply::too_big(cfg.max_size));

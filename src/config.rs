@@ -185,6 +185,10 @@ pub enum BareLineEndings {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file these settings were read from (`--config`,
+    /// `$SMTP_RELAY_CONFIG`, `/etc/smtp-relay.conf`), if any: what SIGHUP
+    /// reads again.
+    pub config_file: Option<PathBuf>,
     pub hostname: String,
     pub listen: Vec<Endpoint>,
     /// `--listen-tls`, `--submission`, `--submission-tls`: listeners with
@@ -300,6 +304,7 @@ impl Config {
     /// The defaults, as `serve` runs without options.
     pub fn new() -> Config {
         Config {
+            config_file: None,
             hostname: system_hostname(),
             listen: vec![Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], 2525)))],
             listeners: Vec::new(),

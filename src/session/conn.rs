@@ -29,11 +29,12 @@ pub struct Context {
     /// Told of each committed message (the scheduler); a full or missing
     /// channel only delays delivery until the next spool scan.
     pub committed: Option<Sender<QueueId>>,
-    pub space: SpaceCheck,
+    pub space: Arc<SpaceCheck>,
     /// Password checks: a few at a time, in reused memory.
-    pub verifier: auth::Verifier,
-    /// AUTH failures across sessions, per address and per user name.
-    pub auth_failures: crate::auth_limit::FailureLimiter,
+    pub verifier: Arc<auth::Verifier>,
+    /// AUTH failures across sessions, per address and per user name
+    /// (kept across a reload that leaves the limits as they were).
+    pub auth_failures: Arc<crate::auth_limit::FailureLimiter>,
     /// STARTTLS and implicit TLS: built by `app.rs` from `config.tls`'s
     /// files.
     pub tls: Option<Arc<rustls::ServerConfig>>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::admin::{QueueCmd, Selector, SendOpts, StateFilter};
 use crate::config::{BareLineEndings, Cidr, Config, Endpoint, TlsFiles};
-use crate::route::{RouteAuth, RouteTls, StaticRoute};
+use crate::config::{RouteAuth, RouteTls, StaticRoute};
 use crate::smtp::Domain;
 use crate::spool::QueueId;
 use crate::time::parse_duration;
@@ -1783,9 +1783,9 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     }
     c.delay_warning = v.duration("delay-warning")?;
     if let Some(t) = nonzero(v, "delivery-timeout")? {
-        c.client_timeouts = crate::client::Timeouts::all(t);
+        c.client_timeouts = crate::config::Timeouts::all(t);
     }
-    use crate::tls::OutboundTls;
+    use crate::config::OutboundTls;
     if let Some(mode) = v.parse("outbound-tls", |m| {
         OutboundTls::parse(m).ok_or_else(|| {
             UsageError(format!(

@@ -13,8 +13,8 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
@@ -25,11 +25,11 @@ use crate::config::{Config, Endpoint, ListenMode};
 use crate::delivery::{ConnCache, Deliverer, DestLimiter};
 use crate::dns::Dns;
 use crate::exit::Exit;
+use crate::reload::Reloader;
 use crate::route::Router;
 use crate::scheduler;
 use crate::secrets::{Secrets, SecretsError};
 use crate::sender_map::{MapError, SenderMap};
-use crate::reload::Reloader;
 use crate::server::{self, ServeError, Signals};
 use crate::session::{self, Context};
 use crate::spool::{QueueId, Spool};
@@ -707,7 +707,10 @@ pub fn run(args: Vec<String>) -> ExitCode {
     let cli = match cli::parse(&args) {
         Ok(c) => c,
         // the configuration's own error, as --check-config promises
-        Err(e) if args.iter().any(|a| a == "--check-config") || args.first().is_some_and(|a| a == "check-config") => {
+        Err(e)
+            if args.iter().any(|a| a == "--check-config")
+                || args.first().is_some_and(|a| a == "check-config") =>
+        {
             eprintln!("smtp-relay: {e}");
             return Exit::Config.into();
         }

@@ -26,7 +26,10 @@ pub fn notify(state: &str) {
 /// A reload begins: `RELOADING=1` and the CLOCK_MONOTONIC time in
 /// microseconds, as one message (sd_notify(3), `MONOTONIC_USEC=`).
 pub fn reloading() {
-    notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::sys::monotonic_usec()));
+    notify(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        crate::sys::monotonic_usec()
+    ));
 }
 
 fn send(target: &str, state: &str) -> std::io::Result<()> {

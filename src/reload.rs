@@ -89,9 +89,15 @@ impl Reloader {
         let what = if changed.is_empty() {
             "settings as before; every file it names read again".to_string()
         } else {
-            format!("changed: {}; every file it names read again", changed.join(", "))
+            format!(
+                "changed: {}; every file it names read again",
+                changed.join(", ")
+            )
         };
-        Ok((generation, format!("configuration reloaded from {file}: {what}")))
+        Ok((
+            generation,
+            format!("configuration reloaded from {file}: {what}"),
+        ))
     }
 }
 
@@ -172,7 +178,8 @@ mod tests {
         let mut new = old.clone();
         assert!(changed_settings(&old, &new).is_empty());
         new.max_size = 1;
-        new.relay_nets.push(crate::config::Cidr::parse("10.0.0.0/8").unwrap());
+        new.relay_nets
+            .push(crate::config::Cidr::parse("10.0.0.0/8").unwrap());
         assert_eq!(changed_settings(&old, &new), ["relay_nets", "max_size"]);
     }
 

@@ -28,10 +28,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket}
 
 use log::{debug, warn};
 
+use crate::config::route::Target;
+pub use crate::config::route::{RouteAuth, RouteTls, StaticRoute};
 use crate::dns::{Dns, DnsError, Mx};
 use crate::smtp::{Enhanced, Host};
-pub use crate::config::route::{RouteAuth, RouteTls, StaticRoute};
-use crate::config::route::Target;
 
 /// One next-hop host with its addresses, tried in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

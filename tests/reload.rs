@@ -156,7 +156,11 @@ fn reload_under_traffic_moves_the_route_and_renews_the_certificate() {
                     wait_until(LIMIT, || reloaded.load(Ordering::SeqCst));
                 }
                 let after = reloaded.load(Ordering::SeqCst);
-                results.push((format!("msg-{i}"), try_send(&mut t, &format!("msg-{i}")), after));
+                results.push((
+                    format!("msg-{i}"),
+                    try_send(&mut t, &format!("msg-{i}")),
+                    after,
+                ));
                 sent.fetch_add(1, Ordering::SeqCst);
             }
             t.cmd("QUIT", 221);
@@ -177,7 +181,8 @@ fn reload_under_traffic_moves_the_route_and_renews_the_certificate() {
     let refused: Vec<_> = results.iter().filter(|r| r.1 != 250).collect();
     assert!(refused.is_empty(), "refused during the reload: {refused:?}");
     assert!(
-        wait_until(LIMIT, || a.count() + b.count() >= N && queue_files(relay.spool()).is_empty()),
+        wait_until(LIMIT, || a.count() + b.count() >= N
+            && queue_files(relay.spool()).is_empty()),
         "A {} + B {} of {N}, queue {:?}",
         a.count(),
         b.count(),
@@ -190,7 +195,10 @@ fn reload_under_traffic_moves_the_route_and_renews_the_certificate() {
     let b_set: HashSet<&String> = at_b.iter().collect();
     for (subject, _, after) in &results {
         if *after {
-            assert!(b_set.contains(subject), "{subject} sent after the reload went to A");
+            assert!(
+                b_set.contains(subject),
+                "{subject} sent after the reload went to A"
+            );
         }
     }
     assert!(!at_a.is_empty() && !at_b.is_empty());
@@ -227,11 +235,17 @@ fn a_configuration_that_does_not_load_is_refused_whole() {
     };
 
     // a syntax error on line 3; the route on line 2 changed too
-    let bad = format!("no-dns = yes\nroute = {}\nthis is not an option\n", route_to(&b));
+    let bad = format!(
+        "no-dns = yes\nroute = {}\nthis is not an option\n",
+        route_to(&b)
+    );
     replace(&conf, bad.as_bytes());
     let line = reload(&relay).unwrap_err();
     assert!(line.contains(" ERROR ") || line.contains("ERROR"), "{line}");
-    assert!(line.contains(&format!("{}:3:", s(&conf))), "file and line: {line}");
+    assert!(
+        line.contains(&format!("{}:3:", s(&conf))),
+        "file and line: {line}"
+    );
     deliver(1);
     assert!(a.wait_for(1, LIMIT), "the old route stays");
 
@@ -329,7 +343,10 @@ fn every_table_reloads_for_new_sessions() {
     replace(&senders, b"alice: alice@example.org, ops@example.org\n");
     replace(&conf, text("127.0.0.0/8", &pw2).as_bytes());
     let line = reload(&relay).expect("loads");
-    assert!(line.contains("relay_nets") && line.contains("auth_file"), "{line}");
+    assert!(
+        line.contains("relay_nets") && line.contains("auth_file"),
+        "{line}"
+    );
 
     let mut t = Talk::greet(smtp);
     t.cmd("EHLO client.test", 250);
@@ -355,7 +372,11 @@ fn check_config_exit_codes() {
         "tls-cert = {}\ntls-key = {}\naccess = {}\n",
         s(&certs.cert),
         s(&certs.key),
-        s(&write_file(dir.path(), "access", b"mail @bad.example reject\n"))
+        s(&write_file(
+            dir.path(),
+            "access",
+            b"mail @bad.example reject\n"
+        ))
     );
     replace(&conf, good.as_bytes());
     for args in [
@@ -372,9 +393,15 @@ fn check_config_exit_codes() {
             good.replace(s(&certs.cert), "/nonexistent/cert.pem"),
             "/nonexistent/cert.pem".to_string(),
         ),
-        (good.replace(s(&certs.key), s(&certs.ca)), "--tls-cert".to_string()),
         (
-            format!("access = {}\n", s(&write_file(dir.path(), "bad", b"mail x frobnicate\n"))),
+            good.replace(s(&certs.key), s(&certs.ca)),
+            "--tls-cert".to_string(),
+        ),
+        (
+            format!(
+                "access = {}\n",
+                s(&write_file(dir.path(), "bad", b"mail x frobnicate\n"))
+            ),
             "--access".to_string(),
         ),
     ];
@@ -406,4 +433,65 @@ fn sd_notify_reloading_then_ready() {
         .and_then(|n| n.parse::<u64>().ok());
     assert!(usec.is_some_and(|n| n > 0), "{msg:?}");
     assert_eq!(recv(), "READY=1");
+}
+
+#[test]
+fn settings_only_a_start_can_apply_are_named_and_kept() {
+    let dir = TempDir::new("reload-restart");
+    let conf = dir.path().join("relay.conf");
+    let pw = dir.path().join("passwd");
+    assert_eq!(passwd(&pw, "alice", "secret\n").0, Some(0));
+    let pw = format!("auth-file = {}\n", s(&pw));
+    replace(
+        &conf,
+        format!("{pw}workers = 8\nmax-size = 1M\n").as_bytes(),
+    );
+    let relay = Relay::receive_only(&["--config", s(&conf)]);
+    let size = || {
+        let mut t = Talk::greet(relay.addr());
+        let ehlo = t.cmd("EHLO client.test", 250);
+        t.cmd("QUIT", 221);
+        ehlo
+    };
+    assert!(size().contains("SIZE 1048576"));
+    let text = format!("{pw}workers = 9\nmax-size = 2M\nsubmission = 127.0.0.1:0\n");
+    replace(&conf, text.as_bytes());
+    let line = reload(&relay).expect("the rest is taken");
+    assert!(line.contains("max_size"), "{line}");
+    assert!(size().contains("SIZE 2097152"), "the new size is offered");
+    let log = relay.log();
+    let warn = log
+        .lines()
+        .find(|l| l.contains("needs a restart"))
+        .unwrap_or_else(|| panic!("no restart warning:\n{log}"));
+    assert!(
+        warn.contains("WARN") && warn.contains("workers") && warn.contains("submission"),
+        "{warn}"
+    );
+    // no new listener was opened
+    assert_eq!(log.matches("listening on").count(), 1, "{log}");
+}
+
+#[test]
+fn rate_windows_survive_a_reload_that_keeps_their_limits() {
+    let dir = TempDir::new("reload-rates");
+    let conf = dir.path().join("relay.conf");
+    let text = |n: u32, size: &str| {
+        format!("relay-net = 127.0.0.1/32\nrate-connections = {n}\nmax-size = {size}\n")
+    };
+    replace(&conf, text(2, "1M").as_bytes());
+    let relay = Relay::receive_only(&["--config", s(&conf)]);
+    let greeting = || {
+        let mut t = Talk::connect_from("127.0.0.2", relay.addr());
+        t.reply().0
+    };
+    assert_eq!((greeting(), greeting(), greeting()), (220, 220, 421));
+    // another setting changed: the window and its count stay
+    replace(&conf, text(2, "2M").as_bytes());
+    reload(&relay).expect("loads");
+    assert_eq!(greeting(), 421, "a reload is no way around a rate limit");
+    // the limit changed: a new one applies
+    replace(&conf, text(5, "2M").as_bytes());
+    reload(&relay).expect("loads");
+    assert_eq!(greeting(), 220);
 }

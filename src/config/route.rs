@@ -323,4 +323,3 @@ fn parse_target(s: &str) -> Result<(Target, Option<u16>), String> {
     };
     Ok((target, port))
 }
-

@@ -495,3 +495,59 @@ fn rate_windows_survive_a_reload_that_keeps_their_limits() {
     reload(&relay).expect("loads");
     assert_eq!(greeting(), 220);
 }
+
+/// The first ```sh block of README.md's "Reload" section.
+fn readme_recipe() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let at = readme.find("\n## Reload\n").expect("a Reload section");
+    let start = at + readme[at..].find("```sh\n").expect("a recipe") + 6;
+    let len = readme[start..].find("```").expect("its end");
+    readme[start..start + len].to_string()
+}
+
+#[test]
+fn readme_reload_recipe_works_as_written() {
+    let recipe = readme_recipe();
+    assert!(recipe.contains("/etc/smtp-relay.conf"), "{recipe}");
+    let dir = TempDir::new("reload-readme");
+    let conf = dir.path().join("relay.conf");
+    replace(&conf, b"max-size = 1M\n");
+    let relay = Relay::receive_only(&["--config", s(&conf)]);
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |script: &str| {
+        run_tool(
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script.replace("/etc/smtp-relay.conf", s(&conf)))
+                .env("PATH", &path)
+                .env("PID", relay.pid().to_string()),
+            LIMIT,
+        )
+    };
+    let reloads = || relay.log().matches("configuration reloaded from").count();
+
+    replace(&conf, b"max-size = 2M\n");
+    let ok = run(&recipe);
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    assert!(wait_until(LIMIT, || reloads() == 1), "{}", relay.log());
+
+    // a bad file stops the recipe before the signal
+    replace(&conf, b"max-size = lots\n");
+    let bad = run(&recipe);
+    assert_eq!(bad.code, Some(78), "{bad:?}");
+    assert!(bad.stderr.contains(&format!("{}:1:", s(&conf))), "{bad:?}");
+    // had it been signalled, its refusal would come before the next reload
+    replace(&conf, b"max-size = 3M\n");
+    assert_eq!(run(&recipe).code, Some(0));
+    assert!(wait_until(LIMIT, || reloads() == 2), "{}", relay.log());
+    assert!(
+        !relay.log().contains("reload refused"),
+        "the server was not signalled"
+    );
+}

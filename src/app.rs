@@ -563,9 +563,10 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     let pickup = maildrop_ready
         .then(|| {
             let ctx = sessions.load();
+            let current = sessions.clone();
             crate::spool::maildrop::Pickup::start(
                 ctx.spool.clone(),
-                ctx.config.clone(),
+                move || current.load().config.clone(),
                 ctx.committed.clone(),
             )
         })

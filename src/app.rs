@@ -472,18 +472,11 @@ pub fn check_config(config: Config) -> Exit {
     }
 }
 
-/// `serve`: read what the options name, bind, drop privileges, recover
-/// the spool, start delivery and the sessions; returns on SIGTERM/SIGINT.
-/// `args` is serve's command line, parsed again by each SIGHUP
-/// (`reload.rs`).
-pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
-    // before anything else: a SIGHUP during start-up is not fatal either
-    let signals = Signals::install();
-    // Files an option names are read now, as root when started as root
-    // (a key file is often readable by root only), before privileges
-    // drop; a bad one stops the start before anything is bound.
-    let loaded = load(config)?;
-    let config = &loaded.config;
+/// `serve`'s steps as root (when started as root): look up `--user`,
+/// bind every listener (port 25 needs root) and the metrics endpoint,
+/// then hand the spool to `--user` and drop privileges; then check that
+/// the user we now are can read `--auth-file`.
+fn bind_as_root(config: &Config) -> Result<Vec<server::Bound>, ServeError> {
     let user = config
         .user
         .as_deref()
@@ -498,7 +491,7 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     // descriptor (spool/owner.rs), then drops privileges. Everything that
     // walks the spool (lock, recovery, cleaning tmp/ and free/) runs
     // after that, as the spool's user.
-    let listeners = server::bind(&listeners(config)?)?;
+    let bound = server::bind(&listeners(config)?)?;
     if let Some(addr) = config.metrics {
         let local = crate::metrics::serve(addr, config.spool.clone())
             .map_err(|source| ServeError::Bind { addr, source })?;
@@ -517,7 +510,21 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
             source,
         })?;
     }
+    Ok(bound)
+}
 
+/// Opens and locks the spool, recovers it (as the spool's user), starts
+/// the committer: the queued envelopes to schedule.
+fn open_spool(
+    config: &Config,
+) -> Result<
+    (
+        Arc<Spool>,
+        crate::spool::SpoolLock,
+        Vec<crate::spool::Envelope>,
+    ),
+    ServeError,
+> {
     let mut spool = Spool::open(&config.spool)?;
     let lock = spool.lock()?;
     crate::spool::maildrop::recover(&spool);
@@ -532,6 +539,23 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
         rec.orphans_removed,
         rec.corrupt_moved
     );
+    Ok((spool, lock, queued))
+}
+
+/// `serve`: read what the options name, bind, drop privileges, recover
+/// the spool, start delivery and the sessions; returns on SIGTERM/SIGINT.
+/// `args` is serve's command line, parsed again by each SIGHUP
+/// (`reload.rs`).
+pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
+    // before anything else: a SIGHUP during start-up is not fatal either
+    let signals = Signals::install();
+    // Files an option names are read now, as root when started as root
+    // (a key file is often readable by root only), before privileges
+    // drop; a bad one stops the start before anything is bound.
+    let loaded = load(config)?;
+    let config = &loaded.config;
+    let listeners = bind_as_root(config)?;
+    let (spool, lock, queued) = open_spool(config)?;
     // users who cannot write the queue submit through maildrop/
     let maildrop_ready = crate::spool::maildrop::prepare(spool.root())
         .map_err(|e| log::warn!("maildrop/: {e}: non-root submission is off"))
@@ -729,31 +753,11 @@ pub fn run(args: Vec<String>) -> ExitCode {
         Cli::Queue {
             config,
             cmd,
-            mut sel,
+            sel,
             dry_run,
             ids_from_stdin,
             warnings,
-        } => {
-            init_logging(config.verbosity, true);
-            for w in warnings {
-                eprintln!("smtp-relay: warning: {w}");
-            }
-            if ids_from_stdin {
-                match crate::admin::read_ids(&mut std::io::stdin().lock()) {
-                    Ok(ids) => sel.ids.extend(ids),
-                    Err(e) => return fail(&e),
-                }
-                if sel.ids.is_empty() {
-                    eprintln!("smtp-relay: no queue ids on standard input");
-                    return Exit::Ok.into();
-                }
-            }
-            let deliverer = flush_deliverer(&config);
-            match crate::admin::run_queue(&config, &cmd, &sel, dry_run, &deliverer) {
-                Ok(code) => code.into(),
-                Err(e) => fail(&e),
-            }
-        }
+        } => queue_command(&config, &cmd, sel, dry_run, ids_from_stdin, &warnings),
         Cli::Send { config, opts } => {
             init_logging(config.verbosity, true);
             match crate::admin::run_send(&config, &opts, &mut std::io::stdin().lock()) {
@@ -792,6 +796,37 @@ pub fn run(args: Vec<String>) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `queue …`: ids from stdin when asked, then `admin::run_queue` with
+/// this module's way to build a delivery engine for a foreground flush.
+fn queue_command(
+    config: &Config,
+    cmd: &crate::admin::QueueCmd,
+    mut sel: crate::admin::Selector,
+    dry_run: bool,
+    ids_from_stdin: bool,
+    warnings: &[String],
+) -> ExitCode {
+    init_logging(config.verbosity, true);
+    for w in warnings {
+        eprintln!("smtp-relay: warning: {w}");
+    }
+    if ids_from_stdin {
+        match crate::admin::read_ids(&mut std::io::stdin().lock()) {
+            Ok(ids) => sel.ids.extend(ids),
+            Err(e) => return fail(&e),
+        }
+        if sel.ids.is_empty() {
+            eprintln!("smtp-relay: no queue ids on standard input");
+            return Exit::Ok.into();
+        }
+    }
+    let deliverer = flush_deliverer(config);
+    match crate::admin::run_queue(config, cmd, &sel, dry_run, &deliverer) {
+        Ok(code) => code.into(),
+        Err(e) => fail(&e),
     }
 }
 

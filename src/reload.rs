@@ -74,6 +74,7 @@ impl Reloader {
             Ok(_) => return Err("serve's command line no longer parses as serve".into()),
             Err(e) => return Err(e.0),
         };
+        same_source(&old.config, &config)?;
         let kept = keep_restart_only(&mut config, &old.config);
         if !kept.is_empty() {
             log::warn!(
@@ -106,6 +107,19 @@ fn source(config: &Config) -> String {
     match &config.config_file {
         Some(p) => p.display().to_string(),
         None => "the command line (no config file)".into(),
+    }
+}
+
+/// The default file (`/etc/smtp-relay.conf`) may be absent, and then
+/// the built-in defaults apply: at start a choice, at a reload an
+/// accident (a file moved away would silently reset every setting).
+fn same_source(old: &Config, new: &Config) -> Result<(), String> {
+    match (&old.config_file, &new.config_file) {
+        (Some(was), None) => Err(format!(
+            "{}: no longer there (the server was started with it; the built-in defaults are not taken on a reload)",
+            was.display()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -181,6 +195,20 @@ mod tests {
         new.relay_nets
             .push(crate::config::Cidr::parse("10.0.0.0/8").unwrap());
         assert_eq!(changed_settings(&old, &new), ["relay_nets", "max_size"]);
+    }
+
+    #[test]
+    fn a_vanished_config_file_is_not_the_defaults() {
+        let mut old = Config::new();
+        old.config_file = Some("/etc/smtp-relay.conf".into());
+        let new = Config::new();
+        let e = same_source(&old, &new).unwrap_err();
+        assert!(
+            e.starts_with("/etc/smtp-relay.conf: no longer there"),
+            "{e}"
+        );
+        assert!(same_source(&old, &old).is_ok());
+        assert!(same_source(&new, &new).is_ok());
     }
 
     #[test]

@@ -551,3 +551,69 @@ fn readme_reload_recipe_works_as_written() {
         "the server was not signalled"
     );
 }
+
+/// The same with a real peer: Postfix's smtp-source (the load generator
+/// the issue names) sends N messages over 5 sessions while the route is
+/// moved from A to B; every message it was given a 250 for is delivered
+/// once, at A or at B.
+#[test]
+fn reload_under_smtp_source_loses_nothing() {
+    let test = "reload_under_smtp_source_loses_nothing";
+    let Some(source) = require_tool("/usr/sbin/smtp-source", test) else {
+        return;
+    };
+    const N: usize = 500;
+    let dir = TempDir::new("reload-source");
+    let (a, b) = (Sink::start(), Sink::start());
+    let conf = dir.path().join("relay.conf");
+    let text = |sink: &Sink| format!("no-dns = yes\nroute = {}\n", route_to(sink));
+    replace(&conf, text(&a).as_bytes());
+    let relay = Relay::start(&["--config", s(&conf)]);
+    let target = format!("127.0.0.1:{}", relay.addr().port());
+    let n = N.to_string();
+    let started = std::time::Instant::now();
+    let load = std::thread::spawn(move || {
+        run_tool(
+            std::process::Command::new(&source).args([
+                "-c",
+                "-m",
+                &n,
+                "-s",
+                "5",
+                "-M",
+                "source.test",
+                "-f",
+                "sender@example.org",
+                "-t",
+                "rcpt@example.net",
+                &target,
+            ]),
+            Duration::from_secs(300),
+        )
+    });
+    assert!(wait_until(LIMIT, || a.count() >= 20), "nothing reached A");
+    replace(&conf, text(&b).as_bytes());
+    reload(&relay).expect("loads");
+    let at_reload = a.count();
+    let run = load.join().unwrap();
+    assert_eq!(run.code, Some(0), "smtp-source: {run:?}");
+    assert!(
+        wait_until(Duration::from_secs(120), || a.count() + b.count() >= N
+            && queue_files(relay.spool()).is_empty()),
+        "A {} + B {} of {N}",
+        a.count(),
+        b.count()
+    );
+    assert_eq!(a.count() + b.count(), N, "each delivered once");
+    assert_eq!(
+        relay.log().matches(" queued from=").count(),
+        N,
+        "{N} acknowledged"
+    );
+    println!(
+        "smtp-source: {N} messages over 5 sessions in {:.2?}, reload after {at_reload} at A: {} at A, {} at B, 0 refused, 0 lost",
+        started.elapsed(),
+        a.count(),
+        b.count()
+    );
+}

@@ -22,7 +22,11 @@ use crate::smtp::data::{self, Line};
 use crate::smtp::{Command, Reply};
 use crate::spool::{QueueId, Spool};
 
-/// What a session worker needs besides the socket.
+/// What a session worker needs besides the socket: one generation of
+/// settings (`app::Generation`), which the session keeps to its end even
+/// when a SIGHUP makes a new one current. The spool, the channel to the
+/// scheduler, the space check and the password-check pool are the same
+/// in every generation.
 pub struct Context {
     pub config: Arc<Config>,
     pub spool: Arc<Spool>,

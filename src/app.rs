@@ -205,6 +205,24 @@ pub fn sender_map(config: &Config) -> Result<Option<SenderMap>, SetupError> {
     Ok(Some(map))
 }
 
+/// `--dkim-key`: every key read and checked now (README "DKIM
+/// signing"); a missing file is EX_NOINPUT, a file that holds no usable
+/// key (or an RSA key under 2048 bits) EX_CONFIG.
+pub fn dkim_signer(config: &Config) -> Result<Option<Arc<crate::dkim::Signer>>, SetupError> {
+    use crate::dkim::{KeyError, Signer};
+    let signer = Signer::load(&config.dkim).map_err(|(k, e)| match e {
+        KeyError::Unreadable(source) => file_error("--dkim-key", &k.path, Ok(source)),
+        KeyError::Invalid(why) => SetupError::Invalid {
+            option: "--dkim-key",
+            why: format!("{}:{}: {}: {why}", k.domain, k.selector, k.path.display()),
+        },
+    })?;
+    if let Some(s) = &signer {
+        log::info!("dkim signing for mail from {}", s.sources());
+    }
+    Ok(signer.map(Arc::new))
+}
+
 /// The router for a config: static routes, then DNS unless `--no-dns`.
 /// `local` are our own listening addresses, for loop detection.
 pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, SetupError> {
@@ -338,6 +356,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let client_tls = client_tls(&config)?;
     // the secrets file too: as root, so it can stay root's, mode 0600
     let secrets = Arc::new(secrets(&config)?);
+    // DKIM keys likewise: root-only key files stay root-only
+    let dkim = dkim_signer(&config)?;
     let user = config
         .user
         .as_deref()
@@ -428,6 +448,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         edge,
         gate,
         senders,
+        dkim,
     });
     let pickup = maildrop_ready
         .then(|| {

@@ -294,6 +294,8 @@ pub struct Config {
     /// `--secrets-file`: SMTP AUTH credentials for next hops (routes'
     /// `auth =`), read at start (`secrets.rs`).
     pub secrets_file: Option<PathBuf>,
+    /// `--dkim-*`: signing keys (paths) and whose mail is signed.
+    pub dkim: crate::dkim::DkimSettings,
 }
 
 impl Config {
@@ -357,6 +359,7 @@ impl Config {
             access_file: None,
             postmaster: None,
             secrets_file: None,
+            dkim: Default::default(),
         }
     }
 

@@ -101,6 +101,14 @@ fn main() -> ExitCode {
             }
         }
         Cli::Passwd { file, user, owner } => passwd(&file, &user, owner),
+        Cli::DkimKeygen(k) => match smtp_relay::dkim::keygen::run(&k) {
+            Ok(record) => {
+                eprintln!("smtp-relay: private key written to {}", k.out.display());
+                println!("{record}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Cli::Route { config, address } => {
             init_logging(config.verbosity, true);
             match app::route(&config, &address) {

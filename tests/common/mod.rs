@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod dnsmasq;
+pub mod postfix;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};

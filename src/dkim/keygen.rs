@@ -49,6 +49,20 @@ impl std::fmt::Display for KeygenError {
 /// Writes the key (never over an existing file) and returns the TXT
 /// record to publish.
 pub fn run(k: &Keygen) -> Result<String, KeygenError> {
+    // the file first: an existing one is said before seconds of RSA work
+    let file = create_private(&k.out).map_err(|e| KeygenError::Create(k.out.clone(), e))?;
+    let result = generate(k).and_then(|(pem, record)| {
+        write_private(file, pem.as_bytes()).map_err(|e| KeygenError::Create(k.out.clone(), e))?;
+        Ok(record)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&k.out);
+    }
+    result
+}
+
+/// The key's PEM and its TXT record.
+fn generate(k: &Keygen) -> Result<(String, String), KeygenError> {
     let (pem, tag, public) = match k.algorithm {
         KeyAlgorithm::Rsa => {
             let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, k.bits)
@@ -74,19 +88,21 @@ pub fn run(k: &Keygen) -> Result<String, KeygenError> {
             (pem, "ed25519", key.public_key())
         }
     };
-    write_private(&k.out, pem.as_bytes()).map_err(|e| KeygenError::Create(k.out.clone(), e))?;
-    Ok(txt_record(&k.domain, &k.selector, tag, &public))
+    Ok((pem, txt_record(&k.domain, &k.selector, tag, &public)))
 }
 
-/// Creates `path` with mode 0600 (never replacing a file) and writes the
-/// key, flushed to disk.
-fn write_private(path: &Path, pem: &[u8]) -> io::Result<()> {
+/// Creates `path` with mode 0600, never replacing a file.
+fn create_private(path: &Path) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
+        .open(path)
+}
+
+/// Writes the key, flushed to disk.
+fn write_private(mut f: std::fs::File, pem: &[u8]) -> io::Result<()> {
     f.write_all(pem)?;
     f.sync_all()
 }

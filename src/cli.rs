@@ -1981,6 +1981,55 @@ mod tests {
     }
 
     #[test]
+    fn dkim_options_and_keygen() {
+        use crate::dkim::keygen::KeyAlgorithm;
+        use crate::dkim::settings::{Canon, DomainFrom};
+        let c = serve("serve --dkim-key Example.ORG:s1:/k/a.pem --dkim-key example.org:s2:/k/b.pem --dkim-sign-from auth --dkim-canonicalization simple/relaxed --dkim-domain-from envelope").unwrap();
+        let d = &c.dkim;
+        assert_eq!(d.keys.len(), 2);
+        assert_eq!(
+            (d.keys[0].domain.as_str(), d.keys[0].selector.as_str()),
+            ("example.org", "s1")
+        );
+        assert!(d.sign_from.auth && !d.sign_from.relay_net);
+        assert_eq!(
+            (d.header_canon, d.body_canon),
+            (Canon::Simple, Canon::Relaxed)
+        );
+        assert_eq!(d.domain_from, DomainFrom::Envelope);
+        let d = serve("serve").unwrap().dkim;
+        assert!(d.keys.is_empty() && d.sign_from.auth && d.sign_from.relay_net);
+        assert_eq!(
+            (d.header_canon, d.body_canon),
+            (Canon::Relaxed, Canon::Relaxed)
+        );
+        for (line, needle) in [
+            ("serve --dkim-key example.org:s1", "--dkim-key"),
+            ("serve --dkim-sign-from everyone", "--dkim-sign-from"),
+            (
+                "serve --dkim-canonicalization loose",
+                "--dkim-canonicalization",
+            ),
+            ("serve --dkim-domain-from body", "--dkim-domain-from"),
+            ("dkim keygen example.org", "usage"),
+            ("dkim keygen example.org s_1", "selector"),
+            ("dkim keygen example.org s1 --bits 1024", "--bits"),
+            ("dkim keygen example.org s1 --algorithm dsa", "--algorithm"),
+            ("dkim frob example.org s1", "usage"),
+        ] {
+            let e = parse(&args(line)).unwrap_err();
+            assert!(e.0.contains(needle), "{line}: {e}");
+        }
+        let Ok(Cli::DkimKeygen(k)) = parse(&args("dkim keygen Example.org s1 --algorithm ed25519"))
+        else {
+            panic!("dkim keygen parses");
+        };
+        assert_eq!(k.algorithm, KeyAlgorithm::Ed25519);
+        assert_eq!(k.out, PathBuf::from("s1._domainkey.example.org.pem"));
+        assert!(usage_text().contains("--dkim-key DOMAIN:SELECTOR:FILE"));
+    }
+
+    #[test]
     fn errors_name_the_option() {
         for (line, needle) in [
             ("serve --workers 0", "--workers"),

@@ -463,6 +463,56 @@ fn sources_not_configured_are_not_signed() {
 }
 
 #[test]
+fn authenticated_clients_are_signed_others_outside_relay_net_are_not() {
+    let dir = TempDir::new("dkimauth");
+    let (ed, _) = keygen(
+        dir.path(),
+        "example.test",
+        "ed1",
+        &["--algorithm", "ed25519"],
+    );
+    let passwd_file = dir.path().join("passwd");
+    assert_eq!(passwd(&passwd_file, "alice", "alice-secret-1\n").0, Some(0));
+    let key = format!("example.test:ed1:{}", ed.display());
+    let auth_file = passwd_file.to_str().expect("utf-8 path");
+    // 127.0.0.2 is outside --relay-net; it may send to dest.test
+    let common = [
+        "--dkim-key",
+        &key,
+        "--auth-file",
+        auth_file,
+        "--relay-net",
+        "127.0.0.1/32",
+        "--relay-domain",
+        "dest.test",
+    ];
+    for (sign_from, login, signed) in [
+        ("relay-net,auth", false, false),
+        ("relay-net,auth", true, true),
+        ("relay-net", true, false),
+        ("auth", true, true),
+    ] {
+        let mut args = common.to_vec();
+        args.extend(["--dkim-sign-from", sign_from]);
+        let relay = Relay::receive_only(&args);
+        let mut t = Talk::connect_from("127.0.0.2", relay.addr());
+        t.expect(220);
+        t.cmd("EHLO client.test", 250);
+        if login {
+            let plain = smtp_relay::auth::encode_base64(b"\0alice\0alice-secret-1");
+            t.cmd(&format!("AUTH PLAIN {plain}"), 235);
+        }
+        let id = t.send_mail("alice@example.test", &["bob@dest.test"], MESSAGE);
+        let stored = read_msg(relay.spool(), &id);
+        assert_eq!(
+            signatures(&stored).len(),
+            usize::from(signed),
+            "--dkim-sign-from {sign_from}, AUTH {login}"
+        );
+    }
+}
+
+#[test]
 fn keygen_writes_a_private_key_and_a_record_dkimpy_accepts() {
     let test = "keygen_writes_a_private_key_and_a_record_dkimpy_accepts";
     let dir = TempDir::new("dkimkeys");

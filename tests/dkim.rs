@@ -642,19 +642,6 @@ fn bad_key_files_are_configuration_errors() {
     }
 }
 
-/// The first ```FENCE block of README.md after `marker`.
-fn readme_block(marker: &str, fence: &str) -> String {
-    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("read README.md");
-    let at = readme
-        .find(marker)
-        .unwrap_or_else(|| panic!("README.md has no {marker:?}"));
-    let open = format!("```{fence}\n");
-    let start = at + readme[at..].find(&open).expect("the block") + open.len();
-    let len = readme[start..].find("```").expect("the block's end");
-    readme[start..start + len].to_string()
-}
-
 #[test]
 fn readme_dkim_recipe_works_as_written() {
     let test = "readme_dkim_recipe_works_as_written";
@@ -664,15 +651,7 @@ fn readme_dkim_recipe_works_as_written() {
     let fit = |s: &str| s.replace("/etc/smtp-relay", &keys.display().to_string());
     let script = fit(&readme_block("## DKIM signing", "sh"));
     // `smtp-relay` on the PATH is the binary under test
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_smtp-relay"))
-        .parent()
-        .expect("the binary's directory")
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_binary_first();
     let run = run_tool(
         Command::new("sh")
             .arg("-ec")

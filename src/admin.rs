@@ -1509,6 +1509,7 @@ pub fn queue_message(
             .eight_bit
             .then_some(crate::smtp::Body::EightBitMime),
         smtputf8,
+        requiretls: false,
         attempts: 0,
         next_try: now,
         hold: sub.hold,

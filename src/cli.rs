@@ -503,6 +503,24 @@ const ROUTING_OPTS: &[OptSpec] = &[
         "",
         "forward along RFC 821 source routes instead of stripping them",
     ),
+    opt(
+        "mta-sts",
+        Kind::Flag,
+        "",
+        "apply the MTA-STS policies (RFC 8461) of MX-routed domains; cached in the spool",
+    ),
+    opt(
+        "mta-sts-port",
+        Kind::Single,
+        "PORT",
+        "port of the MTA-STS policy hosts (default 443; for tests)",
+    ),
+    opt(
+        "ca-file",
+        Kind::Single,
+        "FILE",
+        "--outbound-tls verify, tls = verify, --mta-sts: trust these PEM CAs instead of the system's",
+    ),
 ];
 
 /// Options of the delivery side (`serve`, `queue flush`).
@@ -554,12 +572,6 @@ const DELIVERY_OPTS: &[OptSpec] = &[
         Kind::Single,
         "may|encrypt|verify",
         "STARTTLS to next hops: when offered (default), required, or required and verified",
-    ),
-    opt(
-        "ca-file",
-        Kind::Single,
-        "FILE",
-        "--outbound-tls verify: trust these PEM CAs instead of the system's",
     ),
     opt(
         "secrets-file",
@@ -1408,6 +1420,14 @@ fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.smtp_port = p;
     }
     c.honor_source_routes = v.flag("honor-source-routes")?;
+    c.mta_sts = v.flag("mta-sts")?;
+    if let Some(p) = v.parse("mta-sts-port", |p| number::<u16>("mta-sts-port", p))? {
+        if p == 0 {
+            return Err(UsageError("--mta-sts-port must be 1-65535".into()));
+        }
+        c.mta_sts_port = p;
+    }
+    c.ca_file = v.single("ca-file").map(PathBuf::from);
     Ok(())
 }
 
@@ -1777,10 +1797,11 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     })? {
         c.outbound_tls = mode;
     }
-    c.ca_file = v.single("ca-file").map(PathBuf::from);
     c.secrets_file = v.single("secrets-file").map(PathBuf::from);
     if c.ca_file.is_some() && !c.verifies() {
-        return Err(UsageError("--ca-file needs --outbound-tls verify".into()));
+        return Err(UsageError(
+            "--ca-file needs --outbound-tls verify (or --mta-sts)".into(),
+        ));
     }
     Ok(())
 }

@@ -215,6 +215,17 @@ impl ClientTls {
         })
     }
 
+    /// Whether a handshake under this mode checks the certificate.
+    pub fn verifies(&self) -> bool {
+        matches!(self.mode, OutboundTls::Verify | OutboundTls::Implicit)
+    }
+
+    /// The verifying config (roots loaded), for other HTTPS/TLS clients
+    /// such as the MTA-STS policy fetch (RFC 8461 §3.3).
+    pub fn verified_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.verified.clone()
+    }
+
     /// A client connection for a next hop called `name` (a host name, an
     /// IP address, or a `[literal]`): the name checked under `verify`, and
     /// sent as SNI when it is a host name.

@@ -575,6 +575,19 @@ impl Connection {
         self.verified
     }
 
+    /// What `verify` would have said of this connection to `name`: for a
+    /// policy that is only tested (RFC 8461 §5 `testing`), logged.
+    pub fn would_verify(&self, tls: &ClientTls, name: &str) -> Result<(), String> {
+        if self.verified {
+            return Ok(());
+        }
+        let certs = self
+            .io
+            .peer_certificates()
+            .ok_or("no TLS (STARTTLS not used)")?;
+        tls.judge(certs, name)
+    }
+
     /// `TLSv1.3/TLS13_AES_256_GCM_SHA384`, or `none`, for the logs.
     pub fn tls_label(&self) -> String {
         self.tls

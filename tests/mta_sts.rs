@@ -258,8 +258,10 @@ fn enforce_with_a_matching_mx_delivers_over_verified_tls() {
     assert!(delivered_to(&mx));
     let log = relay.log();
     assert!(
-        log.lines().any(|l| l.contains(&format!("{id} relay=mx1.enf.test[127.0.31.1]"))
-            && l.contains(" tls=TLSv1.")),
+        log.lines().any(
+            |l| l.contains(&format!("{id} relay=mx1.enf.test[127.0.31.1]"))
+                && l.contains(" tls=TLSv1.")
+        ),
         "not over TLS:\n{log}"
     );
     assert!(
@@ -272,13 +274,25 @@ fn enforce_with_a_matching_mx_delivers_over_verified_tls() {
     let (port, https) = (w.mx_port.to_string(), w.nginx.port.to_string());
     let ca = w.certs.ca.display().to_string();
     let route_args = [
-        "route", "--spool", &spool, "--dns", &dns, "--smtp-port", &port, "--mta-sts",
-        "--mta-sts-port", &https, "--ca-file", &ca, "user@enf.test",
+        "route",
+        "--spool",
+        &spool,
+        "--dns",
+        &dns,
+        "--smtp-port",
+        &port,
+        "--mta-sts",
+        "--mta-sts-port",
+        &https,
+        "--ca-file",
+        &ca,
+        "user@enf.test",
     ];
     let run = run_cli(&route_args, LIMIT);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(
-        run.stdout.contains("tls policy: MTA-STS mode=enforce id=1 mx=*.enf.test"),
+        run.stdout
+            .contains("tls policy: MTA-STS mode=enforce id=1 mx=*.enf.test"),
         "{}",
         run.stdout
     );
@@ -318,7 +332,10 @@ fn enforce_defers_a_bad_certificate_unless_tls_required_no() {
     let relay = w.sender();
     let id = send(&relay, "user@badcert.test", "");
     let reply = rcpt_state(&relay, &id, "deferred");
-    assert!(reply.contains("4.7.5") && reply.contains("MTA-STS"), "{reply}");
+    assert!(
+        reply.contains("4.7.5") && reply.contains("MTA-STS"),
+        "{reply}"
+    );
     assert!(queued_ids(mx.spool()).is_empty(), "delivered anyway");
     // RFC 8689 §4.1: TLS-Required: No asks to ignore the policy failure
     let id = send(&relay, "user@badcert.test", "TLS-Required: No\r\n");
@@ -347,6 +364,14 @@ fn testing_mode_delivers_and_logs() {
             && l.contains("mode=testing")),
         "{log}"
     );
+    // and that its certificate (another CA's) would not pass
+    assert!(
+        log.lines().any(|l| l.contains(&id)
+            && l.contains("tls-policy MTA-STS mode=testing")
+            && l.contains("certificate")
+            && l.contains("delivering anyway")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -363,12 +388,19 @@ fn a_new_id_refetches_the_policy() {
     rcpt_state(&relay, &id, "deferred");
     // the domain fixes its policy and says so with a new id
     w.nginx.set_policy(&policy("enforce", "*.chg.test"));
-    w.dns.restart(&strs(&zone(d, "2", "mx1.chg.test", "127.0.35.1")));
+    w.dns
+        .restart(&strs(&zone(d, "2", "mx1.chg.test", "127.0.35.1")));
     sent_line(&relay, &id);
     assert!(delivered_to(&mx));
     let log = relay.log();
-    assert!(log.contains("mta-sts chg.test: policy id=1 mode=enforce"), "{log}");
-    assert!(log.contains("mta-sts chg.test: policy id=2 mode=enforce"), "{log}");
+    assert!(
+        log.contains("mta-sts chg.test: policy id=1 mode=enforce"),
+        "{log}"
+    );
+    assert!(
+        log.contains("mta-sts chg.test: policy id=2 mode=enforce"),
+        "{log}"
+    );
 }
 
 /// A policy cached from nginx, then nginx gone and the TXT id changed
@@ -399,9 +431,14 @@ fn a_failed_fetch_keeps_the_cached_policy() {
     let mx2 = w.mx(2, &w.certs);
     let id = send(&relay, "user@cache.test", "");
     let reply = rcpt_state(&relay, &id, "deferred");
-    assert!(reply.contains("MX mx2.cache.test is not in the policy"), "{reply}");
     assert!(
-        relay.log().contains("the cached policy id=1 stays in force"),
+        reply.contains("MX mx2.cache.test is not in the policy"),
+        "{reply}"
+    );
+    assert!(
+        relay
+            .log()
+            .contains("the cached policy id=1 stays in force"),
         "{}",
         relay.log()
     );
@@ -420,5 +457,9 @@ fn a_restart_keeps_the_cached_policy() {
     let reply = rcpt_state(&relay, &id, "deferred");
     assert!(reply.contains("not in the policy"), "{reply}");
     assert!(queued_ids(mx2.spool()).is_empty());
-    assert!(w.dir.path().join("sender-spool/mta-sts/restart.test").is_file());
+    assert!(w
+        .dir
+        .path()
+        .join("sender-spool/mta-sts/restart.test")
+        .is_file());
 }

@@ -457,6 +457,15 @@ impl Deliverer {
                 return Tried::Next(error_status(&e, hop, peer));
             }
         };
+        if dest.mode(msg.requiretls) == Some(crate::mta_sts::Mode::Testing) {
+            // RFC 8461 §5: testing delivers as usual; what enforce would
+            // refuse is reported (here: logged)
+            if let Err(why) = conn.would_verify(&self.tls, &hop.name) {
+                log::info!(
+                    "{id} relay={label} tls-policy {dest}: {why}; delivering anyway (policy not enforced)"
+                );
+            }
+        }
         if let Some(st) = requiretls_unmet(msg.requiretls, &conn) {
             log::info!("{id} relay={label} {st}");
             self.cache.put(conn, key);

@@ -1822,6 +1822,26 @@ mod tests {
     }
 
     #[test]
+    fn mta_sts_options() {
+        let c = serve("serve").unwrap();
+        assert!(!c.mta_sts);
+        assert_eq!(c.mta_sts_port, 443);
+        // --ca-file has a use with --mta-sts alone
+        let c = serve("serve --mta-sts --mta-sts-port 8443 --ca-file /x/ca.pem").unwrap();
+        assert!(c.mta_sts && c.verifies());
+        assert_eq!(c.mta_sts_port, 8443);
+        assert!(serve("serve --ca-file /x/ca.pem").is_err());
+        for bad in ["0", "65536", "x"] {
+            let e = serve(&format!("serve --mta-sts-port {bad}")).unwrap_err();
+            assert!(e.0.contains("mta-sts-port"), "{e}");
+        }
+        match parse(&args("route --mta-sts --ca-file /x/ca.pem a@b.example")).unwrap() {
+            Cli::Route { config, .. } => assert!(config.mta_sts && config.ca_file.is_some()),
+            other => panic!("not route: {other:?}"),
+        }
+    }
+
+    #[test]
     fn serve_options() {
         let c = serve("serve --listen 127.0.0.1:0 --listen [::1]:2526 --max-size 1M --timeout 30s --relay-domain Example.ORG -v -v").unwrap();
         assert_eq!(c.listen.len(), 2);

@@ -36,7 +36,8 @@ fn tls_session(relay: &Relay, certs: &Certs) -> (Smtp, String) {
 fn send_requiretls(relay: &Relay, certs: &Certs, rcpt: &str, body: &str) -> String {
     let (mut s, ehlo) = tls_session(relay, certs);
     assert!(ehlo.contains("REQUIRETLS"), "{ehlo}");
-    s.cmd("MAIL FROM:<s@origin.example> REQUIRETLS", 250);
+    // RET=FULL: the DSN would carry the body, but for REQUIRETLS (§5)
+    s.cmd("MAIL FROM:<s@origin.example> REQUIRETLS RET=FULL", 250);
     s.cmd(&format!("RCPT TO:<{rcpt}>"), 250);
     s.cmd("DATA", 354);
     s.send_raw(format!("Subject: secret\r\n\r\n{body}\r\n.\r\n").as_bytes());

@@ -171,6 +171,8 @@ fn requiretls_to_an_unverified_hop_bounces_with_a_requiretls_dsn() {
         line.contains("5.7.30") && line.contains("status=bounced"),
         "{line}"
     );
+    // refused before connecting: no verified certificate is asked for
+    assert!(line.contains("is not authenticated"), "{line}");
     // nothing for weak.example reached the hop; the DSN did, over
     // verified TLS, as REQUIRETLS, with the headers only (RFC 8689 §5)
     let mut dsn = Vec::new();

@@ -463,3 +463,49 @@ fn a_restart_keeps_the_cached_policy() {
         .join("sender-spool/mta-sts/restart.test")
         .is_file());
 }
+
+/// REQUIRETLS (RFC 8689 §4.2.1) with MTA-STS: a `testing` policy counts
+/// as `enforce`, so the listed MX gets the message over verified TLS
+/// with REQUIRETLS passed on; a domain without a policy has MX names
+/// nothing authenticates: bounced with 5.7.30, never sent.
+#[test]
+fn requiretls_follows_the_mta_sts_policy() {
+    let test = "requiretls_follows_the_mta_sts_policy";
+    let d = "rtls.test";
+    let mut records = zone(d, "1", "mx1.rtls.test", "127.0.38.1");
+    records.push("--mx-host=nopolicy.test,mx2.rtls.test,10".into());
+    records.push("--host-record=mx2.rtls.test,127.0.38.1".into());
+    let Some(w) = World::new(test, d, 38, &records) else {
+        return;
+    };
+    w.nginx.set_policy(&policy("testing", "mx1.rtls.test"));
+    let mx = w.mx(1, &w.certs);
+    let mut args = w.relay_args();
+    args.extend(w.certs.relay_args());
+    let relay = Relay::start(&strs(&args));
+    let mut ids = Vec::new();
+    for rcpt in ["user@rtls.test", "user@nopolicy.test"] {
+        let (mut s, _) = Smtp::greet(relay.addr());
+        s.cmd("EHLO client.test", 250);
+        s.starttls(&w.certs);
+        s.cmd("MAIL FROM:<s@origin.test> REQUIRETLS", 250);
+        s.cmd(&format!("RCPT TO:<{rcpt}>"), 250);
+        s.cmd("DATA", 354);
+        s.send_raw(b"Subject: secret\r\n\r\nsecret\r\n.\r\n");
+        let text = s.expect(250);
+        ids.push(queued_id(&text).expect("queue id"));
+    }
+    sent_line(&relay, &ids[0]);
+    assert!(delivered_to(&mx));
+    let got = queued_ids(mx.spool());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(read_env(mx.spool(), &got[0]).contains("\nrequiretls: yes\n"));
+    let bounced = wait_until(LIMIT, || {
+        relay.log().lines().any(|l| {
+            l.contains(&format!("{} to=user@nopolicy.test", ids[1]))
+                && l.contains("status=bounced (550 5.7.30")
+                && l.contains("not authenticated")
+        })
+    });
+    assert!(bounced, "{}", relay.log());
+}

@@ -703,11 +703,9 @@ impl Connection {
         ClientError::Rejected(Phase::Mail, Reply::new(code, enhanced, text))
     }
 
-    /// Sends one message to the recipients in `msg`, reading the body from
-    /// `body`. `Err` means the transaction failed as a whole (for all
-    /// recipients); `Ok` carries each recipient's verdict.
-    pub fn send(&mut self, msg: &Outgoing, body: &mut impl Read) -> Result<Sent, ClientError> {
-        let t = self.timeouts;
+    /// `MAIL FROM:` with the parameters this hop takes for `msg`, or our
+    /// refusal when the hop cannot take the message as it is.
+    fn mail_line(&self, msg: &Outgoing) -> Result<String, ClientError> {
         // RFC 6531 §3.2: an SMTPUTF8 message cannot go to a server without
         // SMTPUTF8; there is no downgrade.
         if msg.smtputf8 && !self.ext.smtputf8 {
@@ -763,6 +761,15 @@ impl Connection {
             }
             mail.push_str(" REQUIRETLS");
         }
+        Ok(mail)
+    }
+
+    /// Sends one message to the recipients in `msg`, reading the body from
+    /// `body`. `Err` means the transaction failed as a whole (for all
+    /// recipients); `Ok` carries each recipient's verdict.
+    pub fn send(&mut self, msg: &Outgoing, body: &mut impl Read) -> Result<Sent, ClientError> {
+        let t = self.timeouts;
+        let mut mail = self.mail_line(msg)?;
         // RFC 3461 §5.2.1: a relay passes the DSN parameters on to a
         // server that offers DSN (and cannot to one that does not)
         let dsn = msg.dsn.filter(|_| self.ext.dsn);

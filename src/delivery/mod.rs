@@ -457,15 +457,7 @@ impl Deliverer {
                 return Tried::Next(error_status(&e, hop, peer));
             }
         };
-        if dest.mode(msg.requiretls) == Some(crate::mta_sts::Mode::Testing) {
-            // RFC 8461 §5: testing delivers as usual; what enforce would
-            // refuse is reported (here: logged)
-            if let Err(why) = conn.would_verify(&self.tls, &hop.name) {
-                log::info!(
-                    "{id} relay={label} tls-policy {dest}: {why}; delivering anyway (policy not enforced)"
-                );
-            }
-        }
+        self.log_would_fail(id, &conn, target, dest, msg.requiretls);
         if let Some(st) = requiretls_unmet(msg.requiretls, &conn) {
             log::info!("{id} relay={label} {st}");
             self.cache.put(conn, key);
@@ -514,6 +506,28 @@ impl Deliverer {
                     Tried::Next(st)
                 }
             }
+        }
+    }
+
+    /// RFC 8461 §5: a `testing` policy delivers as usual; what `enforce`
+    /// would refuse (a certificate that does not verify for the MX name,
+    /// no TLS at all) is reported, here logged.
+    fn log_would_fail(
+        &self,
+        id: QueueId,
+        conn: &Connection,
+        target: &Target,
+        dest: &DestTls,
+        requiretls: bool,
+    ) {
+        if dest.mode(requiretls) != Some(crate::mta_sts::Mode::Testing) {
+            return;
+        }
+        if let Err(why) = conn.would_verify(&self.tls, &target.hop.name) {
+            log::info!(
+                "{id} relay={} tls-policy {dest}: {why}; delivering anyway (policy not enforced)",
+                target.label
+            );
         }
     }
 

@@ -172,7 +172,12 @@ impl TlsPolicies {
         let (Host::Name(domain), Some(sts)) = (dest, &self.mta_sts) else {
             return DestTls::none();
         };
-        match sts.lookup(domain.as_str()) {
+        // DNS, the policy host's TLS name and the cache file use the
+        // A-label form (RFC 5891); a name that has none has no policy
+        let Ok(ascii) = idna::domain_to_ascii(domain.as_str()) else {
+            return DestTls::none();
+        };
+        match sts.lookup(&ascii) {
             Some(found) => DestTls {
                 source: Source::MtaSts(found),
                 ignore_failures: false,

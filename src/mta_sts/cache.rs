@@ -11,6 +11,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::policy::Policy;
 
@@ -89,7 +90,11 @@ impl PolicyCache {
             return Ok(());
         };
         fs::create_dir_all(&self.dir)?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // unique per process and call: two delivery threads may store
+        // the same domain's policy at once
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".tmp-{}-{n}", std::process::id()));
         let mut f = fs::File::create(&tmp)?;
         write!(
             f,

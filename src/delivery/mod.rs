@@ -114,6 +114,36 @@ struct Group {
     tls: DestTls,
 }
 
+/// What the hops of a group came to when none took the message: the
+/// last hop's status, except that a temporary failure (a host down, a
+/// timeout) is not replaced by a permanent policy refusal (RFC 8689
+/// §4.2.1 5.7.30) of another hop: the message is deferred while some
+/// hop may still take it, and bounced only when every hop refused.
+struct HopsFailed {
+    status: Status,
+    host: String,
+    temporary_seen: bool,
+}
+
+impl HopsFailed {
+    fn new(placeholder: Status) -> HopsFailed {
+        HopsFailed {
+            status: placeholder,
+            host: "-".into(),
+            temporary_seen: false,
+        }
+    }
+
+    fn note(&mut self, st: Status, host: &str) {
+        let temporary = st.class() == Class::Temporary;
+        if temporary || !self.temporary_seen {
+            self.status = st;
+            self.host = host.to_string();
+        }
+        self.temporary_seen |= temporary;
+    }
+}
+
 /// One address of one hop, and the TLS policy to reach it under.
 struct Target<'a> {
     hop: &'a Hop,
@@ -345,12 +375,12 @@ impl Deliverer {
             .iter()
             .map(|(i, _)| env.rcpts[*i].dsn.clone())
             .collect();
-        let mut last = Status::local(
+        let mut last = HopsFailed::new(Status::local(
             LocalReason::NoUsableHop,
             451,
             Enhanced::new(4, 4, 4),
             format!("no usable next hop for {key}"),
-        );
+        ));
         let msg = Outgoing {
             from: &env.from,
             rcpts: &paths,
@@ -360,14 +390,12 @@ impl Deliverer {
             requiretls: env.requiretls,
             dsn: Some((&env.dsn, &rcpt_dsn)),
         };
-        let mut last_host = "-".to_string();
         // RFC 5321 §5.1: try the hosts in order until one answers.
         for hop in hops {
             let tls = match self.hop_policy(env, &group.tls, hop) {
                 Ok(tls) => tls,
                 Err(st) => {
-                    last = st;
-                    last_host = hop.name.clone();
+                    last.note(st, &hop.name);
                     continue;
                 }
             };
@@ -383,14 +411,11 @@ impl Deliverer {
                 match self.try_peer(env.id, &msg, claim, &target, &group.tls) {
                     Tried::Answered(results) => return results,
                     Tried::Final(st) => return all(&target.label, st),
-                    Tried::Next(st) => {
-                        last = st;
-                        last_host = target.label;
-                    }
+                    Tried::Next(st) => last.note(st, &target.label),
                 }
             }
         }
-        all(&last_host, last)
+        all(&last.host, last.status)
     }
 
     /// The TLS mode to reach `hop` under the destination's policy, or why
@@ -774,6 +799,31 @@ pub(crate) mod tests {
     /// A destination at its limit is not an attempt: the worker does not
     /// wait, the envelope is not touched, and the answer names the
     /// destination; with a slot free the same message is tried.
+    /// RFC 8689 §4.2.1: a REQUIRETLS refusal of one hop bounces only
+    /// when no other hop failed temporarily.
+    #[test]
+    fn a_policy_refusal_does_not_hide_a_temporary_failure() {
+        let temp = || {
+            Status::local(
+                LocalReason::ConnectFailed,
+                451,
+                Enhanced::new(4, 4, 1),
+                "down",
+            )
+        };
+        let refused = || Status::local(LocalReason::TlsPolicy, 550, REQUIRETLS_FAILED, "no");
+        for order in [[temp(), refused()], [refused(), temp()]] {
+            let mut h = HopsFailed::new(temp());
+            h.note(order[0].clone(), "a");
+            h.note(order[1].clone(), "b");
+            assert_eq!(h.status.class(), Class::Temporary, "{order:?}");
+        }
+        let mut h = HopsFailed::new(temp());
+        h.note(refused(), "a");
+        h.note(refused(), "b");
+        assert_eq!((h.status.class(), h.host.as_str()), (Class::Permanent, "b"));
+    }
+
     #[test]
     fn a_full_destination_is_not_an_attempt() {
         let clock = Arc::new(ManualClock::new(T0));

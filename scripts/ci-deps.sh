@@ -7,8 +7,8 @@
 # SASL (saslpasswd2 and the sasldb/PLAIN/LOGIN plugins: a Postfix
 # smarthost that requires AUTH), msmtp (a mail client of the submission
 # listeners), Prometheus (promtool, and a server that scrapes --metrics),
-# socat and postfix-policyd-spf-python (the policy-service tests). Safe to
-# run again.
+# socat and postfix-policyd-spf-python (the policy-service tests), nginx
+# (the MTA-STS policy host, tests/mta_sts.rs). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -36,6 +36,9 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 /usr/bin/python3 -c 'import nacl' >/dev/null 2>&1 || need+=(python3-nacl)
 command -v opendkim-testmsg >/dev/null 2>&1 || need+=(opendkim-tools)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# the MTA-STS tests serve the policy over HTTPS with nginx (run as a
+# single process on a temp config; Debian's service is not started)
+{ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

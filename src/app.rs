@@ -25,6 +25,7 @@ use crate::config::{Config, Endpoint, ListenMode};
 use crate::delivery::{ConnCache, Deliverer, DestLimiter};
 use crate::dns::Dns;
 use crate::exit::Exit;
+use crate::mta_sts::{cache::PolicyCache, MtaSts};
 use crate::reload::Reloader;
 use crate::route::Router;
 use crate::scheduler;
@@ -35,6 +36,7 @@ use crate::session::{self, Context};
 use crate::spool::{QueueId, Spool};
 use crate::swap::Swap;
 use crate::tls::{ClientTls, TlsFileError};
+use crate::tls_policy::TlsPolicies;
 
 /// What turning a `Config` into live objects can fail with (exit codes:
 /// `exit.rs`).
@@ -230,24 +232,65 @@ pub fn dkim_signer(config: &Config) -> Result<Option<Arc<crate::dkim::Signer>>, 
 /// The router for a config: static routes, then DNS unless `--no-dns`.
 /// `local` are our own listening addresses, for loop detection.
 pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, SetupError> {
-    let dns = if config.no_dns {
-        None
-    } else {
-        let server = config
-            .dns
-            .as_ref()
-            .map(|e| resolve("--dns", e))
-            .transpose()?;
-        let timeout = config.client_timeouts.connect.min(Duration::from_secs(30));
-        Some(Dns::new(server, timeout).map_err(|e| SetupError::Dns(format!("{e:?}")))?)
-    };
     Ok(Router::new(
         config.routes.clone(),
-        dns,
+        dns(config)?,
         config.smtp_port,
         vec![config.hostname.clone()],
         local.to_vec(),
     ))
+}
+
+/// The resolver `--dns` names (or the system's); `None` under `--no-dns`.
+fn dns(config: &Config) -> Result<Option<Dns>, SetupError> {
+    if config.no_dns {
+        return Ok(None);
+    }
+    let server = config
+        .dns
+        .as_ref()
+        .map(|e| resolve("--dns", e))
+        .transpose()?;
+    let timeout = config.client_timeouts.connect.min(Duration::from_secs(30));
+    Ok(Some(
+        Dns::new(server, timeout).map_err(|e| SetupError::Dns(format!("{e:?}")))?,
+    ))
+}
+
+/// The TLS policy sources (`tls_policy.rs`): under `--mta-sts` the
+/// MTA-STS resolver, its own DNS client, the verifying TLS config for
+/// the policy fetch, and the cache in `SPOOL/mta-sts/` (read-only for
+/// `route`).
+pub fn tls_policies(
+    config: &Config,
+    tls: &ClientTls,
+    read_only: bool,
+) -> Result<TlsPolicies, SetupError> {
+    if !config.mta_sts {
+        return Ok(TlsPolicies::default());
+    }
+    let invalid = |why: &str| SetupError::Invalid {
+        option: "--mta-sts",
+        why: why.to_string(),
+    };
+    let dns = dns(config)?.ok_or_else(|| invalid("needs DNS: MX routing (not --no-dns)"))?;
+    let verified = tls
+        .verified_config()
+        .ok_or_else(|| invalid("no CA certificates were loaded"))?;
+    let cache = PolicyCache::new(&config.spool.join("mta-sts"), read_only);
+    // RFC 8461 §3.3 leaves the limit to the sender; one fetch must not
+    // hold a delivery thread for long
+    let timeout = config.client_timeouts.connect.min(Duration::from_secs(20));
+    Ok(TlsPolicies {
+        mta_sts: Some(MtaSts::new(
+            dns,
+            verified,
+            cache,
+            config.mta_sts_port,
+            timeout,
+            Arc::new(crate::time::SystemClock),
+        )),
+    })
 }
 
 /// `--secrets-file`, read and checked now (owner and mode, syntax), and
@@ -321,10 +364,11 @@ pub fn deliverer(
         honor_source_routes: config.honor_source_routes,
         delay_warning: config.delay_warning,
         committed,
-        tls,
         secrets,
         clock: Arc::new(crate::time::SystemClock),
         postmaster: config.postmaster(),
+        tls_policies: Arc::new(tls_policies(config, &tls, false)?),
+        tls,
     })
 }
 
@@ -741,6 +785,11 @@ pub fn route(config: &Config, address: &str) -> Result<Exit, AdminError> {
     print!("{explanation}");
     if !explanation.ends_with('\n') {
         println!();
+    }
+    if router.route(host).is_ok() {
+        let policies = tls_policies(config, &*client_tls(config)?, true)?;
+        let dest = policies.for_destination(host, router.has_static_route(host));
+        println!("tls policy: {}", dest.describe());
     }
     Ok(match router.route(host) {
         Ok(_) => Exit::Ok,

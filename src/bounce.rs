@@ -436,7 +436,9 @@ fn enqueue_as(
     });
     // RFC 3461 §4.3: RET=FULL returns the message with a failure report
     let failed = reports.iter().any(|r| r.action == Action::Failed);
-    let full = if failed && env.dsn.ret == Some(Ret::Full) {
+    // RFC 8689 §5: a report on a REQUIRETLS message returns its headers
+    // only, so the content never travels where the sender forbade it
+    let full = if failed && env.dsn.ret == Some(Ret::Full) && !env.requiretls {
         read_full(original.body()).unwrap_or_else(|e| {
             log::warn!("{} original message unreadable for the DSN: {e}", env.id);
             None
@@ -466,6 +468,8 @@ fn enqueue_as(
         size: body.len() as u64,
         body: eight_bit.then_some(crate::smtp::Body::EightBitMime),
         smtputf8: to.mailbox().is_utf8(),
+        // RFC 8689 §5: the report on a REQUIRETLS message is one too
+        requiretls: env.requiretls,
         attempts: 0,
         next_try: now,
         hold: None,
@@ -572,6 +576,7 @@ mod tests {
             size: 10,
             body: None,
             smtputf8: false,
+            requiretls: false,
             attempts: 1,
             next_try: 0,
             hold: None,

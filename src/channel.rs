@@ -87,6 +87,11 @@ impl Channel {
         self.tls.as_deref().and_then(TlsInfo::of)
     }
 
+    /// The peer's certificate chain (leaf first), once TLS is up.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.tls.as_deref()?.peer_certificates()
+    }
+
     /// Runs the TLS handshake on this connection (either side, by the kind
     /// of `conn`), bounded by `timeout` as a whole. Buffered output is sent
     /// first. Buffered input is plaintext that came before the handshake

@@ -641,6 +641,24 @@ const ROUTING_OPTS: &[OptSpec] = &[
         "",
         "forward along RFC 821 source routes instead of stripping them",
     ),
+    opt(
+        "mta-sts",
+        Kind::Flag,
+        "",
+        "apply the MTA-STS policies (RFC 8461) of MX-routed domains; cached in the spool",
+    ),
+    opt(
+        "mta-sts-port",
+        Kind::Single,
+        "PORT",
+        "port of the MTA-STS policy hosts (default 443; for tests)",
+    ),
+    opt(
+        "ca-file",
+        Kind::Single,
+        "FILE",
+        "--outbound-tls verify, tls = verify, --mta-sts: trust these PEM CAs instead of the system's",
+    ),
 ];
 
 /// Options of the delivery side (`serve`, `queue flush`).
@@ -692,12 +710,6 @@ const DELIVERY_OPTS: &[OptSpec] = &[
         Kind::Single,
         "may|encrypt|verify",
         "STARTTLS to next hops: when offered (default), required, or required and verified",
-    ),
-    opt(
-        "ca-file",
-        Kind::Single,
-        "FILE",
-        "--outbound-tls verify: trust these PEM CAs instead of the system's",
     ),
     opt(
         "secrets-file",
@@ -1561,6 +1573,14 @@ fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.smtp_port = p;
     }
     c.honor_source_routes = v.flag("honor-source-routes")?;
+    c.mta_sts = v.flag("mta-sts")?;
+    if let Some(p) = v.parse("mta-sts-port", |p| number::<u16>("mta-sts-port", p))? {
+        if p == 0 {
+            return Err(UsageError("--mta-sts-port must be 1-65535".into()));
+        }
+        c.mta_sts_port = p;
+    }
+    c.ca_file = v.single("ca-file").map(PathBuf::from);
     Ok(())
 }
 
@@ -1930,10 +1950,11 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     })? {
         c.outbound_tls = mode;
     }
-    c.ca_file = v.single("ca-file").map(PathBuf::from);
     c.secrets_file = v.single("secrets-file").map(PathBuf::from);
     if c.ca_file.is_some() && !c.verifies() {
-        return Err(UsageError("--ca-file needs --outbound-tls verify".into()));
+        return Err(UsageError(
+            "--ca-file needs --outbound-tls verify (or --mta-sts)".into(),
+        ));
     }
     Ok(())
 }
@@ -1950,6 +1971,26 @@ mod tests {
         match parse(&args(s))? {
             Cli::Serve(c) => Ok(c),
             other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mta_sts_options() {
+        let c = serve("serve").unwrap();
+        assert!(!c.mta_sts);
+        assert_eq!(c.mta_sts_port, 443);
+        // --ca-file has a use with --mta-sts alone
+        let c = serve("serve --mta-sts --mta-sts-port 8443 --ca-file /x/ca.pem").unwrap();
+        assert!(c.mta_sts && c.verifies());
+        assert_eq!(c.mta_sts_port, 8443);
+        assert!(serve("serve --ca-file /x/ca.pem").is_err());
+        for bad in ["0", "65536", "x"] {
+            let e = serve(&format!("serve --mta-sts-port {bad}")).unwrap_err();
+            assert!(e.0.contains("mta-sts-port"), "{e}");
+        }
+        match parse(&args("route --mta-sts --ca-file /x/ca.pem a@b.example")).unwrap() {
+            Cli::Route { config, .. } => assert!(config.mta_sts && config.ca_file.is_some()),
+            other => panic!("not route: {other:?}"),
         }
     }
 

@@ -151,6 +151,8 @@ pub struct Extensions {
     pub dsn: bool,
     /// RFC 4954 §3: the SASL mechanisms offered, upper case.
     pub auth: Vec<String>,
+    /// RFC 8689 §3.
+    pub requiretls: bool,
 }
 
 impl Extensions {
@@ -168,6 +170,7 @@ impl Extensions {
                 "SMTPUTF8" => e.smtputf8 = true,
                 "STARTTLS" => e.starttls = true,
                 "DSN" => e.dsn = true,
+                "REQUIRETLS" => e.requiretls = true,
                 "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "AUTH" => e.auth.extend(words.map(str::to_ascii_uppercase)),
                 // the pre-RFC 2554 form some servers still send beside it
@@ -194,6 +197,9 @@ pub struct Outgoing<'a> {
     /// RFC 3461 requests: the message's, and one per recipient (in the
     /// order of `rcpts`), passed on when the server offers DSN.
     pub dsn: Option<(&'a MailDsn, &'a [RcptDsn])>,
+    /// RFC 8689 §4.2.1: passed on as `REQUIRETLS` on MAIL; the caller
+    /// has checked the hop (verified TLS, REQUIRETLS offered).
+    pub requiretls: bool,
 }
 
 /// The outcome of one transaction that got as far as the recipients.
@@ -245,6 +251,9 @@ pub struct Connection {
     broken: bool,
     /// Set once STARTTLS completed.
     tls: Option<TlsInfo>,
+    /// TLS is up and the certificate was checked for the hop's name
+    /// (`verify`, `implicit`): what RFC 8689 §4.2.1 asks of a hop.
+    verified: bool,
 }
 
 impl Connection {
@@ -343,6 +352,7 @@ impl Connection {
             line: Vec::with_capacity(512),
             broken: false,
             tls: None,
+            verified: false,
         };
         let tls = policy.tls.map(|t| (t, policy.server_name));
         if let Some((tls, name)) = tls.filter(|(t, _)| t.mode == OutboundTls::Implicit) {
@@ -380,6 +390,7 @@ impl Connection {
             .map_err(|e| refuse(format!("TLS handshake failed: {e}")))?;
         self.broken = false;
         self.tls = self.io.tls_info();
+        self.verified = self.tls.is_some();
         Ok(())
     }
 
@@ -508,7 +519,27 @@ impl Connection {
             return Err(refuse(454, 5, format!("TLS handshake failed: {e}")));
         }
         self.tls = self.io.tls_info();
+        self.verified = self.tls.is_some() && tls.verifies();
         Ok(())
+    }
+
+    /// TLS with a certificate checked for the hop's name (RFC 8689
+    /// §4.2.1, RFC 8461 §4.2).
+    pub fn verified(&self) -> bool {
+        self.verified
+    }
+
+    /// What `verify` would have said of this connection to `name`: for a
+    /// policy that is only tested (RFC 8461 §5 `testing`), logged.
+    pub fn would_verify(&self, tls: &ClientTls, name: &str) -> Result<(), String> {
+        if self.verified {
+            return Ok(());
+        }
+        let certs = self
+            .io
+            .peer_certificates()
+            .ok_or("no TLS (STARTTLS not used)")?;
+        tls.judge(certs, name)
     }
 
     /// `TLSv1.3/TLS13_AES_256_GCM_SHA384`, or `none`, for the logs.
@@ -626,11 +657,9 @@ impl Connection {
         ClientError::Rejected(Phase::Mail, Reply::new(code, enhanced, text))
     }
 
-    /// Sends one message to the recipients in `msg`, reading the body from
-    /// `body`. `Err` means the transaction failed as a whole (for all
-    /// recipients); `Ok` carries each recipient's verdict.
-    pub fn send(&mut self, msg: &Outgoing, body: &mut impl Read) -> Result<Sent, ClientError> {
-        let t = self.timeouts;
+    /// `MAIL FROM:` with the parameters this hop takes for `msg`, or our
+    /// refusal when the hop cannot take the message as it is.
+    fn mail_line(&self, msg: &Outgoing) -> Result<String, ClientError> {
         // RFC 6531 §3.2: an SMTPUTF8 message cannot go to a server without
         // SMTPUTF8; there is no downgrade.
         if msg.smtputf8 && !self.ext.smtputf8 {
@@ -673,6 +702,28 @@ impl Connection {
         if msg.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        // RFC 8689 §4.2.1: the requirement travels with the message; a
+        // hop that does not offer it never gets the message (checked
+        // by the caller, and again here)
+        if msg.requiretls {
+            if !self.ext.requiretls || !self.verified {
+                return Err(Self::local_refusal(
+                    550,
+                    Enhanced::new(5, 7, 30),
+                    "REQUIRETLS: next hop is not verified TLS offering REQUIRETLS",
+                ));
+            }
+            mail.push_str(" REQUIRETLS");
+        }
+        Ok(mail)
+    }
+
+    /// Sends one message to the recipients in `msg`, reading the body from
+    /// `body`. `Err` means the transaction failed as a whole (for all
+    /// recipients); `Ok` carries each recipient's verdict.
+    pub fn send(&mut self, msg: &Outgoing, body: &mut impl Read) -> Result<Sent, ClientError> {
+        let t = self.timeouts;
+        let mut mail = self.mail_line(msg)?;
         // RFC 3461 §5.2.1: a relay passes the DSN parameters on to a
         // server that offers DSN (and cannot to one that does not)
         let dsn = msg.dsn.filter(|_| self.ext.dsn);
@@ -940,6 +991,7 @@ mod tests {
                 body: None,
                 smtputf8: false,
                 dsn: None,
+                requiretls: false,
             };
             let sent = c
                 .send(&msg, &mut &b"Subject: t\r\n\r\n.dot\r\n"[..])
@@ -970,6 +1022,7 @@ mod tests {
             body: None,
             smtputf8: false,
             dsn: None,
+            requiretls: false,
         };
         let sent = c.send(&msg, &mut &b"x\r\n"[..]).unwrap();
         assert_eq!(sent.data_reply, None);
@@ -993,6 +1046,7 @@ mod tests {
             body: Some(Body::EightBitMime),
             smtputf8: false,
             dsn: None,
+            requiretls: false,
         };
         match c.send(&msg, &mut &b"x\r\n"[..]) {
             Err(ClientError::Rejected(Phase::Mail, r)) => assert_eq!(r.code().value(), 451),

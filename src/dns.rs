@@ -1,4 +1,4 @@
-//! Blocking DNS for the delivery threads: MX and address lookups.
+//! Blocking DNS for the delivery threads: MX, address and TXT lookups.
 //!
 //! Owns a small private tokio runtime and a hickory `TokioResolver` (with
 //! its response cache). Async never leaves this file: callers on ordinary
@@ -231,6 +231,36 @@ impl Dns {
             }
             answers
         })
+    }
+
+    /// The TXT records of `name`, each its strings joined (RFC 7208 §3.3
+    /// style; RFC 8461 §3.1 records are one string in practice).
+    /// `Err(NoRecords)` when it has none.
+    pub fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let name = fqdn(name)?;
+        let resolver = &self.resolver;
+        let lookup = self.block_on(async move {
+            resolver
+                .lookup(name, hickory_resolver::proto::rr::RecordType::TXT)
+                .await
+        })?;
+        let records: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|part| String::from_utf8_lossy(part).into_owned())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return Err(DnsError::NoRecords);
+        }
+        Ok(records)
     }
 
     /// The reverse name of `ip` (the first PTR record), for access rules

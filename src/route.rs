@@ -331,6 +331,12 @@ impl Router {
         }
     }
 
+    /// Whether a static route decides for `host` (then its TLS policy is
+    /// the route's, `tls_policy.rs`).
+    pub fn has_static_route(&self, host: &Host) -> bool {
+        self.static_route(host).is_some()
+    }
+
     fn static_route(&self, host: &Host) -> Option<&StaticRoute> {
         let mut best: Option<(&StaticRoute, (u8, usize))> = None;
         for route in &self.routes {

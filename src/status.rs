@@ -70,6 +70,9 @@ pub enum LocalReason {
     /// (RFC 4954 §4): always temporary, the hop's reply in the text, so an
     /// operator's wrong password defers the queue and never bounces it.
     AuthFailed,
+    /// A TLS policy forbade the hop: MTA-STS enforce (RFC 8461 §4.1) or
+    /// REQUIRETLS (RFC 8689 §4.2.1).
+    TlsPolicy,
     /// The queued message could not be read.
     SpoolRead,
     /// RFC 5321 §4.5.4.1: given up after the queue lifetime.
@@ -81,7 +84,7 @@ pub enum LocalReason {
 }
 
 impl LocalReason {
-    const ALL: [LocalReason; 13] = [
+    const ALL: [LocalReason; 14] = [
         LocalReason::GreetingRefused,
         LocalReason::ConnectFailed,
         LocalReason::Timeout,
@@ -91,6 +94,7 @@ impl LocalReason {
         LocalReason::NoRoute,
         LocalReason::NoUsableHop,
         LocalReason::AuthFailed,
+        LocalReason::TlsPolicy,
         LocalReason::SpoolRead,
         LocalReason::Expired,
         LocalReason::Operator,
@@ -108,6 +112,7 @@ impl LocalReason {
             LocalReason::NoRoute => "no-route",
             LocalReason::NoUsableHop => "no-usable-hop",
             LocalReason::AuthFailed => "auth-failed",
+            LocalReason::TlsPolicy => "tls-policy",
             LocalReason::SpoolRead => "spool-read",
             LocalReason::Expired => "expired",
             LocalReason::Operator => "operator",

@@ -124,6 +124,9 @@ pub struct ClientTls {
     unverified: Arc<rustls::ClientConfig>,
     /// Roots to verify against (`verify`), when loaded.
     verified: Option<Arc<rustls::ClientConfig>>,
+    /// The same roots' verifier, to judge a certificate after an
+    /// unverified handshake (MTA-STS `testing`, RFC 8461 §5).
+    judge: Option<Arc<rustls::client::WebPkiServerVerifier>>,
 }
 
 impl ClientTls {
@@ -143,6 +146,7 @@ impl ClientTls {
             mode,
             unverified: Arc::new(config),
             verified: None,
+            judge: None,
         }
     }
 
@@ -178,25 +182,63 @@ impl ClientTls {
                 }
             }
         }
+        let judge = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsFileError::Invalid(e.to_string()))?;
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsFileError::Invalid(e.to_string()))?
-            .with_root_certificates(roots)
+            .with_webpki_verifier(judge.clone())
             .with_no_client_auth();
         Ok(ClientTls {
             verified: Some(Arc::new(config)),
+            judge: Some(judge),
             ..ClientTls::unverified(OutboundTls::Verify)
         })
+    }
+
+    /// Whether a handshake under this mode checks the certificate.
+    pub fn verifies(&self) -> bool {
+        matches!(self.mode, OutboundTls::Verify | OutboundTls::Implicit)
+    }
+
+    /// The verifying config (roots loaded), for other HTTPS/TLS clients
+    /// such as the MTA-STS policy fetch (RFC 8461 §3.3).
+    pub fn verified_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.verified.clone()
+    }
+
+    /// Whether `certs` (the server's chain, leaf first) would pass
+    /// `verify` for `name`: chain to the roots, and the name (RFC 8461
+    /// §4.2). For logging what an unenforced policy would refuse.
+    pub fn judge(&self, certs: &[CertificateDer<'_>], name: &str) -> Result<(), String> {
+        use rustls::client::danger::ServerCertVerifier as _;
+        let judge = self
+            .judge
+            .as_ref()
+            .ok_or("no CA certificates were loaded")?;
+        let (leaf, rest) = certs.split_first().ok_or("no certificate")?;
+        let server_name = server_name(name)?;
+        judge
+            .verify_server_cert(
+                leaf,
+                rest,
+                &server_name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// A client connection for a next hop called `name` (a host name, an
     /// IP address, or a `[literal]`): the name checked under `verify`, and
     /// sent as SNI when it is a host name.
     pub fn connect(&self, name: &str) -> Result<rustls::ClientConnection, String> {
-        let bare = name.trim_start_matches('[').trim_end_matches(']');
-        let bare = bare.strip_prefix("IPv6:").unwrap_or(bare);
-        let server_name = rustls::pki_types::ServerName::try_from(bare.to_string())
-            .map_err(|e| format!("{name:?} is not a TLS server name: {e}"))?;
+        let server_name = server_name(name)?;
         let config = match self.mode {
             OutboundTls::Verify | OutboundTls::Implicit => self
                 .verified
@@ -206,6 +248,15 @@ impl ClientTls {
         };
         rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())
     }
+}
+
+/// A next hop's name (a host name, an IP address, a `[literal]`) as a
+/// TLS server name.
+fn server_name(name: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    let bare = bare.strip_prefix("IPv6:").unwrap_or(bare);
+    rustls::pki_types::ServerName::try_from(bare.to_string())
+        .map_err(|e| format!("{name:?} is not a TLS server name: {e}"))
 }
 
 /// The verifier of `may` and `encrypt`: the certificate is not judged,

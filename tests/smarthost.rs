@@ -122,6 +122,7 @@ fn send_one(peer: SocketAddr, policy: &HopPolicy) -> Result<u16, ClientError> {
         body: None,
         smtputf8: false,
         dsn: None,
+        requiretls: false,
     };
     let sent = c.send(&msg, &mut &b"Subject: smarthost\r\n\r\nhello\r\n"[..])?;
     c.quit();

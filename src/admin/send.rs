@@ -272,6 +272,7 @@ fn new_envelope(
         size: 0,
         body: None,
         smtputf8,
+        requiretls: false,
         attempts: 0,
         next_try: now,
         hold: sub.hold,

@@ -293,6 +293,10 @@ pub struct Config {
     /// `--ca-file`: the CAs `--outbound-tls verify` trusts (else the
     /// system's).
     pub ca_file: Option<PathBuf>,
+    /// `--mta-sts`: apply recipient domains' MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// `--mta-sts-port`: where the policy hosts listen (443).
+    pub mta_sts_port: u16,
 
     // ---- the inbound edge: recipient validation, access rules ----
     /// `--recipients DOMAIN=FILE`: the domain's recipient table.
@@ -368,6 +372,8 @@ impl Config {
             connection_max_messages: 100,
             outbound_tls: OutboundTls::May,
             ca_file: None,
+            mta_sts: false,
+            mta_sts_port: 443,
             recipient_tables: Vec::new(),
             verify_domains: Vec::new(),
             verify: VerifySettings::default(),
@@ -391,11 +397,13 @@ impl Config {
     }
 
     /// Whether any delivery verifies certificates (`--outbound-tls
-    /// verify`, or a route's `tls = verify`): then the CA roots are
-    /// loaded, and `--ca-file` has a use.
+    /// verify`, a route's `tls = verify`, or `--mta-sts`: policy fetches
+    /// and enforced MX hosts): then the CA roots are loaded, and
+    /// `--ca-file` has a use.
     pub fn verifies(&self) -> bool {
         let verify = RouteTls::Starttls(OutboundTls::Verify);
         self.outbound_tls == OutboundTls::Verify
+            || self.mta_sts
             || self
                 .routes
                 .iter()

@@ -28,6 +28,7 @@ use crate::smtp::{Enhanced, Host, Path};
 use crate::spool::{Claim, Claimed, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
 use crate::status::{Class, LocalReason, Status};
 use crate::time::Clock;
+use crate::tls_policy::{DestTls, MxVerdict, TlsPolicies};
 
 use cache::CacheKey;
 pub use cache::ConnCache;
@@ -59,6 +60,8 @@ pub struct Deliverer {
     pub clock: std::sync::Arc<dyn Clock>,
     /// Where double bounces go (`--postmaster`).
     pub postmaster: Option<crate::smtp::Path>,
+    /// Per-destination TLS policy sources (MTA-STS), `tls_policy.rs`.
+    pub tls_policies: std::sync::Arc<TlsPolicies>,
 }
 
 /// What became of a message handed to a worker.
@@ -107,6 +110,46 @@ struct Group {
     key: String,
     /// Index into `env.rcpts`, and the forward-path to send.
     rcpts: Vec<(usize, Path)>,
+    /// The destination's TLS policy (`tls_policy.rs`).
+    tls: DestTls,
+}
+
+/// What the hops of a group came to when none took the message: the
+/// last hop's status, except that a temporary failure (a host down, a
+/// timeout) is not replaced by a permanent policy refusal (RFC 8689
+/// §4.2.1 5.7.30) of another hop: the message is deferred while some
+/// hop may still take it, and bounced only when every hop refused.
+struct HopsFailed {
+    status: Status,
+    host: String,
+    temporary_seen: bool,
+}
+
+impl HopsFailed {
+    fn new(placeholder: Status) -> HopsFailed {
+        HopsFailed {
+            status: placeholder,
+            host: "-".into(),
+            temporary_seen: false,
+        }
+    }
+
+    fn note(&mut self, st: Status, host: &str) {
+        let temporary = st.class() == Class::Temporary;
+        if temporary || !self.temporary_seen {
+            self.status = st;
+            self.host = host.to_string();
+        }
+        self.temporary_seen |= temporary;
+    }
+}
+
+/// One address of one hop, and the TLS policy to reach it under.
+struct Target<'a> {
+    hop: &'a Hop,
+    peer: SocketAddr,
+    label: String,
+    tls: RouteTls,
 }
 
 /// What `--max-per-destination` counts: the first next hop, by name and
@@ -152,19 +195,30 @@ impl Deliverer {
         (path.mailbox().host().clone(), path.without_route())
     }
 
-    /// Routes every unfinished recipient (each destination once) and
-    /// groups them by next hop.
-    fn groups(&self, env: &Envelope) -> Vec<Group> {
-        let mut routes: HashMap<String, Result<Vec<Hop>, RouteError>> = HashMap::new();
+    /// Routes every unfinished recipient (each destination once), looks
+    /// up its TLS policy, and groups them by next hop. `tls_optional`:
+    /// the message says `TLS-Required: No` (RFC 8689 §4.1).
+    fn groups(&self, env: &Envelope, tls_optional: bool) -> Vec<Group> {
+        type Routed = (Result<Vec<Hop>, RouteError>, DestTls);
+        let mut routes: HashMap<String, Routed> = HashMap::new();
         let mut groups: Vec<Group> = Vec::new();
         for (i, r) in env.rcpts.iter().enumerate() {
             if !matches!(r.state, RcptState::Pending | RcptState::Deferred) {
                 continue;
             }
             let (dest, path) = self.destination(&r.path);
-            let route = routes
+            let (route, tls) = routes
                 .entry(dest.key())
-                .or_insert_with(|| self.router.route(&dest))
+                .or_insert_with(|| {
+                    let route = self.router.route(&dest);
+                    let by_route = self.router.has_static_route(&dest);
+                    let mut tls = match &route {
+                        Ok(_) => self.tls_policies.for_destination(&dest, by_route),
+                        Err(_) => DestTls::none(),
+                    };
+                    tls.ignore_failures = tls_optional;
+                    (route, tls)
+                })
                 .clone();
             let key = route_key(&route, &dest);
             // RFC 5321 §4.5.3.1.8: a server must take 100 recipients;
@@ -178,6 +232,7 @@ impl Deliverer {
                     route,
                     key,
                     rcpts: vec![(i, path)],
+                    tls,
                 }),
             }
         }
@@ -266,7 +321,9 @@ impl Deliverer {
     ) -> Result<(bool, Vec<String>), SpoolError> {
         let mut waiting: Vec<String> = Vec::new();
         let mut counted = false;
-        for group in self.groups(env) {
+        // RFC 8689 §4.1: the header is ignored when REQUIRETLS was given
+        let tls_optional = !env.requiretls && tls_required_no(claim);
+        for group in self.groups(env, tls_optional) {
             let key = limit_key(&group.route);
             let slot = match &key {
                 Some(k) => match self.limiter.try_acquire(k) {
@@ -316,57 +373,119 @@ impl Deliverer {
             .iter()
             .map(|(i, _)| env.rcpts[*i].dsn.clone())
             .collect();
-        let mut last = Status::local(
+        let mut last = HopsFailed::new(Status::local(
             LocalReason::NoUsableHop,
             451,
             Enhanced::new(4, 4, 4),
             format!("no usable next hop for {key}"),
-        );
+        ));
         let msg = Outgoing {
             from: &env.from,
             rcpts: &paths,
             size: env.size,
             body: env.body,
             smtputf8: env.smtputf8,
+            requiretls: env.requiretls,
             dsn: Some((&env.dsn, &rcpt_dsn)),
         };
-        let mut last_host = "-".to_string();
         // RFC 5321 §5.1: try the hosts in order until one answers.
         for hop in hops {
+            let tls = match self.hop_policy(env, &group.tls, hop) {
+                Ok(tls) => tls,
+                Err(st) => {
+                    last.note(st, &hop.name);
+                    continue;
+                }
+            };
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                match self.try_peer(env.id, &msg, claim, hop, peer, &label) {
+                let target = Target {
+                    hop,
+                    peer,
+                    label,
+                    tls,
+                };
+                match self.try_peer(env.id, &msg, claim, &target, &group.tls) {
                     Tried::Answered(results) => return results,
-                    Tried::Final(st) => return all(&label, st),
-                    Tried::Next(st) => {
-                        last = st;
-                        last_host = label;
-                    }
+                    Tried::Final(st) => return all(&target.label, st),
+                    Tried::Next(st) => last.note(st, &target.label),
                 }
             }
         }
-        all(&last_host, last)
+        all(&last.host, last.status)
     }
 
-    /// One transaction with one address of `hop`.
+    /// The TLS mode to reach `hop` under the destination's policy, or why
+    /// the hop may not be used: an MX outside an enforced MTA-STS policy
+    /// (RFC 8461 §4.1, deferred 4.7.5: the policy or the MX may change),
+    /// or a REQUIRETLS message to a hop whose name nothing authenticates
+    /// (RFC 8689 §4.2.1, 5.7.30: retrying would not change that).
+    fn hop_policy(&self, env: &Envelope, dest: &DestTls, hop: &Hop) -> Result<RouteTls, Status> {
+        let refuse = |enhanced: Enhanced, text: String| {
+            let code = if enhanced.class == 5 { 550 } else { 451 };
+            Err(Status::local(LocalReason::TlsPolicy, code, enhanced, text))
+        };
+        match dest.mx(&hop.name, env.requiretls) {
+            MxVerdict::Allowed => {}
+            MxVerdict::WouldFail => log::info!(
+                "{} tls-policy {dest}: MX {} is not in the policy; delivering anyway (policy not enforced)",
+                env.id,
+                hop.name
+            ),
+            MxVerdict::Refused if env.requiretls => {
+                return refuse(
+                    REQUIRETLS_FAILED,
+                    format!("REQUIRETLS: MX {} is not in the MTA-STS policy", hop.name),
+                )
+            }
+            MxVerdict::Refused => {
+                return refuse(
+                    Enhanced::new(4, 7, 5),
+                    format!("MTA-STS: MX {} is not in the policy ({dest})", hop.name),
+                )
+            }
+        }
+        if env.requiretls && !dest.authenticates(hop, self.tls.mode) {
+            return refuse(
+                REQUIRETLS_FAILED,
+                format!(
+                    "REQUIRETLS: the name of {} is not authenticated (no MTA-STS policy, nor a route with tls = verify)",
+                    hop.name
+                ),
+            );
+        }
+        Ok(dest.hop_tls(hop, self.tls.mode, env.requiretls))
+    }
+
+    /// One transaction with one address of a hop.
     fn try_peer(
         &self,
         id: QueueId,
         msg: &Outgoing,
         claim: &Claim,
-        hop: &Hop,
-        peer: SocketAddr,
-        label: &str,
+        target: &Target,
+        dest: &DestTls,
     ) -> Tried {
-        let (mut conn, key) = match self.connection(hop, peer, msg.from) {
+        let (hop, peer, label) = (target.hop, target.peer, target.label.as_str());
+        let (mut conn, key) = match self.connection(hop, peer, msg.from, target.tls) {
             Ok(c) => c,
             Err(e) => {
                 log::debug!("{id} {label}: {e}");
+                if let Some(st) = tls_failure(&e, msg.requiretls, dest) {
+                    log::info!("{id} relay={label} {st}");
+                    return Tried::Next(st);
+                }
                 // a 5xx greeting is that host's answer; try others
                 return Tried::Next(error_status(&e, hop, peer));
             }
         };
+        self.log_would_fail(id, &conn, target, dest, msg.requiretls);
+        if let Some(st) = requiretls_unmet(msg.requiretls, &conn) {
+            log::info!("{id} relay={label} {st}");
+            self.cache.put(conn, key);
+            return Tried::Next(st);
+        }
         // each try reads the body from its first octet
         let mut reader = std::io::BufReader::with_capacity(64 * 1024, claim.body());
         let result = conn.send(msg, &mut reader);
@@ -413,6 +532,28 @@ impl Deliverer {
         }
     }
 
+    /// RFC 8461 §5: a `testing` policy delivers as usual; what `enforce`
+    /// would refuse (a certificate that does not verify for the MX name,
+    /// no TLS at all) is reported, here logged.
+    fn log_would_fail(
+        &self,
+        id: QueueId,
+        conn: &Connection,
+        target: &Target,
+        dest: &DestTls,
+        requiretls: bool,
+    ) {
+        if dest.mode(requiretls) != Some(crate::mta_sts::Mode::Testing) {
+            return;
+        }
+        if let Err(why) = conn.would_verify(&self.tls, &target.hop.name) {
+            log::info!(
+                "{id} relay={} tls-policy {dest}: {why}; delivering anyway (policy not enforced)",
+                target.label
+            );
+        }
+    }
+
     /// A connection to `peer` under the hop's policy (the route's TLS,
     /// else the global `--outbound-tls`, and its AUTH): a cached one
     /// opened under the same policy, or a new one; with its cache key.
@@ -421,8 +562,8 @@ impl Deliverer {
         hop: &Hop,
         peer: SocketAddr,
         from: &crate::smtp::ReversePath,
+        tls_policy: RouteTls,
     ) -> Result<(Connection, CacheKey), ClientError> {
-        let tls_policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
         let creds = match &hop.auth {
             Some(a) => Some(credentials(&self.secrets, a, from)?),
             None => None,
@@ -477,6 +618,80 @@ fn credentials<'a>(
         };
         ClientError::Auth(crate::client::AuthError::NoCredentials(what))
     })
+}
+
+/// RFC 8689 §5: 5.7.30 "REQUIRETLS support required".
+const REQUIRETLS_FAILED: Enhanced = Enhanced::new(5, 7, 30);
+
+/// A TLS failure (STARTTLS missing, handshake or certificate refused)
+/// that a policy makes something else than the usual deferral: for a
+/// REQUIRETLS message a bounce (RFC 8689 §4.2.1, 5.7.30); under MTA-STS
+/// enforce a 4.7.5 deferral naming the policy (RFC 8461 §5: never
+/// delivered in the clear, never bounced at once).
+fn tls_failure(e: &ClientError, requiretls: bool, dest: &DestTls) -> Option<Status> {
+    let ClientError::Rejected(Phase::StartTls | Phase::Tls, r) = e else {
+        return None;
+    };
+    if requiretls {
+        return Some(Status::local(
+            LocalReason::TlsPolicy,
+            550,
+            REQUIRETLS_FAILED,
+            format!("REQUIRETLS: no verified TLS: {r}"),
+        ));
+    }
+    if dest.mode(false) == Some(crate::mta_sts::Mode::Enforce) {
+        return Some(Status::local(
+            LocalReason::TlsPolicy,
+            451,
+            Enhanced::new(4, 7, 5),
+            format!("MTA-STS ({dest}): {r}"),
+        ));
+    }
+    None
+}
+
+/// RFC 8689 §4.2.1: the hop must be verified TLS and offer REQUIRETLS;
+/// otherwise QUIT (here: the connection goes back to the cache unused)
+/// and the next MX.
+fn requiretls_unmet(requiretls: bool, conn: &Connection) -> Option<Status> {
+    let why = match (conn.verified(), conn.extensions().requiretls) {
+        _ if !requiretls => return None,
+        (false, _) => "the next hop's certificate was not verified",
+        (true, false) => "the next hop does not offer REQUIRETLS",
+        (true, true) => return None,
+    };
+    Some(Status::local(
+        LocalReason::TlsPolicy,
+        550,
+        REQUIRETLS_FAILED,
+        format!("REQUIRETLS: {why}"),
+    ))
+}
+
+/// RFC 8689 §4.1: the message carries `TLS-Required: No`. Read from the
+/// stored header section; an unreadable body counts as without it.
+fn tls_required_no(claim: &Claim) -> bool {
+    let headers = crate::bounce::read_headers(claim.body()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&headers);
+    let mut lines = text.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !name.trim().eq_ignore_ascii_case("TLS-Required") {
+            continue;
+        }
+        // unfold continuation lines (RFC 5322 §2.2.3)
+        let mut value = value.to_string();
+        while let Some(next) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
+            value.push_str(next);
+        }
+        if value.trim().eq_ignore_ascii_case("no") {
+            return true;
+        }
+    }
+    false
 }
 
 fn id_salt(id: QueueId) -> u64 {
@@ -539,6 +754,7 @@ pub(crate) mod tests {
             secrets: Arc::default(),
             clock,
             postmaster: None,
+            tls_policies: Default::default(),
         }
     }
 
@@ -556,6 +772,7 @@ pub(crate) mod tests {
             size: 18,
             body: None,
             smtputf8: false,
+            requiretls: false,
             attempts: 0,
             next_try: arrived,
             hold: None,
@@ -580,6 +797,31 @@ pub(crate) mod tests {
     /// A destination at its limit is not an attempt: the worker does not
     /// wait, the envelope is not touched, and the answer names the
     /// destination; with a slot free the same message is tried.
+    /// RFC 8689 §4.2.1: a REQUIRETLS refusal of one hop bounces only
+    /// when no other hop failed temporarily.
+    #[test]
+    fn a_policy_refusal_does_not_hide_a_temporary_failure() {
+        let temp = || {
+            Status::local(
+                LocalReason::ConnectFailed,
+                451,
+                Enhanced::new(4, 4, 1),
+                "down",
+            )
+        };
+        let refused = || Status::local(LocalReason::TlsPolicy, 550, REQUIRETLS_FAILED, "no");
+        for order in [[temp(), refused()], [refused(), temp()]] {
+            let mut h = HopsFailed::new(temp());
+            h.note(order[0].clone(), "a");
+            h.note(order[1].clone(), "b");
+            assert_eq!(h.status.class(), Class::Temporary, "{order:?}");
+        }
+        let mut h = HopsFailed::new(temp());
+        h.note(refused(), "a");
+        h.note(refused(), "b");
+        assert_eq!((h.status.class(), h.host.as_str()), (Class::Permanent, "b"));
+    }
+
     #[test]
     fn a_full_destination_is_not_an_attempt() {
         let clock = Arc::new(ManualClock::new(T0));

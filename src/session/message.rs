@@ -137,6 +137,7 @@ impl Session<'_> {
             size,
             body: tx.params.body,
             smtputf8: tx.params.smtputf8,
+            requiretls: tx.params.requiretls,
             attempts: 0,
             next_try: now,
             hold: self.held().then_some(crate::spool::envelope::Hold::Forever),

@@ -385,6 +385,10 @@ impl<'a> Session<'a> {
         if self.cfg.tls.is_some() && self.tls.is_none() {
             k.push("STARTTLS".into());
         }
+        // RFC 8689 §4: REQUIRETLS only once TLS is active
+        if self.tls.is_some() {
+            k.push("REQUIRETLS".into());
+        }
         if self.auth_offered() {
             k.push("AUTH PLAIN LOGIN".into()); // RFC 4954 §3
         }
@@ -414,6 +418,11 @@ impl<'a> Session<'a> {
         // RFC 5321 §4.1.1.11 / §2.2.1: parameters are for EHLO sessions only.
         if !helo.esmtp && params != MailParams::default() {
             return Step::Reply(Reply::unsupported_parameter("(parameters require EHLO)"));
+        }
+        // RFC 8689 §4.1: REQUIRETLS is only taken over TLS (it is not
+        // offered before); 530 5.7.10 as for a server requiring TLS
+        if params.requiretls && self.tls.is_none() {
+            return Step::Reply(Reply::requiretls_needs_tls());
         }
         // RFC 1870 §6.1: a declared size above the maximum → 552 at MAIL.
         if params.size.is_some_and(|s| s > self.cfg.max_size) {

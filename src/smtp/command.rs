@@ -180,6 +180,8 @@ pub struct MailParams {
     pub smtputf8: bool,
     /// RFC 3461 §4.3, §4.4: RET and ENVID.
     pub dsn: MailDsn,
+    /// RFC 8689 §3: REQUIRETLS (no value).
+    pub requiretls: bool,
 }
 
 /// The recipient of RCPT TO.
@@ -226,7 +228,8 @@ pub enum Command {
     NotImplemented(String),
 }
 
-const MAIL_HINT: &str = "MAIL FROM:<reverse-path> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]";
+const MAIL_HINT: &str =
+    "MAIL FROM:<reverse-path> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8] [REQUIRETLS]";
 const RCPT_HINT: &str = "RCPT TO:<forward-path>";
 const BDAT_HINT: &str = "BDAT chunk-size [LAST]";
 
@@ -393,6 +396,10 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
             ("BODY", _) => return Err(Reply::syntax("BODY=7BIT or BODY=8BITMIME")),
             ("SMTPUTF8", None) => mp.smtputf8 = true,
             ("SMTPUTF8", Some(_)) => return Err(Reply::syntax("SMTPUTF8 takes no value")),
+            // RFC 8689 §3: `REQUIRETLS` takes no value; whether the
+            // session is under TLS is the session's check
+            ("REQUIRETLS", None) => mp.requiretls = true,
+            ("REQUIRETLS", Some(_)) => return Err(Reply::syntax("REQUIRETLS takes no value")),
             // RFC 3461 §4.3
             ("RET", Some(v)) => {
                 mp.dsn.ret =

@@ -248,6 +248,16 @@ impl Reply {
         )
     }
 
+    /// 530 5.7.10: RFC 8689 §4.1, `REQUIRETLS` on MAIL in plaintext (it is
+    /// only offered over TLS); X.7.10 "encryption needed" (RFC 5248).
+    pub fn requiretls_needs_tls() -> Reply {
+        Reply::new(
+            530,
+            Enhanced::new(5, 7, 10),
+            "REQUIRETLS needs TLS: issue STARTTLS first",
+        )
+    }
+
     /// 530 5.7.0: RFC 4954 §6, a submission listener (RFC 6409 §4.3)
     /// takes MAIL only after AUTH.
     pub fn auth_required() -> Reply {

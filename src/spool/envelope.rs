@@ -44,6 +44,11 @@
 //! `auth: NAME` (optional, after `helo`) is the SMTP AUTH user the message
 //! was submitted by (RFC 4954); envelopes without it still load.
 //!
+//! `requiretls: yes` (optional, after `envid`) marks a message received
+//! with the REQUIRETLS MAIL parameter (RFC 8689 §4.1): it leaves only over
+//! verified TLS to a hop that offers REQUIRETLS. Absent means no (so
+//! envelopes written before it still load).
+//!
 //! RFC 3461 DSN requests are optional keys: `ret: FULL|HDRS` and
 //! `envid: XTEXT` for the message, and a `rcpt-dsn: NOTIFY<TAB>ORCPT` line
 //! (`-` for absent).
@@ -218,6 +223,8 @@ pub struct Envelope {
     pub size: u64,
     pub body: Option<Body>,
     pub smtputf8: bool,
+    /// RFC 8689 §4.1: received with `MAIL FROM:<...> REQUIRETLS`.
+    pub requiretls: bool,
     pub attempts: u32,
     /// Unix seconds.
     pub next_try: u64,
@@ -305,6 +312,9 @@ impl Envelope {
         if let Some(envid) = &self.dsn.envid {
             let _ = writeln!(s, "envid: {envid}");
         }
+        if self.requiretls {
+            s.push_str("requiretls: yes\n");
+        }
         if let Some(w) = self.delay_warned {
             let _ = writeln!(s, "delay-warned: {}\t{}", w.time, w.dsn);
         }
@@ -366,6 +376,7 @@ impl Envelope {
         let mut size = None;
         let mut body = None;
         let mut smtputf8 = None;
+        let mut requiretls = false;
         let mut attempts = None;
         let mut next_try = None;
         let mut hold = None;
@@ -411,6 +422,7 @@ impl Envelope {
                     })
                 }
                 "smtputf8" => smtputf8 = Some(value == "yes"),
+                "requiretls" => requiretls = value == "yes",
                 "attempts" => attempts = value.parse::<u32>().ok(),
                 "next-try" => next_try = num(value),
                 "hold" => {
@@ -567,6 +579,7 @@ impl Envelope {
             size: size.ok_or(missing("missing or bad size"))?,
             body: body.ok_or(missing("missing body"))?,
             smtputf8: smtputf8.ok_or(missing("missing smtputf8"))?,
+            requiretls,
             attempts: attempts.ok_or(missing("missing or bad attempts"))?,
             next_try: next_try.ok_or(missing("missing or bad next-try"))?,
             hold,
@@ -645,6 +658,7 @@ mod tests {
             size: 1234,
             body: Some(Body::EightBitMime),
             smtputf8: false,
+            requiretls: false,
             attempts: 1,
             next_try: 1_795_886_710,
             hold: Some(Hold::Until(1_795_999_999)),

@@ -510,6 +510,7 @@ pub(crate) mod tests {
             size: 5,
             body: None,
             smtputf8: false,
+            requiretls: false,
             attempts: 0,
             next_try: 1,
             hold: None,

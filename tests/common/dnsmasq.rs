@@ -60,38 +60,65 @@ impl Dnsmasq {
         // A port can be taken between free_port() and dnsmasq's bind: retry.
         let mut last_err = String::new();
         for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new(&bin)
-                .args([
-                    "--no-daemon",
-                    &format!("--port={port}"),
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--conf-file=/dev/null",
-                ])
-                .args(records)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn dnsmasq");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            match wait_ready(&mut child, addr) {
-                Ok(()) => return Some(Dnsmasq { child, addr }),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let mut stderr = String::new();
-                    if let Some(mut s) = child.stderr.take() {
-                        let _ = s.read_to_string(&mut stderr);
-                    }
-                    last_err = format!("{e}; stderr: {stderr}");
-                }
+            match spawn(&bin, free_port(), records) {
+                Ok(d) => return Some(d),
+                Err(e) => last_err = e,
             }
         }
         panic!("dnsmasq did not start: {last_err}");
+    }
+
+    /// Stops this dnsmasq and starts another on the same address with
+    /// `records` (dnsmasq never rereads its command line): a changed zone.
+    pub fn restart(&mut self, records: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let bin = dnsmasq_binary().expect("dnsmasq ran before");
+        let mut last_err = String::new();
+        for _ in 0..20 {
+            match spawn(&bin, self.addr.port(), records) {
+                Ok(d) => {
+                    *self = d;
+                    return;
+                }
+                Err(e) => last_err = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dnsmasq did not restart: {last_err}");
+    }
+}
+
+/// One dnsmasq on 127.0.0.1:`port`, answering.
+fn spawn(bin: &std::path::Path, port: u16, records: &[&str]) -> Result<Dnsmasq, String> {
+    let mut child = Command::new(bin)
+        .args([
+            "--no-daemon",
+            &format!("--port={port}"),
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+        ])
+        .args(records)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn dnsmasq: {e}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    match wait_ready(&mut child, addr) {
+        Ok(()) => Ok(Dnsmasq { child, addr }),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut s) = child.stderr.take() {
+                let _ = s.read_to_string(&mut stderr);
+            }
+            Err(format!("{e}; stderr: {stderr}"))
+        }
     }
 }
 

@@ -30,16 +30,24 @@ pub struct Certs {
 impl Certs {
     /// `None` (and a SKIPPED line) without openssl, outside CI.
     pub fn make(test: &str) -> Option<Certs> {
+        Certs::make_for(test, "DNS:relay.test,DNS:localhost,IP:127.0.0.1")
+    }
+
+    /// `make` with the leaf's subjectAltName given (`DNS:a.test,IP:...`).
+    pub fn make_for(test: &str, san: &str) -> Option<Certs> {
         let openssl = require_tool("openssl", test)?;
         let dir = TempDir::new("certs");
         let d = dir.path();
         let ext = write_file(
             d,
             "leaf.ext",
-            b"subjectAltName=DNS:relay.test,DNS:localhost,IP:127.0.0.1\n\
-              basicConstraints=CA:FALSE\n\
-              keyUsage=critical,digitalSignature,keyEncipherment\n\
-              extendedKeyUsage=serverAuth,clientAuth\n",
+            format!(
+                "subjectAltName={san}\n\
+                 basicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature,keyEncipherment\n\
+                 extendedKeyUsage=serverAuth,clientAuth\n"
+            )
+            .as_bytes(),
         );
         let steps: Vec<Vec<String>> = vec![
             "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=smtp-relay-test-CA -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign",

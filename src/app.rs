@@ -279,29 +279,37 @@ pub fn deliverer(
     local: &[SocketAddr],
     committed: Option<Sender<QueueId>>,
 ) -> Result<Deliverer, SetupError> {
+    let clock: Arc<dyn crate::time::Clock> = Arc::new(crate::time::SystemClock);
+    let limiter = dest_limiter(config, &spool, clock.clone());
     Ok(Deliverer {
         spool,
         router: router(config, local)?,
         hostname: config.hostname.clone(),
         timeouts: config.client_timeouts,
         retry: config.retry,
-        cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
-        limiter: DestLimiter::with_limits(
-            config.max_per_destination,
-            config
-                .routes
-                .iter()
-                .filter_map(|r| r.limit(config.smtp_port))
-                .collect(),
-        ),
+        cache: ConnCache::new(config.connection_idle),
+        limiter,
         honor_source_routes: config.honor_source_routes,
         delay_warning: config.delay_warning,
         committed,
         tls,
         secrets,
-        clock: Arc::new(crate::time::SystemClock),
+        clock,
         postmaster: config.postmaster(),
     })
+}
+
+/// The per-destination limits (defaults, routes' own) with the throttles
+/// a previous run left in the spool (README "Traffic shaping").
+fn dest_limiter(config: &Config, spool: &Spool, clock: Arc<dyn crate::time::Clock>) -> DestLimiter {
+    let overrides = config
+        .routes
+        .iter()
+        .filter_map(|r| r.limit(config.smtp_port))
+        .collect();
+    let limiter = DestLimiter::with_limits(config.shaping, overrides, clock);
+    limiter.restore(spool.read_throttled());
+    limiter
 }
 
 /// `queue flush` without a server: how it builds its delivery engine,

@@ -265,15 +265,15 @@ pub struct Config {
     /// Port of MX hosts (25; tests point it elsewhere).
     pub smtp_port: u16,
     pub retry: RetryPolicy,
-    /// Concurrent outbound connections per destination domain.
-    pub max_per_destination: usize,
+    /// Per-destination limits for every destination (`--max-per-destination`,
+    /// `--max-messages-per-connection`, the destination rates) and the
+    /// throttling backoff; routes override the limits (`shaping`).
+    pub shaping: crate::shaping::Shaping,
     pub honor_source_routes: bool,
     pub delay_warning: Option<Duration>,
     pub client_timeouts: Timeouts,
     /// How long an idle outbound connection is kept for reuse.
     pub connection_idle: Duration,
-    /// Transactions on one outbound connection before it is closed.
-    pub connection_max_messages: usize,
     /// `--outbound-tls`: STARTTLS on the delivery side.
     pub outbound_tls: OutboundTls,
     /// `--ca-file`: the CAs `--outbound-tls verify` trusts (else the
@@ -343,12 +343,11 @@ impl Config {
             no_dns: false,
             smtp_port: 25,
             retry: RetryPolicy::default(),
-            max_per_destination: 20,
+            shaping: crate::shaping::Shaping::default(),
             honor_source_routes: false,
             delay_warning: None,
             client_timeouts: Timeouts::default(),
             connection_idle: Duration::from_secs(5),
-            connection_max_messages: 100,
             outbound_tls: OutboundTls::May,
             ca_file: None,
             recipient_tables: Vec::new(),

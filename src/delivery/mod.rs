@@ -193,10 +193,28 @@ impl Deliverer {
             match self.attempt_released(id)? {
                 Attempted::Finished(o) => return Ok(o),
                 Attempted::Wait(dests) => {
+                    // a throttle lasts minutes: deferred until it ends
+                    // rather than holding this flush that long
+                    if let Some(until) = self.throttled_until(&dests) {
+                        return Ok(Outcome::Retry(until));
+                    }
                     self.limiter.wait_free(&dests, Duration::from_secs(1));
                 }
             }
         }
+    }
+
+    /// When every one of `dests` is backing off: the Unix time the last
+    /// backoff ends.
+    fn throttled_until(&self, dests: &[String]) -> Option<u64> {
+        let throttled = self.limiter.throttled();
+        dests
+            .iter()
+            .map(|d| {
+                let (_, t) = throttled.iter().find(|(k, _)| k == d)?;
+                Some(t.until_ms.div_ceil(1000))
+            })
+            .try_fold(0, |acc, t| Some(acc.max(t?)))
     }
 
     /// Runs one attempt on message `id`, released by the scheduler. A
@@ -271,9 +289,10 @@ impl Deliverer {
         for group in self.groups(env) {
             let key = limit_key(&group.route);
             let slot = match &key {
-                Some(k) => match self.limiter.try_acquire(k) {
-                    Some(slot) => Some(slot),
-                    None => {
+                Some(k) => match self.limiter.try_acquire(k, self.needs_connection(&group)) {
+                    Ok(slot) => Some(slot),
+                    Err(why) => {
+                        log::trace!("{} {k}: not now ({why:?})", env.id);
                         if !waiting.contains(k) {
                             waiting.push(k.clone());
                         }
@@ -286,16 +305,72 @@ impl Deliverer {
                 env.attempts += 1;
                 counted = true;
             }
-            let results = self.deliver_group(env, &group, claim);
+            let dest = key.as_deref().unwrap_or("-");
+            let results = self.deliver_group(env, &group, claim, dest);
             drop(slot);
+            if let Some(k) = &key {
+                if self.note_throttling(env.id, k, &results) && !waiting.contains(k) {
+                    // tried once; now it waits with the rest of its
+                    // destination instead of its own retry delay
+                    waiting.push(k.clone());
+                }
+            }
             self.record(claim, env, &group, results)?;
         }
         Ok((counted, waiting))
     }
 
+    /// Whether the group's transaction would open a new connection (no
+    /// idle one to its first address): only then does it take a token of
+    /// the destination's connection rate.
+    fn needs_connection(&self, group: &Group) -> bool {
+        let first = group
+            .route
+            .as_ref()
+            .ok()
+            .and_then(|hops| hops.first())
+            .and_then(|h| Some(SocketAddr::new(*h.addrs.first()?, h.port)));
+        first.is_none_or(|peer| !self.cache.has_idle(peer))
+    }
+
+    /// A throttling reply among `results` backs destination `key` off as a
+    /// whole; a success ends its backoff. Keeps `SPOOL/throttled` in step
+    /// for `queue list --summary`. Returns whether `key` is throttled now.
+    fn note_throttling(&self, id: QueueId, key: &str, results: &[RcptResult]) -> bool {
+        let throttled = results.iter().find(|r| outcome::is_throttling(&r.status));
+        let changed = match throttled {
+            Some(r) => {
+                let t = self.limiter.throttle(key, r.status.response.to_string());
+                log::warn!(
+                    "{id} {key} throttles us ({}): backing off until {} (level {})",
+                    r.status.response,
+                    crate::time::iso8601(t.until_ms / 1000),
+                    t.level
+                );
+                true
+            }
+            None => {
+                let ok = results.iter().any(|r| r.status.class() == Class::Success);
+                ok && self.limiter.clear_throttle(key)
+            }
+        };
+        if changed {
+            if let Err(e) = self.spool.write_throttled(&self.limiter.throttled()) {
+                log::warn!("throttle state not saved: {e}");
+            }
+        }
+        throttled.is_some()
+    }
+
     /// Delivers one group; returns a result per recipient, in the
     /// group's order.
-    fn deliver_group(&self, env: &Envelope, group: &Group, claim: &Claim) -> Vec<RcptResult> {
+    fn deliver_group(
+        &self,
+        env: &Envelope,
+        group: &Group,
+        claim: &Claim,
+        dest: &str,
+    ) -> Vec<RcptResult> {
         let all = |relay: &str, status: Status| {
             let r = RcptResult {
                 relay: relay.to_string(),
@@ -338,7 +413,7 @@ impl Deliverer {
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                match self.try_peer(env.id, &msg, claim, hop, peer, &label) {
+                match self.try_peer(env.id, &msg, claim, (hop, peer, dest), &label) {
                     Tried::Answered(results) => return results,
                     Tried::Final(st) => return all(&label, st),
                     Tried::Next(st) => {
@@ -351,17 +426,17 @@ impl Deliverer {
         all(&last_host, last)
     }
 
-    /// One transaction with one address of `hop`.
+    /// One transaction with one address of `hop`, for destination `dest`
+    /// (whose limits say how many transactions a connection carries).
     fn try_peer(
         &self,
         id: QueueId,
         msg: &Outgoing,
         claim: &Claim,
-        hop: &Hop,
-        peer: SocketAddr,
+        (hop, peer, dest): (&Hop, SocketAddr, &str),
         label: &str,
     ) -> Tried {
-        let (mut conn, key) = match self.connection(hop, peer, msg.from) {
+        let (mut conn, key) = match self.connection(hop, peer, msg.from, dest) {
             Ok(c) => c,
             Err(e) => {
                 log::debug!("{id} {label}: {e}");
@@ -377,7 +452,7 @@ impl Deliverer {
             Some(user) => log::info!("{id} relay={label} tls={} auth={user}", conn.tls_label()),
             None => log::info!("{id} relay={label} tls={}", conn.tls_label()),
         }
-        self.cache.put(conn, key);
+        self.cache.put(conn, key, self.limiter.max_messages(dest));
         let name = remote_name(hop, peer);
         match result {
             Ok(sent) => Tried::Answered(
@@ -423,6 +498,7 @@ impl Deliverer {
         hop: &Hop,
         peer: SocketAddr,
         from: &crate::smtp::ReversePath,
+        dest: &str,
     ) -> Result<(Connection, CacheKey), ClientError> {
         let tls_policy = hop.tls.unwrap_or(RouteTls::Starttls(self.tls.mode));
         let creds = match &hop.auth {
@@ -450,6 +526,8 @@ impl Deliverer {
             auth: creds,
             auth_plaintext: hop.auth.as_ref().is_some_and(|a| a.plaintext),
         };
+        // a connection attempt counts in the connection rate, answered or not
+        self.limiter.connected(dest);
         let c = Connection::open_hop(peer, &self.hostname, self.timeouts, &policy)?;
         Ok((c, key))
     }
@@ -530,7 +608,7 @@ pub(crate) mod tests {
             hostname: "relay.test".into(),
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
-            cache: ConnCache::new(Duration::from_secs(5), 100),
+            cache: ConnCache::new(Duration::from_secs(5)),
             limiter: DestLimiter::new(20),
             honor_source_routes: false,
             delay_warning,
@@ -594,7 +672,7 @@ pub(crate) mod tests {
             .clone();
         let key = limit_key(&d.router.route(&host)).unwrap();
         let held: Vec<_> = (0..20)
-            .map(|_| d.limiter.try_acquire(&key).unwrap())
+            .map(|_| d.limiter.try_acquire(&key, true).unwrap())
             .collect();
         let before = std::fs::read(d.spool.env_path(id)).unwrap();
         let started = std::time::Instant::now();

@@ -16,6 +16,7 @@
 //! SPOOL/maildrop/     submissions of users who cannot write the queue, and
 //! SPOOL/pickup/       the server's markers while it queues them (maildrop.rs)
 //! SPOOL/flush         `touch` it to make every waiting message due now
+//! SPOOL/throttled     destinations backing off after "421 try later" (throttled.rs)
 //! ```
 //! A message leaves the queue envelope first, then body, so a crash in
 //! between leaves a body without envelope, which start-up removes (it was
@@ -31,6 +32,7 @@ pub mod maildrop;
 pub mod owner;
 pub mod queue_id;
 pub mod recycle;
+pub mod throttled;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};

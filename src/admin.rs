@@ -500,6 +500,39 @@ pub fn summary(envs: &[Envelope], now: u64, json: bool) -> String {
     out
 }
 
+/// The destinations backing off after a throttling reply, as the server
+/// saved them in `SPOOL/throttled` (README "Traffic shaping"): one line
+/// each after the summary table, `throttled DEST until HH:MM:SS (REPLY)`
+/// (UTC), or a JSON object per line. Nothing when none is.
+pub fn throttled_summary(spool: &Spool, now: u64, json: bool) -> String {
+    let mut out = String::new();
+    for (dest, t) in spool.read_throttled() {
+        let until = t.until_ms.div_ceil(1000);
+        if until <= now {
+            continue;
+        }
+        if json {
+            let _ = writeln!(
+                out,
+                "{{\"v\":1,\"throttled\":{},\"until\":{},\"level\":{},\"reply\":{}}}",
+                json_str(&dest),
+                until,
+                t.level,
+                json_str(&t.reply)
+            );
+        } else {
+            let hms = &crate::time::iso8601(until)[11..19];
+            let _ = writeln!(
+                out,
+                "throttled {} until {hms} ({})",
+                Escaped(&dest),
+                escape(&t.reply)
+            );
+        }
+    }
+    out
+}
+
 /// What a changing command does with a claimed message's envelope.
 enum After {
     /// Store the changed envelope.
@@ -564,6 +597,7 @@ pub fn run_queue(
         } => {
             let envs = select(&spool, sel, now)?;
             out.write_all(summary(&envs, now, *json).as_bytes())?;
+            out.write_all(throttled_summary(&spool, now, *json).as_bytes())?;
             Ok(EX_OK)
         }
         QueueCmd::List { json, .. } => {

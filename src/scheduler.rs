@@ -31,6 +31,12 @@
 //!   not-yet-final recipients are tried again (for a deferred one of
 //!   another destination, that retry comes early).
 //!
+//! - rates and throttles (`shaping`): a destination without a token of
+//!   its message rate, or backing off after a throttling reply, takes no
+//!   transaction either; the scheduler releases its parked messages when
+//!   the clock says a token is due or the backoff ends (`release_parked`
+//!   returns how long to sleep until then).
+//!
 //! Without a scheduler (the foreground `queue flush`), `Deliverer::attempt`
 //! waits for a slot between tries of a message, holding no lock.
 

@@ -307,14 +307,16 @@ impl Deliverer {
             }
             let dest = key.as_deref().unwrap_or("-");
             let results = self.deliver_group(env, &group, claim, dest);
-            drop(slot);
             if let Some(k) = &key {
+                // before the slot is freed: no other worker may find the
+                // destination free between its "later" and the backoff
                 if self.note_throttling(env.id, k, &results) && !waiting.contains(k) {
                     // tried once; now it waits with the rest of its
                     // destination instead of its own retry delay
                     waiting.push(k.clone());
                 }
             }
+            drop(slot);
             self.record(claim, env, &group, results)?;
         }
         Ok((counted, waiting))

@@ -50,7 +50,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Select, Sender};
 
 use crate::delivery::{Attempted, Deliverer, Outcome};
 pub use crate::shaping::DestLimiter;
-use crate::spool::{Envelope, QueueId};
+use crate::spool::QueueId;
 use crate::time::Clock;
 
 /// How often the spool is rescanned for messages the scheduler missed.
@@ -99,7 +99,7 @@ impl SchedulerHandle {
 pub fn start(
     deliverer: Arc<Deliverer>,
     workers: usize,
-    initial: Vec<Envelope>,
+    initial: Vec<crate::spool::Queued>,
     committed: Receiver<QueueId>,
 ) -> std::io::Result<SchedulerHandle> {
     let (jobs_tx, jobs_rx) = bounded::<QueueId>(workers);
@@ -126,8 +126,8 @@ pub fn start(
             .spawn(move || {
                 crate::pool::or_abort("scheduler", || {
                     let mut s = Scheduler::new(spool, clock, limiter);
-                    for env in initial {
-                        s.schedule(env.id, env.next_try);
+                    for q in initial {
+                        s.schedule(q.id, q.next_try);
                     }
                     s.run(&committed, &report_rx, &jobs_tx, &stop_rx);
                 })

@@ -97,7 +97,7 @@ def start_relay(relay, args, log_path, deadline=600):
     raise SystemExit(f"relay did not listen within {deadline} s")
 
 
-SENT = re.compile(r"^\[(\S+?)Z? .* to=<[^@>]*@([^>]+)> .* status=sent")
+SENT = re.compile(r"^\[(\S+?)Z? .* to=<?[^@\s>]*@([^>\s]+)>? .* status=sent")
 
 
 def sent_times(log_path):

@@ -229,7 +229,8 @@ pub(super) fn error_status(e: &ClientError, hop: &Hop, peer: SocketAddr) -> Stat
 /// destination as a whole backs off (`shaping`) instead of each message.
 /// RFC 5321 §4.2.2/§3.8: 421 is the server closing the channel on us;
 /// 450/451 with an RFC 3463 X.7.X (security or policy, e.g. 4.7.0,
-/// 4.7.1 "rate limited") or a text that says so. Our own decisions
+/// 4.7.1 "rate limited"), or without an enhanced code, a text that says
+/// so. Our own decisions
 /// (connect failed, timeouts) never throttle: a down host is retried per
 /// message as before.
 pub fn is_throttling(status: &Status) -> bool {
@@ -247,11 +248,17 @@ fn throttling(r: &Response) -> bool {
     ];
     match r.code {
         421 => true,
-        450 | 451 => {
-            let text = r.text.to_ascii_lowercase();
-            r.enhanced.is_some_and(|e| e.class == 4 && e.subject == 7)
-                || WORDS.iter().any(|w| text.contains(w))
-        }
+        // the enhanced code, when given, is the server's own machine-
+        // readable word and decides ("451 4.3.0 try again later" is a
+        // local problem of that server, retried per message); the text
+        // only for a server that gives none
+        450 | 451 => match r.enhanced {
+            Some(e) => e.class == 4 && e.subject == 7,
+            None => {
+                let text = r.text.to_ascii_lowercase();
+                WORDS.iter().any(|w| text.contains(w))
+            }
+        },
         _ => false,
     }
 }
@@ -522,7 +529,7 @@ mod tests {
             "450 4.7.28 too many messages",
             "451 Please try again later",
             "450 Too many connections from your IP",
-            "451 4.3.2 throttled",
+            "451 Throttled",
         ] {
             assert!(at(yes, Phase::Rcpt), "{yes}");
             assert!(at(yes, Phase::Mail), "{yes}");
@@ -531,6 +538,9 @@ mod tests {
         assert!(at("421 4.7.0 Try again later", Phase::Greeting));
         for no in [
             "451 4.3.0 Temporary local problem",
+            // the enhanced code decides over the words
+            "451 4.3.0 try again later",
+            "450 4.2.1 too many messages for this mailbox, slow down",
             "450 4.2.1 Mailbox busy",
             "452 4.2.2 Mailbox full",
             "550 5.7.1 Rate limited for ever",

@@ -38,7 +38,8 @@
 //!   returns how long to sleep until then).
 //!
 //! Without a scheduler (the foreground `queue flush`), `Deliverer::attempt`
-//! waits for a slot between tries of a message, holding no lock.
+//! waits for a slot between tries of a message, holding no lock, and is
+//! woken by the release of a slot (`DestLimiter::wait_free`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -51,6 +52,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Select, Sender};
 use crate::delivery::{Attempted, Deliverer, Outcome};
 pub use crate::shaping::DestLimiter;
 use crate::spool::QueueId;
+use crate::swap::Swap;
 use crate::time::Clock;
 
 /// How often the spool is rescanned for messages the scheduler missed.
@@ -95,9 +97,12 @@ impl SchedulerHandle {
     }
 }
 
-/// Starts the scheduler thread and `workers` delivery threads.
+/// Starts the scheduler thread and `workers` delivery threads. Each
+/// attempt runs with the deliverer `current` holds when it starts (a
+/// reload swaps it; an attempt in flight finishes on the old one). The
+/// spool, the clock and the limiter's counts are the same in every one.
 pub fn start(
-    deliverer: Arc<Deliverer>,
+    current: Arc<Swap<Deliverer>>,
     workers: usize,
     initial: Vec<crate::spool::Queued>,
     committed: Receiver<QueueId>,
@@ -109,7 +114,7 @@ pub fn start(
     for i in 0..workers {
         let jobs = jobs_rx.clone();
         let reports = report_tx.clone();
-        let d = deliverer.clone();
+        let d = current.clone();
         threads.push(
             thread::Builder::new()
                 .name(format!("deliver-{i}"))
@@ -117,6 +122,7 @@ pub fn start(
         );
     }
     drop(report_tx);
+    let deliverer = current.load();
     let spool = deliverer.spool.clone();
     let clock = deliverer.clock.clone();
     let limiter = deliverer.limiter.clone();
@@ -139,10 +145,11 @@ pub fn start(
     })
 }
 
-fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
+fn worker(current: &Swap<Deliverer>, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
     loop {
         match jobs.recv_timeout(Duration::from_secs(1)) {
             Ok(id) => {
+                let d = current.load();
                 crate::metrics::attempt();
                 let attempt = || {
                     crate::fault::hit(crate::fault::Point::Delivery);
@@ -169,7 +176,7 @@ fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
                     return;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => d.cache.sweep(),
+            Err(RecvTimeoutError::Timeout) => current.load().cache.sweep(),
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::time::Clock;
 
@@ -235,16 +235,21 @@ pub struct DestLimiter {
 struct LimiterInner {
     dests: Mutex<HashMap<String, DestState>>,
     freed: Condvar,
-    defaults: Shaping,
-    /// Routes' own limits, by destination key.
-    overrides: HashMap<String, DestShaping>,
+    /// The defaults and the routes' own limits by destination key;
+    /// replaced by a reload (`set_limits`), the counts and throttles stay.
+    config: std::sync::RwLock<(Shaping, HashMap<String, DestShaping>)>,
     clock: Arc<dyn Clock>,
 }
 
 impl LimiterInner {
+    fn config(&self) -> std::sync::RwLockReadGuard<'_, (Shaping, HashMap<String, DestShaping>)> {
+        self.config.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn limits(&self, key: &str) -> Limits {
-        let d = &self.defaults;
-        let o = self.overrides.get(key).copied().unwrap_or_default();
+        let config = self.config();
+        let d = &config.0;
+        let o = config.1.get(key).copied().unwrap_or_default();
         Limits {
             max_connections: o.max_connections.unwrap_or(d.max_connections).max(1),
             max_messages: o
@@ -332,11 +337,18 @@ impl DestLimiter {
             inner: Arc::new(LimiterInner {
                 dests: Mutex::new(HashMap::new()),
                 freed: Condvar::new(),
-                defaults,
-                overrides,
+                config: std::sync::RwLock::new((defaults, overrides)),
                 clock,
             }),
         }
+    }
+
+    /// A reload's new limits, for every holder of this limiter; slots
+    /// taken stay taken (a lowered limit only stops new ones), throttles
+    /// and tokens stay.
+    pub fn set_limits(&self, defaults: Shaping, overrides: HashMap<String, DestShaping>) {
+        *self.inner.config.write().unwrap_or_else(|p| p.into_inner()) = (defaults, overrides);
+        self.inner.freed.notify_all();
     }
 
     /// A slot for `key` now, taking a message token (and a connection
@@ -381,8 +393,11 @@ impl DestLimiter {
     /// tokens; 0 while throttled.
     pub fn available(&self, key: &str) -> usize {
         let now = self.inner.clock.now_millis();
-        let mut dests = self.inner.lock();
-        let st = self.inner.state(&mut dests, key, now);
+        self.available_in(&mut self.inner.lock(), key, now)
+    }
+
+    fn available_in(&self, dests: &mut HashMap<String, DestState>, key: &str, now: u64) -> usize {
+        let st = self.inner.state(dests, key, now);
         if st.throttle.as_ref().is_some_and(|t| t.until_ms > now) || st.wants_connection {
             return 0;
         }
@@ -402,9 +417,17 @@ impl DestLimiter {
     /// slot can help (or it is free now).
     pub fn ready_in(&self, key: &str) -> Option<Duration> {
         let now = self.inner.clock.now_millis();
+        self.ready_in_locked(&mut self.inner.lock(), key, now)
+    }
+
+    fn ready_in_locked(
+        &self,
+        dests: &mut HashMap<String, DestState>,
+        key: &str,
+        now: u64,
+    ) -> Option<Duration> {
         let l = self.inner.limits(key);
-        let mut dests = self.inner.lock();
-        let st = self.inner.state(&mut dests, key, now);
+        let st = self.inner.state(dests, key, now);
         let mut wait = 0;
         if let Some(t) = &st.throttle {
             wait = wait.max(t.until_ms.saturating_sub(now));
@@ -423,7 +446,7 @@ impl DestLimiter {
     /// backoff, which doubles with each reply in a row (capped).
     pub fn throttle(&self, key: &str, reply: String) -> Throttle {
         let now = self.inner.clock.now_millis();
-        let d = &self.inner.defaults;
+        let d = self.inner.config().0;
         let mut dests = self.inner.lock();
         let st = self.inner.state(&mut dests, key, now);
         let level = st.throttle.as_ref().map_or(0, |t| t.level) + 1;
@@ -472,27 +495,41 @@ impl DestLimiter {
         }
     }
 
-    /// Waits up to `wait` until one of `keys` could take a transaction
-    /// (for callers without a scheduler; they hold no message while
-    /// waiting).
-    pub fn wait_free(&self, keys: &[String], wait: Duration) -> bool {
-        let deadline = Instant::now() + wait;
+    /// Blocks until one of `keys` could take a transaction (for callers
+    /// without a scheduler; they hold no message and no slot while
+    /// waiting). Woken by the [`DestSlot`] drop that frees a slot, or by
+    /// the clock when a token or the end of a throttle is due, never by a
+    /// polling timer: the condition is read under the lock the drop
+    /// takes, so no free is missed.
+    pub fn wait_free(&self, keys: &[String]) {
+        let mut dests = self.inner.lock();
         loop {
-            if keys.iter().any(|k| self.available(k) > 0) {
-                return true;
+            let now = self.inner.clock.now_millis();
+            if keys.is_empty()
+                || keys
+                    .iter()
+                    .any(|k| self.available_in(&mut dests, k, now) > 0)
+            {
+                return;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let step = keys
+            let by_clock = keys
                 .iter()
-                .filter_map(|k| self.ready_in(k))
-                .min()
-                .unwrap_or(left)
-                .min(left);
-            let dests = self.inner.lock();
-            let _ = self.inner.freed.wait_timeout(dests, step);
+                .filter_map(|k| self.ready_in_locked(&mut dests, k, now))
+                .min();
+            dests = match by_clock {
+                Some(wait) => {
+                    self.inner
+                        .freed
+                        .wait_timeout(dests, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self
+                    .inner
+                    .freed
+                    .wait(dests)
+                    .unwrap_or_else(|p| p.into_inner()),
+            };
         }
     }
 
@@ -527,6 +564,7 @@ impl Drop for DestSlot {
 mod tests {
     use super::*;
     use crate::time::ManualClock;
+    use std::time::Instant;
 
     const T0: u64 = 1_000_000_000;
 
@@ -568,7 +606,49 @@ mod tests {
         assert!(l.try_acquire("mx.b:25", true).is_ok());
         drop(a);
         assert_eq!(l.available("mx.a:25"), 1);
-        assert!(l.wait_free(&["mx.a:25".into()], Duration::ZERO));
+        l.wait_free(&["mx.a:25".into()]);
+    }
+
+    /// A foreground flush waiting for a slot is woken by the slot's
+    /// release and not before (no polling step: the message is not
+    /// claimed, loaded and routed again every second while it waits).
+    #[test]
+    fn a_waiter_wakes_when_a_slot_frees_and_not_before() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let l = DestLimiter::new(1);
+        let slot = l.try_acquire("mx.slow:25", true).unwrap();
+        let freed = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (l, freed) = (l.clone(), freed.clone());
+            std::thread::spawn(move || {
+                l.wait_free(&["mx.slow:25".into()]);
+                (freed.load(Ordering::SeqCst), l.available("mx.slow:25"))
+            })
+        };
+        // longer than the old polling step; no assertion on time
+        std::thread::sleep(Duration::from_millis(1500));
+        freed.store(true, Ordering::SeqCst);
+        drop(slot);
+        let (was_freed, free) = waiter.join().unwrap();
+        assert!(was_freed, "woke before the slot was freed (polling)");
+        assert_eq!(free, 1);
+        l.wait_free(&["mx.slow:25".into()]);
+        l.wait_free(&[]);
+    }
+
+    /// A reload's limits apply at once; the throttles and counts stay.
+    #[test]
+    fn set_limits_keeps_counts_and_throttles() {
+        let (l, _) = limiter(Shaping::default(), &[]);
+        let _a = l.try_acquire("mx:25", true).unwrap();
+        l.throttle("t:25", "421 later".into());
+        let two = DestShaping {
+            max_connections: Some(2),
+            ..DestShaping::default()
+        };
+        l.set_limits(Shaping::default(), [("mx:25".to_string(), two)].into());
+        assert_eq!(l.available("mx:25"), 1, "one of two taken");
+        assert_eq!(l.throttled().len(), 1);
     }
 
     /// A route's limits replace the defaults for its key only.
@@ -587,7 +667,6 @@ mod tests {
         let _a = l.try_acquire("smtp.p:587", true).unwrap();
         assert!(l.try_acquire("smtp.p:587", true).is_err());
         assert_eq!(l.available("smtp.p:587"), 0);
-        assert!(!l.wait_free(&["smtp.p:587".into()], Duration::ZERO));
         assert_eq!(l.available("mx.other:25"), 3);
         assert_eq!(l.max_messages("smtp.p:587"), 7);
         assert_eq!(l.max_messages("mx.other:25"), 100);

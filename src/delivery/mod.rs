@@ -186,8 +186,8 @@ impl Deliverer {
 
     /// Runs one attempt on message `id` for a caller without a scheduler
     /// (the foreground `queue flush`): when destinations are at their
-    /// limit it waits, without holding the message, until one has a free
-    /// slot, and tries again.
+    /// limit it waits, without holding the message, until one of them has
+    /// a free slot (woken by its release), and tries again.
     pub fn attempt(&self, id: QueueId) -> Result<Outcome, SpoolError> {
         loop {
             match self.attempt_released(id)? {
@@ -198,7 +198,7 @@ impl Deliverer {
                     if let Some(until) = self.throttled_until(&dests) {
                         return Ok(Outcome::Retry(until));
                     }
-                    self.limiter.wait_free(&dests, Duration::from_secs(1));
+                    self.limiter.wait_free(&dests);
                 }
             }
         }

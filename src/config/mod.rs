@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod edge;
 pub mod limits;
 pub mod route;
+pub mod shaping;
 
 pub use delivery::{OutboundTls, RetryPolicy, Timeouts};
 pub use edge::EdgeConfig;
@@ -281,7 +282,7 @@ pub struct Config {
     /// Per-destination limits for every destination (`--max-per-destination`,
     /// `--max-messages-per-connection`, the destination rates) and the
     /// throttling backoff; routes override the limits (`shaping`).
-    pub shaping: crate::shaping::Shaping,
+    pub shaping: shaping::Shaping,
     pub honor_source_routes: bool,
     pub delay_warning: Option<Duration>,
     pub client_timeouts: Timeouts,
@@ -357,7 +358,7 @@ impl Config {
             no_dns: false,
             smtp_port: 25,
             retry: RetryPolicy::default(),
-            shaping: crate::shaping::Shaping::default(),
+            shaping: shaping::Shaping::default(),
             honor_source_routes: false,
             delay_warning: None,
             client_timeouts: Timeouts::default(),
@@ -473,6 +474,7 @@ mod leaf_tests {
             ("edge.rs", include_str!("edge.rs")),
             ("limits.rs", include_str!("limits.rs")),
             ("route.rs", include_str!("route.rs")),
+            ("shaping.rs", include_str!("shaping.rs")),
         ];
         for (file, text) in sources {
             // The code, not the tests (this one spells the prefix).

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::shaping::DestShaping;
 use super::OutboundTls;
-use crate::shaping::DestShaping;
 use crate::smtp::{Domain, Host};
 
 /// Which recipient domains a static route covers.

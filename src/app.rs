@@ -417,6 +417,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let gate = Arc::new(gate);
     let auth_limits = config.auth_limits;
     let edge = edge(&config)?;
+    let authres = auth_results(&config)?;
     let ctx = Arc::new(Context {
         config: Arc::new(config),
         spool,
@@ -428,6 +429,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         edge,
         gate,
         senders,
+        authres,
     });
     let pickup = maildrop_ready
         .then(|| {
@@ -462,6 +464,22 @@ fn edge(config: &Config) -> Result<crate::edge::Edge, SetupError> {
         .map(|e| resolve("--dns", e))
         .transpose()?;
     crate::edge::Edge::build(&config.edge, server).map_err(|e| SetupError::Dns(format!("{e}")))
+}
+
+/// `--auth-results`: the SPF/DKIM/DMARC verifier, asking `--dns` when
+/// set; `None` when no listener checks its mail.
+fn auth_results(config: &Config) -> Result<Option<crate::authres::Verifier>, SetupError> {
+    if !config.all_listeners().iter().any(|l| l.mode.auth_results) {
+        return Ok(None);
+    }
+    let server = config
+        .dns
+        .as_ref()
+        .map(|e| resolve("--dns", e))
+        .transpose()?;
+    crate::authres::Verifier::new(&config.auth_results, &config.hostname, server)
+        .map(Some)
+        .map_err(|e| SetupError::Dns(format!("{e}")))
 }
 
 /// The filter stage of `serve`: `--access`'s rules and the recipient

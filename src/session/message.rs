@@ -78,6 +78,15 @@ impl Session<'_> {
         )
     }
 
+    /// Our header lines above the client's message: the policy service's
+    /// PREPENDs, then our Received header. Their length is noted: the
+    /// authentication checks read the client's message after them.
+    fn our_headers(&mut self, id: QueueId, now: u64) -> String {
+        let header = super::inbound::prepended(self) + &self.received_header(id, now);
+        self.authres.ours = header.len();
+        header
+    }
+
     /// RFC 6409 §8 fix-ups for a message about to be received: on
     /// submission listeners unless `--submission-fixups no`. The
     /// Message-ID names the queue id and our host (RFC 5322 §3.6.4).
@@ -236,7 +245,7 @@ pub(super) fn receive_message(
     let now = now_unix();
     conn.reply_now(&go_ahead)?;
 
-    let header = super::inbound::prepended(session) + &session.received_header(id, now);
+    let header = session.our_headers(id, now);
     let mut sink = SpoolSink {
         inner: &mut incoming,
         error: None,
@@ -289,7 +298,7 @@ pub(super) fn receive_message(
 /// makes the 250.
 fn finish_message(
     session: &mut Session,
-    incoming: Incoming,
+    mut incoming: Incoming,
     write_error: Option<io::Error>,
     verdict: Option<Reply>,
     now: u64,
@@ -310,6 +319,9 @@ fn finish_message(
         return reply;
     }
     if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
+        return reply;
+    }
+    if let Some(reply) = super::authres::end_of_data(session, &mut incoming, ctx) {
         return reply;
     }
     let Some(mut env) = session.envelope(id, incoming.written(), now) else {
@@ -392,8 +404,7 @@ pub(super) fn receive_chunk<'a>(
             }
         };
         let now = now_unix();
-        let header =
-            super::inbound::prepended(session) + &session.received_header(incoming.id(), now);
+        let header = session.our_headers(incoming.id(), now);
         let write_error = incoming.write_all(header.as_bytes()).err();
         let fixups = session.fixups(incoming.id(), now);
         *chunked = Some(Chunked {

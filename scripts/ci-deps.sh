@@ -7,8 +7,9 @@
 # SASL (saslpasswd2 and the sasldb/PLAIN/LOGIN plugins: a Postfix
 # smarthost that requires AUTH), msmtp (a mail client of the submission
 # listeners), Prometheus (promtool, and a server that scrapes --metrics),
-# socat and postfix-policyd-spf-python (the policy-service tests). Safe to
-# run again.
+# socat and postfix-policyd-spf-python (the policy-service tests),
+# python3-dkim and python3-authres (the authentication-results tests).
+# Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -31,6 +32,10 @@ ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 # socket by socat
 command -v socat >/dev/null 2>&1 || need+=(socat)
 [ -x /usr/bin/policyd-spf ] || need+=(postfix-policyd-spf-python)
+# the authentication-results tests (tests/auth_results.rs): dkimpy signs
+# and verifies, python3-authres parses our RFC 8601 headers
+/usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || need+=(python3-dkim)
+/usr/bin/python3 -c 'import authres' >/dev/null 2>&1 || need+=(python3-authres)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

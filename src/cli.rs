@@ -2227,4 +2227,47 @@ mod tests {
         assert!(serve("serve --dnsbl-threshold 0").is_err());
         assert!(serve("serve --dnsbl-reject-at helo").is_err());
     }
+
+    #[test]
+    fn auth_results_options() {
+        use crate::authres::{DmarcAction, Listeners};
+        let c = serve("serve --listen 127.0.0.1:25 --listen 127.0.0.2:25 --auth-results 127.0.0.2:25 --auth-results-dmarc reject --auth-results-spf-reject --auth-results-defer-temperror --auth-results-timeout 5s").unwrap();
+        let a = &c.auth_results;
+        assert_eq!(a.dmarc_action, DmarcAction::Reject);
+        assert!(a.spf_reject && a.defer_temperror);
+        assert_eq!(a.timeout, Duration::from_secs(5));
+        // only the listener named checks
+        let marks: Vec<bool> = c
+            .all_listeners()
+            .iter()
+            .map(|l| l.mode.auth_results)
+            .collect();
+        assert_eq!(marks, [false, true]);
+        // `all`: every listener but submission ones
+        let all =
+            serve("serve --auth-results all --auth-file /x --submission 127.0.0.1:587").unwrap();
+        assert_eq!(all.auth_results.on, Listeners::AllButSubmission);
+        let marks: Vec<bool> = all
+            .all_listeners()
+            .iter()
+            .map(|l| l.mode.auth_results)
+            .collect();
+        assert_eq!(marks, [false]);
+        let all = serve("serve --auth-results all").unwrap();
+        assert!(all.all_listeners()[0].mode.auth_results);
+        // defaults: off everywhere
+        let d = serve("serve").unwrap();
+        assert_eq!(d.auth_results, crate::authres::AuthResConfig::default());
+        assert!(!d.all_listeners()[0].mode.auth_results);
+        // errors name the option
+        let e = serve("serve --auth-results 127.0.0.9:25").unwrap_err();
+        assert!(
+            e.0.contains("--auth-results 127.0.0.9:25: no listener"),
+            "{e}"
+        );
+        let e = serve("serve --auth-results-dmarc always").unwrap_err();
+        assert!(e.0.contains("--auth-results-dmarc"), "{e}");
+        assert!(serve("serve --auth-results all --no-dns").is_err());
+        assert!(serve("serve --auth-results-timeout 0s").is_err());
+    }
 }

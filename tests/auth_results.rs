@@ -481,3 +481,50 @@ fn only_the_listeners_named_check_and_bdat_is_checked_too() {
     // SPF was done for 127.0.0.1, the client's address
     assert!(our_results(&relay, &id).contains("spf=pass smtp.mailfrom=a@pass.test"));
 }
+
+#[test]
+fn the_readme_config_lines_work() {
+    let Some(w) = world("readme_config_lines") else {
+        return;
+    };
+    let conf = readme_block("## Authentication results (SPF, DKIM, DMARC)", "ini");
+    assert!(conf.contains("auth-results-dmarc = reject"), "{conf}");
+    let file = w.dir.path().join("relay.conf");
+    std::fs::write(&file, &conf).expect("write the config file");
+    let dns = w.dns.addr.to_string();
+    let relay = edge_relay(&["--config", path_str(&file), "--dns", &dns]);
+    let mut t = Talk::connect(relay.addr());
+    t.expect(220);
+    t.cmd("EHLO client.test", 250);
+    t.cmd("MAIL FROM:<a@pass.test>", 250);
+    t.cmd("RCPT TO:<user@example.org>", 250);
+    t.cmd("DATA", 354);
+    t.send_raw(unaligned("reject.test").as_bytes());
+    t.send_raw(b".\r\n");
+    t.expect_enh(550, "5.7.1");
+    let id = t.send_mail(
+        "a@pass.test",
+        &["user@example.org"],
+        message("a@pass.test", "ok").as_bytes(),
+    );
+    assert!(our_results(&relay, &id).contains("dmarc=none header.from=pass.test"));
+}
+
+#[test]
+fn a_silent_dns_server_does_not_stall_the_session() {
+    let Some(_w) = world("silent_dns_server") else {
+        return;
+    };
+    // a UDP socket that never answers (and no TCP listener)
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let dns = silent.local_addr().expect("addr").to_string();
+    let relay = relay_on(&dns, &["--auth-results-timeout", "2s"]);
+    let id = send(
+        &relay,
+        "a@pass.test",
+        message("a@pass.test", "hi").as_bytes(),
+    );
+    let r = our_results(&relay, &id);
+    assert!(r.contains("spf=temperror smtp.mailfrom=a@pass.test"), "{r}");
+    assert!(r.contains("dmarc=temperror"), "{r}");
+}

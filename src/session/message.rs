@@ -294,7 +294,9 @@ pub(super) fn receive_message(
 }
 
 /// The end of a message, DATA or BDAT LAST: the verdict (the data's
-/// limits, then `From:`), then the commit; only a commit that returned
+/// limits, then `From:`), the policy service, the authentication checks
+/// (`--auth-results`: they may refuse, hold, and rewrite the tmp file
+/// with their header), then the commit; only a commit that returned
 /// makes the 250.
 fn finish_message(
     session: &mut Session,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::{
-    AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, Error, MessageAuthenticator,
-    SpfOutput, SpfResult,
+    AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, Error,
+    MessageAuthenticator, SpfOutput, SpfResult,
 };
 
 use super::header::{self, Outcome};
@@ -103,6 +103,34 @@ fn body_hash_fails<'x>(
             }
         })
         .collect()
+}
+
+/// A DNS failure in DKIM or DMARC, or either out of time (`None`).
+fn any_temperror(dkim: Option<&[DkimOutput]>, dmarc: Option<&DmarcOutput>) -> bool {
+    let dkim = dkim.is_none_or(|d| {
+        d.iter()
+            .any(|o| matches!(o.result(), DkimResult::TempError(_)))
+    });
+    dkim || dmarc.is_none_or(|d| {
+        [d.result(), d.dkim_result().clone(), d.spf_result().clone()]
+            .iter()
+            .any(|r| matches!(r, DmarcResult::TempError(_)))
+    })
+}
+
+/// A DMARC failure whose domain asks for quarantine or reject: RFC 7489
+/// §6.6.2, the policy applies when no identifier passed aligned (a
+/// temperror is not a failure: mail-auth ranks it above `fail`).
+fn dmarc_failure(d: &DmarcOutput) -> Option<DmarcFailure> {
+    let reject = match d.policy() {
+        Policy::Reject => true,
+        Policy::Quarantine => false,
+        Policy::None | Policy::Unspecified => return None,
+    };
+    matches!(d.result(), DmarcResult::Fail(_)).then(|| DmarcFailure {
+        domain: d.domain().to_string(),
+        reject,
+    })
 }
 
 pub struct Verifier {
@@ -243,30 +271,8 @@ impl Verifier {
                 }
                 None => None,
             };
-            let temperror = spf.has_temperror()
-                || dkim.as_ref().is_none_or(|d| {
-                    d.iter()
-                        .any(|o| matches!(o.result(), DkimResult::TempError(_)))
-                })
-                || dmarc.as_ref().is_none_or(|d| {
-                    matches!(d.result(), DmarcResult::TempError(_))
-                        || matches!(d.dkim_result(), DmarcResult::TempError(_))
-                        || matches!(d.spf_result(), DmarcResult::TempError(_))
-                });
-            // RFC 7489 §6.6.2: the policy is applied when neither
-            // identifier passed aligned
-            let dmarc_failure = dmarc.as_ref().and_then(|d| {
-                let failed = matches!(d.result(), DmarcResult::Fail(_));
-                let reject = match d.policy() {
-                    Policy::Reject => true,
-                    Policy::Quarantine => false,
-                    Policy::None | Policy::Unspecified => return None,
-                };
-                failed.then(|| DmarcFailure {
-                    domain: d.domain().to_string(),
-                    reject,
-                })
-            });
+            let temperror = spf.has_temperror() || any_temperror(dkim.as_deref(), dmarc.as_ref());
+            let dmarc_failure = dmarc.as_ref().and_then(dmarc_failure);
             MessageResults {
                 header: header::field(
                     &self.hostname,

@@ -6,10 +6,10 @@
 
 use super::conn::Context;
 use super::{Session, Step};
-use crate::authres::{header, DmarcAction, SpfResults, Verifier};
+use crate::authres::{header, DmarcAction, MessageResults, SpfResults, Verifier};
 use crate::smtp::command::helo_domain;
 use crate::smtp::Reply;
-use crate::spool::Incoming;
+use crate::spool::{Incoming, QueueId};
 
 /// The checks' state for the current transaction.
 #[derive(Default)]
@@ -86,29 +86,8 @@ pub(super) fn end_of_data(
         session.client,
         header::summary(&results.header)
     );
-    if results.temperror && v.config().defer_temperror {
-        let r = Reply::auth_temperror();
-        log::info!("{id} deferred client=[{}] reply=\"{r}\"", session.client);
+    if let Some(r) = follow_policy(session, v, id, &results) {
         return Some(r);
-    }
-    if let Some(f) = &results.dmarc_failure {
-        match (v.config().dmarc_action, f.reject) {
-            (DmarcAction::Reject, true) => {
-                let r = Reply::dmarc_reject(&f.domain);
-                log::info!("{id} rejected client=[{}] reply=\"{r}\"", session.client);
-                return Some(r);
-            }
-            (DmarcAction::None, _) => {}
-            // RFC 7489 §6.6.2: quarantine, here a hold for `queue release`
-            _ => {
-                session.hold_tx = true;
-                log::info!(
-                    "{id} held: DMARC fails for {} (its policy: {})",
-                    f.domain,
-                    if f.reject { "reject" } else { "quarantine" }
-                );
-            }
-        }
     }
     let (cleaned, removed) = header::remove_ours(message, &session.cfg.hostname);
     if removed > 0 {
@@ -129,4 +108,41 @@ pub(super) fn end_of_data(
         });
     }
     None
+}
+
+/// What the results do to the message: a deferral for a DNS failure
+/// (only with `--auth-results-defer-temperror`), and for a DMARC failure
+/// the domain's policy as far as `--auth-results-dmarc` allows: a
+/// refusal, or the transaction held.
+fn follow_policy(
+    session: &mut Session,
+    v: &Verifier,
+    id: QueueId,
+    results: &MessageResults,
+) -> Option<Reply> {
+    let client = session.client;
+    if results.temperror && v.config().defer_temperror {
+        let r = Reply::auth_temperror();
+        log::info!("{id} deferred client=[{client}] reply=\"{r}\"");
+        return Some(r);
+    }
+    let f = results.dmarc_failure.as_ref()?;
+    match (v.config().dmarc_action, f.reject) {
+        (DmarcAction::Reject, true) => {
+            let r = Reply::dmarc_reject(&f.domain);
+            log::info!("{id} rejected client=[{client}] reply=\"{r}\"");
+            Some(r)
+        }
+        (DmarcAction::None, _) => None,
+        // RFC 7489 §6.6.2: quarantine, here a hold for `queue release`
+        _ => {
+            session.hold_tx = true;
+            let policy = if f.reject { "reject" } else { "quarantine" };
+            log::info!(
+                "{id} held: DMARC fails for {} (its policy: {policy})",
+                f.domain
+            );
+            None
+        }
+    }
 }

@@ -314,6 +314,12 @@ fn dmarc_reject_refuses_at_the_end_of_data_only_when_configured() {
         "{text}"
     );
     assert!(queued_ids(strict.spool()).is_empty());
+    // one refusal line, counted under its own reason
+    let log = strict.log();
+    assert!(
+        log.contains(" refused reason=authentication stage=data rule=\"dmarc p=reject of reject.test\" reply=\"550 5.7.1 "),
+        "{log}"
+    );
     // the session goes on
     t.cmd("RSET", 250);
 
@@ -435,6 +441,11 @@ fn spf_fail_refuses_mail_when_configured() {
     let mut t = hello(relay.addr());
     let text = t.cmd_enh("MAIL FROM:<a@fail.test>", 550, "5.7.23");
     assert!(text.contains("fail.test"), "{text}");
+    let log = relay.log();
+    assert!(
+        log.contains(" refused reason=authentication stage=mail rule=\"spf fail for fail.test\""),
+        "{log}"
+    );
     // no transaction: RCPT needs a MAIL first
     t.cmd("RCPT TO:<user@example.org>", 503);
     // softfail and pass are let through

@@ -7,6 +7,7 @@
 use super::conn::Context;
 use super::{Session, Step};
 use crate::authres::{header, DmarcAction, MessageResults, SpfResults, Verifier};
+use crate::metrics::Reason;
 use crate::smtp::command::helo_domain;
 use crate::smtp::Reply;
 use crate::spool::{Incoming, QueueId};
@@ -49,7 +50,8 @@ pub(super) fn after_mail(session: &mut Session, step: Step, ctx: &Context) -> St
     };
     if let Some(domain) = spf.mail_from_failed().filter(|_| v.config().spf_reject) {
         let r = Reply::spf_fail(domain, session.client);
-        log::info!("{} refused rule=spf reply=\"{r}\"", session.client);
+        let rule = format!("spf fail for {domain}");
+        session.refuse(Reason::Authentication, Some("mail"), rule, &r);
         session.end_transaction();
         return session.finish(Step::Reply(r));
     }
@@ -120,17 +122,19 @@ fn follow_policy(
     id: QueueId,
     results: &MessageResults,
 ) -> Option<Reply> {
-    let client = session.client;
+    // the reply writer logs and counts a refusal, once
     if results.temperror && v.config().defer_temperror {
         let r = Reply::auth_temperror();
-        log::info!("{id} deferred client=[{client}] reply=\"{r}\"");
+        let rule = "dns temperror".to_string();
+        session.refuse(Reason::Authentication, Some("data"), rule, &r);
         return Some(r);
     }
     let f = results.dmarc_failure.as_ref()?;
     match (v.config().dmarc_action, f.reject) {
         (DmarcAction::Reject, true) => {
             let r = Reply::dmarc_reject(&f.domain);
-            log::info!("{id} rejected client=[{client}] reply=\"{r}\"");
+            let rule = format!("dmarc p=reject of {}", f.domain);
+            session.refuse(Reason::Authentication, Some("data"), rule, &r);
             Some(r)
         }
         (DmarcAction::None, _) => None,

@@ -24,7 +24,7 @@ pub(super) struct AuthState {
 }
 
 fn verifier<'c>(session: &Session, ctx: &'c Context) -> Option<&'c Verifier> {
-    ctx.authres.as_ref().filter(|_| session.mode.auth_results)
+    ctx.authres.as_deref().filter(|_| session.mode.auth_results)
 }
 
 /// SPF for the current transaction's client, HELO and sender.

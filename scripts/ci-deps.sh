@@ -32,9 +32,12 @@ ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 # socket by socat
 command -v socat >/dev/null 2>&1 || need+=(socat)
 [ -x /usr/bin/policyd-spf ] || need+=(postfix-policyd-spf-python)
-# the authentication-results tests (tests/auth_results.rs): dkimpy signs
-# and verifies, python3-authres parses our RFC 8601 headers
+# DKIM verifiers (tests/dkim.rs): dkimpy (Ed25519 through PyNaCl) and OpenDKIM
 /usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || need+=(python3-dkim)
+/usr/bin/python3 -c 'import nacl' >/dev/null 2>&1 || need+=(python3-nacl)
+command -v opendkim-testmsg >/dev/null 2>&1 || need+=(opendkim-tools)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# python3-authres parses our RFC 8601 headers (tests/auth_results.rs)
 /usr/bin/python3 -c 'import authres' >/dev/null 2>&1 || need+=(python3-authres)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

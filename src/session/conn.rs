@@ -50,6 +50,8 @@ pub struct Context {
     pub senders: Option<crate::sender_map::SenderMap>,
     /// `--auth-results`: SPF, DKIM, DMARC checks, when a listener has them.
     pub authres: Option<Arc<crate::authres::Verifier>>,
+    /// `--dkim-key`: the signer, keys read at start by `app.rs`.
+    pub dkim: Option<Arc<crate::dkim::Signer>>,
 }
 
 /// "Is there room for new mail?", asked at every MAIL and DATA, answered

@@ -8,7 +8,9 @@
 # smarthost that requires AUTH), msmtp (a mail client of the submission
 # listeners), Prometheus (promtool, and a server that scrapes --metrics),
 # socat and postfix-policyd-spf-python (the policy-service tests), nginx
-# (the MTA-STS policy host, tests/mta_sts.rs). Safe to run again.
+# (the MTA-STS policy host, tests/mta_sts.rs), python3-dkim and
+# python3-authres (the DKIM and authentication-results tests).
+# Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -39,6 +41,8 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # the MTA-STS tests serve the policy over HTTPS with nginx (run as a
 # single process on a temp config; Debian's service is not started)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx)
+# python3-authres parses our RFC 8601 headers (tests/auth_results.rs)
+/usr/bin/python3 -c 'import authres' >/dev/null 2>&1 || need+=(python3-authres)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

@@ -277,6 +277,12 @@ const SERVER_OPTS: &[OptSpec] = &[
         "when the service is down or slow: 451 4.3.5 (default) or go on",
     ),
     opt(
+        "milter",
+        Kind::Multi,
+        "inet:HOST:PORT|unix:PATH[,KEY=VALUE...]",
+        "content filter (milter protocol 6), repeatable, called in order; keys: default=tempfail|accept, connect-timeout, command-timeout, eom-timeout, listeners=smtp+submission...",
+    ),
+    opt(
         "rate-connections",
         Kind::Single,
         "N",
@@ -1506,6 +1512,12 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.auth_limits.window = t;
     }
     apply_edge_lists(v, &mut c.edge)?;
+    if let Some(m) = v.parse_multi("milter", |s| {
+        crate::milter::MilterConfig::parse(s, crate::time::parse_duration)
+            .map_err(|e| UsageError(format!("--milter: {e}")))
+    })? {
+        c.milters = m;
+    }
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),

@@ -242,6 +242,8 @@ pub struct Config {
     pub auth_limits: crate::auth_limit::AuthLimits,
     /// DNS lists, policy service, rate limits (issue 13).
     pub edge: crate::edge::EdgeConfig,
+    /// `--milter`: content filters, called in order (issue 14).
+    pub milters: Vec<crate::milter::MilterConfig>,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
     /// `--proxy-protocol` with its `--proxy-from` networks: every
@@ -332,6 +334,7 @@ impl Config {
             auth_file: None,
             auth_limits: crate::auth_limit::AuthLimits::default(),
             edge: crate::edge::EdgeConfig::default(),
+            milters: Vec::new(),
             verbosity: 0,
             proxy_protocol: None,
             metrics: None,

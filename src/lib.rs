@@ -32,6 +32,7 @@ pub mod fault;
 pub mod logging;
 pub mod manpage;
 pub mod metrics;
+pub mod milter;
 pub mod notify;
 pub mod pool;
 pub mod proxy;

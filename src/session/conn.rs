@@ -180,6 +180,15 @@ fn run_inner(
         conn.reply_now(&r)?;
         return Ok(());
     }
+    session.set_milters(crate::milter::Conversation::new(
+        &cfg.milters,
+        mode,
+        &cfg.hostname,
+    ));
+    if let Some(r) = super::milters::on_connect(&mut session, peer) {
+        conn.reply_now(&r)?;
+        return Ok(());
+    }
     let greeting = session.open();
     conn.reply_now(&greeting)?;
     if greeting.code().value() == 421 {
@@ -208,8 +217,10 @@ fn run_inner(
             continue;
         }
         let probe = super::inbound::Probe::of(&parsed, &session);
+        let milter_probe = super::milters::Probe::of(&parsed, &session);
         let step = session.step(parsed);
         let step = super::inbound::after(&mut session, probe, step, ctx);
+        let step = super::milters::after(&mut session, milter_probe, step);
         if let Flow::Close = perform(&mut session, &mut chunked, step, &mut conn, ctx)? {
             return Ok(());
         }

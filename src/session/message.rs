@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use super::conn::{is_timeout, Conn, Context};
 use super::fixup::{Fixing, Fixups};
+use super::milters::EndOfMessage;
 use super::{Chunk, Session};
 use crate::config::BareLineEndings;
 use crate::smtp::command::helo_domain;
@@ -234,6 +235,9 @@ pub(super) fn receive_message(
     };
     let id = incoming.id();
     let now = now_unix();
+    if let Some(r) = super::milters::at_data(session, id) {
+        return Ok(r);
+    }
     conn.reply_now(&go_ahead)?;
 
     let header = super::inbound::prepended(session) + &session.received_header(id, now);
@@ -289,7 +293,7 @@ pub(super) fn receive_message(
 /// makes the 250.
 fn finish_message(
     session: &mut Session,
-    incoming: Incoming,
+    mut incoming: Incoming,
     write_error: Option<io::Error>,
     verdict: Option<Reply>,
     now: u64,
@@ -312,10 +316,20 @@ fn finish_message(
     if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
         return reply;
     }
+    let changes = match super::milters::end_of_message(session, &mut incoming) {
+        EndOfMessage::Commit(changes) => changes,
+        EndOfMessage::Refuse(reply) => return reply,
+        EndOfMessage::Discard => return discarded(id, peer),
+    };
     let Some(mut env) = session.envelope(id, incoming.written(), now) else {
         return Reply::local_error();
     };
     super::inbound::adjust_envelope(session, &mut env);
+    if let Some(c) = &changes {
+        if !super::milters::adjust_envelope(c, &mut env) {
+            return discarded(id, peer);
+        }
+    }
     match incoming.commit(&env) {
         Ok(id) => {
             let tls = session
@@ -351,6 +365,14 @@ fn finish_message(
             }
         }
     }
+}
+
+/// A milter said DISCARD (or deleted every recipient): the client is
+/// told 250, as it would be by Sendmail and Postfix, and nothing is
+/// queued.
+fn discarded(id: QueueId, peer: &SocketAddr) -> Reply {
+    log::info!("{id} discarded by milter client={peer}: not queued");
+    Reply::queued(&id)
 }
 
 /// A message arriving in BDAT chunks (RFC 3030): its spool file and the
@@ -392,6 +414,13 @@ pub(super) fn receive_chunk<'a>(
             }
         };
         let now = now_unix();
+        if let Some(r) = super::milters::at_data(session, incoming.id()) {
+            conn.io
+                .set_deadline(Some(Instant::now() + cfg.data_timeout));
+            data::skip_exact(&mut conn.io, chunk.size)?;
+            session.end_transaction();
+            return Ok(r);
+        }
         let header =
             super::inbound::prepended(session) + &session.received_header(incoming.id(), now);
         let write_error = incoming.write_all(header.as_bytes()).err();

@@ -69,6 +69,44 @@ impl<'a> Incoming<'a> {
         self.written
     }
 
+    /// A reader of the message as written so far, from its first octet
+    /// (milters read the received message back before the commit).
+    pub fn reader(&mut self) -> io::Result<File> {
+        self.flush()?;
+        File::open(self.tmp_path("msg"))
+    }
+
+    /// Replaces the message with what `fill` writes (a milter changed
+    /// it): written to `tmp/ID.new`, then renamed over `tmp/ID.msg`, so
+    /// a failure leaves the received message as it was. Nothing is
+    /// promised yet: the commit that follows syncs the new file.
+    pub fn rewrite(
+        &mut self,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let new = self.tmp_path("new");
+        let result = (|| {
+            let mut w = BufWriter::with_capacity(64 * 1024, fsutil::create_new(&new)?);
+            fill(&mut w)?;
+            w.flush()?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            let len = f.metadata()?.len();
+            fs::rename(&new, self.tmp_path("msg"))?;
+            Ok((f, len))
+        })();
+        match result {
+            Ok((f, len)) => {
+                self.file = Some(BufWriter::with_capacity(64 * 1024, f));
+                self.written = len;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&new);
+                Err(e)
+            }
+        }
+    }
+
     fn tmp_path(&self, ext: &str) -> PathBuf {
         self.spool.tmp_dir().join(format!("{}.{ext}", self.id))
     }

@@ -1,0 +1,826 @@
+//! The milter client (Sendmail/Postfix milter protocol, version 6):
+//! each session talks to its listener's milters, in order, over its own
+//! blocking connections (no state shared between sessions), and honours
+//! their replies at every step and their changes at the end of the
+//! message.
+//!
+//! - `protocol.rs`: the packets, without I/O;
+//! - `conn.rs`: one milter's socket, every wait bounded by a deadline;
+//! - `edit.rs`: the header fields and body as milters change them;
+//! - this file: settings (plain data, read by `cli.rs`) and the
+//!   per-session [`Conversation`].
+//!
+//! A milter that cannot be reached, is too slow, or answers what the
+//! protocol does not allow is a fault: logged at WARN, its connection
+//! closed for the rest of the session, and its default action applied
+//! (`tempfail`: the session's mail gets `451 4.7.1`; `accept`: it is
+//! left out).
+
+pub mod conn;
+pub mod edit;
+pub mod protocol;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::time::{Duration, Instant};
+
+pub use crate::edge::policy::Target;
+use crate::config::ListenMode;
+use crate::smtp::reply::Enhanced;
+use crate::smtp::Reply;
+use conn::{Link, LinkError};
+use edit::Headers;
+use protocol::{act, cmd, step, Event, Garbage, Response};
+
+/// What a session does when a milter is down, slow or speaks garbage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DefaultAction {
+    /// `451 4.7.1` to the session's MAIL, RCPT, DATA and end of data
+    /// (Postfix's `milter_default_action = tempfail`).
+    #[default]
+    Tempfail,
+    /// Go on without the milter.
+    Accept,
+}
+
+/// One `--milter`: where it listens, its timeouts, its default action,
+/// and the listeners it serves. Plain data: sockets are made per session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MilterConfig {
+    pub target: Target,
+    pub default_action: DefaultAction,
+    /// Bounds the connect and the option negotiation.
+    pub connect_timeout: Duration,
+    /// Bounds each event but the end of message: the packets out and
+    /// the reply in.
+    pub command_timeout: Duration,
+    /// Bounds the end of message, from `SMFIC_BODYEOB` to the final
+    /// reply, `SMFIR_PROGRESS` included: a milter cannot stretch it.
+    pub eom_timeout: Duration,
+    /// The listener kinds it serves (`smtp`, `smtps`, `submission`,
+    /// `submissions`); empty: all.
+    pub listeners: Vec<String>,
+}
+
+const LISTENER_KINDS: [&str; 4] = ["smtp", "smtps", "submission", "submissions"];
+
+impl MilterConfig {
+    /// Postfix's defaults: 30s to connect, 30s per command, 300s for
+    /// the end of the message.
+    pub fn new(target: Target) -> MilterConfig {
+        MilterConfig {
+            target,
+            default_action: DefaultAction::Tempfail,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(30),
+            eom_timeout: Duration::from_secs(300),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// `inet:HOST:PORT` or `unix:PATH`, then `,KEY=VALUE` settings:
+    /// `default=tempfail|accept`, `connect-timeout=`, `command-timeout=`,
+    /// `eom-timeout=` (durations), `listeners=smtp+submission`.
+    pub fn parse(s: &str, duration: impl Fn(&str) -> Result<Duration, String>) -> Result<MilterConfig, String> {
+        let mut parts = s.split(',');
+        let target = Target::parse(parts.next().unwrap_or_default())?;
+        let mut m = MilterConfig::new(target);
+        for part in parts {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not KEY=VALUE"))?;
+            let dur = || {
+                duration(value)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| format!("{key}: {value:?} is not a duration above 0"))
+            };
+            match key {
+                "default" => {
+                    m.default_action = match value {
+                        "tempfail" => DefaultAction::Tempfail,
+                        "accept" => DefaultAction::Accept,
+                        _ => return Err(format!("default: {value:?} is not tempfail or accept")),
+                    }
+                }
+                "connect-timeout" => m.connect_timeout = dur()?,
+                "command-timeout" => m.command_timeout = dur()?,
+                "eom-timeout" => m.eom_timeout = dur()?,
+                "listeners" => {
+                    m.listeners = value.split('+').map(str::to_string).collect();
+                    if let Some(bad) = m.listeners.iter().find(|l| !LISTENER_KINDS.contains(&l.as_str())) {
+                        return Err(format!(
+                            "listeners: {bad:?} is not smtp, smtps, submission or submissions"
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown setting {key:?} (default, connect-timeout, command-timeout, eom-timeout, listeners)"
+                    ))
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn serves(&self, mode: ListenMode) -> bool {
+        self.listeners.is_empty() || self.listeners.iter().any(|l| *l == mode.to_string())
+    }
+}
+
+/// Where one milter stands in the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Active,
+    /// Accepted the connection: no more events this session.
+    AcceptedConnection,
+    /// Accepted the message: no more events until the next MAIL.
+    AcceptedMessage,
+    /// Faulted: its default action applies for the rest of the session.
+    Down,
+}
+
+struct Milter {
+    cfg: MilterConfig,
+    link: Option<Link>,
+    actions: u32,
+    steps: u32,
+    state: State,
+    /// Events of a message were sent and no end of message closed it:
+    /// the next transaction starts with `SMFIC_ABORT`.
+    in_message: bool,
+}
+
+/// What a milter's words mean for the command or message at hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// Refuse the command (or message) with this reply.
+    Refuse(Reply),
+    /// Accept the message with 250, but queue nothing.
+    Discard,
+    /// Send this reply and end the session (`SMFIR_SHUTDOWN`).
+    Close(Reply),
+}
+
+/// One milter's answer to one event.
+enum Answer {
+    Continue,
+    Accept,
+    Skip,
+    Verdict(Verdict),
+}
+
+/// The changes milters made at the end of the message.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub headers: Headers,
+    /// Where the body starts in the received file.
+    pub body_at: u64,
+    pub body: Option<Vec<u8>>,
+    pub sender: Option<String>,
+    pub added: Vec<String>,
+    pub deleted: Vec<String>,
+    pub quarantine: Option<String>,
+}
+
+impl Changes {
+    /// The message file must be rewritten.
+    pub fn content_changed(&self) -> bool {
+        self.headers.changed || self.body.is_some()
+    }
+}
+
+/// The macros of one event, `(name, value)`.
+pub type Macros = Vec<(&'static str, String)>;
+
+/// The reply for `SMFIR_REJECT` (Postfix's).
+pub fn rejected() -> Reply {
+    Reply::new(550, Enhanced::new(5, 7, 1), "Command rejected")
+}
+
+/// The reply for `SMFIR_TEMPFAIL` and for a faulted milter whose
+/// default action is tempfail (Postfix's).
+pub fn tempfailed() -> Reply {
+    Reply::new(451, Enhanced::new(4, 7, 1), "Service unavailable - try again later")
+}
+
+/// `SMFIR_SHUTDOWN`: the milter asks us to close the session (RFC 5321
+/// §3.8: 421).
+pub fn shut_down(hostname: &str) -> Reply {
+    Reply::new(421, Enhanced::new(4, 7, 0), format!("{hostname} closing connection"))
+}
+
+/// Most lines of a milter's reply we pass on, and most octets per line.
+const MAX_REPLY_LINES: usize = 10;
+const MAX_REPLY_LINE: usize = 400;
+/// Most modifications one milter may make to one message.
+const MAX_CHANGES: usize = 1000;
+
+/// A milter's `SMFIR_REPLYCODE` text made into a reply: every line
+/// `4yz` or `5yz` with the same code, an enhanced code of the same class
+/// (or none), printable text (control and 8-bit octets become `?`),
+/// multi-line replies kept (`550-5.7.1 ...`), up to 10 lines of 400.
+/// Anything else is garbage.
+pub fn custom_reply(text: &str) -> Result<Reply, Garbage> {
+    let bad = |why: &str| Garbage(format!("reply code {why}: {text:?}"));
+    let mut code = None;
+    let mut enhanced = None;
+    let mut lines = Vec::new();
+    for raw in text.split('\n').map(|l| l.trim_end_matches('\r')) {
+        if raw.is_empty() && !lines.is_empty() {
+            continue;
+        }
+        let n: u16 = raw.get(..3).and_then(|c| c.parse().ok()).ok_or_else(|| bad("without a code"))?;
+        if !(400..600).contains(&n) || code.is_some_and(|c| c != n) {
+            return Err(bad("not one 4xx or 5xx"));
+        }
+        code = Some(n);
+        let rest = match raw.as_bytes().get(3) {
+            None => "",
+            Some(b' ' | b'-') => &raw[4..],
+            Some(_) => return Err(bad("malformed")),
+        };
+        let (e, rest) = match rest.split_once(' ') {
+            Some((first, t)) => match Enhanced::parse(first) {
+                Some(e) => (Some(e), t),
+                None => (None, rest),
+            },
+            None => (Enhanced::parse(rest), if Enhanced::parse(rest).is_some() { "" } else { rest }),
+        };
+        if let Some(e) = e {
+            if u16::from(e.class) != n / 100 {
+                return Err(bad("with an enhanced code of another class"));
+            }
+            enhanced = enhanced.or(Some(e));
+        }
+        let clean: String = rest
+            .chars()
+            .take(MAX_REPLY_LINE)
+            .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' })
+            .collect();
+        if lines.len() < MAX_REPLY_LINES {
+            lines.push(clean);
+        }
+    }
+    let n = code.ok_or_else(|| bad("empty"))?;
+    // RFC 2034 §4 wants an enhanced code on 4yz/5yz replies
+    let e = enhanced.unwrap_or(Enhanced::new((n / 100) as u8, 7, 1));
+    let mut reply = Reply::new(n, e, lines.remove(0));
+    for l in lines {
+        reply = reply.with_line(l);
+    }
+    Ok(reply)
+}
+
+impl Milter {
+    fn name(&self) -> String {
+        self.cfg.target.to_string()
+    }
+
+    /// Connects and negotiates: version 6, every action and step we can
+    /// do offered; the milter's choice must be a subset.
+    fn open(&mut self) -> Result<(), LinkError> {
+        let deadline = Instant::now() + self.cfg.connect_timeout;
+        let mut link = Link::open(&self.cfg.target, self.cfg.connect_timeout)?;
+        link.send(&protocol::optneg(act::ALL, step::OFFERED), deadline)?;
+        let (c, data) = link.recv(deadline)?;
+        let Response::OptNeg {
+            version,
+            actions,
+            steps,
+        } = protocol::parse(c, &data)?
+        else {
+            return Err(Garbage("no option negotiation".into()).into());
+        };
+        if !(2..=protocol::VERSION).contains(&version) {
+            return Err(Garbage(format!("protocol version {version}")).into());
+        }
+        if actions & !act::ALL != 0 || steps & !(step::OFFERED | step::MDS) != 0 {
+            return Err(Garbage(format!(
+                "asks for what was not offered: actions 0x{actions:x}, steps 0x{steps:x}"
+            ))
+            .into());
+        }
+        log::debug!(
+            "milter {}: version {version} actions 0x{actions:x} steps 0x{steps:x}",
+            self.name()
+        );
+        (self.actions, self.steps, self.link) = (actions, steps, Some(link));
+        Ok(())
+    }
+
+    /// Sends the event (its macros first) and reads the reply, unless
+    /// the milter said it sends none; `SMFIR_PROGRESS` keeps waiting,
+    /// within the same deadline.
+    fn exchange(
+        &mut self,
+        event: Event,
+        macros: &Macros,
+        packet: &[u8],
+        deadline: Instant,
+    ) -> Result<Option<Response>, LinkError> {
+        let Some(link) = self.link.as_mut() else {
+            return Err(LinkError::Io(std::io::Error::other("not connected")));
+        };
+        if !macros.is_empty() {
+            link.send(&protocol::macros(event.command(), macros), deadline)?;
+        }
+        link.send(packet, deadline)?;
+        if self.steps & event.no_reply() != 0 {
+            return Ok(None);
+        }
+        loop {
+            let (c, data) = link.recv(deadline)?;
+            match protocol::parse(c, &data)? {
+                Response::Progress => continue,
+                r => return Ok(Some(r)),
+            }
+        }
+    }
+
+    /// One event's reply, as a verdict on the command at hand.
+    fn answer(&self, event: Event, response: Option<Response>, hostname: &str) -> Result<Answer, Garbage> {
+        Ok(match response {
+            None | Some(Response::Continue) => Answer::Continue,
+            Some(Response::Accept) => Answer::Accept,
+            Some(Response::Reject) => Answer::Verdict(Verdict::Refuse(rejected())),
+            Some(Response::Tempfail) => Answer::Verdict(Verdict::Refuse(tempfailed())),
+            Some(Response::ReplyCode(t)) => Answer::Verdict(Verdict::Refuse(custom_reply(&t)?)),
+            Some(Response::Discard) => Answer::Verdict(Verdict::Discard),
+            Some(Response::Shutdown) => Answer::Verdict(Verdict::Close(shut_down(hostname))),
+            Some(Response::Skip) if event == Event::Body && self.steps & step::SKIP != 0 => Answer::Skip,
+            Some(other) => {
+                return Err(Garbage(format!(
+                    "{other:?} in reply to {}",
+                    event.name()
+                )))
+            }
+        })
+    }
+
+    /// A fault: logged, the connection closed, the default action taken.
+    fn fault(&mut self, event: Event, why: &LinkError) -> Option<Verdict> {
+        log::warn!(
+            "milter {} at {}: {why}; default action {:?}",
+            self.name(),
+            event.name(),
+            self.cfg.default_action
+        );
+        self.link = None;
+        self.state = State::Down;
+        self.down_verdict(event)
+    }
+
+    /// What a faulted milter means for an event: a message event gets
+    /// the tempfail of the default action; connect and HELO go on (the
+    /// refusal comes at MAIL, as Postfix does).
+    fn down_verdict(&self, event: Event) -> Option<Verdict> {
+        (self.cfg.default_action == DefaultAction::Tempfail && event.is_message())
+            .then(|| Verdict::Refuse(tempfailed()))
+    }
+}
+
+/// A session's milters and where each stands.
+#[derive(Default)]
+pub struct Conversation {
+    milters: Vec<Milter>,
+    hostname: String,
+    /// A milter said DISCARD for the message (or, at connect or HELO,
+    /// for every message of the session).
+    discard_message: bool,
+    discard_session: bool,
+}
+
+impl Conversation {
+    /// The milters of a listener of `mode`; none are contacted yet.
+    pub fn new(all: &[MilterConfig], mode: ListenMode, hostname: &str) -> Conversation {
+        Conversation {
+            milters: all
+                .iter()
+                .filter(|c| c.serves(mode))
+                .map(|cfg| Milter {
+                    cfg: cfg.clone(),
+                    link: None,
+                    actions: 0,
+                    steps: 0,
+                    state: State::Active,
+                    in_message: false,
+                })
+                .collect(),
+            hostname: hostname.to_string(),
+            discard_message: false,
+            discard_session: false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.milters.is_empty()
+    }
+
+    /// Whether the current message is to be discarded.
+    pub fn discards(&self) -> bool {
+        self.discard_message || self.discard_session
+    }
+
+    /// One event to every milter in order, until one refuses.
+    fn event(&mut self, event: Event, macros: &Macros, packet: &[u8]) -> Verdict {
+        let hostname = self.hostname.clone();
+        if event.is_message() && self.discards() {
+            return Verdict::Continue;
+        }
+        for m in &mut self.milters {
+            let verdict = match m.state {
+                State::Down => m.down_verdict(event),
+                State::AcceptedConnection | State::AcceptedMessage => None,
+                State::Active if m.steps & event.not_wanted() != 0 => None,
+                State::Active => {
+                    let deadline = Instant::now() + m.cfg.command_timeout;
+                    m.in_message |= event.is_message();
+                    let answer = m
+                        .exchange(event, macros, packet, deadline)
+                        .and_then(|r| m.answer(event, r, &hostname).map_err(LinkError::from));
+                    match answer {
+                        Err(e) => m.fault(event, &e),
+                        Ok(Answer::Continue | Answer::Skip) => None,
+                        Ok(Answer::Accept) => {
+                            m.state = if event.is_message() {
+                                State::AcceptedMessage
+                            } else {
+                                State::AcceptedConnection
+                            };
+                            None
+                        }
+                        Ok(Answer::Verdict(v)) => Some(v),
+                    }
+                }
+            };
+            match verdict {
+                None | Some(Verdict::Continue) => {}
+                Some(Verdict::Discard) => {
+                    log::info!("milter {} at {}: discard", m.name(), event.name());
+                    if event.is_message() {
+                        self.discard_message = true;
+                    } else {
+                        self.discard_session = true;
+                    }
+                    return Verdict::Continue;
+                }
+                Some(v) => {
+                    if let Verdict::Refuse(r) | Verdict::Close(r) = &v {
+                        log::info!("milter {} at {}: refused reply=\"{r}\"", m.name(), event.name());
+                    }
+                    return v;
+                }
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// Connect: each milter is reached and negotiated with, then told of
+    /// the client (RFC-less; libmilter's `xxfi_connect`).
+    pub fn connect(&mut self, client_name: &str, client: std::net::SocketAddr, macros: &Macros) -> Verdict {
+        for m in &mut self.milters {
+            if let Err(e) = m.open() {
+                m.fault(Event::Connect, &e);
+            }
+        }
+        self.event(Event::Connect, macros, &protocol::connect(client_name, Some(client)))
+    }
+
+    pub fn helo(&mut self, name: &str, macros: &Macros) -> Verdict {
+        self.abort();
+        self.event(Event::Helo, macros, &protocol::args(cmd::HELO, &[name.to_string()]))
+    }
+
+    /// MAIL: a new message, so milters still in an old one get
+    /// `SMFIC_ABORT` first.
+    pub fn mail(&mut self, args: &[String], macros: &Macros) -> Verdict {
+        self.abort();
+        self.event(Event::Mail, macros, &protocol::args(cmd::MAIL, args))
+    }
+
+    pub fn rcpt(&mut self, args: &[String], macros: &Macros) -> Verdict {
+        self.event(Event::Rcpt, macros, &protocol::args(cmd::RCPT, args))
+    }
+
+    pub fn data(&mut self, macros: &Macros) -> Verdict {
+        self.event(Event::Data, macros, &protocol::packet(cmd::DATA, b""))
+    }
+
+    /// Ends the message for every milter still in one (`SMFIC_ABORT`,
+    /// which has no reply), and forgets message-level accepts.
+    pub fn abort(&mut self) {
+        for m in &mut self.milters {
+            if m.state == State::AcceptedMessage {
+                m.state = State::Active;
+            }
+            if !std::mem::take(&mut m.in_message) {
+                continue;
+            }
+            if let Some(link) = m.link.as_mut() {
+                let deadline = Instant::now() + m.cfg.command_timeout;
+                if let Err(e) = link.send(&protocol::packet(cmd::ABORT, b""), deadline) {
+                    m.fault(Event::Mail, &e);
+                }
+            }
+        }
+        self.discard_message = false;
+    }
+
+    /// The end of the message: headers, end of headers, body chunks and
+    /// end of message to each milter in turn, each seeing the message as
+    /// the ones before it changed it. `file` is the received message
+    /// (our Received header first); `max_size` bounds a replaced body.
+    pub fn end_of_message(
+        &mut self,
+        file: &mut (impl Read + Seek),
+        macros: &Macros,
+        max_size: u64,
+    ) -> Result<(Verdict, Changes), std::io::Error> {
+        let mut changes = read_headers(file, max_size)?;
+        if self.discards() {
+            return Ok((Verdict::Discard, changes));
+        }
+        let hostname = self.hostname.clone();
+        for i in 0..self.milters.len() {
+            let m = &mut self.milters[i];
+            let verdict = match m.state {
+                State::Down => m.down_verdict(Event::Eom),
+                State::AcceptedConnection | State::AcceptedMessage => None,
+                State::Active => {
+                    let r = eom_one(m, file, macros, &mut changes, max_size, &hostname);
+                    match r {
+                        Ok(v) => v,
+                        Err(e) => m.fault(Event::Eom, &e),
+                    }
+                }
+            };
+            match verdict {
+                None | Some(Verdict::Continue) => {}
+                Some(Verdict::Discard) => {
+                    let name = self.milters[i].name();
+                    log::info!("milter {name} at eom: discard");
+                    self.discard_message = true;
+                    return Ok((Verdict::Discard, changes));
+                }
+                Some(v) => {
+                    if let Verdict::Refuse(r) | Verdict::Close(r) = &v {
+                        log::info!("milter {} at eom: refused reply=\"{r}\"", self.milters[i].name());
+                    }
+                    return Ok((v, changes));
+                }
+            }
+        }
+        Ok((Verdict::Continue, changes))
+    }
+}
+
+impl Drop for Conversation {
+    /// `SMFIC_QUIT` to every milter still connected, best effort, within
+    /// a second.
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for m in &mut self.milters {
+            if let Some(link) = m.link.as_mut() {
+                let _ = link.send(&protocol::packet(cmd::QUIT, b""), deadline);
+            }
+        }
+    }
+}
+
+/// The header section of the received file, bounded by `max_size`.
+fn read_headers(file: &mut (impl Read + Seek), max_size: u64) -> std::io::Result<Changes> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = file.read(&mut buf)?;
+        text.extend_from_slice(&buf[..n]);
+        if n == 0 || text.windows(2).any(|w| w == b"\n\n") || text.windows(4).any(|w| w == b"\r\n\r\n") || text.len() as u64 > max_size {
+            break;
+        }
+    }
+    let (headers, body_at) = Headers::parse(&text);
+    Ok(Changes {
+        headers,
+        body_at: body_at as u64,
+        ..Changes::default()
+    })
+}
+
+/// Headers, end of headers, body and end of message to one milter, its
+/// modifications applied to `changes`.
+fn eom_one(
+    m: &mut Milter,
+    file: &mut (impl Read + Seek),
+    macros: &Macros,
+    changes: &mut Changes,
+    max_size: u64,
+    hostname: &str,
+) -> Result<Option<Verdict>, LinkError> {
+    m.in_message = true;
+    let lead = m.steps & step::HDR_LEADSPC != 0;
+    let none = Macros::new();
+    let mut content = Vec::new();
+    if m.steps & step::NOHDRS == 0 {
+        for f in &changes.headers.fields {
+            content.push((Event::Header, protocol::header(&f.name, &Headers::shown_value(f, lead))));
+        }
+    }
+    if m.steps & step::NOEOH == 0 {
+        content.push((Event::Eoh, protocol::packet(cmd::EOH, b"")));
+    }
+    for (event, packet) in content {
+        let deadline = Instant::now() + m.cfg.command_timeout;
+        let macros = if event == Event::Eoh { macros } else { &none };
+        let r = m.exchange(event, macros, &packet, deadline)?;
+        match m.answer(event, r, hostname)? {
+            Answer::Continue | Answer::Skip => {}
+            Answer::Accept => {
+                m.state = State::AcceptedMessage;
+                return Ok(None);
+            }
+            Answer::Verdict(v) => return Ok(Some(v)),
+        }
+    }
+    if m.steps & step::NOBODY == 0 {
+        if let Some(v) = send_body(m, file, changes, hostname)? {
+            return Ok(v);
+        }
+    }
+    let deadline = Instant::now() + m.cfg.eom_timeout;
+    let mut response = m.exchange(Event::Eom, macros, &protocol::packet(cmd::BODYEOB, b""), deadline)?;
+    let mut replaced = false;
+    let mut count = 0;
+    loop {
+        let Some(r) = response else {
+            return Err(Garbage("no reply to end of message".into()).into());
+        };
+        if r.action() == 0 {
+            m.in_message = false;
+            return match m.answer(Event::Eom, Some(r), hostname)? {
+                Answer::Continue | Answer::Accept | Answer::Skip => Ok(None),
+                Answer::Verdict(v) => Ok(Some(v)),
+            };
+        }
+        if m.actions & r.action() == 0 {
+            return Err(Garbage(format!("{r:?} not negotiated")).into());
+        }
+        count += 1;
+        if count > MAX_CHANGES {
+            return Err(Garbage(format!("over {MAX_CHANGES} modifications")).into());
+        }
+        apply(r, changes, &mut replaced, max_size)?;
+        let link = m.link.as_mut().ok_or(LinkError::Timeout)?;
+        let (c, data) = link.recv(deadline)?;
+        response = Some(protocol::parse(c, &data)?).filter(|r| *r != Response::Progress);
+        while response.is_none() {
+            let (c, data) = link.recv(deadline)?;
+            response = Some(protocol::parse(c, &data)?).filter(|r| *r != Response::Progress);
+        }
+    }
+}
+
+/// The body in chunks of at most 65535 octets: the replacement an
+/// earlier milter made, else the received file from `body_at`.
+/// `Some(verdict)` when the milter decided during the body.
+fn send_body(
+    m: &mut Milter,
+    file: &mut (impl Read + Seek),
+    changes: &Changes,
+    hostname: &str,
+) -> Result<Option<Option<Verdict>>, LinkError> {
+    let mut buf = vec![0u8; protocol::CHUNK];
+    let mut offset = 0usize;
+    file.seek(SeekFrom::Start(changes.body_at)).map_err(LinkError::Io)?;
+    loop {
+        let n = match &changes.body {
+            Some(b) => {
+                let n = (b.len() - offset).min(protocol::CHUNK);
+                buf[..n].copy_from_slice(&b[offset..offset + n]);
+                offset += n;
+                n
+            }
+            None => read_some(file, &mut buf).map_err(LinkError::Io)?,
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        let deadline = Instant::now() + m.cfg.command_timeout;
+        let r = m.exchange(Event::Body, &Macros::new(), &protocol::packet(cmd::BODY, &buf[..n]), deadline)?;
+        match m.answer(Event::Body, r, hostname)? {
+            Answer::Continue => {}
+            Answer::Skip => return Ok(None),
+            Answer::Accept => {
+                m.state = State::AcceptedMessage;
+                return Ok(Some(None));
+            }
+            Answer::Verdict(v) => return Ok(Some(Some(v))),
+        }
+    }
+}
+
+/// Fills `buf` as far as the file allows (a chunk is full unless it is
+/// the last).
+fn read_some(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// One modification into `changes`.
+fn apply(r: Response, changes: &mut Changes, replaced: &mut bool, max_size: u64) -> Result<(), Garbage> {
+    let bad = |e: edit::BadEdit| Garbage(e.0.to_string());
+    match r {
+        Response::AddHeader { name, value } => changes.headers.add(&name, &value).map_err(bad)?,
+        Response::InsHeader { index, name, value } => changes.headers.insert(index, &name, &value).map_err(bad)?,
+        Response::ChgHeader { index, name, value } => changes.headers.change(index, &name, &value).map_err(bad)?,
+        Response::ChgFrom { sender, .. } => changes.sender = Some(sender),
+        Response::AddRcpt { rcpt, .. } => changes.added.push(rcpt),
+        Response::DelRcpt(rcpt) => changes.deleted.push(rcpt),
+        Response::Quarantine(reason) => changes.quarantine = Some(reason),
+        Response::ReplBody(chunk) => {
+            // the first chunk of this milter's replacement starts it over
+            let body = changes.body.get_or_insert_with(Vec::new);
+            if !*replaced {
+                body.clear();
+                *replaced = true;
+            }
+            if (body.len() + chunk.len()) as u64 > max_size {
+                return Err(Garbage("replacement body over the size limit".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        other => return Err(Garbage(format!("{other:?} is not a modification"))),
+    }
+    if changes.headers.fields.len() > MAX_CHANGES * 10 {
+        return Err(Garbage("too many header fields".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dur(s: &str) -> Result<Duration, String> {
+        s.strip_suffix('s')
+            .and_then(|n| n.parse().ok())
+            .map(Duration::from_secs)
+            .ok_or_else(|| "bad".to_string())
+    }
+
+    #[test]
+    fn settings_parse() {
+        let m = MilterConfig::parse("inet:127.0.0.1:8891", dur).unwrap();
+        assert_eq!(m, MilterConfig::new(Target::parse("inet:127.0.0.1:8891").unwrap()));
+        let m = MilterConfig::parse(
+            "unix:/run/m.sock,default=accept,connect-timeout=2s,command-timeout=3s,eom-timeout=4s,listeners=smtp+submission",
+            dur,
+        )
+        .unwrap();
+        assert_eq!(m.default_action, DefaultAction::Accept);
+        assert_eq!(
+            (m.connect_timeout, m.command_timeout, m.eom_timeout),
+            (Duration::from_secs(2), Duration::from_secs(3), Duration::from_secs(4))
+        );
+        assert!(m.serves(ListenMode::PLAIN));
+        assert!(!m.serves(ListenMode {
+            implicit_tls: true,
+            submission: false
+        }));
+        for bad in [
+            "tcp:1:2",
+            "inet:h:1,default=maybe",
+            "inet:h:1,eom-timeout=0s",
+            "inet:h:1,listeners=lmtp",
+            "inet:h:1,colour=red",
+            "inet:h:1,default",
+        ] {
+            assert!(MilterConfig::parse(bad, dur).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn custom_replies_are_checked_and_cleaned() {
+        let r = custom_reply("550 5.7.1 Go away").unwrap();
+        assert_eq!(r.to_string(), "550 5.7.1 Go away");
+        let r = custom_reply("451 4.7.1 first\r\n451 4.7.1 second").unwrap();
+        assert_eq!(r.lines(), ["first", "second"]);
+        assert_eq!(r.code().value(), 451);
+        // no enhanced code: one of the reply's class is supplied
+        let r = custom_reply("554 no\x07bell\u{e9}").unwrap();
+        assert_eq!(r.enhanced(), Some(Enhanced::new(5, 7, 1)));
+        assert_eq!(r.lines(), ["no?bell?"]);
+        assert_eq!(custom_reply(&format!("550 {}", "x".repeat(999))).unwrap().lines()[0].len(), MAX_REPLY_LINE);
+        for bad in ["250 ok", "hello", "", "550 5.7.1 a\n451 4.7.1 b", "550 4.7.1 class", "5501 x"] {
+            assert!(custom_reply(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The milter client (issue 14) against a scripted milter: a test thread
+//! speaking the milter protocol (version 6) on a loopback port, answering
+//! each event as the test's script says, recording every packet it was
+//! sent. One test per action and per fault; the delivered message is
+//! checked at a sink where the milter changed it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+const DELIVERY: Duration = Duration::from_secs(10);
+
+/// Everything but `SMFIF_SETSYMLIST` (0x100): every modification.
+const ALL_ACTIONS: u32 = 0xFF;
+
+type Script = dyn Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync;
+
+/// A milter's packet: length, command, data.
+fn pkt(cmd: u8, data: &[u8]) -> Vec<u8> {
+    let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+    p.push(cmd);
+    p.extend_from_slice(data);
+    p
+}
+
+fn cont() -> Vec<Vec<u8>> {
+    vec![pkt(b'c', b"")]
+}
+
+/// NUL-terminated strings.
+fn nul(items: &[&[u8]]) -> Vec<u8> {
+    let mut d = Vec::new();
+    for i in items {
+        d.extend_from_slice(i);
+        d.push(0);
+    }
+    d
+}
+
+struct Milter {
+    addr: SocketAddr,
+    /// Every packet received, in order, over all connections.
+    seen: Arc<Mutex<Vec<(u8, Vec<u8>)>>>,
+}
+
+impl Milter {
+    /// A milter negotiating `actions` and protocol `steps`, answering
+    /// each event (not OPTNEG, macros, abort, quit) with `script`.
+    fn start(
+        actions: u32,
+        steps: u32,
+        script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    ) -> Milter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Script> = Arc::new(script);
+        let s2 = seen.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (seen, script) = (s2.clone(), script.clone());
+                thread::spawn(move || serve(conn, actions, steps, &seen, &*script));
+            }
+        });
+        Milter { addr, seen }
+    }
+
+    fn spec(&self) -> String {
+        format!("inet:127.0.0.1:{}", self.addr.port())
+    }
+
+    fn seen(&self) -> Vec<(u8, Vec<u8>)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn commands(&self) -> String {
+        self.seen().iter().map(|(c, _)| *c as char).collect()
+    }
+}
+
+fn serve(
+    mut conn: TcpStream,
+    actions: u32,
+    steps: u32,
+    seen: &Mutex<Vec<(u8, Vec<u8>)>>,
+    script: &Script,
+) {
+    loop {
+        let mut len = [0u8; 4];
+        if conn.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut data = vec![0u8; u32::from_be_bytes(len) as usize];
+        if conn.read_exact(&mut data).is_err() || data.is_empty() {
+            return;
+        }
+        let cmd = data.remove(0);
+        seen.lock().unwrap().push((cmd, data.clone()));
+        let out = match cmd {
+            b'O' => {
+                let mut d = 6u32.to_be_bytes().to_vec();
+                d.extend_from_slice(&actions.to_be_bytes());
+                d.extend_from_slice(&steps.to_be_bytes());
+                vec![pkt(b'O', &d)]
+            }
+            b'D' | b'A' => vec![],
+            b'Q' => return,
+            _ => script(cmd, &data),
+        };
+        for p in out {
+            if conn.write_all(&p).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn relay_with(milters: &[String], extra: &[&str]) -> Relay {
+    let mut args: Vec<&str> = Vec::new();
+    for m in milters {
+        args.push("--milter");
+        args.push(m);
+    }
+    args.extend_from_slice(extra);
+    Relay::receive_only(&args)
+}
+
+const MSG: &[u8] = b"From: a@origin.test\r\nTo: b@dest.test\r\nSubject: Hello\r\nX-Old: 1\r\nX-Old: 2\r\n\r\nBody line\r\n";
+
+fn stored(relay: &Relay, id: &str) -> String {
+    String::from_utf8_lossy(&std::fs::read(msg_path(relay.spool(), id)).unwrap()).into_owned()
+}
+
+fn envelope(relay: &Relay, id: &str) -> String {
+    std::fs::read_to_string(env_path(relay.spool(), id)).unwrap()
+}
+
+/// The reply to DATA's end after sending MSG (MAIL and RCPT accepted).
+fn end_of_data(t: &mut Talk) -> (u16, String) {
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    t.cmd("DATA", 354);
+    t.send_raw(MSG);
+    t.send_raw(b".\r\n");
+    t.reply()
+}
+
+#[test]
+fn continue_everywhere_queues_the_message_and_the_milter_sees_every_event() {
+    let m = Milter::start(ALL_ACTIONS, 0, |_, _| cont());
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let id = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    t.cmd("QUIT", 221);
+    assert!(stored(&relay, &id).ends_with("\r\n\r\nBody line\r\n"));
+    // negotiation, connect, HELO, MAIL, RCPT, DATA, 6 headers (ours
+    // first), end of headers, body, end of message, each after macros
+    let cmds = m.commands();
+    assert!(cmds.starts_with("ODCDH"), "{cmds}");
+    assert!(cmds.contains("DMDRDTLLLLLLDNBDE"), "{cmds}");
+    let seen = m.seen();
+    let macros = |stage: u8| -> String {
+        seen.iter()
+            .filter(|(c, d)| *c == b'D' && d[0] == stage)
+            .map(|(_, d)| String::from_utf8_lossy(&d[1..]).replace('\0', "|"))
+            .collect()
+    };
+    assert!(macros(b'C').contains("j|relay.test|"), "{}", macros(b'C'));
+    assert!(macros(b'C').contains("{client_addr}|127.0.0.1|"));
+    assert!(macros(b'M').contains("{mail_addr}|a@origin.test|"));
+    assert!(macros(b'R').contains("{rcpt_addr}|b@dest.test|"));
+    assert!(macros(b'T').contains(&format!("i|{id}|")));
+    assert!(macros(b'E').contains(&format!("i|{id}|")));
+    let headers: Vec<String> = seen
+        .iter()
+        .filter(|(c, _)| *c == b'L')
+        .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    assert!(headers[0].starts_with("Received\0from "), "{headers:?}");
+    assert_eq!(headers[3], "Subject\0Hello\0", "no leading space");
+    let body: Vec<u8> = seen.iter().filter(|(c, _)| *c == b'B').flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(body, b"Body line\r\n");
+}
+
+#[test]
+fn body_goes_in_chunks_of_at_most_65535_octets() {
+    let m = Milter::start(ALL_ACTIONS, 0, |_, _| cont());
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let line = "x".repeat(998) + "\r\n";
+    let body = line.repeat(200);
+    let msg = format!("Subject: big\r\n\r\n{body}");
+    t.send_mail("a@origin.test", &["b@dest.test"], msg.as_bytes());
+    let chunks: Vec<Vec<u8>> = m.seen().into_iter().filter(|(c, _)| *c == b'B').map(|(_, d)| d).collect();
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    assert!(chunks.iter().all(|c| c.len() <= 65535));
+    assert_eq!(chunks.concat(), body.as_bytes());
+}
+
+#[test]
+fn accept_at_mail_skips_the_rest_of_the_message() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'M' => vec![pkt(b'a', b"")],
+        b'E' => vec![pkt(b'r', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    let cmds = m.commands();
+    assert!(!cmds.contains('E') && !cmds.contains('R'), "{cmds}");
+}
+
+#[test]
+fn reject_at_connect_is_a_554_greeting() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'C' => vec![pkt(b'r', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.talk();
+    let (code, text) = t.reply();
+    assert_eq!(code, 554, "{text}");
+    assert!(text.contains("5.7.1"), "{text}");
+}
+
+#[test]
+fn reject_at_mail_and_rcpt() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, d| match c {
+        b'M' if d.starts_with(b"<bad@") => vec![pkt(b'r', b"")],
+        b'R' if d.starts_with(b"<no@") => vec![pkt(b'r', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<bad@origin.test>", 550, "5.7.1");
+    // the refused MAIL did not start a transaction
+    t.cmd("RCPT TO:<b@dest.test>", 503);
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd_enh("RCPT TO:<no@dest.test>", 550, "5.7.1");
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    t.cmd("DATA", 354);
+    t.send_raw(MSG);
+    t.send_raw(b".\r\n");
+    let text = t.expect(250);
+    let id = queued_id(&text).unwrap();
+    let env = envelope(&relay, &id);
+    assert!(!env.contains("no@dest.test"), "{env}");
+    // the milter saw an abort before the second MAIL
+    assert!(m.commands().contains("ADM"), "{}", m.commands());
+}
+
+#[test]
+fn reject_and_tempfail_at_end_of_message_queue_nothing() {
+    for (answer, code) in [(b'r', 550), (b't', 451)] {
+        let m = Milter::start(ALL_ACTIONS, 0, move |c, _| match c {
+            b'E' => vec![pkt(answer, b"")],
+            _ => cont(),
+        });
+        let relay = relay_with(&[m.spec()], &[]);
+        let mut t = relay.session();
+        let (got, text) = end_of_data(&mut t);
+        assert_eq!(got, code, "{text}");
+        assert!(queued_ids(relay.spool()).is_empty());
+        assert_eq!(tmp_count(relay.spool()), 0);
+    }
+}
+
+#[test]
+fn tempfail_at_rcpt() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'R' => vec![pkt(b't', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd_enh("RCPT TO:<b@dest.test>", 451, "4.7.1");
+}
+
+#[test]
+fn discard_answers_250_and_queues_nothing() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'd', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let (code, _) = end_of_data(&mut t);
+    assert_eq!(code, 250);
+    assert!(queued_ids(relay.spool()).is_empty());
+    assert!(relay.log().contains("discarded by milter"), "{}", relay.log());
+}
+
+#[test]
+fn reply_codes_pass_multi_line_and_sanitized() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'R' => vec![pkt(b'y', b"554 5.7.1 first line\r\n554 5.7.1 second\x07line\0")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.send("RCPT TO:<b@dest.test>");
+    let (code, text) = t.reply();
+    assert_eq!(code, 554);
+    assert_eq!(text, "5.7.1 first line\n5.7.1 second?line");
+    assert!(t.transcript().contains("S: 554-5.7.1 first line\nS: 554 5.7.1 second?line"));
+}
+
+#[test]
+fn quarantine_holds_the_message() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'q', b"looks odd\0"), pkt(b'a', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let id = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    assert!(envelope(&relay, &id).contains("hold: forever"));
+    let s = relay.spool().to_string_lossy().into_owned();
+    let list = run_cli(&["queue", "list", "--spool", &s], DELIVERY);
+    assert!(list.stdout.contains("held"), "{}", list.stdout);
+    assert!(relay.log().contains("looks odd"));
+}
+
+#[test]
+fn header_changes_are_stored_and_delivered() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![
+            pkt(b'h', &nul(&[b"X-Added", b"yes"])),
+            pkt(b'p', b""),
+            pkt(b'i', &[&0u32.to_be_bytes()[..], &nul(&[b"X-First", b"top\n\tfolded"])].concat()),
+            pkt(b'm', &[&2u32.to_be_bytes()[..], &nul(&[b"X-Old", b"two"])].concat()),
+            pkt(b'm', &[&1u32.to_be_bytes()[..], &nul(&[b"Subject", b""])].concat()),
+            pkt(b'c', b""),
+        ],
+        _ => cont(),
+    });
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &m.spec()]);
+    let mut t = relay.session();
+    t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    assert!(sink.wait_for(1, DELIVERY), "nothing delivered");
+    let got = String::from_utf8_lossy(&sink.messages()[0].data).into_owned();
+    assert!(got.starts_with("X-First: top\r\n\tfolded\r\nReceived: from "), "{got}");
+    assert!(got.contains("\r\nX-Old: 1\r\nX-Old: two\r\nX-Added: yes\r\n\r\nBody line\r\n"), "{got}");
+    assert!(!got.contains("Subject:"), "{got}");
+}
+
+#[test]
+fn envelope_and_body_changes_are_delivered() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![
+            pkt(b'e', &nul(&[b"<new@origin.test>"])),
+            pkt(b'+', &nul(&[b"<added@dest.test>"])),
+            pkt(b'2', &nul(&[b"<param@dest.test>", b""])),
+            pkt(b'-', &nul(&[b"<b@dest.test>"])),
+            pkt(b'b', b"Replaced "),
+            pkt(b'b', b"body\nsecond line\n"),
+            pkt(b'c', b""),
+        ],
+        _ => cont(),
+    });
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &m.spec()]);
+    let mut t = relay.session();
+    t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    assert!(sink.wait_for(1, DELIVERY), "nothing delivered");
+    let msgs = sink.messages();
+    let got = &msgs[0];
+    assert_eq!(got.mail_from, "new@origin.test");
+    let mut rcpts = got.rcpts.clone();
+    rcpts.sort();
+    assert_eq!(rcpts, ["added@dest.test", "param@dest.test"]);
+    let data = String::from_utf8_lossy(&got.data).into_owned();
+    assert!(data.ends_with("\r\n\r\nReplaced body\r\nsecond line\r\n"), "{data}");
+    assert!(data.contains("Subject: Hello\r\n"));
+}
+
+#[test]
+fn modifications_not_negotiated_are_garbage() {
+    // ADDHDRS only: a CHGFROM is a protocol error; default accept
+    let m = Milter::start(0x01, 0, |c, _| match c {
+        b'E' => vec![pkt(b'e', &nul(&[b"<x@y.test>"])), pkt(b'c', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[format!("{},default=accept", m.spec())], &[]);
+    let mut t = relay.session();
+    let id = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    assert!(envelope(&relay, &id).contains("from: <a@origin.test>"));
+    assert!(relay.log().contains("not negotiated"), "{}", relay.log());
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn milter_down_tempfails_by_default() {
+    let spec = format!("inet:127.0.0.1:{}", closed_port());
+    let relay = relay_with(&[spec], &[]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<a@origin.test>", 451, "4.7.1");
+    assert!(relay.log().contains("default action Tempfail"), "{}", relay.log());
+}
+
+#[test]
+fn milter_down_with_default_accept_lets_mail_through() {
+    let spec = format!("inet:127.0.0.1:{},default=accept", closed_port());
+    let relay = relay_with(&[spec], &[]);
+    let mut t = relay.session();
+    t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    assert!(relay.log().contains("default action Accept"), "{}", relay.log());
+}
+
+#[test]
+fn slow_milter_is_left_after_its_timeout() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| {
+        if c == b'M' {
+            thread::sleep(Duration::from_secs(8));
+        }
+        cont()
+    });
+    let relay = relay_with(&[format!("{},command-timeout=1s", m.spec())], &[]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<a@origin.test>", 451, "4.7.1");
+    assert!(relay.log().contains("at mail: timed out"), "{}", relay.log());
+}
+
+#[test]
+fn slow_end_of_message_with_progress_is_bounded() {
+    // PROGRESS every half second, forever: the eom timeout still ends it
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| {
+        if c == b'E' {
+            return (0..20)
+                .map(|_| {
+                    thread::sleep(Duration::from_millis(500));
+                    pkt(b'p', b"")
+                })
+                .collect();
+        }
+        cont()
+    });
+    let relay = relay_with(&[format!("{},eom-timeout=2s,default=accept", m.spec())], &[]);
+    let mut t = relay.session();
+    let (code, text) = end_of_data(&mut t);
+    assert_eq!(code, 250, "{text}");
+    assert!(relay.log().contains("at eom: timed out"), "{}", relay.log());
+}
+
+#[test]
+fn garbage_from_a_milter_takes_the_default_action() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'R' => vec![b"\xff\xff\xff\xffjunk".to_vec()],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd_enh("RCPT TO:<b@dest.test>", 451, "4.7.1");
+    assert!(relay.log().contains("packet length"), "{}", relay.log());
+}
+
+#[test]
+fn milters_are_called_in_order_and_no_reply_steps_are_not_waited_for() {
+    // the first milter answers no headers (SMFIP_NR_HDR) and adds one;
+    // the second sees the added header and rejects because of it
+    let first = Milter::start(ALL_ACTIONS, 0x80, |c, _| match c {
+        b'L' => vec![],
+        b'E' => vec![pkt(b'h', &nul(&[b"X-Spam", b"yes"])), pkt(b'c', b"")],
+        _ => cont(),
+    });
+    let second = Milter::start(ALL_ACTIONS, 0, |c, d| match c {
+        b'L' if d.starts_with(b"X-Spam\0") => vec![pkt(b'y', b"550 5.7.0 spam\0")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[first.spec(), second.spec()], &[]);
+    let mut t = relay.session();
+    let (code, text) = end_of_data(&mut t);
+    assert_eq!((code, text.contains("5.7.0 spam")), (550, true), "{text}");
+}

@@ -491,3 +491,126 @@ fn milters_are_called_in_order_and_no_reply_steps_are_not_waited_for() {
     let (code, text) = end_of_data(&mut t);
     assert_eq!((code, text.contains("5.7.0 spam")), (550, true), "{text}");
 }
+
+// ---- real milters from Debian's packages ----
+
+/// A child process killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether every tool is there; outside CI a missing one skips the test
+/// with a reason, in CI it fails it (scripts/ci-deps.sh installs them).
+fn have(test: &str, tools: &[(&str, &str)]) -> bool {
+    for (path, package) in tools {
+        if !std::path::Path::new(path).exists() {
+            if in_ci() {
+                panic!("{test}: {path} missing (package {package}; scripts/ci-deps.sh)");
+            }
+            println!("SKIPPED {test}: {path} missing (package {package}; run scripts/ci-deps.sh)");
+            return false;
+        }
+    }
+    true
+}
+
+/// The DNS TXT record opendkim-genkey wrote (`SEL.txt`, a zone-file
+/// line with the record in quoted pieces), as one string.
+fn genkey_record(txt: &str) -> String {
+    txt.split('"').skip(1).step_by(2).collect()
+}
+
+fn wait_listening(port: u16) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+}
+
+#[test]
+fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
+    let test = "opendkim_signs_and_dkimpy_verifies_against_dnsmasq";
+    let tools = [
+        ("/usr/sbin/opendkim", "opendkim"),
+        ("/usr/sbin/opendkim-genkey", "opendkim-tools"),
+        ("/usr/lib/python3/dist-packages/dkim/__init__.py", "python3-dkim"),
+    ];
+    if !have(test, &tools) {
+        return;
+    }
+    let dir = TempDir::new("opendkim");
+    let d = dir.path();
+    let gen = std::process::Command::new("/usr/sbin/opendkim-genkey")
+        .args(["-D", &d.to_string_lossy(), "-d", "example.test", "-s", "sel"])
+        .status()
+        .unwrap();
+    assert!(gen.success());
+    let record = genkey_record(&std::fs::read_to_string(d.join("sel.txt")).unwrap());
+    assert!(record.starts_with("v=DKIM1;") && record.contains("p="), "{record}");
+    // a TXT string holds at most 255 octets: give dnsmasq pieces
+    let pieces: Vec<String> = record
+        .as_bytes()
+        .chunks(200)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let txt = format!("--txt-record=sel._domainkey.example.test,{}", pieces.join(","));
+    let Some(dns) = dnsmasq::Dnsmasq::start(test, &[&txt]) else {
+        return;
+    };
+
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = d.join("opendkim.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Syslog no\nMode s\nDomain example.test\nSelector sel\nKeyFile {}\n\
+             Socket inet:{port}@127.0.0.1\nCanonicalization relaxed/relaxed\n\
+             Background no\nRequireSafeKeys no\nInternalHosts 127.0.0.1\n",
+            d.join("sel.private").display()
+        ),
+    )
+    .unwrap();
+    let _opendkim = Child(
+        std::process::Command::new("/usr/sbin/opendkim")
+            .args(["-f", "-x", &conf.to_string_lossy()])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_listening(port), "opendkim did not listen on {port}");
+
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let milter = format!("inet:127.0.0.1:{port}");
+    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &milter]);
+    let mut t = relay.session();
+    let msg = b"From: Alice <alice@example.test>\r\nTo: bob@dest.test\r\nSubject: signed by a milter\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\nHello,\r\n\r\nthis is signed.\r\n";
+    t.send_mail("alice@example.test", &["bob@dest.test"], msg);
+    assert!(sink.wait_for(1, DELIVERY), "nothing delivered");
+    let data = sink.messages()[0].data.clone();
+    let text = String::from_utf8_lossy(&data).into_owned();
+    assert!(text.starts_with("DKIM-Signature: "), "{text}");
+    assert!(text.contains("d=example.test") && text.contains("s=sel"), "{text}");
+
+    let verify = |bytes: &[u8]| {
+        let file = d.join("delivered.eml");
+        std::fs::write(&file, bytes).unwrap();
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dkim_verify.py"))
+            .arg(dns.addr.port().to_string())
+            .arg(&file)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), said)
+    };
+    let (ok, said) = verify(&data);
+    assert!(ok, "dkimpy: {said}\n{text}");
+    // positive control: the verifier does fail a changed body
+    let tampered = text.replace("this is signed.", "this is forged.");
+    let (ok, said) = verify(tampered.as_bytes());
+    assert!(!ok, "a tampered message verified: {said}");
+}

@@ -7,8 +7,8 @@
 # SASL (saslpasswd2 and the sasldb/PLAIN/LOGIN plugins: a Postfix
 # smarthost that requires AUTH), msmtp (a mail client of the submission
 # listeners), Prometheus (promtool, and a server that scrapes --metrics),
-# socat and postfix-policyd-spf-python (the policy-service tests). Safe to
-# run again.
+# socat and postfix-policyd-spf-python (the policy-service tests), OpenDKIM
+# dkimpy and rspamd (the milter tests). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -31,6 +31,14 @@ ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 # socket by socat
 command -v socat >/dev/null 2>&1 || need+=(socat)
 [ -x /usr/bin/policyd-spf ] || need+=(postfix-policyd-spf-python)
+# the milter tests (tests/milter.rs): OpenDKIM in signing mode as a real
+# milter, opendkim-genkey for its key, dkimpy (python3-dkim) to verify
+# the delivered signature against the key served by dnsmasq
+[ -x /usr/sbin/opendkim ] || need+=(opendkim)
+[ -x /usr/sbin/opendkim-genkey ] || need+=(opendkim-tools)
+/usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || need+=(python3-dkim)
+# rspamd's milter proxy (self_scan: no Redis, no normal worker)
+[ -x /usr/bin/rspamd ] || need+=(rspamd)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

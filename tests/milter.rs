@@ -542,14 +542,19 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
     if !have(test, &tools) {
         return;
     }
+    // README "OpenDKIM", run as written but for the key's folder, the
+    // domain, the port and logging
     let dir = TempDir::new("opendkim");
     let d = dir.path();
-    let gen = std::process::Command::new("/usr/sbin/opendkim-genkey")
-        .args(["-D", &d.to_string_lossy(), "-d", "example.test", "-s", "sel"])
-        .status()
+    let keys = d.display().to_string();
+    let fit = |s: &str| s.replace("/etc/opendkim/keys", &keys).replace("example.org", "example.test");
+    let gen = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(fit(&readme_block("### OpenDKIM", "sh")))
+        .output()
         .unwrap();
-    assert!(gen.success());
-    let record = genkey_record(&std::fs::read_to_string(d.join("sel.txt")).unwrap());
+    assert!(gen.status.success(), "{gen:?}");
+    let record = genkey_record(&std::fs::read_to_string(d.join("mail.txt")).unwrap());
     assert!(record.starts_with("v=DKIM1;") && record.contains("p="), "{record}");
     // a TXT string holds at most 255 octets: give dnsmasq pieces
     let pieces: Vec<String> = record
@@ -557,23 +562,19 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
         .chunks(200)
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect();
-    let txt = format!("--txt-record=sel._domainkey.example.test,{}", pieces.join(","));
+    let txt = format!("--txt-record=mail._domainkey.example.test,{}", pieces.join(","));
     let Some(dns) = dnsmasq::Dnsmasq::start(test, &[&txt]) else {
         return;
     };
 
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let conf = d.join("opendkim.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "Syslog no\nMode s\nDomain example.test\nSelector sel\nKeyFile {}\n\
-             Socket inet:{port}@127.0.0.1\nCanonicalization relaxed/relaxed\n\
-             Background no\nRequireSafeKeys no\nInternalHosts 127.0.0.1\n",
-            d.join("sel.private").display()
-        ),
-    )
-    .unwrap();
+    let text = fit(&readme_block("### OpenDKIM", "text"))
+        .replace("8891", &port.to_string())
+        .replace("Syslog yes\n", "Syslog no\nBackground no\n")
+        // the key sits under /tmp, which is everyone's
+        + "RequireSafeKeys no\n";
+    std::fs::write(&conf, text).unwrap();
     let _opendkim = Child(
         std::process::Command::new("/usr/sbin/opendkim")
             .args(["-f", "-x", &conf.to_string_lossy()])
@@ -584,7 +585,12 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
 
     let sink = Sink::start();
     let route = format!("*=127.0.0.1:{}", sink.addr().port());
-    let milter = format!("inet:127.0.0.1:{port}");
+    let ini = readme_block("### OpenDKIM", "ini");
+    let milter = ini
+        .trim()
+        .strip_prefix("milter = ")
+        .expect("a milter line")
+        .replace("8891", &port.to_string());
     let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &milter]);
     let mut t = relay.session();
     let msg = b"From: Alice <alice@example.test>\r\nTo: bob@dest.test\r\nSubject: signed by a milter\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\nHello,\r\n\r\nthis is signed.\r\n";
@@ -593,7 +599,7 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
     let data = sink.messages()[0].data.clone();
     let text = String::from_utf8_lossy(&data).into_owned();
     assert!(text.starts_with("DKIM-Signature: "), "{text}");
-    assert!(text.contains("d=example.test") && text.contains("s=sel"), "{text}");
+    assert!(text.contains("d=example.test") && text.contains("s=mail"), "{text}");
 
     let verify = |bytes: &[u8]| {
         let file = d.join("delivered.eml");
@@ -613,4 +619,75 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
     let tampered = text.replace("this is signed.", "this is forged.");
     let (ok, said) = verify(tampered.as_bytes());
     assert!(!ok, "a tampered message verified: {said}");
+}
+
+/// rspamd's main process, stopped with SIGTERM on drop (it stops its
+/// workers), killed if it does not go within 10 s.
+struct Rspamd(std::process::Child);
+
+impl Drop for Rspamd {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let stopped = wait_until(Duration::from_secs(10), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn rspamd_milter_proxy_rejects_gtube_with_its_code() {
+    let test = "rspamd_milter_proxy_rejects_gtube_with_its_code";
+    if !have(test, &[("/usr/bin/rspamd", "rspamd"), ("/etc/rspamd/rspamd.conf", "rspamd")]) {
+        return;
+    }
+    // README "rspamd": its worker-proxy.inc, on a free port; the other
+    // workers off, every folder rspamd writes in the test's own
+    let dir = TempDir::new("rspamd");
+    let d = dir.path();
+    for sub in ["local.d", "override.d", "db", "run", "log"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let proxy = readme_block("### rspamd", "text").replace("11332", &port.to_string());
+    std::fs::write(d.join("local.d/worker-proxy.inc"), proxy).unwrap();
+    for w in ["worker-normal.inc", "worker-controller.inc", "worker-fuzzy.inc"] {
+        std::fs::write(d.join("override.d").join(w), "enabled = false;\n").unwrap();
+    }
+    let var = |k: &str, v: &std::path::Path| format!("{k}={}", v.display());
+    let _rspamd = Rspamd(
+        std::process::Command::new("/usr/bin/rspamd")
+            .args(["-f", "-i", "-c", "/etc/rspamd/rspamd.conf"])
+            .args(["--var", &var("LOCAL_CONFDIR", d)])
+            .args(["--var", &var("DBDIR", &d.join("db"))])
+            .args(["--var", &var("RUNDIR", &d.join("run"))])
+            .args(["--var", &var("LOGDIR", &d.join("log"))])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // the regular expressions are compiled before the proxy listens
+    let up = wait_until(Duration::from_secs(240), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "rspamd's proxy did not listen on {port}");
+
+    let relay = relay_with(&[format!("inet:127.0.0.1:{port}")], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    t.cmd("DATA", 354);
+    t.send_raw(b"From: a@origin.test\r\nTo: b@dest.test\r\nSubject: gtube\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n.\r\n");
+    let (code, text) = t.reply();
+    assert_eq!(code, 554, "{text}\n{}", relay.log());
+    assert!(text.contains("Gtube pattern"), "{text}");
+    assert!(queued_ids(relay.spool()).is_empty());
+    // a plain message goes through
+    t.send_mail("a@origin.test", &["b@dest.test"], b"Subject: hello\r\n\r\nJust a note.\r\n");
 }

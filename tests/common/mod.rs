@@ -1529,3 +1529,16 @@ pub fn relay_denied_from_far(addr: SocketAddr) {
     far.cmd_enh("RCPT TO:<y@elsewhere.example>", 550, "5.7.1");
     far.send("QUIT");
 }
+
+/// The first ```FENCE block of README.md after `marker`.
+pub fn readme_block(marker: &str, fence: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let at = readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("README.md has no {marker:?}"));
+    let open = format!("```{fence}\n");
+    let start = at + readme[at..].find(&open).expect("the block") + open.len();
+    let len = readme[start..].find("```").expect("the block's end");
+    readme[start..start + len].to_string()
+}

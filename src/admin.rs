@@ -630,6 +630,7 @@ pub fn run_queue(
             }
             let code = change(&spool, &sel, dry_run, "release", |_, env| {
                 env.hold = None;
+                env.hold_reason = None;
                 env.next_try = now_unix();
                 Ok(After::Store)
             })?;
@@ -761,6 +762,9 @@ fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
     let _ = writeln!(s, "next try:  {}", iso8601(env.next_try));
     if let Some(h) = hold_text(env.hold, now) {
         let _ = writeln!(s, "held:      until {h}");
+        if let Some(r) = &env.hold_reason {
+            let _ = writeln!(s, "reason:    {}", Escaped(r));
+        }
     }
     for r in &env.rcpts {
         let path = r.path.to_string();
@@ -1523,6 +1527,7 @@ pub fn queue_message(
                 tries: Default::default(),
             })
             .collect(),
+        hold_reason: None,
         delay_warned: None,
     };
     before_commit(id).map_err(|e| tempfail(SpoolError::io(spool.root(), e)))?;

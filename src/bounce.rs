@@ -471,6 +471,7 @@ fn enqueue_as(
         hold: None,
         dsn: Default::default(),
         rcpts: vec![Recipient::new(to, Default::default())],
+        hold_reason: None,
         delay_warned: None,
     };
     let id = incoming.commit(&dsn)?;
@@ -577,6 +578,7 @@ mod tests {
             hold: None,
             dsn: Default::default(),
             rcpts: vec![],
+            hold_reason: None,
             delay_warned: None,
         };
         let report = RcptReport {

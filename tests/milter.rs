@@ -324,11 +324,16 @@ fn quarantine_holds_the_message() {
     let relay = relay_with(&[m.spec()], &[]);
     let mut t = relay.session();
     let id = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
-    assert!(envelope(&relay, &id).contains("hold: forever"));
+    let env = envelope(&relay, &id);
+    assert!(env.contains("hold: forever\nhold-reason: milter quarantine: looks odd\n"), "{env}");
     let s = relay.spool().to_string_lossy().into_owned();
     let list = run_cli(&["queue", "list", "--spool", &s], DELIVERY);
     assert!(list.stdout.contains("held"), "{}", list.stdout);
-    assert!(relay.log().contains("looks odd"));
+    let show = run_cli(&["queue", "show", "--spool", &s, &id], DELIVERY);
+    assert!(show.stdout.contains("reason:    milter quarantine: looks odd"), "{}", show.stdout);
+    let release = run_cli(&["queue", "release", "--spool", &s, &id], DELIVERY);
+    assert_eq!(release.code, Some(0), "{release:?}");
+    assert!(!envelope(&relay, &id).contains("hold"), "released: the reason goes too");
 }
 
 #[test]

@@ -153,6 +153,7 @@ impl Session<'_> {
                     tries: Default::default(),
                 })
                 .collect(),
+            hold_reason: None,
             delay_warned: None,
         })
     }

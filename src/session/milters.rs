@@ -306,6 +306,7 @@ pub(super) fn adjust_envelope(changes: &Changes, env: &mut Envelope) -> bool {
     }
     if let Some(reason) = &changes.quarantine {
         env.hold = Some(crate::spool::envelope::Hold::Forever);
+        env.hold_reason = Some(format!("milter quarantine: {reason}"));
         log::info!(
             "{id} quarantined by milter: held reason=\"{}\"",
             crate::smtp::Escaped(reason)

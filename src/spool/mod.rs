@@ -521,6 +521,7 @@ pub(crate) mod tests {
                 dsn: Default::default(),
                 tries: Default::default(),
             }],
+            hold_reason: None,
             delay_warned: None,
         }
     }

@@ -696,3 +696,59 @@ fn rspamd_milter_proxy_rejects_gtube_with_its_code() {
     // a plain message goes through
     t.send_mail("a@origin.test", &["b@dest.test"], b"Subject: hello\r\n\r\nJust a note.\r\n");
 }
+
+#[test]
+fn bdat_messages_go_through_milters_too() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'h', &nul(&[b"X-Filtered", b"bdat"])), pkt(b'c', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    // bare LF line ends, as BDAT allows
+    let part1 = b"Subject: chunks\nX-A: 1\n\n";
+    let part2 = b"body\n";
+    t.send_raw(format!("BDAT {}\r\n", part1.len()).as_bytes());
+    t.send_raw(part1);
+    t.expect(250);
+    t.send_raw(format!("BDAT {} LAST\r\n", part2.len()).as_bytes());
+    t.send_raw(part2);
+    let id = queued_id(&t.expect(250)).unwrap();
+    let msg = stored(&relay, &id);
+    assert!(msg.contains("Subject: chunks\nX-A: 1\nX-Filtered: bdat\r\n\r\nbody\n"), "{msg:?}");
+    let cmds = m.commands();
+    assert!(cmds.contains("DTLLLDNBDE"), "{cmds}");
+}
+
+#[test]
+fn helo_refused_by_a_milter_is_not_taken() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, d| match c {
+        b'H' if d.starts_with(b"bad.") => vec![pkt(b'y', b"550 5.7.1 not you\0")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.talk();
+    t.expect(220);
+    t.cmd_enh("EHLO bad.test", 550, "5.7.1");
+    t.cmd("MAIL FROM:<a@origin.test>", 503);
+    t.cmd("EHLO good.test", 250);
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+}
+
+#[test]
+fn data_refused_by_a_milter_gets_no_354() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'T' => vec![pkt(b't', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    t.cmd_enh("DATA", 451, "4.7.1");
+    assert_eq!(tmp_count(relay.spool()), 0);
+    // the transaction is over
+    t.cmd("RCPT TO:<b@dest.test>", 503);
+}

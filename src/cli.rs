@@ -1971,7 +1971,11 @@ mod tests {
         let shown: Vec<String> = c.milters.iter().map(|m| m.target.to_string()).collect();
         assert_eq!(shown, ["inet:127.0.0.1:8891", "inet:127.0.0.1:8892"]);
         assert_eq!(c.milters[0].command_timeout, Duration::from_secs(5));
-        let c = serve(&format!("serve --config {} --milter unix:/m", f.0.display())).unwrap();
+        let c = serve(&format!(
+            "serve --config {} --milter unix:/m",
+            f.0.display()
+        ))
+        .unwrap();
         assert_eq!(c.milters.len(), 1, "the command line's list wins");
     }
 

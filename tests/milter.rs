@@ -19,6 +19,9 @@ const DELIVERY: Duration = Duration::from_secs(10);
 /// Everything but `SMFIF_SETSYMLIST` (0x100): every modification.
 const ALL_ACTIONS: u32 = 0xFF;
 
+/// Packets a milter received: command and data.
+type Packets = Vec<(u8, Vec<u8>)>;
+
 type Script = dyn Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync;
 
 /// A milter's packet: length, command, data.
@@ -46,7 +49,7 @@ fn nul(items: &[&[u8]]) -> Vec<u8> {
 struct Milter {
     addr: SocketAddr,
     /// Every packet received, in order, over all connections.
-    seen: Arc<Mutex<Vec<(u8, Vec<u8>)>>>,
+    seen: Arc<Mutex<Packets>>,
 }
 
 impl Milter {
@@ -76,7 +79,7 @@ impl Milter {
         format!("inet:127.0.0.1:{}", self.addr.port())
     }
 
-    fn seen(&self) -> Vec<(u8, Vec<u8>)> {
+    fn seen(&self) -> Packets {
         self.seen.lock().unwrap().clone()
     }
 
@@ -85,13 +88,7 @@ impl Milter {
     }
 }
 
-fn serve(
-    mut conn: TcpStream,
-    actions: u32,
-    steps: u32,
-    seen: &Mutex<Vec<(u8, Vec<u8>)>>,
-    script: &Script,
-) {
+fn serve(mut conn: TcpStream, actions: u32, steps: u32, seen: &Mutex<Packets>, script: &Script) {
     loop {
         let mut len = [0u8; 4];
         if conn.read_exact(&mut len).is_err() {
@@ -133,6 +130,23 @@ fn relay_with(milters: &[String], extra: &[&str]) -> Relay {
 }
 
 const MSG: &[u8] = b"From: a@origin.test\r\nTo: b@dest.test\r\nSubject: Hello\r\nX-Old: 1\r\nX-Old: 2\r\n\r\nBody line\r\n";
+
+/// The relay's log says `needle` (the whole log shown if not).
+fn assert_logged(relay: &Relay, needle: &str) {
+    let log = relay.log();
+    assert!(log.contains(needle), "no {needle:?} in the log:\n{log}");
+}
+
+/// `msg` from a@origin.test to `rcpt` through a relay with `milter`,
+/// as the sink it was forwarded to received it.
+fn relayed(milter: &str, rcpt: &str, msg: &[u8]) -> Received {
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", milter]);
+    relay.session().send_mail("a@origin.test", &[rcpt], msg);
+    assert!(sink.wait_for(1, DELIVERY), "nothing delivered");
+    sink.messages().remove(0)
+}
 
 fn stored(relay: &Relay, id: &str) -> String {
     String::from_utf8_lossy(&std::fs::read(msg_path(relay.spool(), id)).unwrap()).into_owned()
@@ -185,7 +199,11 @@ fn continue_everywhere_queues_the_message_and_the_milter_sees_every_event() {
         .collect();
     assert!(headers[0].starts_with("Received\0from "), "{headers:?}");
     assert_eq!(headers[3], "Subject\0Hello\0", "no leading space");
-    let body: Vec<u8> = seen.iter().filter(|(c, _)| *c == b'B').flat_map(|(_, d)| d.clone()).collect();
+    let body: Vec<u8> = seen
+        .iter()
+        .filter(|(c, _)| *c == b'B')
+        .flat_map(|(_, d)| d.clone())
+        .collect();
     assert_eq!(body, b"Body line\r\n");
 }
 
@@ -198,7 +216,12 @@ fn body_goes_in_chunks_of_at_most_65535_octets() {
     let body = line.repeat(200);
     let msg = format!("Subject: big\r\n\r\n{body}");
     t.send_mail("a@origin.test", &["b@dest.test"], msg.as_bytes());
-    let chunks: Vec<Vec<u8>> = m.seen().into_iter().filter(|(c, _)| *c == b'B').map(|(_, d)| d).collect();
+    let chunks: Vec<Vec<u8>> = m
+        .seen()
+        .into_iter()
+        .filter(|(c, _)| *c == b'B')
+        .map(|(_, d)| d)
+        .collect();
     assert!(chunks.len() >= 4, "{} chunks", chunks.len());
     assert!(chunks.iter().all(|c| c.len() <= 65535));
     assert_eq!(chunks.concat(), body.as_bytes());
@@ -213,8 +236,10 @@ fn accept_at_mail_skips_the_rest_of_the_message() {
     });
     let relay = relay_with(&[m.spec()], &[]);
     let mut t = relay.session();
+    // queued, though the milter would have rejected at the end
     t.send_mail("a@origin.test", &["b@dest.test"], MSG);
     let cmds = m.commands();
+    assert!(cmds.contains('M'), "{cmds}");
     assert!(!cmds.contains('E') && !cmds.contains('R'), "{cmds}");
 }
 
@@ -296,13 +321,16 @@ fn discard_answers_250_and_queues_nothing() {
     let (code, _) = end_of_data(&mut t);
     assert_eq!(code, 250);
     assert!(queued_ids(relay.spool()).is_empty());
-    assert!(relay.log().contains("discarded by milter"), "{}", relay.log());
+    assert_logged(&relay, "discarded by milter");
 }
 
 #[test]
 fn reply_codes_pass_multi_line_and_sanitized() {
     let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
-        b'R' => vec![pkt(b'y', b"554 5.7.1 first line\r\n554 5.7.1 second\x07line\0")],
+        b'R' => vec![pkt(
+            b'y',
+            b"554 5.7.1 first line\r\n554 5.7.1 second\x07line\0",
+        )],
         _ => cont(),
     });
     let relay = relay_with(&[m.spec()], &[]);
@@ -312,7 +340,9 @@ fn reply_codes_pass_multi_line_and_sanitized() {
     let (code, text) = t.reply();
     assert_eq!(code, 554);
     assert_eq!(text, "5.7.1 first line\n5.7.1 second?line");
-    assert!(t.transcript().contains("S: 554-5.7.1 first line\nS: 554 5.7.1 second?line"));
+    assert!(t
+        .transcript()
+        .contains("S: 554-5.7.1 first line\nS: 554 5.7.1 second?line"));
 }
 
 #[test]
@@ -325,15 +355,26 @@ fn quarantine_holds_the_message() {
     let mut t = relay.session();
     let id = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
     let env = envelope(&relay, &id);
-    assert!(env.contains("hold: forever\nhold-reason: milter quarantine: looks odd\n"), "{env}");
+    assert!(
+        env.contains("hold: forever\nhold-reason: milter quarantine: looks odd\n"),
+        "{env}"
+    );
     let s = relay.spool().to_string_lossy().into_owned();
     let list = run_cli(&["queue", "list", "--spool", &s], DELIVERY);
     assert!(list.stdout.contains("held"), "{}", list.stdout);
     let show = run_cli(&["queue", "show", "--spool", &s, &id], DELIVERY);
-    assert!(show.stdout.contains("reason:    milter quarantine: looks odd"), "{}", show.stdout);
+    assert!(
+        show.stdout
+            .contains("reason:    milter quarantine: looks odd"),
+        "{}",
+        show.stdout
+    );
     let release = run_cli(&["queue", "release", "--spool", &s, &id], DELIVERY);
     assert_eq!(release.code, Some(0), "{release:?}");
-    assert!(!envelope(&relay, &id).contains("hold"), "released: the reason goes too");
+    assert!(
+        !envelope(&relay, &id).contains("hold"),
+        "released: the reason goes too"
+    );
 }
 
 #[test]
@@ -342,22 +383,36 @@ fn header_changes_are_stored_and_delivered() {
         b'E' => vec![
             pkt(b'h', &nul(&[b"X-Added", b"yes"])),
             pkt(b'p', b""),
-            pkt(b'i', &[&0u32.to_be_bytes()[..], &nul(&[b"X-First", b"top\n\tfolded"])].concat()),
-            pkt(b'm', &[&2u32.to_be_bytes()[..], &nul(&[b"X-Old", b"two"])].concat()),
-            pkt(b'm', &[&1u32.to_be_bytes()[..], &nul(&[b"Subject", b""])].concat()),
+            pkt(
+                b'i',
+                &[
+                    &0u32.to_be_bytes()[..],
+                    &nul(&[b"X-First", b"top\n\tfolded"]),
+                ]
+                .concat(),
+            ),
+            pkt(
+                b'm',
+                &[&2u32.to_be_bytes()[..], &nul(&[b"X-Old", b"two"])].concat(),
+            ),
+            pkt(
+                b'm',
+                &[&1u32.to_be_bytes()[..], &nul(&[b"Subject", b""])].concat(),
+            ),
             pkt(b'c', b""),
         ],
         _ => cont(),
     });
-    let sink = Sink::start();
-    let route = format!("*=127.0.0.1:{}", sink.addr().port());
-    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &m.spec()]);
-    let mut t = relay.session();
-    t.send_mail("a@origin.test", &["b@dest.test"], MSG);
-    assert!(sink.wait_for(1, DELIVERY), "nothing delivered");
-    let got = String::from_utf8_lossy(&sink.messages()[0].data).into_owned();
-    assert!(got.starts_with("X-First: top\r\n\tfolded\r\nReceived: from "), "{got}");
-    assert!(got.contains("\r\nX-Old: 1\r\nX-Old: two\r\nX-Added: yes\r\n\r\nBody line\r\n"), "{got}");
+    let got = relayed(&m.spec(), "b@dest.test", MSG);
+    let got = String::from_utf8_lossy(&got.data).into_owned();
+    assert!(
+        got.starts_with("X-First: top\r\n\tfolded\r\nReceived: from "),
+        "{got}"
+    );
+    assert!(
+        got.contains("\r\nX-Old: 1\r\nX-Old: two\r\nX-Added: yes\r\n\r\nBody line\r\n"),
+        "{got}"
+    );
     assert!(!got.contains("Subject:"), "{got}");
 }
 
@@ -375,20 +430,16 @@ fn envelope_and_body_changes_are_delivered() {
         ],
         _ => cont(),
     });
-    let sink = Sink::start();
-    let route = format!("*=127.0.0.1:{}", sink.addr().port());
-    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &m.spec()]);
-    let mut t = relay.session();
-    t.send_mail("a@origin.test", &["b@dest.test"], MSG);
-    assert!(sink.wait_for(1, DELIVERY), "nothing delivered");
-    let msgs = sink.messages();
-    let got = &msgs[0];
+    let got = &relayed(&m.spec(), "b@dest.test", MSG);
     assert_eq!(got.mail_from, "new@origin.test");
     let mut rcpts = got.rcpts.clone();
     rcpts.sort();
     assert_eq!(rcpts, ["added@dest.test", "param@dest.test"]);
     let data = String::from_utf8_lossy(&got.data).into_owned();
-    assert!(data.ends_with("\r\n\r\nReplaced body\r\nsecond line\r\n"), "{data}");
+    assert!(
+        data.ends_with("\r\n\r\nReplaced body\r\nsecond line\r\n"),
+        "{data}"
+    );
     assert!(data.contains("Subject: Hello\r\n"));
 }
 
@@ -403,7 +454,7 @@ fn modifications_not_negotiated_are_garbage() {
     let mut t = relay.session();
     let id = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
     assert!(envelope(&relay, &id).contains("from: <a@origin.test>"));
-    assert!(relay.log().contains("not negotiated"), "{}", relay.log());
+    assert_logged(&relay, "not negotiated");
 }
 
 /// A port nothing listens on.
@@ -418,7 +469,7 @@ fn milter_down_tempfails_by_default() {
     let relay = relay_with(&[spec], &[]);
     let mut t = relay.session();
     t.cmd_enh("MAIL FROM:<a@origin.test>", 451, "4.7.1");
-    assert!(relay.log().contains("default action Tempfail"), "{}", relay.log());
+    assert_logged(&relay, "default action Tempfail");
 }
 
 #[test]
@@ -427,7 +478,7 @@ fn milter_down_with_default_accept_lets_mail_through() {
     let relay = relay_with(&[spec], &[]);
     let mut t = relay.session();
     t.send_mail("a@origin.test", &["b@dest.test"], MSG);
-    assert!(relay.log().contains("default action Accept"), "{}", relay.log());
+    assert_logged(&relay, "default action Accept");
 }
 
 #[test]
@@ -441,7 +492,7 @@ fn slow_milter_is_left_after_its_timeout() {
     let relay = relay_with(&[format!("{},command-timeout=1s", m.spec())], &[]);
     let mut t = relay.session();
     t.cmd_enh("MAIL FROM:<a@origin.test>", 451, "4.7.1");
-    assert!(relay.log().contains("at mail: timed out"), "{}", relay.log());
+    assert_logged(&relay, "at mail: timed out");
 }
 
 #[test]
@@ -458,11 +509,14 @@ fn slow_end_of_message_with_progress_is_bounded() {
         }
         cont()
     });
-    let relay = relay_with(&[format!("{},eom-timeout=2s,default=accept", m.spec())], &[]);
+    let relay = relay_with(
+        &[format!("{},eom-timeout=2s,default=accept", m.spec())],
+        &[],
+    );
     let mut t = relay.session();
     let (code, text) = end_of_data(&mut t);
     assert_eq!(code, 250, "{text}");
-    assert!(relay.log().contains("at eom: timed out"), "{}", relay.log());
+    assert_logged(&relay, "at eom: timed out");
 }
 
 #[test]
@@ -475,7 +529,7 @@ fn garbage_from_a_milter_takes_the_default_action() {
     let mut t = relay.session();
     t.cmd("MAIL FROM:<a@origin.test>", 250);
     t.cmd_enh("RCPT TO:<b@dest.test>", 451, "4.7.1");
-    assert!(relay.log().contains("packet length"), "{}", relay.log());
+    assert_logged(&relay, "packet length");
 }
 
 #[test]
@@ -542,7 +596,10 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
     let tools = [
         ("/usr/sbin/opendkim", "opendkim"),
         ("/usr/sbin/opendkim-genkey", "opendkim-tools"),
-        ("/usr/lib/python3/dist-packages/dkim/__init__.py", "python3-dkim"),
+        (
+            "/usr/lib/python3/dist-packages/dkim/__init__.py",
+            "python3-dkim",
+        ),
     ];
     if !have(test, &tools) {
         return;
@@ -552,7 +609,10 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
     let dir = TempDir::new("opendkim");
     let d = dir.path();
     let keys = d.display().to_string();
-    let fit = |s: &str| s.replace("/etc/opendkim/keys", &keys).replace("example.org", "example.test");
+    let fit = |s: &str| {
+        s.replace("/etc/opendkim/keys", &keys)
+            .replace("example.org", "example.test")
+    };
     let gen = std::process::Command::new("sh")
         .arg("-ec")
         .arg(fit(&readme_block("### OpenDKIM", "sh")))
@@ -560,19 +620,29 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
         .unwrap();
     assert!(gen.status.success(), "{gen:?}");
     let record = genkey_record(&std::fs::read_to_string(d.join("mail.txt")).unwrap());
-    assert!(record.starts_with("v=DKIM1;") && record.contains("p="), "{record}");
+    assert!(
+        record.starts_with("v=DKIM1;") && record.contains("p="),
+        "{record}"
+    );
     // a TXT string holds at most 255 octets: give dnsmasq pieces
     let pieces: Vec<String> = record
         .as_bytes()
         .chunks(200)
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect();
-    let txt = format!("--txt-record=mail._domainkey.example.test,{}", pieces.join(","));
+    let txt = format!(
+        "--txt-record=mail._domainkey.example.test,{}",
+        pieces.join(",")
+    );
     let Some(dns) = dnsmasq::Dnsmasq::start(test, &[&txt]) else {
         return;
     };
 
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let conf = d.join("opendkim.conf");
     let text = fit(&readme_block("### OpenDKIM", "text"))
         .replace("8891", &port.to_string())
@@ -588,34 +658,35 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
     );
     assert!(wait_listening(port), "opendkim did not listen on {port}");
 
-    let sink = Sink::start();
-    let route = format!("*=127.0.0.1:{}", sink.addr().port());
     let ini = readme_block("### OpenDKIM", "ini");
     let milter = ini
         .trim()
         .strip_prefix("milter = ")
         .expect("a milter line")
         .replace("8891", &port.to_string());
-    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &milter]);
-    let mut t = relay.session();
     let msg = b"From: Alice <alice@example.test>\r\nTo: bob@dest.test\r\nSubject: signed by a milter\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\nHello,\r\n\r\nthis is signed.\r\n";
-    t.send_mail("alice@example.test", &["bob@dest.test"], msg);
-    assert!(sink.wait_for(1, DELIVERY), "nothing delivered");
-    let data = sink.messages()[0].data.clone();
+    let data = relayed(&milter, "bob@dest.test", msg).data;
     let text = String::from_utf8_lossy(&data).into_owned();
     assert!(text.starts_with("DKIM-Signature: "), "{text}");
-    assert!(text.contains("d=example.test") && text.contains("s=mail"), "{text}");
+    assert!(
+        text.contains("d=example.test") && text.contains("s=mail"),
+        "{text}"
+    );
 
     let verify = |bytes: &[u8]| {
         let file = d.join("delivered.eml");
         std::fs::write(&file, bytes).unwrap();
         let out = std::process::Command::new("/usr/bin/python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dkim_verify.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/dkim_verify.py"
+            ))
             .arg(dns.addr.port().to_string())
             .arg(&file)
             .output()
             .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), said)
     };
     let (ok, said) = verify(&data);
@@ -648,7 +719,13 @@ impl Drop for Rspamd {
 #[test]
 fn rspamd_milter_proxy_rejects_gtube_with_its_code() {
     let test = "rspamd_milter_proxy_rejects_gtube_with_its_code";
-    if !have(test, &[("/usr/bin/rspamd", "rspamd"), ("/etc/rspamd/rspamd.conf", "rspamd")]) {
+    if !have(
+        test,
+        &[
+            ("/usr/bin/rspamd", "rspamd"),
+            ("/etc/rspamd/rspamd.conf", "rspamd"),
+        ],
+    ) {
         return;
     }
     // README "rspamd": its worker-proxy.inc, on a free port; the other
@@ -658,10 +735,18 @@ fn rspamd_milter_proxy_rejects_gtube_with_its_code() {
     for sub in ["local.d", "override.d", "db", "run", "log"] {
         std::fs::create_dir_all(d.join(sub)).unwrap();
     }
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let proxy = readme_block("### rspamd", "text").replace("11332", &port.to_string());
     std::fs::write(d.join("local.d/worker-proxy.inc"), proxy).unwrap();
-    for w in ["worker-normal.inc", "worker-controller.inc", "worker-fuzzy.inc"] {
+    for w in [
+        "worker-normal.inc",
+        "worker-controller.inc",
+        "worker-fuzzy.inc",
+    ] {
         std::fs::write(d.join("override.d").join(w), "enabled = false;\n").unwrap();
     }
     let var = |k: &str, v: &std::path::Path| format!("{k}={}", v.display());
@@ -694,7 +779,11 @@ fn rspamd_milter_proxy_rejects_gtube_with_its_code() {
     assert!(text.contains("Gtube pattern"), "{text}");
     assert!(queued_ids(relay.spool()).is_empty());
     // a plain message goes through
-    t.send_mail("a@origin.test", &["b@dest.test"], b"Subject: hello\r\n\r\nJust a note.\r\n");
+    t.send_mail(
+        "a@origin.test",
+        &["b@dest.test"],
+        b"Subject: hello\r\n\r\nJust a note.\r\n",
+    );
 }
 
 #[test]
@@ -717,7 +806,10 @@ fn bdat_messages_go_through_milters_too() {
     t.send_raw(part2);
     let id = queued_id(&t.expect(250)).unwrap();
     let msg = stored(&relay, &id);
-    assert!(msg.contains("Subject: chunks\nX-A: 1\nX-Filtered: bdat\r\n\r\nbody\n"), "{msg:?}");
+    assert!(
+        msg.contains("Subject: chunks\nX-A: 1\nX-Filtered: bdat\r\n\r\nbody\n"),
+        "{msg:?}"
+    );
     let cmds = m.commands();
     assert!(cmds.contains("DTLLLDNBDE"), "{cmds}");
 }

@@ -30,7 +30,9 @@ pub struct Headers {
 
 /// RFC 5322 §2.2: a field name is printable US-ASCII except the colon.
 fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty() && name.len() <= 998 && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
+    !name.is_empty()
+        && name.len() <= 998
+        && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
 }
 
 impl Headers {
@@ -52,7 +54,13 @@ impl Headers {
                 .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
                 .unwrap_or(line);
             if content.is_empty() {
-                return (Headers { fields, changed: false }, end);
+                return (
+                    Headers {
+                        fields,
+                        changed: false,
+                    },
+                    end,
+                );
             }
             let folded = matches!(content[0], b' ' | b'\t');
             match (folded, fields.last_mut()) {
@@ -79,7 +87,13 @@ impl Headers {
             }
             pos = end;
         }
-        (Headers { fields, changed: false }, pos)
+        (
+            Headers {
+                fields,
+                changed: false,
+            },
+            pos,
+        )
     }
 
     /// The value as a milter is shown it: folded lines joined by LF, as
@@ -229,7 +243,8 @@ pub fn crlf_body(body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const MSG: &[u8] = b"Received: from x\r\n\tby y\r\nSubject: Hi\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody\r\n";
+    const MSG: &[u8] =
+        b"Received: from x\r\n\tby y\r\nSubject: Hi\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody\r\n";
 
     fn written(h: &Headers) -> String {
         let mut v = Vec::new();

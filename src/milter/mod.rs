@@ -23,8 +23,8 @@ pub mod protocol;
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
-pub use crate::edge::policy::Target;
 use crate::config::ListenMode;
+pub use crate::edge::policy::Target;
 use crate::smtp::reply::Enhanced;
 use crate::smtp::Reply;
 use conn::{Link, LinkError};
@@ -80,7 +80,10 @@ impl MilterConfig {
     /// `inet:HOST:PORT` or `unix:PATH`, then `,KEY=VALUE` settings:
     /// `default=tempfail|accept`, `connect-timeout=`, `command-timeout=`,
     /// `eom-timeout=` (durations), `listeners=smtp+submission`.
-    pub fn parse(s: &str, duration: impl Fn(&str) -> Result<Duration, String>) -> Result<MilterConfig, String> {
+    pub fn parse(
+        s: &str,
+        duration: impl Fn(&str) -> Result<Duration, String>,
+    ) -> Result<MilterConfig, String> {
         let mut parts = s.split(',');
         let target = Target::parse(parts.next().unwrap_or_default())?;
         let mut m = MilterConfig::new(target);
@@ -202,13 +205,21 @@ pub fn rejected() -> Reply {
 /// The reply for `SMFIR_TEMPFAIL` and for a faulted milter whose
 /// default action is tempfail (Postfix's).
 pub fn tempfailed() -> Reply {
-    Reply::new(451, Enhanced::new(4, 7, 1), "Service unavailable - try again later")
+    Reply::new(
+        451,
+        Enhanced::new(4, 7, 1),
+        "Service unavailable - try again later",
+    )
 }
 
 /// `SMFIR_SHUTDOWN`: the milter asks us to close the session (RFC 5321
 /// §3.8: 421).
 pub fn shut_down(hostname: &str) -> Reply {
-    Reply::new(421, Enhanced::new(4, 7, 0), format!("{hostname} closing connection"))
+    Reply::new(
+        421,
+        Enhanced::new(4, 7, 0),
+        format!("{hostname} closing connection"),
+    )
 }
 
 /// Most lines of a milter's reply we pass on, and most octets per line.
@@ -231,7 +242,10 @@ pub fn custom_reply(text: &str) -> Result<Reply, Garbage> {
         if raw.is_empty() && !lines.is_empty() {
             continue;
         }
-        let n: u16 = raw.get(..3).and_then(|c| c.parse().ok()).ok_or_else(|| bad("without a code"))?;
+        let n: u16 = raw
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("without a code"))?;
         if !(400..600).contains(&n) || code.is_some_and(|c| c != n) {
             return Err(bad("not one 4xx or 5xx"));
         }
@@ -246,7 +260,14 @@ pub fn custom_reply(text: &str) -> Result<Reply, Garbage> {
                 Some(e) => (Some(e), t),
                 None => (None, rest),
             },
-            None => (Enhanced::parse(rest), if Enhanced::parse(rest).is_some() { "" } else { rest }),
+            None => (
+                Enhanced::parse(rest),
+                if Enhanced::parse(rest).is_some() {
+                    ""
+                } else {
+                    rest
+                },
+            ),
         };
         if let Some(e) = e {
             if u16::from(e.class) != n / 100 {
@@ -257,7 +278,13 @@ pub fn custom_reply(text: &str) -> Result<Reply, Garbage> {
         let clean: String = rest
             .chars()
             .take(MAX_REPLY_LINE)
-            .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' })
+            .map(|c| {
+                if c.is_ascii() && !c.is_ascii_control() {
+                    c
+                } else {
+                    '?'
+                }
+            })
             .collect();
         if lines.len() < MAX_REPLY_LINES {
             lines.push(clean);
@@ -340,7 +367,12 @@ impl Milter {
     }
 
     /// One event's reply, as a verdict on the command at hand.
-    fn answer(&self, event: Event, response: Option<Response>, hostname: &str) -> Result<Answer, Garbage> {
+    fn answer(
+        &self,
+        event: Event,
+        response: Option<Response>,
+        hostname: &str,
+    ) -> Result<Answer, Garbage> {
         Ok(match response {
             None | Some(Response::Continue) => Answer::Continue,
             Some(Response::Accept) => Answer::Accept,
@@ -349,13 +381,10 @@ impl Milter {
             Some(Response::ReplyCode(t)) => Answer::Verdict(Verdict::Refuse(custom_reply(&t)?)),
             Some(Response::Discard) => Answer::Verdict(Verdict::Discard),
             Some(Response::Shutdown) => Answer::Verdict(Verdict::Close(shut_down(hostname))),
-            Some(Response::Skip) if event == Event::Body && self.steps & step::SKIP != 0 => Answer::Skip,
-            Some(other) => {
-                return Err(Garbage(format!(
-                    "{other:?} in reply to {}",
-                    event.name()
-                )))
+            Some(Response::Skip) if event == Event::Body && self.steps & step::SKIP != 0 => {
+                Answer::Skip
             }
+            Some(other) => return Err(Garbage(format!("{other:?} in reply to {}", event.name()))),
         })
     }
 
@@ -468,7 +497,11 @@ impl Conversation {
                 }
                 Some(v) => {
                     if let Verdict::Refuse(r) | Verdict::Close(r) = &v {
-                        log::info!("milter {} at {}: refused reply=\"{r}\"", m.name(), event.name());
+                        log::info!(
+                            "milter {} at {}: refused reply=\"{r}\"",
+                            m.name(),
+                            event.name()
+                        );
                     }
                     return v;
                 }
@@ -479,18 +512,31 @@ impl Conversation {
 
     /// Connect: each milter is reached and negotiated with, then told of
     /// the client (RFC-less; libmilter's `xxfi_connect`).
-    pub fn connect(&mut self, client_name: &str, client: std::net::SocketAddr, macros: &Macros) -> Verdict {
+    pub fn connect(
+        &mut self,
+        client_name: &str,
+        client: std::net::SocketAddr,
+        macros: &Macros,
+    ) -> Verdict {
         for m in &mut self.milters {
             if let Err(e) = m.open() {
                 m.fault(Event::Connect, &e);
             }
         }
-        self.event(Event::Connect, macros, &protocol::connect(client_name, Some(client)))
+        self.event(
+            Event::Connect,
+            macros,
+            &protocol::connect(client_name, Some(client)),
+        )
     }
 
     pub fn helo(&mut self, name: &str, macros: &Macros) -> Verdict {
         self.abort();
-        self.event(Event::Helo, macros, &protocol::args(cmd::HELO, &[name.to_string()]))
+        self.event(
+            Event::Helo,
+            macros,
+            &protocol::args(cmd::HELO, &[name.to_string()]),
+        )
     }
 
     /// MAIL: a new message, so milters still in an old one get
@@ -566,7 +612,10 @@ impl Conversation {
                 }
                 Some(v) => {
                     if let Verdict::Refuse(r) | Verdict::Close(r) = &v {
-                        log::info!("milter {} at eom: refused reply=\"{r}\"", self.milters[i].name());
+                        log::info!(
+                            "milter {} at eom: refused reply=\"{r}\"",
+                            self.milters[i].name()
+                        );
                     }
                     return Ok((v, changes));
                 }
@@ -597,7 +646,11 @@ fn read_headers(file: &mut (impl Read + Seek), max_size: u64) -> std::io::Result
     loop {
         let n = file.read(&mut buf)?;
         text.extend_from_slice(&buf[..n]);
-        if n == 0 || text.windows(2).any(|w| w == b"\n\n") || text.windows(4).any(|w| w == b"\r\n\r\n") || text.len() as u64 > max_size {
+        if n == 0
+            || text.windows(2).any(|w| w == b"\n\n")
+            || text.windows(4).any(|w| w == b"\r\n\r\n")
+            || text.len() as u64 > max_size
+        {
             break;
         }
     }
@@ -625,7 +678,10 @@ fn eom_one(
     let mut content = Vec::new();
     if m.steps & step::NOHDRS == 0 {
         for f in &changes.headers.fields {
-            content.push((Event::Header, protocol::header(&f.name, &Headers::shown_value(f, lead))));
+            content.push((
+                Event::Header,
+                protocol::header(&f.name, &Headers::shown_value(f, lead)),
+            ));
         }
     }
     if m.steps & step::NOEOH == 0 {
@@ -650,7 +706,12 @@ fn eom_one(
         }
     }
     let deadline = Instant::now() + m.cfg.eom_timeout;
-    let mut response = m.exchange(Event::Eom, macros, &protocol::packet(cmd::BODYEOB, b""), deadline)?;
+    let mut response = m.exchange(
+        Event::Eom,
+        macros,
+        &protocol::packet(cmd::BODYEOB, b""),
+        deadline,
+    )?;
     let mut replaced = false;
     let mut count = 0;
     loop {
@@ -693,7 +754,8 @@ fn send_body(
 ) -> Result<Option<Option<Verdict>>, LinkError> {
     let mut buf = vec![0u8; protocol::CHUNK];
     let mut offset = 0usize;
-    file.seek(SeekFrom::Start(changes.body_at)).map_err(LinkError::Io)?;
+    file.seek(SeekFrom::Start(changes.body_at))
+        .map_err(LinkError::Io)?;
     loop {
         let n = match &changes.body {
             Some(b) => {
@@ -708,7 +770,12 @@ fn send_body(
             return Ok(None);
         }
         let deadline = Instant::now() + m.cfg.command_timeout;
-        let r = m.exchange(Event::Body, &Macros::new(), &protocol::packet(cmd::BODY, &buf[..n]), deadline)?;
+        let r = m.exchange(
+            Event::Body,
+            &Macros::new(),
+            &protocol::packet(cmd::BODY, &buf[..n]),
+            deadline,
+        )?;
         match m.answer(Event::Body, r, hostname)? {
             Answer::Continue => {}
             Answer::Skip => return Ok(None),
@@ -735,12 +802,21 @@ fn read_some(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// One modification into `changes`.
-fn apply(r: Response, changes: &mut Changes, replaced: &mut bool, max_size: u64) -> Result<(), Garbage> {
+fn apply(
+    r: Response,
+    changes: &mut Changes,
+    replaced: &mut bool,
+    max_size: u64,
+) -> Result<(), Garbage> {
     let bad = |e: edit::BadEdit| Garbage(e.0.to_string());
     match r {
         Response::AddHeader { name, value } => changes.headers.add(&name, &value).map_err(bad)?,
-        Response::InsHeader { index, name, value } => changes.headers.insert(index, &name, &value).map_err(bad)?,
-        Response::ChgHeader { index, name, value } => changes.headers.change(index, &name, &value).map_err(bad)?,
+        Response::InsHeader { index, name, value } => {
+            changes.headers.insert(index, &name, &value).map_err(bad)?
+        }
+        Response::ChgHeader { index, name, value } => {
+            changes.headers.change(index, &name, &value).map_err(bad)?
+        }
         Response::ChgFrom { sender, .. } => changes.sender = Some(sender),
         Response::AddRcpt { rcpt, .. } => changes.added.push(rcpt),
         Response::DelRcpt(rcpt) => changes.deleted.push(rcpt),
@@ -779,7 +855,10 @@ mod tests {
     #[test]
     fn settings_parse() {
         let m = MilterConfig::parse("inet:127.0.0.1:8891", dur).unwrap();
-        assert_eq!(m, MilterConfig::new(Target::parse("inet:127.0.0.1:8891").unwrap()));
+        assert_eq!(
+            m,
+            MilterConfig::new(Target::parse("inet:127.0.0.1:8891").unwrap())
+        );
         let m = MilterConfig::parse(
             "unix:/run/m.sock,default=accept,connect-timeout=2s,command-timeout=3s,eom-timeout=4s,listeners=smtp+submission",
             dur,
@@ -788,7 +867,11 @@ mod tests {
         assert_eq!(m.default_action, DefaultAction::Accept);
         assert_eq!(
             (m.connect_timeout, m.command_timeout, m.eom_timeout),
-            (Duration::from_secs(2), Duration::from_secs(3), Duration::from_secs(4))
+            (
+                Duration::from_secs(2),
+                Duration::from_secs(3),
+                Duration::from_secs(4)
+            )
         );
         assert!(m.serves(ListenMode::PLAIN));
         assert!(!m.serves(ListenMode {
@@ -818,8 +901,21 @@ mod tests {
         let r = custom_reply("554 no\x07bell\u{e9}").unwrap();
         assert_eq!(r.enhanced(), Some(Enhanced::new(5, 7, 1)));
         assert_eq!(r.lines(), ["no?bell?"]);
-        assert_eq!(custom_reply(&format!("550 {}", "x".repeat(999))).unwrap().lines()[0].len(), MAX_REPLY_LINE);
-        for bad in ["250 ok", "hello", "", "550 5.7.1 a\n451 4.7.1 b", "550 4.7.1 class", "5501 x"] {
+        assert_eq!(
+            custom_reply(&format!("550 {}", "x".repeat(999)))
+                .unwrap()
+                .lines()[0]
+                .len(),
+            MAX_REPLY_LINE
+        );
+        for bad in [
+            "250 ok",
+            "hello",
+            "",
+            "550 5.7.1 a\n451 4.7.1 b",
+            "550 4.7.1 class",
+            "5501 x",
+        ] {
             assert!(custom_reply(bad).is_err(), "{bad:?}");
         }
     }

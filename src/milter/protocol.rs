@@ -439,8 +439,11 @@ mod tests {
         assert_eq!(header(b"X", b"a\0b"), b"\0\0\0\x07LX\0a b\0".to_vec());
         assert_eq!(
             optneg(act::ALL, step::OFFERED),
-            [&[0, 0, 0, 13, b'O', 0, 0, 0, 6, 0, 0, 1, 0xff][..], &0x1F_F7FFu32.to_be_bytes()]
-                .concat()
+            [
+                &[0, 0, 0, 13, b'O', 0, 0, 0, 6, 0, 0, 1, 0xff][..],
+                &0x1F_F7FFu32.to_be_bytes()
+            ]
+            .concat()
         );
         assert_eq!(
             macros(cmd::MAIL, &[("{mail_addr}", "a@b".into())]),
@@ -508,9 +511,18 @@ mod tests {
         );
         let add = parse(b'+', b"<r@x>\0").unwrap();
         assert_eq!(add.action(), act::ADDRCPT);
-        assert_eq!(parse(b'-', b"<r@x>\0"), Ok(Response::DelRcpt("<r@x>".into())));
-        assert_eq!(parse(b'b', b"new\r\n"), Ok(Response::ReplBody(b"new\r\n".to_vec())));
-        assert_eq!(parse(b'q', b"spam\0"), Ok(Response::Quarantine("spam".into())));
+        assert_eq!(
+            parse(b'-', b"<r@x>\0"),
+            Ok(Response::DelRcpt("<r@x>".into()))
+        );
+        assert_eq!(
+            parse(b'b', b"new\r\n"),
+            Ok(Response::ReplBody(b"new\r\n".to_vec()))
+        );
+        assert_eq!(
+            parse(b'q', b"spam\0"),
+            Ok(Response::Quarantine("spam".into()))
+        );
         assert_eq!(
             parse(b'O', &[0, 0, 0, 6, 0, 0, 0, 1, 0, 0, 0, 0x80]),
             Ok(Response::OptNeg {

@@ -110,7 +110,9 @@ pub(super) fn on_connect(session: &mut Session, peer: SocketAddr) -> Option<Repl
 
 /// A refusal at connect with the code a greeting may carry.
 fn at_connect(code: u16, r: &Reply) -> Reply {
-    let e = r.enhanced().unwrap_or(crate::smtp::reply::Enhanced::new((code / 100) as u8, 7, 1));
+    let e = r
+        .enhanced()
+        .unwrap_or(crate::smtp::reply::Enhanced::new((code / 100) as u8, 7, 1));
     let e = crate::smtp::reply::Enhanced::new((code / 100) as u8, e.subject, e.detail);
     let mut lines = r.lines().iter();
     let mut out = Reply::new(code, e, lines.next().cloned().unwrap_or_default());
@@ -150,10 +152,17 @@ pub(super) fn after(session: &mut Session, probe: Probe, step: Step) -> Step {
             v
         }
         Probe::Rcpt { before } => {
-            let Some((_, tx)) = session.transaction().filter(|(_, tx)| tx.rcpts.len() > before) else {
+            let Some((_, tx)) = session
+                .transaction()
+                .filter(|(_, tx)| tx.rcpts.len() > before)
+            else {
                 return step;
             };
-            let args = tx.rcpts.last().map(|(p, _)| vec![p.to_string()]).unwrap_or_default();
+            let args = tx
+                .rcpts
+                .last()
+                .map(|(p, _)| vec![p.to_string()])
+                .unwrap_or_default();
             let macros = transaction_macros(session, None);
             let v = session.milters.rcpt(&args, &macros);
             if matches!(v, Verdict::Refuse(_)) {
@@ -211,19 +220,19 @@ pub(super) enum EndOfMessage {
 
 /// The end of the message: the milters read the received file, and
 /// their changes to its content are written back before the commit.
-pub(super) fn end_of_message(
-    session: &mut Session,
-    incoming: &mut Incoming,
-) -> EndOfMessage {
+pub(super) fn end_of_message(session: &mut Session, incoming: &mut Incoming) -> EndOfMessage {
     if session.milters.is_empty() {
         return EndOfMessage::Commit(None);
     }
     let id = incoming.id();
     let macros = transaction_macros(session, Some(id));
     let max = session.cfg.max_size.max(1) * 2;
-    let result = incoming
-        .reader()
-        .and_then(|mut f| session.milters.end_of_message(&mut f, &macros, max).map(|r| (r, f)));
+    let result = incoming.reader().and_then(|mut f| {
+        session
+            .milters
+            .end_of_message(&mut f, &macros, max)
+            .map(|r| (r, f))
+    });
     let ((verdict, changes), mut file) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -286,7 +295,8 @@ pub(super) fn adjust_envelope(changes: &Changes, env: &mut Envelope) -> bool {
     }
     for d in &changes.deleted {
         let gone = angle(d).to_ascii_lowercase();
-        env.rcpts.retain(|r| r.path.to_string().to_ascii_lowercase() != gone);
+        env.rcpts
+            .retain(|r| r.path.to_string().to_ascii_lowercase() != gone);
         log::info!("{id} milter deleted recipient {}", crate::smtp::Escaped(d));
     }
     for a in &changes.added {

@@ -638,19 +638,22 @@ impl Drop for Conversation {
     }
 }
 
-/// The header section of the received file, bounded by `max_size`.
+/// The header section of the received file (up to its empty line, or
+/// `max_size` octets), read once; each new block is searched for the
+/// empty line with three octets of the one before, so a long header
+/// section costs its length, not its square.
 fn read_headers(file: &mut (impl Read + Seek), max_size: u64) -> std::io::Result<Changes> {
     file.seek(SeekFrom::Start(0))?;
     let mut text = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
         let n = file.read(&mut buf)?;
+        let from = text.len().saturating_sub(3);
         text.extend_from_slice(&buf[..n]);
-        if n == 0
-            || text.windows(2).any(|w| w == b"\n\n")
-            || text.windows(4).any(|w| w == b"\r\n\r\n")
-            || text.len() as u64 > max_size
-        {
+        let tail = &text[from..];
+        let ended =
+            tail.windows(2).any(|w| w == b"\n\n") || tail.windows(4).any(|w| w == b"\r\n\r\n");
+        if n == 0 || ended || text.len() as u64 > max_size {
             break;
         }
     }
@@ -888,6 +891,23 @@ mod tests {
         ] {
             assert!(MilterConfig::parse(bad, dur).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn header_section_is_read_to_its_empty_line() {
+        let mut msg = b"A: 1\r\nB: 2\r\n\r\n".to_vec();
+        msg.extend(vec![b'x'; 100_000]);
+        let c = read_headers(&mut std::io::Cursor::new(&msg), 1 << 20).unwrap();
+        assert_eq!((c.headers.fields.len(), c.body_at), (2, 14));
+        // the empty line across two reads
+        let mut msg = format!("A: {}\n", "y".repeat(8186)).into_bytes();
+        msg.extend_from_slice(b"\nbody");
+        let c = read_headers(&mut std::io::Cursor::new(&msg), 1 << 20).unwrap();
+        assert_eq!(c.body_at as usize, msg.len() - 4);
+        // no empty line at all: bounded by the size
+        let msg = vec![b'z'; 3_000_000];
+        let c = read_headers(&mut std::io::Cursor::new(&msg), 1 << 20).unwrap();
+        assert!(c.headers.fields.is_empty());
     }
 
     #[test]

@@ -226,7 +226,8 @@ pub(super) fn end_of_message(session: &mut Session, incoming: &mut Incoming) -> 
     }
     let id = incoming.id();
     let macros = transaction_macros(session, Some(id));
-    let max = session.cfg.max_size.max(1) * 2;
+    // the replacement body's bound: twice what a client may send
+    let max = session.cfg.max_size.max(1).saturating_mul(2);
     let result = incoming.reader().and_then(|mut f| {
         session
             .milters

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -47,7 +47,8 @@ fn nul(items: &[&[u8]]) -> Vec<u8> {
 }
 
 struct Milter {
-    addr: SocketAddr,
+    /// `inet:127.0.0.1:PORT` or `unix:PATH`, as `--milter` takes it.
+    spec: String,
     /// Every packet received, in order, over all connections.
     seen: Arc<Mutex<Packets>>,
 }
@@ -61,22 +62,47 @@ impl Milter {
         script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
     ) -> Milter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+        let spec = format!("inet:{}", listener.local_addr().unwrap());
+        let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
+        Milter::serving(spec, conns, actions, steps, script)
+    }
+
+    /// The same on a unix socket at `path`.
+    fn start_unix(
+        path: &std::path::Path,
+        actions: u32,
+        steps: u32,
+        script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    ) -> Milter {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let spec = format!("unix:{}", path.display());
+        let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
+        Milter::serving(spec, conns, actions, steps, script)
+    }
+
+    /// Serves each connection `conns` yields on its own thread.
+    fn serving<C: Read + Write + Send + 'static>(
+        spec: String,
+        conns: impl Iterator<Item = std::io::Result<C>> + Send + 'static,
+        actions: u32,
+        steps: u32,
+        script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    ) -> Milter {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Script> = Arc::new(script);
         let s2 = seen.clone();
         thread::spawn(move || {
-            for conn in listener.incoming() {
+            for conn in conns {
                 let Ok(conn) = conn else { return };
                 let (seen, script) = (s2.clone(), script.clone());
                 thread::spawn(move || serve(conn, actions, steps, &seen, &*script));
             }
         });
-        Milter { addr, seen }
+        Milter { spec, seen }
     }
 
     fn spec(&self) -> String {
-        format!("inet:127.0.0.1:{}", self.addr.port())
+        self.spec.clone()
     }
 
     fn seen(&self) -> Packets {
@@ -88,7 +114,13 @@ impl Milter {
     }
 }
 
-fn serve(mut conn: TcpStream, actions: u32, steps: u32, seen: &Mutex<Packets>, script: &Script) {
+fn serve(
+    mut conn: impl Read + Write,
+    actions: u32,
+    steps: u32,
+    seen: &Mutex<Packets>,
+    script: &Script,
+) {
     loop {
         let mut len = [0u8; 4];
         if conn.read_exact(&mut len).is_err() {
@@ -843,4 +875,42 @@ fn data_refused_by_a_milter_gets_no_354() {
     assert_eq!(tmp_count(relay.spool()), 0);
     // the transaction is over
     t.cmd("RCPT TO:<b@dest.test>", 503);
+}
+
+#[test]
+fn skip_ends_the_body_and_a_unix_socket_milter_works() {
+    let dir = TempDir::new("miltersock");
+    // SMFIP_SKIP: the milter has seen enough after the first chunk
+    let m = Milter::start_unix(
+        &dir.path().join("m.sock"),
+        ALL_ACTIONS,
+        0x400,
+        |c, _| match c {
+            b'B' => vec![pkt(b's', b"")],
+            b'E' => vec![pkt(b'h', &nul(&[b"X-Seen", b"part"])), pkt(b'c', b"")],
+            _ => cont(),
+        },
+    );
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let body = "y".repeat(998) + "\r\n";
+    let msg = format!("Subject: long\r\n\r\n{}", body.repeat(200));
+    let id = t.send_mail("a@origin.test", &["b@dest.test"], msg.as_bytes());
+    let cmds = m.commands();
+    assert_eq!(cmds.matches('B').count(), 1, "{cmds}");
+    assert!(cmds.ends_with("BDE"), "{cmds}");
+    assert!(stored(&relay, &id).contains("X-Seen: part\r\n"));
+}
+
+#[test]
+fn skip_not_negotiated_is_garbage() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'B' => vec![pkt(b's', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let (code, _) = end_of_data(&mut t);
+    assert_eq!(code, 451);
+    assert_logged(&relay, "Skip in reply to body");
 }

@@ -789,7 +789,7 @@ fn rspamd_milter_proxy_rejects_gtube_with_its_code() {
             .args(["--var", &var("DBDIR", &d.join("db"))])
             .args(["--var", &var("RUNDIR", &d.join("run"))])
             .args(["--var", &var("LOGDIR", &d.join("log"))])
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(d.join("rspamd.out")).unwrap())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
@@ -801,8 +801,26 @@ fn rspamd_milter_proxy_rejects_gtube_with_its_code() {
     assert!(up, "rspamd's proxy did not listen on {port}");
 
     let relay = relay_with(&[format!("inet:127.0.0.1:{port}")], &[]);
-    let mut t = relay.session();
-    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    // its workers may still be starting behind the socket: until the
+    // milter negotiates, the relay's default action answers MAIL 451
+    let mut ready = None;
+    for _ in 0..30 {
+        let mut t = relay.session();
+        t.send("MAIL FROM:<a@origin.test>");
+        if t.reply().0 == 250 {
+            ready = Some(t);
+            break;
+        }
+        thread::sleep(Duration::from_secs(2));
+    }
+    let Some(mut t) = ready else {
+        let out = std::fs::read_to_string(d.join("rspamd.out")).unwrap_or_default();
+        let tail: String = out.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+        panic!(
+            "rspamd's proxy never negotiated\n{}\nrspamd (last lines, reversed):\n{tail}",
+            relay.log()
+        );
+    };
     t.cmd("RCPT TO:<b@dest.test>", 250);
     t.cmd("DATA", 354);
     t.send_raw(b"From: a@origin.test\r\nTo: b@dest.test\r\nSubject: gtube\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n.\r\n");

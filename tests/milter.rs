@@ -932,3 +932,17 @@ fn skip_not_negotiated_is_garbage() {
     assert_eq!(code, 451);
     assert_logged(&relay, "Skip in reply to body");
 }
+
+#[test]
+fn shutdown_at_end_of_message_is_421_and_closes() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'4', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let (code, text) = end_of_data(&mut t);
+    assert_eq!(code, 421, "{text}");
+    t.expect_closed();
+    assert!(queued_ids(relay.spool()).is_empty());
+}

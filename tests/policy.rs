@@ -341,11 +341,21 @@ impl Drop for SpfPolicy {
 /// /etc/resolv.conf at import and has no environment override; this
 /// sitecustomize, found first on PYTHONPATH, points it at the test's
 /// dnsmasq before policyd-spf imports it.
+/// pyspf prefers dnspython when it is installed (python3-dkim, for the
+/// milter tests, brings it): its default resolver is pointed there too.
 const SITECUSTOMIZE: &str = "import os\n\
 if os.environ.get('SPF_TEST_DNS_PORT'):\n\
 \x20   import DNS\n\
 \x20   DNS.Base.defaults['server'] = ['127.0.0.1']\n\
-\x20   DNS.Base.defaults['port'] = int(os.environ['SPF_TEST_DNS_PORT'])\n";
+\x20   DNS.Base.defaults['port'] = int(os.environ['SPF_TEST_DNS_PORT'])\n\
+\x20   try:\n\
+\x20       import dns.resolver\n\
+\x20       r = dns.resolver.Resolver(configure=False)\n\
+\x20       r.nameservers = ['127.0.0.1']\n\
+\x20       r.port = int(os.environ['SPF_TEST_DNS_PORT'])\n\
+\x20       dns.resolver.default_resolver = r\n\
+\x20   except ImportError:\n\
+\x20       pass\n";
 
 /// policyd-spf's configuration: no address skipped (the default skips
 /// 127.0.0.0/8), HELO not checked, a MAIL FROM fail rejected.

@@ -287,8 +287,13 @@ fn perform<'a>(
         }
         Step::StartData(r) => {
             let reply = receive_message(session, r, conn, ctx)?;
-            conn.reply(&reply)?;
             session.end_transaction();
+            // RFC 5321 §3.8: a 421 (a milter's SMFIR_SHUTDOWN) closes
+            if reply.closes_session() {
+                conn.reply_now(&reply)?;
+                return Ok(Flow::Close);
+            }
+            conn.reply(&reply)?;
         }
         Step::StartTls(r) => return start_tls(session, r, conn, ctx),
         Step::Chunk(c) => {
@@ -300,6 +305,10 @@ fn perform<'a>(
                 data::skip_exact(&mut conn.io, c.size)?;
                 c.reply
             };
+            if reply.closes_session() {
+                conn.reply_now(&reply)?;
+                return Ok(Flow::Close);
+            }
             conn.reply(&reply)?;
         }
         Step::Auth(start) => {

@@ -709,16 +709,30 @@ fn eom_one(
         }
     }
     let deadline = Instant::now() + m.cfg.eom_timeout;
-    let mut response = m.exchange(
+    let first = m.exchange(
         Event::Eom,
         macros,
         &protocol::packet(cmd::BODYEOB, b""),
         deadline,
     )?;
+    eom_replies(m, first, deadline, changes, max_size, hostname)
+}
+
+/// The end of message's replies: modifications (each one negotiated,
+/// at most [`MAX_CHANGES`]) applied to `changes` until the final reply,
+/// all before `deadline` (`SMFIR_PROGRESS` does not extend it).
+fn eom_replies(
+    m: &mut Milter,
+    first: Option<Response>,
+    deadline: Instant,
+    changes: &mut Changes,
+    max_size: u64,
+    hostname: &str,
+) -> Result<Option<Verdict>, LinkError> {
+    let mut response = first;
     let mut replaced = false;
-    let mut count = 0;
-    loop {
-        let Some(r) = response else {
+    for _ in 0..=MAX_CHANGES {
+        let Some(r) = response.take() else {
             return Err(Garbage("no reply to end of message".into()).into());
         };
         if r.action() == 0 {
@@ -731,19 +745,14 @@ fn eom_one(
         if m.actions & r.action() == 0 {
             return Err(Garbage(format!("{r:?} not negotiated")).into());
         }
-        count += 1;
-        if count > MAX_CHANGES {
-            return Err(Garbage(format!("over {MAX_CHANGES} modifications")).into());
-        }
         apply(r, changes, &mut replaced, max_size)?;
         let link = m.link.as_mut().ok_or(LinkError::Timeout)?;
-        let (c, data) = link.recv(deadline)?;
-        response = Some(protocol::parse(c, &data)?).filter(|r| *r != Response::Progress);
         while response.is_none() {
             let (c, data) = link.recv(deadline)?;
             response = Some(protocol::parse(c, &data)?).filter(|r| *r != Response::Progress);
         }
     }
+    Err(Garbage(format!("over {MAX_CHANGES} modifications")).into())
 }
 
 /// The body in chunks of at most 65535 octets: the replacement an

@@ -286,6 +286,7 @@ fn reject_at_connect_is_a_554_greeting() {
     let (code, text) = t.reply();
     assert_eq!(code, 554, "{text}");
     assert!(text.contains("5.7.1"), "{text}");
+    assert_logged(&relay, "refused reason=milter stage=connect");
 }
 
 #[test]
@@ -310,6 +311,15 @@ fn reject_at_mail_and_rcpt() {
     let id = queued_id(&text).unwrap();
     let env = envelope(&relay, &id);
     assert!(!env.contains("no@dest.test"), "{env}");
+    // one refusal line each, naming the milter
+    assert_logged(
+        &relay,
+        "refused reason=milter stage=mail rule=\"milter inet:127.0.0.1:",
+    );
+    assert_logged(
+        &relay,
+        "refused reason=milter stage=rcpt rule=\"milter inet:127.0.0.1:",
+    );
     // the milter saw an abort before the second MAIL
     assert!(m.commands().contains("ADM"), "{}", m.commands());
 }

@@ -419,6 +419,9 @@ pub struct Conversation {
     /// for every message of the session).
     discard_message: bool,
     discard_session: bool,
+    /// The milter whose refusal was returned last, for the refusal's
+    /// log line.
+    refused_by: Option<String>,
 }
 
 impl Conversation {
@@ -440,7 +443,13 @@ impl Conversation {
             hostname: hostname.to_string(),
             discard_message: false,
             discard_session: false,
+            refused_by: None,
         }
+    }
+
+    /// `inet:...`/`unix:...` of the milter that gave the last refusal.
+    pub fn take_refuser(&mut self) -> String {
+        self.refused_by.take().unwrap_or_default()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -496,13 +505,8 @@ impl Conversation {
                     return Verdict::Continue;
                 }
                 Some(v) => {
-                    if let Verdict::Refuse(r) | Verdict::Close(r) = &v {
-                        log::info!(
-                            "milter {} at {}: refused reply=\"{r}\"",
-                            m.name(),
-                            event.name()
-                        );
-                    }
+                    log::debug!("milter {} at {}: {v:?}", m.name(), event.name());
+                    self.refused_by = Some(m.name());
                     return v;
                 }
             }
@@ -611,12 +615,8 @@ impl Conversation {
                     return Ok((Verdict::Discard, changes));
                 }
                 Some(v) => {
-                    if let Verdict::Refuse(r) | Verdict::Close(r) = &v {
-                        log::info!(
-                            "milter {} at eom: refused reply=\"{r}\"",
-                            self.milters[i].name()
-                        );
-                    }
+                    log::debug!("milter {} at eom: {v:?}", self.milters[i].name());
+                    self.refused_by = Some(self.milters[i].name());
                     return Ok((v, changes));
                 }
             }

@@ -93,6 +93,15 @@ fn transaction_macros(session: &Session, id: Option<QueueId>) -> Macros {
     m
 }
 
+/// A milter's refusal at `stage`, for the reply writer's one line
+/// (`reason=milter stage=... rule="milter inet:..."`).
+fn note(session: &mut Session, stage: &'static str, verdict: &Verdict) {
+    if let Verdict::Refuse(r) | Verdict::Close(r) = verdict {
+        let rule = format!("milter {}", session.milters.take_refuser());
+        session.refuse(crate::metrics::Reason::Milter, Some(stage), rule, r);
+    }
+}
+
 /// Connect, before the greeting: a refusal is said and the session
 /// closes (554 for a rejection, RFC 5321 §3.1; 421 for a tempfail).
 pub(super) fn on_connect(session: &mut Session, peer: SocketAddr) -> Option<Reply> {
@@ -101,11 +110,13 @@ pub(super) fn on_connect(session: &mut Session, peer: SocketAddr) -> Option<Repl
     }
     let macros = common(session);
     let name = format!("[{}]", session.client);
-    match session.milters.connect(&name, peer, &macros) {
-        Verdict::Continue | Verdict::Discard => None,
-        Verdict::Refuse(r) if r.code().is_permanent() => Some(at_connect(554, &r)),
-        Verdict::Refuse(r) | Verdict::Close(r) => Some(at_connect(421, &r)),
-    }
+    let reply = match session.milters.connect(&name, peer, &macros) {
+        Verdict::Continue | Verdict::Discard => return None,
+        Verdict::Refuse(r) if r.code().is_permanent() => at_connect(554, &r),
+        Verdict::Refuse(r) | Verdict::Close(r) => at_connect(421, &r),
+    };
+    note(session, "connect", &Verdict::Refuse(reply.clone()));
+    Some(reply)
 }
 
 /// A refusal at connect with the code a greeting may carry.
@@ -132,6 +143,7 @@ pub(super) fn after(session: &mut Session, probe: Probe, step: Step) -> Step {
         Probe::Helo(name) => {
             let macros = transaction_macros(session, None);
             let v = session.milters.helo(&name, &macros);
+            note(session, "helo", &v);
             if matches!(v, Verdict::Refuse(_)) {
                 // the greeting is not taken: MAIL needs a HELO that passes
                 session.forget_helo();
@@ -146,6 +158,7 @@ pub(super) fn after(session: &mut Session, probe: Probe, step: Step) -> Step {
             args.extend(esmtp_args(&tx.params));
             let macros = transaction_macros(session, None);
             let v = session.milters.mail(&args, &macros);
+            note(session, "mail", &v);
             if matches!(v, Verdict::Refuse(_)) {
                 session.end_transaction();
             }
@@ -165,6 +178,7 @@ pub(super) fn after(session: &mut Session, probe: Probe, step: Step) -> Step {
                 .unwrap_or_default();
             let macros = transaction_macros(session, None);
             let v = session.milters.rcpt(&args, &macros);
+            note(session, "rcpt", &v);
             if matches!(v, Verdict::Refuse(_)) {
                 if let Phase::Mail { tx, .. } = &mut session.phase {
                     tx.rcpts.pop();
@@ -203,7 +217,9 @@ pub(super) fn at_data(session: &mut Session, id: QueueId) -> Option<Reply> {
         return None;
     }
     let macros = transaction_macros(session, Some(id));
-    match session.milters.data(&macros) {
+    let v = session.milters.data(&macros);
+    note(session, "data", &v);
+    match v {
         Verdict::Continue | Verdict::Discard => None,
         Verdict::Refuse(r) | Verdict::Close(r) => Some(r),
     }
@@ -244,7 +260,10 @@ pub(super) fn end_of_message(session: &mut Session, incoming: &mut Incoming) -> 
     match verdict {
         Verdict::Continue => {}
         Verdict::Discard => return EndOfMessage::Discard,
-        Verdict::Refuse(r) | Verdict::Close(r) => return EndOfMessage::Refuse(r),
+        Verdict::Refuse(r) | Verdict::Close(r) => {
+            note(session, "eom", &Verdict::Refuse(r.clone()));
+            return EndOfMessage::Refuse(r);
+        }
     }
     if changes.content_changed() {
         let written = incoming.rewrite(|out| {

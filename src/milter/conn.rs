@@ -126,7 +126,11 @@ impl Link {
         while got < buf.len() {
             self.set_timeouts(left(deadline)?)?;
             let n = match &mut self.stream {
-                Stream::Tcp(s) => s.read(&mut buf[got..]),
+                Stream::Tcp(s) => {
+                    // best effort: only a delay is at stake
+                    let _ = crate::sys::quick_ack(s);
+                    s.read(&mut buf[got..])
+                }
                 Stream::Unix(s) => s.read(&mut buf[got..]),
             };
             match n {

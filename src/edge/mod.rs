@@ -10,38 +10,19 @@ pub mod rate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::dns::{Dns, DnsError};
 use crate::smtp::reply::Enhanced;
 use crate::smtp::Reply;
 
-/// The edge settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EdgeConfig {
-    pub dnsbl: dnsbl::DnsblConfig,
-    /// `--dnsbl-timeout`: bounds each list lookup (default 2 s).
-    pub dnsbl_timeout: Duration,
-    pub policy: Option<policy::PolicyConfig>,
-    pub rates: rate::RateLimits,
-}
-
-impl Default for EdgeConfig {
-    fn default() -> EdgeConfig {
-        EdgeConfig {
-            dnsbl: dnsbl::DnsblConfig::default(),
-            dnsbl_timeout: Duration::from_secs(2),
-            policy: None,
-            rates: rate::RateLimits::default(),
-        }
-    }
-}
+pub use crate::config::edge::EdgeConfig;
 
 /// What every session shares.
 pub struct Edge {
     pub dnsbl: Option<dnsbl::Dnsbl>,
     pub policy: Option<policy::PolicyConfig>,
-    pub rates: rate::RateLimiter,
+    /// Shared, so that a reload with the same limits keeps the windows.
+    pub rates: Arc<rate::RateLimiter>,
 }
 
 impl Edge {
@@ -57,7 +38,7 @@ impl Edge {
         Ok(Edge {
             dnsbl,
             policy: cfg.policy.clone(),
-            rates: rate::RateLimiter::new(cfg.rates),
+            rates: Arc::new(rate::RateLimiter::new(cfg.rates)),
         })
     }
 }

@@ -3,17 +3,28 @@
 //!
 //! Plain data: paths, names and numbers as the operator wrote them. No
 //! live TLS objects, no DNS answers, no user database entries and no file
-//! contents live here; `app.rs` turns a `Config` into those at start.
+//! contents live here; `app.rs` turns a `Config` into those at start and
+//! at each reload. A leaf: the types of its fields are defined here
+//! (`delivery.rs`, `route.rs`, `edge.rs`, `limits.rs`, `milter.rs`; the feature
+//! modules re-export them) or in `smtp/`, which does no I/O either.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::client::Timeouts;
-use crate::delivery::RetryPolicy;
-use crate::route::StaticRoute;
+pub mod delivery;
+pub mod edge;
+pub mod limits;
+pub mod milter;
+pub mod route;
+
+pub use delivery::{OutboundTls, RetryPolicy, Timeouts};
+pub use edge::EdgeConfig;
+pub use limits::{AuthLimits, LogFormat, VerifySettings};
+pub use milter::MilterConfig;
+pub use route::{RouteAuth, RouteTls, StaticRoute};
+
 use crate::smtp::Domain;
-use crate::tls::OutboundTls;
 
 /// An `ADDR:PORT` option value as written (`--listen`, `--dns`): an IP
 /// socket address, or a host name and a port that `app.rs` resolves at
@@ -185,6 +196,10 @@ pub enum BareLineEndings {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file these settings were read from (`--config`,
+    /// `$SMTP_RELAY_CONFIG`, `/etc/smtp-relay.conf`), if any: what SIGHUP
+    /// reads again.
+    pub config_file: Option<PathBuf>,
     pub hostname: String,
     pub listen: Vec<Endpoint>,
     /// `--listen-tls`, `--submission`, `--submission-tls`: listeners with
@@ -239,11 +254,11 @@ pub struct Config {
     pub auth_file: Option<PathBuf>,
     /// AUTH failures tolerated per client address and per user name
     /// across sessions before `454 4.7.0`.
-    pub auth_limits: crate::auth_limit::AuthLimits,
+    pub auth_limits: AuthLimits,
     /// DNS lists, policy service, rate limits (issue 13).
-    pub edge: crate::edge::EdgeConfig,
+    pub edge: EdgeConfig,
     /// `--milter`: content filters, called in order (issue 14).
-    pub milters: Vec<crate::milter::MilterConfig>,
+    pub milters: Vec<MilterConfig>,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
     /// `--proxy-protocol` with its `--proxy-from` networks: every
@@ -251,7 +266,7 @@ pub struct Config {
     pub proxy_protocol: Option<Vec<Cidr>>,
     /// `--metrics`: where /metrics and /healthz are served.
     pub metrics: Option<SocketAddr>,
-    pub log_format: crate::logging::LogFormat,
+    pub log_format: LogFormat,
     /// `--log-file`: append here instead of stderr (SIGUSR1 reopens).
     pub log_file: Option<PathBuf>,
 
@@ -287,7 +302,7 @@ pub struct Config {
     pub recipient_tables: Vec<(Domain, PathBuf)>,
     /// `--verify-recipients DOMAIN`: ask the domain's next hop.
     pub verify_domains: Vec<Domain>,
-    pub verify: crate::check::VerifySettings,
+    pub verify: VerifySettings,
     /// `--access FILE`: access rules.
     pub access_file: Option<PathBuf>,
     /// `--postmaster`: where `<Postmaster>` and double bounces go;
@@ -302,6 +317,7 @@ impl Config {
     /// The defaults, as `serve` runs without options.
     pub fn new() -> Config {
         Config {
+            config_file: None,
             hostname: system_hostname(),
             listen: vec![Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], 2525)))],
             listeners: Vec::new(),
@@ -332,13 +348,13 @@ impl Config {
             tls: None,
             require_tls: false,
             auth_file: None,
-            auth_limits: crate::auth_limit::AuthLimits::default(),
-            edge: crate::edge::EdgeConfig::default(),
+            auth_limits: AuthLimits::default(),
+            edge: EdgeConfig::default(),
             milters: Vec::new(),
             verbosity: 0,
             proxy_protocol: None,
             metrics: None,
-            log_format: crate::logging::LogFormat::Text,
+            log_format: LogFormat::Text,
             log_file: None,
             delivery_workers: 32,
             routes: Vec::new(),
@@ -356,7 +372,7 @@ impl Config {
             ca_file: None,
             recipient_tables: Vec::new(),
             verify_domains: Vec::new(),
-            verify: crate::check::VerifySettings::default(),
+            verify: VerifySettings::default(),
             access_file: None,
             postmaster: None,
             secrets_file: None,
@@ -379,7 +395,6 @@ impl Config {
     /// verify`, or a route's `tls = verify`): then the CA roots are
     /// loaded, and `--ca-file` has a use.
     pub fn verifies(&self) -> bool {
-        use crate::route::RouteTls;
         let verify = RouteTls::Starttls(OutboundTls::Verify);
         self.outbound_tls == OutboundTls::Verify
             || self
@@ -448,5 +463,37 @@ mod tests {
         assert!(!v6.contains("2001:db9::5".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nonsense").is_err());
+    }
+}
+
+#[cfg(test)]
+mod leaf_tests {
+    /// The leaf rule (issue 11): `config/` names no module of ours but
+    /// itself and `smtp/`, so reading a configuration can never open a
+    /// file, resolve a name or start a thread behind the caller's back.
+    #[test]
+    fn config_imports_nothing_but_smtp_and_itself() {
+        let sources = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("delivery.rs", include_str!("delivery.rs")),
+            ("edge.rs", include_str!("edge.rs")),
+            ("limits.rs", include_str!("limits.rs")),
+            ("milter.rs", include_str!("milter.rs")),
+            ("route.rs", include_str!("route.rs")),
+        ];
+        for (file, text) in sources {
+            // The code, not the tests (this one spells the prefix).
+            let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+            for (at, _) in code.match_indices("crate::") {
+                let path = &code[at + "crate::".len()..];
+                assert!(
+                    path.starts_with("smtp") || path.starts_with("config"),
+                    "config/{file} imports crate::{}",
+                    path.split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .next()
+                        .unwrap_or("")
+                );
+            }
+        }
     }
 }

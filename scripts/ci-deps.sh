@@ -31,13 +31,16 @@ ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 # socket by socat
 command -v socat >/dev/null 2>&1 || need+=(socat)
 [ -x /usr/bin/policyd-spf ] || need+=(postfix-policyd-spf-python)
+# DKIM verifiers (tests/dkim.rs): dkimpy (Ed25519 through PyNaCl) and OpenDKIM
+/usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || need+=(python3-dkim)
+/usr/bin/python3 -c 'import nacl' >/dev/null 2>&1 || need+=(python3-nacl)
+command -v opendkim-testmsg >/dev/null 2>&1 || need+=(opendkim-tools)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # the milter tests (tests/milter.rs): OpenDKIM in signing mode as a real
-# milter, opendkim-genkey for its key, dkimpy (python3-dkim) to verify
-# the delivered signature against the key served by dnsmasq
+# milter (opendkim-genkey for its key), verified by dkimpy above; rspamd's
+# milter proxy (self_scan: no Redis, no normal worker)
 [ -x /usr/sbin/opendkim ] || need+=(opendkim)
 [ -x /usr/sbin/opendkim-genkey ] || need+=(opendkim-tools)
-/usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || need+=(python3-dkim)
-# rspamd's milter proxy (self_scan: no Redis, no normal worker)
 [ -x /usr/bin/rspamd ] || need+=(rspamd)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod edge;
 pub mod exit;

@@ -9,8 +9,8 @@
 # listeners), Prometheus (promtool, and a server that scrapes --metrics),
 # socat and postfix-policyd-spf-python (the policy-service tests), nginx
 # (the MTA-STS policy host, tests/mta_sts.rs), python3-dkim and
-# python3-authres (the DKIM and authentication-results tests).
-# Safe to run again.
+# python3-authres (the DKIM and authentication-results tests), OpenDKIM
+# and rspamd (the milter tests). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -43,6 +43,12 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx)
 # python3-authres parses our RFC 8601 headers (tests/auth_results.rs)
 /usr/bin/python3 -c 'import authres' >/dev/null 2>&1 || need+=(python3-authres)
+# the milter tests (tests/milter.rs): OpenDKIM in signing mode as a real
+# milter (opendkim-genkey for its key), verified by dkimpy above; rspamd's
+# milter proxy (self_scan: no Redis, no normal worker)
+[ -x /usr/sbin/opendkim ] || need+=(opendkim)
+[ -x /usr/sbin/opendkim-genkey ] || need+=(opendkim-tools)
+[ -x /usr/bin/rspamd ] || need+=(rspamd)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

@@ -475,6 +475,7 @@ fn enqueue_as(
         hold: None,
         dsn: Default::default(),
         rcpts: vec![Recipient::new(to, Default::default())],
+        hold_reason: None,
         delay_warned: None,
     };
     let id = incoming.commit(&dsn)?;
@@ -582,6 +583,7 @@ mod tests {
             hold: None,
             dsn: Default::default(),
             rcpts: vec![],
+            hold_reason: None,
             delay_warned: None,
         };
         let report = RcptReport {

@@ -282,6 +282,12 @@ const SERVER_OPTS: &[OptSpec] = &[
         "when the service is down or slow: 451 4.3.5 (default) or go on",
     ),
     opt(
+        "milter",
+        Kind::Multi,
+        "inet:HOST:PORT|unix:PATH[,KEY=VALUE...]",
+        "content filter (milter protocol 6), repeatable, called in order; keys: default=tempfail|accept, connect-timeout, command-timeout, eom-timeout, listeners=smtp+submission...",
+    ),
+    opt(
         "rate-connections",
         Kind::Single,
         "N",
@@ -1805,6 +1811,12 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.auth_limits.window = t;
     }
     apply_edge_lists(v, &mut c.edge)?;
+    if let Some(m) = v.parse_multi("milter", |s| {
+        crate::milter::MilterConfig::parse(s, crate::time::parse_duration)
+            .map_err(|e| UsageError(format!("--milter: {e}")))
+    })? {
+        c.milters = m;
+    }
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),
@@ -2393,6 +2405,37 @@ mod tests {
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
         }
+    }
+
+    /// Issue 14: `--milter`, repeatable, in order; the config file's
+    /// `milter =` lines, replaced by the command line's.
+    #[test]
+    fn milter_options() {
+        use crate::milter::DefaultAction;
+        let c = serve("serve --milter inet:127.0.0.1:8891 --milter unix:/run/m.sock,default=accept,eom-timeout=1m,listeners=submission").unwrap();
+        assert_eq!(c.milters.len(), 2);
+        assert_eq!(c.milters[0].target.to_string(), "inet:127.0.0.1:8891");
+        assert_eq!(c.milters[0].default_action, DefaultAction::Tempfail);
+        assert_eq!(c.milters[1].default_action, DefaultAction::Accept);
+        assert_eq!(c.milters[1].eom_timeout, Duration::from_secs(60));
+        assert_eq!(c.milters[1].listeners, ["submission"]);
+        let e = serve("serve --milter inet:127.0.0.1:8891,default=maybe").unwrap_err();
+        assert!(e.0.starts_with("--milter: default:"), "{e}");
+        assert!(serve("serve --milter 127.0.0.1:8891").is_err());
+        let f = TempConf::new(
+            "milters",
+            "milter = inet:127.0.0.1:8891,command-timeout=5s\nmilter = inet:127.0.0.1:8892\n",
+        );
+        let c = serve(&format!("serve --config {}", f.0.display())).unwrap();
+        let shown: Vec<String> = c.milters.iter().map(|m| m.target.to_string()).collect();
+        assert_eq!(shown, ["inet:127.0.0.1:8891", "inet:127.0.0.1:8892"]);
+        assert_eq!(c.milters[0].command_timeout, Duration::from_secs(5));
+        let c = serve(&format!(
+            "serve --config {} --milter unix:/m",
+            f.0.display()
+        ))
+        .unwrap();
+        assert_eq!(c.milters.len(), 1, "the command line's list wins");
     }
 
     /// Issue 11 item 3: `[route DOMAIN]` sections.

@@ -34,6 +34,7 @@ pub mod fault;
 pub mod logging;
 pub mod manpage;
 pub mod metrics;
+pub mod milter;
 pub mod mta_sts;
 pub mod notify;
 pub mod pool;

@@ -77,6 +77,7 @@ label!(Reason, ReasonSet, reason, {
     AccessRule => "access_rule",
     RecipientValidation => "recipient_validation",
     Authentication => "authentication",
+    Milter => "milter",
     Other => "other",
 });
 

@@ -134,7 +134,10 @@ pub(super) fn release(
     dry_run: bool,
     now: u64,
 ) -> Result<Exit, AdminError> {
-    make_due(spool, sel, dry_run, "release", now, |env| env.hold = None)
+    make_due(spool, sel, dry_run, "release", now, |env| {
+        env.hold = None;
+        env.hold_reason = None;
+    })
 }
 
 /// `queue requeue`: deferred recipients pending again, due now.

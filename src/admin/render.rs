@@ -247,6 +247,9 @@ pub(super) fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
     let _ = writeln!(s, "next try:  {}", iso8601(env.next_try));
     if let Some(h) = hold_text(env.hold, now) {
         let _ = writeln!(s, "held:      until {h}");
+        if let Some(r) = &env.hold_reason {
+            let _ = writeln!(s, "reason:    {}", Escaped(r));
+        }
     }
     for r in &env.rcpts {
         let path = r.path.to_string();

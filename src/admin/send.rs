@@ -287,6 +287,7 @@ fn new_envelope(
                 tries: Default::default(),
             })
             .collect(),
+        hold_reason: None,
         delay_warned: None,
     }
 }

@@ -5,7 +5,7 @@
 //! live TLS objects, no DNS answers, no user database entries and no file
 //! contents live here; `app.rs` turns a `Config` into those at start and
 //! at each reload. A leaf: the types of its fields are defined here
-//! (`delivery.rs`, `route.rs`, `edge.rs`, `limits.rs`, `dkim.rs`; the feature
+//! (`delivery.rs`, `route.rs`, `edge.rs`, `limits.rs`, `dkim.rs`, `milter.rs`; the feature
 //! modules re-export them) or in `smtp/`, which does no I/O either.
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod edge;
 pub mod limits;
+pub mod milter;
 pub mod route;
 pub mod shaping;
 
@@ -24,6 +25,7 @@ pub use authres::{AuthResConfig, DmarcAction, Listeners};
 pub use delivery::{OutboundTls, RetryPolicy, Timeouts};
 pub use edge::EdgeConfig;
 pub use limits::{AuthLimits, LogFormat, VerifySettings};
+pub use milter::MilterConfig;
 pub use route::{RouteAuth, RouteTls, StaticRoute};
 
 use crate::smtp::Domain;
@@ -265,6 +267,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// `--auth-results` and its settings: inbound SPF, DKIM, DMARC.
     pub auth_results: AuthResConfig,
+    /// `--milter`: content filters, called in order (issue 14).
+    pub milters: Vec<MilterConfig>,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
     /// `--proxy-protocol` with its `--proxy-from` networks: every
@@ -363,6 +367,7 @@ impl Config {
             auth_limits: AuthLimits::default(),
             edge: EdgeConfig::default(),
             auth_results: AuthResConfig::default(),
+            milters: Vec::new(),
             verbosity: 0,
             proxy_protocol: None,
             metrics: None,
@@ -500,6 +505,7 @@ mod leaf_tests {
             ("dkim.rs", include_str!("dkim.rs")),
             ("edge.rs", include_str!("edge.rs")),
             ("limits.rs", include_str!("limits.rs")),
+            ("milter.rs", include_str!("milter.rs")),
             ("route.rs", include_str!("route.rs")),
             ("shaping.rs", include_str!("shaping.rs")),
         ];

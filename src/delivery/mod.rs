@@ -870,6 +870,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|r| Recipient::new(Path::parse(r, false).unwrap(), Default::default()))
                 .collect(),
+            hold_reason: None,
             delay_warned: None,
         };
         inc.commit(&env).unwrap()

@@ -194,6 +194,16 @@ fn run_inner(
         conn.reply_now(&r)?;
         return Ok(());
     }
+    session.set_milters(crate::milter::Conversation::new(
+        &cfg.milters,
+        mode,
+        &cfg.hostname,
+    ));
+    if let Some(r) = super::milters::on_connect(&mut session, peer) {
+        conn.refusal = session.take_refusal();
+        conn.reply_now(&r)?;
+        return Ok(());
+    }
     let greeting = session.open();
     conn.refusal = session.take_refusal();
     conn.reply_now(&greeting)?;
@@ -224,6 +234,7 @@ fn run_inner(
         }
         let probe = super::inbound::Probe::of(&parsed, &session);
         let mail = matches!(parsed, Ok(Command::Mail { .. }));
+        let milter_probe = super::milters::Probe::of(&parsed, &session);
         let step = session.step(parsed);
         let step = super::inbound::after(&mut session, probe, step, ctx);
         let step = if mail {
@@ -231,6 +242,7 @@ fn run_inner(
         } else {
             step
         };
+        let step = super::milters::after(&mut session, milter_probe, step);
         if let Flow::Close = perform(&mut session, &mut chunked, step, &mut conn, ctx)? {
             return Ok(());
         }
@@ -300,8 +312,13 @@ fn perform<'a>(
         Step::StartData(r) => {
             let reply = receive_message(session, r, conn, ctx)?;
             conn.refusal = session.take_refusal();
-            conn.reply(&reply)?;
             session.end_transaction();
+            // RFC 5321 §3.8: a 421 (a milter's SMFIR_SHUTDOWN) closes
+            if reply.closes_session() {
+                conn.reply_now(&reply)?;
+                return Ok(Flow::Close);
+            }
+            conn.reply(&reply)?;
         }
         Step::StartTls(r) => return start_tls(session, r, conn, ctx),
         Step::Chunk(c) => {
@@ -314,6 +331,10 @@ fn perform<'a>(
                 c.reply
             };
             conn.refusal = session.take_refusal();
+            if reply.closes_session() {
+                conn.reply_now(&reply)?;
+                return Ok(Flow::Close);
+            }
             conn.reply(&reply)?;
         }
         Step::Auth(start) => {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::{is_timeout, Conn, Context};
 use super::fixup::{Fixing, Fixups};
+use super::milters::EndOfMessage;
 use super::{Chunk, Session};
 use crate::config::BareLineEndings;
 use crate::smtp::command::helo_domain;
@@ -162,6 +163,7 @@ impl Session<'_> {
                     tries: Default::default(),
                 })
                 .collect(),
+            hold_reason: None,
             delay_warned: None,
         })
     }
@@ -244,6 +246,9 @@ pub(super) fn receive_message(
     };
     let id = incoming.id();
     let now = now_unix();
+    if let Some(r) = super::milters::at_data(session, id) {
+        return Ok(r);
+    }
     conn.reply_now(&go_ahead)?;
 
     let header = session.our_headers(id, now);
@@ -325,9 +330,16 @@ fn finish_message(
     if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
         return reply;
     }
+    // RFC 8601: the results of the message as received, then the
+    // milters (which see our Authentication-Results), then DKIM signing
     if let Some(reply) = super::authres::end_of_data(session, &mut incoming, ctx) {
         return reply;
     }
+    let changes = match super::milters::end_of_message(session, &mut incoming) {
+        EndOfMessage::Commit(changes) => changes,
+        EndOfMessage::Refuse(reply) => return reply,
+        EndOfMessage::Discard => return discarded(id, peer),
+    };
     if let Err(e) = dkim_sign(session, &mut incoming, ctx) {
         log::error!("{id} spool write failed (DKIM signature): {e}");
         return if crate::spool::fsutil::is_out_of_space(&e) {
@@ -340,6 +352,11 @@ fn finish_message(
         return Reply::local_error();
     };
     super::inbound::adjust_envelope(session, &mut env);
+    if let Some(c) = &changes {
+        if !super::milters::adjust_envelope(c, &mut env) {
+            return discarded(id, peer);
+        }
+    }
     match incoming.commit(&env) {
         Ok(id) => {
             let tls = session
@@ -375,6 +392,14 @@ fn finish_message(
             }
         }
     }
+}
+
+/// A milter said DISCARD (or deleted every recipient): the client is
+/// told 250, as it would be by Sendmail and Postfix, and nothing is
+/// queued.
+fn discarded(id: QueueId, peer: &SocketAddr) -> Reply {
+    log::info!("{id} discarded by milter client={peer}: not queued");
+    Reply::queued(&id)
 }
 
 /// DKIM: when `--dkim-sign-from` covers this client and a key's domain
@@ -487,16 +512,21 @@ fn start_chunked<'a>(
     ctx: &'a Context,
 ) -> io::Result<Result<Chunked<'a>, Reply>> {
     let cfg = &*ctx.config;
+    let refused = |r: Reply, session: &mut Session, conn: &mut Conn| {
+        conn.io
+            .set_deadline(Some(Instant::now() + cfg.data_timeout));
+        data::skip_exact(&mut conn.io, chunk.size)?;
+        session.end_transaction();
+        Ok(Err(r))
+    };
     let mut incoming = match open_spool_file(ctx, &conn.peer) {
         Ok(i) => i,
-        Err(r) => {
-            conn.io
-                .set_deadline(Some(Instant::now() + cfg.data_timeout));
-            data::skip_exact(&mut conn.io, chunk.size)?;
-            session.end_transaction();
-            return Ok(Err(r));
-        }
+        Err(r) => return refused(r, session, conn),
     };
+    // the milters' DATA event, once the queue id exists
+    if let Some(r) = super::milters::at_data(session, incoming.id()) {
+        return refused(r, session, conn);
+    }
     let now = now_unix();
     let header = session.our_headers(incoming.id(), now);
     let write_error = incoming.write_all(header.as_bytes()).err();

@@ -19,6 +19,7 @@ mod filter;
 mod fixup;
 mod inbound;
 mod message;
+mod milters;
 
 use std::net::IpAddr;
 
@@ -143,6 +144,8 @@ pub struct Session<'a> {
     refusal: Option<crate::metrics::Refusal>,
     /// The listener's mode: implicit TLS, submission (RFC 6409).
     mode: ListenMode,
+    /// The listener's milters and where each stands (issue 14).
+    milters: crate::milter::Conversation,
     /// `--sender-map`, loaded at start.
     senders: Option<&'a SenderMap>,
     /// Every phase change, old → new, as `enter` saw it.
@@ -190,6 +193,7 @@ impl<'a> Session<'a> {
             refused: false,
             hold_session: false,
             hold_tx: false,
+            milters: crate::milter::Conversation::default(),
             refusal: None,
             #[cfg(test)]
             entered: Vec::new(),
@@ -547,6 +551,12 @@ impl<'a> Session<'a> {
             Phase::Mail { helo, tx } => Some((helo, tx)),
             _ => None,
         }
+    }
+
+    /// A greeting a milter refused is not taken: the client is back to
+    /// where it was before HELO/EHLO.
+    pub(super) fn forget_helo(&mut self) {
+        self.enter(Phase::Connected);
     }
 
     /// Ends the transaction after DATA, whatever its outcome (RFC 5321

@@ -128,6 +128,13 @@ impl Reply {
         }
     }
 
+    /// The same reply with one more line (a multi-line reply a milter
+    /// or policy service wrote).
+    pub fn with_line(mut self, line: impl Into<String>) -> Reply {
+        self.lines.push(line.into());
+        self
+    }
+
     pub fn code(&self) -> Code {
         self.code
     }

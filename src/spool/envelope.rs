@@ -229,6 +229,9 @@ pub struct Envelope {
     /// Unix seconds.
     pub next_try: u64,
     pub hold: Option<Hold>,
+    /// Why the message is held, when something said (a milter's
+    /// quarantine); cleared by `queue release`.
+    pub hold_reason: Option<String>,
     /// RFC 3461 RET and ENVID, as the client gave them.
     pub dsn: MailDsn,
     pub rcpts: Vec<Recipient>,
@@ -306,6 +309,9 @@ impl Envelope {
             }
             None => {}
         }
+        if let (Some(_), Some(r)) = (self.hold, &self.hold_reason) {
+            let _ = writeln!(s, "hold-reason: {}", clean(r));
+        }
         if let Some(ret) = self.dsn.ret {
             let _ = writeln!(s, "ret: {}", ret.as_str());
         }
@@ -380,6 +386,7 @@ impl Envelope {
         let mut attempts = None;
         let mut next_try = None;
         let mut hold = None;
+        let mut hold_reason = None;
         let mut dsn = MailDsn::default();
         let mut rcpts: Vec<Recipient> = Vec::new();
         let mut delay_warned = None;
@@ -434,6 +441,7 @@ impl Envelope {
                         },
                     })
                 }
+                "hold-reason" => hold_reason = Some(clean(value)),
                 "delay-warned" if !v1 => {
                     let parsed = value.split_once('\t').and_then(|(t, id)| {
                         Some(DelayWarned {
@@ -583,6 +591,7 @@ impl Envelope {
             attempts: attempts.ok_or(missing("missing or bad attempts"))?,
             next_try: next_try.ok_or(missing("missing or bad next-try"))?,
             hold,
+            hold_reason,
             dsn,
             rcpts,
             delay_warned,
@@ -662,6 +671,7 @@ mod tests {
             attempts: 1,
             next_try: 1_795_886_710,
             hold: Some(Hold::Until(1_795_999_999)),
+            hold_reason: Some("quarantined: looks odd".into()),
             dsn: MailDsn {
                 ret: Some(Ret::Hdrs),
                 envid: Some("QQ+2B314".into()),
@@ -724,6 +734,7 @@ mod tests {
         assert_eq!(back.to_text(), text);
         assert_eq!(back.id, env.id);
         assert_eq!(back.hold, env.hold);
+        assert_eq!(back.hold_reason, env.hold_reason);
         assert_eq!(back.dsn, env.dsn);
         assert_eq!(back.rcpts[0].dsn, env.rcpts[0].dsn);
         assert_eq!(back.rcpts[1].dsn, RcptDsn::default());

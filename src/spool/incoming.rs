@@ -102,6 +102,50 @@ impl<'a> Incoming<'a> {
         Ok(())
     }
 
+    /// A reader of the message as written so far, from its first octet
+    /// (milters read the received message back before the commit).
+    pub fn reader(&mut self) -> io::Result<File> {
+        self.flush()?;
+        // a recycled file may be longer than this message: cut it first,
+        // or a milter would read another message's tail (commit cuts it
+        // to the same length anyway)
+        if let Some(w) = self.file.as_ref() {
+            w.get_ref().set_len(self.written)?;
+        }
+        File::open(self.tmp_path("msg"))
+    }
+
+    /// Replaces the message with what `fill` writes (a milter changed
+    /// it): written to `tmp/ID.new`, then renamed over `tmp/ID.msg`, so
+    /// a failure leaves the received message as it was. Nothing is
+    /// promised yet: the commit that follows syncs the new file.
+    pub fn rewrite(
+        &mut self,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let new = self.tmp_path("new");
+        let result = (|| {
+            let mut w = BufWriter::with_capacity(64 * 1024, fsutil::create_new(&new)?);
+            fill(&mut w)?;
+            w.flush()?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            let len = f.metadata()?.len();
+            fs::rename(&new, self.tmp_path("msg"))?;
+            Ok((f, len))
+        })();
+        match result {
+            Ok((f, len)) => {
+                self.file = Some(BufWriter::with_capacity(64 * 1024, f));
+                self.written = len;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&new);
+                Err(e)
+            }
+        }
+    }
+
     /// Puts header lines above everything written so far: `make` is shown
     /// the message as written and returns the lines (CRLF-ended), or
     /// `None` for none. For a DKIM-Signature (`dkim.rs`), which can only

@@ -537,8 +537,25 @@ pub(crate) mod tests {
                 dsn: Default::default(),
                 tries: Default::default(),
             }],
+            hold_reason: None,
             delay_warned: None,
         }
+    }
+
+    /// A milter reads the message as this transaction left it: not a
+    /// longer tail left by a replace that shortened it (the DMARC header
+    /// step removing a forged header) or by a recycled file.
+    #[test]
+    fn a_reader_sees_only_what_this_message_wrote() {
+        use std::io::Read;
+        let spool = temp_spool("reader");
+        let mut inc = spool.incoming().unwrap();
+        inc.write_all(b"Subject: a long first version\r\n\r\nbody\r\n")
+            .unwrap();
+        inc.replace(b"Subject: short\r\n\r\nbody\r\n").unwrap();
+        let mut read = Vec::new();
+        inc.reader().unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"Subject: short\r\n\r\nbody\r\n");
     }
 
     #[test]

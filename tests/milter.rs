@@ -1,0 +1,958 @@
+//! The milter client (issue 14) against a scripted milter: a test thread
+//! speaking the milter protocol (version 6) on a loopback port, answering
+//! each event as the test's script says, recording every packet it was
+//! sent. One test per action and per fault; the delivered message is
+//! checked at a sink where the milter changed it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+const DELIVERY: Duration = Duration::from_secs(10);
+
+/// Everything but `SMFIF_SETSYMLIST` (0x100): every modification.
+const ALL_ACTIONS: u32 = 0xFF;
+
+/// Packets a milter received: command and data.
+type Packets = Vec<(u8, Vec<u8>)>;
+
+type Script = dyn Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync;
+
+/// A milter's packet: length, command, data.
+fn pkt(cmd: u8, data: &[u8]) -> Vec<u8> {
+    let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+    p.push(cmd);
+    p.extend_from_slice(data);
+    p
+}
+
+fn cont() -> Vec<Vec<u8>> {
+    vec![pkt(b'c', b"")]
+}
+
+/// NUL-terminated strings.
+fn nul(items: &[&[u8]]) -> Vec<u8> {
+    let mut d = Vec::new();
+    for i in items {
+        d.extend_from_slice(i);
+        d.push(0);
+    }
+    d
+}
+
+struct Milter {
+    /// `inet:127.0.0.1:PORT` or `unix:PATH`, as `--milter` takes it.
+    spec: String,
+    /// Every packet received, in order, over all connections.
+    seen: Arc<Mutex<Packets>>,
+}
+
+impl Milter {
+    /// A milter negotiating `actions` and protocol `steps`, answering
+    /// each event (not OPTNEG, macros, abort, quit) with `script`.
+    fn start(
+        actions: u32,
+        steps: u32,
+        script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    ) -> Milter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = format!("inet:{}", listener.local_addr().unwrap());
+        let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
+        Milter::serving(spec, conns, actions, steps, script)
+    }
+
+    /// The same on a unix socket at `path`.
+    fn start_unix(
+        path: &std::path::Path,
+        actions: u32,
+        steps: u32,
+        script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    ) -> Milter {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let spec = format!("unix:{}", path.display());
+        let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
+        Milter::serving(spec, conns, actions, steps, script)
+    }
+
+    /// Serves each connection `conns` yields on its own thread.
+    fn serving<C: Read + Write + Send + 'static>(
+        spec: String,
+        conns: impl Iterator<Item = std::io::Result<C>> + Send + 'static,
+        actions: u32,
+        steps: u32,
+        script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    ) -> Milter {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Script> = Arc::new(script);
+        let s2 = seen.clone();
+        thread::spawn(move || {
+            for conn in conns {
+                let Ok(conn) = conn else { return };
+                let (seen, script) = (s2.clone(), script.clone());
+                thread::spawn(move || serve(conn, actions, steps, &seen, &*script));
+            }
+        });
+        Milter { spec, seen }
+    }
+
+    fn spec(&self) -> String {
+        self.spec.clone()
+    }
+
+    fn seen(&self) -> Packets {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn commands(&self) -> String {
+        self.seen().iter().map(|(c, _)| *c as char).collect()
+    }
+}
+
+fn serve(
+    mut conn: impl Read + Write,
+    actions: u32,
+    steps: u32,
+    seen: &Mutex<Packets>,
+    script: &Script,
+) {
+    loop {
+        let mut len = [0u8; 4];
+        if conn.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut data = vec![0u8; u32::from_be_bytes(len) as usize];
+        if conn.read_exact(&mut data).is_err() || data.is_empty() {
+            return;
+        }
+        let cmd = data.remove(0);
+        seen.lock().unwrap().push((cmd, data.clone()));
+        let out = match cmd {
+            b'O' => {
+                let mut d = 6u32.to_be_bytes().to_vec();
+                d.extend_from_slice(&actions.to_be_bytes());
+                d.extend_from_slice(&steps.to_be_bytes());
+                vec![pkt(b'O', &d)]
+            }
+            b'D' | b'A' => vec![],
+            b'Q' => return,
+            _ => script(cmd, &data),
+        };
+        for p in out {
+            if conn.write_all(&p).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn relay_with(milters: &[String], extra: &[&str]) -> Relay {
+    let mut args: Vec<&str> = Vec::new();
+    for m in milters {
+        args.push("--milter");
+        args.push(m);
+    }
+    args.extend_from_slice(extra);
+    Relay::receive_only(&args)
+}
+
+const MSG: &[u8] = b"From: a@origin.test\r\nTo: b@dest.test\r\nSubject: Hello\r\nX-Old: 1\r\nX-Old: 2\r\n\r\nBody line\r\n";
+
+/// The relay's log says `needle` (the whole log shown if not).
+fn assert_logged(relay: &Relay, needle: &str) {
+    let log = relay.log();
+    assert!(log.contains(needle), "no {needle:?} in the log:\n{log}");
+}
+
+/// `msg` from a@origin.test to `rcpt` through a relay with `milter`,
+/// as the sink it was forwarded to received it.
+fn relayed(milter: &str, rcpt: &str, msg: &[u8]) -> Received {
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", milter]);
+    relay.session().send_mail("a@origin.test", &[rcpt], msg);
+    assert!(sink.wait_for(1, DELIVERY), "nothing delivered");
+    sink.messages().remove(0)
+}
+
+fn stored(relay: &Relay, id: &str) -> String {
+    String::from_utf8_lossy(&std::fs::read(msg_path(relay.spool(), id)).unwrap()).into_owned()
+}
+
+fn envelope(relay: &Relay, id: &str) -> String {
+    std::fs::read_to_string(env_path(relay.spool(), id)).unwrap()
+}
+
+/// The reply to DATA's end after sending MSG (MAIL and RCPT accepted).
+fn end_of_data(t: &mut Talk) -> (u16, String) {
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    t.cmd("DATA", 354);
+    t.send_raw(MSG);
+    t.send_raw(b".\r\n");
+    t.reply()
+}
+
+#[test]
+fn continue_everywhere_queues_the_message_and_the_milter_sees_every_event() {
+    let m = Milter::start(ALL_ACTIONS, 0, |_, _| cont());
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let id = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    t.cmd("QUIT", 221);
+    assert!(stored(&relay, &id).ends_with("\r\n\r\nBody line\r\n"));
+    // negotiation, connect, HELO, MAIL, RCPT, DATA, 6 headers (ours
+    // first), end of headers, body, end of message, each after macros
+    let cmds = m.commands();
+    assert!(cmds.starts_with("ODCDH"), "{cmds}");
+    assert!(cmds.contains("DMDRDTLLLLLLDNBDE"), "{cmds}");
+    let seen = m.seen();
+    let macros = |stage: u8| -> String {
+        seen.iter()
+            .filter(|(c, d)| *c == b'D' && d[0] == stage)
+            .map(|(_, d)| String::from_utf8_lossy(&d[1..]).replace('\0', "|"))
+            .collect()
+    };
+    assert!(macros(b'C').contains("j|relay.test|"), "{}", macros(b'C'));
+    assert!(macros(b'C').contains("{client_addr}|127.0.0.1|"));
+    assert!(macros(b'M').contains("{mail_addr}|a@origin.test|"));
+    assert!(macros(b'R').contains("{rcpt_addr}|b@dest.test|"));
+    assert!(macros(b'T').contains(&format!("i|{id}|")));
+    assert!(macros(b'E').contains(&format!("i|{id}|")));
+    let headers: Vec<String> = seen
+        .iter()
+        .filter(|(c, _)| *c == b'L')
+        .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    assert!(headers[0].starts_with("Received\0from "), "{headers:?}");
+    assert_eq!(headers[3], "Subject\0Hello\0", "no leading space");
+    let body: Vec<u8> = seen
+        .iter()
+        .filter(|(c, _)| *c == b'B')
+        .flat_map(|(_, d)| d.clone())
+        .collect();
+    assert_eq!(body, b"Body line\r\n");
+}
+
+#[test]
+fn body_goes_in_chunks_of_at_most_65535_octets() {
+    let m = Milter::start(ALL_ACTIONS, 0, |_, _| cont());
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let line = "x".repeat(998) + "\r\n";
+    let body = line.repeat(200);
+    let msg = format!("Subject: big\r\n\r\n{body}");
+    t.send_mail("a@origin.test", &["b@dest.test"], msg.as_bytes());
+    let chunks: Vec<Vec<u8>> = m
+        .seen()
+        .into_iter()
+        .filter(|(c, _)| *c == b'B')
+        .map(|(_, d)| d)
+        .collect();
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    assert!(chunks.iter().all(|c| c.len() <= 65535));
+    assert_eq!(chunks.concat(), body.as_bytes());
+}
+
+#[test]
+fn accept_at_mail_skips_the_rest_of_the_message() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'M' => vec![pkt(b'a', b"")],
+        b'E' => vec![pkt(b'r', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    // queued, though the milter would have rejected at the end
+    t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    let cmds = m.commands();
+    assert!(cmds.contains('M'), "{cmds}");
+    assert!(!cmds.contains('E') && !cmds.contains('R'), "{cmds}");
+}
+
+#[test]
+fn reject_at_connect_is_a_554_greeting() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'C' => vec![pkt(b'r', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.talk();
+    let (code, text) = t.reply();
+    assert_eq!(code, 554, "{text}");
+    assert!(text.contains("5.7.1"), "{text}");
+    assert_logged(&relay, "refused reason=milter stage=connect");
+}
+
+#[test]
+fn reject_at_mail_and_rcpt() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, d| match c {
+        b'M' if d.starts_with(b"<bad@") => vec![pkt(b'r', b"")],
+        b'R' if d.starts_with(b"<no@") => vec![pkt(b'r', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<bad@origin.test>", 550, "5.7.1");
+    // the refused MAIL did not start a transaction
+    t.cmd("RCPT TO:<b@dest.test>", 503);
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd_enh("RCPT TO:<no@dest.test>", 550, "5.7.1");
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    t.cmd("DATA", 354);
+    t.send_raw(MSG);
+    t.send_raw(b".\r\n");
+    let text = t.expect(250);
+    let id = queued_id(&text).unwrap();
+    let env = envelope(&relay, &id);
+    assert!(!env.contains("no@dest.test"), "{env}");
+    // one refusal line each, naming the milter
+    assert_logged(
+        &relay,
+        "refused reason=milter stage=mail rule=\"milter inet:127.0.0.1:",
+    );
+    assert_logged(
+        &relay,
+        "refused reason=milter stage=rcpt rule=\"milter inet:127.0.0.1:",
+    );
+    // the milter saw an abort before the second MAIL
+    assert!(m.commands().contains("ADM"), "{}", m.commands());
+}
+
+#[test]
+fn reject_and_tempfail_at_end_of_message_queue_nothing() {
+    for (answer, code) in [(b'r', 550), (b't', 451)] {
+        let m = Milter::start(ALL_ACTIONS, 0, move |c, _| match c {
+            b'E' => vec![pkt(answer, b"")],
+            _ => cont(),
+        });
+        let relay = relay_with(&[m.spec()], &[]);
+        let mut t = relay.session();
+        let (got, text) = end_of_data(&mut t);
+        assert_eq!(got, code, "{text}");
+        assert!(queued_ids(relay.spool()).is_empty());
+        assert_eq!(tmp_count(relay.spool()), 0);
+    }
+}
+
+#[test]
+fn tempfail_at_rcpt() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'R' => vec![pkt(b't', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd_enh("RCPT TO:<b@dest.test>", 451, "4.7.1");
+}
+
+#[test]
+fn discard_answers_250_and_queues_nothing() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'd', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let (code, _) = end_of_data(&mut t);
+    assert_eq!(code, 250);
+    assert!(queued_ids(relay.spool()).is_empty());
+    assert_logged(&relay, "discarded by milter");
+}
+
+#[test]
+fn reply_codes_pass_multi_line_and_sanitized() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'R' => vec![pkt(
+            b'y',
+            b"554 5.7.1 first line\r\n554 5.7.1 second\x07line\0",
+        )],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.send("RCPT TO:<b@dest.test>");
+    let (code, text) = t.reply();
+    assert_eq!(code, 554);
+    assert_eq!(text, "5.7.1 first line\n5.7.1 second?line");
+    assert!(t
+        .transcript()
+        .contains("S: 554-5.7.1 first line\nS: 554 5.7.1 second?line"));
+}
+
+#[test]
+fn quarantine_holds_the_message() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'q', b"looks odd\0"), pkt(b'a', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let id = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    let env = envelope(&relay, &id);
+    assert!(
+        env.contains("hold: forever\nhold-reason: milter quarantine: looks odd\n"),
+        "{env}"
+    );
+    let s = relay.spool().to_string_lossy().into_owned();
+    let list = run_cli(&["queue", "list", "--spool", &s], DELIVERY);
+    assert!(list.stdout.contains("held"), "{}", list.stdout);
+    let show = run_cli(&["queue", "show", "--spool", &s, &id], DELIVERY);
+    assert!(
+        show.stdout
+            .contains("reason:    milter quarantine: looks odd"),
+        "{}",
+        show.stdout
+    );
+    let release = run_cli(&["queue", "release", "--spool", &s, &id], DELIVERY);
+    assert_eq!(release.code, Some(0), "{release:?}");
+    assert!(
+        !envelope(&relay, &id).contains("hold"),
+        "released: the reason goes too"
+    );
+}
+
+#[test]
+fn header_changes_are_stored_and_delivered() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![
+            pkt(b'h', &nul(&[b"X-Added", b"yes"])),
+            pkt(b'p', b""),
+            pkt(
+                b'i',
+                &[
+                    &0u32.to_be_bytes()[..],
+                    &nul(&[b"X-First", b"top\n\tfolded"]),
+                ]
+                .concat(),
+            ),
+            pkt(
+                b'm',
+                &[&2u32.to_be_bytes()[..], &nul(&[b"X-Old", b"two"])].concat(),
+            ),
+            pkt(
+                b'm',
+                &[&1u32.to_be_bytes()[..], &nul(&[b"Subject", b""])].concat(),
+            ),
+            pkt(b'c', b""),
+        ],
+        _ => cont(),
+    });
+    let got = relayed(&m.spec(), "b@dest.test", MSG);
+    let got = String::from_utf8_lossy(&got.data).into_owned();
+    assert!(
+        got.starts_with("X-First: top\r\n\tfolded\r\nReceived: from "),
+        "{got}"
+    );
+    assert!(
+        got.contains("\r\nX-Old: 1\r\nX-Old: two\r\nX-Added: yes\r\n\r\nBody line\r\n"),
+        "{got}"
+    );
+    assert!(!got.contains("Subject:"), "{got}");
+}
+
+#[test]
+fn envelope_and_body_changes_are_delivered() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![
+            pkt(b'e', &nul(&[b"<new@origin.test>"])),
+            pkt(b'+', &nul(&[b"<added@dest.test>"])),
+            pkt(b'2', &nul(&[b"<param@dest.test>", b""])),
+            pkt(b'-', &nul(&[b"<b@dest.test>"])),
+            pkt(b'b', b"Replaced "),
+            pkt(b'b', b"body\nsecond line\n"),
+            pkt(b'c', b""),
+        ],
+        _ => cont(),
+    });
+    let got = &relayed(&m.spec(), "b@dest.test", MSG);
+    assert_eq!(got.mail_from, "new@origin.test");
+    let mut rcpts = got.rcpts.clone();
+    rcpts.sort();
+    assert_eq!(rcpts, ["added@dest.test", "param@dest.test"]);
+    let data = String::from_utf8_lossy(&got.data).into_owned();
+    assert!(
+        data.ends_with("\r\n\r\nReplaced body\r\nsecond line\r\n"),
+        "{data}"
+    );
+    assert!(data.contains("Subject: Hello\r\n"));
+}
+
+#[test]
+fn modifications_not_negotiated_are_garbage() {
+    // ADDHDRS only: a CHGFROM is a protocol error; default accept
+    let m = Milter::start(0x01, 0, |c, _| match c {
+        b'E' => vec![pkt(b'e', &nul(&[b"<x@y.test>"])), pkt(b'c', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[format!("{},default=accept", m.spec())], &[]);
+    let mut t = relay.session();
+    let id = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    assert!(envelope(&relay, &id).contains("from: <a@origin.test>"));
+    assert_logged(&relay, "not negotiated");
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn milter_down_tempfails_by_default() {
+    let spec = format!("inet:127.0.0.1:{}", closed_port());
+    let relay = relay_with(&[spec], &[]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<a@origin.test>", 451, "4.7.1");
+    assert_logged(&relay, "default action Tempfail");
+}
+
+#[test]
+fn milter_down_with_default_accept_lets_mail_through() {
+    let spec = format!("inet:127.0.0.1:{},default=accept", closed_port());
+    let relay = relay_with(&[spec], &[]);
+    let mut t = relay.session();
+    t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    assert_logged(&relay, "default action Accept");
+}
+
+#[test]
+fn slow_milter_is_left_after_its_timeout() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| {
+        if c == b'M' {
+            thread::sleep(Duration::from_secs(8));
+        }
+        cont()
+    });
+    let relay = relay_with(&[format!("{},command-timeout=1s", m.spec())], &[]);
+    let mut t = relay.session();
+    t.cmd_enh("MAIL FROM:<a@origin.test>", 451, "4.7.1");
+    assert_logged(&relay, "at mail: timed out");
+}
+
+#[test]
+fn slow_end_of_message_with_progress_is_bounded() {
+    // PROGRESS every half second, forever: the eom timeout still ends it
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| {
+        if c == b'E' {
+            return (0..20)
+                .map(|_| {
+                    thread::sleep(Duration::from_millis(500));
+                    pkt(b'p', b"")
+                })
+                .collect();
+        }
+        cont()
+    });
+    let relay = relay_with(
+        &[format!("{},eom-timeout=2s,default=accept", m.spec())],
+        &[],
+    );
+    let mut t = relay.session();
+    let (code, text) = end_of_data(&mut t);
+    assert_eq!(code, 250, "{text}");
+    assert_logged(&relay, "at eom: timed out");
+}
+
+#[test]
+fn garbage_from_a_milter_takes_the_default_action() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'R' => vec![b"\xff\xff\xff\xffjunk".to_vec()],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd_enh("RCPT TO:<b@dest.test>", 451, "4.7.1");
+    assert_logged(&relay, "packet length");
+}
+
+#[test]
+fn milters_are_called_in_order_and_no_reply_steps_are_not_waited_for() {
+    // the first milter answers no headers (SMFIP_NR_HDR) and adds one;
+    // the second sees the added header and rejects because of it
+    let first = Milter::start(ALL_ACTIONS, 0x80, |c, _| match c {
+        b'L' => vec![],
+        b'E' => vec![pkt(b'h', &nul(&[b"X-Spam", b"yes"])), pkt(b'c', b"")],
+        _ => cont(),
+    });
+    let second = Milter::start(ALL_ACTIONS, 0, |c, d| match c {
+        b'L' if d.starts_with(b"X-Spam\0") => vec![pkt(b'y', b"550 5.7.0 spam\0")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[first.spec(), second.spec()], &[]);
+    let mut t = relay.session();
+    let (code, text) = end_of_data(&mut t);
+    assert_eq!((code, text.contains("5.7.0 spam")), (550, true), "{text}");
+}
+
+// ---- real milters from Debian's packages ----
+
+/// A child process killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether every tool is there; outside CI a missing one skips the test
+/// with a reason, in CI it fails it (scripts/ci-deps.sh installs them).
+fn have(test: &str, tools: &[(&str, &str)]) -> bool {
+    for (path, package) in tools {
+        if !std::path::Path::new(path).exists() {
+            if in_ci() {
+                panic!("{test}: {path} missing (package {package}; scripts/ci-deps.sh)");
+            }
+            println!("SKIPPED {test}: {path} missing (package {package}; run scripts/ci-deps.sh)");
+            return false;
+        }
+    }
+    true
+}
+
+/// The DNS TXT record opendkim-genkey wrote (`SEL.txt`, a zone-file
+/// line with the record in quoted pieces), as one string.
+fn genkey_record(txt: &str) -> String {
+    txt.split('"').skip(1).step_by(2).collect()
+}
+
+fn wait_listening(port: u16) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+}
+
+#[test]
+fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
+    let test = "opendkim_signs_and_dkimpy_verifies_against_dnsmasq";
+    let tools = [
+        ("/usr/sbin/opendkim", "opendkim"),
+        ("/usr/sbin/opendkim-genkey", "opendkim-tools"),
+        (
+            "/usr/lib/python3/dist-packages/dkim/__init__.py",
+            "python3-dkim",
+        ),
+    ];
+    if !have(test, &tools) {
+        return;
+    }
+    // README "OpenDKIM", run as written but for the key's folder, the
+    // domain, the port and logging
+    let dir = TempDir::new("opendkim");
+    let d = dir.path();
+    let keys = d.display().to_string();
+    let fit = |s: &str| {
+        s.replace("/etc/opendkim/keys", &keys)
+            .replace("example.org", "example.test")
+    };
+    let gen = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(fit(&readme_block("### OpenDKIM", "sh")))
+        .output()
+        .unwrap();
+    assert!(gen.status.success(), "{gen:?}");
+    let record = genkey_record(&std::fs::read_to_string(d.join("mail.txt")).unwrap());
+    assert!(
+        record.starts_with("v=DKIM1;") && record.contains("p="),
+        "{record}"
+    );
+    // a TXT string holds at most 255 octets: give dnsmasq pieces
+    let pieces: Vec<String> = record
+        .as_bytes()
+        .chunks(200)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let txt = format!(
+        "--txt-record=mail._domainkey.example.test,{}",
+        pieces.join(",")
+    );
+    let Some(dns) = dnsmasq::Dnsmasq::start(test, &[&txt]) else {
+        return;
+    };
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = d.join("opendkim.conf");
+    let text = fit(&readme_block("### OpenDKIM", "text"))
+        .replace("8891", &port.to_string())
+        .replace("Syslog yes\n", "Syslog no\nBackground no\n")
+        // the key sits under /tmp, which is everyone's
+        + "RequireSafeKeys no\n";
+    std::fs::write(&conf, text).unwrap();
+    let _opendkim = Child(
+        std::process::Command::new("/usr/sbin/opendkim")
+            .args(["-f", "-x", &conf.to_string_lossy()])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_listening(port), "opendkim did not listen on {port}");
+
+    let ini = readme_block("### OpenDKIM", "ini");
+    let milter = ini
+        .trim()
+        .strip_prefix("milter = ")
+        .expect("a milter line")
+        .replace("8891", &port.to_string());
+    let msg = b"From: Alice <alice@example.test>\r\nTo: bob@dest.test\r\nSubject: signed by a milter\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\nHello,\r\n\r\nthis is signed.\r\n";
+    let data = relayed(&milter, "bob@dest.test", msg).data;
+    let text = String::from_utf8_lossy(&data).into_owned();
+    assert!(text.starts_with("DKIM-Signature: "), "{text}");
+    assert!(
+        text.contains("d=example.test") && text.contains("s=mail"),
+        "{text}"
+    );
+
+    let verify = |bytes: &[u8]| {
+        let file = d.join("delivered.eml");
+        std::fs::write(&file, bytes).unwrap();
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/dkim_verify.py"
+            ))
+            .arg(dns.addr.port().to_string())
+            .arg(&file)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), said)
+    };
+    let (ok, said) = verify(&data);
+    assert!(ok, "dkimpy: {said}\n{text}");
+    // positive control: the verifier does fail a changed body
+    let tampered = text.replace("this is signed.", "this is forged.");
+    let (ok, said) = verify(tampered.as_bytes());
+    assert!(!ok, "a tampered message verified: {said}");
+}
+
+/// rspamd's main process, stopped with SIGTERM on drop (it stops its
+/// workers), killed if it does not go within 10 s.
+struct Rspamd(std::process::Child);
+
+impl Drop for Rspamd {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let stopped = wait_until(Duration::from_secs(10), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn rspamd_milter_proxy_rejects_gtube_with_its_code() {
+    let test = "rspamd_milter_proxy_rejects_gtube_with_its_code";
+    if !have(
+        test,
+        &[
+            ("/usr/bin/rspamd", "rspamd"),
+            ("/etc/rspamd/rspamd.conf", "rspamd"),
+        ],
+    ) {
+        return;
+    }
+    // README "rspamd": its worker-proxy.inc, on a free port; the other
+    // workers off, every folder rspamd writes in the test's own
+    let dir = TempDir::new("rspamd");
+    let d = dir.path();
+    for sub in ["local.d", "override.d", "db", "run", "log"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = readme_block("### rspamd", "text").replace("11332", &port.to_string());
+    std::fs::write(d.join("local.d/worker-proxy.inc"), proxy).unwrap();
+    for w in [
+        "worker-normal.inc",
+        "worker-controller.inc",
+        "worker-fuzzy.inc",
+    ] {
+        std::fs::write(d.join("override.d").join(w), "enabled = false;\n").unwrap();
+    }
+    let var = |k: &str, v: &std::path::Path| format!("{k}={}", v.display());
+    let _rspamd = Rspamd(
+        std::process::Command::new("/usr/bin/rspamd")
+            .args(["-f", "-i", "-c", "/etc/rspamd/rspamd.conf"])
+            .args(["--var", &var("LOCAL_CONFDIR", d)])
+            .args(["--var", &var("DBDIR", &d.join("db"))])
+            .args(["--var", &var("RUNDIR", &d.join("run"))])
+            .args(["--var", &var("LOGDIR", &d.join("log"))])
+            .stdout(std::fs::File::create(d.join("rspamd.out")).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // the regular expressions are compiled before the proxy listens
+    let up = wait_until(Duration::from_secs(240), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "rspamd's proxy did not listen on {port}");
+
+    let relay = relay_with(&[format!("inet:127.0.0.1:{port}")], &[]);
+    // its workers may still be starting behind the socket: until the
+    // milter negotiates, the relay's default action answers MAIL 451
+    let mut ready = None;
+    for _ in 0..30 {
+        let mut t = relay.session();
+        t.send("MAIL FROM:<a@origin.test>");
+        if t.reply().0 == 250 {
+            ready = Some(t);
+            break;
+        }
+        thread::sleep(Duration::from_secs(2));
+    }
+    let Some(mut t) = ready else {
+        let out = std::fs::read_to_string(d.join("rspamd.out")).unwrap_or_default();
+        let tail: String = out.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+        panic!(
+            "rspamd's proxy never negotiated\n{}\nrspamd (last lines, reversed):\n{tail}",
+            relay.log()
+        );
+    };
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    t.cmd("DATA", 354);
+    t.send_raw(b"From: a@origin.test\r\nTo: b@dest.test\r\nSubject: gtube\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n.\r\n");
+    let (code, text) = t.reply();
+    assert_eq!(code, 554, "{text}\n{}", relay.log());
+    assert!(text.contains("Gtube pattern"), "{text}");
+    assert!(queued_ids(relay.spool()).is_empty());
+    // a plain message goes through
+    t.send_mail(
+        "a@origin.test",
+        &["b@dest.test"],
+        b"Subject: hello\r\n\r\nJust a note.\r\n",
+    );
+}
+
+#[test]
+fn bdat_messages_go_through_milters_too() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'h', &nul(&[b"X-Filtered", b"bdat"])), pkt(b'c', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    // bare LF line ends, as BDAT allows
+    let part1 = b"Subject: chunks\nX-A: 1\n\n";
+    let part2 = b"body\n";
+    t.send_raw(format!("BDAT {}\r\n", part1.len()).as_bytes());
+    t.send_raw(part1);
+    t.expect(250);
+    t.send_raw(format!("BDAT {} LAST\r\n", part2.len()).as_bytes());
+    t.send_raw(part2);
+    let id = queued_id(&t.expect(250)).unwrap();
+    let msg = stored(&relay, &id);
+    assert!(
+        msg.contains("Subject: chunks\nX-A: 1\nX-Filtered: bdat\r\n\r\nbody\n"),
+        "{msg:?}"
+    );
+    let cmds = m.commands();
+    assert!(cmds.contains("DTLLLDNBDE"), "{cmds}");
+}
+
+#[test]
+fn helo_refused_by_a_milter_is_not_taken() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, d| match c {
+        b'H' if d.starts_with(b"bad.") => vec![pkt(b'y', b"550 5.7.1 not you\0")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.talk();
+    t.expect(220);
+    t.cmd_enh("EHLO bad.test", 550, "5.7.1");
+    t.cmd("MAIL FROM:<a@origin.test>", 503);
+    t.cmd("EHLO good.test", 250);
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+}
+
+#[test]
+fn data_refused_by_a_milter_gets_no_354() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'T' => vec![pkt(b't', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.test>", 250);
+    t.cmd("RCPT TO:<b@dest.test>", 250);
+    t.cmd_enh("DATA", 451, "4.7.1");
+    assert_eq!(tmp_count(relay.spool()), 0);
+    // the transaction is over
+    t.cmd("RCPT TO:<b@dest.test>", 503);
+}
+
+#[test]
+fn skip_ends_the_body_and_a_unix_socket_milter_works() {
+    let dir = TempDir::new("miltersock");
+    // SMFIP_SKIP: the milter has seen enough after the first chunk
+    let m = Milter::start_unix(
+        &dir.path().join("m.sock"),
+        ALL_ACTIONS,
+        0x400,
+        |c, _| match c {
+            b'B' => vec![pkt(b's', b"")],
+            b'E' => vec![pkt(b'h', &nul(&[b"X-Seen", b"part"])), pkt(b'c', b"")],
+            _ => cont(),
+        },
+    );
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let body = "y".repeat(998) + "\r\n";
+    let msg = format!("Subject: long\r\n\r\n{}", body.repeat(200));
+    let id = t.send_mail("a@origin.test", &["b@dest.test"], msg.as_bytes());
+    let cmds = m.commands();
+    assert_eq!(cmds.matches('B').count(), 1, "{cmds}");
+    assert!(cmds.ends_with("BDE"), "{cmds}");
+    assert!(stored(&relay, &id).contains("X-Seen: part\r\n"));
+}
+
+#[test]
+fn skip_not_negotiated_is_garbage() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'B' => vec![pkt(b's', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let (code, _) = end_of_data(&mut t);
+    assert_eq!(code, 451);
+    assert_logged(&relay, "Skip in reply to body");
+}
+
+#[test]
+fn shutdown_at_end_of_message_is_421_and_closes() {
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'4', b"")],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    let (code, text) = end_of_data(&mut t);
+    assert_eq!(code, 421, "{text}");
+    t.expect_closed();
+    assert!(queued_ids(relay.spool()).is_empty());
+}

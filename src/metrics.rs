@@ -5,7 +5,10 @@
 //! `GET /healthz`.
 //!
 //! Every label has a bounded set of values (an enum here): no
-//! per-recipient, per-domain or per-client labels.
+//! per-recipient, per-domain or per-client labels. The one exception,
+//! `deliveries_in_flight{destination}`, is bounded by the delivery
+//! workers: a series exists only while a delivery to its destination
+//! runs, and is removed when the last one ends.
 //!
 //! For new inbound checks: a refusal that goes out through the session's
 //! reply writer is counted and logged there ([`reply`]), once. A check
@@ -167,6 +170,14 @@ struct Metrics {
     attempts: Counter,
     retries: Counter,
     dsns: Family<DsnSet, Counter>,
+    in_flight: Family<DestinationSet, Gauge>,
+}
+
+/// `{destination="mx.example.net:25"}`: the scheduler's key of a
+/// destination (its first next hop, or the route's name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationSet {
+    destination: String,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -190,6 +201,7 @@ impl Metrics {
             attempts: Counter::default(),
             retries: Counter::default(),
             dsns: Family::default(),
+            in_flight: Family::default(),
             registry: Registry::default(),
         };
         // every label value shows from the start (0), so rate() and
@@ -293,6 +305,12 @@ impl Metrics {
             &m.retries,
         );
         reg(&mut r, "dsns", "DSNs queued, by kind", &m.dsns);
+        reg(
+            &mut r,
+            "deliveries_in_flight",
+            "Deliveries running now, by destination (only busy destinations)",
+            &m.in_flight,
+        );
         Metrics { registry: r, ..m }
     }
 }
@@ -415,6 +433,23 @@ pub fn retry() {
 
 pub fn dsn(kind: Dsn) {
     METRICS.dsns.get_or_create(&DsnSet { kind }).inc();
+}
+
+/// Deliveries running now to `destination` (the per-destination slots
+/// of `shaping.rs`); at 0 the series goes, so the label set stays as
+/// small as the set of busy destinations.
+pub fn in_flight(destination: &str, n: usize) {
+    let set = DestinationSet {
+        destination: destination.to_string(),
+    };
+    if n == 0 {
+        METRICS.in_flight.remove(&set);
+    } else {
+        METRICS
+            .in_flight
+            .get_or_create(&set)
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }
 
 /// The scheduler's view of the queue (set each tick): messages per

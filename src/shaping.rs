@@ -255,6 +255,7 @@ impl DestLimiter {
             return Err(why);
         }
         st.busy += 1;
+        crate::metrics::in_flight(key, st.busy);
         if let Some(b) = &mut st.messages {
             b.tokens -= 1.0;
         }
@@ -443,6 +444,7 @@ impl Drop for DestSlot {
         let mut dests = self.inner.lock();
         if let Some(st) = dests.get_mut(&self.key) {
             st.busy = st.busy.saturating_sub(1);
+            crate::metrics::in_flight(&self.key, st.busy);
             if st.idle() {
                 dests.remove(&self.key);
             }

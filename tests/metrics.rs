@@ -273,3 +273,54 @@ fn a_connection_over_the_per_ip_limit_is_counted_and_logged() {
         "{log}"
     );
 }
+
+/// `smtp_relay_deliveries_in_flight{destination}` (issue 15): a series
+/// while a delivery to its destination runs, gone when the last one
+/// ends, so its labels are bounded by the delivery workers. The sink
+/// holds the end of data until the test has seen the gauge: no timing.
+#[test]
+fn in_flight_deliveries_are_shown_per_destination_while_they_run() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let release = Arc::new(AtomicBool::new(false));
+    let held = release.clone();
+    let sink = Sink::with(SinkConfig {
+        data_end: Arc::new(move |_| {
+            let until = Instant::now() + DELIVERY;
+            while !held.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Action::reply(250, "2.0.0 Ok")
+        }),
+        ..SinkConfig::default()
+    });
+    let relay = relay_with_metrics(&sink, &["--relay-net", "127.0.0.1/32"]);
+    let m = metrics_addr(&relay);
+    let family = "smtp_relay_deliveries_in_flight{";
+    let mut t = relay.session();
+    t.send_mail(
+        "a@origin.example",
+        &["r@dest.example"],
+        b"Subject: held\r\n\r\ntext\r\n",
+    );
+    t.send("QUIT");
+    let mut text = String::new();
+    let seen = wait_until(DELIVERY, || {
+        text = http_get(m, "/metrics").1;
+        text.lines()
+            .any(|l| l.starts_with(family) && l.ends_with(" 1"))
+    });
+    release.store(true, Ordering::SeqCst);
+    assert!(seen, "no in-flight series during the delivery:\n{text}");
+    let line = text.lines().find(|l| l.starts_with(family)).unwrap_or("");
+    assert!(line.contains("destination=\""), "{line}");
+    if let Some((ok, msg)) = promtool_check(&text) {
+        assert!(ok, "promtool check metrics failed:\n{msg}\n{text}");
+    }
+    assert!(sink.wait_for(1, DELIVERY), "not delivered");
+    let gone = wait_until(Duration::from_secs(10), || {
+        text = http_get(m, "/metrics").1;
+        !text.lines().any(|l| l.starts_with(family))
+    });
+    assert!(gone, "the series outlived its delivery:\n{text}");
+}

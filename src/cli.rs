@@ -516,6 +516,18 @@ const ROUTING_OPTS: &[OptSpec] = &[
         "port of the MTA-STS policy hosts (default 443; for tests)",
     ),
     opt(
+        "dane",
+        Kind::Flag,
+        "",
+        "apply DANE TLSA records (RFC 7672) of MX hosts, DNSSEC-validated in-process",
+    ),
+    opt(
+        "dnssec-trust-anchor",
+        Kind::Single,
+        "FILE",
+        "--dane: DNSKEY records to trust instead of the root zone's keys",
+    ),
+    opt(
         "ca-file",
         Kind::Single,
         "FILE",
@@ -1428,6 +1440,11 @@ fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.mta_sts_port = p;
     }
     c.ca_file = v.single("ca-file").map(PathBuf::from);
+    c.dane = v.flag("dane")?;
+    c.dnssec_trust_anchor = v.single("dnssec-trust-anchor").map(PathBuf::from);
+    if c.dnssec_trust_anchor.is_some() && !c.dane {
+        return Err(UsageError("--dnssec-trust-anchor needs --dane".into()));
+    }
     Ok(())
 }
 

@@ -24,6 +24,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dane;
 pub mod delivery;
 pub mod dns;
 pub mod edge;

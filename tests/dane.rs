@@ -396,25 +396,37 @@ fn mismatching_tlsa_record_defers() {
 #[test]
 fn unsigned_zone_is_opportunistic() {
     let test = "unsigned_zone_is_opportunistic";
-    // a TLSA record that matches nothing, in an insecure zone: not used
-    // (RFC 7672 §2.2), so the MX without STARTTLS gets the message
+    // TLSA records that match nothing, where DANE must not use them
+    // (RFC 7672 §2.2): so the MX without STARTTLS gets every message
     let zero = "00".repeat(32);
-    let tlsa = format!("_{{port}}._tcp.mx.plain.test. IN TLSA 3 1 1 {zero}");
+    let t_plain = format!("_{{port}}._tcp.mx.plain.test. IN TLSA 3 1 1 {zero}");
+    let t_signed = format!("_{{port}}._tcp.mx.signed.test. IN TLSA 3 1 1 {zero}");
+    // a secure MX RRset naming a host in the unsigned zone (§2.2.2:
+    // insecure addresses), and a signed host with TLSA records
+    let records = [
+        "mixed.test. IN MX 10 mx.plain.test.",
+        "mx.signed.test. IN A 127.0.{net}.1",
+        &t_signed,
+    ];
     let plain = [
         "plain.test. IN MX 10 mx.plain.test.",
         "mx.plain.test. IN A 127.0.{net}.1",
-        &tlsa,
+        &t_plain,
+        // an insecure MX RRset naming the signed host (§2.2.1)
+        "other.plain.test. IN MX 10 mx.signed.test.",
     ];
-    let Some(w) = World::new(test, 63, &[], &plain, &[]) else {
+    let Some(w) = World::new(test, 63, &records, &plain, &[]) else {
         return;
     };
     let mx = w.mx(1, None);
     let relay = w.sender();
-    let id = send(&relay, "user@plain.test");
-    let line = delivery_line(&relay, &id);
-    assert!(line.contains(" tls=none"), "{line}");
-    sent(&relay, &id);
-    assert!(delivered_to(&mx));
+    for rcpt in ["user@plain.test", "user@mixed.test", "user@other.plain.test"] {
+        let id = send(&relay, rcpt);
+        let line = delivery_line(&relay, &id);
+        assert!(line.contains(" tls=none"), "{rcpt}: {line}");
+        sent(&relay, &id);
+    }
+    assert!(wait_until(LIMIT, || queued_ids(mx.spool()).len() == 3));
     let run = w.route("user@plain.test");
     assert!(run.stdout.contains("tls policy: none"), "{}", run.stdout);
 }

@@ -8,7 +8,8 @@
 # smarthost that requires AUTH), msmtp (a mail client of the submission
 # listeners), Prometheus (promtool, and a server that scrapes --metrics),
 # socat and postfix-policyd-spf-python (the policy-service tests), nginx
-# (the MTA-STS policy host, tests/mta_sts.rs). Safe to run again.
+# (the MTA-STS policy host, tests/mta_sts.rs), Knot DNS and ldnsutils (a
+# DNSSEC-signed zone on loopback, tests/dane.rs). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -34,6 +35,10 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 # the MTA-STS tests serve the policy over HTTPS with nginx (run as a
 # single process on a temp config; Debian's service is not started)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx)
+# the DANE tests: Knot DNS serves zones signed by ldns-signzone (run as a
+# single process on a temp config; Debian's service is not started)
+{ command -v knotd >/dev/null 2>&1 || [ -x /usr/sbin/knotd ]; } || need+=(knot)
+command -v ldns-signzone >/dev/null 2>&1 || need+=(ldnsutils)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

@@ -1859,6 +1859,21 @@ mod tests {
     }
 
     #[test]
+    fn dane_options() {
+        let c = serve("serve").unwrap();
+        assert!(!c.dane && c.dnssec_trust_anchor.is_none());
+        let c = serve("serve --dane --dnssec-trust-anchor /x/anchor.key").unwrap();
+        assert!(c.dane);
+        assert_eq!(c.dnssec_trust_anchor, Some(PathBuf::from("/x/anchor.key")));
+        let e = serve("serve --dnssec-trust-anchor /x/anchor.key").unwrap_err();
+        assert!(e.0.contains("needs --dane"), "{e}");
+        match parse(&args("route --dane a@b.example")).unwrap() {
+            Cli::Route { config, .. } => assert!(config.dane),
+            other => panic!("not route: {other:?}"),
+        }
+    }
+
+    #[test]
     fn serve_options() {
         let c = serve("serve --listen 127.0.0.1:0 --listen [::1]:2526 --max-size 1M --timeout 30s --relay-domain Example.ORG -v -v").unwrap();
         assert_eq!(c.listen.len(), 2);

@@ -357,7 +357,9 @@ fn matching_dane_ee_record_delivers_over_tls() {
     sent(&relay, &id);
     assert!(delivered_to(&mx));
     assert!(
-        relay.log().contains("tls-policy DANE: 1 usable TLSA records for mx.good.test"),
+        relay
+            .log()
+            .contains("tls-policy DANE: 1 usable TLSA records for mx.good.test"),
         "{}",
         relay.log()
     );
@@ -420,7 +422,11 @@ fn unsigned_zone_is_opportunistic() {
     };
     let mx = w.mx(1, None);
     let relay = w.sender();
-    for rcpt in ["user@plain.test", "user@mixed.test", "user@other.plain.test"] {
+    for rcpt in [
+        "user@plain.test",
+        "user@mixed.test",
+        "user@other.plain.test",
+    ] {
         let id = send(&relay, rcpt);
         let line = delivery_line(&relay, &id);
         assert!(line.contains(" tls=none"), "{rcpt}: {line}");
@@ -446,10 +452,17 @@ fn bogus_signatures_defer() {
     let relay = w.sender();
     let id = send(&relay, "user@bogus.test");
     let reply = rcpt_state(&relay, &id, "deferred");
-    assert!(reply.contains("4.7.5") && reply.contains("DNSSEC"), "{reply}");
+    assert!(
+        reply.contains("4.7.5") && reply.contains("DNSSEC"),
+        "{reply}"
+    );
     assert!(queued_ids(mx.spool()).is_empty(), "delivered anyway");
     let run = w.route("user@bogus.test");
-    assert!(run.stdout.contains("DANE deferral (4.7.5)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("DANE deferral (4.7.5)"),
+        "{}",
+        run.stdout
+    );
 }
 
 /// One REQUIRETLS message (RFC 8689) over STARTTLS to `relay`.
@@ -535,5 +548,8 @@ fn dane_ta_checks_the_chain_and_the_name() {
     let id = send(&relay, "user@taname.test");
     let reply = rcpt_state(&relay, &id, "deferred");
     assert!(reply.contains("4.7.5") && reply.contains("DANE"), "{reply}");
-    assert!(queued_ids(wrong_name.spool()).is_empty(), "delivered anyway");
+    assert!(
+        queued_ids(wrong_name.spool()).is_empty(),
+        "delivered anyway"
+    );
 }

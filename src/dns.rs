@@ -186,6 +186,11 @@ impl Dns {
         })
     }
 
+    /// How long one lookup (or one batch of [`Dns::a_all`]) may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The MX records of `domain`, sorted by preference (equal preferences
     /// keep the server's order: shuffling them is routing's business).
     /// `Err(NoRecords)` when the domain exists without MX.
@@ -227,28 +232,46 @@ impl Dns {
         Ok(addrs)
     }
 
-    /// The A records of `name` (a DNS list query, RFC 5782 §2.1).
-    /// `Err(NxDomain)` when the name is not listed.
-    pub fn a(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
-        let name = fqdn(name)?;
-        let resolver = &self.resolver;
-        let lookup = self.block_on(async move {
-            resolver
-                .lookup(name, hickory_resolver::proto::rr::RecordType::A)
-                .await
-        })?;
-        let addrs: Vec<std::net::Ipv4Addr> = lookup
-            .answers()
+    /// The A records of each of `names`, in order, asked at once (the DNS
+    /// lists of one client, RFC 5782 §2.1): the lookups run concurrently
+    /// on the private runtime, and all of them end by `deadline` and
+    /// within the timeout; a lookup still unanswered then is abandoned.
+    pub fn a_all(
+        &self,
+        names: &[String],
+        deadline: std::time::Instant,
+    ) -> Vec<Result<Vec<std::net::Ipv4Addr>, DnsError>> {
+        let deadline = deadline.min(std::time::Instant::now() + self.timeout);
+        let lookups: Vec<_> = names
             .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
-                _ => None,
+            .map(|n| {
+                let (name, resolver) = (fqdn(n), self.resolver.clone());
+                self.rt.spawn(async move {
+                    let lookup = resolver
+                        .lookup(name?, hickory_resolver::proto::rr::RecordType::A)
+                        .await
+                        .map_err(|e| classify(&e))?;
+                    a_records(&lookup)
+                })
             })
             .collect();
-        if addrs.is_empty() {
-            return Err(DnsError::NoRecords);
-        }
-        Ok(addrs)
+        // The timer must be made inside the runtime: hence the async block.
+        self.rt.block_on(async move {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let mut answers = Vec::with_capacity(lookups.len());
+            for lookup in lookups {
+                let abort = lookup.abort_handle();
+                answers.push(match tokio::time::timeout_at(deadline, lookup).await {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(e)) => Err(DnsError::Temporary(format!("lookup failed: {e}"))),
+                    Err(_) => {
+                        abort.abort();
+                        Err(DnsError::Temporary("no answer in time".into()))
+                    }
+                });
+            }
+            answers
+        })
     }
 
     /// The TXT records of `name`, each its strings joined (RFC 7208 §3.3
@@ -413,6 +436,24 @@ impl Dns {
             ))),
         }
     }
+}
+
+/// The A records of an answer; none is `NoRecords`.
+fn a_records(
+    lookup: &hickory_resolver::lookup::Lookup,
+) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
+    let addrs: Vec<std::net::Ipv4Addr> = lookup
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    if addrs.is_empty() {
+        return Err(DnsError::NoRecords);
+    }
+    Ok(addrs)
 }
 
 /// The one place that reads hickory's errors.

@@ -8,11 +8,13 @@
 //! per-recipient, per-domain or per-client labels.
 //!
 //! For new inbound checks: a refusal that goes out through the session's
-//! reply writer is counted and logged there ([`reply`]), by the reply's
-//! enhanced status code (RFC 3463); give the check's reply a distinct
-//! code or add a [`Reason`] and a match arm in [`Reason::of`]. A
-//! refusal that never reaches a session (a connection closed at accept)
-//! is [`conn_refused`].
+//! reply writer is counted and logged there ([`reply`]), once. A check
+//! of the filter stage (access rules, DNS lists, rate limits, the policy
+//! service, recipient validation) hands the session a [`Refusal`] naming
+//! its [`Reason`] and rule, which the writer puts on that one line; any
+//! other refusal is classified by the reply's enhanced status code (RFC
+//! 3463) in [`Reason::of`]. A refusal that never reaches a session (a
+//! connection closed at accept) is [`conn_refused`].
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -69,6 +71,11 @@ label!(Reason, ReasonSet, reason, {
     Timeout => "timeout",
     Syntax => "syntax",
     Policy => "policy",
+    Dnsbl => "dnsbl",
+    RateLimit => "rate_limit",
+    PolicyService => "policy_service",
+    AccessRule => "access_rule",
+    RecipientValidation => "recipient_validation",
     Other => "other",
 });
 
@@ -324,19 +331,44 @@ pub fn refused(reason: Reason) {
     METRICS.refused.get_or_create(&ReasonSet { reason }).inc();
 }
 
+/// A refusal by a rule of the filter stage, handed to the reply writer
+/// with the reply it decided, so that the refusal is one log line with
+/// the client, the reason, the rule and the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    /// The session stage (`connect`, `helo`, `mail`, `rcpt`), for access
+    /// rules.
+    pub stage: Option<&'static str>,
+    /// The rule as an operator finds it (file line and text, list zone,
+    /// policy service and its action, rate and key).
+    pub rule: String,
+    pub reply: Reply,
+}
+
 /// Every reply a session writes passes here: a 4xx/5xx reply is a
-/// refusal, logged at INFO with the client address and counted.
-pub fn reply(peer: &SocketAddr, reply: &Reply) {
+/// refusal, logged at INFO with the client address and counted; when it
+/// is the reply of `refusal`, under its reason and with its rule.
+pub fn reply(peer: &SocketAddr, reply: &Reply, refusal: Option<Refusal>) {
     let code = reply.code();
-    if code.is_transient() || code.is_permanent() {
-        let reason = Reason::of(reply);
-        log::info!(
-            "{peer} refused reason={} reply={:?}",
-            reason.as_str(),
-            reply.to_string()
-        );
-        refused(reason);
+    if !(code.is_transient() || code.is_permanent()) {
+        return;
     }
+    let line = match refusal.filter(|r| r.reply == *reply) {
+        Some(r) => {
+            let stage = r.stage.map(|s| format!(" stage={s}")).unwrap_or_default();
+            let rule = crate::smtp::escape(&r.rule).replace('"', "'");
+            (r.reason, format!("{stage} rule=\"{rule}\""))
+        }
+        None => (Reason::of(reply), String::new()),
+    };
+    let (reason, rule) = line;
+    log::info!(
+        "{peer} refused reason={}{rule} reply={:?}",
+        reason.as_str(),
+        reply.to_string()
+    );
+    refused(reason);
 }
 
 /// Counts a session while the guard lives.

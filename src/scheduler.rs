@@ -32,7 +32,8 @@
 //!   another destination, that retry comes early).
 //!
 //! Without a scheduler (the foreground `queue flush`), `Deliverer::attempt`
-//! waits for a slot between tries of a message, holding no lock.
+//! waits for a slot between tries of a message, holding no lock, and is
+//! woken by the release of a slot (`DestLimiter::wait_free`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -124,25 +125,24 @@ impl DestLimiter {
         self.inner.max_for(key).saturating_sub(n)
     }
 
-    /// Waits up to `wait` until one of `keys` has a free slot (for callers
-    /// without a scheduler; they hold no message while waiting).
-    pub fn wait_free(&self, keys: &[String], wait: Duration) -> bool {
-        let deadline = Instant::now() + wait;
+    /// Blocks until one of `keys` has a free slot (for callers without a
+    /// scheduler; they hold no message and no slot while waiting). Woken
+    /// by the [`DestSlot`] drop that frees a slot, never by a timer: the
+    /// condition is read under the lock the drop takes, so no free is
+    /// missed. At least one slot of each key is held by a transaction in
+    /// progress, which ends within its timeouts, so this returns.
+    pub fn wait_free(&self, keys: &[String]) {
         let mut busy = self.busy();
-        loop {
-            let any = keys
+        while !keys.is_empty()
+            && !keys
                 .iter()
-                .any(|k| busy.get(k).copied().unwrap_or(0) < self.inner.max_for(k));
-            let left = deadline.saturating_duration_since(Instant::now());
-            if any || left.is_zero() {
-                return any;
-            }
+                .any(|k| busy.get(k).copied().unwrap_or(0) < self.inner.max_for(k))
+        {
             busy = self
                 .inner
                 .freed
-                .wait_timeout(busy, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+                .wait(busy)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -645,7 +645,38 @@ mod tests {
         assert!(l.try_acquire("mx.b:25").is_some());
         drop(a);
         assert_eq!(l.free("mx.a:25"), 1);
-        assert!(l.wait_free(&["mx.a:25".into()], Duration::ZERO));
+        l.wait_free(&["mx.a:25".into()]);
+    }
+
+    /// A foreground flush waiting for a slot is woken by the slot's
+    /// release and not before: the waiter returns only once the slot is
+    /// dropped, though the slot is held for longer than the 1 s polling
+    /// step this wait used to have (where it returned without a free slot
+    /// and the message was claimed, loaded and routed again, every second).
+    #[test]
+    fn a_waiter_wakes_when_a_slot_frees_and_not_before() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let l = DestLimiter::new(1);
+        let slot = l.try_acquire("mx.slow:25").unwrap();
+        let freed = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (l, freed) = (l.clone(), freed.clone());
+            thread::spawn(move || {
+                l.wait_free(&["mx.slow:25".into()]);
+                // what it saw when it woke: was the slot already given back?
+                (freed.load(Ordering::SeqCst), l.free("mx.slow:25"))
+            })
+        };
+        // longer than the old polling step; no assertion on time
+        thread::sleep(Duration::from_millis(1500));
+        freed.store(true, Ordering::SeqCst);
+        drop(slot);
+        let (was_freed, free) = waiter.join().unwrap();
+        assert!(was_freed, "woke before the slot was freed (polling)");
+        assert_eq!(free, 1);
+        // a key with a free slot, or no key at all: no wait
+        l.wait_free(&["mx.slow:25".into()]);
+        l.wait_free(&[]);
     }
 
     /// A route's `max-connections` replaces the global limit for its key.
@@ -656,7 +687,6 @@ mod tests {
         let _a = l.try_acquire("smtp.p:587").unwrap();
         assert!(l.try_acquire("smtp.p:587").is_none());
         assert_eq!(l.free("smtp.p:587"), 0);
-        assert!(!l.wait_free(&["smtp.p:587".into()], Duration::ZERO));
         assert_eq!(l.free("mx.other:25"), 3);
     }
 

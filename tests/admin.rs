@@ -1107,6 +1107,61 @@ fn flush_without_a_server_delivers_in_the_foreground() {
     assert_eq!(ok(&again), "flush: nothing selected\n");
 }
 
+/// A foreground flush with one slot for the destination and four
+/// workers: the workers that find the slot taken wait for its release
+/// (no message is deferred for a limit) and every message is delivered,
+/// one transaction at a time.
+#[test]
+fn foreground_flush_waits_for_the_destinations_slot() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (busy, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let sink = Sink::with(SinkConfig::default().data_end_fn({
+        let (busy, peak) = (busy.clone(), peak.clone());
+        move |_| {
+            let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            thread::sleep(Duration::from_millis(200));
+            busy.fetch_sub(1, Ordering::SeqCst);
+            Action::reply(250, "2.0.0 Ok")
+        }
+    }));
+    let dir = TempDir::new("fg-slot");
+    let spool = dir.path().join("spool");
+    {
+        let relay = Relay::receive_only_with_spool(spool.clone(), &[]);
+        for i in 0..4 {
+            let to = format!("r{i}@example.net");
+            relay
+                .session()
+                .send_mail("alice@a.example", &[&to], &mail("slot"));
+        }
+    }
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let r = queue(
+        &spool,
+        "flush",
+        &[
+            "--no-dns",
+            "--route",
+            &route,
+            "--delivery-workers",
+            "4",
+            "--max-per-destination",
+            "1",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", show_run(&r));
+    assert!(
+        r.stdout.contains("4 done, 0 still deferred"),
+        "{}",
+        show_run(&r)
+    );
+    assert_eq!(sink.count(), 4);
+    assert_eq!(peak.load(Ordering::SeqCst), 1, "the limit was exceeded");
+    assert!(queued_ids(&spool).is_empty());
+}
+
 #[test]
 fn flush_wait_with_a_server_that_never_picks_up_exits_69() {
     let relay = Relay::receive_only(&[]);

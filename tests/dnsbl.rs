@@ -46,7 +46,17 @@ fn a_listed_client_is_refused_at_rcpt_naming_the_list() {
     let Some(dns) = Dnsmasq::start("a_listed_client_is_refused_at_rcpt", RECORDS) else {
         return;
     };
-    let r = relay(&dns, &["--dnsbl", "bl.test", "--dnsbl", "refuse.test"]);
+    let r = relay(
+        &dns,
+        &[
+            "--dnsbl",
+            "bl.test",
+            "--dnsbl",
+            "refuse.test",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
     let (code, text) = rcpt_from(&r, "127.0.0.2");
     assert_eq!(code, 554, "{text}");
     assert_eq!(
@@ -59,9 +69,24 @@ fn a_listed_client_is_refused_at_rcpt_naming_the_list() {
     // a list refusing the query (127.255.255.x) lists nobody: logged
     assert_eq!(rcpt_from(&r, "127.0.0.7").0, 250);
     let log = r.log();
+    // one line for the refusal, with the client, reason, rule and reply
+    let refusals = refused_lines(&log, "127.0.0.2");
+    assert_eq!(refusals.len(), 1, "{log}");
     assert!(
-        log.contains("127.0.0.2 refused rule=dnsbl:bl.test reply=\"554 5.7.1 Service unavailable"),
+        refusals[0].contains(
+            " refused reason=dnsbl rule=\"dnsbl:bl.test\" reply=\"554 5.7.1 Service unavailable"
+        ),
         "{log}"
+    );
+    // counted under its own reason, not by its enhanced code (5.7.1)
+    let (_, metrics) = http_get(metrics_addr(&r), "/metrics");
+    assert_eq!(
+        sample(&metrics, "smtp_relay_refused_total{reason=\"dnsbl\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, "smtp_relay_refused_total{reason=\"sender\"}"),
+        0.0
     );
     assert!(
         log.contains("refuse.test ignored: the list refused the query (answer 127.255.255.254)"),

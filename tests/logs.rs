@@ -78,6 +78,67 @@ fn json_lines_have_the_documented_fields() {
     assert_eq!(refused["reply"], "550 5.7.1 Relaying denied");
 }
 
+/// A refusal by a rule of the filter stage is one line (not one from
+/// the rule and one from the reply writer), and its JSON carries the
+/// client, the reason, the rule and the reply as fields.
+#[test]
+fn a_rule_refusal_is_one_line_with_client_rule_and_reply() {
+    let relay = edge_relay(&["--rate-connections", "1", "--log-format", "json"]);
+    for _ in 0..2 {
+        let mut t = Talk::connect_from("127.0.0.2", relay.addr());
+        t.reply();
+    }
+    let mut refusals = Vec::new();
+    wait_until(DELIVERY, || {
+        refusals = json_lines(&relay.log())
+            .into_iter()
+            .filter(|v| {
+                v["msg"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("Too many connections")
+            })
+            .collect();
+        !refusals.is_empty()
+    });
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    let r = &refusals[0];
+    assert_eq!(r["level"], "INFO");
+    assert_eq!(r["event"], "refused");
+    assert!(
+        r["client"].as_str().unwrap().starts_with("127.0.0.2:"),
+        "{r}"
+    );
+    assert_eq!(r["reason"], "rate_limit");
+    assert_eq!(r["rule"], "rate-connections");
+    assert_eq!(r["reply"], "421 4.7.0 Too many connections from 127.0.0.2");
+}
+
+/// A message refused at the end of its data (here too big) is one INFO
+/// line too, the reply writer's, with the client, reason and reply.
+#[test]
+fn a_refused_message_is_one_line() {
+    let relay = Relay::receive_only(&["--max-size", "100"]);
+    let mut t = relay.session();
+    t.cmd("MAIL FROM:<a@origin.example>", 250);
+    t.cmd("RCPT TO:<b@dest.example>", 250);
+    t.cmd("DATA", 354);
+    t.send_raw(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(300)).as_bytes());
+    t.expect(552);
+    t.cmd("QUIT", 221);
+    let mut log = String::new();
+    wait_until(DELIVERY, || {
+        log = relay.log();
+        log.contains(" refused reason=size")
+    });
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("552 ")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("127.0.0.1:") && lines[0].contains(" refused reason=size reply=\"552 "),
+        "{log}"
+    );
+}
+
 #[test]
 fn sigusr1_reopens_the_log_file() {
     let dir = TempDir::new("logfile");

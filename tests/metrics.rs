@@ -15,45 +15,6 @@ use common::*;
 const DELIVERY: Duration = Duration::from_secs(30);
 const MESSAGES: usize = 50;
 
-/// The `metrics on ADDR` log line's address.
-fn metrics_addr(relay: &Relay) -> SocketAddr {
-    let mut addr = None;
-    wait_until(Duration::from_secs(10), || {
-        addr = relay.log().lines().find_map(|l| {
-            l.split("metrics on ")
-                .nth(1)
-                .and_then(|a| a.trim().parse().ok())
-        });
-        addr.is_some()
-    });
-    addr.unwrap_or_else(|| panic!("no `metrics on` line in\n{}", relay.log()))
-}
-
-/// One HTTP GET: (status code, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read response");
-    let (head, body) = out.split_once("\r\n\r\n").expect("a header block");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-    (code, body.to_string())
-}
-
-/// The value of the sample `series` (name and labels, exactly as
-/// exposed), or panics.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
-}
-
 fn relay_with_metrics(sink: &Sink, extra: &[&str]) -> Relay {
     let route = format!("*=127.0.0.1:{}", sink.addr().port());
     let mut args = vec!["--no-dns", "--route", &route, "--metrics", "127.0.0.1:0"];
@@ -99,7 +60,7 @@ fn a_load_run_moves_the_counters_by_the_right_amounts() {
     // 127.0.0.2 is not a relay network: its RCPT elsewhere is refused
     let relay = relay_with_metrics(&sink, &["--relay-net", "127.0.0.1/32"]);
     let m = metrics_addr(&relay);
-    let (code, before) = get(m, "/metrics");
+    let (code, before) = http_get(m, "/metrics");
     assert_eq!(code, 200);
     let received = "smtp_relay_messages_received_total";
     let sent = "smtp_relay_deliveries_total{outcome=\"sent\",dest=\"route\"}";
@@ -123,7 +84,7 @@ fn a_load_run_moves_the_counters_by_the_right_amounts() {
     // the sent counter moves after the envelope is written: poll briefly
     let mut after = String::new();
     wait_until(Duration::from_secs(10), || {
-        after = get(m, "/metrics").1;
+        after = http_get(m, "/metrics").1;
         sample(&after, sent) >= MESSAGES as f64
             && sample(&after, "smtp_relay_queue_messages{state=\"in_flight\"}") == 0.0
     });
@@ -176,7 +137,7 @@ fn openmetrics_is_served_when_asked_for() {
     assert!(out.contains("# TYPE smtp_relay_messages_received counter"));
     assert!(out.ends_with("# EOF\n"), "{out}");
     // anything else: 404, and a method other than GET: 405
-    assert_eq!(get(m, "/other").0, 404);
+    assert_eq!(http_get(m, "/other").0, 404);
     let mut s = TcpStream::connect_timeout(&m, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"POST /metrics HTTP/1.1\r\n\r\n").unwrap();
@@ -190,15 +151,15 @@ fn healthz_is_503_while_the_spool_cannot_take_a_file() {
     let sink = Sink::start();
     let relay = relay_with_metrics(&sink, &[]);
     let m = metrics_addr(&relay);
-    assert_eq!(get(m, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(http_get(m, "/healthz"), (200, "ok\n".to_string()));
     let spool = relay.spool().to_path_buf();
     let aside = spool.with_extension("aside");
     std::fs::rename(&spool, &aside).unwrap();
-    let (code, body) = get(m, "/healthz");
+    let (code, body) = http_get(m, "/healthz");
     std::fs::rename(&aside, &spool).unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("spool not writable"), "{body}");
-    assert_eq!(get(m, "/healthz").0, 200);
+    assert_eq!(http_get(m, "/healthz").0, 200);
 }
 
 /// A real Prometheus server (Debian's `prometheus`) scrapes the relay
@@ -293,15 +254,15 @@ fn a_connection_over_the_per_ip_limit_is_counted_and_logged() {
     let relay = relay_with_metrics(&sink, &["--max-per-ip", "1", "--relay-net", "10.0.0.0/8"]);
     let m = metrics_addr(&relay);
     let series = "smtp_relay_connections_refused_total{reason=\"per_ip_limit\"}";
-    assert_eq!(sample(&get(m, "/metrics").1, series), 0.0);
+    assert_eq!(sample(&http_get(m, "/metrics").1, series), 0.0);
     let mut first = Talk::greet(relay.addr());
     let mut second = Talk::connect(relay.addr());
     second.expect_enh(421, "4.7.0");
     first.cmd("NOOP", 250);
-    assert_eq!(sample(&get(m, "/metrics").1, series), 1.0);
+    assert_eq!(sample(&http_get(m, "/metrics").1, series), 1.0);
     assert_eq!(
         sample(
-            &get(m, "/metrics").1,
+            &http_get(m, "/metrics").1,
             "smtp_relay_connections_accepted_total"
         ),
         1.0

@@ -203,12 +203,17 @@ fn every_action_at_rcpt_on_one_reused_connection() {
         "one connection, reused"
     );
     let log = r.log();
+    let refusals = refused_lines(&log, "127.0.0.2");
     assert!(
-        log.contains("127.0.0.2 refused rule=policy inet:127.0.0.1:"),
+        refusals
+            .iter()
+            .any(|l| l.contains(" refused reason=policy_service rule=\"policy inet:127.0.0.1:")),
         "{log}"
     );
     assert!(
-        log.contains("action=REJECT Recipient not wanted reply=\"554 5.7.1 Recipient not wanted\""),
+        log.contains(
+            "action=REJECT Recipient not wanted\" reply=\"554 5.7.1 Recipient not wanted\""
+        ),
         "{log}"
     );
     assert!(
@@ -263,7 +268,8 @@ fn a_service_that_is_down_gets_the_default_action() {
         (451, "4.3.5 Server configuration problem".to_string())
     );
     assert!(
-        r.log().contains("refused rule=policy-default"),
+        r.log()
+            .contains("refused reason=policy_service rule=\"policy-default"),
         "{}",
         r.log()
     );
@@ -337,15 +343,25 @@ impl Drop for SpfPolicy {
     }
 }
 
-/// pyspf resolves through pydns (python3-dns), which reads
-/// /etc/resolv.conf at import and has no environment override; this
-/// sitecustomize, found first on PYTHONPATH, points it at the test's
-/// dnsmasq before policyd-spf imports it.
+/// pyspf resolves through dnspython when that is installed (python3-dkim
+/// brings it in) and through pydns (python3-dns) otherwise; both read
+/// /etc/resolv.conf and have no environment override. This
+/// sitecustomize, found first on PYTHONPATH, points both at the test's
+/// dnsmasq before policyd-spf imports them.
 const SITECUSTOMIZE: &str = "import os\n\
 if os.environ.get('SPF_TEST_DNS_PORT'):\n\
+\x20   port = int(os.environ['SPF_TEST_DNS_PORT'])\n\
 \x20   import DNS\n\
 \x20   DNS.Base.defaults['server'] = ['127.0.0.1']\n\
-\x20   DNS.Base.defaults['port'] = int(os.environ['SPF_TEST_DNS_PORT'])\n";
+\x20   DNS.Base.defaults['port'] = port\n\
+\x20   try:\n\
+\x20       import dns.resolver\n\
+\x20       r = dns.resolver.Resolver(configure=False)\n\
+\x20       r.nameservers = ['127.0.0.1']\n\
+\x20       r.port = port\n\
+\x20       dns.resolver.default_resolver = r\n\
+\x20   except ImportError:\n\
+\x20       pass\n";
 
 /// policyd-spf's configuration: no address skipped (the default skips
 /// 127.0.0.0/8), HELO not checked, a MAIL FROM fail rejected.

@@ -9,7 +9,7 @@ use common::*;
 
 #[test]
 fn connections_per_minute_per_address() {
-    let r = edge_relay(&["--rate-connections", "2"]);
+    let r = edge_relay(&["--rate-connections", "2", "--metrics", "127.0.0.1:0"]);
     for _ in 0..2 {
         let mut t = Talk::connect_from("127.0.0.2", r.addr());
         t.expect(220);
@@ -26,9 +26,18 @@ fn connections_per_minute_per_address() {
     for _ in 0..4 {
         Talk::connect(r.addr()).expect(220);
     }
-    assert!(r
-        .log()
-        .contains("127.0.0.2 refused rule=rate-connections reply=\"421 4.7.0 Too many connections from 127.0.0.2\""));
+    let log = r.log();
+    let refusals = refused_lines(&log, "127.0.0.2");
+    assert_eq!(refusals.len(), 1, "one line per refusal: {log}");
+    assert!(
+        refusals[0].contains(" refused reason=rate_limit rule=\"rate-connections\" reply=\"421 4.7.0 Too many connections from 127.0.0.2\""),
+        "{log}"
+    );
+    let (_, metrics) = http_get(metrics_addr(&r), "/metrics");
+    assert_eq!(
+        sample(&metrics, "smtp_relay_refused_total{reason=\"rate_limit\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -73,11 +82,17 @@ fn messages_and_recipients_per_minute_per_address() {
         trusted.cmd("RSET", 250);
     }
     let log = r.log();
-    assert!(log.contains("127.0.0.2 refused rule=rate-messages address 127.0.0.2 reply=\"450 4.7.1 Rate limit exceeded\""), "{log}");
+    let refusals = refused_lines(&log, "127.0.0.2");
+    assert!(refusals.iter().any(|l| l.contains(" refused reason=rate_limit rule=\"rate-messages address 127.0.0.2\" reply=\"450 4.7.1 Rate limit exceeded\"")), "{log}");
     assert!(
-        log.contains("127.0.0.2 refused rule=rate-recipients address 127.0.0.2"),
+        refusals
+            .iter()
+            .any(|l| l
+                .contains(" refused reason=rate_limit rule=\"rate-recipients address 127.0.0.2\"")),
         "{log}"
     );
+    // RCPT, MAIL, and the RCPT without a transaction (503): one line each
+    assert_eq!(refusals.len(), 3, "{log}");
 }
 
 #[test]
@@ -112,5 +127,7 @@ fn an_authenticated_user_is_counted_by_name() {
     // the same address without AUTH is counted apart, by address
     let mut anon = Talk::greet(r.addr());
     anon.cmd("MAIL FROM:<x@sender.test>", 250);
-    assert!(r.log().contains("refused rule=rate-messages user alice"));
+    assert!(r
+        .log()
+        .contains("refused reason=rate_limit rule=\"rate-messages user alice\""));
 }

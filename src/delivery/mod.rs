@@ -243,15 +243,13 @@ impl Deliverer {
 
     /// Runs one attempt on message `id` for a caller without a scheduler
     /// (the foreground `queue flush`): when destinations are at their
-    /// limit it waits, without holding the message, until one has a free
-    /// slot, and tries again.
+    /// limit it waits, without holding the message, until one of them has
+    /// a free slot (woken by its release), and tries again.
     pub fn attempt(&self, id: QueueId) -> Result<Outcome, SpoolError> {
         loop {
             match self.attempt_released(id)? {
                 Attempted::Finished(o) => return Ok(o),
-                Attempted::Wait(dests) => {
-                    self.limiter.wait_free(&dests, Duration::from_secs(1));
-                }
+                Attempted::Wait(dests) => self.limiter.wait_free(&dests),
             }
         }
     }

@@ -12,9 +12,15 @@
 //! 127.0.0.0/8 is not a listing (RFC 5782 §2.1): both are logged and
 //! ignored, as are lookups that fail or time out (a list that is down
 //! never blocks mail).
+//!
+//! The lists are asked at once, the allowlists together and then the
+//! blocklists together, within one deadline for the whole check (the
+//! resolver's timeout): a slow list delays a connection by that much at
+//! most, whatever the number of lists.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::dns::{Dns, DnsError};
 
@@ -142,32 +148,49 @@ impl Dnsbl {
         &self.config
     }
 
-    fn ask(&self, ip: IpAddr, zone: &str) -> Answer {
-        let name = query_name(ip, zone);
-        match self.dns.a(&name) {
-            Ok(addrs) => classify(&addrs),
-            Err(DnsError::NxDomain) | Err(DnsError::NoRecords) => Answer::NotListed,
-            Err(e) => Answer::Ignored(e.to_string()),
-        }
+    /// What each of `zones` says about `ip`, asked concurrently, all by
+    /// `deadline`.
+    fn ask_all<'z>(
+        &self,
+        ip: IpAddr,
+        zones: impl Iterator<Item = &'z str>,
+        deadline: Instant,
+    ) -> Vec<Answer> {
+        let names: Vec<String> = zones.map(|z| query_name(ip, z)).collect();
+        self.dns
+            .a_all(&names, deadline)
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(addrs) => classify(&addrs),
+                Err(DnsError::NxDomain) | Err(DnsError::NoRecords) => Answer::NotListed,
+                Err(e) => Answer::Ignored(e.to_string()),
+            })
+            .collect()
     }
 
-    /// Asks the allowlists, then the blocklists, one after the other;
-    /// each lookup ends within the resolver's timeout.
+    /// Asks the allowlists, then (unless one lists the client) the
+    /// blocklists, each set concurrently; the whole check ends within
+    /// the resolver's timeout.
     pub fn check(&self, ip: IpAddr) -> Verdict {
         if !self.config.is_on() {
             return Verdict::Pass;
         }
-        for zone in &self.config.allowlists {
-            match self.ask(ip, zone) {
+        let deadline = Instant::now() + self.dns.timeout();
+        let allow = &self.config.allowlists;
+        let answers = self.ask_all(ip, allow.iter().map(String::as_str), deadline);
+        for (zone, answer) in allow.iter().zip(answers) {
+            match answer {
                 Answer::Listed => return Verdict::Allowed(zone.clone()),
                 Answer::NotListed => {}
                 Answer::Ignored(why) => log::warn!("{ip} dnswl {zone} ignored: {why}"),
             }
         }
+        let block = &self.config.blocklists;
+        let answers = self.ask_all(ip, block.iter().map(|b| b.zone.as_str()), deadline);
         let mut score = 0u32;
         let mut first = None;
-        for bl in &self.config.blocklists {
-            match self.ask(ip, &bl.zone) {
+        for (bl, answer) in block.iter().zip(answers) {
+            match answer {
                 Answer::Listed => {
                     score = score.saturating_add(bl.weight);
                     first.get_or_insert_with(|| bl.zone.clone());
@@ -224,6 +247,80 @@ mod tests {
             Answer::Ignored(_)
         ));
         assert!(matches!(classify(&[a("192.0.2.1")]), Answer::Ignored(_)));
+    }
+
+    /// A DNS server on loopback that answers every A query with
+    /// 127.0.0.2, but answers none before it has been asked `names`
+    /// different names: lists asked one after the other would each wait
+    /// for the others (and time out); asked at once, all are answered.
+    fn barrier_dns(names: usize) -> std::net::SocketAddr {
+        use std::collections::HashSet;
+        use std::net::UdpSocket;
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut seen = HashSet::new();
+            let mut waiting = Vec::new();
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let Some(q) = question(&buf[..n]) else {
+                    continue;
+                };
+                seen.insert(buf[12..q].to_ascii_lowercase());
+                waiting.push((buf[..n].to_vec(), q, peer));
+                if seen.len() >= names {
+                    for (query, q, peer) in waiting.drain(..) {
+                        let _ = sock.send_to(&listed(&query, q), peer);
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    /// The end of the question's name (RFC 1035 §4.1.2), if well formed.
+    fn question(query: &[u8]) -> Option<usize> {
+        let mut i = 12;
+        while *query.get(i)? != 0 {
+            i += 1 + *query.get(i)? as usize;
+        }
+        (query.len() >= i + 5).then_some(i + 1)
+    }
+
+    /// The answer `127.0.0.2` to `query` (RFC 1035 §4.1): the header with
+    /// QR, RD and RA set, the question, one A record by pointer.
+    fn listed(query: &[u8], name_end: usize) -> Vec<u8> {
+        let mut r = query[..2].to_vec();
+        r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+        r.extend_from_slice(&query[12..name_end + 4]);
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 2]);
+        r
+    }
+
+    /// Three blocklists whose weights only add up to the threshold when
+    /// all three answer, served by a DNS server that answers only once
+    /// all three names were asked: the lists are asked at once. (Asked one
+    /// after the other, each lookup but the last times out, the client
+    /// scores 1 and passes.)
+    #[test]
+    fn the_lists_are_asked_at_once() {
+        let server = barrier_dns(3);
+        let dns = Dns::new(Some(server), std::time::Duration::from_secs(5)).unwrap();
+        let zones = ["one.test", "two.test", "three.test"];
+        let config = DnsblConfig {
+            blocklists: zones
+                .iter()
+                .map(|z| Blocklist {
+                    zone: z.to_string(),
+                    weight: 1,
+                })
+                .collect(),
+            threshold: 3,
+            ..DnsblConfig::default()
+        };
+        let lists = Dnsbl::new(config, Arc::new(dns));
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(lists.check(ip), Verdict::Blocked("one.test".into()));
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub(super) fn is_timeout(e: &io::Error) -> bool {
 pub(super) struct Conn {
     pub(super) io: Channel,
     pub(super) peer: SocketAddr,
+    /// The filter stage's refusal of the next reply (its reason and rule
+    /// go on the reply's one log line), taken from the session before it.
+    refusal: Option<crate::metrics::Refusal>,
 }
 
 impl Conn {
@@ -132,7 +135,7 @@ impl Conn {
 
     fn write(&mut self, reply: &Reply) -> io::Result<()> {
         log::debug!("{} > {reply}", self.peer);
-        crate::metrics::reply(&self.peer, reply);
+        crate::metrics::reply(&self.peer, reply, self.refusal.take());
         reply.write_to(&mut self.io)
     }
 }
@@ -163,6 +166,7 @@ fn run_inner(
     let mut conn = Conn {
         io: Channel::new(stream, cfg.timeout, 32 * 1024, 8 * 1024),
         peer,
+        refusal: None,
     };
     let mut session = Session::on_listener(cfg, peer.ip(), mode, ctx.senders.as_ref());
     session.set_gate(&ctx.gate);
@@ -177,10 +181,12 @@ fn run_inner(
         session.tls_started(info);
     }
     if let Some(r) = super::inbound::on_connect(&mut session, ctx) {
+        conn.refusal = session.take_refusal();
         conn.reply_now(&r)?;
         return Ok(());
     }
     let greeting = session.open();
+    conn.refusal = session.take_refusal();
     conn.reply_now(&greeting)?;
     if greeting.code().value() == 421 {
         return Ok(());
@@ -268,6 +274,8 @@ fn perform<'a>(
     ctx: &'a Context,
 ) -> io::Result<Flow> {
     let cfg = &*ctx.config;
+    // the filter stage's word on this step's reply, if it refused
+    conn.refusal = session.take_refusal();
     match step {
         Step::Reply(r) => conn.reply(&r)?,
         Step::Close(r) => {
@@ -276,6 +284,7 @@ fn perform<'a>(
         }
         Step::StartData(r) => {
             let reply = receive_message(session, r, conn, ctx)?;
+            conn.refusal = session.take_refusal();
             conn.reply(&reply)?;
             session.end_transaction();
         }
@@ -289,6 +298,7 @@ fn perform<'a>(
                 data::skip_exact(&mut conn.io, c.size)?;
                 c.reply
             };
+            conn.refusal = session.take_refusal();
             conn.reply(&reply)?;
         }
         Step::Auth(start) => {

@@ -1,7 +1,8 @@
 //! The filter stage of each verb (OpenSMTPD's check → filter → proceed):
 //! after a command passed its order and syntax checks, and before it
 //! takes effect, the access rules of its stage and, at RCPT, recipient
-//! validation (`check::Gate`). Every refusal is logged at INFO with the
+//! validation (`check::Gate`). Every refusal is handed to the reply
+//! writer (`Session::refuse`), which logs it at INFO in one line with the
 //! client address, the rule and the reply.
 //!
 //! A session without a gate (unit tests, `Session::new` alone) filters
@@ -9,6 +10,7 @@
 
 use crate::access::{Facts, Stage, Verdict};
 use crate::check::Gate;
+use crate::metrics::Reason;
 use crate::smtp::{Path, Reply, ReversePath};
 
 use super::Session;
@@ -75,9 +77,11 @@ impl<'a> Session<'a> {
             }
         }
         if let Err(reply) = gate.validate(to) {
-            log::info!(
-                "{} refused stage=rcpt rule=\"recipient validation\" reply=\"{reply}\"",
-                self.client
+            self.refuse(
+                Reason::RecipientValidation,
+                Some("rcpt"),
+                "recipient validation".into(),
+                &reply,
             );
             return Some(reply);
         }
@@ -136,11 +140,7 @@ impl<'a> Session<'a> {
                 None
             }
             Verdict::Refuse { rule, reply } => {
-                log::info!(
-                    "{} refused stage={} rule=\"{rule}\" reply=\"{reply}\"",
-                    self.client,
-                    stage.name()
-                );
+                self.refuse(Reason::AccessRule, Some(stage.name()), rule, &reply);
                 Some(reply)
             }
         }

@@ -7,8 +7,9 @@
 //! command it accepted may be refused here, and the recipient it added
 //! is taken back.
 //!
-//! Every refusal is logged at INFO with the client, the rule and the
-//! reply.
+//! Every refusal is handed to the reply writer (`Session::refuse`),
+//! which logs it at INFO in one line with the client, the rule and the
+//! reply, and counts it under its own metrics reason.
 
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use super::{Phase, Session, Step};
 use crate::edge::policy::{Action, DefaultAction, PolicyClient, PolicyConfig};
 use crate::edge::rate::{Event, Key};
 use crate::edge::{self, dnsbl};
+use crate::metrics::Reason;
 use crate::smtp::{Command, Reply};
 use crate::spool::{Envelope, QueueId};
 
@@ -53,8 +55,8 @@ impl Probe {
     }
 }
 
-fn refused(session: &Session, rule: &str, reply: &Reply) {
-    log::info!("{} refused rule={rule} reply=\"{reply}\"", session.client);
+fn refused(session: &mut Session, reason: Reason, rule: String, reply: &Reply) {
+    session.refuse(reason, None, rule, reply);
 }
 
 /// Who rate limits count this session as: its user once authenticated,
@@ -78,7 +80,7 @@ pub(super) fn on_connect(session: &mut Session, ctx: &Context) -> Option<Reply> 
             .admit(Event::Connection, &key, Instant::now())
         {
             let r = edge::too_many_connections(ip);
-            refused(session, "rate-connections", &r);
+            refused(session, Reason::RateLimit, "rate-connections".into(), &r);
             return Some(r);
         }
     }
@@ -95,7 +97,7 @@ pub(super) fn on_connect(session: &mut Session, ctx: &Context) -> Option<Reply> 
         dnsbl::Verdict::Blocked(zone) => match lists.config().reject_at {
             dnsbl::RejectAt::Connect => {
                 let r = edge::blocked_reply(ip, &zone);
-                refused(session, &format!("dnsbl:{zone}"), &r);
+                refused(session, Reason::Dnsbl, format!("dnsbl:{zone}"), &r);
                 Some(r)
             }
             dnsbl::RejectAt::Rcpt => {
@@ -147,20 +149,25 @@ pub(super) fn after(session: &mut Session, probe: Probe, step: Step, ctx: &Conte
     }
 }
 
-fn rate_check(session: &Session, event: Event, ctx: &Context) -> Option<Reply> {
+fn rate_check(session: &mut Session, event: Event, ctx: &Context) -> Option<Reply> {
     let key = rate_key(session)?;
     if ctx.edge.rates.admit(event, &key, Instant::now()) {
         return None;
     }
     let r = edge::rate_exceeded();
-    refused(session, &format!("rate-{} {key}", event.name()), &r);
+    refused(
+        session,
+        Reason::RateLimit,
+        format!("rate-{} {key}", event.name()),
+        &r,
+    );
     Some(r)
 }
 
 fn rcpt_checks(session: &mut Session, ctx: &Context) -> Option<Reply> {
-    if let Some(zone) = &session.edge.blocked {
-        let r = edge::blocked_reply(session.client, zone);
-        refused(session, &format!("dnsbl:{zone}"), &r);
+    if let Some(zone) = session.edge.blocked.clone() {
+        let r = edge::blocked_reply(session.client, &zone);
+        refused(session, Reason::Dnsbl, format!("dnsbl:{zone}"), &r);
         return Some(r);
     }
     if let Some(r) = rate_check(session, Event::Recipient, ctx) {
@@ -297,7 +304,12 @@ fn ask_policy(
                 DefaultAction::Dunno => None,
                 DefaultAction::Defer => {
                     let r = edge::policy_unavailable();
-                    refused(session, &format!("policy-default {}", cfg.target), &r);
+                    refused(
+                        session,
+                        Reason::PolicyService,
+                        format!("policy-default {}", cfg.target),
+                        &r,
+                    );
                     Some(r)
                 }
             };
@@ -309,7 +321,8 @@ fn ask_policy(
         Some(Action::Refuse(r)) => {
             refused(
                 session,
-                &format!("policy {} action={value}", cfg.target),
+                Reason::PolicyService,
+                format!("policy {} action={value}", cfg.target),
                 &r,
             );
             Some(r)

@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::conn::{is_timeout, Conn, Context};
 use super::fixup::{Fixing, Fixups};
@@ -307,7 +307,8 @@ fn finish_message(
         };
     }
     if let Some(reply) = verdict {
-        log::info!("{id} rejected client={peer} reply=\"{reply}\"");
+        // the reply writer logs the refusal at INFO, once
+        log::debug!("{id} rejected client={peer} reply=\"{reply}\"");
         return reply;
     }
     if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
@@ -379,60 +380,17 @@ pub(super) fn receive_chunk<'a>(
     ctx: &'a Context,
 ) -> io::Result<Reply> {
     let cfg = &*ctx.config;
-    let peer = &conn.peer.clone();
     if chunked.is_none() {
-        let mut incoming = match open_spool_file(ctx, peer) {
-            Ok(i) => i,
-            Err(r) => {
-                // the chunk's octets follow whatever the answer
-                conn.io
-                    .set_deadline(Some(Instant::now() + cfg.data_timeout));
-                data::skip_exact(&mut conn.io, chunk.size)?;
-                session.end_transaction();
-                return Ok(r);
-            }
-        };
-        let now = now_unix();
-        let header =
-            super::inbound::prepended(session) + &session.received_header(incoming.id(), now);
-        let write_error = incoming.write_all(header.as_bytes()).err();
-        let fixups = session.fixups(incoming.id(), now);
-        *chunked = Some(Chunked {
-            incoming,
-            reader: ChunkReader::new(cfg.max_size),
-            write_error,
-            now,
-            fixups,
-        });
+        match start_chunked(session, &chunk, conn, ctx)? {
+            Ok(st) => *chunked = Some(st),
+            Err(refused) => return Ok(refused),
+        }
     }
     let Some(st) = chunked.as_mut() else {
         return Ok(Reply::local_error());
     };
     let id = st.incoming.id();
-    conn.io
-        .set_deadline(Some(Instant::now() + cfg.data_timeout));
-    let mut sink = SpoolSink {
-        inner: &mut st.incoming,
-        error: st.write_error.take(),
-    };
-    let read = match st.fixups.as_mut() {
-        Some(fixups) => st.reader.read_chunk(
-            &mut conn.io,
-            chunk.size,
-            &mut Fixing {
-                fixups,
-                out: &mut sink,
-            },
-        ),
-        None => st.reader.read_chunk(&mut conn.io, chunk.size, &mut sink),
-    };
-    if chunk.last && read.is_ok() {
-        if let Some(fixups) = st.fixups.as_mut() {
-            let _ = fixups.finish(&mut sink);
-        }
-    }
-    st.write_error = sink.error.take();
-    if let Err(e) = read {
+    if let Err(e) = st.stage(&chunk, conn, cfg.data_timeout) {
         lost_mid_message(conn, id, "BDAT", &e, &cfg.hostname);
         *chunked = None;
         return Err(e);
@@ -440,7 +398,7 @@ pub(super) fn receive_chunk<'a>(
     if st.reader.summary().too_big {
         // RFC 1870 §6 / RFC 3030 §4: refuse now; later chunks of this
         // message find no transaction (503) and are thrown away
-        log::info!("{id} rejected client={peer}: too big (BDAT)");
+        log::debug!("{id} rejected client={}: too big (BDAT)", conn.peer);
         *chunked = None;
         session.end_transaction();
         return Ok(Reply::too_big(cfg.max_size));
@@ -448,24 +406,94 @@ pub(super) fn receive_chunk<'a>(
     if !chunk.last {
         return Ok(chunk.reply);
     }
-    let Some(mut st) = chunked.take() else {
+    let Some(st) = chunked.take() else {
         return Ok(Reply::local_error());
     };
-    if st.write_error.is_none() {
-        st.write_error = st.incoming.flush().err();
-    }
-    let verdict = session
-        .data_verdict(st.reader.summary())
-        .or_else(|| session.author_verdict(st.fixups.as_ref()));
-    let reply = finish_message(
-        session,
-        st.incoming,
-        st.write_error,
-        verdict,
-        st.now,
-        peer,
-        ctx,
-    );
+    let reply = st.commit(session, &conn.peer, ctx);
     session.end_transaction();
     Ok(reply)
+}
+
+/// The first chunk: the spool file, our Received header in it. A spool
+/// that cannot take the message is refused (`Err` of the inner result)
+/// after the chunk's octets are read and thrown away: they follow
+/// whatever the answer (RFC 3030 §2).
+fn start_chunked<'a>(
+    session: &mut Session,
+    chunk: &Chunk,
+    conn: &mut Conn,
+    ctx: &'a Context,
+) -> io::Result<Result<Chunked<'a>, Reply>> {
+    let cfg = &*ctx.config;
+    let mut incoming = match open_spool_file(ctx, &conn.peer) {
+        Ok(i) => i,
+        Err(r) => {
+            conn.io
+                .set_deadline(Some(Instant::now() + cfg.data_timeout));
+            data::skip_exact(&mut conn.io, chunk.size)?;
+            session.end_transaction();
+            return Ok(Err(r));
+        }
+    };
+    let now = now_unix();
+    let header = super::inbound::prepended(session) + &session.received_header(incoming.id(), now);
+    let write_error = incoming.write_all(header.as_bytes()).err();
+    let fixups = session.fixups(incoming.id(), now);
+    Ok(Ok(Chunked {
+        incoming,
+        reader: ChunkReader::new(cfg.max_size),
+        write_error,
+        now,
+        fixups,
+    }))
+}
+
+impl Chunked<'_> {
+    /// Reads one chunk's octets into the spool file (through the fix-ups,
+    /// finished at the LAST chunk). A write error is kept for the verdict;
+    /// an `Err` is the client lost or timed out.
+    fn stage(&mut self, chunk: &Chunk, conn: &mut Conn, timeout: Duration) -> io::Result<()> {
+        conn.io.set_deadline(Some(Instant::now() + timeout));
+        let mut sink = SpoolSink {
+            inner: &mut self.incoming,
+            error: self.write_error.take(),
+        };
+        let read = match self.fixups.as_mut() {
+            Some(fixups) => self.reader.read_chunk(
+                &mut conn.io,
+                chunk.size,
+                &mut Fixing {
+                    fixups,
+                    out: &mut sink,
+                },
+            ),
+            None => self.reader.read_chunk(&mut conn.io, chunk.size, &mut sink),
+        };
+        if chunk.last && read.is_ok() {
+            if let Some(fixups) = self.fixups.as_mut() {
+                let _ = fixups.finish(&mut sink);
+            }
+        }
+        self.write_error = sink.error.take();
+        read
+    }
+
+    /// BDAT LAST: the file flushed, the verdict, the commit.
+    fn commit(mut self, session: &mut Session, peer: &SocketAddr, ctx: &Context) -> Reply {
+        if self.write_error.is_none() {
+            self.write_error = self.incoming.flush().err();
+        }
+        let verdict = session
+            .data_verdict(self.reader.summary())
+            .or_else(|| session.author_verdict(self.fixups.as_ref()));
+        finish_message(
+            session,
+            self.incoming,
+            self.write_error,
+            verdict,
+            self.now,
+            peer,
+            ctx,
+        )
+    }
 }

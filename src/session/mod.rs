@@ -135,6 +135,9 @@ pub struct Session<'a> {
     /// A `hold` rule matched at connect/HELO, or in this transaction.
     hold_session: bool,
     hold_tx: bool,
+    /// The filter stage's word on the reply it just decided, for the
+    /// reply writer's one log line (`metrics::reply`).
+    refusal: Option<crate::metrics::Refusal>,
     /// The listener's mode: implicit TLS, submission (RFC 6409).
     mode: ListenMode,
     /// `--sender-map`, loaded at start.
@@ -183,6 +186,7 @@ impl<'a> Session<'a> {
             refused: false,
             hold_session: false,
             hold_tx: false,
+            refusal: None,
             #[cfg(test)]
             entered: Vec::new(),
         }
@@ -238,6 +242,28 @@ impl<'a> Session<'a> {
     }
 
     /// Counts a 5xx as an error; too many close the session.
+    /// A rule of the filter stage refused with `reply`: the writer logs
+    /// and counts it under `reason`, with the rule (one line per refusal).
+    pub(super) fn refuse(
+        &mut self,
+        reason: crate::metrics::Reason,
+        stage: Option<&'static str>,
+        rule: String,
+        reply: &Reply,
+    ) {
+        self.refusal = Some(crate::metrics::Refusal {
+            reason,
+            stage,
+            rule,
+            reply: reply.clone(),
+        });
+    }
+
+    /// The refusal noted since the last reply, for the reply writer.
+    pub(super) fn take_refusal(&mut self) -> Option<crate::metrics::Refusal> {
+        self.refusal.take()
+    }
+
     pub fn finish(&mut self, step: Step) -> Step {
         if step.reply().code().value() >= 500 {
             self.errors += 1;

@@ -1529,3 +1529,53 @@ pub fn relay_denied_from_far(addr: SocketAddr) {
     far.cmd_enh("RCPT TO:<y@elsewhere.example>", 550, "5.7.1");
     far.send("QUIT");
 }
+
+// --- metrics (`--metrics 127.0.0.1:0`) ---
+
+/// The `metrics on ADDR` log line's address.
+pub fn metrics_addr(relay: &Relay) -> SocketAddr {
+    let mut addr = None;
+    wait_until(Duration::from_secs(10), || {
+        addr = relay.log().lines().find_map(|l| {
+            l.split("metrics on ")
+                .nth(1)
+                .and_then(|a| a.trim().parse().ok())
+        });
+        addr.is_some()
+    });
+    addr.unwrap_or_else(|| panic!("no `metrics on` line in\n{}", relay.log()))
+}
+
+/// One HTTP GET: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    let (head, body) = out.split_once("\r\n\r\n").expect("a header block");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (code, body.to_string())
+}
+
+/// The value of the sample `series` (name and labels, exactly as
+/// exposed), or panics.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+}
+
+/// The INFO lines of refusals of clients from `ip` (any port): the one
+/// line each refusal gets, written by the session's reply writer.
+pub fn refused_lines<'a>(log: &'a str, ip: &str) -> Vec<&'a str> {
+    let who = format!("] {ip}:");
+    log.lines()
+        .filter(|l| l.contains(&who) && l.contains(" refused "))
+        .collect()
+}

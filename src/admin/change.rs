@@ -1,0 +1,202 @@
+//! The queue commands that change messages: `hold`, `release`, `requeue`,
+//! `delete` and `bounce`. Each change is made under the message's claim
+//! (the lock a delivery holds for its whole attempt), so a command never
+//! edits or deletes a message in the middle of a delivery; a message still
+//! being delivered after `LOCK_WAIT` is reported busy (exit 75).
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use super::render::list_line;
+use super::select::{pin_selection, select, Selector};
+use super::{AdminError, EX_OK, EX_TEMPFAIL};
+use crate::bounce;
+use crate::delivery::outcome;
+use crate::exit::Exit;
+use crate::spool::{Claim, Claimed, Envelope, Hold, QueueId, Spool, SpoolError};
+use crate::time::now_unix;
+
+/// What a changing command does with a claimed message's envelope.
+enum After {
+    /// Store the changed envelope.
+    Store,
+    /// Remove the message (it is finished).
+    Finish,
+}
+
+/// Runs `f` on the message's envelope under its claim (the lock a
+/// delivery holds for its whole attempt), then does what `f` says. Waits
+/// up to `wait` for a delivery in progress; `Ok(None)` when still busy,
+/// `Ok(Some(false))` when gone.
+fn with_claim(
+    spool: &Spool,
+    id: QueueId,
+    wait: Duration,
+    f: impl FnOnce(&Claim, &mut Envelope) -> Result<After, SpoolError>,
+) -> Result<Option<bool>, SpoolError> {
+    let claim = match spool.claim_wait(id, wait)? {
+        Claimed::Mine(c) => c,
+        Claimed::Busy => return Ok(None),
+        Claimed::Gone => return Ok(Some(false)),
+    };
+    let Some(mut env) = claim.load()? else {
+        return Ok(Some(false));
+    };
+    match f(&claim, &mut env)? {
+        After::Store => claim.store(&env)?,
+        After::Finish => claim.finish()?,
+    }
+    Ok(Some(true))
+}
+
+/// How long a changing command waits for a delivery in progress.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Applies `f` to every selected message under its lock; prints one line
+/// per message. `--dry-run` prints what would change and changes nothing.
+fn change(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    verb: &str,
+    f: impl Fn(&Claim, &mut Envelope) -> Result<After, SpoolError>,
+) -> Result<Exit, AdminError> {
+    let now = now_unix();
+    let envs = select(spool, sel, now)?;
+    let mut out = io::stdout().lock();
+    let mut busy = 0;
+    for env in &envs {
+        if dry_run {
+            writeln!(out, "would {verb} {}", list_line(env, now))?;
+            continue;
+        }
+        match with_claim(spool, env.id, LOCK_WAIT, &f)? {
+            Some(true) => writeln!(out, "{verb} {}", env.id)?,
+            Some(false) => writeln!(out, "gone {}", env.id)?,
+            None => {
+                busy += 1;
+                writeln!(out, "busy {} (being delivered; try again)", env.id)?;
+            }
+        }
+    }
+    Ok(if busy > 0 { EX_TEMPFAIL } else { EX_OK })
+}
+
+/// `queue hold [--for DURATION]`.
+pub(super) fn hold(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    duration: Option<Duration>,
+    now: u64,
+) -> Result<Exit, AdminError> {
+    let hold = match duration {
+        Some(d) => Hold::Until(now + d.as_secs()),
+        None => Hold::Forever,
+    };
+    change(spool, sel, dry_run, "hold", |_, env| {
+        env.hold = Some(hold);
+        Ok(After::Store)
+    })
+}
+
+/// `queue release` and `queue requeue`: `f` makes the message due now,
+/// then a running server is asked to attempt exactly those messages (the
+/// ids are pinned first: once changed they may no longer match, e.g.
+/// `--state held`).
+fn make_due(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    verb: &str,
+    now: u64,
+    f: impl Fn(&mut Envelope),
+) -> Result<Exit, AdminError> {
+    let (ids, sel) = pin_selection(spool, sel, now)?;
+    if ids.is_empty() {
+        return Ok(EX_OK);
+    }
+    let code = change(spool, &sel, dry_run, verb, |_, env| {
+        f(env);
+        env.next_try = now_unix();
+        Ok(After::Store)
+    })?;
+    if !dry_run && spool.is_locked() {
+        spool.request_flush(&ids)?;
+    }
+    Ok(code)
+}
+
+/// `queue release`: no longer held, due now.
+pub(super) fn release(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    now: u64,
+) -> Result<Exit, AdminError> {
+    make_due(spool, sel, dry_run, "release", now, |env| env.hold = None)
+}
+
+/// `queue requeue`: deferred recipients pending again, due now.
+pub(super) fn requeue(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    now: u64,
+) -> Result<Exit, AdminError> {
+    make_due(spool, sel, dry_run, "requeue", now, outcome::requeue)
+}
+
+/// `queue delete`: removed without a DSN, logged.
+pub(super) fn delete(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    now: u64,
+    out: &mut impl Write,
+) -> Result<Exit, AdminError> {
+    let envs = select(spool, sel, now)?;
+    let mut busy = 0;
+    for env in &envs {
+        if dry_run {
+            writeln!(out, "would delete {}", list_line(env, now))?;
+            continue;
+        }
+        match with_claim(spool, env.id, LOCK_WAIT, |_, _| Ok(After::Finish))? {
+            Some(true) => {
+                log::info!("{} deleted by the operator", env.id);
+                writeln!(out, "deleted {}", env.id)?;
+            }
+            Some(false) => writeln!(out, "gone {}", env.id)?,
+            None => {
+                busy += 1;
+                writeln!(out, "busy {} (being delivered; try again)", env.id)?;
+            }
+        }
+    }
+    Ok(if busy > 0 { EX_TEMPFAIL } else { EX_OK })
+}
+
+/// `queue bounce`: every unfinished recipient returned to the sender
+/// with a DSN, which a running server is asked to send now.
+pub(super) fn bounce(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    hostname: &str,
+) -> Result<Exit, AdminError> {
+    change(spool, sel, dry_run, "bounce", |claim, env| {
+        let now = now_unix();
+        outcome::return_to_sender(env);
+        claim.store(env)?;
+        let dsn = bounce::report_bouncing(claim, hostname, env, now, None)?;
+        log::info!(
+            "{} returned to sender by the operator (DSN {dsn:?})",
+            env.id
+        );
+        if let (Some(dsn), true) = (dsn, claim.spool().is_locked()) {
+            let _ = claim.spool().request_flush(&[dsn]);
+        }
+        Ok(After::Finish)
+    })
+}

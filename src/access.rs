@@ -27,7 +27,6 @@
 //! hold), `continue` (a no-op, for readability). First match wins.
 
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
 
 use crate::config::Cidr;
 use crate::smtp::{Enhanced, Reply};
@@ -420,33 +419,8 @@ fn parse_reply(stage: Stage, rest: &[&str], class: u16) -> Result<Option<Reply>,
     Ok(Some(Reply::new(code, enhanced, text)))
 }
 
-/// A table shared by sessions and replaced whole: readers take the
-/// current `Arc` and keep it for as long as they need (a reload never
-/// changes a table under a reader).
-#[derive(Debug, Default)]
-pub struct Swap<T>(RwLock<Arc<T>>);
-
-impl<T> Swap<T> {
-    pub fn new(t: T) -> Swap<T> {
-        Swap(RwLock::new(Arc::new(t)))
-    }
-
-    pub fn load(&self) -> Arc<T> {
-        match self.0.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// For the reload of a later issue.
-    pub fn store(&self, t: T) {
-        let mut g = match self.0.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *g = Arc::new(t);
-    }
-}
+/// A table shared by sessions and replaced whole (`swap.rs`).
+pub use crate::swap::Swap;
 
 #[cfg(test)]
 mod tests {

@@ -13,17 +13,20 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 
 use crate::admin::AdminError;
+use crate::cli::{self, Cli};
 use crate::config::{Config, Endpoint, ListenMode};
 use crate::delivery::{ConnCache, Deliverer, DestLimiter};
 use crate::dns::Dns;
 use crate::exit::Exit;
 use crate::mta_sts::{cache::PolicyCache, MtaSts};
+use crate::reload::Reloader;
 use crate::route::Router;
 use crate::scheduler;
 use crate::secrets::{Secrets, SecretsError};
@@ -31,6 +34,7 @@ use crate::sender_map::{MapError, SenderMap};
 use crate::server::{self, ServeError, Signals};
 use crate::session::{self, Context};
 use crate::spool::{QueueId, Spool};
+use crate::swap::Swap;
 use crate::tls::{ClientTls, TlsFileError};
 use crate::tls_policy::TlsPolicies;
 
@@ -353,6 +357,15 @@ pub fn secrets(config: &Config) -> Result<Secrets, SetupError> {
     Ok(secrets)
 }
 
+/// Routes' `max-connections`, by destination key.
+fn route_limits(config: &Config) -> std::collections::HashMap<String, usize> {
+    config
+        .routes
+        .iter()
+        .filter_map(|r| r.limit(config.smtp_port))
+        .collect()
+}
+
 /// The delivery engine for a config (`serve`, and a `queue flush` that
 /// runs without a server).
 pub fn deliverer(
@@ -370,14 +383,7 @@ pub fn deliverer(
         timeouts: config.client_timeouts,
         retry: config.retry,
         cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
-        limiter: DestLimiter::with_limits(
-            config.max_per_destination,
-            config
-                .routes
-                .iter()
-                .filter_map(|r| r.limit(config.smtp_port))
-                .collect(),
-        ),
+        limiter: DestLimiter::with_limits(config.max_per_destination, route_limits(config)),
         honor_source_routes: config.honor_source_routes,
         delay_warning: config.delay_warning,
         committed,
@@ -408,21 +414,154 @@ pub fn flush_deliverer(
     }
 }
 
-/// `serve`: read what the options name, bind, drop privileges, recover
-/// the spool, start delivery and the sessions; returns on SIGTERM/SIGINT.
-pub fn serve(config: Config) -> Result<(), ServeError> {
-    // before anything else: a SIGHUP during start-up is not fatal either
-    let signals = Signals::install();
-    // Files an option names are read now, as root when started as root
-    // (a key file is often readable by root only), before privileges
-    // drop; a bad one stops the start before anything is bound.
+/// The files a configuration names, read and checked (certificates and
+/// keys, the password, secrets and sender-map files, access and recipient
+/// tables): what `serve` starts with, what SIGHUP swaps in, and what
+/// `--check-config` validates, all through [`load`].
+pub struct Loaded {
+    pub config: Config,
+    server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Without its verifier yet (it needs our listening addresses).
+    gate: crate::check::Gate,
+    senders: Option<SenderMap>,
+    client_tls: Arc<ClientTls>,
+    secrets: Arc<Secrets>,
+}
+
+/// Reads every file `config` names; the first that cannot be read or
+/// used is the error, naming its option and file (and line, where the
+/// file's parser gives one).
+pub fn load(config: Config) -> Result<Loaded, SetupError> {
     let server_tls = server_tls(&config)?;
     check_auth_file(&config)?;
-    let mut gate = gate(&config)?;
+    let gate = gate(&config)?;
     let senders = sender_map(&config)?;
     let client_tls = client_tls(&config)?;
-    // the secrets file too: as root, so it can stay root's, mode 0600
     let secrets = Arc::new(secrets(&config)?);
+    Ok(Loaded {
+        config,
+        server_tls,
+        gate,
+        senders,
+        client_tls,
+        secrets,
+    })
+}
+
+/// What `serve` builds once and every generation of settings shares:
+/// the spool, the scheduler's channel, the per-destination counts, and
+/// the pools whose state must outlive a reload.
+pub struct Shared {
+    spool: Arc<Spool>,
+    committed: Sender<QueueId>,
+    /// Our listening addresses (loop detection).
+    local: Vec<SocketAddr>,
+    space: Arc<session::SpaceCheck>,
+    verifier: Arc<crate::auth::Verifier>,
+    /// In-flight deliveries per destination: a reload changes the limits,
+    /// never the counts.
+    limiter: DestLimiter,
+}
+
+/// Everything built from one configuration. A session runs with the
+/// generation current when its worker took it, a delivery attempt with
+/// the one current when it began; a reload makes a new one current and
+/// the old is freed when its last session or attempt ends.
+pub struct Generation {
+    pub session: Arc<Context>,
+    pub deliverer: Arc<Deliverer>,
+}
+
+/// Builds a generation from loaded files. `prev`: the generation it
+/// replaces, whose AUTH failure counts and rate windows are kept when
+/// their limits did not change (a reload is no way around them).
+pub fn assemble(
+    loaded: Loaded,
+    shared: &Shared,
+    prev: Option<&Context>,
+) -> Result<Generation, SetupError> {
+    let Loaded {
+        config,
+        server_tls,
+        mut gate,
+        senders,
+        client_tls,
+        secrets,
+    } = loaded;
+    let mut deliverer = deliverer(
+        &config,
+        client_tls,
+        secrets,
+        shared.spool.clone(),
+        &shared.local,
+        Some(shared.committed.clone()),
+    )?;
+    shared
+        .limiter
+        .set_limits(config.max_per_destination, route_limits(&config));
+    deliverer.limiter = shared.limiter.clone();
+    gate.verifier = verifier(&config, &shared.local)?;
+    let mut edge = edge(&config)?;
+    let mut auth_failures = Arc::new(crate::auth_limit::FailureLimiter::new(config.auth_limits));
+    if let Some(prev) = prev {
+        if prev.config.edge.rates == config.edge.rates {
+            edge.rates = prev.edge.rates.clone();
+        }
+        if prev.config.auth_limits == config.auth_limits {
+            auth_failures = prev.auth_failures.clone();
+        }
+    }
+    let session = Context {
+        config: Arc::new(config),
+        spool: shared.spool.clone(),
+        committed: Some(shared.committed.clone()),
+        space: shared.space.clone(),
+        verifier: shared.verifier.clone(),
+        auth_failures,
+        tls: server_tls,
+        edge,
+        gate: Arc::new(gate),
+        senders,
+    };
+    Ok(Generation {
+        session: Arc::new(session),
+        deliverer: Arc::new(deliverer),
+    })
+}
+
+/// `serve --check-config`: [`load`] and every other part a reload
+/// builds that can fail (routers, DNS lists), binding nothing and
+/// touching no spool. Prints `OK` or the error.
+pub fn check_config(config: Config) -> Exit {
+    let file = config
+        .config_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the command line".into());
+    let checked = load(config).and_then(|loaded| {
+        let local = listen_addrs(&loaded.config)?;
+        router(&loaded.config, &local)?;
+        verifier(&loaded.config, &local)?;
+        edge(&loaded.config)?;
+        Ok(())
+    });
+    match checked {
+        Ok(()) => {
+            println!("{file}: OK");
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!("smtp-relay: {file}: {e}");
+            Exit::Config
+        }
+    }
+}
+
+/// `serve`'s steps as root (when started as root): look up `--user`,
+/// bind every listener (port 25 needs root) and the metrics endpoint,
+/// then hand the spool to `--user` and drop privileges; then check that
+/// the user we now are can read `--auth-file`.
+fn bind_as_root(config: &Config) -> Result<Vec<server::Bound>, ServeError> {
     let user = config
         .user
         .as_deref()
@@ -437,7 +576,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // descriptor (spool/owner.rs), then drops privileges. Everything that
     // walks the spool (lock, recovery, cleaning tmp/ and free/) runs
     // after that, as the spool's user.
-    let listeners = server::bind(&listeners(&config)?)?;
+    let bound = server::bind(&listeners(config)?)?;
     if let Some(addr) = config.metrics {
         let local = crate::metrics::serve(addr, config.spool.clone())
             .map_err(|source| ServeError::Bind { addr, source })?;
@@ -456,7 +595,21 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             source,
         })?;
     }
+    Ok(bound)
+}
 
+/// Opens and locks the spool, recovers it (as the spool's user), starts
+/// the committer: the queued envelopes to schedule.
+fn open_spool(
+    config: &Config,
+) -> Result<
+    (
+        Arc<Spool>,
+        crate::spool::SpoolLock,
+        Vec<crate::spool::Envelope>,
+    ),
+    ServeError,
+> {
     let mut spool = Spool::open(&config.spool)?;
     let lock = spool.lock()?;
     crate::spool::maildrop::recover(&spool);
@@ -471,8 +624,23 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         rec.orphans_removed,
         rec.corrupt_moved
     );
+    Ok((spool, lock, queued))
+}
 
-    let local: Vec<SocketAddr> = listeners.iter().map(|b| b.local).collect();
+/// `serve`: read what the options name, bind, drop privileges, recover
+/// the spool, start delivery and the sessions; returns on SIGTERM/SIGINT.
+/// `args` is serve's command line, parsed again by each SIGHUP
+/// (`reload.rs`).
+pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
+    // before anything else: a SIGHUP during start-up is not fatal either
+    let signals = Signals::install();
+    // Files an option names are read now, as root when started as root
+    // (a key file is often readable by root only), before privileges
+    // drop; a bad one stops the start before anything is bound.
+    let loaded = load(config)?;
+    let config = &loaded.config;
+    let listeners = bind_as_root(config)?;
+    let (spool, lock, queued) = open_spool(config)?;
     // users who cannot write the queue submit through maildrop/
     let maildrop_ready = crate::spool::maildrop::prepare(spool.root())
         .map_err(|e| log::warn!("maildrop/: {e}: non-root submission is off"))
@@ -480,51 +648,41 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // sessions and delivery announce new messages to the scheduler; a
     // full channel only delays a message until the next rescan
     let (committed_tx, committed_rx) = bounded::<QueueId>(16 * 1024);
-    let deliverer = Arc::new(deliverer(
-        &config,
-        client_tls,
-        secrets,
-        spool.clone(),
-        &local,
-        Some(committed_tx.clone()),
-    )?);
-    let sched = if config.delivery_workers > 0 {
+    let shared = Shared {
+        spool,
+        committed: committed_tx,
+        local: listeners.iter().map(|b| b.local).collect(),
+        space: Arc::default(),
+        verifier: Arc::new(crate::auth::Verifier::per_cpu()),
+        limiter: DestLimiter::new(1),
+    };
+    let delivery_workers = config.delivery_workers;
+    let first = assemble(loaded, &shared, None)?;
+    let sessions = Arc::new(Swap::from_arc(first.session));
+    let deliveries = Arc::new(Swap::from_arc(first.deliverer));
+    let sched = if delivery_workers > 0 {
         Some(
-            scheduler::start(deliverer, config.delivery_workers, queued, committed_rx)
+            scheduler::start(deliveries.clone(), delivery_workers, queued, committed_rx)
                 .map_err(ServeError::Thread)?,
         )
     } else {
         log::info!("delivery is off (--delivery-workers 0): mail is received and queued only");
         None
     };
-
-    gate.verifier = verifier(&config, &local)?;
-    let gate = Arc::new(gate);
-    let auth_limits = config.auth_limits;
-    let edge = edge(&config)?;
-    let ctx = Arc::new(Context {
-        config: Arc::new(config),
-        spool,
-        committed: Some(committed_tx),
-        space: session::SpaceCheck::default(),
-        verifier: crate::auth::Verifier::per_cpu(),
-        auth_failures: crate::auth_limit::FailureLimiter::new(auth_limits),
-        tls: server_tls,
-        edge,
-        gate,
-        senders,
-    });
     let pickup = maildrop_ready
         .then(|| {
+            let ctx = sessions.load();
+            let current = sessions.clone();
             crate::spool::maildrop::Pickup::start(
                 ctx.spool.clone(),
-                ctx.config.clone(),
+                move || current.load().config.clone(),
                 ctx.committed.clone(),
             )
         })
         .transpose()
         .map_err(ServeError::Thread)?;
-    server::run(listeners, ctx, signals)?;
+    let reloader = Reloader::new(args, shared, sessions.clone(), deliveries);
+    server::run(listeners, sessions, signals, &mut || reloader.reload())?;
     if let Some(p) = pickup {
         p.stop();
     }
@@ -687,4 +845,168 @@ pub fn route(config: &Config, address: &str) -> Result<Exit, AdminError> {
         Err(e) if e.is_permanent() => Exit::Unavailable,
         Err(_) => Exit::TempFail,
     })
+}
+
+/// Runs one command line (without the program name): parse it, set up
+/// logging, build what the command needs and run it; its outcome is the
+/// process's exit code (sysexits, `exit.rs`).
+pub fn run(args: Vec<String>) -> ExitCode {
+    let cli = match cli::parse(&args) {
+        Ok(c) => c,
+        // the configuration's own error, as --check-config promises
+        Err(e)
+            if args.iter().any(|a| a == "--check-config")
+                || args.first().is_some_and(|a| a == "check-config") =>
+        {
+            eprintln!("smtp-relay: {e}");
+            return Exit::Config.into();
+        }
+        Err(e) => return fail(&e),
+    };
+    match cli {
+        Cli::Help(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Cli::Version => {
+            println!("smtp-relay {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Cli::Queue {
+            config,
+            cmd,
+            sel,
+            dry_run,
+            ids_from_stdin,
+            warnings,
+        } => queue_command(&config, &cmd, sel, dry_run, ids_from_stdin, &warnings),
+        Cli::Send { config, opts } => {
+            init_logging(config.verbosity, true);
+            match crate::admin::run_send(&config, &opts, &mut std::io::stdin().lock()) {
+                Ok(id) => {
+                    if config.verbosity > 0 {
+                        eprintln!("queued as {id}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Cli::Passwd { file, user, owner } => passwd(&file, &user, owner),
+        Cli::CheckConfig(config) => {
+            init_logging(config.verbosity, true);
+            check_config(config).into()
+        }
+        Cli::Route { config, address } => {
+            init_logging(config.verbosity, true);
+            match route(&config, &address) {
+                Ok(code) => code.into(),
+                Err(e) => fail(&e),
+            }
+        }
+        Cli::Serve(config) => {
+            let file = config.log_file.as_deref();
+            if let Err(e) = init_logging_to(config.verbosity, false, config.log_format, file) {
+                eprintln!("smtp-relay: --log-file: {e}");
+                return Exit::IoErr.into();
+            }
+            match serve(config, args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e}");
+                    fail(&e)
+                }
+            }
+        }
+    }
+}
+
+/// `queue …`: ids from stdin when asked, then `admin::run_queue` with
+/// this module's way to build a delivery engine for a foreground flush.
+fn queue_command(
+    config: &Config,
+    cmd: &crate::admin::QueueCmd,
+    mut sel: crate::admin::Selector,
+    dry_run: bool,
+    ids_from_stdin: bool,
+    warnings: &[String],
+) -> ExitCode {
+    init_logging(config.verbosity, true);
+    for w in warnings {
+        eprintln!("smtp-relay: warning: {w}");
+    }
+    if ids_from_stdin {
+        match crate::admin::read_ids(&mut std::io::stdin().lock()) {
+            Ok(ids) => sel.ids.extend(ids),
+            Err(e) => return fail(&e),
+        }
+        if sel.ids.is_empty() {
+            eprintln!("smtp-relay: no queue ids on standard input");
+            return Exit::Ok.into();
+        }
+    }
+    let deliverer = flush_deliverer(config);
+    match crate::admin::run_queue(config, cmd, &sel, dry_run, &deliverer) {
+        Ok(code) => code.into(),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints `e` as the one line a failed command leaves on stderr, and
+/// gives its exit code: every error reaches the process's exit status
+/// here, through its `From<&E> for Exit` in exit.rs.
+pub fn fail<E: std::fmt::Display>(e: &E) -> ExitCode
+where
+    for<'a> Exit: From<&'a E>,
+{
+    eprintln!("smtp-relay: {e}");
+    Exit::from(e).into()
+}
+
+/// `quiet_default`: commands for scripts log only warnings unless asked.
+fn init_logging(verbosity: usize, quiet_default: bool) {
+    let _ = init_logging_to(verbosity, quiet_default, Default::default(), None);
+}
+
+/// `init_logging` with `--log-format` and `--log-file` (logging.rs).
+fn init_logging_to(
+    verbosity: usize,
+    quiet_default: bool,
+    format: crate::logging::LogFormat,
+    file: Option<&std::path::Path>,
+) -> std::io::Result<()> {
+    let default = match verbosity {
+        0 if quiet_default => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    crate::logging::init(default, verbosity, format, file)
+}
+
+/// `smtp-relay passwd USER`: the first line of stdin is the password.
+/// Exit 0 set, 64 no password given, 74 the file cannot be written.
+fn passwd(file: &std::path::Path, user: &str, owner: Option<crate::sys::User>) -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("smtp-relay: cannot read the password on stdin: {e}");
+        return Exit::IoErr.into();
+    }
+    let pass = line.strip_suffix('\n').unwrap_or(&line);
+    let pass = pass.strip_suffix('\r').unwrap_or(pass);
+    if pass.is_empty() {
+        eprintln!("smtp-relay: no password on stdin (one line)");
+        return Exit::Usage.into();
+    }
+    match crate::auth::set_password(file, user, pass, owner) {
+        Ok(replaced) => {
+            let what = if replaced { "replaced" } else { "added" };
+            eprintln!("smtp-relay: {user} {what} in {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtp-relay: {}: {e}", file.display());
+            Exit::IoErr.into()
+        }
+    }
 }

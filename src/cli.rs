@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::admin::{QueueCmd, Selector, SendOpts, StateFilter};
 use crate::config::{BareLineEndings, Cidr, Config, Endpoint, TlsFiles};
-use crate::route::{RouteAuth, RouteTls, StaticRoute};
+use crate::config::{RouteAuth, RouteTls, StaticRoute};
 use crate::smtp::Domain;
 use crate::spool::QueueId;
 use crate::time::parse_duration;
@@ -24,6 +24,9 @@ use crate::time::parse_duration;
 #[derive(Debug)]
 pub enum Cli {
     Serve(Config),
+    /// `serve --check-config`, `check-config`: load as a reload would,
+    /// start nothing.
+    CheckConfig(Config),
     Queue {
         config: Config,
         cmd: QueueCmd,
@@ -428,6 +431,12 @@ const OPERATING_OPTS: &[OptSpec] = &[
         "FILE",
         "append the log to FILE instead of stderr; SIGUSR1 reopens it",
     ),
+    opt(
+        "check-config",
+        Kind::Flag,
+        "",
+        "read and check the configuration and every file it names as SIGHUP would, print OK or the error, exit 0 or 78; starts nothing",
+    ),
 ];
 
 /// `--metrics`, `--log-format`, `--log-file`.
@@ -709,7 +718,8 @@ fn usage_text() -> String {
     let mut s = String::from(
         "smtp-relay: a store-and-forward SMTP relay\n\n\
          Usage:\n  \
-         smtp-relay serve [OPTIONS]            run the relay (receive, queue, deliver)\n  \
+         smtp-relay serve [OPTIONS]            run the relay (receive, queue, deliver); SIGHUP reloads\n  \
+         smtp-relay check-config [OPTIONS]     check the configuration as a reload would (serve --check-config)\n  \
          smtp-relay route [OPTIONS] ADDRESS    show where a recipient would be sent, send nothing\n  \
          smtp-relay queue list|show|flush|hold|release|delete|bounce|requeue [OPTIONS] [ID...|-]\n  \
          smtp-relay send [-f SENDER] [-F NAME] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
@@ -947,6 +957,10 @@ pub fn parse(args: &[String]) -> Result<Cli, UsageError> {
         "-V" | "--version" | "version" => Ok(Cli::Version),
         "--man" => Ok(Cli::Help(crate::manpage::render(&usage_text()))),
         "serve" => parse_serve(&args[1..]),
+        "check-config" => match parse_serve(&args[1..])? {
+            Cli::Serve(c) => Ok(Cli::CheckConfig(c)),
+            other => Ok(other),
+        },
         "route" => parse_route(&args[1..]),
         "queue" => parse_queue(&args[1..]),
         "send" => parse_send(&args[1..]),
@@ -1072,7 +1086,7 @@ fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
         }
         let spec = specs
             .iter()
-            .find(|s| s.name == name && s.name != "config")
+            .find(|s| s.name == name && !matches!(s.name, "config" | "check-config"))
             .ok_or_else(|| bad(&format!("unknown option {name:?}")))?;
         if value.is_empty() {
             return Err(bad(&format!("{name} needs a value")));
@@ -1155,6 +1169,10 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     apply_delivery(&v, &mut c)?;
     apply_operating(&v, &mut c)?;
     c.verbosity = v.matches.opt_count("verbose");
+    c.config_file = (!v.file.path.is_empty()).then(|| PathBuf::from(&v.file.path));
+    if v.flag("check-config")? {
+        return Ok(Cli::CheckConfig(c));
+    }
     Ok(Cli::Serve(c))
 }
 
@@ -1802,9 +1820,9 @@ fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     }
     c.delay_warning = v.duration("delay-warning")?;
     if let Some(t) = nonzero(v, "delivery-timeout")? {
-        c.client_timeouts = crate::client::Timeouts::all(t);
+        c.client_timeouts = crate::config::Timeouts::all(t);
     }
-    use crate::tls::OutboundTls;
+    use crate::config::OutboundTls;
     if let Some(mode) = v.parse("outbound-tls", |m| {
         OutboundTls::parse(m).ok_or_else(|| {
             UsageError(format!(

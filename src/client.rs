@@ -19,53 +19,7 @@ use crate::smtp::data::{self, Line};
 use crate::smtp::{Body, Enhanced, MailDsn, Path, RcptDsn, Reply, ReplyParser, ReversePath};
 use crate::tls::{ClientTls, OutboundTls, TlsInfo};
 
-/// Client timeouts, named after RFC 5321 §4.5.3.2 (defaults are its
-/// minimums; connect is ours).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub connect: Duration,
-    /// §4.5.3.2.1: initial 220, 5 minutes (also used for EHLO/HELO).
-    pub greeting: Duration,
-    /// §4.5.3.2.2: MAIL, 5 minutes.
-    pub mail: Duration,
-    /// §4.5.3.2.3: RCPT, 5 minutes.
-    pub rcpt: Duration,
-    /// §4.5.3.2.4: DATA initiation, 2 minutes.
-    pub data_init: Duration,
-    /// §4.5.3.2.5: each data block sent, 3 minutes.
-    pub data_block: Duration,
-    /// §4.5.3.2.6: reply to the final ".", 10 minutes.
-    pub data_end: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Timeouts {
-        Timeouts {
-            connect: Duration::from_secs(30),
-            greeting: Duration::from_secs(300),
-            mail: Duration::from_secs(300),
-            rcpt: Duration::from_secs(300),
-            data_init: Duration::from_secs(120),
-            data_block: Duration::from_secs(180),
-            data_end: Duration::from_secs(600),
-        }
-    }
-}
-
-impl Timeouts {
-    /// Every phase bounded by `t` (tests shrink timers this way).
-    pub fn all(t: Duration) -> Timeouts {
-        Timeouts {
-            connect: t,
-            greeting: t,
-            mail: t,
-            rcpt: t,
-            data_init: t,
-            data_block: t,
-            data_end: t,
-        }
-    }
-}
+pub use crate::config::delivery::Timeouts;
 
 /// Where in the dialogue something happened, for logs and diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

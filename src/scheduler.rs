@@ -45,6 +45,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Select, Sender};
 
 use crate::delivery::{Attempted, Deliverer, Outcome};
 use crate::spool::{Envelope, QueueId};
+use crate::swap::Swap;
 use crate::time::Clock;
 
 /// How often the spool is rescanned for messages the scheduler missed.
@@ -64,14 +65,30 @@ pub struct DestLimiter {
 struct LimiterInner {
     busy: Mutex<HashMap<String, usize>>,
     freed: Condvar,
+    /// Replaced by a reload (`set_limits`); the counts stay.
+    limits: std::sync::RwLock<Limits>,
+}
+
+/// `--max-per-destination`, and the per-destination limits of routes
+/// (`max-connections`), by key.
+struct Limits {
     max: usize,
-    /// Per-destination limits of routes (`max-connections`), by key.
-    limits: HashMap<String, usize>,
+    per_dest: HashMap<String, usize>,
+}
+
+impl Limits {
+    fn new(max: usize, limits: HashMap<String, usize>) -> Limits {
+        Limits {
+            max: max.max(1),
+            per_dest: limits.into_iter().map(|(k, n)| (k, n.max(1))).collect(),
+        }
+    }
 }
 
 impl LimiterInner {
     fn max_for(&self, key: &str) -> usize {
-        self.limits.get(key).copied().unwrap_or(self.max)
+        let limits = self.limits.read().unwrap_or_else(|p| p.into_inner());
+        limits.per_dest.get(key).copied().unwrap_or(limits.max)
     }
 }
 
@@ -95,10 +112,18 @@ impl DestLimiter {
             inner: Arc::new(LimiterInner {
                 busy: Mutex::new(HashMap::new()),
                 freed: Condvar::new(),
-                max: max.max(1),
-                limits: limits.into_iter().map(|(k, n)| (k, n.max(1))).collect(),
+                limits: std::sync::RwLock::new(Limits::new(max, limits)),
             }),
         }
+    }
+
+    /// A reload's new limits, for every holder of this limiter; slots
+    /// taken stay taken (a lowered limit only stops new ones).
+    pub fn set_limits(&self, max: usize, limits: HashMap<String, usize>) {
+        let mut l = self.inner.limits.write().unwrap_or_else(|p| p.into_inner());
+        *l = Limits::new(max, limits);
+        drop(l);
+        self.inner.freed.notify_all();
     }
 
     fn busy(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -197,9 +222,12 @@ impl SchedulerHandle {
     }
 }
 
-/// Starts the scheduler thread and `workers` delivery threads.
+/// Starts the scheduler thread and `workers` delivery threads. Each
+/// attempt runs with the deliverer `current` holds when it starts (a
+/// reload swaps it; an attempt in flight finishes on the old one). The
+/// spool, the clock and the limiter's counts are the same in every one.
 pub fn start(
-    deliverer: Arc<Deliverer>,
+    current: Arc<Swap<Deliverer>>,
     workers: usize,
     initial: Vec<Envelope>,
     committed: Receiver<QueueId>,
@@ -211,7 +239,7 @@ pub fn start(
     for i in 0..workers {
         let jobs = jobs_rx.clone();
         let reports = report_tx.clone();
-        let d = deliverer.clone();
+        let d = current.clone();
         threads.push(
             thread::Builder::new()
                 .name(format!("deliver-{i}"))
@@ -219,6 +247,7 @@ pub fn start(
         );
     }
     drop(report_tx);
+    let deliverer = current.load();
     let spool = deliverer.spool.clone();
     let clock = deliverer.clock.clone();
     let limiter = deliverer.limiter.clone();
@@ -241,10 +270,11 @@ pub fn start(
     })
 }
 
-fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
+fn worker(current: &Swap<Deliverer>, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
     loop {
         match jobs.recv_timeout(Duration::from_secs(1)) {
             Ok(id) => {
+                let d = current.load();
                 crate::metrics::attempt();
                 let attempt = || {
                     crate::fault::hit(crate::fault::Point::Delivery);
@@ -271,7 +301,7 @@ fn worker(d: &Deliverer, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
                     return;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => d.cache.sweep(),
+            Err(RecvTimeoutError::Timeout) => current.load().cache.sweep(),
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }

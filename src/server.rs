@@ -2,9 +2,8 @@
 //! and stop on SIGTERM/SIGINT. `app::serve` wires it to the spool, the
 //! scheduler and the TLS and AUTH settings.
 //!
-//! Signals (README "Signals"): SIGTERM and SIGINT stop; SIGHUP and SIGUSR1
-//! are caught, logged and ignored (no reload or log reopening yet, and
-//! their default action would kill the server silently); SIGPIPE is
+//! Signals (README "Signals"): SIGTERM and SIGINT stop; SIGHUP reloads
+//! the configuration (`reload.rs`); SIGUSR1 reopens the log file; SIGPIPE is
 //! ignored (the Rust runtime sets SIG_IGN before `main`), so a write to a
 //! closed socket is an `EPIPE` error on that one connection.
 //!
@@ -25,11 +24,12 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, TrySendError};
 
 use crate::app::SetupError;
-use crate::config::ListenMode;
+use crate::config::{Config, ListenMode};
 use crate::pool::Pool;
 use crate::session::{self, Context};
 use crate::smtp::Reply;
 use crate::spool::SpoolError;
+use crate::swap::Swap;
 
 /// Why `serve` could not start (its exit code: `exit.rs`).
 #[derive(Debug)]
@@ -125,18 +125,22 @@ pub fn bind(addrs: &[(SocketAddr, ListenMode)]) -> Result<Vec<Bound>, ServeError
 
 /// Serves SMTP on `listeners` with a fixed pool of session threads until
 /// SIGTERM or SIGINT, then stops accepting and gives the sessions in
-/// progress [`STOP_GRACE`] to end. `app::serve` built everything `ctx`
-/// holds.
-pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result<(), ServeError> {
-    let config = ctx.config.clone();
+/// progress [`STOP_GRACE`] to end. `app::serve` built everything
+/// `sessions` holds; each session runs with the context current when its
+/// worker takes it, for its whole life. SIGHUP calls `reload`, which may
+/// make a new context current.
+pub fn run(
+    listeners: Vec<Bound>,
+    sessions: Arc<Swap<Context>>,
+    signals: Signals,
+    reload: &mut dyn FnMut(),
+) -> Result<(), ServeError> {
+    let config = sessions.load().config.clone();
     let (tx, rx) = bounded::<Accepted>(config.backlog);
     let tracker = Arc::new(ConnTracker {
         per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
-        max_per_ip: config.max_per_ip,
-        exempt: config.relay_nets.clone(),
-        proxies: config.proxy_protocol.clone(),
     });
-    let pool_ctx = ctx.clone();
+    let pool_sessions = sessions.clone();
     let pool_tracker = tracker.clone();
     let pool = Pool::spawn(
         "session",
@@ -149,14 +153,15 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
             let what = format_args!("{peer} session (connection dropped, worker continues)");
             let _active = crate::metrics::session();
             crate::pool::catch(what, || {
+                let ctx = pool_sessions.load();
                 let (s, client, ticket) = match ticket {
                     Some(t) => (s, peer, t),
-                    None => match proxied(s, peer, mode, &pool_tracker, &pool_ctx.config) {
+                    None => match proxied(s, peer, mode, &pool_tracker, &ctx.config) {
                         Some(c) => c,
                         None => return,
                     },
                 };
-                session::run(s, client, mode, &pool_ctx);
+                session::run(s, client, mode, &ctx);
                 drop(ticket);
             });
         },
@@ -173,13 +178,13 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
     {
         let tx = tx.clone();
         let stopping = stopping.clone();
-        let hostname = config.hostname.clone();
+        let sessions = sessions.clone();
         let tracker = tracker.clone();
         let h = thread::Builder::new()
             .name(format!("accept-{local}"))
             .spawn(move || {
                 crate::pool::or_abort(format_args!("listener {local}"), || {
-                    accept_loop(listener, mode, tx, &stopping, &hostname, &tracker)
+                    accept_loop(listener, mode, tx, &stopping, &sessions, &tracker)
                 })
             })
             .map_err(ServeError::Thread)?;
@@ -197,7 +202,7 @@ pub fn run(listeners: Vec<Bound>, ctx: Arc<Context>, signals: Signals) -> Result
     let _ = io::stdout().flush();
     crate::notify::notify("READY=1");
 
-    signals.wait_for_stop();
+    signals.wait_for_stop(reload);
     crate::notify::notify("STOPPING=1");
     log::info!("stopping: no new connections, waiting up to {STOP_GRACE:?} for sessions");
     stopping.store(true, Ordering::SeqCst);
@@ -245,15 +250,11 @@ pub fn become_user(
 /// its PROXY header names.
 type Accepted = (TcpStream, SocketAddr, ListenMode, Option<Ticket>);
 
-/// Counts connections per client address.
+/// Counts connections per client address; the limits are read from the
+/// configuration current at each connection (a reload changes them, the
+/// counts stay).
 struct ConnTracker {
     per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
-    /// Relay networks are our own MTAs: exempt, as Postfix exempts
-    /// $mynetworks from its connection count limit.
-    exempt: Vec<crate::config::Cidr>,
-    /// `--proxy-protocol`'s `--proxy-from`: the only peers served.
-    proxies: Option<Vec<crate::config::Cidr>>,
 }
 
 /// Why the accept loop turns a connection away.
@@ -273,22 +274,30 @@ impl ConnTracker {
     /// At accept: a ticket for the peer, or for a trusted proxy `None`
     /// (the proxy is not one client; its clients are counted by
     /// [`proxied`] once their addresses are known).
-    fn at_accept(self: &Arc<Self>, peer: SocketAddr) -> Result<Option<Ticket>, Refusal> {
-        match &self.proxies {
-            None => self.admit(peer.ip()).map(Some).ok_or(Refusal::TooMany),
+    /// `--proxy-protocol`'s `--proxy-from` are the only peers served
+    /// then.
+    fn at_accept(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        cfg: &Config,
+    ) -> Result<Option<Ticket>, Refusal> {
+        match &cfg.proxy_protocol {
+            None => self.admit(peer.ip(), cfg).map(Some).ok_or(Refusal::TooMany),
             Some(p) if p.iter().any(|n| n.contains(peer.ip())) => Ok(None),
             Some(_) => Err(Refusal::Untrusted),
         }
     }
 
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
+    /// Relay networks are our own MTAs: exempt from `--max-per-ip`, as
+    /// Postfix exempts $mynetworks from its connection count limit.
+    fn admit(self: &Arc<Self>, ip: IpAddr, cfg: &Config) -> Option<Ticket> {
         let ip = ip.to_canonical();
-        if self.exempt.iter().any(|n| n.contains(ip)) {
+        if cfg.is_relay_client(ip) {
             return Some(Ticket { tracker: None, ip });
         }
         let mut m = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= cfg.max_per_ip {
             return None;
         }
         *n += 1;
@@ -317,7 +326,7 @@ fn accept_loop(
     mode: ListenMode,
     tx: crossbeam_channel::Sender<Accepted>,
     stopping: &AtomicBool,
-    hostname: &str,
+    sessions: &Swap<Context>,
     tracker: &Arc<ConnTracker>,
 ) {
     loop {
@@ -333,13 +342,15 @@ fn accept_loop(
                 continue;
             }
         };
+        let ctx = sessions.load();
+        let (cfg, hostname) = (&ctx.config, &ctx.config.hostname);
         if stopping.load(Ordering::SeqCst) {
             let reply = Reply::shutting_down(hostname);
             crate::metrics::conn_refused(&peer, crate::metrics::ConnReason::ShuttingDown, &reply);
             let _ = reject(stream, mode, &reply);
             return;
         }
-        let ticket = match tracker.at_accept(peer) {
+        let ticket = match tracker.at_accept(peer, cfg) {
             Ok(t) => t,
             Err(Refusal::TooMany) => {
                 let reply = Reply::too_many_connections(hostname);
@@ -378,7 +389,7 @@ fn proxied(
     use crate::proxy::{read_header, Header, ReadError, HEADER_DEADLINE};
     let deadline = std::time::Instant::now() + cfg.timeout.min(HEADER_DEADLINE);
     let (client, ticket) = match read_header(&mut stream, deadline) {
-        Ok(Header::Proxied { source, .. }) => (source, tracker.admit(source.ip())),
+        Ok(Header::Proxied { source, .. }) => (source, tracker.admit(source.ip(), cfg)),
         // LOCAL / UNKNOWN: the proxy's own connection, not a client's
         Ok(Header::Local) => (
             proxy,
@@ -446,8 +457,9 @@ impl Signals {
         }
     }
 
-    /// Blocks until SIGTERM or SIGINT; logs and ignores SIGHUP and SIGUSR1.
-    fn wait_for_stop(mut self) {
+    /// Blocks until SIGTERM or SIGINT; SIGHUP calls `reload`, SIGUSR1
+    /// reopens the log file.
+    fn wait_for_stop(mut self, reload: &mut dyn FnMut()) {
         use signal_hook::consts::{SIGHUP, SIGUSR1};
         let Some(signals) = self.0.as_mut() else {
             loop {
@@ -456,7 +468,7 @@ impl Signals {
         };
         for sig in signals.forever() {
             match sig {
-                SIGHUP => log::warn!("SIGHUP received: reload not supported yet; ignoring"),
+                SIGHUP => reload(),
                 SIGUSR1 => crate::logging::reopen(),
                 _ => {
                     log::info!("signal {sig} received");

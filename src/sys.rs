@@ -1,5 +1,6 @@
 //! The few operating-system calls std does not offer: free space of the
-//! spool's filesystem, dropping root privileges after binding, renames
+//! spool's filesystem, the monotonic clock's value (sd_notify), dropping
+//! root privileges after binding, renames
 //! that never replace, and the `*at` calls that walk a directory by file
 //! descriptor without following symbolic links. This is the only module
 //! with `unsafe`; each block is a plain libc call on values we own.
@@ -322,6 +323,19 @@ pub fn login_name() -> String {
     user_name(uid)
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| format!("uid{uid}"))
+}
+
+/// CLOCK_MONOTONIC in microseconds (std's `Instant` hides its value;
+/// sd_notify's `MONOTONIC_USEC=` wants it).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // CLOCK_MONOTONIC always exists on Linux and `ts` is ours: the call
+    // cannot fail
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
 #[cfg(test)]

@@ -112,33 +112,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// `--outbound-tls`: what the delivery side does with STARTTLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OutboundTls {
-    /// Opportunistic (RFC 7435 §1.3): STARTTLS when offered, any
-    /// certificate; a failed handshake falls back to plaintext.
-    May,
-    /// TLS or nothing, any certificate.
-    Encrypt,
-    /// TLS with a certificate valid for the next hop's name, against the
-    /// system roots or `--ca-file`.
-    Verify,
-    /// RFC 8314 §3: TLS from the first byte (submissions port 465), no
-    /// STARTTLS; the certificate checked as under `Verify`. A route's
-    /// policy only (`tls = implicit`): never for MX delivery on port 25.
-    Implicit,
-}
-
-impl OutboundTls {
-    pub fn parse(s: &str) -> Option<OutboundTls> {
-        Some(match s {
-            "may" => OutboundTls::May,
-            "encrypt" => OutboundTls::Encrypt,
-            "verify" => OutboundTls::Verify,
-            _ => return None,
-        })
-    }
-}
+pub use crate::config::delivery::OutboundTls;
 
 /// The client side of STARTTLS, built once per process: the mode, and
 /// the rustls configs a route's own `tls =` may switch to

@@ -343,17 +343,20 @@ impl Drop for SpfPolicy {
     }
 }
 
-/// pyspf resolves through dnspython when that is installed (python3-dkim
-/// brings it in) and through pydns (python3-dns) otherwise; both read
-/// /etc/resolv.conf and have no environment override. This
-/// sitecustomize, found first on PYTHONPATH, points both at the test's
-/// dnsmasq before policyd-spf imports them.
+/// pyspf resolves through dnspython when it is installed
+/// (python3-dnspython, which other packages pull in), else through pydns
+/// (python3-dns); both read /etc/resolv.conf and have no environment
+/// override. This sitecustomize, found first on PYTHONPATH, points both
+/// at the test's dnsmasq before policyd-spf imports them.
 const SITECUSTOMIZE: &str = "import os\n\
 if os.environ.get('SPF_TEST_DNS_PORT'):\n\
 \x20   port = int(os.environ['SPF_TEST_DNS_PORT'])\n\
-\x20   import DNS\n\
-\x20   DNS.Base.defaults['server'] = ['127.0.0.1']\n\
-\x20   DNS.Base.defaults['port'] = port\n\
+\x20   try:\n\
+\x20       import DNS\n\
+\x20       DNS.Base.defaults['server'] = ['127.0.0.1']\n\
+\x20       DNS.Base.defaults['port'] = port\n\
+\x20   except ImportError:\n\
+\x20       pass\n\
 \x20   try:\n\
 \x20       import dns.resolver\n\
 \x20       r = dns.resolver.Resolver(configure=False)\n\

@@ -46,6 +46,8 @@ fn the_unit_file_verifies() {
         "ExecStart=/usr/local/bin/smtp-relay serve --config /etc/smtp-relay.conf",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "NoNewPrivileges=yes",
+        "ExecReload=/usr/local/bin/smtp-relay check-config --config /etc/smtp-relay.conf",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "ProtectSystem=strict",
         "ReadWritePaths=/var/spool/smtp-relay",
     ] {

@@ -23,23 +23,7 @@ use crate::spool::{Attempt, Claim, DelayWarned, Envelope, RcptState, SpoolError}
 use crate::status::{Class, LocalReason, Status};
 use crate::time::format_duration;
 
-/// Retry schedule (`--retry-min`, `--retry-max`, `--max-queue-age`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub min: Duration,
-    pub max: Duration,
-    pub lifetime: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> RetryPolicy {
-        RetryPolicy {
-            min: Duration::from_secs(300),
-            max: Duration::from_secs(4000),
-            lifetime: Duration::from_secs(5 * 86_400),
-        }
-    }
-}
+pub use crate::config::delivery::RetryPolicy;
 
 impl RetryPolicy {
     /// Delay before the next try after `attempts` tries: min doubling up to

@@ -41,7 +41,8 @@ impl Default for EdgeConfig {
 pub struct Edge {
     pub dnsbl: Option<dnsbl::Dnsbl>,
     pub policy: Option<policy::PolicyConfig>,
-    pub rates: rate::RateLimiter,
+    /// Shared, so that a reload with the same limits keeps the windows.
+    pub rates: Arc<rate::RateLimiter>,
 }
 
 impl Edge {
@@ -57,7 +58,7 @@ impl Edge {
         Ok(Edge {
             dnsbl,
             policy: cfg.policy.clone(),
-            rates: rate::RateLimiter::new(cfg.rates),
+            rates: Arc::new(rate::RateLimiter::new(cfg.rates)),
         })
     }
 }

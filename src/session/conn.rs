@@ -22,18 +22,23 @@ use crate::smtp::data::{self, Line};
 use crate::smtp::{Command, Reply};
 use crate::spool::{QueueId, Spool};
 
-/// What a session worker needs besides the socket.
+/// What a session worker needs besides the socket: one generation of
+/// settings (`app::Generation`), which the session keeps to its end even
+/// when a SIGHUP makes a new one current. The spool, the channel to the
+/// scheduler, the space check and the password-check pool are the same
+/// in every generation.
 pub struct Context {
     pub config: Arc<Config>,
     pub spool: Arc<Spool>,
     /// Told of each committed message (the scheduler); a full or missing
     /// channel only delays delivery until the next spool scan.
     pub committed: Option<Sender<QueueId>>,
-    pub space: SpaceCheck,
+    pub space: Arc<SpaceCheck>,
     /// Password checks: a few at a time, in reused memory.
-    pub verifier: auth::Verifier,
-    /// AUTH failures across sessions, per address and per user name.
-    pub auth_failures: crate::auth_limit::FailureLimiter,
+    pub verifier: Arc<auth::Verifier>,
+    /// AUTH failures across sessions, per address and per user name
+    /// (kept across a reload that leaves the limits as they were).
+    pub auth_failures: Arc<crate::auth_limit::FailureLimiter>,
     /// STARTTLS and implicit TLS: built by `app.rs` from `config.tls`'s
     /// files.
     pub tls: Option<Arc<rustls::ServerConfig>>,

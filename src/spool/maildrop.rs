@@ -522,7 +522,8 @@ pub fn scan(spool: &Spool, config: &Config) -> Vec<Picked> {
 
 /// The server's pick-up thread: a scan every [`SCAN_INTERVAL`] (one
 /// `readdir` of a usually empty folder); each queued id goes to
-/// `committed` (the scheduler).
+/// `committed` (the scheduler). Each scan runs with the configuration
+/// `config` gives then (a reload may have replaced it).
 pub struct Pickup {
     stop: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<()>>,
@@ -531,7 +532,7 @@ pub struct Pickup {
 impl Pickup {
     pub fn start(
         spool: Arc<Spool>,
-        config: Arc<Config>,
+        config: impl Fn() -> Arc<Config> + Send + 'static,
         committed: Option<crossbeam_channel::Sender<QueueId>>,
     ) -> io::Result<Pickup> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -540,7 +541,7 @@ impl Pickup {
             .name("maildrop".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    for p in scan(&spool, &config) {
+                    for p in scan(&spool, &config()) {
                         if let (Picked::Queued(id), Some(tx)) = (p, &committed) {
                             let _ = tx.try_send(id);
                         }

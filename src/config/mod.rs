@@ -3,17 +3,22 @@
 //!
 //! Plain data: paths, names and numbers as the operator wrote them. No
 //! live TLS objects, no DNS answers, no user database entries and no file
-//! contents live here; `app.rs` turns a `Config` into those at start.
+//! contents live here; `app.rs` turns a `Config` into those at start and
+//! at each reload. A leaf: the types of its fields are defined here
+//! (`delivery.rs`, `route.rs`) or are plain values of the modules that
+//! own a feature's settings; nothing here imports a module with I/O.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::client::Timeouts;
-use crate::delivery::RetryPolicy;
-use crate::route::StaticRoute;
+pub mod delivery;
+pub mod route;
+
+pub use delivery::{OutboundTls, RetryPolicy, Timeouts};
+pub use route::{RouteAuth, RouteTls, StaticRoute};
+
 use crate::smtp::Domain;
-use crate::tls::OutboundTls;
 
 /// An `ADDR:PORT` option value as written (`--listen`, `--dns`): an IP
 /// socket address, or a host name and a port that `app.rs` resolves at
@@ -185,6 +190,10 @@ pub enum BareLineEndings {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file these settings were read from (`--config`,
+    /// `$SMTP_RELAY_CONFIG`, `/etc/smtp-relay.conf`), if any: what SIGHUP
+    /// reads again.
+    pub config_file: Option<PathBuf>,
     pub hostname: String,
     pub listen: Vec<Endpoint>,
     /// `--listen-tls`, `--submission`, `--submission-tls`: listeners with
@@ -309,6 +318,7 @@ impl Config {
     /// The defaults, as `serve` runs without options.
     pub fn new() -> Config {
         Config {
+            config_file: None,
             hostname: system_hostname(),
             listen: vec![Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], 2525)))],
             listeners: Vec::new(),
@@ -390,7 +400,6 @@ impl Config {
     /// and enforced MX hosts): then the CA roots are loaded, and
     /// `--ca-file` has a use.
     pub fn verifies(&self) -> bool {
-        use crate::route::RouteTls;
         let verify = RouteTls::Starttls(OutboundTls::Verify);
         self.outbound_tls == OutboundTls::Verify
             || self.mta_sts

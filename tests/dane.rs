@@ -553,3 +553,33 @@ fn dane_ta_checks_the_chain_and_the_name() {
         "delivered anyway"
     );
 }
+
+#[test]
+fn secure_denial_of_tlsa_is_opportunistic() {
+    let test = "secure_denial_of_tlsa_is_opportunistic";
+    // signed all the way, but no TLSA records: the NSEC proof of their
+    // absence makes the hop opportunistic (RFC 7672 §2.2), so an MX
+    // without STARTTLS gets the message
+    let records = [
+        "nodane.test. IN MX 10 mx.nodane.test.",
+        "mx.nodane.test. IN A 127.0.{net}.1",
+    ];
+    let Some(w) = World::new(test, 67, &records, &[], &[]) else {
+        return;
+    };
+    let mx = w.mx(1, None);
+    let relay = w.sender();
+    let id = send(&relay, "user@nodane.test");
+    let line = delivery_line(&relay, &id);
+    assert!(line.contains(" tls=none"), "{line}");
+    sent(&relay, &id);
+    assert!(delivered_to(&mx));
+    let run = w.route("user@nodane.test");
+    assert!(
+        run.stdout.contains("tls policy: DANE (secure MX RRset: mx.nodane.test)")
+            && run.stdout.contains("mx.nodane.test port")
+            && run.stdout.contains("no usable TLSA records"),
+        "{}",
+        run.stdout
+    );
+}

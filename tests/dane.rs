@@ -576,7 +576,8 @@ fn secure_denial_of_tlsa_is_opportunistic() {
     assert!(delivered_to(&mx));
     let run = w.route("user@nodane.test");
     assert!(
-        run.stdout.contains("tls policy: DANE (secure MX RRset: mx.nodane.test)")
+        run.stdout
+            .contains("tls policy: DANE (secure MX RRset: mx.nodane.test)")
             && run.stdout.contains("mx.nodane.test port")
             && run.stdout.contains("no usable TLSA records"),
         "{}",

@@ -15,28 +15,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The limits, from `--auth-max-failures`, `--auth-max-user-failures`
-/// and `--auth-failure-window`; 0 turns a limit off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuthLimits {
-    /// Failed AUTHs from one client address (an IPv6 /64) per window.
-    pub per_address: usize,
-    /// Failed AUTHs for one user name, from anywhere, per window.
-    pub per_user: usize,
-    pub window: Duration,
-}
-
-impl Default for AuthLimits {
-    /// 10 per address and 30 per user in 5 minutes: a user who mistypes a
-    /// few times is never stopped; a guesser gets 2 guesses a minute.
-    fn default() -> AuthLimits {
-        AuthLimits {
-            per_address: 10,
-            per_user: 30,
-            window: Duration::from_secs(300),
-        }
-    }
-}
+pub use crate::config::limits::AuthLimits;
 
 /// Keys kept per map; beyond it the entry whose last failure is oldest
 /// is forgotten.

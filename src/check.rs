@@ -33,6 +33,8 @@ use crate::dns::Dns;
 use crate::route::Router;
 use crate::smtp::{Enhanced, Host, Path, Reply};
 
+pub use crate::config::limits::VerifySettings;
+
 /// Addresses and patterns of one recipient table (`--recipients`).
 ///
 /// Lines: `user@example.org` (that address), `user+*@example.org` (user
@@ -104,34 +106,6 @@ impl RecipientTable {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Address verification settings (`--verify-*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VerifySettings {
-    /// How long a probe may take in all, connection included.
-    pub timeout: Duration,
-    /// How long a 2xx answer is trusted.
-    pub positive_ttl: Duration,
-    /// How long a 5xx answer is trusted.
-    pub negative_ttl: Duration,
-    /// Most cached answers.
-    pub cache_size: usize,
-    /// Most probes running at once, across sessions (a probe thread can
-    /// outlive the session's wait by a few timeouts); beyond, `450`.
-    pub max_probes: usize,
-}
-
-impl Default for VerifySettings {
-    fn default() -> VerifySettings {
-        VerifySettings {
-            timeout: Duration::from_secs(10),
-            positive_ttl: Duration::from_secs(3600),
-            negative_ttl: Duration::from_secs(600),
-            cache_size: 10_000,
-            max_probes: 64,
-        }
     }
 }
 

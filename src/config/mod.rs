@@ -5,17 +5,21 @@
 //! live TLS objects, no DNS answers, no user database entries and no file
 //! contents live here; `app.rs` turns a `Config` into those at start and
 //! at each reload. A leaf: the types of its fields are defined here
-//! (`delivery.rs`, `route.rs`) or are plain values of the modules that
-//! own a feature's settings; nothing here imports a module with I/O.
+//! (`delivery.rs`, `route.rs`, `edge.rs`, `limits.rs`; the feature
+//! modules re-export them) or in `smtp/`, which does no I/O either.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod delivery;
+pub mod edge;
+pub mod limits;
 pub mod route;
 
 pub use delivery::{OutboundTls, RetryPolicy, Timeouts};
+pub use edge::EdgeConfig;
+pub use limits::{AuthLimits, LogFormat, VerifySettings};
 pub use route::{RouteAuth, RouteTls, StaticRoute};
 
 use crate::smtp::Domain;
@@ -248,9 +252,9 @@ pub struct Config {
     pub auth_file: Option<PathBuf>,
     /// AUTH failures tolerated per client address and per user name
     /// across sessions before `454 4.7.0`.
-    pub auth_limits: crate::auth_limit::AuthLimits,
+    pub auth_limits: AuthLimits,
     /// DNS lists, policy service, rate limits (issue 13).
-    pub edge: crate::edge::EdgeConfig,
+    pub edge: EdgeConfig,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
     /// `--proxy-protocol` with its `--proxy-from` networks: every
@@ -258,7 +262,7 @@ pub struct Config {
     pub proxy_protocol: Option<Vec<Cidr>>,
     /// `--metrics`: where /metrics and /healthz are served.
     pub metrics: Option<SocketAddr>,
-    pub log_format: crate::logging::LogFormat,
+    pub log_format: LogFormat,
     /// `--log-file`: append here instead of stderr (SIGUSR1 reopens).
     pub log_file: Option<PathBuf>,
 
@@ -303,7 +307,7 @@ pub struct Config {
     pub recipient_tables: Vec<(Domain, PathBuf)>,
     /// `--verify-recipients DOMAIN`: ask the domain's next hop.
     pub verify_domains: Vec<Domain>,
-    pub verify: crate::check::VerifySettings,
+    pub verify: VerifySettings,
     /// `--access FILE`: access rules.
     pub access_file: Option<PathBuf>,
     /// `--postmaster`: where `<Postmaster>` and double bounces go;
@@ -349,12 +353,12 @@ impl Config {
             tls: None,
             require_tls: false,
             auth_file: None,
-            auth_limits: crate::auth_limit::AuthLimits::default(),
-            edge: crate::edge::EdgeConfig::default(),
+            auth_limits: AuthLimits::default(),
+            edge: EdgeConfig::default(),
             verbosity: 0,
             proxy_protocol: None,
             metrics: None,
-            log_format: crate::logging::LogFormat::Text,
+            log_format: LogFormat::Text,
             log_file: None,
             delivery_workers: 32,
             routes: Vec::new(),
@@ -376,7 +380,7 @@ impl Config {
             dnssec_trust_anchor: None,
             recipient_tables: Vec::new(),
             verify_domains: Vec::new(),
-            verify: crate::check::VerifySettings::default(),
+            verify: VerifySettings::default(),
             access_file: None,
             postmaster: None,
             secrets_file: None,
@@ -469,5 +473,36 @@ mod tests {
         assert!(!v6.contains("2001:db9::5".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nonsense").is_err());
+    }
+}
+
+#[cfg(test)]
+mod leaf_tests {
+    /// The leaf rule (issue 11): `config/` names no module of ours but
+    /// itself and `smtp/`, so reading a configuration can never open a
+    /// file, resolve a name or start a thread behind the caller's back.
+    #[test]
+    fn config_imports_nothing_but_smtp_and_itself() {
+        let sources = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("delivery.rs", include_str!("delivery.rs")),
+            ("edge.rs", include_str!("edge.rs")),
+            ("limits.rs", include_str!("limits.rs")),
+            ("route.rs", include_str!("route.rs")),
+        ];
+        for (file, text) in sources {
+            // The code, not the tests (this one spells the prefix).
+            let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+            for (at, _) in code.match_indices("crate::") {
+                let path = &code[at + "crate::".len()..];
+                assert!(
+                    path.starts_with("smtp") || path.starts_with("config"),
+                    "config/{file} imports crate::{}",
+                    path.split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .next()
+                        .unwrap_or("")
+                );
+            }
+        }
     }
 }

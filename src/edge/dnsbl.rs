@@ -24,74 +24,7 @@ use std::time::Instant;
 
 use crate::dns::{Dns, DnsError};
 
-/// One `--dnsbl ZONE[=WEIGHT]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Blocklist {
-    pub zone: String,
-    pub weight: u32,
-}
-
-/// Where a blocked client is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RejectAt {
-    /// At the greeting: `554` and the connection closed.
-    Connect,
-    /// At every RCPT (Postfix's `smtpd_delay_reject = yes`): the client
-    /// may still say who it is, and the refusal names the recipient.
-    #[default]
-    Rcpt,
-}
-
-/// The DNSBL settings, from `--dnsbl`, `--dnswl`, `--dnsbl-threshold`,
-/// `--dnsbl-reject-at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsblConfig {
-    pub blocklists: Vec<Blocklist>,
-    pub allowlists: Vec<String>,
-    /// The summed weight at which a client is blocked (1: any list).
-    pub threshold: u32,
-    pub reject_at: RejectAt,
-}
-
-impl Default for DnsblConfig {
-    fn default() -> DnsblConfig {
-        DnsblConfig {
-            blocklists: Vec::new(),
-            allowlists: Vec::new(),
-            threshold: 1,
-            reject_at: RejectAt::Rcpt,
-        }
-    }
-}
-
-impl DnsblConfig {
-    pub fn is_on(&self) -> bool {
-        !self.blocklists.is_empty()
-    }
-
-    /// Parses `ZONE` or `ZONE=WEIGHT`.
-    pub fn parse_blocklist(s: &str) -> Result<Blocklist, String> {
-        let (zone, weight) = match s.split_once('=') {
-            Some((z, w)) => (
-                z,
-                w.parse::<u32>()
-                    .map_err(|_| format!("bad weight in {s:?} (use ZONE=N)"))?,
-            ),
-            None => (s, 1),
-        };
-        Ok(Blocklist {
-            zone: parse_zone(zone)?,
-            weight,
-        })
-    }
-}
-
-/// A zone name, without a trailing dot.
-pub fn parse_zone(s: &str) -> Result<String, String> {
-    let z = s.trim_end_matches('.');
-    crate::smtp::Domain::parse(z, false).map_err(|e| format!("bad DNS list zone {s:?}: {e}"))?;
-    Ok(z.to_ascii_lowercase())
-}
+pub use crate::config::edge::{parse_zone, Blocklist, DnsblConfig, RejectAt};
 
 /// RFC 5782 §2.1 (IPv4: the octets reversed) and §2.4 (IPv6: the 32
 /// nibbles reversed), under `zone`.

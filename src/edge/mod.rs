@@ -10,32 +10,12 @@ pub mod rate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::dns::{Dns, DnsError};
 use crate::smtp::reply::Enhanced;
 use crate::smtp::Reply;
 
-/// The edge settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EdgeConfig {
-    pub dnsbl: dnsbl::DnsblConfig,
-    /// `--dnsbl-timeout`: bounds each list lookup (default 2 s).
-    pub dnsbl_timeout: Duration,
-    pub policy: Option<policy::PolicyConfig>,
-    pub rates: rate::RateLimits,
-}
-
-impl Default for EdgeConfig {
-    fn default() -> EdgeConfig {
-        EdgeConfig {
-            dnsbl: dnsbl::DnsblConfig::default(),
-            dnsbl_timeout: Duration::from_secs(2),
-            policy: None,
-            rates: rate::RateLimits::default(),
-        }
-    }
-}
+pub use crate::config::edge::EdgeConfig;
 
 /// What every session shares.
 pub struct Edge {

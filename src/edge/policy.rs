@@ -9,87 +9,12 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::smtp::reply::Enhanced;
 use crate::smtp::Reply;
 
-/// `--policy-service inet:HOST:PORT` or `unix:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Inet { host: String, port: u16 },
-    Unix(PathBuf),
-}
-
-impl Target {
-    pub fn parse(s: &str) -> Result<Target, String> {
-        if let Some(p) = s.strip_prefix("unix:") {
-            if p.is_empty() {
-                return Err(format!("{s:?}: unix: needs a PATH"));
-            }
-            return Ok(Target::Unix(PathBuf::from(p)));
-        }
-        let bad = || format!("{s:?} is not inet:HOST:PORT or unix:PATH");
-        let rest = s.strip_prefix("inet:").ok_or_else(bad)?;
-        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = port.parse().map_err(|_| bad())?;
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(Target::Inet {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Inet { host, port } => write!(f, "inet:{host}:{port}"),
-            Target::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
-
-/// What to do when the service cannot be asked (down, slow, garbled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DefaultAction {
-    /// `451 4.3.5 Server configuration problem` (Postfix's reply).
-    #[default]
-    Defer,
-    /// Go on as if the service said DUNNO.
-    Dunno,
-}
-
-/// `--policy-service`, `--policy-at`, `--policy-timeout`,
-/// `--policy-default-action`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyConfig {
-    pub target: Target,
-    /// Ask at each RCPT (`protocol_state=RCPT`).
-    pub at_rcpt: bool,
-    /// Ask at the end of the data (`protocol_state=END-OF-MESSAGE`).
-    pub at_end: bool,
-    /// Bounds the connect, and the writing of a request and the reading
-    /// of its whole reply.
-    pub timeout: Duration,
-    pub default_action: DefaultAction,
-}
-
-impl PolicyConfig {
-    pub fn new(target: Target) -> PolicyConfig {
-        PolicyConfig {
-            target,
-            at_rcpt: true,
-            at_end: false,
-            timeout: Duration::from_secs(10),
-            default_action: DefaultAction::Defer,
-        }
-    }
-}
+pub use crate::config::edge::{DefaultAction, PolicyConfig, Target};
 
 /// The service's decision, classified once.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,20 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth_limit::{address_key, Window};
 
-/// `--rate-connections`, `--rate-messages`, `--rate-recipients`: events
-/// per minute; 0 turns a limit off (the default for all three).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RateLimits {
-    pub connections: usize,
-    pub messages: usize,
-    pub recipients: usize,
-}
-
-impl RateLimits {
-    pub fn any(&self) -> bool {
-        self.connections + self.messages + self.recipients > 0
-    }
-}
+pub use crate::config::edge::RateLimits;
 
 /// The window of every limit.
 pub const WINDOW: Duration = Duration::from_secs(60);

@@ -32,6 +32,11 @@ ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 # socket by socat
 command -v socat >/dev/null 2>&1 || need+=(socat)
 [ -x /usr/bin/policyd-spf ] || need+=(postfix-policyd-spf-python)
+# DKIM verifiers (tests/dkim.rs): dkimpy (Ed25519 through PyNaCl) and OpenDKIM
+/usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || need+=(python3-dkim)
+/usr/bin/python3 -c 'import nacl' >/dev/null 2>&1 || need+=(python3-nacl)
+command -v opendkim-testmsg >/dev/null 2>&1 || need+=(opendkim-tools)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # the MTA-STS tests serve the policy over HTTPS with nginx (run as a
 # single process on a temp config; Debian's service is not started)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx)

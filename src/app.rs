@@ -211,6 +211,24 @@ pub fn sender_map(config: &Config) -> Result<Option<SenderMap>, SetupError> {
     Ok(Some(map))
 }
 
+/// `--dkim-key`: every key read and checked now (README "DKIM
+/// signing"); a missing file is EX_NOINPUT, a file that holds no usable
+/// key (or an RSA key under 2048 bits) EX_CONFIG.
+pub fn dkim_signer(config: &Config) -> Result<Option<Arc<crate::dkim::Signer>>, SetupError> {
+    use crate::dkim::{KeyError, Signer};
+    let signer = Signer::load(&config.dkim).map_err(|(k, e)| match e {
+        KeyError::Unreadable(source) => file_error("--dkim-key", &k.path, Ok(source)),
+        KeyError::Invalid(why) => SetupError::Invalid {
+            option: "--dkim-key",
+            why: format!("{}:{}: {}: {why}", k.domain, k.selector, k.path.display()),
+        },
+    })?;
+    if let Some(s) = &signer {
+        log::info!("dkim signing for mail from {}", s.sources());
+    }
+    Ok(signer.map(Arc::new))
+}
+
 /// The router for a config: static routes, then DNS unless `--no-dns`.
 /// `local` are our own listening addresses, for loop detection.
 pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, SetupError> {
@@ -426,6 +444,7 @@ pub struct Loaded {
     senders: Option<SenderMap>,
     client_tls: Arc<ClientTls>,
     secrets: Arc<Secrets>,
+    dkim: Option<Arc<crate::dkim::Signer>>,
 }
 
 /// Reads every file `config` names; the first that cannot be read or
@@ -438,6 +457,8 @@ pub fn load(config: Config) -> Result<Loaded, SetupError> {
     let senders = sender_map(&config)?;
     let client_tls = client_tls(&config)?;
     let secrets = Arc::new(secrets(&config)?);
+    // DKIM keys likewise: root-only key files stay root-only
+    let dkim = dkim_signer(&config)?;
     Ok(Loaded {
         config,
         server_tls,
@@ -445,6 +466,7 @@ pub fn load(config: Config) -> Result<Loaded, SetupError> {
         senders,
         client_tls,
         secrets,
+        dkim,
     })
 }
 
@@ -487,6 +509,7 @@ pub fn assemble(
         senders,
         client_tls,
         secrets,
+        dkim,
     } = loaded;
     let mut deliverer = deliverer(
         &config,
@@ -522,6 +545,7 @@ pub fn assemble(
         edge,
         gate: Arc::new(gate),
         senders,
+        dkim,
     };
     Ok(Generation {
         session: Arc::new(session),
@@ -893,6 +917,14 @@ pub fn run(args: Vec<String>) -> ExitCode {
             }
         }
         Cli::Passwd { file, user, owner } => passwd(&file, &user, owner),
+        Cli::DkimKeygen(k) => match crate::dkim::keygen::run(&k) {
+            Ok(record) => {
+                eprintln!("smtp-relay: private key written to {}", k.out.display());
+                println!("{record}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Cli::CheckConfig(config) => {
             init_logging(config.verbosity, true);
             check_config(config).into()

@@ -53,6 +53,8 @@ pub enum Cli {
         /// the user the server runs as, which reads it at each AUTH.
         owner: Option<crate::sys::User>,
     },
+    /// `dkim keygen`: write a key, print its DNS record.
+    DkimKeygen(crate::dkim::keygen::Keygen),
     Help(String),
     Version,
 }
@@ -347,6 +349,133 @@ const SERVER_OPTS: &[OptSpec] = &[
         "where RCPT TO:<Postmaster> and double bounces go (default postmaster@HOSTNAME)",
     ),
 ];
+
+/// DKIM signing (serve only; README "DKIM signing").
+const DKIM_OPTS: &[OptSpec] = &[
+    opt(
+        "dkim-key",
+        Kind::Multi,
+        "DOMAIN:SELECTOR:FILE",
+        "sign DOMAIN's mail with this PEM private key (RSA 2048+ or Ed25519), repeatable",
+    ),
+    opt(
+        "dkim-sign-from",
+        Kind::Single,
+        "relay-net,auth|none",
+        "whose mail is signed: --relay-net clients, AUTH users (default relay-net,auth)",
+    ),
+    opt(
+        "dkim-canonicalization",
+        Kind::Single,
+        "HEADER/BODY",
+        "relaxed or simple, each (default relaxed/relaxed)",
+    ),
+    opt(
+        "dkim-domain-from",
+        Kind::Single,
+        "header|envelope",
+        "signing domain: the From: header's (default) or MAIL FROM's, or a parent with a key",
+    ),
+];
+
+/// `--dkim-*`: plain data; the keys are read by `app.rs` at start.
+fn apply_dkim(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    use crate::dkim::settings::{parse_canonicalization, DomainFrom, KeyFile, SignFrom};
+    if let Some(keys) = v.parse_multi("dkim-key", |k| {
+        KeyFile::parse(k).map_err(|e| UsageError(format!("--dkim-key: {e}")))
+    })? {
+        c.dkim.keys = keys;
+    }
+    if let Some(f) = v.parse("dkim-sign-from", |f| {
+        SignFrom::parse(f).ok_or_else(|| {
+            UsageError(format!(
+                "--dkim-sign-from: {f:?} is not a list of relay-net and auth, or none"
+            ))
+        })
+    })? {
+        c.dkim.sign_from = f;
+    }
+    if let Some((h, b)) = v.parse("dkim-canonicalization", |s| {
+        parse_canonicalization(s).ok_or_else(|| {
+            UsageError(format!(
+                "--dkim-canonicalization: {s:?} is not relaxed|simple[/relaxed|simple]"
+            ))
+        })
+    })? {
+        c.dkim.header_canon = h;
+        c.dkim.body_canon = b;
+    }
+    if let Some(d) = v.parse("dkim-domain-from", |d| match d {
+        "header" => Ok(DomainFrom::Header),
+        "envelope" => Ok(DomainFrom::Envelope),
+        _ => Err(UsageError(format!(
+            "--dkim-domain-from: {d:?} is not header or envelope"
+        ))),
+    })? {
+        c.dkim.domain_from = d;
+    }
+    Ok(())
+}
+
+/// `dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] [--out FILE]`.
+fn parse_dkim(args: &[String]) -> Result<Cli, UsageError> {
+    use crate::dkim::keygen::{KeyAlgorithm, Keygen};
+    let mut o = getopts::Options::new();
+    o.optopt("", "algorithm", "rsa (default) or ed25519", "ALG");
+    o.optopt("", "bits", "RSA key size (default 2048)", "N");
+    o.optopt(
+        "",
+        "out",
+        "key file (default SELECTOR._domainkey.DOMAIN.pem)",
+        "FILE",
+    );
+    o.optflag("h", "help", "show this help");
+    let m = o.parse(args).map_err(|e| UsageError(e.to_string()))?;
+    if m.opt_present("help") {
+        return Ok(Cli::Help(usage_text()));
+    }
+    let (Some("keygen"), [domain, selector]) = (
+        m.free.first().map(String::as_str),
+        m.free.get(1..).unwrap_or_default(),
+    ) else {
+        return Err(UsageError(
+            "usage: smtp-relay dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] [--out FILE]"
+                .into(),
+        ));
+    };
+    // the same checks as --dkim-key's DOMAIN:SELECTOR
+    let spec = crate::dkim::settings::KeyFile::parse(&format!("{domain}:{selector}:-"))
+        .map_err(|e| UsageError(format!("dkim keygen: {e}")))?;
+    let algorithm = match m.opt_str("algorithm").as_deref() {
+        None | Some("rsa") => KeyAlgorithm::Rsa,
+        Some("ed25519") => KeyAlgorithm::Ed25519,
+        Some(a) => {
+            return Err(UsageError(format!(
+                "--algorithm: {a:?} is not rsa or ed25519"
+            )))
+        }
+    };
+    let bits = match m.opt_str("bits") {
+        None => 2048,
+        Some(b) => number::<usize>("--bits", &b)?,
+    };
+    if algorithm == KeyAlgorithm::Rsa && !(crate::dkim::MIN_RSA_BITS..=8192).contains(&bits) {
+        return Err(UsageError(format!(
+            "--bits: {bits} is outside {}..=8192",
+            crate::dkim::MIN_RSA_BITS
+        )));
+    }
+    let out = m.opt_str("out").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(format!("{}._domainkey.{}.pem", spec.selector, spec.domain))
+    });
+    Ok(Cli::DkimKeygen(Keygen {
+        domain: spec.domain,
+        selector: spec.selector,
+        algorithm,
+        bits,
+        out,
+    }))
+}
 
 /// The PROXY protocol (serve only): a load balancer in front.
 const PROXY_OPTS: &[OptSpec] = &[
@@ -697,6 +826,7 @@ fn all_specs() -> Vec<&'static OptSpec> {
         .iter()
         .chain(SERVER_OPTS)
         .chain(PROXY_OPTS)
+        .chain(DKIM_OPTS)
         .chain(LISTENER_OPTS)
         .chain(DELIVERY_OPTS)
         .chain(OPERATING_OPTS)
@@ -725,12 +855,15 @@ fn usage_text() -> String {
          smtp-relay send [-f SENDER] [-F NAME] [-t] [-i] [RCPT...]   queue a message from stdin\n  \
          smtp-relay sendmail ARGS...   sendmail's command line (also linked as sendmail, mailq)\n  \
          smtp-relay passwd USER [--auth-file FILE] [--user NAME]   set USER's AUTH password (stdin)\n  \
+         smtp-relay dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] [--out FILE]\n  \
          smtp-relay --help | --version | --man\n\nOptions of every command:\n",
     );
     describe(&mut s, ROUTING_OPTS);
     s.push_str("\nReceiving (serve):\n");
     describe(&mut s, SERVER_OPTS);
     describe(&mut s, PROXY_OPTS);
+    s.push_str("\nDKIM signing (serve; keys from 'smtp-relay dkim keygen'):\n");
+    describe(&mut s, DKIM_OPTS);
     s.push_str("\nListeners with a mode, submission (serve):\n");
     describe(&mut s, LISTENER_OPTS);
     s.push_str("\nDelivering (serve, queue flush):\n");
@@ -965,6 +1098,7 @@ pub fn parse(args: &[String]) -> Result<Cli, UsageError> {
         "queue" => parse_queue(&args[1..]),
         "send" => parse_send(&args[1..]),
         "passwd" => parse_passwd(&args[1..]),
+        "dkim" => parse_dkim(&args[1..]),
         other => Err(UsageError(format!(
             "unknown command {other:?}; try 'smtp-relay --help'"
         ))),
@@ -1165,6 +1299,7 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     apply_routing(&v, &mut c)?;
     apply_server(&v, &mut c)?;
     apply_proxy(&v, &mut c)?;
+    apply_dkim(&v, &mut c)?;
     apply_listeners(&v, &mut c)?;
     apply_delivery(&v, &mut c)?;
     apply_operating(&v, &mut c)?;
@@ -1934,6 +2069,55 @@ mod tests {
         assert_eq!(c.auth_limits.window.as_secs(), 3600);
         assert!(serve("serve --auth-failure-window 0s").is_err());
         assert!(serve("serve --auth-max-failures x").is_err());
+    }
+
+    #[test]
+    fn dkim_options_and_keygen() {
+        use crate::dkim::keygen::KeyAlgorithm;
+        use crate::dkim::settings::{Canon, DomainFrom};
+        let c = serve("serve --dkim-key Example.ORG:s1:/k/a.pem --dkim-key example.org:s2:/k/b.pem --dkim-sign-from auth --dkim-canonicalization simple/relaxed --dkim-domain-from envelope").unwrap();
+        let d = &c.dkim;
+        assert_eq!(d.keys.len(), 2);
+        assert_eq!(
+            (d.keys[0].domain.as_str(), d.keys[0].selector.as_str()),
+            ("example.org", "s1")
+        );
+        assert!(d.sign_from.auth && !d.sign_from.relay_net);
+        assert_eq!(
+            (d.header_canon, d.body_canon),
+            (Canon::Simple, Canon::Relaxed)
+        );
+        assert_eq!(d.domain_from, DomainFrom::Envelope);
+        let d = serve("serve").unwrap().dkim;
+        assert!(d.keys.is_empty() && d.sign_from.auth && d.sign_from.relay_net);
+        assert_eq!(
+            (d.header_canon, d.body_canon),
+            (Canon::Relaxed, Canon::Relaxed)
+        );
+        for (line, needle) in [
+            ("serve --dkim-key example.org:s1", "--dkim-key"),
+            ("serve --dkim-sign-from everyone", "--dkim-sign-from"),
+            (
+                "serve --dkim-canonicalization loose",
+                "--dkim-canonicalization",
+            ),
+            ("serve --dkim-domain-from body", "--dkim-domain-from"),
+            ("dkim keygen example.org", "usage"),
+            ("dkim keygen example.org s_1", "selector"),
+            ("dkim keygen example.org s1 --bits 1024", "--bits"),
+            ("dkim keygen example.org s1 --algorithm dsa", "--algorithm"),
+            ("dkim frob example.org s1", "usage"),
+        ] {
+            let e = parse(&args(line)).unwrap_err();
+            assert!(e.0.contains(needle), "{line}: {e}");
+        }
+        let Ok(Cli::DkimKeygen(k)) = parse(&args("dkim keygen Example.org s1 --algorithm ed25519"))
+        else {
+            panic!("dkim keygen parses");
+        };
+        assert_eq!(k.algorithm, KeyAlgorithm::Ed25519);
+        assert_eq!(k.out, PathBuf::from("s1._domainkey.example.org.pem"));
+        assert!(usage_text().contains("--dkim-key DOMAIN:SELECTOR:FILE"));
     }
 
     #[test]

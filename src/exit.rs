@@ -116,6 +116,17 @@ impl From<&AdminError> for Exit {
     }
 }
 
+impl From<&crate::dkim::keygen::KeygenError> for Exit {
+    fn from(e: &crate::dkim::keygen::KeygenError) -> Exit {
+        use crate::dkim::keygen::KeygenError;
+        match e {
+            // the key file exists already, or cannot be created there
+            KeygenError::Create(..) => Exit::IoErr,
+            KeygenError::Generate(_) => Exit::OsErr,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

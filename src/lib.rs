@@ -26,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod dane;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod edge;
 pub mod exit;

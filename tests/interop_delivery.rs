@@ -10,31 +10,18 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::postfix::*;
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn to_strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn is_root() -> bool {
-    let run = run_tool(Command::new("id").arg("-u"), Duration::from_secs(10));
-    run.stdout.trim() == "0"
-}
-
-/// A port nothing listens on right now (another process may take it
-/// before we use it; callers retry).
-fn unused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 /// Reads a 220 greeting from `addr` (a readiness probe).
@@ -220,75 +207,6 @@ fn fifty_messages_to_postfix_smtp_sink() {
 // ---------------------------------------------------------------------
 // A private Postfix instance
 // ---------------------------------------------------------------------
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postfix-instance.sh")
-}
-
-/// A running instance of scripts/postfix-instance.sh; stopped (and its
-/// directory removed) on drop.
-struct PostfixInstance {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl PostfixInstance {
-    /// Starts an instance relaying to `relayhost_port`; retries with
-    /// another port if the one picked was taken meanwhile.
-    fn start(relayhost_port: u16) -> PostfixInstance {
-        // short: Postfix's UNIX sockets live below it
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("srpf-{}-{n}", std::process::id()));
-        let mut last = None;
-        for _ in 0..3 {
-            let port = unused_port();
-            let run = run_tool(
-                Command::new("bash").arg(script()).args([
-                    "start",
-                    &dir.display().to_string(),
-                    &port.to_string(),
-                    &relayhost_port.to_string(),
-                ]),
-                Duration::from_secs(90),
-            );
-            if run.code == Some(0) {
-                return PostfixInstance { dir, port };
-            }
-            last = Some(run);
-        }
-        let _ = fs::remove_dir_all(&dir);
-        panic!("postfix-instance.sh start failed: {last:?}");
-    }
-
-    fn maillog(&self) -> String {
-        fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
-    }
-}
-
-impl Drop for PostfixInstance {
-    fn drop(&mut self) {
-        let run = run_tool(
-            Command::new("bash")
-                .arg(script())
-                .args(["stop", &self.dir.display().to_string()]),
-            Duration::from_secs(60),
-        );
-        if std::thread::panicking() {
-            eprintln!("---- postfix maillog ----\n{}---- end ----", self.maillog());
-        }
-        if run.code == Some(0) {
-            let _ = fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!(
-                "postfix-instance.sh stop failed, {} kept: {run:?}",
-                self.dir.display()
-            );
-        }
-    }
-}
 
 /// The header section of a message, unfolded into (name, value) fields.
 fn header_fields(data: &[u8]) -> Vec<(String, String)> {

@@ -692,19 +692,6 @@ fn secrets_file_must_be_private_and_name_the_routes_users() {
 
 // ---- the README's recipes, run as written ----
 
-/// The first ```FENCE block of README.md after `marker`.
-fn readme_block(marker: &str, fence: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("read README.md");
-    let at = readme
-        .find(marker)
-        .unwrap_or_else(|| panic!("README.md has no {marker:?}"));
-    let open = format!("```{fence}\n");
-    let start = at + readme[at..].find(&open).expect("the block") + open.len();
-    let len = readme[start..].find("```").expect("the block's end");
-    readme[start..start + len].to_string()
-}
-
 #[test]
 fn readme_certificate_recipe_works_for_both_ends() {
     if require_tool("openssl", "readme_certificate_recipe_works_for_both_ends").is_none() {

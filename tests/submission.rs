@@ -676,12 +676,7 @@ fn readme_submission_recipe_works_as_written() {
             .replace("--port 465", &format!("--port {p465}"))
     };
     // the set-up commands, with our binary first on PATH
-    let bin_dir = Path::new(BIN).parent().expect("bin dir");
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_binary_first();
     let run = run_tool(
         Command::new("sh")
             .arg("-ec")

@@ -5,7 +5,7 @@
 //! live TLS objects, no DNS answers, no user database entries and no file
 //! contents live here; `app.rs` turns a `Config` into those at start and
 //! at each reload. A leaf: the types of its fields are defined here
-//! (`delivery.rs`, `route.rs`, `edge.rs`, `limits.rs`; the feature
+//! (`delivery.rs`, `route.rs`, `edge.rs`, `limits.rs`, `dkim.rs`; the feature
 //! modules re-export them) or in `smtp/`, which does no I/O either.
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod delivery;
+pub mod dkim;
 pub mod edge;
 pub mod limits;
 pub mod route;
@@ -316,6 +317,8 @@ pub struct Config {
     /// `--secrets-file`: SMTP AUTH credentials for next hops (routes'
     /// `auth =`), read at start (`secrets.rs`).
     pub secrets_file: Option<PathBuf>,
+    /// `--dkim-*`: signing keys (paths) and whose mail is signed.
+    pub dkim: dkim::DkimSettings,
 }
 
 impl Config {
@@ -384,6 +387,7 @@ impl Config {
             access_file: None,
             postmaster: None,
             secrets_file: None,
+            dkim: Default::default(),
         }
     }
 
@@ -486,6 +490,7 @@ mod leaf_tests {
         let sources = [
             ("mod.rs", include_str!("mod.rs")),
             ("delivery.rs", include_str!("delivery.rs")),
+            ("dkim.rs", include_str!("dkim.rs")),
             ("edge.rs", include_str!("edge.rs")),
             ("limits.rs", include_str!("limits.rs")),
             ("route.rs", include_str!("route.rs")),

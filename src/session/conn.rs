@@ -48,6 +48,8 @@ pub struct Context {
     pub gate: Arc<crate::check::Gate>,
     /// `--sender-map`, read at start by `app.rs`.
     pub senders: Option<crate::sender_map::SenderMap>,
+    /// `--dkim-key`: the signer, keys read at start by `app.rs`.
+    pub dkim: Option<Arc<crate::dkim::Signer>>,
 }
 
 /// "Is there room for new mail?", asked at every MAIL and DATA, answered

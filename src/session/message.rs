@@ -290,7 +290,7 @@ pub(super) fn receive_message(
 /// makes the 250.
 fn finish_message(
     session: &mut Session,
-    incoming: Incoming,
+    mut incoming: Incoming,
     write_error: Option<io::Error>,
     verdict: Option<Reply>,
     now: u64,
@@ -313,6 +313,14 @@ fn finish_message(
     }
     if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
         return reply;
+    }
+    if let Err(e) = dkim_sign(session, &mut incoming, ctx) {
+        log::error!("{id} spool write failed (DKIM signature): {e}");
+        return if crate::spool::fsutil::is_out_of_space(&e) {
+            Reply::insufficient_storage()
+        } else {
+            Reply::local_error()
+        };
     }
     let Some(mut env) = session.envelope(id, incoming.written(), now) else {
         return Reply::local_error();
@@ -353,6 +361,46 @@ fn finish_message(
             }
         }
     }
+}
+
+/// DKIM: when `--dkim-sign-from` covers this client and a key's domain
+/// matches, the signature goes above the stored message, before the
+/// commit and so before the 250 (`dkim.rs`). A message that cannot be
+/// signed (no `From:`) goes unsigned, logged; only a spool write error
+/// is an `Err`.
+fn dkim_sign(session: &Session, incoming: &mut Incoming, ctx: &Context) -> io::Result<()> {
+    let Some(signer) = ctx.dkim.as_deref() else {
+        return Ok(());
+    };
+    let source = crate::dkim::Source {
+        relay_net: ctx.config.is_relay_client(session.client),
+        auth: session.auth.is_some(),
+    };
+    if !signer.signs_for(source) {
+        return Ok(());
+    }
+    let id = incoming.id();
+    let envelope_domain = session
+        .transaction()
+        .and_then(|(_, tx)| tx.from.mailbox())
+        .and_then(|m| m.host().domain())
+        .map(|d| d.as_str().to_string());
+    incoming.prepend_with(
+        |stored| match signer.sign(stored, envelope_domain.as_deref()) {
+            Ok(Some(fields)) => {
+                log::info!("{id} dkim signed");
+                Some(fields)
+            }
+            Ok(None) => {
+                log::debug!("{id} dkim: no key for the signing domain, not signed");
+                None
+            }
+            Err(why) => {
+                log::warn!("{id} dkim: not signed: {why}");
+                None
+            }
+        },
+    )
 }
 
 /// A message arriving in BDAT chunks (RFC 3030): its spool file and the

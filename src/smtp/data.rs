@@ -318,6 +318,43 @@ pub fn write_dot_stuffed(body: &mut impl Read, out: &mut impl Write) -> io::Resu
     Ok(read)
 }
 
+/// The message as the next hop's DATA reader will have it after
+/// unstuffing: `body` with the line ends `write_dot_stuffed` sends (a bare
+/// LF or bare CR becomes CRLF, a CRLF ends the last line). A BDAT message
+/// is stored as it came, bare LFs and all (RFC 3030 §3 lets a client send
+/// them), so a signature over the stored octets would not match what
+/// arrives: DKIM signs this instead (RFC 6376 §5.3: sign the message in
+/// the form it will be transmitted). Borrowed when nothing changes.
+pub fn as_transmitted(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let clean = body.ends_with(b"\r\n")
+        && body.iter().enumerate().all(|(i, &b)| match b {
+            b'\r' => body.get(i + 1) == Some(&b'\n'),
+            b'\n' => i > 0 && body[i - 1] == b'\r',
+            _ => true,
+        });
+    if clean {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut out = Vec::with_capacity(body.len() + body.len() / 16 + 2);
+    let mut prev = b'\n';
+    for &b in body {
+        if prev == b'\r' && b != b'\n' {
+            out.push(b'\n'); // complete a bare CR
+        }
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    match prev {
+        b'\n' => {}
+        b'\r' => out.push(b'\n'),
+        _ => out.extend_from_slice(b"\r\n"),
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Streams BDAT chunks (RFC 3030 §2) into `out`: exactly the announced
 /// octets, taken as they are (no dot-stuffing, no end-of-data mark), with
 /// the same size limit and `Received:` count as `DotReader`. One reader
@@ -536,6 +573,34 @@ mod tests {
         assert_eq!(read_line(&mut input, &mut buf, 10).unwrap(), Line::Complete);
         assert_eq!(buf, b"QUIT");
         assert_eq!(read_line(&mut input, &mut buf, 10).unwrap(), Line::Eof);
+    }
+
+    #[test]
+    fn as_transmitted_is_what_the_next_hop_reads() {
+        // what a receiver unstuffs from our DATA must be exactly the
+        // octets DKIM signed (issue 14: BDAT bodies with bare LF)
+        for body in [
+            &b"a\r\nb\r\n"[..],
+            b"bare\nlf\rcr\r\n",
+            b"no end",
+            b"cr end\r",
+            b"\n\nlf only\n",
+            b".dot\n..two\r\n",
+            b"\r\r\n\n\r",
+            b"",
+        ] {
+            let mut wire = Vec::new();
+            write_dot_stuffed(&mut &body[..], &mut wire).unwrap();
+            let mut unstuffed = Vec::new();
+            DotReader::new(1 << 20)
+                .read(&mut &wire[..], &mut unstuffed)
+                .unwrap();
+            assert_eq!(as_transmitted(body).as_ref(), &unstuffed[..], "{body:?}");
+        }
+        assert!(matches!(
+            as_transmitted(b"a\r\nb\r\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -69,6 +69,36 @@ impl<'a> Incoming<'a> {
         self.written
     }
 
+    /// Puts header lines above everything written so far: `make` is shown
+    /// the message as written and returns the lines (CRLF-ended), or
+    /// `None` for none. For a DKIM-Signature (`dkim.rs`), which can only
+    /// be computed once the whole message is in. The message is read back
+    /// into memory (it was just written: page cache) and written again
+    /// behind the lines, in the same tmp file: still step 1 of the crash
+    /// story, nothing is promised yet.
+    pub fn prepend_with(&mut self, make: impl FnOnce(&[u8]) -> Option<Vec<u8>>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let w = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("message already committed"))?;
+        w.flush()?;
+        let len = usize::try_from(self.written).map_err(io::Error::other)?;
+        let mut message = vec![0u8; len];
+        // the spool file is open write-only: read it through its name
+        File::open(self.spool.tmp_dir().join(format!("{}.msg", self.id)))?
+            .read_exact_at(&mut message, 0)?;
+        let Some(lines) = make(&message) else {
+            return Ok(());
+        };
+        let f = w.get_mut();
+        f.write_all_at(&lines, 0)?;
+        f.write_all_at(&message, lines.len() as u64)?;
+        self.written += lines.len() as u64;
+        f.seek(SeekFrom::Start(self.written))?;
+        Ok(())
+    }
+
     fn tmp_path(&self, ext: &str) -> PathBuf {
         self.spool.tmp_dir().join(format!("{}.{ext}", self.id))
     }

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod dnsmasq;
+pub mod postfix;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -1528,6 +1529,31 @@ pub fn relay_denied_from_far(addr: SocketAddr) {
     far.cmd("MAIL FROM:<x@far.example>", 250);
     far.cmd_enh("RCPT TO:<y@elsewhere.example>", 550, "5.7.1");
     far.send("QUIT");
+}
+
+/// The first ```FENCE block of README.md after `marker` (the README's
+/// recipes are run as written).
+pub fn readme_block(marker: &str, fence: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let at = readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("README.md has no {marker:?}"));
+    let open = format!("```{fence}\n");
+    let start = at + readme[at..].find(&open).expect("the block") + open.len();
+    let len = readme[start..].find("```").expect("the block's end");
+    readme[start..start + len].to_string()
+}
+
+/// `$PATH` with the binary under test's folder first, so a recipe's
+/// `smtp-relay` is this build.
+pub fn path_with_binary_first() -> String {
+    let bin_dir = Path::new(BIN).parent().expect("the binary's folder");
+    format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 // --- metrics (`--metrics 127.0.0.1:0`) ---

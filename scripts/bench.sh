@@ -4,6 +4,8 @@
 #   scripts/bench.sh [--quick] [-n N] [--runs R] [--cases LIST] [--out FILE]
 #                    [--run-timeout SEC] [--max-minutes MIN] [--keep]
 #   scripts/bench.sh idle [--sessions N] [--out FILE] [--keep]
+#   scripts/bench.sh shaping [-n N] [--limited M] [--out FILE] [--keep]
+#   scripts/bench.sh spool [-n N] [--out FILE] [--keep]
 #
 # Compare mode starts, each in its own temporary folder and on its own
 # loopback ports:
@@ -48,6 +50,14 @@
 # once and can send a message, then fills the workers and the backlog and
 # checks the next connection gets 421 at once.
 #
+# Shaping mode (issue 16 case 3) and spool mode (case 4) run smtp-relay
+# alone, through scripts/bench-scale.py (its doc says what they measure):
+# shaping limits one of ten domains (each with its own smtp-sink on
+# 127.0.0.X) to 2 connections and 300 messages/min and compares the
+# others' throughput with a run where none is limited; spool fills a spool
+# with N deferred messages (scripts/gen-spool.py) and measures restart to
+# accepting, `queue list --summary` and resident memory per message.
+#
 # Needs root (Postfix's master starts as root), python3, and Postfix's
 # smtp-source/smtp-sink (scripts/ci-deps.sh installs them if missing).
 # Writes one JSON file (its path is printed). Every run has a timeout;
@@ -86,6 +96,15 @@ Usage:
       with --workers N+100 --max-per-ip N+1000 --backlog 64: RSS, then the
       next connection must be served at once, and past workers+backlog a
       connection must get 421 at once.
+  $PROG shaping [-n N] [--limited M] [--rev REV] [--out FILE] [--keep]
+      ten domains, d0 limited to 2 connections and 300/min: M (default 300)
+      messages to d0 and N (default 1000) to each of the nine others; d0's
+      measured rate against its limit, the others' throughput against a
+      run without the limit. smtp-relay only.
+  $PROG spool [-n N] [--rev REV] [--out FILE] [--keep]
+      N (default 200000) deferred messages written by scripts/gen-spool.py:
+      restart to 'listening on', queue list --summary, RSS per message.
+      smtp-relay only; needs about 8 KB of disk per message.
 Environment: SMTP_SOURCE, SMTP_SINK, POSTFIX (paths), BENCH_POSTFIX=builtin
 (ignore scripts/postfix-instance.sh), CARGO (default cargo).
 EOF
@@ -108,9 +127,13 @@ KEEP=0
 REV=
 QUIET_WAIT=2
 SESSIONS=5000
+LIMITED=300
 while [ $# -gt 0 ]; do
   case $1 in
     idle) MODE=idle ;;
+    shaping) MODE=shaping ;;
+    spool) MODE=spool ;;
+    --limited) LIMITED=${2:?}; shift ;;
     --quick) QUICK=1 ;;
     -n | --messages) N=${2:?}; shift ;;
     --runs) RUNS=${2:?}; shift ;;
@@ -127,6 +150,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+case $MODE in
+  shaping) : "${N:=1000}" ;;
+  spool) : "${N:=200000}" ;;
+esac
 if [ "$QUICK" = 1 ]; then
   : "${N:=2000}" "${CASES:=1:10k:1,50:1k:1,50:10k:1,50:10k:10}" "${MAX_MINUTES:=15}"
 else
@@ -139,12 +166,13 @@ fi
 [[ $SESSIONS =~ ^[0-9]+$ && $SESSIONS -gt 0 ]] || die "--sessions must be a positive number"
 
 # ---------------------------------------------------------------- set-up
-[ "$(id -u)" -eq 0 ] || die "must run as root (Postfix's master starts as root)"
-if [ ! -x "$SMTP_SOURCE" ] || [ ! -x "$SMTP_SINK" ] || [ ! -x "$POSTFIX" ]; then
+[ "$MODE" = spool ] || [ "$MODE" = shaping ] || [ "$(id -u)" -eq 0 ] ||
+  die "must run as root (Postfix's master starts as root)"
+if [ "$MODE" != spool ] && { [ ! -x "$SMTP_SOURCE" ] || [ ! -x "$SMTP_SINK" ] || [ ! -x "$POSTFIX" ]; }; then
   echo "$PROG: installing Postfix's tools (scripts/ci-deps.sh)" >&2
   bash "$ROOT/scripts/ci-deps.sh"
 fi
-[ -x "$SMTP_SOURCE" ] && [ -x "$SMTP_SINK" ] && [ -x "$POSTFIX" ] || die "smtp-source/smtp-sink/postfix missing after scripts/ci-deps.sh"
+[ "$MODE" = spool ] || { [ -x "$SMTP_SOURCE" ] && [ -x "$SMTP_SINK" ] && [ -x "$POSTFIX" ]; } || die "smtp-source/smtp-sink/postfix missing after scripts/ci-deps.sh"
 command -v python3 >/dev/null || die "python3 is needed"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -1100,9 +1128,31 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 COMMIT=${SHA:0:12}
 if [ -z "$OUT" ]; then
   mkdir -p "$ROOT/target/bench"
-  if [ "$MODE" = idle ]; then OUT=$ROOT/target/bench/bench-idle-$STAMP-$COMMIT.json; else OUT=$ROOT/target/bench/bench-$STAMP-$COMMIT.json; fi
+  if [ "$MODE" = compare ]; then OUT=$ROOT/target/bench/bench-$STAMP-$COMMIT.json; else OUT=$ROOT/target/bench/bench-$MODE-$STAMP-$COMMIT.json; fi
 fi
 mkdir -p "$(dirname "$OUT")"
+
+# ------------------------------------------------- shaping, spool (no Postfix)
+if [ "$MODE" = shaping ]; then
+  rc=0
+  echo "$PROG shaping: d0 limited to 2 connections, 300/min, $LIMITED messages; d1..d9 $N each; temp $TMP"
+  python3 "$ROOT/scripts/bench-scale.py" shaping relay="$RELAY_BIN" source="$SMTP_SOURCE" sink="$SMTP_SINK" \
+    tmp="$TMP" others="$N" limited="$LIMITED" rate=300/min conns=2 out="$OUT" \
+    timeout="$((RUN_TIMEOUT + LIMITED / 5 + 60))" || rc=$?
+  echo "JSON: $OUT"
+  exit $rc
+fi
+if [ "$MODE" = spool ]; then
+  need=$((N * 8 / 1000 + 1000000))
+  free=$(df -Pk "$TMP" | awk 'NR==2 {print $4}')
+  [ "$free" -gt "$need" ] || die "$N messages need about $((need / 1000)) MB free in $TMP, $((free / 1000)) MB are"
+  rc=0
+  echo "$PROG spool: $N deferred messages; temp $TMP"
+  python3 "$ROOT/scripts/bench-scale.py" spool relay="$RELAY_BIN" gen="$ROOT/scripts/gen-spool.py" tmp="$TMP" \
+    count="$N" out="$OUT" keep="$KEEP" || rc=$?
+  echo "JSON: $OUT"
+  exit $rc
+fi
 
 # ------------------------------------------------------------------ idle
 if [ "$MODE" = idle ]; then

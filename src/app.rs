@@ -375,8 +375,8 @@ pub fn secrets(config: &Config) -> Result<Secrets, SetupError> {
     Ok(secrets)
 }
 
-/// Routes' `max-connections`, by destination key.
-fn route_limits(config: &Config) -> std::collections::HashMap<String, usize> {
+/// Routes' own limits (`max-connections`, rates ...), by destination key.
+fn route_limits(config: &Config) -> std::collections::HashMap<String, crate::shaping::DestShaping> {
     config
         .routes
         .iter()
@@ -394,23 +394,33 @@ pub fn deliverer(
     local: &[SocketAddr],
     committed: Option<Sender<QueueId>>,
 ) -> Result<Deliverer, SetupError> {
+    let clock: Arc<dyn crate::time::Clock> = Arc::new(crate::time::SystemClock);
+    let limiter = dest_limiter(config, &spool, clock.clone());
     Ok(Deliverer {
         spool,
         router: router(config, local)?,
         hostname: config.hostname.clone(),
         timeouts: config.client_timeouts,
         retry: config.retry,
-        cache: ConnCache::new(config.connection_idle, config.connection_max_messages),
-        limiter: DestLimiter::with_limits(config.max_per_destination, route_limits(config)),
+        cache: ConnCache::new(config.connection_idle),
+        limiter,
         honor_source_routes: config.honor_source_routes,
         delay_warning: config.delay_warning,
         committed,
         secrets,
-        clock: Arc::new(crate::time::SystemClock),
+        clock,
         postmaster: config.postmaster(),
         tls_policies: Arc::new(tls_policies(config, &tls, false)?),
         tls,
     })
+}
+
+/// The per-destination limits (defaults, routes' own) with the throttles
+/// a previous run left in the spool (README "Traffic shaping").
+fn dest_limiter(config: &Config, spool: &Spool, clock: Arc<dyn crate::time::Clock>) -> DestLimiter {
+    let limiter = DestLimiter::with_limits(config.shaping, route_limits(config), clock);
+    limiter.restore(spool.read_throttled());
+    limiter
 }
 
 /// `queue flush` without a server: how it builds its delivery engine,
@@ -521,7 +531,11 @@ pub fn assemble(
     )?;
     shared
         .limiter
-        .set_limits(config.max_per_destination, route_limits(&config));
+        .set_limits(config.shaping, route_limits(&config));
+    if prev.is_none() {
+        // the throttles a previous run left (README "Traffic shaping")
+        shared.limiter.restore(shared.spool.read_throttled());
+    }
     deliverer.limiter = shared.limiter.clone();
     gate.verifier = verifier(&config, &shared.local)?;
     let mut edge = edge(&config)?;
@@ -630,7 +644,7 @@ fn open_spool(
     (
         Arc<Spool>,
         crate::spool::SpoolLock,
-        Vec<crate::spool::Envelope>,
+        Vec<crate::spool::Queued>,
     ),
     ServeError,
 > {

@@ -685,7 +685,37 @@ const DELIVERY_OPTS: &[OptSpec] = &[
         "max-per-destination",
         Kind::Single,
         "N",
-        "concurrent connections per destination domain (default 20)",
+        "concurrent connections per destination (default 20)",
+    ),
+    opt(
+        "max-messages-per-connection",
+        Kind::Single,
+        "N",
+        "messages on one outbound connection before it is closed (default 100)",
+    ),
+    opt(
+        "destination-message-rate",
+        Kind::Single,
+        "RATE",
+        "messages per destination, e.g. 100/min (N/s, N/min, N/h, N/d; default unlimited)",
+    ),
+    opt(
+        "destination-connection-rate",
+        Kind::Single,
+        "RATE",
+        "new connections per destination, e.g. 10/min (default unlimited)",
+    ),
+    opt(
+        "throttle-backoff",
+        Kind::Single,
+        "DUR",
+        "pause of a destination after a throttling reply (421, 4.7.x), doubling (default 1m)",
+    ),
+    opt(
+        "throttle-backoff-max",
+        Kind::Single,
+        "DUR",
+        "longest such pause (default 30m)",
     ),
     opt(
         "retry-min",
@@ -907,7 +937,7 @@ struct RouteSection {
     auth: Option<String>,
     auth_plaintext: bool,
     sender_auth: bool,
-    max_connections: Option<usize>,
+    shaping: crate::shaping::DestShaping,
 }
 
 impl RouteSection {
@@ -933,7 +963,7 @@ impl RouteSection {
         let route = StaticRoute::new(&self.domain, &hosts, self.tls)
             .map_err(bad)?
             .with_auth(auth)
-            .with_max_connections(self.max_connections);
+            .with_shaping(self.shaping);
         Ok((route, self.line))
     }
 
@@ -948,23 +978,33 @@ impl RouteSection {
             // credentials looked up by the envelope sender, `auth` the
             // fallback (README "Sender-dependent credentials")
             "sender-auth" => self.sender_auth = section_flag(key, value)?,
-            "max-connections" => {
-                self.max_connections = Some(
-                    value
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| format!("max-connections {value:?} is not a number above 0"))?,
-                )
+            "max-connections" => self.shaping.max_connections = Some(section_count(key, value)?),
+            "max-messages-per-connection" => {
+                self.shaping.max_messages_per_connection = Some(section_count(key, value)?)
+            }
+            "message-rate" => {
+                self.shaping.message_rate = Some(crate::shaping::Rate::parse(value)?)
+            }
+            "connection-rate" => {
+                self.shaping.connection_rate = Some(crate::shaping::Rate::parse(value)?)
             }
             other => {
                 return Err(format!(
-                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext, sender-auth, max-connections; options go before the first section)"
+                    "unknown key {other:?} in a route section (hosts, tls, auth, auth-plaintext, sender-auth, max-connections, max-messages-per-connection, message-rate, connection-rate; options go before the first section)"
                 ))
             }
         }
         Ok(())
     }
+}
+
+/// A route section's count above 0.
+fn section_count(key: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{key} {value:?} is not a number above 0"))
 }
 
 /// A route section's `yes`/`no` value.
@@ -1202,7 +1242,7 @@ fn read_config_file(path: &str) -> Result<ConfigFile, UsageError> {
                 auth: None,
                 auth_plaintext: false,
                 sender_auth: false,
-                max_connections: None,
+                shaping: Default::default(),
             });
             continue;
         }
@@ -1929,16 +1969,50 @@ fn apply_listeners(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     Ok(())
 }
 
+/// The per-destination defaults and the throttling backoff (README
+/// "Traffic shaping").
+fn apply_shaping(v: &Values, s: &mut crate::shaping::Shaping) -> Result<(), UsageError> {
+    if let Some(n) = v.parse("max-per-destination", |n| {
+        positive("max-per-destination", n)
+    })? {
+        s.max_connections = n;
+    }
+    if let Some(n) = v.parse("max-messages-per-connection", |n| {
+        positive("max-messages-per-connection", n)
+    })? {
+        s.max_messages_per_connection = n;
+    }
+    let rate = |name: &'static str| {
+        v.parse(name, |r| {
+            crate::shaping::Rate::parse(r).map_err(|e| UsageError(format!("--{name}: {e}")))
+        })
+    };
+    if let Some(r) = rate("destination-message-rate")? {
+        s.message_rate = Some(r);
+    }
+    if let Some(r) = rate("destination-connection-rate")? {
+        s.connection_rate = Some(r);
+    }
+    if let Some(d) = nonzero(v, "throttle-backoff")? {
+        s.backoff_min = d;
+    }
+    if let Some(d) = nonzero(v, "throttle-backoff-max")? {
+        s.backoff_max = d;
+    }
+    if s.backoff_max < s.backoff_min {
+        return Err(UsageError(
+            "--throttle-backoff-max must not be less than --throttle-backoff".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn apply_delivery(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     // 0 = receive only: mail stays queued for `queue flush` or a later run
     if let Some(n) = v.parse("delivery-workers", |n| number("delivery-workers", n))? {
         c.delivery_workers = n;
     }
-    if let Some(n) = v.parse("max-per-destination", |n| {
-        positive("max-per-destination", n)
-    })? {
-        c.max_per_destination = n;
-    }
+    apply_shaping(v, &mut c.shaping)?;
     if let Some(d) = v.duration("retry-min")? {
         c.retry.min = d.max(Duration::from_secs(1));
     }
@@ -2050,6 +2124,61 @@ mod tests {
         assert!(e.0.contains("--proxy-protocol"), "{e}");
         let e = serve("serve --proxy-protocol --proxy-from 1.2.3.4/40").unwrap_err();
         assert!(e.0.contains("--proxy-from"), "{e}");
+    }
+
+    /// Traffic shaping: defaults from flags or the file, overrides per
+    /// route section, and clear errors for bad values.
+    #[test]
+    fn shaping_options_and_route_overrides() {
+        use crate::shaping::{DestShaping, Rate, Shaping};
+        assert_eq!(serve("serve").unwrap().shaping, Shaping::default());
+        let c = serve(
+            "serve --max-messages-per-connection 5 --destination-message-rate 100/min \
+             --destination-connection-rate 2/s --throttle-backoff 10s --throttle-backoff-max 1h",
+        )
+        .unwrap();
+        assert_eq!(c.shaping.max_messages_per_connection, 5);
+        assert_eq!(c.shaping.message_rate, Rate::parse("100/min").ok());
+        assert_eq!(c.shaping.connection_rate, Rate::parse("2/s").ok());
+        assert_eq!(c.shaping.backoff_min, Duration::from_secs(10));
+        assert_eq!(c.shaping.backoff_max, Duration::from_secs(3600));
+        for bad in [
+            "serve --destination-message-rate 100",
+            "serve --destination-connection-rate 0/min",
+            "serve --max-messages-per-connection 0",
+            "serve --throttle-backoff 0s",
+            "serve --throttle-backoff 2h",
+        ] {
+            assert!(serve(bad).is_err(), "{bad}");
+        }
+        let f = TempConf::new(
+            "shaping",
+            "destination-message-rate = 1000/h\n[route slow.example]\nhosts = [127.0.0.2]:2525\n\
+             max-connections = 2\nmax-messages-per-connection = 3\nmessage-rate = 300/min\n\
+             connection-rate = 10/min\n",
+        );
+        let c = serve(&format!("serve --config {}", f.0.display())).unwrap();
+        assert_eq!(c.shaping.message_rate, Rate::parse("1000/h").ok());
+        let want = DestShaping {
+            max_connections: Some(2),
+            max_messages_per_connection: Some(3),
+            message_rate: Rate::parse("300/min").ok(),
+            connection_rate: Rate::parse("10/min").ok(),
+        };
+        assert_eq!(
+            c.routes[0].limit(25),
+            Some(("[127.0.0.2]:2525".into(), want))
+        );
+        assert_eq!(
+            c.routes[0].to_string(),
+            "slow.example=[127.0.0.2]:2525 (max-connections 2, max-messages-per-connection 3, message-rate 300/min, connection-rate 10/min)"
+        );
+        let bad = TempConf::new(
+            "shaping-bad",
+            "[route a.example]\nhosts = h.example\nmessage-rate = fast\n",
+        );
+        let e = serve(&format!("serve --config {}", bad.0.display())).unwrap_err();
+        assert!(e.0.contains("bad rate \"fast\""), "{}", e.0);
     }
 
     #[test]
@@ -2239,9 +2368,13 @@ mod tests {
             c2.routes[0].to_string(),
             "*=smtp.p.example:465 (tls implicit, auth relay-user, max-connections 3)"
         );
+        let three = crate::shaping::DestShaping {
+            max_connections: Some(3),
+            ..Default::default()
+        };
         assert_eq!(
             c2.routes[0].limit(25),
-            Some(("smtp.p.example:465".to_string(), 3))
+            Some(("smtp.p.example:465".to_string(), three))
         );
         assert_eq!(
             c2.secrets_file.as_deref(),

@@ -46,6 +46,7 @@ pub mod sender_map;
 pub mod sendmail;
 pub mod server;
 pub mod session;
+pub mod shaping;
 pub mod smtp;
 pub mod spool;
 pub mod status;

@@ -31,20 +31,27 @@
 //!   not-yet-final recipients are tried again (for a deferred one of
 //!   another destination, that retry comes early).
 //!
+//! - rates and throttles (`shaping`): a destination without a token of
+//!   its message rate, or backing off after a throttling reply, takes no
+//!   transaction either; the scheduler releases its parked messages when
+//!   the clock says a token is due or the backoff ends (`release_parked`
+//!   returns how long to sleep until then).
+//!
 //! Without a scheduler (the foreground `queue flush`), `Deliverer::attempt`
 //! waits for a slot between tries of a message, holding no lock, and is
 //! woken by the release of a slot (`DestLimiter::wait_free`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Select, Sender};
 
 use crate::delivery::{Attempted, Deliverer, Outcome};
-use crate::spool::{Envelope, QueueId};
+pub use crate::shaping::DestLimiter;
+use crate::spool::QueueId;
 use crate::swap::Swap;
 use crate::time::Clock;
 
@@ -52,138 +59,6 @@ use crate::time::Clock;
 const RESCAN: Duration = Duration::from_secs(60);
 /// How often the flush trigger is looked for.
 const TICK: Duration = Duration::from_millis(500);
-
-/// In-flight transactions per destination, capped at
-/// `--max-per-destination`. Workers take a slot without waiting; the
-/// scheduler reads the free slots to release parked messages. Cloning
-/// shares the counts.
-#[derive(Clone)]
-pub struct DestLimiter {
-    inner: Arc<LimiterInner>,
-}
-
-struct LimiterInner {
-    busy: Mutex<HashMap<String, usize>>,
-    freed: Condvar,
-    /// Replaced by a reload (`set_limits`); the counts stay.
-    limits: std::sync::RwLock<Limits>,
-}
-
-/// `--max-per-destination`, and the per-destination limits of routes
-/// (`max-connections`), by key.
-struct Limits {
-    max: usize,
-    per_dest: HashMap<String, usize>,
-}
-
-impl Limits {
-    fn new(max: usize, limits: HashMap<String, usize>) -> Limits {
-        Limits {
-            max: max.max(1),
-            per_dest: limits.into_iter().map(|(k, n)| (k, n.max(1))).collect(),
-        }
-    }
-}
-
-impl LimiterInner {
-    fn max_for(&self, key: &str) -> usize {
-        let limits = self.limits.read().unwrap_or_else(|p| p.into_inner());
-        limits.per_dest.get(key).copied().unwrap_or(limits.max)
-    }
-}
-
-/// One transaction's slot; dropping it frees the slot.
-pub struct DestSlot {
-    inner: Arc<LimiterInner>,
-    key: String,
-}
-
-impl DestLimiter {
-    /// At least one slot per destination (the command line refuses 0):
-    /// with none, a message would wait for ever.
-    pub fn new(max: usize) -> DestLimiter {
-        DestLimiter::with_limits(max, HashMap::new())
-    }
-
-    /// `max` for every destination but those in `limits` (a route's
-    /// `max-connections`, by the destination key of its first host).
-    pub fn with_limits(max: usize, limits: HashMap<String, usize>) -> DestLimiter {
-        DestLimiter {
-            inner: Arc::new(LimiterInner {
-                busy: Mutex::new(HashMap::new()),
-                freed: Condvar::new(),
-                limits: std::sync::RwLock::new(Limits::new(max, limits)),
-            }),
-        }
-    }
-
-    /// A reload's new limits, for every holder of this limiter; slots
-    /// taken stay taken (a lowered limit only stops new ones).
-    pub fn set_limits(&self, max: usize, limits: HashMap<String, usize>) {
-        let mut l = self.inner.limits.write().unwrap_or_else(|p| p.into_inner());
-        *l = Limits::new(max, limits);
-        drop(l);
-        self.inner.freed.notify_all();
-    }
-
-    fn busy(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.inner.busy.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A slot for `key` now, or `None` when it is at its limit. Never waits.
-    pub fn try_acquire(&self, key: &str) -> Option<DestSlot> {
-        let mut busy = self.busy();
-        let n = busy.get(key).copied().unwrap_or(0);
-        if n >= self.inner.max_for(key) {
-            return None;
-        }
-        busy.insert(key.to_string(), n + 1);
-        Some(DestSlot {
-            inner: self.inner.clone(),
-            key: key.to_string(),
-        })
-    }
-
-    /// Slots of `key` free now.
-    pub fn free(&self, key: &str) -> usize {
-        let n = self.busy().get(key).copied().unwrap_or(0);
-        self.inner.max_for(key).saturating_sub(n)
-    }
-
-    /// Blocks until one of `keys` has a free slot (for callers without a
-    /// scheduler; they hold no message and no slot while waiting). Woken
-    /// by the [`DestSlot`] drop that frees a slot, never by a timer: the
-    /// condition is read under the lock the drop takes, so no free is
-    /// missed. At least one slot of each key is held by a transaction in
-    /// progress, which ends within its timeouts, so this returns.
-    pub fn wait_free(&self, keys: &[String]) {
-        let mut busy = self.busy();
-        while !keys.is_empty()
-            && !keys
-                .iter()
-                .any(|k| busy.get(k).copied().unwrap_or(0) < self.inner.max_for(k))
-        {
-            busy = self
-                .inner
-                .freed
-                .wait(busy)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-impl Drop for DestSlot {
-    fn drop(&mut self) {
-        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = busy.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                busy.remove(&self.key);
-            }
-        }
-        self.inner.freed.notify_all();
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slot {
@@ -229,7 +104,7 @@ impl SchedulerHandle {
 pub fn start(
     current: Arc<Swap<Deliverer>>,
     workers: usize,
-    initial: Vec<Envelope>,
+    initial: Vec<crate::spool::Queued>,
     committed: Receiver<QueueId>,
 ) -> std::io::Result<SchedulerHandle> {
     let (jobs_tx, jobs_rx) = bounded::<QueueId>(workers);
@@ -257,8 +132,8 @@ pub fn start(
             .spawn(move || {
                 crate::pool::or_abort("scheduler", || {
                     let mut s = Scheduler::new(spool, clock, limiter);
-                    for env in initial {
-                        s.schedule(env.id, env.next_try);
+                    for q in initial {
+                        s.schedule(q.id, q.next_try);
                     }
                     s.run(&committed, &report_rx, &jobs_tx, &stop_rx);
                 })
@@ -511,16 +386,25 @@ impl Scheduler {
     }
 
     /// Releases parked messages into the slots free now: per destination,
-    /// free slots minus the messages released for it and not yet back.
-    fn release_parked(&mut self) {
+    /// what it can take now (free slots, rate tokens, not throttled) minus
+    /// the messages released for it and not yet back. Returns how long
+    /// until a destination still waiting can take more by the clock alone
+    /// (a token, the end of a throttle).
+    fn release_parked(&mut self) -> Option<Duration> {
         let mut out = Vec::new();
+        let mut wake: Option<Duration> = None;
         for (dest, queue) in &mut self.parked {
             let pending = self.released.values().filter(|d| *d == dest).count();
-            let free = self.limiter.free(dest).saturating_sub(pending);
+            let free = self.limiter.available(dest).saturating_sub(pending);
             for _ in 0..free {
                 match queue.pop_front() {
                     Some(id) => out.push((id, dest.clone())),
                     None => break,
+                }
+            }
+            if !queue.is_empty() {
+                if let Some(w) = self.limiter.ready_in(dest) {
+                    wake = Some(wake.map_or(w, |x| x.min(w)));
                 }
             }
         }
@@ -531,6 +415,7 @@ impl Scheduler {
             self.ready.push_front(id);
             self.released.insert(id, dest);
         }
+        wake
     }
 
     fn run(
@@ -542,15 +427,19 @@ impl Scheduler {
     ) {
         let mut last_tick = Instant::now();
         loop {
-            let until_due = self.promote_due().unwrap_or(TICK).min(TICK);
+            let mut until_due = self.promote_due().unwrap_or(TICK).min(TICK);
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.check_flush_trigger();
-                self.release_parked();
                 self.publish_metrics();
                 if self.last_scan.elapsed() >= RESCAN {
                     self.rescan();
+                    self.limiter.prune();
                 }
+            }
+            // a rate token or the end of a throttle comes due by the clock
+            if let Some(wait) = self.release_parked() {
+                until_due = until_due.min(wait);
             }
             let mut sel = Select::new();
             let i_stop = sel.recv(stop);
@@ -662,64 +551,6 @@ mod tests {
         assert!(!s.slots.contains_key(&c));
     }
 
-    #[test]
-    fn limiter_never_waits() {
-        let l = DestLimiter::new(2);
-        let a = l.try_acquire("mx.a:25").unwrap();
-        let _b = l.try_acquire("mx.a:25").unwrap();
-        let started = Instant::now();
-        assert!(l.try_acquire("mx.a:25").is_none());
-        assert!(started.elapsed() < Duration::from_millis(100));
-        assert_eq!(l.free("mx.a:25"), 0);
-        // another destination has its own slots
-        assert!(l.try_acquire("mx.b:25").is_some());
-        drop(a);
-        assert_eq!(l.free("mx.a:25"), 1);
-        l.wait_free(&["mx.a:25".into()]);
-    }
-
-    /// A foreground flush waiting for a slot is woken by the slot's
-    /// release and not before: the waiter returns only once the slot is
-    /// dropped, though the slot is held for longer than the 1 s polling
-    /// step this wait used to have (where it returned without a free slot
-    /// and the message was claimed, loaded and routed again, every second).
-    #[test]
-    fn a_waiter_wakes_when_a_slot_frees_and_not_before() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let l = DestLimiter::new(1);
-        let slot = l.try_acquire("mx.slow:25").unwrap();
-        let freed = Arc::new(AtomicBool::new(false));
-        let waiter = {
-            let (l, freed) = (l.clone(), freed.clone());
-            thread::spawn(move || {
-                l.wait_free(&["mx.slow:25".into()]);
-                // what it saw when it woke: was the slot already given back?
-                (freed.load(Ordering::SeqCst), l.free("mx.slow:25"))
-            })
-        };
-        // longer than the old polling step; no assertion on time
-        thread::sleep(Duration::from_millis(1500));
-        freed.store(true, Ordering::SeqCst);
-        drop(slot);
-        let (was_freed, free) = waiter.join().unwrap();
-        assert!(was_freed, "woke before the slot was freed (polling)");
-        assert_eq!(free, 1);
-        // a key with a free slot, or no key at all: no wait
-        l.wait_free(&["mx.slow:25".into()]);
-        l.wait_free(&[]);
-    }
-
-    /// A route's `max-connections` replaces the global limit for its key.
-    #[test]
-    fn route_limits_override_the_global_one() {
-        let limits = [("smtp.p:587".to_string(), 1)].into_iter().collect();
-        let l = DestLimiter::with_limits(3, limits);
-        let _a = l.try_acquire("smtp.p:587").unwrap();
-        assert!(l.try_acquire("smtp.p:587").is_none());
-        assert_eq!(l.free("smtp.p:587"), 0);
-        assert_eq!(l.free("mx.other:25"), 3);
-    }
-
     /// Messages that found their destination full wait in its queue and
     /// are released one per free slot, never more than the slots, in
     /// order, and without touching another destination's queue.
@@ -731,8 +562,8 @@ mod tests {
             .map(|_| queue(&s.spool, T0, &["<u@b.example>"]))
             .collect();
         // two transactions in flight to mx.b fill its two slots
-        let t1 = s.limiter.try_acquire("mx.b:25").unwrap();
-        let t2 = s.limiter.try_acquire("mx.b:25").unwrap();
+        let t1 = s.limiter.try_acquire("mx.b:25", true).unwrap();
+        let t2 = s.limiter.try_acquire("mx.b:25", true).unwrap();
         for &id in &ids[..3] {
             s.slots.insert(id, Slot::InFlight);
             s.on_report(Report {
@@ -768,7 +599,7 @@ mod tests {
         // ids[2] finds its slot taken by new mail: back at the head of
         // the queue, ahead of a message parked after it
         s.ready.clear();
-        let t3 = s.limiter.try_acquire("mx.b:25").unwrap();
+        let t3 = s.limiter.try_acquire("mx.b:25", true).unwrap();
         let late = queue(&s.spool, T0, &["<u@b.example>"]);
         s.slots.insert(late, Slot::InFlight);
         s.on_report(Report {
@@ -781,5 +612,59 @@ mod tests {
         });
         assert_eq!(s.parked["mx.b:25"], [ids[2], late]);
         drop(t3);
+    }
+
+    /// A rate-limited or throttled destination's messages are released
+    /// by the clock: as tokens come due, or when the backoff ends; the
+    /// scheduler is told how long to sleep, and releases nothing early.
+    #[test]
+    fn rates_and_throttles_release_by_the_clock() {
+        use crate::shaping::{DestShaping, Rate, Shaping};
+        let clock = Arc::new(ManualClock::new(T0));
+        let slow = DestShaping {
+            message_rate: Rate::parse("60/min").ok(),
+            ..DestShaping::default()
+        };
+        let defaults = Shaping {
+            backoff_min: Duration::from_secs(30),
+            ..Shaping::default()
+        };
+        let overrides = [("slow:25".to_string(), slow)].into_iter().collect();
+        let limiter = DestLimiter::with_limits(defaults, overrides, clock.clone());
+        let mut s = Scheduler::new(temp_spool("sched-rate"), clock.clone(), limiter);
+        let ids: Vec<QueueId> = (0..4)
+            .map(|_| queue(&s.spool, T0, &["<u@b.example>"]))
+            .collect();
+        // the first send took the only token
+        drop(s.limiter.try_acquire("slow:25", false).unwrap());
+        for &id in &ids[..2] {
+            s.park(id, "slow:25".into(), false);
+        }
+        assert_eq!(s.release_parked(), Some(Duration::from_secs(1)));
+        assert!(s.ready.is_empty());
+        clock.advance(Duration::from_millis(999));
+        assert!(s.release_parked().is_some());
+        assert!(s.ready.is_empty(), "not before the token");
+        clock.advance(Duration::from_millis(1));
+        s.release_parked();
+        assert_eq!(s.ready, [ids[0]]);
+        // the one released takes that token: nothing more until the next
+        assert!(s.limiter.try_acquire("slow:25", false).is_ok());
+        s.released.clear();
+        assert_eq!(s.release_parked(), Some(Duration::from_secs(1)));
+        // a throttled destination: nothing until the backoff ends
+        s.limiter.throttle("mx.t:25", "421 4.7.0 later".into());
+        for &id in &ids[2..] {
+            s.park(id, "mx.t:25".into(), false);
+        }
+        s.ready.clear();
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(s.release_parked(), Some(Duration::from_millis(500)));
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(s.release_parked(), Some(Duration::from_secs(29)));
+        assert_eq!(s.ready, [ids[1]], "the slow one's next token");
+        clock.advance(Duration::from_secs(29));
+        s.release_parked();
+        assert_eq!(s.ready, [ids[2], ids[3], ids[1]]);
     }
 }

@@ -10,6 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// dates take one, so their tests move time by hand instead of waiting.
 pub trait Clock: Send + Sync {
     fn now_unix(&self) -> u64;
+
+    /// Milliseconds since the epoch, for rates (`shaping`): a token every
+    /// 200 ms needs more than whole seconds.
+    fn now_millis(&self) -> u64 {
+        self.now_unix() * 1000
+    }
 }
 
 /// The system's clock.
@@ -20,28 +26,39 @@ impl Clock for SystemClock {
     fn now_unix(&self) -> u64 {
         now_unix()
     }
+
+    fn now_millis(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
 }
 
-/// A clock that only moves when told to (tests).
+/// A clock that only moves when told to (tests). Keeps milliseconds.
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
 
 impl ManualClock {
     pub fn new(unix: u64) -> ManualClock {
-        ManualClock(AtomicU64::new(unix))
+        ManualClock(AtomicU64::new(unix * 1000))
     }
 
     pub fn set(&self, unix: u64) {
-        self.0.store(unix, Ordering::SeqCst);
+        self.0.store(unix * 1000, Ordering::SeqCst);
     }
 
     pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_secs(), Ordering::SeqCst);
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now_unix(&self) -> u64 {
+        self.0.load(Ordering::SeqCst) / 1000
+    }
+
+    fn now_millis(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
 }

@@ -178,6 +178,8 @@ pub fn run_queue(
             let envs = select(&spool, sel, now)?;
             if *summary {
                 out.write_all(render::summary(&envs, now, *json).as_bytes())?;
+                let throttled = spool.read_throttled();
+                out.write_all(render::throttled_summary(&throttled, now, *json).as_bytes())?;
                 return Ok(EX_OK);
             }
             for env in &envs {

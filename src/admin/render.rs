@@ -190,6 +190,43 @@ pub fn summary(envs: &[Envelope], now: u64, json: bool) -> String {
     out
 }
 
+/// The destinations backing off after a throttling reply, as the server
+/// saved them in `SPOOL/throttled` (README "Traffic shaping"): one line
+/// each after the summary table, `throttled DEST until HH:MM:SS (REPLY)`
+/// (UTC), or a JSON object per line. Nothing when none is.
+pub fn throttled_summary(
+    throttled: &[(String, crate::shaping::Throttle)],
+    now: u64,
+    json: bool,
+) -> String {
+    let mut out = String::new();
+    for (dest, t) in throttled {
+        let until = t.until_ms.div_ceil(1000);
+        if until <= now {
+            continue;
+        }
+        if json {
+            let _ = writeln!(
+                out,
+                "{{\"v\":1,\"throttled\":{},\"until\":{},\"level\":{},\"reply\":{}}}",
+                json_str(dest),
+                until,
+                t.level,
+                json_str(&t.reply)
+            );
+        } else {
+            let hms = &iso8601(until)[11..19];
+            let _ = writeln!(
+                out,
+                "throttled {} until {hms} ({})",
+                Escaped(dest),
+                escape(&t.reply)
+            );
+        }
+    }
+    out
+}
+
 /// `queue show`: the envelope, each recipient with its history, headers.
 pub(super) fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
     let mut s = String::new();

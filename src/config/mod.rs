@@ -17,6 +17,7 @@ pub mod dkim;
 pub mod edge;
 pub mod limits;
 pub mod route;
+pub mod shaping;
 
 pub use delivery::{OutboundTls, RetryPolicy, Timeouts};
 pub use edge::EdgeConfig;
@@ -279,15 +280,15 @@ pub struct Config {
     /// Port of MX hosts (25; tests point it elsewhere).
     pub smtp_port: u16,
     pub retry: RetryPolicy,
-    /// Concurrent outbound connections per destination domain.
-    pub max_per_destination: usize,
+    /// Per-destination limits for every destination (`--max-per-destination`,
+    /// `--max-messages-per-connection`, the destination rates) and the
+    /// throttling backoff; routes override the limits (`shaping`).
+    pub shaping: shaping::Shaping,
     pub honor_source_routes: bool,
     pub delay_warning: Option<Duration>,
     pub client_timeouts: Timeouts,
     /// How long an idle outbound connection is kept for reuse.
     pub connection_idle: Duration,
-    /// Transactions on one outbound connection before it is closed.
-    pub connection_max_messages: usize,
     /// `--outbound-tls`: STARTTLS on the delivery side.
     pub outbound_tls: OutboundTls,
     /// `--ca-file`: the CAs `--outbound-tls verify` trusts (else the
@@ -369,12 +370,11 @@ impl Config {
             no_dns: false,
             smtp_port: 25,
             retry: RetryPolicy::default(),
-            max_per_destination: 20,
+            shaping: shaping::Shaping::default(),
             honor_source_routes: false,
             delay_warning: None,
             client_timeouts: Timeouts::default(),
             connection_idle: Duration::from_secs(5),
-            connection_max_messages: 100,
             outbound_tls: OutboundTls::May,
             ca_file: None,
             mta_sts: false,
@@ -494,6 +494,7 @@ mod leaf_tests {
             ("edge.rs", include_str!("edge.rs")),
             ("limits.rs", include_str!("limits.rs")),
             ("route.rs", include_str!("route.rs")),
+            ("shaping.rs", include_str!("shaping.rs")),
         ];
         for (file, text) in sources {
             // The code, not the tests (this one spells the prefix).

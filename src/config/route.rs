@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::shaping::DestShaping;
 use super::OutboundTls;
 use crate::smtp::{Domain, Host};
 
@@ -120,9 +121,10 @@ pub struct StaticRoute {
     pub(crate) tls: Option<RouteTls>,
     /// `auth = USER` of a route section.
     pub(crate) auth: Option<RouteAuth>,
-    /// `max-connections = N` of a route section: concurrent transactions
-    /// to the route's first host, in place of `--max-per-destination`.
-    pub(crate) max_connections: Option<usize>,
+    /// `max-connections`, `max-messages-per-connection`, `message-rate`,
+    /// `connection-rate` of a route section: the limits of the route's
+    /// first host in place of the defaults (`shaping`).
+    pub(crate) shaping: DestShaping,
 }
 
 impl StaticRoute {
@@ -148,23 +150,23 @@ impl StaticRoute {
             targets,
             tls,
             auth: None,
-            max_connections: None,
+            shaping: DestShaping::default(),
         })
     }
 
-    /// The route with its own per-destination limit.
-    pub fn with_max_connections(self, max_connections: Option<usize>) -> StaticRoute {
-        StaticRoute {
-            max_connections,
-            ..self
-        }
+    /// The route with its own per-destination limits.
+    pub fn with_shaping(self, shaping: DestShaping) -> StaticRoute {
+        StaticRoute { shaping, ..self }
     }
 
-    /// `(destination key, limit)` when the route has its own limit: the
+    /// `(destination key, limits)` when the route has its own limits: the
     /// key is the one delivery counts transactions under (the first
     /// host's name, lower case, and port).
-    pub fn limit(&self, smtp_port: u16) -> Option<(String, usize)> {
-        let n = self.max_connections?;
+    pub fn limit(&self, smtp_port: u16) -> Option<(String, DestShaping)> {
+        if self.shaping.is_empty() {
+            return None;
+        }
+        let n = self.shaping;
         let (target, port) = self.targets.first()?;
         let name = match target {
             Target::Name(n) => n.to_lowercase(),
@@ -244,9 +246,7 @@ impl fmt::Display for StaticRoute {
         if let Some(a) = &self.auth {
             policy.push(format!("auth {}", a.describe()));
         }
-        if let Some(n) = self.max_connections {
-            policy.push(format!("max-connections {n}"));
-        }
+        policy.extend(self.shaping.describe());
         if policy.is_empty() {
             return Ok(());
         }

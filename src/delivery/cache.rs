@@ -19,16 +19,21 @@ pub(super) type CacheKey = (SocketAddr, RouteTls, Option<String>);
 pub struct ConnCache {
     idle: Mutex<HashMap<CacheKey, Vec<(Connection, Instant)>>>,
     max_idle: Duration,
-    max_transactions: usize,
 }
 
 impl ConnCache {
-    pub fn new(max_idle: Duration, max_transactions: usize) -> ConnCache {
+    pub fn new(max_idle: Duration) -> ConnCache {
         ConnCache {
             idle: Mutex::new(HashMap::new()),
             max_idle,
-            max_transactions,
         }
+    }
+
+    /// Whether a connection to `peer` (under any policy) is idle here:
+    /// the next transaction there likely opens none.
+    pub(super) fn has_idle(&self, peer: SocketAddr) -> bool {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.iter().any(|(k, l)| k.0 == peer && !l.is_empty())
     }
 
     pub(super) fn take(&self, key: &CacheKey) -> Option<Connection> {
@@ -52,8 +57,11 @@ impl ConnCache {
         found
     }
 
-    pub(super) fn put(&self, c: Connection, key: CacheKey) {
-        if !c.reusable() || c.transactions() >= self.max_transactions {
+    /// Keeps `c` for reuse unless it has carried `max_transactions`
+    /// (the destination's `max-messages-per-connection`): then it is
+    /// closed, and the next transaction opens a new one.
+    pub(super) fn put(&self, c: Connection, key: CacheKey, max_transactions: usize) {
+        if !c.reusable() || c.transactions() >= max_transactions {
             c.quit();
             return;
         }

@@ -152,6 +152,9 @@ struct Target<'a> {
     tls: RouteTls,
     /// The hop's TLSA records under `RouteTls::Dane`.
     dane: &'a HopDane,
+    /// The destination's key for its limits (messages per connection,
+    /// connection rate).
+    limit_key: &'a str,
 }
 
 /// What `--max-per-destination` counts: the first next hop, by name and
@@ -249,9 +252,29 @@ impl Deliverer {
         loop {
             match self.attempt_released(id)? {
                 Attempted::Finished(o) => return Ok(o),
-                Attempted::Wait(dests) => self.limiter.wait_free(&dests),
+                Attempted::Wait(dests) => {
+                    // a throttle lasts minutes: deferred until it ends
+                    // rather than holding this flush that long
+                    if let Some(until) = self.throttled_until(&dests) {
+                        return Ok(Outcome::Retry(until));
+                    }
+                    self.limiter.wait_free(&dests);
+                }
             }
         }
+    }
+
+    /// When every one of `dests` is backing off: the Unix time the last
+    /// backoff ends.
+    fn throttled_until(&self, dests: &[String]) -> Option<u64> {
+        let throttled = self.limiter.throttled();
+        dests
+            .iter()
+            .map(|d| {
+                let (_, t) = throttled.iter().find(|(k, _)| k == d)?;
+                Some(t.until_ms.div_ceil(1000))
+            })
+            .try_fold(0, |acc, t| Some(acc.max(t?)))
     }
 
     /// Runs one attempt on message `id`, released by the scheduler. A
@@ -328,9 +351,10 @@ impl Deliverer {
         for group in self.groups(env, tls_optional) {
             let key = limit_key(&group.route);
             let slot = match &key {
-                Some(k) => match self.limiter.try_acquire(k) {
-                    Some(slot) => Some(slot),
-                    None => {
+                Some(k) => match self.limiter.try_acquire(k, self.needs_connection(&group)) {
+                    Ok(slot) => Some(slot),
+                    Err(why) => {
+                        log::trace!("{} {k}: not now ({why:?})", env.id);
                         if !waiting.contains(k) {
                             waiting.push(k.clone());
                         }
@@ -343,16 +367,74 @@ impl Deliverer {
                 env.attempts += 1;
                 counted = true;
             }
-            let results = self.deliver_group(env, &group, claim);
+            let dest = key.as_deref().unwrap_or("-");
+            let results = self.deliver_group(env, &group, claim, dest);
+            if let Some(k) = &key {
+                // before the slot is freed: no other worker may find the
+                // destination free between its "later" and the backoff
+                if self.note_throttling(env.id, k, &results) && !waiting.contains(k) {
+                    // tried once; now it waits with the rest of its
+                    // destination instead of its own retry delay
+                    waiting.push(k.clone());
+                }
+            }
             drop(slot);
             self.record(claim, env, &group, results)?;
         }
         Ok((counted, waiting))
     }
 
+    /// Whether the group's transaction would open a new connection (no
+    /// idle one to its first address): only then does it take a token of
+    /// the destination's connection rate.
+    fn needs_connection(&self, group: &Group) -> bool {
+        let first = group
+            .route
+            .as_ref()
+            .ok()
+            .and_then(|hops| hops.first())
+            .and_then(|h| Some(SocketAddr::new(*h.addrs.first()?, h.port)));
+        first.is_none_or(|peer| !self.cache.has_idle(peer))
+    }
+
+    /// A throttling reply among `results` backs destination `key` off as a
+    /// whole; a success ends its backoff. Keeps `SPOOL/throttled` in step
+    /// for `queue list --summary`. Returns whether `key` is throttled now.
+    fn note_throttling(&self, id: QueueId, key: &str, results: &[RcptResult]) -> bool {
+        let throttled = results.iter().find(|r| outcome::is_throttling(&r.status));
+        let changed = match throttled {
+            Some(r) => {
+                let t = self.limiter.throttle(key, r.status.response.to_string());
+                log::warn!(
+                    "{id} {key} throttles us ({}): backing off until {} (level {})",
+                    r.status.response,
+                    crate::time::iso8601(t.until_ms / 1000),
+                    t.level
+                );
+                true
+            }
+            None => {
+                let ok = results.iter().any(|r| r.status.class() == Class::Success);
+                ok && self.limiter.clear_throttle(key)
+            }
+        };
+        if changed {
+            if let Err(e) = self.spool.write_throttled(&self.limiter.throttled()) {
+                log::warn!("throttle state not saved: {e}");
+            }
+        }
+        throttled.is_some()
+    }
+
     /// Delivers one group; returns a result per recipient, in the
     /// group's order.
-    fn deliver_group(&self, env: &Envelope, group: &Group, claim: &Claim) -> Vec<RcptResult> {
+    fn deliver_group(
+        &self,
+        env: &Envelope,
+        group: &Group,
+        claim: &Claim,
+        limit_key: &str,
+    ) -> Vec<RcptResult> {
         let all = |relay: &str, status: Status| {
             let r = RcptResult {
                 relay: relay.to_string(),
@@ -408,6 +490,7 @@ impl Deliverer {
                     label,
                     tls,
                     dane: &dane,
+                    limit_key,
                 };
                 match self.try_peer(env.id, &msg, claim, &target, &group.tls) {
                     Tried::Answered(results) => return results,
@@ -511,7 +594,8 @@ impl Deliverer {
         self.log_would_fail(id, &conn, target, dest, msg.requiretls);
         if let Some(st) = requiretls_unmet(msg.requiretls, &conn) {
             log::info!("{id} relay={label} {st}");
-            self.cache.put(conn, key);
+            let max = self.limiter.max_messages(target.limit_key);
+            self.cache.put(conn, key, max);
             return Tried::Next(st);
         }
         // each try reads the body from its first octet
@@ -522,7 +606,8 @@ impl Deliverer {
             Some(user) => log::info!("{id} relay={label} tls={} auth={user}", conn.tls_label()),
             None => log::info!("{id} relay={label} tls={}", conn.tls_label()),
         }
-        self.cache.put(conn, key);
+        self.cache
+            .put(conn, key, self.limiter.max_messages(target.limit_key));
         let name = remote_name(hop, peer);
         match result {
             Ok(sent) => Tried::Answered(
@@ -619,6 +704,8 @@ impl Deliverer {
             auth: creds,
             auth_plaintext: hop.auth.as_ref().is_some_and(|a| a.plaintext),
         };
+        // a connection attempt counts in the connection rate, answered or not
+        self.limiter.connected(target.limit_key);
         let c = Connection::open_hop(peer, &self.hostname, self.timeouts, &policy)?;
         Ok((c, key))
     }
@@ -804,7 +891,7 @@ pub(crate) mod tests {
             hostname: "relay.test".into(),
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
-            cache: ConnCache::new(Duration::from_secs(5), 100),
+            cache: ConnCache::new(Duration::from_secs(5)),
             limiter: DestLimiter::new(20),
             honor_source_routes: false,
             delay_warning,
@@ -895,7 +982,7 @@ pub(crate) mod tests {
             .clone();
         let key = limit_key(&d.router.route(&host)).unwrap();
         let held: Vec<_> = (0..20)
-            .map(|_| d.limiter.try_acquire(&key).unwrap())
+            .map(|_| d.limiter.try_acquire(&key, true).unwrap())
             .collect();
         let before = std::fs::read(d.spool.env_path(id)).unwrap();
         let started = std::time::Instant::now();

@@ -20,7 +20,7 @@ use crate::client::{ClientError, Phase};
 use crate::route::{Hop, RouteError};
 use crate::smtp::Enhanced;
 use crate::spool::{Attempt, Claim, DelayWarned, Envelope, RcptState, SpoolError};
-use crate::status::{Class, LocalReason, Status};
+use crate::status::{Class, LocalReason, Response, Source, Status};
 use crate::time::format_duration;
 
 pub use crate::config::delivery::RetryPolicy;
@@ -164,6 +164,12 @@ pub(super) fn error_status(e: &ClientError, hop: &Hop, peer: SocketAddr) -> Stat
         // recipient": skip the host and defer, as Postfix does by default
         // (smtp_skip_5xx_greeting), so the outcome does not depend on which
         // MX happened to be tried last.
+        // ... but a throttling greeting ("421 4.7.0 try again later") is
+        // this host's word on us: kept as its reply, so the destination
+        // backs off (`is_throttling`)
+        ClientError::Rejected(Phase::Greeting, r) if throttling(&Response::from_reply(r)) => {
+            Status::remote(r, &remote_name(hop, peer), peer)
+        }
         ClientError::Rejected(Phase::Greeting, r) => local(
             LocalReason::GreetingRefused,
             Enhanced::new(4, 4, 0),
@@ -200,6 +206,44 @@ pub(super) fn error_status(e: &ClientError, hop: &Hop, peer: SocketAddr) -> Stat
             Enhanced::new(4, 5, 0),
             format!("protocol error after {p}: {what}"),
         ),
+    }
+}
+
+/// Whether a server's reply says "you are sending too much, later": the
+/// destination as a whole backs off (`shaping`) instead of each message.
+/// RFC 5321 §4.2.2/§3.8: 421 is the server closing the channel on us;
+/// 450/451 with an RFC 3463 X.7.X (security or policy, e.g. 4.7.0,
+/// 4.7.1 "rate limited"), or without an enhanced code, a text that says
+/// so. Our own decisions
+/// (connect failed, timeouts) never throttle: a down host is retried per
+/// message as before.
+pub fn is_throttling(status: &Status) -> bool {
+    matches!(status.source, Source::Remote { .. }) && throttling(&status.response)
+}
+
+fn throttling(r: &Response) -> bool {
+    const WORDS: [&str; 6] = [
+        "try again later",
+        "rate limit",
+        "too many",
+        "throttl",
+        "slow down",
+        "try later",
+    ];
+    match r.code {
+        421 => true,
+        // the enhanced code, when given, is the server's own machine-
+        // readable word and decides ("451 4.3.0 try again later" is a
+        // local problem of that server, retried per message); the text
+        // only for a server that gives none
+        450 | 451 => match r.enhanced {
+            Some(e) => e.class == 4 && e.subject == 7,
+            None => {
+                let text = r.text.to_ascii_lowercase();
+                WORDS.iter().any(|w| text.contains(w))
+            }
+        },
+        _ => false,
     }
 }
 
@@ -438,6 +482,68 @@ mod tests {
             auth: None,
         };
         assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
+    }
+
+    /// The one place that says which replies throttle a destination.
+    #[test]
+    fn throttling_replies() {
+        let r = |s: &str| {
+            let mut p = crate::smtp::ReplyParser::new();
+            p.feed(s).unwrap().unwrap()
+        };
+        let hop = Hop {
+            name: "mx.example".into(),
+            addrs: vec![],
+            port: 25,
+            tls: None,
+            auth: None,
+        };
+        let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
+        let at = |s: &str, phase| {
+            is_throttling(&error_status(
+                &ClientError::Rejected(phase, r(s)),
+                &hop,
+                peer,
+            ))
+        };
+        for yes in [
+            "421 4.7.0 Try again later",
+            "421 Service not available",
+            "451 4.7.1 Rate limited",
+            "450 4.7.28 too many messages",
+            "451 Please try again later",
+            "450 Too many connections from your IP",
+            "451 Throttled",
+        ] {
+            assert!(at(yes, Phase::Rcpt), "{yes}");
+            assert!(at(yes, Phase::Mail), "{yes}");
+        }
+        // at the greeting too, and kept as the host's own reply
+        assert!(at("421 4.7.0 Try again later", Phase::Greeting));
+        for no in [
+            "451 4.3.0 Temporary local problem",
+            // the enhanced code decides over the words
+            "451 4.3.0 try again later",
+            "450 4.2.1 too many messages for this mailbox, slow down",
+            "450 4.2.1 Mailbox busy",
+            "452 4.2.2 Mailbox full",
+            "550 5.7.1 Rate limited for ever",
+            "554 too many errors",
+            "250 ok",
+        ] {
+            assert!(!at(no, Phase::Rcpt), "{no}");
+        }
+        // a 5xx greeting stays ours (skip the host), never a throttle
+        assert!(!at("554 go away", Phase::Greeting));
+        // our own temporary failures are not the host throttling
+        let refused =
+            ClientError::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!is_throttling(&error_status(&refused, &hop, peer)));
+        assert!(!is_throttling(&error_status(
+            &ClientError::Timeout(Phase::Data),
+            &hop,
+            peer
+        )));
     }
 
     /// The queue commands' and DSN reporting's transitions: requeue

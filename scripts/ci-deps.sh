@@ -8,8 +8,10 @@
 # smarthost that requires AUTH), msmtp (a mail client of the submission
 # listeners), Prometheus (promtool, and a server that scrapes --metrics),
 # socat and postfix-policyd-spf-python (the policy-service tests), nginx
-# (the MTA-STS policy host, tests/mta_sts.rs), Knot DNS and ldnsutils (a
-# DNSSEC-signed zone on loopback, tests/dane.rs). Safe to run again.
+# (the MTA-STS policy host, tests/mta_sts.rs), python3-dkim and
+# python3-authres (the DKIM and authentication-results tests), Knot DNS
+# and ldnsutils (a DNSSEC-signed zone on loopback, tests/dane.rs).
+# Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -44,6 +46,8 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # single process on a temp config; Debian's service is not started)
 { command -v knotd >/dev/null 2>&1 || [ -x /usr/sbin/knotd ]; } || need+=(knot)
 command -v ldns-signzone >/dev/null 2>&1 || need+=(ldnsutils)
+# python3-authres parses our RFC 8601 headers (tests/auth_results.rs)
+/usr/bin/python3 -c 'import authres' >/dev/null 2>&1 || need+=(python3-authres)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Postfix asks no questions and starts no service of its own here.

@@ -548,7 +548,13 @@ pub fn assemble(
             auth_failures = prev.auth_failures.clone();
         }
     }
+    // the checks' resolver and runtime are kept while their settings are
+    let authres = match prev {
+        Some(p) if same_auth_results(&p.config, &config) => p.authres.clone(),
+        _ => auth_results(&config)?,
+    };
     let session = Context {
+        authres,
         config: Arc::new(config),
         spool: shared.spool.clone(),
         committed: Some(shared.committed.clone()),
@@ -581,6 +587,7 @@ pub fn check_config(config: Config) -> Exit {
         router(&loaded.config, &local)?;
         verifier(&loaded.config, &local)?;
         edge(&loaded.config)?;
+        auth_results(&loaded.config)?;
         Ok(())
     });
     match checked {
@@ -743,6 +750,31 @@ fn edge(config: &Config) -> Result<crate::edge::Edge, SetupError> {
         .map(|e| resolve("--dns", e))
         .transpose()?;
     crate::edge::Edge::build(&config.edge, server).map_err(|e| SetupError::Dns(format!("{e}")))
+}
+
+/// Whether a reload leaves the authentication checks as they were: their
+/// settings, the host name they write, the nameserver they ask.
+fn same_auth_results(a: &Config, b: &Config) -> bool {
+    (&a.auth_results, &a.hostname, &a.dns, a.no_dns)
+        == (&b.auth_results, &b.hostname, &b.dns, b.no_dns)
+}
+
+/// `--auth-results`: the SPF/DKIM/DMARC verifier, asking `--dns` when
+/// set; `None` when no listener checks its mail. Which listeners check
+/// is fixed when they are bound, at start (a reload changes the
+/// settings, not the listeners).
+fn auth_results(config: &Config) -> Result<Option<Arc<crate::authres::Verifier>>, SetupError> {
+    if !config.all_listeners().iter().any(|l| l.mode.auth_results) {
+        return Ok(None);
+    }
+    let server = config
+        .dns
+        .as_ref()
+        .map(|e| resolve("--dns", e))
+        .transpose()?;
+    crate::authres::Verifier::new(&config.auth_results, &config.hostname, server)
+        .map(|v| Some(Arc::new(v)))
+        .map_err(|e| SetupError::Dns(format!("{e}")))
 }
 
 /// The filter stage of `serve`: `--access`'s rules and the recipient

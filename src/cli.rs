@@ -540,6 +540,88 @@ const LISTENER_OPTS: &[OptSpec] = &[
     ),
 ];
 
+/// Inbound authentication results (`serve` only; README "Authentication
+/// results").
+const AUTHRES_OPTS: &[OptSpec] = &[
+    opt(
+        "auth-results",
+        Kind::Multi,
+        "ADDR:PORT|all",
+        "check SPF, DKIM, DMARC of mail received on this listener (all: every non-submission one) and write Authentication-Results; repeatable",
+    ),
+    opt(
+        "auth-results-dmarc",
+        Kind::Single,
+        "none|quarantine|reject",
+        "follow a failed domain's DMARC policy up to this: reject (550 5.7.1) p=reject, hold p=quarantine (default none)",
+    ),
+    opt(
+        "auth-results-spf-reject",
+        Kind::Flag,
+        "",
+        "refuse MAIL (550 5.7.23) when SPF says fail for the sender (default off)",
+    ),
+    opt(
+        "auth-results-defer-temperror",
+        Kind::Flag,
+        "",
+        "answer 451 4.4.3 when a check met a DNS failure (default: accept, write temperror)",
+    ),
+    opt(
+        "auth-results-timeout",
+        Kind::Single,
+        "DUR",
+        "most the checks at MAIL, and those of a message, may take (default 20s)",
+    ),
+];
+
+/// `--auth-results*`: the listeners named must be ours.
+fn apply_auth_results(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    use crate::authres::{DmarcAction, Listeners};
+    if let Some(names) = v.multi("auth-results") {
+        let mut these = Vec::new();
+        for name in &names {
+            if name == "all" {
+                c.auth_results.on = Listeners::AllButSubmission;
+                these.clear();
+                break;
+            }
+            let e = endpoint("auth-results", name)?;
+            if !c.all_listeners().iter().any(|l| l.endpoint == e) {
+                return Err(UsageError(format!(
+                    "{}--auth-results {name}: no listener has this address (give it as to --listen, or all)",
+                    v.origin("auth-results", name)
+                )));
+            }
+            these.push(e);
+        }
+        if !these.is_empty() {
+            c.auth_results.on = Listeners::These(these);
+        }
+    }
+    if c.auth_results.on != Listeners::None && c.no_dns {
+        return Err(UsageError(
+            "--auth-results needs DNS (SPF, DKIM keys, DMARC policies): not with --no-dns".into(),
+        ));
+    }
+    let a = &mut c.auth_results;
+    if let Some(d) = v.parse("auth-results-dmarc", |d| {
+        DmarcAction::parse(d).ok_or_else(|| {
+            UsageError(format!(
+                "--auth-results-dmarc: {d:?} is not none, quarantine or reject"
+            ))
+        })
+    })? {
+        a.dmarc_action = d;
+    }
+    a.spf_reject = v.flag("auth-results-spf-reject")?;
+    a.defer_temperror = v.flag("auth-results-defer-temperror")?;
+    if let Some(t) = nonzero(v, "auth-results-timeout")? {
+        a.timeout = t;
+    }
+    Ok(())
+}
+
 /// Operating `serve`: metrics and logs (README "Metrics", "Logs").
 const OPERATING_OPTS: &[OptSpec] = &[
     opt(
@@ -858,6 +940,7 @@ fn all_specs() -> Vec<&'static OptSpec> {
         .chain(PROXY_OPTS)
         .chain(DKIM_OPTS)
         .chain(LISTENER_OPTS)
+        .chain(AUTHRES_OPTS)
         .chain(DELIVERY_OPTS)
         .chain(OPERATING_OPTS)
         .collect()
@@ -896,6 +979,8 @@ fn usage_text() -> String {
     describe(&mut s, DKIM_OPTS);
     s.push_str("\nListeners with a mode, submission (serve):\n");
     describe(&mut s, LISTENER_OPTS);
+    s.push_str("\nAuthentication results of inbound mail (serve):\n");
+    describe(&mut s, AUTHRES_OPTS);
     s.push_str("\nDelivering (serve, queue flush):\n");
     describe(&mut s, DELIVERY_OPTS);
     s.push_str("\nMetrics and logs (serve):\n");
@@ -1341,6 +1426,7 @@ fn parse_serve(args: &[String]) -> Result<Cli, UsageError> {
     apply_proxy(&v, &mut c)?;
     apply_dkim(&v, &mut c)?;
     apply_listeners(&v, &mut c)?;
+    apply_auth_results(&v, &mut c)?;
     apply_delivery(&v, &mut c)?;
     apply_operating(&v, &mut c)?;
     c.verbosity = v.matches.opt_count("verbose");
@@ -1927,6 +2013,7 @@ fn apply_listeners(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         let mode = ListenMode {
             implicit_tls,
             submission,
+            auth_results: false,
         };
         for endpoint in v
             .parse_multi(name, |a| endpoint(name, a))?
@@ -2547,5 +2634,48 @@ mod tests {
         assert!(serve("serve --policy-service 127.0.0.1:9").is_err());
         assert!(serve("serve --dnsbl-threshold 0").is_err());
         assert!(serve("serve --dnsbl-reject-at helo").is_err());
+    }
+
+    #[test]
+    fn auth_results_options() {
+        use crate::authres::{DmarcAction, Listeners};
+        let c = serve("serve --listen 127.0.0.1:25 --listen 127.0.0.2:25 --auth-results 127.0.0.2:25 --auth-results-dmarc reject --auth-results-spf-reject --auth-results-defer-temperror --auth-results-timeout 5s").unwrap();
+        let a = &c.auth_results;
+        assert_eq!(a.dmarc_action, DmarcAction::Reject);
+        assert!(a.spf_reject && a.defer_temperror);
+        assert_eq!(a.timeout, Duration::from_secs(5));
+        // only the listener named checks
+        let marks: Vec<bool> = c
+            .all_listeners()
+            .iter()
+            .map(|l| l.mode.auth_results)
+            .collect();
+        assert_eq!(marks, [false, true]);
+        // `all`: every listener but submission ones
+        let all =
+            serve("serve --auth-results all --auth-file /x --submission 127.0.0.1:587").unwrap();
+        assert_eq!(all.auth_results.on, Listeners::AllButSubmission);
+        let marks: Vec<bool> = all
+            .all_listeners()
+            .iter()
+            .map(|l| l.mode.auth_results)
+            .collect();
+        assert_eq!(marks, [false]);
+        let all = serve("serve --auth-results all").unwrap();
+        assert!(all.all_listeners()[0].mode.auth_results);
+        // defaults: off everywhere
+        let d = serve("serve").unwrap();
+        assert_eq!(d.auth_results, crate::authres::AuthResConfig::default());
+        assert!(!d.all_listeners()[0].mode.auth_results);
+        // errors name the option
+        let e = serve("serve --auth-results 127.0.0.9:25").unwrap_err();
+        assert!(
+            e.0.contains("--auth-results 127.0.0.9:25: no listener"),
+            "{e}"
+        );
+        let e = serve("serve --auth-results-dmarc always").unwrap_err();
+        assert!(e.0.contains("--auth-results-dmarc"), "{e}");
+        assert!(serve("serve --auth-results all --no-dns").is_err());
+        assert!(serve("serve --auth-results-timeout 0s").is_err());
     }
 }

@@ -135,43 +135,13 @@ impl Dns {
         timeout: Duration,
         anchors: Option<Arc<TrustAnchors>>,
     ) -> Result<Dns, DnsError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("dns")
-            .enable_all()
-            .build()
-            .map_err(|e| DnsError::Temporary(format!("cannot start the DNS runtime: {e}")))?;
+        let rt = small_runtime("dns")?;
         // Building the resolver may spawn onto the current runtime.
         let enter = rt.enter();
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match server {
-            None => TokioResolver::builder(provider).map_err(|e| {
-                DnsError::Temporary(format!("cannot read the system DNS configuration: {e}"))
-            })?,
-            Some(addr) => {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-                // No domain and no search list: every name is an FQDN.
-                let config = ResolverConfig::from_parts(None, Vec::new(), vec![ns]);
-                TokioResolver::builder_with_config(config, provider)
-            }
-        };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        // Two tries per query, each given half the budget, so a lost UDP
-        // datagram is retried before the caller's deadline fires.
-        opts.attempts = 2;
-        opts.timeout = (timeout / 2).max(Duration::from_millis(100));
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        // RFC 5321 §2.3.5: names in SMTP are fully qualified; never extend
-        // them with the search list (we also send them with a final dot).
-        opts.ndots = 0;
-        if server.is_some() {
-            // A private server is the whole truth: no /etc/hosts.
-            opts.use_hosts_file = ResolveHosts::Never;
-        }
+        let (config, opts) = resolver_setup(server, timeout)?;
+        let mut builder =
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+                .with_options(opts);
         if let Some(anchors) = anchors {
             builder = builder.with_trust_anchor(anchors);
         }
@@ -436,6 +406,57 @@ impl Dns {
             ))),
         }
     }
+}
+
+/// The private runtime a blocking resolver owns: one worker thread for
+/// the sockets and timers; each caller's future runs on the caller's
+/// thread (`Runtime::block_on`), so any number of threads may wait at once.
+pub fn small_runtime(name: &str) -> Result<tokio::runtime::Runtime, DnsError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| DnsError::Temporary(format!("cannot start the {name} runtime: {e}")))
+}
+
+/// The nameservers and options every resolver of the relay uses (MX
+/// lookups here, the authentication checks in `authres`): `server`
+/// `None` reads the system configuration (`/etc/resolv.conf`), `Some`
+/// asks only that nameserver, over UDP and TCP (tests use a dnsmasq on
+/// `127.0.0.1:PORT`). Each query tries twice within `timeout`.
+pub fn resolver_setup(
+    server: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<(ResolverConfig, ResolverOpts), DnsError> {
+    let (config, mut opts) = match server {
+        None => hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+            DnsError::Temporary(format!("cannot read the system DNS configuration: {e}"))
+        })?,
+        Some(addr) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+            // No domain and no search list: every name is an FQDN.
+            let config = ResolverConfig::from_parts(None, Vec::new(), vec![ns]);
+            (config, ResolverOpts::default())
+        }
+    };
+    // Two tries per query, each given half the budget, so a lost UDP
+    // datagram is retried before the caller's deadline fires.
+    opts.attempts = 2;
+    opts.timeout = (timeout / 2).max(Duration::from_millis(100));
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    // RFC 5321 §2.3.5: names in SMTP are fully qualified; never extend
+    // them with the search list (we also send them with a final dot).
+    opts.ndots = 0;
+    if server.is_some() {
+        // A private server is the whole truth: no /etc/hosts.
+        opts.use_hosts_file = ResolveHosts::Never;
+    }
+    Ok((config, opts))
 }
 
 /// The A records of an answer; none is `NoRecords`.

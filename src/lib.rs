@@ -18,6 +18,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod auth_limit;
+pub mod authres;
 pub mod bounce;
 pub mod channel;
 pub mod check;

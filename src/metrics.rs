@@ -76,6 +76,7 @@ label!(Reason, ReasonSet, reason, {
     PolicyService => "policy_service",
     AccessRule => "access_rule",
     RecipientValidation => "recipient_validation",
+    Authentication => "authentication",
     Other => "other",
 });
 

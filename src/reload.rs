@@ -150,6 +150,12 @@ fn keep_restart_only(new: &mut Config, old: &Config) -> Vec<&'static str> {
         log_file => "log-file",
         verbosity => "-v",
     );
+    // which listeners check their mail is part of the listeners: their
+    // mode is fixed when they are bound (the checks' settings reload)
+    if new.auth_results.on != old.auth_results.on {
+        kept.push("auth-results");
+        new.auth_results.on = old.auth_results.on.clone();
+    }
     kept
 }
 

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod authres;
 pub mod delivery;
 pub mod dkim;
 pub mod edge;
@@ -19,6 +20,7 @@ pub mod limits;
 pub mod route;
 pub mod shaping;
 
+pub use authres::{AuthResConfig, DmarcAction, Listeners};
 pub use delivery::{OutboundTls, RetryPolicy, Timeouts};
 pub use edge::EdgeConfig;
 pub use limits::{AuthLimits, LogFormat, VerifySettings};
@@ -76,12 +78,16 @@ pub struct ListenMode {
     /// port 587): AUTH before MAIL, relaying for authenticated users only,
     /// sender ownership, message fix-ups.
     pub submission: bool,
+    /// `--auth-results`: SPF, DKIM and DMARC checks, written as an
+    /// `Authentication-Results:` header (RFC 8601).
+    pub auth_results: bool,
 }
 
 impl ListenMode {
     pub const PLAIN: ListenMode = ListenMode {
         implicit_tls: false,
         submission: false,
+        auth_results: false,
     };
 
     /// The option that makes a listener of this mode.
@@ -257,6 +263,8 @@ pub struct Config {
     pub auth_limits: AuthLimits,
     /// DNS lists, policy service, rate limits (issue 13).
     pub edge: EdgeConfig,
+    /// `--auth-results` and its settings: inbound SPF, DKIM, DMARC.
+    pub auth_results: AuthResConfig,
     /// `-v` count: 0 info, 1 debug, 2+ trace.
     pub verbosity: usize,
     /// `--proxy-protocol` with its `--proxy-from` networks: every
@@ -359,6 +367,7 @@ impl Config {
             auth_file: None,
             auth_limits: AuthLimits::default(),
             edge: EdgeConfig::default(),
+            auth_results: AuthResConfig::default(),
             verbosity: 0,
             proxy_protocol: None,
             metrics: None,
@@ -417,7 +426,8 @@ impl Config {
                 .any(|r| r.tls() == Some(verify) || r.tls() == Some(RouteTls::Implicit))
     }
 
-    /// Every listener: the plain `--listen` ones first, then the others.
+    /// Every listener: the plain `--listen` ones first, then the others;
+    /// those `--auth-results` names marked.
     pub fn all_listeners(&self) -> Vec<Listener> {
         self.listen
             .iter()
@@ -426,6 +436,10 @@ impl Config {
                 mode: ListenMode::PLAIN,
             })
             .chain(self.listeners.iter().cloned())
+            .map(|mut l| {
+                l.mode.auth_results = self.auth_results.on.applies(&l.endpoint, l.mode);
+                l
+            })
             .collect()
     }
 

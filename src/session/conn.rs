@@ -48,6 +48,8 @@ pub struct Context {
     pub gate: Arc<crate::check::Gate>,
     /// `--sender-map`, read at start by `app.rs`.
     pub senders: Option<crate::sender_map::SenderMap>,
+    /// `--auth-results`: SPF, DKIM, DMARC checks, when a listener has them.
+    pub authres: Option<Arc<crate::authres::Verifier>>,
     /// `--dkim-key`: the signer, keys read at start by `app.rs`.
     pub dkim: Option<Arc<crate::dkim::Signer>>,
 }
@@ -221,8 +223,14 @@ fn run_inner(
             continue;
         }
         let probe = super::inbound::Probe::of(&parsed, &session);
+        let mail = matches!(parsed, Ok(Command::Mail { .. }));
         let step = session.step(parsed);
         let step = super::inbound::after(&mut session, probe, step, ctx);
+        let step = if mail {
+            super::authres::after_mail(&mut session, step, ctx)
+        } else {
+            step
+        };
         if let Flow::Close = perform(&mut session, &mut chunked, step, &mut conn, ctx)? {
             return Ok(());
         }

@@ -78,6 +78,15 @@ impl Session<'_> {
         )
     }
 
+    /// Our header lines above the client's message: the policy service's
+    /// PREPENDs, then our Received header. Their length is noted: the
+    /// authentication checks read the client's message after them.
+    fn our_headers(&mut self, id: QueueId, now: u64) -> String {
+        let header = super::inbound::prepended(self) + &self.received_header(id, now);
+        self.authres.ours = header.len();
+        header
+    }
+
     /// RFC 6409 §8 fix-ups for a message about to be received: on
     /// submission listeners unless `--submission-fixups no`. The
     /// Message-ID names the queue id and our host (RFC 5322 §3.6.4).
@@ -237,7 +246,7 @@ pub(super) fn receive_message(
     let now = now_unix();
     conn.reply_now(&go_ahead)?;
 
-    let header = super::inbound::prepended(session) + &session.received_header(id, now);
+    let header = session.our_headers(id, now);
     let mut sink = SpoolSink {
         inner: &mut incoming,
         error: None,
@@ -286,7 +295,9 @@ pub(super) fn receive_message(
 }
 
 /// The end of a message, DATA or BDAT LAST: the verdict (the data's
-/// limits, then `From:`), then the commit; only a commit that returned
+/// limits, then `From:`), the policy service, the authentication checks
+/// (`--auth-results`: they may refuse, hold, and rewrite the tmp file
+/// with their header), then the commit; only a commit that returned
 /// makes the 250.
 fn finish_message(
     session: &mut Session,
@@ -312,6 +323,9 @@ fn finish_message(
         return reply;
     }
     if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
+        return reply;
+    }
+    if let Some(reply) = super::authres::end_of_data(session, &mut incoming, ctx) {
         return reply;
     }
     if let Err(e) = dkim_sign(session, &mut incoming, ctx) {
@@ -484,7 +498,7 @@ fn start_chunked<'a>(
         }
     };
     let now = now_unix();
-    let header = super::inbound::prepended(session) + &session.received_header(incoming.id(), now);
+    let header = session.our_headers(incoming.id(), now);
     let write_error = incoming.write_all(header.as_bytes()).err();
     let fixups = session.fixups(incoming.id(), now);
     Ok(Ok(Chunked {

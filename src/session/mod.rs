@@ -13,6 +13,7 @@
 //! trace level (OpenSMTPD's `smtp_enter_state`).
 
 mod auth;
+mod authres;
 mod conn;
 mod filter;
 mod fixup;
@@ -126,6 +127,8 @@ pub struct Session<'a> {
     auth_failures: u32,
     /// DNS list verdict, policy connection, PREPEND/HOLD (issue 13).
     edge: inbound::EdgeState,
+    /// SPF of the transaction, our header's length (issue 14).
+    authres: authres::AuthState,
     /// The filter stage (access rules, recipient validation), if any.
     gate: Option<&'a crate::check::Gate>,
     /// The client's reverse name, looked up once, when a rule needs it.
@@ -181,6 +184,7 @@ impl<'a> Session<'a> {
             auth: None,
             auth_failures: 0,
             edge: inbound::EdgeState::default(),
+            authres: authres::AuthState::default(),
             gate: None,
             ptr: std::cell::OnceCell::new(),
             refused: false,
@@ -610,6 +614,7 @@ pub(crate) mod tests {
     const SUBMISSION: ListenMode = ListenMode {
         implicit_tls: false,
         submission: true,
+        auth_results: false,
     };
 
     fn tls_info() -> crate::tls::TlsInfo {

@@ -277,6 +277,46 @@ impl Reply {
         )
     }
 
+    /// 550 5.7.23 at MAIL: SPF says `fail` for the sender
+    /// (`--auth-results-spf-reject`). RFC 7208 §8.4 asks for 550; RFC
+    /// 7372 §3.2 names X.7.23 "SPF validation failed".
+    pub fn spf_fail(domain: &str, ip: std::net::IpAddr) -> Reply {
+        Reply::new(
+            550,
+            Enhanced::new(5, 7, 23),
+            format!(
+                "SPF of {} does not permit {ip} to send its mail (RFC 7208)",
+                crate::smtp::escape(domain)
+            ),
+        )
+    }
+
+    /// 550 5.7.1 at the end of the data: DMARC failed for a domain whose
+    /// policy is `p=reject` (`--auth-results-dmarc reject`); RFC 7489
+    /// §6.6.2 lets the receiver reject, §10.3 suggests 550 5.7.1.
+    pub fn dmarc_reject(domain: &str) -> Reply {
+        Reply::new(
+            550,
+            Enhanced::new(5, 7, 1),
+            format!(
+                "Message rejected: DMARC policy of {} is reject and the message fails it (RFC 7489)",
+                crate::smtp::escape(domain)
+            ),
+        )
+    }
+
+    /// 451 4.4.3 at the end of the data: a DNS failure during the
+    /// authentication checks (`--auth-results-defer-temperror`); RFC 3463
+    /// §3.5 X.4.3 "Directory server failure", RFC 7208 §8.6 / RFC 7489
+    /// §6.6.2 let the receiver defer on temperror.
+    pub fn auth_temperror() -> Reply {
+        Reply::new(
+            451,
+            Enhanced::new(4, 4, 3),
+            "Temporary DNS failure checking SPF/DKIM/DMARC; try again later",
+        )
+    }
+
     /// 550 5.7.1 at the end of the data (RFC 5321 §4.3.2 lists 550 there):
     /// `--sender-check-from` and a `From:` address the user does not own.
     pub fn from_not_owned(user: &str) -> Reply {

@@ -69,6 +69,39 @@ impl<'a> Incoming<'a> {
         self.written
     }
 
+    /// Everything written so far, read back from the tmp file (checks
+    /// that need the whole message, such as DKIM verification).
+    pub fn read_back(&mut self) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let w = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("message already committed"))?;
+        w.flush()?;
+        let len = usize::try_from(self.written).map_err(io::Error::other)?;
+        let mut buf = vec![0; len];
+        // our file is open for writing only: read it by its name (a
+        // recycled file may be longer: only what this message wrote)
+        File::open(self.tmp_path("msg"))?.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
+    }
+
+    /// Replaces everything written so far with `content` (a header added
+    /// or removed before the commit). Still only a tmp file: a crash
+    /// here is step 1 of the module header.
+    pub fn replace(&mut self, content: &[u8]) -> io::Result<()> {
+        let w = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("message already committed"))?;
+        // BufWriter's seek flushes its buffer first
+        w.seek(SeekFrom::Start(0))?;
+        w.write_all(content)?;
+        // commit cuts the file to this length
+        self.written = content.len() as u64;
+        Ok(())
+    }
+
     /// Puts header lines above everything written so far: `make` is shown
     /// the message as written and returns the lines (CRLF-ended), or
     /// `None` for none. For a DKIM-Signature (`dkim.rs`), which can only

@@ -10,7 +10,8 @@
 # socat and postfix-policyd-spf-python (the policy-service tests), nginx
 # (the MTA-STS policy host, tests/mta_sts.rs), python3-dkim and
 # python3-authres (the DKIM and authentication-results tests), OpenDKIM
-# and rspamd (the milter tests). Safe to run again.
+# and rspamd (the milter tests), Knot DNS and ldnsutils (a DNSSEC-signed
+# zone on loopback, tests/dane.rs). Safe to run again.
 set -euo pipefail
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
@@ -41,6 +42,10 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # the MTA-STS tests serve the policy over HTTPS with nginx (run as a
 # single process on a temp config; Debian's service is not started)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx)
+# the DANE tests: Knot DNS serves zones signed by ldns-signzone (run as a
+# single process on a temp config; Debian's service is not started)
+{ command -v knotd >/dev/null 2>&1 || [ -x /usr/sbin/knotd ]; } || need+=(knot)
+command -v ldns-signzone >/dev/null 2>&1 || need+=(ldnsutils)
 # python3-authres parses our RFC 8601 headers (tests/auth_results.rs)
 /usr/bin/python3 -c 'import authres' >/dev/null 2>&1 || need+=(python3-authres)
 # the milter tests (tests/milter.rs): OpenDKIM in signing mode as a real

@@ -258,16 +258,59 @@ fn dns(config: &Config) -> Result<Option<Dns>, SetupError> {
 }
 
 /// The TLS policy sources (`tls_policy.rs`): under `--mta-sts` the
-/// MTA-STS resolver, its own DNS client, the verifying TLS config for
-/// the policy fetch, and the cache in `SPOOL/mta-sts/` (read-only for
-/// `route`).
+/// MTA-STS resolver (module `mta_sts`), under `--dane` the validating
+/// resolver.
 pub fn tls_policies(
     config: &Config,
     tls: &ClientTls,
     read_only: bool,
 ) -> Result<TlsPolicies, SetupError> {
+    Ok(TlsPolicies {
+        mta_sts: mta_sts(config, tls, read_only)?,
+        dane: dane(config)?,
+    })
+}
+
+/// `--dane`: a DNSSEC-validating resolver (RFC 7672 §2.1) asking the
+/// `--dns` server (or the system's), from `--dnssec-trust-anchor` or the
+/// root zone's keys. Validation is done here, in-process, not taken from
+/// a resolver's AD bit: README "DANE".
+fn dane(config: &Config) -> Result<Option<Dns>, SetupError> {
+    if !config.dane {
+        return Ok(None);
+    }
+    if config.no_dns {
+        return Err(SetupError::Invalid {
+            option: "--dane",
+            why: "needs DNS: MX routing (not --no-dns)".into(),
+        });
+    }
+    let server = config
+        .dns
+        .as_ref()
+        .map(|e| resolve("--dns", e))
+        .transpose()?;
+    let timeout = config.client_timeouts.connect.min(Duration::from_secs(30));
+    let dns =
+        Dns::validating(server, timeout, config.dnssec_trust_anchor.as_deref()).map_err(|e| {
+            SetupError::Invalid {
+                option: "--dnssec-trust-anchor",
+                why: e.to_string(),
+            }
+        })?;
+    Ok(Some(dns))
+}
+
+/// `--mta-sts`: the MTA-STS resolver, its own DNS client, the verifying
+/// TLS config for the policy fetch, and the cache in `SPOOL/mta-sts/`
+/// (read-only for `route`).
+fn mta_sts(
+    config: &Config,
+    tls: &ClientTls,
+    read_only: bool,
+) -> Result<Option<MtaSts>, SetupError> {
     if !config.mta_sts {
-        return Ok(TlsPolicies::default());
+        return Ok(None);
     }
     let invalid = |why: &str| SetupError::Invalid {
         option: "--mta-sts",
@@ -281,16 +324,14 @@ pub fn tls_policies(
     // RFC 8461 §3.3 leaves the limit to the sender; one fetch must not
     // hold a delivery thread for long
     let timeout = config.client_timeouts.connect.min(Duration::from_secs(20));
-    Ok(TlsPolicies {
-        mta_sts: Some(MtaSts::new(
-            dns,
-            verified,
-            cache,
-            config.mta_sts_port,
-            timeout,
-            Arc::new(crate::time::SystemClock),
-        )),
-    })
+    Ok(Some(MtaSts::new(
+        dns,
+        verified,
+        cache,
+        config.mta_sts_port,
+        timeout,
+        Arc::new(crate::time::SystemClock),
+    )))
 }
 
 /// `--secrets-file`, read and checked now (owner and mode, syntax), and
@@ -812,6 +853,35 @@ pub fn verifier(
     )))
 }
 
+/// `route`: DANE's decision for each MX host (RFC 7672 §2.2).
+fn print_dane_hops(
+    policies: &TlsPolicies,
+    dest: &crate::tls_policy::DestTls,
+    hops: &[crate::route::Hop],
+) {
+    use crate::tls_policy::HopDane;
+    for hop in hops {
+        match policies.dane_hop(dest, hop) {
+            HopDane::Usable { tlsa, .. } => {
+                println!("  {} port {}: DANE, TLSA records:", hop.name, hop.port);
+                for t in tlsa {
+                    println!("    {t}");
+                }
+            }
+            HopDane::None => println!(
+                "  {} port {}: no usable TLSA records (opportunistic, or MTA-STS)",
+                hop.name, hop.port
+            ),
+            HopDane::Failed(why) => {
+                println!(
+                    "  {} port {}: DANE deferral (4.7.5): {why}",
+                    hop.name, hop.port
+                )
+            }
+        }
+    }
+}
+
 /// `route ADDRESS`: where a recipient would go, sending nothing. Prints
 /// the decision; 0 deliverable, 69 permanently not, 75 not now.
 pub fn route(config: &Config, address: &str) -> Result<Exit, AdminError> {
@@ -836,6 +906,9 @@ pub fn route(config: &Config, address: &str) -> Result<Exit, AdminError> {
         let policies = tls_policies(config, &*client_tls(config)?, true)?;
         let dest = policies.for_destination(host, router.has_static_route(host));
         println!("tls policy: {}", dest.describe());
+        if let (Ok(hops), Some(_)) = (router.route(host), &dest.dane) {
+            print_dane_hops(&policies, &dest, &hops);
+        }
     }
     Ok(match router.route(host) {
         Ok(_) => Exit::Ok,

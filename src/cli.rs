@@ -742,6 +742,18 @@ const ROUTING_OPTS: &[OptSpec] = &[
         "port of the MTA-STS policy hosts (default 443; for tests)",
     ),
     opt(
+        "dane",
+        Kind::Flag,
+        "",
+        "apply DANE TLSA records (RFC 7672) of MX hosts, DNSSEC-validated in-process",
+    ),
+    opt(
+        "dnssec-trust-anchor",
+        Kind::Single,
+        "FILE",
+        "--dane: DNSKEY records to trust instead of the root zone's keys",
+    ),
+    opt(
         "ca-file",
         Kind::Single,
         "FILE",
@@ -1713,6 +1725,11 @@ fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.mta_sts_port = p;
     }
     c.ca_file = v.single("ca-file").map(PathBuf::from);
+    c.dane = v.flag("dane")?;
+    c.dnssec_trust_anchor = v.single("dnssec-trust-anchor").map(PathBuf::from);
+    if c.dnssec_trust_anchor.is_some() && !c.dane {
+        return Err(UsageError("--dnssec-trust-anchor needs --dane".into()));
+    }
     Ok(())
 }
 
@@ -2163,6 +2180,21 @@ mod tests {
         }
         match parse(&args("route --mta-sts --ca-file /x/ca.pem a@b.example")).unwrap() {
             Cli::Route { config, .. } => assert!(config.mta_sts && config.ca_file.is_some()),
+            other => panic!("not route: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dane_options() {
+        let c = serve("serve").unwrap();
+        assert!(!c.dane && c.dnssec_trust_anchor.is_none());
+        let c = serve("serve --dane --dnssec-trust-anchor /x/anchor.key").unwrap();
+        assert!(c.dane);
+        assert_eq!(c.dnssec_trust_anchor, Some(PathBuf::from("/x/anchor.key")));
+        let e = serve("serve --dnssec-trust-anchor /x/anchor.key").unwrap_err();
+        assert!(e.0.contains("needs --dane"), "{e}");
+        match parse(&args("route --dane a@b.example")).unwrap() {
+            Cli::Route { config, .. } => assert!(config.dane),
             other => panic!("not route: {other:?}"),
         }
     }

@@ -15,6 +15,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{
@@ -23,7 +25,8 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
-use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 
 /// One MX record (RFC 1035 §3.3.9).
@@ -40,6 +43,13 @@ impl Mx {
     pub fn is_null(&self) -> bool {
         self.exchange.is_empty()
     }
+}
+
+/// An answer and whether DNSSEC proved it (RFC 4035 §4.3 "secure").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated<T> {
+    pub value: T,
+    pub secure: bool,
 }
 
 /// Why a lookup gave no answer.
@@ -97,12 +107,44 @@ impl Dns {
     /// dnsmasq on `127.0.0.1:PORT`). `timeout` bounds every `mx()`/`addrs()`
     /// call as a whole.
     pub fn new(server: Option<SocketAddr>, timeout: Duration) -> Result<Dns, DnsError> {
+        Dns::build(server, timeout, None)
+    }
+
+    /// A DNSSEC-validating resolver (RFC 4033 §5, RFC 4035 §5) for DANE
+    /// (RFC 7672 §2.2): hickory validates every answer itself from the
+    /// trust anchor (`anchor`: a file of DNSKEY records, or the root
+    /// zone's keys compiled into hickory) up, through `server` or the
+    /// system's resolvers, which need only pass DNSSEC records on. Why
+    /// not trust a resolver's AD bit instead: README "DANE".
+    pub fn validating(
+        server: Option<SocketAddr>,
+        timeout: Duration,
+        anchor: Option<&Path>,
+    ) -> Result<Dns, DnsError> {
+        let anchors = match anchor {
+            Some(path) => TrustAnchors::from_file(path).map_err(|e| {
+                DnsError::Temporary(format!("trust anchor {}: {e}", path.display()))
+            })?,
+            None => TrustAnchors::default(),
+        };
+        Dns::build(server, timeout, Some(Arc::new(anchors)))
+    }
+
+    fn build(
+        server: Option<SocketAddr>,
+        timeout: Duration,
+        anchors: Option<Arc<TrustAnchors>>,
+    ) -> Result<Dns, DnsError> {
         let rt = small_runtime("dns")?;
         // Building the resolver may spawn onto the current runtime.
         let enter = rt.enter();
         let (config, opts) = resolver_setup(server, timeout)?;
-        let builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(opts);
+        let mut builder =
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+                .with_options(opts);
+        if let Some(anchors) = anchors {
+            builder = builder.with_trust_anchor(anchors);
+        }
         let resolver = builder
             .build()
             .map_err(|e| DnsError::Temporary(format!("cannot build the resolver: {e}")))?;
@@ -246,6 +288,105 @@ impl Dns {
                 _ => None,
             })
             .ok_or(DnsError::NoRecords)
+    }
+
+    /// The MX records of `domain` from a validating resolver
+    /// ([`Dns::validating`]), and whether they are secure (RFC 7672
+    /// §2.2.1). A bogus answer is an `Err` (temporary: RFC 7672 §2.1
+    /// has the message wait, never go out unprotected).
+    pub fn mx_validated(&self, domain: &str) -> Result<Validated<Vec<Mx>>, DnsError> {
+        let (data, secure) = self.validated(domain, RecordType::MX)?;
+        let mut mxs: Vec<Mx> = data
+            .iter()
+            .filter_map(|d| match d {
+                RData::MX(mx) => Some(Mx {
+                    preference: mx.preference,
+                    exchange: name_text(&mx.exchange),
+                }),
+                _ => None,
+            })
+            .collect();
+        mxs.sort_by_key(|m| m.preference);
+        Ok(Validated { value: mxs, secure })
+    }
+
+    /// Whether the A and AAAA records of `host` are all secure (RFC 7672
+    /// §2.2.2: TLSA records of a host whose address is insecure are not
+    /// looked up). `Err` for a bogus or failed lookup.
+    pub fn addrs_secure(&self, host: &str) -> Result<bool, DnsError> {
+        let mut secure = true;
+        let mut found = false;
+        for rtype in [RecordType::A, RecordType::AAAA] {
+            match self.validated(host, rtype) {
+                Ok((_, s)) => {
+                    secure &= s;
+                    found = true;
+                }
+                Err(DnsError::NoRecords) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !found {
+            return Err(DnsError::NoRecords);
+        }
+        Ok(secure)
+    }
+
+    /// The TLSA records at `_PORT._tcp.HOST` (RFC 6698 §3, RFC 7672
+    /// §2.2.3) from a validating resolver, and whether they are secure.
+    /// `Err(NoRecords)` or `Err(NxDomain)`: none (a secure denial and an
+    /// insecure one mean the same here, opportunistic TLS).
+    pub fn tlsa(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Validated<Vec<crate::dane::Tlsa>>, DnsError> {
+        let name = format!("_{port}._tcp.{host}");
+        let (data, secure) = self.validated(&name, RecordType::TLSA)?;
+        let records = data
+            .iter()
+            .filter_map(|d| match d {
+                RData::TLSA(t) => Some(crate::dane::Tlsa {
+                    usage: t.cert_usage.into(),
+                    selector: t.selector.into(),
+                    matching: t.matching.into(),
+                    data: t.cert_data.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(Validated {
+            value: records,
+            secure,
+        })
+    }
+
+    /// One validated lookup: the records of type `rtype` and whether
+    /// every record of the answer (CNAMEs included) is secure. Bogus or
+    /// indeterminate records make the whole answer a temporary error.
+    fn validated(&self, name: &str, rtype: RecordType) -> Result<(Vec<RData>, bool), DnsError> {
+        let fq = fqdn(name)?;
+        let resolver = &self.resolver;
+        let lookup = self.block_on(async move { resolver.lookup(fq, rtype).await })?;
+        let answers = lookup.answers();
+        if answers
+            .iter()
+            .any(|r| matches!(r.proof, Proof::Bogus | Proof::Indeterminate))
+        {
+            return Err(DnsError::Temporary(format!(
+                "DNSSEC validation failed (bogus) for {name} {rtype}"
+            )));
+        }
+        let secure = answers.iter().all(|r| r.proof == Proof::Secure);
+        let data: Vec<RData> = answers
+            .iter()
+            .filter(|r| r.record_type() == rtype)
+            .map(|r| r.data.clone())
+            .collect();
+        if data.is_empty() {
+            return Err(DnsError::NoRecords);
+        }
+        Ok((data, secure))
     }
 
     /// Runs one lookup on the private runtime, bounded by the timeout.

@@ -25,6 +25,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dane;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;

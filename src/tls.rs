@@ -127,6 +127,9 @@ pub struct ClientTls {
     /// The same roots' verifier, to judge a certificate after an
     /// unverified handshake (MTA-STS `testing`, RFC 8461 §5).
     judge: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    /// DANE (RFC 7672): one hop's TLSA verifier ([`ClientTls::with_dane`]),
+    /// used in place of the others.
+    dane: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientTls {
@@ -147,6 +150,7 @@ impl ClientTls {
             unverified: Arc::new(config),
             verified: None,
             judge: None,
+            dane: None,
         }
     }
 
@@ -156,6 +160,16 @@ impl ClientTls {
     pub fn with_mode(&self, mode: OutboundTls) -> ClientTls {
         ClientTls {
             mode,
+            ..self.clone()
+        }
+    }
+
+    /// DANE (RFC 7672 §2.2): TLS mandatory (as `encrypt`), the certificate
+    /// judged by `config`'s TLSA verifier ([`crate::dane::DaneVerifier`]).
+    pub fn with_dane(&self, config: Arc<rustls::ClientConfig>) -> ClientTls {
+        ClientTls {
+            mode: OutboundTls::Encrypt,
+            dane: Some(config),
             ..self.clone()
         }
     }
@@ -202,7 +216,7 @@ impl ClientTls {
 
     /// Whether a handshake under this mode checks the certificate.
     pub fn verifies(&self) -> bool {
-        matches!(self.mode, OutboundTls::Verify | OutboundTls::Implicit)
+        self.dane.is_some() || matches!(self.mode, OutboundTls::Verify | OutboundTls::Implicit)
     }
 
     /// The verifying config (roots loaded), for other HTTPS/TLS clients
@@ -239,6 +253,10 @@ impl ClientTls {
     /// sent as SNI when it is a host name.
     pub fn connect(&self, name: &str) -> Result<rustls::ClientConnection, String> {
         let server_name = server_name(name)?;
+        if let Some(dane) = &self.dane {
+            return rustls::ClientConnection::new(dane.clone(), server_name)
+                .map_err(|e| e.to_string());
+        }
         let config = match self.mode {
             OutboundTls::Verify | OutboundTls::Implicit => self
                 .verified

@@ -1,13 +1,25 @@
 //! The outbound TLS policy of one destination, and where it comes from:
-//! a static route, MTA-STS (RFC 8461), DANE (RFC 7672, not yet: it slots
-//! in as another [`Source`] looked up in [`TlsPolicies::for_destination`]),
-//! or nothing (the global `--outbound-tls`).
+//! a static route, DANE (RFC 7672), MTA-STS (RFC 8461), or nothing (the
+//! global `--outbound-tls`).
 //!
 //! Precedence: a static route decides by itself (its `tls =`, else
 //! `--outbound-tls`): its hosts are the operator's, not the domain's MX,
-//! so the domain's MTA-STS policy, which names MX hosts, does not apply.
-//! MTA-STS is consulted for mail routed by MX records only, and never
-//! for address literals.
+//! so the domain's DANE records and MTA-STS policy, which name MX hosts,
+//! do not apply. DANE and MTA-STS are consulted for mail routed by MX
+//! records only, and never for address literals.
+//!
+//! DANE over MTA-STS (RFC 8461 §2: a sender that does DANE uses it where
+//! TLSA records exist): an MX host with usable TLSA records under a
+//! secure MX RRset is reached by DANE whatever the MTA-STS policy says
+//! of it; the other hosts of the same domain follow MTA-STS, if any.
+//!
+//! DANE is decided per hop ([`TlsPolicies::dane_hop`]): RFC 7672 §2.2
+//! applies TLSA records only when the MX RRset (§2.2.1) and the host's
+//! address records (§2.2.2) are DNSSEC-secure; usable records (§3.1.3:
+//! DANE-EE and DANE-TA only) make STARTTLS and a matching certificate
+//! mandatory; none (a secure or insecure denial, or only unusable ones)
+//! leave the hop opportunistic; a bogus or failed lookup defers the
+//! hop with 4.7.5 (§2.1: never delivered in the clear instead).
 //!
 //! Delivery asks one [`DestTls`] per destination: which MX hosts it may
 //! use (§4.1), which TLS mode the connection needs (§4.2: STARTTLS with a
@@ -17,6 +29,8 @@
 
 use std::fmt;
 
+use crate::dane::Tlsa;
+use crate::dns::{Dns, DnsError};
 use crate::mta_sts::{Found, Mode, MtaSts};
 use crate::route::{Hop, RouteTls};
 use crate::smtp::Host;
@@ -40,6 +54,29 @@ pub struct DestTls {
     /// RFC 8689 §4.1 `TLS-Required: No`: recipient-domain policy failures
     /// are logged and ignored for this message.
     pub ignore_failures: bool,
+    /// DANE's view of the MX RRset; `None` when DANE is off or does not
+    /// apply (a static route, an insecure MX RRset, no MX records).
+    pub dane: Option<DaneMx>,
+}
+
+/// The MX RRset as DANE sees it (RFC 7672 §2.2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaneMx {
+    /// Secure: the next-hop domain (A-label) and its MX host names.
+    Secure { domain: String, hosts: Vec<String> },
+    /// Bogus, or the lookup failed: every hop defers.
+    Failed(String),
+}
+
+/// DANE's decision for one hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HopDane {
+    /// DANE does not apply: opportunistic or other policies.
+    None,
+    /// Usable TLSA records, and the names DANE-TA checks (§3.2.2).
+    Usable { tlsa: Vec<Tlsa>, names: Vec<String> },
+    /// Defer 4.7.5: why.
+    Failed(String),
 }
 
 /// What an MX host means under the policy.
@@ -58,6 +95,7 @@ impl DestTls {
         DestTls {
             source: Source::None,
             ignore_failures: false,
+            dane: None,
         }
     }
 
@@ -98,9 +136,18 @@ impl DestTls {
     /// The TLS mode for `hop`: the route's own `tls =`; STARTTLS with the
     /// certificate verified for the MX name under an enforced MTA-STS
     /// policy (RFC 8461 §4.2); else `global`.
-    pub fn hop_tls(&self, hop: &Hop, global: OutboundTls, requiretls: bool) -> RouteTls {
+    pub fn hop_tls(
+        &self,
+        hop: &Hop,
+        dane: &HopDane,
+        global: OutboundTls,
+        requiretls: bool,
+    ) -> RouteTls {
         if let Some(t) = hop.tls {
             return t;
+        }
+        if matches!(dane, HopDane::Usable { .. }) {
+            return RouteTls::Dane;
         }
         if self.mode(requiretls) == Some(Mode::Enforce) {
             return RouteTls::Starttls(OutboundTls::Verify);
@@ -110,10 +157,15 @@ impl DestTls {
 
     /// RFC 8689 §4.2.1: a REQUIRETLS message needs the hop's name to be
     /// authenticated (an MTA-STS policy listing it, or a static route's
-    /// configured host) and its certificate verified for that name.
-    pub fn authenticates(&self, hop: &Hop, global: OutboundTls) -> bool {
+    /// configured host, or DANE: a secure MX RRset and usable TLSA
+    /// records) and its certificate verified for that name.
+    pub fn authenticates(&self, hop: &Hop, dane: &HopDane, global: OutboundTls) -> bool {
+        let tls = self.hop_tls(hop, dane, global, true);
+        if tls == RouteTls::Dane {
+            return true;
+        }
         let verified = matches!(
-            self.hop_tls(hop, global, true),
+            tls,
             RouteTls::Starttls(OutboundTls::Verify) | RouteTls::Implicit
         );
         let named = match &self.source {
@@ -126,7 +178,16 @@ impl DestTls {
 
     /// For logs and `smtp-relay route`.
     pub fn describe(&self) -> String {
-        let mut s = self.to_string();
+        let mut s = match &self.dane {
+            Some(DaneMx::Secure { hosts, .. }) => {
+                format!(
+                    "DANE (secure MX RRset: {}); hosts without usable TLSA: {self}",
+                    hosts.join(",")
+                )
+            }
+            Some(DaneMx::Failed(why)) => format!("DANE: {why}"),
+            None => self.to_string(),
+        };
         if self.ignore_failures {
             s.push_str(" (TLS-Required: No: failures ignored)");
         }
@@ -157,6 +218,8 @@ impl fmt::Display for DestTls {
 pub struct TlsPolicies {
     /// `--mta-sts`: `None` when off.
     pub mta_sts: Option<MtaSts>,
+    /// `--dane`: the DNSSEC-validating resolver; `None` when off.
+    pub dane: Option<Dns>,
 }
 
 impl TlsPolicies {
@@ -167,9 +230,10 @@ impl TlsPolicies {
             return DestTls {
                 source: Source::Route,
                 ignore_failures: false,
+                dane: None,
             };
         }
-        let (Host::Name(domain), Some(sts)) = (dest, &self.mta_sts) else {
+        let Host::Name(domain) = dest else {
             return DestTls::none();
         };
         // DNS, the policy host's TLS name and the cache file use the
@@ -177,12 +241,68 @@ impl TlsPolicies {
         let Ok(ascii) = idna::domain_to_ascii(domain.as_str()) else {
             return DestTls::none();
         };
-        match sts.lookup(&ascii) {
-            Some(found) => DestTls {
-                source: Source::MtaSts(found),
-                ignore_failures: false,
-            },
-            None => DestTls::none(),
+        let source = match self.mta_sts.as_ref().and_then(|sts| sts.lookup(&ascii)) {
+            Some(found) => Source::MtaSts(found),
+            None => Source::None,
+        };
+        DestTls {
+            source,
+            ignore_failures: false,
+            dane: self.dane_mx(&ascii),
+        }
+    }
+
+    /// RFC 7672 §2.2.1: DANE applies to the MX hosts of a secure MX
+    /// RRset; an insecure one (or none: the implicit MX of RFC 5321 §5.1
+    /// is not covered here) leaves the domain to other policies; a bogus
+    /// one, or a failed lookup, defers.
+    fn dane_mx(&self, domain: &str) -> Option<DaneMx> {
+        let dns = self.dane.as_ref()?;
+        match dns.mx_validated(domain) {
+            Ok(v) if v.secure => Some(DaneMx::Secure {
+                domain: domain.to_string(),
+                hosts: v.value.into_iter().map(|m| m.exchange).collect(),
+            }),
+            Ok(_) | Err(DnsError::NoRecords | DnsError::NxDomain) => None,
+            Err(e) => Some(DaneMx::Failed(format!("MX lookup for {domain}: {e}"))),
+        }
+    }
+
+    /// DANE's decision for `hop` of a destination (module doc): TLSA
+    /// records at `_PORT._tcp.HOST` (RFC 7672 §2.2.3) when the MX RRset
+    /// and the host's addresses are secure.
+    pub fn dane_hop(&self, dest: &DestTls, hop: &Hop) -> HopDane {
+        let (Some(dns), Some(mx)) = (&self.dane, &dest.dane) else {
+            return HopDane::None;
+        };
+        let (domain, hosts) = match mx {
+            DaneMx::Failed(why) => return HopDane::Failed(why.clone()),
+            DaneMx::Secure { domain, hosts } => (domain, hosts),
+        };
+        let host = hop.name.to_ascii_lowercase();
+        if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+            // routing's (unvalidated) MX answer named a host the secure
+            // RRset does not: spoofed, or the records just changed
+            return HopDane::Failed(format!("MX {host} is not in the secure MX RRset"));
+        }
+        match dns.addrs_secure(&host) {
+            Ok(true) => {}
+            Ok(false) | Err(DnsError::NoRecords | DnsError::NxDomain) => return HopDane::None,
+            Err(e) => return HopDane::Failed(format!("address lookup for {host}: {e}")),
+        }
+        match dns.tlsa(&host, hop.port) {
+            Ok(v) if v.secure => {
+                let tlsa: Vec<Tlsa> = v.value.into_iter().filter(Tlsa::usable).collect();
+                if tlsa.is_empty() {
+                    return HopDane::None;
+                }
+                HopDane::Usable {
+                    tlsa,
+                    names: vec![host, domain.clone()],
+                }
+            }
+            Ok(_) | Err(DnsError::NoRecords | DnsError::NxDomain) => HopDane::None,
+            Err(e) => HopDane::Failed(format!("TLSA lookup for {host}: {e}")),
         }
     }
 }
@@ -200,6 +320,7 @@ mod tests {
                 policy: Policy::parse(&text).unwrap(),
             }),
             ignore_failures: false,
+            dane: None,
         }
     }
 
@@ -220,19 +341,25 @@ mod tests {
         let e = sts("enforce");
         assert_eq!(e.mx("mx.good.example", false), MxVerdict::Allowed);
         assert_eq!(e.mx("mx.bad.example", false), MxVerdict::Refused);
-        assert_eq!(e.hop_tls(&hop("mx.good.example", None), may, false), verify);
+        assert_eq!(
+            e.hop_tls(&hop("mx.good.example", None), &HopDane::None, may, false),
+            verify
+        );
         let t = sts("testing");
         assert_eq!(t.mx("mx.bad.example", false), MxVerdict::WouldFail);
         assert_eq!(
-            t.hop_tls(&hop("mx.good.example", None), may, false),
+            t.hop_tls(&hop("mx.good.example", None), &HopDane::None, may, false),
             RouteTls::Starttls(may)
         );
         // RFC 8689 §4.2.1: testing is enforce for REQUIRETLS
         assert_eq!(t.mx("mx.bad.example", true), MxVerdict::Refused);
-        assert_eq!(t.hop_tls(&hop("mx.good.example", None), may, true), verify);
+        assert_eq!(
+            t.hop_tls(&hop("mx.good.example", None), &HopDane::None, may, true),
+            verify
+        );
         let n = sts("none");
         assert_eq!(n.mx("mx.bad.example", true), MxVerdict::Allowed);
-        assert!(!n.authenticates(&hop("mx.good.example", None), may));
+        assert!(!n.authenticates(&hop("mx.good.example", None), &HopDane::None, may));
         // TLS-Required: No makes enforce a test
         let mut relaxed = sts("enforce");
         relaxed.ignore_failures = true;
@@ -243,17 +370,53 @@ mod tests {
     fn requiretls_needs_authenticated_names() {
         let may = OutboundTls::May;
         let e = sts("enforce");
-        assert!(e.authenticates(&hop("mx.good.example", None), may));
-        assert!(!e.authenticates(&hop("mx.bad.example", None), may));
+        assert!(e.authenticates(&hop("mx.good.example", None), &HopDane::None, may));
+        assert!(!e.authenticates(&hop("mx.bad.example", None), &HopDane::None, may));
         // a route's host counts only with its certificate verified
         let route = DestTls {
             source: Source::Route,
             ignore_failures: false,
+            dane: None,
         };
-        assert!(!route.authenticates(&hop("smarthost.example", None), may));
-        assert!(route.authenticates(&hop("smarthost.example", None), OutboundTls::Verify));
-        assert!(route.authenticates(&hop("s.example", Some(RouteTls::Implicit)), may));
+        assert!(!route.authenticates(&hop("smarthost.example", None), &HopDane::None, may));
+        assert!(route.authenticates(
+            &hop("smarthost.example", None),
+            &HopDane::None,
+            OutboundTls::Verify
+        ));
+        assert!(route.authenticates(
+            &hop("s.example", Some(RouteTls::Implicit)),
+            &HopDane::None,
+            may
+        ));
         // an MX without any policy: its name came from plain DNS
-        assert!(!DestTls::none().authenticates(&hop("mx.example", None), OutboundTls::Verify));
+        assert!(!DestTls::none().authenticates(
+            &hop("mx.example", None),
+            &HopDane::None,
+            OutboundTls::Verify
+        ));
+    }
+
+    #[test]
+    fn dane_wins_over_mta_sts_and_counts_for_requiretls() {
+        let may = OutboundTls::May;
+        let usable = HopDane::Usable {
+            tlsa: vec![Tlsa {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: vec![0; 32],
+            }],
+            names: vec!["mx.bad.example".into()],
+        };
+        // an MX host outside the enforced MTA-STS policy, with TLSA records
+        let e = sts("enforce");
+        let h = hop("mx.bad.example", None);
+        assert_eq!(e.hop_tls(&h, &usable, may, false), RouteTls::Dane);
+        assert!(e.authenticates(&h, &usable, may));
+        assert!(!e.authenticates(&h, &HopDane::None, may));
+        // a route's own tls = still wins
+        let pinned = hop("mx.bad.example", Some(RouteTls::None));
+        assert_eq!(e.hop_tls(&pinned, &usable, may, false), RouteTls::None);
     }
 }

@@ -310,6 +310,11 @@ pub struct Config {
     pub mta_sts: bool,
     /// `--mta-sts-port`: where the policy hosts listen (443).
     pub mta_sts_port: u16,
+    /// `--dane`: apply MX hosts' DANE TLSA records (RFC 7672).
+    pub dane: bool,
+    /// `--dnssec-trust-anchor`: DNSKEY records trusted for DNSSEC
+    /// validation instead of the root zone's keys.
+    pub dnssec_trust_anchor: Option<PathBuf>,
 
     // ---- the inbound edge: recipient validation, access rules ----
     /// `--recipients DOMAIN=FILE`: the domain's recipient table.
@@ -388,6 +393,8 @@ impl Config {
             ca_file: None,
             mta_sts: false,
             mta_sts_port: 443,
+            dane: false,
+            dnssec_trust_anchor: None,
             recipient_tables: Vec::new(),
             verify_domains: Vec::new(),
             verify: VerifySettings::default(),

@@ -42,6 +42,10 @@ pub enum RouteTls {
     /// RFC 8314 §3: TLS from the first octet (a provider's port 465), the
     /// certificate verified for the route's host name as under `verify`.
     Implicit,
+    /// DANE (RFC 7672 §2.2): STARTTLS mandatory, the certificate matched
+    /// against the hop's TLSA records. Never configured: set by
+    /// `tls_policy.rs` for an MX host with usable TLSA records.
+    Dane,
 }
 
 impl RouteTls {
@@ -68,6 +72,7 @@ impl fmt::Display for RouteTls {
             RouteTls::Starttls(OutboundTls::Encrypt) => "encrypt",
             RouteTls::Starttls(OutboundTls::Verify) => "verify",
             RouteTls::Starttls(OutboundTls::Implicit) | RouteTls::Implicit => "implicit",
+            RouteTls::Dane => "dane",
         })
     }
 }

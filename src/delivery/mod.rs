@@ -28,7 +28,7 @@ use crate::smtp::{Enhanced, Host, Path};
 use crate::spool::{Claim, Claimed, Envelope, Hold, QueueId, RcptState, Spool, SpoolError};
 use crate::status::{Class, LocalReason, Status};
 use crate::time::Clock;
-use crate::tls_policy::{DestTls, MxVerdict, TlsPolicies};
+use crate::tls_policy::{DestTls, HopDane, MxVerdict, TlsPolicies};
 
 use cache::CacheKey;
 pub use cache::ConnCache;
@@ -150,6 +150,8 @@ struct Target<'a> {
     peer: SocketAddr,
     label: String,
     tls: RouteTls,
+    /// The hop's TLSA records under `RouteTls::Dane`.
+    dane: &'a HopDane,
     /// The destination's key for its limits (messages per connection,
     /// connection rate).
     limit_key: &'a str,
@@ -472,8 +474,8 @@ impl Deliverer {
         };
         // RFC 5321 §5.1: try the hosts in order until one answers.
         for hop in hops {
-            let tls = match self.hop_policy(env, &group.tls, hop) {
-                Ok(tls) => tls,
+            let (tls, dane) = match self.hop_policy(env, &group.tls, hop) {
+                Ok(policy) => policy,
                 Err(st) => {
                     last.note(st, &hop.name);
                     continue;
@@ -487,6 +489,7 @@ impl Deliverer {
                     peer,
                     label,
                     tls,
+                    dane: &dane,
                     limit_key,
                 };
                 match self.try_peer(env.id, &msg, claim, &target, &group.tls) {
@@ -502,14 +505,38 @@ impl Deliverer {
     /// The TLS mode to reach `hop` under the destination's policy, or why
     /// the hop may not be used: an MX outside an enforced MTA-STS policy
     /// (RFC 8461 §4.1, deferred 4.7.5: the policy or the MX may change),
+    /// a bogus or failed DANE lookup (RFC 7672 §2.1, deferred 4.7.5),
     /// or a REQUIRETLS message to a hop whose name nothing authenticates
     /// (RFC 8689 §4.2.1, 5.7.30: retrying would not change that).
-    fn hop_policy(&self, env: &Envelope, dest: &DestTls, hop: &Hop) -> Result<RouteTls, Status> {
+    fn hop_policy(
+        &self,
+        env: &Envelope,
+        dest: &DestTls,
+        hop: &Hop,
+    ) -> Result<(RouteTls, HopDane), Status> {
         let refuse = |enhanced: Enhanced, text: String| {
             let code = if enhanced.class == 5 { 550 } else { 451 };
             Err(Status::local(LocalReason::TlsPolicy, code, enhanced, text))
         };
-        match dest.mx(&hop.name, env.requiretls) {
+        let dane = self.tls_policies.dane_hop(dest, hop);
+        match &dane {
+            HopDane::Failed(why) => {
+                return refuse(Enhanced::new(4, 7, 5), format!("DANE: {why}"));
+            }
+            HopDane::Usable { tlsa, .. } => log::info!(
+                "{} tls-policy DANE: {} usable TLSA records for {}",
+                env.id,
+                tlsa.len(),
+                hop.name
+            ),
+            HopDane::None => {}
+        }
+        // RFC 8461 §2: DANE, where it applies, is used instead of MTA-STS
+        let mx = match dane {
+            HopDane::Usable { .. } => MxVerdict::Allowed,
+            _ => dest.mx(&hop.name, env.requiretls),
+        };
+        match mx {
             MxVerdict::Allowed => {}
             MxVerdict::WouldFail => log::info!(
                 "{} tls-policy {dest}: MX {} is not in the policy; delivering anyway (policy not enforced)",
@@ -529,16 +556,17 @@ impl Deliverer {
                 )
             }
         }
-        if env.requiretls && !dest.authenticates(hop, self.tls.mode) {
+        if env.requiretls && !dest.authenticates(hop, &dane, self.tls.mode) {
             return refuse(
                 REQUIRETLS_FAILED,
                 format!(
-                    "REQUIRETLS: the name of {} is not authenticated (no MTA-STS policy, nor a route with tls = verify)",
+                    "REQUIRETLS: the name of {} is not authenticated (no DANE, no MTA-STS policy, nor a route with tls = verify)",
                     hop.name
                 ),
             );
         }
-        Ok(dest.hop_tls(hop, self.tls.mode, env.requiretls))
+        let tls = dest.hop_tls(hop, &dane, self.tls.mode, env.requiretls);
+        Ok((tls, dane))
     }
 
     /// One transaction with one address of a hop.
@@ -551,19 +579,18 @@ impl Deliverer {
         dest: &DestTls,
     ) -> Tried {
         let (hop, peer, label) = (target.hop, target.peer, target.label.as_str());
-        let (mut conn, key) =
-            match self.connection(hop, peer, msg.from, target.tls, target.limit_key) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::debug!("{id} {label}: {e}");
-                    if let Some(st) = tls_failure(&e, msg.requiretls, dest) {
-                        log::info!("{id} relay={label} {st}");
-                        return Tried::Next(st);
-                    }
-                    // a 5xx greeting is that host's answer; try others
-                    return Tried::Next(error_status(&e, hop, peer));
+        let (mut conn, key) = match self.connection(hop, peer, msg.from, target) {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("{id} {label}: {e}");
+                if let Some(st) = tls_failure(&e, msg.requiretls, dest, target.tls) {
+                    log::info!("{id} relay={label} {st}");
+                    return Tried::Next(st);
                 }
-            };
+                // a 5xx greeting is that host's answer; try others
+                return Tried::Next(error_status(&e, hop, peer));
+            }
+        };
         self.log_would_fail(id, &conn, target, dest, msg.requiretls);
         if let Some(st) = requiretls_unmet(msg.requiretls, &conn) {
             log::info!("{id} relay={label} {st}");
@@ -648,9 +675,9 @@ impl Deliverer {
         hop: &Hop,
         peer: SocketAddr,
         from: &crate::smtp::ReversePath,
-        tls_policy: RouteTls,
-        limit_key: &str,
+        target: &Target,
     ) -> Result<(Connection, CacheKey), ClientError> {
+        let tls_policy = target.tls;
         let creds = match &hop.auth {
             Some(a) => Some(credentials(&self.secrets, a, from)?),
             None => None,
@@ -668,6 +695,7 @@ impl Deliverer {
             RouteTls::Starttls(mode) if mode == self.tls.mode => Some((*self.tls).clone()),
             RouteTls::Starttls(mode) => Some(self.tls.with_mode(mode)),
             RouteTls::Implicit => Some(self.tls.with_mode(crate::tls::OutboundTls::Implicit)),
+            RouteTls::Dane => Some(self.tls.with_dane(dane_config(target.dane)?)),
         };
         let policy = HopPolicy {
             tls: tls.as_ref(),
@@ -677,7 +705,7 @@ impl Deliverer {
             auth_plaintext: hop.auth.as_ref().is_some_and(|a| a.plaintext),
         };
         // a connection attempt counts in the connection rate, answered or not
-        self.limiter.connected(limit_key);
+        self.limiter.connected(target.limit_key);
         let c = Connection::open_hop(peer, &self.hostname, self.timeouts, &policy)?;
         Ok((c, key))
     }
@@ -716,8 +744,14 @@ const REQUIRETLS_FAILED: Enhanced = Enhanced::new(5, 7, 30);
 /// that a policy makes something else than the usual deferral: for a
 /// REQUIRETLS message a bounce (RFC 8689 §4.2.1, 5.7.30); under MTA-STS
 /// enforce a 4.7.5 deferral naming the policy (RFC 8461 §5: never
-/// delivered in the clear, never bounced at once).
-fn tls_failure(e: &ClientError, requiretls: bool, dest: &DestTls) -> Option<Status> {
+/// delivered in the clear, never bounced at once); likewise for a DANE
+/// hop (RFC 7672 §2.2: STARTTLS and a matching certificate mandatory).
+fn tls_failure(
+    e: &ClientError,
+    requiretls: bool,
+    dest: &DestTls,
+    hop_tls: RouteTls,
+) -> Option<Status> {
     let ClientError::Rejected(Phase::StartTls | Phase::Tls, r) = e else {
         return None;
     };
@@ -729,6 +763,14 @@ fn tls_failure(e: &ClientError, requiretls: bool, dest: &DestTls) -> Option<Stat
             format!("REQUIRETLS: no verified TLS: {r}"),
         ));
     }
+    if hop_tls == RouteTls::Dane {
+        return Some(Status::local(
+            LocalReason::TlsPolicy,
+            451,
+            Enhanced::new(4, 7, 5),
+            format!("DANE: {r}"),
+        ));
+    }
     if dest.mode(false) == Some(crate::mta_sts::Mode::Enforce) {
         return Some(Status::local(
             LocalReason::TlsPolicy,
@@ -738,6 +780,23 @@ fn tls_failure(e: &ClientError, requiretls: bool, dest: &DestTls) -> Option<Stat
         ));
     }
     None
+}
+
+/// The TLS config that checks a DANE hop's certificate against its TLSA
+/// records (RFC 7672 §3).
+fn dane_config(dane: &HopDane) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+    let refuse = |why: String| {
+        ClientError::Rejected(
+            Phase::StartTls,
+            crate::smtp::Reply::new(454, Enhanced::new(4, 7, 5), format!("DANE: {why}")),
+        )
+    };
+    let HopDane::Usable { tlsa, names } = dane else {
+        return Err(refuse("no usable TLSA records".into()));
+    };
+    crate::dane::DaneVerifier::new(tlsa.clone(), names.clone())
+        .config()
+        .map_err(refuse)
 }
 
 /// RFC 8689 §4.2.1: the hop must be verified TLS and offer REQUIRETLS;

@@ -284,22 +284,6 @@ fn send(relay: &Relay, rcpt: &str) -> String {
     id
 }
 
-/// Waits until `id`'s recipient is `state`; returns its last reply.
-fn rcpt_state(relay: &Relay, id: &str, state: &str) -> String {
-    let mut last = None;
-    let ok = wait_until(LIMIT, || {
-        if !env_path(relay.spool(), id).exists() {
-            return false;
-        }
-        let r = EnvFile::load(relay.spool(), id).rcpts();
-        let hit = r.first().is_some_and(|r| r.0 == state);
-        last = r.into_iter().next();
-        hit
-    });
-    assert!(ok, "{id} not {state}: {last:?}\n{}", relay.log());
-    last.map(|r| r.2).unwrap_or_default()
-}
-
 /// Waits for `id`'s `status=sent` line.
 fn sent(relay: &Relay, id: &str) {
     let ok = wait_until(LIMIT, || {
@@ -390,7 +374,7 @@ fn mismatching_tlsa_record_defers() {
     let mx = w.mx(1, Some((&w.certs.cert, &w.certs.key)));
     let relay = w.sender();
     let id = send(&relay, "user@bad.test");
-    let reply = rcpt_state(&relay, &id, "deferred");
+    let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(reply.contains("4.7.5") && reply.contains("DANE"), "{reply}");
     assert!(queued_ids(mx.spool()).is_empty(), "delivered anyway");
 }
@@ -451,7 +435,7 @@ fn bogus_signatures_defer() {
     let mx = w.mx(1, None);
     let relay = w.sender();
     let id = send(&relay, "user@bogus.test");
-    let reply = rcpt_state(&relay, &id, "deferred");
+    let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(
         reply.contains("4.7.5") && reply.contains("DNSSEC"),
         "{reply}"
@@ -546,7 +530,7 @@ fn dane_ta_checks_the_chain_and_the_name() {
     assert!(delivered_to(&good));
     // the same chain for a host it does not name: deferred (§3.2.2)
     let id = send(&relay, "user@taname.test");
-    let reply = rcpt_state(&relay, &id, "deferred");
+    let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(reply.contains("4.7.5") && reply.contains("DANE"), "{reply}");
     assert!(
         queued_ids(wrong_name.spool()).is_empty(),

@@ -389,7 +389,7 @@ fn still_verifies_after_a_postfix_relay() {
     let dir = TempDir::new("dkimkeys");
     let (rsa, rsa_txt) = keygen(dir.path(), "example.test", "rsa1", &[]);
     let sink = Sink::start();
-    let postfix = PostfixInstance::start(sink.addr().port());
+    let postfix = PostfixInstance::start(sink.addr().port(), "");
     let relay = Relay::start(&[
         "--no-dns",
         "--route",

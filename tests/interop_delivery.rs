@@ -243,7 +243,7 @@ fn through_a_real_postfix_relay() {
         return;
     }
     let sink = Sink::start();
-    let postfix = PostfixInstance::start(sink.addr().port());
+    let postfix = PostfixInstance::start(sink.addr().port(), "");
     let relay = Relay::start(&to_strs(&[
         "--no-dns".into(),
         "--route".into(),

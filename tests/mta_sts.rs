@@ -208,22 +208,6 @@ fn send(relay: &Relay, rcpt: &str, headers: &str) -> String {
     id
 }
 
-/// Waits until `id`'s recipient is `state`; returns its last reply.
-fn rcpt_state(relay: &Relay, id: &str, state: &str) -> String {
-    let mut last = None;
-    let ok = wait_until(LIMIT, || {
-        if !env_path(relay.spool(), id).exists() {
-            return false;
-        }
-        let r = EnvFile::load(relay.spool(), id).rcpts();
-        let hit = r.first().is_some_and(|r| r.0 == state);
-        last = r.into_iter().next();
-        hit
-    });
-    assert!(ok, "{id} not {state}: {last:?}\n{}", relay.log());
-    last.map(|r| r.2).unwrap_or_default()
-}
-
 /// Waits for `id`'s `status=sent` line; returns it.
 fn sent_line(relay: &Relay, id: &str) -> String {
     let mut line = None;
@@ -310,7 +294,7 @@ fn enforce_defers_a_non_matching_mx() {
     let mx = w.mx(1, &w.certs);
     let relay = w.sender();
     let id = send(&relay, "user@nomatch.test", "");
-    let reply = rcpt_state(&relay, &id, "deferred");
+    let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(
         reply.contains("4.7.5") && reply.contains("not in the policy"),
         "{reply}"
@@ -331,7 +315,7 @@ fn enforce_defers_a_bad_certificate_unless_tls_required_no() {
     let mx = w.mx(1, &w.bad);
     let relay = w.sender();
     let id = send(&relay, "user@badcert.test", "");
-    let reply = rcpt_state(&relay, &id, "deferred");
+    let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(
         reply.contains("4.7.5") && reply.contains("MTA-STS"),
         "{reply}"
@@ -385,7 +369,7 @@ fn a_new_id_refetches_the_policy() {
     let mx = w.mx(1, &w.certs);
     let relay = w.sender();
     let id = send(&relay, "user@chg.test", "");
-    rcpt_state(&relay, &id, "deferred");
+    wait_rcpt_state(&relay, &id, "deferred", LIMIT);
     // the domain fixes its policy and says so with a new id
     w.nginx.set_policy(&policy("enforce", "*.chg.test"));
     w.dns
@@ -430,7 +414,7 @@ fn a_failed_fetch_keeps_the_cached_policy() {
     };
     let mx2 = w.mx(2, &w.certs);
     let id = send(&relay, "user@cache.test", "");
-    let reply = rcpt_state(&relay, &id, "deferred");
+    let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(
         reply.contains("MX mx2.cache.test is not in the policy"),
         "{reply}"
@@ -454,7 +438,7 @@ fn a_restart_keeps_the_cached_policy() {
     let mx2 = w.mx(2, &w.certs);
     relay.restart();
     let id = send(&relay, "user@restart.test", "");
-    let reply = rcpt_state(&relay, &id, "deferred");
+    let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(reply.contains("not in the policy"), "{reply}");
     assert!(queued_ids(mx2.spool()).is_empty());
     assert!(w

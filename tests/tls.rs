@@ -445,21 +445,6 @@ fn delivery_tls(relay: &Relay, id: &str) -> String {
     found.unwrap_or_else(|| panic!("no delivery line for {id}:\n{}", relay.log()))
 }
 
-fn wait_rcpt_state(relay: &Relay, id: &str, state: &str) -> (String, String, String) {
-    let mut last = None;
-    let ok = wait_until(LIMIT, || {
-        if !env_path(relay.spool(), id).exists() {
-            return false;
-        }
-        let r = EnvFile::load(relay.spool(), id).rcpts();
-        let hit = r.first().is_some_and(|r| r.0 == state);
-        last = r.into_iter().next();
-        hit
-    });
-    assert!(ok, "{id} not {state}: {last:?}\n{}", relay.log());
-    last.expect("a recipient")
-}
-
 #[test]
 fn outbound_may_uses_starttls_when_offered() {
     let Some(certs) = Certs::make("outbound_may_uses_starttls_when_offered") else {
@@ -496,7 +481,7 @@ fn outbound_encrypt_defers_when_starttls_is_not_offered() {
     let sink = Sink::start();
     let relay = sender_relay(sink.addr(), &["--outbound-tls", "encrypt"]);
     let id = submit(&relay, "must be encrypted");
-    let (_, _, reply) = wait_rcpt_state(&relay, &id, "deferred");
+    let (_, _, reply) = wait_rcpt_state(&relay, &id, "deferred", LIMIT);
     assert!(reply.contains("4.7.4"), "{reply}");
     assert!(reply.contains("STARTTLS"), "{reply}");
     assert_eq!(sink.count(), 0, "nothing in plaintext");
@@ -537,7 +522,7 @@ fn outbound_verify_checks_the_certificate() {
         &["--outbound-tls", "verify", "--ca-file", &other_ca],
     );
     let id = submit(&bad, "not verified");
-    let (_, _, reply) = wait_rcpt_state(&bad, &id, "deferred");
+    let (_, _, reply) = wait_rcpt_state(&bad, &id, "deferred", LIMIT);
     assert!(
         reply.contains("4.7.5") && reply.contains("handshake"),
         "{reply}"
@@ -638,7 +623,7 @@ fn outbound_may_falls_back_to_plaintext_after_a_failed_handshake() {
     let (addr, taken) = handshake_breaker();
     let strict = sender_relay(addr, &["--outbound-tls", "encrypt"]);
     let id = submit(&strict, "no fallback");
-    let (_, _, reply) = wait_rcpt_state(&strict, &id, "deferred");
+    let (_, _, reply) = wait_rcpt_state(&strict, &id, "deferred", LIMIT);
     assert!(reply.contains("4.7.5"), "{reply}");
     assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

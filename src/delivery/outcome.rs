@@ -403,6 +403,21 @@ pub(super) fn relay_label(hop: &Hop, peer: SocketAddr) -> String {
 mod tests {
     use super::*;
 
+    fn r(s: &str) -> crate::smtp::Reply {
+        let mut p = crate::smtp::ReplyParser::new();
+        p.feed(s).unwrap().unwrap()
+    }
+
+    fn hop_named(name: &str) -> Hop {
+        Hop {
+            name: name.into(),
+            addrs: vec![],
+            port: 25,
+            tls: None,
+            auth: None,
+        }
+    }
+
     #[test]
     fn backoff_doubles_with_jitter_and_cap() {
         let p = RetryPolicy {
@@ -422,17 +437,7 @@ mod tests {
 
     #[test]
     fn classification() {
-        let r = |s: &str| {
-            let mut p = crate::smtp::ReplyParser::new();
-            p.feed(s).unwrap().unwrap()
-        };
-        let hop = Hop {
-            name: "mx.example".into(),
-            addrs: vec![],
-            port: 25,
-            tls: None,
-            auth: None,
-        };
+        let hop = hop_named("mx.example");
         let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
         let rejected =
             |s: &str, phase| error_status(&ClientError::Rejected(phase, r(s)), &hop, peer);
@@ -474,30 +479,13 @@ mod tests {
                 .contains("535 5.7.8 Error: authentication failed at mx.example"),
             "{st}"
         );
-        let literal = Hop {
-            name: "[192.0.2.1]".into(),
-            addrs: vec![],
-            port: 25,
-            tls: None,
-            auth: None,
-        };
-        assert_eq!(remote_name(&literal, peer), "[192.0.2.1]");
+        assert_eq!(remote_name(&hop_named("[192.0.2.1]"), peer), "[192.0.2.1]");
     }
 
     /// The one place that says which replies throttle a destination.
     #[test]
     fn throttling_replies() {
-        let r = |s: &str| {
-            let mut p = crate::smtp::ReplyParser::new();
-            p.feed(s).unwrap().unwrap()
-        };
-        let hop = Hop {
-            name: "mx.example".into(),
-            addrs: vec![],
-            port: 25,
-            tls: None,
-            auth: None,
-        };
+        let hop = hop_named("mx.example");
         let peer: SocketAddr = "192.0.2.1:25".parse().unwrap();
         let at = |s: &str, phase| {
             is_throttling(&error_status(

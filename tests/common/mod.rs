@@ -733,6 +733,28 @@ pub fn env_path(spool: &Path, id: &str) -> PathBuf {
     spool.join("queue").join(format!("{id}.env"))
 }
 
+/// Waits up to `limit` until `id`'s first recipient is in `state`
+/// (`pending`, `deferred`, ...); returns it as (state, path, last reply).
+pub fn wait_rcpt_state(
+    relay: &Relay,
+    id: &str,
+    state: &str,
+    limit: Duration,
+) -> (String, String, String) {
+    let mut last = None;
+    let ok = wait_until(limit, || {
+        if !env_path(relay.spool(), id).exists() {
+            return false;
+        }
+        let r = EnvFile::load(relay.spool(), id).rcpts();
+        let hit = r.first().is_some_and(|r| r.0 == state);
+        last = r.into_iter().next();
+        hit
+    });
+    assert!(ok, "{id} not {state}: {last:?}\n{}", relay.log());
+    last.expect("a recipient")
+}
+
 pub fn msg_path(spool: &Path, id: &str) -> PathBuf {
     spool.join("queue").join(format!("{id}.msg"))
 }

@@ -241,16 +241,19 @@ pub fn router(config: &Config, local: &[SocketAddr]) -> Result<Router, SetupErro
     ))
 }
 
+/// `--dns` resolved to an address; `None`: the system's resolvers. Every
+/// resolver the relay builds (MX routing, DNS lists, reverse names,
+/// authentication checks) asks this server.
+fn dns_server(config: &Config) -> Result<Option<SocketAddr>, SetupError> {
+    config.dns.as_ref().map(|e| resolve("--dns", e)).transpose()
+}
+
 /// The resolver `--dns` names (or the system's); `None` under `--no-dns`.
 fn dns(config: &Config) -> Result<Option<Dns>, SetupError> {
     if config.no_dns {
         return Ok(None);
     }
-    let server = config
-        .dns
-        .as_ref()
-        .map(|e| resolve("--dns", e))
-        .transpose()?;
+    let server = dns_server(config)?;
     let timeout = config.client_timeouts.connect.min(Duration::from_secs(30));
     Ok(Some(
         Dns::new(server, timeout).map_err(|e| SetupError::Dns(format!("{e:?}")))?,
@@ -285,11 +288,7 @@ fn dane(config: &Config) -> Result<Option<Dns>, SetupError> {
             why: "needs DNS: MX routing (not --no-dns)".into(),
         });
     }
-    let server = config
-        .dns
-        .as_ref()
-        .map(|e| resolve("--dns", e))
-        .transpose()?;
+    let server = dns_server(config)?;
     let timeout = config.client_timeouts.connect.min(Duration::from_secs(30));
     let dns =
         Dns::validating(server, timeout, config.dnssec_trust_anchor.as_deref()).map_err(|e| {
@@ -744,11 +743,7 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
 /// The inbound edge's shared objects (issue 13): the DNS lists get a
 /// resolver of their own, on `--dns` when set.
 fn edge(config: &Config) -> Result<crate::edge::Edge, SetupError> {
-    let server = config
-        .dns
-        .as_ref()
-        .map(|e| resolve("--dns", e))
-        .transpose()?;
+    let server = dns_server(config)?;
     crate::edge::Edge::build(&config.edge, server).map_err(|e| SetupError::Dns(format!("{e}")))
 }
 
@@ -767,11 +762,7 @@ fn auth_results(config: &Config) -> Result<Option<Arc<crate::authres::Verifier>>
     if !config.all_listeners().iter().any(|l| l.mode.auth_results) {
         return Ok(None);
     }
-    let server = config
-        .dns
-        .as_ref()
-        .map(|e| resolve("--dns", e))
-        .transpose()?;
+    let server = dns_server(config)?;
     crate::authres::Verifier::new(&config.auth_results, &config.hostname, server)
         .map(|v| Some(Arc::new(v)))
         .map_err(|e| SetupError::Dns(format!("{e}")))
@@ -799,11 +790,7 @@ pub fn gate(config: &Config) -> Result<crate::check::Gate, SetupError> {
                 why: format!("{}: {why}", path.display()),
             })?;
         if rules.needs_ptr() && !config.no_dns {
-            let server = config
-                .dns
-                .as_ref()
-                .map(|e| resolve("--dns", e))
-                .transpose()?;
+            let server = dns_server(config)?;
             // a short timeout: the client waits for it
             gate.dns = Some(
                 crate::dns::Dns::new(server, Duration::from_secs(5))

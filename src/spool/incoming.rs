@@ -155,19 +155,15 @@ impl<'a> Incoming<'a> {
     /// story, nothing is promised yet.
     pub fn prepend_with(&mut self, make: impl FnOnce(&[u8]) -> Option<Vec<u8>>) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
+        // flushed: the writer's buffer is empty, the file is the message
+        let message = self.read_back()?;
+        let Some(lines) = make(&message) else {
+            return Ok(());
+        };
         let w = self
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("message already committed"))?;
-        w.flush()?;
-        let len = usize::try_from(self.written).map_err(io::Error::other)?;
-        let mut message = vec![0u8; len];
-        // the spool file is open write-only: read it through its name
-        File::open(self.spool.tmp_dir().join(format!("{}.msg", self.id)))?
-            .read_exact_at(&mut message, 0)?;
-        let Some(lines) = make(&message) else {
-            return Ok(());
-        };
         let f = w.get_mut();
         f.write_all_at(&lines, 0)?;
         f.write_all_at(&message, lines.len() as u64)?;

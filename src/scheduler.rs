@@ -101,10 +101,13 @@ impl SchedulerHandle {
 /// attempt runs with the deliverer `current` holds when it starts (a
 /// reload swaps it; an attempt in flight finishes on the old one). The
 /// spool, the clock and the limiter's counts are the same in every one.
+/// `recovered` brings the messages start-up recovery finds, in batches,
+/// while the server already runs (`Spool::load_recovered`); the rescan
+/// waits until it is closed.
 pub fn start(
     current: Arc<Swap<Deliverer>>,
     workers: usize,
-    initial: Vec<crate::spool::Queued>,
+    recovered: Receiver<Vec<crate::spool::Queued>>,
     committed: Receiver<QueueId>,
 ) -> std::io::Result<SchedulerHandle> {
     let (jobs_tx, jobs_rx) = bounded::<QueueId>(workers);
@@ -132,9 +135,7 @@ pub fn start(
             .spawn(move || {
                 crate::pool::or_abort("scheduler", || {
                     let mut s = Scheduler::new(spool, clock, limiter);
-                    for q in initial {
-                        s.schedule(q.id, q.next_try);
-                    }
+                    s.recovering = Some(recovered);
                     s.run(&committed, &report_rx, &jobs_tx, &stop_rx);
                 })
             })?,
@@ -199,6 +200,9 @@ struct Scheduler {
     last_scan: Instant,
     /// Held messages the last rescan read (they are in no slot).
     held: usize,
+    /// Start-up recovery still reading the spool: what it found so far
+    /// comes here; no rescan until it is done (it would read the same).
+    recovering: Option<Receiver<Vec<crate::spool::Queued>>>,
 }
 
 impl Scheduler {
@@ -219,6 +223,7 @@ impl Scheduler {
             flush_again: std::collections::HashSet::new(),
             last_scan: Instant::now(),
             held: 0,
+            recovering: None,
         }
     }
 
@@ -320,6 +325,25 @@ impl Scheduler {
         }
         if found > 0 {
             log::info!("rescan found {found} message(s) not yet scheduled");
+        }
+    }
+
+    /// Messages start-up recovery read. One the scheduler knows already
+    /// (flushed by id, or delivered and gone since it was read) is left
+    /// as it is: recovery read it before that happened.
+    fn on_recovered(&mut self, batch: Option<Vec<crate::spool::Queued>>) {
+        match batch {
+            Some(batch) => {
+                for q in batch {
+                    if !self.slots.contains_key(&q.id) {
+                        self.schedule(q.id, q.next_try);
+                    }
+                }
+            }
+            None => {
+                self.recovering = None;
+                self.last_scan = Instant::now();
+            }
         }
     }
 
@@ -432,7 +456,7 @@ impl Scheduler {
                 last_tick = Instant::now();
                 self.check_flush_trigger();
                 self.publish_metrics();
-                if self.last_scan.elapsed() >= RESCAN {
+                if self.recovering.is_none() && self.last_scan.elapsed() >= RESCAN {
                     self.rescan();
                     self.limiter.prune();
                 }
@@ -446,6 +470,8 @@ impl Scheduler {
             let i_commit = sel.recv(committed);
             let i_report = sel.recv(reports);
             let i_send = (!self.ready.is_empty()).then(|| sel.send(jobs));
+            let recovering = self.recovering.clone();
+            let i_recovered = recovering.as_ref().map(|r| sel.recv(r));
             let op = match sel.select_timeout(until_due) {
                 Ok(op) => op,
                 Err(_) => continue,
@@ -471,6 +497,11 @@ impl Scheduler {
                     Ok(r) => self.on_report(r),
                     Err(_) => return,
                 },
+                i if Some(i) == i_recovered => {
+                    if let Some(r) = &recovering {
+                        self.on_recovered(op.recv(r).ok());
+                    }
+                }
                 i if Some(i) == i_send => {
                     let Some(id) = self.ready.pop_front() else {
                         continue;

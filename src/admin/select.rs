@@ -3,10 +3,11 @@
 //! that match.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use crate::smtp::Mailbox;
-use crate::spool::{Envelope, QueueId, RcptState, Spool, SpoolError};
+use crate::spool::{scan, Envelope, QueueId, RcptState, Spool, SpoolError};
 
 /// Message-level view of the recipient states, for `--state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +151,29 @@ impl Selector {
 /// Envelopes that vanish or fail to parse while we read are skipped (a
 /// delivery may finish under our feet); parse failures are reported.
 pub fn select(spool: &Spool, sel: &Selector, now: u64) -> Result<Vec<Envelope>, SpoolError> {
+    let mut out: Vec<Envelope> = fold_selected(spool, sel, now, Vec::new, Vec::push)?
+        .into_iter()
+        .flatten()
+        .collect();
+    out.sort_by_key(|e| e.id);
+    Ok(out)
+}
+
+/// Folds every envelope the selector matches into per-thread states
+/// (`spool::scan`: a big queue is read on a few threads, and nothing is
+/// kept that `each` does not keep), skipping as [`select`] does.
+pub fn fold_selected<T, I, F>(
+    spool: &Spool,
+    sel: &Selector,
+    now: u64,
+    init: I,
+    each: F,
+) -> Result<Vec<T>, SpoolError>
+where
+    T: Send,
+    I: Fn() -> T + Sync,
+    F: Fn(&mut T, Envelope) + Sync,
+{
     let ids = if sel.ids.is_empty() {
         spool.list_ids()?
     } else {
@@ -158,20 +182,32 @@ pub fn select(spool: &Spool, sel: &Selector, now: u64) -> Result<Vec<Envelope>, 
         ids.dedup();
         ids
     };
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        match spool.load(id) {
-            Ok(env) => {
-                if sel.matches(&env, now) {
-                    out.push(env);
+    let states = scan::load_each(
+        spool,
+        &ids,
+        || (init(), None),
+        |(state, error), id, loaded| {
+            match loaded {
+                Ok(env) if sel.matches(&env, now) => each(state, env),
+                Ok(_) => {}
+                Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(SpoolError::Corrupt { why, .. }) => {
+                    eprintln!("smtp-relay: {id}: skipped, corrupt envelope: {why}")
+                }
+                Err(e) => {
+                    *error = Some(e);
+                    return ControlFlow::Break(());
                 }
             }
-            Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-            Err(SpoolError::Corrupt { id, why }) => {
-                eprintln!("smtp-relay: {id}: skipped, corrupt envelope: {why}")
-            }
-            Err(e) => return Err(e),
+            ControlFlow::Continue(())
+        },
+    );
+    let mut out = Vec::with_capacity(states.len());
+    for (state, error) in states {
+        if let Some(e) = error {
+            return Err(e);
         }
+        out.push(state);
     }
     Ok(out)
 }

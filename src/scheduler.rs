@@ -57,6 +57,18 @@ use crate::time::Clock;
 
 /// How often the spool is rescanned for messages the scheduler missed.
 const RESCAN: Duration = Duration::from_secs(60);
+/// Queue sizes beyond which the rescan and the queue gauges, each a pass
+/// over the whole queue, come less often (`every`).
+const RESCAN_PER: usize = 100_000;
+const METRICS_PER: usize = 50_000;
+
+/// `base`, once per `per` queued messages: with a million queued, a
+/// rescan (reading a folder of two million names) every ten minutes and
+/// the gauges every ten seconds, instead of several percent of a core
+/// spent on them while nothing else happens.
+fn every(base: Duration, queued: usize, per: usize) -> Duration {
+    base * u32::try_from(queued / per).unwrap_or(u32::MAX).max(1)
+}
 /// How often the flush trigger is looked for.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -450,13 +462,20 @@ impl Scheduler {
         stop: &Receiver<()>,
     ) {
         let mut last_tick = Instant::now();
+        let mut last_metrics = Instant::now();
         loop {
             let mut until_due = self.promote_due().unwrap_or(TICK).min(TICK);
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.check_flush_trigger();
-                self.publish_metrics();
-                if self.recovering.is_none() && self.last_scan.elapsed() >= RESCAN {
+                let queued = self.slots.len();
+                if last_metrics.elapsed() >= every(TICK, queued, METRICS_PER) {
+                    last_metrics = Instant::now();
+                    self.publish_metrics();
+                }
+                if self.recovering.is_none()
+                    && self.last_scan.elapsed() >= every(RESCAN, queued, RESCAN_PER)
+                {
                     self.rescan();
                     self.limiter.prune();
                 }
@@ -547,6 +566,16 @@ mod tests {
         assert_eq!(s.promote_due(), None);
         assert_eq!(s.ready, [id]);
         assert_eq!(s.slots.get(&id), Some(&Slot::Ready));
+    }
+
+    /// The passes over the whole queue come less often as it grows, in
+    /// proportion, never more often than their base.
+    #[test]
+    fn whole_queue_passes_thin_out_with_its_size() {
+        assert_eq!(every(RESCAN, 0, RESCAN_PER), RESCAN);
+        assert_eq!(every(RESCAN, 99_999, RESCAN_PER), RESCAN);
+        assert_eq!(every(RESCAN, 1_000_000, RESCAN_PER), RESCAN * 10);
+        assert_eq!(every(TICK, 1_000_000, METRICS_PER), Duration::from_secs(10));
     }
 
     /// What a worker reports decides when the message is next due.

@@ -98,6 +98,8 @@ Usage:
                      machine to be idle (< 0.3 cores busy); 0 turns it off
       --rev REV      build commit REV (git archive into target/bench-src, own
                      target dir) instead of the work tree as it is
+      --relay-args "OPTS"  more options for smtp-relay serve (e.g. "--sync fsync"),
+                     split on spaces; recorded in the JSON
   $PROG idle [--sessions N] [--rev REV] [--out FILE] [--keep]
       N (default 5000) concurrent idle sessions against smtp-relay started
       with --workers N+100 --max-per-ip N+1000 --backlog 64: RSS, then the
@@ -110,8 +112,10 @@ Usage:
       run without the limit. smtp-relay only.
   $PROG spool [-n N] [--rev REV] [--out FILE] [--keep]
       N (default 200000) deferred messages written by scripts/gen-spool.py:
-      restart to 'listening on', queue list --summary, RSS per message.
-      smtp-relay only; needs about 8 KB of disk per message.
+      restart to 'listening on', until every envelope is read, queue list
+      --summary, RSS per message. smtp-relay only; needs about 8 KB of disk
+      per message. --spool-dir DIR: a spool gen-spool.py filled before, with
+      N messages (kept; its page cache stays warm).
   $PROG fanout [-n N] [--runs R] [-c C] [--rev REV] [--out FILE] [--keep]
       N (default 5000) messages of 10 KB from C (default 50) sessions, each to
       10 recipients in 10 domains, each domain's next hop its own smtp-sink
@@ -148,6 +152,8 @@ SESSIONS=5000
 LIMITED=300
 CONC=50
 RUNS_SET=0
+SPOOL_DIR=
+RELAY_ARGS=
 while [ $# -gt 0 ]; do
   case $1 in
     idle) MODE=idle ;;
@@ -168,6 +174,8 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1 ;;
     --rev) REV=${2:?}; shift ;;
     --quiet-wait) QUIET_WAIT=${2:?}; shift ;;
+    --spool-dir) SPOOL_DIR=${2:?}; shift ;;
+    --relay-args) RELAY_ARGS=${2:?}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
@@ -1042,8 +1050,9 @@ start_relay() {
   shift
   mkdir -p "$TMP/relay"
   : >"$TMP/relay/stdout"
+  # shellcheck disable=SC2086 # --relay-args: split on spaces on purpose
   "$RELAY_BIN" serve --listen "127.0.0.1:$RELAY_PORT" --spool "$spool" --route "*=127.0.0.1:$SINK_PORT" \
-    --no-dns --hostname relay.bench "$@" >"$TMP/relay/stdout" 2>>"$TMP/relay/relay.log" &
+    --no-dns --hostname relay.bench $RELAY_ARGS "$@" >"$TMP/relay/stdout" 2>>"$TMP/relay/relay.log" &
   RELAY_PID=$!
   local i=0
   until grep -q '^listening on' "$TMP/relay/stdout"; do
@@ -1159,13 +1168,13 @@ print(json.dumps({
     "postfix_setup": "scripts/postfix-instance.sh" if pf_how == "script" else "built into scripts/bench.sh (shipped defaults)",
     "host": {"cpus": os.cpu_count(), "mem_gib": round(int(mem) / 2**20, 1), "cpu": model,
              "kernel": platform.release(), "fs": fs, "loadavg_at_start": open("/proc/loadavg").read().split()[:3]},
-    "n": int(n), "runs_per_case": int(runs), "quiet_wait_s": float(os.environ.get("QUIET_WAIT", 0)), "cases": cases.split(","), "run_timeout_s": float(run_timeout),
+    "n": int(n), "runs_per_case": int(runs), "relay_args": os.environ.get("RELAY_ARGS", ""), "quiet_wait_s": float(os.environ.get("QUIET_WAIT", 0)), "cases": cases.split(","), "run_timeout_s": float(run_timeout),
     "load": "smtp-source: one message per connection, HELO, no pipelining; -r recipients all in one domain",
     "sink": "smtp-sink -c (counts DATA transactions)",
 }))
 PY
 }
-export ROOT TMP QUIET_WAIT
+export ROOT TMP QUIET_WAIT RELAY_ARGS
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 COMMIT=${SHA:0:12}
@@ -1186,13 +1195,17 @@ if [ "$MODE" = shaping ]; then
   exit $rc
 fi
 if [ "$MODE" = spool ]; then
-  need=$((N * 8 / 1000 + 1000000))
-  free=$(df -Pk "$TMP" | awk 'NR==2 {print $4}')
-  [ "$free" -gt "$need" ] || die "$N messages need about $((need / 1000)) MB free in $TMP, $((free / 1000)) MB are"
+  if [ -n "$SPOOL_DIR" ]; then
+    [ -d "$SPOOL_DIR/queue" ] || die "--spool-dir $SPOOL_DIR: no queue/ in it (fill it with scripts/gen-spool.py)"
+  else
+    need=$((N * 8 / 1000 + 1000000))
+    free=$(df -Pk "$TMP" | awk 'NR==2 {print $4}')
+    [ "$free" -gt "$need" ] || die "$N messages need about $((need / 1000)) MB free in $TMP, $((free / 1000)) MB are"
+  fi
   rc=0
   echo "$PROG spool: $N deferred messages; temp $TMP"
   python3 "$ROOT/scripts/bench-scale.py" spool relay="$RELAY_BIN" gen="$ROOT/scripts/gen-spool.py" tmp="$TMP" \
-    count="$N" out="$OUT" keep="$KEEP" || rc=$?
+    count="$N" out="$OUT" keep="$KEEP" ${SPOOL_DIR:+spool="$SPOOL_DIR"} || rc=$?
   echo "JSON: $OUT"
   exit $rc
 fi

@@ -482,7 +482,8 @@ impl Conversation {
     }
 
     /// Sendmail's behaviour for a milter that failed (dropped, timed
-    /// out, spoke garbage): at the next transaction it is connected
+    /// out, spoke garbage; a connection it closed between transactions is
+    /// seen here first): at the next transaction it is connected
     /// again and hears the session's connect and HELO replayed, so one
     /// dropped connection does not cost every later message of the
     /// session its filter. One try per transaction: a milter still down
@@ -491,6 +492,11 @@ impl Conversation {
     fn reconnect(&mut self) -> Option<Verdict> {
         let hostname = self.hostname.clone();
         for m in &mut self.milters {
+            // one that accepted the connection is done with us anyway
+            if m.state == State::Active && m.link.as_ref().is_some_and(Link::peer_closed) {
+                log::warn!("milter {}: closed its connection", m.name());
+                (m.link, m.state) = (None, State::Down);
+            }
             if m.state != State::Down || self.replay.is_empty() {
                 continue;
             }

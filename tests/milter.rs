@@ -1160,3 +1160,32 @@ fn sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_subm
     assert!(wait_until(Duration::from_secs(10), || queued_ids(relay.spool()).is_empty()));
     assert_logged(&relay, "returned to the sender");
 }
+
+#[test]
+fn readme_local_milter_line_works_as_written() {
+    let m = Milter::start(ALL_ACTIONS, 0, |_, _| cont());
+    let relay = relay_with(&[], &[]);
+    let addr = m.spec().trim_start_matches("inet:").to_string();
+    let line = readme_block("### Mail injected on this host", "ini").replace("127.0.0.1:8891", &addr);
+    let dir = TempDir::new("readmelocal");
+    let conf = write_file(
+        dir.path(),
+        "conf",
+        format!(
+            "spool = {}\nhostname = relay.test\n{line}",
+            relay.spool().display()
+        )
+        .as_bytes(),
+    );
+    let conf = conf.display().to_string();
+    let run = run_stdin(
+        &["send", "--config", &conf, "-f", "a@origin.test", "b@dest.test"],
+        MSG,
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(m.commands().contains('E'), "{}", m.commands());
+    // and serve takes the same line
+    let run = run_cli(&["check-config", "--config", &conf], Duration::from_secs(30));
+    assert_eq!(run.code, Some(0), "{run:?}");
+}

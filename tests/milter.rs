@@ -1106,31 +1106,22 @@ fn a_local_milters_refusal_fails_send_69_for_5xx_and_75_for_4xx() {
     }
 }
 
-#[test]
-fn sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_submitter() {
-    let test = "sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_submitter";
+/// `sendmail -t -i` as nobody (so through the maildrop) on `relay`'s
+/// spool; `None` (SKIPPED) when the test cannot run as root.
+fn sendmail_as_nobody(test: &str, relay: &Relay, input: &[u8]) -> Option<CliRun> {
     let Some((uid, gid)) = nobody().filter(|_| unsafe { libc::geteuid() } == 0) else {
         assert!(!in_ci(), "{test}: needs root and the user nobody");
         println!("SKIPPED {test}: needs root (to run sendmail as nobody)");
-        return;
+        return None;
     };
-    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
-        b'E' => vec![pkt(b'y', b"550 5.7.1 no cron spam here\0")],
-        _ => cont(),
-    });
-    let sink = Sink::start();
-    let route = format!("*=127.0.0.1:{}", sink.addr().port());
-    let spec = format!("{},listeners=local", m.spec());
-    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &spec]);
     let base = TempDir::new("maildrop-milter");
     std::fs::set_permissions(base.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .unwrap();
-    let conf = base.path().join("conf");
-    std::fs::write(
-        &conf,
-        format!("spool = {}\nhostname = relay.test\n", relay.spool().display()),
-    )
-    .unwrap();
+    let conf = write_file(
+        base.path(),
+        "conf",
+        format!("spool = {}\nhostname = relay.test\n", relay.spool().display()).as_bytes(),
+    );
     let run = run_command_stdin(
         std::process::Command::new("setpriv")
             .args([
@@ -1144,10 +1135,29 @@ fn sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_subm
                 "-i",
             ])
             .env("SMTP_RELAY_CONFIG", &conf),
-        b"To: b@dest.test\nSubject: nightly\n\nthe report\n",
+        input,
         Duration::from_secs(30),
     );
     assert_eq!(run.code, Some(0), "the drop is the server's now: {run:?}");
+    Some(run)
+}
+
+const CRON: &[u8] = b"To: b@dest.test\nSubject: nightly\n\nthe report\n";
+
+#[test]
+fn sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_submitter() {
+    let test = "sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_submitter";
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'y', b"550 5.7.1 no cron spam here\0")],
+        _ => cont(),
+    });
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let spec = format!("{},listeners=local", m.spec());
+    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &spec]);
+    if sendmail_as_nobody(test, &relay, CRON).is_none() {
+        return;
+    }
     assert!(sink.wait_for(1, DELIVERY), "no bounce; log:\n{}", relay.log());
     let got = sink.messages().remove(0);
     let text = String::from_utf8_lossy(&got.data);
@@ -1159,6 +1169,31 @@ fn sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_subm
     assert!(sink.messages().iter().all(|r| r.rcpts != ["b@dest.test"]));
     assert!(wait_until(Duration::from_secs(10), || queued_ids(relay.spool()).is_empty()));
     assert_logged(&relay, "returned to the sender");
+}
+
+#[test]
+fn a_maildrop_message_a_local_milter_quarantines_stays_held() {
+    let test = "a_maildrop_message_a_local_milter_quarantines_stays_held";
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'q', b"looks odd\0"), pkt(b'c', b"")],
+        _ => cont(),
+    });
+    let spec = format!("{},listeners=local", m.spec());
+    let relay = relay_with(&[], &["--milter", &spec]);
+    if sendmail_as_nobody(test, &relay, CRON).is_none() {
+        return;
+    }
+    // picked up (the drop gone), and still held with the milter's reason
+    // (the pick-up's last line comes after the hold would be released)
+    assert!(
+        wait_until(Duration::from_secs(10), || relay.log().contains("from maildrop/")),
+        "not picked up; log:\n{}",
+        relay.log()
+    );
+    let id = queued_ids(relay.spool()).remove(0);
+    let env = envelope(&relay, &id);
+    assert!(env.contains("hold:"), "the quarantine was released: {env}");
+    assert!(env.contains("looks odd"), "{env}");
 }
 
 #[test]

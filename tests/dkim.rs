@@ -715,8 +715,11 @@ fn mail_injected_by_send_and_sendmail_is_signed_and_verifies() {
     }
     let dir = TempDir::new("dkimlocal");
     // nobody must reach the config file
-    fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     let (rsa, rsa_txt) = keygen(dir.path(), "example.test", "local1", &[]);
     let key = format!("example.test:local1:{}", rsa.display());
     // the server has the key too: the maildrop is picked up there
@@ -730,14 +733,16 @@ fn mail_injected_by_send_and_sendmail_is_signed_and_verifies() {
     let dns = Dns::start(&[&rsa_txt]);
     let cron = b"From: Cron Daemon <cron@example.test>\nTo: ops@dest.test\nSubject: nightly\n\nall   fine\n";
     // send, the key on its command line
-    let before = queued_ids(relay.spool());
-    let run = run_stdin(
-        &["send", "--spool", &spool, "--hostname", "relay.test", "--dkim-key", &key, "-t", "-i"],
-        cron,
-        LIMIT,
-    );
-    assert_eq!(run.code, Some(0), "{run:?}");
-    let sent = newly_queued(relay.spool(), &before);
+    let send = |extra: &[&str]| {
+        let before = queued_ids(relay.spool());
+        let mut args = vec!["send", "--spool", &spool, "--hostname", "relay.test"];
+        args.extend_from_slice(&["--dkim-key", &key, "-t", "-i"]);
+        args.extend_from_slice(extra);
+        let run = run_stdin(&args, cron, LIMIT);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        newly_queued(relay.spool(), &before)
+    };
+    let sent = send(&[]);
     // sendmail -t -i as root (queued directly) and as nobody (maildrop,
     // signed by the server), the key from the config file
     let mut runs = vec![("send", sent)];
@@ -763,7 +768,11 @@ fn mail_injected_by_send_and_sendmail_is_signed_and_verifies() {
             LIMIT,
         );
         assert_eq!(run.code, Some(0), "{words:?}: {run:?}");
-        let who = if prefix.is_empty() { "sendmail as root" } else { "sendmail as nobody" };
+        let who = if prefix.is_empty() {
+            "sendmail as root"
+        } else {
+            "sendmail as nobody"
+        };
         runs.push((who, newly_queued(relay.spool(), &before)));
     }
     for (who, stored) in &runs {
@@ -775,19 +784,18 @@ fn mail_injected_by_send_and_sendmail_is_signed_and_verifies() {
         assert_eq!(dns.dkimpy(tampered.as_bytes()), [false], "{who}: tampered");
     }
     // --dkim-sign-from without `local`: injected mail goes unsigned
-    let before = queued_ids(relay.spool());
-    let run = run_stdin(
-        &["send", "--spool", &spool, "--hostname", "relay.test", "--dkim-key", &key,
-          "--dkim-sign-from", "relay-net,auth", "-t", "-i"],
-        cron,
-        LIMIT,
-    );
-    assert_eq!(run.code, Some(0), "{run:?}");
-    assert!(signatures(&newly_queued(relay.spool(), &before)).is_empty());
+    assert!(signatures(&send(&["--dkim-sign-from", "relay-net,auth"])).is_empty());
     // a key send cannot read: 66, nothing queued
     let before = queued_ids(relay.spool());
     let run = run_stdin(
-        &["send", "--spool", &spool, "--dkim-key", "example.test:x:/nonexistent.pem", "-t"],
+        &[
+            "send",
+            "--spool",
+            &spool,
+            "--dkim-key",
+            "example.test:x:/nonexistent.pem",
+            "-t",
+        ],
         cron,
         LIMIT,
     );

@@ -1065,7 +1065,11 @@ fn send_goes_through_the_local_milters_only_and_keeps_their_changes() {
     let ids = queued_ids(relay.spool());
     assert_eq!(ids.len(), 1, "{run:?}");
     assert!(stored(&relay, &ids[0]).contains("\r\nX-Local: seen\r\n\r\nBody line"));
-    assert_eq!(smtp_only.commands(), "", "a milter without listeners=local was asked");
+    assert_eq!(
+        smtp_only.commands(),
+        "",
+        "a milter without listeners=local was asked"
+    );
     // Postfix's non-SMTP mail: localhost at 127.0.0.1, HELO our name
     let cmds = local.commands();
     assert!(cmds.starts_with("ODCDHDMDRDTLLLLLL"), "{cmds}");
@@ -1086,7 +1090,11 @@ fn send_goes_through_the_local_milters_only_and_keeps_their_changes() {
 #[test]
 fn a_local_milters_refusal_fails_send_69_for_5xx_and_75_for_4xx() {
     let down = format!("inet:127.0.0.1:{},listeners=local", closed_port());
-    for (answer, code, said) in [(b'r', 69, "550 5.7.1"), (b't', 75, "451 4.7.1"), (0, 75, "451 4.7.1")] {
+    for (answer, code, said) in [
+        (b'r', 69, "550 5.7.1"),
+        (b't', 75, "451 4.7.1"),
+        (0, 75, "451 4.7.1"),
+    ] {
         let m = Milter::start(ALL_ACTIONS, 0, move |c, _| match c {
             b'E' => vec![pkt(answer, b"")],
             _ => cont(),
@@ -1099,8 +1107,15 @@ fn a_local_milters_refusal_fails_send_69_for_5xx_and_75_for_4xx() {
         let relay = relay_with(&[], &[]);
         let run = send_local(&relay, &["--milter", &spec]);
         assert_eq!(run.code, Some(code), "{run:?}");
-        let refused = if answer == 0 { "milter inet:" } else { "refused by milter inet:" };
-        assert!(run.stderr.contains(refused) && run.stderr.contains(said), "{run:?}");
+        let refused = if answer == 0 {
+            "milter inet:"
+        } else {
+            "refused by milter inet:"
+        };
+        assert!(
+            run.stderr.contains(refused) && run.stderr.contains(said),
+            "{run:?}"
+        );
         assert!(queued_ids(relay.spool()).is_empty(), "queued: {run:?}");
         assert_eq!(tmp_count(relay.spool()), 0);
     }
@@ -1115,12 +1130,19 @@ fn sendmail_as_nobody(test: &str, relay: &Relay, input: &[u8]) -> Option<CliRun>
         return None;
     };
     let base = TempDir::new("maildrop-milter");
-    std::fs::set_permissions(base.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        base.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let conf = write_file(
         base.path(),
         "conf",
-        format!("spool = {}\nhostname = relay.test\n", relay.spool().display()).as_bytes(),
+        format!(
+            "spool = {}\nhostname = relay.test\n",
+            relay.spool().display()
+        )
+        .as_bytes(),
     );
     let run = run_command_stdin(
         std::process::Command::new("setpriv")
@@ -1158,7 +1180,11 @@ fn sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_subm
     if sendmail_as_nobody(test, &relay, CRON).is_none() {
         return;
     }
-    assert!(sink.wait_for(1, DELIVERY), "no bounce; log:\n{}", relay.log());
+    assert!(
+        sink.wait_for(1, DELIVERY),
+        "no bounce; log:\n{}",
+        relay.log()
+    );
     let got = sink.messages().remove(0);
     let text = String::from_utf8_lossy(&got.data);
     assert_eq!(got.rcpts, ["nobody@relay.test"], "{text}");
@@ -1167,7 +1193,10 @@ fn sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_subm
     assert!(text.contains("Subject: nightly"), "{text}");
     // the refused message itself went nowhere, and nothing is left
     assert!(sink.messages().iter().all(|r| r.rcpts != ["b@dest.test"]));
-    assert!(wait_until(Duration::from_secs(10), || queued_ids(relay.spool()).is_empty()));
+    assert!(wait_until(Duration::from_secs(10), || queued_ids(
+        relay.spool()
+    )
+    .is_empty()));
     assert_logged(&relay, "returned to the sender");
 }
 
@@ -1186,7 +1215,9 @@ fn a_maildrop_message_a_local_milter_quarantines_stays_held() {
     // picked up (the drop gone), and still held with the milter's reason
     // (the pick-up's last line comes after the hold would be released)
     assert!(
-        wait_until(Duration::from_secs(10), || relay.log().contains("from maildrop/")),
+        wait_until(Duration::from_secs(10), || relay
+            .log()
+            .contains("from maildrop/")),
         "not picked up; log:\n{}",
         relay.log()
     );
@@ -1201,7 +1232,8 @@ fn readme_local_milter_line_works_as_written() {
     let m = Milter::start(ALL_ACTIONS, 0, |_, _| cont());
     let relay = relay_with(&[], &[]);
     let addr = m.spec().trim_start_matches("inet:").to_string();
-    let line = readme_block("### Mail injected on this host", "ini").replace("127.0.0.1:8891", &addr);
+    let line =
+        readme_block("### Mail injected on this host", "ini").replace("127.0.0.1:8891", &addr);
     let dir = TempDir::new("readmelocal");
     let conf = write_file(
         dir.path(),
@@ -1214,13 +1246,23 @@ fn readme_local_milter_line_works_as_written() {
     );
     let conf = conf.display().to_string();
     let run = run_stdin(
-        &["send", "--config", &conf, "-f", "a@origin.test", "b@dest.test"],
+        &[
+            "send",
+            "--config",
+            &conf,
+            "-f",
+            "a@origin.test",
+            "b@dest.test",
+        ],
         MSG,
         Duration::from_secs(30),
     );
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(m.commands().contains('E'), "{}", m.commands());
     // and serve takes the same line
-    let run = run_cli(&["check-config", "--config", &conf], Duration::from_secs(30));
+    let run = run_cli(
+        &["check-config", "--config", &conf],
+        Duration::from_secs(30),
+    );
     assert_eq!(run.code, Some(0), "{run:?}");
 }

@@ -52,7 +52,11 @@ impl Content {
     pub fn new(signer: Option<Arc<Signer>>, milters: &[MilterConfig]) -> Content {
         Content {
             signer,
-            milters: milters.iter().filter(|m| m.serves_local()).cloned().collect(),
+            milters: milters
+                .iter()
+                .filter(|m| m.serves_local())
+                .cloned()
+                .collect(),
         }
     }
 

@@ -144,7 +144,7 @@ pub struct Submitter<'a> {
 /// What [`queue_message`] did with a message.
 #[derive(Debug)]
 pub enum Queued {
-    Committed(Envelope),
+    Committed(Box<Envelope>),
     /// A milter discarded it: nothing was queued.
     Discarded(QueueId),
 }
@@ -218,7 +218,7 @@ pub fn queue_message(
         env.rcpts.len(),
         env.client
     );
-    Ok(Queued::Committed(env))
+    Ok(Queued::Committed(Box::new(env)))
 }
 
 /// A milter's 5xx on mail whose submitter cannot be told now (the

@@ -466,7 +466,8 @@ impl Conversation {
         let packet = protocol::args(cmd::HELO, &[name.to_string()]);
         // the last HELO is the one a reconnected milter hears
         self.replay.truncate(1);
-        self.replay.push((Event::Helo, macros.clone(), packet.clone()));
+        self.replay
+            .push((Event::Helo, macros.clone(), packet.clone()));
         self.event(Event::Helo, macros, &packet)
     }
 
@@ -505,7 +506,10 @@ impl Conversation {
                 continue;
             }
             m.state = State::Active;
-            log::info!("milter {}: reconnected, connect and HELO replayed", m.name());
+            log::info!(
+                "milter {}: reconnected, connect and HELO replayed",
+                m.name()
+            );
             for (event, macros, packet) in &self.replay {
                 match m.deliver(*event, macros, packet, &hostname) {
                     None | Some(Verdict::Continue) => {}

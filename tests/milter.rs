@@ -64,7 +64,21 @@ impl Milter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let spec = format!("inet:{}", listener.local_addr().unwrap());
         let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
-        Milter::serving(spec, conns, actions, steps, script)
+        Milter::serving(spec, conns, actions, steps, Vec::new(), script)
+    }
+
+    /// `start`, with `tail` after the option negotiation's three numbers
+    /// (macro lists).
+    fn start_asking(
+        actions: u32,
+        steps: u32,
+        tail: Vec<u8>,
+        script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    ) -> Milter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = format!("inet:{}", listener.local_addr().unwrap());
+        let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
+        Milter::serving(spec, conns, actions, steps, tail, script)
     }
 
     /// The same on a unix socket at `path`.
@@ -77,7 +91,7 @@ impl Milter {
         let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
         let spec = format!("unix:{}", path.display());
         let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
-        Milter::serving(spec, conns, actions, steps, script)
+        Milter::serving(spec, conns, actions, steps, Vec::new(), script)
     }
 
     /// Serves each connection `conns` yields on its own thread.
@@ -86,16 +100,18 @@ impl Milter {
         conns: impl Iterator<Item = std::io::Result<C>> + Send + 'static,
         actions: u32,
         steps: u32,
+        tail: Vec<u8>,
         script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
     ) -> Milter {
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let tail = Arc::new(tail);
         let script: Arc<Script> = Arc::new(script);
         let s2 = seen.clone();
         thread::spawn(move || {
             for conn in conns {
                 let Ok(conn) = conn else { return };
-                let (seen, script) = (s2.clone(), script.clone());
-                thread::spawn(move || serve(conn, actions, steps, &seen, &*script));
+                let (seen, script, tail) = (s2.clone(), script.clone(), tail.clone());
+                thread::spawn(move || serve(conn, (actions, steps, &tail), &seen, &*script));
             }
         });
         Milter { spec, seen }
@@ -114,10 +130,10 @@ impl Milter {
     }
 }
 
+/// One connection: `(actions, steps, tail)` is the option negotiation.
 fn serve(
     mut conn: impl Read + Write,
-    actions: u32,
-    steps: u32,
+    (actions, steps, tail): (u32, u32, &[u8]),
     seen: &Mutex<Packets>,
     script: &Script,
 ) {
@@ -137,6 +153,7 @@ fn serve(
                 let mut d = 6u32.to_be_bytes().to_vec();
                 d.extend_from_slice(&actions.to_be_bytes());
                 d.extend_from_slice(&steps.to_be_bytes());
+                d.extend_from_slice(tail);
                 vec![pkt(b'O', &d)]
             }
             b'D' | b'A' => vec![],
@@ -1265,4 +1282,46 @@ fn readme_local_milter_line_works_as_written() {
         Duration::from_secs(30),
     );
     assert_eq!(run.code, Some(0), "{run:?}");
+}
+
+#[test]
+fn macro_lists_a_milter_asks_for_are_what_it_gets() {
+    // SMFIF_SETSYMLIST: at MAIL only {mail_addr} and {auth_type} (which
+    // this session lacks), at the end of message only i and client_addr
+    // (asked without braces); the other stages keep the default set
+    let mut tail = 2u32.to_be_bytes().to_vec();
+    tail.extend_from_slice(b"{mail_addr} {auth_type}\0");
+    tail.extend_from_slice(&5u32.to_be_bytes());
+    tail.extend_from_slice(b"i client_addr\0");
+    let m = Milter::start_asking(ALL_ACTIONS | 0x100, 0, tail, |_, _| cont());
+    let relay = relay_with(&[m.spec()], &[]);
+    let id = relay
+        .session()
+        .send_mail("a@origin.test", &["b@dest.test"], MSG);
+    let seen = m.seen();
+    let macros = |stage: u8| -> String {
+        seen.iter()
+            .filter(|(c, d)| *c == b'D' && d[0] == stage)
+            .map(|(_, d)| String::from_utf8_lossy(&d[1..]).replace('\0', "|"))
+            .collect()
+    };
+    assert_eq!(macros(b'M'), "{mail_addr}|a@origin.test|");
+    assert_eq!(macros(b'E'), format!("{{client_addr}}|127.0.0.1|i|{id}|"));
+    assert!(macros(b'R').contains("{rcpt_addr}|b@dest.test|"));
+    assert!(macros(b'C').contains("j|relay.test|"));
+    // lists without SMFIF_SETSYMLIST are not honoured
+    let mut tail = 2u32.to_be_bytes().to_vec();
+    tail.extend_from_slice(b"i\0");
+    let m = Milter::start_asking(ALL_ACTIONS, 0, tail, |_, _| cont());
+    let relay = relay_with(&[m.spec()], &[]);
+    relay
+        .session()
+        .send_mail("a@origin.test", &["b@dest.test"], MSG);
+    let mail: String = m
+        .seen()
+        .iter()
+        .filter(|(c, d)| *c == b'D' && d[0] == b'M')
+        .map(|(_, d)| String::from_utf8_lossy(&d[1..]).into_owned())
+        .collect();
+    assert!(mail.contains("{mail_addr}"), "{mail:?}");
 }

@@ -56,6 +56,9 @@ struct Milter {
     /// Events of a message were sent and no end of message closed it:
     /// the next transaction starts with `SMFIC_ABORT`.
     in_message: bool,
+    /// The macros it asked for per stage (`SMFIF_SETSYMLIST`); `None`:
+    /// our default set.
+    wanted: [Option<Vec<String>>; protocol::MACRO_STAGES as usize],
 }
 
 /// What a milter's words mean for the command or message at hand.
@@ -223,6 +226,7 @@ impl Milter {
             version,
             actions,
             steps,
+            macro_lists,
         } = protocol::parse(c, &data)?
         else {
             return Err(Garbage("no option negotiation".into()).into());
@@ -240,6 +244,17 @@ impl Milter {
             "milter {}: version {version} actions 0x{actions:x} steps 0x{steps:x}",
             self.name()
         );
+        self.wanted = Default::default();
+        if actions & act::SETSYMLIST != 0 {
+            for (stage, names) in macro_lists {
+                self.wanted[stage as usize] = Some(names);
+            }
+        } else if !macro_lists.is_empty() {
+            log::debug!(
+                "milter {}: macro lists without SMFIF_SETSYMLIST, ignored",
+                self.name()
+            );
+        }
         (self.actions, self.steps, self.link) = (actions, steps, Some(link));
         Ok(())
     }
@@ -257,8 +272,15 @@ impl Milter {
         let Some(link) = self.link.as_mut() else {
             return Err(LinkError::Io(std::io::Error::other("not connected")));
         };
+        let wanted = event
+            .macro_stage()
+            .and_then(|stage| self.wanted[stage as usize].as_deref());
+        let macros = match wanted {
+            Some(names) => asked(macros, names),
+            None => macros.clone(),
+        };
         if !macros.is_empty() {
-            link.send(&protocol::macros(event.command(), macros), deadline)?;
+            link.send(&protocol::macros(event.command(), &macros), deadline)?;
         }
         link.send(packet, deadline)?;
         if self.steps & event.no_reply() != 0 {
@@ -352,6 +374,18 @@ impl Milter {
     }
 }
 
+/// The macros of `ours` a milter's list names (Sendmail's rule: a stage
+/// with a list gets those macros only, the ones we have). A name may be
+/// written with or without its braces.
+fn asked(ours: &Macros, names: &[String]) -> Macros {
+    let bare = |n: &str| n.trim_start_matches('{').trim_end_matches('}').to_string();
+    let names: Vec<String> = names.iter().map(|n| bare(n)).collect();
+    ours.iter()
+        .filter(|(n, _)| names.contains(&bare(n)))
+        .cloned()
+        .collect()
+}
+
 /// A session's milters and where each stands.
 #[derive(Default)]
 pub struct Conversation {
@@ -390,6 +424,7 @@ impl Conversation {
                     steps: 0,
                     state: State::Active,
                     in_message: false,
+                    wanted: Default::default(),
                 })
                 .collect(),
             hostname: hostname.to_string(),

@@ -755,6 +755,36 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
     let tampered = text.replace("this is signed.", "this is forged.");
     let (ok, said) = verify(tampered.as_bytes());
     assert!(!ok, "a tampered message verified: {said}");
+
+    // mail injected by `send`, the milter serving `local`: OpenDKIM sees
+    // localhost at 127.0.0.1 (its InternalHosts) and signs it too
+    let relay = relay_with(&[], &[]);
+    let spool = relay.spool().display().to_string();
+    let local = format!("{milter},listeners=local");
+    let run = run_stdin(
+        &[
+            "send",
+            "--spool",
+            &spool,
+            "--hostname",
+            "relay.test",
+            "--milter",
+            &local,
+            "-t",
+        ],
+        b"From: Cron <cron@example.test>\nTo: ops@dest.test\nSubject: nightly\n\nall fine\n",
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let id = queued_ids(relay.spool()).remove(0);
+    let stored = std::fs::read(msg_path(relay.spool(), &id)).unwrap();
+    let text = String::from_utf8_lossy(&stored).into_owned();
+    assert!(
+        text.contains("DKIM-Signature: ") && text.contains("d=example.test"),
+        "{text}"
+    );
+    let (ok, said) = verify(&stored);
+    assert!(ok, "dkimpy, injected: {said}\n{text}");
 }
 
 /// rspamd's main process, stopped with SIGTERM on drop (it stops its

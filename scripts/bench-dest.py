@@ -383,6 +383,8 @@ def spread(xs):
 
 
 def main():
+    # a TERM (bench.sh's timeout, its exit) stops everything started here
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     case = sys.argv[1]
     a = dict(x.split("=", 1) for x in sys.argv[2:])
     a.setdefault("timeout", "600")

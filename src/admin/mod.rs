@@ -190,14 +190,14 @@ pub fn run_queue(
                 out.write_all(render::throttled_summary(&throttled, now, *json).as_bytes())?;
                 return Ok(EX_OK);
             }
-            for env in &select(&spool, sel, now)? {
+            select::each_selected(&spool, sel, now, |env| -> Result<(), AdminError> {
                 let line = if *json {
                     list_json(env, now)
                 } else {
                     list_line(env, now)
                 };
-                writeln!(out, "{line}")?;
-            }
+                Ok(writeln!(out, "{line}")?)
+            })?;
             Ok(EX_OK)
         }
         QueueCmd::Show { id, body, json } => show(&spool, id, *body, *json, now, &mut out),

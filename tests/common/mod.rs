@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod dnsmasq;
+pub mod nginx;
 pub mod postfix;
 
 use std::collections::HashMap;
@@ -364,6 +365,15 @@ impl Relay {
     /// spool with the same arguments (the port may change).
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// SIGTERM, wait for the exit, and start again on the same spool: a
+    /// clean restart (what an upgrade does).
+    pub fn restart_clean(&mut self) {
+        self.terminate();
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.is_some(), "the relay did not stop on SIGTERM");
         self.spawn();
     }
 

@@ -2231,6 +2231,44 @@ mod tests {
     }
 
     #[test]
+    fn tls_report_options() {
+        let c = serve("serve").unwrap();
+        assert!(!c.tls_reports);
+        assert_eq!(c.tls_report_period, 86_400);
+        assert_eq!(
+            c.tls_report_from().unwrap().to_string(),
+            format!("<tlsrpt-noreply@{}>", c.hostname)
+        );
+        let c = serve(
+            "serve --tls-reports --tls-report-org Org --tls-report-from <r@x.example> --tls-report-contact c@x.example --tls-report-period 10",
+        )
+        .unwrap();
+        assert!(c.tls_reports);
+        assert_eq!(c.tls_report_org.as_deref(), Some("Org"));
+        assert_eq!(c.tls_report_from().unwrap().to_string(), "<r@x.example>");
+        assert_eq!(c.tls_report_contact.as_deref(), Some("c@x.example"));
+        assert_eq!(c.tls_report_period, 10);
+        for (bad, says) in [
+            ("serve --tls-report-org Org", "needs --tls-reports"),
+            (
+                "serve --tls-reports --tls-report-from nobody",
+                "--tls-report-from",
+            ),
+            (
+                "serve --tls-reports --tls-report-period 0",
+                "tls-report-period",
+            ),
+        ] {
+            let e = serve(bad).unwrap_err();
+            assert!(e.0.contains(says), "{bad}: {e}");
+        }
+        match parse(&args("route --tls-reports a@b.example")).unwrap() {
+            Cli::Route { config, .. } => assert!(config.tls_reports),
+            _ => panic!("not route"),
+        }
+    }
+
+    #[test]
     fn mta_sts_options() {
         let c = serve("serve").unwrap();
         assert!(!c.mta_sts);

@@ -48,7 +48,8 @@ fn mx(domain: &str, host: u8) -> Vec<String> {
 
 /// The zone: `good.test` (TLS MX, reports asked), `plain.test` (MX
 /// without STARTTLS, reports asked), `sts.test` (an MTA-STS `testing`
-/// policy its MX is not in, reports asked), `none.test` (no record),
+/// policy its MX is not in, reports asked), `stsfail.test` (an MTA-STS
+/// policy host with a certificate for another name), `none.test` (no record),
 /// `badrua.test` (a record whose address is not one), `https.test` (an
 /// https: URI only), `rua.test` (the reports' destination, which asks
 /// for reports too: its own must never come, §5.3).
@@ -63,6 +64,11 @@ fn records() -> Vec<String> {
     r.push(rpt("sts.test", rua));
     r.push("--txt-record=_mta-sts.sts.test,v=STSv1; id=1;".into());
     r.push("--host-record=mta-sts.sts.test,127.0.0.1".into());
+    // its policy host is nginx, whose certificate does not name it
+    r.extend(mx("stsfail.test", 5));
+    r.push(rpt("stsfail.test", rua));
+    r.push("--txt-record=_mta-sts.stsfail.test,v=STSv1; id=1;".into());
+    r.push("--host-record=mta-sts.stsfail.test,127.0.0.1".into());
     r.extend(mx("none.test", 1));
     r.extend(mx("badrua.test", 1));
     r.push(rpt("badrua.test", "mailto:not an address"));
@@ -225,7 +231,7 @@ fn sum_for(all: &[Value], domain: &str) -> Sums {
                 .as_str()
                 .expect("policy-type")
                 .to_string();
-            let e = sums.entry((kind, first)).or_default();
+            let e = sums.entry((kind, first.clone())).or_default();
             e.0 += p["summary"]["total-successful-session-count"]
                 .as_u64()
                 .expect("successes");
@@ -233,7 +239,8 @@ fn sum_for(all: &[Value], domain: &str) -> Sums {
                 .as_u64()
                 .expect("failures");
             e.2.extend(p["failure-details"].as_array().expect("details").clone());
-            if pol["policy-type"] == "sts" {
+            // the testing policy of sts.test (not stsfail.test's, never fetched)
+            if pol["policy-type"] == "sts" && !first.is_empty() {
                 assert_eq!(pol["mx-host"], serde_json::json!(["mx.elsewhere.test"]));
                 let lines = pol["policy-string"].as_array().expect("policy-string");
                 assert!(lines.iter().any(|l| l == "mode: testing"), "{pol}");
@@ -280,12 +287,14 @@ fn reports_count_sessions_across_a_restart() {
     // its own address: a connection cached from another domain's
     // delivery is not a new TLS session, and would not be counted
     let _https = w.mx(4, true);
+    let _stsfail = w.mx(5, true);
     let rua = w.mx(9, false);
     let mut relay = w.sender();
     for rcpt in [
         "a@good.test",
         "b@plain.test",
         "c@sts.test",
+        "h@stsfail.test",
         "d@none.test",
         "e@badrua.test",
         "f@https.test",
@@ -306,6 +315,7 @@ fn reports_count_sessions_across_a_restart() {
         total(&good) >= 2
             && total(&sum_for(&all, "plain.test")) >= 1
             && total(&sum_for(&all, "sts.test")) >= 1
+            && total(&sum_for(&all, "stsfail.test")) >= 1
     });
     assert!(complete, "reports missing: {all:#?}\n{}", relay.log());
 
@@ -336,6 +346,14 @@ fn reports_count_sessions_across_a_restart() {
     assert_eq!(details[0]["result-type"], "validation-failure");
     assert_eq!(details[0]["receiving-mx-hostname"], "mx1.sts.test");
     assert_eq!(details[0]["receiving-ip"], "127.0.41.3");
+
+    // stsfail.test: the policy fetch failed on the certificate (§4.3.2.2)
+    let stsfail = sum_for(&all, "stsfail.test");
+    let key = ("sts".to_string(), String::new());
+    let (ok, failed, details) = &stsfail[&key];
+    assert_eq!((*ok, *failed), (0, 1), "{stsfail:?}");
+    assert_eq!(details[0]["result-type"], "sts-webpki-invalid");
+    assert_eq!(details[0]["receiving-mx-hostname"], "mx1.stsfail.test");
 
     // no record, a bad record, an https: URI only: no report, no crash
     for d in ["none.test", "badrua.test", "https.test"] {

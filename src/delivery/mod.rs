@@ -761,8 +761,12 @@ impl Deliverer {
         };
         use crate::tlsrpt::counters::ResultType;
         let name = &target.hop.name;
+        let fetch_failed = report.policy.kind == crate::tlsrpt::counters::PolicyType::Sts
+            && report.policy.strings.is_empty();
         let why = if target.tls == RouteTls::Dane {
             None
+        } else if let Some(e) = dest.sts_error.as_ref().filter(|_| fetch_failed) {
+            Some((tls_report::sts_fetch_result(e), e.clone()))
         } else if dest.mx(name, requiretls) == MxVerdict::WouldFail {
             let why = "MX not in the MTA-STS policy".to_string();
             Some((ResultType::ValidationFailure, why))

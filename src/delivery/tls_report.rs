@@ -19,8 +19,10 @@ pub(super) struct ReportTo {
 }
 
 /// The §4.4 policy of a hop: DANE where it applies (RFC 8461 §2), else
-/// the MTA-STS policy in force (mode `none` is no policy, §5), else
-/// `no-policy-found`.
+/// the MTA-STS policy in force (mode `none` is no policy, §5), else an
+/// `sts` policy without text when the domain's policy could not be
+/// fetched (§4.3.2.2: its sessions fail with the fetch's result type),
+/// else `no-policy-found`.
 pub(super) fn policy(dest: &DestTls, dane: &HopDane) -> Option<PolicyKey> {
     let key = |kind, strings, mx_host| {
         Some(PolicyKey {
@@ -39,6 +41,9 @@ pub(super) fn policy(dest: &DestTls, dane: &HopDane) -> Option<PolicyKey> {
         (HopDane::Failed(_), _) => key(PolicyType::Tlsa, vec![], vec![]),
         (HopDane::None, Source::MtaSts(f)) if dest.mode(false).is_some() => {
             key(PolicyType::Sts, sts_lines(f), f.policy.mx.clone())
+        }
+        (HopDane::None, Source::None) if dest.sts_error.is_some() => {
+            key(PolicyType::Sts, vec![], vec![])
         }
         _ => key(PolicyType::NoPolicyFound, vec![], vec![]),
     }
@@ -83,6 +88,19 @@ pub(super) fn classify(text: &str, dane: bool) -> ResultType {
         ResultType::CertificateNotTrusted
     } else {
         ResultType::ValidationFailure
+    }
+}
+
+/// §4.3.2.2: the result type of a failed MTA-STS policy fetch
+/// (`mta_sts::MtaSts::lookup_noting`): the policy host's certificate
+/// refused, the policy text invalid, or anything else on the way.
+pub(super) fn sts_fetch_result(why: &str) -> ResultType {
+    if why.starts_with("bad policy") {
+        ResultType::StsPolicyInvalid
+    } else if why.to_ascii_lowercase().contains("certificate") {
+        ResultType::StsWebpkiInvalid
+    } else {
+        ResultType::StsPolicyFetchError
     }
 }
 
@@ -138,5 +156,12 @@ mod tests {
             classify("DANE: the certificate matches no TLSA record", true),
             ResultType::TlsaInvalid
         );
+        let f = sts_fetch_result;
+        assert_eq!(f("bad policy: no mode"), ResultType::StsPolicyInvalid);
+        assert_eq!(
+            f("127.0.0.1:443: TLS or request: invalid peer certificate: UnknownIssuer"),
+            ResultType::StsWebpkiInvalid
+        );
+        assert_eq!(f("HTTP status \"404\""), ResultType::StsPolicyFetchError);
     }
 }

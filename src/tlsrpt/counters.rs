@@ -269,21 +269,9 @@ fn esc(s: &str) -> String {
     out
 }
 
+/// The reverse of `esc` (the same %-escapes as a `mailto:` URI's).
 fn unesc(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    super::record::percent_decode(s)
 }
 
 #[cfg(test)]

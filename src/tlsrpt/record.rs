@@ -95,7 +95,9 @@ fn uri(u: &str) -> Result<Rua, String> {
         .map_err(|e| format!("rua {u:?}: not a mail address: {e}"))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// `%XX` escapes decoded (RFC 3986 §2.1); `None` for a bad escape or
+/// a result that is not UTF-8.
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -568,3 +568,68 @@ fn secure_denial_of_tlsa_is_opportunistic() {
         run.stdout
     );
 }
+
+/// RFC 8461 §2: a domain with both DANE and MTA-STS. Its preferred MX
+/// has a DANE-EE record and is *not* in the domain's enforced MTA-STS
+/// policy (whose only host, the backup MX, is down), and its certificate
+/// names neither: DANE decides that host, so the message goes there over
+/// TLS. Were MTA-STS applied to it, the host would be refused (not in
+/// the policy) and the message deferred.
+#[test]
+fn dane_wins_over_mta_sts_per_host() {
+    let test = "dane_wins_over_mta_sts_per_host";
+    let Some(probe) = Certs::make(test) else {
+        return;
+    };
+    let Some(policy_certs) = Certs::make_for(test, "DNS:mta-sts.both.test") else {
+        return;
+    };
+    let spki = spki_sha256(&probe.cert);
+    let tlsa = format!("_{{port}}._tcp.mx1.both.test. IN TLSA 3 1 1 {spki}");
+    let records = [
+        "both.test. IN MX 10 mx1.both.test.",
+        "both.test. IN MX 20 mx2.both.test.",
+        "mx1.both.test. IN A 127.0.{net}.1",
+        "mx2.both.test. IN A 127.0.{net}.2",
+        "_mta-sts.both.test. IN TXT \"v=STSv1; id=1;\"",
+        "mta-sts.both.test. IN A 127.0.0.1",
+        &tlsa,
+    ];
+    let Some(w) = World::new(test, 63, &records, &[], &[]) else {
+        return;
+    };
+    let nginx_dir = w.dir.path().join("nginx");
+    let Some(nginx) =
+        common::nginx::Nginx::start(test, &nginx_dir, &policy_certs.cert, &policy_certs.key)
+    else {
+        return;
+    };
+    nginx.set_policy("version: STSv1\r\nmode: enforce\r\nmx: mx2.both.test\r\nmax_age: 86400\r\n");
+    let mx1 = w.mx(1, Some((&probe.cert, &probe.key)));
+    let mut args = w.relay_args();
+    args.extend([
+        "--mta-sts".to_string(),
+        "--mta-sts-port".into(),
+        nginx.port.to_string(),
+        "--ca-file".into(),
+        policy_certs.ca.display().to_string(),
+    ]);
+    let relay = Relay::start_with_spool(w.dir.path().join("sender-spool"), &strs(&args));
+    let id = send(&relay, "user@both.test");
+    let line = delivery_line(&relay, &id);
+    assert!(
+        line.contains("relay=mx1.both.test") && line.contains(" tls=TLSv1."),
+        "{line}"
+    );
+    sent(&relay, &id);
+    assert!(delivered_to(&mx1));
+    let log = relay.log();
+    assert!(
+        log.contains("mta-sts both.test: policy id=1 mode=enforce"),
+        "the MTA-STS policy was not in force: {log}"
+    );
+    assert!(
+        log.contains("tls-policy DANE: 1 usable TLSA records for mx1.both.test"),
+        "{log}"
+    );
+}

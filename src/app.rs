@@ -936,15 +936,14 @@ fn print_tls_report(config: &Config, host: &crate::smtp::Host) -> Result<(), Adm
     let crate::smtp::Host::Name(d) = host else {
         return Ok(());
     };
-    let Some(dns) = dns(config)?.filter(|_| config.tls_reports) else {
+    if !config.tls_reports {
+        return Ok(());
+    }
+    let Some(dns) = dns(config)? else {
         return Ok(());
     };
-    let name = format!("_smtp._tls.{}", d.as_str());
-    let found = match dns.txt(&name) {
-        Ok(txt) => crate::tlsrpt::record::from_txt(&txt),
-        Err(e) => Err(e.to_string()),
-    };
-    match found {
+    let ascii = idna::domain_to_ascii(d.as_str()).unwrap_or_else(|_| d.as_str().to_string());
+    match crate::tlsrpt::lookup(&dns, &ascii) {
         Ok(r) => {
             let mut uris = Vec::new();
             for u in &r.rua {

@@ -154,6 +154,27 @@ impl World {
     }
 }
 
+impl World {
+    /// `smtp-relay route ADDRESS --tls-reports` on a spool of its own.
+    fn route(&self, address: &str) -> CliRun {
+        let spool = self.dir.path().join("route-spool").display().to_string();
+        let dns = self.dns.addr.to_string();
+        let port = self.mx_port.to_string();
+        let args = [
+            "route",
+            "--spool",
+            &spool,
+            "--dns",
+            &dns,
+            "--smtp-port",
+            &port,
+            "--tls-reports",
+            address,
+        ];
+        run_cli(&args, LIMIT)
+    }
+}
+
 fn send(relay: &Relay, rcpt: &str) -> String {
     let mut t = relay.session();
     let id = t.send_mail(
@@ -354,6 +375,24 @@ fn reports_count_sessions_across_a_restart() {
     assert_eq!((*ok, *failed), (0, 1), "{stsfail:?}");
     assert_eq!(details[0]["result-type"], "sts-webpki-invalid");
     assert_eq!(details[0]["receiving-mx-hostname"], "mx1.stsfail.test");
+
+    // `route` shows where a domain's reports go, or why nowhere
+    for (rcpt, says) in [
+        ("u@good.test", "tls reports: mailto:reports@rua.test"),
+        ("u@none.test", "tls reports: none (no _smtp._tls record)"),
+        (
+            "u@badrua.test",
+            "tls reports: none (rua \"mailto:not an address\": not a mail address",
+        ),
+        (
+            "u@https.test",
+            "tls reports: https://reports.https.test/v1 (not supported)",
+        ),
+    ] {
+        let run = w.route(rcpt);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(run.stdout.contains(says), "{rcpt}: {}", run.stdout);
+    }
 
     // no record, a bad record, an https: URI only: no report, no crash
     for d in ["none.test", "badrua.test", "https.test"] {

@@ -138,11 +138,7 @@ impl Reporter {
 
     /// The domain's `_smtp._tls` record now, from DNS (§3).
     pub fn lookup(&self, domain: &str) -> Result<Record, String> {
-        match self.dns.txt(&format!("_smtp._tls.{domain}")) {
-            Ok(txt) => record::from_txt(&txt),
-            Err(DnsError::NoRecords | DnsError::NxDomain) => Err("no _smtp._tls record".into()),
-            Err(e) => Err(format!("_smtp._tls lookup: {e}")),
-        }
+        lookup(&self.dns, domain)
     }
 
     /// Whether `domain` asks for reports (cached, module doc).
@@ -394,6 +390,16 @@ impl ReporterThread {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// `domain`'s `_smtp._tls` record (RFC 8460 §3), or why it has none
+/// that counts.
+pub fn lookup(dns: &Dns, domain: &str) -> Result<Record, String> {
+    match dns.txt(&format!("_smtp._tls.{domain}")) {
+        Ok(txt) => record::from_txt(&txt),
+        Err(DnsError::NoRecords | DnsError::NxDomain) => Err("no _smtp._tls record".into()),
+        Err(e) => Err(format!("_smtp._tls lookup: {e}")),
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod dnsmasq;
 pub mod nginx;
 pub mod postfix;
+pub mod tlsrpt;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};

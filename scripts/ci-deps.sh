@@ -8,7 +8,7 @@
 # smarthost that requires AUTH), msmtp (a mail client of the submission
 # listeners), Prometheus (promtool, and a server that scrapes --metrics),
 # socat and postfix-policyd-spf-python (the policy-service tests), nginx
-# (the MTA-STS policy host, tests/mta_sts.rs), python3-dkim and
+# (the MTA-STS policy host, tests/mta_sts.rs, tests/tls_reports.rs), python3-dkim and
 # python3-authres (the DKIM and authentication-results tests), OpenDKIM
 # and rspamd (the milter tests), Knot DNS and ldnsutils (a DNSSEC-signed
 # zone on loopback, tests/dane.rs). Safe to run again.
@@ -34,6 +34,9 @@ ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 # socket by socat
 command -v socat >/dev/null 2>&1 || need+=(socat)
 [ -x /usr/bin/policyd-spf ] || need+=(postfix-policyd-spf-python)
+# python3's email, gzip and json modules take TLS reports apart
+# (tests/tls_reports.rs, with dnsmasq and nginx as above)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 # DKIM verifiers (tests/dkim.rs): dkimpy (Ed25519 through PyNaCl) and OpenDKIM
 /usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || need+=(python3-dkim)
 /usr/bin/python3 -c 'import nacl' >/dev/null 2>&1 || need+=(python3-nacl)

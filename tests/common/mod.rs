@@ -11,7 +11,9 @@
 #![allow(dead_code)]
 
 pub mod dnsmasq;
+pub mod nginx;
 pub mod postfix;
+pub mod tlsrpt;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -364,6 +366,15 @@ impl Relay {
     /// spool with the same arguments (the port may change).
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// SIGTERM, wait for the exit, and start again on the same spool: a
+    /// clean restart (what an upgrade does).
+    pub fn restart_clean(&mut self) {
+        self.terminate();
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.is_some(), "the relay did not stop on SIGTERM");
         self.spawn();
     }
 

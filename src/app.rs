@@ -702,6 +702,7 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     };
     let delivery_workers = config.delivery_workers;
     let first = assemble(loaded, &shared, None)?;
+    crate::metrics::config_loaded(None, crate::time::now_unix());
     let sessions = Arc::new(Swap::from_arc(first.session));
     let deliveries = Arc::new(Swap::from_arc(first.deliverer));
     let sched = if delivery_workers > 0 {

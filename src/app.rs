@@ -938,8 +938,11 @@ pub fn run(args: Vec<String>) -> ExitCode {
             ids_from_stdin,
             warnings,
         } => queue_command(&config, &cmd, sel, dry_run, ids_from_stdin, &warnings),
-        Cli::Send { config, opts } => {
+        Cli::Send { config, mut opts } => {
             init_logging(config.verbosity, true);
+            if crate::sendmail::called_as_sendmail() {
+                opts.via = crate::admin::Via::Sendmail;
+            }
             match crate::admin::run_send(&config, &opts, &mut std::io::stdin().lock()) {
                 Ok(id) => {
                     if config.verbosity > 0 {

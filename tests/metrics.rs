@@ -470,3 +470,94 @@ fn the_readme_metric_table_is_the_exposed_set() {
     exposed.sort_unstable();
     assert_eq!(documented, exposed, "README metric table vs /metrics");
 }
+
+/// The queue gauges by state, as one scrape has them.
+fn queue_states(m: SocketAddr) -> [f64; 5] {
+    let text = http_get(m, "/metrics").1;
+    ["pending", "deferred", "in_flight", "waiting_slot", "held"].map(|s| {
+        sample(
+            &text,
+            &format!("smtp_relay_queue_messages{{state=\"{s}\"}}"),
+        )
+    })
+}
+
+/// After `queue hold`, `release`, `delete` the very next scrape counts the
+/// message in its new state (before, `held` waited for the minute's
+/// rescan, and a deleted message stayed `deferred` until its retry).
+#[test]
+fn queue_gauges_follow_an_operator_change_at_the_next_scrape() {
+    // a next hop that refuses connections: the message stays deferred
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let route = format!("*=127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let relay = Relay::start(&["--no-dns", "--route", &route, "--metrics", "127.0.0.1:0"]);
+    let m = metrics_addr(&relay);
+    let mut t = relay.session();
+    let id = t.send_mail(
+        "a@origin.example",
+        &["r@dest.example"],
+        b"Subject: x\r\n\r\ny\r\n",
+    );
+    t.send("QUIT");
+    let deferred = [0.0, 1.0, 0.0, 0.0, 0.0];
+    assert!(
+        wait_until(DELIVERY, || queue_states(m) == deferred),
+        "{:?}\n{}",
+        queue_states(m),
+        relay.log()
+    );
+    let spool = relay.spool().to_str().expect("utf-8 path").to_string();
+    let queue = |cmd: &str, id: &str| {
+        let run = run_cli(&["queue", cmd, "--spool", &spool, id], DELIVERY);
+        assert_eq!(run.code, Some(0), "queue {cmd}: {}", run.stderr);
+    };
+    queue("hold", &id);
+    assert_eq!(queue_states(m), [0.0, 0.0, 0.0, 0.0, 1.0], "after hold");
+    queue("release", &id);
+    // due again: pending, in flight or deferred, but not held
+    let s = queue_states(m);
+    assert_eq!(
+        (s[4], s.iter().sum::<f64>()),
+        (0.0, 1.0),
+        "after release: {s:?}"
+    );
+    assert!(wait_until(DELIVERY, || queue_states(m) == deferred));
+    queue("hold", &id);
+    assert_eq!(queue_states(m)[4], 1.0, "held again");
+    queue("delete", &id);
+    assert_eq!(queue_states(m), [0.0; 5], "after delete");
+    // the message's last line is in the server's log, not only the
+    // command's (which logs at INFO only with -v)
+    let log = relay.log();
+    assert!(
+        log.contains(&format!("{id} deleted by the operator")),
+        "{log}"
+    );
+
+    // `queue bounce`: the message goes, its DSN (to a@origin.example,
+    // deferred by the same closed next hop) comes, and the server says so
+    let mut t = relay.session();
+    let id = t.send_mail(
+        "a@origin.example",
+        &["r@dest.example"],
+        b"Subject: x\r\n\r\ny\r\n",
+    );
+    t.send("QUIT");
+    assert!(wait_until(DELIVERY, || queue_states(m) == deferred));
+    queue("bounce", &id);
+    let line = relay
+        .log()
+        .lines()
+        .find(|l| l.contains(&format!("{id} returned to sender by the operator (DSN ")))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no returned line:\n{}", relay.log()));
+    let dsn = line.rsplit("(DSN ").next().unwrap().trim_end_matches(')');
+    assert!(
+        wait_until(DELIVERY, || relay
+            .log()
+            .contains(&format!("{dsn} to=a@origin.example"))),
+        "the DSN's life follows in the server's log:\n{}",
+        relay.log()
+    );
+}

@@ -600,6 +600,53 @@ mod tests {
         )
     }
 
+    fn set_hold(spool: &crate::spool::Spool, id: QueueId, hold: Option<Hold>) {
+        let crate::spool::Claimed::Mine(c) = spool.claim(id).unwrap() else {
+            panic!("{id} not claimed");
+        };
+        let mut env = c.load().unwrap().unwrap();
+        env.hold = hold;
+        c.store(&env).unwrap();
+    }
+
+    /// An operator's hold is seen when the scheduler is told of it: the
+    /// message leaves its waiting slot and counts as held; a rescan
+    /// leaves a hold without an end out of the slots (no attempt a
+    /// minute); a timed hold waits in its slot until its end; a release
+    /// makes it due and no longer held.
+    #[test]
+    fn holds_are_seen_when_told_and_kept_by_rescans() {
+        let (mut s, _clock) = scheduler("sched-held");
+        let id = queue(&s.spool, T0, &["<u@b.example>"]);
+        s.schedule(id, T0 + 600);
+        set_hold(&s.spool, id, Some(Hold::Forever));
+        s.look_again(id);
+        assert!(!s.slots.contains_key(&id));
+        assert_eq!(s.held.get(&id), Some(&Hold::Forever));
+        s.rescan();
+        assert!(!s.slots.contains_key(&id));
+        assert_eq!(s.held.get(&id), Some(&Hold::Forever));
+
+        set_hold(&s.spool, id, None);
+        assert!(s.make_due(id));
+        assert!(s.held.is_empty());
+        assert_eq!(s.slots.get(&id), Some(&Slot::Ready));
+
+        let timed = queue(&s.spool, T0, &["<v@b.example>"]);
+        set_hold(&s.spool, timed, Some(Hold::Until(T0 + 3600)));
+        s.rescan();
+        assert_eq!(s.slots.get(&timed), Some(&Slot::Waiting(T0 + 3600)));
+        assert_eq!(s.held.get(&timed), Some(&Hold::Until(T0 + 3600)));
+
+        // deleted: out of the slots and the held set at once
+        let crate::spool::Claimed::Mine(c) = s.spool.claim(timed).unwrap() else {
+            panic!("not claimed");
+        };
+        c.finish().unwrap();
+        s.look_again(timed);
+        assert!(!s.slots.contains_key(&timed) && s.held.is_empty());
+    }
+
     /// A retry comes due when the clock reaches it, not before.
     #[test]
     fn due_times_follow_the_clock() {

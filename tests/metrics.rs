@@ -471,6 +471,12 @@ fn the_readme_metric_table_is_the_exposed_set() {
     assert_eq!(documented, exposed, "README metric table vs /metrics");
 }
 
+fn fs_names(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
 /// The queue gauges by state, as one scrape has them.
 fn queue_states(m: SocketAddr) -> [f64; 5] {
     let text = http_get(m, "/metrics").1;
@@ -512,6 +518,11 @@ fn queue_gauges_follow_an_operator_change_at_the_next_scrape() {
         let run = run_cli(&["queue", cmd, "--spool", &spool, id], DELIVERY);
         assert_eq!(run.code, Some(0), "queue {cmd}: {}", run.stderr);
     };
+    // `queue flush` returns once the server has taken its request in
+    queue("flush", &id);
+    let requests = fs_names(&relay.spool().join("flush.d"));
+    assert!(requests.is_empty(), "left in flush.d: {requests:?}");
+    assert!(wait_until(DELIVERY, || queue_states(m) == deferred));
     queue("hold", &id);
     assert_eq!(queue_states(m), [0.0, 0.0, 0.0, 0.0, 1.0], "after hold");
     queue("release", &id);

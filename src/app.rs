@@ -720,7 +720,12 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
             let current = sessions.clone();
             crate::spool::maildrop::Pickup::start(
                 ctx.spool.clone(),
-                move || current.load().config.clone(),
+                move || {
+                    let ctx = current.load();
+                    let content =
+                        crate::admin::content::Content::new(ctx.dkim.clone(), &ctx.config.milters);
+                    (ctx.config.clone(), content)
+                },
                 ctx.committed.clone(),
             )
         })

@@ -285,7 +285,7 @@ const SERVER_OPTS: &[OptSpec] = &[
         "milter",
         Kind::Multi,
         "inet:HOST:PORT|unix:PATH[,KEY=VALUE...]",
-        "content filter (milter protocol 6), repeatable, called in order; keys: default=tempfail|accept, connect-timeout, command-timeout, eom-timeout, listeners=smtp+submission...",
+        "content filter (milter protocol 6), repeatable, called in order; keys: default=tempfail|accept, connect-timeout, command-timeout, eom-timeout, listeners=smtp+submission+local...",
     ),
     opt(
         "rate-connections",
@@ -367,8 +367,8 @@ const DKIM_OPTS: &[OptSpec] = &[
     opt(
         "dkim-sign-from",
         Kind::Single,
-        "relay-net,auth|none",
-        "whose mail is signed: --relay-net clients, AUTH users (default relay-net,auth)",
+        "relay-net,auth,local|none",
+        "whose mail is signed: --relay-net clients, AUTH users, mail injected on this host (default relay-net,auth,local)",
     ),
     opt(
         "dkim-canonicalization",
@@ -395,7 +395,7 @@ fn apply_dkim(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     if let Some(f) = v.parse("dkim-sign-from", |f| {
         SignFrom::parse(f).ok_or_else(|| {
             UsageError(format!(
-                "--dkim-sign-from: {f:?} is not a list of relay-net and auth, or none"
+                "--dkim-sign-from: {f:?} is not a list of relay-net, auth and local, or none"
             ))
         })
     })? {
@@ -1623,6 +1623,19 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
     {
         o.optopt("", spec.name, spec.desc, spec.hint);
     }
+    // what local injection runs before its commit: the milters serving
+    // `local` and DKIM signing (README "Mail injected on this host")
+    for spec in DKIM_OPTS.iter().chain(
+        ROUTING_OPTS
+            .iter()
+            .chain(SERVER_OPTS)
+            .filter(|s| s.name == "milter"),
+    ) {
+        match spec.kind {
+            Kind::Multi => o.optmulti("", spec.name, spec.desc, spec.hint),
+            _ => o.optopt("", spec.name, spec.desc, spec.hint),
+        };
+    }
     o.optopt("f", "", "envelope sender", "SENDER");
     o.optflag("t", "", "recipients from To/Cc/Bcc");
     o.optopt("F", "", "full name for the From: field added", "NAME");
@@ -1645,6 +1658,8 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
         config.max_size = parse_size("max-size", &m)?;
     }
     config.verbosity = v.matches.opt_count("verbose");
+    apply_dkim(&v, &mut config)?;
+    apply_milters(&v, &mut config)?;
     let mut ignore_dots = v.matches.opt_present("i");
     for opt in v.matches.opt_strs("o") {
         match opt.as_str() {
@@ -1671,6 +1686,17 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
         ));
     }
     Ok(Cli::Send { config, opts })
+}
+
+/// `--milter`, each parsed whole (`serve`, and `send` for `listeners=local`).
+fn apply_milters(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    if let Some(m) = v.parse_multi("milter", |s| {
+        crate::milter::MilterConfig::parse(s, crate::time::parse_duration)
+            .map_err(|e| UsageError(format!("--milter: {e}")))
+    })? {
+        c.milters = m;
+    }
+    Ok(())
 }
 
 fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
@@ -1829,12 +1855,7 @@ fn apply_server(v: &Values, c: &mut Config) -> Result<(), UsageError> {
         c.auth_limits.window = t;
     }
     apply_edge_lists(v, &mut c.edge)?;
-    if let Some(m) = v.parse_multi("milter", |s| {
-        crate::milter::MilterConfig::parse(s, crate::time::parse_duration)
-            .map_err(|e| UsageError(format!("--milter: {e}")))
-    })? {
-        c.milters = m;
-    }
+    apply_milters(v, c)?;
     if c.require_tls && c.tls.is_none() {
         return Err(UsageError(
             "--require-tls needs --tls-cert and --tls-key".into(),

@@ -79,12 +79,15 @@ pub enum LocalReason {
     Expired,
     /// `queue bounce`.
     Operator,
+    /// A milter refused mail injected locally (the maildrop pick-up
+    /// returns it to the submitter).
+    Milter,
     /// Loaded from a version 1 envelope that did not say.
     Unknown,
 }
 
 impl LocalReason {
-    const ALL: [LocalReason; 14] = [
+    const ALL: [LocalReason; 15] = [
         LocalReason::GreetingRefused,
         LocalReason::ConnectFailed,
         LocalReason::Timeout,
@@ -98,6 +101,7 @@ impl LocalReason {
         LocalReason::SpoolRead,
         LocalReason::Expired,
         LocalReason::Operator,
+        LocalReason::Milter,
         LocalReason::Unknown,
     ];
 
@@ -116,6 +120,7 @@ impl LocalReason {
             LocalReason::SpoolRead => "spool-read",
             LocalReason::Expired => "expired",
             LocalReason::Operator => "operator",
+            LocalReason::Milter => "milter",
             LocalReason::Unknown => "unknown",
         }
     }

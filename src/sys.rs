@@ -44,6 +44,30 @@ pub fn quick_ack(sock: &impl AsRawFd) -> io::Result<()> {
     check(rc).map(|_| ())
 }
 
+/// Whether the peer of a connected socket has closed it (or reset it),
+/// asked without waiting and without taking anything from it: a
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` of one octet that finds the end of the
+/// stream (recv(2)). Pending data or nothing yet is open.
+pub fn peer_closed(sock: &impl AsRawFd) -> bool {
+    let mut b = [0u8; 1];
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(
+            io::Error::last_os_error().kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    }
+}
+
 /// Free space for unprivileged users on the filesystem holding `path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FreeSpace {

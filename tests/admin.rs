@@ -7,9 +7,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,50 +42,6 @@ fn queue(spool: &Path, sub: &str, args: &[&str]) -> CliRun {
     let mut v = vec!["queue", sub, "--spool", &s];
     v.extend_from_slice(args);
     run_cli(&v, T)
-}
-
-/// Runs the binary with `input` on its standard input.
-fn run_stdin(args: &[&str], input: &[u8], limit: Duration) -> CliRun {
-    run_command_stdin(Command::new(BIN).args(args), input, limit)
-}
-
-/// `run_stdin` for a prepared command (environment, working folder).
-fn run_command_stdin(cmd: &mut Command, input: &[u8], limit: Duration) -> CliRun {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {BIN}: {e}"));
-    let mut stdin = child.stdin.take().expect("stdin piped");
-    let input = input.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let reader = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).to_string()
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().expect("stdout piped")));
-    let err = reader(Box::new(child.stderr.take().expect("stderr piped")));
-    let mut status = None;
-    wait_until(limit, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let _ = writer.join();
-    CliRun {
-        code: status.and_then(|s| s.code()),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
 }
 
 /// Ids printed by `queue list ARGS` (first field of each line).

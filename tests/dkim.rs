@@ -690,3 +690,116 @@ fn readme_dkim_recipe_works_as_written() {
         assert_eq!(dns.opendkim(&stored).code, Some(0));
     }
 }
+
+/// The one message queued in `spool` since `before` was listed.
+fn newly_queued(spool: &Path, before: &[String]) -> Vec<u8> {
+    let mut new = Vec::new();
+    wait_until(LIMIT, || {
+        new = queued_ids(spool)
+            .into_iter()
+            .filter(|id| !before.contains(id))
+            // a maildrop pick-up commits held, then releases
+            .filter(|id| !read_env(spool, id).contains("hold:"))
+            .collect();
+        !new.is_empty()
+    });
+    assert_eq!(new.len(), 1, "{new:?}");
+    read_msg(spool, &new[0])
+}
+
+#[test]
+fn mail_injected_by_send_and_sendmail_is_signed_and_verifies() {
+    let test = "mail_injected_by_send_and_sendmail_is_signed_and_verifies";
+    if !verifiers_present(test) {
+        return;
+    }
+    let dir = TempDir::new("dkimlocal");
+    // nobody must reach the config file
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let (rsa, rsa_txt) = keygen(dir.path(), "example.test", "local1", &[]);
+    let key = format!("example.test:local1:{}", rsa.display());
+    // the server has the key too: the maildrop is picked up there
+    let relay = Relay::receive_only(&["--dkim-key", &key]);
+    let spool = relay.spool().display().to_string();
+    let conf = write_file(
+        dir.path(),
+        "conf",
+        format!("spool = {spool}\nhostname = relay.test\ndkim-key = {key}\n").as_bytes(),
+    );
+    let dns = Dns::start(&[&rsa_txt]);
+    let cron = b"From: Cron Daemon <cron@example.test>\nTo: ops@dest.test\nSubject: nightly\n\nall   fine\n";
+    // send, the key on its command line
+    let send = |extra: &[&str]| {
+        let before = queued_ids(relay.spool());
+        let mut args = vec!["send", "--spool", &spool, "--hostname", "relay.test"];
+        args.extend_from_slice(&["--dkim-key", &key, "-t", "-i"]);
+        args.extend_from_slice(extra);
+        let run = run_stdin(&args, cron, LIMIT);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        newly_queued(relay.spool(), &before)
+    };
+    let sent = send(&[]);
+    // sendmail -t -i as root (queued directly) and as nobody (maildrop,
+    // signed by the server), the key from the config file
+    let mut runs = vec![("send", sent)];
+    let mut as_users: Vec<Vec<String>> = vec![vec![]];
+    if let Some((uid, gid)) = nobody() {
+        as_users.push(vec![
+            "setpriv".into(),
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".into(),
+            "--".into(),
+        ]);
+    }
+    for prefix in as_users {
+        let before = queued_ids(relay.spool());
+        let mut words = prefix.clone();
+        words.extend([BIN.to_string(), "sendmail".into(), "-t".into(), "-i".into()]);
+        let run = run_command_stdin(
+            Command::new(&words[0])
+                .args(&words[1..])
+                .env("SMTP_RELAY_CONFIG", &conf),
+            cron,
+            LIMIT,
+        );
+        assert_eq!(run.code, Some(0), "{words:?}: {run:?}");
+        let who = if prefix.is_empty() {
+            "sendmail as root"
+        } else {
+            "sendmail as nobody"
+        };
+        runs.push((who, newly_queued(relay.spool(), &before)));
+    }
+    for (who, stored) in &runs {
+        let sigs = signatures(stored);
+        assert_eq!(sigs.len(), 1, "{who}: {}", String::from_utf8_lossy(stored));
+        assert!(sigs[0].contains("d=example.test;"), "{who}: {sigs:?}");
+        assert_eq!(dns.dkimpy(stored), [true], "{who}: dkimpy");
+        let tampered = String::from_utf8_lossy(stored).replace("all   fine", "all   gone");
+        assert_eq!(dns.dkimpy(tampered.as_bytes()), [false], "{who}: tampered");
+    }
+    // --dkim-sign-from without `local`: injected mail goes unsigned
+    assert!(signatures(&send(&["--dkim-sign-from", "relay-net,auth"])).is_empty());
+    // a key send cannot read: 66, nothing queued
+    let before = queued_ids(relay.spool());
+    let run = run_stdin(
+        &[
+            "send",
+            "--spool",
+            &spool,
+            "--dkim-key",
+            "example.test:x:/nonexistent.pem",
+            "-t",
+        ],
+        cron,
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(66), "{run:?}");
+    assert!(run.stderr.contains("/nonexistent.pem"), "{run:?}");
+    assert_eq!(queued_ids(relay.spool()), before);
+}

@@ -64,7 +64,21 @@ impl Milter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let spec = format!("inet:{}", listener.local_addr().unwrap());
         let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
-        Milter::serving(spec, conns, actions, steps, script)
+        Milter::serving(spec, conns, actions, steps, Vec::new(), script)
+    }
+
+    /// `start`, with `tail` after the option negotiation's three numbers
+    /// (macro lists).
+    fn start_asking(
+        actions: u32,
+        steps: u32,
+        tail: Vec<u8>,
+        script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    ) -> Milter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = format!("inet:{}", listener.local_addr().unwrap());
+        let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
+        Milter::serving(spec, conns, actions, steps, tail, script)
     }
 
     /// The same on a unix socket at `path`.
@@ -77,7 +91,7 @@ impl Milter {
         let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
         let spec = format!("unix:{}", path.display());
         let conns = std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| c)));
-        Milter::serving(spec, conns, actions, steps, script)
+        Milter::serving(spec, conns, actions, steps, Vec::new(), script)
     }
 
     /// Serves each connection `conns` yields on its own thread.
@@ -86,16 +100,18 @@ impl Milter {
         conns: impl Iterator<Item = std::io::Result<C>> + Send + 'static,
         actions: u32,
         steps: u32,
+        tail: Vec<u8>,
         script: impl Fn(u8, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
     ) -> Milter {
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let tail = Arc::new(tail);
         let script: Arc<Script> = Arc::new(script);
         let s2 = seen.clone();
         thread::spawn(move || {
             for conn in conns {
                 let Ok(conn) = conn else { return };
-                let (seen, script) = (s2.clone(), script.clone());
-                thread::spawn(move || serve(conn, actions, steps, &seen, &*script));
+                let (seen, script, tail) = (s2.clone(), script.clone(), tail.clone());
+                thread::spawn(move || serve(conn, (actions, steps, &tail), &seen, &*script));
             }
         });
         Milter { spec, seen }
@@ -114,10 +130,10 @@ impl Milter {
     }
 }
 
+/// One connection: `(actions, steps, tail)` is the option negotiation.
 fn serve(
     mut conn: impl Read + Write,
-    actions: u32,
-    steps: u32,
+    (actions, steps, tail): (u32, u32, &[u8]),
     seen: &Mutex<Packets>,
     script: &Script,
 ) {
@@ -137,6 +153,7 @@ fn serve(
                 let mut d = 6u32.to_be_bytes().to_vec();
                 d.extend_from_slice(&actions.to_be_bytes());
                 d.extend_from_slice(&steps.to_be_bytes());
+                d.extend_from_slice(tail);
                 vec![pkt(b'O', &d)]
             }
             b'D' | b'A' => vec![],
@@ -144,7 +161,8 @@ fn serve(
             _ => script(cmd, &data),
         };
         for p in out {
-            if conn.write_all(&p).is_err() {
+            // an empty packet is the script's way to drop the connection
+            if p.is_empty() || conn.write_all(&p).is_err() {
                 return;
             }
         }
@@ -737,6 +755,36 @@ fn opendkim_signs_and_dkimpy_verifies_against_dnsmasq() {
     let tampered = text.replace("this is signed.", "this is forged.");
     let (ok, said) = verify(tampered.as_bytes());
     assert!(!ok, "a tampered message verified: {said}");
+
+    // mail injected by `send`, the milter serving `local`: OpenDKIM sees
+    // localhost at 127.0.0.1 (its InternalHosts) and signs it too
+    let relay = relay_with(&[], &[]);
+    let spool = relay.spool().display().to_string();
+    let local = format!("{milter},listeners=local");
+    let run = run_stdin(
+        &[
+            "send",
+            "--spool",
+            &spool,
+            "--hostname",
+            "relay.test",
+            "--milter",
+            &local,
+            "-t",
+        ],
+        b"From: Cron <cron@example.test>\nTo: ops@dest.test\nSubject: nightly\n\nall fine\n",
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let id = queued_ids(relay.spool()).remove(0);
+    let stored = std::fs::read(msg_path(relay.spool(), &id)).unwrap();
+    let text = String::from_utf8_lossy(&stored).into_owned();
+    assert!(
+        text.contains("DKIM-Signature: ") && text.contains("d=example.test"),
+        "{text}"
+    );
+    let (ok, said) = verify(&stored);
+    assert!(ok, "dkimpy, injected: {said}\n{text}");
 }
 
 /// rspamd's main process, stopped with SIGTERM on drop (it stops its
@@ -955,4 +1003,355 @@ fn shutdown_at_end_of_message_is_421_and_closes() {
     assert_eq!(code, 421, "{text}");
     t.expect_closed();
     assert!(queued_ids(relay.spool()).is_empty());
+}
+
+// ---------------------------------------------------------------------
+// A milter that drops its connection: reconnected at the next MAIL
+// ---------------------------------------------------------------------
+
+#[test]
+fn a_milter_that_drops_its_connection_is_reconnected_at_the_next_mail() {
+    // every connection's first end of message is answered (with a header
+    // naming the connection), then the connection is dropped
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = conns.clone();
+    let m = Milter::start(ALL_ACTIONS, 0, move |c, _| match c {
+        b'C' => {
+            c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            cont()
+        }
+        b'E' => {
+            let n = c2.load(std::sync::atomic::Ordering::SeqCst).to_string();
+            vec![
+                pkt(b'h', &nul(&[b"X-Conn", n.as_bytes()])),
+                pkt(b'c', b""),
+                Vec::new(),
+            ]
+        }
+        _ => cont(),
+    });
+    // default=tempfail: without the reconnect the second MAIL gets 451
+    let relay = relay_with(&[format!("{},default=tempfail", m.spec())], &[]);
+    let mut t = relay.session();
+    let first = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    // the milter is gone by the time the client sends the next MAIL
+    assert!(wait_until(Duration::from_secs(5), || m
+        .commands()
+        .ends_with('E')));
+    std::thread::sleep(Duration::from_millis(100));
+    let second = t.send_mail("a@origin.test", &["b@dest.test"], MSG);
+    t.cmd("QUIT", 221);
+    assert!(stored(&relay, &first).contains("X-Conn: 1\r\n"));
+    assert!(
+        stored(&relay, &second).contains("X-Conn: 2\r\n"),
+        "the second message was not filtered by a new connection"
+    );
+    // the new connection heard connect and HELO again, then the message
+    let cmds = m.commands();
+    let again = &cmds[cmds.find('E').expect("a first end of message") + 1..];
+    assert!(again.starts_with("ODCDHDM"), "{cmds}");
+    assert_logged(&relay, "reconnected, connect and HELO replayed");
+}
+
+#[test]
+fn a_milter_that_keeps_failing_is_tried_once_per_transaction() {
+    // drops every connection at MAIL: each transaction reconnects once,
+    // then takes the default action (451), and tries no more
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'M' => vec![Vec::new()],
+        _ => cont(),
+    });
+    let relay = relay_with(&[m.spec()], &[]);
+    let mut t = relay.session();
+    for _ in 0..3 {
+        t.cmd_enh("MAIL FROM:<a@origin.test>", 451, "4.7.1");
+    }
+    t.cmd("QUIT", 221);
+    // the session's first connection, then one per later MAIL
+    let cmds = m.commands();
+    assert_eq!(cmds.matches('O').count(), 3, "{cmds}");
+    assert_eq!(cmds.matches('M').count(), 3, "{cmds}");
+}
+
+// ---------------------------------------------------------------------
+// Mail injected on this host: send, sendmail, the maildrop pick-up
+// ---------------------------------------------------------------------
+
+/// `smtp-relay send -f a@origin.test ARGS b@dest.test` into `relay`'s
+/// spool, MSG on its standard input.
+fn send_local(relay: &Relay, args: &[&str]) -> CliRun {
+    let spool = relay.spool().display().to_string();
+    let mut v = vec![
+        "send",
+        "--spool",
+        &spool,
+        "--hostname",
+        "relay.test",
+        "-f",
+        "a@origin.test",
+    ];
+    v.extend_from_slice(args);
+    v.push("b@dest.test");
+    run_stdin(&v, MSG, Duration::from_secs(30))
+}
+
+#[test]
+fn send_goes_through_the_local_milters_only_and_keeps_their_changes() {
+    let local = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'h', &nul(&[b"X-Local", b"seen"])), pkt(b'c', b"")],
+        _ => cont(),
+    });
+    let smtp_only = Milter::start(ALL_ACTIONS, 0, |_, _| cont());
+    let relay = relay_with(&[], &[]);
+    let local_spec = format!("{},listeners=local", local.spec());
+    let run = send_local(
+        &relay,
+        &["--milter", &smtp_only.spec(), "--milter", &local_spec],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let ids = queued_ids(relay.spool());
+    assert_eq!(ids.len(), 1, "{run:?}");
+    assert!(stored(&relay, &ids[0]).contains("\r\nX-Local: seen\r\n\r\nBody line"));
+    assert_eq!(
+        smtp_only.commands(),
+        "",
+        "a milter without listeners=local was asked"
+    );
+    // Postfix's non-SMTP mail: localhost at 127.0.0.1, HELO our name
+    let cmds = local.commands();
+    assert!(cmds.starts_with("ODCDHDMDRDTLLLLLL"), "{cmds}");
+    let seen = local.seen();
+    let event = |cmd: u8| {
+        seen.iter()
+            .find(|(c, _)| *c == cmd)
+            .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+            .unwrap_or_default()
+    };
+    assert!(event(b'C').starts_with("localhost\0"), "{:?}", event(b'C'));
+    assert!(event(b'C').contains("127.0.0.1"), "{:?}", event(b'C'));
+    assert_eq!(event(b'H'), "relay.test\0");
+    assert_eq!(event(b'M'), "<a@origin.test>\0");
+    assert_eq!(event(b'R'), "<b@dest.test>\0");
+}
+
+#[test]
+fn a_local_milters_refusal_fails_send_69_for_5xx_and_75_for_4xx() {
+    let down = format!("inet:127.0.0.1:{},listeners=local", closed_port());
+    for (answer, code, said) in [
+        (b'r', 69, "550 5.7.1"),
+        (b't', 75, "451 4.7.1"),
+        (0, 75, "451 4.7.1"),
+    ] {
+        let m = Milter::start(ALL_ACTIONS, 0, move |c, _| match c {
+            b'E' => vec![pkt(answer, b"")],
+            _ => cont(),
+        });
+        let spec = if answer == 0 {
+            down.clone()
+        } else {
+            format!("{},listeners=local", m.spec())
+        };
+        let relay = relay_with(&[], &[]);
+        let run = send_local(&relay, &["--milter", &spec]);
+        assert_eq!(run.code, Some(code), "{run:?}");
+        let refused = if answer == 0 {
+            "milter inet:"
+        } else {
+            "refused by milter inet:"
+        };
+        assert!(
+            run.stderr.contains(refused) && run.stderr.contains(said),
+            "{run:?}"
+        );
+        assert!(queued_ids(relay.spool()).is_empty(), "queued: {run:?}");
+        assert_eq!(tmp_count(relay.spool()), 0);
+    }
+}
+
+/// `sendmail -t -i` as nobody (so through the maildrop) on `relay`'s
+/// spool; `None` (SKIPPED) when the test cannot run as root.
+fn sendmail_as_nobody(test: &str, relay: &Relay, input: &[u8]) -> Option<CliRun> {
+    let Some((uid, gid)) = nobody().filter(|_| unsafe { libc::geteuid() } == 0) else {
+        assert!(!in_ci(), "{test}: needs root and the user nobody");
+        println!("SKIPPED {test}: needs root (to run sendmail as nobody)");
+        return None;
+    };
+    let base = TempDir::new("maildrop-milter");
+    std::fs::set_permissions(
+        base.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let conf = write_file(
+        base.path(),
+        "conf",
+        format!(
+            "spool = {}\nhostname = relay.test\n",
+            relay.spool().display()
+        )
+        .as_bytes(),
+    );
+    let run = run_command_stdin(
+        std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+                BIN,
+                "sendmail",
+                "-t",
+                "-i",
+            ])
+            .env("SMTP_RELAY_CONFIG", &conf),
+        input,
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "the drop is the server's now: {run:?}");
+    Some(run)
+}
+
+const CRON: &[u8] = b"To: b@dest.test\nSubject: nightly\n\nthe report\n";
+
+#[test]
+fn sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_submitter() {
+    let test = "sendmail_t_through_the_maildrop_refused_by_a_local_milter_bounces_to_its_submitter";
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'y', b"550 5.7.1 no cron spam here\0")],
+        _ => cont(),
+    });
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let spec = format!("{},listeners=local", m.spec());
+    let relay = Relay::start(&["--no-dns", "--route", &route, "--milter", &spec]);
+    if sendmail_as_nobody(test, &relay, CRON).is_none() {
+        return;
+    }
+    assert!(
+        sink.wait_for(1, DELIVERY),
+        "no bounce; log:\n{}",
+        relay.log()
+    );
+    let got = sink.messages().remove(0);
+    let text = String::from_utf8_lossy(&got.data);
+    assert_eq!(got.rcpts, ["nobody@relay.test"], "{text}");
+    assert_eq!(got.mail_from, "", "a DSN has the null sender");
+    assert!(text.contains("no cron spam here"), "{text}");
+    assert!(text.contains("Subject: nightly"), "{text}");
+    // the refused message itself went nowhere, and nothing is left
+    assert!(sink.messages().iter().all(|r| r.rcpts != ["b@dest.test"]));
+    assert!(wait_until(Duration::from_secs(10), || queued_ids(
+        relay.spool()
+    )
+    .is_empty()));
+    assert_logged(&relay, "returned to the sender");
+}
+
+#[test]
+fn a_maildrop_message_a_local_milter_quarantines_stays_held() {
+    let test = "a_maildrop_message_a_local_milter_quarantines_stays_held";
+    let m = Milter::start(ALL_ACTIONS, 0, |c, _| match c {
+        b'E' => vec![pkt(b'q', b"looks odd\0"), pkt(b'c', b"")],
+        _ => cont(),
+    });
+    let spec = format!("{},listeners=local", m.spec());
+    let relay = relay_with(&[], &["--milter", &spec]);
+    if sendmail_as_nobody(test, &relay, CRON).is_none() {
+        return;
+    }
+    // picked up (the drop gone), and still held with the milter's reason
+    // (the pick-up's last line comes after the hold would be released)
+    assert!(
+        wait_until(Duration::from_secs(10), || relay
+            .log()
+            .contains("from maildrop/")),
+        "not picked up; log:\n{}",
+        relay.log()
+    );
+    let id = queued_ids(relay.spool()).remove(0);
+    let env = envelope(&relay, &id);
+    assert!(env.contains("hold:"), "the quarantine was released: {env}");
+    assert!(env.contains("looks odd"), "{env}");
+}
+
+#[test]
+fn readme_local_milter_line_works_as_written() {
+    let m = Milter::start(ALL_ACTIONS, 0, |_, _| cont());
+    let relay = relay_with(&[], &[]);
+    let addr = m.spec().trim_start_matches("inet:").to_string();
+    let line =
+        readme_block("### Mail injected on this host", "ini").replace("127.0.0.1:8891", &addr);
+    let dir = TempDir::new("readmelocal");
+    let conf = write_file(
+        dir.path(),
+        "conf",
+        format!(
+            "spool = {}\nhostname = relay.test\n{line}",
+            relay.spool().display()
+        )
+        .as_bytes(),
+    );
+    let conf = conf.display().to_string();
+    let run = run_stdin(
+        &[
+            "send",
+            "--config",
+            &conf,
+            "-f",
+            "a@origin.test",
+            "b@dest.test",
+        ],
+        MSG,
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(m.commands().contains('E'), "{}", m.commands());
+    // and serve takes the same line
+    let run = run_cli(
+        &["check-config", "--config", &conf],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+}
+
+#[test]
+fn macro_lists_a_milter_asks_for_are_what_it_gets() {
+    // SMFIF_SETSYMLIST: at MAIL only {mail_addr} and {auth_type} (which
+    // this session lacks), at the end of message only i and client_addr
+    // (asked without braces); the other stages keep the default set
+    let mut tail = 2u32.to_be_bytes().to_vec();
+    tail.extend_from_slice(b"{mail_addr} {auth_type}\0");
+    tail.extend_from_slice(&5u32.to_be_bytes());
+    tail.extend_from_slice(b"i client_addr\0");
+    let m = Milter::start_asking(ALL_ACTIONS | 0x100, 0, tail, |_, _| cont());
+    let relay = relay_with(&[m.spec()], &[]);
+    let id = relay
+        .session()
+        .send_mail("a@origin.test", &["b@dest.test"], MSG);
+    let seen = m.seen();
+    let macros = |stage: u8| -> String {
+        seen.iter()
+            .filter(|(c, d)| *c == b'D' && d[0] == stage)
+            .map(|(_, d)| String::from_utf8_lossy(&d[1..]).replace('\0', "|"))
+            .collect()
+    };
+    assert_eq!(macros(b'M'), "{mail_addr}|a@origin.test|");
+    assert_eq!(macros(b'E'), format!("{{client_addr}}|127.0.0.1|i|{id}|"));
+    assert!(macros(b'R').contains("{rcpt_addr}|b@dest.test|"));
+    assert!(macros(b'C').contains("j|relay.test|"));
+    // lists without SMFIF_SETSYMLIST are not honoured
+    let mut tail = 2u32.to_be_bytes().to_vec();
+    tail.extend_from_slice(b"i\0");
+    let m = Milter::start_asking(ALL_ACTIONS, 0, tail, |_, _| cont());
+    let relay = relay_with(&[m.spec()], &[]);
+    relay
+        .session()
+        .send_mail("a@origin.test", &["b@dest.test"], MSG);
+    let mail: String = m
+        .seen()
+        .iter()
+        .filter(|(c, d)| *c == b'D' && d[0] == b'M')
+        .map(|(_, d)| String::from_utf8_lossy(&d[1..]).into_owned())
+        .collect();
+    assert!(mail.contains("{mail_addr}"), "{mail:?}");
 }

@@ -19,6 +19,7 @@
 //! an unsafe one.
 
 mod change;
+pub mod content;
 mod flush;
 pub mod headers;
 mod prepare;
@@ -32,7 +33,8 @@ pub use prepare::{prepare_message, PrepareError, Prepared};
 pub use render::{json_str, list_json, list_line, summary};
 pub use select::{glob, select, Selector, StateFilter};
 pub use send::{
-    author_field, local_client, log_queued, queue_message, run_send, SendOpts, Submitter, Via,
+    author_field, local_client, log_queued, queue_message, run_send, Queued, SendOpts, Submitter,
+    Via,
 };
 pub(crate) use send::{parse_mailbox, qualify};
 

@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 
+use super::content::{refusal_error, Content, Outcome};
 use super::prepare::{prepare_message, PrepareError, Prepared};
 use super::{open_spool, AdminError, EX_DATAERR, EX_IOERR, EX_TEMPFAIL};
 use crate::config::Config;
@@ -143,22 +144,31 @@ pub fn run_send(
         },
         _ => e,
     })?;
+    // the keys are read before anything is queued: a bad one is 66 or 78
+    let content = Content::load(config)?;
     let sub = Submitter {
         client: local_client(crate::sys::real_uid(), &login, opts.via),
         login,
         received: String::new(),
         hold: None,
+        content: &content,
+        bounce_refused: false,
     };
-    let env = queue_message(config, &spool, &opts, &sub, input, |_| Ok(()))?;
-    // the server logs its `queued` line and delivers it now rather than at
-    // its next scan; one not running reads the request when it starts
-    let _ = spool.request(&[Request::New(env.id)]);
-    Ok(env.id.to_string())
+    match queue_message(config, &spool, &opts, &sub, input, |_| Ok(()))? {
+        Queued::Committed(env) => {
+            // the server logs its `queued` line and delivers it now rather
+            // than at its next scan; one not running reads the request
+            // when it starts
+            let _ = spool.request(&[Request::New(env.id)]);
+            Ok(env.id.to_string())
+        }
+        Queued::Discarded(id) => Ok(format!("{id} (discarded by a milter: nothing queued)")),
+    }
 }
 
 /// Who gives a message to [`queue_message`], as the envelope and our
-/// `Received:` field record it.
-pub struct Submitter {
+/// `Received:` field record it, and what runs before the commit.
+pub struct Submitter<'a> {
     /// The login name: the default envelope sender's local part.
     pub login: String,
     /// The envelope's `client`.
@@ -167,6 +177,19 @@ pub struct Submitter {
     pub received: String,
     /// Committed held (a maildrop pick-up, released once the drop is gone).
     pub hold: Option<Hold>,
+    /// The milters serving `local`, and DKIM signing.
+    pub content: &'a Content,
+    /// A milter's 5xx is queued as a bounce to the sender (the maildrop
+    /// pick-up: its submitter is gone) rather than returned as an error.
+    pub bounce_refused: bool,
+}
+
+/// What [`queue_message`] did with a message.
+#[derive(Debug)]
+pub enum Queued {
+    Committed(Box<Envelope>),
+    /// A milter discarded it: nothing was queued.
+    Discarded(QueueId),
 }
 
 /// Queues the message read from `input` under `opts`; `before_commit` runs
@@ -178,7 +201,7 @@ pub fn queue_message(
     sub: &Submitter,
     input: &mut impl Read,
     before_commit: impl FnOnce(QueueId) -> io::Result<()>,
-) -> Result<Envelope, AdminError> {
+) -> Result<Queued, AdminError> {
     let from = envelope_sender(opts.from.as_deref(), &sub.login, &config.hostname)?;
     let tempfail = |e: SpoolError| AdminError {
         code: EX_TEMPFAIL,
@@ -205,14 +228,53 @@ pub fn queue_message(
     .map_err(|e| prepare_error(e, config.max_size, spool))?;
     let rcpts = envelope_recipients(opts, &prepared, &config.hostname)?;
     let mut env = new_envelope(id, now, from, rcpts, sub, &config.hostname);
-    env.size = incoming.written();
     env.body = prepared
         .eight_bit
         .then_some(crate::smtp::Body::EightBitMime);
+    let outcome = sub
+        .content
+        .run(&config.hostname, config.max_size, &mut incoming, &mut env)
+        .map_err(|e| tempfail(SpoolError::io(spool.tmp_dir(), e)))?;
+    match outcome {
+        Outcome::Commit => {}
+        Outcome::Discard => {
+            log::info!("{id} discarded by milter client={}: not queued", env.client);
+            return Ok(Queued::Discarded(id));
+        }
+        Outcome::Refused { reply, by } if sub.bounce_refused && reply.code().is_permanent() => {
+            log::info!(
+                "{id} refused by milter {by} client={}: returned to the sender reply=\"{reply}\"",
+                env.client
+            );
+            return_refused(&mut env, &reply, &by);
+        }
+        Outcome::Refused { reply, by } => return Err(refusal_error(&reply, &by)),
+    }
+    env.size = incoming.written();
     before_commit(id).map_err(|e| tempfail(SpoolError::io(spool.root(), e)))?;
     env.id = incoming.commit(&env).map_err(tempfail)?;
     log_queued(&env);
-    Ok(env)
+    Ok(Queued::Committed(Box::new(env)))
+}
+
+/// A milter's 5xx on mail whose submitter cannot be told now (the
+/// maildrop): every recipient is bouncing with the milter's reply, so the
+/// first delivery attempt returns the message to its sender in a DSN
+/// (RFC 3464) and tries no next hop: refused, never silently dropped.
+fn return_refused(env: &mut Envelope, reply: &crate::smtp::Reply, by: &str) {
+    let enhanced = reply
+        .enhanced()
+        .unwrap_or(crate::smtp::reply::Enhanced::new(5, 7, 1));
+    let text = format!("refused by milter {by}: {}", reply.lines().join(" "));
+    for r in &mut env.rcpts {
+        r.state = RcptState::Bouncing;
+        r.last_reply = Some(crate::status::Status::local(
+            crate::status::LocalReason::Milter,
+            reply.code().value(),
+            enhanced,
+            text.clone(),
+        ));
+    }
 }
 
 /// `-f` (`<>` or empty: the null sender; a bare local part qualified), or

@@ -93,14 +93,18 @@ pub struct SignFrom {
     pub relay_net: bool,
     /// Clients that authenticated (SMTP AUTH).
     pub auth: bool,
+    /// Mail injected on this host: `send`, `sendmail` and the maildrop
+    /// (OpenDKIM's and Postfix's view: the local host is internal).
+    pub local: bool,
 }
 
 impl SignFrom {
-    /// `relay-net,auth`, `auth`, `relay-net` or `none`.
+    /// A comma list of `relay-net`, `auth` and `local`, or `none`.
     pub fn parse(s: &str) -> Option<SignFrom> {
         let mut f = SignFrom {
             relay_net: false,
             auth: false,
+            local: false,
         };
         if s == "none" {
             return Some(f);
@@ -109,6 +113,7 @@ impl SignFrom {
             match w {
                 "relay-net" => f.relay_net = true,
                 "auth" => f.auth = true,
+                "local" => f.local = true,
                 _ => return None,
             }
         }
@@ -133,6 +138,7 @@ impl Default for DkimSettings {
             sign_from: SignFrom {
                 relay_net: true,
                 auth: true,
+                local: true,
             },
             header_canon: Canon::Relaxed,
             body_canon: Canon::Relaxed,
@@ -170,7 +176,8 @@ mod tests {
         let f = SignFrom::parse("auth").unwrap();
         assert!(f.auth && !f.relay_net);
         assert!(SignFrom::parse("relay-net,auth").is_some_and(|f| f.auth && f.relay_net));
-        assert!(SignFrom::parse("none").is_some_and(|f| !f.auth && !f.relay_net));
+        assert!(SignFrom::parse("none").is_some_and(|f| !f.auth && !f.relay_net && !f.local));
+        assert!(SignFrom::parse("local").is_some_and(|f| f.local && !f.auth && !f.relay_net));
         assert!(SignFrom::parse("everyone").is_none());
     }
 }

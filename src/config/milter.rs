@@ -33,11 +33,16 @@ pub struct MilterConfig {
     /// reply, `SMFIR_PROGRESS` included: a milter cannot stretch it.
     pub eom_timeout: Duration,
     /// The listener kinds it serves (`smtp`, `smtps`, `submission`,
-    /// `submissions`); empty: all.
+    /// `submissions`, and `local` for mail injected on this host); empty:
+    /// every SMTP kind, not `local`.
     pub listeners: Vec<String>,
 }
 
-const LISTENER_KINDS: [&str; 4] = ["smtp", "smtps", "submission", "submissions"];
+const LISTENER_KINDS: [&str; 5] = ["smtp", "smtps", "submission", "submissions", "local"];
+
+/// The kind of mail injected on this host (`send`, `sendmail`, the
+/// maildrop pick-up): Postfix's `non_smtpd_milters`, named, never implied.
+pub const LOCAL: &str = "local";
 
 impl MilterConfig {
     /// Postfix's defaults: 30s to connect, 30s per command, 300s for
@@ -88,7 +93,7 @@ impl MilterConfig {
                     m.listeners = value.split('+').map(str::to_string).collect();
                     if let Some(bad) = m.listeners.iter().find(|l| !LISTENER_KINDS.contains(&l.as_str())) {
                         return Err(format!(
-                            "listeners: {bad:?} is not smtp, smtps, submission or submissions"
+                            "listeners: {bad:?} is not smtp, smtps, submission, submissions or local"
                         ));
                     }
                 }
@@ -104,6 +109,14 @@ impl MilterConfig {
 
     pub fn serves(&self, mode: ListenMode) -> bool {
         self.listeners.is_empty() || self.listeners.iter().any(|l| *l == mode.to_string())
+    }
+
+    /// Serves mail injected on this host: only when `listeners=` names
+    /// `local` (as Postfix keeps `non_smtpd_milters` apart from
+    /// `smtpd_milters`), so a filter set up for SMTP clients does not start
+    /// judging cron's mail unasked.
+    pub fn serves_local(&self) -> bool {
+        self.listeners.iter().any(|l| l == LOCAL)
     }
 }
 
@@ -140,6 +153,11 @@ mod tests {
             )
         );
         assert!(m.serves(ListenMode::PLAIN));
+        assert!(!m.serves_local());
+        let l = MilterConfig::parse("inet:h:1,listeners=smtp+local", dur).unwrap();
+        assert!(l.serves_local() && l.serves(ListenMode::PLAIN));
+        let none = MilterConfig::parse("inet:h:1", dur).unwrap();
+        assert!(none.serves(ListenMode::PLAIN) && !none.serves_local());
         assert!(!m.serves(ListenMode {
             implicit_tls: true,
             ..ListenMode::PLAIN

@@ -95,6 +95,8 @@ pub enum KeyError {
 pub struct Source {
     pub relay_net: bool,
     pub auth: bool,
+    /// Injected on this host (`send`, `sendmail`, the maildrop).
+    pub local: bool,
 }
 
 /// The signer of a running server: every key, read at start.
@@ -191,18 +193,56 @@ impl Signer {
     }
 
     /// `--dkim-sign-from` in words, for the start-up log line.
-    pub fn sources(&self) -> &'static str {
-        match (self.sign_from.relay_net, self.sign_from.auth) {
-            (true, true) => "--relay-net clients and authenticated users",
-            (true, false) => "--relay-net clients",
-            (false, true) => "authenticated users",
-            (false, false) => "nobody (--dkim-sign-from none)",
+    pub fn sources(&self) -> String {
+        let f = self.sign_from;
+        let names: Vec<&str> = [
+            (f.relay_net, "--relay-net clients"),
+            (f.auth, "authenticated users"),
+            (f.local, "local injection (send, sendmail, maildrop)"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+        if names.is_empty() {
+            "nobody (--dkim-sign-from none)".into()
+        } else {
+            names.join(", ")
         }
     }
 
     /// Whether `--dkim-sign-from` covers mail from this source.
     pub fn signs_for(&self, source: Source) -> bool {
-        (self.sign_from.relay_net && source.relay_net) || (self.sign_from.auth && source.auth)
+        (self.sign_from.relay_net && source.relay_net)
+            || (self.sign_from.auth && source.auth)
+            || (self.sign_from.local && source.local)
+    }
+
+    /// Signs the uncommitted message in `incoming` when a key's domain
+    /// matches: the fields go above everything in the file, before the
+    /// commit (and so before the 250 or `send`'s exit 0). A message that
+    /// cannot be signed (no `From:`) goes unsigned, logged; only a spool
+    /// write error is an `Err`. The caller has checked `signs_for`.
+    pub fn sign_incoming(
+        &self,
+        incoming: &mut crate::spool::Incoming,
+        envelope_domain: Option<&str>,
+    ) -> std::io::Result<()> {
+        let id = incoming.id();
+        incoming.prepend_with(|stored| match self.sign(stored, envelope_domain) {
+            Ok(Some(fields)) => {
+                log::info!("{id} dkim signed");
+                Some(fields)
+            }
+            Ok(None) => {
+                log::debug!("{id} dkim: no key for the signing domain, not signed");
+                None
+            }
+            Err(why) => {
+                log::warn!("{id} dkim: not signed: {why}");
+                None
+            }
+        })
     }
 
     /// The `DKIM-Signature` fields (one per key of the signing domain,

@@ -63,6 +63,15 @@ fn left(deadline: Instant) -> Result<Duration, LinkError> {
 }
 
 impl Link {
+    /// The milter closed its end (seen between transactions, before an
+    /// event is written into a dead socket).
+    pub fn peer_closed(&self) -> bool {
+        match &self.stream {
+            Stream::Tcp(s) => crate::sys::peer_closed(s),
+            Stream::Unix(s) => crate::sys::peer_closed(s),
+        }
+    }
+
     /// Connects within `timeout` (each address of an `inet:` name in
     /// turn, all within the one timeout).
     pub fn open(target: &Target, timeout: Duration) -> Result<Link, LinkError> {

@@ -7,6 +7,8 @@
 //! - `protocol.rs`: the packets, without I/O;
 //! - `conn.rs`: one milter's socket, every wait bounded by a deadline;
 //! - `edit.rs`: the header fields and body as milters change them;
+//! - `spooled.rs`: the end of message on the spool file, and the
+//!   envelope changes;
 //! - this file: the per-session [`Conversation`]; the settings are plain
 //!   data in `config/milter.rs`.
 //!
@@ -19,6 +21,7 @@
 pub mod conn;
 pub mod edit;
 pub mod protocol;
+pub mod spooled;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
@@ -53,6 +56,9 @@ struct Milter {
     /// Events of a message were sent and no end of message closed it:
     /// the next transaction starts with `SMFIC_ABORT`.
     in_message: bool,
+    /// The macros it asked for per stage (`SMFIF_SETSYMLIST`); `None`:
+    /// our default set.
+    wanted: [Option<Vec<String>>; protocol::MACRO_STAGES as usize],
 }
 
 /// What a milter's words mean for the command or message at hand.
@@ -94,6 +100,9 @@ impl Changes {
         self.headers.changed || self.body.is_some()
     }
 }
+
+/// The `{daemon_name}` macro: what OpenDKIM's `MTA` setting matches.
+pub const DAEMON_NAME: &str = "smtp-relay";
 
 /// The macros of one event, `(name, value)`.
 pub type Macros = Vec<(&'static str, String)>;
@@ -217,6 +226,7 @@ impl Milter {
             version,
             actions,
             steps,
+            macro_lists,
         } = protocol::parse(c, &data)?
         else {
             return Err(Garbage("no option negotiation".into()).into());
@@ -234,6 +244,17 @@ impl Milter {
             "milter {}: version {version} actions 0x{actions:x} steps 0x{steps:x}",
             self.name()
         );
+        self.wanted = Default::default();
+        if actions & act::SETSYMLIST != 0 {
+            for (stage, names) in macro_lists {
+                self.wanted[stage as usize] = Some(names);
+            }
+        } else if !macro_lists.is_empty() {
+            log::debug!(
+                "milter {}: macro lists without SMFIF_SETSYMLIST, ignored",
+                self.name()
+            );
+        }
         (self.actions, self.steps, self.link) = (actions, steps, Some(link));
         Ok(())
     }
@@ -251,8 +272,15 @@ impl Milter {
         let Some(link) = self.link.as_mut() else {
             return Err(LinkError::Io(std::io::Error::other("not connected")));
         };
+        let wanted = event
+            .macro_stage()
+            .and_then(|stage| self.wanted[stage as usize].as_deref());
+        let macros = match wanted {
+            Some(names) => asked(macros, names),
+            None => macros.clone(),
+        };
         if !macros.is_empty() {
-            link.send(&protocol::macros(event.command(), macros), deadline)?;
+            link.send(&protocol::macros(event.command(), &macros), deadline)?;
         }
         link.send(packet, deadline)?;
         if self.steps & event.no_reply() != 0 {
@@ -289,6 +317,41 @@ impl Milter {
         })
     }
 
+    /// One event to this milter: its verdict, `None` to go on.
+    fn deliver(
+        &mut self,
+        event: Event,
+        macros: &Macros,
+        packet: &[u8],
+        hostname: &str,
+    ) -> Option<Verdict> {
+        match self.state {
+            State::Down => self.down_verdict(event),
+            State::AcceptedConnection | State::AcceptedMessage => None,
+            State::Active if self.steps & event.not_wanted() != 0 => None,
+            State::Active => {
+                let deadline = Instant::now() + self.cfg.command_timeout;
+                self.in_message |= event.is_message();
+                let answer = self
+                    .exchange(event, macros, packet, deadline)
+                    .and_then(|r| self.answer(event, r, hostname).map_err(LinkError::from));
+                match answer {
+                    Err(e) => self.fault(event, &e),
+                    Ok(Answer::Continue | Answer::Skip) => None,
+                    Ok(Answer::Accept) => {
+                        self.state = if event.is_message() {
+                            State::AcceptedMessage
+                        } else {
+                            State::AcceptedConnection
+                        };
+                        None
+                    }
+                    Ok(Answer::Verdict(v)) => Some(v),
+                }
+            }
+        }
+    }
+
     /// A fault: logged, the connection closed, the default action taken.
     fn fault(&mut self, event: Event, why: &LinkError) -> Option<Verdict> {
         log::warn!(
@@ -311,6 +374,18 @@ impl Milter {
     }
 }
 
+/// The macros of `ours` a milter's list names (Sendmail's rule: a stage
+/// with a list gets those macros only, the ones we have). A name may be
+/// written with or without its braces.
+fn asked(ours: &Macros, names: &[String]) -> Macros {
+    let bare = |n: &str| n.trim_start_matches('{').trim_end_matches('}').to_string();
+    let names: Vec<String> = names.iter().map(|n| bare(n)).collect();
+    ours.iter()
+        .filter(|(n, _)| names.contains(&bare(n)))
+        .cloned()
+        .collect()
+}
+
 /// A session's milters and where each stands.
 #[derive(Default)]
 pub struct Conversation {
@@ -323,15 +398,25 @@ pub struct Conversation {
     /// The milter whose refusal was returned last, for the refusal's
     /// log line.
     refused_by: Option<String>,
+    /// The connect and HELO events as sent, replayed to a milter that is
+    /// reconnected.
+    replay: Vec<(Event, Macros, Vec<u8>)>,
 }
 
 impl Conversation {
     /// The milters of a listener of `mode`; none are contacted yet.
     pub fn new(all: &[MilterConfig], mode: ListenMode, hostname: &str) -> Conversation {
+        Conversation::of(all.iter().filter(|c| c.serves(mode)), hostname)
+    }
+
+    /// The milters of mail injected on this host (`listeners=local`).
+    pub fn local(all: &[MilterConfig], hostname: &str) -> Conversation {
+        Conversation::of(all.iter().filter(|c| c.serves_local()), hostname)
+    }
+
+    fn of<'a>(milters: impl Iterator<Item = &'a MilterConfig>, hostname: &str) -> Conversation {
         Conversation {
-            milters: all
-                .iter()
-                .filter(|c| c.serves(mode))
+            milters: milters
                 .map(|cfg| Milter {
                     cfg: cfg.clone(),
                     link: None,
@@ -339,12 +424,14 @@ impl Conversation {
                     steps: 0,
                     state: State::Active,
                     in_message: false,
+                    wanted: Default::default(),
                 })
                 .collect(),
             hostname: hostname.to_string(),
             discard_message: false,
             discard_session: false,
             refused_by: None,
+            replay: Vec::new(),
         }
     }
 
@@ -369,31 +456,7 @@ impl Conversation {
             return Verdict::Continue;
         }
         for m in &mut self.milters {
-            let verdict = match m.state {
-                State::Down => m.down_verdict(event),
-                State::AcceptedConnection | State::AcceptedMessage => None,
-                State::Active if m.steps & event.not_wanted() != 0 => None,
-                State::Active => {
-                    let deadline = Instant::now() + m.cfg.command_timeout;
-                    m.in_message |= event.is_message();
-                    let answer = m
-                        .exchange(event, macros, packet, deadline)
-                        .and_then(|r| m.answer(event, r, &hostname).map_err(LinkError::from));
-                    match answer {
-                        Err(e) => m.fault(event, &e),
-                        Ok(Answer::Continue | Answer::Skip) => None,
-                        Ok(Answer::Accept) => {
-                            m.state = if event.is_message() {
-                                State::AcceptedMessage
-                            } else {
-                                State::AcceptedConnection
-                            };
-                            None
-                        }
-                        Ok(Answer::Verdict(v)) => Some(v),
-                    }
-                }
-            };
+            let verdict = m.deliver(event, macros, packet, &hostname);
             match verdict {
                 None | Some(Verdict::Continue) => {}
                 Some(Verdict::Discard) => {
@@ -428,27 +491,76 @@ impl Conversation {
                 m.fault(Event::Connect, &e);
             }
         }
-        self.event(
-            Event::Connect,
-            macros,
-            &protocol::connect(client_name, Some(client)),
-        )
+        let packet = protocol::connect(client_name, Some(client));
+        self.replay = vec![(Event::Connect, macros.clone(), packet.clone())];
+        self.event(Event::Connect, macros, &packet)
     }
 
     pub fn helo(&mut self, name: &str, macros: &Macros) -> Verdict {
         self.abort();
-        self.event(
-            Event::Helo,
-            macros,
-            &protocol::args(cmd::HELO, &[name.to_string()]),
-        )
+        let packet = protocol::args(cmd::HELO, &[name.to_string()]);
+        // the last HELO is the one a reconnected milter hears
+        self.replay.truncate(1);
+        self.replay
+            .push((Event::Helo, macros.clone(), packet.clone()));
+        self.event(Event::Helo, macros, &packet)
     }
 
     /// MAIL: a new message, so milters still in an old one get
-    /// `SMFIC_ABORT` first.
+    /// `SMFIC_ABORT` first, and milters that failed earlier in the
+    /// session are reconnected.
     pub fn mail(&mut self, args: &[String], macros: &Macros) -> Verdict {
         self.abort();
+        if let Some(v) = self.reconnect() {
+            return v;
+        }
         self.event(Event::Mail, macros, &protocol::args(cmd::MAIL, args))
+    }
+
+    /// Sendmail's behaviour for a milter that failed (dropped, timed
+    /// out, spoke garbage; a connection it closed between transactions is
+    /// seen here first): at the next transaction it is connected
+    /// again and hears the session's connect and HELO replayed, so one
+    /// dropped connection does not cost every later message of the
+    /// session its filter. One try per transaction: a milter still down
+    /// keeps its default action for this one. A refusal in the replay is
+    /// this MAIL's refusal.
+    fn reconnect(&mut self) -> Option<Verdict> {
+        let hostname = self.hostname.clone();
+        for m in &mut self.milters {
+            // one that accepted the connection is done with us anyway
+            if m.state == State::Active && m.link.as_ref().is_some_and(Link::peer_closed) {
+                log::warn!("milter {}: closed its connection", m.name());
+                (m.link, m.state) = (None, State::Down);
+            }
+            if m.state != State::Down || self.replay.is_empty() {
+                continue;
+            }
+            if let Err(e) = m.open() {
+                m.fault(Event::Connect, &e);
+                continue;
+            }
+            m.state = State::Active;
+            log::info!(
+                "milter {}: reconnected, connect and HELO replayed",
+                m.name()
+            );
+            for (event, macros, packet) in &self.replay {
+                match m.deliver(*event, macros, packet, &hostname) {
+                    None | Some(Verdict::Continue) => {}
+                    Some(Verdict::Discard) => self.discard_session = true,
+                    Some(v) => {
+                        // closed again: the next MAIL replays, and hears
+                        // the same refusal, as the session's connect would
+                        m.link = None;
+                        m.state = State::Down;
+                        self.refused_by = Some(m.name());
+                        return Some(v);
+                    }
+                }
+            }
+        }
+        None
     }
 
     pub fn rcpt(&mut self, args: &[String], macros: &Macros) -> Verdict {

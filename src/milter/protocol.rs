@@ -135,6 +135,20 @@ impl Event {
         }
     }
 
+    /// The `SMFIM_*` stage whose macros precede the event, if any.
+    pub fn macro_stage(self) -> Option<u32> {
+        match self {
+            Event::Connect => Some(0),
+            Event::Helo => Some(1),
+            Event::Mail => Some(2),
+            Event::Rcpt => Some(3),
+            Event::Data => Some(4),
+            Event::Eom => Some(5),
+            Event::Eoh => Some(6),
+            Event::Header | Event::Body => None,
+        }
+    }
+
     /// The `SMFIP_NO*` flag of the event (end of message has none).
     pub fn not_wanted(self) -> u32 {
         match self {
@@ -267,6 +281,9 @@ pub enum Response {
         version: u32,
         actions: u32,
         steps: u32,
+        /// The macro lists it asks for, per stage (`SMFIM_*`, 0 to 6):
+        /// the names as written, `{mail_addr}` or `i`.
+        macro_lists: Vec<(u32, Vec<String>)>,
     },
     Accept,
     Continue,
@@ -324,6 +341,36 @@ impl Response {
     }
 }
 
+/// The stages a milter may ask macros for (libmilter's `SMFIM_CONNECT`
+/// to `SMFIM_EOH`).
+pub const MACRO_STAGES: u32 = 7;
+
+/// The macro lists after the option negotiation's three numbers
+/// (libmilter's `smfi_setsymlist`, sent with `SMFIF_SETSYMLIST`): each a
+/// stage number, then one NUL-terminated string of names separated by
+/// spaces.
+fn macro_lists(mut data: &[u8]) -> Result<Vec<(u32, Vec<String>)>, Garbage> {
+    let mut lists = Vec::new();
+    while !data.is_empty() {
+        let stage = be32(data)?;
+        if stage >= MACRO_STAGES {
+            return Err(Garbage(format!("macro list for stage {stage}")));
+        }
+        let rest = &data[4..];
+        let end = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| Garbage("macro list not NUL-terminated".into()))?;
+        let names = text(&rest[..end])?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        lists.push((stage, names));
+        data = &rest[end + 1..];
+    }
+    Ok(lists)
+}
+
 /// Splits NUL-terminated strings; the data must end with a NUL.
 fn split_strings(data: &[u8]) -> Result<Vec<&[u8]>, Garbage> {
     let Some(body) = data.strip_suffix(&[0]) else {
@@ -367,12 +414,11 @@ pub fn parse(command: u8, data: &[u8]) -> Result<Response, Garbage> {
             if data.len() < 12 {
                 return Err(Garbage("option negotiation too short".into()));
             }
-            // anything after the three numbers is the macro lists a
-            // milter asks for (SMFIF_SETSYMLIST); we send our fixed set
             Ok(Response::OptNeg {
                 version: be32(data)?,
                 actions: be32(&data[4..])?,
                 steps: be32(&data[8..])?,
+                macro_lists: macro_lists(&data[12..])?,
             })
         }
         b'a' => empty(Response::Accept),
@@ -528,9 +574,26 @@ mod tests {
             Ok(Response::OptNeg {
                 version: 6,
                 actions: 1,
-                steps: 0x80
+                steps: 0x80,
+                macro_lists: Vec::new(),
             })
         );
+        let mut asked = vec![0, 0, 0, 6, 0, 0, 1, 0, 0, 0, 0, 0];
+        asked.extend_from_slice(b"\0\0\0\x02{mail_addr} {auth_type}\0\0\0\0\x05i\0");
+        assert_eq!(
+            parse(b'O', &asked),
+            Ok(Response::OptNeg {
+                version: 6,
+                actions: 0x100,
+                steps: 0,
+                macro_lists: vec![
+                    (2, vec!["{mail_addr}".into(), "{auth_type}".into()]),
+                    (5, vec!["i".into()])
+                ],
+            })
+        );
+        assert!(parse(b'O', &[&asked[..12], b"\0\0\0\x07i\0"].concat()).is_err());
+        assert!(parse(b'O', &[&asked[..12], b"\0\0\0\x01i"].concat()).is_err());
     }
 
     #[test]

@@ -414,32 +414,17 @@ fn dkim_sign(session: &Session, incoming: &mut Incoming, ctx: &Context) -> io::R
     let source = crate::dkim::Source {
         relay_net: ctx.config.is_relay_client(session.client),
         auth: session.auth.is_some(),
+        local: false,
     };
     if !signer.signs_for(source) {
         return Ok(());
     }
-    let id = incoming.id();
     let envelope_domain = session
         .transaction()
         .and_then(|(_, tx)| tx.from.mailbox())
         .and_then(|m| m.host().domain())
         .map(|d| d.as_str().to_string());
-    incoming.prepend_with(
-        |stored| match signer.sign(stored, envelope_domain.as_deref()) {
-            Ok(Some(fields)) => {
-                log::info!("{id} dkim signed");
-                Some(fields)
-            }
-            Ok(None) => {
-                log::debug!("{id} dkim: no key for the signing domain, not signed");
-                None
-            }
-            Err(why) => {
-                log::warn!("{id} dkim: not signed: {why}");
-                None
-            }
-        },
-    )
+    signer.sign_incoming(incoming, envelope_domain.as_deref())
 }
 
 /// A message arriving in BDAT chunks (RFC 3030): its spool file and the

@@ -12,12 +12,10 @@
 use std::net::SocketAddr;
 
 use super::{Phase, Session, Step};
-use crate::milter::{Changes, Conversation, Macros, Verdict};
+pub(super) use crate::milter::spooled::{adjust_envelope, EndOfMessage};
+use crate::milter::{Conversation, Macros, Verdict};
 use crate::smtp::{Command, Reply};
-use crate::spool::{Envelope, Incoming, QueueId, RcptState, Recipient};
-
-/// The `{daemon_name}` macro: what OpenDKIM's `MTA` setting matches.
-const DAEMON_NAME: &str = "smtp-relay";
+use crate::spool::{Incoming, QueueId};
 
 impl Session<'_> {
     /// Puts the session's listener's milters in place (none contacted).
@@ -58,7 +56,7 @@ fn bare(s: String) -> String {
 fn common(session: &Session) -> Macros {
     vec![
         ("j", session.cfg.hostname.clone()),
-        ("{daemon_name}", DAEMON_NAME.into()),
+        ("{daemon_name}", crate::milter::DAEMON_NAME.into()),
         ("v", format!("smtp-relay {}", env!("CARGO_PKG_VERSION"))),
         ("{client_addr}", session.client.to_string()),
         // no reverse lookups are made (Sendmail's form without one)
@@ -225,17 +223,9 @@ pub(super) fn at_data(session: &mut Session, id: QueueId) -> Option<Reply> {
     }
 }
 
-/// What the milters decided at the end of the message.
-pub(super) enum EndOfMessage {
-    /// Commit, with the milters' changes (already in the file).
-    Commit(Option<Changes>),
-    Refuse(Reply),
-    /// 250, and nothing queued.
-    Discard,
-}
-
 /// The end of the message: the milters read the received file, and
-/// their changes to its content are written back before the commit.
+/// their changes to its content are written back before the commit
+/// (`milter/spooled.rs`, shared with local injection).
 pub(super) fn end_of_message(session: &mut Session, incoming: &mut Incoming) -> EndOfMessage {
     if session.milters.is_empty() {
         return EndOfMessage::Commit(None);
@@ -244,103 +234,19 @@ pub(super) fn end_of_message(session: &mut Session, incoming: &mut Incoming) -> 
     let macros = transaction_macros(session, Some(id));
     // the replacement body's bound: twice what a client may send
     let max = session.cfg.max_size.max(1).saturating_mul(2);
-    let result = incoming.reader().and_then(|mut f| {
-        session
-            .milters
-            .end_of_message(&mut f, &macros, max)
-            .map(|r| (r, f))
-    });
-    let ((verdict, changes), mut file) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!("{id} cannot read the message back for milters: {e}");
-            return EndOfMessage::Refuse(Reply::local_error());
-        }
-    };
-    match verdict {
-        Verdict::Continue => {}
-        Verdict::Discard => return EndOfMessage::Discard,
-        Verdict::Refuse(r) | Verdict::Close(r) => {
+    match crate::milter::spooled::end_of_message(&mut session.milters, incoming, &macros, max) {
+        Ok(EndOfMessage::Refuse(r)) => {
             note(session, "eom", &Verdict::Refuse(r.clone()));
-            return EndOfMessage::Refuse(r);
+            EndOfMessage::Refuse(r)
         }
-    }
-    if changes.content_changed() {
-        let written = incoming.rewrite(|out| {
-            changes.headers.write(out)?;
-            out.write_all(b"\r\n")?;
-            match &changes.body {
-                Some(b) => out.write_all(&crate::milter::edit::crlf_body(b)),
-                None => {
-                    use std::io::{Seek, SeekFrom};
-                    file.seek(SeekFrom::Start(changes.body_at))?;
-                    std::io::copy(&mut file, out).map(|_| ())
-                }
-            }
-        });
-        if let Err(e) = written {
-            log::error!("{id} cannot write the milters' changes: {e}");
-            return EndOfMessage::Refuse(if crate::spool::fsutil::is_out_of_space(&e) {
+        Ok(eom) => eom,
+        Err(e) => {
+            log::error!("{id} {e}");
+            EndOfMessage::Refuse(if crate::spool::fsutil::is_out_of_space(&e) {
                 Reply::insufficient_storage()
             } else {
                 Reply::local_error()
-            });
-        }
-        log::info!("{id} changed by milters size={}", incoming.written());
-    }
-    EndOfMessage::Commit(Some(changes))
-}
-
-/// The milters' envelope changes: sender, recipients added and deleted,
-/// quarantine (the message waits on hold for `queue release`). `false`
-/// when no recipient is left (the message is then discarded, as
-/// Sendmail does).
-pub(super) fn adjust_envelope(changes: &Changes, env: &mut Envelope) -> bool {
-    let id = env.id;
-    let angle = |s: &str| {
-        if s.starts_with('<') {
-            s.to_string()
-        } else {
-            format!("<{s}>")
-        }
-    };
-    if let Some(s) = &changes.sender {
-        match crate::smtp::ReversePath::parse_stored(&angle(s)) {
-            Ok(p) => {
-                log::info!("{id} milter changed sender {} -> {p}", env.from);
-                env.from = p;
-            }
-            Err(e) => log::warn!("{id} milter sender {s:?} not taken: {e}"),
+            })
         }
     }
-    for d in &changes.deleted {
-        let gone = angle(d).to_ascii_lowercase();
-        env.rcpts
-            .retain(|r| r.path.to_string().to_ascii_lowercase() != gone);
-        log::info!("{id} milter deleted recipient {}", crate::smtp::Escaped(d));
-    }
-    for a in &changes.added {
-        match crate::smtp::Path::parse_stored(&angle(a)) {
-            Ok(path) => {
-                log::info!("{id} milter added recipient {path}");
-                env.rcpts.push(Recipient {
-                    path,
-                    state: RcptState::Pending,
-                    last_reply: None,
-                    dsn: Default::default(),
-                    tries: Default::default(),
-                });
-            }
-            Err(e) => log::warn!("{id} milter recipient {a:?} not taken: {e}"),
-        }
-    }
-    if let Some(reason) = &changes.quarantine {
-        env.hold = Some(crate::spool::envelope::Hold::Forever);
-        env.hold_reason = Some(format!("milter quarantine: {reason}"));
-        log::info!(
-            "{id} quarantined by milter: held reason=\"{}\"",
-            crate::smtp::Escaped(reason)
-        );
-    }
-    !env.rcpts.is_empty()
 }

@@ -51,7 +51,8 @@ use std::thread;
 use std::time::Duration;
 
 use super::{fsutil, Hold, QueueId, Spool};
-use crate::admin::{AdminError, SendOpts, Submitter};
+use crate::admin::content::Content;
+use crate::admin::{AdminError, Queued, SendOpts, Submitter};
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::sys::{self, FileKind};
@@ -327,6 +328,7 @@ pub enum Picked {
 fn pick(
     spool: &Spool,
     config: &Config,
+    content: &Content,
     dirfd: &std::os::fd::OwnedFd,
     name: &str,
 ) -> Result<Picked, String> {
@@ -396,13 +398,23 @@ fn pick(
         login,
         received: format!("local (uid {uid})"),
         hold: Some(Hold::Forever),
+        content,
+        bounce_refused: true,
     };
     let marker = spool.root().join(PICKUP);
     let queued = crate::admin::queue_message(config, spool, &opts, &sub, &mut r, |id| {
         fsutil::write_atomic(spool.tmp_dir(), &marker, name, id.to_string().as_bytes())
     });
     let env = match queued {
-        Ok(env) => env,
+        Ok(Queued::Committed(env)) => env,
+        Ok(Queued::Discarded(id)) => {
+            // a milter's decision, logged with the id; the submitter
+            // learns nothing, as an SMTP client would not
+            let _ = fs::remove_file(marker.join(name));
+            let _ = fs::remove_file(&path);
+            log::info!("{id} from maildrop/{name} (uid {uid}) discarded by milter");
+            return Ok(Picked::Removed);
+        }
         Err(e) if e.code == Exit::TempFail => {
             let _ = fs::remove_file(marker.join(name));
             log::warn!("{}: left for later: {e}", path.display());
@@ -452,7 +464,8 @@ fn finish(spool: &Spool, name: &str, id: QueueId) -> Result<(), String> {
     {
         super::claim::Claimed::Mine(claim) => {
             if let Some(mut env) = claim.load().map_err(|e| e.to_string())? {
-                if env.hold == Some(Hold::Forever) {
+                // a milter's quarantine keeps its hold (`queue release`)
+                if env.hold == Some(Hold::Forever) && env.hold_reason.is_none() {
                     env.hold = None;
                     claim.store(&env).map_err(|e| e.to_string())?;
                 }
@@ -502,7 +515,7 @@ pub fn recover(spool: &Spool) -> usize {
 }
 
 /// One pass over `maildrop/`: what became of each file.
-pub fn scan(spool: &Spool, config: &Config) -> Vec<Picked> {
+pub fn scan(spool: &Spool, config: &Config, content: &Content) -> Vec<Picked> {
     let dir = spool.root().join(DIR);
     let Ok(dirfd) = sys::open_dir_nofollow(None, &dir) else {
         return Vec::new();
@@ -513,7 +526,7 @@ pub fn scan(spool: &Spool, config: &Config) -> Vec<Picked> {
     let mut out = Vec::new();
     for n in names {
         let name = n.to_string_lossy().into_owned();
-        match pick(spool, config, &dirfd, &name) {
+        match pick(spool, config, content, &dirfd, &name) {
             Ok(p) => out.push(p),
             Err(e) => {
                 log::warn!("maildrop/{name}: {e}");
@@ -526,8 +539,9 @@ pub fn scan(spool: &Spool, config: &Config) -> Vec<Picked> {
 
 /// The server's pick-up thread: a scan every [`SCAN_INTERVAL`] (one
 /// `readdir` of a usually empty folder); each queued id goes to
-/// `committed` (the scheduler). Each scan runs with the configuration
-/// `config` gives then (a reload may have replaced it).
+/// `committed` (the scheduler). Each scan runs with the configuration,
+/// milters and DKIM keys `current` gives then (a reload may have replaced
+/// them).
 pub struct Pickup {
     stop: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<()>>,
@@ -536,7 +550,7 @@ pub struct Pickup {
 impl Pickup {
     pub fn start(
         spool: Arc<Spool>,
-        config: impl Fn() -> Arc<Config> + Send + 'static,
+        current: impl Fn() -> (Arc<Config>, Content) + Send + 'static,
         committed: Option<crossbeam_channel::Sender<QueueId>>,
     ) -> io::Result<Pickup> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -545,7 +559,8 @@ impl Pickup {
             .name("maildrop".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    for p in scan(&spool, &config()) {
+                    let (config, content) = current();
+                    for p in scan(&spool, &config, &content) {
                         if let (Picked::Queued(id), Some(tx)) = (p, &committed) {
                             let _ = tx.try_send(id);
                         }

@@ -42,6 +42,11 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 /usr/bin/python3 -c 'import nacl' >/dev/null 2>&1 || need+=(python3-nacl)
 command -v opendkim-testmsg >/dev/null 2>&1 || need+=(opendkim-tools)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# README "Install" run as written (tests/install.rs): the unit checked by
+# systemd-analyze verify (from Debian's systemd; no systemd is started),
+# the man page read by man
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v man >/dev/null 2>&1 || need+=(man-db)
 # the MTA-STS tests serve the policy over HTTPS with nginx (run as a
 # single process on a temp config; Debian's service is not started)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx)

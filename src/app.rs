@@ -716,6 +716,7 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
         .transpose()
         .map_err(ServeError::Thread)?;
     let first = assemble(loaded, &shared, None)?;
+    crate::metrics::config_loaded(None, crate::time::now_unix());
     let sessions = Arc::new(Swap::from_arc(first.session));
     let deliveries = Arc::new(Swap::from_arc(first.deliverer));
     let sched = if delivery_workers > 0 {
@@ -1033,8 +1034,11 @@ pub fn run(args: Vec<String>) -> ExitCode {
             ids_from_stdin,
             warnings,
         } => queue_command(&config, &cmd, sel, dry_run, ids_from_stdin, &warnings),
-        Cli::Send { config, opts } => {
+        Cli::Send { config, mut opts } => {
             init_logging(config.verbosity, true);
+            if crate::sendmail::called_as_sendmail() {
+                opts.via = crate::admin::Via::Sendmail;
+            }
             match crate::admin::run_send(&config, &opts, &mut std::io::stdin().lock()) {
                 Ok(id) => {
                     if config.verbosity > 0 {

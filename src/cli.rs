@@ -1708,6 +1708,7 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
         rcpts: v.matches.free.clone(),
         full_name: v.matches.opt_str("F"),
         author: None,
+        via: Default::default(),
     };
     if opts.rcpts.is_empty() && !opts.extract {
         return Err(UsageError(

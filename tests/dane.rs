@@ -273,28 +273,6 @@ impl World {
     }
 }
 
-fn send(relay: &Relay, rcpt: &str) -> String {
-    let mut t = relay.session();
-    let id = t.send_mail(
-        "s@origin.test",
-        &[rcpt],
-        format!("Subject: to {rcpt}\r\n\r\nhello\r\n").as_bytes(),
-    );
-    t.cmd("QUIT", 221);
-    id
-}
-
-/// Waits for `id`'s `status=sent` line.
-fn sent(relay: &Relay, id: &str) {
-    let ok = wait_until(LIMIT, || {
-        relay
-            .log()
-            .lines()
-            .any(|l| l.contains(id) && l.contains("status=sent"))
-    });
-    assert!(ok, "{id} not sent:\n{}", relay.log());
-}
-
 /// Waits for `id`'s delivery line (`relay=... tls=...`); returns it.
 fn delivery_line(relay: &Relay, id: &str) -> String {
     let mut line = None;
@@ -335,10 +313,10 @@ fn matching_dane_ee_record_delivers_over_tls() {
     };
     let mx = w.mx(1, Some((&probe.cert, &probe.key)));
     let relay = w.sender();
-    let id = send(&relay, "user@good.test");
+    let id = send_one(&relay, "user@good.test");
     let line = delivery_line(&relay, &id);
     assert!(line.contains(" tls=TLSv1."), "not over TLS: {line}");
-    sent(&relay, &id);
+    wait_sent(&relay, &id, LIMIT);
     assert!(delivered_to(&mx));
     assert!(
         relay
@@ -373,7 +351,7 @@ fn mismatching_tlsa_record_defers() {
     };
     let mx = w.mx(1, Some((&w.certs.cert, &w.certs.key)));
     let relay = w.sender();
-    let id = send(&relay, "user@bad.test");
+    let id = send_one(&relay, "user@bad.test");
     let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(reply.contains("4.7.5") && reply.contains("DANE"), "{reply}");
     assert!(queued_ids(mx.spool()).is_empty(), "delivered anyway");
@@ -411,10 +389,10 @@ fn unsigned_zone_is_opportunistic() {
         "user@mixed.test",
         "user@other.plain.test",
     ] {
-        let id = send(&relay, rcpt);
+        let id = send_one(&relay, rcpt);
         let line = delivery_line(&relay, &id);
         assert!(line.contains(" tls=none"), "{rcpt}: {line}");
-        sent(&relay, &id);
+        wait_sent(&relay, &id, LIMIT);
     }
     assert!(wait_until(LIMIT, || queued_ids(mx.spool()).len() == 3));
     let run = w.route("user@plain.test");
@@ -434,7 +412,7 @@ fn bogus_signatures_defer() {
     // a plaintext MX: delivering to it would be the failure
     let mx = w.mx(1, None);
     let relay = w.sender();
-    let id = send(&relay, "user@bogus.test");
+    let id = send_one(&relay, "user@bogus.test");
     let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(
         reply.contains("4.7.5") && reply.contains("DNSSEC"),
@@ -487,7 +465,7 @@ fn requiretls_counts_a_dane_verified_hop_as_verified() {
     let mx = w.mx(1, Some((&probe.cert, &probe.key)));
     let relay = w.sender();
     let id = send_requiretls(&relay, &w.certs, "user@rt.test");
-    sent(&relay, &id);
+    wait_sent(&relay, &id, LIMIT);
     assert!(delivered_to(&mx));
     let got = queued_ids(mx.spool());
     let env = read_env(mx.spool(), &got[0]);
@@ -523,13 +501,13 @@ fn dane_ta_checks_the_chain_and_the_name() {
     let good = w.mx(1, Some((&chain, &ca.key)));
     let wrong_name = w.mx(2, Some((&chain, &ca.key)));
     let relay = w.sender();
-    let id = send(&relay, "user@ta.test");
+    let id = send_one(&relay, "user@ta.test");
     let line = delivery_line(&relay, &id);
     assert!(line.contains(" tls=TLSv1."), "{line}");
-    sent(&relay, &id);
+    wait_sent(&relay, &id, LIMIT);
     assert!(delivered_to(&good));
     // the same chain for a host it does not name: deferred (§3.2.2)
-    let id = send(&relay, "user@taname.test");
+    let id = send_one(&relay, "user@taname.test");
     let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(reply.contains("4.7.5") && reply.contains("DANE"), "{reply}");
     assert!(
@@ -553,10 +531,10 @@ fn secure_denial_of_tlsa_is_opportunistic() {
     };
     let mx = w.mx(1, None);
     let relay = w.sender();
-    let id = send(&relay, "user@nodane.test");
+    let id = send_one(&relay, "user@nodane.test");
     let line = delivery_line(&relay, &id);
     assert!(line.contains(" tls=none"), "{line}");
-    sent(&relay, &id);
+    wait_sent(&relay, &id, LIMIT);
     assert!(delivered_to(&mx));
     let run = w.route("user@nodane.test");
     assert!(
@@ -615,13 +593,13 @@ fn dane_wins_over_mta_sts_per_host() {
         policy_certs.ca.display().to_string(),
     ]);
     let relay = Relay::start_with_spool(w.dir.path().join("sender-spool"), &strs(&args));
-    let id = send(&relay, "user@both.test");
+    let id = send_one(&relay, "user@both.test");
     let line = delivery_line(&relay, &id);
     assert!(
         line.contains("relay=mx1.both.test") && line.contains(" tls=TLSv1."),
         "{line}"
     );
-    sent(&relay, &id);
+    wait_sent(&relay, &id, LIMIT);
     assert!(delivered_to(&mx1));
     let log = relay.log();
     assert!(
@@ -691,10 +669,10 @@ fn tls_reports_count_dane_sessions() {
         .map(String::from),
     );
     let relay = Relay::start_with_spool(w.dir.path().join("sender-spool"), &strs(&args));
-    let id = send(&relay, "user@good.test");
-    sent(&relay, &id);
-    send(&relay, "user@bad.test");
-    send(&relay, "user@bogus.test");
+    let id = send_one(&relay, "user@good.test");
+    wait_sent(&relay, &id, LIMIT);
+    send_one(&relay, "user@bad.test");
+    send_one(&relay, "user@bogus.test");
     // (policy-type, result-type or "ok") → sessions, over every report
     let mut seen = std::collections::BTreeMap::<(String, String), u64>::new();
     let complete = wait_until(Duration::from_secs(60), || {

@@ -175,27 +175,6 @@ impl World {
     }
 }
 
-fn send(relay: &Relay, rcpt: &str) -> String {
-    let mut t = relay.session();
-    let id = t.send_mail(
-        "s@origin.test",
-        &[rcpt],
-        format!("Subject: to {rcpt}\r\n\r\nhello\r\n").as_bytes(),
-    );
-    t.cmd("QUIT", 221);
-    id
-}
-
-fn sent(relay: &Relay, id: &str) {
-    let ok = wait_until(LIMIT, || {
-        relay
-            .log()
-            .lines()
-            .any(|l| l.contains(id) && l.contains("status=sent"))
-    });
-    assert!(ok, "{id} not sent:\n{}", relay.log());
-}
-
 /// The policies of every report for `domain`, checked one by one
 /// (headers, file name, fields) and summed: (policy-type, its first
 /// policy-string line) → (successes, failures, failure-details).
@@ -284,13 +263,13 @@ fn reports_count_sessions_across_a_restart() {
         "e@badrua.test",
         "f@https.test",
     ] {
-        let id = send(&relay, rcpt);
-        sent(&relay, &id);
+        let id = send_one(&relay, rcpt);
+        wait_sent(&relay, &id, LIMIT);
     }
     // a clean restart at once: the counts are in the spool, not lost
     relay.restart_clean();
-    let id = send(&relay, "g@good.test");
-    sent(&relay, &id);
+    let id = send_one(&relay, "g@good.test");
+    wait_sent(&relay, &id, LIMIT);
 
     let mut all = Vec::new();
     let complete = wait_until(REPORTS_LIMIT, || {

@@ -4,6 +4,8 @@
 use std::io::Write as _;
 
 use super::counters::{DomainCounts, Failure, PolicyCounts, PolicyKey, PolicyType};
+use crate::admin::json_str;
+use crate::bounce::ascii_field;
 
 /// Who reports, for the report's fields and the message's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,11 +47,11 @@ impl Report<'_> {
             .collect();
         format!(
             "{{\"organization-name\":{},\"date-range\":{{\"start-datetime\":{},\"end-datetime\":{}}},\"contact-info\":{},\"report-id\":{},\"policies\":[{}]}}",
-            jstr(&s.org),
-            jstr(&crate::time::iso8601(self.start)),
-            jstr(&crate::time::iso8601(self.end.saturating_sub(1))),
-            jstr(&s.contact),
-            jstr(&self.id(s)),
+            json_str(&s.org),
+            json_str(&crate::time::iso8601(self.start)),
+            json_str(&crate::time::iso8601(self.end.saturating_sub(1))),
+            json_str(&s.contact),
+            json_str(&self.id(s)),
             policies.join(",")
         )
     }
@@ -90,7 +92,7 @@ impl Report<'_> {
             to = to.join(", "),
             date = crate::time::rfc5322_date(now),
             domain = self.domain,
-            org = header_text(&s.org),
+            org = ascii_field(&s.org),
             file = self.filename(s),
         );
         let b64 = base64ct::Base64::encode_string(&gz);
@@ -106,12 +108,12 @@ impl Report<'_> {
 use base64ct::Encoding as _;
 
 fn policy_json(domain: &str, k: &PolicyKey, c: &PolicyCounts) -> String {
-    let list = |v: &[String]| v.iter().map(|s| jstr(s)).collect::<Vec<_>>().join(",");
-    let mut policy = format!("\"policy-type\":{}", jstr(k.kind.as_str()));
+    let list = |v: &[String]| v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(",");
+    let mut policy = format!("\"policy-type\":{}", json_str(k.kind.as_str()));
     if k.kind != PolicyType::NoPolicyFound {
         policy.push_str(&format!(",\"policy-string\":[{}]", list(&k.strings)));
     }
-    policy.push_str(&format!(",\"policy-domain\":{}", jstr(domain)));
+    policy.push_str(&format!(",\"policy-domain\":{}", json_str(domain)));
     if !k.mx_host.is_empty() {
         policy.push_str(&format!(",\"mx-host\":[{}]", list(&k.mx_host)));
     }
@@ -125,52 +127,25 @@ fn policy_json(domain: &str, k: &PolicyKey, c: &PolicyCounts) -> String {
 }
 
 fn failure_json(f: &Failure, n: u64) -> String {
-    let mut out = format!("{{\"result-type\":{}", jstr(f.result.as_str()));
+    let mut out = format!("{{\"result-type\":{}", json_str(f.result.as_str()));
     if let Some(ip) = f.sending_ip {
-        out.push_str(&format!(",\"sending-mta-ip\":{}", jstr(&ip.to_string())));
+        out.push_str(&format!(
+            ",\"sending-mta-ip\":{}",
+            json_str(&ip.to_string())
+        ));
     }
     if let Some(ip) = f.receiving_ip {
-        out.push_str(&format!(",\"receiving-ip\":{}", jstr(&ip.to_string())));
+        out.push_str(&format!(",\"receiving-ip\":{}", json_str(&ip.to_string())));
     }
     if let Some(mx) = &f.mx_host {
-        out.push_str(&format!(",\"receiving-mx-hostname\":{}", jstr(mx)));
+        out.push_str(&format!(",\"receiving-mx-hostname\":{}", json_str(mx)));
     }
     out.push_str(&format!(",\"failed-session-count\":{n}"));
     if let Some(r) = &f.reason {
-        out.push_str(&format!(",\"failure-reason-code\":{}", jstr(r)));
+        out.push_str(&format!(",\"failure-reason-code\":{}", json_str(r)));
     }
     out.push('}');
     out
-}
-
-/// A JSON string (RFC 8259 §7).
-fn jstr(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A header's text without line breaks or non-ASCII (the org name is the
-/// operator's, but a header must stay one line).
-fn header_text(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii() && !c.is_ascii_control() {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
 }
 
 /// §5.1: "application/tlsrpt+gzip": gzip (RFC 1952), by flate2.

@@ -459,15 +459,7 @@ pub fn run_command_stdin(cmd: &mut Command, input: &[u8], limit: Duration) -> Cl
     };
     let out = reader(Box::new(child.stdout.take().expect("stdout piped")));
     let err = reader(Box::new(child.stderr.take().expect("stderr piped")));
-    let mut status = None;
-    wait_until(limit, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let status = wait_exit(&mut child, limit);
     let _ = writer.join();
     CliRun {
         code: status.and_then(|s| s.code()),
@@ -1681,4 +1673,27 @@ pub fn refused_lines<'a>(log: &'a str, ip: &str) -> Vec<&'a str> {
     log.lines()
         .filter(|l| l.contains(&who) && l.contains(" refused "))
         .collect()
+}
+
+/// One message from `s@origin.test` to `rcpt` in its own session; its id.
+pub fn send_one(relay: &Relay, rcpt: &str) -> String {
+    let mut t = relay.session();
+    let id = t.send_mail(
+        "s@origin.test",
+        &[rcpt],
+        format!("Subject: to {rcpt}\r\n\r\nhello\r\n").as_bytes(),
+    );
+    t.cmd("QUIT", 221);
+    id
+}
+
+/// Waits (bounded by `limit`) for `id`'s `status=sent` line.
+pub fn wait_sent(relay: &Relay, id: &str, limit: Duration) {
+    let ok = wait_until(limit, || {
+        relay
+            .log()
+            .lines()
+            .any(|l| l.contains(id) && l.contains("status=sent"))
+    });
+    assert!(ok, "{id} not sent:\n{}", relay.log());
 }

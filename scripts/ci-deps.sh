@@ -22,6 +22,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
 command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
 command -v s-nail >/dev/null 2>&1 || need+=(s-nail)
+[ -x /usr/lib/git-core/git-send-email ] || need+=(git-email)
 # promtool (check metrics) and a Prometheus server scraping --metrics
 # (tests/metrics.rs): Debian's prometheus, a 22 MB download, 332 MB
 # installed (with its web UI), installed here in well under a minute

@@ -1,5 +1,5 @@
 //! The binary as `sendmail` (issue 15): real programs that call it
-//! (bsd-mailx, s-nail, Debian cron's command line, a PHP-style `-t -i`
+//! (bsd-mailx, s-nail, git send-email, Debian cron's command line, a PHP-style `-t -i`
 //! pipe), as root and as `nobody`, whose mail goes through `maildrop/`;
 //! hostile maildrop files; a crash between a pick-up's commit and the
 //! drop's removal.
@@ -104,6 +104,12 @@ impl Setup {
             .env("SMTP_RELAY_CONFIG", self.conf())
             .env("HOME", self.base.path())
             .env("MAILRC", self.base.path().join("mailrc"))
+            // git send-email wants an identity, and no repository around it
+            .env("GIT_AUTHOR_NAME", "Dev")
+            .env("GIT_AUTHOR_EMAIL", "dev@site.example")
+            .env("GIT_COMMITTER_NAME", "Dev")
+            .env("GIT_COMMITTER_EMAIL", "dev@site.example")
+            .current_dir(self.base.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -378,6 +384,78 @@ fn bsd_mailx_and_s_nail_as_root_and_as_nobody() {
                 check(&msg, &env, &format!("{login}@relay.test"), uid);
             }
             assert!(env.contains("<sn@dest.example>"), "{env}");
+        }
+    }
+}
+
+/// Debian's git-email, which pipes each patch to `--sendmail-cmd`.
+fn git_send_email() -> Option<PathBuf> {
+    let debian = PathBuf::from("/usr/lib/git-core/git-send-email");
+    if debian.exists() {
+        return Some(debian);
+    }
+    assert!(!in_ci(), "git-email missing in CI (scripts/ci-deps.sh)");
+    eprintln!("git-email not installed: skipped");
+    None
+}
+
+#[test]
+fn git_send_email_as_root_and_as_nobody() {
+    let s = Setup::new();
+    let Some(git_send_email) = git_send_email() else {
+        return;
+    };
+    let nobody_uid = nobody().map(|n| n.0);
+    for as_nobody in users() {
+        let uid = as_nobody.then_some(nobody_uid).flatten();
+        let subject = format!("gitsend-{as_nobody}");
+        let patch = s.base.path().join(format!("{subject}.patch"));
+        fs::write(
+            &patch,
+            format!(
+                "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n\
+                 From: Dev <dev@site.example>\n\
+                 Date: Mon, 30 Nov 2026 04:00:00 +0000\n\
+                 Subject: [PATCH] {subject}\n\n\
+                 the change\n---\n a | 1 +\n"
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&patch, fs::Permissions::from_mode(0o644)).unwrap();
+        let cmd = format!("--sendmail-cmd={}", s.sendmail().display());
+        let patch = patch.display().to_string();
+        let (code, err) = s.run(
+            as_nobody,
+            &git_send_email,
+            &[
+                &cmd,
+                "--to=gs@dest.example",
+                "--from=Dev <dev@site.example>",
+                "--envelope-sender=dev@site.example",
+                "--confirm=never",
+                "--suppress-cc=all",
+                "--no-validate",
+                &patch,
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        let (msg, env) = s.queued(&subject);
+        assert!(env.contains("<gs@dest.example>"), "{env}");
+        assert!(env.contains("from: <dev@site.example>"), "{env}");
+        // git writes `Message-Id`: a field name in any case is the same
+        // field (RFC 5322 §1.2.2), so none is added beside it
+        let ids = msg
+            .split("\r\n")
+            .filter(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+            .count();
+        assert_eq!(ids, 1, "{msg}");
+        assert!(msg.contains("\r\nthe change\r\n"), "{msg}");
+        if let Some(u) = uid {
+            assert!(
+                env.contains(&format!("client: local uid={u} user=")),
+                "{env}"
+            );
         }
     }
 }

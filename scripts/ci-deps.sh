@@ -8,7 +8,7 @@
 # smarthost that requires AUTH), msmtp (a mail client of the submission
 # listeners), Prometheus (promtool, and a server that scrapes --metrics),
 # socat and postfix-policyd-spf-python (the policy-service tests), nginx
-# (the MTA-STS policy host, tests/mta_sts.rs), python3-dkim and
+# (the MTA-STS policy host, tests/mta_sts.rs, tests/tls_reports.rs), python3-dkim and
 # python3-authres (the DKIM and authentication-results tests), OpenDKIM
 # and rspamd (the milter tests), Knot DNS and ldnsutils (a DNSSEC-signed
 # zone on loopback, tests/dane.rs). Safe to run again.
@@ -22,6 +22,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
 command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
 command -v s-nail >/dev/null 2>&1 || need+=(s-nail)
+[ -x /usr/lib/git-core/git-send-email ] || need+=(git-email)
 # promtool (check metrics) and a Prometheus server scraping --metrics
 # (tests/metrics.rs): Debian's prometheus, a 22 MB download, 332 MB
 # installed (with its web UI), installed here in well under a minute
@@ -34,11 +35,19 @@ ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 # socket by socat
 command -v socat >/dev/null 2>&1 || need+=(socat)
 [ -x /usr/bin/policyd-spf ] || need+=(postfix-policyd-spf-python)
+# python3's email, gzip and json modules take TLS reports apart
+# (tests/tls_reports.rs, with dnsmasq and nginx as above)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 # DKIM verifiers (tests/dkim.rs): dkimpy (Ed25519 through PyNaCl) and OpenDKIM
 /usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || need+=(python3-dkim)
 /usr/bin/python3 -c 'import nacl' >/dev/null 2>&1 || need+=(python3-nacl)
 command -v opendkim-testmsg >/dev/null 2>&1 || need+=(opendkim-tools)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# README "Install" run as written (tests/install.rs): the unit checked by
+# systemd-analyze verify (from Debian's systemd; no systemd is started),
+# the man page read by man
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v man >/dev/null 2>&1 || need+=(man-db)
 # the MTA-STS tests serve the policy over HTTPS with nginx (run as a
 # single process on a temp config; Debian's service is not started)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx)

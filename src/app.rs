@@ -411,6 +411,8 @@ pub fn deliverer(
         postmaster: config.postmaster(),
         tls_policies: Arc::new(tls_policies(config, &tls, false)?),
         tls,
+        // `serve` sets the reporter it keeps across reloads (`Shared`)
+        tls_reports: None,
     })
 }
 
@@ -492,6 +494,9 @@ pub struct Shared {
     /// In-flight deliveries per destination: a reload changes the limits,
     /// never the counts.
     limiter: DestLimiter,
+    /// `--tls-reports`: built at start; its counts outlive reloads (a
+    /// reload does not turn reporting on or off).
+    tls_reports: Option<Arc<crate::tlsrpt::Reporter>>,
 }
 
 /// Everything built from one configuration. A session runs with the
@@ -536,6 +541,7 @@ pub fn assemble(
         shared.limiter.restore(shared.spool.read_throttled());
     }
     deliverer.limiter = shared.limiter.clone();
+    deliverer.tls_reports = shared.tls_reports.clone();
     gate.verifier = verifier(&config, &shared.local)?;
     let mut edge = edge(&config)?;
     let mut auth_failures = Arc::new(crate::auth_limit::FailureLimiter::new(config.auth_limits));
@@ -724,6 +730,7 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     // sessions and delivery announce new messages to the scheduler; a
     // full channel only delays a message until the next rescan
     let (committed_tx, committed_rx) = bounded::<QueueId>(16 * 1024);
+    let tls_reports = tls_reporter(config, &spool, loaded.dkim.clone())?;
     let shared = Shared {
         spool,
         committed: committed_tx,
@@ -731,6 +738,7 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
         space: Arc::default(),
         verifier: Arc::new(crate::auth::Verifier::per_cpu()),
         limiter: DestLimiter::new(1),
+        tls_reports,
     };
     let delivery_workers = config.delivery_workers;
     // a batch waits here while the scheduler is busy: a few hundred
@@ -739,7 +747,14 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     let to_scheduler = (delivery_workers > 0).then_some(recovered_tx);
     recover_in_background(shared.spool.clone(), queued_ids, to_scheduler)
         .map_err(ServeError::Thread)?;
+    let reporter = shared
+        .tls_reports
+        .clone()
+        .map(|r| r.start(shared.spool.clone(), Some(shared.committed.clone())))
+        .transpose()
+        .map_err(ServeError::Thread)?;
     let first = assemble(loaded, &shared, None)?;
+    crate::metrics::config_loaded(None, crate::time::now_unix());
     let sessions = Arc::new(Swap::from_arc(first.session));
     let deliveries = Arc::new(Swap::from_arc(first.deliverer));
     let sched = if delivery_workers > 0 {
@@ -784,9 +799,56 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     if let Some(s) = sched {
         s.stop(Duration::from_secs(5));
     }
+    // the last counts to the spool: a restart reads them back
+    if let Some(r) = reporter {
+        r.stop();
+    }
     drop(lock);
     log::info!("stopped");
     Ok(())
+}
+
+/// `--tls-reports`: the reporter on `SPOOL/tlsrpt/` (module `tlsrpt`),
+/// with the counts a previous run left; reports are DKIM-signed with
+/// `--dkim-key` when one covers the sender's domain (RFC 8460 §5.3).
+fn tls_reporter(
+    config: &Config,
+    spool: &Spool,
+    dkim: Option<Arc<crate::dkim::Signer>>,
+) -> Result<Option<Arc<crate::tlsrpt::Reporter>>, SetupError> {
+    if !config.tls_reports {
+        return Ok(None);
+    }
+    let invalid = |why: String| SetupError::Invalid {
+        option: "--tls-reports",
+        why,
+    };
+    let dns = dns(config)?.ok_or_else(|| invalid("needs DNS (not --no-dns)".into()))?;
+    let from = config.tls_report_from().ok_or_else(|| {
+        invalid(format!(
+            "tlsrpt-noreply@{} is not an address: set --tls-report-from",
+            config.hostname
+        ))
+    })?;
+    let settings = crate::tlsrpt::Settings {
+        submitter: crate::tlsrpt::Submitter {
+            org: config
+                .tls_report_org
+                .clone()
+                .unwrap_or_else(|| config.hostname.clone()),
+            contact: config
+                .tls_report_contact
+                .clone()
+                .unwrap_or_else(|| from.mailbox().to_string()),
+            from: from.mailbox().to_string(),
+            hostname: config.hostname.clone(),
+        },
+        from,
+        period: config.tls_report_period,
+    };
+    let clock = Arc::new(crate::time::SystemClock);
+    let r = crate::tlsrpt::Reporter::open(spool.root(), dns, settings, clock, dkim);
+    Ok(Some(Arc::new(r)))
 }
 
 /// The inbound edge's shared objects (issue 13): the DNS lists get a
@@ -918,6 +980,35 @@ fn print_dane_hops(
     }
 }
 
+/// `route` under `--tls-reports`: where the domain's TLS reports would
+/// go (its `_smtp._tls` record, RFC 8460 §3), or why none.
+fn print_tls_report(config: &Config, host: &crate::smtp::Host) -> Result<(), AdminError> {
+    let crate::smtp::Host::Name(d) = host else {
+        return Ok(());
+    };
+    if !config.tls_reports {
+        return Ok(());
+    }
+    let Some(dns) = dns(config)? else {
+        return Ok(());
+    };
+    let ascii = idna::domain_to_ascii(d.as_str()).unwrap_or_else(|_| d.as_str().to_string());
+    match crate::tlsrpt::lookup(&dns, &ascii) {
+        Ok(r) => {
+            let mut uris = Vec::new();
+            for u in &r.rua {
+                uris.push(match u {
+                    crate::tlsrpt::record::Rua::Mailto(p) => format!("mailto:{}", p.mailbox()),
+                    crate::tlsrpt::record::Rua::Https(u) => format!("{u} (not supported)"),
+                });
+            }
+            println!("tls reports: {}", uris.join(", "));
+        }
+        Err(why) => println!("tls reports: none ({why})"),
+    }
+    Ok(())
+}
+
 /// `route ADDRESS`: where a recipient would go, sending nothing. Prints
 /// the decision; 0 deliverable, 69 permanently not, 75 not now.
 pub fn route(config: &Config, address: &str) -> Result<Exit, AdminError> {
@@ -942,6 +1033,7 @@ pub fn route(config: &Config, address: &str) -> Result<Exit, AdminError> {
         let policies = tls_policies(config, &*client_tls(config)?, true)?;
         let dest = policies.for_destination(host, router.has_static_route(host));
         println!("tls policy: {}", dest.describe());
+        print_tls_report(config, host)?;
         if let (Ok(hops), Some(_)) = (router.route(host), &dest.dane) {
             print_dane_hops(&policies, &dest, &hops);
         }
@@ -986,8 +1078,11 @@ pub fn run(args: Vec<String>) -> ExitCode {
             ids_from_stdin,
             warnings,
         } => queue_command(&config, &cmd, sel, dry_run, ids_from_stdin, &warnings),
-        Cli::Send { config, opts } => {
+        Cli::Send { config, mut opts } => {
             init_logging(config.verbosity, true);
+            if crate::sendmail::called_as_sendmail() {
+                opts.via = crate::admin::Via::Sendmail;
+            }
             match crate::admin::run_send(&config, &opts, &mut std::io::stdin().lock()) {
                 Ok(id) => {
                     if config.verbosity > 0 {

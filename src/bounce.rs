@@ -99,7 +99,7 @@ pub fn report_for(r: &Recipient, action: Action) -> RcptReport {
 }
 
 /// RFC 3464 fields are ASCII lines: anything else is replaced.
-fn ascii_field(s: &str) -> String {
+pub(crate) fn ascii_field(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii() && !c.is_ascii_control() {

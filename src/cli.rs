@@ -759,6 +759,36 @@ const ROUTING_OPTS: &[OptSpec] = &[
         "FILE",
         "--outbound-tls verify, tls = verify, --mta-sts: trust these PEM CAs instead of the system's",
     ),
+    opt(
+        "tls-reports",
+        Kind::Flag,
+        "",
+        "send daily TLS reports (RFC 8460) to the domains whose _smtp._tls record asks",
+    ),
+    opt(
+        "tls-report-org",
+        Kind::Single,
+        "NAME",
+        "--tls-reports: the reports' organization-name (default: HOSTNAME)",
+    ),
+    opt(
+        "tls-report-from",
+        Kind::Single,
+        "ADDRESS",
+        "--tls-reports: the reports' sender (default tlsrpt-noreply@HOSTNAME)",
+    ),
+    opt(
+        "tls-report-contact",
+        Kind::Single,
+        "TEXT",
+        "--tls-reports: the reports' contact-info (default: the sender)",
+    ),
+    opt(
+        "tls-report-period",
+        Kind::Single,
+        "SECONDS",
+        "--tls-reports: seconds per report (default 86400; for tests)",
+    ),
 ];
 
 /// Options of the delivery side (`serve`, `queue flush`).
@@ -1678,6 +1708,7 @@ fn parse_send(args: &[String]) -> Result<Cli, UsageError> {
         rcpts: v.matches.free.clone(),
         full_name: v.matches.opt_str("F"),
         author: None,
+        via: Default::default(),
     };
     if opts.rcpts.is_empty() && !opts.extract {
         return Err(UsageError(
@@ -1755,6 +1786,42 @@ fn apply_routing(v: &Values, c: &mut Config) -> Result<(), UsageError> {
     c.dnssec_trust_anchor = v.single("dnssec-trust-anchor").map(PathBuf::from);
     if c.dnssec_trust_anchor.is_some() && !c.dane {
         return Err(UsageError("--dnssec-trust-anchor needs --dane".into()));
+    }
+    tls_report_options(v, c)
+}
+
+/// `--tls-reports` and its settings (RFC 8460, README "TLS reporting").
+fn tls_report_options(v: &Values, c: &mut Config) -> Result<(), UsageError> {
+    c.tls_reports = v.flag("tls-reports")?;
+    c.tls_report_org = v.single("tls-report-org");
+    c.tls_report_contact = v.single("tls-report-contact");
+    if let Some(m) = v.parse("tls-report-from", |a| {
+        crate::smtp::Mailbox::parse(a.trim_start_matches('<').trim_end_matches('>'), true)
+            .map_err(|e| UsageError(format!("--tls-report-from: {a:?}: {e}")))
+    })? {
+        c.tls_report_from = Some(m);
+    }
+    if let Some(p) = v.parse("tls-report-period", |p| positive("tls-report-period", p))? {
+        c.tls_report_period = p as u64;
+    }
+    for (name, set) in [
+        ("tls-report-org", c.tls_report_org.is_some()),
+        ("tls-report-contact", c.tls_report_contact.is_some()),
+        ("tls-report-from", c.tls_report_from.is_some()),
+        ("tls-report-period", c.tls_report_period != 86_400),
+    ] {
+        if set && !c.tls_reports {
+            return Err(UsageError(format!("--{name} needs --tls-reports")));
+        }
+    }
+    let text = [&c.tls_report_org, &c.tls_report_contact];
+    if text.iter().any(|t| {
+        t.as_deref()
+            .is_some_and(|t| t.is_empty() || t.chars().any(char::is_control))
+    }) {
+        return Err(UsageError(
+            "--tls-report-org and --tls-report-contact must be one line of text".into(),
+        ));
     }
     Ok(())
 }
@@ -2182,6 +2249,44 @@ mod tests {
         match parse(&args(s))? {
             Cli::Serve(c) => Ok(c),
             other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_report_options() {
+        let c = serve("serve").unwrap();
+        assert!(!c.tls_reports);
+        assert_eq!(c.tls_report_period, 86_400);
+        assert_eq!(
+            c.tls_report_from().unwrap().to_string(),
+            format!("<tlsrpt-noreply@{}>", c.hostname)
+        );
+        let c = serve(
+            "serve --tls-reports --tls-report-org Org --tls-report-from <r@x.example> --tls-report-contact c@x.example --tls-report-period 10",
+        )
+        .unwrap();
+        assert!(c.tls_reports);
+        assert_eq!(c.tls_report_org.as_deref(), Some("Org"));
+        assert_eq!(c.tls_report_from().unwrap().to_string(), "<r@x.example>");
+        assert_eq!(c.tls_report_contact.as_deref(), Some("c@x.example"));
+        assert_eq!(c.tls_report_period, 10);
+        for (bad, says) in [
+            ("serve --tls-report-org Org", "needs --tls-reports"),
+            (
+                "serve --tls-reports --tls-report-from nobody",
+                "--tls-report-from",
+            ),
+            (
+                "serve --tls-reports --tls-report-period 0",
+                "tls-report-period",
+            ),
+        ] {
+            let e = serve(bad).unwrap_err();
+            assert!(e.0.contains(says), "{bad}: {e}");
+        }
+        match parse(&args("route --tls-reports a@b.example")).unwrap() {
+            Cli::Route { config, .. } => assert!(config.tls_reports),
+            _ => panic!("not route"),
         }
     }
 

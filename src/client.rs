@@ -554,6 +554,16 @@ impl Connection {
         self.peer
     }
 
+    /// Our address on this connection (RFC 8460 §4.4 `sending-mta-ip`).
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        self.io.socket().local_addr().ok().map(|a| a.ip())
+    }
+
+    /// Whether TLS is up on this connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub fn extensions(&self) -> &Extensions {
         &self.ext
     }

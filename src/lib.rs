@@ -57,3 +57,4 @@ pub mod sys;
 pub mod time;
 pub mod tls;
 pub mod tls_policy;
+pub mod tlsrpt;

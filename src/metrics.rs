@@ -112,6 +112,11 @@ label!(QueueState, QueueSet, state, {
     Held => "held",
 });
 
+label!(ReloadResult, ReloadSet, result, {
+    Ok => "ok",
+    Failed => "failed",
+});
+
 label!(Dsn, DsnSet, kind, {
     Failure => "failure",
     Delay => "delay",
@@ -171,6 +176,9 @@ struct Metrics {
     retries: Counter,
     dsns: Family<DsnSet, Counter>,
     in_flight: Family<DestinationSet, Gauge>,
+    reloads: Family<ReloadSet, Counter>,
+    reload_ok: Gauge,
+    reload_ok_at: Gauge,
 }
 
 /// `{destination="mx.example.net:25"}`: the scheduler's key of a
@@ -202,6 +210,9 @@ impl Metrics {
             retries: Counter::default(),
             dsns: Family::default(),
             in_flight: Family::default(),
+            reloads: Family::default(),
+            reload_ok: Gauge::default(),
+            reload_ok_at: Gauge::default(),
             registry: Registry::default(),
         };
         // every label value shows from the start (0), so rate() and
@@ -222,6 +233,9 @@ impl Metrics {
         }
         for &kind in Dsn::ALL {
             let _ = m.dsns.get_or_create(&DsnSet { kind });
+        }
+        for &result in ReloadResult::ALL {
+            let _ = m.reloads.get_or_create(&ReloadSet { result });
         }
         let reg = |r: &mut Registry, name: &str, help: &str, metric: &dyn RegisterClone| {
             metric.register(r, name, help)
@@ -310,6 +324,26 @@ impl Metrics {
             "deliveries_in_flight",
             "Deliveries running now, by destination (only busy destinations)",
             &m.in_flight,
+        );
+        // the names Prometheus uses for its own configuration
+        // (prometheus_config_last_reload_*)
+        reg(
+            &mut r,
+            "config_reloads",
+            "SIGHUP reloads, by result (failed: refused, the running configuration stays)",
+            &m.reloads,
+        );
+        reg(
+            &mut r,
+            "config_last_reload_successful",
+            "1 when the last reload (or the start) loaded the configuration, 0 when it was refused",
+            &m.reload_ok,
+        );
+        reg(
+            &mut r,
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time the running configuration was loaded (start or the last reload taken)",
+            &m.reload_ok_at,
         );
         Metrics { registry: r, ..m }
     }
@@ -463,6 +497,28 @@ pub fn queue(counts: &[(QueueState, usize)], oldest: Option<u64>, now: u64) {
     }
     let age = oldest.map_or(0, |t| now.saturating_sub(t));
     METRICS.oldest.set(i64::try_from(age).unwrap_or(i64::MAX));
+}
+
+/// The configuration loaded at `now` (Unix seconds): at the start
+/// (`reload` None, nothing counted) or by a SIGHUP reload, taken
+/// (`Some(true)`) or refused (`Some(false)`: the running one stays, its
+/// time too).
+pub fn config_loaded(reload: Option<bool>, now: u64) {
+    let ok = reload.unwrap_or(true);
+    if let Some(taken) = reload {
+        let result = if taken {
+            ReloadResult::Ok
+        } else {
+            ReloadResult::Failed
+        };
+        METRICS.reloads.get_or_create(&ReloadSet { result }).inc();
+    }
+    METRICS.reload_ok.set(i64::from(ok));
+    if ok {
+        METRICS
+            .reload_ok_at
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
 }
 
 /// Whether the SMTP listeners are accepting (`/healthz`).

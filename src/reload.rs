@@ -59,9 +59,11 @@ impl Reloader {
                 self.sessions.store_arc(generation.session);
                 self.deliveries.store_arc(generation.deliverer);
                 log::info!("{summary}");
+                crate::metrics::config_loaded(Some(true), crate::time::now_unix());
             }
             Err(e) => {
                 log::error!("reload refused, the running configuration stays: {e}");
+                crate::metrics::config_loaded(Some(false), crate::time::now_unix());
             }
         }
         crate::notify::notify("READY=1");

@@ -51,7 +51,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Select, Sender};
 
 use crate::delivery::{Attempted, Deliverer, Outcome};
 pub use crate::shaping::DestLimiter;
-use crate::spool::QueueId;
+use crate::spool::{Hold, QueueId, Request};
 use crate::swap::Swap;
 use crate::time::Clock;
 
@@ -210,8 +210,10 @@ struct Scheduler {
     /// Flushed while in flight: attempt again as soon as it comes back.
     flush_again: std::collections::HashSet<QueueId>,
     last_scan: Instant,
-    /// Held messages the last rescan read (they are in no slot).
-    held: usize,
+    /// Messages on hold and their hold, as the last look at each found
+    /// it (a worker's report, an operator's `changed` request, a rescan):
+    /// a held message is counted as held whatever its slot.
+    held: HashMap<QueueId, Hold>,
     /// Start-up recovery still reading the spool: what it found so far
     /// comes here; no rescan until it is done (it would read the same).
     recovering: Option<Receiver<Vec<crate::spool::Queued>>>,
@@ -234,7 +236,7 @@ impl Scheduler {
             ready: VecDeque::new(),
             flush_again: std::collections::HashSet::new(),
             last_scan: Instant::now(),
-            held: 0,
+            held: HashMap::new(),
             recovering: None,
         }
     }
@@ -280,33 +282,100 @@ impl Scheduler {
         log::info!("flush: {n} waiting message(s) made due now");
     }
 
-    /// `touch SPOOL/flush` flushes everything; `queue flush` leaves
-    /// requests naming ids in `flush.d/`.
-    fn check_flush_trigger(&mut self) {
-        let requests = self.spool.take_flush_requests();
-        if requests.contains(&None) {
+    /// `touch SPOOL/flush` flushes everything; `queue flush` and `queue
+    /// release` leave requests naming ids in `flush.d/`, `send` tells of
+    /// the messages it queued and the changing `queue` commands of those
+    /// they changed (spool/flush.rs). The caller publishes the gauges,
+    /// then marks the requests done.
+    fn check_flush_trigger(&mut self) -> crate::spool::flush::Taken {
+        let taken = self.spool.take_flush_requests();
+        if taken.requests.contains(&Request::All) {
             self.flush_all();
         }
         let mut n = 0;
-        for id in requests.into_iter().flatten() {
-            match self.slots.get(&id) {
-                // waiting for a slot: a flush cannot make one
-                Some(Slot::Ready | Slot::Parked(_)) => {}
-                Some(Slot::InFlight) => {
-                    self.flush_again.insert(id);
+        for &r in &taken.requests {
+            match r {
+                Request::All => {}
+                Request::Due(id) => n += usize::from(self.make_due(id)),
+                Request::New(id) => {
+                    self.log_injected(id);
+                    n += usize::from(self.make_due(id));
                 }
-                Some(Slot::Waiting(_)) | None => {
-                    // unknown ids: new (`send`) or released from a hold
-                    if self.spool.is_queued(id) {
-                        self.slots.insert(id, Slot::Ready);
-                        self.ready.push_back(id);
-                        n += 1;
-                    }
+                Request::Changed(id) => self.look_again(id),
+                // the operator's command logs only on its own stderr:
+                // here the message's last line is in the server's log
+                Request::Deleted(id) => {
+                    log::info!("{id} deleted by the operator");
+                    self.look_again(id);
+                }
+                Request::Returned(id, dsn) => {
+                    let dsn = dsn.map(|d| format!(" (DSN {d})")).unwrap_or_default();
+                    log::info!("{id} returned to sender by the operator{dsn}");
+                    self.look_again(id);
                 }
             }
         }
         if n > 0 {
             log::info!("flush: {n} requested message(s) made due now");
+        }
+        taken
+    }
+
+    /// Makes `id` due now, if it is queued and waiting; whether it was.
+    fn make_due(&mut self, id: QueueId) -> bool {
+        match self.slots.get(&id) {
+            // waiting for a slot: a flush cannot make one
+            Some(Slot::Ready | Slot::Parked(_)) => false,
+            Some(Slot::InFlight) => {
+                self.flush_again.insert(id);
+                false
+            }
+            Some(Slot::Waiting(_)) | None => {
+                // unknown ids: new (`send`) or released from a hold
+                self.look_again(id);
+                if !self.spool.is_queued(id) {
+                    return false;
+                }
+                self.slots.insert(id, Slot::Ready);
+                self.ready.push_back(id);
+                true
+            }
+        }
+    }
+
+    /// The `queued` line of a message `send` queued without the server:
+    /// the same line a session or the maildrop pick-up writes, so that a
+    /// message's whole life is in the server's log.
+    fn log_injected(&self, id: QueueId) {
+        match self.spool.load(id) {
+            Ok(env) => crate::admin::log_queued(&env),
+            Err(e) => log::debug!("{id} announced but not loaded: {e}"),
+        }
+    }
+
+    /// An operator changed `id` (`queue hold`, `delete`, `bounce`,
+    /// `release`): its hold and whether it is still queued are read
+    /// again, so the gauges count it right at the next scrape. A message
+    /// gone or held leaves its waiting slot (a stale heap entry is
+    /// skipped); one in flight keeps it until its worker reports.
+    fn look_again(&mut self, id: QueueId) {
+        let hold = match self.spool.load(id) {
+            Ok(env) => env.hold,
+            Err(_) => None,
+        };
+        let gone = !self.spool.is_queued(id);
+        let now = self.clock.now_unix();
+        match hold.filter(|h| h.active(now)) {
+            Some(h) => {
+                self.held.insert(id, h);
+            }
+            None => {
+                self.held.remove(&id);
+            }
+        }
+        let waiting = matches!(self.slots.get(&id), Some(Slot::Waiting(_)));
+        if waiting && (gone || matches!(hold, Some(Hold::Forever))) {
+            self.slots.remove(&id);
         }
     }
 
@@ -321,17 +390,28 @@ impl Scheduler {
         };
         let mut found = 0;
         let now = self.clock.now_unix();
-        self.held = 0;
+        let queued: std::collections::HashSet<QueueId> = ids.iter().copied().collect();
+        self.held.retain(|id, _| queued.contains(id));
         for id in ids {
             if self.slots.contains_key(&id) {
                 continue;
             }
             match self.spool.load(id) {
-                Ok(env) => {
-                    found += 1;
-                    self.held += usize::from(env.hold.is_some_and(|h| h.active(now)));
-                    self.schedule(id, env.next_try);
-                }
+                Ok(env) => match env.hold.filter(|h| h.active(now)) {
+                    // waits for `queue release` (a flush request)
+                    Some(h @ Hold::Forever) => {
+                        self.held.insert(id, h);
+                    }
+                    Some(h @ Hold::Until(t)) => {
+                        self.held.insert(id, h);
+                        self.schedule(id, t.max(env.next_try));
+                    }
+                    None => {
+                        found += 1;
+                        self.held.remove(&id);
+                        self.schedule(id, env.next_try);
+                    }
+                },
                 Err(e) => log::debug!("{id} rescan skipped: {e}"),
             }
         }
@@ -361,6 +441,13 @@ impl Scheduler {
 
     fn on_report(&mut self, r: Report) {
         let again = self.flush_again.remove(&r.id);
+        let now = self.clock.now_unix();
+        if matches!(r.outcome, Some(Attempted::Finished(Outcome::Held))) {
+            // only a hold without an end stops an attempt (delivery/mod.rs)
+            self.held.insert(r.id, Hold::Forever);
+        } else if !self.held.get(&r.id).is_some_and(|h| h.active(now)) {
+            self.held.remove(&r.id);
+        }
         let was_released_for = self.released.remove(&r.id);
         match r.outcome {
             Some(Attempted::Wait(dests)) => match dests.into_iter().next() {
@@ -390,8 +477,13 @@ impl Scheduler {
     /// one pass over its slots each tick, never a spool scan.
     fn publish_metrics(&self) {
         use crate::metrics::QueueState;
+        let now = self.clock.now_unix();
+        let held = |id: &QueueId| self.held.get(id).is_some_and(|h| h.active(now));
         let mut n = [0usize; 4];
-        for slot in self.slots.values() {
+        for (id, slot) in &self.slots {
+            if held(id) {
+                continue;
+            }
             n[match slot {
                 Slot::Ready => 0,
                 Slot::Waiting(_) => 1,
@@ -404,10 +496,13 @@ impl Scheduler {
             (QueueState::Deferred, n[1]),
             (QueueState::InFlight, n[2]),
             (QueueState::Parked, n[3]),
-            (QueueState::Held, self.held),
+            (
+                QueueState::Held,
+                self.held.keys().filter(|id| held(id)).count(),
+            ),
         ];
         let oldest = self.slots.keys().min().map(|id| id.unix_secs());
-        crate::metrics::queue(&counts, oldest, self.clock.now_unix());
+        crate::metrics::queue(&counts, oldest, now);
     }
 
     /// Puts `id` in the ready queue of `dest`, to wait for a free slot.
@@ -467,12 +562,17 @@ impl Scheduler {
             let mut until_due = self.promote_due().unwrap_or(TICK).min(TICK);
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
-                self.check_flush_trigger();
+                let requests = self.check_flush_trigger();
                 let queued = self.slots.len();
-                if last_metrics.elapsed() >= every(TICK, queued, METRICS_PER) {
+                // an operator's request is answered with the gauges right
+                if !requests.requests.is_empty()
+                    || last_metrics.elapsed() >= every(TICK, queued, METRICS_PER)
+                {
                     last_metrics = Instant::now();
                     self.publish_metrics();
                 }
+                // the askers wait for this: the gauges are right by now
+                requests.done();
                 if self.recovering.is_none()
                     && self.last_scan.elapsed() >= every(RESCAN, queued, RESCAN_PER)
                 {
@@ -502,6 +602,8 @@ impl Scheduler {
                 }
                 i if i == i_commit => match op.recv(committed) {
                     Ok(id) => {
+                        // a maildrop pick-up commits held, then releases
+                        self.held.remove(&id);
                         if !self.slots.contains_key(&id) {
                             self.schedule(id, 0);
                         }
@@ -549,6 +651,53 @@ mod tests {
             Scheduler::new(temp_spool(tag), clock.clone(), limiter),
             clock,
         )
+    }
+
+    fn set_hold(spool: &crate::spool::Spool, id: QueueId, hold: Option<Hold>) {
+        let crate::spool::Claimed::Mine(c) = spool.claim(id).unwrap() else {
+            panic!("{id} not claimed");
+        };
+        let mut env = c.load().unwrap().unwrap();
+        env.hold = hold;
+        c.store(&env).unwrap();
+    }
+
+    /// An operator's hold is seen when the scheduler is told of it: the
+    /// message leaves its waiting slot and counts as held; a rescan
+    /// leaves a hold without an end out of the slots (no attempt a
+    /// minute); a timed hold waits in its slot until its end; a release
+    /// makes it due and no longer held.
+    #[test]
+    fn holds_are_seen_when_told_and_kept_by_rescans() {
+        let (mut s, _clock) = scheduler("sched-held");
+        let id = queue(&s.spool, T0, &["<u@b.example>"]);
+        s.schedule(id, T0 + 600);
+        set_hold(&s.spool, id, Some(Hold::Forever));
+        s.look_again(id);
+        assert!(!s.slots.contains_key(&id));
+        assert_eq!(s.held.get(&id), Some(&Hold::Forever));
+        s.rescan();
+        assert!(!s.slots.contains_key(&id));
+        assert_eq!(s.held.get(&id), Some(&Hold::Forever));
+
+        set_hold(&s.spool, id, None);
+        assert!(s.make_due(id));
+        assert!(s.held.is_empty());
+        assert_eq!(s.slots.get(&id), Some(&Slot::Ready));
+
+        let timed = queue(&s.spool, T0, &["<v@b.example>"]);
+        set_hold(&s.spool, timed, Some(Hold::Until(T0 + 3600)));
+        s.rescan();
+        assert_eq!(s.slots.get(&timed), Some(&Slot::Waiting(T0 + 3600)));
+        assert_eq!(s.held.get(&timed), Some(&Hold::Until(T0 + 3600)));
+
+        // deleted: out of the slots and the held set at once
+        let crate::spool::Claimed::Mine(c) = s.spool.claim(timed).unwrap() else {
+            panic!("not claimed");
+        };
+        c.finish().unwrap();
+        s.look_again(timed);
+        assert!(!s.slots.contains_key(&timed) && s.held.is_empty());
     }
 
     /// A retry comes due when the clock reaches it, not before.

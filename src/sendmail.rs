@@ -140,6 +140,15 @@ pub fn smtp_on_stdio(serve_args: &[String]) -> Exit {
     Exit::Ok
 }
 
+/// Whether this process runs the sendmail command line (called as
+/// `sendmail`, or as `smtp-relay sendmail ARGS`), for the `queued`
+/// line's `via=`.
+pub fn called_as_sendmail() -> bool {
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    personality(&argv0) == Some("sendmail") || args.next().is_some_and(|a| a == "sendmail")
+}
+
 /// The sendmail name `argv0` was called by, if it is one.
 pub fn personality(argv0: &str) -> Option<&'static str> {
     let base = std::path::Path::new(argv0)

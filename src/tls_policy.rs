@@ -57,6 +57,9 @@ pub struct DestTls {
     /// DANE's view of the MX RRset; `None` when DANE is off or does not
     /// apply (a static route, an insecure MX RRset, no MX records).
     pub dane: Option<DaneMx>,
+    /// Why the domain's MTA-STS policy could not be fetched, when a fetch
+    /// was due and failed (for TLS reports, RFC 8460 §4.3.2.2).
+    pub sts_error: Option<String>,
 }
 
 /// The MX RRset as DANE sees it (RFC 7672 §2.2.1).
@@ -96,6 +99,7 @@ impl DestTls {
             source: Source::None,
             ignore_failures: false,
             dane: None,
+            sts_error: None,
         }
     }
 
@@ -231,6 +235,7 @@ impl TlsPolicies {
                 source: Source::Route,
                 ignore_failures: false,
                 dane: None,
+                sts_error: None,
             };
         }
         let Host::Name(domain) = dest else {
@@ -241,7 +246,11 @@ impl TlsPolicies {
         let Ok(ascii) = idna::domain_to_ascii(domain.as_str()) else {
             return DestTls::none();
         };
-        let source = match self.mta_sts.as_ref().and_then(|sts| sts.lookup(&ascii)) {
+        let (found, sts_error) = match &self.mta_sts {
+            Some(sts) => sts.lookup_noting(&ascii),
+            None => (None, None),
+        };
+        let source = match found {
             Some(found) => Source::MtaSts(found),
             None => Source::None,
         };
@@ -249,6 +258,7 @@ impl TlsPolicies {
             source,
             ignore_failures: false,
             dane: self.dane_mx(&ascii),
+            sts_error,
         }
     }
 
@@ -321,6 +331,7 @@ mod tests {
             }),
             ignore_failures: false,
             dane: None,
+            sts_error: None,
         }
     }
 
@@ -377,6 +388,7 @@ mod tests {
             source: Source::Route,
             ignore_failures: false,
             dane: None,
+            sts_error: None,
         };
         assert!(!route.authenticates(&hop("smarthost.example", None), &HopDane::None, may));
         assert!(route.authenticates(

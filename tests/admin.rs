@@ -1190,7 +1190,13 @@ fn send_queues_with_envelope_and_added_headers() {
     let id = &q[0];
     let env = assert_complete(&spool, id);
     assert_eq!(env.get("from"), "<sender@x.example>");
-    assert_eq!(env.get("client"), "local");
+    // who queued it and how (README "Logs": the server's `queued` line)
+    let uid = unsafe { libc::getuid() };
+    let client = env.get("client");
+    assert!(
+        client.starts_with(&format!("local uid={uid} user=")) && client.ends_with(" via=send"),
+        "{client}"
+    );
     assert_eq!(
         env.rcpts(),
         [

@@ -273,28 +273,6 @@ impl World {
     }
 }
 
-fn send(relay: &Relay, rcpt: &str) -> String {
-    let mut t = relay.session();
-    let id = t.send_mail(
-        "s@origin.test",
-        &[rcpt],
-        format!("Subject: to {rcpt}\r\n\r\nhello\r\n").as_bytes(),
-    );
-    t.cmd("QUIT", 221);
-    id
-}
-
-/// Waits for `id`'s `status=sent` line.
-fn sent(relay: &Relay, id: &str) {
-    let ok = wait_until(LIMIT, || {
-        relay
-            .log()
-            .lines()
-            .any(|l| l.contains(id) && l.contains("status=sent"))
-    });
-    assert!(ok, "{id} not sent:\n{}", relay.log());
-}
-
 /// Waits for `id`'s delivery line (`relay=... tls=...`); returns it.
 fn delivery_line(relay: &Relay, id: &str) -> String {
     let mut line = None;
@@ -335,10 +313,10 @@ fn matching_dane_ee_record_delivers_over_tls() {
     };
     let mx = w.mx(1, Some((&probe.cert, &probe.key)));
     let relay = w.sender();
-    let id = send(&relay, "user@good.test");
+    let id = send_one(&relay, "user@good.test");
     let line = delivery_line(&relay, &id);
     assert!(line.contains(" tls=TLSv1."), "not over TLS: {line}");
-    sent(&relay, &id);
+    wait_sent(&relay, &id, LIMIT);
     assert!(delivered_to(&mx));
     assert!(
         relay
@@ -373,7 +351,7 @@ fn mismatching_tlsa_record_defers() {
     };
     let mx = w.mx(1, Some((&w.certs.cert, &w.certs.key)));
     let relay = w.sender();
-    let id = send(&relay, "user@bad.test");
+    let id = send_one(&relay, "user@bad.test");
     let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(reply.contains("4.7.5") && reply.contains("DANE"), "{reply}");
     assert!(queued_ids(mx.spool()).is_empty(), "delivered anyway");
@@ -411,10 +389,10 @@ fn unsigned_zone_is_opportunistic() {
         "user@mixed.test",
         "user@other.plain.test",
     ] {
-        let id = send(&relay, rcpt);
+        let id = send_one(&relay, rcpt);
         let line = delivery_line(&relay, &id);
         assert!(line.contains(" tls=none"), "{rcpt}: {line}");
-        sent(&relay, &id);
+        wait_sent(&relay, &id, LIMIT);
     }
     assert!(wait_until(LIMIT, || queued_ids(mx.spool()).len() == 3));
     let run = w.route("user@plain.test");
@@ -434,7 +412,7 @@ fn bogus_signatures_defer() {
     // a plaintext MX: delivering to it would be the failure
     let mx = w.mx(1, None);
     let relay = w.sender();
-    let id = send(&relay, "user@bogus.test");
+    let id = send_one(&relay, "user@bogus.test");
     let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(
         reply.contains("4.7.5") && reply.contains("DNSSEC"),
@@ -487,7 +465,7 @@ fn requiretls_counts_a_dane_verified_hop_as_verified() {
     let mx = w.mx(1, Some((&probe.cert, &probe.key)));
     let relay = w.sender();
     let id = send_requiretls(&relay, &w.certs, "user@rt.test");
-    sent(&relay, &id);
+    wait_sent(&relay, &id, LIMIT);
     assert!(delivered_to(&mx));
     let got = queued_ids(mx.spool());
     let env = read_env(mx.spool(), &got[0]);
@@ -523,13 +501,13 @@ fn dane_ta_checks_the_chain_and_the_name() {
     let good = w.mx(1, Some((&chain, &ca.key)));
     let wrong_name = w.mx(2, Some((&chain, &ca.key)));
     let relay = w.sender();
-    let id = send(&relay, "user@ta.test");
+    let id = send_one(&relay, "user@ta.test");
     let line = delivery_line(&relay, &id);
     assert!(line.contains(" tls=TLSv1."), "{line}");
-    sent(&relay, &id);
+    wait_sent(&relay, &id, LIMIT);
     assert!(delivered_to(&good));
     // the same chain for a host it does not name: deferred (§3.2.2)
-    let id = send(&relay, "user@taname.test");
+    let id = send_one(&relay, "user@taname.test");
     let reply = wait_rcpt_state(&relay, &id, "deferred", LIMIT).2;
     assert!(reply.contains("4.7.5") && reply.contains("DANE"), "{reply}");
     assert!(
@@ -553,10 +531,10 @@ fn secure_denial_of_tlsa_is_opportunistic() {
     };
     let mx = w.mx(1, None);
     let relay = w.sender();
-    let id = send(&relay, "user@nodane.test");
+    let id = send_one(&relay, "user@nodane.test");
     let line = delivery_line(&relay, &id);
     assert!(line.contains(" tls=none"), "{line}");
-    sent(&relay, &id);
+    wait_sent(&relay, &id, LIMIT);
     assert!(delivered_to(&mx));
     let run = w.route("user@nodane.test");
     assert!(
@@ -567,4 +545,174 @@ fn secure_denial_of_tlsa_is_opportunistic() {
         "{}",
         run.stdout
     );
+}
+
+/// RFC 8461 §2: a domain with both DANE and MTA-STS. Its preferred MX
+/// has a DANE-EE record and is *not* in the domain's enforced MTA-STS
+/// policy (whose only host, the backup MX, is down), and its certificate
+/// names neither: DANE decides that host, so the message goes there over
+/// TLS. Were MTA-STS applied to it, the host would be refused (not in
+/// the policy) and the message deferred.
+#[test]
+fn dane_wins_over_mta_sts_per_host() {
+    let test = "dane_wins_over_mta_sts_per_host";
+    let Some(probe) = Certs::make(test) else {
+        return;
+    };
+    let Some(policy_certs) = Certs::make_for(test, "DNS:mta-sts.both.test") else {
+        return;
+    };
+    let spki = spki_sha256(&probe.cert);
+    let tlsa = format!("_{{port}}._tcp.mx1.both.test. IN TLSA 3 1 1 {spki}");
+    let records = [
+        "both.test. IN MX 10 mx1.both.test.",
+        "both.test. IN MX 20 mx2.both.test.",
+        "mx1.both.test. IN A 127.0.{net}.1",
+        "mx2.both.test. IN A 127.0.{net}.2",
+        "_mta-sts.both.test. IN TXT \"v=STSv1; id=1;\"",
+        "mta-sts.both.test. IN A 127.0.0.1",
+        &tlsa,
+    ];
+    let Some(w) = World::new(test, 68, &records, &[], &[]) else {
+        return;
+    };
+    let nginx_dir = w.dir.path().join("nginx");
+    let Some(nginx) =
+        common::nginx::Nginx::start(test, &nginx_dir, &policy_certs.cert, &policy_certs.key)
+    else {
+        return;
+    };
+    nginx.set_policy("version: STSv1\r\nmode: enforce\r\nmx: mx2.both.test\r\nmax_age: 86400\r\n");
+    let mx1 = w.mx(1, Some((&probe.cert, &probe.key)));
+    let mut args = w.relay_args();
+    args.extend([
+        "--mta-sts".to_string(),
+        "--mta-sts-port".into(),
+        nginx.port.to_string(),
+        "--ca-file".into(),
+        policy_certs.ca.display().to_string(),
+    ]);
+    let relay = Relay::start_with_spool(w.dir.path().join("sender-spool"), &strs(&args));
+    let id = send_one(&relay, "user@both.test");
+    let line = delivery_line(&relay, &id);
+    assert!(
+        line.contains("relay=mx1.both.test") && line.contains(" tls=TLSv1."),
+        "{line}"
+    );
+    wait_sent(&relay, &id, LIMIT);
+    assert!(delivered_to(&mx1));
+    let log = relay.log();
+    assert!(
+        log.contains("mta-sts both.test: policy id=1 mode=enforce"),
+        "the MTA-STS policy was not in force: {log}"
+    );
+    assert!(
+        log.contains("tls-policy DANE: 1 usable TLSA records for mx1.both.test"),
+        "{log}"
+    );
+}
+
+/// TLS reports (RFC 8460) of DANE sessions: a matching TLSA record is a
+/// success under `policy-type` `tlsa` with the record as its
+/// `policy-string`; a mismatching one `tlsa-invalid`; a bogus MX RRset
+/// `dnssec-invalid` (§4.3.2.1). The reports go to rua.test's MX, and are
+/// read for real (`common::tlsrpt`).
+#[test]
+fn tls_reports_count_dane_sessions() {
+    let test = "tls_reports_count_dane_sessions";
+    let Some(probe) = Certs::make(test) else {
+        return;
+    };
+    if require_tool("python3", test).is_none() {
+        return;
+    }
+    let spki = spki_sha256(&probe.cert);
+    let zero = "00".repeat(32);
+    let rpt =
+        |d: &str| format!("_smtp._tls.{d}. IN TXT \"v=TLSRPTv1; rua=mailto:reports@rua.test\"");
+    let owned = [
+        format!("_{{port}}._tcp.mx.good.test. IN TLSA 3 1 1 {spki}"),
+        format!("_{{port}}._tcp.mx.bad.test. IN TLSA 3 1 1 {zero}"),
+        rpt("good.test"),
+        rpt("bad.test"),
+    ];
+    let mut records = vec![
+        "good.test. IN MX 10 mx.good.test.",
+        "mx.good.test. IN A 127.0.{net}.1",
+        "bad.test. IN MX 10 mx.bad.test.",
+        "mx.bad.test. IN A 127.0.{net}.2",
+        "rua.test. IN MX 10 mx.rua.test.",
+        "mx.rua.test. IN A 127.0.{net}.9",
+    ];
+    records.extend(owned.iter().map(String::as_str));
+    let bogus_rpt = rpt("bogus.test");
+    let bogus = [
+        "bogus.test. IN MX 10 mx.bogus.test.",
+        "mx.bogus.test. IN A 127.0.{net}.3",
+        bogus_rpt.as_str(),
+    ];
+    let Some(w) = World::new(test, 69, &records, &[], &bogus) else {
+        return;
+    };
+    let _good = w.mx(1, Some((&probe.cert, &probe.key)));
+    let _bad = w.mx(2, Some((&w.certs.cert, &w.certs.key)));
+    let rua = w.mx(9, None);
+    let mut args = w.relay_args();
+    args.extend(
+        [
+            "--tls-reports",
+            "--tls-report-from",
+            "tlsrpt@relay.test",
+            "--tls-report-period",
+            "8",
+        ]
+        .map(String::from),
+    );
+    let relay = Relay::start_with_spool(w.dir.path().join("sender-spool"), &strs(&args));
+    let id = send_one(&relay, "user@good.test");
+    wait_sent(&relay, &id, LIMIT);
+    send_one(&relay, "user@bad.test");
+    send_one(&relay, "user@bogus.test");
+    // (policy-type, result-type or "ok") → sessions, over every report
+    let mut seen = std::collections::BTreeMap::<(String, String), u64>::new();
+    let complete = wait_until(Duration::from_secs(60), || {
+        seen.clear();
+        for m in common::tlsrpt::reports(&rua) {
+            for p in m["report"]["policies"].as_array().into_iter().flatten() {
+                let kind = p["policy"]["policy-type"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string();
+                let domain = p["policy"]["policy-domain"].as_str().unwrap_or("?");
+                if domain == "good.test" {
+                    assert_eq!(p["policy"]["policy-string"][0], format!("3 1 1 {spki}"));
+                }
+                let ok = p["summary"]["total-successful-session-count"]
+                    .as_u64()
+                    .unwrap_or(0);
+                *seen
+                    .entry((kind.clone(), format!("{domain} ok")))
+                    .or_default() += ok;
+                for d in p["failure-details"].as_array().into_iter().flatten() {
+                    let r = d["result-type"].as_str().unwrap_or("?");
+                    let n = d["failed-session-count"].as_u64().unwrap_or(0);
+                    *seen
+                        .entry((kind.clone(), format!("{domain} {r}")))
+                        .or_default() += n;
+                }
+            }
+        }
+        let has = |k: &str, what: &str| {
+            seen.get(&(k.to_string(), what.to_string()))
+                .is_some_and(|n| *n > 0)
+        };
+        has("tlsa", "good.test ok")
+            && has("tlsa", "bad.test tlsa-invalid")
+            && has("tlsa", "bogus.test dnssec-invalid")
+    });
+    assert!(complete, "{seen:?}\n{}", relay.log());
+    assert_eq!(seen[&("tlsa".into(), "good.test ok".into())], 1, "{seen:?}");
+    // nothing else was made of them
+    let kinds: Vec<&(String, String)> = seen.keys().filter(|(_, w)| !w.ends_with(" ok")).collect();
+    assert_eq!(kinds.len(), 2, "{seen:?}");
 }

@@ -76,6 +76,51 @@ fn json_lines_have_the_documented_fields() {
         .starts_with("127.0.0.2:"));
     assert_eq!(refused["reason"], "relay_denied");
     assert_eq!(refused["reply"], "550 5.7.1 Relaying denied");
+
+    // mail queued by `smtp-relay send`: the server's queued line says who
+    // and how, as fields
+    let id = send_v(relay.spool(), "b@dest.example");
+    assert!(sink.wait_for(2, DELIVERY));
+    let mut queued = None;
+    wait_until(DELIVERY, || {
+        queued = json_lines(&relay.log())
+            .into_iter()
+            .find(|v| v["id"] == id.as_str() && v["event"] == "queued");
+        queued.is_some()
+    });
+    let queued = queued.unwrap_or_else(|| panic!("no queued line for {id}:\n{}", relay.log()));
+    assert_eq!(queued["client"], "local", "{queued}");
+    assert_eq!(queued["via"], "send", "{queued}");
+    assert_eq!(queued["from"], "<a@origin.example>", "{queued}");
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(queued["uid"], uid.to_string().as_str(), "{queued}");
+    assert!(queued["user"].is_string(), "{queued}");
+}
+
+/// `smtp-relay send -v` of a small message into `spool`; its queue id.
+fn send_v(spool: &std::path::Path, rcpt: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(BIN)
+        .args(["send", "-v", "--spool"])
+        .arg(spool)
+        .args(["-f", "a@origin.example", rcpt])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run send");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"Subject: sent\n\nhi\n").expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().expect("send");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err.lines()
+        .find_map(|l| l.strip_prefix("queued as "))
+        .unwrap_or_else(|| panic!("no `queued as` in {err}"))
+        .trim()
+        .to_string()
 }
 
 /// A refusal by a rule of the filter stage is one line (not one from

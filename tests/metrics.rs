@@ -324,3 +324,251 @@ fn in_flight_deliveries_are_shown_per_destination_while_they_run() {
     });
     assert!(gone, "the series outlived its delivery:\n{text}");
 }
+
+/// Sends SIGHUP and waits for the reload's outcome line; true when taken.
+fn reload_taken(relay: &Relay) -> bool {
+    let outcomes = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("configuration reloaded from") || l.contains("reload refused"))
+            .map(|l| l.contains("configuration reloaded from"))
+            .collect::<Vec<_>>()
+    };
+    let before = outcomes(&relay.log()).len();
+    relay.signal("HUP");
+    assert!(
+        wait_until(DELIVERY, || outcomes(&relay.log()).len() > before),
+        "no reload outcome logged:\n{}",
+        relay.log()
+    );
+    outcomes(&relay.log())[before]
+}
+
+/// `config_reloads_total{result}`, `config_last_reload_successful` and
+/// `config_last_reload_success_timestamp_seconds` (README "Metrics"):
+/// the start sets the time, a good reload counts `ok` and moves it, a
+/// bad one counts `failed`, says 0 and keeps the time of the running
+/// configuration; the exposition passes promtool.
+#[test]
+fn reloads_are_counted_good_and_bad() {
+    let dir = TempDir::new("metrics-reload");
+    let conf = dir.path().join("relay.conf");
+    std::fs::write(&conf, "no-dns = yes\n").unwrap();
+    let conf = conf.to_str().expect("utf-8 path").to_string();
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as f64
+    };
+    let started = unix();
+    let relay = Relay::start(&["--config", &conf, "--metrics", "127.0.0.1:0"]);
+    let m = metrics_addr(&relay);
+    let ok = "smtp_relay_config_reloads_total{result=\"ok\"}";
+    let failed = "smtp_relay_config_reloads_total{result=\"failed\"}";
+    let successful = "smtp_relay_config_last_reload_successful";
+    let at = "smtp_relay_config_last_reload_success_timestamp_seconds";
+    let text = http_get(m, "/metrics").1;
+    assert_eq!((sample(&text, ok), sample(&text, failed)), (0.0, 0.0));
+    assert_eq!(sample(&text, successful), 1.0);
+    let loaded = sample(&text, at);
+    assert!(loaded >= started && loaded <= unix(), "{loaded}");
+
+    // a good reload, a second later so its time is a later second
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&conf, "no-dns = yes\nmax-size = 2M\n").unwrap();
+    assert!(reload_taken(&relay), "{}", relay.log());
+    let text = http_get(m, "/metrics").1;
+    assert_eq!((sample(&text, ok), sample(&text, failed)), (1.0, 0.0));
+    assert_eq!(sample(&text, successful), 1.0);
+    let reloaded = sample(&text, at);
+    assert!(reloaded > loaded, "{reloaded} after {loaded}");
+
+    // a bad one: refused, counted, the running configuration's time stays
+    std::fs::write(&conf, "no-dns = yes\nnot an option\n").unwrap();
+    assert!(!reload_taken(&relay), "{}", relay.log());
+    let text = http_get(m, "/metrics").1;
+    assert_eq!((sample(&text, ok), sample(&text, failed)), (1.0, 1.0));
+    assert_eq!(sample(&text, successful), 0.0);
+    assert_eq!(sample(&text, at), reloaded);
+    if let Some((good, msg)) = promtool_check(&text) {
+        assert!(good, "promtool check metrics failed:\n{msg}\n{text}");
+    }
+
+    // fixed again: successful once more
+    std::fs::write(&conf, "no-dns = yes\n").unwrap();
+    assert!(reload_taken(&relay), "{}", relay.log());
+    let text = http_get(m, "/metrics").1;
+    assert_eq!((sample(&text, ok), sample(&text, failed)), (2.0, 1.0));
+    assert_eq!(sample(&text, successful), 1.0);
+}
+
+/// The README's alert rules (the reload alert among them) name series
+/// the relay exposes and pass `promtool check rules`.
+#[test]
+fn readme_alert_rules_pass_promtool_and_name_real_series() {
+    let rules = readme_block("Useful queries and alerts", "yaml");
+    let sink = Sink::start();
+    let relay = relay_with_metrics(&sink, &[]);
+    let text = http_get(metrics_addr(&relay), "/metrics").1;
+    for name in rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("smtp_relay_"))
+    {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "README alert names {name}, which /metrics does not have"
+        );
+    }
+    let dir = TempDir::new("metrics-rules");
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, &rules).unwrap();
+    match Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules:\n{}{}\n{rules}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            assert!(!in_ci(), "promtool missing in CI: {e}");
+            eprintln!("SKIPPED promtool check rules: promtool not installed ({e})");
+        }
+    }
+}
+
+/// The README's metric table names exactly the families `/metrics`
+/// exposes (README "Metrics": a new metric is documented there).
+#[test]
+fn the_readme_metric_table_is_the_exposed_set() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("### Metrics\n")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("README has ### Metrics");
+    let mut documented: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .filter(|n| n.starts_with("smtp_relay_"))
+        .collect();
+    let sink = Sink::start();
+    let relay = relay_with_metrics(&sink, &[]);
+    let text = http_get(metrics_addr(&relay), "/metrics").1;
+    let mut exposed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    // deliveries_in_flight has no series (and no TYPE line) while no
+    // delivery runs (in_flight_deliveries_are_shown_... sees it busy)
+    documented.retain(|n| *n != "smtp_relay_deliveries_in_flight");
+    documented.sort_unstable();
+    exposed.sort_unstable();
+    assert_eq!(documented, exposed, "README metric table vs /metrics");
+}
+
+fn fs_names(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// The queue gauges by state, as one scrape has them.
+fn queue_states(m: SocketAddr) -> [f64; 5] {
+    let text = http_get(m, "/metrics").1;
+    ["pending", "deferred", "in_flight", "waiting_slot", "held"].map(|s| {
+        sample(
+            &text,
+            &format!("smtp_relay_queue_messages{{state=\"{s}\"}}"),
+        )
+    })
+}
+
+/// After `queue hold`, `release`, `delete` the very next scrape counts the
+/// message in its new state (before, `held` waited for the minute's
+/// rescan, and a deleted message stayed `deferred` until its retry).
+#[test]
+fn queue_gauges_follow_an_operator_change_at_the_next_scrape() {
+    // a next hop that refuses connections: the message stays deferred
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let route = format!("*=127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let relay = Relay::start(&["--no-dns", "--route", &route, "--metrics", "127.0.0.1:0"]);
+    let m = metrics_addr(&relay);
+    let mut t = relay.session();
+    let id = t.send_mail(
+        "a@origin.example",
+        &["r@dest.example"],
+        b"Subject: x\r\n\r\ny\r\n",
+    );
+    t.send("QUIT");
+    let deferred = [0.0, 1.0, 0.0, 0.0, 0.0];
+    assert!(
+        wait_until(DELIVERY, || queue_states(m) == deferred),
+        "{:?}\n{}",
+        queue_states(m),
+        relay.log()
+    );
+    let spool = relay.spool().to_str().expect("utf-8 path").to_string();
+    let queue = |cmd: &str, id: &str| {
+        let run = run_cli(&["queue", cmd, "--spool", &spool, id], DELIVERY);
+        assert_eq!(run.code, Some(0), "queue {cmd}: {}", run.stderr);
+    };
+    // `queue flush` returns once the server has taken its request in
+    queue("flush", &id);
+    let requests = fs_names(&relay.spool().join("flush.d"));
+    assert!(requests.is_empty(), "left in flush.d: {requests:?}");
+    assert!(wait_until(DELIVERY, || queue_states(m) == deferred));
+    queue("hold", &id);
+    assert_eq!(queue_states(m), [0.0, 0.0, 0.0, 0.0, 1.0], "after hold");
+    queue("release", &id);
+    // due again: pending, in flight or deferred, but not held
+    let s = queue_states(m);
+    assert_eq!(
+        (s[4], s.iter().sum::<f64>()),
+        (0.0, 1.0),
+        "after release: {s:?}"
+    );
+    assert!(wait_until(DELIVERY, || queue_states(m) == deferred));
+    queue("hold", &id);
+    assert_eq!(queue_states(m)[4], 1.0, "held again");
+    queue("delete", &id);
+    assert_eq!(queue_states(m), [0.0; 5], "after delete");
+    // the message's last line is in the server's log, not only the
+    // command's (which logs at INFO only with -v)
+    let log = relay.log();
+    assert!(
+        log.contains(&format!("{id} deleted by the operator")),
+        "{log}"
+    );
+
+    // `queue bounce`: the message goes, its DSN (to a@origin.example,
+    // deferred by the same closed next hop) comes, and the server says so
+    let mut t = relay.session();
+    let id = t.send_mail(
+        "a@origin.example",
+        &["r@dest.example"],
+        b"Subject: x\r\n\r\ny\r\n",
+    );
+    t.send("QUIT");
+    assert!(wait_until(DELIVERY, || queue_states(m) == deferred));
+    queue("bounce", &id);
+    let line = relay
+        .log()
+        .lines()
+        .find(|l| l.contains(&format!("{id} returned to sender by the operator (DSN ")))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no returned line:\n{}", relay.log()));
+    let dsn = line.rsplit("(DSN ").next().unwrap().trim_end_matches(')');
+    assert!(
+        wait_until(DELIVERY, || relay
+            .log()
+            .contains(&format!("{dsn} to=a@origin.example"))),
+        "the DSN's life follows in the server's log:\n{}",
+        relay.log()
+    );
+}

@@ -16,86 +16,15 @@
 mod common;
 mod tlsutil;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::net::TcpListener;
 
 use common::dnsmasq::Dnsmasq;
+use common::nginx::Nginx;
 use common::*;
 use tlsutil::*;
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-/// nginx serving `www/.well-known/mta-sts.txt` over HTTPS on
-/// 127.0.0.1:`port`, one process (`master_process off`), killed on drop.
-struct Nginx {
-    child: Option<Child>,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Nginx {
-    fn start(test: &str, dir: &Path, certs: &Certs) -> Option<Nginx> {
-        let bin = require_tool("nginx", test)?;
-        std::fs::create_dir_all(dir.join("www/.well-known")).expect("mkdir www");
-        std::fs::create_dir_all(dir.join("tmp")).expect("mkdir tmp");
-        let port = unused_port();
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
-             types {{ text/plain txt; }}\n default_type application/octet-stream;\n\
-             server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};\n  root {d}/www;\n }}\n}}\n",
-            certs.cert.display(),
-            certs.key.display(),
-        );
-        let conf = write_file(dir, "nginx.conf", conf.as_bytes());
-        let child = Command::new(bin)
-            .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c"])
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        let nginx = Nginx {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            port,
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let up = wait_until(LIMIT, || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
-        assert!(up, "nginx did not listen: {}", nginx.error_log());
-        Some(nginx)
-    }
-
-    fn set_policy(&self, text: &str) {
-        let p = self.dir.join("www/.well-known/mta-sts.txt");
-        std::fs::write(p, text).expect("write the policy");
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 fn policy(mode: &str, mx: &str) -> String {
@@ -137,7 +66,7 @@ impl World {
         let certs = Certs::make_for(test, &san)?;
         let bad = Certs::make(test)?;
         let dir = TempDir::new("mta-sts");
-        let nginx = Nginx::start(test, dir.path(), &certs)?;
+        let nginx = Nginx::start(test, dir.path(), &certs.cert, &certs.key)?;
         let dns = Dnsmasq::start(test, &strs(records))?;
         // one port free on this test's MX addresses
         let l = TcpListener::bind(format!("127.0.{net}.1:0")).expect("bind an MX address");

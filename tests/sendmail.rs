@@ -1,5 +1,5 @@
 //! The binary as `sendmail` (issue 15): real programs that call it
-//! (bsd-mailx, s-nail, Debian cron's command line, a PHP-style `-t -i`
+//! (bsd-mailx, s-nail, git send-email, Debian cron's command line, a PHP-style `-t -i`
 //! pipe), as root and as `nobody`, whose mail goes through `maildrop/`;
 //! hostile maildrop files; a crash between a pick-up's commit and the
 //! drop's removal.
@@ -104,6 +104,12 @@ impl Setup {
             .env("SMTP_RELAY_CONFIG", self.conf())
             .env("HOME", self.base.path())
             .env("MAILRC", self.base.path().join("mailrc"))
+            // git send-email wants an identity, and no repository around it
+            .env("GIT_AUTHOR_NAME", "Dev")
+            .env("GIT_AUTHOR_EMAIL", "dev@site.example")
+            .env("GIT_COMMITTER_NAME", "Dev")
+            .env("GIT_COMMITTER_EMAIL", "dev@site.example")
+            .current_dir(self.base.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -186,12 +192,17 @@ fn check(msg: &str, env: &str, from: &str, uid: Option<u32>) {
                 "{msg}"
             );
             assert!(
-                env.contains(&format!("client: local uid={u} maildrop=")),
+                env.contains(&format!("client: local uid={u} user=")),
                 "{env}"
             );
+            assert!(env.contains(" via=maildrop maildrop="), "{env}");
             assert!(!env.contains("hold:"), "released: {env}");
         }
-        None => assert!(env.contains("client: local\n"), "{env}"),
+        // root: straight into the queue, by the sendmail command line
+        None => assert!(
+            env.contains("client: local uid=0 user=root via=sendmail\n"),
+            "{env}"
+        ),
     }
 }
 
@@ -373,6 +384,78 @@ fn bsd_mailx_and_s_nail_as_root_and_as_nobody() {
                 check(&msg, &env, &format!("{login}@relay.test"), uid);
             }
             assert!(env.contains("<sn@dest.example>"), "{env}");
+        }
+    }
+}
+
+/// Debian's git-email, which pipes each patch to `--sendmail-cmd`.
+fn git_send_email() -> Option<PathBuf> {
+    let debian = PathBuf::from("/usr/lib/git-core/git-send-email");
+    if debian.exists() {
+        return Some(debian);
+    }
+    assert!(!in_ci(), "git-email missing in CI (scripts/ci-deps.sh)");
+    eprintln!("git-email not installed: skipped");
+    None
+}
+
+#[test]
+fn git_send_email_as_root_and_as_nobody() {
+    let s = Setup::new();
+    let Some(git_send_email) = git_send_email() else {
+        return;
+    };
+    let nobody_uid = nobody().map(|n| n.0);
+    for as_nobody in users() {
+        let uid = as_nobody.then_some(nobody_uid).flatten();
+        let subject = format!("gitsend-{as_nobody}");
+        let patch = s.base.path().join(format!("{subject}.patch"));
+        fs::write(
+            &patch,
+            format!(
+                "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n\
+                 From: Dev <dev@site.example>\n\
+                 Date: Mon, 30 Nov 2026 04:00:00 +0000\n\
+                 Subject: [PATCH] {subject}\n\n\
+                 the change\n---\n a | 1 +\n"
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&patch, fs::Permissions::from_mode(0o644)).unwrap();
+        let cmd = format!("--sendmail-cmd={}", s.sendmail().display());
+        let patch = patch.display().to_string();
+        let (code, err) = s.run(
+            as_nobody,
+            &git_send_email,
+            &[
+                &cmd,
+                "--to=gs@dest.example",
+                "--from=Dev <dev@site.example>",
+                "--envelope-sender=dev@site.example",
+                "--confirm=never",
+                "--suppress-cc=all",
+                "--no-validate",
+                &patch,
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        let (msg, env) = s.queued(&subject);
+        assert!(env.contains("<gs@dest.example>"), "{env}");
+        assert!(env.contains("from: <dev@site.example>"), "{env}");
+        // git writes `Message-Id`: a field name in any case is the same
+        // field (RFC 5322 §1.2.2), so none is added beside it
+        let ids = msg
+            .split("\r\n")
+            .filter(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+            .count();
+        assert_eq!(ids, 1, "{msg}");
+        assert!(msg.contains("\r\nthe change\r\n"), "{msg}");
+        if let Some(u) = uid {
+            assert!(
+                env.contains(&format!("client: local uid={u} user=")),
+                "{env}"
+            );
         }
     }
 }
@@ -593,4 +676,102 @@ fn a_message_over_max_size_is_refused_before_the_maildrop() {
         0,
         "nothing left behind"
     );
+}
+
+/// The `ID` of our `Received: ... id ID;` field in a delivered message.
+fn received_id(text: &str) -> String {
+    text.split(" id ")
+        .nth(1)
+        .and_then(|t| t.split(';').next())
+        .unwrap_or_else(|| panic!("no Received id in {text}"))
+        .to_string()
+}
+
+/// A message's whole life is one grep of the server's log (README
+/// "Logs"), for mail queued by `smtp-relay send` and by `sendmail` as
+/// root (straight into the queue: before, its `queued` line went to the
+/// sender's own stderr only) and by `sendmail` as nobody (the maildrop
+/// pick-up): the server's `queued` line with the size, the recipients,
+/// who queued it and how, then its `status=sent` line.
+#[test]
+fn the_server_log_has_the_whole_life_of_local_mail() {
+    let sink = Sink::start();
+    let route = format!("*={}", sink.addr());
+    let s = Setup::with_args(&["--no-dns", "--route", &route], &[]);
+    let conf = s.conf();
+    let conf = conf.to_str().expect("utf-8 path");
+    let mut cases: Vec<(&str, &str)> = Vec::new();
+    let (code, err) = s.run(
+        false,
+        Path::new(BIN),
+        &[
+            "send",
+            "--config",
+            conf,
+            "-f",
+            "ops@relay.test",
+            "out@dest.example",
+        ],
+        "Subject: by-send\n\nx\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    cases.push(("by-send", "client=local uid=0 user=root via=send"));
+    for as_nobody in users() {
+        let subject = if as_nobody { "by-drop" } else { "by-sendmail" };
+        let (code, err) = s.run(
+            as_nobody,
+            &s.sendmail(),
+            &["-t", "-i", "-f", "ops@relay.test"],
+            &format!("To: out@dest.example\nSubject: {subject}\n\nx\n"),
+        );
+        assert_eq!(code, 0, "{err}");
+        cases.push(match as_nobody {
+            true => (subject, " user=nobody via=maildrop maildrop="),
+            false => (subject, "client=local uid=0 user=root via=sendmail"),
+        });
+    }
+    assert!(
+        sink.wait_for(cases.len(), Duration::from_secs(20)),
+        "delivered; log:\n{}",
+        s.relay.log()
+    );
+    for (subject, who) in cases {
+        let m = sink
+            .messages()
+            .into_iter()
+            .find(|m| String::from_utf8_lossy(&m.data).contains(&format!("Subject: {subject}\r\n")))
+            .unwrap_or_else(|| panic!("{subject} not delivered"));
+        let text = String::from_utf8_lossy(&m.data).into_owned();
+        let id = received_id(&text);
+        let mut life = String::new();
+        // the sent line is written after the delivery: wait for it
+        wait_until(Duration::from_secs(10), || {
+            life = s
+                .relay
+                .log()
+                .lines()
+                .filter(|l| l.contains(&id))
+                .collect::<Vec<_>>()
+                .join("\n");
+            life.contains("status=sent")
+        });
+        let mark = format!("{id} queued ");
+        let queued: Vec<&str> = life.lines().filter(|l| l.contains(&mark)).collect();
+        assert_eq!(queued.len(), 1, "one queued line for {subject}:\n{life}");
+        let q = queued[0];
+        assert!(
+            q.contains(&format!("{id} queued from=<ops@relay.test> size="))
+                && q.contains(" nrcpt=1 ")
+                && q.contains(who),
+            "{subject}: {q}"
+        );
+        let sent = life
+            .lines()
+            .position(|l| l.contains("to=out@dest.example ") && l.contains("status=sent"));
+        let at = life.lines().position(|l| l.contains(&mark));
+        assert!(
+            sent.is_some() && at < sent,
+            "{subject}: queued, then sent, in the server's log:\n{life}"
+        );
+    }
 }

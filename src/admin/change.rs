@@ -13,7 +13,7 @@ use super::{AdminError, EX_OK, EX_TEMPFAIL};
 use crate::bounce;
 use crate::delivery::outcome;
 use crate::exit::Exit;
-use crate::spool::{Claim, Claimed, Envelope, Hold, QueueId, Spool, SpoolError};
+use crate::spool::{Claim, Claimed, Envelope, Hold, QueueId, Request, Spool, SpoolError};
 use crate::time::now_unix;
 
 /// What a changing command does with a claimed message's envelope.
@@ -52,26 +52,51 @@ fn with_claim(
 /// How long a changing command waits for a delivery in progress.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a changing command waits for a running server to take in
+/// its change (the scheduler looks every 0.5 s).
+const SERVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Tells a running server what changed, and waits until it has taken it
+/// in, so its queue gauges are right at the next scrape (README
+/// "Metrics"). Without a server (or one too slow) there is nothing to
+/// wait for: the next start or rescan reads the spool as it is.
+fn tell_server(spool: &Spool, requests: &[Request]) {
+    if requests.is_empty() || !spool.is_locked() {
+        return;
+    }
+    match spool.request(requests) {
+        Ok(r) => {
+            let _ = r.wait_done(SERVER_WAIT);
+        }
+        Err(e) => log::warn!("could not tell the running server: {e}"),
+    }
+}
+
 /// Applies `f` to every selected message under its lock; prints one line
 /// per message. `--dry-run` prints what would change and changes nothing.
+/// Returns the exit code and the ids changed.
 fn change(
     spool: &Spool,
     sel: &Selector,
     dry_run: bool,
     verb: &str,
     f: impl Fn(&Claim, &mut Envelope) -> Result<After, SpoolError>,
-) -> Result<Exit, AdminError> {
+) -> Result<(Exit, Vec<QueueId>), AdminError> {
     let now = now_unix();
     let envs = select(spool, sel, now)?;
     let mut out = io::stdout().lock();
     let mut busy = 0;
+    let mut changed = Vec::new();
     for env in &envs {
         if dry_run {
             writeln!(out, "would {verb} {}", list_line(env, now))?;
             continue;
         }
         match with_claim(spool, env.id, LOCK_WAIT, &f)? {
-            Some(true) => writeln!(out, "{verb} {}", env.id)?,
+            Some(true) => {
+                changed.push(env.id);
+                writeln!(out, "{verb} {}", env.id)?
+            }
             Some(false) => writeln!(out, "gone {}", env.id)?,
             None => {
                 busy += 1;
@@ -79,7 +104,7 @@ fn change(
             }
         }
     }
-    Ok(if busy > 0 { EX_TEMPFAIL } else { EX_OK })
+    Ok((if busy > 0 { EX_TEMPFAIL } else { EX_OK }, changed))
 }
 
 /// `queue hold [--for DURATION]`.
@@ -94,10 +119,13 @@ pub(super) fn hold(
         Some(d) => Hold::Until(now + d.as_secs()),
         None => Hold::Forever,
     };
-    change(spool, sel, dry_run, "hold", |_, env| {
+    let (code, ids) = change(spool, sel, dry_run, "hold", |_, env| {
         env.hold = Some(hold);
         Ok(After::Store)
-    })
+    })?;
+    let changed: Vec<Request> = ids.iter().map(|&id| Request::Changed(id)).collect();
+    tell_server(spool, &changed);
+    Ok(code)
 }
 
 /// `queue release` and `queue requeue`: `f` makes the message due now,
@@ -116,13 +144,17 @@ fn make_due(
     if ids.is_empty() {
         return Ok(EX_OK);
     }
-    let code = change(spool, &sel, dry_run, verb, |_, env| {
+    let (code, _) = change(spool, &sel, dry_run, verb, |_, env| {
         f(env);
         env.next_try = now_unix();
         Ok(After::Store)
     })?;
-    if !dry_run && spool.is_locked() {
-        spool.request_flush(&ids)?;
+    if !dry_run {
+        // due now; the server reads the hold again too (`release`)
+        tell_server(
+            spool,
+            &ids.iter().map(|&id| Request::Due(id)).collect::<Vec<_>>(),
+        );
     }
     Ok(code)
 }
@@ -160,6 +192,7 @@ pub(super) fn delete(
 ) -> Result<Exit, AdminError> {
     let envs = select(spool, sel, now)?;
     let mut busy = 0;
+    let mut gone = Vec::new();
     for env in &envs {
         if dry_run {
             writeln!(out, "would delete {}", list_line(env, now))?;
@@ -167,6 +200,7 @@ pub(super) fn delete(
         }
         match with_claim(spool, env.id, LOCK_WAIT, |_, _| Ok(After::Finish))? {
             Some(true) => {
+                gone.push(env.id);
                 log::info!("{} deleted by the operator", env.id);
                 writeln!(out, "deleted {}", env.id)?;
             }
@@ -177,6 +211,13 @@ pub(super) fn delete(
             }
         }
     }
+    tell_server(
+        spool,
+        &gone
+            .iter()
+            .map(|&id| Request::Deleted(id))
+            .collect::<Vec<_>>(),
+    );
     Ok(if busy > 0 { EX_TEMPFAIL } else { EX_OK })
 }
 
@@ -188,7 +229,8 @@ pub(super) fn bounce(
     dry_run: bool,
     hostname: &str,
 ) -> Result<Exit, AdminError> {
-    change(spool, sel, dry_run, "bounce", |claim, env| {
+    let dsns = std::cell::RefCell::new(std::collections::HashMap::new());
+    let (code, ids) = change(spool, sel, dry_run, "bounce", |claim, env| {
         let now = now_unix();
         outcome::return_to_sender(env);
         claim.store(env)?;
@@ -197,9 +239,17 @@ pub(super) fn bounce(
             "{} returned to sender by the operator (DSN {dsn:?})",
             env.id
         );
+        dsns.borrow_mut().insert(env.id, dsn);
         if let (Some(dsn), true) = (dsn, claim.spool().is_locked()) {
             let _ = claim.spool().request_flush(&[dsn]);
         }
         Ok(After::Finish)
-    })
+    })?;
+    let dsns = dsns.into_inner();
+    let returned: Vec<Request> = ids
+        .iter()
+        .map(|&id| Request::Returned(id, dsns.get(&id).copied().flatten()))
+        .collect();
+    tell_server(spool, &returned);
+    Ok(code)
 }

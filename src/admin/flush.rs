@@ -100,6 +100,9 @@ pub(super) fn flush(
         Err(SpoolError::Locked(_)) => {
             let request = spool.request_flush(&ids)?;
             if !opts.wait {
+                // taken in (its gauges too) before we return, when the
+                // server is alive; the attempts themselves are not awaited
+                let _ = request.wait_done(Duration::from_secs(5));
                 if !opts.quiet {
                     writeln!(
                         out,

@@ -32,7 +32,10 @@ pub use headers::header_addresses;
 pub use prepare::{prepare_message, PrepareError, Prepared};
 pub use render::{json_str, list_json, list_line, summary};
 pub use select::{glob, select, Selector, StateFilter};
-pub use send::{author_field, queue_message, run_send, Queued, SendOpts, Submitter};
+pub use send::{
+    author_field, local_client, log_queued, queue_message, run_send, Queued, SendOpts, Submitter,
+    Via,
+};
 pub(crate) use send::{parse_mailbox, qualify};
 
 use std::io::{self, BufRead, Write};

@@ -9,7 +9,7 @@ use super::prepare::{prepare_message, PrepareError, Prepared};
 use super::{open_spool, AdminError, EX_DATAERR, EX_IOERR, EX_TEMPFAIL};
 use crate::config::Config;
 use crate::smtp::{Path, ReversePath};
-use crate::spool::{Envelope, Hold, QueueId, RcptState, Recipient, Spool, SpoolError};
+use crate::spool::{Envelope, Hold, QueueId, RcptState, Recipient, Request, Spool, SpoolError};
 use crate::time::{now_unix, rfc5322_date};
 
 /// `smtp-relay send`: the sendmail command line's essentials.
@@ -29,6 +29,49 @@ pub struct SendOpts {
     /// the submitter's identity); `None` adds
     /// nothing. Set by `run_send` from the login name.
     pub author: Option<String>,
+    /// How the command was called, for the `queued` line's `via=`.
+    pub via: Via,
+}
+
+/// How a local message came: `smtp-relay send`, the sendmail command
+/// line (`sendmail`, `smtp-relay sendmail`), or a non-root submitter's
+/// drop that the server picked up from `maildrop/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Via {
+    #[default]
+    Send,
+    Sendmail,
+    Maildrop,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Send => "send",
+            Via::Sendmail => "sendmail",
+            Via::Maildrop => "maildrop",
+        }
+    }
+}
+
+/// The envelope's `client` of a local message: `local`, the submitter's
+/// uid and user, and how it came (README "Logs": the `queued` line).
+pub fn local_client(uid: u32, login: &str, via: Via) -> String {
+    format!("local uid={uid} user={login} via={}", via.as_str())
+}
+
+/// The `queued` line of a message (README "Logs"), as a session logs
+/// it for SMTP; for local mail the server logs it when it learns of the
+/// message (`send`'s request, the maildrop pick-up).
+pub fn log_queued(env: &Envelope) {
+    log::info!(
+        "{} queued from={} size={} nrcpt={} client={}",
+        env.id,
+        env.from,
+        env.size,
+        env.rcpts.len(),
+        env.client
+    );
 }
 
 /// `"Full Name" <login@host>`, or the bare address without a name (RFC
@@ -104,8 +147,8 @@ pub fn run_send(
     // the keys are read before anything is queued: a bad one is 66 or 78
     let content = Content::load(config)?;
     let sub = Submitter {
+        client: local_client(crate::sys::real_uid(), &login, opts.via),
         login,
-        client: "local".into(),
         received: String::new(),
         hold: None,
         content: &content,
@@ -113,10 +156,10 @@ pub fn run_send(
     };
     match queue_message(config, &spool, &opts, &sub, input, |_| Ok(()))? {
         Queued::Committed(env) => {
-            if spool.is_locked() {
-                // the running server delivers it now rather than at its next scan
-                let _ = spool.request_flush(&[env.id]);
-            }
+            // the server logs its `queued` line and delivers it now rather
+            // than at its next scan; one not running reads the request
+            // when it starts
+            let _ = spool.request(&[Request::New(env.id)]);
             Ok(env.id.to_string())
         }
         Queued::Discarded(id) => Ok(format!("{id} (discarded by a milter: nothing queued)")),
@@ -210,14 +253,7 @@ pub fn queue_message(
     env.size = incoming.written();
     before_commit(id).map_err(|e| tempfail(SpoolError::io(spool.root(), e)))?;
     env.id = incoming.commit(&env).map_err(tempfail)?;
-    log::info!(
-        "{} queued from={} size={} nrcpt={} client={}",
-        env.id,
-        env.from,
-        env.size,
-        env.rcpts.len(),
-        env.client
-    );
+    log_queued(&env);
     Ok(Queued::Committed(Box::new(env)))
 }
 

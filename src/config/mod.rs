@@ -315,6 +315,20 @@ pub struct Config {
     /// `--dnssec-trust-anchor`: DNSKEY records trusted for DNSSEC
     /// validation instead of the root zone's keys.
     pub dnssec_trust_anchor: Option<PathBuf>,
+    /// `--tls-reports`: count TLS sessions per recipient domain and send
+    /// the domains that ask daily reports (RFC 8460, `tlsrpt`).
+    pub tls_reports: bool,
+    /// `--tls-report-org`: the reports' organization-name (else the
+    /// host name).
+    pub tls_report_org: Option<String>,
+    /// `--tls-report-from`: the reports' sender (else
+    /// `tlsrpt-noreply@HOSTNAME`).
+    pub tls_report_from: Option<crate::smtp::Mailbox>,
+    /// `--tls-report-contact`: the reports' contact-info (else the sender).
+    pub tls_report_contact: Option<String>,
+    /// `--tls-report-period`: seconds per report; 86400 (a UTC day,
+    /// RFC 8460 §4.1) but for tests.
+    pub tls_report_period: u64,
 
     // ---- the inbound edge: recipient validation, access rules ----
     /// `--recipients DOMAIN=FILE`: the domain's recipient table.
@@ -395,6 +409,11 @@ impl Config {
             mta_sts_port: 443,
             dane: false,
             dnssec_trust_anchor: None,
+            tls_reports: false,
+            tls_report_org: None,
+            tls_report_from: None,
+            tls_report_contact: None,
+            tls_report_period: 86_400,
             recipient_tables: Vec::new(),
             verify_domains: Vec::new(),
             verify: VerifySettings::default(),
@@ -407,6 +426,19 @@ impl Config {
 
     /// The postmaster's address (RFC 5321 §4.5.1): `--postmaster`, else
     /// `postmaster@HOSTNAME`; `None` if the host name makes no address.
+    /// The TLS reports' sender (`--tls-report-from`, else
+    /// `tlsrpt-noreply@HOSTNAME`).
+    pub fn tls_report_from(&self) -> Option<crate::smtp::Path> {
+        let mailbox = match &self.tls_report_from {
+            Some(m) => m.clone(),
+            None => {
+                crate::smtp::Mailbox::parse(&format!("tlsrpt-noreply@{}", self.hostname), false)
+                    .ok()?
+            }
+        };
+        Some(crate::smtp::Path::new(mailbox))
+    }
+
     pub fn postmaster(&self) -> Option<crate::smtp::Path> {
         let mailbox = match &self.postmaster {
             Some(m) => m.clone(),

@@ -14,6 +14,7 @@
 
 mod cache;
 pub mod outcome;
+mod tls_report;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub struct Deliverer {
     pub postmaster: Option<crate::smtp::Path>,
     /// Per-destination TLS policy sources (MTA-STS), `tls_policy.rs`.
     pub tls_policies: std::sync::Arc<TlsPolicies>,
+    /// `--tls-reports`: counts each TLS session (RFC 8460), `tlsrpt`.
+    pub tls_reports: Option<std::sync::Arc<crate::tlsrpt::Reporter>>,
 }
 
 /// What became of a message handed to a worker.
@@ -115,6 +118,9 @@ struct Group {
     rcpts: Vec<(usize, Path)>,
     /// The destination's TLS policy (`tls_policy.rs`).
     tls: DestTls,
+    /// The policy domain its TLS sessions are reported for (RFC 8460):
+    /// the recipient domain, A-label; `None`: not reported.
+    report_domain: Option<String>,
 }
 
 /// What the hops of a group came to when none took the message: the
@@ -158,6 +164,8 @@ struct Target<'a> {
     /// The destination's key for its limits (messages per connection,
     /// connection rate).
     limit_key: &'a str,
+    /// Where its TLS sessions are reported (RFC 8460), if anywhere.
+    report: Option<tls_report::ReportTo>,
 }
 
 /// What `--max-per-destination` counts: the first next hop, by name and
@@ -237,6 +245,7 @@ impl Deliverer {
             {
                 Some(g) => g.rcpts.push((i, path)),
                 None => groups.push(Group {
+                    report_domain: self.report_domain(env, &dest, &tls),
                     route,
                     key,
                     rcpts: vec![(i, path)],
@@ -245,6 +254,36 @@ impl Deliverer {
             }
         }
         groups
+    }
+
+    /// RFC 8460: the policy domain to report `dest`'s TLS sessions for,
+    /// when reporting is on: the recipient domain (A-label) of mail routed
+    /// by MX; never for a static route (the operator's policy, not the
+    /// domain's), and never for a report's own delivery (§5.3, see
+    /// `tlsrpt::REPORT_CLIENT`).
+    fn report_domain(&self, env: &Envelope, dest: &Host, tls: &DestTls) -> Option<String> {
+        self.tls_reports.as_ref()?;
+        if env.client == crate::tlsrpt::REPORT_CLIENT
+            || tls.source == crate::tls_policy::Source::Route
+        {
+            return None;
+        }
+        let Host::Name(d) = dest else {
+            return None;
+        };
+        idna::domain_to_ascii(d.as_str()).ok()
+    }
+
+    /// Counts one TLS session attempt of `report` (a success, or
+    /// `failure`) for its domain's next report.
+    fn report_tls(
+        &self,
+        report: Option<&tls_report::ReportTo>,
+        failure: Option<crate::tlsrpt::counters::Failure>,
+    ) {
+        if let (Some(r), Some(reporter)) = (report, &self.tls_reports) {
+            reporter.record(&r.domain, &r.policy, failure);
+        }
     }
 
     /// Runs one attempt on message `id` for a caller without a scheduler
@@ -489,7 +528,7 @@ impl Deliverer {
         };
         // RFC 5321 §5.1: try the hosts in order until one answers.
         for hop in hops {
-            let (tls, dane) = match self.hop_policy(env, &group.tls, hop) {
+            let (tls, dane) = match self.hop_policy(env, group, hop) {
                 Ok(policy) => policy,
                 Err(st) => {
                     last.note(st, &hop.name);
@@ -499,6 +538,12 @@ impl Deliverer {
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
+                let report = group.report_domain.as_ref().and_then(|d| {
+                    Some(tls_report::ReportTo {
+                        domain: d.clone(),
+                        policy: tls_report::policy(&group.tls, &dane)?,
+                    })
+                });
                 let target = Target {
                     hop,
                     peer,
@@ -506,6 +551,7 @@ impl Deliverer {
                     tls,
                     dane: &dane,
                     limit_key,
+                    report,
                 };
                 match self.try_peer(env.id, &msg, claim, &target, &group.tls) {
                     Tried::Answered(results) => return results,
@@ -526,16 +572,30 @@ impl Deliverer {
     fn hop_policy(
         &self,
         env: &Envelope,
-        dest: &DestTls,
+        group: &Group,
         hop: &Hop,
     ) -> Result<(RouteTls, HopDane), Status> {
+        let dest = &group.tls;
         let refuse = |enhanced: Enhanced, text: String| {
             let code = if enhanced.class == 5 { 550 } else { 451 };
             Err(Status::local(LocalReason::TlsPolicy, code, enhanced, text))
         };
         let dane = self.tls_policies.dane_hop(dest, hop);
+        // RFC 8460 §4.3: a hop refused by policy is a failed session too
+        let report_refusal = |result, why: &str| {
+            let report = group.report_domain.as_ref().and_then(|d| {
+                Some(tls_report::ReportTo {
+                    domain: d.clone(),
+                    policy: tls_report::policy(dest, &dane)?,
+                })
+            });
+            let f = tls_report::failure(result, &hop.name, None, None, why);
+            self.report_tls(report.as_ref(), Some(f));
+        };
         match &dane {
             HopDane::Failed(why) => {
+                // §4.3.2.1: no valid (DNSSEC-validated) records
+                report_refusal(crate::tlsrpt::counters::ResultType::DnssecInvalid, why);
                 return refuse(Enhanced::new(4, 7, 5), format!("DANE: {why}"));
             }
             HopDane::Usable { tlsa, .. } => log::info!(
@@ -565,6 +625,12 @@ impl Deliverer {
                 )
             }
             MxVerdict::Refused => {
+                // §4.3.1: no result type of its own for an MX outside
+                // the policy; the general one, with our reason
+                report_refusal(
+                    crate::tlsrpt::counters::ResultType::ValidationFailure,
+                    "MX not in the MTA-STS policy",
+                );
                 return refuse(
                     Enhanced::new(4, 7, 5),
                     format!("MTA-STS: MX {} is not in the policy ({dest})", hop.name),
@@ -594,10 +660,16 @@ impl Deliverer {
         dest: &DestTls,
     ) -> Tried {
         let (hop, peer, label) = (target.hop, target.peer, target.label.as_str());
-        let (mut conn, key) = match self.connection(hop, peer, msg.from, target) {
+        let (mut conn, key, fresh) = match self.connection(hop, peer, msg.from, target) {
             Ok(c) => c,
             Err(e) => {
                 log::debug!("{id} {label}: {e}");
+                if let ClientError::Rejected(Phase::StartTls | Phase::Tls, r) = &e {
+                    let text = r.text();
+                    let result = tls_report::classify(&text, target.tls == RouteTls::Dane);
+                    let f = tls_report::failure(result, &hop.name, Some(peer.ip()), None, &text);
+                    self.report_tls(target.report.as_ref(), Some(f));
+                }
                 if let Some(st) = tls_failure(&e, msg.requiretls, dest, target.tls) {
                     log::info!("{id} relay={label} {st}");
                     return Tried::Next(st);
@@ -606,7 +678,10 @@ impl Deliverer {
                 return Tried::Next(error_status(&e, hop, peer));
             }
         };
-        self.log_would_fail(id, &conn, target, dest, msg.requiretls);
+        let would_fail = self.log_would_fail(id, &conn, target, dest, msg.requiretls);
+        if fresh {
+            self.report_session(&conn, target, dest, msg.requiretls, would_fail);
+        }
         if let Some(st) = requiretls_unmet(msg.requiretls, &conn) {
             log::info!("{id} relay={label} {st}");
             let max = self.limiter.max_messages(target.limit_key);
@@ -663,6 +738,7 @@ impl Deliverer {
     /// RFC 8461 §5: a `testing` policy delivers as usual; what `enforce`
     /// would refuse (a certificate that does not verify for the MX name,
     /// no TLS at all) is reported, here logged.
+    /// Returns what `enforce` would have refused, if anything.
     fn log_would_fail(
         &self,
         id: QueueId,
@@ -670,16 +746,58 @@ impl Deliverer {
         target: &Target,
         dest: &DestTls,
         requiretls: bool,
-    ) {
+    ) -> Option<String> {
         if dest.mode(requiretls) != Some(crate::mta_sts::Mode::Testing) {
-            return;
+            return None;
         }
         if let Err(why) = conn.would_verify(&self.tls, &target.hop.name) {
             log::info!(
                 "{id} relay={} tls-policy {dest}: {why}; delivering anyway (policy not enforced)",
                 target.label
             );
+            return Some(why);
         }
+        None
+    }
+
+    /// RFC 8460 §4.3/§4.4: a new connection's TLS session for the report:
+    /// a success, or under a `testing` policy what `enforce` would have
+    /// refused (an MX outside the policy, `would_fail`), or no TLS at all.
+    fn report_session(
+        &self,
+        conn: &Connection,
+        target: &Target,
+        dest: &DestTls,
+        requiretls: bool,
+        would_fail: Option<String>,
+    ) {
+        let Some(report) = &target.report else {
+            return;
+        };
+        use crate::tlsrpt::counters::ResultType;
+        let name = &target.hop.name;
+        let fetch_failed = report.policy.kind == crate::tlsrpt::counters::PolicyType::Sts
+            && report.policy.strings.is_empty();
+        let why = if target.tls == RouteTls::Dane {
+            None
+        } else if let Some(e) = dest.sts_error.as_ref().filter(|_| fetch_failed) {
+            Some((tls_report::sts_fetch_result(e), e.clone()))
+        } else if dest.mx(name, requiretls) == MxVerdict::WouldFail {
+            let why = "MX not in the MTA-STS policy".to_string();
+            Some((ResultType::ValidationFailure, why))
+        } else if let Some(why) = would_fail {
+            Some((tls_report::classify(&why, false), why))
+        } else if !conn.is_tls() {
+            let why = "no TLS (STARTTLS not used)".to_string();
+            Some((ResultType::StarttlsNotSupported, why))
+        } else {
+            None
+        };
+        let failure = why.map(|(result, why)| {
+            let receiving = Some(target.peer.ip());
+            tls_report::failure(result, name, receiving, conn.local_ip(), &why)
+        });
+        self.report_tls(Some(report), failure);
     }
 
     /// A connection to `peer` under the hop's policy (the route's TLS,
@@ -691,7 +809,7 @@ impl Deliverer {
         peer: SocketAddr,
         from: &crate::smtp::ReversePath,
         target: &Target,
-    ) -> Result<(Connection, CacheKey), ClientError> {
+    ) -> Result<(Connection, CacheKey, bool), ClientError> {
         let tls_policy = target.tls;
         let creds = match &hop.auth {
             Some(a) => Some(credentials(&self.secrets, a, from)?),
@@ -701,7 +819,7 @@ impl Deliverer {
         while let Some(mut c) = self.cache.take(&key) {
             // the peer may have closed an idle connection: probe it
             if c.reset().is_ok() {
-                return Ok((c, key));
+                return Ok((c, key, false));
             }
             c.quit();
         }
@@ -722,7 +840,7 @@ impl Deliverer {
         // a connection attempt counts in the connection rate, answered or not
         self.limiter.connected(target.limit_key);
         let c = Connection::open_hop(peer, &self.hostname, self.timeouts, &policy)?;
-        Ok((c, key))
+        Ok((c, key, true))
     }
 }
 
@@ -917,6 +1035,7 @@ pub(crate) mod tests {
             secrets: Arc::default(),
             clock,
             postmaster: None,
+            tls_reports: None,
             tls_policies: Default::default(),
         }
     }

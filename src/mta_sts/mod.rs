@@ -76,6 +76,12 @@ impl MtaSts {
     /// The policy in force for `domain`, if any (module doc). A policy of
     /// mode `none` is returned as found: the caller applies nothing.
     pub fn lookup(&self, domain: &str) -> Option<Found> {
+        self.lookup_noting(domain).0
+    }
+
+    /// `lookup`, and why a due policy fetch failed, if it did (for TLS
+    /// reports, RFC 8460 §4.3.2.2).
+    pub fn lookup_noting(&self, domain: &str) -> (Option<Found>, Option<String>) {
         let now = self.clock.now_unix();
         let cached = self.cache.load(domain).filter(|c| c.fresh(now));
         let txt = format!("_mta-sts.{domain}");
@@ -84,17 +90,17 @@ impl MtaSts {
                 Ok(id) => id,
                 Err(why) => {
                     log::debug!("mta-sts {domain}: {txt}: {why}");
-                    return cached.map(found);
+                    return (cached.map(found), None);
                 }
             },
             Err(DnsError::Temporary(why)) => {
                 log::info!("mta-sts {domain}: TXT lookup failed: {why}");
-                return cached.map(found);
+                return (cached.map(found), None);
             }
-            Err(_) => return cached.map(found),
+            Err(_) => return (cached.map(found), None),
         };
         if let Some(c) = cached.as_ref().filter(|c| c.id == id) {
-            return Some(found(c.clone()));
+            return (Some(found(c.clone())), None);
         }
         match self.fetch(domain) {
             Ok((text, policy)) => {
@@ -112,7 +118,7 @@ impl MtaSts {
                     fresh.policy.mode,
                     fresh.policy.max_age
                 );
-                Some(found(fresh))
+                (Some(found(fresh)), None)
             }
             Err(why) => {
                 // §5.1: a failed refresh keeps the cached policy in force
@@ -125,7 +131,7 @@ impl MtaSts {
                         "mta-sts {domain}: policy fetch failed ({why}); no cached policy: none applies"
                     ),
                 }
-                cached.map(found)
+                (cached.map(found), Some(why))
             }
         }
     }

@@ -213,7 +213,8 @@ pub struct Envelope {
     pub id: QueueId,
     /// Unix seconds.
     pub arrived: u64,
-    /// The client's IP address, or `local` for messages injected by `send`.
+    /// The client's IP address, or for a message queued locally `local
+    /// uid=N user=NAME via=send|sendmail|maildrop` (admin/send.rs).
     pub client: String,
     pub helo: String,
     /// The authenticated (RFC 4954) user that submitted the message.

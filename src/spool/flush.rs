@@ -1,16 +1,22 @@
-//! Flush requests: how `queue flush`, `queue release` and `send` ask the
-//! running server to attempt messages now, both sides. A request is a
-//! file in `flush.d/` (one queue id per line, `*` for everything),
-//! written atomically through `tmp/`; the server reads and removes it at
-//! its next look, which is how the asking side knows it was picked up.
-//! `touch SPOOL/flush` asks for everything.
+//! Requests to the running server, both sides: how `queue flush`,
+//! `queue release` and `send` ask it to attempt messages now, `send`
+//! tells it of a message it queued (the server logs its `queued` line),
+//! and the changing `queue` commands tell it a message's state changed
+//! (so its queue gauges are right at once). A request is a file in
+//! `flush.d/`, one item a line (`*` for everything, `ID`, `new ID`,
+//! `changed ID`, `deleted ID`, `returned ID [DSNID]`), written atomically through `tmp/`; the server reads it,
+//! acts on it, publishes its gauges, and only then removes it, which is
+//! how the asking side knows it was done. `touch SPOOL/flush` asks for
+//! everything.
 //!
 //! Crash story: a request is a whole file or none (rename); one the
-//! server dies before reading is read by the next server at start-up,
-//! when it is stale but harmless (it only makes messages due now).
+//! server dies before removing is read by the next server at start-up,
+//! when it is stale but harmless (it makes messages due now, logs a
+//! `queued` line again, or looks at a message's state again).
 
 use std::fs;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use super::{fsutil, QueueId, Spool, SpoolError};
 
@@ -26,9 +32,85 @@ impl FlushRequest {
         !self.path.exists()
     }
 
+    /// Waits up to `limit` for the server to have done the request.
+    pub fn wait_done(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while !self.picked_up() {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Takes back a request nobody picked up.
     pub fn withdraw(self) {
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// One line of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Request {
+    /// `*`: every waiting message due now.
+    All,
+    /// `ID`: this message due now.
+    Due(QueueId),
+    /// `new ID`: queued outside the server (`send`): log it, due now.
+    New(QueueId),
+    /// `changed ID`: held by the operator: look at its state again.
+    Changed(QueueId),
+    /// `deleted ID`: removed by `queue delete` (logged by the server).
+    Deleted(QueueId),
+    /// `returned ID [DSNID]`: returned to its sender by `queue bounce`,
+    /// with the DSN queued for it, if any (logged by the server).
+    Returned(QueueId, Option<QueueId>),
+}
+
+impl Request {
+    fn line(self) -> String {
+        match self {
+            Request::All => "*".into(),
+            Request::Due(id) => id.to_string(),
+            Request::New(id) => format!("new {id}"),
+            Request::Changed(id) => format!("changed {id}"),
+            Request::Deleted(id) => format!("deleted {id}"),
+            Request::Returned(id, None) => format!("returned {id}"),
+            Request::Returned(id, Some(dsn)) => format!("returned {id} {dsn}"),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Request> {
+        let id = |w: &str| QueueId::parse(w.trim());
+        match line.split_once(' ') {
+            None if line == "*" => Some(Request::All),
+            None => id(line).map(Request::Due),
+            Some(("new", w)) => id(w).map(Request::New),
+            Some(("changed", w)) => id(w).map(Request::Changed),
+            Some(("deleted", w)) => id(w).map(Request::Deleted),
+            Some(("returned", w)) => match w.split_once(' ') {
+                None => id(w).map(|i| Request::Returned(i, None)),
+                Some((a, b)) => Some(Request::Returned(id(a)?, Some(id(b)?))),
+            },
+            Some(_) => None,
+        }
+    }
+}
+
+/// The requests the server took: acted on, then [`Taken::done`].
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub requests: Vec<Request>,
+    files: Vec<PathBuf>,
+}
+
+impl Taken {
+    /// Removes the request files: their askers see them done.
+    pub fn done(self) {
+        for f in self.files {
+            let _ = fs::remove_file(f);
+        }
     }
 }
 
@@ -36,12 +118,21 @@ impl Spool {
     /// Asks the running server to attempt `ids` now (all waiting messages
     /// when empty).
     pub fn request_flush(&self, ids: &[QueueId]) -> Result<FlushRequest, SpoolError> {
+        let requests: Vec<Request> = if ids.is_empty() {
+            vec![Request::All]
+        } else {
+            ids.iter().map(|&id| Request::Due(id)).collect()
+        };
+        self.request(&requests)
+    }
+
+    /// Leaves `requests` for the server (read at its next tick, or at its
+    /// start when none runs).
+    pub fn request(&self, requests: &[Request]) -> Result<FlushRequest, SpoolError> {
         let mut text = String::new();
-        if ids.is_empty() {
-            text.push_str("*\n");
-        }
-        for id in ids {
-            text.push_str(&format!("{id}\n"));
+        for r in requests {
+            text.push_str(&r.line());
+            text.push('\n');
         }
         let name = format!("{}-{}", QueueId::generate(), std::process::id());
         fsutil::write_atomic(&self.tmp, &self.flush, &name, text.as_bytes())
@@ -51,12 +142,13 @@ impl Spool {
         })
     }
 
-    /// Takes the pending flush requests (the server's side), the `flush`
-    /// trigger file included: `None` in the list stands for "everything".
-    pub fn take_flush_requests(&self) -> Vec<Option<QueueId>> {
-        let mut out = Vec::new();
+    /// Takes the pending requests (the server's side), the `flush`
+    /// trigger file included (as [`Request::All`]); the files stay until
+    /// [`Taken::done`].
+    pub fn take_flush_requests(&self) -> Taken {
+        let mut out = Taken::default();
         if fs::remove_file(self.root.join("flush")).is_ok() {
-            out.push(None);
+            out.requests.push(Request::All);
         }
         let Ok(entries) = fs::read_dir(&self.flush) else {
             return out;
@@ -64,14 +156,9 @@ impl Spool {
         for e in entries.filter_map(Result::ok) {
             let path = e.path();
             let text = fs::read_to_string(&path).unwrap_or_default();
-            let _ = fs::remove_file(&path);
-            for line in text.lines().map(str::trim) {
-                if line == "*" {
-                    out.push(None);
-                } else if let Some(id) = QueueId::parse(line) {
-                    out.push(Some(id));
-                }
-            }
+            out.requests
+                .extend(text.lines().map(str::trim).filter_map(Request::parse));
+            out.files.push(path);
         }
         out
     }
@@ -98,17 +185,42 @@ mod tests {
         let id = QueueId::generate();
         let one = spool.request_flush(&[id]).unwrap();
         let all = spool.request_flush(&[]).unwrap();
-        assert!(!one.picked_up() && !all.picked_up());
-        let mut got = spool.take_flush_requests();
+        let other = spool
+            .request(&[
+                Request::New(id),
+                Request::Changed(id),
+                Request::Deleted(id),
+                Request::Returned(id, None),
+                Request::Returned(id, Some(id)),
+            ])
+            .unwrap();
+        let taken = spool.take_flush_requests();
+        // taken, not done yet: the askers wait
+        assert!(!one.picked_up() && !all.picked_up() && !other.picked_up());
+        let mut got = taken.requests.clone();
         got.sort();
-        assert_eq!(got, vec![None, Some(id)]);
-        assert!(one.picked_up() && all.picked_up());
-        assert!(spool.take_flush_requests().is_empty());
+        assert_eq!(
+            got,
+            vec![
+                Request::All,
+                Request::Due(id),
+                Request::New(id),
+                Request::Changed(id),
+                Request::Deleted(id),
+                Request::Returned(id, None),
+                Request::Returned(id, Some(id)),
+            ]
+        );
+        taken.done();
+        assert!(one.picked_up() && all.picked_up() && other.picked_up());
+        assert!(one.wait_done(Duration::ZERO));
+        assert!(spool.take_flush_requests().requests.is_empty());
         fs::write(dir.join("flush"), b"").unwrap();
-        assert_eq!(spool.take_flush_requests(), vec![None]);
+        assert_eq!(spool.take_flush_requests().requests, vec![Request::All]);
         let left = spool.request_flush(&[id]).unwrap();
+        assert!(!left.wait_done(Duration::from_millis(50)));
         left.withdraw();
-        assert!(spool.take_flush_requests().is_empty());
+        assert!(spool.take_flush_requests().requests.is_empty());
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -389,9 +389,13 @@ fn pick(
         &config.hostname,
         opts.full_name.as_deref(),
     ));
+    // `maildrop=NAME` last: the start-up check finds it there
     let sub = Submitter {
+        client: format!(
+            "{} maildrop={name}",
+            crate::admin::local_client(uid, &login, crate::admin::Via::Maildrop)
+        ),
         login,
-        client: format!("local uid={uid} maildrop={name}"),
         received: format!("local (uid {uid})"),
         hold: Some(Hold::Forever),
         content,

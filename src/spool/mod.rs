@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 
 pub use claim::{Body, Claim, Claimed};
 pub use envelope::{Attempt, DelayWarned, Envelope, Hold, RcptState, Recipient, Tries};
-pub use flush::FlushRequest;
+pub use flush::{FlushRequest, Request};
 pub use incoming::Incoming;
 pub use queue_id::QueueId;
 

@@ -11,7 +11,9 @@
 #![allow(dead_code)]
 
 pub mod dnsmasq;
+pub mod nginx;
 pub mod postfix;
+pub mod tlsrpt;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -403,6 +405,15 @@ impl Relay {
         );
     }
 
+    /// SIGTERM, wait for the exit, and start again on the same spool: a
+    /// clean restart (what an upgrade does).
+    pub fn restart_clean(&mut self) {
+        self.terminate();
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.is_some(), "the relay did not stop on SIGTERM");
+        self.spawn();
+    }
+
     /// A raw client connected to the first listener.
     pub fn talk(&self) -> Talk {
         Talk::connect(self.addr())
@@ -484,15 +495,7 @@ pub fn run_command_stdin(cmd: &mut Command, input: &[u8], limit: Duration) -> Cl
     };
     let out = reader(Box::new(child.stdout.take().expect("stdout piped")));
     let err = reader(Box::new(child.stderr.take().expect("stderr piped")));
-    let mut status = None;
-    wait_until(limit, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let status = wait_exit(&mut child, limit);
     let _ = writer.join();
     CliRun {
         code: status.and_then(|s| s.code()),
@@ -1706,4 +1709,27 @@ pub fn refused_lines<'a>(log: &'a str, ip: &str) -> Vec<&'a str> {
     log.lines()
         .filter(|l| l.contains(&who) && l.contains(" refused "))
         .collect()
+}
+
+/// One message from `s@origin.test` to `rcpt` in its own session; its id.
+pub fn send_one(relay: &Relay, rcpt: &str) -> String {
+    let mut t = relay.session();
+    let id = t.send_mail(
+        "s@origin.test",
+        &[rcpt],
+        format!("Subject: to {rcpt}\r\n\r\nhello\r\n").as_bytes(),
+    );
+    t.cmd("QUIT", 221);
+    id
+}
+
+/// Waits (bounded by `limit`) for `id`'s `status=sent` line.
+pub fn wait_sent(relay: &Relay, id: &str, limit: Duration) {
+    let ok = wait_until(limit, || {
+        relay
+            .log()
+            .lines()
+            .any(|l| l.contains(id) && l.contains("status=sent"))
+    });
+    assert!(ok, "{id} not sent:\n{}", relay.log());
 }

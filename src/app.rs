@@ -648,33 +648,65 @@ fn bind_as_root(config: &Config) -> Result<Vec<server::Bound>, ServeError> {
     Ok(bound)
 }
 
-/// Opens and locks the spool, recovers it (as the spool's user), starts
-/// the committer: the queued envelopes to schedule.
+/// Opens and locks the spool, does the quick part of recovery (as the
+/// spool's user), starts the committer: the ids of the queued messages,
+/// whose envelopes [`recover_in_background`] reads.
 fn open_spool(
     config: &Config,
-) -> Result<
-    (
-        Arc<Spool>,
-        crate::spool::SpoolLock,
-        Vec<crate::spool::Queued>,
-    ),
-    ServeError,
-> {
+) -> Result<(Arc<Spool>, crate::spool::SpoolLock, Vec<QueueId>), ServeError> {
     let mut spool = Spool::open(&config.spool)?;
     let lock = spool.lock()?;
     crate::spool::maildrop::recover(&spool);
     spool.start_committer(config.sync == crate::config::SyncMode::Syncfs)?;
     let spool = Arc::new(spool);
-    let (queued, rec) = spool.recover(&lock)?;
+    let (ids, rec) = spool.recover_names(&lock)?;
     log::info!(
-        "spool {} recovered: {} queued, {} unfinished removed, {} orphan bodies removed, {} corrupt moved aside",
+        "spool {} recovered: {} queued, {} unfinished removed, {} orphan files removed, {} corrupt moved aside",
         spool.root().display(),
-        queued.len(),
+        ids.len(),
         rec.tmp_removed,
         rec.orphans_removed,
         rec.corrupt_moved
     );
-    Ok((spool, lock, queued))
+    Ok((spool, lock, ids))
+}
+
+/// Reads the queued messages' envelopes on threads of its own and hands
+/// them to the scheduler as it goes, so that a big spool (a million
+/// messages) does not keep the server from accepting mail for the time
+/// it takes (README "At scale"). Safe because new mail never takes an id
+/// of `ids` and recovery only reads; a message it fails to read is found
+/// by the scheduler's next rescan.
+fn recover_in_background(
+    spool: Arc<Spool>,
+    ids: Vec<QueueId>,
+    to_scheduler: Option<Sender<Vec<crate::spool::Queued>>>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("recovery".into())
+        .spawn(move || {
+            crate::fault::stall_recovery(&spool.root().join("recovery-go"));
+            let started = std::time::Instant::now();
+            // no scheduler (--delivery-workers 0): read anyway, to move
+            // corrupt envelopes aside; a scheduler gone: the server stops
+            let loaded = spool.load_recovered(&ids, &|batch| {
+                to_scheduler
+                    .as_ref()
+                    .is_none_or(|tx| tx.send(batch).is_ok())
+            });
+            log::info!(
+                "recovery read {} queued message(s) in {:.1} s, {} corrupt moved aside{}",
+                loaded.queued,
+                started.elapsed().as_secs_f64(),
+                loaded.corrupt_moved,
+                if loaded.error.is_some() {
+                    ", some unreadable (left for the rescan)"
+                } else {
+                    ""
+                }
+            );
+        })
+        .map(drop)
 }
 
 /// `serve`: read what the options name, bind, drop privileges, recover
@@ -690,7 +722,7 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     let loaded = load(config)?;
     let config = &loaded.config;
     let listeners = bind_as_root(config)?;
-    let (spool, lock, queued) = open_spool(config)?;
+    let (spool, lock, queued_ids) = open_spool(config)?;
     // users who cannot write the queue submit through maildrop/
     let maildrop_ready = crate::spool::maildrop::prepare(spool.root())
         .map_err(|e| log::warn!("maildrop/: {e}: non-root submission is off"))
@@ -709,6 +741,12 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
         tls_reports,
     };
     let delivery_workers = config.delivery_workers;
+    // a batch waits here while the scheduler is busy: a few hundred
+    // thousand ids at most, never whole envelopes
+    let (recovered_tx, recovered_rx) = bounded::<Vec<crate::spool::Queued>>(256);
+    let to_scheduler = (delivery_workers > 0).then_some(recovered_tx);
+    recover_in_background(shared.spool.clone(), queued_ids, to_scheduler)
+        .map_err(ServeError::Thread)?;
     let reporter = shared
         .tls_reports
         .clone()
@@ -721,10 +759,16 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     let deliveries = Arc::new(Swap::from_arc(first.deliverer));
     let sched = if delivery_workers > 0 {
         Some(
-            scheduler::start(deliveries.clone(), delivery_workers, queued, committed_rx)
-                .map_err(ServeError::Thread)?,
+            scheduler::start(
+                deliveries.clone(),
+                delivery_workers,
+                recovered_rx,
+                committed_rx,
+            )
+            .map_err(ServeError::Thread)?,
         )
     } else {
+        drop(recovered_rx);
         log::info!("delivery is off (--delivery-workers 0): mail is received and queued only");
         None
     };

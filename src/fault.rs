@@ -6,6 +6,11 @@
 //! that a panic costs neither a thread nor a message (README "Panics").
 //! The variable is read once, on the first `hit`. In a release build
 //! `hit` is empty and the variable means nothing.
+//!
+//! `recovery-stall` in the same variable makes start-up recovery wait,
+//! before it reads the first envelope, until a file the test creates
+//! exists (`stall_recovery`): the server then runs with the queue not yet
+//! read, a state that otherwise lasts only as long as reading takes.
 
 /// A place that can be made to panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +42,7 @@ fn parse(spec: &str) -> [usize; 3] {
         };
         match (POINTS.iter().find(|(_, s)| *s == name), n) {
             (Some((p, _)), Some(n)) => left[*p as usize] = n,
+            (None, _) if name == RECOVERY_STALL => {}
             _ => log::warn!("SMTP_RELAY_FAULT: ignoring {item:?}"),
         }
     }
@@ -71,6 +77,29 @@ pub fn hit(point: Point) {
 #[inline(always)]
 pub fn hit(_point: Point) {}
 
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+const RECOVERY_STALL: &str = "recovery-stall";
+
+/// With `recovery-stall` armed, waits until `go` exists (a minute at
+/// most); otherwise returns at once.
+#[cfg(debug_assertions)]
+pub fn stall_recovery(go: &std::path::Path) {
+    let spec = std::env::var("SMTP_RELAY_FAULT").unwrap_or_default();
+    if !spec.split(',').any(|s| s.trim() == RECOVERY_STALL) {
+        return;
+    }
+    log::warn!("SMTP_RELAY_FAULT: recovery waits for {}", go.display());
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !go.exists() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Release builds: nothing.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn stall_recovery(_go: &std::path::Path) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +110,6 @@ mod tests {
         assert_eq!(parse("session-panic"), [1, 0, 0]);
         assert_eq!(parse("session-panic:2, commit-panic"), [2, 0, 1]);
         assert_eq!(parse("delivery-panic:3,bogus,commit-panic:x"), [0, 3, 0]);
+        assert_eq!(parse("recovery-stall,commit-panic"), [0, 0, 1]);
     }
 }

@@ -57,6 +57,18 @@ use crate::time::Clock;
 
 /// How often the spool is rescanned for messages the scheduler missed.
 const RESCAN: Duration = Duration::from_secs(60);
+/// Queue sizes beyond which the rescan and the queue gauges, each a pass
+/// over the whole queue, come less often (`every`).
+const RESCAN_PER: usize = 100_000;
+const METRICS_PER: usize = 50_000;
+
+/// `base`, once per `per` queued messages: with a million queued, a
+/// rescan (reading a folder of two million names) every ten minutes and
+/// the gauges every ten seconds, instead of several percent of a core
+/// spent on them while nothing else happens.
+fn every(base: Duration, queued: usize, per: usize) -> Duration {
+    base * u32::try_from(queued / per).unwrap_or(u32::MAX).max(1)
+}
 /// How often the flush trigger is looked for.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -101,10 +113,13 @@ impl SchedulerHandle {
 /// attempt runs with the deliverer `current` holds when it starts (a
 /// reload swaps it; an attempt in flight finishes on the old one). The
 /// spool, the clock and the limiter's counts are the same in every one.
+/// `recovered` brings the messages start-up recovery finds, in batches,
+/// while the server already runs (`Spool::load_recovered`); the rescan
+/// waits until it is closed.
 pub fn start(
     current: Arc<Swap<Deliverer>>,
     workers: usize,
-    initial: Vec<crate::spool::Queued>,
+    recovered: Receiver<Vec<crate::spool::Queued>>,
     committed: Receiver<QueueId>,
 ) -> std::io::Result<SchedulerHandle> {
     let (jobs_tx, jobs_rx) = bounded::<QueueId>(workers);
@@ -132,9 +147,7 @@ pub fn start(
             .spawn(move || {
                 crate::pool::or_abort("scheduler", || {
                     let mut s = Scheduler::new(spool, clock, limiter);
-                    for q in initial {
-                        s.schedule(q.id, q.next_try);
-                    }
+                    s.recovering = Some(recovered);
                     s.run(&committed, &report_rx, &jobs_tx, &stop_rx);
                 })
             })?,
@@ -201,6 +214,9 @@ struct Scheduler {
     /// it (a worker's report, an operator's `changed` request, a rescan):
     /// a held message is counted as held whatever its slot.
     held: HashMap<QueueId, Hold>,
+    /// Start-up recovery still reading the spool: what it found so far
+    /// comes here; no rescan until it is done (it would read the same).
+    recovering: Option<Receiver<Vec<crate::spool::Queued>>>,
 }
 
 impl Scheduler {
@@ -221,6 +237,7 @@ impl Scheduler {
             flush_again: std::collections::HashSet::new(),
             last_scan: Instant::now(),
             held: HashMap::new(),
+            recovering: None,
         }
     }
 
@@ -403,6 +420,25 @@ impl Scheduler {
         }
     }
 
+    /// Messages start-up recovery read. One the scheduler knows already
+    /// (flushed by id, or delivered and gone since it was read) is left
+    /// as it is: recovery read it before that happened.
+    fn on_recovered(&mut self, batch: Option<Vec<crate::spool::Queued>>) {
+        match batch {
+            Some(batch) => {
+                for q in batch {
+                    if !self.slots.contains_key(&q.id) {
+                        self.schedule(q.id, q.next_try);
+                    }
+                }
+            }
+            None => {
+                self.recovering = None;
+                self.last_scan = Instant::now();
+            }
+        }
+    }
+
     fn on_report(&mut self, r: Report) {
         let again = self.flush_again.remove(&r.id);
         let now = self.clock.now_unix();
@@ -521,15 +557,25 @@ impl Scheduler {
         stop: &Receiver<()>,
     ) {
         let mut last_tick = Instant::now();
+        let mut last_metrics = Instant::now();
         loop {
             let mut until_due = self.promote_due().unwrap_or(TICK).min(TICK);
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 let requests = self.check_flush_trigger();
-                self.publish_metrics();
+                let queued = self.slots.len();
+                // an operator's request is answered with the gauges right
+                if !requests.requests.is_empty()
+                    || last_metrics.elapsed() >= every(TICK, queued, METRICS_PER)
+                {
+                    last_metrics = Instant::now();
+                    self.publish_metrics();
+                }
                 // the askers wait for this: the gauges are right by now
                 requests.done();
-                if self.last_scan.elapsed() >= RESCAN {
+                if self.recovering.is_none()
+                    && self.last_scan.elapsed() >= every(RESCAN, queued, RESCAN_PER)
+                {
                     self.rescan();
                     self.limiter.prune();
                 }
@@ -543,6 +589,8 @@ impl Scheduler {
             let i_commit = sel.recv(committed);
             let i_report = sel.recv(reports);
             let i_send = (!self.ready.is_empty()).then(|| sel.send(jobs));
+            let recovering = self.recovering.clone();
+            let i_recovered = recovering.as_ref().map(|r| sel.recv(r));
             let op = match sel.select_timeout(until_due) {
                 Ok(op) => op,
                 Err(_) => continue,
@@ -570,6 +618,11 @@ impl Scheduler {
                     Ok(r) => self.on_report(r),
                     Err(_) => return,
                 },
+                i if Some(i) == i_recovered => {
+                    if let Some(r) = &recovering {
+                        self.on_recovered(op.recv(r).ok());
+                    }
+                }
                 i if Some(i) == i_send => {
                     let Some(id) = self.ready.pop_front() else {
                         continue;
@@ -662,6 +715,16 @@ mod tests {
         assert_eq!(s.promote_due(), None);
         assert_eq!(s.ready, [id]);
         assert_eq!(s.slots.get(&id), Some(&Slot::Ready));
+    }
+
+    /// The passes over the whole queue come less often as it grows, in
+    /// proportion, never more often than their base.
+    #[test]
+    fn whole_queue_passes_thin_out_with_its_size() {
+        assert_eq!(every(RESCAN, 0, RESCAN_PER), RESCAN);
+        assert_eq!(every(RESCAN, 99_999, RESCAN_PER), RESCAN);
+        assert_eq!(every(RESCAN, 1_000_000, RESCAN_PER), RESCAN * 10);
+        assert_eq!(every(TICK, 1_000_000, METRICS_PER), Duration::from_secs(10));
     }
 
     /// What a worker reports decides when the message is next due.

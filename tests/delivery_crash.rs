@@ -1,8 +1,9 @@
 //! Crashes on the delivery side: SIGKILL while a transaction is in flight,
 //! and after a partly successful one, then a restart on the same spool.
 //! The promise (delivery.rs): nothing is lost; a duplicate is possible only
-//! for the one transaction that was in flight; a recipient recorded `sent`
-//! is never sent again.
+//! for the transactions of the attempt in flight since its last record
+//! (made at its end, and every second while it lasts); a recipient
+//! recorded `sent` is never sent again.
 
 mod common;
 
@@ -157,4 +158,73 @@ fn sent_recipient_is_not_resent_after_a_crash() {
     assert_eq!(counts.get("b@dest.example"), Some(&1), "{rcpts:?}");
     assert_eq!(rcpts.len(), 2, "{rcpts:?}");
     assert_eq!(sink.count(), 2);
+}
+
+/// A message to three domains, each on its own next hop: the attempt
+/// records its recipients' states once, at its end, not after each
+/// domain (while the third hop is in its transaction, the envelope on disk
+/// still says pending for the two already sent). Killed then, the next
+/// start delivers all three: the first two a second time (a duplicate,
+/// never a loss), the third once more.
+#[test]
+fn a_fan_out_attempt_is_recorded_once_and_a_kill_loses_nothing() {
+    let hold = Arc::new(AtomicBool::new(true));
+    let seen: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let spool_dir = TempDir::new("fanout-spool");
+    let spool = spool_dir.path().join("spool");
+    let a = Sink::start();
+    let b = Sink::start();
+    let c = Sink::with(SinkConfig::default().rcpt({
+        let (hold, seen, spool) = (hold.clone(), seen.clone(), spool.clone());
+        move |_| {
+            // the envelope as stored while this transaction runs
+            let ids = queued_ids(&spool);
+            if let Some(id) = ids.first() {
+                *seen.lock().unwrap() = fs::read_to_string(env_path(&spool, id)).ok();
+            }
+            if hold.load(Ordering::SeqCst) {
+                Action::Hang(Duration::from_secs(30))
+            } else {
+                Action::reply(250, "2.1.5 Ok")
+            }
+        }
+    }));
+    let route = |d: &str, s: &Sink| format!("{d}=127.0.0.1:{}", s.addr().port());
+    let args = [
+        "--no-dns".to_string(),
+        "--retry-min".into(),
+        "1s".into(),
+        "--retry-max".into(),
+        "1s".into(),
+        "--route".into(),
+        route("a.example", &a),
+        "--route".into(),
+        route("b.example", &b),
+        "--route".into(),
+        route("c.example", &c),
+    ];
+    let mut relay = Relay::start_with_spool(spool.clone(), &to_strs(&args));
+    let id = relay.session().send_mail(
+        "s@origin.example",
+        &["x@a.example", "y@b.example", "z@c.example"],
+        b"Subject: three ways\r\n\r\nfan out\r\n",
+    );
+    assert!(
+        wait_until(LIMIT, || seen.lock().unwrap().is_some()),
+        "the third hop never got its RCPT"
+    );
+    assert_eq!((a.count(), b.count()), (1, 1));
+    let stored = EnvFile::parse(seen.lock().unwrap().as_deref().unwrap_or(""));
+    let states: Vec<String> = stored.rcpts().into_iter().map(|r| r.0).collect();
+    assert_eq!(states, ["pending", "pending", "pending"], "{}", stored.text);
+
+    relay.kill();
+    hold.store(false, Ordering::SeqCst);
+    relay.restart();
+    assert!(
+        wait_until(LIMIT, || queue_files(&spool).is_empty()),
+        "left: {:?}",
+        queue_files(&spool)
+    );
+    assert_eq!((a.count(), b.count(), c.count()), (2, 2, 1), "{id}");
 }

@@ -399,3 +399,174 @@ fn spool_on_a_filesystem_without_inode_counts_takes_mail() {
     // the relay must be gone before the unmount
     relay.kill();
 }
+
+// ---------------------------------------------------------------------
+// A big queue is read after the server starts taking mail
+// ---------------------------------------------------------------------
+
+/// Plants `n` queued messages older than the one `relay` (receive-only)
+/// queues now, copies of it with their own ids (in the envelope and in the
+/// body's Received header, so the sink can tell them apart), due now.
+/// Returns the ids: the copies and the original.
+fn plant_copies(relay: &mut Relay, n: u64) -> Vec<String> {
+    let mut t = relay.session();
+    let original = t.send_mail("a@example.org", &["b@planted.example"], BODY);
+    relay.kill();
+    let spool = relay.spool().to_path_buf();
+    let env = read_env(&spool, &original);
+    let msg = read_msg(&spool, &original);
+    let first = u64::from_str_radix(&original, 16).expect("hex queue id");
+    let mut ids = vec![original.clone()];
+    for i in 1..=n {
+        let id = format!("{:016X}", first - i * 4096);
+        let body = String::from_utf8_lossy(&msg).replace(&original, &id);
+        write(&spool.join("queue"), &format!("{id}.msg"), body.as_bytes());
+        write(
+            &spool.join("queue"),
+            &format!("{id}.env"),
+            env.replace(&original, &id).as_bytes(),
+        );
+        ids.push(id);
+    }
+    ids
+}
+
+/// Which planted id each delivered message carries.
+fn delivered_ids(sink: &Sink, ids: &[String]) -> Vec<String> {
+    let known: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    sink.messages()
+        .iter()
+        .filter_map(|m| {
+            let text = String::from_utf8_lossy(&m.data);
+            let at = text.find("with ESMTP id ")? + "with ESMTP id ".len();
+            let id = text.get(at..at + 16)?;
+            known.contains(id).then(|| id.to_string())
+        })
+        .collect()
+}
+
+const PLANTED: u64 = 400;
+
+/// The server takes and delivers new mail before start-up recovery has
+/// read the queue (here held back by the debug-only `recovery-stall`),
+/// gives new mail ids after every queued one, then schedules every queued
+/// message once, and still moves a corrupt envelope aside.
+#[test]
+fn mail_is_taken_while_recovery_reads_the_queue() {
+    let dir = TempDir::new("spool");
+    let spool = dir.path().join("spool");
+    let mut relay = Relay::receive_only_with_spool(spool.clone(), &[]);
+    let planted = plant_copies(&mut relay, PLANTED);
+    let torn = format!("{:016X}", u64::from_str_radix(&planted[0], 16).unwrap() - 1);
+    write(
+        &spool.join("queue"),
+        &format!("{torn}.env"),
+        b"smtp-relay-envelope: 2\nid: ",
+    );
+    write(
+        &spool.join("queue"),
+        &format!("{torn}.msg"),
+        b"Subject: torn\r\n\r\n",
+    );
+
+    let sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    let relay = Relay::start_with_spool_env(
+        spool.clone(),
+        &["--no-dns", "--route", &route],
+        &[("SMTP_RELAY_FAULT", "recovery-stall")],
+    );
+    let mut t = relay.session();
+    let new = t.send_mail("a@example.org", &["c@fresh.example"], BODY);
+    assert!(
+        new > planted[0],
+        "new id {new} not after the queued {}",
+        planted[0]
+    );
+    assert!(
+        sink.wait_for(1, Duration::from_secs(20)),
+        "new mail not delivered"
+    );
+    assert!(!relay.log().contains(" recovery read "), "{}", relay.log());
+    assert!(
+        delivered_ids(&sink, &planted).is_empty(),
+        "queued mail went before recovery read it"
+    );
+
+    write(&spool, "recovery-go", b"");
+    relay.wait_recovered();
+    let all = PLANTED as usize + 2;
+    assert!(
+        sink.wait_for(all, Duration::from_secs(120)),
+        "{} of {all} delivered",
+        sink.count()
+    );
+    let got = delivered_ids(&sink, &planted);
+    let tally = tally(&got);
+    assert_eq!(tally.len(), planted.len(), "every queued message delivered");
+    assert!(
+        tally.values().all(|&n| n == 1),
+        "delivered twice: {tally:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || queue_files(&spool).is_empty()),
+        "{:?}",
+        queue_files(&spool)
+    );
+    assert_eq!(
+        corrupt_files(&spool),
+        vec![format!("{torn}.env"), format!("{torn}.msg")]
+    );
+}
+
+/// `kill -9` while recovery has not read the queue yet (and after a new
+/// message's 250): the next start delivers every queued message, the
+/// planted ones exactly once (none was in flight).
+#[test]
+fn kill_9_before_recovery_read_the_queue_loses_nothing() {
+    let dir = TempDir::new("spool");
+    let spool = dir.path().join("spool");
+    let mut relay = Relay::receive_only_with_spool(spool.clone(), &[]);
+    let planted = plant_copies(&mut relay, PLANTED);
+    let mut sink = Sink::start();
+    let route = format!("*=127.0.0.1:{}", sink.addr().port());
+    sink.stop();
+    let mut relay = Relay::start_with_spool_env(
+        spool.clone(),
+        &["--no-dns", "--route", &route],
+        &[("SMTP_RELAY_FAULT", "recovery-stall")],
+    );
+    let new = relay
+        .session()
+        .send_mail("a@example.org", &["c@fresh.example"], BODY);
+    relay.kill();
+    assert!(!relay.log().contains(" recovery read "), "{}", relay.log());
+    assert_eq!(queued_ids(&spool).len(), planted.len() + 1);
+
+    sink.restart();
+    relay.set_env(&[]);
+    relay.restart();
+    let all = planted.len() + 1;
+    assert!(
+        sink.wait_for(all, Duration::from_secs(120)),
+        "{} of {all} delivered",
+        sink.count()
+    );
+    let tally = tally(&delivered_ids(&sink, &planted));
+    assert_eq!(tally.len(), planted.len());
+    assert!(
+        tally.values().all(|&n| n == 1),
+        "delivered twice: {tally:?}"
+    );
+    assert!(
+        sink.messages()
+            .iter()
+            .any(|m| m.rcpts == ["c@fresh.example"]),
+        "the new message {new} was not delivered"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || queue_files(&spool).is_empty()),
+        "{:?}",
+        queue_files(&spool)
+    );
+}

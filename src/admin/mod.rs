@@ -179,21 +179,28 @@ pub fn run_queue(
     let mut out = io::stdout().lock();
     match cmd {
         QueueCmd::List { json, summary } => {
-            let envs = select(&spool, sel, now)?;
             if *summary {
-                out.write_all(render::summary(&envs, now, *json).as_bytes())?;
+                let mut all = render::Summary::default();
+                let parts =
+                    select::fold_selected(&spool, sel, now, render::Summary::default, |s, env| {
+                        s.add(&env, now)
+                    })?;
+                for part in parts {
+                    all.merge(part);
+                }
+                out.write_all(all.render(*json).as_bytes())?;
                 let throttled = spool.read_throttled();
                 out.write_all(render::throttled_summary(&throttled, now, *json).as_bytes())?;
                 return Ok(EX_OK);
             }
-            for env in &envs {
+            select::each_selected(&spool, sel, now, |env| -> Result<(), AdminError> {
                 let line = if *json {
                     list_json(env, now)
                 } else {
                     list_line(env, now)
                 };
-                writeln!(out, "{line}")?;
-            }
+                Ok(writeln!(out, "{line}")?)
+            })?;
             Ok(EX_OK)
         }
         QueueCmd::Show { id, body, json } => show(&spool, id, *body, *json, now, &mut out),

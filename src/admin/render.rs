@@ -129,19 +129,36 @@ pub fn list_json(env: &Envelope, now: u64) -> String {
 /// Per destination domain: messages, oldest age, most common last error
 /// (Postfix's qshape, flattened).
 pub fn summary(envs: &[Envelope], now: u64, json: bool) -> String {
-    #[derive(Default)]
-    struct Row {
-        messages: usize,
-        recipients: usize,
-        oldest: u64,
-        errors: HashMap<String, usize>,
-    }
-    let mut rows: HashMap<String, Row> = HashMap::new();
+    let mut s = Summary::default();
     for env in envs {
+        s.add(env, now);
+    }
+    s.render(json)
+}
+
+/// `queue list --summary` as it is gathered: per domain, its counts, the
+/// oldest message and the errors. Envelopes are added one by one (and
+/// dropped), on several threads, each with its own `Summary`, merged at
+/// the end: a million envelopes are never in memory at once.
+#[derive(Default)]
+pub struct Summary {
+    rows: HashMap<String, SummaryRow>,
+}
+
+#[derive(Default)]
+struct SummaryRow {
+    messages: usize,
+    recipients: usize,
+    oldest: u64,
+    errors: HashMap<String, usize>,
+}
+
+impl Summary {
+    pub fn add(&mut self, env: &Envelope, now: u64) {
         let mut seen = Vec::new();
         for r in env.rcpts.iter().filter(|r| !r.state.is_final()) {
             let d = r.path.mailbox().host().key();
-            let row = rows.entry(d.clone()).or_default();
+            let row = self.rows.entry(d.clone()).or_default();
             row.recipients += 1;
             if !seen.contains(&d) {
                 row.messages += 1;
@@ -153,7 +170,26 @@ pub fn summary(envs: &[Envelope], now: u64, json: bool) -> String {
             }
         }
     }
-    let mut rows: Vec<(String, Row)> = rows.into_iter().collect();
+
+    pub fn merge(&mut self, other: Summary) {
+        for (domain, theirs) in other.rows {
+            let row = self.rows.entry(domain).or_default();
+            row.messages += theirs.messages;
+            row.recipients += theirs.recipients;
+            row.oldest = row.oldest.max(theirs.oldest);
+            for (e, n) in theirs.errors {
+                *row.errors.entry(e).or_default() += n;
+            }
+        }
+    }
+
+    pub fn render(self, json: bool) -> String {
+        render_summary(self.rows, json)
+    }
+}
+
+fn render_summary(rows: HashMap<String, SummaryRow>, json: bool) -> String {
+    let mut rows: Vec<(String, SummaryRow)> = rows.into_iter().collect();
     rows.sort_by(|a, b| b.1.messages.cmp(&a.1.messages).then(a.0.cmp(&b.0)));
     let mut out = String::new();
     if !json {

@@ -3,10 +3,11 @@
 //! that match.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use crate::smtp::Mailbox;
-use crate::spool::{Envelope, QueueId, RcptState, Spool, SpoolError};
+use crate::spool::{scan, Envelope, QueueId, RcptState, Spool, SpoolError};
 
 /// Message-level view of the recipient states, for `--state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,28 +151,114 @@ impl Selector {
 /// Envelopes that vanish or fail to parse while we read are skipped (a
 /// delivery may finish under our feet); parse failures are reported.
 pub fn select(spool: &Spool, sel: &Selector, now: u64) -> Result<Vec<Envelope>, SpoolError> {
-    let ids = if sel.ids.is_empty() {
-        spool.list_ids()?
-    } else {
-        let mut ids = sel.ids.clone();
-        ids.sort();
-        ids.dedup();
-        ids
-    };
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        match spool.load(id) {
-            Ok(env) => {
-                if sel.matches(&env, now) {
-                    out.push(env);
+    let mut out: Vec<Envelope> = fold_selected(spool, sel, now, Vec::new, Vec::push)?
+        .into_iter()
+        .flatten()
+        .collect();
+    out.sort_by_key(|e| e.id);
+    Ok(out)
+}
+
+/// Folds every envelope the selector matches into per-thread states
+/// (`spool::scan`: a big queue is read on a few threads, and nothing is
+/// kept that `each` does not keep), skipping as [`select`] does.
+pub fn fold_selected<T, I, F>(
+    spool: &Spool,
+    sel: &Selector,
+    now: u64,
+    init: I,
+    each: F,
+) -> Result<Vec<T>, SpoolError>
+where
+    T: Send,
+    I: Fn() -> T + Sync,
+    F: Fn(&mut T, Envelope) + Sync,
+{
+    fold_ids(spool, &selected_ids(spool, sel)?, sel, now, init, each)
+}
+
+/// Calls `each` on every envelope the selector matches, by id order, as
+/// [`select`] would return them, holding only a few thousand at a time:
+/// `queue list` of a million messages, not two gigabytes of envelopes.
+pub fn each_selected<E: From<SpoolError>>(
+    spool: &Spool,
+    sel: &Selector,
+    now: u64,
+    each: impl FnMut(&Envelope) -> Result<(), E>,
+) -> Result<(), E> {
+    each_selected_by(spool, sel, now, 8192, each)
+}
+
+fn each_selected_by<E: From<SpoolError>>(
+    spool: &Spool,
+    sel: &Selector,
+    now: u64,
+    at_once: usize,
+    mut each: impl FnMut(&Envelope) -> Result<(), E>,
+) -> Result<(), E> {
+    for ids in selected_ids(spool, sel)?.chunks(at_once) {
+        let mut envs: Vec<Envelope> = fold_ids(spool, ids, sel, now, Vec::new, Vec::push)?
+            .into_iter()
+            .flatten()
+            .collect();
+        envs.sort_by_key(|e| e.id);
+        for env in &envs {
+            each(env)?;
+        }
+    }
+    Ok(())
+}
+
+/// The ids a selector names, or every committed one; sorted, once each.
+fn selected_ids(spool: &Spool, sel: &Selector) -> Result<Vec<QueueId>, SpoolError> {
+    if sel.ids.is_empty() {
+        return spool.list_ids();
+    }
+    let mut ids = sel.ids.clone();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+fn fold_ids<T, I, F>(
+    spool: &Spool,
+    ids: &[QueueId],
+    sel: &Selector,
+    now: u64,
+    init: I,
+    each: F,
+) -> Result<Vec<T>, SpoolError>
+where
+    T: Send,
+    I: Fn() -> T + Sync,
+    F: Fn(&mut T, Envelope) + Sync,
+{
+    let states = scan::load_each(
+        spool,
+        ids,
+        || (init(), None),
+        |(state, error), id, loaded| {
+            match loaded {
+                Ok(env) if sel.matches(&env, now) => each(state, env),
+                Ok(_) => {}
+                Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(SpoolError::Corrupt { why, .. }) => {
+                    eprintln!("smtp-relay: {id}: skipped, corrupt envelope: {why}")
+                }
+                Err(e) => {
+                    *error = Some(e);
+                    return ControlFlow::Break(());
                 }
             }
-            Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-            Err(SpoolError::Corrupt { id, why }) => {
-                eprintln!("smtp-relay: {id}: skipped, corrupt envelope: {why}")
-            }
-            Err(e) => return Err(e),
+            ControlFlow::Continue(())
+        },
+    );
+    let mut out = Vec::with_capacity(states.len());
+    for (state, error) in states {
+        if let Some(e) = error {
+            return Err(e);
         }
+        out.push(state);
     }
     Ok(out)
 }
@@ -194,6 +281,40 @@ pub(super) fn pin_selection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In slices of the queue, every message comes once, in id order,
+    /// the selector applied, as `select` gives them.
+    #[test]
+    fn each_selected_keeps_the_order_across_slices() {
+        let spool = crate::delivery::tests::temp_spool("each-selected");
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let rcpt = if i % 3 == 0 {
+                "<x@skip.example>"
+            } else {
+                "<y@keep.example>"
+            };
+            ids.push(crate::delivery::tests::queue(&spool, 1, &[rcpt]));
+        }
+        let sel = Selector {
+            to: Some("*@keep.example".into()),
+            ..Selector::default()
+        };
+        let mut seen = Vec::new();
+        each_selected_by(&spool, &sel, 1, 3, |env| -> Result<(), SpoolError> {
+            seen.push(env.id);
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<QueueId> = select(&spool, &sel, 1)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(want.len(), 6);
+        assert_eq!(seen, want);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    }
 
     #[test]
     fn globbing() {

@@ -93,6 +93,9 @@ pub enum Outcome {
 }
 
 const MAX_RCPTS_PER_TRANSACTION: usize = 100;
+/// Within one attempt over several destinations, how often the
+/// recipients' new states are stored before its end (`deliver_groups`).
+const STORE_EVERY: Duration = Duration::from_secs(1);
 
 /// What one next-hop address made of a group's transaction.
 enum Tried {
@@ -387,7 +390,10 @@ impl Deliverer {
         let mut counted = false;
         // RFC 8689 §4.1: the header is ignored when REQUIRETLS was given
         let tls_optional = !env.requiretls && tls_required_no(claim);
-        for group in self.groups(env, tls_optional) {
+        let groups = self.groups(env, tls_optional);
+        let last = groups.len().saturating_sub(1);
+        let mut stored_at = std::time::Instant::now();
+        for (k, group) in groups.into_iter().enumerate() {
             let key = limit_key(&group.route);
             let slot = match &key {
                 Some(k) => match self.limiter.try_acquire(k, self.needs_connection(&group)) {
@@ -419,6 +425,15 @@ impl Deliverer {
             }
             drop(slot);
             self.record(claim, env, &group, results)?;
+            // What this attempt did is stored once at its end (or the
+            // message removed): a fan-out to ten domains is one rewrite,
+            // not ten. An attempt that takes long (a slow hop) stores as
+            // it goes, so a crash re-sends at most about a second's worth
+            // of its deliveries: a duplicate, never a loss.
+            if k < last && stored_at.elapsed() >= STORE_EVERY && !env.is_done() {
+                claim.store(env)?;
+                stored_at = std::time::Instant::now();
+            }
         }
         Ok((counted, waiting))
     }

@@ -323,11 +323,7 @@ impl Deliverer {
             now,
             self.committed.as_ref(),
         )?;
-        // When every recipient is now sent, the removal that follows
-        // records that instead (one folder change, not two)
-        if !env.rcpts.iter().all(|r| r.state == RcptState::Sent) {
-            claim.store(env)?;
-        }
+        // stored by the caller: once per attempt (`deliver_groups`)
         Ok(())
     }
 

@@ -32,6 +32,7 @@ pub mod maildrop;
 pub mod owner;
 pub mod queue_id;
 pub mod recycle;
+pub mod scan;
 pub mod throttled;
 
 use std::fmt;
@@ -150,6 +151,15 @@ pub struct Spool {
 pub struct Queued {
     pub id: QueueId,
     pub next_try: u64,
+}
+
+/// What [`Spool::load_recovered`] read: messages handed over, corrupt
+/// envelopes moved aside, and the first error other than those.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub queued: usize,
+    pub corrupt_moved: usize,
+    pub error: Option<SpoolError>,
 }
 
 /// What start-up recovery found and did.
@@ -311,10 +321,39 @@ impl Spool {
         Incoming::create(self)
     }
 
-    /// Start-up recovery; call only while holding the lock. Empties `tmp/`,
-    /// removes bodies without an envelope, moves unreadable envelopes to
-    /// `corrupt/`, and returns the queued envelopes by id.
-    pub fn recover(&self, _lock: &SpoolLock) -> Result<(Vec<Queued>, Recovery), SpoolError> {
+    /// Start-up recovery in one go (tests and tools); call only while
+    /// holding the lock. [`Spool::recover_names`], then
+    /// [`Spool::load_recovered`]: the queued messages by id.
+    pub fn recover(&self, lock: &SpoolLock) -> Result<(Vec<Queued>, Recovery), SpoolError> {
+        let (ids, mut rec) = self.recover_names(lock)?;
+        let queued = std::sync::Mutex::new(Vec::with_capacity(ids.len()));
+        let loaded = self.load_recovered(&ids, &|batch| {
+            queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(batch);
+            true
+        });
+        if let Some(e) = loaded.error {
+            return Err(e);
+        }
+        let mut queued = queued.into_inner().unwrap_or_else(|p| p.into_inner());
+        queued.sort_by_key(|q| q.id);
+        rec.corrupt_moved += loaded.corrupt_moved;
+        rec.queued = queued.len();
+        Ok((queued, rec))
+    }
+
+    /// The quick part of start-up recovery, from file names alone; call
+    /// only while holding the lock, before anything else writes the
+    /// queue. Empties `tmp/`, removes bodies without an envelope and
+    /// envelopes without a body (a message finished but for that file;
+    /// one that does not parse goes to `corrupt/`), seeds the id
+    /// generator past every id present, and returns the ids of complete
+    /// messages, sorted, for [`Spool::load_recovered`]. No envelope of a
+    /// complete message is opened: that is what takes time in a big spool,
+    /// and the server does it while already accepting mail.
+    pub fn recover_names(&self, _lock: &SpoolLock) -> Result<(Vec<QueueId>, Recovery), SpoolError> {
         let mut rec = Recovery::default();
         for entry in read_dir(&self.tmp)? {
             let path = entry.path();
@@ -328,73 +367,127 @@ impl Spool {
             Ok(_) => {}
             Err(e) => log::warn!("cannot clean {}: {e}", self.free.display()),
         }
-        let mut envs = Vec::new();
-        let mut bodies = Vec::new();
-        let mut env_ids = std::collections::HashSet::new();
+        // (id, is envelope): sorted, a message's body comes before its envelope
+        let mut names: Vec<(QueueId, bool)> = Vec::new();
         for entry in read_dir(&self.queue)? {
             let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some((stem, ext)) = name.split_once('.') else {
+            let Some((stem, ext)) = name.to_str().and_then(|n| n.split_once('.')) else {
                 continue;
             };
             let Some(id) = QueueId::parse(stem) else {
                 continue;
             };
             match ext {
-                "env" => {
-                    env_ids.insert(id);
-                    match self.load(id) {
-                        Ok(env) => envs.push(Queued {
-                            id,
-                            next_try: env.next_try,
-                        }),
-                        Err(SpoolError::Corrupt { why, .. }) => {
-                            log::error!("{id} corrupt envelope moved to corrupt/: {why}");
-                            self.move_to_corrupt(id)?;
-                            rec.corrupt_moved += 1;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                "msg" => bodies.push(id),
+                "env" => names.push((id, true)),
+                "msg" => names.push((id, false)),
                 _ => {}
             }
         }
-        // an envelope without its body belongs to a finished message (the
-        // body goes last): a removal cut short, or an envelope rewritten
-        // by a queue command while the message was being removed
-        let body_ids: std::collections::HashSet<QueueId> = bodies.iter().copied().collect();
-        let orphan_envs: Vec<QueueId> = envs
-            .iter()
-            .map(|e| e.id)
-            .filter(|id| !body_ids.contains(id))
-            .collect();
-        if !orphan_envs.is_empty() {
-            envs.retain(|e| body_ids.contains(&e.id));
-            for id in orphan_envs {
+        names.sort_unstable();
+        // ids in the spool are never handed out again, whatever the clock says
+        if let Some(&(max, _)) = names.last() {
+            QueueId::seed_after(max);
+        }
+        let mut ids = Vec::with_capacity(names.len() / 2);
+        let mut i = 0;
+        while i < names.len() {
+            let id = names[i].0;
+            let body = !names[i].1;
+            let env = names[i..].iter().take(2).any(|&(n, e)| n == id && e);
+            i += usize::from(body) + usize::from(env);
+            match (body, env) {
+                (true, true) => ids.push(id),
+                (true, false) => {
+                    if fs::remove_file(self.msg_path(id)).is_ok() {
+                        rec.orphans_removed += 1;
+                        log::warn!("{id} recovery removed body without envelope");
+                    }
+                }
+                // the body goes last: a removal cut short, or an envelope
+                // rewritten by a queue command while the message was removed
+                (false, _) => self.remove_finished_envelope(id, &mut rec)?,
+            }
+        }
+        rec.queued = ids.len();
+        Ok((ids, rec))
+    }
+
+    /// An envelope without its body: removed, or moved to `corrupt/` when
+    /// it does not parse (a torn write is kept for a human to look at).
+    fn remove_finished_envelope(&self, id: QueueId, rec: &mut Recovery) -> Result<(), SpoolError> {
+        match self.load(id) {
+            Err(SpoolError::Corrupt { why, .. }) => {
+                log::error!("{id} corrupt envelope moved to corrupt/: {why}");
+                self.move_to_corrupt(id)?;
+                rec.corrupt_moved += 1;
+            }
+            _ => {
                 if fs::remove_file(self.env_path(id)).is_ok() {
                     rec.orphans_removed += 1;
                     log::warn!("{id} recovery removed envelope without body (finished message)");
                 }
             }
         }
-        for &id in &bodies {
-            if !env_ids.contains(&id) {
-                let path = self.msg_path(id);
-                if fs::remove_file(&path).is_ok() {
-                    rec.orphans_removed += 1;
-                    log::warn!("{id} recovery removed body without envelope");
+        Ok(())
+    }
+
+    /// The slow part of start-up recovery: reads the envelopes of `ids`
+    /// (from [`Spool::recover_names`]) on a few threads and hands them to
+    /// `deliver` in batches, roughly oldest first, as id and next try. An
+    /// envelope that does not parse goes to `corrupt/`; one gone meanwhile
+    /// (a queue command, or a delivery of a message flushed by id) is
+    /// skipped. `deliver` returning false stops the reading (the server is
+    /// stopping). Reading never changes a queued message, so a crash
+    /// during it loses nothing: the next start reads again.
+    pub fn load_recovered(
+        &self,
+        ids: &[QueueId],
+        deliver: &(dyn Fn(Vec<Queued>) -> bool + Sync),
+    ) -> Loaded {
+        const BATCH: usize = 1024;
+        let states = scan::load_each(
+            self,
+            ids,
+            || (Vec::with_capacity(BATCH), Loaded::default()),
+            |(batch, loaded), id, env| {
+                match env {
+                    Ok(env) => batch.push(Queued {
+                        id,
+                        next_try: env.next_try,
+                    }),
+                    Err(SpoolError::Corrupt { why, .. }) => {
+                        log::error!("{id} corrupt envelope moved to corrupt/: {why}");
+                        match self.move_to_corrupt(id) {
+                            Ok(()) => loaded.corrupt_moved += 1,
+                            Err(e) => loaded.error = loaded.error.take().or(Some(e)),
+                        }
+                    }
+                    Err(SpoolError::Io { source, .. })
+                        if source.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        log::error!("{id} not scheduled (the next rescan tries again): {e}");
+                        loaded.error = loaded.error.take().or(Some(e));
+                    }
                 }
+                if batch.len() >= BATCH {
+                    loaded.queued += batch.len();
+                    if !deliver(std::mem::replace(batch, Vec::with_capacity(BATCH))) {
+                        return std::ops::ControlFlow::Break(());
+                    }
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        );
+        let mut total = Loaded::default();
+        for (batch, loaded) in states {
+            total.queued += loaded.queued + batch.len();
+            total.corrupt_moved += loaded.corrupt_moved;
+            total.error = total.error.or(loaded.error);
+            if !batch.is_empty() {
+                deliver(batch);
             }
         }
-        envs.sort_by_key(|e| e.id);
-        // ids in the spool are never handed out again, whatever the clock says
-        let newest = env_ids.iter().chain(bodies.iter()).max().copied();
-        if let Some(max) = newest {
-            QueueId::seed_after(max);
-        }
-        rec.queued = envs.len();
-        Ok((envs, rec))
+        total
     }
 
     /// Reads and parses one envelope.

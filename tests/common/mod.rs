@@ -136,6 +136,8 @@ pub struct Relay {
     /// Extra environment variables for the process.
     env: Vec<(String, String)>,
     log_path: PathBuf,
+    /// Length of the log when the current process started.
+    log_mark: usize,
     /// stdout lines after the `listening on` ones, kept flowing.
     _stdout: Option<Receiver<String>>,
 }
@@ -181,6 +183,23 @@ impl Relay {
         relay
     }
 
+    /// `start_with_spool` with extra environment variables; `restart`
+    /// keeps them unless `set_env` changes them.
+    pub fn start_with_spool_env(spool: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Relay {
+        let mut relay = Relay::new(TempDir::new("relay"), spool, args);
+        relay.set_env(env);
+        relay.spawn();
+        relay
+    }
+
+    /// The extra environment variables of the next start.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     fn launch(base: TempDir, spool: PathBuf, args: &[&str]) -> Relay {
         let mut relay = Relay::new(base, spool, args);
         relay.spawn();
@@ -197,6 +216,7 @@ impl Relay {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             log_path,
+            log_mark: 0,
             _stdout: None,
         }
     }
@@ -217,6 +237,7 @@ impl Relay {
     }
 
     fn spawn(&mut self) {
+        self.log_mark = fs::metadata(&self.log_path).map_or(0, |m| m.len() as usize);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -367,6 +388,21 @@ impl Relay {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+        self.wait_recovered();
+    }
+
+    /// Waits until start-up recovery has read every queued envelope (the
+    /// server accepts mail before that: `recovery read` in the log, once
+    /// per start), so that what recovery does to the spool can be looked
+    /// at. Needs the default log level.
+    pub fn wait_recovered(&self) {
+        let since_start = || self.log().get(self.log_mark..).unwrap_or("").to_string();
+        let done = wait_until(START_DEADLINE, || since_start().contains(" recovery read "));
+        assert!(
+            done,
+            "no `recovery read` line in the log within {START_DEADLINE:?}:\n{}",
+            since_start()
+        );
     }
 
     /// SIGTERM, wait for the exit, and start again on the same spool: a

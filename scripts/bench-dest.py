@@ -49,6 +49,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import status_kib, stop  # noqa: E402
+
 HZ = os.sysconf("SC_CLK_TCK")
 SINK_IPS = [f"127.0.0.{11 + k}" for k in range(10)]
 
@@ -99,13 +102,6 @@ def tree_pss_kib(root):
     return total
 
 
-def status_kib(pid, key):
-    for line in read(f"/proc/{pid}/status").splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return None
-
-
 def free_port():
     """A port free on every sink address and on 127.0.0.1."""
     for _ in range(50):
@@ -136,17 +132,6 @@ def greets(ip, port, timeout):
             pass
         time.sleep(0.05)
     return False
-
-
-def stop(p, wait=15):
-    if p is None or p.poll() is not None:
-        return
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(wait)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
 
 
 class Sinks:

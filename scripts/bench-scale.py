@@ -27,11 +27,13 @@ import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import status_kib, stop  # noqa: E402
 
 
 def free_port(host="127.0.0.1"):
@@ -40,28 +42,6 @@ def free_port(host="127.0.0.1"):
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def rss_kib(pid, key="VmRSS"):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def stop(p, wait=15):
-    if p is None or p.poll() is not None:
-        return
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(wait)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
 
 
 def cpu_s(pid):
@@ -234,7 +214,7 @@ def settled_rss(pid, wait=60):
     last, stable = None, 0
     end = time.monotonic() + wait
     while time.monotonic() < end:
-        cur = rss_kib(pid)
+        cur = status_kib(pid)
         if cur == last:
             stable += 1
             if stable >= 4:
@@ -273,7 +253,7 @@ def cmd_spool(a):
         recovered.append(r and round(r, 2))
         recovered_cpu.append(rc)
         rss = settled_rss(p.pid)
-        hwm = rss_kib(p.pid, "VmHWM")
+        hwm = status_kib(p.pid, "VmHWM")
         stop(p, 60)
     res.update({"start_to_listening_s": starts, "start_cpu_s": start_cpu,
                 "start_to_all_scheduled_s": recovered, "all_scheduled_cpu_s": recovered_cpu, "rss_empty_kib": base, "rss_kib": rss, "hwm_kib": hwm,

@@ -125,8 +125,11 @@ Usage:
       deviation from it) of each relay.
   $PROG drain [-n N] [--runs R] [-c C] [--rev REV] [--out FILE] [--keep]
       with the sinks down, N (default 20000) messages over 100 domains are
-      injected and deferred; then the sinks come up, the queue is flushed,
-      and the time until it is empty is measured, alternating as above.
+      injected and deferred (smtp-relay: each has its failed attempt;
+      Postfix: held on arrival, then moved to its deferred queue due at
+      the flush, scripts/bench-dest.py says why); then the sinks come up,
+      the queue is flushed, and the time until it is empty is measured,
+      alternating as above.
 Environment: SMTP_SOURCE, SMTP_SINK, POSTFIX (paths), BENCH_POSTFIX=builtin
 (ignore scripts/postfix-instance.sh), CARGO (default cargo).
 EOF

@@ -1,9 +1,10 @@
 //! Group commit: one thread publishes finished messages into `queue/` (and
 //! removes delivered ones) and fsyncs the folder once for every batch.
 //!
-//! Each session fsyncs its own two tmp files (the filesystem already
-//! groups concurrent data flushes), then hands the pair to the committer
-//! and waits. The committer takes every request waiting at that moment,
+//! Each session writes its two tmp files and hands the pair to the
+//! committer and waits (with `--sync fsync` it fdatasyncs them first).
+//! The committer takes every request waiting at that moment, flushes the
+//! files of all of them with one syncfs (`--sync syncfs`, the default),
 //! renames each body and then its envelope into `queue/`, fsyncs `queue/`
 //! once, and only then answers each session, which only then says 250.
 //! The crash story is the one in `incoming.rs`; batching changes nothing
@@ -51,7 +52,13 @@ const MAX_BATCH: usize = 256;
 
 impl Committer {
     /// Starts the thread for the folder `queue`.
-    pub fn start(queue: PathBuf, recycler: Arc<Recycler>) -> std::io::Result<Committer> {
+    /// `syncfs`: the sessions left their files unflushed; one syncfs per
+    /// batch flushes them before any rename.
+    pub fn start(
+        queue: PathBuf,
+        recycler: Arc<Recycler>,
+        syncfs: bool,
+    ) -> std::io::Result<Committer> {
         let (tx, rx) = bounded::<Request>(1024);
         thread::Builder::new()
             .name("committer".into())
@@ -62,7 +69,7 @@ impl Committer {
                 // batch leaves what a crash leaves (see incoming.rs), and
                 // the client's retry is at worst a duplicate.
                 let what = "committer (its batch answered 451, a new loop takes over)";
-                while crate::pool::catch(what, || run(&queue, &recycler, &rx)).is_none() {}
+                while crate::pool::catch(what, || run(&queue, &recycler, syncfs, &rx)).is_none() {}
             })?;
         Ok(Committer { tx })
     }
@@ -112,7 +119,7 @@ impl Committer {
     }
 }
 
-fn run(queue: &std::path::Path, recycler: &Recycler, rx: &Receiver<Request>) {
+fn run(queue: &std::path::Path, recycler: &Recycler, syncfs: bool, rx: &Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     let mut freed: Vec<PathBuf> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -124,6 +131,9 @@ fn run(queue: &std::path::Path, recycler: &Recycler, rx: &Receiver<Request>) {
             }
         }
         crate::fault::hit(crate::fault::Point::Commit);
+        if syncfs {
+            flush_new_files(queue, &mut batch);
+        }
         let mut published = Vec::with_capacity(batch.len());
         for r in batch.drain(..) {
             match publish(&r, recycler, &mut freed) {
@@ -156,6 +166,24 @@ fn run(queue: &std::path::Path, recycler: &Recycler, rx: &Receiver<Request>) {
                 Err(e) => Err(SpoolError::io(queue, std::io::Error::other(e.to_string()))),
             };
             let _ = r.done.send(result);
+        }
+    }
+}
+
+/// Makes the tmp files of every message in the batch durable with one
+/// syncfs, before any of them is renamed into `queue/`. If it fails,
+/// those messages are answered with the error (their sessions say 451
+/// and remove the files) and only removals stay in the batch.
+fn flush_new_files(queue: &std::path::Path, batch: &mut Vec<Request>) {
+    if !batch.iter().any(|r| matches!(r.op, Op::Publish { .. })) {
+        return;
+    }
+    let flushed = fs::File::open(queue).and_then(|d| crate::sys::syncfs(&d));
+    if let Err(e) = flushed {
+        log::error!("{}: syncfs: {e}", queue.display());
+        for r in batch.extract_if(.., |r| matches!(r.op, Op::Publish { .. })) {
+            let e = std::io::Error::new(e.kind(), e.to_string());
+            let _ = r.done.send(Err(SpoolError::io(queue, e)));
         }
     }
 }

@@ -236,12 +236,13 @@ impl Spool {
     }
 
     /// Routes commits through a group-commit thread (see `committer.rs`).
-    /// `syncfs`: flush a new message's two files with one syncfs of the
-    /// spool's filesystem instead of two fdatasyncs (see `incoming.rs`).
+    /// `syncfs`: the committer flushes the files of every message in its
+    /// batch with one syncfs of the spool's filesystem, instead of two
+    /// fdatasyncs per message in its session (see `incoming.rs`).
     pub fn start_committer(&mut self, syncfs: bool) -> Result<(), SpoolError> {
         self.syncfs = syncfs;
         let recycler = std::sync::Arc::new(recycle::Recycler::new(self.free.clone(), RECYCLE_MAX));
-        let c = committer::Committer::start(self.queue.clone(), recycler.clone())
+        let c = committer::Committer::start(self.queue.clone(), recycler.clone(), syncfs)
             .map_err(|e| SpoolError::io(&self.queue, e))?;
         self.committer = Some(c);
         self.recycler = Some(recycler);

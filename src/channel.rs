@@ -230,7 +230,10 @@ impl Channel {
 /// Sets the socket's read timeout for the next read: `idle`, or the time
 /// left until `deadline` if that is sooner; an expired deadline is a
 /// `TimedOut` error, never one more wait. `applied` remembers the value
-/// on the socket (one setsockopt per change, not per read).
+/// on the socket: it is set again only when it is off by more than
+/// `slack` (a deadline set at each command is a few microseconds shorter
+/// at each read, which cost a setsockopt per read: 11 per message), so a
+/// read waits at most that much longer or shorter than exact.
 fn apply_timeout(
     sock: &TcpStream,
     idle: Duration,
@@ -247,11 +250,18 @@ fn apply_timeout(
         }
         None => idle,
     };
-    if *applied != Some(t) {
+    let off = |a: Duration| a.abs_diff(t) > slack(t);
+    if applied.is_none_or(off) {
         sock.set_read_timeout(Some(t.max(Duration::from_millis(1))))?;
         *applied = Some(t);
     }
     Ok(())
+}
+
+/// How far a socket's timeout may be from the exact one: 1/64 of it, at
+/// most a second (5 minutes: 1 s; a test's 2 s: 31 ms).
+fn slack(t: Duration) -> Duration {
+    (t / 64).min(Duration::from_secs(1))
 }
 
 impl Read for Channel {
@@ -313,5 +323,48 @@ impl std::fmt::Debug for Channel {
             .field("peer", &self.sock.peer_addr().ok())
             .field("tls", &self.tls.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A deadline a few microseconds shorter at each read (set anew at
+    /// each command) leaves the socket's timeout alone; one off by more
+    /// than the slack sets it again; a passed deadline is an error, not
+    /// one more wait.
+    #[test]
+    fn the_read_timeout_is_set_again_only_when_it_is_off_by_more_than_the_slack() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // the kernel keeps the timeout in its own units
+        let on_socket = |want: Duration| {
+            let got = sock.read_timeout().unwrap().unwrap();
+            assert!(
+                got.abs_diff(want) < Duration::from_millis(5),
+                "{got:?} {want:?}"
+            );
+        };
+        let idle = Duration::from_secs(300);
+        let mut applied = None;
+        apply_timeout(&sock, idle, Some(Instant::now() + idle), &mut applied).unwrap();
+        let first = applied.unwrap();
+        assert!(first <= idle && first > idle - Duration::from_secs(1));
+        on_socket(first);
+        std::thread::sleep(Duration::from_millis(5));
+        apply_timeout(&sock, idle, Some(Instant::now() + idle), &mut applied).unwrap();
+        assert_eq!(applied, Some(first), "set again for a 5 ms difference");
+        let later = Instant::now() + Duration::from_secs(60);
+        apply_timeout(&sock, idle, Some(later), &mut applied).unwrap();
+        let second = applied.unwrap();
+        assert!(second <= Duration::from_secs(60));
+        on_socket(second);
+        apply_timeout(&sock, idle, None, &mut applied).unwrap();
+        on_socket(idle);
+        let passed = Instant::now() - Duration::from_millis(1);
+        let e = apply_timeout(&sock, idle, Some(passed), &mut applied).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -1286,7 +1286,20 @@ reset_relay() {
     mv "$TMP/relay/spool" "$TMP/relay/spool.failed.$RESETS"
     start_relay "$TMP/relay/spool"
   else
-    "$POSTSUPER" -c "$PF_DIR/etc" -d ALL >/dev/null 2>&1 || true
+    # a failed Postfix run may have left the instance broken (once its
+    # postlogd died of a watchdog timeout at load 30, and postsuper then
+    # blocked forever writing to the dead log socket): stop it, empty the
+    # queue with a deadline, start it again
+    postfix_stop
+    timeout 120 "$POSTSUPER" -c "$PF_DIR/etc" -d ALL >/dev/null 2>&1 || true
+    "$POSTFIX" -c "$PF_DIR/etc" start >/dev/null 2>&1 || die "Postfix did not start again after a failed run"
+    local i=0
+    until [ -s "$PF_DIR/queue/pid/master.pid" ] && python3 "$LIB" greets port="$PF_PORT" timeout=1; do
+      [ $i -lt 30 ] || die "Postfix did not greet again after a failed run"
+      sleep 1
+      i=$((i + 1))
+    done
+    PF_PID=$(tr -d ' \n' <"$PF_DIR/queue/pid/master.pid")
   fi
   python3 "$LIB" drain queue="$RELAY_Q:$PF_Q" sink_out="$TMP/sink/count" timeout=60 || true
 }

@@ -995,6 +995,47 @@ fn flush_wait_after_the_next_hop_came_back() {
     assert!(queued_ids(spool).is_empty());
 }
 
+/// `queue flush` of everything with a server running asks it for all
+/// waiting messages in one request, as `touch SPOOL/flush` does, without
+/// naming (and so reading) each: the waiting ones go, a held one stays.
+#[test]
+fn flush_of_everything_asks_the_server_for_all_waiting_messages() {
+    let mut sink = Sink::start();
+    sink.stop(); // nothing listens on its port
+    let relay = delivering(&sink, None);
+    let spool = relay.spool();
+    let mut s = relay.session();
+    let ms: Vec<String> = (0..3)
+        .map(|i| {
+            s.send_mail(
+                "alice@a.example",
+                &["x@example.net"],
+                &mail(&format!("m{i}")),
+            )
+        })
+        .collect();
+    wait_deferred(spool, &ms.iter().collect::<Vec<_>>());
+    let held = queue(spool, "hold", &[&ms[2]]);
+    assert_eq!(held.code, Some(0), "{}", show_run(&held));
+    sink.restart();
+    let r = queue(spool, "flush", &[]);
+    assert_eq!(r.code, Some(0), "{}", show_run(&r));
+    assert_eq!(
+        r.stdout,
+        "flush: asked the server to attempt every waiting message now (3 queued)\n",
+        "{}",
+        show_run(&r)
+    );
+    assert!(sink.wait_for(2, T), "the waiting two were not delivered");
+    assert!(
+        wait_until(T, || queued_ids(spool) == vec![ms[2].clone()]),
+        "left: {:?}",
+        queued_ids(spool)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.count(), 2, "the held one was delivered");
+}
+
 #[test]
 fn flush_wait_when_still_refused_exits_75() {
     let (sink, relay, [m1, m2, m3]) = deferred_queue();

@@ -45,6 +45,26 @@ pub struct Selector {
     pub error: Option<String>,
 }
 
+impl Selector {
+    /// No id and no filter: every message.
+    pub fn is_everything(&self) -> bool {
+        let Selector {
+            ids,
+            from,
+            to,
+            older_than,
+            state,
+            error,
+        } = self;
+        ids.is_empty()
+            && from.is_none()
+            && to.is_none()
+            && older_than.is_none()
+            && state.is_none()
+            && error.is_none()
+    }
+}
+
 /// Case-insensitive glob with `*` (any run) and `?` (one character).
 pub fn glob(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.to_lowercase().chars().collect();

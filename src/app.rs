@@ -709,13 +709,13 @@ fn recover_in_background(
         .map(drop)
 }
 
+/// Freed memory each malloc arena of the server keeps for reuse.
+const KEEP_FREED_MEMORY: usize = 2 * 1024 * 1024;
+
 /// `serve`: read what the options name, bind, drop privileges, recover
 /// the spool, start delivery and the sessions; returns on SIGTERM/SIGINT.
 /// `args` is serve's command line, parsed again by each SIGHUP
 /// (`reload.rs`).
-/// Freed memory each malloc arena of the server keeps for reuse.
-const KEEP_FREED_MEMORY: usize = 2 * 1024 * 1024;
-
 pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     // before any thread starts (see there)
     crate::sys::keep_freed_memory(KEEP_FREED_MEMORY);

@@ -165,7 +165,7 @@ struct Target<'a> {
     /// connection rate).
     limit_key: &'a str,
     /// Where its TLS sessions are reported (RFC 8460), if anywhere.
-    report: Option<tls_report::ReportTo>,
+    report: Option<&'a tls_report::ReportTo>,
 }
 
 /// What `--max-per-destination` counts: the first next hop, by name and
@@ -535,15 +535,11 @@ impl Deliverer {
                     continue;
                 }
             };
+            let report =
+                tls_report::ReportTo::new(group.report_domain.as_deref(), &group.tls, &dane);
             for addr in &hop.addrs {
                 let peer = SocketAddr::new(*addr, hop.port);
                 let label = relay_label(hop, peer);
-                let report = group.report_domain.as_ref().and_then(|d| {
-                    Some(tls_report::ReportTo {
-                        domain: d.clone(),
-                        policy: tls_report::policy(&group.tls, &dane)?,
-                    })
-                });
                 let target = Target {
                     hop,
                     peer,
@@ -551,7 +547,7 @@ impl Deliverer {
                     tls,
                     dane: &dane,
                     limit_key,
-                    report,
+                    report: report.as_ref(),
                 };
                 match self.try_peer(env.id, &msg, claim, &target, &group.tls) {
                     Tried::Answered(results) => return results,
@@ -583,12 +579,7 @@ impl Deliverer {
         let dane = self.tls_policies.dane_hop(dest, hop);
         // RFC 8460 §4.3: a hop refused by policy is a failed session too
         let report_refusal = |result, why: &str| {
-            let report = group.report_domain.as_ref().and_then(|d| {
-                Some(tls_report::ReportTo {
-                    domain: d.clone(),
-                    policy: tls_report::policy(dest, &dane)?,
-                })
-            });
+            let report = tls_report::ReportTo::new(group.report_domain.as_deref(), dest, &dane);
             let f = tls_report::failure(result, &hop.name, None, None, why);
             self.report_tls(report.as_ref(), Some(f));
         };
@@ -668,7 +659,7 @@ impl Deliverer {
                     let text = r.text();
                     let result = tls_report::classify(&text, target.tls == RouteTls::Dane);
                     let f = tls_report::failure(result, &hop.name, Some(peer.ip()), None, &text);
-                    self.report_tls(target.report.as_ref(), Some(f));
+                    self.report_tls(target.report, Some(f));
                 }
                 if let Some(st) = tls_failure(&e, msg.requiretls, dest, target.tls) {
                     log::info!("{id} relay={label} {st}");
@@ -771,7 +762,7 @@ impl Deliverer {
         requiretls: bool,
         would_fail: Option<String>,
     ) {
-        let Some(report) = &target.report else {
+        let Some(report) = target.report else {
             return;
         };
         use crate::tlsrpt::counters::ResultType;

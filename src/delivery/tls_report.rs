@@ -18,6 +18,17 @@ pub(super) struct ReportTo {
     pub policy: PolicyKey,
 }
 
+impl ReportTo {
+    /// Where a hop's sessions go: `None` when the group is not reported
+    /// or the hop has no policy to report under.
+    pub(super) fn new(domain: Option<&str>, dest: &DestTls, dane: &HopDane) -> Option<ReportTo> {
+        Some(ReportTo {
+            domain: domain?.to_string(),
+            policy: policy(dest, dane)?,
+        })
+    }
+}
+
 /// The §4.4 policy of a hop: DANE where it applies (RFC 8461 §2), else
 /// the MTA-STS policy in force (mode `none` is no policy, §5), else an
 /// `sts` policy without text when the domain's policy could not be

@@ -120,9 +120,7 @@ impl Committer {
 }
 
 fn run(queue: &std::path::Path, recycler: &Recycler, syncfs: bool, rx: &Receiver<Request>) {
-    // opened once for every batch's syncfs and folder fsync (two opens and
-    // closes per batch less); opened again if that failed
-    let mut queue_dir: Option<fs::File> = None;
+    let mut kept: Option<fs::File> = None;
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     let mut freed: Vec<PathBuf> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -134,11 +132,8 @@ fn run(queue: &std::path::Path, recycler: &Recycler, syncfs: bool, rx: &Receiver
             }
         }
         crate::fault::hit(crate::fault::Point::Commit);
-        if queue_dir.is_none() {
-            queue_dir = fs::File::open(queue).ok();
-        }
         if syncfs {
-            flush_new_files(queue, queue_dir.as_ref(), &mut batch);
+            flush_new_files(queue, &mut kept, &mut batch);
         }
         let mut published = Vec::with_capacity(batch.len());
         for r in batch.drain(..) {
@@ -152,13 +147,11 @@ fn run(queue: &std::path::Path, recycler: &Recycler, syncfs: bool, rx: &Receiver
         if published.is_empty() {
             continue;
         }
-        let synced = match &queue_dir {
-            Some(d) => d.sync_all(),
-            None => fsutil::fsync_dir(queue),
-        }
-        .map_err(|e| SpoolError::io(queue, e));
+        let synced = queue_dir(&mut kept, queue)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| SpoolError::io(queue, e));
         if synced.is_err() {
-            queue_dir = None;
+            kept = None;
         }
         if !freed.is_empty() {
             // reusable only once their leaving queue/ is durable
@@ -183,18 +176,29 @@ fn run(queue: &std::path::Path, recycler: &Recycler, syncfs: bool, rx: &Receiver
     }
 }
 
+/// `queue/`, opened at the first batch and kept for every batch's syncfs
+/// and folder fsync (two opens and closes per batch less); opened again
+/// after a failure dropped it.
+fn queue_dir<'a>(
+    kept: &'a mut Option<fs::File>,
+    queue: &std::path::Path,
+) -> std::io::Result<&'a fs::File> {
+    let dir = match kept.take() {
+        Some(d) => d,
+        None => fs::File::open(queue)?,
+    };
+    Ok(kept.insert(dir))
+}
+
 /// Makes the tmp files of every message in the batch durable with one
 /// syncfs, before any of them is renamed into `queue/`. If it fails,
 /// those messages are answered with the error (their sessions say 451
 /// and remove the files) and only removals stay in the batch.
-fn flush_new_files(queue: &std::path::Path, dir: Option<&fs::File>, batch: &mut Vec<Request>) {
+fn flush_new_files(queue: &std::path::Path, kept: &mut Option<fs::File>, batch: &mut Vec<Request>) {
     if !batch.iter().any(|r| matches!(r.op, Op::Publish { .. })) {
         return;
     }
-    let flushed = match dir {
-        Some(d) => crate::sys::syncfs(d),
-        None => fs::File::open(queue).and_then(|d| crate::sys::syncfs(&d)),
-    };
+    let flushed = queue_dir(kept, queue).and_then(crate::sys::syncfs);
     if let Err(e) = flushed {
         log::error!("{}: syncfs: {e}", queue.display());
         for r in batch.extract_if(.., |r| matches!(r.op, Op::Publish { .. })) {

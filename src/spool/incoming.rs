@@ -216,11 +216,7 @@ impl<'a> Incoming<'a> {
         // syncfs walks the whole filesystem's dirty inodes: it was 11 %
         // of the relay's CPU at 50 sessions). Otherwise, and for `send`,
         // each file is fdatasynced here.
-        if self.spool.uses_syncfs() && self.spool.committer().is_some() {
-            // flushed by the committer
-        } else if self.spool.uses_syncfs() {
-            crate::sys::syncfs(&f).map_err(|e| SpoolError::io(&msg_tmp, e))?;
-        } else {
+        if !self.spool.uses_syncfs() {
             f.sync_data().map_err(|e| SpoolError::io(&msg_tmp, e))?;
             ef.sync_data().map_err(|e| SpoolError::io(&env_tmp, e))?;
         }

@@ -253,6 +253,8 @@ impl Spool {
         self.committer.as_ref()
     }
 
+    /// The committer flushes new messages' files (`start_committer`
+    /// with `syncfs`): the writer leaves them unflushed.
     pub(crate) fn uses_syncfs(&self) -> bool {
         self.syncfs
     }

@@ -964,12 +964,12 @@ fn requeue_with_a_server_touches_only_the_selection() {
 // flush
 // ---------------------------------------------------------------------
 
-#[test]
-fn flush_wait_after_the_next_hop_came_back() {
+/// Three messages deferred because their next hop (a sink, stopped)
+/// did not answer; restart the sink to let them go.
+fn deferred_behind_a_stopped_sink() -> (Sink, Relay, Vec<String>) {
     let mut sink = Sink::start();
     sink.stop(); // nothing listens on its port
     let relay = delivering(&sink, None);
-    let spool = relay.spool();
     let mut s = relay.session();
     let ms: Vec<String> = (0..3)
         .map(|i| {
@@ -980,7 +980,14 @@ fn flush_wait_after_the_next_hop_came_back() {
             )
         })
         .collect();
-    wait_deferred(spool, &ms.iter().collect::<Vec<_>>());
+    wait_deferred(relay.spool(), &ms.iter().collect::<Vec<_>>());
+    (sink, relay, ms)
+}
+
+#[test]
+fn flush_wait_after_the_next_hop_came_back() {
+    let (mut sink, relay, _) = deferred_behind_a_stopped_sink();
+    let spool = relay.spool();
     sink.restart();
     let started = Instant::now();
     let r = queue(spool, "flush", &["--wait", "--wait-limit", "20s"]);
@@ -1000,21 +1007,8 @@ fn flush_wait_after_the_next_hop_came_back() {
 /// naming (and so reading) each: the waiting ones go, a held one stays.
 #[test]
 fn flush_of_everything_asks_the_server_for_all_waiting_messages() {
-    let mut sink = Sink::start();
-    sink.stop(); // nothing listens on its port
-    let relay = delivering(&sink, None);
+    let (mut sink, relay, ms) = deferred_behind_a_stopped_sink();
     let spool = relay.spool();
-    let mut s = relay.session();
-    let ms: Vec<String> = (0..3)
-        .map(|i| {
-            s.send_mail(
-                "alice@a.example",
-                &["x@example.net"],
-                &mail(&format!("m{i}")),
-            )
-        })
-        .collect();
-    wait_deferred(spool, &ms.iter().collect::<Vec<_>>());
     let held = queue(spool, "hold", &[&ms[2]]);
     assert_eq!(held.code, Some(0), "{}", show_run(&held));
     sink.restart();

@@ -499,13 +499,18 @@ fn queue_gauges_follow_an_operator_change_at_the_next_scrape() {
     drop(closed);
     let relay = Relay::start(&["--no-dns", "--route", &route, "--metrics", "127.0.0.1:0"]);
     let m = metrics_addr(&relay);
-    let mut t = relay.session();
-    let id = t.send_mail(
-        "a@origin.example",
-        &["r@dest.example"],
-        b"Subject: x\r\n\r\ny\r\n",
-    );
-    t.send("QUIT");
+    // one message from a@origin.example, deferred by the closed next hop
+    let queue_one = || {
+        let mut t = relay.session();
+        let id = t.send_mail(
+            "a@origin.example",
+            &["r@dest.example"],
+            b"Subject: x\r\n\r\ny\r\n",
+        );
+        t.send("QUIT");
+        id
+    };
+    let id = queue_one();
     let deferred = [0.0, 1.0, 0.0, 0.0, 0.0];
     assert!(
         wait_until(DELIVERY, || queue_states(m) == deferred),
@@ -548,13 +553,7 @@ fn queue_gauges_follow_an_operator_change_at_the_next_scrape() {
 
     // `queue bounce`: the message goes, its DSN (to a@origin.example,
     // deferred by the same closed next hop) comes, and the server says so
-    let mut t = relay.session();
-    let id = t.send_mail(
-        "a@origin.example",
-        &["r@dest.example"],
-        b"Subject: x\r\n\r\ny\r\n",
-    );
-    t.send("QUIT");
+    let id = queue_one();
     assert!(wait_until(DELIVERY, || queue_states(m) == deferred));
     queue("bounce", &id);
     let line = relay

@@ -113,6 +113,17 @@ pub fn keep_freed_memory(bytes: usize) {
     let _ = bytes;
 }
 
+/// The running kernel's boot id (`/proc/sys/kernel/random/boot_id`, a
+/// random UUID made at every boot): tells a spool file written before a
+/// reboot, whose last writes may never have reached the disk, from one
+/// written since (spool/envelope.rs `BodyCheck`). `None` when unreadable.
+pub fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .then(|| id.to_string())
+}
+
 /// Writes back every dirty page and inode of the filesystem holding `f`
 /// and flushes the device: one flush for all the files a commit needs.
 pub fn syncfs(f: &std::fs::File) -> io::Result<()> {

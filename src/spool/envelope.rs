@@ -44,6 +44,10 @@
 //! `auth: NAME` (optional, after `helo`) is the SMTP AUTH user the message
 //! was submitted by (RFC 4954); envelopes without it still load.
 //!
+//! `body-check: LEN<TAB>CRC32<TAB>BOOT` (optional, after `next-try`; see
+//! [`BodyCheck`]) is what the commit recorded about the body; envelopes
+//! without it (written before it existed) load and are never checked.
+//!
 //! `requiretls: yes` (optional, after `envid`) marks a message received
 //! with the REQUIRETLS MAIL parameter (RFC 8689 §4.1): it leaves only over
 //! verified TLS to a hop that offers REQUIRETLS. Absent means no (so
@@ -208,6 +212,74 @@ impl Hold {
     }
 }
 
+/// What the commit recorded about the body: its length and CRC-32, and
+/// the kernel boot (`/proc/sys/kernel/random/boot_id`) in which the body
+/// was last known whole. The commit makes a message's files and its name
+/// in `queue/` durable with one flush (`committer.rs`), so a power loss
+/// during that flush can leave the name over bytes that never reached
+/// the disk; a claim in another boot checks the body against this before
+/// anything reads it (`claim.rs`). Within one boot the page cache holds
+/// what was written, even after `kill -9`, so no check is needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyCheck {
+    pub len: u64,
+    pub crc32: u32,
+    /// `None` when the boot id could not be read: always checked.
+    pub boot: Option<String>,
+}
+
+impl BodyCheck {
+    /// The check of what `body` reads to its end.
+    pub fn of(mut body: impl std::io::Read, boot: Option<String>) -> std::io::Result<BodyCheck> {
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut len = 0u64;
+        loop {
+            match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    len += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(BodyCheck {
+            len,
+            crc32: hasher.finalize(),
+            boot,
+        })
+    }
+
+    /// Whether `other` (computed from the file) has this length and
+    /// checksum.
+    pub fn same_bytes(&self, other: &BodyCheck) -> bool {
+        self.len == other.len && self.crc32 == other.crc32
+    }
+
+    /// Whether this check was made in the boot `now` (an unknown boot
+    /// matches nothing).
+    pub fn made_in(&self, now: Option<&str>) -> bool {
+        matches!((self.boot.as_deref(), now), (Some(a), Some(b)) if a == b)
+    }
+
+    fn parse(value: &str) -> Option<BodyCheck> {
+        let mut f = value.split('\t');
+        let len = f.next()?.parse().ok()?;
+        let crc = f.next()?;
+        if crc.len() != 8 {
+            return None;
+        }
+        let crc32 = u32::from_str_radix(crc, 16).ok()?;
+        let boot = match f.next()? {
+            "-" => None,
+            b => Some(b.to_string()),
+        };
+        f.next().is_none().then_some(BodyCheck { len, crc32, boot })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub id: QueueId,
@@ -229,6 +301,8 @@ pub struct Envelope {
     pub attempts: u32,
     /// Unix seconds.
     pub next_try: u64,
+    /// Set by the commit (`Incoming::commit`).
+    pub body_check: Option<BodyCheck>,
     pub hold: Option<Hold>,
     /// Why the message is held, when something said (a milter's
     /// quarantine); cleared by `queue release`.
@@ -303,6 +377,16 @@ impl Envelope {
             self.attempts,
             self.next_try,
         );
+        if let Some(c) = &self.body_check {
+            let boot = c.boot.as_deref().map(clean);
+            let _ = writeln!(
+                s,
+                "body-check: {}\t{:08x}\t{}",
+                c.len,
+                c.crc32,
+                boot.as_deref().unwrap_or("-")
+            );
+        }
         match self.hold {
             Some(Hold::Forever) => s.push_str("hold: forever\n"),
             Some(Hold::Until(t)) => {
@@ -386,6 +470,7 @@ impl Envelope {
         let mut requiretls = false;
         let mut attempts = None;
         let mut next_try = None;
+        let mut body_check = None;
         let mut hold = None;
         let mut hold_reason = None;
         let mut dsn = MailDsn::default();
@@ -433,6 +518,10 @@ impl Envelope {
                 "requiretls" => requiretls = value == "yes",
                 "attempts" => attempts = value.parse::<u32>().ok(),
                 "next-try" => next_try = num(value),
+                "body-check" => match BodyCheck::parse(value) {
+                    Some(c) => body_check = Some(c),
+                    None => return err("bad body-check"),
+                },
                 "hold" => {
                     hold = Some(match value {
                         "forever" => Hold::Forever,
@@ -591,6 +680,7 @@ impl Envelope {
             requiretls,
             attempts: attempts.ok_or(missing("missing or bad attempts"))?,
             next_try: next_try.ok_or(missing("missing or bad next-try"))?,
+            body_check,
             hold,
             hold_reason,
             dsn,
@@ -671,6 +761,11 @@ mod tests {
             requiretls: false,
             attempts: 1,
             next_try: 1_795_886_710,
+            body_check: Some(BodyCheck {
+                len: 1234,
+                crc32: 0x00c0ffee,
+                boot: Some("3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b".into()),
+            }),
             hold: Some(Hold::Until(1_795_999_999)),
             hold_reason: Some("quarantined: looks odd".into()),
             dsn: MailDsn {
@@ -755,6 +850,26 @@ mod tests {
         assert_eq!(back.dsn, MailDsn::default());
         // and from before the AUTH user was stored, with none
         assert_eq!(back.auth, None);
+        // the body check reads back; an envelope from before it has none
+        assert!(
+            text.contains("\nbody-check: 1234\t00c0ffee\t3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b\n")
+        );
+        assert_eq!(back.body_check, env.body_check);
+        let before: String = text
+            .lines()
+            .filter(|l| !l.starts_with("body-check"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Envelope::parse(&before).unwrap().body_check, None);
+        // an unknown boot is written and read as `-`
+        let mut unknown = env.clone();
+        unknown.body_check.as_mut().unwrap().boot = None;
+        let text = unknown.to_text();
+        assert!(text.contains("\nbody-check: 1234\t00c0ffee\t-\n"));
+        assert_eq!(
+            Envelope::parse(&text).unwrap().body_check,
+            unknown.body_check
+        );
         assert!(back.rcpts.iter().all(|r| r.dsn.is_empty()));
     }
 
@@ -768,6 +883,32 @@ mod tests {
         }
         assert!(Envelope::parse(&text.replace("size: 1234", "size: x")).is_err());
         assert!(Envelope::parse(&text.replace("rcpt: pending", "rcpt: maybe")).is_err());
+        for bad in [
+            "1234\tc0ffee\t-",
+            "x\t00c0ffee\t-",
+            "1234\t00c0ffee",
+            "1234\t00c0ffee\t-\tmore",
+        ] {
+            let text = text.replace(
+                "body-check: 1234\t00c0ffee\t3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b",
+                &format!("body-check: {bad}"),
+            );
+            assert!(Envelope::parse(&text).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// The check of a reader is its length and the standard CRC-32 (the
+    /// one `cksum -a crc32b`, zlib and gzip compute).
+    #[test]
+    fn body_check_is_length_and_crc32() {
+        let c = BodyCheck::of(&b"123456789"[..], None).unwrap();
+        assert_eq!((c.len, c.crc32), (9, 0xcbf43926));
+        let other = BodyCheck::of(&b"123456780"[..], None).unwrap();
+        assert!(c.same_bytes(&c.clone()) && !c.same_bytes(&other));
+        let boot = Some("b".to_string());
+        assert!(!c.made_in(Some("b")), "an unknown boot matches nothing");
+        let in_b = BodyCheck { boot, ..c };
+        assert!(in_b.made_in(Some("b")) && !in_b.made_in(Some("c")) && !in_b.made_in(None));
     }
 
     fn fixture(name: &str) -> Envelope {

@@ -8,8 +8,9 @@
 //! SPOOL/lock          held (flock) by the running server: one server per spool
 //! SPOOL/tmp/          messages being received; emptied at start-up
 //! SPOOL/queue/ID.msg  the message as received, our Received header first
-//! SPOOL/queue/ID.env  its envelope (see `envelope.rs`); exists only once
-//!                     ID.msg is complete: its appearance is the commit
+//! SPOOL/queue/ID.env  its envelope (see `envelope.rs`), renamed in after
+//!                     ID.msg is complete; the flush after it is the
+//!                     commit (see `incoming.rs`)
 //! SPOOL/corrupt/      envelopes that do not parse, moved aside, never deleted
 //! SPOOL/flush.d/      flush requests for the running server: one file per
 //!                     request, one queue id per line, `*` for everything
@@ -141,6 +142,9 @@ pub struct Spool {
     recycler: Option<std::sync::Arc<recycle::Recycler>>,
     free: PathBuf,
     syncfs: bool,
+    /// This kernel boot (`sys::boot_id`), recorded in every new
+    /// envelope's `BodyCheck`.
+    boot: Option<std::sync::Arc<str>>,
 }
 
 /// A queued message as start-up recovery hands it to the scheduler: its
@@ -204,6 +208,7 @@ impl Spool {
             recycler: None,
             free: root.join("free"),
             syncfs: false,
+            boot: crate::sys::boot_id().map(Into::into),
         };
         let as_root = crate::sys::is_root();
         let md = fs::metadata(root).map_err(|e| SpoolError::io(root, e))?;
@@ -236,9 +241,10 @@ impl Spool {
     }
 
     /// Routes commits through a group-commit thread (see `committer.rs`).
-    /// `syncfs`: the committer flushes the files of every message in its
-    /// batch with one syncfs of the spool's filesystem, instead of two
-    /// fdatasyncs per message in its session (see `incoming.rs`).
+    /// `syncfs`: the committer flushes the files and names of every
+    /// message in its batch with one syncfs of the spool's filesystem,
+    /// instead of two fdatasyncs per message in its session and a folder
+    /// fsync (see `incoming.rs`).
     pub fn start_committer(&mut self, syncfs: bool) -> Result<(), SpoolError> {
         self.syncfs = syncfs;
         let recycler = std::sync::Arc::new(recycle::Recycler::new(self.free.clone(), RECYCLE_MAX));
@@ -257,6 +263,11 @@ impl Spool {
     /// with `syncfs`): the writer leaves them unflushed.
     pub(crate) fn uses_syncfs(&self) -> bool {
         self.syncfs
+    }
+
+    /// This kernel boot's id, `None` when unknown (`sys::boot_id`).
+    pub(crate) fn boot_id(&self) -> Option<&str> {
+        self.boot.as_deref()
     }
 
     pub(crate) fn recycler(&self) -> Option<&recycle::Recycler> {
@@ -525,7 +536,8 @@ impl Spool {
 
     /// Removes a finished message: envelope first, so a crash in between
     /// leaves only a body, which recovery removes. With the group
-    /// committer, the folder fsync is shared with other commits.
+    /// committer, the removal is answered once renamed and made durable by
+    /// a later flush shared with other commits (`committer.rs`).
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
         if let Some(c) = &self.committer {
             return c.remove(self.env_path(id), self.msg_path(id));
@@ -545,7 +557,8 @@ impl Spool {
         }
     }
 
-    /// Moves a message whose envelope does not parse to `corrupt/`.
+    /// Moves a message whose envelope does not parse, or whose body is not
+    /// what its envelope says, to `corrupt/`.
     fn move_to_corrupt(&self, id: QueueId) -> Result<(), SpoolError> {
         for ext in ["env", "msg"] {
             let from = self.queue.join(format!("{id}.{ext}"));
@@ -624,6 +637,7 @@ pub(crate) mod tests {
             requiretls: false,
             attempts: 0,
             next_try: 1,
+            body_check: None,
             hold: None,
             dsn: Default::default(),
             rcpts: vec![Recipient {
@@ -652,6 +666,83 @@ pub(crate) mod tests {
         let mut read = Vec::new();
         inc.reader().unwrap().read_to_end(&mut read).unwrap();
         assert_eq!(read, b"Subject: short\r\n\r\nbody\r\n");
+    }
+
+    /// Every commit records the body's length and CRC-32 and this boot,
+    /// however the message was written: appended, replaced, a header put
+    /// on top, rewritten by a milter; each check is what the queued file
+    /// reads.
+    #[test]
+    fn a_commit_records_what_the_body_is() {
+        let spool = temp_spool("check");
+        type Write = fn(&mut Incoming<'_>);
+        let ways: [(&str, Write); 4] = [
+            ("appended", |inc| {
+                inc.write_all(b"Subject: a\r\n\r\nbody\r\n").unwrap()
+            }),
+            ("replaced", |inc| {
+                inc.write_all(b"Subject: a long first version\r\n\r\nbody\r\n")
+                    .unwrap();
+                inc.replace(b"Subject: b\r\n\r\nbody\r\n").unwrap();
+            }),
+            ("prepended", |inc| {
+                inc.write_all(b"Subject: c\r\n\r\nbody\r\n").unwrap();
+                inc.prepend_with(|_| Some(b"X-Top: 1\r\n".to_vec()))
+                    .unwrap();
+                inc.write_all(b"more\r\n").unwrap();
+            }),
+            ("rewritten", |inc| {
+                inc.write_all(b"Subject: d\r\n\r\nbody\r\n").unwrap();
+                inc.rewrite(|w| w.write_all(b"Subject: e\r\n\r\nnew body\r\n"))
+                    .unwrap();
+            }),
+        ];
+        for (how, write) in ways {
+            let mut inc = spool.incoming().unwrap();
+            let id = inc.id();
+            write(&mut inc);
+            inc.commit(&env_for(id)).unwrap();
+            let stored = spool.load(id).unwrap().body_check.expect(how);
+            let file = fs::read(spool.msg_path(id)).unwrap();
+            let found = envelope::BodyCheck::of(&file[..], None).unwrap();
+            assert!(stored.same_bytes(&found), "{how}: {stored:?} vs {found:?}");
+            assert_eq!(
+                stored.boot.as_deref(),
+                crate::sys::boot_id().as_deref(),
+                "{how}"
+            );
+        }
+        let _ = fs::remove_dir_all(spool.root());
+    }
+
+    /// With the group committer a removal is answered once its files
+    /// are out of `queue/`, and made durable by a flush at most
+    /// `REMOVAL_FLUSH_DELAY` later even when no message comes to share
+    /// one: only then are its files reused (the next message takes the
+    /// removed body's inode).
+    #[test]
+    fn a_removal_alone_is_flushed_then_its_files_reused() {
+        use std::os::unix::fs::MetadataExt;
+        let mut spool = temp_spool("removal-flush");
+        spool.start_committer(true).unwrap();
+        let mut inc = spool.incoming().unwrap();
+        let id = inc.id();
+        inc.write_all(b"hello").unwrap();
+        inc.commit(&env_for(id)).unwrap();
+        let inode = fs::metadata(spool.msg_path(id)).unwrap().ino();
+        spool.remove(id).unwrap();
+        assert!(!spool.msg_path(id).exists() && !spool.env_path(id).exists());
+        let recycler = spool.recycler().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while recycler.free_len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(committer::REMOVAL_FLUSH_DELAY / 5);
+        }
+        assert_eq!(recycler.free_len(), 2, "the removal was never flushed");
+        let inc = spool.incoming().unwrap();
+        let tmp = spool.tmp_dir().join(format!("{}.msg", inc.id()));
+        assert_eq!(fs::metadata(tmp).unwrap().ino(), inode);
+        drop(inc);
+        let _ = fs::remove_dir_all(spool.root());
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub fn keep_freed_memory(bytes: usize) {
 /// The running kernel's boot id (`/proc/sys/kernel/random/boot_id`, a
 /// random UUID made at every boot): tells a spool file written before a
 /// reboot, whose last writes may never have reached the disk, from one
-/// written since (spool/envelope.rs `BodyCheck`). `None` when unreadable.
+/// written since (spool/envelope.rs `Integrity`). `None` when unreadable.
 pub fn boot_id() -> Option<String> {
     let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let id = id.trim();

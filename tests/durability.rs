@@ -172,13 +172,16 @@ fn restart_recovers_a_messy_spool() {
 /// earlier message. That message never had its 250. After the reboot the
 /// body is checked against the length and CRC-32 its envelope recorded,
 /// and a body that does not match goes to `corrupt/` unsent: another
-/// message's text must never leave. The reboot is played by rewriting
-/// the boot each envelope names; a message of the earlier boot whose body
-/// is whole is delivered as usual.
+/// message's text must never leave. So does an envelope that is not the
+/// text that was written (another envelope's blocks spliced in), at
+/// start-up. The reboot is played by rewriting the boot each envelope
+/// names (its line is not under the envelope's own CRC-32); a message of
+/// the earlier boot that is whole is delivered as usual.
 #[test]
 fn after_a_reboot_a_body_that_never_reached_the_disk_is_never_sent() {
     let dir = TempDir::new("spool");
     let spool = dir.path().join("spool");
+    let queue = spool.join("queue");
     let mut relay = Relay::receive_only_with_spool(spool.clone(), &[]);
     let mut t = relay.session();
     let whole = t.send_mail("a@example.org", &["b@whole.example"], BODY);
@@ -187,31 +190,28 @@ fn after_a_reboot_a_body_that_never_reached_the_disk_is_never_sent() {
         &["b@torn.example"],
         b"Subject: new\r\n\r\nthe new message\r\n",
     );
+    let spliced = t.send_mail("a@example.org", &["b@spliced.example"], BODY);
     relay.kill();
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
-    for id in [&whole, &torn] {
+    let boot = boot.trim();
+    for id in [&whole, &torn, &spliced] {
         let env = read_env(&spool, id);
         let line = env
             .lines()
-            .find(|l| l.starts_with("body-check: "))
-            .unwrap_or_else(|| panic!("no body-check in\n{env}"));
-        assert!(line.ends_with(&format!("\t{}", boot.trim())), "{line}");
-        let rebooted = env.replace(boot.trim(), "00000000-0000-4000-8000-000000000000");
-        write(
-            &spool.join("queue"),
-            &format!("{id}.env"),
-            rebooted.as_bytes(),
-        );
+            .find(|l| l.starts_with("integrity: "))
+            .unwrap_or_else(|| panic!("no integrity line in\n{env}"));
+        assert!(line.starts_with(&format!("integrity: {boot}\t")), "{line}");
+        let rebooted = env.replace(boot, "00000000-0000-4000-8000-000000000000");
+        write(&queue, &format!("{id}.env"), rebooted.as_bytes());
     }
     // the same length, another message's bytes
     let msg = read_msg(&spool, &torn);
     let stale = String::from_utf8_lossy(&msg).replace("the new message", "an OLD message!");
     assert_eq!(stale.len(), msg.len());
-    write(
-        &spool.join("queue"),
-        &format!("{torn}.msg"),
-        stale.as_bytes(),
-    );
+    write(&queue, &format!("{torn}.msg"), stale.as_bytes());
+    // another recipient of the same length, everything else as written
+    let env = read_env(&spool, &spliced).replace("<b@spliced.example>", "<x@spliced.example>");
+    write(&queue, &format!("{spliced}.env"), env.as_bytes());
 
     let sink = Sink::start();
     let route = format!("*=127.0.0.1:{}", sink.addr().port());
@@ -225,10 +225,14 @@ fn after_a_reboot_a_body_that_never_reached_the_disk_is_never_sent() {
         "{:?}",
         queue_files(&spool)
     );
-    assert_eq!(
-        corrupt_files(&spool),
-        vec![format!("{torn}.env"), format!("{torn}.msg")]
-    );
+    let mut quarantined = vec![
+        format!("{torn}.env"),
+        format!("{torn}.msg"),
+        format!("{spliced}.env"),
+        format!("{spliced}.msg"),
+    ];
+    quarantined.sort();
+    assert_eq!(corrupt_files(&spool), quarantined);
     assert_eq!(
         fs::read(spool.join("corrupt").join(format!("{torn}.msg"))).expect("corrupt body"),
         stale.as_bytes(),
@@ -236,14 +240,14 @@ fn after_a_reboot_a_body_that_never_reached_the_disk_is_never_sent() {
     );
     let sent = sink.messages();
     assert_eq!(sent.len(), 1, "only the whole message left");
-    assert!(sent
-        .iter()
-        .all(|m| !String::from_utf8_lossy(&m.data).contains("OLD")));
+    assert!(String::from_utf8_lossy(&sent[0].data).contains("This must survive."));
     let log = relay.log();
-    assert!(
-        log.contains(&format!("{torn} body is not what its envelope recorded")),
-        "{log}"
-    );
+    for expected in [
+        format!("{torn} body is not what its envelope recorded"),
+        format!("{spliced} corrupt envelope moved to corrupt/: not the text that was written"),
+    ] {
+        assert!(log.contains(&expected), "no {expected:?} in\n{log}");
+    }
 }
 
 #[test]

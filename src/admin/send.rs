@@ -372,7 +372,7 @@ fn new_envelope(
         requiretls: false,
         attempts: 0,
         next_try: now,
-        body_check: None,
+        integrity: None,
         hold: sub.hold,
         dsn: Default::default(),
         rcpts: rcpts

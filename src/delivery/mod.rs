@@ -1048,7 +1048,7 @@ pub(crate) mod tests {
             requiretls: false,
             attempts: 0,
             next_try: arrived,
-            body_check: None,
+            integrity: None,
             hold: None,
             dsn: Default::default(),
             rcpts: rcpts

@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::envelope::BodyCheck;
+use super::envelope::Integrity;
 use super::{Envelope, QueueId, Spool, SpoolError};
 
 /// What `Spool::claim` found.
@@ -126,7 +126,7 @@ impl<'a> Claim<'a> {
     }
 
     /// A message committed in an earlier boot is read once and compared
-    /// with the length and CRC-32 its envelope recorded (`BodyCheck`)
+    /// with the length and CRC-32 its envelope recorded (`Integrity`)
     /// before anything reads it: a power loss during its commit's flush
     /// can have left the name over bytes that never reached the disk (a
     /// recycled file's earlier message, zeros), and those must never be
@@ -137,25 +137,25 @@ impl<'a> Claim<'a> {
     /// checks existed, are not read.
     fn check_body(&self, env: &mut Envelope) -> Result<bool, SpoolError> {
         let now = self.spool.boot_id();
-        let Some(check) = env.body_check.as_mut() else {
+        let Some(check) = env.integrity.as_mut() else {
             return Ok(true);
         };
         if check.made_in(now) {
             return Ok(true);
         }
-        let found = BodyCheck::of(self.body(), None)
+        let found = Integrity::of_body(self.body(), None)
             .map_err(|e| SpoolError::io(self.spool.msg_path(self.id), e))?;
-        if check.same_bytes(&found) {
+        if check.same_body(&found) {
             check.boot = now.map(str::to_string);
             return Ok(true);
         }
         log::error!(
             "{} body is not what its envelope recorded ({} octets, CRC-32 {:08x}; found {} octets, {:08x}): a commit cut short by a power loss, never acknowledged; moved to corrupt/, not sent",
             self.id,
-            check.len,
-            check.crc32,
-            found.len,
-            found.crc32
+            check.body_len,
+            check.body_crc32,
+            found.body_len,
+            found.body_crc32
         );
         self.spool.move_to_corrupt(self.id)?;
         Ok(false)
@@ -259,7 +259,7 @@ mod tests {
         let spool = temp_spool("claim-check");
         let from_another_boot = |id| {
             let mut env = spool.load(id).unwrap();
-            env.body_check.as_mut().unwrap().boot = Some("another-boot".into());
+            env.integrity.as_mut().unwrap().boot = Some("another-boot".into());
             spool.store(&env).unwrap();
         };
         let stale = b"Subject: y\r\n\r\nho\r\n";
@@ -285,9 +285,9 @@ mod tests {
         let c = claim(whole);
         let env = c.load().unwrap().expect("a whole body loads");
         let now = crate::sys::boot_id();
-        assert_eq!(env.body_check.as_ref().unwrap().boot, now);
+        assert_eq!(env.integrity.as_ref().unwrap().boot, now);
         c.store(&env).unwrap();
-        let stored = spool.load(whole).unwrap().body_check.unwrap();
+        let stored = spool.load(whole).unwrap().integrity.unwrap();
         assert_eq!(stored.boot, now, "the check is kept with the envelope");
         drop(c);
 

@@ -44,9 +44,10 @@
 //! `auth: NAME` (optional, after `helo`) is the SMTP AUTH user the message
 //! was submitted by (RFC 4954); envelopes without it still load.
 //!
-//! `body-check: LEN<TAB>CRC32<TAB>BOOT` (optional, after `next-try`; see
-//! [`BodyCheck`]) is what the commit recorded about the body; envelopes
-//! without it (written before it existed) load and are never checked.
+//! `integrity: BOOT<TAB>BODY-LEN<TAB>BODY-CRC32<TAB>ENVELOPE-CRC32`
+//! (optional, after `next-try`; see [`Integrity`]) is what the commit
+//! recorded to check the message after a power loss; envelopes without it
+//! (written before it existed) load and are never checked.
 //!
 //! `requiretls: yes` (optional, after `envid`) marks a message received
 //! with the REQUIRETLS MAIL parameter (RFC 8689 §4.1): it leaves only over
@@ -212,25 +213,36 @@ impl Hold {
     }
 }
 
-/// What the commit recorded about the body: its length and CRC-32, and
-/// the kernel boot (`/proc/sys/kernel/random/boot_id`) in which the body
-/// was last known whole. The commit makes a message's files and its name
-/// in `queue/` durable with one flush (`committer.rs`), so a power loss
-/// during that flush can leave the name over bytes that never reached
-/// the disk; a claim in another boot checks the body against this before
-/// anything reads it (`claim.rs`). Within one boot the page cache holds
-/// what was written, even after `kill -9`, so no check is needed.
+/// What the commit recorded to check a message after a power loss: the
+/// kernel boot (`/proc/sys/kernel/random/boot_id`, new at every boot) in
+/// which the message's files were last known whole, and the body's
+/// length and CRC-32. On disk also the CRC-32 of the envelope's own text
+/// without its `integrity:` line, computed at every write (so not kept
+/// here; see [`text_is_intact`]).
+///
+/// Why: the commit renames a message's files into `queue/` and then makes
+/// files and names durable with one flush (`committer.rs`), so a power
+/// loss during that flush can leave the names over bytes that never
+/// reached the disk: zeros, or a recycled file's earlier message. Such a
+/// message never had its 250. In another boot, an envelope whose text
+/// does not match is not loaded (`Spool::load`), and a body that does not
+/// match is never read (`claim.rs`): both go to `corrupt/`. Within one
+/// boot the page cache holds what was written, even after `kill -9`, so
+/// nothing is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BodyCheck {
-    pub len: u64,
-    pub crc32: u32,
-    /// `None` when the boot id could not be read: always checked.
+pub struct Integrity {
+    /// `None` when the boot id could not be read: then always checked.
     pub boot: Option<String>,
+    pub body_len: u64,
+    pub body_crc32: u32,
 }
 
-impl BodyCheck {
-    /// The check of what `body` reads to its end.
-    pub fn of(mut body: impl std::io::Read, boot: Option<String>) -> std::io::Result<BodyCheck> {
+impl Integrity {
+    /// The body part of the check, of what `body` reads to its end.
+    pub fn of_body(
+        mut body: impl std::io::Read,
+        boot: Option<String>,
+    ) -> std::io::Result<Integrity> {
         let mut hasher = crc32fast::Hasher::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut len = 0u64;
@@ -245,39 +257,72 @@ impl BodyCheck {
                 Err(e) => return Err(e),
             }
         }
-        Ok(BodyCheck {
-            len,
-            crc32: hasher.finalize(),
+        Ok(Integrity {
             boot,
+            body_len: len,
+            body_crc32: hasher.finalize(),
         })
     }
 
-    /// Whether `other` (computed from the file) has this length and
-    /// checksum.
-    pub fn same_bytes(&self, other: &BodyCheck) -> bool {
-        self.len == other.len && self.crc32 == other.crc32
+    /// Whether `found` (computed from the file) has this body's length
+    /// and checksum.
+    pub fn same_body(&self, found: &Integrity) -> bool {
+        self.body_len == found.body_len && self.body_crc32 == found.body_crc32
     }
 
-    /// Whether this check was made in the boot `now` (an unknown boot
-    /// matches nothing).
+    /// Whether the files were known whole in the boot `now` (an unknown
+    /// boot matches nothing).
     pub fn made_in(&self, now: Option<&str>) -> bool {
         matches!((self.boot.as_deref(), now), (Some(a), Some(b)) if a == b)
     }
 
-    fn parse(value: &str) -> Option<BodyCheck> {
+    /// The line's value: the check, and the envelope's CRC-32.
+    fn parse(value: &str) -> Option<(Integrity, u32)> {
+        let hex = |v: &str| {
+            (v.len() == 8 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u32::from_str_radix(v, 16).ok())
+                .flatten()
+        };
         let mut f = value.split('\t');
-        let len = f.next()?.parse().ok()?;
-        let crc = f.next()?;
-        if crc.len() != 8 {
-            return None;
-        }
-        let crc32 = u32::from_str_radix(crc, 16).ok()?;
         let boot = match f.next()? {
             "-" => None,
             b => Some(b.to_string()),
         };
-        f.next().is_none().then_some(BodyCheck { len, crc32, boot })
+        let body_len = f.next()?.parse().ok()?;
+        let body_crc32 = hex(f.next()?)?;
+        let envelope_crc32 = hex(f.next()?)?;
+        f.next().is_none().then_some((
+            Integrity {
+                boot,
+                body_len,
+                body_crc32,
+            },
+            envelope_crc32,
+        ))
     }
+}
+
+const INTEGRITY: &str = "integrity: ";
+
+/// Whether an envelope's text is what was written: the CRC-32 on its
+/// `integrity:` line is that of the rest of the text. True for a text
+/// without such a line (written before it existed, or edited by hand
+/// with the line removed); false for one whose line does not parse.
+pub fn text_is_intact(text: &str) -> bool {
+    let Some(at) = text.find(&format!("\n{INTEGRITY}")) else {
+        return true;
+    };
+    let start = at + 1;
+    let Some(len) = text[start..].find('\n') else {
+        return false;
+    };
+    let Some((_, recorded)) = Integrity::parse(&text[start + INTEGRITY.len()..start + len]) else {
+        return false;
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&text.as_bytes()[..start]);
+    crc.update(&text.as_bytes()[start + len + 1..]);
+    crc.finalize() == recorded
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,7 +347,7 @@ pub struct Envelope {
     /// Unix seconds.
     pub next_try: u64,
     /// Set by the commit (`Incoming::commit`).
-    pub body_check: Option<BodyCheck>,
+    pub integrity: Option<Integrity>,
     pub hold: Option<Hold>,
     /// Why the message is held, when something said (a milter's
     /// quarantine); cleared by `queue release`.
@@ -377,16 +422,9 @@ impl Envelope {
             self.attempts,
             self.next_try,
         );
-        if let Some(c) = &self.body_check {
-            let boot = c.boot.as_deref().map(clean);
-            let _ = writeln!(
-                s,
-                "body-check: {}\t{:08x}\t{}",
-                c.len,
-                c.crc32,
-                boot.as_deref().unwrap_or("-")
-            );
-        }
+        // the integrity line goes here once the rest is written: it holds
+        // the CRC-32 of everything else
+        let integrity_at = s.len();
         match self.hold {
             Some(Hold::Forever) => s.push_str("hold: forever\n"),
             Some(Hold::Until(t)) => {
@@ -443,6 +481,17 @@ impl Envelope {
             }
         }
         s.push_str("end\n");
+        if let Some(c) = &self.integrity {
+            let boot = c.boot.as_deref().map(clean);
+            let line = format!(
+                "{INTEGRITY}{}\t{}\t{:08x}\t{:08x}\n",
+                boot.as_deref().unwrap_or("-"),
+                c.body_len,
+                c.body_crc32,
+                crc32fast::hash(s.as_bytes())
+            );
+            s.insert_str(integrity_at, &line);
+        }
         s
     }
 
@@ -470,7 +519,7 @@ impl Envelope {
         let mut requiretls = false;
         let mut attempts = None;
         let mut next_try = None;
-        let mut body_check = None;
+        let mut integrity = None;
         let mut hold = None;
         let mut hold_reason = None;
         let mut dsn = MailDsn::default();
@@ -518,9 +567,10 @@ impl Envelope {
                 "requiretls" => requiretls = value == "yes",
                 "attempts" => attempts = value.parse::<u32>().ok(),
                 "next-try" => next_try = num(value),
-                "body-check" => match BodyCheck::parse(value) {
-                    Some(c) => body_check = Some(c),
-                    None => return err("bad body-check"),
+                "integrity" if integrity.is_some() => return err("two integrity lines"),
+                "integrity" => match Integrity::parse(value) {
+                    Some((c, _)) => integrity = Some(c),
+                    None => return err("bad integrity"),
                 },
                 "hold" => {
                     hold = Some(match value {
@@ -680,7 +730,7 @@ impl Envelope {
             requiretls,
             attempts: attempts.ok_or(missing("missing or bad attempts"))?,
             next_try: next_try.ok_or(missing("missing or bad next-try"))?,
-            body_check,
+            integrity,
             hold,
             hold_reason,
             dsn,
@@ -761,10 +811,10 @@ mod tests {
             requiretls: false,
             attempts: 1,
             next_try: 1_795_886_710,
-            body_check: Some(BodyCheck {
-                len: 1234,
-                crc32: 0x00c0ffee,
+            integrity: Some(Integrity {
                 boot: Some("3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b".into()),
+                body_len: 1234,
+                body_crc32: 0x00c0ffee,
             }),
             hold: Some(Hold::Until(1_795_999_999)),
             hold_reason: Some("quarantined: looks odd".into()),
@@ -850,26 +900,25 @@ mod tests {
         assert_eq!(back.dsn, MailDsn::default());
         // and from before the AUTH user was stored, with none
         assert_eq!(back.auth, None);
-        // the body check reads back; an envelope from before it has none
-        assert!(
-            text.contains("\nbody-check: 1234\t00c0ffee\t3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b\n")
-        );
-        assert_eq!(back.body_check, env.body_check);
+        // the integrity line reads back; an envelope from before it has
+        // none and is intact
+        let line = "\nintegrity: 3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b\t1234\t00c0ffee\t";
+        assert!(text.contains(line), "{text}");
+        assert_eq!(back.integrity, env.integrity);
+        assert!(text_is_intact(&text));
         let before: String = text
             .lines()
-            .filter(|l| !l.starts_with("body-check"))
+            .filter(|l| !l.starts_with("integrity"))
             .map(|l| format!("{l}\n"))
             .collect();
-        assert_eq!(Envelope::parse(&before).unwrap().body_check, None);
+        assert_eq!(Envelope::parse(&before).unwrap().integrity, None);
+        assert!(text_is_intact(&before));
         // an unknown boot is written and read as `-`
         let mut unknown = env.clone();
-        unknown.body_check.as_mut().unwrap().boot = None;
+        unknown.integrity.as_mut().unwrap().boot = None;
         let text = unknown.to_text();
-        assert!(text.contains("\nbody-check: 1234\t00c0ffee\t-\n"));
-        assert_eq!(
-            Envelope::parse(&text).unwrap().body_check,
-            unknown.body_check
-        );
+        assert!(text.contains("\nintegrity: -\t1234\t00c0ffee\t"));
+        assert_eq!(Envelope::parse(&text).unwrap().integrity, unknown.integrity);
         assert!(back.rcpts.iter().all(|r| r.dsn.is_empty()));
     }
 
@@ -883,31 +932,66 @@ mod tests {
         }
         assert!(Envelope::parse(&text.replace("size: 1234", "size: x")).is_err());
         assert!(Envelope::parse(&text.replace("rcpt: pending", "rcpt: maybe")).is_err());
+        let good = text.lines().find(|l| l.starts_with("integrity: ")).unwrap();
         for bad in [
-            "1234\tc0ffee\t-",
-            "x\t00c0ffee\t-",
-            "1234\t00c0ffee",
-            "1234\t00c0ffee\t-\tmore",
+            "-\t1234\tc0ffee\t00000000",
+            "-\tx\t00c0ffee\t00000000",
+            "-\t1234\t00c0ffee",
+            "-\t1234\t00c0ffee\t0000000g",
+            "-\t1234\t00c0ffee\t00000000\tmore",
         ] {
-            let text = text.replace(
-                "body-check: 1234\t00c0ffee\t3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b",
-                &format!("body-check: {bad}"),
-            );
+            let text = text.replace(good, &format!("integrity: {bad}"));
             assert!(Envelope::parse(&text).is_err(), "{bad:?} accepted");
+            assert!(!text_is_intact(&text), "{bad:?} intact");
         }
+        let twice = text.replace(good, &format!("{good}\n{good}"));
+        assert!(Envelope::parse(&twice).is_err());
     }
 
-    /// The check of a reader is its length and the standard CRC-32 (the
-    /// one `cksum -a crc32b`, zlib and gzip compute).
+    /// The envelope's CRC-32 covers every line but its own: a line or a
+    /// byte changed anywhere else, or blocks of another envelope spliced
+    /// in, make it not intact; the boot on the line may change.
     #[test]
-    fn body_check_is_length_and_crc32() {
-        let c = BodyCheck::of(&b"123456789"[..], None).unwrap();
-        assert_eq!((c.len, c.crc32), (9, 0xcbf43926));
-        let other = BodyCheck::of(&b"123456780"[..], None).unwrap();
-        assert!(c.same_bytes(&c.clone()) && !c.same_bytes(&other));
-        let boot = Some("b".to_string());
+    fn an_envelope_with_other_bytes_is_not_intact() {
+        let env = sample();
+        let text = env.to_text();
+        assert!(text_is_intact(&text));
+        for (from, to) in [
+            ("size: 1234", "size: 1235"),
+            ("attempts: 1", "attempts: 2"),
+            ("\nend\n", "\nend\n\n"),
+            ("<a@b.example>", "<a@c.example>"),
+        ] {
+            let changed = text.replacen(from, to, 1);
+            assert_ne!(changed, text, "{from}");
+            assert!(Envelope::parse(&changed).is_ok(), "{from}: still parses");
+            assert!(!text_is_intact(&changed), "{from}: intact");
+        }
+        // the first half of this one, the rest of another's
+        let mut other = env.clone();
+        other.rcpts[0].state = RcptState::Sent;
+        let other = other.to_text();
+        let half = text.len() / 2;
+        let spliced = format!("{}{}", &text[..half], &other[half..]);
+        assert!(!text_is_intact(&spliced));
+        // the boot alone may be rewritten (the line is not covered)
+        let reboot = text.replace("3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b", "another");
+        assert!(text_is_intact(&reboot));
+    }
+
+    /// The body's check is its length and the standard CRC-32 (the one
+    /// zlib, gzip and `cksum -a crc32b` compute).
+    #[test]
+    fn a_body_check_is_length_and_crc32() {
+        let c = Integrity::of_body(&b"123456789"[..], None).unwrap();
+        assert_eq!((c.body_len, c.body_crc32), (9, 0xcbf43926));
+        let other = Integrity::of_body(&b"123456780"[..], None).unwrap();
+        assert!(c.same_body(&c.clone()) && !c.same_body(&other));
         assert!(!c.made_in(Some("b")), "an unknown boot matches nothing");
-        let in_b = BodyCheck { boot, ..c };
+        let in_b = Integrity {
+            boot: Some("b".to_string()),
+            ..c
+        };
         assert!(in_b.made_in(Some("b")) && !in_b.made_in(Some("c")) && !in_b.made_in(None));
     }
 
@@ -990,6 +1074,23 @@ mod tests {
     }
 
     /// The README's version 2 example (also a fuzz seed) is what we write.
+    /// The envelope shown in README ("The spool") parses and matches its
+    /// own CRC-32.
+    #[test]
+    fn the_readme_envelope_is_intact() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+        )
+        .unwrap();
+        let start = readme.find("```\nsmtp-relay-envelope: 2\n").unwrap() + 4;
+        let len = readme[start..].find("end\n```").unwrap() + 4;
+        let text = &readme[start..start + len];
+        let env = Envelope::parse(text).unwrap();
+        assert!(env.integrity.is_some());
+        assert!(text_is_intact(text), "{text}");
+        assert_eq!(env.to_text(), text);
+    }
+
     #[test]
     fn readme_example_is_a_fixed_point() {
         let path =

@@ -4,9 +4,9 @@
 //! 1. `tmp/ID.msg` created (or a recycled file taken) and written: only
 //!    tmp files; start-up empties `tmp/`. The client got no 250 and will
 //!    retry.
-//! 2. `tmp/ID.env` written, recording the body's length and CRC-32 and
-//!    the kernel boot (`BodyCheck`); with `--sync fsync` both files are
-//!    fdatasynced here: same as 1.
+//! 2. `tmp/ID.env` written, recording the kernel boot, the body's length
+//!    and CRC-32 and its own CRC-32 (`Integrity`); with `--sync fsync`
+//!    both files are fdatasynced here: same as 1.
 //! 3. `ID.msg` renamed into `queue/`: a body without an envelope; start-up
 //!    deletes it (no 250 was sent).
 //! 4. `ID.env` renamed into `queue/`: the message exists for every reader
@@ -17,11 +17,12 @@
 //!    cache holds the files): the message is delivered, and the client,
 //!    which got no 250, may send it again (a duplicate, never a loss). A
 //!    power loss during the syncfs can leave names whose bytes never
-//!    reached the disk: an envelope that does not parse or names another
-//!    id goes to `corrupt/` at start-up; a body that is not what its
-//!    envelope's check says (a recycled file's old message, zeros) is
-//!    found by the first claim in the new boot and moved to `corrupt/`
-//!    unsent (`claim.rs`). None of them had a 250.
+//!    reached the disk (zeros, a recycled file's earlier message): an
+//!    envelope that does not parse, names another id or is not what its
+//!    own CRC-32 says goes to `corrupt/` at start-up (`Spool::load`); a
+//!    body that is not what its envelope recorded is found by the first
+//!    claim in the new boot and moved to `corrupt/` unsent (`claim.rs`).
+//!    None of them had a 250.
 //!
 //! Dropping an `Incoming` that was not committed removes its files, so an
 //! interrupted DATA (client gone, timeout, too big) leaves nothing.
@@ -30,7 +31,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use super::envelope::{BodyCheck, Envelope};
+use super::envelope::{Envelope, Integrity};
 use super::fsutil;
 use super::queue_id::QueueId;
 use super::{Spool, SpoolError};
@@ -41,7 +42,7 @@ pub struct Incoming<'a> {
     file: Option<BufWriter<File>>,
     written: u64,
     /// CRC-32 of everything written, while the file is just that (for
-    /// the envelope's `BodyCheck`); `None` after a rewrite, when the
+    /// the envelope's `Integrity`); `None` after a rewrite, when the
     /// commit reads the file back instead.
     crc: Option<crc32fast::Hasher>,
     committed: bool,
@@ -222,20 +223,21 @@ impl<'a> Incoming<'a> {
         f.set_len(self.written)
             .map_err(|e| SpoolError::io(&msg_tmp, e))?;
 
-        // what a claim after a power loss checks the body against (step 4)
+        // what a load and a claim after a power loss check the files
+        // against (step 4)
         let boot = self.spool.boot_id().map(str::to_string);
         let check = match self.crc.take() {
-            Some(crc) => BodyCheck {
-                len: self.written,
-                crc32: crc.finalize(),
+            Some(crc) => Integrity {
                 boot,
+                body_len: self.written,
+                body_crc32: crc.finalize(),
             },
             None => File::open(&msg_tmp)
-                .and_then(|r| BodyCheck::of(r, boot))
+                .and_then(|r| Integrity::of_body(r, boot))
                 .map_err(|e| SpoolError::io(&msg_tmp, e))?,
         };
         let mut env = env.clone();
-        env.body_check = Some(check);
+        env.integrity = Some(check);
         let env = &env;
         let text = env.to_text();
         let mut ef = match self.spool.recycler().and_then(|r| r.take(&env_tmp)) {

@@ -143,7 +143,7 @@ pub struct Spool {
     free: PathBuf,
     syncfs: bool,
     /// This kernel boot (`sys::boot_id`), recorded in every new
-    /// envelope's `BodyCheck`.
+    /// envelope's `Integrity`.
     boot: Option<std::sync::Arc<str>>,
 }
 
@@ -524,6 +524,18 @@ impl Spool {
                 why: format!("envelope names id {}", env.id),
             });
         }
+        // written in another boot: a power loss during its commit's flush
+        // may have left other bytes under the name (`Integrity`)
+        let from_another_boot = env
+            .integrity
+            .as_ref()
+            .is_some_and(|i| !i.made_in(self.boot_id()));
+        if from_another_boot && !envelope::text_is_intact(&text) {
+            return Err(SpoolError::Corrupt {
+                id,
+                why: "not the text that was written (its CRC-32 differs): a commit cut short by a power loss, never acknowledged".into(),
+            });
+        }
         Ok(env)
     }
 
@@ -637,7 +649,7 @@ pub(crate) mod tests {
             requiretls: false,
             attempts: 0,
             next_try: 1,
-            body_check: None,
+            integrity: None,
             hold: None,
             dsn: Default::default(),
             rcpts: vec![Recipient {
@@ -702,15 +714,48 @@ pub(crate) mod tests {
             let id = inc.id();
             write(&mut inc);
             inc.commit(&env_for(id)).unwrap();
-            let stored = spool.load(id).unwrap().body_check.expect(how);
+            let stored = spool.load(id).unwrap().integrity.expect(how);
             let file = fs::read(spool.msg_path(id)).unwrap();
-            let found = envelope::BodyCheck::of(&file[..], None).unwrap();
-            assert!(stored.same_bytes(&found), "{how}: {stored:?} vs {found:?}");
+            let found = envelope::Integrity::of_body(&file[..], None).unwrap();
+            assert!(stored.same_body(&found), "{how}: {stored:?} vs {found:?}");
             assert_eq!(
                 stored.boot.as_deref(),
                 crate::sys::boot_id().as_deref(),
                 "{how}"
             );
+        }
+        let _ = fs::remove_dir_all(spool.root());
+    }
+
+    /// An envelope from another boot is loaded only if its text is what
+    /// was written (its own CRC-32); in its own boot, an edited one loads.
+    #[test]
+    fn an_envelope_from_another_boot_must_be_intact() {
+        let spool = temp_spool("env-intact");
+        let mut inc = spool.incoming().unwrap();
+        let id = inc.id();
+        inc.write_all(b"hello").unwrap();
+        inc.commit(&env_for(id)).unwrap();
+        let text = fs::read_to_string(spool.env_path(id)).unwrap();
+        let edited = text.replace("helo: h\n", "helo: x\n");
+        assert_ne!(edited, text);
+        fs::write(spool.env_path(id), &edited).unwrap();
+        if spool.boot_id().is_some() {
+            assert_eq!(spool.load(id).unwrap().helo, "x", "loads in its own boot");
+        }
+        let boot = spool.boot_id().unwrap_or("-").to_string();
+        let rebooted = text.replace(&format!("integrity: {boot}\t"), "integrity: other\t");
+        assert_ne!(rebooted, text);
+        fs::write(spool.env_path(id), &rebooted).unwrap();
+        assert_eq!(spool.load(id).unwrap().helo, "h", "intact after a reboot");
+        fs::write(
+            spool.env_path(id),
+            rebooted.replace("helo: h\n", "helo: x\n"),
+        )
+        .unwrap();
+        match spool.load(id) {
+            Err(SpoolError::Corrupt { why, .. }) => assert!(why.contains("CRC-32"), "{why}"),
+            other => panic!("an edited envelope from another boot gave {other:?}"),
         }
         let _ = fs::remove_dir_all(spool.root());
     }

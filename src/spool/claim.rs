@@ -125,18 +125,18 @@ impl<'a> Claim<'a> {
         Ok(Some(env))
     }
 
-    /// A message committed in an earlier boot is read once and compared
+    /// A message committed in another server run is read once and compared
     /// with the length and CRC-32 its envelope recorded (`Integrity`)
     /// before anything reads it: a power loss during its commit's flush
     /// can have left the name over bytes that never reached the disk (a
     /// recycled file's earlier message, zeros), and those must never be
     /// sent or quoted in a bounce. Such a message never had its 250
     /// (`incoming.rs`, step 4); it goes to `corrupt/`, unsent. A body that
-    /// matches is marked as known whole in this boot (kept at the next
-    /// `store`). Messages of this boot, and envelopes written before
+    /// matches is marked as known whole in this run (kept at the next
+    /// `store`). Messages of this run, and envelopes written before
     /// checks existed, are not read.
     fn check_body(&self, env: &mut Envelope) -> Result<bool, SpoolError> {
-        let now = self.spool.boot_id();
+        let now = self.spool.run_id();
         let Some(check) = env.integrity.as_mut() else {
             return Ok(true);
         };
@@ -145,17 +145,13 @@ impl<'a> Claim<'a> {
         }
         let found = Integrity::of_body(self.body(), None)
             .map_err(|e| SpoolError::io(self.spool.msg_path(self.id), e))?;
-        if check.same_body(&found) {
-            check.boot = now.map(str::to_string);
+        let Some(differs) = check.body_differs(&found) else {
+            check.run = now.map(str::to_string);
             return Ok(true);
-        }
+        };
         log::error!(
-            "{} body is not what its envelope recorded ({} octets, CRC-32 {:08x}; found {} octets, {:08x}): a commit cut short by a power loss, never acknowledged; moved to corrupt/, not sent",
-            self.id,
-            check.body_len,
-            check.body_crc32,
-            found.body_len,
-            found.body_crc32
+            "{} {differs}: most likely a commit cut short by a power loss (which never got its 250); moved to corrupt/, not sent",
+            self.id
         );
         self.spool.move_to_corrupt(self.id)?;
         Ok(false)
@@ -247,19 +243,19 @@ mod tests {
     use crate::spool::tests::temp_spool;
     use std::fs;
 
-    /// A message committed in another boot is checked once before use:
+    /// A message committed in another run is checked once before use:
     /// a body that is not what its envelope recorded (what a power loss
     /// during its commit's flush can leave: here the same length, other
     /// bytes, as a recycled file's earlier message) goes to `corrupt/`,
     /// byte for byte, and the claim finds no message; a whole one loads,
-    /// marked as checked in this boot, which a `store` keeps. A message
-    /// of this boot is not read.
+    /// marked as checked in this run, which a `store` keeps. A message
+    /// of this run is not read.
     #[test]
-    fn a_body_from_another_boot_is_checked_before_use() {
+    fn a_body_from_another_run_is_checked_before_use() {
         let spool = temp_spool("claim-check");
-        let from_another_boot = |id| {
+        let from_another_run = |id| {
             let mut env = spool.load(id).unwrap();
-            env.integrity.as_mut().unwrap().boot = Some("another-boot".into());
+            env.integrity.as_mut().unwrap().run = Some("another-run".into());
             spool.store(&env).unwrap();
         };
         let stale = b"Subject: y\r\n\r\nho\r\n";
@@ -269,7 +265,7 @@ mod tests {
         };
 
         let damaged = queue(&spool, 1, &["<a@b.example>"]);
-        from_another_boot(damaged);
+        from_another_run(damaged);
         fs::write(spool.msg_path(damaged), stale).unwrap();
         assert!(claim(damaged).load().unwrap().is_none());
         assert!(matches!(spool.claim(damaged).unwrap(), Claimed::Gone));
@@ -281,22 +277,22 @@ mod tests {
         assert!(corrupt.join(format!("{damaged}.env")).exists());
 
         let whole = queue(&spool, 1, &["<a@b.example>"]);
-        from_another_boot(whole);
+        from_another_run(whole);
         let c = claim(whole);
         let env = c.load().unwrap().expect("a whole body loads");
-        let now = crate::sys::boot_id();
-        assert_eq!(env.integrity.as_ref().unwrap().boot, now);
+        let now = spool.run_id().map(str::to_string);
+        assert_eq!(env.integrity.as_ref().unwrap().run, now);
         c.store(&env).unwrap();
         let stored = spool.load(whole).unwrap().integrity.unwrap();
-        assert_eq!(stored.boot, now, "the check is kept with the envelope");
+        assert_eq!(stored.run, now, "the check is kept with the envelope");
         drop(c);
 
         if now.is_some() {
-            let this_boot = queue(&spool, 1, &["<a@b.example>"]);
-            fs::write(spool.msg_path(this_boot), stale).unwrap();
+            let this_run = queue(&spool, 1, &["<a@b.example>"]);
+            fs::write(spool.msg_path(this_run), stale).unwrap();
             assert!(
-                claim(this_boot).load().unwrap().is_some(),
-                "read in its own boot"
+                claim(this_run).load().unwrap().is_some(),
+                "read in its own run"
             );
         }
         let _ = fs::remove_dir_all(spool.root());

@@ -1,37 +1,46 @@
 //! Group commit: one thread publishes finished messages into `queue/` (and
 //! removes delivered ones), and makes every change of a batch durable
-//! with one flush.
+//! with as few device flushes as the filesystem allows.
 //!
 //! Each session writes its two tmp files, hands the pair to the committer
-//! and waits. The committer takes every request waiting at that moment
-//! and renames each body and then its envelope into `queue/`. Then one
-//! flush makes the batch durable:
-//! - `--sync syncfs` (the default): one syncfs of the spool's filesystem
-//!   writes the new files' data and the folder's new names together: one
-//!   device flush on the way to every 250, where flushing the files
-//!   before the renames and the folder after them took two in a row. The
-//!   price is that a power loss during that flush can leave a name in
-//!   `queue/` over bytes that never reached the disk (a recycled file's
-//!   old message, zeros). No such message was acknowledged, and none is
-//!   ever sent: its envelope records the body's length and checksum and
-//!   the kernel boot it was written in, and a claim after a reboot checks
-//!   the body first (`claim.rs`; the crash story is in `incoming.rs`).
-//! - `--sync fsync`: the sessions fdatasynced their files before handing
-//!   them over, and one fsync of `queue/` makes the names durable.
+//! and waits. The committer takes every request waiting at that moment,
+//! renames each body and then its envelope into `queue/`, and makes files
+//! and names durable in one of three orders ([`Order`], chosen at start
+//! by the filesystem under the spool):
+//! - `SyncfsOnce` (ext4 with a journal, `--sync syncfs`): the renames,
+//!   then one syncfs. syncfs writes and waits for every file's data, then
+//!   commits the journal holding the renames and sizes behind it and
+//!   flushes the device after: one device flush on the way to every 250.
+//!   A power loss during that flush can leave a name in `queue/` over
+//!   bytes that never reached the disk (a recycled file's earlier
+//!   message, zeros); no such message had its 250, and none is ever sent:
+//!   its envelope records a CRC-32 of both files (`Integrity`), checked
+//!   by the first load and claim of another server run (`claim.rs`).
+//! - `SyncfsThenFolder` (other filesystems, `--sync syncfs`): one syncfs
+//!   of the new files, the renames, one fsync of `queue/`. Two flushes:
+//!   without a journal (ext2, ext4 without one) syncfs writes inodes and
+//!   folders after its device flush, and on XFS it may not flush at all
+//!   after data whose log records someone else already forced, so only
+//!   a flush after the renames covers them.
+//! - `Folder` (`--sync fsync`): the sessions fdatasynced their files; the
+//!   renames, then one fsync of `queue/`.
 //!
-//! Only then is each session answered, and only then does it say 250.
+//! Only then is each session answered, and only then does it say 250. If
+//! the flush fails, the batch's messages are taken back out of `queue/`
+//! (envelope first) before their sessions are answered 451: nothing that
+//! failed to reach the disk stays queued behind its client's back.
 //!
 //! Removals (a delivered message's two files renamed into `free/`) are
-//! answered as soon as their renames are done, and made durable by the
-//! next batch's flush or, when no message arrives, at most
-//! `REMOVAL_FLUSH_DELAY` later. Waiting for a flush of their own put a
-//! device flush between every delivery and its worker's next message, and
-//! made the next 250 wait behind it. The renames are done at once, so no
-//! reader of `queue/` (a rescan, a queue command, a restart after
-//! `kill -9`) ever sees the message again; only a power loss within that
-//! delay can bring a delivered message back, to be delivered twice, as a
-//! Postfix queue file unlinked without a folder fsync can. A removed
-//! file is reused for a new message only after that flush.
+//! answered as soon as their renames are done and made durable by the
+//! next batch's flush or, when no message arrives, by an fsync of
+//! `queue/` about `REMOVAL_FLUSH_DELAY` later (and at stop). Waiting for a
+//! flush of their own put a device flush between every delivery and its
+//! worker's next message, and made the next 250 wait behind it. The
+//! renames are done at once, so no reader of `queue/` (a rescan, a queue
+//! command, a restart after `kill -9`) sees the message again; only a
+//! power loss before that flush can bring a delivered message back, to be
+//! delivered twice, as a Postfix queue file unlinked without a folder
+//! fsync can. A removed file is reused for a new message only after it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -46,6 +55,25 @@ use super::fsutil;
 use super::recycle::Recycler;
 use super::SpoolError;
 
+/// How a batch is made durable (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// The renames, then one syncfs.
+    SyncfsOnce,
+    /// One syncfs of the new files, the renames, one fsync of `queue/`.
+    SyncfsThenFolder,
+    /// The files are fdatasynced by their writers: the renames, then one
+    /// fsync of `queue/`.
+    Folder,
+}
+
+impl Order {
+    /// Whether the writers leave their files unflushed for the committer.
+    pub fn flushes_files(self) -> bool {
+        self != Order::Folder
+    }
+}
+
 /// One folder change to make durable.
 enum Op {
     /// A message ready to publish: its written tmp files and final names.
@@ -57,6 +85,8 @@ enum Op {
     },
     /// A finished message to remove, envelope first.
     Remove { env: PathBuf, msg: PathBuf },
+    /// Make the removals so far durable now (the server is stopping).
+    Flush,
 }
 
 struct Request {
@@ -73,18 +103,33 @@ pub struct Committer {
 /// Most requests published under one flush.
 const MAX_BATCH: usize = 256;
 
-/// Longest a removal waits for a batch's flush to make it durable (module
-/// doc).
+/// About how long a removal waits for a batch's flush to make it durable
+/// before it gets one of its own (module doc).
 pub(crate) const REMOVAL_FLUSH_DELAY: Duration = Duration::from_millis(50);
 
+/// What the committer keeps across batches, and across a panic of its
+/// loop (so removals already answered are still flushed, and their files
+/// still reused).
+#[derive(Default)]
+struct State {
+    /// `queue/`, opened at the first flush and kept (an open and a close
+    /// per batch less); dropped after a failure, opened again.
+    kept: Option<fs::File>,
+    /// Removed files, renamed into `free/`, waiting for the flush that
+    /// makes their removal durable.
+    freed: Vec<PathBuf>,
+    /// Since when removals have waited for that flush.
+    unflushed_since: Option<Instant>,
+}
+
 impl Committer {
-    /// Starts the thread for the folder `queue`.
-    /// `syncfs`: the sessions left their files unflushed; one syncfs per
-    /// batch flushes them with the renames (module doc).
+    /// Starts the thread for the folder `queue`, flushing in `order`;
+    /// removals wait about `removal_delay` for a batch's flush.
     pub fn start(
         queue: PathBuf,
         recycler: Arc<Recycler>,
-        syncfs: bool,
+        order: Order,
+        removal_delay: Duration,
     ) -> std::io::Result<Committer> {
         let (tx, rx) = bounded::<Request>(1024);
         thread::Builder::new()
@@ -96,13 +141,20 @@ impl Committer {
                 // batch leaves what a crash leaves (see incoming.rs), and
                 // the client's retry is at worst a duplicate.
                 let what = "committer (its batch answered 451, a new loop takes over)";
-                while crate::pool::catch(what, || run(&queue, &recycler, syncfs, &rx)).is_none() {}
+                let c = Run {
+                    queue: &queue,
+                    recycler: &recycler,
+                    order,
+                    removal_delay,
+                };
+                let mut state = State::default();
+                while crate::pool::catch(what, || c.run(&rx, &mut state)).is_none() {}
             })?;
         Ok(Committer { tx })
     }
 
     /// Publishes one message whose tmp files are written (and fdatasynced
-    /// unless the committer syncfs's); returns once it is durable in
+    /// when the order is `Folder`); returns once it is durable in
     /// `queue/`.
     pub(super) fn commit(
         &self,
@@ -120,9 +172,14 @@ impl Committer {
     }
 
     /// Removes a finished message; returns once it is out of `queue/`,
-    /// durable within `REMOVAL_FLUSH_DELAY` (module doc).
+    /// durable soon after (module doc).
     pub(super) fn remove(&self, env: PathBuf, msg: PathBuf) -> Result<(), SpoolError> {
         self.submit(Op::Remove { env, msg })
+    }
+
+    /// Makes every removal so far durable; returns once it is.
+    pub(super) fn flush(&self) -> Result<(), SpoolError> {
+        self.submit(Op::Flush)
     }
 
     fn submit(&self, op: Op) -> Result<(), SpoolError> {
@@ -130,6 +187,7 @@ impl Committer {
         let queue_hint = match &op {
             Op::Publish { env_final, .. } => env_final.clone(),
             Op::Remove { env, .. } => env.clone(),
+            Op::Flush => PathBuf::from("queue"),
         };
         let req = Request { op, done };
         self.tx.send(req).map_err(|_| {
@@ -147,111 +205,178 @@ impl Committer {
     }
 }
 
-fn run(queue: &Path, recycler: &Recycler, syncfs: bool, rx: &Receiver<Request>) {
-    let mut kept: Option<fs::File> = None;
-    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-    // removed files, renamed into free/, waiting for the flush that makes
-    // their removal durable; since when the oldest has waited
-    let mut freed: Vec<PathBuf> = Vec::new();
-    let mut unflushed_since: Option<Instant> = None;
-    loop {
-        let first = match unflushed_since {
-            None => rx.recv().ok(),
-            Some(t) => match rx.recv_timeout(REMOVAL_FLUSH_DELAY.saturating_sub(t.elapsed())) {
-                Ok(r) => Some(r),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    // the server is stopping: its removals are made durable
-                    let _ = flush(queue, &mut kept, syncfs, recycler, &mut freed);
-                    return;
+/// The committer thread's settings.
+struct Run<'a> {
+    queue: &'a Path,
+    recycler: &'a Recycler,
+    order: Order,
+    removal_delay: Duration,
+}
+
+impl Run<'_> {
+    fn run(&self, rx: &Receiver<Request>, state: &mut State) {
+        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = match state.unflushed_since {
+                None => match rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => return,
+                },
+                Some(t) => match rx.recv_timeout(self.removal_delay.saturating_sub(t.elapsed())) {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // the server is gone: its removals are made durable
+                        let _ = self.flush_folder(state);
+                        return;
+                    }
+                },
+            };
+            let Some(first) = first else {
+                // removals waited long enough and no batch came to share
+                let _ = self.flush_folder(state);
+                continue;
+            };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
-            },
-        };
-        match first {
-            Some(r) => batch.push(r),
-            None if unflushed_since.is_none() => return,
-            None => {}
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
             }
+            crate::fault::hit(crate::fault::Point::Commit);
+            self.batch(&mut batch, state);
         }
-        crate::fault::hit(crate::fault::Point::Commit);
+    }
+
+    /// Renames and flushes one batch, then answers it.
+    fn batch(&self, batch: &mut Vec<Request>, state: &mut State) {
+        if self.order == Order::SyncfsThenFolder {
+            self.flush_new_files(batch, state);
+        }
         let mut published = Vec::with_capacity(batch.len());
+        let mut flush_asked = Vec::new();
         for r in batch.drain(..) {
-            let removal = matches!(r.op, Op::Remove { .. });
-            match apply(&r, recycler, &mut freed) {
-                Ok(()) if removal => {
-                    let _ = r.done.send(Ok(()));
-                    unflushed_since.get_or_insert_with(Instant::now);
+            match &r.op {
+                Op::Publish { .. } => match apply(&r.op, self.recycler, &mut state.freed) {
+                    Ok(()) => published.push(r),
+                    Err(e) => {
+                        let _ = r.done.send(Err(e));
+                    }
+                },
+                Op::Remove { .. } => {
+                    let result = apply(&r.op, self.recycler, &mut state.freed);
+                    let _ = r.done.send(result);
                 }
-                Ok(()) => published.push(r),
-                Err(e) => {
-                    let _ = r.done.send(Err(e));
-                }
+                Op::Flush => flush_asked.push(r),
             }
         }
-        let removals_due = unflushed_since.is_some_and(|t| t.elapsed() >= REMOVAL_FLUSH_DELAY);
-        if published.is_empty() && !removals_due {
-            continue;
+        if !state.freed.is_empty() {
+            state.unflushed_since.get_or_insert_with(Instant::now);
         }
-        unflushed_since = None;
-        let flushed = flush(queue, &mut kept, syncfs, recycler, &mut freed);
-        if published.len() > 1 {
+        if published.is_empty() && flush_asked.is_empty() {
+            return;
+        }
+        let flushed = if published.is_empty() {
+            self.flush_folder(state)
+        } else {
+            crate::fault::fails(crate::fault::Point::CommitFlush)
+                .and_then(|()| self.flush_all(state))
+        };
+        if let Err(e) = &flushed {
+            // not durable, so never queued: out again, envelope first,
+            // before the sessions answer 451 and remove their tmp files
+            for r in &published {
+                if let Op::Publish {
+                    msg_tmp,
+                    env_tmp,
+                    msg_final,
+                    env_final,
+                } = &r.op
+                {
+                    let _ = fs::rename(env_final, env_tmp);
+                    let _ = fs::rename(msg_final, msg_tmp);
+                }
+            }
+            log::error!(
+                "{}: commit failed, {} messages taken back out (answered 451): {e}",
+                self.queue.display(),
+                published.len()
+            );
+        } else if published.len() > 1 {
             log::trace!("group commit of {} messages", published.len());
         }
-        for r in published {
+        for r in published.into_iter().chain(flush_asked) {
             let result = match &flushed {
                 Ok(()) => Ok(()),
                 Err(e) => Err(SpoolError::io(
-                    queue,
+                    self.queue,
                     std::io::Error::new(e.kind(), e.to_string()),
                 )),
             };
             let _ = r.done.send(result);
         }
     }
-}
 
-/// Makes every rename so far durable (module doc), then hands the files
-/// removed so far to the recycler, or, when the flush failed, unlinks
-/// them (their leaving `queue/` is not known to be durable, so they are
-/// never reused).
-fn flush(
-    queue: &Path,
-    kept: &mut Option<fs::File>,
-    syncfs: bool,
-    recycler: &Recycler,
-    freed: &mut Vec<PathBuf>,
-) -> std::io::Result<()> {
-    let flushed = queue_dir(kept, queue).and_then(|d| {
-        if syncfs {
-            crate::sys::syncfs(d)
-        } else {
-            d.sync_all()
+    /// `SyncfsThenFolder`: makes the tmp files of every message in the
+    /// batch durable with one syncfs, before any of them is renamed into
+    /// `queue/`. If it fails, those messages are answered with the error
+    /// (their sessions say 451 and remove the files).
+    fn flush_new_files(&self, batch: &mut Vec<Request>, state: &mut State) {
+        if !batch.iter().any(|r| matches!(r.op, Op::Publish { .. })) {
+            return;
         }
-    });
-    if let Err(e) = &flushed {
-        log::error!(
-            "{}: {}: {e}",
-            queue.display(),
-            if syncfs { "syncfs" } else { "fsync" }
-        );
-        *kept = None;
-        for p in freed.drain(..) {
-            let _ = fs::remove_file(p);
+        let flushed = queue_dir(&mut state.kept, self.queue).and_then(crate::sys::syncfs);
+        if let Err(e) = flushed {
+            log::error!("{}: syncfs: {e}", self.queue.display());
+            state.kept = None;
+            for r in batch.extract_if(.., |r| matches!(r.op, Op::Publish { .. })) {
+                let e = std::io::Error::new(e.kind(), e.to_string());
+                let _ = r.done.send(Err(SpoolError::io(self.queue, e)));
+            }
         }
-    } else if !freed.is_empty() {
-        recycler.give(std::mem::take(freed));
     }
-    flushed
+
+    /// The flush after a batch's renames: one syncfs (`SyncfsOnce`) or one
+    /// fsync of `queue/`.
+    fn flush_all(&self, state: &mut State) -> std::io::Result<()> {
+        if self.order == Order::SyncfsOnce {
+            self.after_flush(state, "syncfs", crate::sys::syncfs)
+        } else {
+            self.flush_folder(state)
+        }
+    }
+
+    /// One fsync of `queue/`: enough for removals, which only change names.
+    fn flush_folder(&self, state: &mut State) -> std::io::Result<()> {
+        self.after_flush(state, "fsync", |d| d.sync_all())
+    }
+
+    /// Runs `flush` on `queue/`, then hands the files removed so far to the
+    /// recycler, or, when it failed, unlinks them (their leaving `queue/`
+    /// is not known to be durable, so they are never reused).
+    fn after_flush(
+        &self,
+        state: &mut State,
+        what: &str,
+        flush: impl FnOnce(&fs::File) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        state.unflushed_since = None;
+        let flushed = queue_dir(&mut state.kept, self.queue).and_then(flush);
+        if let Err(e) = &flushed {
+            log::error!("{}: {what}: {e}", self.queue.display());
+            state.kept = None;
+            for p in state.freed.drain(..) {
+                let _ = fs::remove_file(p);
+            }
+        } else if !state.freed.is_empty() {
+            self.recycler.give(std::mem::take(&mut state.freed));
+        }
+        flushed
+    }
 }
 
-/// `queue/`, opened at the first batch and kept for every batch's flush
-/// (an open and a close per batch less); opened again after a failure
-/// dropped it.
+/// `queue/`, opened once and kept (see `State::kept`).
 fn queue_dir<'a>(kept: &'a mut Option<fs::File>, queue: &Path) -> std::io::Result<&'a fs::File> {
     let dir = match kept.take() {
         Some(d) => d,
@@ -262,8 +387,8 @@ fn queue_dir<'a>(kept: &'a mut Option<fs::File>, queue: &Path) -> std::io::Resul
 
 /// The renames of one request. Publish: body first, then envelope (the
 /// envelope's rename is the commit). Remove: envelope first, then body.
-fn apply(r: &Request, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result<(), SpoolError> {
-    match &r.op {
+fn apply(op: &Op, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result<(), SpoolError> {
+    match op {
         Op::Publish {
             msg_tmp,
             env_tmp,
@@ -291,5 +416,6 @@ fn apply(r: &Request, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result<(
             }
             Ok(())
         }
+        Op::Flush => Ok(()),
     }
 }

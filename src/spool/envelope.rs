@@ -44,7 +44,7 @@
 //! `auth: NAME` (optional, after `helo`) is the SMTP AUTH user the message
 //! was submitted by (RFC 4954); envelopes without it still load.
 //!
-//! `integrity: BOOT<TAB>BODY-LEN<TAB>BODY-CRC32<TAB>ENVELOPE-CRC32`
+//! `integrity: RUN<TAB>BODY-LEN<TAB>BODY-CRC32<TAB>ENVELOPE-CRC32`
 //! (optional, after `next-try`; see [`Integrity`]) is what the commit
 //! recorded to check the message after a power loss; envelopes without it
 //! (written before it existed) load and are never checked.
@@ -214,25 +214,27 @@ impl Hold {
 }
 
 /// What the commit recorded to check a message after a power loss: the
-/// kernel boot (`/proc/sys/kernel/random/boot_id`, new at every boot) in
-/// which the message's files were last known whole, and the body's
-/// length and CRC-32. On disk also the CRC-32 of the envelope's own text
-/// without its `integrity:` line, computed at every write (so not kept
-/// here; see [`text_is_intact`]).
+/// server run (a random id made at every start, `Spool::run_id`) in which
+/// the message's files were last known whole, and the body's length and
+/// CRC-32. On disk also the CRC-32 of the envelope's own text without its
+/// `integrity:` line, computed at every write (so not kept here; see
+/// [`text_is_intact`]).
 ///
-/// Why: the commit renames a message's files into `queue/` and then makes
-/// files and names durable with one flush (`committer.rs`), so a power
-/// loss during that flush can leave the names over bytes that never
-/// reached the disk: zeros, or a recycled file's earlier message. Such a
-/// message never had its 250. In another boot, an envelope whose text
-/// does not match is not loaded (`Spool::load`), and a body that does not
-/// match is never read (`claim.rs`): both go to `corrupt/`. Within one
-/// boot the page cache holds what was written, even after `kill -9`, so
-/// nothing is checked.
+/// Why: on ext4 with a journal the commit renames a message's files into
+/// `queue/` and then makes files and names durable with one flush
+/// (`committer.rs`), so a power loss during that flush can leave the
+/// names over bytes that never reached the disk: zeros, or a recycled
+/// file's earlier message. Such a message never had its 250. In another
+/// run, an envelope whose text does not match is not loaded
+/// (`Spool::load`), and a body that does not match is never read
+/// (`claim.rs`): both go to `corrupt/`. A run trusts only what it wrote
+/// itself (it is in the page cache); anything older, even from before a
+/// `kill -9` in the same boot, is checked once, which costs one read of
+/// the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Integrity {
-    /// `None` when the boot id could not be read: then always checked.
-    pub boot: Option<String>,
+    /// `None` when no run id could be made: then always checked.
+    pub run: Option<String>,
     pub body_len: u64,
     pub body_crc32: u32,
 }
@@ -241,7 +243,7 @@ impl Integrity {
     /// The body part of the check, of what `body` reads to its end.
     pub fn of_body(
         mut body: impl std::io::Read,
-        boot: Option<String>,
+        run: Option<String>,
     ) -> std::io::Result<Integrity> {
         let mut hasher = crc32fast::Hasher::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -258,7 +260,7 @@ impl Integrity {
             }
         }
         Ok(Integrity {
-            boot,
+            run,
             body_len: len,
             body_crc32: hasher.finalize(),
         })
@@ -270,10 +272,21 @@ impl Integrity {
         self.body_len == found.body_len && self.body_crc32 == found.body_crc32
     }
 
-    /// Whether the files were known whole in the boot `now` (an unknown
-    /// boot matches nothing).
+    /// How the body `found` (computed from the file) differs from this,
+    /// in words; `None` when it has this length and checksum.
+    pub fn body_differs(&self, found: &Integrity) -> Option<String> {
+        (!self.same_body(found)).then(|| {
+            format!(
+                "body is not what its envelope recorded ({} octets, CRC-32 {:08x}; found {} octets, {:08x})",
+                self.body_len, self.body_crc32, found.body_len, found.body_crc32
+            )
+        })
+    }
+
+    /// Whether the files were known whole in the run `now` (an unknown
+    /// run matches nothing).
     pub fn made_in(&self, now: Option<&str>) -> bool {
-        matches!((self.boot.as_deref(), now), (Some(a), Some(b)) if a == b)
+        matches!((self.run.as_deref(), now), (Some(a), Some(b)) if a == b)
     }
 
     /// The line's value: the check, and the envelope's CRC-32.
@@ -284,7 +297,7 @@ impl Integrity {
                 .flatten()
         };
         let mut f = value.split('\t');
-        let boot = match f.next()? {
+        let run = match f.next()? {
             "-" => None,
             b => Some(b.to_string()),
         };
@@ -293,7 +306,7 @@ impl Integrity {
         let envelope_crc32 = hex(f.next()?)?;
         f.next().is_none().then_some((
             Integrity {
-                boot,
+                run,
                 body_len,
                 body_crc32,
             },
@@ -482,10 +495,10 @@ impl Envelope {
         }
         s.push_str("end\n");
         if let Some(c) = &self.integrity {
-            let boot = c.boot.as_deref().map(clean);
+            let run = c.run.as_deref().map(clean);
             let line = format!(
                 "{INTEGRITY}{}\t{}\t{:08x}\t{:08x}\n",
-                boot.as_deref().unwrap_or("-"),
+                run.as_deref().unwrap_or("-"),
                 c.body_len,
                 c.body_crc32,
                 crc32fast::hash(s.as_bytes())
@@ -812,7 +825,7 @@ mod tests {
             attempts: 1,
             next_try: 1_795_886_710,
             integrity: Some(Integrity {
-                boot: Some("3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b".into()),
+                run: Some("3f1c0a525b7e4d2e9a510c1d2e3f4a5b".into()),
                 body_len: 1234,
                 body_crc32: 0x00c0ffee,
             }),
@@ -902,7 +915,7 @@ mod tests {
         assert_eq!(back.auth, None);
         // the integrity line reads back; an envelope from before it has
         // none and is intact
-        let line = "\nintegrity: 3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b\t1234\t00c0ffee\t";
+        let line = "\nintegrity: 3f1c0a525b7e4d2e9a510c1d2e3f4a5b\t1234\t00c0ffee\t";
         assert!(text.contains(line), "{text}");
         assert_eq!(back.integrity, env.integrity);
         assert!(text_is_intact(&text));
@@ -913,9 +926,9 @@ mod tests {
             .collect();
         assert_eq!(Envelope::parse(&before).unwrap().integrity, None);
         assert!(text_is_intact(&before));
-        // an unknown boot is written and read as `-`
+        // an unknown run is written and read as `-`
         let mut unknown = env.clone();
-        unknown.integrity.as_mut().unwrap().boot = None;
+        unknown.integrity.as_mut().unwrap().run = None;
         let text = unknown.to_text();
         assert!(text.contains("\nintegrity: -\t1234\t00c0ffee\t"));
         assert_eq!(Envelope::parse(&text).unwrap().integrity, unknown.integrity);
@@ -950,7 +963,7 @@ mod tests {
 
     /// The envelope's CRC-32 covers every line but its own: a line or a
     /// byte changed anywhere else, or blocks of another envelope spliced
-    /// in, make it not intact; the boot on the line may change.
+    /// in, make it not intact; the run on the line may change.
     #[test]
     fn an_envelope_with_other_bytes_is_not_intact() {
         let env = sample();
@@ -974,9 +987,9 @@ mod tests {
         let half = text.len() / 2;
         let spliced = format!("{}{}", &text[..half], &other[half..]);
         assert!(!text_is_intact(&spliced));
-        // the boot alone may be rewritten (the line is not covered)
-        let reboot = text.replace("3f1c0a52-5b7e-4d2e-9a51-0c1d2e3f4a5b", "another");
-        assert!(text_is_intact(&reboot));
+        // the run alone may be rewritten (the line is not covered)
+        let rerun = text.replace("3f1c0a525b7e4d2e9a510c1d2e3f4a5b", "another");
+        assert!(text_is_intact(&rerun));
     }
 
     /// The body's check is its length and the standard CRC-32 (the one
@@ -987,9 +1000,9 @@ mod tests {
         assert_eq!((c.body_len, c.body_crc32), (9, 0xcbf43926));
         let other = Integrity::of_body(&b"123456780"[..], None).unwrap();
         assert!(c.same_body(&c.clone()) && !c.same_body(&other));
-        assert!(!c.made_in(Some("b")), "an unknown boot matches nothing");
+        assert!(!c.made_in(Some("b")), "an unknown run matches nothing");
         let in_b = Integrity {
-            boot: Some("b".to_string()),
+            run: Some("b".to_string()),
             ..c
         };
         assert!(in_b.made_in(Some("b")) && !in_b.made_in(Some("c")) && !in_b.made_in(None));
@@ -1073,7 +1086,6 @@ mod tests {
         assert_eq!(env.rcpts[2].last_reply.as_ref().unwrap().response.code, 554);
     }
 
-    /// The README's version 2 example (also a fuzz seed) is what we write.
     /// The envelope shown in README ("The spool") parses and matches its
     /// own CRC-32.
     #[test]
@@ -1091,6 +1103,7 @@ mod tests {
         assert_eq!(env.to_text(), text);
     }
 
+    /// The README's version 2 example (also a fuzz seed) is what we write.
     #[test]
     fn readme_example_is_a_fixed_point() {
         let path =

@@ -4,25 +4,28 @@
 //! 1. `tmp/ID.msg` created (or a recycled file taken) and written: only
 //!    tmp files; start-up empties `tmp/`. The client got no 250 and will
 //!    retry.
-//! 2. `tmp/ID.env` written, recording the kernel boot, the body's length
+//! 2. `tmp/ID.env` written, recording the server run, the body's length
 //!    and CRC-32 and its own CRC-32 (`Integrity`); with `--sync fsync`
 //!    both files are fdatasynced here: same as 1.
 //! 3. `ID.msg` renamed into `queue/`: a body without an envelope; start-up
 //!    deletes it (no 250 was sent).
 //! 4. `ID.env` renamed into `queue/`: the message exists for every reader
-//!    of `queue/`. Then one flush makes the files and both names durable
-//!    (a syncfs; with `--sync fsync`, an fsync of `queue/`), and only then
-//!    is the client answered 250: **the commit instant** is the end of
-//!    that flush. `kill -9` anywhere in 3 or 4 loses nothing (the page
-//!    cache holds the files): the message is delivered, and the client,
-//!    which got no 250, may send it again (a duplicate, never a loss). A
-//!    power loss during the syncfs can leave names whose bytes never
+//!    of `queue/`. Then the committer's flush makes the files and both
+//!    names durable (`committer::Order`: on ext4 with a journal one syncfs
+//!    after the renames; elsewhere the files were flushed before them and
+//!    `queue/` is fsynced after), and only then is the client answered
+//!    250: **the commit instant** is the end of that flush. `kill -9`
+//!    anywhere in 3 or 4 loses nothing (the page cache holds the files):
+//!    the message is delivered, and the client, which got no 250, may
+//!    send it again (a duplicate, never a loss). A failed flush takes the
+//!    message back out of `queue/` before the 451. With the single
+//!    syncfs, a power loss during it can leave names whose bytes never
 //!    reached the disk (zeros, a recycled file's earlier message): an
 //!    envelope that does not parse, names another id or is not what its
-//!    own CRC-32 says goes to `corrupt/` at start-up (`Spool::load`); a
-//!    body that is not what its envelope recorded is found by the first
-//!    claim in the new boot and moved to `corrupt/` unsent (`claim.rs`).
-//!    None of them had a 250.
+//!    own CRC-32 says goes to `corrupt/` at the next start
+//!    (`Spool::load`); a body that is not what its envelope recorded is
+//!    found by the first claim in the next run and moved to `corrupt/`
+//!    unsent (`claim.rs`). None of them had a 250.
 //!
 //! Dropping an `Incoming` that was not committed removes its files, so an
 //! interrupted DATA (client gone, timeout, too big) leaves nothing.
@@ -225,15 +228,15 @@ impl<'a> Incoming<'a> {
 
         // what a load and a claim after a power loss check the files
         // against (step 4)
-        let boot = self.spool.boot_id().map(str::to_string);
+        let run = self.spool.run_id().map(str::to_string);
         let check = match self.crc.take() {
             Some(crc) => Integrity {
-                boot,
+                run,
                 body_len: self.written,
                 body_crc32: crc.finalize(),
             },
             None => File::open(&msg_tmp)
-                .and_then(|r| Integrity::of_body(r, boot))
+                .and_then(|r| Integrity::of_body(r, run))
                 .map_err(|e| SpoolError::io(&msg_tmp, e))?,
         };
         let mut env = env.clone();
@@ -248,13 +251,13 @@ impl<'a> Incoming<'a> {
             .and_then(|_| ef.set_len(text.len() as u64))
             .map_err(|e| SpoolError::io(&env_tmp, e))?;
         // With `--sync syncfs` (the server's default) the committer makes
-        // the files durable: one syncfs for every message of its batch,
-        // after their renames (`committer.rs`), instead of two fdatasyncs
-        // per message and a folder fsync: one device flush on the path of
-        // every 250, and at 50 sessions one per batch instead of one per
-        // session (a syncfs walks the whole filesystem's dirty inodes: it
-        // was 11 % of the relay's CPU at 50 sessions). Otherwise, and for
-        // `send`, each file is fdatasynced here, before its rename.
+        // the files durable: one syncfs for every message of its batch
+        // (`committer.rs`), instead of two fdatasyncs per message: one
+        // device flush less on the path of every 250, and at 50 sessions
+        // one per batch instead of one per session (a syncfs walks the
+        // whole filesystem's dirty inodes: it was 11 % of the relay's CPU
+        // at 50 sessions). Otherwise, and for `send`, each file is
+        // fdatasynced here, before its rename.
         if !self.spool.uses_syncfs() {
             f.sync_data().map_err(|e| SpoolError::io(&msg_tmp, e))?;
             ef.sync_data().map_err(|e| SpoolError::io(&env_tmp, e))?;

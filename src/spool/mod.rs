@@ -142,9 +142,9 @@ pub struct Spool {
     recycler: Option<std::sync::Arc<recycle::Recycler>>,
     free: PathBuf,
     syncfs: bool,
-    /// This kernel boot (`sys::boot_id`), recorded in every new
+    /// This run's id, made at open (`new_run_id`), recorded in every new
     /// envelope's `Integrity`.
-    boot: Option<std::sync::Arc<str>>,
+    run: Option<std::sync::Arc<str>>,
 }
 
 /// A queued message as start-up recovery hands it to the scheduler: its
@@ -208,7 +208,7 @@ impl Spool {
             recycler: None,
             free: root.join("free"),
             syncfs: false,
-            boot: crate::sys::boot_id().map(Into::into),
+            run: new_run_id().map(Into::into),
         };
         let as_root = crate::sys::is_root();
         let md = fs::metadata(root).map_err(|e| SpoolError::io(root, e))?;
@@ -241,18 +241,57 @@ impl Spool {
     }
 
     /// Routes commits through a group-commit thread (see `committer.rs`).
-    /// `syncfs`: the committer flushes the files and names of every
-    /// message in its batch with one syncfs of the spool's filesystem,
-    /// instead of two fdatasyncs per message in its session and a folder
-    /// fsync (see `incoming.rs`).
+    /// `syncfs`: the committer flushes the files of every message in its
+    /// batch with one syncfs of the spool's filesystem, instead of an
+    /// fdatasync per file in its session; on ext4 with a journal that one
+    /// syncfs, after the renames, is the whole commit (see
+    /// `committer::Order`).
     pub fn start_committer(&mut self, syncfs: bool) -> Result<(), SpoolError> {
-        self.syncfs = syncfs;
+        let order = if !syncfs {
+            committer::Order::Folder
+        } else if crate::sys::journaled_ext4(&self.queue) {
+            committer::Order::SyncfsOnce
+        } else {
+            committer::Order::SyncfsThenFolder
+        };
+        log::info!(
+            "spool {}: {}",
+            self.root.display(),
+            match order {
+                committer::Order::SyncfsOnce =>
+                    "ext4 with a journal: one syncfs per group commit, after the renames",
+                committer::Order::SyncfsThenFolder =>
+                    "no journal that orders names behind data (or not ext4): one syncfs per group commit before the renames, one fsync of queue/ after",
+                committer::Order::Folder => "an fdatasync per file, one fsync of queue/ per group commit",
+            }
+        );
+        self.start_committer_with(order, committer::REMOVAL_FLUSH_DELAY)
+    }
+
+    /// `start_committer` with the order and removal delay given.
+    pub(crate) fn start_committer_with(
+        &mut self,
+        order: committer::Order,
+        removal_delay: std::time::Duration,
+    ) -> Result<(), SpoolError> {
+        self.syncfs = order.flushes_files();
         let recycler = std::sync::Arc::new(recycle::Recycler::new(self.free.clone(), RECYCLE_MAX));
-        let c = committer::Committer::start(self.queue.clone(), recycler.clone(), syncfs)
-            .map_err(|e| SpoolError::io(&self.queue, e))?;
+        let c =
+            committer::Committer::start(self.queue.clone(), recycler.clone(), order, removal_delay)
+                .map_err(|e| SpoolError::io(&self.queue, e))?;
         self.committer = Some(c);
         self.recycler = Some(recycler);
         Ok(())
+    }
+
+    /// Makes the removals the committer has not flushed yet durable (the
+    /// server is stopping; see `committer.rs`). Without a committer every
+    /// removal was flushed already.
+    pub fn flush_removals(&self) -> Result<(), SpoolError> {
+        match &self.committer {
+            Some(c) => c.flush(),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn committer(&self) -> Option<&committer::Committer> {
@@ -265,9 +304,9 @@ impl Spool {
         self.syncfs
     }
 
-    /// This kernel boot's id, `None` when unknown (`sys::boot_id`).
-    pub(crate) fn boot_id(&self) -> Option<&str> {
-        self.boot.as_deref()
+    /// This run's id, `None` when none could be made (`new_run_id`).
+    pub(crate) fn run_id(&self) -> Option<&str> {
+        self.run.as_deref()
     }
 
     pub(crate) fn recycler(&self) -> Option<&recycle::Recycler> {
@@ -524,19 +563,34 @@ impl Spool {
                 why: format!("envelope names id {}", env.id),
             });
         }
-        // written in another boot: a power loss during its commit's flush
+        // written by another run: a power loss during its commit's flush
         // may have left other bytes under the name (`Integrity`)
-        let from_another_boot = env
+        let from_another_run = env
             .integrity
             .as_ref()
-            .is_some_and(|i| !i.made_in(self.boot_id()));
-        if from_another_boot && !envelope::text_is_intact(&text) {
+            .is_some_and(|i| !i.made_in(self.run_id()));
+        if from_another_run && !envelope::text_is_intact(&text) {
             return Err(SpoolError::Corrupt {
                 id,
-                why: "not the text that was written (its CRC-32 differs): a commit cut short by a power loss, never acknowledged".into(),
+                why: "not the text that was written (its CRC-32 differs): most likely a commit cut short by a power loss (which never got its 250)".into(),
             });
         }
         Ok(env)
+    }
+
+    /// For readers without a claim (`queue show`): how message `env`'s
+    /// body differs from what its envelope recorded at the commit, when it
+    /// was written by another run (see `Claim::load`, which moves such a
+    /// message to `corrupt/` before anything else reads it).
+    pub fn body_differs(&self, env: &Envelope) -> Result<Option<String>, SpoolError> {
+        let Some(check) = env.integrity.as_ref().filter(|c| !c.made_in(self.run_id())) else {
+            return Ok(None);
+        };
+        let path = self.msg_path(env.id);
+        let found = File::open(&path)
+            .and_then(|f| envelope::Integrity::of_body(f, None))
+            .map_err(|e| SpoolError::io(&path, e))?;
+        Ok(check.body_differs(&found))
     }
 
     /// Replaces an envelope atomically (delivery state changes).
@@ -614,6 +668,14 @@ fn not_foreign(path: &Path, md: &fs::Metadata) -> Result<(), SpoolError> {
     })
 }
 
+/// A fresh random id for this opening of the spool (`Integrity::run`):
+/// 128 bits as 32 hex digits; `None` if the kernel gives no randomness.
+fn new_run_id() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    crate::sys::random_bytes(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn read_dir(dir: &Path) -> Result<impl Iterator<Item = fs::DirEntry>, SpoolError> {
     Ok(fs::read_dir(dir)
         .map_err(|e| SpoolError::io(dir, e))?
@@ -680,7 +742,7 @@ pub(crate) mod tests {
         assert_eq!(read, b"Subject: short\r\n\r\nbody\r\n");
     }
 
-    /// Every commit records the body's length and CRC-32 and this boot,
+    /// Every commit records the body's length and CRC-32 and this run,
     /// however the message was written: appended, replaced, a header put
     /// on top, rewritten by a milter; each check is what the queued file
     /// reads.
@@ -718,19 +780,15 @@ pub(crate) mod tests {
             let file = fs::read(spool.msg_path(id)).unwrap();
             let found = envelope::Integrity::of_body(&file[..], None).unwrap();
             assert!(stored.same_body(&found), "{how}: {stored:?} vs {found:?}");
-            assert_eq!(
-                stored.boot.as_deref(),
-                crate::sys::boot_id().as_deref(),
-                "{how}"
-            );
+            assert_eq!(stored.run.as_deref(), spool.run_id(), "{how}");
         }
         let _ = fs::remove_dir_all(spool.root());
     }
 
-    /// An envelope from another boot is loaded only if its text is what
-    /// was written (its own CRC-32); in its own boot, an edited one loads.
+    /// An envelope from another run is loaded only if its text is what
+    /// was written (its own CRC-32); in its own run, an edited one loads.
     #[test]
-    fn an_envelope_from_another_boot_must_be_intact() {
+    fn an_envelope_from_another_run_must_be_intact() {
         let spool = temp_spool("env-intact");
         let mut inc = spool.incoming().unwrap();
         let id = inc.id();
@@ -740,54 +798,78 @@ pub(crate) mod tests {
         let edited = text.replace("helo: h\n", "helo: x\n");
         assert_ne!(edited, text);
         fs::write(spool.env_path(id), &edited).unwrap();
-        if spool.boot_id().is_some() {
-            assert_eq!(spool.load(id).unwrap().helo, "x", "loads in its own boot");
+        if spool.run_id().is_some() {
+            assert_eq!(spool.load(id).unwrap().helo, "x", "loads in its own run");
         }
-        let boot = spool.boot_id().unwrap_or("-").to_string();
-        let rebooted = text.replace(&format!("integrity: {boot}\t"), "integrity: other\t");
-        assert_ne!(rebooted, text);
-        fs::write(spool.env_path(id), &rebooted).unwrap();
-        assert_eq!(spool.load(id).unwrap().helo, "h", "intact after a reboot");
-        fs::write(
-            spool.env_path(id),
-            rebooted.replace("helo: h\n", "helo: x\n"),
-        )
-        .unwrap();
+        let run = spool.run_id().unwrap_or("-").to_string();
+        let rerun = text.replace(&format!("integrity: {run}\t"), "integrity: other\t");
+        assert_ne!(rerun, text);
+        fs::write(spool.env_path(id), &rerun).unwrap();
+        assert_eq!(spool.load(id).unwrap().helo, "h", "intact in another run");
+        fs::write(spool.env_path(id), rerun.replace("helo: h\n", "helo: x\n")).unwrap();
         match spool.load(id) {
             Err(SpoolError::Corrupt { why, .. }) => assert!(why.contains("CRC-32"), "{why}"),
-            other => panic!("an edited envelope from another boot gave {other:?}"),
+            other => panic!("an edited envelope from another run gave {other:?}"),
         }
         let _ = fs::remove_dir_all(spool.root());
     }
 
     /// With the group committer a removal is answered once its files
-    /// are out of `queue/`, and made durable by a flush at most
-    /// `REMOVAL_FLUSH_DELAY` later even when no message comes to share
-    /// one: only then are its files reused (the next message takes the
-    /// removed body's inode).
+    /// are out of `queue/`, and its files are reused only after a flush
+    /// made that durable: the next commit's, a flush asked for (the
+    /// server stopping), or, when nothing comes, one of its own after the
+    /// removal delay. Reuse shows as the next message taking the removed
+    /// body's inode.
     #[test]
-    fn a_removal_alone_is_flushed_then_its_files_reused() {
+    fn removed_files_are_reused_only_after_a_flush() {
         use std::os::unix::fs::MetadataExt;
-        let mut spool = temp_spool("removal-flush");
-        spool.start_committer(true).unwrap();
-        let mut inc = spool.incoming().unwrap();
-        let id = inc.id();
-        inc.write_all(b"hello").unwrap();
-        inc.commit(&env_for(id)).unwrap();
-        let inode = fs::metadata(spool.msg_path(id)).unwrap().ino();
-        spool.remove(id).unwrap();
-        assert!(!spool.msg_path(id).exists() && !spool.env_path(id).exists());
-        let recycler = spool.recycler().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while recycler.free_len() < 2 && std::time::Instant::now() < deadline {
-            std::thread::sleep(committer::REMOVAL_FLUSH_DELAY / 5);
+        use std::time::{Duration, Instant};
+        let queue_one = |spool: &Spool| {
+            let mut inc = spool.incoming().unwrap();
+            let id = inc.id();
+            inc.write_all(b"hello").unwrap();
+            inc.commit(&env_for(id)).unwrap();
+            id
+        };
+        let remove = |spool: &Spool| {
+            let id = queue_one(spool);
+            let inode = fs::metadata(spool.msg_path(id)).unwrap().ino();
+            spool.remove(id).unwrap();
+            assert!(!spool.msg_path(id).exists() && !spool.env_path(id).exists());
+            inode
+        };
+        let order = committer::Order::SyncfsThenFolder;
+        for how in ["next commit", "flush asked", "delay"] {
+            let mut spool = temp_spool("removal-flush");
+            let delay = match how {
+                "delay" => Duration::from_millis(50),
+                _ => Duration::from_secs(3600),
+            };
+            spool.start_committer_with(order, delay).unwrap();
+            let inode = remove(&spool);
+            let recycler = spool.recycler().unwrap();
+            if how != "delay" {
+                assert_eq!(recycler.free_len(), 0, "{how}: reusable before a flush");
+            }
+            match how {
+                "next commit" => {
+                    queue_one(&spool);
+                }
+                "flush asked" => spool.flush_removals().unwrap(),
+                _ => {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while recycler.free_len() < 2 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            assert_eq!(recycler.free_len(), 2, "{how}: not flushed");
+            let inc = spool.incoming().unwrap();
+            let tmp = spool.tmp_dir().join(format!("{}.msg", inc.id()));
+            assert_eq!(fs::metadata(tmp).unwrap().ino(), inode, "{how}");
+            drop(inc);
+            let _ = fs::remove_dir_all(spool.root());
         }
-        assert_eq!(recycler.free_len(), 2, "the removal was never flushed");
-        let inc = spool.incoming().unwrap();
-        let tmp = spool.tmp_dir().join(format!("{}.msg", inc.id()));
-        assert_eq!(fs::metadata(tmp).unwrap().ino(), inode);
-        drop(inc);
-        let _ = fs::remove_dir_all(spool.root());
     }
 
     #[test]

@@ -218,33 +218,23 @@ fn after_a_reboot_a_body_that_never_reached_the_disk_is_never_sent() {
 
     // an operator looking first is told, and not shown the bytes
     let s = spool.to_string_lossy().into_owned();
-    let show = run_cli(
-        &["queue", "show", "--spool", &s, &torn],
-        Duration::from_secs(20),
-    );
-    assert_eq!(show.code, Some(0), "{}", show.stderr);
+    let show = |args: &[&str]| {
+        let args = [&["queue", "show", "--spool", &s][..], args].concat();
+        run_cli(&args, Duration::from_secs(20))
+    };
+    let text = show(&[&torn]);
+    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    let damaged = "body is not what its envelope recorded";
     assert!(
-        show.stdout
-            .contains("damaged:   body is not what its envelope recorded"),
+        text.stdout.contains(&format!("damaged:   {damaged}")),
         "{}",
-        show.stdout
+        text.stdout
     );
-    let body = run_cli(
-        &["queue", "show", "--spool", &s, "--body", &torn],
-        Duration::from_secs(20),
-    );
+    let body = show(&["--body", &torn]);
     assert_eq!(body.code, Some(65), "{}", body.stdout);
     assert!(!body.stdout.contains("OLD"), "{}", body.stdout);
-    assert!(
-        body.stderr
-            .contains("body is not what its envelope recorded"),
-        "{}",
-        body.stderr
-    );
-    let whole_body = run_cli(
-        &["queue", "show", "--spool", &s, "--body", &whole],
-        Duration::from_secs(20),
-    );
+    assert!(body.stderr.contains(damaged), "{}", body.stderr);
+    let whole_body = show(&["--body", &whole]);
     assert_eq!(whole_body.code, Some(0), "{}", whole_body.stderr);
 
     let sink = Sink::start();

@@ -131,7 +131,10 @@ Usage:
       the queue is flushed, and the time until it is empty is measured,
       alternating as above.
 Environment: SMTP_SOURCE, SMTP_SINK, POSTFIX (paths), BENCH_POSTFIX=builtin
-(ignore scripts/postfix-instance.sh), CARGO (default cargo).
+(ignore scripts/postfix-instance.sh), CARGO (default cargo), BENCH_TMPDIR
+(default /tmp: where the run's folder, with both relays' queues, is made;
+the JSON records its filesystem, and for ext4 whether it has a journal,
+which decides smtp-relay's commit order: README "The spool").
 EOF
 }
 
@@ -243,7 +246,7 @@ fi
 export BUILT_FROM SHA
 [ -x "$RELAY_BIN" ] || die "$RELAY_BIN missing after the build"
 
-TMP=$(mktemp -d /tmp/smtp-relay-bench.XXXXXX)
+TMP=$(mktemp -d "${BENCH_TMPDIR:-/tmp}/smtp-relay-bench.XXXXXX")
 chmod 755 "$TMP" # the postfix user must reach its queue below it
 SINK_PID=
 RELAY_PID=
@@ -1155,10 +1158,17 @@ def sh(*c):
     except Exception:
         return ""
 root = os.environ["ROOT"]
-journal = os.path.isdir("/proc/fs/jbd2") and any(os.listdir("/proc/fs/jbd2"))
+def has_journal(path):
+    # the mount's entry in /proc/fs/jbd2 is named after its block device
+    dev = os.stat(path).st_dev
+    try:
+        name = os.path.basename(os.readlink(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"))
+        return any(e.startswith(name + "-") for e in os.listdir("/proc/fs/jbd2"))
+    except OSError:
+        return False
 fs = sh("findmnt", "-no", "FSTYPE", "-T", os.environ["TMP"]) or "?"
 if fs == "ext4":
-    fs += " (journal)" if journal else " (no journal)"
+    fs += " (journal)" if has_journal(os.environ["TMP"]) else " (no journal)"
 mem = [l for l in open("/proc/meminfo") if l.startswith("MemTotal")][0].split()[1]
 model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(json.dumps({

@@ -737,7 +737,7 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     let (committed_tx, committed_rx) = bounded::<QueueId>(16 * 1024);
     let tls_reports = tls_reporter(config, &spool, loaded.dkim.clone())?;
     let shared = Shared {
-        spool,
+        spool: spool.clone(),
         committed: committed_tx,
         local: listeners.iter().map(|b| b.local).collect(),
         space: Arc::default(),
@@ -807,6 +807,10 @@ pub fn serve(config: Config, args: Vec<String>) -> Result<(), ServeError> {
     // the last counts to the spool: a restart reads them back
     if let Some(r) = reporter {
         r.stop();
+    }
+    // the last deliveries' removals, answered before their flush
+    if let Err(e) = spool.flush_removals() {
+        log::error!("flushing the last removals: {e}");
     }
     drop(lock);
     log::info!("stopped");

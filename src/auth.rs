@@ -339,22 +339,7 @@ impl Verifier {
 
 fn random_salt() -> Result<SaltString, AuthError> {
     let mut bytes = [0u8; 16];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of
-        // `bytes`, which lives for the whole call.
-        let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(AuthError::Io(e));
-        }
-        filled += n as usize;
-    }
+    crate::sys::random_bytes(&mut bytes).map_err(AuthError::Io)?;
     SaltString::encode_b64(&bytes).map_err(|e| AuthError::Hash(e.to_string()))
 }
 

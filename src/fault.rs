@@ -4,6 +4,9 @@
 //! makes the named place panic the first N times it runs (N defaults to
 //! 1), so the integration tests (which run the debug binary) can show
 //! that a panic costs neither a thread nor a message (README "Panics").
+//! `commit-flush-fail[:N]` makes the committer's flush after a batch's
+//! renames fail N times with an I/O error instead (`fails`), as a disk
+//! that failed writeback would.
 //! The variable is read once, on the first `hit`. In a release build
 //! `hit` is empty and the variable means nothing.
 //!
@@ -21,20 +24,23 @@ pub enum Point {
     Delivery = 1,
     /// The committer, on a batch it has taken.
     Commit = 2,
+    /// The committer's flush after a batch's renames (fails, not panics).
+    CommitFlush = 3,
 }
 
 #[cfg_attr(not(debug_assertions), allow(dead_code))]
-const POINTS: [(Point, &str); 3] = [
+const POINTS: [(Point, &str); 4] = [
     (Point::Session, "session-panic"),
     (Point::Delivery, "delivery-panic"),
     (Point::Commit, "commit-panic"),
+    (Point::CommitFlush, "commit-flush-fail"),
 ];
 
 /// How many panics each point has left, by `Point as usize`; unknown
 /// names are ignored (with a warning).
 #[cfg_attr(not(debug_assertions), allow(dead_code))]
-fn parse(spec: &str) -> [usize; 3] {
-    let mut left = [0; 3];
+fn parse(spec: &str) -> [usize; 4] {
+    let mut left = [0; 4];
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, n) = match item.split_once(':') {
             Some((name, n)) => (name, n.parse().ok()),
@@ -49,12 +55,12 @@ fn parse(spec: &str) -> [usize; 3] {
     left
 }
 
-/// Panics if `point` is armed and has panics left.
+/// Whether `point` is armed and has faults left (taking one).
 #[cfg(debug_assertions)]
-pub fn hit(point: Point) {
+fn take(point: Point) -> bool {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
-    static LEFT: OnceLock<[AtomicUsize; 3]> = OnceLock::new();
+    static LEFT: OnceLock<[AtomicUsize; 4]> = OnceLock::new();
     let left = LEFT.get_or_init(|| {
         let spec = std::env::var("SMTP_RELAY_FAULT").unwrap_or_default();
         let left = parse(&spec);
@@ -63,13 +69,35 @@ pub fn hit(point: Point) {
         }
         left.map(AtomicUsize::new)
     });
-    let n = &left[point as usize];
-    if n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+    left[point as usize]
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
-    {
+}
+
+/// Panics if `point` is armed and has panics left.
+#[cfg(debug_assertions)]
+pub fn hit(point: Point) {
+    if take(point) {
         let name = POINTS[point as usize].1;
         panic!("fault injected: {name}");
     }
+}
+
+/// An I/O error if `point` is armed and has failures left.
+#[cfg(debug_assertions)]
+pub fn fails(point: Point) -> std::io::Result<()> {
+    if take(point) {
+        let name = POINTS[point as usize].1;
+        return Err(std::io::Error::other(format!("fault injected: {name}")));
+    }
+    Ok(())
+}
+
+/// Release builds: nothing.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn fails(_point: Point) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Release builds: nothing.
@@ -106,10 +134,11 @@ mod tests {
 
     #[test]
     fn spec() {
-        assert_eq!(parse(""), [0, 0, 0]);
-        assert_eq!(parse("session-panic"), [1, 0, 0]);
-        assert_eq!(parse("session-panic:2, commit-panic"), [2, 0, 1]);
-        assert_eq!(parse("delivery-panic:3,bogus,commit-panic:x"), [0, 3, 0]);
-        assert_eq!(parse("recovery-stall,commit-panic"), [0, 0, 1]);
+        assert_eq!(parse(""), [0, 0, 0, 0]);
+        assert_eq!(parse("session-panic"), [1, 0, 0, 0]);
+        assert_eq!(parse("session-panic:2, commit-panic"), [2, 0, 1, 0]);
+        assert_eq!(parse("delivery-panic:3,bogus,commit-panic:x"), [0, 3, 0, 0]);
+        assert_eq!(parse("recovery-stall,commit-panic"), [0, 0, 1, 0]);
+        assert_eq!(parse("commit-flush-fail:2"), [0, 0, 0, 2]);
     }
 }

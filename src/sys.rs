@@ -113,6 +113,66 @@ pub fn keep_freed_memory(bytes: usize) {
     let _ = bytes;
 }
 
+/// Fills `buf` from the kernel's random source (getrandom(2)).
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of
+        // `buf`, which lives for the whole call.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// Whether `dir` is on ext4 (or ext3) with a journal: then one syncfs
+/// after a commit's renames makes the files and the names durable, in
+/// that order (spool/committer.rs `Order`): syncfs writes and waits for
+/// the data, then commits the journal transaction holding the renames
+/// and new sizes with a device flush after it, or, when that transaction
+/// was already committed, flushes the device itself. Found by the
+/// filesystem's magic number and the mount's entry in `/proc/fs/jbd2/`
+/// (named after the block device, as in /sys/dev/block). Anything not
+/// shown to be so (ext4 without a journal, XFS, an unknown device) is
+/// false.
+pub fn journaled_ext4(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    let Ok(c) = cstr(dir) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; `c` is a valid
+    // NUL-terminated path for the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != EXT4_SUPER_MAGIC {
+        return false;
+    }
+    let Ok(md) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let dev = md.dev();
+    let link = format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev));
+    let Some(name) = std::fs::read_link(link)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    else {
+        return false;
+    };
+    let prefix = format!("{name}-");
+    std::fs::read_dir("/proc/fs/jbd2").is_ok_and(|d| {
+        d.filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    })
+}
+
 /// Writes back every dirty page and inode of the filesystem holding `f`
 /// and flushes the device: one flush for all the files a commit needs.
 pub fn syncfs(f: &std::fs::File) -> io::Result<()> {

@@ -96,16 +96,21 @@ fn delivery_panic_is_retried_not_stranded() {
     assert!(sink.wait_for(2, Duration::from_secs(20)), "{}", relay.log());
 }
 
-#[test]
-fn committer_panic_fails_its_batch_and_later_commits_succeed() {
-    let relay = Relay::start_env(&["--delivery-workers", "0"], &fault("commit-panic"));
-    let mut t = relay.session();
+/// One message, whose end of data is answered 451 (its commit failed).
+fn send_answered_451(t: &mut Talk) {
     t.cmd_enh("MAIL FROM:<a@client.test>", 250, "2.1.0");
     t.cmd_enh("RCPT TO:<x@example.org>", 250, "2.1.5");
     t.cmd_enh("DATA", 354, "2.0.0");
     t.send_raw(BODY);
     t.send_raw(b".\r\n");
     t.expect_enh(451, "4.3.0");
+}
+
+#[test]
+fn committer_panic_fails_its_batch_and_later_commits_succeed() {
+    let relay = Relay::start_env(&["--delivery-workers", "0"], &fault("commit-panic"));
+    let mut t = relay.session();
+    send_answered_451(&mut t);
     // the next messages are acknowledged and on disk
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -118,6 +123,34 @@ fn committer_panic_fails_its_batch_and_later_commits_succeed() {
     let log = relay.log();
     assert!(
         log.contains("committer (its batch answered 451, a new loop takes over) panicked"),
+        "{log}"
+    );
+}
+
+/// A flush that fails after a batch's renames (here injected; a disk that
+/// failed writeback does it) takes the batch's messages back out of
+/// `queue/` before the client hears 451: nothing that may not have
+/// reached the disk stays queued behind its back (to be sent, perhaps
+/// with bytes that were never written), and nothing is left in `tmp/`.
+/// The next message is acknowledged and queued.
+#[test]
+fn a_failed_commit_flush_leaves_nothing_queued() {
+    let relay = Relay::start_env(&["--delivery-workers", "0"], &fault("commit-flush-fail"));
+    let mut t = relay.session();
+    send_answered_451(&mut t);
+    assert_eq!(queue_files(relay.spool()), Vec::<String>::new());
+    assert!(
+        wait_until(Duration::from_secs(5), || tmp_files(relay.spool())
+            .is_empty()),
+        "{:?}",
+        tmp_files(relay.spool())
+    );
+    let id = t.send_mail("a@client.test", &["y@example.org"], BODY);
+    assert_eq!(queued_ids(relay.spool()), vec![id.clone()]);
+    assert_complete(relay.spool(), &id);
+    let log = relay.log();
+    assert!(
+        log.contains("commit failed, 1 messages taken back out"),
         "{log}"
     );
 }

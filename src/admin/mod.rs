@@ -251,6 +251,14 @@ fn show(
         Err(e) => return Err(e.into()),
     };
     if body {
+        // another message's bytes under this name are not this message's
+        // body (a commit cut short by a power loss: `Integrity`)
+        if let Some(differs) = spool.body_differs(&env)? {
+            return Err(AdminError {
+                code: EX_DATAERR,
+                message: format!("{qid}: {differs}; the server moves it to corrupt/ unsent"),
+            });
+        }
         let mut f = spool.read_body(qid)?;
         io::copy(&mut f, out)?;
     } else if json {

@@ -279,6 +279,18 @@ pub(super) fn show_text(spool: &Spool, env: &Envelope, now: u64) -> String {
         let _ = writeln!(s, "auth:      {}", Escaped(user));
     }
     let _ = writeln!(s, "size:      {}", env.size);
+    match spool.body_differs(env) {
+        Ok(None) => {}
+        Ok(Some(differs)) => {
+            let _ = writeln!(
+                s,
+                "damaged:   {differs}; the server moves it to corrupt/ unsent"
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(s, "damaged:   (body unreadable: {e})");
+        }
+    }
     let _ = writeln!(s, "attempts:  {}", env.attempts);
     let _ = writeln!(s, "next try:  {}", iso8601(env.next_try));
     if let Some(h) = hold_text(env.hold, now) {

@@ -372,6 +372,7 @@ fn new_envelope(
         requiretls: false,
         attempts: 0,
         next_try: now,
+        integrity: None,
         hold: sub.hold,
         dsn: Default::default(),
         rcpts: rcpts

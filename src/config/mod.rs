@@ -185,10 +185,14 @@ impl std::fmt::Display for Cidr {
 /// How a new message's files are flushed before the 250.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
-    /// One syncfs of the spool's filesystem for both files: one device
-    /// flush. Best when the spool has its filesystem to itself.
+    /// One syncfs of the spool's filesystem per group commit for the
+    /// files: after the renames on ext4 with a journal (one device flush),
+    /// before them elsewhere, with an fsync of `queue/` after
+    /// (spool/committer.rs `Order`). Best when the spool has its
+    /// filesystem to itself.
     Syncfs,
-    /// An fdatasync per file: no flushing of other programs' data.
+    /// An fdatasync per file before the renames and an fsync of `queue/`
+    /// after: no flushing of other programs' data.
     Fsync,
 }
 

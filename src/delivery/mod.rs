@@ -1048,6 +1048,7 @@ pub(crate) mod tests {
             requiretls: false,
             attempts: 0,
             next_try: arrived,
+            integrity: None,
             hold: None,
             dsn: Default::default(),
             rcpts: rcpts

@@ -150,6 +150,7 @@ impl Session<'_> {
             requiretls: tx.params.requiretls,
             attempts: 0,
             next_try: now,
+            integrity: None,
             hold: self.held().then_some(crate::spool::envelope::Hold::Forever),
             dsn: tx.params.dsn.clone(),
             rcpts: tx

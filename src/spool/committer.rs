@@ -1,21 +1,53 @@
 //! Group commit: one thread publishes finished messages into `queue/` (and
-//! removes delivered ones) and fsyncs the folder once for every batch.
+//! removes delivered ones), and makes every change of a batch durable
+//! with as few device flushes as the filesystem allows.
 //!
-//! Each session writes its two tmp files and hands the pair to the
-//! committer and waits (with `--sync fsync` it fdatasyncs them first).
-//! The committer takes every request waiting at that moment, flushes the
-//! files of all of them with one syncfs (`--sync syncfs`, the default),
-//! renames each body and then its envelope into `queue/`, fsyncs `queue/`
-//! once, and only then answers each session, which only then says 250.
-//! The crash story is the one in `incoming.rs`; batching changes nothing
-//! in it, because no session is answered before the folder fsync that
-//! covers its rename.
+//! Each session writes its two tmp files, hands the pair to the committer
+//! and waits. The committer takes every request waiting at that moment,
+//! renames each body and then its envelope into `queue/`, and makes files
+//! and names durable in one of three orders ([`Order`], chosen at start
+//! by the filesystem under the spool):
+//! - `SyncfsOnce` (ext4 with a journal, `--sync syncfs`): the renames,
+//!   then one syncfs. syncfs writes and waits for every file's data, then
+//!   commits the journal holding the renames and sizes behind it and
+//!   flushes the device after: one device flush on the way to every 250.
+//!   A power loss during that flush can leave a name in `queue/` over
+//!   bytes that never reached the disk (a recycled file's earlier
+//!   message, zeros); no such message had its 250, and none is ever sent:
+//!   its envelope records a CRC-32 of both files (`Integrity`), checked
+//!   by the first load and claim of another server run (`claim.rs`).
+//! - `SyncfsThenFolder` (other filesystems, `--sync syncfs`): one syncfs
+//!   of the new files, the renames, one fsync of `queue/`. Two flushes:
+//!   without a journal (ext2, ext4 without one) syncfs writes inodes and
+//!   folders after its device flush, and on XFS it may not flush at all
+//!   after data whose log records someone else already forced, so only
+//!   a flush after the renames covers them.
+//! - `Folder` (`--sync fsync`): the sessions fdatasynced their files; the
+//!   renames, then one fsync of `queue/`.
+//!
+//! Only then is each session answered, and only then does it say 250. If
+//! the flush fails, the batch's messages are taken back out of `queue/`
+//! (envelope first) before their sessions are answered 451: nothing that
+//! failed to reach the disk stays queued behind its client's back.
+//!
+//! Removals (a delivered message's two files renamed into `free/`) are
+//! answered as soon as their renames are done and made durable by the
+//! next batch's flush or, when no message arrives, by an fsync of
+//! `queue/` about `REMOVAL_FLUSH_DELAY` later (and at stop). Waiting for a
+//! flush of their own put a device flush between every delivery and its
+//! worker's next message, and made the next 250 wait behind it. The
+//! renames are done at once, so no reader of `queue/` (a rescan, a queue
+//! command, a restart after `kill -9`) sees the message again; only a
+//! power loss before that flush can bring a delivered message back, to be
+//! delivered twice, as a Postfix queue file unlinked without a folder
+//! fsync can. A removed file is reused for a new message only after it.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use std::sync::Arc;
 
@@ -23,9 +55,28 @@ use super::fsutil;
 use super::recycle::Recycler;
 use super::SpoolError;
 
+/// How a batch is made durable (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// The renames, then one syncfs.
+    SyncfsOnce,
+    /// One syncfs of the new files, the renames, one fsync of `queue/`.
+    SyncfsThenFolder,
+    /// The files are fdatasynced by their writers: the renames, then one
+    /// fsync of `queue/`.
+    Folder,
+}
+
+impl Order {
+    /// Whether the writers leave their files unflushed for the committer.
+    pub fn flushes_files(self) -> bool {
+        self != Order::Folder
+    }
+}
+
 /// One folder change to make durable.
 enum Op {
-    /// A message ready to publish: its fsynced tmp files and final names.
+    /// A message ready to publish: its written tmp files and final names.
     Publish {
         msg_tmp: PathBuf,
         env_tmp: PathBuf,
@@ -34,6 +85,8 @@ enum Op {
     },
     /// A finished message to remove, envelope first.
     Remove { env: PathBuf, msg: PathBuf },
+    /// Make the removals so far durable now (the server is stopping).
+    Flush,
 }
 
 struct Request {
@@ -47,17 +100,36 @@ pub struct Committer {
     tx: Sender<Request>,
 }
 
-/// Most requests published under one folder fsync.
+/// Most requests published under one flush.
 const MAX_BATCH: usize = 256;
 
+/// About how long a removal waits for a batch's flush to make it durable
+/// before it gets one of its own (module doc).
+pub(crate) const REMOVAL_FLUSH_DELAY: Duration = Duration::from_millis(50);
+
+/// What the committer keeps across batches, and across a panic of its
+/// loop (so removals already answered are still flushed, and their files
+/// still reused).
+#[derive(Default)]
+struct State {
+    /// `queue/`, opened at the first flush and kept (an open and a close
+    /// per batch less); dropped after a failure, opened again.
+    kept: Option<fs::File>,
+    /// Removed files, renamed into `free/`, waiting for the flush that
+    /// makes their removal durable.
+    freed: Vec<PathBuf>,
+    /// Since when removals have waited for that flush.
+    unflushed_since: Option<Instant>,
+}
+
 impl Committer {
-    /// Starts the thread for the folder `queue`.
-    /// `syncfs`: the sessions left their files unflushed; one syncfs per
-    /// batch flushes them before any rename.
+    /// Starts the thread for the folder `queue`, flushing in `order`;
+    /// removals wait about `removal_delay` for a batch's flush.
     pub fn start(
         queue: PathBuf,
         recycler: Arc<Recycler>,
-        syncfs: bool,
+        order: Order,
+        removal_delay: Duration,
     ) -> std::io::Result<Committer> {
         let (tx, rx) = bounded::<Request>(1024);
         thread::Builder::new()
@@ -69,13 +141,21 @@ impl Committer {
                 // batch leaves what a crash leaves (see incoming.rs), and
                 // the client's retry is at worst a duplicate.
                 let what = "committer (its batch answered 451, a new loop takes over)";
-                while crate::pool::catch(what, || run(&queue, &recycler, syncfs, &rx)).is_none() {}
+                let c = Run {
+                    queue: &queue,
+                    recycler: &recycler,
+                    order,
+                    removal_delay,
+                };
+                let mut state = State::default();
+                while crate::pool::catch(what, || c.run(&rx, &mut state)).is_none() {}
             })?;
         Ok(Committer { tx })
     }
 
-    /// Publishes one message whose tmp files are fsynced; returns once it
-    /// is durable in `queue/`.
+    /// Publishes one message whose tmp files are written (and fdatasynced
+    /// when the order is `Folder`); returns once it is durable in
+    /// `queue/`.
     pub(super) fn commit(
         &self,
         msg_tmp: PathBuf,
@@ -91,10 +171,15 @@ impl Committer {
         })
     }
 
-    /// Removes a finished message; returns once the removal is durable
-    /// (so a crash cannot bring a delivered message back).
+    /// Removes a finished message; returns once it is out of `queue/`,
+    /// durable soon after (module doc).
     pub(super) fn remove(&self, env: PathBuf, msg: PathBuf) -> Result<(), SpoolError> {
         self.submit(Op::Remove { env, msg })
+    }
+
+    /// Makes every removal so far durable; returns once it is.
+    pub(super) fn flush(&self) -> Result<(), SpoolError> {
+        self.submit(Op::Flush)
     }
 
     fn submit(&self, op: Op) -> Result<(), SpoolError> {
@@ -102,6 +187,7 @@ impl Committer {
         let queue_hint = match &op {
             Op::Publish { env_final, .. } => env_final.clone(),
             Op::Remove { env, .. } => env.clone(),
+            Op::Flush => PathBuf::from("queue"),
         };
         let req = Request { op, done };
         self.tx.send(req).map_err(|_| {
@@ -119,70 +205,179 @@ impl Committer {
     }
 }
 
-fn run(queue: &std::path::Path, recycler: &Recycler, syncfs: bool, rx: &Receiver<Request>) {
-    let mut kept: Option<fs::File> = None;
-    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-    let mut freed: Vec<PathBuf> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+/// The committer thread's settings.
+struct Run<'a> {
+    queue: &'a Path,
+    recycler: &'a Recycler,
+    order: Order,
+    removal_delay: Duration,
+}
+
+impl Run<'_> {
+    fn run(&self, rx: &Receiver<Request>, state: &mut State) {
+        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = match state.unflushed_since {
+                None => match rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => return,
+                },
+                Some(t) => match rx.recv_timeout(self.removal_delay.saturating_sub(t.elapsed())) {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // the server is gone: its removals are made durable
+                        let _ = self.flush_folder(state);
+                        return;
+                    }
+                },
+            };
+            let Some(first) = first else {
+                // removals waited long enough and no batch came to share
+                let _ = self.flush_folder(state);
+                continue;
+            };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
             }
+            crate::fault::hit(crate::fault::Point::Commit);
+            self.batch(&mut batch, state);
         }
-        crate::fault::hit(crate::fault::Point::Commit);
-        if syncfs {
-            flush_new_files(queue, &mut kept, &mut batch);
+    }
+
+    /// Renames and flushes one batch, then answers it.
+    fn batch(&self, batch: &mut Vec<Request>, state: &mut State) {
+        if self.order == Order::SyncfsThenFolder {
+            self.flush_new_files(batch, state);
         }
         let mut published = Vec::with_capacity(batch.len());
+        let mut flush_asked = Vec::new();
         for r in batch.drain(..) {
-            match publish(&r, recycler, &mut freed) {
-                Ok(()) => published.push(r),
-                Err(e) => {
-                    let _ = r.done.send(Err(e));
+            match &r.op {
+                Op::Publish { .. } => match apply(&r.op, self.recycler, &mut state.freed) {
+                    Ok(()) => published.push(r),
+                    Err(e) => {
+                        let _ = r.done.send(Err(e));
+                    }
+                },
+                Op::Remove { .. } => {
+                    let result = apply(&r.op, self.recycler, &mut state.freed);
+                    let _ = r.done.send(result);
                 }
+                Op::Flush => flush_asked.push(r),
             }
         }
-        if published.is_empty() {
-            continue;
+        if !state.freed.is_empty() {
+            state.unflushed_since.get_or_insert_with(Instant::now);
         }
-        let synced = queue_dir(&mut kept, queue)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| SpoolError::io(queue, e));
-        if synced.is_err() {
-            kept = None;
+        if published.is_empty() && flush_asked.is_empty() {
+            return;
         }
-        if !freed.is_empty() {
-            // reusable only once their leaving queue/ is durable
-            if synced.is_ok() {
-                recycler.give(std::mem::take(&mut freed));
-            } else {
-                for p in freed.drain(..) {
-                    let _ = fs::remove_file(p);
+        let flushed = if published.is_empty() {
+            self.flush_folder(state)
+        } else {
+            crate::fault::fails(crate::fault::Point::CommitFlush)
+                .and_then(|()| self.flush_all(state))
+        };
+        if let Err(e) = &flushed {
+            // not durable, so never queued: out again, envelope first,
+            // before the sessions answer 451 and remove their tmp files
+            for r in &published {
+                if let Op::Publish {
+                    msg_tmp,
+                    env_tmp,
+                    msg_final,
+                    env_final,
+                } = &r.op
+                {
+                    let _ = fs::rename(env_final, env_tmp);
+                    let _ = fs::rename(msg_final, msg_tmp);
                 }
             }
-        }
-        if published.len() > 1 {
+            log::error!(
+                "{}: commit failed, {} messages taken back out (answered 451): {e}",
+                self.queue.display(),
+                published.len()
+            );
+        } else if published.len() > 1 {
             log::trace!("group commit of {} messages", published.len());
         }
-        for r in published {
-            let result = match &synced {
+        for r in published.into_iter().chain(flush_asked) {
+            let result = match &flushed {
                 Ok(()) => Ok(()),
-                Err(e) => Err(SpoolError::io(queue, std::io::Error::other(e.to_string()))),
+                Err(e) => Err(SpoolError::io(
+                    self.queue,
+                    std::io::Error::new(e.kind(), e.to_string()),
+                )),
             };
             let _ = r.done.send(result);
         }
     }
+
+    /// `SyncfsThenFolder`: makes the tmp files of every message in the
+    /// batch durable with one syncfs, before any of them is renamed into
+    /// `queue/`. If it fails, those messages are answered with the error
+    /// (their sessions say 451 and remove the files).
+    fn flush_new_files(&self, batch: &mut Vec<Request>, state: &mut State) {
+        if !batch.iter().any(|r| matches!(r.op, Op::Publish { .. })) {
+            return;
+        }
+        let flushed = queue_dir(&mut state.kept, self.queue).and_then(crate::sys::syncfs);
+        if let Err(e) = flushed {
+            log::error!("{}: syncfs: {e}", self.queue.display());
+            state.kept = None;
+            for r in batch.extract_if(.., |r| matches!(r.op, Op::Publish { .. })) {
+                let e = std::io::Error::new(e.kind(), e.to_string());
+                let _ = r.done.send(Err(SpoolError::io(self.queue, e)));
+            }
+        }
+    }
+
+    /// The flush after a batch's renames: one syncfs (`SyncfsOnce`) or one
+    /// fsync of `queue/`.
+    fn flush_all(&self, state: &mut State) -> std::io::Result<()> {
+        if self.order == Order::SyncfsOnce {
+            self.after_flush(state, "syncfs", crate::sys::syncfs)
+        } else {
+            self.flush_folder(state)
+        }
+    }
+
+    /// One fsync of `queue/`: enough for removals, which only change names.
+    fn flush_folder(&self, state: &mut State) -> std::io::Result<()> {
+        self.after_flush(state, "fsync", |d| d.sync_all())
+    }
+
+    /// Runs `flush` on `queue/`, then hands the files removed so far to the
+    /// recycler, or, when it failed, unlinks them (their leaving `queue/`
+    /// is not known to be durable, so they are never reused).
+    fn after_flush(
+        &self,
+        state: &mut State,
+        what: &str,
+        flush: impl FnOnce(&fs::File) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        state.unflushed_since = None;
+        let flushed = queue_dir(&mut state.kept, self.queue).and_then(flush);
+        if let Err(e) = &flushed {
+            log::error!("{}: {what}: {e}", self.queue.display());
+            state.kept = None;
+            for p in state.freed.drain(..) {
+                let _ = fs::remove_file(p);
+            }
+        } else if !state.freed.is_empty() {
+            self.recycler.give(std::mem::take(&mut state.freed));
+        }
+        flushed
+    }
 }
 
-/// `queue/`, opened at the first batch and kept for every batch's syncfs
-/// and folder fsync (two opens and closes per batch less); opened again
-/// after a failure dropped it.
-fn queue_dir<'a>(
-    kept: &'a mut Option<fs::File>,
-    queue: &std::path::Path,
-) -> std::io::Result<&'a fs::File> {
+/// `queue/`, opened once and kept (see `State::kept`).
+fn queue_dir<'a>(kept: &'a mut Option<fs::File>, queue: &Path) -> std::io::Result<&'a fs::File> {
     let dir = match kept.take() {
         Some(d) => d,
         None => fs::File::open(queue)?,
@@ -190,28 +385,10 @@ fn queue_dir<'a>(
     Ok(kept.insert(dir))
 }
 
-/// Makes the tmp files of every message in the batch durable with one
-/// syncfs, before any of them is renamed into `queue/`. If it fails,
-/// those messages are answered with the error (their sessions say 451
-/// and remove the files) and only removals stay in the batch.
-fn flush_new_files(queue: &std::path::Path, kept: &mut Option<fs::File>, batch: &mut Vec<Request>) {
-    if !batch.iter().any(|r| matches!(r.op, Op::Publish { .. })) {
-        return;
-    }
-    let flushed = queue_dir(kept, queue).and_then(crate::sys::syncfs);
-    if let Err(e) = flushed {
-        log::error!("{}: syncfs: {e}", queue.display());
-        for r in batch.extract_if(.., |r| matches!(r.op, Op::Publish { .. })) {
-            let e = std::io::Error::new(e.kind(), e.to_string());
-            let _ = r.done.send(Err(SpoolError::io(queue, e)));
-        }
-    }
-}
-
-/// Publish: body first, then envelope (the envelope's rename is the
-/// commit). Remove: envelope first, then body.
-fn publish(r: &Request, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result<(), SpoolError> {
-    match &r.op {
+/// The renames of one request. Publish: body first, then envelope (the
+/// envelope's rename is the commit). Remove: envelope first, then body.
+fn apply(op: &Op, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result<(), SpoolError> {
+    match op {
         Op::Publish {
             msg_tmp,
             env_tmp,
@@ -239,5 +416,6 @@ fn publish(r: &Request, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result
             }
             Ok(())
         }
+        Op::Flush => Ok(()),
     }
 }

@@ -44,6 +44,11 @@
 //! `auth: NAME` (optional, after `helo`) is the SMTP AUTH user the message
 //! was submitted by (RFC 4954); envelopes without it still load.
 //!
+//! `integrity: RUN<TAB>BODY-LEN<TAB>BODY-CRC32<TAB>ENVELOPE-CRC32`
+//! (optional, after `next-try`; see [`Integrity`]) is what the commit
+//! recorded to check the message after a power loss; envelopes without it
+//! (written before it existed) load and are never checked.
+//!
 //! `requiretls: yes` (optional, after `envid`) marks a message received
 //! with the REQUIRETLS MAIL parameter (RFC 8689 §4.1): it leaves only over
 //! verified TLS to a hop that offers REQUIRETLS. Absent means no (so
@@ -208,6 +213,131 @@ impl Hold {
     }
 }
 
+/// What the commit recorded to check a message after a power loss: the
+/// server run (a random id made at every start, `Spool::run_id`) in which
+/// the message's files were last known whole, and the body's length and
+/// CRC-32. On disk also the CRC-32 of the envelope's own text without its
+/// `integrity:` line, computed at every write (so not kept here; see
+/// [`text_is_intact`]).
+///
+/// Why: on ext4 with a journal the commit renames a message's files into
+/// `queue/` and then makes files and names durable with one flush
+/// (`committer.rs`), so a power loss during that flush can leave the
+/// names over bytes that never reached the disk: zeros, or a recycled
+/// file's earlier message. Such a message never had its 250. In another
+/// run, an envelope whose text does not match is not loaded
+/// (`Spool::load`), and a body that does not match is never read
+/// (`claim.rs`): both go to `corrupt/`. A run trusts only what it wrote
+/// itself (it is in the page cache); anything older, even from before a
+/// `kill -9` in the same boot, is checked once, which costs one read of
+/// the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Integrity {
+    /// `None` when no run id could be made: then always checked.
+    pub run: Option<String>,
+    pub body_len: u64,
+    pub body_crc32: u32,
+}
+
+impl Integrity {
+    /// The body part of the check, of what `body` reads to its end.
+    pub fn of_body(
+        mut body: impl std::io::Read,
+        run: Option<String>,
+    ) -> std::io::Result<Integrity> {
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut len = 0u64;
+        loop {
+            match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    len += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Integrity {
+            run,
+            body_len: len,
+            body_crc32: hasher.finalize(),
+        })
+    }
+
+    /// Whether `found` (computed from the file) has this body's length
+    /// and checksum.
+    pub fn same_body(&self, found: &Integrity) -> bool {
+        self.body_len == found.body_len && self.body_crc32 == found.body_crc32
+    }
+
+    /// How the body `found` (computed from the file) differs from this,
+    /// in words; `None` when it has this length and checksum.
+    pub fn body_differs(&self, found: &Integrity) -> Option<String> {
+        (!self.same_body(found)).then(|| {
+            format!(
+                "body is not what its envelope recorded ({} octets, CRC-32 {:08x}; found {} octets, {:08x})",
+                self.body_len, self.body_crc32, found.body_len, found.body_crc32
+            )
+        })
+    }
+
+    /// Whether the files were known whole in the run `now` (an unknown
+    /// run matches nothing).
+    pub fn made_in(&self, now: Option<&str>) -> bool {
+        matches!((self.run.as_deref(), now), (Some(a), Some(b)) if a == b)
+    }
+
+    /// The line's value: the check, and the envelope's CRC-32.
+    fn parse(value: &str) -> Option<(Integrity, u32)> {
+        let hex = |v: &str| {
+            (v.len() == 8 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u32::from_str_radix(v, 16).ok())
+                .flatten()
+        };
+        let mut f = value.split('\t');
+        let run = match f.next()? {
+            "-" => None,
+            b => Some(b.to_string()),
+        };
+        let body_len = f.next()?.parse().ok()?;
+        let body_crc32 = hex(f.next()?)?;
+        let envelope_crc32 = hex(f.next()?)?;
+        f.next().is_none().then_some((
+            Integrity {
+                run,
+                body_len,
+                body_crc32,
+            },
+            envelope_crc32,
+        ))
+    }
+}
+
+const INTEGRITY: &str = "integrity: ";
+
+/// Whether an envelope's text is what was written: the CRC-32 on its
+/// `integrity:` line is that of the rest of the text. True for a text
+/// without such a line (written before it existed, or edited by hand
+/// with the line removed); false for one whose line does not parse.
+pub fn text_is_intact(text: &str) -> bool {
+    let Some(at) = text.find(&format!("\n{INTEGRITY}")) else {
+        return true;
+    };
+    let start = at + 1;
+    let Some(len) = text[start..].find('\n') else {
+        return false;
+    };
+    let Some((_, recorded)) = Integrity::parse(&text[start + INTEGRITY.len()..start + len]) else {
+        return false;
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&text.as_bytes()[..start]);
+    crc.update(&text.as_bytes()[start + len + 1..]);
+    crc.finalize() == recorded
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub id: QueueId,
@@ -229,6 +359,8 @@ pub struct Envelope {
     pub attempts: u32,
     /// Unix seconds.
     pub next_try: u64,
+    /// Set by the commit (`Incoming::commit`).
+    pub integrity: Option<Integrity>,
     pub hold: Option<Hold>,
     /// Why the message is held, when something said (a milter's
     /// quarantine); cleared by `queue release`.
@@ -303,6 +435,9 @@ impl Envelope {
             self.attempts,
             self.next_try,
         );
+        // the integrity line goes here once the rest is written: it holds
+        // the CRC-32 of everything else
+        let integrity_at = s.len();
         match self.hold {
             Some(Hold::Forever) => s.push_str("hold: forever\n"),
             Some(Hold::Until(t)) => {
@@ -359,6 +494,17 @@ impl Envelope {
             }
         }
         s.push_str("end\n");
+        if let Some(c) = &self.integrity {
+            let run = c.run.as_deref().map(clean);
+            let line = format!(
+                "{INTEGRITY}{}\t{}\t{:08x}\t{:08x}\n",
+                run.as_deref().unwrap_or("-"),
+                c.body_len,
+                c.body_crc32,
+                crc32fast::hash(s.as_bytes())
+            );
+            s.insert_str(integrity_at, &line);
+        }
         s
     }
 
@@ -386,6 +532,7 @@ impl Envelope {
         let mut requiretls = false;
         let mut attempts = None;
         let mut next_try = None;
+        let mut integrity = None;
         let mut hold = None;
         let mut hold_reason = None;
         let mut dsn = MailDsn::default();
@@ -433,6 +580,11 @@ impl Envelope {
                 "requiretls" => requiretls = value == "yes",
                 "attempts" => attempts = value.parse::<u32>().ok(),
                 "next-try" => next_try = num(value),
+                "integrity" if integrity.is_some() => return err("two integrity lines"),
+                "integrity" => match Integrity::parse(value) {
+                    Some((c, _)) => integrity = Some(c),
+                    None => return err("bad integrity"),
+                },
                 "hold" => {
                     hold = Some(match value {
                         "forever" => Hold::Forever,
@@ -591,6 +743,7 @@ impl Envelope {
             requiretls,
             attempts: attempts.ok_or(missing("missing or bad attempts"))?,
             next_try: next_try.ok_or(missing("missing or bad next-try"))?,
+            integrity,
             hold,
             hold_reason,
             dsn,
@@ -671,6 +824,11 @@ mod tests {
             requiretls: false,
             attempts: 1,
             next_try: 1_795_886_710,
+            integrity: Some(Integrity {
+                run: Some("3f1c0a525b7e4d2e9a510c1d2e3f4a5b".into()),
+                body_len: 1234,
+                body_crc32: 0x00c0ffee,
+            }),
             hold: Some(Hold::Until(1_795_999_999)),
             hold_reason: Some("quarantined: looks odd".into()),
             dsn: MailDsn {
@@ -755,6 +913,25 @@ mod tests {
         assert_eq!(back.dsn, MailDsn::default());
         // and from before the AUTH user was stored, with none
         assert_eq!(back.auth, None);
+        // the integrity line reads back; an envelope from before it has
+        // none and is intact
+        let line = "\nintegrity: 3f1c0a525b7e4d2e9a510c1d2e3f4a5b\t1234\t00c0ffee\t";
+        assert!(text.contains(line), "{text}");
+        assert_eq!(back.integrity, env.integrity);
+        assert!(text_is_intact(&text));
+        let before: String = text
+            .lines()
+            .filter(|l| !l.starts_with("integrity"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Envelope::parse(&before).unwrap().integrity, None);
+        assert!(text_is_intact(&before));
+        // an unknown run is written and read as `-`
+        let mut unknown = env.clone();
+        unknown.integrity.as_mut().unwrap().run = None;
+        let text = unknown.to_text();
+        assert!(text.contains("\nintegrity: -\t1234\t00c0ffee\t"));
+        assert_eq!(Envelope::parse(&text).unwrap().integrity, unknown.integrity);
         assert!(back.rcpts.iter().all(|r| r.dsn.is_empty()));
     }
 
@@ -768,6 +945,67 @@ mod tests {
         }
         assert!(Envelope::parse(&text.replace("size: 1234", "size: x")).is_err());
         assert!(Envelope::parse(&text.replace("rcpt: pending", "rcpt: maybe")).is_err());
+        let good = text.lines().find(|l| l.starts_with("integrity: ")).unwrap();
+        for bad in [
+            "-\t1234\tc0ffee\t00000000",
+            "-\tx\t00c0ffee\t00000000",
+            "-\t1234\t00c0ffee",
+            "-\t1234\t00c0ffee\t0000000g",
+            "-\t1234\t00c0ffee\t00000000\tmore",
+        ] {
+            let text = text.replace(good, &format!("integrity: {bad}"));
+            assert!(Envelope::parse(&text).is_err(), "{bad:?} accepted");
+            assert!(!text_is_intact(&text), "{bad:?} intact");
+        }
+        let twice = text.replace(good, &format!("{good}\n{good}"));
+        assert!(Envelope::parse(&twice).is_err());
+    }
+
+    /// The envelope's CRC-32 covers every line but its own: a line or a
+    /// byte changed anywhere else, or blocks of another envelope spliced
+    /// in, make it not intact; the run on the line may change.
+    #[test]
+    fn an_envelope_with_other_bytes_is_not_intact() {
+        let env = sample();
+        let text = env.to_text();
+        assert!(text_is_intact(&text));
+        for (from, to) in [
+            ("size: 1234", "size: 1235"),
+            ("attempts: 1", "attempts: 2"),
+            ("\nend\n", "\nend\n\n"),
+            ("<a@b.example>", "<a@c.example>"),
+        ] {
+            let changed = text.replacen(from, to, 1);
+            assert_ne!(changed, text, "{from}");
+            assert!(Envelope::parse(&changed).is_ok(), "{from}: still parses");
+            assert!(!text_is_intact(&changed), "{from}: intact");
+        }
+        // the first half of this one, the rest of another's
+        let mut other = env.clone();
+        other.rcpts[0].state = RcptState::Sent;
+        let other = other.to_text();
+        let half = text.len() / 2;
+        let spliced = format!("{}{}", &text[..half], &other[half..]);
+        assert!(!text_is_intact(&spliced));
+        // the run alone may be rewritten (the line is not covered)
+        let rerun = text.replace("3f1c0a525b7e4d2e9a510c1d2e3f4a5b", "another");
+        assert!(text_is_intact(&rerun));
+    }
+
+    /// The body's check is its length and the standard CRC-32 (the one
+    /// zlib, gzip and `cksum -a crc32b` compute).
+    #[test]
+    fn a_body_check_is_length_and_crc32() {
+        let c = Integrity::of_body(&b"123456789"[..], None).unwrap();
+        assert_eq!((c.body_len, c.body_crc32), (9, 0xcbf43926));
+        let other = Integrity::of_body(&b"123456780"[..], None).unwrap();
+        assert!(c.same_body(&c.clone()) && !c.same_body(&other));
+        assert!(!c.made_in(Some("b")), "an unknown run matches nothing");
+        let in_b = Integrity {
+            run: Some("b".to_string()),
+            ..c
+        };
+        assert!(in_b.made_in(Some("b")) && !in_b.made_in(Some("c")) && !in_b.made_in(None));
     }
 
     fn fixture(name: &str) -> Envelope {
@@ -846,6 +1084,23 @@ mod tests {
         );
         assert_eq!(source(2), Source::Local(LocalReason::Expired));
         assert_eq!(env.rcpts[2].last_reply.as_ref().unwrap().response.code, 554);
+    }
+
+    /// The envelope shown in README ("The spool") parses and matches its
+    /// own CRC-32.
+    #[test]
+    fn the_readme_envelope_is_intact() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+        )
+        .unwrap();
+        let start = readme.find("```\nsmtp-relay-envelope: 2\n").unwrap() + 4;
+        let len = readme[start..].find("end\n```").unwrap() + 4;
+        let text = &readme[start..start + len];
+        let env = Envelope::parse(text).unwrap();
+        assert!(env.integrity.is_some());
+        assert!(text_is_intact(text), "{text}");
+        assert_eq!(env.to_text(), text);
     }
 
     /// The README's version 2 example (also a fuzz seed) is what we write.

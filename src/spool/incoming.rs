@@ -4,14 +4,28 @@
 //! 1. `tmp/ID.msg` created (or a recycled file taken) and written: only
 //!    tmp files; start-up empties `tmp/`. The client got no 250 and will
 //!    retry.
-//! 2. `tmp/ID.env` written, both files flushed (an fdatasync each, or,
-//!    with `--sync syncfs`, one syncfs by the committer for every message
-//!    of its batch, before any of their renames): same as 1.
+//! 2. `tmp/ID.env` written, recording the server run, the body's length
+//!    and CRC-32 and its own CRC-32 (`Integrity`); with `--sync fsync`
+//!    both files are fdatasynced here: same as 1.
 //! 3. `ID.msg` renamed into `queue/`: a body without an envelope; start-up
 //!    deletes it (no 250 was sent).
-//! 4. `ID.env` renamed into `queue/`: **the commit instant**. Both files
-//!    are complete and fsynced. We fsync `queue/` so the two names are on
-//!    disk, and only then answer 250.
+//! 4. `ID.env` renamed into `queue/`: the message exists for every reader
+//!    of `queue/`. Then the committer's flush makes the files and both
+//!    names durable (`committer::Order`: on ext4 with a journal one syncfs
+//!    after the renames; elsewhere the files were flushed before them and
+//!    `queue/` is fsynced after), and only then is the client answered
+//!    250: **the commit instant** is the end of that flush. `kill -9`
+//!    anywhere in 3 or 4 loses nothing (the page cache holds the files):
+//!    the message is delivered, and the client, which got no 250, may
+//!    send it again (a duplicate, never a loss). A failed flush takes the
+//!    message back out of `queue/` before the 451. With the single
+//!    syncfs, a power loss during it can leave names whose bytes never
+//!    reached the disk (zeros, a recycled file's earlier message): an
+//!    envelope that does not parse, names another id or is not what its
+//!    own CRC-32 says goes to `corrupt/` at the next start
+//!    (`Spool::load`); a body that is not what its envelope recorded is
+//!    found by the first claim in the next run and moved to `corrupt/`
+//!    unsent (`claim.rs`). None of them had a 250.
 //!
 //! Dropping an `Incoming` that was not committed removes its files, so an
 //! interrupted DATA (client gone, timeout, too big) leaves nothing.
@@ -20,7 +34,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use super::envelope::Envelope;
+use super::envelope::{Envelope, Integrity};
 use super::fsutil;
 use super::queue_id::QueueId;
 use super::{Spool, SpoolError};
@@ -30,6 +44,10 @@ pub struct Incoming<'a> {
     id: QueueId,
     file: Option<BufWriter<File>>,
     written: u64,
+    /// CRC-32 of everything written, while the file is just that (for
+    /// the envelope's `Integrity`); `None` after a rewrite, when the
+    /// commit reads the file back instead.
+    crc: Option<crc32fast::Hasher>,
     committed: bool,
 }
 
@@ -52,6 +70,7 @@ impl<'a> Incoming<'a> {
                 id,
                 file: Some(BufWriter::with_capacity(64 * 1024, file)),
                 written: 0,
+                crc: Some(crc32fast::Hasher::new()),
                 committed: false,
             });
         }
@@ -100,6 +119,9 @@ impl<'a> Incoming<'a> {
         w.write_all(content)?;
         // commit cuts the file to this length
         self.written = content.len() as u64;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(content);
+        self.crc = Some(crc);
         Ok(())
     }
 
@@ -138,6 +160,7 @@ impl<'a> Incoming<'a> {
             Ok((f, len)) => {
                 self.file = Some(BufWriter::with_capacity(64 * 1024, f));
                 self.written = len;
+                self.crc = None;
                 Ok(())
             }
             Err(e) => {
@@ -169,6 +192,10 @@ impl<'a> Incoming<'a> {
         f.write_all_at(&lines, 0)?;
         f.write_all_at(&message, lines.len() as u64)?;
         self.written += lines.len() as u64;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&lines);
+        crc.update(&message);
+        self.crc = Some(crc);
         f.seek(SeekFrom::Start(self.written))?;
         Ok(())
     }
@@ -199,6 +226,22 @@ impl<'a> Incoming<'a> {
         f.set_len(self.written)
             .map_err(|e| SpoolError::io(&msg_tmp, e))?;
 
+        // what a load and a claim after a power loss check the files
+        // against (step 4)
+        let run = self.spool.run_id().map(str::to_string);
+        let check = match self.crc.take() {
+            Some(crc) => Integrity {
+                run,
+                body_len: self.written,
+                body_crc32: crc.finalize(),
+            },
+            None => File::open(&msg_tmp)
+                .and_then(|r| Integrity::of_body(r, run))
+                .map_err(|e| SpoolError::io(&msg_tmp, e))?,
+        };
+        let mut env = env.clone();
+        env.integrity = Some(check);
+        let env = &env;
         let text = env.to_text();
         let mut ef = match self.spool.recycler().and_then(|r| r.take(&env_tmp)) {
             Some(f) => f,
@@ -207,15 +250,14 @@ impl<'a> Incoming<'a> {
         ef.write_all(text.as_bytes())
             .and_then(|_| ef.set_len(text.len() as u64))
             .map_err(|e| SpoolError::io(&env_tmp, e))?;
-        // Both files must be on disk before either name enters queue/.
-        // With `--sync syncfs` (the server's default) the committer does
-        // it: one syncfs for every message of its batch, before their
-        // renames (`committer.rs`), instead of two fdatasyncs in a row
-        // per message: one flush less on the path of every 250, and at
-        // 50 sessions one syncfs per batch instead of one per session (a
-        // syncfs walks the whole filesystem's dirty inodes: it was 11 %
-        // of the relay's CPU at 50 sessions). Otherwise, and for `send`,
-        // each file is fdatasynced here.
+        // With `--sync syncfs` (the server's default) the committer makes
+        // the files durable: one syncfs for every message of its batch
+        // (`committer.rs`), instead of two fdatasyncs per message: one
+        // device flush less on the path of every 250, and at 50 sessions
+        // one per batch instead of one per session (a syncfs walks the
+        // whole filesystem's dirty inodes: it was 11 % of the relay's CPU
+        // at 50 sessions). Otherwise, and for `send`, each file is
+        // fdatasynced here, before its rename.
         if !self.spool.uses_syncfs() {
             f.sync_data().map_err(|e| SpoolError::io(&msg_tmp, e))?;
             ef.sync_data().map_err(|e| SpoolError::io(&env_tmp, e))?;
@@ -317,6 +359,9 @@ impl Write for Incoming<'_> {
             .ok_or_else(|| io::Error::other("message already committed"))?;
         let n = f.write(buf)?;
         self.written += n as u64;
+        if let Some(crc) = self.crc.as_mut() {
+            crc.update(&buf[..n]);
+        }
         Ok(n)
     }
 

@@ -8,8 +8,9 @@
 //! SPOOL/lock          held (flock) by the running server: one server per spool
 //! SPOOL/tmp/          messages being received; emptied at start-up
 //! SPOOL/queue/ID.msg  the message as received, our Received header first
-//! SPOOL/queue/ID.env  its envelope (see `envelope.rs`); exists only once
-//!                     ID.msg is complete: its appearance is the commit
+//! SPOOL/queue/ID.env  its envelope (see `envelope.rs`), renamed in after
+//!                     ID.msg is complete; the flush after it is the
+//!                     commit (see `incoming.rs`)
 //! SPOOL/corrupt/      envelopes that do not parse, moved aside, never deleted
 //! SPOOL/flush.d/      flush requests for the running server: one file per
 //!                     request, one queue id per line, `*` for everything
@@ -141,6 +142,9 @@ pub struct Spool {
     recycler: Option<std::sync::Arc<recycle::Recycler>>,
     free: PathBuf,
     syncfs: bool,
+    /// This run's id, made at open (`new_run_id`), recorded in every new
+    /// envelope's `Integrity`.
+    run: Option<std::sync::Arc<str>>,
 }
 
 /// A queued message as start-up recovery hands it to the scheduler: its
@@ -204,6 +208,7 @@ impl Spool {
             recycler: None,
             free: root.join("free"),
             syncfs: false,
+            run: new_run_id().map(Into::into),
         };
         let as_root = crate::sys::is_root();
         let md = fs::metadata(root).map_err(|e| SpoolError::io(root, e))?;
@@ -237,16 +242,56 @@ impl Spool {
 
     /// Routes commits through a group-commit thread (see `committer.rs`).
     /// `syncfs`: the committer flushes the files of every message in its
-    /// batch with one syncfs of the spool's filesystem, instead of two
-    /// fdatasyncs per message in its session (see `incoming.rs`).
+    /// batch with one syncfs of the spool's filesystem, instead of an
+    /// fdatasync per file in its session; on ext4 with a journal that one
+    /// syncfs, after the renames, is the whole commit (see
+    /// `committer::Order`).
     pub fn start_committer(&mut self, syncfs: bool) -> Result<(), SpoolError> {
-        self.syncfs = syncfs;
+        let order = if !syncfs {
+            committer::Order::Folder
+        } else if crate::sys::journaled_ext4(&self.queue) {
+            committer::Order::SyncfsOnce
+        } else {
+            committer::Order::SyncfsThenFolder
+        };
+        log::info!(
+            "spool {}: {}",
+            self.root.display(),
+            match order {
+                committer::Order::SyncfsOnce =>
+                    "ext4 with a journal: one syncfs per group commit, after the renames",
+                committer::Order::SyncfsThenFolder =>
+                    "no journal that orders names behind data (or not ext4): one syncfs per group commit before the renames, one fsync of queue/ after",
+                committer::Order::Folder => "an fdatasync per file, one fsync of queue/ per group commit",
+            }
+        );
+        self.start_committer_with(order, committer::REMOVAL_FLUSH_DELAY)
+    }
+
+    /// `start_committer` with the order and removal delay given.
+    pub(crate) fn start_committer_with(
+        &mut self,
+        order: committer::Order,
+        removal_delay: std::time::Duration,
+    ) -> Result<(), SpoolError> {
+        self.syncfs = order.flushes_files();
         let recycler = std::sync::Arc::new(recycle::Recycler::new(self.free.clone(), RECYCLE_MAX));
-        let c = committer::Committer::start(self.queue.clone(), recycler.clone(), syncfs)
-            .map_err(|e| SpoolError::io(&self.queue, e))?;
+        let c =
+            committer::Committer::start(self.queue.clone(), recycler.clone(), order, removal_delay)
+                .map_err(|e| SpoolError::io(&self.queue, e))?;
         self.committer = Some(c);
         self.recycler = Some(recycler);
         Ok(())
+    }
+
+    /// Makes the removals the committer has not flushed yet durable (the
+    /// server is stopping; see `committer.rs`). Without a committer every
+    /// removal was flushed already.
+    pub fn flush_removals(&self) -> Result<(), SpoolError> {
+        match &self.committer {
+            Some(c) => c.flush(),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn committer(&self) -> Option<&committer::Committer> {
@@ -257,6 +302,11 @@ impl Spool {
     /// with `syncfs`): the writer leaves them unflushed.
     pub(crate) fn uses_syncfs(&self) -> bool {
         self.syncfs
+    }
+
+    /// This run's id, `None` when none could be made (`new_run_id`).
+    pub(crate) fn run_id(&self) -> Option<&str> {
+        self.run.as_deref()
     }
 
     pub(crate) fn recycler(&self) -> Option<&recycle::Recycler> {
@@ -513,7 +563,34 @@ impl Spool {
                 why: format!("envelope names id {}", env.id),
             });
         }
+        // written by another run: a power loss during its commit's flush
+        // may have left other bytes under the name (`Integrity`)
+        let from_another_run = env
+            .integrity
+            .as_ref()
+            .is_some_and(|i| !i.made_in(self.run_id()));
+        if from_another_run && !envelope::text_is_intact(&text) {
+            return Err(SpoolError::Corrupt {
+                id,
+                why: "not the text that was written (its CRC-32 differs): most likely a commit cut short by a power loss (which never got its 250)".into(),
+            });
+        }
         Ok(env)
+    }
+
+    /// For readers without a claim (`queue show`): how message `env`'s
+    /// body differs from what its envelope recorded at the commit, when it
+    /// was written by another run (see `Claim::load`, which moves such a
+    /// message to `corrupt/` before anything else reads it).
+    pub fn body_differs(&self, env: &Envelope) -> Result<Option<String>, SpoolError> {
+        let Some(check) = env.integrity.as_ref().filter(|c| !c.made_in(self.run_id())) else {
+            return Ok(None);
+        };
+        let path = self.msg_path(env.id);
+        let found = File::open(&path)
+            .and_then(|f| envelope::Integrity::of_body(f, None))
+            .map_err(|e| SpoolError::io(&path, e))?;
+        Ok(check.body_differs(&found))
     }
 
     /// Replaces an envelope atomically (delivery state changes).
@@ -525,7 +602,8 @@ impl Spool {
 
     /// Removes a finished message: envelope first, so a crash in between
     /// leaves only a body, which recovery removes. With the group
-    /// committer, the folder fsync is shared with other commits.
+    /// committer, the removal is answered once renamed and made durable by
+    /// a later flush shared with other commits (`committer.rs`).
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
         if let Some(c) = &self.committer {
             return c.remove(self.env_path(id), self.msg_path(id));
@@ -545,7 +623,8 @@ impl Spool {
         }
     }
 
-    /// Moves a message whose envelope does not parse to `corrupt/`.
+    /// Moves a message whose envelope does not parse, or whose body is not
+    /// what its envelope says, to `corrupt/`.
     fn move_to_corrupt(&self, id: QueueId) -> Result<(), SpoolError> {
         for ext in ["env", "msg"] {
             let from = self.queue.join(format!("{id}.{ext}"));
@@ -589,6 +668,14 @@ fn not_foreign(path: &Path, md: &fs::Metadata) -> Result<(), SpoolError> {
     })
 }
 
+/// A fresh random id for this opening of the spool (`Integrity::run`):
+/// 128 bits as 32 hex digits; `None` if the kernel gives no randomness.
+fn new_run_id() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    crate::sys::random_bytes(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn read_dir(dir: &Path) -> Result<impl Iterator<Item = fs::DirEntry>, SpoolError> {
     Ok(fs::read_dir(dir)
         .map_err(|e| SpoolError::io(dir, e))?
@@ -624,6 +711,7 @@ pub(crate) mod tests {
             requiretls: false,
             attempts: 0,
             next_try: 1,
+            integrity: None,
             hold: None,
             dsn: Default::default(),
             rcpts: vec![Recipient {
@@ -652,6 +740,136 @@ pub(crate) mod tests {
         let mut read = Vec::new();
         inc.reader().unwrap().read_to_end(&mut read).unwrap();
         assert_eq!(read, b"Subject: short\r\n\r\nbody\r\n");
+    }
+
+    /// Every commit records the body's length and CRC-32 and this run,
+    /// however the message was written: appended, replaced, a header put
+    /// on top, rewritten by a milter; each check is what the queued file
+    /// reads.
+    #[test]
+    fn a_commit_records_what_the_body_is() {
+        let spool = temp_spool("check");
+        type Write = fn(&mut Incoming<'_>);
+        let ways: [(&str, Write); 4] = [
+            ("appended", |inc| {
+                inc.write_all(b"Subject: a\r\n\r\nbody\r\n").unwrap()
+            }),
+            ("replaced", |inc| {
+                inc.write_all(b"Subject: a long first version\r\n\r\nbody\r\n")
+                    .unwrap();
+                inc.replace(b"Subject: b\r\n\r\nbody\r\n").unwrap();
+            }),
+            ("prepended", |inc| {
+                inc.write_all(b"Subject: c\r\n\r\nbody\r\n").unwrap();
+                inc.prepend_with(|_| Some(b"X-Top: 1\r\n".to_vec()))
+                    .unwrap();
+                inc.write_all(b"more\r\n").unwrap();
+            }),
+            ("rewritten", |inc| {
+                inc.write_all(b"Subject: d\r\n\r\nbody\r\n").unwrap();
+                inc.rewrite(|w| w.write_all(b"Subject: e\r\n\r\nnew body\r\n"))
+                    .unwrap();
+            }),
+        ];
+        for (how, write) in ways {
+            let mut inc = spool.incoming().unwrap();
+            let id = inc.id();
+            write(&mut inc);
+            inc.commit(&env_for(id)).unwrap();
+            let stored = spool.load(id).unwrap().integrity.expect(how);
+            let file = fs::read(spool.msg_path(id)).unwrap();
+            let found = envelope::Integrity::of_body(&file[..], None).unwrap();
+            assert!(stored.same_body(&found), "{how}: {stored:?} vs {found:?}");
+            assert_eq!(stored.run.as_deref(), spool.run_id(), "{how}");
+        }
+        let _ = fs::remove_dir_all(spool.root());
+    }
+
+    /// An envelope from another run is loaded only if its text is what
+    /// was written (its own CRC-32); in its own run, an edited one loads.
+    #[test]
+    fn an_envelope_from_another_run_must_be_intact() {
+        let spool = temp_spool("env-intact");
+        let mut inc = spool.incoming().unwrap();
+        let id = inc.id();
+        inc.write_all(b"hello").unwrap();
+        inc.commit(&env_for(id)).unwrap();
+        let text = fs::read_to_string(spool.env_path(id)).unwrap();
+        let edited = text.replace("helo: h\n", "helo: x\n");
+        assert_ne!(edited, text);
+        fs::write(spool.env_path(id), &edited).unwrap();
+        if spool.run_id().is_some() {
+            assert_eq!(spool.load(id).unwrap().helo, "x", "loads in its own run");
+        }
+        let run = spool.run_id().unwrap_or("-").to_string();
+        let rerun = text.replace(&format!("integrity: {run}\t"), "integrity: other\t");
+        assert_ne!(rerun, text);
+        fs::write(spool.env_path(id), &rerun).unwrap();
+        assert_eq!(spool.load(id).unwrap().helo, "h", "intact in another run");
+        fs::write(spool.env_path(id), rerun.replace("helo: h\n", "helo: x\n")).unwrap();
+        match spool.load(id) {
+            Err(SpoolError::Corrupt { why, .. }) => assert!(why.contains("CRC-32"), "{why}"),
+            other => panic!("an edited envelope from another run gave {other:?}"),
+        }
+        let _ = fs::remove_dir_all(spool.root());
+    }
+
+    /// With the group committer a removal is answered once its files
+    /// are out of `queue/`, and its files are reused only after a flush
+    /// made that durable: the next commit's, a flush asked for (the
+    /// server stopping), or, when nothing comes, one of its own after the
+    /// removal delay. Reuse shows as the next message taking the removed
+    /// body's inode.
+    #[test]
+    fn removed_files_are_reused_only_after_a_flush() {
+        use std::os::unix::fs::MetadataExt;
+        use std::time::{Duration, Instant};
+        let queue_one = |spool: &Spool| {
+            let mut inc = spool.incoming().unwrap();
+            let id = inc.id();
+            inc.write_all(b"hello").unwrap();
+            inc.commit(&env_for(id)).unwrap();
+            id
+        };
+        let remove = |spool: &Spool| {
+            let id = queue_one(spool);
+            let inode = fs::metadata(spool.msg_path(id)).unwrap().ino();
+            spool.remove(id).unwrap();
+            assert!(!spool.msg_path(id).exists() && !spool.env_path(id).exists());
+            inode
+        };
+        let order = committer::Order::SyncfsThenFolder;
+        for how in ["next commit", "flush asked", "delay"] {
+            let mut spool = temp_spool("removal-flush");
+            let delay = match how {
+                "delay" => Duration::from_millis(50),
+                _ => Duration::from_secs(3600),
+            };
+            spool.start_committer_with(order, delay).unwrap();
+            let inode = remove(&spool);
+            let recycler = spool.recycler().unwrap();
+            if how != "delay" {
+                assert_eq!(recycler.free_len(), 0, "{how}: reusable before a flush");
+            }
+            match how {
+                "next commit" => {
+                    queue_one(&spool);
+                }
+                "flush asked" => spool.flush_removals().unwrap(),
+                _ => {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while recycler.free_len() < 2 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            assert_eq!(recycler.free_len(), 2, "{how}: not flushed");
+            let inc = spool.incoming().unwrap();
+            let tmp = spool.tmp_dir().join(format!("{}.msg", inc.id()));
+            assert_eq!(fs::metadata(tmp).unwrap().ino(), inode, "{how}");
+            drop(inc);
+            let _ = fs::remove_dir_all(spool.root());
+        }
     }
 
     #[test]

@@ -8,11 +8,14 @@
 //!
 //! Safety argument (a journaled filesystem keeps renames atomic and
 //! ordered; see `recover` for the unjournaled case):
-//! - a file enters the free list only after the folder fsync that made
+//! - a file enters the free list only after the flush that made
 //!   its removal from `queue/` durable (the committer does both), so no
 //!   crash can bring a reused inode back under its old queue name;
 //! - a reused file is overwritten from offset 0 and cut to the new length
-//!   (`set_len`) before its fsync, so no stale byte survives;
+//!   (`set_len`) before the flush that acknowledges it, so no stale byte
+//!   survives in a message that got its 250; a power loss during that
+//!   flush can leave the old bytes under the new name, which the body
+//!   check of the first claim after the restart catches (`claim.rs`);
 //! - a file in `tmp/` or `free/` is never a message: both are emptied at
 //!   start-up, except a `free/` name whose inode is also linked in
 //!   `queue/` (possible only after a power loss on an unjournaled disk),
@@ -96,6 +99,12 @@ impl Recycler {
     pub fn give(&self, files: Vec<PathBuf>) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         free.extend(files);
+    }
+
+    /// Files ready for reuse.
+    #[cfg(test)]
+    pub(crate) fn free_len(&self) -> usize {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Moves a free file to `dest` (never over an existing file) and opens

@@ -429,6 +429,7 @@ fn queue(
         requiretls: false,
         attempts: 0,
         next_try: now,
+        integrity: None,
         hold: None,
         hold_reason: None,
         dsn: Default::default(),

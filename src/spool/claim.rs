@@ -17,7 +17,6 @@ use std::os::unix::fs::FileExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::envelope::Integrity;
 use super::{Envelope, QueueId, Spool, SpoolError};
 
 /// What `Spool::claim` found.
@@ -140,12 +139,10 @@ impl<'a> Claim<'a> {
         let Some(check) = env.integrity.as_mut() else {
             return Ok(true);
         };
-        if check.made_in(now) {
-            return Ok(true);
-        }
-        let found = Integrity::of_body(self.body(), None)
+        let differs = check
+            .check_body(now, self.body())
             .map_err(|e| SpoolError::io(self.spool.msg_path(self.id), e))?;
-        let Some(differs) = check.body_differs(&found) else {
+        let Some(differs) = differs else {
             check.run = now.map(str::to_string);
             return Ok(true);
         };

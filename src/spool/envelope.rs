@@ -283,6 +283,20 @@ impl Integrity {
         })
     }
 
+    /// For a message of another run than `now`: how `body` differs from
+    /// what this records (`body_differs`). `None` when it matches, or
+    /// when the message is of run `now` (whose body is not read).
+    pub fn check_body(
+        &self,
+        now: Option<&str>,
+        body: impl std::io::Read,
+    ) -> std::io::Result<Option<String>> {
+        if self.made_in(now) {
+            return Ok(None);
+        }
+        Ok(self.body_differs(&Integrity::of_body(body, None)?))
+    }
+
     /// Whether the files were known whole in the run `now` (an unknown
     /// run matches nothing).
     pub fn made_in(&self, now: Option<&str>) -> bool {
@@ -414,6 +428,12 @@ impl Envelope {
     }
 
     pub fn to_text(&self) -> String {
+        self.to_text_with(self.integrity.as_ref())
+    }
+
+    /// The text with `integrity` on its integrity line instead of the
+    /// envelope's own (a commit records it without copying the envelope).
+    pub fn to_text_with(&self, integrity: Option<&Integrity>) -> String {
         let mut s = String::with_capacity(256 + 200 * self.rcpts.len());
         let body = self.body.map(Body::as_str).unwrap_or("-");
         // writing to a String cannot fail
@@ -494,7 +514,7 @@ impl Envelope {
             }
         }
         s.push_str("end\n");
-        if let Some(c) = &self.integrity {
+        if let Some(c) = integrity {
             let run = c.run.as_deref().map(clean);
             let line = format!(
                 "{INTEGRITY}{}\t{}\t{:08x}\t{:08x}\n",

@@ -239,10 +239,7 @@ impl<'a> Incoming<'a> {
                 .and_then(|r| Integrity::of_body(r, run))
                 .map_err(|e| SpoolError::io(&msg_tmp, e))?,
         };
-        let mut env = env.clone();
-        env.integrity = Some(check);
-        let env = &env;
-        let text = env.to_text();
+        let text = env.to_text_with(Some(&check));
         let mut ef = match self.spool.recycler().and_then(|r| r.take(&env_tmp)) {
             Some(f) => f,
             None => fsutil::create_new(&env_tmp).map_err(|e| SpoolError::io(&env_tmp, e))?,
@@ -267,7 +264,7 @@ impl<'a> Incoming<'a> {
         for _ in 0..MAX_REROLLS {
             match self.publish() {
                 Err(SpoolError::Io { source, .. }) if fsutil::is_collision(&source) => {
-                    self.reroll(env, &mut ef)?;
+                    self.reroll(env, &check, &mut ef)?;
                 }
                 other => return other,
             }
@@ -305,7 +302,12 @@ impl<'a> Incoming<'a> {
     /// and rewrites the envelope (the only file that names it; the
     /// Received header keeps the id the message was received under).
     /// The tmp renames need no fsync: only the final ones publish.
-    fn reroll(&mut self, env: &Envelope, ef: &mut File) -> Result<(), SpoolError> {
+    fn reroll(
+        &mut self,
+        env: &Envelope,
+        check: &Integrity,
+        ef: &mut File,
+    ) -> Result<(), SpoolError> {
         let old = self.id;
         let (msg_old, env_old) = (self.tmp_path("msg"), self.tmp_path("env"));
         for _ in 0..MAX_REROLLS {
@@ -339,7 +341,7 @@ impl<'a> Incoming<'a> {
         fs::rename(&env_old, &env_new).map_err(|e| SpoolError::io(&env_new, e))?;
         let mut renamed = env.clone();
         renamed.id = self.id;
-        let text = renamed.to_text();
+        let text = renamed.to_text_with(Some(check));
         ef.seek(SeekFrom::Start(0))
             .and_then(|_| ef.write_all(text.as_bytes()))
             .and_then(|_| ef.set_len(text.len() as u64))

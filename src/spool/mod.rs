@@ -583,14 +583,13 @@ impl Spool {
     /// was written by another run (see `Claim::load`, which moves such a
     /// message to `corrupt/` before anything else reads it).
     pub fn body_differs(&self, env: &Envelope) -> Result<Option<String>, SpoolError> {
-        let Some(check) = env.integrity.as_ref().filter(|c| !c.made_in(self.run_id())) else {
+        let Some(check) = env.integrity.as_ref() else {
             return Ok(None);
         };
         let path = self.msg_path(env.id);
-        let found = File::open(&path)
-            .and_then(|f| envelope::Integrity::of_body(f, None))
-            .map_err(|e| SpoolError::io(&path, e))?;
-        Ok(check.body_differs(&found))
+        File::open(&path)
+            .and_then(|f| check.check_body(self.run_id(), f))
+            .map_err(|e| SpoolError::io(&path, e))
     }
 
     /// Replaces an envelope atomically (delivery state changes).

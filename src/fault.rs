@@ -6,7 +6,10 @@
 //! that a panic costs neither a thread nor a message (README "Panics").
 //! `commit-flush-fail[:N]` makes the committer's flush after a batch's
 //! renames fail N times with an I/O error instead (`fails`), as a disk
-//! that failed writeback would.
+//! that failed writeback would. `checkpoint-fail[:N]` makes the
+//! committer's checkpoint of messages in its commit log fail N times, so
+//! a test can kill the server while they are in the log only
+//! (`spool/commit_log.rs`).
 //! The variable is read once, on the first `hit`. In a release build
 //! `hit` is empty and the variable means nothing.
 //!
@@ -26,21 +29,24 @@ pub enum Point {
     Commit = 2,
     /// The committer's flush after a batch's renames (fails, not panics).
     CommitFlush = 3,
+    /// The committer's checkpoint of its commit log (fails).
+    Checkpoint = 4,
 }
 
 #[cfg_attr(not(debug_assertions), allow(dead_code))]
-const POINTS: [(Point, &str); 4] = [
+const POINTS: [(Point, &str); 5] = [
     (Point::Session, "session-panic"),
     (Point::Delivery, "delivery-panic"),
     (Point::Commit, "commit-panic"),
     (Point::CommitFlush, "commit-flush-fail"),
+    (Point::Checkpoint, "checkpoint-fail"),
 ];
 
 /// How many panics each point has left, by `Point as usize`; unknown
 /// names are ignored (with a warning).
 #[cfg_attr(not(debug_assertions), allow(dead_code))]
-fn parse(spec: &str) -> [usize; 4] {
-    let mut left = [0; 4];
+fn parse(spec: &str) -> [usize; 5] {
+    let mut left = [0; 5];
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, n) = match item.split_once(':') {
             Some((name, n)) => (name, n.parse().ok()),
@@ -60,7 +66,7 @@ fn parse(spec: &str) -> [usize; 4] {
 fn take(point: Point) -> bool {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
-    static LEFT: OnceLock<[AtomicUsize; 4]> = OnceLock::new();
+    static LEFT: OnceLock<[AtomicUsize; 5]> = OnceLock::new();
     let left = LEFT.get_or_init(|| {
         let spec = std::env::var("SMTP_RELAY_FAULT").unwrap_or_default();
         let left = parse(&spec);
@@ -134,11 +140,15 @@ mod tests {
 
     #[test]
     fn spec() {
-        assert_eq!(parse(""), [0, 0, 0, 0]);
-        assert_eq!(parse("session-panic"), [1, 0, 0, 0]);
-        assert_eq!(parse("session-panic:2, commit-panic"), [2, 0, 1, 0]);
-        assert_eq!(parse("delivery-panic:3,bogus,commit-panic:x"), [0, 3, 0, 0]);
-        assert_eq!(parse("recovery-stall,commit-panic"), [0, 0, 1, 0]);
-        assert_eq!(parse("commit-flush-fail:2"), [0, 0, 0, 2]);
+        assert_eq!(parse(""), [0, 0, 0, 0, 0]);
+        assert_eq!(parse("session-panic"), [1, 0, 0, 0, 0]);
+        assert_eq!(parse("session-panic:2, commit-panic"), [2, 0, 1, 0, 0]);
+        assert_eq!(
+            parse("delivery-panic:3,bogus,commit-panic:x"),
+            [0, 3, 0, 0, 0]
+        );
+        assert_eq!(parse("checkpoint-fail:9"), [0, 0, 0, 0, 9]);
+        assert_eq!(parse("recovery-stall,commit-panic"), [0, 0, 1, 0, 0]);
+        assert_eq!(parse("commit-flush-fail:2"), [0, 0, 0, 2, 0]);
     }
 }

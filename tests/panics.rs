@@ -127,30 +127,47 @@ fn committer_panic_fails_its_batch_and_later_commits_succeed() {
     );
 }
 
-/// A flush that fails after a batch's renames (here injected; a disk that
-/// failed writeback does it) takes the batch's messages back out of
-/// `queue/` before the client hears 451: nothing that may not have
-/// reached the disk stays queued behind its back (to be sent, perhaps
-/// with bytes that were never written), and nothing is left in `tmp/`.
-/// The next message is acknowledged and queued.
+/// A flush that fails (here injected; a disk that failed writeback does
+/// it) leaves nothing queued behind the client's 451: a lone small message
+/// goes through the commit log, whose failed fdatasync comes before any
+/// rename; a message too big for the log is renamed first and taken back
+/// out of `queue/` (to be sent, perhaps with bytes that were never
+/// written, otherwise). Nothing is left in `tmp/`, and the next message
+/// is acknowledged and queued.
 #[test]
 fn a_failed_commit_flush_leaves_nothing_queued() {
-    let relay = Relay::start_env(&["--delivery-workers", "0"], &fault("commit-flush-fail"));
-    let mut t = relay.session();
-    send_answered_451(&mut t);
-    assert_eq!(queue_files(relay.spool()), Vec::<String>::new());
-    assert!(
-        wait_until(Duration::from_secs(5), || tmp_files(relay.spool())
-            .is_empty()),
-        "{:?}",
-        tmp_files(relay.spool())
-    );
-    let id = t.send_mail("a@client.test", &["y@example.org"], BODY);
-    assert_eq!(queued_ids(relay.spool()), vec![id.clone()]);
-    assert_complete(relay.spool(), &id);
-    let log = relay.log();
-    assert!(
-        log.contains("commit failed, 1 messages taken back out"),
-        "{log}"
-    );
+    let big = [
+        &b"Subject: big\r\n\r\n"[..],
+        &vec![b'x'; 70 * 1024],
+        b"\r\n",
+    ]
+    .concat();
+    for (body, said) in [
+        (
+            BODY,
+            "1 messages answered 451, and group commits take their flushes without the log",
+        ),
+        (&big[..], "commit failed, 1 messages taken back out"),
+    ] {
+        let relay = Relay::start_env(&["--delivery-workers", "0"], &fault("commit-flush-fail"));
+        let mut t = relay.session();
+        t.cmd_enh("MAIL FROM:<a@client.test>", 250, "2.1.0");
+        t.cmd_enh("RCPT TO:<x@example.org>", 250, "2.1.5");
+        t.cmd_enh("DATA", 354, "2.0.0");
+        t.send_raw(body);
+        t.send_raw(b".\r\n");
+        t.expect_enh(451, "4.3.0");
+        assert_eq!(queue_files(relay.spool()), Vec::<String>::new());
+        assert!(
+            wait_until(Duration::from_secs(5), || tmp_files(relay.spool())
+                .is_empty()),
+            "{:?}",
+            tmp_files(relay.spool())
+        );
+        let id = t.send_mail("a@client.test", &["y@example.org"], BODY);
+        assert_eq!(queued_ids(relay.spool()), vec![id.clone()]);
+        assert_complete(relay.spool(), &id);
+        let log = relay.log();
+        assert!(log.contains(said), "{log}");
+    }
 }

@@ -280,12 +280,38 @@ impl DotReader {
 /// client never emits a bare line ending, a CRLF added if the body does
 /// not end with one, then `.CRLF`. Returns the body octets read.
 pub fn write_dot_stuffed(body: &mut impl Read, out: &mut impl Write) -> io::Result<u64> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut wire = Vec::with_capacity(buf.len() + buf.len() / 8);
+    // a delivery thread's buffers are kept for its next message: a fresh
+    // zeroed 64 KiB buffer and a 72 KiB one per message were a tenth of
+    // a delivery thread's CPU
+    thread_local! {
+        static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    BUFFERS.with(|b| match b.try_borrow_mut() {
+        Ok(mut b) => {
+            let (buf, wire) = &mut *b;
+            stuff(body, out, buf, wire)
+        }
+        // called again from inside `out` (never, but not a panic)
+        Err(_) => stuff(body, out, &mut Vec::new(), &mut Vec::new()),
+    })
+}
+
+fn stuff(
+    body: &mut impl Read,
+    out: &mut impl Write,
+    buf: &mut Vec<u8>,
+    wire: &mut Vec<u8>,
+) -> io::Result<u64> {
+    const CHUNK: usize = 16 * 1024;
+    if buf.len() != CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    wire.reserve(CHUNK + CHUNK / 8);
     let mut prev = b'\n'; // the data starts at a line start
     let mut read: u64 = 0;
     loop {
-        let n = match body.read(&mut buf) {
+        let n = match body.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -307,7 +333,7 @@ pub fn write_dot_stuffed(body: &mut impl Read, out: &mut impl Write) -> io::Resu
             wire.push(b);
             prev = b;
         }
-        out.write_all(&wire)?;
+        out.write_all(wire)?;
     }
     match prev {
         b'\n' => {}

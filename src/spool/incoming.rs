@@ -48,6 +48,11 @@ pub struct Incoming<'a> {
     /// the envelope's `Integrity`); `None` after a rewrite, when the
     /// commit reads the file back instead.
     crc: Option<crc32fast::Hasher>,
+    /// A copy of everything written while it is at most
+    /// `commit_log::BODY_MAX` octets and the spool logs commits: the
+    /// committer may make such a message durable with one flush
+    /// (`commit_log.rs`). `None` past that size and after any rewrite.
+    copy: Option<Vec<u8>>,
     committed: bool,
 }
 
@@ -71,6 +76,7 @@ impl<'a> Incoming<'a> {
                 file: Some(BufWriter::with_capacity(64 * 1024, file)),
                 written: 0,
                 crc: Some(crc32fast::Hasher::new()),
+                copy: spool.logs_commits().then(|| Vec::with_capacity(16 * 1024)),
                 committed: false,
             });
         }
@@ -119,6 +125,13 @@ impl<'a> Incoming<'a> {
         w.write_all(content)?;
         // commit cuts the file to this length
         self.written = content.len() as u64;
+        if let Some(c) = self.copy.as_mut() {
+            c.clear();
+            c.extend_from_slice(content);
+        }
+        if content.len() > super::commit_log::BODY_MAX {
+            self.copy = None;
+        }
         let mut crc = crc32fast::Hasher::new();
         crc.update(content);
         self.crc = Some(crc);
@@ -161,6 +174,7 @@ impl<'a> Incoming<'a> {
                 self.file = Some(BufWriter::with_capacity(64 * 1024, f));
                 self.written = len;
                 self.crc = None;
+                self.copy = None;
                 Ok(())
             }
             Err(e) => {
@@ -192,6 +206,7 @@ impl<'a> Incoming<'a> {
         f.write_all_at(&lines, 0)?;
         f.write_all_at(&message, lines.len() as u64)?;
         self.written += lines.len() as u64;
+        self.copy = None;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&lines);
         crc.update(&message);
@@ -218,6 +233,7 @@ impl<'a> Incoming<'a> {
             .file
             .take()
             .expect("an Incoming holds its file until commit or drop");
+        let whole_body = self.copy.take().filter(|c| c.len() as u64 == self.written);
         w.flush().map_err(|e| SpoolError::io(&msg_tmp, e))?;
         let f = w
             .into_inner()
@@ -261,8 +277,14 @@ impl<'a> Incoming<'a> {
         }
         drop(f);
 
+        let mut record = whole_body.map(|body| {
+            (
+                self.id,
+                super::commit_log::publish_record(self.id, text.as_bytes(), &body),
+            )
+        });
         for _ in 0..MAX_REROLLS {
-            match self.publish() {
+            match self.publish(record.take()) {
                 Err(SpoolError::Io { source, .. }) if fsutil::is_collision(&source) => {
                     self.reroll(env, &check, &mut ef)?;
                 }
@@ -277,14 +299,14 @@ impl<'a> Incoming<'a> {
 
     /// Steps 3 and 4 of the module header, through the group committer
     /// when the server runs one.
-    fn publish(&mut self) -> Result<QueueId, SpoolError> {
+    fn publish(&mut self, record: Option<(QueueId, Vec<u8>)>) -> Result<QueueId, SpoolError> {
         let id = self.id;
         let queue = self.spool.queue_dir();
         let (msg_tmp, env_tmp) = (self.tmp_path("msg"), self.tmp_path("env"));
         let msg_final = queue.join(format!("{id}.msg"));
         let env_final = queue.join(format!("{id}.env"));
         if let Some(c) = self.spool.committer() {
-            c.commit(msg_tmp, env_tmp, msg_final, env_final)?;
+            c.commit(msg_tmp, env_tmp, msg_final, env_final, record)?;
             self.committed = true;
             return Ok(id);
         }
@@ -363,6 +385,13 @@ impl Write for Incoming<'_> {
         self.written += n as u64;
         if let Some(crc) = self.crc.as_mut() {
             crc.update(&buf[..n]);
+        }
+        if let Some(c) = self.copy.as_mut() {
+            if c.len() + n > super::commit_log::BODY_MAX {
+                self.copy = None;
+            } else {
+                c.extend_from_slice(&buf[..n]);
+            }
         }
         Ok(n)
     }

@@ -24,6 +24,7 @@
 //! already delivered or bounced).
 
 pub mod claim;
+pub mod commit_log;
 pub mod committer;
 pub mod envelope;
 pub mod flush;
@@ -142,6 +143,8 @@ pub struct Spool {
     recycler: Option<std::sync::Arc<recycle::Recycler>>,
     free: PathBuf,
     syncfs: bool,
+    /// The committer has a commit log (`commit_log.rs`).
+    logging: bool,
     /// This run's id, made at open (`new_run_id`), recorded in every new
     /// envelope's `Integrity`.
     run: Option<std::sync::Arc<str>>,
@@ -208,6 +211,7 @@ impl Spool {
             recycler: None,
             free: root.join("free"),
             syncfs: false,
+            logging: false,
             run: new_run_id().map(Into::into),
         };
         let as_root = crate::sys::is_root();
@@ -275,13 +279,62 @@ impl Spool {
         removal_delay: std::time::Duration,
     ) -> Result<(), SpoolError> {
         self.syncfs = order.flushes_files();
+        let log = if self.syncfs {
+            self.open_commit_log()?
+        } else {
+            None
+        };
+        self.logging = log.is_some();
         let recycler = std::sync::Arc::new(recycle::Recycler::new(self.free.clone(), RECYCLE_MAX));
-        let c =
-            committer::Committer::start(self.queue.clone(), recycler.clone(), order, removal_delay)
-                .map_err(|e| SpoolError::io(&self.queue, e))?;
+        let c = committer::Committer::start(
+            self.queue.clone(),
+            recycler.clone(),
+            order,
+            removal_delay,
+            log,
+        )
+        .map_err(|e| SpoolError::io(&self.queue, e))?;
         self.committer = Some(c);
         self.recycler = Some(recycler);
         Ok(())
+    }
+
+    /// Opens the commit log (`commit_log.rs`) and restores into `queue/`
+    /// what its newest records hold and `queue/` lost (a crash before a
+    /// checkpoint); before anything reads the queue.
+    /// A log that cannot be made (a spool filesystem too small for it) is
+    /// done without: every batch then takes the flushes.
+    fn open_commit_log(&self) -> Result<Option<commit_log::CommitLog>, SpoolError> {
+        let path = self.root.join(commit_log::FILE_NAME);
+        let (mut log, logged) = match commit_log::CommitLog::open(&self.root) {
+            Ok(opened) => opened,
+            Err(e) if !path.exists() => {
+                log::warn!(
+                    "{}: cannot make it ({e}): every group commit takes its flushes",
+                    path.display()
+                );
+                return Ok(None);
+            }
+            // one that exists may hold acknowledged messages: never
+            // started past
+            Err(e) => return Err(SpoolError::io(&path, e)),
+        };
+        let restored = commit_log::restore(&self.tmp, &self.queue, &logged)
+            .map_err(|e| SpoolError::io(&self.queue, e))?;
+        log.begin_epoch().map_err(|e| SpoolError::io(&path, e))?;
+        if restored > 0 {
+            log::warn!(
+                "{}: {restored} message(s) restored into queue/ from the commit log",
+                path.display()
+            );
+        }
+        Ok(Some(log))
+    }
+
+    /// Whether commits go through the commit log when they can (the
+    /// sessions then hand their records to the committer).
+    pub(crate) fn logs_commits(&self) -> bool {
+        self.logging
     }
 
     /// Makes the removals the committer has not flushed yet durable (the
@@ -815,21 +868,23 @@ pub(crate) mod tests {
 
     /// With the group committer a removal is answered once its files
     /// are out of `queue/`, and its files are reused only after a flush
-    /// made that durable: the next commit's, a flush asked for (the
-    /// server stopping), or, when nothing comes, one of its own after the
-    /// removal delay. Reuse shows as the next message taking the removed
-    /// body's inode.
+    /// made that durable: the next batch commit's (a message too big for
+    /// the commit log: a logged one flushes only the log), a flush asked
+    /// for (the server stopping), or, when nothing comes, one of its own
+    /// after the removal delay. Reuse shows as the next message taking the
+    /// removed body's inode.
     #[test]
     fn removed_files_are_reused_only_after_a_flush() {
         use std::os::unix::fs::MetadataExt;
         use std::time::{Duration, Instant};
-        let queue_one = |spool: &Spool| {
+        let queue_sized = |spool: &Spool, len: usize| {
             let mut inc = spool.incoming().unwrap();
             let id = inc.id();
-            inc.write_all(b"hello").unwrap();
+            inc.write_all(&vec![b'x'; len]).unwrap();
             inc.commit(&env_for(id)).unwrap();
             id
         };
+        let queue_one = |spool: &Spool| queue_sized(spool, 5);
         let remove = |spool: &Spool| {
             let id = queue_one(spool);
             let inode = fs::metadata(spool.msg_path(id)).unwrap().ino();
@@ -853,6 +908,12 @@ pub(crate) mod tests {
             match how {
                 "next commit" => {
                     queue_one(&spool);
+                    assert_eq!(
+                        recycler.free_len(),
+                        0,
+                        "a logged commit flushes the log only"
+                    );
+                    queue_sized(&spool, commit_log::BODY_MAX + 1);
                 }
                 "flush asked" => spool.flush_removals().unwrap(),
                 _ => {

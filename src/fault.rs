@@ -6,9 +6,9 @@
 //! that a panic costs neither a thread nor a message (README "Panics").
 //! `commit-flush-fail[:N]` makes the committer's flush after a batch's
 //! renames fail N times with an I/O error instead (`fails`), as a disk
-//! that failed writeback would. `checkpoint-fail[:N]` makes the
-//! committer's checkpoint of messages in its commit log fail N times, so
-//! a test can kill the server while they are in the log only
+//! that failed writeback would. `checkpoint-hold[:N]` makes the
+//! committer put off its checkpoint of the messages in its commit log N
+//! times, so a test can kill the server while they are in the log only
 //! (`spool/commit_log.rs`).
 //! The variable is read once, on the first `hit`. In a release build
 //! `hit` is empty and the variable means nothing.
@@ -29,7 +29,7 @@ pub enum Point {
     Commit = 2,
     /// The committer's flush after a batch's renames (fails, not panics).
     CommitFlush = 3,
-    /// The committer's checkpoint of its commit log (fails).
+    /// The committer's checkpoint of its commit log (put off).
     Checkpoint = 4,
 }
 
@@ -39,7 +39,7 @@ const POINTS: [(Point, &str); 5] = [
     (Point::Delivery, "delivery-panic"),
     (Point::Commit, "commit-panic"),
     (Point::CommitFlush, "commit-flush-fail"),
-    (Point::Checkpoint, "checkpoint-fail"),
+    (Point::Checkpoint, "checkpoint-hold"),
 ];
 
 /// How many panics each point has left, by `Point as usize`; unknown
@@ -147,7 +147,7 @@ mod tests {
             parse("delivery-panic:3,bogus,commit-panic:x"),
             [0, 3, 0, 0, 0]
         );
-        assert_eq!(parse("checkpoint-fail:9"), [0, 0, 0, 0, 9]);
+        assert_eq!(parse("checkpoint-hold:9"), [0, 0, 0, 0, 9]);
         assert_eq!(parse("recovery-stall,commit-panic"), [0, 0, 1, 0, 0]);
         assert_eq!(parse("commit-flush-fail:2"), [0, 0, 0, 2, 0]);
     }

@@ -764,7 +764,7 @@ fn kill_9_before_recovery_read_the_queue_loses_nothing() {
 /// The commit log (`spool/commit_log.rs`): a lone message is acknowledged
 /// after one flush of the log, and its files in `queue/` become durable
 /// only at the checkpoint after. A crash before that checkpoint (here it
-/// is made to fail) that loses the files, as a power loss can, does not
+/// is held off) that loses the files, as a power loss can, does not
 /// lose the message: the next start restores it from the log. A message
 /// delivered before the crash is not brought back by the same replay.
 #[test]
@@ -783,7 +783,7 @@ fn a_message_whose_queue_files_a_crash_lost_comes_back_from_the_commit_log() {
             "--route",
             &format!("*={dead}"),
         ],
-        &[("SMTP_RELAY_FAULT", "checkpoint-fail:1000000")],
+        &[("SMTP_RELAY_FAULT", "checkpoint-hold:1000000")],
     );
     let mut t = relay.session();
     let delivered = t.send_mail("a@example.org", &["b@delivered.example"], BODY);

@@ -376,10 +376,17 @@ impl CommitLog {
         if self.is_empty() {
             return Ok(());
         }
-        self.side = 1 - self.side;
-        self.epoch += 1;
+        let (side, epoch) = (self.side, self.epoch);
+        self.side = 1 - side;
+        self.epoch = epoch + 1;
+        if let Err(e) = self.begin_epoch() {
+            // still the old epoch: a caller that goes on appends where a
+            // replay looks
+            (self.side, self.epoch) = (side, epoch);
+            return Err(e);
+        }
         self.logged.clear();
-        self.begin_epoch()
+        Ok(())
     }
 
     /// The log failed: removes it (an old chain left behind could bring
@@ -387,7 +394,17 @@ impl CommitLog {
     /// `queue/` by the caller's checkpoint, or never acknowledged.
     pub fn discard(self) {
         if let Err(e) = fs::remove_file(&self.path) {
-            log::error!("{}: could not remove it: {e}", self.path.display());
+            // then no chain may start where a replay looks
+            let zeros = [0u8; HEAD];
+            let cleared = self
+                .file
+                .write_all_at(&zeros, 0)
+                .and_then(|()| self.file.write_all_at(&zeros, self.half))
+                .and_then(|()| self.file.sync_data());
+            log::error!(
+                "{}: could not remove it ({e}); its chains cleared: {cleared:?}",
+                self.path.display()
+            );
         }
         if let Some(root) = self.path.parent() {
             let _ = fsutil::fsync_dir(root);
@@ -414,8 +431,7 @@ pub fn restore(tmp: &Path, queue: &Path, logged: &[Logged]) -> io::Result<usize>
         }
         let env_path = queue.join(format!("{}.env", m.id));
         let msg_path = queue.join(format!("{}.msg", m.id));
-        let env_ok = fs::read(&env_path)
-            .is_ok_and(|t| std::str::from_utf8(&t).is_ok_and(super::envelope::text_is_intact));
+        let env_ok = fs::read(&env_path).is_ok_and(|t| envelope_is_ours(&t, m));
         let body_ok = fs::read(&msg_path).is_ok_and(|b| b == m.body);
         if env_ok && body_ok {
             continue;
@@ -429,10 +445,36 @@ pub fn restore(tmp: &Path, queue: &Path, logged: &[Logged]) -> io::Result<usize>
         log::warn!("{}: restored from the commit log", m.id);
         restored += 1;
     }
-    if restored > 0 {
+    if !logged.is_empty() {
+        // files found whole may be whole in the page cache only (a kill -9
+        // before the checkpoint): durable before the caller's next epoch
+        // retires their records
+        crate::sys::syncfs(&File::open(queue)?)?;
         fsutil::fsync_dir(queue)?;
     }
     Ok(restored)
+}
+
+/// Whether `text`, found in `queue/` under a logged message's name, is an
+/// envelope of that message: it parses, names the id, is what its own
+/// CRC-32 says, and records the logged body. A power loss can leave an
+/// empty or zeroed file, or a recycled file's earlier envelope, under the
+/// name; a later intact state of the message (a deferral) is kept.
+fn envelope_is_ours(text: &[u8], m: &Logged) -> bool {
+    let Ok(text) = std::str::from_utf8(text) else {
+        return false;
+    };
+    let Ok(env) = super::envelope::Envelope::parse(text) else {
+        return false;
+    };
+    let body = super::envelope::Integrity {
+        run: None,
+        body_len: m.body.len() as u64,
+        body_crc32: crc32fast::hash(&m.body),
+    };
+    env.id.to_string() == m.id
+        && super::envelope::text_is_intact(text)
+        && env.integrity.as_ref().is_some_and(|i| i.same_body(&body))
 }
 
 fn put(tmp: &Path, target: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -607,8 +649,28 @@ mod tests {
         // an envelope rewritten since (a deferral) is intact: kept
         let mut later = env.clone();
         later.helo = "later.example".into();
-        fs::write(queue.join(format!("{id}.env")), later.to_text()).unwrap();
+        later.integrity = Some(crate::spool::envelope::Integrity {
+            run: None,
+            body_len: 4,
+            body_crc32: crc32fast::hash(b"body"),
+        });
+        let later = later.to_text();
+        fs::write(queue.join(format!("{id}.env")), &later).unwrap();
         assert_eq!(restore(&tmp, &queue, &logged).unwrap(), 0);
+        // an empty file, or another message's envelope, under the name is
+        // not the message's
+        for found in [
+            String::new(),
+            crate::spool::tests::env_for(QueueId::generate()).to_text(),
+        ] {
+            fs::write(queue.join(format!("{id}.env")), found).unwrap();
+            assert_eq!(restore(&tmp, &queue, &logged).unwrap(), 1);
+            assert_eq!(
+                fs::read_to_string(queue.join(format!("{id}.env"))).unwrap(),
+                text
+            );
+        }
+        fs::write(queue.join(format!("{id}.env")), &later).unwrap();
         assert!(
             fs::read_dir(&tmp).unwrap().next().is_none(),
             "tmp/ left empty"

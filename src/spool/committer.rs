@@ -144,6 +144,9 @@ struct State {
     /// An append to the log failed: no more records go in, and the next
     /// checkpoint removes it.
     log_failed: bool,
+    /// A checkpoint failed: the log keeps its epoch for the next start's
+    /// replay, takes no more records and is never advanced in this run.
+    log_frozen: bool,
 }
 
 impl Committer {
@@ -313,7 +316,7 @@ impl Run<'_> {
                 _ => {}
             }
         }
-        if n == 0 || n > LOG_BATCH_MAX || state.log_failed {
+        if n == 0 || n > LOG_BATCH_MAX || state.log_failed || state.log_frozen {
             return false;
         }
         let Some(log) = state.log.as_ref() else {
@@ -409,8 +412,16 @@ impl Run<'_> {
                 if log.append_done(id).is_err() {
                     // no room, or the write failed: a checkpoint makes the
                     // message's files durable, and the epoch after it no
-                    // longer holds the message
-                    let _ = self.checkpoint(state);
+                    // longer holds the message; without either, a replay
+                    // would bring it back, so it stays queued for now
+                    let kept = self.checkpoint(state).is_err()
+                        || state.log.as_ref().is_some_and(|l| l.holds(id));
+                    if kept {
+                        return Err(SpoolError::io(
+                            env,
+                            std::io::Error::other("commit log: no done record"),
+                        ));
+                    }
                 }
             }
         }
@@ -423,16 +434,20 @@ impl Run<'_> {
     /// then the next epoch starts; with nothing logged, the removals (one
     /// fsync of `queue/`).
     fn checkpoint(&self, state: &mut State) -> std::io::Result<()> {
-        let logged = state
-            .log
-            .as_ref()
-            .is_some_and(|l| !l.is_empty() || state.log_failed);
+        let logged = !state.log_frozen
+            && state
+                .log
+                .as_ref()
+                .is_some_and(|l| !l.is_empty() || state.log_failed);
         if !logged {
             return self.flush_folder(state);
         }
-        let flushed = if let Err(e) = crate::fault::fails(crate::fault::Point::Checkpoint) {
-            Err(e)
-        } else if self.order == Order::SyncfsOnce {
+        if let Err(e) = crate::fault::fails(crate::fault::Point::Checkpoint) {
+            // a test holds the checkpoint off (debug builds only)
+            state.unflushed_since = Some(Instant::now());
+            return Err(e);
+        }
+        let flushed = if self.order == Order::SyncfsOnce {
             self.after_flush(state, "syncfs", crate::sys::syncfs)
         } else {
             match queue_dir(&mut state.kept, self.queue).and_then(crate::sys::syncfs) {
@@ -446,8 +461,19 @@ impl Run<'_> {
         };
         match &flushed {
             Ok(()) => self.next_epoch(state),
-            // the records stay replayable; tried again after the delay
-            Err(_) => state.unflushed_since = Some(Instant::now()),
+            Err(e) => {
+                // a retry could succeed without the lost writes (the error
+                // is reported once): the epoch is never retired in this
+                // run, no record goes in after it, and the next start
+                // replays it
+                if !state.log_frozen {
+                    log::error!(
+                        "{}: checkpoint failed ({e}): the commit log is kept for the next start and takes no more records",
+                        self.queue.display()
+                    );
+                }
+                state.log_frozen = true;
+            }
         }
         flushed
     }
@@ -456,6 +482,9 @@ impl Run<'_> {
     /// the log's next epoch. If that fails the log is removed and not used
     /// again (`CommitLog::discard`).
     fn next_epoch(&self, state: &mut State) {
+        if state.log_frozen {
+            return;
+        }
         let Some(log) = state.log.as_mut() else {
             return;
         };

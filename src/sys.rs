@@ -463,6 +463,14 @@ pub fn monotonic_usec() -> u64 {
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
+/// This process's id, asked of the kernel once (a getpid per queue id and
+/// per recycled file name was a syscall per message, two per removal; the
+/// server never forks).
+pub fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

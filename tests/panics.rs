@@ -98,10 +98,14 @@ fn delivery_panic_is_retried_not_stranded() {
 
 /// One message, whose end of data is answered 451 (its commit failed).
 fn send_answered_451(t: &mut Talk) {
+    send_answered_451_with(t, BODY);
+}
+
+fn send_answered_451_with(t: &mut Talk, body: &[u8]) {
     t.cmd_enh("MAIL FROM:<a@client.test>", 250, "2.1.0");
     t.cmd_enh("RCPT TO:<x@example.org>", 250, "2.1.5");
     t.cmd_enh("DATA", 354, "2.0.0");
-    t.send_raw(BODY);
+    t.send_raw(body);
     t.send_raw(b".\r\n");
     t.expect_enh(451, "4.3.0");
 }
@@ -151,12 +155,7 @@ fn a_failed_commit_flush_leaves_nothing_queued() {
     ] {
         let relay = Relay::start_env(&["--delivery-workers", "0"], &fault("commit-flush-fail"));
         let mut t = relay.session();
-        t.cmd_enh("MAIL FROM:<a@client.test>", 250, "2.1.0");
-        t.cmd_enh("RCPT TO:<x@example.org>", 250, "2.1.5");
-        t.cmd_enh("DATA", 354, "2.0.0");
-        t.send_raw(body);
-        t.send_raw(b".\r\n");
-        t.expect_enh(451, "4.3.0");
+        send_answered_451_with(&mut t, body);
         assert_eq!(queue_files(relay.spool()), Vec::<String>::new());
         assert!(
             wait_until(Duration::from_secs(5), || tmp_files(relay.spool())

@@ -29,10 +29,7 @@ impl QueueId {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        // the pid, asked once: a getpid per id was a syscall per message
-        // and two per removal (`Recycler::slot`); the server never forks
-        static PID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let pid = *PID.get_or_init(|| u64::from(std::process::id()) & (TICK - 1));
+        let pid = u64::from(crate::sys::pid()) & (TICK - 1);
         let now = (micros << PID_BITS) | pid;
         let mut last = LAST.load(Ordering::Relaxed);
         loop {

@@ -91,7 +91,7 @@ impl Recycler {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(self.dir.join(format!("{}-{n}", std::process::id())))
+        Some(self.dir.join(format!("{}-{n}", crate::sys::pid())))
     }
 
     /// Makes files in `free/` available, after their removal from `queue/`

@@ -279,7 +279,6 @@ impl CommitLog {
         let logged = records
             .into_iter()
             .filter(|r| r.kind == KIND_PUBLISH && !done.contains(&r.id))
-            .filter(|r| r.kind != KIND_EPOCH)
             .filter(|r| seen.insert(r.id.clone()))
             .map(|r| Logged {
                 id: r.id,
@@ -418,9 +417,8 @@ impl CommitLog {
 
 /// Restores logged messages into `queue/` (start-up, before the queue is
 /// read): an envelope missing or not intact is written again, and a body
-/// missing or not the logged one. Each file is written under `tmp/`,
-/// fdatasynced and renamed; `queue/` is fsynced at the end. Returns how
-/// many messages needed it.
+/// missing or not the logged one (`fsutil::write_atomic`); then what was
+/// found whole is made durable too. Returns how many messages needed it.
 pub fn restore(tmp: &Path, queue: &Path, logged: &[Logged]) -> io::Result<usize> {
     let mut restored = 0;
     for m in logged {
@@ -437,10 +435,10 @@ pub fn restore(tmp: &Path, queue: &Path, logged: &[Logged]) -> io::Result<usize>
             continue;
         }
         if !body_ok {
-            put(tmp, &msg_path, &format!("{}.msg", m.id), &m.body)?;
+            fsutil::write_atomic(tmp, queue, &format!("{}.msg", m.id), &m.body)?;
         }
         if !env_ok {
-            put(tmp, &env_path, &format!("{}.env", m.id), &m.envelope)?;
+            fsutil::write_atomic(tmp, queue, &format!("{}.env", m.id), &m.envelope)?;
         }
         log::warn!("{}: restored from the commit log", m.id);
         restored += 1;
@@ -475,15 +473,6 @@ fn envelope_is_ours(text: &[u8], m: &Logged) -> bool {
     env.id.to_string() == m.id
         && super::envelope::text_is_intact(text)
         && env.integrity.as_ref().is_some_and(|i| i.same_body(&body))
-}
-
-fn put(tmp: &Path, target: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let t = tmp.join(name);
-    let _ = fs::remove_file(&t);
-    let f = fsutil::create_new(&t)?;
-    f.write_all_at(bytes, 0)?;
-    f.sync_data()?;
-    fs::rename(&t, target)
 }
 
 #[cfg(test)]
@@ -603,9 +592,10 @@ mod tests {
         publish(&mut log, QueueId::generate(), &[b'p'; 5000]);
         log.checkpointed().unwrap();
         publish(&mut log, QueueId::generate(), b"x"); // epoch 2, second half
-                                                      // epoch 3 is refilling the first half, and only a page past its
-                                                      // start reached the disk (its first record did not): the first
-                                                      // half's chain is epoch 1 up to that page, older than epoch 2
+
+        // epoch 3 is refilling the first half, and only a page past its
+        // start reached the disk (its first record did not): the first
+        // half's chain is epoch 1 up to that page, older than epoch 2
         let f = OpenOptions::new()
             .write(true)
             .open(d.join(FILE_NAME))

@@ -97,7 +97,11 @@ enum Op {
         record: Option<(QueueId, Vec<u8>)>,
     },
     /// A finished message to remove, envelope first.
-    Remove { env: PathBuf, msg: PathBuf },
+    Remove {
+        id: QueueId,
+        env: PathBuf,
+        msg: PathBuf,
+    },
     /// Make the removals so far durable now (the server is stopping).
     Flush,
 }
@@ -206,8 +210,8 @@ impl Committer {
 
     /// Removes a finished message; returns once it is out of `queue/`,
     /// durable soon after (module doc).
-    pub(super) fn remove(&self, env: PathBuf, msg: PathBuf) -> Result<(), SpoolError> {
-        self.submit(Op::Remove { env, msg })
+    pub(super) fn remove(&self, id: QueueId, env: PathBuf, msg: PathBuf) -> Result<(), SpoolError> {
+        self.submit(Op::Remove { id, env, msg })
     }
 
     /// Makes every removal so far durable; returns once it is.
@@ -371,8 +375,7 @@ impl Run<'_> {
             state.log_failed = true;
             state.unflushed_since.get_or_insert_with(Instant::now);
             for r in published {
-                let e = std::io::Error::new(e.kind(), e.to_string());
-                let _ = r.done.send(Err(SpoolError::io(self.queue, e)));
+                let _ = r.done.send(Err(self.error(&e)));
             }
         } else {
             state.unflushed_since.get_or_insert_with(Instant::now);
@@ -391,10 +394,9 @@ impl Run<'_> {
         if !flush_asked.is_empty() {
             let flushed = self.checkpoint(state);
             for r in flush_asked {
-                let result = flushed.as_ref().map(|_| ()).map_err(|e| {
-                    SpoolError::io(self.queue, std::io::Error::new(e.kind(), e.to_string()))
-                });
-                let _ = r.done.send(result);
+                let _ = r
+                    .done
+                    .send(flushed.as_ref().map_err(|e| self.error(e)).copied());
             }
         }
     }
@@ -403,25 +405,19 @@ impl Run<'_> {
     /// log's current epoch (so a replay never brings it back), then the
     /// renames.
     fn remove(&self, op: &Op, state: &mut State) -> Result<(), SpoolError> {
-        if let (Op::Remove { env, .. }, Some(log)) = (op, state.log.as_mut()) {
-            let id = env
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(QueueId::parse);
-            if let Some(id) = id.filter(|id| log.holds(*id)) {
-                if log.append_done(id).is_err() {
-                    // no room, or the write failed: a checkpoint makes the
-                    // message's files durable, and the epoch after it no
-                    // longer holds the message; without either, a replay
-                    // would bring it back, so it stays queued for now
-                    let kept = self.checkpoint(state).is_err()
-                        || state.log.as_ref().is_some_and(|l| l.holds(id));
-                    if kept {
-                        return Err(SpoolError::io(
-                            env,
-                            std::io::Error::other("commit log: no done record"),
-                        ));
-                    }
+        if let (Op::Remove { id, env, .. }, Some(log)) = (op, state.log.as_mut()) {
+            if log.holds(*id) && log.append_done(*id).is_err() {
+                // no room, or the write failed: a checkpoint makes the
+                // message's files durable, and the epoch after it no
+                // longer holds the message; without either, a replay
+                // would bring it back, so it stays queued for now
+                let kept = self.checkpoint(state).is_err()
+                    || state.log.as_ref().is_some_and(|l| l.holds(*id));
+                if kept {
+                    return Err(SpoolError::io(
+                        env,
+                        std::io::Error::other("commit log: no done record"),
+                    ));
                 }
             }
         }
@@ -450,14 +446,7 @@ impl Run<'_> {
         let flushed = if self.order == Order::SyncfsOnce {
             self.after_flush(state, "syncfs", crate::sys::syncfs)
         } else {
-            match queue_dir(&mut state.kept, self.queue).and_then(crate::sys::syncfs) {
-                Ok(()) => self.flush_folder(state),
-                Err(e) => {
-                    log::error!("{}: syncfs: {e}", self.queue.display());
-                    state.kept = None;
-                    Err(e)
-                }
-            }
+            self.syncfs(state).and_then(|()| self.flush_folder(state))
         };
         match &flushed {
             Ok(()) => self.next_epoch(state),
@@ -569,14 +558,9 @@ impl Run<'_> {
             log::trace!("group commit of {} messages", published.len());
         }
         for r in published.into_iter().chain(flush_asked) {
-            let result = match &flushed {
-                Ok(()) => Ok(()),
-                Err(e) => Err(SpoolError::io(
-                    self.queue,
-                    std::io::Error::new(e.kind(), e.to_string()),
-                )),
-            };
-            let _ = r.done.send(result);
+            let _ = r
+                .done
+                .send(flushed.as_ref().map_err(|e| self.error(e)).copied());
         }
     }
 
@@ -588,15 +572,26 @@ impl Run<'_> {
         if !batch.iter().any(|r| matches!(r.op, Op::Publish { .. })) {
             return;
         }
-        let flushed = queue_dir(&mut state.kept, self.queue).and_then(crate::sys::syncfs);
-        if let Err(e) = flushed {
-            log::error!("{}: syncfs: {e}", self.queue.display());
-            state.kept = None;
+        if let Err(e) = self.syncfs(state) {
             for r in batch.extract_if(.., |r| matches!(r.op, Op::Publish { .. })) {
-                let e = std::io::Error::new(e.kind(), e.to_string());
-                let _ = r.done.send(Err(SpoolError::io(self.queue, e)));
+                let _ = r.done.send(Err(self.error(&e)));
             }
         }
+    }
+
+    /// One syncfs of the spool's filesystem (logged when it fails).
+    fn syncfs(&self, state: &mut State) -> std::io::Result<()> {
+        let flushed = queue_dir(&mut state.kept, self.queue).and_then(crate::sys::syncfs);
+        if let Err(e) = &flushed {
+            log::error!("{}: syncfs: {e}", self.queue.display());
+            state.kept = None;
+        }
+        flushed
+    }
+
+    /// A failed flush's error, as each session of the batch gets it.
+    fn error(&self, e: &std::io::Error) -> SpoolError {
+        SpoolError::io(self.queue, std::io::Error::new(e.kind(), e.to_string()))
     }
 
     /// The flush after a batch's renames: one syncfs (`SyncfsOnce`) or one
@@ -659,7 +654,7 @@ fn apply(op: &Op, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result<(), S
             ..
         } => fsutil::publish(msg_tmp, env_tmp, msg_final, env_final)
             .map_err(|e| SpoolError::io(env_final, e)),
-        Op::Remove { env, msg } => {
+        Op::Remove { env, msg, .. } => {
             for p in [env, msg] {
                 if let Some(slot) = recycler.slot() {
                     match fs::rename(p, &slot) {

@@ -125,13 +125,15 @@ impl<'a> Incoming<'a> {
         w.write_all(content)?;
         // commit cuts the file to this length
         self.written = content.len() as u64;
-        if let Some(c) = self.copy.as_mut() {
-            c.clear();
-            c.extend_from_slice(content);
-        }
-        if content.len() > super::commit_log::BODY_MAX {
-            self.copy = None;
-        }
+        self.copy = self
+            .copy
+            .take()
+            .filter(|_| content.len() <= super::commit_log::BODY_MAX)
+            .map(|mut c| {
+                c.clear();
+                c.extend_from_slice(content);
+                c
+            });
         let mut crc = crc32fast::Hasher::new();
         crc.update(content);
         self.crc = Some(crc);

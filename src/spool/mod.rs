@@ -666,7 +666,7 @@ impl Spool {
     /// a later flush shared with other commits (`committer.rs`).
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
         if let Some(c) = &self.committer {
-            return c.remove(self.env_path(id), self.msg_path(id));
+            return c.remove(id, self.env_path(id), self.msg_path(id));
         }
         let env = self.env_path(id);
         match fs::remove_file(&env) {

@@ -699,8 +699,10 @@ impl Deliverer {
             self.cache.put(conn, key, max);
             return Some(Tried::Next(st));
         }
-        // each try reads the body from its first octet
-        let mut reader = std::io::BufReader::with_capacity(64 * 1024, claim.body());
+        // each try reads the body from its first octet; unbuffered: the
+        // dot-stuffer reads it in 16 KiB pieces, and a BufReader over a
+        // reader without `read_buf` zeroed its 64 KiB buffer per message
+        let mut reader = claim.body();
         let result = conn.send(msg, &mut reader);
         if !fresh && result.as_ref().is_err_and(ClientError::is_failed_rset) {
             log::debug!("{id} {label}: cached connection no longer usable, another one");

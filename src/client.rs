@@ -78,6 +78,21 @@ pub enum ClientError {
     Auth(AuthError),
 }
 
+impl ClientError {
+    /// The RSET that `Connection::reset` wrote ahead of a transaction on a
+    /// cached connection failed: the peer had closed it, or will not go
+    /// on with it. Nothing of the transaction was answered.
+    pub fn is_failed_rset(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Io(Phase::Rset, _)
+                | ClientError::Timeout(Phase::Rset)
+                | ClientError::Protocol(Phase::Rset, _)
+                | ClientError::Rejected(Phase::Rset, _)
+        )
+    }
+}
+
 /// Why AUTH to a hop did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
@@ -249,6 +264,9 @@ pub struct Connection {
     line: Vec<u8>,
     /// Set once the connection is in an unknown state: never reuse it.
     broken: bool,
+    /// A RSET written ahead of the next transaction's commands and not
+    /// answered yet (`reset`).
+    rset_pending: bool,
     /// Set once STARTTLS completed.
     tls: Option<TlsInfo>,
     /// TLS is up and the certificate was checked for the hop's name
@@ -351,6 +369,7 @@ impl Connection {
             greeting: String::new(),
             line: Vec::with_capacity(512),
             broken: false,
+            rset_pending: false,
             tls: None,
             verified: false,
         };
@@ -772,7 +791,16 @@ impl Connection {
                 self.write_line(l, Phase::Rcpt)?;
             }
             self.write_line("DATA", Phase::Data)?;
-            self.flush(Phase::Data)?;
+            if let Err(e) = self.flush(Phase::Data) {
+                // a peer that closed the cached connection may refuse
+                // the write already: the RSET failed
+                return Err(match (std::mem::take(&mut self.rset_pending), e) {
+                    (true, ClientError::Io(_, e)) => ClientError::Io(Phase::Rset, e),
+                    (true, ClientError::Timeout(_)) => ClientError::Timeout(Phase::Rset),
+                    (_, e) => e,
+                });
+            }
+            self.read_pending_rset()?;
             let mail_reply = self.read_reply(Phase::Mail, t.mail)?;
             let mut rr = Vec::with_capacity(rcpt_lines.len());
             for _ in &rcpt_lines {
@@ -888,14 +916,48 @@ impl Connection {
         Ok(reply)
     }
 
-    /// Prepares a cached connection for another transaction.
+    /// Prepares a cached connection for another transaction, and finds
+    /// out whether the peer still holds it (it may have closed it while
+    /// idle). With PIPELINING the RSET is only written: it leaves with
+    /// the next transaction's MAIL, RCPT and DATA (RFC 2920 §3.1 allows
+    /// RSET anywhere in a group), and `send` reads its reply first, so
+    /// the probe costs no round trip of its own. A failed RSET is then a
+    /// `Phase::Rset` error of `send` (`is_stale`), before any other
+    /// command of the transaction was answered.
     pub fn reset(&mut self) -> Result<(), ClientError> {
+        if self.ext.pipelining {
+            if !self.rset_pending {
+                self.write_line("RSET", Phase::Rset)?;
+                self.rset_pending = true;
+            }
+            return Ok(());
+        }
         let r = self.command("RSET", Phase::Rset, self.timeouts.mail)?;
+        self.rset_answered(r)
+    }
+
+    /// The reply to a RSET: a refusal leaves the connection unusable.
+    fn rset_answered(&mut self, r: Reply) -> Result<(), ClientError> {
         if r.code().is_positive() {
             Ok(())
         } else {
             self.broken = true;
             Err(ClientError::Rejected(Phase::Rset, r))
+        }
+    }
+
+    /// Reads the reply to a RSET that `reset` wrote ahead of this
+    /// transaction's commands, if there is one.
+    fn read_pending_rset(&mut self) -> Result<(), ClientError> {
+        if !std::mem::take(&mut self.rset_pending) {
+            return Ok(());
+        }
+        match self.read_reply(Phase::Rset, self.timeouts.mail) {
+            Ok(r) => self.rset_answered(r),
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
         }
     }
 

@@ -650,6 +650,26 @@ impl Deliverer {
         target: &Target,
         dest: &DestTls,
     ) -> Tried {
+        // a cached connection whose peer closed it while idle fails its
+        // RSET, the first reply `send` reads: another one, cached or new
+        // (each such one has left the cache, and a new one has no RSET)
+        loop {
+            if let Some(tried) = self.try_connection(id, msg, claim, target, dest) {
+                return tried;
+            }
+        }
+    }
+
+    /// `try_peer` on one connection; `None` when it was a cached one the
+    /// peer no longer held.
+    fn try_connection(
+        &self,
+        id: QueueId,
+        msg: &Outgoing,
+        claim: &Claim,
+        target: &Target,
+        dest: &DestTls,
+    ) -> Option<Tried> {
         let (hop, peer, label) = (target.hop, target.peer, target.label.as_str());
         let (mut conn, key, fresh) = match self.connection(hop, peer, msg.from, target) {
             Ok(c) => c,
@@ -663,10 +683,10 @@ impl Deliverer {
                 }
                 if let Some(st) = tls_failure(&e, msg.requiretls, dest, target.tls) {
                     log::info!("{id} relay={label} {st}");
-                    return Tried::Next(st);
+                    return Some(Tried::Next(st));
                 }
                 // a 5xx greeting is that host's answer; try others
-                return Tried::Next(error_status(&e, hop, peer));
+                return Some(Tried::Next(error_status(&e, hop, peer)));
             }
         };
         let would_fail = self.log_would_fail(id, &conn, target, dest, msg.requiretls);
@@ -677,11 +697,18 @@ impl Deliverer {
             log::info!("{id} relay={label} {st}");
             let max = self.limiter.max_messages(target.limit_key);
             self.cache.put(conn, key, max);
-            return Tried::Next(st);
+            return Some(Tried::Next(st));
         }
-        // each try reads the body from its first octet
-        let mut reader = std::io::BufReader::with_capacity(64 * 1024, claim.body());
+        // each try reads the body from its first octet; unbuffered: the
+        // dot-stuffer reads it in 16 KiB pieces, and a BufReader over a
+        // reader without `read_buf` zeroed its 64 KiB buffer per message
+        let mut reader = claim.body();
         let result = conn.send(msg, &mut reader);
+        if !fresh && result.as_ref().is_err_and(ClientError::is_failed_rset) {
+            log::debug!("{id} {label}: cached connection no longer usable, another one");
+            conn.quit();
+            return None;
+        }
         match &key.2 {
             // the user only, never the secret
             Some(user) => log::info!("{id} relay={label} tls={} auth={user}", conn.tls_label()),
@@ -690,7 +717,7 @@ impl Deliverer {
         self.cache
             .put(conn, key, self.limiter.max_messages(target.limit_key));
         let name = remote_name(hop, peer);
-        match result {
+        Some(match result {
             Ok(sent) => Tried::Answered(
                 sent.rcpt_replies
                     .iter()
@@ -723,7 +750,7 @@ impl Deliverer {
                     Tried::Next(st)
                 }
             }
-        }
+        })
     }
 
     /// RFC 8461 §5: a `testing` policy delivers as usual; what `enforce`
@@ -808,7 +835,8 @@ impl Deliverer {
         };
         let key = (peer, tls_policy, creds.map(|c| c.user.clone()));
         while let Some(mut c) = self.cache.take(&key) {
-            // the peer may have closed an idle connection: probe it
+            // the peer may have closed an idle connection: probe it (with
+            // PIPELINING the probe's reply is read by `send`, `try_peer`)
             if c.reset().is_ok() {
                 return Ok((c, key, false));
             }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 
 use super::auth::authenticate;
-use super::message::{receive_chunk, receive_message, Chunked};
+use super::message::{receive_chunk, receive_message, Chunked, Finished};
 use super::{Phase, Session, Step, MAX_COMMAND_LINE};
 use crate::auth;
 use crate::channel::Channel;
@@ -310,32 +310,23 @@ fn perform<'a>(
             return Ok(Flow::Close);
         }
         Step::StartData(r) => {
-            let reply = receive_message(session, r, conn, ctx)?;
+            let finished = receive_message(session, r, conn, ctx)?;
             conn.refusal = session.take_refusal();
             session.end_transaction();
-            // RFC 5321 §3.8: a 421 (a milter's SMFIR_SHUTDOWN) closes
-            if reply.closes_session() {
-                conn.reply_now(&reply)?;
-                return Ok(Flow::Close);
-            }
-            conn.reply(&reply)?;
+            return end_of_message(conn, finished, ctx);
         }
         Step::StartTls(r) => return start_tls(session, r, conn, ctx),
         Step::Chunk(c) => {
-            let reply = if c.reply.code().is_positive() {
+            let finished = if c.reply.code().is_positive() {
                 receive_chunk(session, chunked, c, conn, ctx)?
             } else {
                 conn.io
                     .set_deadline(Some(Instant::now() + cfg.data_timeout));
                 data::skip_exact(&mut conn.io, c.size)?;
-                c.reply
+                c.reply.into()
             };
             conn.refusal = session.take_refusal();
-            if reply.closes_session() {
-                conn.reply_now(&reply)?;
-                return Ok(Flow::Close);
-            }
-            conn.reply(&reply)?;
+            return end_of_message(conn, finished, ctx);
         }
         Step::Auth(start) => {
             let step = match authenticate(session, start, conn, ctx) {
@@ -354,6 +345,23 @@ fn perform<'a>(
         }
     }
     Ok(Flow::Continue)
+}
+
+/// The reply that ends DATA or a BDAT chunk, then, for a message just
+/// queued, its log line and the scheduler's word (`Finished::announce`):
+/// after the reply is written, and also when writing it failed, since the
+/// message is queued all the same.
+fn end_of_message(conn: &mut Conn, finished: Finished, ctx: &Context) -> io::Result<Flow> {
+    // RFC 5321 §3.8: a 421 (a milter's SMFIR_SHUTDOWN) closes
+    let closes = finished.reply.closes_session();
+    let sent = if closes {
+        conn.reply_now(&finished.reply)
+    } else {
+        conn.reply(&finished.reply)
+    };
+    finished.announce(ctx);
+    sent?;
+    Ok(if closes { Flow::Close } else { Flow::Continue })
 }
 
 /// STARTTLS accepted: send the 220, run the handshake, and start the

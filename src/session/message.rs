@@ -236,19 +236,19 @@ pub(super) fn receive_message(
     go_ahead: Reply,
     conn: &mut Conn,
     ctx: &Context,
-) -> io::Result<Reply> {
+) -> io::Result<Finished> {
     let cfg = &*ctx.config;
     let peer = &conn.peer.clone();
     // Open the spool file before the 354, so a spool that cannot take the
     // message is said before the client sends it.
     let mut incoming = match open_spool_file(ctx, peer) {
         Ok(i) => i,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(r.into()),
     };
     let id = incoming.id();
     let now = now_unix();
     if let Some(r) = super::milters::at_data(session, id) {
-        return Ok(r);
+        return Ok(r.into());
     }
     conn.reply_now(&go_ahead)?;
 
@@ -313,49 +313,49 @@ fn finish_message(
     now: u64,
     peer: &SocketAddr,
     ctx: &Context,
-) -> Reply {
+) -> Finished {
     let id = incoming.id();
     if let Some(e) = write_error {
         log::error!("{id} spool write failed: {e}");
-        return if crate::spool::fsutil::is_out_of_space(&e) {
+        return Finished::from(if crate::spool::fsutil::is_out_of_space(&e) {
             Reply::insufficient_storage()
         } else {
             Reply::local_error()
-        };
+        });
     }
     if let Some(reply) = verdict {
         // the reply writer logs the refusal at INFO, once
         log::debug!("{id} rejected client={peer} reply=\"{reply}\"");
-        return reply;
+        return reply.into();
     }
     if let Some(reply) = super::inbound::end_of_data(session, id, incoming.written(), ctx) {
-        return reply;
+        return reply.into();
     }
     // RFC 8601: the results of the message as received, then the
     // milters (which see our Authentication-Results), then DKIM signing
     if let Some(reply) = super::authres::end_of_data(session, &mut incoming, ctx) {
-        return reply;
+        return reply.into();
     }
     let changes = match super::milters::end_of_message(session, &mut incoming) {
         EndOfMessage::Commit(changes) => changes,
-        EndOfMessage::Refuse(reply) => return reply,
-        EndOfMessage::Discard => return discarded(id, peer),
+        EndOfMessage::Refuse(reply) => return reply.into(),
+        EndOfMessage::Discard => return discarded(id, peer).into(),
     };
     if let Err(e) = dkim_sign(session, &mut incoming, ctx) {
         log::error!("{id} spool write failed (DKIM signature): {e}");
-        return if crate::spool::fsutil::is_out_of_space(&e) {
+        return Finished::from(if crate::spool::fsutil::is_out_of_space(&e) {
             Reply::insufficient_storage()
         } else {
             Reply::local_error()
-        };
+        });
     }
     let Some(mut env) = session.envelope(id, incoming.written(), now) else {
-        return Reply::local_error();
+        return Reply::local_error().into();
     };
     super::inbound::adjust_envelope(session, &mut env);
     if let Some(c) = &changes {
         if !super::milters::adjust_envelope(c, &mut env) {
-            return discarded(id, peer);
+            return discarded(id, peer).into();
         }
     }
     match incoming.commit(&env) {
@@ -364,33 +364,73 @@ fn finish_message(
                 .tls()
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "none".into());
-            // the AUTH user (RFC 4954), when there is one
-            let auth = env
-                .auth
-                .as_deref()
-                .map(|a| format!(" auth={}", crate::smtp::Escaped(a)))
-                .unwrap_or_default();
-            log::info!(
-                "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}{auth}",
-                crate::smtp::Escaped(&env.from.to_string()),
-                env.size,
-                env.rcpts.len(),
-                env.client,
-                crate::smtp::Escaped(&crate::spool::envelope::clean(&env.helo)),
-            );
-            crate::metrics::received(env.size);
-            if let Some(tx) = &ctx.committed {
-                let _ = tx.try_send(id);
+            Finished {
+                reply: Reply::queued(&id),
+                queued: Some(Queued { id, env, tls }),
             }
-            Reply::queued(&id)
         }
         Err(e) => {
             log::error!("{id} commit failed, not accepted: {e}");
-            if e.is_out_of_space() {
+            Finished::from(if e.is_out_of_space() {
                 Reply::insufficient_storage()
             } else {
                 Reply::local_error()
-            }
+            })
+        }
+    }
+}
+
+/// The end of a message: its reply and, when the message was queued,
+/// what is said about it once that reply is written ([`Finished::announce`]).
+pub(super) struct Finished {
+    pub(super) reply: Reply,
+    queued: Option<Queued>,
+}
+
+/// A message just committed, to be logged and handed to the scheduler.
+struct Queued {
+    /// The id it was queued under (`env.id` unless a collision rerolled it).
+    id: QueueId,
+    env: Envelope,
+    tls: String,
+}
+
+impl From<Reply> for Finished {
+    fn from(reply: Reply) -> Finished {
+        Finished {
+            reply,
+            queued: None,
+        }
+    }
+}
+
+impl Finished {
+    /// Logs a queued message and tells the scheduler of it. The session
+    /// calls it after writing the 250, also when that write failed (the
+    /// message is queued all the same): the log line, the metrics and the
+    /// scheduler's wake-up are then off the path between the commit and
+    /// the client's next command.
+    pub(super) fn announce(self, ctx: &Context) {
+        let Some(Queued { id, env, tls }) = self.queued else {
+            return;
+        };
+        // the AUTH user (RFC 4954), when there is one
+        let auth = env
+            .auth
+            .as_deref()
+            .map(|a| format!(" auth={}", crate::smtp::Escaped(a)))
+            .unwrap_or_default();
+        log::info!(
+            "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}{auth}",
+            crate::smtp::Escaped(&env.from.to_string()),
+            env.size,
+            env.rcpts.len(),
+            env.client,
+            crate::smtp::Escaped(&crate::spool::envelope::clean(&env.helo)),
+        );
+        crate::metrics::received(env.size);
+        if let Some(tx) = &ctx.committed {
+            let _ = tx.try_send(id);
         }
     }
 }
@@ -451,16 +491,16 @@ pub(super) fn receive_chunk<'a>(
     chunk: Chunk,
     conn: &mut Conn,
     ctx: &'a Context,
-) -> io::Result<Reply> {
+) -> io::Result<Finished> {
     let cfg = &*ctx.config;
     if chunked.is_none() {
         match start_chunked(session, &chunk, conn, ctx)? {
             Ok(st) => *chunked = Some(st),
-            Err(refused) => return Ok(refused),
+            Err(refused) => return Ok(refused.into()),
         }
     }
     let Some(st) = chunked.as_mut() else {
-        return Ok(Reply::local_error());
+        return Ok(Reply::local_error().into());
     };
     let id = st.incoming.id();
     if let Err(e) = st.stage(&chunk, conn, cfg.data_timeout) {
@@ -474,17 +514,17 @@ pub(super) fn receive_chunk<'a>(
         log::debug!("{id} rejected client={}: too big (BDAT)", conn.peer);
         *chunked = None;
         session.end_transaction();
-        return Ok(Reply::too_big(cfg.max_size));
+        return Ok(Reply::too_big(cfg.max_size).into());
     }
     if !chunk.last {
-        return Ok(chunk.reply);
+        return Ok(chunk.reply.into());
     }
     let Some(st) = chunked.take() else {
-        return Ok(Reply::local_error());
+        return Ok(Reply::local_error().into());
     };
-    let reply = st.commit(session, &conn.peer, ctx);
+    let finished = st.commit(session, &conn.peer, ctx);
     session.end_transaction();
-    Ok(reply)
+    Ok(finished)
 }
 
 /// The first chunk: the spool file, our Received header in it. A spool
@@ -557,7 +597,7 @@ impl Chunked<'_> {
     }
 
     /// BDAT LAST: the file flushed, the verdict, the commit.
-    fn commit(mut self, session: &mut Session, peer: &SocketAddr, ctx: &Context) -> Reply {
+    fn commit(mut self, session: &mut Session, peer: &SocketAddr, ctx: &Context) -> Finished {
         if self.write_error.is_none() {
             self.write_error = self.incoming.flush().err();
         }

@@ -297,6 +297,38 @@ pub fn write_dot_stuffed(body: &mut impl Read, out: &mut impl Write) -> io::Resu
     })
 }
 
+/// Dot-stuffs one piece of a body onto `wire`, `prev` being the octet
+/// before it: a bare CR or LF becomes CRLF, a dot at a line start is
+/// doubled (RFC 5321 §4.5.2). The octets between line ends are copied as
+/// runs (memchr finds the next CR or LF); only line ends are looked at
+/// one by one.
+fn stuff_piece(piece: &[u8], prev: &mut u8, wire: &mut Vec<u8>) {
+    let mut rest = piece;
+    while let Some(&b) = rest.first() {
+        if *prev == b'\r' && b != b'\n' {
+            wire.push(b'\n'); // complete a bare CR
+            *prev = b'\n';
+        }
+        if *prev == b'\n' && b == b'.' {
+            wire.push(b'.');
+        }
+        let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        if run > 0 {
+            // no line end in it: nothing else to change
+            wire.extend_from_slice(&rest[..run]);
+            *prev = rest[run - 1];
+            rest = &rest[run..];
+            continue;
+        }
+        if b == b'\n' && *prev != b'\r' {
+            wire.push(b'\r');
+        }
+        wire.push(b);
+        *prev = b;
+        rest = &rest[1..];
+    }
+}
+
 fn stuff(
     body: &mut impl Read,
     out: &mut impl Write,
@@ -319,20 +351,7 @@ fn stuff(
         };
         read += n as u64;
         wire.clear();
-        for &b in &buf[..n] {
-            if prev == b'\r' && b != b'\n' {
-                wire.push(b'\n'); // complete a bare CR
-                prev = b'\n';
-            }
-            if prev == b'\n' && b == b'.' {
-                wire.push(b'.');
-            }
-            if b == b'\n' && prev != b'\r' {
-                wire.push(b'\r');
-            }
-            wire.push(b);
-            prev = b;
-        }
+        stuff_piece(&buf[..n], &mut prev, wire);
         out.write_all(wire)?;
     }
     match prev {
@@ -627,6 +646,52 @@ mod tests {
             as_transmitted(b"a\r\nb\r\n"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    /// The octet-by-octet rule `stuff_piece` implements with runs.
+    fn stuff_reference(data: &[u8], prev: &mut u8, wire: &mut Vec<u8>) {
+        for &b in data {
+            if *prev == b'\r' && b != b'\n' {
+                wire.push(b'\n');
+                *prev = b'\n';
+            }
+            if *prev == b'\n' && b == b'.' {
+                wire.push(b'.');
+            }
+            if b == b'\n' && *prev != b'\r' {
+                wire.push(b'\r');
+            }
+            wire.push(b);
+            *prev = b;
+        }
+    }
+
+    #[test]
+    fn stuffing_in_runs_matches_the_octet_rule() {
+        // every string of up to 6 octets over an alphabet of line ends,
+        // dots and a letter, cut into two pieces at every point
+        let alphabet = [b'\r', b'\n', b'.', b'a'];
+        let mut cases = vec![Vec::new()];
+        for len in 1..=6u32 {
+            for mut k in 0..alphabet.len().pow(len) {
+                let mut v = Vec::new();
+                for _ in 0..len {
+                    v.push(alphabet[k % alphabet.len()]);
+                    k /= alphabet.len();
+                }
+                cases.push(v);
+            }
+        }
+        for case in &cases {
+            for cut in 0..=case.len() {
+                let (mut p1, mut p2) = (b'\n', b'\n');
+                let (mut w1, mut w2) = (Vec::new(), Vec::new());
+                stuff_piece(&case[..cut], &mut p1, &mut w1);
+                stuff_piece(&case[cut..], &mut p1, &mut w1);
+                stuff_reference(case, &mut p2, &mut w2);
+                assert_eq!((w1, p1), (w2, p2), "{case:?} cut at {cut}");
+            }
+        }
     }
 
     #[test]

@@ -306,11 +306,13 @@ impl Scheduler {
                 // here the message's last line is in the server's log
                 Request::Deleted(id) => {
                     log::info!("{id} deleted by the operator");
+                    self.forget_logged(id);
                     self.look_again(id);
                 }
                 Request::Returned(id, dsn) => {
                     let dsn = dsn.map(|d| format!(" (DSN {d})")).unwrap_or_default();
                     log::info!("{id} returned to sender by the operator{dsn}");
+                    self.forget_logged(id);
                     self.look_again(id);
                 }
             }
@@ -319,6 +321,15 @@ impl Scheduler {
             log::info!("flush: {n} requested message(s) made due now");
         }
         taken
+    }
+
+    /// A message the operator finished: out of the commit log's replay
+    /// before the request is removed (the request itself keeps it out of
+    /// a replay until then, `Spool::finished_by_operator`).
+    fn forget_logged(&self, id: QueueId) {
+        if let Err(e) = self.spool.forget_logged(id) {
+            log::error!("{id}: {e}; a crash before the next checkpoint could bring it back");
+        }
     }
 
     /// Makes `id` due now, if it is queued and waiting; whether it was.

@@ -836,3 +836,73 @@ fn a_message_whose_queue_files_a_crash_lost_comes_back_from_the_commit_log() {
     );
     assert!(!log.contains(&format!("{delivered}: restored")), "{log}");
 }
+
+/// A message the operator deletes (`queue delete`) after the commit log
+/// took it and before the checkpoint after (held off here) stays deleted
+/// through a kill -9 and the replay at the next start: with the server
+/// running, the server writes a `done` record when it takes the request;
+/// with none running (deleted after the crash), the request left in the
+/// spool keeps the message out of the replay. Without either the replay
+/// restores the message and delivers it.
+#[test]
+fn a_message_the_operator_deleted_is_not_replayed_after_a_crash() {
+    for deleted_while_running in [true, false] {
+        let dir = TempDir::new("spool");
+        let spool = dir.path().join("spool");
+        let sink = Sink::start();
+        // nothing listens there: the message is deferred and stays
+        let dead = format!("127.0.0.1:{}", dnsmasq::free_port());
+        let mut relay = Relay::start_with_spool_env(
+            spool.clone(),
+            &["--no-dns", "--route", &format!("*={dead}")],
+            &[("SMTP_RELAY_FAULT", "checkpoint-hold:1000000")],
+        );
+        let mut t = relay.session();
+        let id = t.send_mail(
+            "a@example.org",
+            &["b@deleted.example"],
+            b"Subject: deleted\r\n\r\nthe operator removed this\r\n",
+        );
+        t.cmd("QUIT", 221);
+        let s = spool.display().to_string();
+        let delete = || {
+            run_cli(
+                &["queue", "delete", "--spool", &s, "--id", &id],
+                Duration::from_secs(30),
+            )
+        };
+        if deleted_while_running {
+            let r = delete();
+            assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+            // the server took the request (and wrote the done record)
+            let requests = fs::read_dir(spool.join("flush.d"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(requests, 0, "the running server did not take the request");
+            relay.kill();
+        } else {
+            relay.kill();
+            let r = delete();
+            assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+        }
+        assert!(spool.join("commit.log").exists());
+        assert!(queue_files(&spool).is_empty(), "{:?}", queue_files(&spool));
+
+        let to_sink = format!("127.0.0.1:{}", sink.addr().port());
+        let relay = Relay::start_with_spool(
+            spool.clone(),
+            &["--no-dns", "--route", &format!("*={to_sink}")],
+        );
+        relay.wait_recovered();
+        // time for a wrongly replayed message to be delivered
+        thread::sleep(Duration::from_millis(1500));
+        let log = relay.log();
+        assert_eq!(
+            sink.count(),
+            0,
+            "deleted while running: {deleted_while_running}; replayed and sent:\n{log}"
+        );
+        assert!(!log.contains(&format!("{id}: restored")), "{log}");
+        assert!(queue_files(&spool).is_empty(), "{:?}", queue_files(&spool));
+    }
+}

@@ -61,14 +61,27 @@ const SERVER_WAIT: Duration = Duration::from_secs(5);
 /// "Metrics"). Without a server (or one too slow) there is nothing to
 /// wait for: the next start or rescan reads the spool as it is.
 fn tell_server(spool: &Spool, requests: &[Request]) {
-    if requests.is_empty() || !spool.is_locked() {
+    if requests.is_empty() {
+        return;
+    }
+    let running = spool.is_locked();
+    // with no server running, a deletion or a return is still left for
+    // the next one when the spool has a commit log: its replay at start
+    // would otherwise bring back a message finished here after it was
+    // logged (a kill -9 within a checkpoint of its commit)
+    let finishes = requests
+        .iter()
+        .any(|r| matches!(r, Request::Deleted(_) | Request::Returned(..)));
+    let left_for_next = finishes && spool.has_commit_log();
+    if !(running || left_for_next) {
         return;
     }
     match spool.request(requests) {
-        Ok(r) => {
+        Ok(r) if running => {
             let _ = r.wait_done(SERVER_WAIT);
         }
-        Err(e) => log::warn!("could not tell the running server: {e}"),
+        Ok(_) => {}
+        Err(e) => log::warn!("could not tell the server: {e}"),
     }
 }
 

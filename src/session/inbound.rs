@@ -214,7 +214,7 @@ fn next_instance() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
         "{:x}.{:x}",
-        std::process::id(),
+        crate::sys::pid(),
         N.fetch_add(1, Ordering::Relaxed)
     )
 }

@@ -104,6 +104,10 @@ enum Op {
     },
     /// Make the removals so far durable now (the server is stopping).
     Flush,
+    /// A message the operator finished outside the server (`queue
+    /// delete`, `queue bounce`): a `done` record, so that a replay does
+    /// not bring it back.
+    Forget { id: QueueId },
 }
 
 struct Request {
@@ -219,12 +223,19 @@ impl Committer {
         self.submit(Op::Flush)
     }
 
+    /// Tells the commit log that `id` was finished outside the server;
+    /// returns once its `done` record is written, or the log's epoch no
+    /// longer holds it.
+    pub(super) fn forget(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.submit(Op::Forget { id })
+    }
+
     fn submit(&self, op: Op) -> Result<(), SpoolError> {
         let (done, done_rx) = bounded(1);
         let queue_hint = match &op {
             Op::Publish { env_final, .. } => env_final.clone(),
             Op::Remove { env, .. } => env.clone(),
-            Op::Flush => PathBuf::from("queue"),
+            Op::Flush | Op::Forget { .. } => PathBuf::from("queue"),
         };
         let req = Request { op, done };
         self.tx.send(req).map_err(|_| {
@@ -351,6 +362,10 @@ impl Run<'_> {
                     let result = self.remove(&r.op, state);
                     let _ = r.done.send(result);
                 }
+                Op::Forget { id } => {
+                    let result = self.forget(*id, state);
+                    let _ = r.done.send(result);
+                }
                 Op::Flush => flush_asked.push(r),
             }
         }
@@ -405,23 +420,44 @@ impl Run<'_> {
     /// log's current epoch (so a replay never brings it back), then the
     /// renames.
     fn remove(&self, op: &Op, state: &mut State) -> Result<(), SpoolError> {
-        if let (Op::Remove { id, env, .. }, Some(log)) = (op, state.log.as_mut()) {
-            if log.holds(*id) && log.append_done(*id).is_err() {
-                // no room, or the write failed: a checkpoint makes the
-                // message's files durable, and the epoch after it no
-                // longer holds the message; without either, a replay
-                // would bring it back, so it stays queued for now
-                let kept = self.checkpoint(state).is_err()
-                    || state.log.as_ref().is_some_and(|l| l.holds(*id));
-                if kept {
-                    return Err(SpoolError::io(
-                        env,
-                        std::io::Error::other("commit log: no done record"),
-                    ));
-                }
+        if let Op::Remove { id, env, .. } = op {
+            if !self.retire(*id, state) {
+                // a replay would bring it back: it stays queued for now
+                return Err(SpoolError::io(
+                    env,
+                    std::io::Error::other("commit log: no done record"),
+                ));
             }
         }
         apply(op, self.recycler, &mut state.freed)
+    }
+
+    /// `Op::Forget`: the `done` record of a message the operator
+    /// finished.
+    fn forget(&self, id: QueueId, state: &mut State) -> Result<(), SpoolError> {
+        if self.retire(id, state) {
+            Ok(())
+        } else {
+            Err(SpoolError::io(
+                self.queue,
+                std::io::Error::other(format!("commit log: no done record for {id}")),
+            ))
+        }
+    }
+
+    /// Makes sure a replay of the commit log does not bring `id` back: a
+    /// `done` record when the log's epoch holds it. With no room, or when
+    /// the write failed, a checkpoint makes the message's files durable
+    /// and the epoch after it no longer holds the message. Whether the
+    /// log is rid of it.
+    fn retire(&self, id: QueueId, state: &mut State) -> bool {
+        let Some(log) = state.log.as_mut() else {
+            return true;
+        };
+        if !log.holds(id) || log.append_done(id).is_ok() {
+            return true;
+        }
+        self.checkpoint(state).is_ok() && !state.log.as_ref().is_some_and(|l| l.holds(id))
     }
 
     /// Makes everything answered so far durable: the files of the
@@ -511,6 +547,10 @@ impl Run<'_> {
                 },
                 Op::Remove { .. } => {
                     let result = self.remove(&r.op, state);
+                    let _ = r.done.send(result);
+                }
+                Op::Forget { id } => {
+                    let result = self.forget(*id, state);
                     let _ = r.done.send(result);
                 }
                 Op::Flush => flush_asked.push(r),
@@ -674,6 +714,6 @@ fn apply(op: &Op, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result<(), S
             }
             Ok(())
         }
-        Op::Flush => Ok(()),
+        Op::Flush | Op::Forget { .. } => Ok(()),
     }
 }

@@ -163,6 +163,28 @@ impl Spool {
         out
     }
 
+    /// The messages pending requests say the operator finished
+    /// (`deleted ID`, `returned ID`), the requests left where they are.
+    /// The commit log's replay at start-up skips them
+    /// (`open_commit_log`).
+    pub(crate) fn finished_by_operator(&self) -> std::collections::HashSet<QueueId> {
+        let Ok(entries) = fs::read_dir(&self.flush) else {
+            return Default::default();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| fs::read_to_string(e.path()).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| match Request::parse(l.trim()) {
+                        Some(Request::Deleted(id) | Request::Returned(id, _)) => Some(id),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Whether message `id` is committed in the queue (its envelope is
     /// there).
     pub fn is_queued(&self, id: QueueId) -> bool {

@@ -327,6 +327,15 @@ impl Spool {
             // started past
             Err(e) => return Err(SpoolError::io(&path, e)),
         };
+        // a message the operator deleted or returned (`queue delete`,
+        // `queue bounce`) after it was logged, whose request the server
+        // has not taken yet (it crashed, or none ran), is finished: the
+        // replay must not bring it back
+        let finished = self.finished_by_operator();
+        let logged: Vec<commit_log::Logged> = logged
+            .into_iter()
+            .filter(|m| QueueId::parse(&m.id).is_none_or(|id| !finished.contains(&id)))
+            .collect();
         let restored = commit_log::restore(&self.tmp, &self.queue, &logged)
             .map_err(|e| SpoolError::io(&self.queue, e))?;
         log.begin_epoch().map_err(|e| SpoolError::io(&path, e))?;
@@ -337,6 +346,12 @@ impl Spool {
             );
         }
         Ok(Some(log))
+    }
+
+    /// Whether the spool has a commit log (one a server made, maybe with
+    /// records a replay brings back).
+    pub fn has_commit_log(&self) -> bool {
+        self.root.join(commit_log::FILE_NAME).exists()
     }
 
     /// Whether commits go through the commit log when they can (the
@@ -352,6 +367,17 @@ impl Spool {
         match &self.committer {
             Some(c) => c.flush(),
             None => Ok(()),
+        }
+    }
+
+    /// The operator finished `id` outside the server (`queue delete`,
+    /// `queue bounce`): the commit log, if the server keeps one, is told,
+    /// so that a crash and the replay after it do not bring the message
+    /// back (`Committer::forget`).
+    pub fn forget_logged(&self, id: QueueId) -> Result<(), SpoolError> {
+        match &self.committer {
+            Some(c) if self.logging => c.forget(id),
+            _ => Ok(()),
         }
     }
 

@@ -87,19 +87,32 @@ fn tell_server(spool: &Spool, requests: &[Request]) {
 
 /// Applies `f` to every selected message under its lock; prints one line
 /// per message. `--dry-run` prints what would change and changes nothing.
-/// Returns the exit code and the ids changed.
+/// Returns the exit code and the ids changed, also those changed before
+/// an error stopped it (the server is told of them all the same).
 fn change(
     spool: &Spool,
     sel: &Selector,
     dry_run: bool,
     verb: &str,
     f: impl Fn(&Claim, &mut Envelope) -> Result<After, SpoolError>,
-) -> Result<(Exit, Vec<QueueId>), AdminError> {
+) -> (Result<Exit, AdminError>, Vec<QueueId>) {
+    let mut changed = Vec::new();
+    let code = change_each(spool, sel, dry_run, verb, f, &mut changed);
+    (code, changed)
+}
+
+fn change_each(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    verb: &str,
+    f: impl Fn(&Claim, &mut Envelope) -> Result<After, SpoolError>,
+    changed: &mut Vec<QueueId>,
+) -> Result<Exit, AdminError> {
     let now = now_unix();
     let envs = select(spool, sel, now)?;
     let mut out = io::stdout().lock();
     let mut busy = 0;
-    let mut changed = Vec::new();
     for env in &envs {
         if dry_run {
             writeln!(out, "would {verb} {}", list_line(env, now))?;
@@ -117,7 +130,7 @@ fn change(
             }
         }
     }
-    Ok((if busy > 0 { EX_TEMPFAIL } else { EX_OK }, changed))
+    Ok(if busy > 0 { EX_TEMPFAIL } else { EX_OK })
 }
 
 /// `queue hold [--for DURATION]`.
@@ -135,10 +148,10 @@ pub(super) fn hold(
     let (code, ids) = change(spool, sel, dry_run, "hold", |_, env| {
         env.hold = Some(hold);
         Ok(After::Store)
-    })?;
+    });
     let changed: Vec<Request> = ids.iter().map(|&id| Request::Changed(id)).collect();
     tell_server(spool, &changed);
-    Ok(code)
+    code
 }
 
 /// `queue release` and `queue requeue`: `f` makes the message due now,
@@ -157,11 +170,12 @@ fn make_due(
     if ids.is_empty() {
         return Ok(EX_OK);
     }
-    let (code, _) = change(spool, &sel, dry_run, verb, |_, env| {
+    let code = change(spool, &sel, dry_run, verb, |_, env| {
         f(env);
         env.next_try = now_unix();
         Ok(After::Store)
-    })?;
+    })
+    .0?;
     if !dry_run {
         // due now; the server reads the hold again too (`release`)
         tell_server(
@@ -203,9 +217,30 @@ pub(super) fn delete(
     now: u64,
     out: &mut impl Write,
 ) -> Result<Exit, AdminError> {
+    let mut gone = Vec::new();
+    let code = delete_each(spool, sel, dry_run, now, out, &mut gone);
+    // also when an error stopped it: the messages deleted before it are
+    // gone, and the commit log's replay must know (`tell_server`)
+    tell_server(
+        spool,
+        &gone
+            .iter()
+            .map(|&id| Request::Deleted(id))
+            .collect::<Vec<_>>(),
+    );
+    code
+}
+
+fn delete_each(
+    spool: &Spool,
+    sel: &Selector,
+    dry_run: bool,
+    now: u64,
+    out: &mut impl Write,
+    gone: &mut Vec<QueueId>,
+) -> Result<Exit, AdminError> {
     let envs = select(spool, sel, now)?;
     let mut busy = 0;
-    let mut gone = Vec::new();
     for env in &envs {
         if dry_run {
             writeln!(out, "would delete {}", list_line(env, now))?;
@@ -224,13 +259,6 @@ pub(super) fn delete(
             }
         }
     }
-    tell_server(
-        spool,
-        &gone
-            .iter()
-            .map(|&id| Request::Deleted(id))
-            .collect::<Vec<_>>(),
-    );
     Ok(if busy > 0 { EX_TEMPFAIL } else { EX_OK })
 }
 
@@ -257,12 +285,14 @@ pub(super) fn bounce(
             let _ = claim.spool().request_flush(&[dsn]);
         }
         Ok(After::Finish)
-    })?;
+    });
+    // also when an error stopped it: the messages returned before it are
+    // finished, and the commit log's replay must know (`tell_server`)
     let dsns = dsns.into_inner();
     let returned: Vec<Request> = ids
         .iter()
         .map(|&id| Request::Returned(id, dsns.get(&id).copied().flatten()))
         .collect();
     tell_server(spool, &returned);
-    Ok(code)
+    code
 }

@@ -651,106 +651,94 @@ impl Deliverer {
         dest: &DestTls,
     ) -> Tried {
         // a cached connection whose peer closed it while idle fails its
-        // RSET, the first reply `send` reads: another one, cached or new
-        // (each such one has left the cache, and a new one has no RSET)
+        // RSET, the first reply `send` reads: then another one, cached or
+        // new (each such one has left the cache, and a new one has no
+        // RSET)
         loop {
-            if let Some(tried) = self.try_connection(id, msg, claim, target, dest) {
-                return tried;
-            }
-        }
-    }
-
-    /// `try_peer` on one connection; `None` when it was a cached one the
-    /// peer no longer held.
-    fn try_connection(
-        &self,
-        id: QueueId,
-        msg: &Outgoing,
-        claim: &Claim,
-        target: &Target,
-        dest: &DestTls,
-    ) -> Option<Tried> {
-        let (hop, peer, label) = (target.hop, target.peer, target.label.as_str());
-        let (mut conn, key, fresh) = match self.connection(hop, peer, msg.from, target) {
-            Ok(c) => c,
-            Err(e) => {
-                log::debug!("{id} {label}: {e}");
-                if let ClientError::Rejected(Phase::StartTls | Phase::Tls, r) = &e {
-                    let text = r.text();
-                    let result = tls_report::classify(&text, target.tls == RouteTls::Dane);
-                    let f = tls_report::failure(result, &hop.name, Some(peer.ip()), None, &text);
-                    self.report_tls(target.report, Some(f));
+            let (hop, peer, label) = (target.hop, target.peer, target.label.as_str());
+            let (mut conn, key, fresh) = match self.connection(hop, peer, msg.from, target) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::debug!("{id} {label}: {e}");
+                    if let ClientError::Rejected(Phase::StartTls | Phase::Tls, r) = &e {
+                        let text = r.text();
+                        let result = tls_report::classify(&text, target.tls == RouteTls::Dane);
+                        let f =
+                            tls_report::failure(result, &hop.name, Some(peer.ip()), None, &text);
+                        self.report_tls(target.report, Some(f));
+                    }
+                    if let Some(st) = tls_failure(&e, msg.requiretls, dest, target.tls) {
+                        log::info!("{id} relay={label} {st}");
+                        return Tried::Next(st);
+                    }
+                    // a 5xx greeting is that host's answer; try others
+                    return Tried::Next(error_status(&e, hop, peer));
                 }
-                if let Some(st) = tls_failure(&e, msg.requiretls, dest, target.tls) {
-                    log::info!("{id} relay={label} {st}");
-                    return Some(Tried::Next(st));
-                }
-                // a 5xx greeting is that host's answer; try others
-                return Some(Tried::Next(error_status(&e, hop, peer)));
+            };
+            let would_fail = self.log_would_fail(id, &conn, target, dest, msg.requiretls);
+            if fresh {
+                self.report_session(&conn, target, dest, msg.requiretls, would_fail);
             }
-        };
-        let would_fail = self.log_would_fail(id, &conn, target, dest, msg.requiretls);
-        if fresh {
-            self.report_session(&conn, target, dest, msg.requiretls, would_fail);
-        }
-        if let Some(st) = requiretls_unmet(msg.requiretls, &conn) {
-            log::info!("{id} relay={label} {st}");
-            let max = self.limiter.max_messages(target.limit_key);
-            self.cache.put(conn, key, max);
-            return Some(Tried::Next(st));
-        }
-        // each try reads the body from its first octet; unbuffered: the
-        // dot-stuffer reads it in 16 KiB pieces, and a BufReader over a
-        // reader without `read_buf` zeroed its 64 KiB buffer per message
-        let mut reader = claim.body();
-        let result = conn.send(msg, &mut reader);
-        if !fresh && result.as_ref().is_err_and(ClientError::is_failed_rset) {
-            log::debug!("{id} {label}: cached connection no longer usable, another one");
-            conn.quit();
-            return None;
-        }
-        match &key.2 {
-            // the user only, never the secret
-            Some(user) => log::info!("{id} relay={label} tls={} auth={user}", conn.tls_label()),
-            None => log::info!("{id} relay={label} tls={}", conn.tls_label()),
-        }
-        self.cache
-            .put(conn, key, self.limiter.max_messages(target.limit_key));
-        let name = remote_name(hop, peer);
-        Some(match result {
-            Ok(sent) => Tried::Answered(
-                sent.rcpt_replies
-                    .iter()
-                    .map(|rr| {
-                        // the DATA reply speaks for every accepted
-                        // recipient (RFC 5321 §4.1.1.4)
-                        let reply = match (&sent.data_reply, rr.code().is_positive()) {
-                            (Some(data), true) => data,
-                            _ => rr,
-                        };
-                        RcptResult {
-                            relay: label.to_string(),
-                            status: Status::remote(reply, &name, peer),
-                            dsn_passed: sent.dsn_passed,
-                        }
-                    })
-                    .collect(),
-            ),
-            Err(e) => {
-                let st = error_status(&e, hop, peer);
-                let data_was_sent = matches!(
-                    &e,
-                    ClientError::Io(Phase::EndOfData, _) | ClientError::Timeout(Phase::EndOfData)
-                );
-                // a permanent refusal, or a failure after the data went
-                // out, is final for this attempt
-                if st.class() == Class::Permanent || data_was_sent {
-                    Tried::Final(st)
-                } else {
-                    Tried::Next(st)
-                }
+            if let Some(st) = requiretls_unmet(msg.requiretls, &conn) {
+                log::info!("{id} relay={label} {st}");
+                let max = self.limiter.max_messages(target.limit_key);
+                self.cache.put(conn, key, max);
+                return Tried::Next(st);
             }
-        })
+            // each try reads the body from its first octet; unbuffered: the
+            // dot-stuffer reads it in 16 KiB pieces, and a BufReader over a
+            // reader without `read_buf` zeroed its 64 KiB buffer per message
+            let mut reader = claim.body();
+            let result = conn.send(msg, &mut reader);
+            if !fresh && result.as_ref().is_err_and(ClientError::is_failed_rset) {
+                log::debug!("{id} {label}: cached connection no longer usable, another one");
+                conn.quit();
+                continue;
+            }
+            match &key.2 {
+                // the user only, never the secret
+                Some(user) => log::info!("{id} relay={label} tls={} auth={user}", conn.tls_label()),
+                None => log::info!("{id} relay={label} tls={}", conn.tls_label()),
+            }
+            self.cache
+                .put(conn, key, self.limiter.max_messages(target.limit_key));
+            let name = remote_name(hop, peer);
+            return match result {
+                Ok(sent) => Tried::Answered(
+                    sent.rcpt_replies
+                        .iter()
+                        .map(|rr| {
+                            // the DATA reply speaks for every accepted
+                            // recipient (RFC 5321 §4.1.1.4)
+                            let reply = match (&sent.data_reply, rr.code().is_positive()) {
+                                (Some(data), true) => data,
+                                _ => rr,
+                            };
+                            RcptResult {
+                                relay: label.to_string(),
+                                status: Status::remote(reply, &name, peer),
+                                dsn_passed: sent.dsn_passed,
+                            }
+                        })
+                        .collect(),
+                ),
+                Err(e) => {
+                    let st = error_status(&e, hop, peer);
+                    let data_was_sent = matches!(
+                        &e,
+                        ClientError::Io(Phase::EndOfData, _)
+                            | ClientError::Timeout(Phase::EndOfData)
+                    );
+                    // a permanent refusal, or a failure after the data went
+                    // out, is final for this attempt
+                    if st.class() == Class::Permanent || data_was_sent {
+                        Tried::Final(st)
+                    } else {
+                        Tried::Next(st)
+                    }
+                }
+            };
+        }
     }
 
     /// RFC 8461 §5: a `testing` policy delivers as usual; what `enforce`

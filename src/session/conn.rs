@@ -348,9 +348,9 @@ fn perform<'a>(
 }
 
 /// The reply that ends DATA or a BDAT chunk, then, for a message just
-/// queued, its log line and the scheduler's word (`Finished::announce`):
-/// after the reply is written, and also when writing it failed, since the
-/// message is queued all the same.
+/// queued, the scheduler's word (`Finished::announce`): after the reply
+/// is written, and also when writing it failed, since the message is
+/// queued all the same.
 fn end_of_message(conn: &mut Conn, finished: Finished, ctx: &Context) -> io::Result<Flow> {
     // RFC 5321 §3.8: a 421 (a milter's SMFIR_SHUTDOWN) closes
     let closes = finished.reply.closes_session();

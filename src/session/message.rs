@@ -364,9 +364,26 @@ fn finish_message(
                 .tls()
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "none".into());
+            // the AUTH user (RFC 4954), when there is one
+            let auth = env
+                .auth
+                .as_deref()
+                .map(|a| format!(" auth={}", crate::smtp::Escaped(a)))
+                .unwrap_or_default();
+            // logged and counted before the 250: whoever reads the log
+            // or the metrics once the client has its 250 finds them
+            log::info!(
+                "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}{auth}",
+                crate::smtp::Escaped(&env.from.to_string()),
+                env.size,
+                env.rcpts.len(),
+                env.client,
+                crate::smtp::Escaped(&crate::spool::envelope::clean(&env.helo)),
+            );
+            crate::metrics::received(env.size);
             Finished {
                 reply: Reply::queued(&id),
-                queued: Some(Queued { id, env, tls }),
+                queued: Some(id),
             }
         }
         Err(e) => {
@@ -381,18 +398,13 @@ fn finish_message(
 }
 
 /// The end of a message: its reply and, when the message was queued,
-/// what is said about it once that reply is written ([`Finished::announce`]).
+/// its id for the scheduler once that reply is written
+/// ([`Finished::announce`]).
 pub(super) struct Finished {
     pub(super) reply: Reply,
-    queued: Option<Queued>,
-}
-
-/// A message just committed, to be logged and handed to the scheduler.
-struct Queued {
-    /// The id it was queued under (`env.id` unless a collision rerolled it).
-    id: QueueId,
-    env: Envelope,
-    tls: String,
+    /// The id it was queued under (`env.id` unless a collision rerolled
+    /// it).
+    queued: Option<QueueId>,
 }
 
 impl From<Reply> for Finished {
@@ -405,31 +417,12 @@ impl From<Reply> for Finished {
 }
 
 impl Finished {
-    /// Logs a queued message and tells the scheduler of it. The session
-    /// calls it after writing the 250, also when that write failed (the
-    /// message is queued all the same): the log line, the metrics and the
-    /// scheduler's wake-up are then off the path between the commit and
-    /// the client's next command.
+    /// Tells the scheduler of a queued message. The session calls it
+    /// after writing the 250, also when that write failed (the message
+    /// is queued all the same): the scheduler's wake-up is then off the
+    /// path between the commit and the client's next command.
     pub(super) fn announce(self, ctx: &Context) {
-        let Some(Queued { id, env, tls }) = self.queued else {
-            return;
-        };
-        // the AUTH user (RFC 4954), when there is one
-        let auth = env
-            .auth
-            .as_deref()
-            .map(|a| format!(" auth={}", crate::smtp::Escaped(a)))
-            .unwrap_or_default();
-        log::info!(
-            "{id} queued from={} size={} nrcpt={} client=[{}] helo={} tls={tls}{auth}",
-            crate::smtp::Escaped(&env.from.to_string()),
-            env.size,
-            env.rcpts.len(),
-            env.client,
-            crate::smtp::Escaped(&crate::spool::envelope::clean(&env.helo)),
-        );
-        crate::metrics::received(env.size);
-        if let Some(tx) = &ctx.committed {
+        if let (Some(id), Some(tx)) = (self.queued, &ctx.committed) {
             let _ = tx.try_send(id);
         }
     }

@@ -146,15 +146,77 @@ struct State {
     /// have waited for that flush (a checkpoint for the latter).
     unflushed_since: Option<Instant>,
     /// The commit log (module doc of `commit_log.rs`), with the syncfs
-    /// orders; removed after a checkpoint once it failed (batches then
-    /// take the flushes).
-    log: Option<CommitLog>,
-    /// An append to the log failed: no more records go in, and the next
-    /// checkpoint removes it.
-    log_failed: bool,
-    /// A checkpoint failed: the log keeps its epoch for the next start's
-    /// replay, takes no more records and is never advanced in this run.
-    log_frozen: bool,
+    /// orders.
+    log: Log,
+}
+
+/// The commit log as the committer holds it. Only an `Open` log takes
+/// publish records; `done` records go into any log there is (they only
+/// keep finished messages out of a replay).
+#[derive(Default)]
+enum Log {
+    /// None: `--sync fsync`, a spool without room for one, or removed
+    /// after a failure (batches then take the flushes).
+    #[default]
+    Off,
+    Open(CommitLog),
+    /// An append failed: the next checkpoint removes it.
+    Failed(CommitLog),
+    /// A checkpoint failed: kept for the next start's replay, never
+    /// advanced or removed in this run (a retried flush can succeed
+    /// without the writes the failed one lost, the error being reported
+    /// once).
+    Frozen(CommitLog),
+}
+
+impl Log {
+    /// The log in any state.
+    fn any(&mut self) -> Option<&mut CommitLog> {
+        match self {
+            Log::Off => None,
+            Log::Open(l) | Log::Failed(l) | Log::Frozen(l) => Some(l),
+        }
+    }
+
+    /// Whether `id` is in the log's epoch, in any state.
+    fn holds(&self, id: QueueId) -> bool {
+        match self {
+            Log::Off => false,
+            Log::Open(l) | Log::Failed(l) | Log::Frozen(l) => l.holds(id),
+        }
+    }
+
+    /// An `Open` log, after an append failed, fails.
+    fn fail(&mut self) {
+        if let Log::Open(l) = std::mem::take(self) {
+            *self = Log::Failed(l);
+        }
+    }
+
+    /// After a failed checkpoint; whether it just froze (to log once).
+    fn freeze(&mut self) -> bool {
+        match std::mem::take(self) {
+            Log::Open(l) | Log::Failed(l) => {
+                *self = Log::Frozen(l);
+                true
+            }
+            other => {
+                *self = other;
+                false
+            }
+        }
+    }
+
+    /// Whether a checkpoint has logged messages to make durable (and so
+    /// the log's next epoch to start after it).
+    fn has_records(&self) -> bool {
+        match self {
+            Log::Open(l) => !l.is_empty(),
+            // its records' fate is unknown: checkpointed, then removed
+            Log::Failed(_) => true,
+            Log::Off | Log::Frozen(_) => false,
+        }
+    }
 }
 
 impl Committer {
@@ -184,7 +246,7 @@ impl Committer {
                     removal_delay,
                 };
                 let mut state = State {
-                    log,
+                    log: log.map_or(Log::Off, Log::Open),
                     ..State::default()
                 };
                 while crate::pool::catch(what, || c.run(&rx, &mut state)).is_none() {}
@@ -331,16 +393,16 @@ impl Run<'_> {
                 _ => {}
             }
         }
-        if n == 0 || n > LOG_BATCH_MAX || state.log_failed || state.log_frozen {
+        if n == 0 || n > LOG_BATCH_MAX {
             return false;
         }
-        let Some(log) = state.log.as_ref() else {
+        let Log::Open(log) = &state.log else {
             return false;
         };
         if log.has_room(len, n) {
             return true;
         }
-        self.checkpoint(state).is_ok() && state.log.as_ref().is_some_and(|l| l.has_room(len, n))
+        self.checkpoint(state).is_ok() && matches!(&state.log, Log::Open(l) if l.has_room(len, n))
     }
 
     /// A batch through the commit log: its records written and
@@ -370,24 +432,24 @@ impl Run<'_> {
             }
         }
         let ids: Vec<QueueId> = records.iter().map(|(id, _)| *id).collect();
-        let appended = match state.log.as_mut() {
-            Some(log) => crate::fault::fails(crate::fault::Point::CommitFlush)
+        let appended = match &mut state.log {
+            Log::Open(log) => crate::fault::fails(crate::fault::Point::CommitFlush)
                 .and_then(|()| log.append_durably(&mut records)),
-            None => Err(std::io::Error::other("no commit log")),
+            _ => Err(std::io::Error::other("no commit log")),
         };
         if let Err(e) = appended {
             // not known durable: never renamed into queue/, answered 451.
             // A record that did reach the disk may bring its message back
             // after a crash, to be delivered although its client was told
             // to retry: a duplicate, never a loss
-            if let Some(log) = state.log.as_ref() {
+            if let Some(log) = state.log.any() {
                 log::error!(
                     "{}: {e}; {} messages answered 451, and group commits take their flushes without the log from now on",
                     log.path().display(),
                     published.len()
                 );
             }
-            state.log_failed = true;
+            state.log.fail();
             state.unflushed_since.get_or_insert_with(Instant::now);
             for r in published {
                 let _ = r.done.send(Err(self.error(&e)));
@@ -399,7 +461,7 @@ impl Run<'_> {
                 if result.is_err() {
                     // the session retries under another id (or gives up):
                     // a replay must not make this one
-                    if let Some(log) = state.log.as_mut() {
+                    if let Some(log) = state.log.any() {
                         let _ = log.append_done(id);
                     }
                 }
@@ -451,13 +513,13 @@ impl Run<'_> {
     /// and the epoch after it no longer holds the message. Whether the
     /// log is rid of it.
     fn retire(&self, id: QueueId, state: &mut State) -> bool {
-        let Some(log) = state.log.as_mut() else {
+        let Some(log) = state.log.any() else {
             return true;
         };
         if !log.holds(id) || log.append_done(id).is_ok() {
             return true;
         }
-        self.checkpoint(state).is_ok() && !state.log.as_ref().is_some_and(|l| l.holds(id))
+        self.checkpoint(state).is_ok() && !state.log.holds(id)
     }
 
     /// Makes everything answered so far durable: the files of the
@@ -466,12 +528,7 @@ impl Run<'_> {
     /// then the next epoch starts; with nothing logged, the removals (one
     /// fsync of `queue/`).
     fn checkpoint(&self, state: &mut State) -> std::io::Result<()> {
-        let logged = !state.log_frozen
-            && state
-                .log
-                .as_ref()
-                .is_some_and(|l| !l.is_empty() || state.log_failed);
-        if !logged {
+        if !state.log.has_records() {
             return self.flush_folder(state);
         }
         if let Err(e) = crate::fault::fails(crate::fault::Point::Checkpoint) {
@@ -491,13 +548,12 @@ impl Run<'_> {
                 // is reported once): the epoch is never retired in this
                 // run, no record goes in after it, and the next start
                 // replays it
-                if !state.log_frozen {
+                if state.log.freeze() {
                     log::error!(
                         "{}: checkpoint failed ({e}): the commit log is kept for the next start and takes no more records",
                         self.queue.display()
                     );
                 }
-                state.log_frozen = true;
             }
         }
         flushed
@@ -507,26 +563,19 @@ impl Run<'_> {
     /// the log's next epoch. If that fails the log is removed and not used
     /// again (`CommitLog::discard`).
     fn next_epoch(&self, state: &mut State) {
-        if state.log_frozen {
-            return;
-        }
-        let Some(log) = state.log.as_mut() else {
-            return;
-        };
-        if state.log_failed {
-            if let Some(log) = state.log.take() {
-                log.discard();
-            }
-            return;
-        }
-        if let Err(e) = log.checkpointed() {
-            log::error!(
-                "{}: {e}; removed, and group commits take their flushes without it from now on",
-                log.path().display()
-            );
-            if let Some(log) = state.log.take() {
-                log.discard();
-            }
+        match std::mem::take(&mut state.log) {
+            Log::Failed(log) => log.discard(),
+            Log::Open(mut log) => match log.checkpointed() {
+                Ok(()) => state.log = Log::Open(log),
+                Err(e) => {
+                    log::error!(
+                        "{}: {e}; removed, and group commits take their flushes without it from now on",
+                        log.path().display()
+                    );
+                    log.discard();
+                }
+            },
+            kept @ (Log::Off | Log::Frozen(_)) => state.log = kept,
         }
     }
 

@@ -922,7 +922,7 @@ impl Connection {
     /// the next transaction's MAIL, RCPT and DATA (RFC 2920 §3.1 allows
     /// RSET anywhere in a group), and `send` reads its reply first, so
     /// the probe costs no round trip of its own. A failed RSET is then a
-    /// `Phase::Rset` error of `send` (`is_stale`), before any other
+    /// `Phase::Rset` error of `send` (`ClientError::is_failed_rset`), before any other
     /// command of the transaction was answered.
     pub fn reset(&mut self) -> Result<(), ClientError> {
         if self.ext.pipelining {

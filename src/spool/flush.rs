@@ -150,17 +150,32 @@ impl Spool {
         if fs::remove_file(self.root.join("flush")).is_ok() {
             out.requests.push(Request::All);
         }
-        let Ok(entries) = fs::read_dir(&self.flush) else {
-            return out;
-        };
-        for e in entries.filter_map(Result::ok) {
-            let path = e.path();
-            let text = fs::read_to_string(&path).unwrap_or_default();
-            out.requests
-                .extend(text.lines().map(str::trim).filter_map(Request::parse));
+        for (path, requests) in self.pending_requests() {
+            out.requests.extend(requests);
             out.files.push(path);
         }
         out
+    }
+
+    /// Every request file in `flush.d/` with the requests it holds, the
+    /// files left where they are.
+    fn pending_requests(&self) -> Vec<(PathBuf, Vec<Request>)> {
+        let Ok(entries) = fs::read_dir(&self.flush) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                let path = e.path();
+                let text = fs::read_to_string(&path).unwrap_or_default();
+                let requests = text
+                    .lines()
+                    .map(str::trim)
+                    .filter_map(Request::parse)
+                    .collect();
+                (path, requests)
+            })
+            .collect()
     }
 
     /// The messages pending requests say the operator finished
@@ -168,19 +183,12 @@ impl Spool {
     /// The commit log's replay at start-up skips them
     /// (`open_commit_log`).
     pub(crate) fn finished_by_operator(&self) -> std::collections::HashSet<QueueId> {
-        let Ok(entries) = fs::read_dir(&self.flush) else {
-            return Default::default();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| fs::read_to_string(e.path()).ok())
-            .flat_map(|text| {
-                text.lines()
-                    .filter_map(|l| match Request::parse(l.trim()) {
-                        Some(Request::Deleted(id) | Request::Returned(id, _)) => Some(id),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
+        self.pending_requests()
+            .into_iter()
+            .flat_map(|(_, requests)| requests)
+            .filter_map(|r| match r {
+                Request::Deleted(id) | Request::Returned(id, _) => Some(id),
+                _ => None,
             })
             .collect()
     }

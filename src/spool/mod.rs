@@ -285,7 +285,7 @@ impl Spool {
             // `--sync fsync`: a log left by a run with syncfs is replayed
             // once and removed (kept, a later run would replay it again,
             // bringing back what was delivered in between)
-            if self.root.join(commit_log::FILE_NAME).exists() {
+            if self.has_commit_log() {
                 if let Some(log) = self.open_commit_log()? {
                     log.discard();
                 }

@@ -1,12 +1,12 @@
 //! `Incoming`: a message being received, not yet promised to anyone.
 //!
 //! Crash story, step by step (what a crash at each point leaves behind):
-//! 1. `tmp/ID.msg` created (or a recycled file taken) and written: only
-//!    tmp files; start-up empties `tmp/`. The client got no 250 and will
-//!    retry.
-//! 2. `tmp/ID.env` written, recording the server run, the body's length
-//!    and CRC-32 and its own CRC-32 (`Integrity`); with `--sync fsync`
-//!    both files are fdatasynced here: same as 1.
+//! 1. `tmp/ID.msg` created (or a recycled file taken, written where it
+//!    lies in `free/`) and written: only tmp files; start-up empties
+//!    `tmp/` and `free/`. The client got no 250 and will retry.
+//! 2. `tmp/ID.env` (or a recycled file) written, recording the server
+//!    run, the body's length and CRC-32 and its own CRC-32 (`Integrity`);
+//!    with `--sync fsync` both files are fdatasynced here: same as 1.
 //! 3. `ID.msg` renamed into `queue/`: a body without an envelope; start-up
 //!    deletes it (no 250 was sent).
 //! 4. `ID.env` renamed into `queue/`: the message exists for every reader
@@ -42,6 +42,11 @@ use super::{Spool, SpoolError};
 pub struct Incoming<'a> {
     spool: &'a Spool,
     id: QueueId,
+    /// Where the body is written until the commit: `tmp/ID.msg`, or a
+    /// recycled file in `free/` (`Recycler::take`).
+    msg_path: PathBuf,
+    /// Where the envelope was written, once `commit` made it.
+    env_path: Option<PathBuf>,
     file: Option<BufWriter<File>>,
     written: u64,
     /// CRC-32 of everything written, while the file is just that (for
@@ -61,18 +66,22 @@ impl<'a> Incoming<'a> {
         // ids are unique (see queue_id.rs); create_new is the last guard
         for _ in 0..100 {
             let id = QueueId::generate();
-            let path = spool.tmp_dir().join(format!("{id}.msg"));
-            let file = match spool.recycler().and_then(|r| r.take(&path)) {
-                Some(f) => f,
-                None => match fsutil::create_new(&path) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(SpoolError::io(path, e)),
-                },
+            let (file, msg_path) = match spool.recycler().and_then(|r| r.take()) {
+                Some(taken) => taken,
+                None => {
+                    let path = spool.tmp_dir().join(format!("{id}.msg"));
+                    match fsutil::create_new(&path) {
+                        Ok(f) => (f, path),
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => return Err(SpoolError::io(path, e)),
+                    }
+                }
             };
             return Ok(Incoming {
                 spool,
                 id,
+                msg_path,
+                env_path: None,
                 file: Some(BufWriter::with_capacity(64 * 1024, file)),
                 written: 0,
                 crc: Some(crc32fast::Hasher::new()),
@@ -88,6 +97,12 @@ impl<'a> Incoming<'a> {
 
     pub fn id(&self) -> QueueId {
         self.id
+    }
+
+    /// Where the body is being written (tests).
+    #[cfg(test)]
+    pub(crate) fn body_path(&self) -> &std::path::Path {
+        &self.msg_path
     }
 
     /// Octets written so far.
@@ -108,7 +123,7 @@ impl<'a> Incoming<'a> {
         let mut buf = vec![0; len];
         // our file is open for writing only: read it by its name (a
         // recycled file may be longer: only what this message wrote)
-        File::open(self.tmp_path("msg"))?.read_exact_at(&mut buf, 0)?;
+        File::open(&self.msg_path)?.read_exact_at(&mut buf, 0)?;
         Ok(buf)
     }
 
@@ -150,11 +165,11 @@ impl<'a> Incoming<'a> {
         if let Some(w) = self.file.as_ref() {
             w.get_ref().set_len(self.written)?;
         }
-        File::open(self.tmp_path("msg"))
+        File::open(&self.msg_path)
     }
 
     /// Replaces the message with what `fill` writes (a milter changed
-    /// it): written to `tmp/ID.new`, then renamed over `tmp/ID.msg`, so
+    /// it): written to `tmp/ID.new`, then renamed over the body's file, so
     /// a failure leaves the received message as it was. Nothing is
     /// promised yet: the commit that follows syncs the new file.
     pub fn rewrite(
@@ -168,7 +183,7 @@ impl<'a> Incoming<'a> {
             w.flush()?;
             let f = w.into_inner().map_err(|e| e.into_error())?;
             let len = f.metadata()?.len();
-            fs::rename(&new, self.tmp_path("msg"))?;
+            fs::rename(&new, &self.msg_path)?;
             Ok((f, len))
         })();
         match result {
@@ -229,8 +244,7 @@ impl<'a> Incoming<'a> {
     /// in which case the message moves to a fresh id and the envelope is
     /// rewritten with it; a queued file is never replaced.
     pub fn commit(mut self, env: &Envelope) -> Result<QueueId, SpoolError> {
-        let msg_tmp = self.tmp_path("msg");
-        let env_tmp = self.tmp_path("env");
+        let msg_tmp = self.msg_path.clone();
         let mut w = self
             .file
             .take()
@@ -258,10 +272,16 @@ impl<'a> Incoming<'a> {
                 .map_err(|e| SpoolError::io(&msg_tmp, e))?,
         };
         let text = env.to_text_with(Some(&check));
-        let mut ef = match self.spool.recycler().and_then(|r| r.take(&env_tmp)) {
-            Some(f) => f,
-            None => fsutil::create_new(&env_tmp).map_err(|e| SpoolError::io(&env_tmp, e))?,
+        let (mut ef, env_tmp) = match self.spool.recycler().and_then(|r| r.take()) {
+            Some(taken) => taken,
+            None => {
+                let path = self.tmp_path("env");
+                let f = fsutil::create_new(&path).map_err(|e| SpoolError::io(&path, e))?;
+                (f, path)
+            }
         };
+        // from here `Drop` removes it, should the commit fail
+        self.env_path = Some(env_tmp.clone());
         ef.write_all(text.as_bytes())
             .and_then(|_| ef.set_len(text.len() as u64))
             .map_err(|e| SpoolError::io(&env_tmp, e))?;
@@ -304,7 +324,11 @@ impl<'a> Incoming<'a> {
     fn publish(&mut self, record: Option<(QueueId, Vec<u8>)>) -> Result<QueueId, SpoolError> {
         let id = self.id;
         let queue = self.spool.queue_dir();
-        let (msg_tmp, env_tmp) = (self.tmp_path("msg"), self.tmp_path("env"));
+        let msg_tmp = self.msg_path.clone();
+        let env_tmp = self
+            .env_path
+            .clone()
+            .ok_or_else(|| SpoolError::io(&msg_tmp, io::Error::other("no envelope written")))?;
         let msg_final = queue.join(format!("{id}.msg"));
         let env_final = queue.join(format!("{id}.env"));
         if let Some(c) = self.spool.committer() {
@@ -322,10 +346,12 @@ impl<'a> Incoming<'a> {
         Ok(id)
     }
 
-    /// The id was taken in `queue/`: moves both tmp files to a fresh id
-    /// and rewrites the envelope (the only file that names it; the
-    /// Received header keeps the id the message was received under).
-    /// The tmp renames need no fsync: only the final ones publish.
+    /// The id was taken in `queue/`: takes a fresh id and rewrites the
+    /// envelope (the only file that names it; the Received header keeps
+    /// the id the message was received under). A file in `tmp/` is named
+    /// by its id and moves with it (`tmp/NEW.msg` taken first reserves
+    /// the id there); a recycled file in `free/` stays where it is. The
+    /// tmp renames need no fsync: only the final ones publish.
     fn reroll(
         &mut self,
         env: &Envelope,
@@ -334,11 +360,18 @@ impl<'a> Incoming<'a> {
     ) -> Result<(), SpoolError> {
         let old = self.id;
         let (msg_old, env_old) = (self.tmp_path("msg"), self.tmp_path("env"));
+        let msg_named = self.msg_path == msg_old;
         for _ in 0..MAX_REROLLS {
             self.id = QueueId::generate();
+            if !msg_named {
+                break;
+            }
             let msg_new = self.tmp_path("msg");
             match crate::sys::rename_noreplace(&msg_old, &msg_new) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.msg_path = msg_new;
+                    break;
+                }
                 Err(e) if fsutil::is_collision(&e) => {
                     self.id = old;
                     continue;
@@ -359,10 +392,15 @@ impl<'a> Incoming<'a> {
             "{old} queue id already taken by another process; committing as {}",
             self.id
         );
-        let env_new = self.tmp_path("env");
-        // tmp/NEW.env cannot exist: tmp/NEW.msg was free and ids are
-        // taken in tmp/ by their .msg first
-        fs::rename(&env_old, &env_new).map_err(|e| SpoolError::io(&env_new, e))?;
+        if self.env_path.as_ref() == Some(&env_old) {
+            let env_new = self.tmp_path("env");
+            // never over another process's file (`tmp/NEW.msg` reserves
+            // the id only when the body is named by it)
+            crate::sys::rename_noreplace(&env_old, &env_new)
+                .map_err(|e| SpoolError::io(&env_new, e))?;
+            self.env_path = Some(env_new);
+        }
+        let env_path = self.env_path.clone().unwrap_or(env_old);
         let mut renamed = env.clone();
         renamed.id = self.id;
         let text = renamed.to_text_with(Some(check));
@@ -370,7 +408,7 @@ impl<'a> Incoming<'a> {
             .and_then(|_| ef.write_all(text.as_bytes()))
             .and_then(|_| ef.set_len(text.len() as u64))
             .and_then(|_| ef.sync_data())
-            .map_err(|e| SpoolError::io(&env_new, e))
+            .map_err(|e| SpoolError::io(&env_path, e))
     }
 }
 
@@ -413,7 +451,9 @@ impl Drop for Incoming<'_> {
             return;
         }
         // an uncommitted message leaves nothing behind
-        let _ = fs::remove_file(self.tmp_path("msg"));
-        let _ = fs::remove_file(self.tmp_path("env"));
+        let _ = fs::remove_file(&self.msg_path);
+        if let Some(env) = &self.env_path {
+            let _ = fs::remove_file(env);
+        }
     }
 }

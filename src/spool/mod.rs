@@ -7,6 +7,10 @@
 //! ```text
 //! SPOOL/lock          held (flock) by the running server: one server per spool
 //! SPOOL/tmp/          messages being received; emptied at start-up
+//! SPOOL/free/         files of delivered messages kept for reuse; a new
+//!                     message is written into one where it lies and
+//!                     renamed from there into queue/ (recycle.rs);
+//!                     emptied at start-up
 //! SPOOL/queue/ID.msg  the message as received, our Received header first
 //! SPOOL/queue/ID.env  its envelope (see `envelope.rs`), renamed in after
 //!                     ID.msg is complete; the flush after it is the
@@ -456,7 +460,8 @@ impl Spool {
         matches!(self.lock(), Err(SpoolError::Locked(_)))
     }
 
-    /// Starts receiving a new message into `tmp/`.
+    /// Starts receiving a new message (into `tmp/`, or a reused file in
+    /// `free/`).
     pub fn incoming(&self) -> Result<Incoming<'_>, SpoolError> {
         Incoming::create(self)
     }
@@ -959,9 +964,14 @@ pub(crate) mod tests {
             }
             assert_eq!(recycler.free_len(), 2, "{how}: not flushed");
             let inc = spool.incoming().unwrap();
-            let tmp = spool.tmp_dir().join(format!("{}.msg", inc.id()));
-            assert_eq!(fs::metadata(tmp).unwrap().ino(), inode, "{how}");
+            let body = inc.body_path().to_path_buf();
+            assert!(
+                body.starts_with(spool.root().join("free")),
+                "{how}: written in place"
+            );
+            assert_eq!(fs::metadata(&body).unwrap().ino(), inode, "{how}");
             drop(inc);
+            assert!(!body.exists(), "{how}: an abandoned message leaves nothing");
             let _ = fs::remove_dir_all(spool.root());
         }
     }

@@ -3,8 +3,9 @@
 //! Creating and deleting two inodes per message is much of a relay's
 //! kernel time, and on ext4 without a journal inode allocation gets slower
 //! the more inodes were freed in the last minutes (PERF-NOTES). So a
-//! removed message's files are renamed into `free/` and a new message
-//! takes one from there by rename; a rename allocates nothing.
+//! removed message's files are renamed into `free/`, and a new message
+//! is written into one of them where it lies and renamed from there into
+//! `queue/` by its commit; a rename allocates nothing.
 //!
 //! Safety argument (a journaled filesystem keeps renames atomic and
 //! ordered; see `recover` for the unjournaled case):
@@ -16,7 +17,8 @@
 //!   survives in a message that got its 250; a power loss during that
 //!   flush can leave the old bytes under the new name, which the body
 //!   check of the first claim after the restart catches (`claim.rs`);
-//! - a file in `tmp/` or `free/` is never a message: both are emptied at
+//! - a file in `tmp/` or `free/` is never a message (a message being
+//!   received in a free file has had no 250): both are emptied at
 //!   start-up, except a `free/` name whose inode is also linked in
 //!   `queue/` (possible only after a power loss on an unjournaled disk),
 //!   which is left alone rather than unlinked.
@@ -107,28 +109,21 @@ impl Recycler {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Moves a free file to `dest` (never over an existing file) and opens
-    /// it for writing from offset 0 (not truncated: the writer must
-    /// `set_len` before syncing).
-    pub fn take(&self, dest: &Path) -> Option<File> {
+    /// A free file, opened for writing from offset 0 where it lies in
+    /// `free/` (not truncated: the writer must `set_len` before syncing),
+    /// with its path. It is taken off the free list, so it is this
+    /// writer's alone; no rename: the commit renames it straight into
+    /// `queue/`, and a crash before that leaves it in `free/`, which
+    /// start-up empties. (It used to be renamed into `tmp/` first: one
+    /// rename more per file, a tenth of the kernel time of a message at
+    /// one session.)
+    pub fn take(&self) -> Option<(File, PathBuf)> {
         loop {
-            let src = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            match crate::sys::rename_noreplace(&src, dest) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // `dest` is another process's file: keep ours for later
-                    self.give(vec![src]);
-                    return None;
-                }
+            let path = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            match OpenOptions::new().write(true).open(&path) {
+                Ok(f) => return Some((f, path)),
                 Err(_) => {
-                    let _ = fs::remove_file(&src);
-                    continue;
-                }
-            }
-            match OpenOptions::new().write(true).open(dest) {
-                Ok(f) => return Some(f),
-                Err(_) => {
-                    let _ = fs::remove_file(dest);
+                    let _ = fs::remove_file(&path);
                     continue;
                 }
             }

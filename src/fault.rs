@@ -9,7 +9,9 @@
 //! that failed writeback would. `checkpoint-hold[:N]` makes the
 //! committer put off its checkpoint of the messages in its commit log N
 //! times, so a test can kill the server while they are in the log only
-//! (`spool/commit_log.rs`).
+//! (`spool/commit_log.rs`). `done-record-fail[:N]` makes the committer's
+//! `done` record fail N times with an I/O error, as a log write the disk
+//! refused (`committer::Run::retire`).
 //! The variable is read once, on the first `hit`. In a release build
 //! `hit` is empty and the variable means nothing.
 //!
@@ -31,22 +33,27 @@ pub enum Point {
     CommitFlush = 3,
     /// The committer's checkpoint of its commit log (put off).
     Checkpoint = 4,
+    /// The committer's `done` record of a finished message (fails).
+    DoneRecord = 5,
 }
 
 #[cfg_attr(not(debug_assertions), allow(dead_code))]
-const POINTS: [(Point, &str); 5] = [
+const POINTS: [(Point, &str); N_POINTS] = [
     (Point::Session, "session-panic"),
     (Point::Delivery, "delivery-panic"),
     (Point::Commit, "commit-panic"),
     (Point::CommitFlush, "commit-flush-fail"),
     (Point::Checkpoint, "checkpoint-hold"),
+    (Point::DoneRecord, "done-record-fail"),
 ];
+
+const N_POINTS: usize = 6;
 
 /// How many panics each point has left, by `Point as usize`; unknown
 /// names are ignored (with a warning).
 #[cfg_attr(not(debug_assertions), allow(dead_code))]
-fn parse(spec: &str) -> [usize; 5] {
-    let mut left = [0; 5];
+fn parse(spec: &str) -> [usize; N_POINTS] {
+    let mut left = [0; N_POINTS];
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, n) = match item.split_once(':') {
             Some((name, n)) => (name, n.parse().ok()),
@@ -66,7 +73,7 @@ fn parse(spec: &str) -> [usize; 5] {
 fn take(point: Point) -> bool {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
-    static LEFT: OnceLock<[AtomicUsize; 5]> = OnceLock::new();
+    static LEFT: OnceLock<[AtomicUsize; N_POINTS]> = OnceLock::new();
     let left = LEFT.get_or_init(|| {
         let spec = std::env::var("SMTP_RELAY_FAULT").unwrap_or_default();
         let left = parse(&spec);
@@ -140,15 +147,16 @@ mod tests {
 
     #[test]
     fn spec() {
-        assert_eq!(parse(""), [0, 0, 0, 0, 0]);
-        assert_eq!(parse("session-panic"), [1, 0, 0, 0, 0]);
-        assert_eq!(parse("session-panic:2, commit-panic"), [2, 0, 1, 0, 0]);
+        assert_eq!(parse(""), [0, 0, 0, 0, 0, 0]);
+        assert_eq!(parse("session-panic"), [1, 0, 0, 0, 0, 0]);
+        assert_eq!(parse("session-panic:2, commit-panic"), [2, 0, 1, 0, 0, 0]);
         assert_eq!(
             parse("delivery-panic:3,bogus,commit-panic:x"),
-            [0, 3, 0, 0, 0]
+            [0, 3, 0, 0, 0, 0]
         );
-        assert_eq!(parse("checkpoint-hold:9"), [0, 0, 0, 0, 9]);
-        assert_eq!(parse("recovery-stall,commit-panic"), [0, 0, 1, 0, 0]);
-        assert_eq!(parse("commit-flush-fail:2"), [0, 0, 0, 2, 0]);
+        assert_eq!(parse("checkpoint-hold:9"), [0, 0, 0, 0, 9, 0]);
+        assert_eq!(parse("recovery-stall,commit-panic"), [0, 0, 1, 0, 0, 0]);
+        assert_eq!(parse("commit-flush-fail:2"), [0, 0, 0, 2, 0, 0]);
+        assert_eq!(parse("done-record-fail"), [0, 0, 0, 0, 0, 1]);
     }
 }

@@ -217,6 +217,12 @@ struct Scheduler {
     /// Start-up recovery still reading the spool: what it found so far
     /// comes here; no rescan until it is done (it would read the same).
     recovering: Option<Receiver<Vec<crate::spool::Queued>>>,
+    /// Messages the operator finished whose `done` record could not be
+    /// written, since the last tick's requests (`forget_logged`).
+    unforgotten: std::collections::HashSet<QueueId>,
+    /// Request files kept for the next start's replay (`Taken::done`):
+    /// not taken again in this run.
+    kept_requests: std::collections::HashSet<std::path::PathBuf>,
 }
 
 impl Scheduler {
@@ -238,6 +244,8 @@ impl Scheduler {
             last_scan: Instant::now(),
             held: HashMap::new(),
             recovering: None,
+            unforgotten: std::collections::HashSet::new(),
+            kept_requests: std::collections::HashSet::new(),
         }
     }
 
@@ -288,7 +296,7 @@ impl Scheduler {
     /// they changed (spool/flush.rs). The caller publishes the gauges,
     /// then marks the requests done.
     fn check_flush_trigger(&mut self) -> crate::spool::flush::Taken {
-        let taken = self.spool.take_flush_requests();
+        let taken = self.spool.take_flush_requests(&self.kept_requests);
         if taken.requests.contains(&Request::All) {
             self.flush_all();
         }
@@ -325,11 +333,22 @@ impl Scheduler {
 
     /// A message the operator finished: out of the commit log's replay
     /// before the request is removed (the request itself keeps it out of
-    /// a replay until then, `Spool::finished_by_operator`).
-    fn forget_logged(&self, id: QueueId) {
+    /// a replay until then, `Spool::finished_by_operator`). When its
+    /// `done` record cannot be written, the request stays in `flush.d/`
+    /// for the next start (`Taken::done`).
+    fn forget_logged(&mut self, id: QueueId) {
         if let Err(e) = self.spool.forget_logged(id) {
-            log::error!("{id}: {e}; a crash before the next checkpoint could bring it back");
+            log::error!("{id}: {e}; its request stays in flush.d/ to keep it out of the next start's replay");
+            self.unforgotten.insert(id);
         }
+    }
+
+    /// Marks the requests taken at this tick done (their askers wait for
+    /// that), keeping those that name a message with no `done` record.
+    fn requests_done(&mut self, requests: crate::spool::flush::Taken) {
+        let kept = requests.done(&self.unforgotten);
+        self.unforgotten.clear();
+        self.kept_requests.extend(kept);
     }
 
     /// Makes `id` due now, if it is queued and waiting; whether it was.
@@ -583,7 +602,7 @@ impl Scheduler {
                     self.publish_metrics();
                 }
                 // the askers wait for this: the gauges are right by now
-                requests.done();
+                self.requests_done(requests);
                 if self.recovering.is_none()
                     && self.last_scan.elapsed() >= every(RESCAN, queued, RESCAN_PER)
                 {

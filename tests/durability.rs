@@ -842,11 +842,19 @@ fn a_message_whose_queue_files_a_crash_lost_comes_back_from_the_commit_log() {
 /// through a kill -9 and the replay at the next start: with the server
 /// running, the server writes a `done` record when it takes the request;
 /// with none running (deleted after the crash), the request left in the
-/// spool keeps the message out of the replay. Without either the replay
-/// restores the message and delivers it.
+/// spool keeps the message out of the replay; with the server running but
+/// its `done` record failing (`done-record-fail`), the server keeps the
+/// request for the next start. Without each, the replay restores the
+/// message and delivers it.
 #[test]
 fn a_message_the_operator_deleted_is_not_replayed_after_a_crash() {
-    for deleted_while_running in [true, false] {
+    for (deleted_while_running, done_record_fails) in [(true, false), (false, false), (true, true)]
+    {
+        let faults = if done_record_fails {
+            "checkpoint-hold:1000000,done-record-fail"
+        } else {
+            "checkpoint-hold:1000000"
+        };
         let dir = TempDir::new("spool");
         let spool = dir.path().join("spool");
         let sink = Sink::start();
@@ -855,7 +863,7 @@ fn a_message_the_operator_deleted_is_not_replayed_after_a_crash() {
         let mut relay = Relay::start_with_spool_env(
             spool.clone(),
             &["--no-dns", "--route", &format!("*={dead}")],
-            &[("SMTP_RELAY_FAULT", "checkpoint-hold:1000000")],
+            &[("SMTP_RELAY_FAULT", faults)],
         );
         let mut t = relay.session();
         let id = t.send_mail(
@@ -871,14 +879,33 @@ fn a_message_the_operator_deleted_is_not_replayed_after_a_crash() {
                 Duration::from_secs(30),
             )
         };
+        let requests = || {
+            fs::read_dir(spool.join("flush.d"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
         if deleted_while_running {
             let r = delete();
             assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
-            // the server took the request (and wrote the done record)
-            let requests = fs::read_dir(spool.join("flush.d"))
-                .map(|d| d.count())
-                .unwrap_or(0);
-            assert_eq!(requests, 0, "the running server did not take the request");
+            if done_record_fails {
+                // taken, but kept: the replay must still skip the message
+                assert!(
+                    wait_until(Duration::from_secs(10), || relay
+                        .log()
+                        .contains(&format!("{id} deleted by the operator"))),
+                    "{}",
+                    relay.log()
+                );
+                assert!(
+                    relay.log().contains("its request stays in flush.d/"),
+                    "{}",
+                    relay.log()
+                );
+                assert_eq!(requests(), 1, "the request was not kept");
+            } else {
+                // the server took the request (and wrote the done record)
+                assert_eq!(requests(), 0, "the running server did not take the request");
+            }
             relay.kill();
         } else {
             relay.kill();
@@ -900,9 +927,14 @@ fn a_message_the_operator_deleted_is_not_replayed_after_a_crash() {
         assert_eq!(
             sink.count(),
             0,
-            "deleted while running: {deleted_while_running}; replayed and sent:\n{log}"
+            "deleted while running: {deleted_while_running}, done record fails: {done_record_fails}; replayed and sent:\n{log}"
         );
         assert!(!log.contains(&format!("{id}: restored")), "{log}");
         assert!(queue_files(&spool).is_empty(), "{:?}", queue_files(&spool));
+        // the new run takes a kept request (its epoch never held the id)
+        assert!(
+            wait_until(Duration::from_secs(10), || requests() == 0),
+            "a request was left in flush.d/"
+        );
     }
 }

@@ -14,6 +14,7 @@
 //! when it is stale but harmless (it makes messages due now, logs a
 //! `queued` line again, or looks at a message's state again).
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -81,6 +82,15 @@ impl Request {
         }
     }
 
+    /// The message this request says the operator finished (deleted,
+    /// or returned to its sender).
+    fn finished(&self) -> Option<QueueId> {
+        match *self {
+            Request::Deleted(id) | Request::Returned(id, _) => Some(id),
+            _ => None,
+        }
+    }
+
     fn parse(line: &str) -> Option<Request> {
         let id = |w: &str| QueueId::parse(w.trim());
         match line.split_once(' ') {
@@ -102,15 +112,27 @@ impl Request {
 #[derive(Debug, Default)]
 pub struct Taken {
     pub requests: Vec<Request>,
-    files: Vec<PathBuf>,
+    /// Each request file with the messages it says the operator
+    /// finished (`deleted ID`, `returned ID`).
+    files: Vec<(PathBuf, Vec<QueueId>)>,
 }
 
 impl Taken {
-    /// Removes the request files: their askers see them done.
-    pub fn done(self) {
-        for f in self.files {
-            let _ = fs::remove_file(f);
+    /// Removes the request files (their askers see them done), except a
+    /// file naming a message in `unforgotten`: one whose `done` record
+    /// could not be written, which only that file keeps out of the commit
+    /// log's replay at the next start (`Spool::finished_by_operator`).
+    /// Returns the files kept.
+    pub fn done(self, unforgotten: &HashSet<QueueId>) -> Vec<PathBuf> {
+        let mut kept = Vec::new();
+        for (f, finished) in self.files {
+            if finished.iter().any(|id| unforgotten.contains(id)) {
+                kept.push(f);
+            } else {
+                let _ = fs::remove_file(f);
+            }
         }
+        kept
     }
 }
 
@@ -143,16 +165,21 @@ impl Spool {
     }
 
     /// Takes the pending requests (the server's side), the `flush`
-    /// trigger file included (as [`Request::All`]); the files stay until
-    /// [`Taken::done`].
-    pub fn take_flush_requests(&self) -> Taken {
+    /// trigger file included (as [`Request::All`]), but for the files in
+    /// `kept` (taken before and kept by [`Taken::done`]); the files stay
+    /// until [`Taken::done`].
+    pub fn take_flush_requests(&self, kept: &HashSet<PathBuf>) -> Taken {
         let mut out = Taken::default();
         if fs::remove_file(self.root.join("flush")).is_ok() {
             out.requests.push(Request::All);
         }
         for (path, requests) in self.pending_requests() {
+            if kept.contains(&path) {
+                continue;
+            }
+            let finished = requests.iter().filter_map(|r| r.finished()).collect();
             out.requests.extend(requests);
-            out.files.push(path);
+            out.files.push((path, finished));
         }
         out
     }
@@ -182,14 +209,11 @@ impl Spool {
     /// (`deleted ID`, `returned ID`), the requests left where they are.
     /// The commit log's replay at start-up skips them
     /// (`open_commit_log`).
-    pub(crate) fn finished_by_operator(&self) -> std::collections::HashSet<QueueId> {
+    pub(crate) fn finished_by_operator(&self) -> HashSet<QueueId> {
         self.pending_requests()
             .into_iter()
             .flat_map(|(_, requests)| requests)
-            .filter_map(|r| match r {
-                Request::Deleted(id) | Request::Returned(id, _) => Some(id),
-                _ => None,
-            })
+            .filter_map(|r| r.finished())
             .collect()
     }
 
@@ -224,7 +248,8 @@ mod tests {
                 Request::Returned(id, Some(id)),
             ])
             .unwrap();
-        let taken = spool.take_flush_requests();
+        let none = HashSet::new();
+        let taken = spool.take_flush_requests(&none);
         // taken, not done yet: the askers wait
         assert!(!one.picked_up() && !all.picked_up() && !other.picked_up());
         let mut got = taken.requests.clone();
@@ -241,16 +266,32 @@ mod tests {
                 Request::Returned(id, Some(id)),
             ]
         );
-        taken.done();
+        assert!(taken.done(&HashSet::new()).is_empty());
         assert!(one.picked_up() && all.picked_up() && other.picked_up());
         assert!(one.wait_done(Duration::ZERO));
-        assert!(spool.take_flush_requests().requests.is_empty());
+        assert!(spool.take_flush_requests(&none).requests.is_empty());
         fs::write(dir.join("flush"), b"").unwrap();
-        assert_eq!(spool.take_flush_requests().requests, vec![Request::All]);
+        assert_eq!(
+            spool.take_flush_requests(&none).requests,
+            vec![Request::All]
+        );
         let left = spool.request_flush(&[id]).unwrap();
         assert!(!left.wait_done(Duration::from_millis(50)));
         left.withdraw();
-        assert!(spool.take_flush_requests().requests.is_empty());
+        assert!(spool.take_flush_requests(&none).requests.is_empty());
+
+        // a deletion whose done record failed: its file is kept, not
+        // taken again in this run, and still read by the next start
+        let deleted = QueueId::generate();
+        let kept_req = spool.request(&[Request::Deleted(deleted)]).unwrap();
+        let plain = spool.request_flush(&[id]).unwrap();
+        let taken = spool.take_flush_requests(&none);
+        let kept: HashSet<PathBuf> = taken.done(&HashSet::from([deleted])).into_iter().collect();
+        assert_eq!(kept, HashSet::from([kept_req.path.clone()]));
+        assert!(plain.picked_up() && !kept_req.picked_up());
+        assert!(spool.take_flush_requests(&kept).requests.is_empty());
+        assert!(spool.finished_by_operator().contains(&deleted));
+        let _ = fs::remove_file(&kept_req.path);
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -501,6 +501,36 @@ def parse_size(s):
     return int(s) * mult
 
 
+class SpeedProbe(threading.Thread):
+    """The machine's speed during a run: every 0.2 s a fixed loop (pure
+    CPU, no system call) is timed in this thread's own CPU time, which a
+    busy machine does not stretch by making the thread wait, only by
+    running it slower: the host taking the virtual CPU away without the
+    guest seeing it (steal that /proc/stat does not report here), other
+    programs on the host's cores. Costs under 1 % of a core. The median
+    is the run's `probe_ms`: higher is slower."""
+
+    LOOPS = 20000
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.samples = []
+
+    def run(self):
+        while not self.stop.wait(0.2):
+            t = time.thread_time()
+            x = 0
+            for i in range(self.LOOPS):
+                x += i * i
+            self.samples.append((time.thread_time() - t) * 1000)
+
+    def result(self):
+        self.stop.set()
+        self.join(5)
+        return median(self.samples) if self.samples else None
+
+
 # ------------------------------------------------------------------ run
 def cmd_run(a):
     kind, pid, n, c, size, rcpts = a["kind"], int(a["pid"]), int(a["n"]), int(a["c"]), int(a["size"]), int(a["rcpts"])
@@ -533,6 +563,8 @@ def cmd_run(a):
            "-f", "bench@src.example", "-t", "rcpt@dest.example", "-M", "client.bench",
            f"127.0.0.1:{a['port']}"]
     errf = open(a["source_err"], "wb")
+    probe = SpeedProbe()
+    probe.start()
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf)
     inj = {}
@@ -581,6 +613,7 @@ def cmd_run(a):
         p.kill()
         th.join(5)
     th.join(5)
+    probe_ms = probe.result()
     sample()
     cpu1, sink1, split1 = tree_cpu(pid), tree_cpu(sink_pid), sys_split()
     procs1 = all_procs()
@@ -632,7 +665,7 @@ def cmd_run(a):
         "peak_mem_method": "VmHWM (peak RSS)" if kind == "relay" else "peak of summed PSS, sampled 1/s",
         "sampled_rss_sum_kb": mem["rss"], "sampled_pss_kb": mem["pss"], "max_processes": mem["procs"],
         "threads": threads, "source_cpu_s": src_cpu, "sink_cpu_s": sink1 - sink0, "other_cpu_s": other,
-        "irq_softirq_s": irq_s, "steal_s": steal_s, "other_top": noise,
+        "irq_softirq_s": irq_s, "steal_s": steal_s, "other_top": noise, "probe_ms": probe_ms,
         "sink_delivered": delivered, "sink_sessions": final[0] - base[0],
         "log": logc, "log_unusual": odd, "source_rc": inj.get("rc"), "source_stderr": src_err,
         "load_before": float(load0), "load_after": float(load1), "problems": problems,
@@ -645,7 +678,8 @@ def cmd_run(a):
           f"end-to-end {fmt(r['e2e_rate'])} msg/s ({fmt(e2e_s, '%.2f')} s; 99 % at {fmt(r['e2e99_s'], '%.2f')} s), "
           f"CPU {r['cpu_s_per_1k']:.2f} s/1k msgs, peak {peak_kb / 1024:.0f} MB, "
           f"other CPU {other:.1f} s" + (f" ({', '.join(f'{n} {c}' for n, c in noise)})" if noise and other > 2 else "")
-          + f", load {load0}" + (f", waited {waited:.0f} s for quiet" if waited > 1 else "")
+          + f", load {load0}" + (f", probe {probe_ms:.2f} ms" if probe_ms else "")
+          + (f", waited {waited:.0f} s for quiet" if waited > 1 else "")
           + ("" if not problems else "  !! " + "; ".join(problems)), flush=True)
     for line in odd:
         print("      " + line, flush=True)
@@ -682,6 +716,25 @@ def cmd_report(a):
             row[kind]["e2e_rates"] = [round(x, 1) for x in rates]
             row[kind]["e2e_max_dev_pct"] = max(abs(x - m) for x in rates) / m * 100 if rates and m else None
             row[kind]["problems"] = sorted({p for r in rs for p in r["problems"]})
+        # the machine's speed during each run (SpeedProbe): each run's rate
+        # brought to the case's median probe shows how much of the spread
+        # is the machine's; the spread above stays the figure judged
+        probes = [r["probe_ms"] for r in runs if r["case"] == case and r["status"] == "ok"
+                  and r.get("probe_ms") and r["e2e_rate"]]
+        p_med = median(probes)
+        for kind in ("relay", "postfix"):
+            ok = [r for r in runs if r["case"] == case and r["kind"] == kind and r["status"] == "ok"
+                  and r.get("probe_ms") and r["e2e_rate"]]
+            row[kind]["probe_ms"] = [round(r["probe_ms"], 3) for r in ok]
+            adj = [r["e2e_rate"] * r["probe_ms"] / p_med for r in ok] if p_med else []
+            am = median(adj)
+            row[kind]["e2e_adjusted_rates"] = [round(x, 1) for x in adj]
+            row[kind]["e2e_adjusted_max_dev_pct"] = max(abs(x - am) for x in adj) / am * 100 if adj and am else None
+            try:
+                row[kind]["rate_probe_correlation"] = statistics.correlation(
+                    [r["e2e_rate"] for r in ok], [r["probe_ms"] for r in ok]) if len(ok) >= 3 else None
+            except statistics.StatisticsError:
+                row[kind]["rate_probe_correlation"] = None
         if not (row["relay"]["runs"] or row["postfix"]["runs"]):
             continue
         row["ratio"] = {}
@@ -753,6 +806,20 @@ def cmd_report(a):
         lines.append(f"- {r['case']}: smtp-relay {f0(R['e2e_rate'])} +/- {f1(R['e2e_max_dev_pct'])} % "
                      f"(runs {R['e2e_rates']}), Postfix {f0(P['e2e_rate'])} +/- {f1(P['e2e_max_dev_pct'])} % "
                      f"(runs {P['e2e_rates']})")
+    if any(r["relay"].get("probe_ms") for r in cases):
+        lines.append("")
+        lines.append("The machine's speed during each run (a fixed loop timed every 0.2 s, median ms; higher is "
+                     "slower), how each relay's rate followed it (correlation), and the spread of the rates "
+                     "brought to the case's median probe (rate x probe / median probe):")
+        for r in cases:
+            R, P = r["relay"], r["postfix"]
+
+            def corr(x):
+                return "-" if x is None else f"{x:.2f}"
+            lines.append(f"- {r['case']}: smtp-relay probes {R['probe_ms']} (r = {corr(R['rate_probe_correlation'])}), "
+                         f"adjusted {f0(median(R['e2e_adjusted_rates']))} +/- {f1(R['e2e_adjusted_max_dev_pct'])} %; "
+                         f"Postfix probes {P['probe_ms']} (r = {corr(P['rate_probe_correlation'])}), "
+                         f"adjusted {f0(median(P['e2e_adjusted_rates']))} +/- {f1(P['e2e_adjusted_max_dev_pct'])} %")
     lines.append("")
     for t in targets:
         verdict = "n/a (not measured)" if t["met"] is None else ("MET" if t["met"] else "MISSED")

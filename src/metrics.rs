@@ -578,8 +578,9 @@ pub fn prometheus_text(openmetrics: &str) -> String {
 }
 
 /// `/healthz`: `None` healthy, else why not. The spool's `tmp/` must take
-/// a new file (created and removed, where a message's first goes; one
-/// left by a crash is cleaned with the rest of `tmp/` at the next start).
+/// a new file (created and removed; a new message goes there when no
+/// reused file is ready in `free/`; one left by a crash is cleaned with
+/// the rest of `tmp/` at the next start).
 pub fn health(spool: &std::path::Path) -> Option<String> {
     if !LISTENING.load(Ordering::SeqCst) {
         return Some("listeners not running".into());

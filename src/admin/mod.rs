@@ -5,8 +5,9 @@
 //! to a message are made under its claim (`spool::Claim`, an flock on its
 //! body), the same claim a delivery holds for its whole attempt, so a command never edits or deletes a
 //! message in the middle of a delivery. A message still being received
-//! lives in `tmp/` and is never seen here: only committed messages (those
-//! with an envelope in `queue/`) are listed.
+//! lives in `tmp/` or in a reused file in `free/` and is never seen here:
+//! only committed messages (those with an envelope in `queue/`) are
+//! listed.
 //!
 //! Output is stable for scripts: `list` prints one tab-separated line per
 //! message; `--json` one JSON object per line whose fields are documented

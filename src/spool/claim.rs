@@ -160,17 +160,15 @@ impl<'a> Claim<'a> {
         self.spool.store(env)
     }
 
-    /// Removes the finished message (`Spool::remove`: envelope first).
-    /// When the spool recycles files, the lock is given up first: the body
-    /// file is reused for a new message, whose first delivery must not
-    /// find it still locked by us. Otherwise it is held through the
-    /// removal, so nobody claims the message in between.
+    /// Removes the finished message (`Spool::remove`: envelope first),
+    /// holding the lock through the removal, so nobody claims the message
+    /// in between: a `queue bounce` waiting for a delivery would otherwise
+    /// take it there and return a message already delivered. (A reused
+    /// body file goes to a new message only after the flush that follows
+    /// the removal, later; should that message's first claim still find
+    /// the lock, it is busy and tried again a second later.)
     pub fn finish(self) -> Result<(), SpoolError> {
         let Claim { spool, id, body } = self;
-        if spool.recycler().is_some() {
-            drop(body);
-            return spool.remove(id);
-        }
         let done = spool.remove(id);
         drop(body);
         done

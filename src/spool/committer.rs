@@ -750,7 +750,10 @@ fn apply(op: &Op, recycler: &Recycler, freed: &mut Vec<PathBuf>) -> Result<(), S
         Op::Remove { env, msg, .. } => {
             for p in [env, msg] {
                 if let Some(slot) = recycler.slot() {
-                    match fs::rename(p, &slot) {
+                    // never over a name in `free/`: one a previous run
+                    // with the same pid left there (`clean_free` keeps a
+                    // name whose inode `queue/` also links)
+                    match crate::sys::rename_noreplace(p, &slot) {
                         Ok(()) => {
                             freed.push(slot);
                             continue;

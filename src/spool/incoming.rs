@@ -4,9 +4,10 @@
 //! 1. `tmp/ID.msg` created (or a recycled file taken, written where it
 //!    lies in `free/`) and written: only tmp files; start-up empties
 //!    `tmp/` and `free/`. The client got no 250 and will retry.
-//! 2. `tmp/ID.env` (or a recycled file) written, recording the server
-//!    run, the body's length and CRC-32 and its own CRC-32 (`Integrity`);
-//!    with `--sync fsync` both files are fdatasynced here: same as 1.
+//! 2. The envelope written to `tmp/` (or a recycled file), recording the
+//!    server run, the body's length and CRC-32 and its own CRC-32
+//!    (`Integrity`); with `--sync fsync` both files are fdatasynced here:
+//!    same as 1.
 //! 3. `ID.msg` renamed into `queue/`: a body without an envelope; start-up
 //!    deletes it (no 250 was sent).
 //! 4. `ID.env` renamed into `queue/`: the message exists for every reader
@@ -110,7 +111,7 @@ impl<'a> Incoming<'a> {
         self.written
     }
 
-    /// Everything written so far, read back from the tmp file (checks
+    /// Everything written so far, read back from its file (checks
     /// that need the whole message, such as DKIM verification).
     pub fn read_back(&mut self) -> io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
@@ -128,7 +129,7 @@ impl<'a> Incoming<'a> {
     }
 
     /// Replaces everything written so far with `content` (a header added
-    /// or removed before the commit). Still only a tmp file: a crash
+    /// or removed before the commit). Still not in `queue/`: a crash
     /// here is step 1 of the module header.
     pub fn replace(&mut self, content: &[u8]) -> io::Result<()> {
         let w = self
@@ -169,16 +170,19 @@ impl<'a> Incoming<'a> {
     }
 
     /// Replaces the message with what `fill` writes (a milter changed
-    /// it): written to `tmp/ID.new`, then renamed over the body's file, so
-    /// a failure leaves the received message as it was. Nothing is
-    /// promised yet: the commit that follows syncs the new file.
+    /// it): written to a new file in `tmp/` (`own_tmp_path`), then
+    /// renamed over the body's file, so a failure leaves the received
+    /// message as it was. Nothing is promised yet: the commit that
+    /// follows syncs the new file.
     pub fn rewrite(
         &mut self,
         fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<()> {
-        let new = self.tmp_path("new");
+        let new = self.own_tmp_path("new");
+        // only a file this call made is removed on failure
+        let created = fsutil::create_new(&new)?;
         let result = (|| {
-            let mut w = BufWriter::with_capacity(64 * 1024, fsutil::create_new(&new)?);
+            let mut w = BufWriter::with_capacity(64 * 1024, created);
             fill(&mut w)?;
             w.flush()?;
             let f = w.into_inner().map_err(|e| e.into_error())?;
@@ -206,7 +210,7 @@ impl<'a> Incoming<'a> {
     /// `None` for none. For a DKIM-Signature (`dkim.rs`), which can only
     /// be computed once the whole message is in. The message is read back
     /// into memory (it was just written: page cache) and written again
-    /// behind the lines, in the same tmp file: still step 1 of the crash
+    /// behind the lines, in the same file: still step 1 of the crash
     /// story, nothing is promised yet.
     pub fn prepend_with(&mut self, make: impl FnOnce(&[u8]) -> Option<Vec<u8>>) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
@@ -234,6 +238,18 @@ impl<'a> Incoming<'a> {
 
     fn tmp_path(&self, ext: &str) -> PathBuf {
         self.spool.tmp_dir().join(format!("{}.{ext}", self.id))
+    }
+
+    /// A name in `tmp/` for a file of this message other than a body
+    /// named by its id (the envelope, a rewrite), with the process id in
+    /// it: a body in a reused file reserves no `tmp/ID.msg`, so another
+    /// process (`send`) may draw the same queue id meanwhile, and must
+    /// never meet these files. Only the names in `queue/` carry the id
+    /// alone (a clash there is a reroll, `commit`).
+    fn own_tmp_path(&self, ext: &str) -> PathBuf {
+        self.spool
+            .tmp_dir()
+            .join(format!("{}.{}.{ext}", self.id, crate::sys::pid()))
     }
 
     /// Makes the message durable and visible to delivery, as described in
@@ -275,7 +291,7 @@ impl<'a> Incoming<'a> {
         let (mut ef, env_tmp) = match self.spool.recycler().and_then(|r| r.take()) {
             Some(taken) => taken,
             None => {
-                let path = self.tmp_path("env");
+                let path = self.own_tmp_path("env");
                 let f = fsutil::create_new(&path).map_err(|e| SpoolError::io(&path, e))?;
                 (f, path)
             }
@@ -348,10 +364,11 @@ impl<'a> Incoming<'a> {
 
     /// The id was taken in `queue/`: takes a fresh id and rewrites the
     /// envelope (the only file that names it; the Received header keeps
-    /// the id the message was received under). A file in `tmp/` is named
+    /// the id the message was received under). A body in `tmp/` is named
     /// by its id and moves with it (`tmp/NEW.msg` taken first reserves
-    /// the id there); a recycled file in `free/` stays where it is. The
-    /// tmp renames need no fsync: only the final ones publish.
+    /// the id there); a reused file in `free/` and the envelope's file
+    /// stay where they are. The tmp rename needs no fsync: only the final
+    /// ones publish.
     fn reroll(
         &mut self,
         env: &Envelope,
@@ -359,7 +376,7 @@ impl<'a> Incoming<'a> {
         ef: &mut File,
     ) -> Result<(), SpoolError> {
         let old = self.id;
-        let (msg_old, env_old) = (self.tmp_path("msg"), self.tmp_path("env"));
+        let msg_old = self.tmp_path("msg");
         let msg_named = self.msg_path == msg_old;
         for _ in 0..MAX_REROLLS {
             self.id = QueueId::generate();
@@ -392,15 +409,9 @@ impl<'a> Incoming<'a> {
             "{old} queue id already taken by another process; committing as {}",
             self.id
         );
-        if self.env_path.as_ref() == Some(&env_old) {
-            let env_new = self.tmp_path("env");
-            // never over another process's file (`tmp/NEW.msg` reserves
-            // the id only when the body is named by it)
-            crate::sys::rename_noreplace(&env_old, &env_new)
-                .map_err(|e| SpoolError::io(&env_new, e))?;
-            self.env_path = Some(env_new);
-        }
-        let env_path = self.env_path.clone().unwrap_or(env_old);
+        // the envelope's file keeps its name (`own_tmp_path`, or a reused
+        // file): only its text names the id
+        let env_path = self.env_path.clone().unwrap_or_default();
         let mut renamed = env.clone();
         renamed.id = self.id;
         let text = renamed.to_text_with(Some(check));

@@ -905,6 +905,58 @@ pub(crate) mod tests {
         let _ = fs::remove_dir_all(spool.root());
     }
 
+    /// A finished message's lock is held until its files are out of
+    /// `queue/`: another claimer (a `queue bounce` waiting for the
+    /// delivery) never gets the message with its envelope still there.
+    /// Given up before the removal, as it was with recycling, the claimer
+    /// spinning here took the message in most of these rounds.
+    #[test]
+    fn a_finished_message_is_never_claimed_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut spool = temp_spool("finish-lock");
+        spool
+            .start_committer_with(
+                committer::Order::SyncfsThenFolder,
+                std::time::Duration::from_millis(50),
+            )
+            .unwrap();
+        let spool = std::sync::Arc::new(spool);
+        let reclaimed = std::sync::Arc::new(AtomicUsize::new(0));
+        for _ in 0..50 {
+            let mut inc = spool.incoming().unwrap();
+            let id = inc.id();
+            inc.write_all(&[b'x'; 100 * 1024]).unwrap();
+            inc.commit(&env_for(id)).unwrap();
+            let Claimed::Mine(claim) = spool.claim(id).unwrap() else {
+                panic!("not claimed")
+            };
+            let other = {
+                let (spool, reclaimed) = (spool.clone(), reclaimed.clone());
+                std::thread::spawn(move || loop {
+                    match spool.claim(id).unwrap() {
+                        Claimed::Busy => std::hint::spin_loop(),
+                        Claimed::Gone => return,
+                        Claimed::Mine(c) => {
+                            if c.load().unwrap().is_some() {
+                                reclaimed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            return;
+                        }
+                    }
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            claim.finish().unwrap();
+            other.join().unwrap();
+        }
+        assert_eq!(
+            reclaimed.load(Ordering::SeqCst),
+            0,
+            "finished messages claimed again"
+        );
+        let _ = fs::remove_dir_all(spool.root());
+    }
+
     /// With the group committer a removal is answered once its files
     /// are out of `queue/`, and its files are reused only after a flush
     /// made that durable: the next batch commit's (a message too big for

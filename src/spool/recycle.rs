@@ -8,7 +8,7 @@
 //! `queue/` by its commit; a rename allocates nothing.
 //!
 //! Safety argument (a journaled filesystem keeps renames atomic and
-//! ordered; see `recover` for the unjournaled case):
+//! ordered; see `clean_free` for the unjournaled case):
 //! - a file enters the free list only after the flush that made
 //!   its removal from `queue/` durable (the committer does both), so no
 //!   crash can bring a reused inode back under its old queue name;

@@ -94,6 +94,63 @@ fn client_gone_mid_data_removes_the_tmp_file() {
     assert!(queue_files(relay.spool()).is_empty());
 }
 
+/// The same with a file reused from `free/`: once a delivered message's
+/// files are there, the next message is written into one of them where
+/// it lies (nothing in `tmp/`), and a client gone mid-DATA unlinks it.
+#[test]
+fn client_gone_mid_data_removes_the_reused_file() {
+    let dir = TempDir::new("spool");
+    let spool = dir.path().join("spool");
+    let sink = Sink::start();
+    let relay = Relay::start_with_spool(
+        spool.clone(),
+        &[
+            "--no-dns",
+            "--route",
+            &format!("*=127.0.0.1:{}", sink.addr().port()),
+        ],
+    );
+    let mut t = relay.session();
+    t.send_mail("a@example.org", &["b@example.net"], BODY);
+    assert!(sink.wait_for(1, Duration::from_secs(20)), "not delivered");
+    let free_count = || {
+        fs::read_dir(spool.join("free"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || queue_files(&spool).is_empty()
+            && free_count() == 2),
+        "the delivered message's files did not go to free/: {:?}",
+        queue_files(&spool)
+    );
+    // reusable once the flush after the removal is done (about 50 ms)
+    thread::sleep(Duration::from_millis(500));
+    t.cmd_enh("MAIL FROM:<a@example.org>", 250, "2.1.0");
+    t.cmd_enh("RCPT TO:<b@example.net>", 250, "2.1.5");
+    t.cmd_enh("DATA", 354, "2.0.0");
+    t.send_raw(b"Subject: abandoned\r\n\r\nhalf a message\r\n");
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        tmp_count(&spool),
+        0,
+        "the body went to tmp/, not to a reused file"
+    );
+    assert_eq!(
+        free_count(),
+        2,
+        "the reused file is still in free/ while written"
+    );
+    drop(t);
+    assert!(
+        wait_until(Duration::from_secs(5), || free_count() == 1),
+        "the abandoned message's file was left in free/"
+    );
+    assert_eq!(tmp_count(&spool), 0);
+    assert!(queue_files(&spool).is_empty(), "{:?}", queue_files(&spool));
+    assert_eq!(sink.count(), 1);
+}
+
 fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) {
     fs::write(dir.join(name), bytes)
         .unwrap_or_else(|e| panic!("plant {}: {e}", dir.join(name).display()));

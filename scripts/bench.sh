@@ -491,6 +491,12 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def max_dev_pct(xs):
+    """The largest deviation of one of `xs` from their median, in % of it."""
+    m = median(xs)
+    return max(abs(x - m) for x in xs) / m * 100 if xs and m else None
+
+
 def parse_size(s):
     s = s.lower()
     mult = 1
@@ -712,9 +718,8 @@ def cmd_report(a):
             # the spread over the alternating runs: largest deviation of
             # one run's end-to-end rate from the median, in % of it
             rates = [r["e2e_rate"] for r in ok if r["e2e_rate"]]
-            m = median(rates)
             row[kind]["e2e_rates"] = [round(x, 1) for x in rates]
-            row[kind]["e2e_max_dev_pct"] = max(abs(x - m) for x in rates) / m * 100 if rates and m else None
+            row[kind]["e2e_max_dev_pct"] = max_dev_pct(rates)
             row[kind]["problems"] = sorted({p for r in rs for p in r["problems"]})
         # the machine's speed during each run (SpeedProbe): each run's rate
         # brought to the case's median probe shows how much of the spread
@@ -727,9 +732,8 @@ def cmd_report(a):
                   and r.get("probe_ms") and r["e2e_rate"]]
             row[kind]["probe_ms"] = [round(r["probe_ms"], 3) for r in ok]
             adj = [r["e2e_rate"] * r["probe_ms"] / p_med for r in ok] if p_med else []
-            am = median(adj)
             row[kind]["e2e_adjusted_rates"] = [round(x, 1) for x in adj]
-            row[kind]["e2e_adjusted_max_dev_pct"] = max(abs(x - am) for x in adj) / am * 100 if adj and am else None
+            row[kind]["e2e_adjusted_max_dev_pct"] = max_dev_pct(adj)
             try:
                 row[kind]["rate_probe_correlation"] = statistics.correlation(
                     [r["e2e_rate"] for r in ok], [r["probe_ms"] for r in ok]) if len(ok) >= 3 else None
@@ -813,12 +817,9 @@ def cmd_report(a):
                      "brought to the case's median probe (rate x probe / median probe):")
         for r in cases:
             R, P = r["relay"], r["postfix"]
-
-            def corr(x):
-                return "-" if x is None else f"{x:.2f}"
-            lines.append(f"- {r['case']}: smtp-relay probes {R['probe_ms']} (r = {corr(R['rate_probe_correlation'])}), "
+            lines.append(f"- {r['case']}: smtp-relay probes {R['probe_ms']} (r = {f2(R['rate_probe_correlation'])}), "
                          f"adjusted {f0(median(R['e2e_adjusted_rates']))} +/- {f1(R['e2e_adjusted_max_dev_pct'])} %; "
-                         f"Postfix probes {P['probe_ms']} (r = {corr(P['rate_probe_correlation'])}), "
+                         f"Postfix probes {P['probe_ms']} (r = {f2(P['rate_probe_correlation'])}), "
                          f"adjusted {f0(median(P['e2e_adjusted_rates']))} +/- {f1(P['e2e_adjusted_max_dev_pct'])} %")
     lines.append("")
     for t in targets:

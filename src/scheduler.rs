@@ -217,9 +217,6 @@ struct Scheduler {
     /// Start-up recovery still reading the spool: what it found so far
     /// comes here; no rescan until it is done (it would read the same).
     recovering: Option<Receiver<Vec<crate::spool::Queued>>>,
-    /// Messages the operator finished whose `done` record could not be
-    /// written, since the last tick's requests (`forget_logged`).
-    unforgotten: std::collections::HashSet<QueueId>,
     /// Request files kept for the next start's replay (`Taken::done`):
     /// not taken again in this run.
     kept_requests: std::collections::HashSet<std::path::PathBuf>,
@@ -244,7 +241,6 @@ impl Scheduler {
             last_scan: Instant::now(),
             held: HashMap::new(),
             recovering: None,
-            unforgotten: std::collections::HashSet::new(),
             kept_requests: std::collections::HashSet::new(),
         }
     }
@@ -296,7 +292,8 @@ impl Scheduler {
     /// they changed (spool/flush.rs). The caller publishes the gauges,
     /// then marks the requests done.
     fn check_flush_trigger(&mut self) -> crate::spool::flush::Taken {
-        let taken = self.spool.take_flush_requests(&self.kept_requests);
+        let mut taken = self.spool.take_flush_requests(&self.kept_requests);
+        let mut unforgotten = Vec::new();
         if taken.requests.contains(&Request::All) {
             self.flush_all();
         }
@@ -314,13 +311,17 @@ impl Scheduler {
                 // here the message's last line is in the server's log
                 Request::Deleted(id) => {
                     log::info!("{id} deleted by the operator");
-                    self.forget_logged(id);
+                    if !self.forget_logged(id) {
+                        unforgotten.push(id);
+                    }
                     self.look_again(id);
                 }
                 Request::Returned(id, dsn) => {
                     let dsn = dsn.map(|d| format!(" (DSN {d})")).unwrap_or_default();
                     log::info!("{id} returned to sender by the operator{dsn}");
-                    self.forget_logged(id);
+                    if !self.forget_logged(id) {
+                        unforgotten.push(id);
+                    }
                     self.look_again(id);
                 }
             }
@@ -328,27 +329,25 @@ impl Scheduler {
         if n > 0 {
             log::info!("flush: {n} requested message(s) made due now");
         }
+        for id in unforgotten {
+            taken.keep_for(id);
+        }
         taken
     }
 
     /// A message the operator finished: out of the commit log's replay
     /// before the request is removed (the request itself keeps it out of
-    /// a replay until then, `Spool::finished_by_operator`). When its
-    /// `done` record cannot be written, the request stays in `flush.d/`
-    /// for the next start (`Taken::done`).
-    fn forget_logged(&mut self, id: QueueId) {
-        if let Err(e) = self.spool.forget_logged(id) {
-            log::error!("{id}: {e}; its request stays in flush.d/ to keep it out of the next start's replay");
-            self.unforgotten.insert(id);
+    /// a replay until then, `Spool::finished_by_operator`). Whether its
+    /// `done` record was written; when not, the request stays in
+    /// `flush.d/` for the next start (`Taken::keep_for`).
+    fn forget_logged(&self, id: QueueId) -> bool {
+        match self.spool.forget_logged(id) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("{id}: {e}; its request stays in flush.d/ to keep it out of the next start's replay");
+                false
+            }
         }
-    }
-
-    /// Marks the requests taken at this tick done (their askers wait for
-    /// that), keeping those that name a message with no `done` record.
-    fn requests_done(&mut self, requests: crate::spool::flush::Taken) {
-        let kept = requests.done(&self.unforgotten);
-        self.unforgotten.clear();
-        self.kept_requests.extend(kept);
     }
 
     /// Makes `id` due now, if it is queued and waiting; whether it was.
@@ -602,7 +601,7 @@ impl Scheduler {
                     self.publish_metrics();
                 }
                 // the askers wait for this: the gauges are right by now
-                self.requests_done(requests);
+                self.kept_requests.extend(requests.done());
                 if self.recovering.is_none()
                     && self.last_scan.elapsed() >= every(RESCAN, queued, RESCAN_PER)
                 {

@@ -115,18 +115,26 @@ pub struct Taken {
     /// Each request file with the messages it says the operator
     /// finished (`deleted ID`, `returned ID`).
     files: Vec<(PathBuf, Vec<QueueId>)>,
+    /// Finished messages whose `done` record could not be written
+    /// ([`Taken::keep_for`]).
+    unforgotten: HashSet<QueueId>,
 }
 
 impl Taken {
-    /// Removes the request files (their askers see them done), except a
-    /// file naming a message in `unforgotten`: one whose `done` record
-    /// could not be written, which only that file keeps out of the commit
-    /// log's replay at the next start (`Spool::finished_by_operator`).
-    /// Returns the files kept.
-    pub fn done(self, unforgotten: &HashSet<QueueId>) -> Vec<PathBuf> {
+    /// Message `id`'s `done` record could not be written: the files that
+    /// name it are kept by [`Taken::done`], since only they keep it out
+    /// of the commit log's replay at the next start
+    /// (`Spool::finished_by_operator`).
+    pub fn keep_for(&mut self, id: QueueId) {
+        self.unforgotten.insert(id);
+    }
+
+    /// Removes the request files (their askers see them done), but for
+    /// those [`Taken::keep_for`] keeps. Returns the files kept.
+    pub fn done(self) -> Vec<PathBuf> {
         let mut kept = Vec::new();
         for (f, finished) in self.files {
-            if finished.iter().any(|id| unforgotten.contains(id)) {
+            if finished.iter().any(|id| self.unforgotten.contains(id)) {
                 kept.push(f);
             } else {
                 let _ = fs::remove_file(f);
@@ -266,7 +274,7 @@ mod tests {
                 Request::Returned(id, Some(id)),
             ]
         );
-        assert!(taken.done(&HashSet::new()).is_empty());
+        assert!(taken.done().is_empty());
         assert!(one.picked_up() && all.picked_up() && other.picked_up());
         assert!(one.wait_done(Duration::ZERO));
         assert!(spool.take_flush_requests(&none).requests.is_empty());
@@ -285,8 +293,9 @@ mod tests {
         let deleted = QueueId::generate();
         let kept_req = spool.request(&[Request::Deleted(deleted)]).unwrap();
         let plain = spool.request_flush(&[id]).unwrap();
-        let taken = spool.take_flush_requests(&none);
-        let kept: HashSet<PathBuf> = taken.done(&HashSet::from([deleted])).into_iter().collect();
+        let mut taken = spool.take_flush_requests(&none);
+        taken.keep_for(deleted);
+        let kept: HashSet<PathBuf> = taken.done().into_iter().collect();
         assert_eq!(kept, HashSet::from([kept_req.path.clone()]));
         assert!(plain.picked_up() && !kept_req.picked_up());
         assert!(spool.take_flush_requests(&kept).requests.is_empty());

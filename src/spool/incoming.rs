@@ -33,7 +33,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::envelope::{Envelope, Integrity};
 use super::fsutil;
@@ -322,9 +322,9 @@ impl<'a> Incoming<'a> {
             )
         });
         for _ in 0..MAX_REROLLS {
-            match self.publish(record.take()) {
+            match self.publish(&env_tmp, record.take()) {
                 Err(SpoolError::Io { source, .. }) if fsutil::is_collision(&source) => {
-                    self.reroll(env, &check, &mut ef)?;
+                    self.reroll(env, &check, &mut ef, &env_tmp)?;
                 }
                 other => return other,
             }
@@ -337,22 +337,22 @@ impl<'a> Incoming<'a> {
 
     /// Steps 3 and 4 of the module header, through the group committer
     /// when the server runs one.
-    fn publish(&mut self, record: Option<(QueueId, Vec<u8>)>) -> Result<QueueId, SpoolError> {
+    fn publish(
+        &mut self,
+        env_tmp: &Path,
+        record: Option<(QueueId, Vec<u8>)>,
+    ) -> Result<QueueId, SpoolError> {
         let id = self.id;
         let queue = self.spool.queue_dir();
         let msg_tmp = self.msg_path.clone();
-        let env_tmp = self
-            .env_path
-            .clone()
-            .ok_or_else(|| SpoolError::io(&msg_tmp, io::Error::other("no envelope written")))?;
         let msg_final = queue.join(format!("{id}.msg"));
         let env_final = queue.join(format!("{id}.env"));
         if let Some(c) = self.spool.committer() {
-            c.commit(msg_tmp, env_tmp, msg_final, env_final, record)?;
+            c.commit(msg_tmp, env_tmp.to_path_buf(), msg_final, env_final, record)?;
             self.committed = true;
             return Ok(id);
         }
-        fsutil::publish(&msg_tmp, &env_tmp, &msg_final, &env_final)
+        fsutil::publish(&msg_tmp, env_tmp, &msg_final, &env_final)
             .map_err(|e| SpoolError::io(&env_final, e))?;
         // From here the message exists. If the directory fsync fails we
         // cannot promise it survives a crash, so we answer 4xx; the message
@@ -374,6 +374,7 @@ impl<'a> Incoming<'a> {
         env: &Envelope,
         check: &Integrity,
         ef: &mut File,
+        env_path: &Path,
     ) -> Result<(), SpoolError> {
         let old = self.id;
         let msg_old = self.tmp_path("msg");
@@ -411,7 +412,6 @@ impl<'a> Incoming<'a> {
         );
         // the envelope's file keeps its name (`own_tmp_path`, or a reused
         // file): only its text names the id
-        let env_path = self.env_path.clone().unwrap_or_default();
         let mut renamed = env.clone();
         renamed.id = self.id;
         let text = renamed.to_text_with(Some(check));
@@ -419,7 +419,7 @@ impl<'a> Incoming<'a> {
             .and_then(|_| ef.write_all(text.as_bytes()))
             .and_then(|_| ef.set_len(text.len() as u64))
             .and_then(|_| ef.sync_data())
-            .map_err(|e| SpoolError::io(&env_path, e))
+            .map_err(|e| SpoolError::io(env_path, e))
     }
 }
 

@@ -32,6 +32,7 @@ pub mod dns;
 pub mod edge;
 pub mod exit;
 pub mod fault;
+pub mod handoff;
 pub mod logging;
 pub mod manpage;
 pub mod metrics;

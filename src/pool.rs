@@ -1,12 +1,13 @@
-//! A fixed-size pool of named threads fed by a bounded channel.
+//! A fixed-size pool of named threads fed by a bounded hand-off queue
+//! (`handoff.rs`: the thread idle the shortest time takes the next item).
 //!
-//! The size never grows: when every thread is busy the channel fills, and
+//! The size never grows: when every thread is busy the queue fills, and
 //! whoever feeds it decides what "full" means (the listener answers 421).
 
 use std::io;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::Receiver;
+use crate::handoff::Receiver;
 
 pub struct Pool {
     handles: Vec<JoinHandle<()>>,
@@ -14,7 +15,7 @@ pub struct Pool {
 
 impl Pool {
     /// Starts `n` threads named `name-0` … that run `work` on each item
-    /// until the channel's senders are all gone.
+    /// until the queue's senders are all gone.
     pub fn spawn<T, F>(
         name: &str,
         n: usize,

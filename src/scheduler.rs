@@ -1,8 +1,12 @@
 //! The scheduler: sole owner of "what is due".
 //!
 //! One thread keeps a min-heap of (next attempt, id) and hands due ids to
-//! a fixed pool of delivery threads over a bounded channel (the pool's
-//! backpressure). It learns of new mail from the sessions at once, of each
+//! a fixed pool of delivery threads: one id to an idle thread at a time
+//! (the pool's backpressure), through a channel of that thread's own, and
+//! to the thread idle the shortest time, so that light load stays on a
+//! few warm threads instead of going round all of them (`handoff.rs` says
+//! why). A worker's report of its attempt makes it idle again. The
+//! scheduler learns of new mail from the sessions at once, of each
 //! attempt's outcome from the workers, and rescans the spool now and then
 //! as a safety net (a lost notice only delays a message, never loses it).
 //! A `flush` file in the spool makes every waiting message due now.
@@ -47,7 +51,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Select, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Select, Sender, TrySendError};
 
 use crate::delivery::{Attempted, Deliverer, Outcome};
 pub use crate::shaping::DestLimiter;
@@ -81,9 +85,10 @@ enum Slot {
     Parked(String),
 }
 
-/// A worker's word on one id.
+/// A worker's word on one id; the worker is idle again from then on.
 #[derive(Debug, Clone)]
 struct Report {
+    worker: usize,
     id: QueueId,
     outcome: Option<Attempted>,
 }
@@ -122,18 +127,20 @@ pub fn start(
     recovered: Receiver<Vec<crate::spool::Queued>>,
     committed: Receiver<QueueId>,
 ) -> std::io::Result<SchedulerHandle> {
-    let (jobs_tx, jobs_rx) = bounded::<QueueId>(workers);
     let (report_tx, report_rx) = bounded::<Report>(workers * 2 + 16);
     let (stop_tx, stop_rx) = bounded::<()>(1);
     let mut threads = Vec::new();
+    let mut jobs_tx = Vec::with_capacity(workers);
     for i in 0..workers {
-        let jobs = jobs_rx.clone();
+        // room for one: an id goes only to a worker that is idle
+        let (job_tx, jobs) = bounded::<QueueId>(1);
+        jobs_tx.push(job_tx);
         let reports = report_tx.clone();
         let d = current.clone();
         threads.push(
             thread::Builder::new()
                 .name(format!("deliver-{i}"))
-                .spawn(move || worker(&d, &jobs, &reports))?,
+                .spawn(move || worker(i, &d, &jobs, &reports))?,
         );
     }
     drop(report_tx);
@@ -158,7 +165,12 @@ pub fn start(
     })
 }
 
-fn worker(current: &Swap<Deliverer>, jobs: &Receiver<QueueId>, reports: &Sender<Report>) {
+fn worker(
+    index: usize,
+    current: &Swap<Deliverer>,
+    jobs: &Receiver<QueueId>,
+    reports: &Sender<Report>,
+) {
     loop {
         match jobs.recv_timeout(Duration::from_secs(1)) {
             Ok(id) => {
@@ -185,7 +197,12 @@ fn worker(current: &Swap<Deliverer>, jobs: &Receiver<QueueId>, reports: &Sender<
                             Some(Attempted::Finished(Outcome::Retry(at)))
                         }
                     };
-                if reports.send(Report { id, outcome }).is_err() {
+                let report = Report {
+                    worker: index,
+                    id,
+                    outcome,
+                };
+                if reports.send(report).is_err() {
                     return;
                 }
             }
@@ -582,9 +599,12 @@ impl Scheduler {
         &mut self,
         committed: &Receiver<QueueId>,
         reports: &Receiver<Report>,
-        jobs: &Sender<QueueId>,
+        jobs: &[Sender<QueueId>],
         stop: &Receiver<()>,
     ) {
+        // the workers waiting for an id, the one idle the shortest time
+        // on top; all of them at first
+        let mut idle: Vec<usize> = (0..jobs.len()).rev().collect();
         let mut last_tick = Instant::now();
         let mut last_metrics = Instant::now();
         loop {
@@ -613,11 +633,11 @@ impl Scheduler {
             if let Some(wait) = self.release_parked() {
                 until_due = until_due.min(wait);
             }
+            self.dispatch(&mut idle, jobs);
             let mut sel = Select::new();
             let i_stop = sel.recv(stop);
             let i_commit = sel.recv(committed);
             let i_report = sel.recv(reports);
-            let i_send = (!self.ready.is_empty()).then(|| sel.send(jobs));
             let recovering = self.recovering.clone();
             let i_recovered = recovering.as_ref().map(|r| sel.recv(r));
             let op = match sel.select_timeout(until_due) {
@@ -644,7 +664,10 @@ impl Scheduler {
                     }
                 },
                 i if i == i_report => match op.recv(reports) {
-                    Ok(r) => self.on_report(r),
+                    Ok(r) => {
+                        idle.push(r.worker);
+                        self.on_report(r);
+                    }
                     Err(_) => return,
                 },
                 i if Some(i) == i_recovered => {
@@ -652,16 +675,32 @@ impl Scheduler {
                         self.on_recovered(op.recv(r).ok());
                     }
                 }
-                i if Some(i) == i_send => {
-                    let Some(id) = self.ready.pop_front() else {
-                        continue;
-                    };
-                    if op.send(jobs, id).is_err() {
-                        return;
-                    }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hands ready ids to idle workers, most recently idle first, while
+    /// there are both.
+    fn dispatch(&mut self, idle: &mut Vec<usize>, jobs: &[Sender<QueueId>]) {
+        while !self.ready.is_empty() {
+            let Some(w) = idle.pop() else {
+                return;
+            };
+            let Some(id) = self.ready.pop_front() else {
+                return;
+            };
+            match jobs[w].try_send(id) {
+                Ok(()) => {
                     self.slots.insert(id, Slot::InFlight);
                 }
-                _ => {}
+                // an idle worker's channel is empty; should it not be,
+                // the worker is busy after all and reports when done
+                Err(TrySendError::Full(id)) => self.ready.push_front(id),
+                // a worker thread that ended (it never does while this
+                // thread runs, short of a panic outside an attempt) is
+                // not idle again: the others take its share
+                Err(TrySendError::Disconnected(id)) => self.ready.push_front(id),
             }
         }
     }
@@ -689,6 +728,39 @@ mod tests {
         let mut env = c.load().unwrap().unwrap();
         env.hold = hold;
         c.store(&env).unwrap();
+    }
+
+    /// Ready ids go to the worker idle the shortest time first, one each,
+    /// and wait in order when no worker is idle; a worker whose channel is
+    /// unexpectedly taken is skipped and not made idle again.
+    #[test]
+    fn ready_ids_go_to_the_last_idle_worker() {
+        let (mut s, _clock) = scheduler("sched-lifo");
+        let ids: Vec<QueueId> = (0..4)
+            .map(|i| {
+                let rcpt = format!("<u{i}@b.example>");
+                queue(&s.spool, T0, &[rcpt.as_str()])
+            })
+            .collect();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| bounded::<QueueId>(1)).unzip();
+        // worker 0 is busy after all: its channel holds an id already
+        txs[0].send(ids[3]).unwrap();
+        let mut idle = vec![0, 1, 2];
+        s.ready.extend([ids[0], ids[1], ids[2]]);
+        s.dispatch(&mut idle, &txs);
+        assert_eq!(rxs[2].try_recv(), Ok(ids[0]), "the last idle worker first");
+        assert_eq!(rxs[1].try_recv(), Ok(ids[1]));
+        assert_eq!(rxs[0].try_recv(), Ok(ids[3]), "nothing more for a busy one");
+        assert!(idle.is_empty());
+        assert_eq!(s.ready, [ids[2]], "waits for a worker");
+        assert_eq!(s.slots.get(&ids[0]), Some(&Slot::InFlight));
+        assert_eq!(s.slots.get(&ids[1]), Some(&Slot::InFlight));
+
+        // a report makes its worker idle again: the waiting id goes to it
+        idle.push(1);
+        s.dispatch(&mut idle, &txs);
+        assert_eq!(rxs[1].try_recv(), Ok(ids[2]));
+        assert!(s.ready.is_empty());
     }
 
     /// An operator's hold is seen when the scheduler is told of it: the
@@ -765,11 +837,13 @@ mod tests {
         s.slots.insert(a, Slot::InFlight);
         s.slots.insert(b, Slot::InFlight);
         s.on_report(Report {
+            worker: 0,
             id: a,
             outcome: Some(Attempted::Finished(Outcome::Retry(T0 + 600))),
         });
         // a spool error: again in a minute, by the clock
         s.on_report(Report {
+            worker: 0,
             id: b,
             outcome: None,
         });
@@ -783,6 +857,7 @@ mod tests {
         let c = queue(&s.spool, T0, &["<u@d.example>"]);
         s.slots.insert(c, Slot::InFlight);
         s.on_report(Report {
+            worker: 0,
             id: c,
             outcome: Some(Attempted::Finished(Outcome::Done)),
         });
@@ -805,12 +880,14 @@ mod tests {
         for &id in &ids[..3] {
             s.slots.insert(id, Slot::InFlight);
             s.on_report(Report {
+                worker: 0,
                 id,
                 outcome: wait("mx.b:25"),
             });
         }
         s.slots.insert(ids[3], Slot::InFlight);
         s.on_report(Report {
+            worker: 0,
             id: ids[3],
             outcome: wait("mx.c:25"),
         });
@@ -829,6 +906,7 @@ mod tests {
         // ids[0] comes back done: its slot is free again for ids[2]
         s.ready.clear();
         s.on_report(Report {
+            worker: 0,
             id: ids[0],
             outcome: Some(Attempted::Finished(Outcome::Done)),
         });
@@ -841,10 +919,12 @@ mod tests {
         let late = queue(&s.spool, T0, &["<u@b.example>"]);
         s.slots.insert(late, Slot::InFlight);
         s.on_report(Report {
+            worker: 0,
             id: late,
             outcome: wait("mx.b:25"),
         });
         s.on_report(Report {
+            worker: 0,
             id: ids[2],
             outcome: wait("mx.b:25"),
         });

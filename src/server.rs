@@ -8,7 +8,8 @@
 //! closed socket is an `EPIPE` error on that one connection.
 //!
 //! Accepted sockets go to a fixed pool of session threads through a
-//! bounded channel. When every worker is busy and the backlog is full, the
+//! bounded hand-off queue that gives each to the worker idle the shortest
+//! time (`handoff.rs`). When every worker is busy and the backlog is full, the
 //! new client gets `421 4.3.2` at once and is closed: never left hanging,
 //! never given a new thread. A clean stop is a courtesy: every stop is
 //! treated as a crash at the next start, so correctness never depends on it.
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, TrySendError};
+use crossbeam_channel::bounded;
 
 use crate::app::SetupError;
 use crate::config::{Config, ListenMode};
@@ -136,7 +137,7 @@ pub fn run(
     reload: &mut dyn FnMut(),
 ) -> Result<(), ServeError> {
     let config = sessions.load().config.clone();
-    let (tx, rx) = bounded::<Accepted>(config.backlog);
+    let (tx, rx) = crate::handoff::bounded::<Accepted>(config.backlog);
     let tracker = Arc::new(ConnTracker {
         per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
@@ -324,7 +325,7 @@ impl Drop for Ticket {
 fn accept_loop(
     listener: TcpListener,
     mode: ListenMode,
-    tx: crossbeam_channel::Sender<Accepted>,
+    tx: crate::handoff::Sender<Accepted>,
     stopping: &AtomicBool,
     sessions: &Swap<Context>,
     tracker: &Arc<ConnTracker>,
@@ -366,12 +367,12 @@ fn accept_loop(
         };
         match tx.try_send((stream, peer, mode, ticket)) {
             Ok(()) => crate::metrics::conn_accepted(),
-            Err(TrySendError::Full((stream, peer, _, _))) => {
+            Err(crate::handoff::TrySendError::Full((stream, peer, _, _))) => {
                 let reply = Reply::too_busy(hostname);
                 crate::metrics::conn_refused(&peer, crate::metrics::ConnReason::Busy, &reply);
                 let _ = reject(stream, mode, &reply);
             }
-            Err(TrySendError::Disconnected(_)) => return,
+            Err(crate::handoff::TrySendError::Disconnected(_)) => return,
         }
     }
 }

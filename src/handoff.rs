@@ -19,7 +19,9 @@
 //! idle only after finding it empty, and a send with a taker idle hands
 //! the item over instead of queueing it).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,8 @@ struct State<T> {
     queue: VecDeque<T>,
     /// Waiting takers, the one idle the shortest time on top.
     idle: Vec<(usize, Arc<Condvar>)>,
-    /// An item handed to taker `i`, which it has not picked up yet.
+    /// An item handed to taker `i`, which it has not picked up yet. One
+    /// slot per receiver ever made (a pool makes its receivers once).
     handed: Vec<Option<T>>,
     senders: usize,
     receivers: usize,
@@ -69,6 +72,7 @@ pub fn bounded<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
             shared,
             id: 0,
             wake: Arc::new(Condvar::new()),
+            single: PhantomData,
         },
     )
 }
@@ -86,6 +90,7 @@ impl<T> Sender<T> {
             return Err(TrySendError::Disconnected(item));
         }
         if let Some((id, wake)) = s.idle.pop() {
+            debug_assert!(s.handed[id].is_none(), "taker {id} idle twice");
             s.handed[id] = Some(item);
             drop(s);
             wake.notify_one();
@@ -121,10 +126,15 @@ impl<T> Drop for Sender<T> {
     }
 }
 
+/// One per taking thread (`clone` for each): a receiver waits in one
+/// place on the idle stack, so it is not shared between threads (not
+/// `Sync`: two threads waiting on one would be handed two items into one
+/// slot).
 pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
     id: usize,
     wake: Arc<Condvar>,
+    single: PhantomData<Cell<()>>,
 }
 
 impl<T> Receiver<T> {
@@ -135,7 +145,8 @@ impl<T> Receiver<T> {
     }
 
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.take(Some(Instant::now() + timeout))
+        // a timeout too long for the clock is no timeout
+        self.take(Instant::now().checked_add(timeout))
     }
 
     /// The items until every sender is gone.
@@ -193,6 +204,7 @@ impl<T> Clone for Receiver<T> {
             shared: self.shared.clone(),
             id,
             wake: Arc::new(Condvar::new()),
+            single: PhantomData,
         }
     }
 }
@@ -310,8 +322,10 @@ mod tests {
     #[test]
     fn disconnection_both_ways() {
         let (tx, rx) = bounded::<u32>(1);
-        let t = thread::spawn(move || rx.recv());
-        thread::sleep(Duration::from_millis(20));
+        let taker = rx.clone();
+        let t = thread::spawn(move || taker.recv());
+        // waiting, so it is the drop that must wake it
+        idle_count(&rx, 1);
         drop(tx);
         assert_eq!(t.join().unwrap(), Err(RecvError));
 
@@ -321,21 +335,31 @@ mod tests {
     }
 
     /// Many senders and takers at once: every accepted item is taken
-    /// exactly once, and every refused one came back.
+    /// exactly once, and every refused one came back. Two takers wait
+    /// without a timeout, so a lost wake-up would leave items untaken
+    /// while those two sleep (the others, with short timeouts, leave and
+    /// rejoin the idle stack all the time).
     #[test]
     fn nothing_is_lost_or_taken_twice_under_contention() {
         let (tx, rx) = bounded::<u32>(3);
         let (got_tx, got_rx) = mpsc::channel();
         let mut takers = Vec::new();
-        for _ in 0..4 {
+        for k in 0..4 {
             let rx = rx.clone();
             let got = got_tx.clone();
-            takers.push(thread::spawn(move || loop {
-                // short timeouts too, so takers leave and rejoin the stack
-                match rx.recv_timeout(Duration::from_micros(50)) {
-                    Ok(item) => got.send(item).unwrap(),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
+            takers.push(thread::spawn(move || {
+                if k < 2 {
+                    for item in rx.iter() {
+                        got.send(item).unwrap();
+                    }
+                    return;
+                }
+                loop {
+                    match rx.recv_timeout(Duration::from_micros(50)) {
+                        Ok(item) => got.send(item).unwrap(),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
                 }
             }));
         }
@@ -346,7 +370,7 @@ mod tests {
             let tx = tx.clone();
             senders.push(thread::spawn(move || {
                 let mut sent = Vec::new();
-                for i in 0..20_000u32 {
+                for i in 0..5_000u32 {
                     let item = k * 1_000_000 + i;
                     let mut pending = item;
                     loop {

@@ -763,6 +763,48 @@ mod tests {
         assert!(s.ready.is_empty());
     }
 
+    /// Run as the server runs it: a report puts its worker back on top of
+    /// the idle stack, so messages one after another all go to the same
+    /// worker, the one idle the shortest time, and none waits for a
+    /// worker while one is idle.
+    #[test]
+    fn one_message_after_another_goes_to_the_same_worker() {
+        let (s, _clock) = scheduler("sched-run");
+        let spool = s.spool.clone();
+        let (committed_tx, committed_rx) = bounded::<QueueId>(16);
+        let (report_tx, report_rx) = bounded::<Report>(16);
+        let (stop_tx, stop_rx) = bounded::<()>(1);
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| bounded::<QueueId>(1)).unzip();
+        let run = thread::spawn(move || {
+            let mut s = s;
+            s.run(&committed_rx, &report_rx, &txs, &stop_rx);
+        });
+        for i in 0..4 {
+            let rcpt = format!("<u{i}@b.example>");
+            let id = queue(&spool, T0, &[rcpt.as_str()]);
+            committed_tx.send(id).unwrap();
+            let end = Instant::now() + Duration::from_secs(10);
+            let (worker, got) = loop {
+                if let Some(w) = rxs.iter().position(|r| !r.is_empty()) {
+                    break (w, rxs[w].try_recv().unwrap());
+                }
+                assert!(Instant::now() < end, "message {i} never handed to a worker");
+                thread::sleep(Duration::from_millis(1));
+            };
+            assert_eq!(got, id);
+            assert_eq!(worker, 0, "message {i} went to worker {worker}");
+            report_tx
+                .send(Report {
+                    worker,
+                    id,
+                    outcome: Some(Attempted::Finished(Outcome::Done)),
+                })
+                .unwrap();
+        }
+        stop_tx.send(()).unwrap();
+        run.join().unwrap();
+    }
+
     /// An operator's hold is seen when the scheduler is told of it: the
     /// message leaves its waiting slot and counts as held; a rescan
     /// leaves a hold without an end out of the slots (no attempt a

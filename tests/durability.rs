@@ -944,6 +944,13 @@ fn a_message_the_operator_deleted_is_not_replayed_after_a_crash() {
         if deleted_while_running {
             let r = delete();
             assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+            // the operator hears when the server has not taken it in
+            assert_eq!(
+                r.stderr.contains("has not taken in the change"),
+                done_record_fails,
+                "{}",
+                r.stderr
+            );
             if done_record_fails {
                 // taken, but kept: the replay must still skip the message
                 assert!(

@@ -78,7 +78,17 @@ fn tell_server(spool: &Spool, requests: &[Request]) {
     }
     match spool.request(requests) {
         Ok(r) if running => {
-            let _ = r.wait_done(SERVER_WAIT);
+            if !r.wait_done(SERVER_WAIT) {
+                // the change itself is made; only the server's view lags
+                // (a busy or stuck server, or one whose commit log
+                // refused the record and keeps the request for its next
+                // start, which it logs)
+                log::warn!(
+                    "the running server has not taken in the change after {} s; \
+                     the request stays in flush.d/ for it (see the server's log)",
+                    SERVER_WAIT.as_secs()
+                );
+            }
         }
         Ok(_) => {}
         Err(e) => log::warn!("could not tell the server: {e}"),

@@ -5,7 +5,10 @@
 //! (the pool's backpressure), through a channel of that thread's own, and
 //! to the thread idle the shortest time, so that light load stays on a
 //! few warm threads instead of going round all of them (`handoff.rs` says
-//! why). A worker's report of its attempt makes it idle again. The
+//! why). A worker's report of its attempt makes it idle again: the stack
+//! is the scheduler's own, not a `handoff` queue, because this loop must
+//! know a worker is idle when it reads the report, or a ready id could
+//! wait for the next tick while a worker waits for it. The
 //! scheduler learns of new mail from the sessions at once, of each
 //! attempt's outcome from the workers, and rescans the spool now and then
 //! as a safety net (a lost notice only delays a message, never loses it).
